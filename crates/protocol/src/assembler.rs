@@ -1,0 +1,228 @@
+//! The command assembler: a small pure state machine per channel that joins a content-bearing
+//! method, its content header and its body frames into one [`Command`].
+
+use crate::codec::DecodeError;
+use crate::constants::*;
+use crate::frame::Frame;
+use crate::methods::Method;
+use crate::properties::ContentHeader;
+use bytes::{Bytes, BytesMut};
+
+/// A content header's properties (still encoded) and the whole body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Content {
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub method: Method,
+    pub content: Option<Content>,
+}
+
+/// Why frames could not be assembled; `code` is the AMQP reply code to close with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{text}")]
+pub struct AssembleError {
+    pub code: u16,
+    pub text: String,
+    pub class_id: u16,
+    pub method_id: u16,
+}
+
+impl AssembleError {
+    fn new(code: u16, text: String) -> Self {
+        AssembleError { code, text, class_id: 0, method_id: 0 }
+    }
+    fn decode(e: DecodeError) -> Self {
+        let code = match e {
+            DecodeError::UnknownMethod(..) => COMMAND_INVALID,
+            _ => SYNTAX_ERROR,
+        };
+        AssembleError::new(code, e.to_string())
+    }
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Idle,
+    Header(Method),
+    Body { method: Method, properties: Bytes, remaining: u64, first: Option<Bytes>, rest: BytesMut },
+}
+
+#[derive(Debug, Default)]
+pub struct Assembler {
+    state: State,
+}
+
+impl Assembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the assembler is between commands.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle)
+    }
+
+    /// Feeds one frame. `max_body` bounds the body size a header may announce; a larger one is
+    /// refused before any of it is buffered.
+    pub fn push(&mut self, frame: Frame, max_body: u64) -> Result<Option<Command>, AssembleError> {
+        match (std::mem::take(&mut self.state), frame.kind) {
+            (State::Idle, FRAME_METHOD) => {
+                let method = Method::decode(frame.payload).map_err(AssembleError::decode)?;
+                if method.has_content() {
+                    self.state = State::Header(method);
+                    Ok(None)
+                } else {
+                    Ok(Some(Command { method, content: None }))
+                }
+            }
+            (State::Idle, kind) => Err(AssembleError::new(
+                UNEXPECTED_FRAME,
+                format!("UNEXPECTED_FRAME - expected method frame, got non method frame (type {kind}) instead"),
+            )),
+            (State::Header(method), FRAME_HEADER) => {
+                let header = ContentHeader::decode(frame.payload).map_err(AssembleError::decode)?;
+                if header.class_id != method.class_id() {
+                    return Err(AssembleError::new(
+                        UNEXPECTED_FRAME,
+                        format!(
+                            "UNEXPECTED_FRAME - expected content header for class {}, got one for class {} instead",
+                            method.class_id(),
+                            header.class_id
+                        ),
+                    ));
+                }
+                if header.body_size > max_body {
+                    let mut e = AssembleError::new(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - message size {} is larger than configured max size {}",
+                            header.body_size, max_body
+                        ),
+                    );
+                    e.class_id = method.class_id();
+                    e.method_id = method.method_id();
+                    return Err(e);
+                }
+                if header.body_size == 0 {
+                    return Ok(Some(Command {
+                        method,
+                        content: Some(Content { properties: header.properties, body: Bytes::new() }),
+                    }));
+                }
+                self.state = State::Body {
+                    method,
+                    properties: header.properties,
+                    remaining: header.body_size,
+                    first: None,
+                    rest: BytesMut::new(),
+                };
+                Ok(None)
+            }
+            (State::Header(method), _) => Err(AssembleError::new(
+                UNEXPECTED_FRAME,
+                format!(
+                    "UNEXPECTED_FRAME - expected content header for class {}, got non content header frame instead",
+                    method.class_id()
+                ),
+            )),
+            (State::Body { method, properties, remaining, mut first, mut rest }, FRAME_BODY) => {
+                let len = frame.payload.len() as u64;
+                if len > remaining {
+                    return Err(AssembleError::new(
+                        FRAME_ERROR,
+                        format!("FRAME_ERROR - content body frame of {len} bytes exceeds the {remaining} bytes remaining"),
+                    ));
+                }
+                let remaining = remaining - len;
+                // A body in one frame stays a zero-copy slice; only multi-frame bodies are joined.
+                match (&first, rest.is_empty()) {
+                    (None, true) => first = Some(frame.payload),
+                    _ => {
+                        if let Some(f) = first.take() {
+                            rest.reserve((f.len() as u64 + len + remaining) as usize);
+                            rest.extend_from_slice(&f);
+                        }
+                        rest.extend_from_slice(&frame.payload);
+                    }
+                }
+                if remaining == 0 {
+                    let body = first.unwrap_or_else(|| rest.freeze());
+                    Ok(Some(Command { method, content: Some(Content { properties, body }) }))
+                } else {
+                    self.state = State::Body { method, properties, remaining, first, rest };
+                    Ok(None)
+                }
+            }
+            (State::Body { .. }, _) => Err(AssembleError::new(
+                UNEXPECTED_FRAME,
+                "UNEXPECTED_FRAME - expected content body, got non content body frame instead".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{parse_frame, write_content, write_method};
+    use crate::methods::{BasicPublish, QueueDeclare};
+
+    fn frames(buf: &mut BytesMut) -> Vec<Frame> {
+        let mut v = Vec::new();
+        while let Some(f) = parse_frame(buf, 1 << 20).unwrap() {
+            v.push(f);
+        }
+        v
+    }
+
+    #[test]
+    fn joins_multi_frame_bodies() {
+        let mut out = BytesMut::new();
+        let publish: Method = BasicPublish { routing_key: "q".into(), ..Default::default() }.into();
+        write_method(&mut out, 1, &publish);
+        let body: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        write_content(&mut out, 1, &[0, 0], &body, 4096);
+        let mut a = Assembler::new();
+        let mut got = None;
+        for f in frames(&mut out) {
+            if let Some(c) = a.push(f, 1 << 20).unwrap() {
+                got = Some(c);
+            }
+        }
+        let c = got.unwrap();
+        assert_eq!(c.method, publish);
+        assert_eq!(&c.content.unwrap().body[..], &body[..]);
+        assert!(a.is_idle());
+    }
+
+    #[test]
+    fn method_instead_of_header_is_unexpected_frame() {
+        let mut out = BytesMut::new();
+        write_method(&mut out, 1, &BasicPublish::default().into());
+        write_method(&mut out, 1, &QueueDeclare::default().into());
+        let mut a = Assembler::new();
+        let fs = frames(&mut out);
+        let mut it = fs.into_iter();
+        assert_eq!(a.push(it.next().unwrap(), 100).unwrap(), None);
+        assert_eq!(a.push(it.next().unwrap(), 100).unwrap_err().code, UNEXPECTED_FRAME);
+    }
+
+    #[test]
+    fn oversize_body_is_refused_from_the_header() {
+        let mut out = BytesMut::new();
+        write_method(&mut out, 1, &BasicPublish::default().into());
+        write_content(&mut out, 1, &[0, 0], &[0u8; 200], 4096);
+        let mut a = Assembler::new();
+        let fs = frames(&mut out);
+        let mut it = fs.into_iter();
+        a.push(it.next().unwrap(), 100).unwrap();
+        let e = a.push(it.next().unwrap(), 100).unwrap_err();
+        assert_eq!(e.code, PRECONDITION_FAILED);
+        assert_eq!((e.class_id, e.method_id), (60, 40));
+    }
+}

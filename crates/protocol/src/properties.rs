@@ -1,0 +1,166 @@
+//! The 14 basic content-header properties and the content header frame payload.
+//!
+//! Brokers mostly pass properties through untouched, so the server keeps them as the raw
+//! encoded bytes (flags + values) and decodes them only when a feature needs a value.
+
+use crate::codec::{Field, Reader, Result, ShortStr, Writer};
+use crate::table::FieldTable;
+use bytes::{BufMut, Bytes, BytesMut};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BasicProperties {
+    pub content_type: Option<ShortStr>,
+    pub content_encoding: Option<ShortStr>,
+    pub headers: Option<FieldTable>,
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    pub correlation_id: Option<ShortStr>,
+    pub reply_to: Option<ShortStr>,
+    pub expiration: Option<ShortStr>,
+    pub message_id: Option<ShortStr>,
+    pub timestamp: Option<u64>,
+    pub kind: Option<ShortStr>,
+    pub user_id: Option<ShortStr>,
+    pub app_id: Option<ShortStr>,
+    pub cluster_id: Option<ShortStr>,
+}
+
+macro_rules! props {
+    ($($field:ident : $ty:ty = $bit:literal),*) => {
+        impl BasicProperties {
+            /// Decodes property flags and values (the header payload after the body size).
+            pub fn decode(raw: Bytes) -> Result<Self> {
+                let mut r = Reader::new(raw);
+                let flags = r.u16()?;
+                let mut extra = flags;
+                // Bit 0 announces another flags word; none of its bits name a property.
+                while extra & 1 != 0 {
+                    extra = r.u16()?;
+                }
+                let mut p = BasicProperties::default();
+                $( if flags & (1 << $bit) != 0 { p.$field = Some(<$ty as Field>::read(&mut r)?); } )*
+                Ok(p)
+            }
+            /// Encodes property flags and values.
+            pub fn encode(&self, buf: &mut BytesMut) {
+                let mut flags = 0u16;
+                $( if self.$field.is_some() { flags |= 1 << $bit; } )*
+                let mut w = Writer::new(buf);
+                w.u16(flags);
+                $( if let Some(v) = &self.$field { <$ty as Field>::write(v, &mut w); } )*
+            }
+        }
+    };
+}
+
+props! {
+    content_type: ShortStr = 15,
+    content_encoding: ShortStr = 14,
+    headers: FieldTable = 13,
+    delivery_mode: u8 = 12,
+    priority: u8 = 11,
+    correlation_id: ShortStr = 10,
+    reply_to: ShortStr = 9,
+    expiration: ShortStr = 8,
+    message_id: ShortStr = 7,
+    timestamp: u64 = 6,
+    kind: ShortStr = 5,
+    user_id: ShortStr = 4,
+    app_id: ShortStr = 3,
+    cluster_id: ShortStr = 2
+}
+
+impl BasicProperties {
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(32);
+        self.encode(&mut b);
+        b.freeze()
+    }
+}
+
+/// A decoded content header frame payload, with the properties left encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentHeader {
+    pub class_id: u16,
+    pub body_size: u64,
+    /// Property flags and values exactly as received.
+    pub properties: Bytes,
+}
+
+impl ContentHeader {
+    pub fn decode(payload: Bytes) -> Result<Self> {
+        let mut r = Reader::new(payload);
+        let class_id = r.u16()?;
+        let _weight = r.u16()?;
+        let body_size = r.u64()?;
+        let properties = r.rest();
+        if properties.len() < 2 {
+            return Err(crate::DecodeError::Truncated("property flags"));
+        }
+        Ok(ContentHeader { class_id, body_size, properties })
+    }
+
+    pub fn encode(class_id: u16, body_size: u64, properties: &[u8], buf: &mut BytesMut) {
+        buf.put_u16(class_id);
+        buf.put_u16(0);
+        buf.put_u64(body_size);
+        buf.extend_from_slice(properties);
+    }
+}
+
+/// Reads `delivery_mode` without decoding the rest: it decides whether a message is
+/// persistent on every publish.
+pub fn peek_delivery_mode(raw: &[u8]) -> Option<u8> {
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    if flags & (1 << 12) == 0 {
+        return None;
+    }
+    let mut pos = 2usize;
+    let mut extra = flags;
+    while extra & 1 != 0 {
+        extra = u16::from_be_bytes([*raw.get(pos)?, *raw.get(pos + 1)?]);
+        pos += 2;
+    }
+    for bit in [15u16, 14] {
+        if flags & (1 << bit) != 0 {
+            pos += 1 + *raw.get(pos)? as usize;
+        }
+    }
+    if flags & (1 << 13) != 0 {
+        let len = u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?) as usize;
+        pos += 4 + len;
+    }
+    raw.get(pos).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::FieldValue;
+
+    #[test]
+    fn all_properties_round_trip() {
+        let mut h = FieldTable::new();
+        h.insert("a", FieldValue::I32(1));
+        let p = BasicProperties {
+            content_type: Some("text/plain".into()),
+            content_encoding: Some("gzip".into()),
+            headers: Some(h),
+            delivery_mode: Some(2),
+            priority: Some(5),
+            correlation_id: Some("c".into()),
+            reply_to: Some("r".into()),
+            expiration: Some("1000".into()),
+            message_id: Some("m".into()),
+            timestamp: Some(99),
+            kind: Some("t".into()),
+            user_id: Some("guest".into()),
+            app_id: Some("app".into()),
+            cluster_id: Some("cl".into()),
+        };
+        let raw = p.to_bytes();
+        assert_eq!(BasicProperties::decode(raw.clone()).unwrap(), p);
+        assert_eq!(peek_delivery_mode(&raw), Some(2));
+        assert_eq!(peek_delivery_mode(&BasicProperties::default().to_bytes()), None);
+    }
+}
