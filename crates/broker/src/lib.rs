@@ -1,1 +1,32 @@
-//! placeholder
+//! Warren's domain: what RabbitMQ calls vhosts, exchanges, bindings, queues, consumers and
+//! deliveries, as plain synchronous state machines behind short-held locks.
+//!
+//! Layout:
+//! - [`error`]: [`AmqpError`], a reply code with RabbitMQ's text.
+//! - [`message`]: the immutable [`Message`] shared by every queue it is routed to.
+//! - [`exchange`]: exchange types and their routing tables (a file per type).
+//! - [`queue`]: a queue's ready list, unacked count, consumers and dispatch.
+//! - [`channel`]: a channel's delivery side: delivery tags, unacked messages, prefetch.
+//! - [`vhost`]: declare/delete/bind/publish within one virtual host.
+//! - [`broker`]: the set of vhosts and broker-wide settings.
+//!
+//! Nothing here knows frames or sockets: deliveries leave through the
+//! [`channel::DeliveryWriter`] trait that the server implements.
+//!
+//! Lock order (never taken the other way round): vhost maps → exchange bindings (released
+//! before queues are touched) → queue → channel → writer.
+
+pub mod broker;
+pub mod channel;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod vhost;
+
+pub use broker::{Broker, BrokerConfig};
+pub use channel::{DeliveryChannel, DeliveryWriter};
+pub use error::AmqpError;
+pub use message::Message;
+pub use queue::Queue;
+pub use vhost::VHost;

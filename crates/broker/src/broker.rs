@@ -1,0 +1,96 @@
+//! The broker: its virtual hosts, users and broker-wide settings.
+
+use crate::error::{AmqpError, Result};
+use crate::vhost::VHost;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub default_vhost: String,
+    pub default_user: String,
+    pub default_pass: String,
+    /// Users that may only connect from loopback (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            default_vhost: "/".into(),
+            default_user: "guest".into(),
+            default_pass: "guest".into(),
+            loopback_users: vec!["guest".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    pub tags: Vec<String>,
+}
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    users: RwLock<HashMap<String, User>>,
+    next_id: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig) -> Arc<Self> {
+        let b = Broker {
+            vhosts: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            config,
+        };
+        b.vhosts.write().insert(b.config.default_vhost.clone(), VHost::new(&b.config.default_vhost));
+        b.users.write().insert(
+            b.config.default_user.clone(),
+            User {
+                name: b.config.default_user.clone(),
+                password: b.config.default_pass.clone(),
+                tags: vec!["administrator".into()],
+            },
+        );
+        Arc::new(b)
+    }
+
+    /// A process-unique id for connections (exclusive-queue ownership) and similar.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.read().get(name).cloned()
+    }
+
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.read().values().cloned().collect()
+    }
+
+    /// Checks a username and password. `loopback` says whether the peer is on loopback.
+    pub fn authenticate(&self, user: &str, password: &str, loopback: bool) -> Result<User> {
+        let users = self.users.read();
+        let refused = || {
+            AmqpError::access_refused(
+                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+            )
+        };
+        let u = users.get(user).ok_or_else(refused)?;
+        if u.password != password {
+            return Err(refused());
+        }
+        if !loopback && self.config.loopback_users.iter().any(|l| l == user) {
+            return Err(AmqpError::access_refused(format!(
+                "user '{user}' can only connect via localhost"
+            )));
+        }
+        Ok(u.clone())
+    }
+}

@@ -1,0 +1,412 @@
+//! A channel's delivery side: delivery tags, the unacknowledged messages, prefetch limits and
+//! the consumers on the channel. Queues call [`DeliveryChannel::deliver`] (holding their own
+//! lock); the server calls ack / nack / reject / cancel / close.
+//!
+//! Prefetch follows RabbitMQ's reading of `basic.qos`: `global = false` sets the limit of each
+//! consumer created afterwards, `global = true` a limit shared by the whole channel.
+
+use crate::error::{AmqpError, Result};
+use crate::message::Message;
+use crate::queue::{ConsumeRefused, Queue, QueueConsumer, QueuedMessage};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+use warren_protocol::ShortStr;
+
+/// Where deliveries go: implemented by the server, which encodes frames into the
+/// connection's write buffer.
+pub trait DeliveryWriter: Send + Sync {
+    fn deliver(&self, channel: u16, consumer_tag: &str, delivery_tag: u64, redelivered: bool, msg: &Message);
+    /// A server-initiated basic.cancel (queue deleted), for clients that announce
+    /// `consumer_cancel_notify`.
+    fn cancel(&self, channel: u16, consumer_tag: &str);
+    /// Whether the connection's write buffer is full. A saturated writer must later call for
+    /// the channel's consumers to resume (see [`DeliveryChannel::resume`]).
+    fn is_saturated(&self) -> bool;
+}
+
+/// A delivery a queue offers to a channel.
+pub struct Deliver<'a> {
+    pub queue: &'a Arc<Queue>,
+    pub consumer_id: u32,
+    pub tag: &'a ShortStr,
+    pub no_ack: bool,
+    pub qm: &'a QueuedMessage,
+}
+
+/// A message delivered on this channel and not yet acknowledged.
+pub struct Unacked {
+    pub delivery_tag: u64,
+    pub queue: Arc<Queue>,
+    pub consumer_id: Option<u32>,
+    pub qm: QueuedMessage,
+    pub delivered_at: Instant,
+}
+
+struct ConsumerSlot {
+    tag: ShortStr,
+    queue: Arc<Queue>,
+    no_ack: bool,
+    prefetch: u16,
+    unacked: u32,
+}
+
+struct State {
+    closed: bool,
+    flow_active: bool,
+    next_tag: u64,
+    unacked: VecDeque<Unacked>,
+    prefetch_count: u16,
+    global_prefetch: u16,
+    consumers: Vec<Option<ConsumerSlot>>,
+}
+
+pub struct DeliveryChannel {
+    pub number: u16,
+    pub conn_id: u64,
+    writer: Arc<dyn DeliveryWriter>,
+    state: Mutex<State>,
+}
+
+/// A consumer of this channel, for listing.
+pub struct ConsumerInfo {
+    pub tag: ShortStr,
+    pub queue: Arc<Queue>,
+    pub no_ack: bool,
+    pub prefetch: u16,
+    pub unacked: u32,
+}
+
+/// Channel counters for list_channels and the management API.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelStats {
+    pub consumers: u32,
+    pub messages_unacknowledged: u32,
+    pub prefetch_count: u16,
+    pub global_prefetch_count: u16,
+    pub oldest_unacked: Option<Instant>,
+}
+
+impl DeliveryChannel {
+    pub fn new(number: u16, conn_id: u64, writer: Arc<dyn DeliveryWriter>) -> Arc<Self> {
+        Arc::new(DeliveryChannel {
+            number,
+            conn_id,
+            writer,
+            state: Mutex::new(State {
+                closed: false,
+                flow_active: true,
+                next_tag: 1,
+                unacked: VecDeque::new(),
+                prefetch_count: 0,
+                global_prefetch: 0,
+                consumers: Vec::new(),
+            }),
+        })
+    }
+
+    /// Called by a queue holding its lock. Returns false when the consumer has no credit (or
+    /// the channel is closed, flow-stopped or its connection saturated).
+    pub fn deliver(&self, d: Deliver<'_>) -> bool {
+        let mut s = self.state.lock();
+        if s.closed || !s.flow_active || self.writer.is_saturated() {
+            return false;
+        }
+        let global_full = s.global_prefetch != 0 && s.unacked.len() >= s.global_prefetch as usize;
+        let Some(Some(slot)) = s.consumers.get_mut(d.consumer_id as usize) else { return false };
+        if !d.no_ack {
+            if global_full || (slot.prefetch != 0 && slot.unacked >= slot.prefetch as u32) {
+                return false;
+            }
+            slot.unacked += 1;
+        }
+        let tag = s.next_tag;
+        s.next_tag += 1;
+        self.writer.deliver(self.number, d.tag, tag, d.qm.redelivered, &d.qm.msg);
+        if !d.no_ack {
+            s.unacked.push_back(Unacked {
+                delivery_tag: tag,
+                queue: d.queue.clone(),
+                consumer_id: Some(d.consumer_id),
+                qm: d.qm.clone(),
+                delivered_at: Instant::now(),
+            });
+        }
+        true
+    }
+
+    /// Records a basic.get delivery that expects an ack; returns its delivery tag.
+    pub fn record_get(&self, queue: &Arc<Queue>, qm: QueuedMessage, ack_expected: bool) -> u64 {
+        let mut s = self.state.lock();
+        let tag = s.next_tag;
+        s.next_tag += 1;
+        if ack_expected {
+            s.unacked.push_back(Unacked {
+                delivery_tag: tag,
+                queue: queue.clone(),
+                consumer_id: None,
+                qm,
+                delivered_at: Instant::now(),
+            });
+        }
+        tag
+    }
+
+    /// Takes the unacked messages an ack/nack/reject names. `multiple` with tag 0 means all.
+    fn take(&self, tag: u64, multiple: bool) -> Result<Vec<Unacked>> {
+        let mut s = self.state.lock();
+        let taken: Vec<Unacked> = if multiple {
+            if tag == 0 {
+                s.unacked.drain(..).collect()
+            } else {
+                let end = s.unacked.partition_point(|u| u.delivery_tag <= tag);
+                if end == 0 || s.unacked[end - 1].delivery_tag != tag {
+                    return Err(unknown_tag(tag));
+                }
+                s.unacked.drain(..end).collect()
+            }
+        } else {
+            let at = s.unacked.partition_point(|u| u.delivery_tag < tag);
+            match s.unacked.get(at) {
+                Some(u) if u.delivery_tag == tag => {}
+                _ => return Err(unknown_tag(tag)),
+            }
+            let u = s.unacked.remove(at).expect("index checked");
+            vec![u]
+        };
+        for u in &taken {
+            if let Some(Some(slot)) = u.consumer_id.and_then(|id| s.consumers.get_mut(id as usize)) {
+                slot.unacked = slot.unacked.saturating_sub(1);
+            }
+        }
+        Ok(taken)
+    }
+
+    /// basic.ack.
+    pub fn ack(&self, tag: u64, multiple: bool) -> Result<()> {
+        let taken = self.take(tag, multiple)?;
+        for_each_queue_run(&taken, |q, run| q.settle(run.len() as u32));
+        self.resume();
+        Ok(())
+    }
+
+    /// basic.nack / basic.reject: requeue or drop.
+    pub fn nack(&self, tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+        let taken = self.take(tag, multiple)?;
+        settle_or_requeue(taken, requeue);
+        self.resume();
+        Ok(())
+    }
+
+    /// basic.recover: every unacked message of the channel goes back to its queue.
+    pub fn recover(&self) {
+        if let Ok(taken) = self.take(0, true) {
+            settle_or_requeue(taken, true);
+        }
+        self.resume();
+    }
+
+    /// basic.qos.
+    pub fn set_prefetch(&self, count: u16, global: bool) {
+        {
+            let mut s = self.state.lock();
+            if global {
+                s.global_prefetch = count;
+            } else {
+                s.prefetch_count = count;
+            }
+        }
+        self.resume();
+    }
+
+    /// channel.flow from the client: stop or restart deliveries.
+    pub fn set_flow(&self, active: bool) {
+        self.state.lock().flow_active = active;
+        if active {
+            self.resume();
+        }
+    }
+
+    /// Registers a consumer on `queue`. `on_added` runs under the queue's lock before the first
+    /// delivery, so the server can write consume-ok ahead of any basic.deliver.
+    pub fn consume(
+        self: &Arc<Self>,
+        queue: &Arc<Queue>,
+        tag: ShortStr,
+        no_ack: bool,
+        exclusive: bool,
+        on_added: impl FnOnce(),
+    ) -> Result<()> {
+        let id = {
+            let mut s = self.state.lock();
+            if s.consumers.iter().flatten().any(|c| c.tag == tag) {
+                return Err(AmqpError::not_allowed_tag(&tag));
+            }
+            let slot = ConsumerSlot { tag: tag.clone(), queue: queue.clone(), no_ack, prefetch: s.prefetch_count, unacked: 0 };
+            match s.consumers.iter().position(Option::is_none) {
+                Some(i) => {
+                    s.consumers[i] = Some(slot);
+                    i as u32
+                }
+                None => {
+                    s.consumers.push(Some(slot));
+                    (s.consumers.len() - 1) as u32
+                }
+            }
+        };
+        let c = QueueConsumer { channel: self.clone(), consumer_id: id, tag, no_ack, exclusive };
+        match queue.add_consumer(c, on_added) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                self.state.lock().consumers[id as usize] = None;
+                Err(match refused {
+                    ConsumeRefused::ExclusiveInUse => AmqpError::access_refused(format!(
+                        "queue '{}' in vhost '{}' in exclusive use",
+                        queue.name, queue.vhost_name
+                    )),
+                    ConsumeRefused::Deleted => {
+                        AmqpError::not_found(format!("no queue '{}' in vhost '{}'", queue.name, queue.vhost_name))
+                    }
+                })
+            }
+        }
+    }
+
+    /// basic.cancel; false when no consumer has that tag.
+    pub fn cancel(&self, tag: &str) -> bool {
+        let found = {
+            let mut s = self.state.lock();
+            let pos = s.consumers.iter().position(|c| c.as_ref().is_some_and(|c| c.tag == tag));
+            pos.and_then(|i| s.consumers[i].take().map(|c| (i as u32, c.queue)))
+        };
+        match found {
+            Some((id, queue)) => {
+                queue.remove_consumer(self, id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The queue of a consumer was deleted: forget the consumer and tell the client.
+    pub(crate) fn consumer_cancelled_by_server(&self, consumer_id: u32) {
+        let mut s = self.state.lock();
+        if let Some(slot) = s.consumers.get_mut(consumer_id as usize) {
+            if let Some(c) = slot.take() {
+                if !s.closed {
+                    self.writer.cancel(self.number, &c.tag);
+                }
+            }
+        }
+    }
+
+    /// Channel or connection closed: cancel consumers, then put every unacked message back in
+    /// its queue (redelivered) so other consumers get it at once.
+    pub fn close(&self) {
+        let (consumers, unacked) = {
+            let mut s = self.state.lock();
+            s.closed = true;
+            let consumers: Vec<(u32, Arc<Queue>)> = s
+                .consumers
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, c)| c.take().map(|c| (i as u32, c.queue)))
+                .collect();
+            (consumers, std::mem::take(&mut s.unacked))
+        };
+        for (id, q) in consumers {
+            q.remove_consumer(self, id);
+        }
+        settle_or_requeue(unacked.into(), true);
+    }
+
+    /// Redelivers from the queues of this channel's consumers, after credit came back.
+    pub fn resume(&self) {
+        let queues: Vec<Arc<Queue>> = {
+            let s = self.state.lock();
+            if s.closed {
+                return;
+            }
+            let mut v: Vec<Arc<Queue>> = Vec::new();
+            for c in s.consumers.iter().flatten() {
+                if !v.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
+                    v.push(c.queue.clone());
+                }
+            }
+            v
+        };
+        for q in queues {
+            q.dispatch();
+        }
+    }
+
+    pub fn stats(&self) -> ChannelStats {
+        let s = self.state.lock();
+        ChannelStats {
+            consumers: s.consumers.iter().flatten().count() as u32,
+            messages_unacknowledged: s.unacked.len() as u32,
+            prefetch_count: s.prefetch_count,
+            global_prefetch_count: s.global_prefetch,
+            oldest_unacked: s.unacked.front().map(|u| u.delivered_at),
+        }
+    }
+
+    pub fn consumers(&self) -> Vec<ConsumerInfo> {
+        let s = self.state.lock();
+        s.consumers
+            .iter()
+            .flatten()
+            .map(|c| ConsumerInfo {
+                tag: c.tag.clone(),
+                queue: c.queue.clone(),
+                no_ack: c.no_ack,
+                prefetch: c.prefetch,
+                unacked: c.unacked,
+            })
+            .collect()
+    }
+
+    pub fn has_consumer(&self, tag: &str) -> bool {
+        self.state.lock().consumers.iter().flatten().any(|c| c.tag == tag)
+    }
+}
+
+fn unknown_tag(tag: u64) -> AmqpError {
+    AmqpError::precondition(format!("unknown delivery tag {tag}"))
+}
+
+impl AmqpError {
+    fn not_allowed_tag(tag: &str) -> AmqpError {
+        AmqpError::new(warren_protocol::constants::NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'"))
+    }
+}
+
+/// Calls `f` once per run of consecutive entries from the same queue (acks usually come in
+/// long runs from one queue, so this is one queue lock per batch).
+fn for_each_queue_run(items: &[Unacked], mut f: impl FnMut(&Arc<Queue>, &[Unacked])) {
+    let mut start = 0;
+    for i in 1..=items.len() {
+        if i == items.len() || !Arc::ptr_eq(&items[i].queue, &items[start].queue) {
+            f(&items[start].queue, &items[start..i]);
+            start = i;
+        }
+    }
+}
+
+fn settle_or_requeue(items: Vec<Unacked>, requeue: bool) {
+    if !requeue {
+        for_each_queue_run(&items, |q, run| q.settle(run.len() as u32));
+        return;
+    }
+    let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
+    for u in items {
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, v)) => v.push(u.qm),
+            None => by_queue.push((u.queue, vec![u.qm])),
+        }
+    }
+    for (q, msgs) in by_queue {
+        q.requeue(msgs);
+    }
+}

@@ -1,0 +1,506 @@
+//! A virtual host: its exchanges and queues, and the operations clients perform on them
+//! (declare, delete, bind, purge, publish), with RabbitMQ's rules and reply texts.
+
+use crate::error::{AmqpError, Result};
+use crate::exchange::{check_headers_args, Binding, Destination, Exchange, ExchangeKind};
+use crate::message::Message;
+use crate::queue::Queue;
+use parking_lot::RwLock;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use warren_protocol::{FieldTable, FieldValue, ShortStr};
+
+/// What a client asks for in queue.declare.
+#[derive(Debug, Clone, Default)]
+pub struct QueueDeclare {
+    pub name: ShortStr,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// What a client asks for in exchange.declare.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeDeclare {
+    pub name: ShortStr,
+    pub kind: ShortStr,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+pub struct VHost {
+    pub name: String,
+    exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
+    queues: RwLock<HashMap<ShortStr, Arc<Queue>>>,
+}
+
+/// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared).
+const COMPARED_QUEUE_ARGS: &[&str] = &[
+    "x-queue-type",
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+const INTEGER_QUEUE_ARGS: &[&str] =
+    &["x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-max-priority", "x-delivery-limit", "x-consumer-timeout"];
+
+impl VHost {
+    pub fn new(name: &str) -> Arc<Self> {
+        let vh = Arc::new(VHost { name: name.to_string(), exchanges: Default::default(), queues: Default::default() });
+        let predeclared = [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ];
+        {
+            let mut ex = vh.exchanges.write();
+            for (n, k) in predeclared {
+                ex.insert(n.into(), Arc::new(Exchange::new(n.into(), k, true, false, false, FieldTable::new())));
+            }
+        }
+        vh
+    }
+
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.read().get(name).cloned()
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.read().get(name).cloned()
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn locked(&self, name: &str) -> AmqpError {
+        AmqpError::resource_locked(format!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally \
+             declared on another connection or the exclusive property value does not match that of the \
+             original declaration.",
+            self.name
+        ))
+    }
+
+    /// Looks a queue up for a connection, refusing another connection's exclusive queue.
+    pub fn queue_for(&self, name: &str, conn: u64) -> Result<Arc<Queue>> {
+        let q = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        match q.exclusive_owner {
+            Some(owner) if owner != conn => Err(self.locked(name)),
+            _ => Ok(q),
+        }
+    }
+
+    pub fn exchange_for_publish(&self, name: &str) -> Result<Arc<Exchange>> {
+        let x = self.exchange(name).ok_or_else(|| self.no_exchange(name))?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        Ok(x)
+    }
+
+    pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<Arc<Exchange>> {
+        if d.passive {
+            return self.exchange(&d.name).ok_or_else(|| self.no_exchange(&d.name));
+        }
+        if d.name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let kind = ExchangeKind::parse(&d.kind)
+            .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind)))?;
+        if let Some(x) = self.exchange(&d.name) {
+            let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
+                AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for exchange '{}' in vhost '{}': received '{got}' but current is '{cur}'",
+                    d.name, self.name
+                ))
+            };
+            if x.kind != kind {
+                return Err(mismatch("type", &d.kind, &x.kind.as_str()));
+            }
+            if x.durable != d.durable {
+                return Err(mismatch("durable", &d.durable, &x.durable));
+            }
+            if x.auto_delete != d.auto_delete {
+                return Err(mismatch("auto_delete", &d.auto_delete, &x.auto_delete));
+            }
+            if x.internal != d.internal {
+                return Err(mismatch("internal", &d.internal, &x.internal));
+            }
+            return Ok(x);
+        }
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let x = Arc::new(Exchange::new(d.name.clone(), kind, d.durable, d.auto_delete, d.internal, d.arguments));
+        Ok(self.exchanges.write().entry(d.name).or_insert(x).clone())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "operation not permitted on exchange '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        let Some(x) = self.exchange(name) else { return Ok(()) };
+        if if_unused && x.has_bindings() {
+            return Err(AmqpError::precondition(format!("exchange '{name}' in vhost '{}' in use", self.name)));
+        }
+        self.remove_exchange(&x);
+        Ok(())
+    }
+
+    fn remove_exchange(&self, x: &Arc<Exchange>) {
+        self.exchanges.write().remove(x.name.as_str());
+        for b in x.bindings() {
+            if let Destination::Queue(q) = &b.destination {
+                q.bindings.lock().retain(|(e, k, a)| !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments)));
+            }
+        }
+        let dest = Destination::Exchange(x.clone());
+        for other in self.exchanges() {
+            if other.unbind_destination(&dest) > 0 {
+                self.maybe_auto_delete_exchange(&other);
+            }
+        }
+    }
+
+    fn maybe_auto_delete_exchange(&self, x: &Arc<Exchange>) {
+        if x.auto_delete && !x.has_bindings() {
+            self.remove_exchange(x);
+        }
+    }
+
+    /// queue.declare. Returns the queue with its ready-message and consumer counts.
+    pub fn declare_queue(self: &Arc<Self>, d: QueueDeclare, conn: u64) -> Result<(Arc<Queue>, u32, u32)> {
+        if d.passive {
+            let q = self.queue_for(&d.name, conn)?;
+            return Ok((q.clone(), q.message_count(), q.consumer_count()));
+        }
+        let name: ShortStr = if d.name.is_empty() {
+            generate_name().into()
+        } else if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!("queue name '{}' contains reserved prefix 'amq.*'", d.name)));
+        } else {
+            d.name.clone()
+        };
+        self.check_queue_args(&name, &d)?;
+        if let Some(q) = self.queue(&name) {
+            return self.redeclare(q, &d, conn);
+        }
+        let owner = d.exclusive.then_some(conn);
+        let q = Arc::new(Queue::new(name.clone(), self, d.durable, owner, d.auto_delete, d.arguments.clone()));
+        let existing = {
+            let mut queues = self.queues.write();
+            match queues.get(&name) {
+                Some(existing) => Some(existing.clone()),
+                None => {
+                    queues.insert(name, q.clone());
+                    None
+                }
+            }
+        };
+        match existing {
+            // Another connection declared it in the meantime.
+            Some(other) => self.redeclare(other, &d, conn),
+            None => Ok((q, 0, 0)),
+        }
+    }
+
+    fn redeclare(&self, q: Arc<Queue>, d: &QueueDeclare, conn: u64) -> Result<(Arc<Queue>, u32, u32)> {
+        if let Some(owner) = q.exclusive_owner {
+            if owner != conn {
+                return Err(self.locked(&q.name));
+            }
+        }
+        let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
+            AmqpError::precondition(format!(
+                "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received '{got}' but current is '{cur}'",
+                q.name, self.name
+            ))
+        };
+        if q.durable != d.durable {
+            return Err(mismatch("durable", &d.durable, &q.durable));
+        }
+        if q.exclusive_owner.is_some() != d.exclusive {
+            return Err(mismatch("exclusive", &d.exclusive, &q.exclusive_owner.is_some()));
+        }
+        if q.auto_delete != d.auto_delete {
+            return Err(mismatch("auto_delete", &d.auto_delete, &q.auto_delete));
+        }
+        for arg in COMPARED_QUEUE_ARGS {
+            let got = d.arguments.get(arg);
+            let cur = q.arguments.get(arg);
+            let equivalent = match (got, cur) {
+                (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
+                (None, None) => true,
+                // An explicit x-queue-type of "classic" equals the default.
+                (Some(v), None) | (None, Some(v)) => *arg == "x-queue-type" && v.as_str() == Some("classic"),
+            };
+            if !equivalent {
+                let show = |v: Option<&FieldValue>| match v {
+                    None => "none".to_string(),
+                    Some(v) => v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|i| i.to_string())).unwrap_or_else(|| format!("{v:?}")),
+                };
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received {} but current is {}",
+                    q.name,
+                    self.name,
+                    describe_arg(got, &show),
+                    describe_arg(cur, &show)
+                )));
+            }
+        }
+        let (m, c) = (q.message_count(), q.consumer_count());
+        Ok((q, m, c))
+    }
+
+    fn check_queue_args(&self, name: &str, d: &QueueDeclare) -> Result<()> {
+        let invalid = |arg: &str, why: &str| {
+            AmqpError::precondition(format!("invalid arg '{arg}' for queue '{name}' in vhost '{}': {why}", self.name))
+        };
+        for arg in INTEGER_QUEUE_ARGS {
+            if let Some(v) = d.arguments.get(arg) {
+                match v.as_i64() {
+                    Some(n) if n >= 0 => {}
+                    Some(_) => return Err(invalid(arg, "a negative value is not allowed")),
+                    None => return Err(invalid(arg, &format!("{} is not a valid integer type", v.type_name()))),
+                }
+            }
+        }
+        if let Some(v) = d.arguments.get("x-expires") {
+            if v.as_i64() == Some(0) {
+                return Err(invalid("x-expires", "the value must be positive"));
+            }
+        }
+        if let Some(v) = d.arguments.get("x-max-priority") {
+            if v.as_i64().is_some_and(|p| p > 255) {
+                return Err(invalid("x-max-priority", "the value must be between 0 and 255"));
+            }
+        }
+        if let Some(v) = d.arguments.get("x-overflow") {
+            if !matches!(v.as_str(), Some("drop-head" | "reject-publish" | "reject-publish-dlx")) {
+                return Err(invalid("x-overflow", "expected drop-head, reject-publish or reject-publish-dlx"));
+            }
+        }
+        match d.arguments.get("x-queue-type").map(|v| v.as_str()) {
+            None | Some(Some("classic")) => {}
+            Some(Some("quorum")) => {
+                let prop = if !d.durable {
+                    Some("non-durable")
+                } else if d.exclusive {
+                    Some("exclusive-owner")
+                } else if d.auto_delete {
+                    Some("auto-delete")
+                } else {
+                    None
+                };
+                if let Some(p) = prop {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid property '{p}' for queue '{name}' in vhost '{}'",
+                        self.name
+                    )));
+                }
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "x-queue-type",
+                    &format!("unsupported queue type '{}'", other.unwrap_or("?")),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// queue.delete. Returns the number of ready messages deleted. A missing queue is not an
+    /// error (RabbitMQ makes delete idempotent).
+    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn: u64) -> Result<u32> {
+        let q = match self.queue_for(name, conn) {
+            Ok(q) => q,
+            Err(e) if e.code == warren_protocol::constants::NOT_FOUND => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        if if_unused && q.consumer_count() > 0 {
+            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{}' in use", self.name)));
+        }
+        if if_empty && q.message_count() > 0 {
+            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{}' not empty", self.name)));
+        }
+        Ok(self.delete_queue_unchecked(name))
+    }
+
+    /// Deletes a queue with no checks (auto-delete, exclusive owner gone, vhost deletion).
+    pub fn delete_queue_unchecked(&self, name: &str) -> u32 {
+        let Some(q) = self.queues.write().remove(name) else { return 0 };
+        let bindings = std::mem::take(&mut *q.bindings.lock());
+        let dest = Destination::Queue(q.clone());
+        for (ex, key, args) in bindings {
+            if let Some(x) = self.exchange(&ex) {
+                x.unbind(&Binding { destination: dest.clone(), routing_key: key, arguments: args });
+                self.maybe_auto_delete_exchange(&x);
+            }
+        }
+        q.mark_deleted()
+    }
+
+    pub fn purge_queue(&self, name: &str, conn: u64) -> Result<u32> {
+        Ok(self.queue_for(name, conn)?.purge())
+    }
+
+    pub fn bind_queue(&self, queue: &str, exchange: &str, key: ShortStr, args: FieldTable, conn: u64) -> Result<()> {
+        let q = self.queue_for(queue, conn)?;
+        let x = self.bindable_exchange(exchange)?;
+        if x.kind == ExchangeKind::Headers {
+            check_headers_args(&args)?;
+        }
+        let added = x.bind(Binding { destination: Destination::Queue(q.clone()), routing_key: key.clone(), arguments: args.clone() })?;
+        if added {
+            q.bindings.lock().push((x.name.clone(), key, args));
+        }
+        Ok(())
+    }
+
+    pub fn unbind_queue(&self, queue: &str, exchange: &str, key: ShortStr, args: FieldTable, conn: u64) -> Result<()> {
+        let q = self.queue_for(queue, conn)?;
+        let x = self.bindable_exchange(exchange)?;
+        let b = Binding { destination: Destination::Queue(q.clone()), routing_key: key, arguments: args };
+        if x.unbind(&b) {
+            q.bindings
+                .lock()
+                .retain(|(e, k, a)| !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments)));
+            self.maybe_auto_delete_exchange(&x);
+        }
+        Ok(())
+    }
+
+    fn bindable_exchange(&self, name: &str) -> Result<Arc<Exchange>> {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        self.exchange(name).ok_or_else(|| self.no_exchange(name))
+    }
+
+    pub fn bind_exchange(&self, destination: &str, source: &str, key: ShortStr, args: FieldTable) -> Result<()> {
+        let src = self.bindable_exchange(source)?;
+        let dst = self.bindable_exchange(destination)?;
+        src.bind(Binding { destination: Destination::Exchange(dst), routing_key: key, arguments: args })?;
+        Ok(())
+    }
+
+    pub fn unbind_exchange(&self, destination: &str, source: &str, key: ShortStr, args: FieldTable) -> Result<()> {
+        let src = self.bindable_exchange(source)?;
+        let dst = self.bindable_exchange(destination)?;
+        if src.unbind(&Binding { destination: Destination::Exchange(dst), routing_key: key, arguments: args }) {
+            self.maybe_auto_delete_exchange(&src);
+        }
+        Ok(())
+    }
+
+    /// Routes a message from `exchange` into `out` (each matching queue once, following
+    /// exchange-to-exchange bindings without looping).
+    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
+        out.clear();
+        if exchange.name.is_empty() {
+            if let Some(q) = self.queue(&msg.routing_key) {
+                out.push(q);
+            }
+            return;
+        }
+        // Headers are decoded only if a headers exchange is on the way, and then only once.
+        let mut props: Option<warren_protocol::BasicProperties> = None;
+        let mut dests = Vec::new();
+        let mut visited: Vec<*const Exchange> = Vec::new();
+        let mut next = Some(exchange.clone());
+        while let Some(x) = next.take() {
+            visited.push(Arc::as_ptr(&x));
+            let headers = if x.kind == ExchangeKind::Headers {
+                props.get_or_insert_with(|| msg.decode_properties()).headers.as_ref()
+            } else {
+                None
+            };
+            x.route(&msg.routing_key, headers, &mut dests);
+            while let Some(d) = dests.pop() {
+                match d {
+                    Destination::Queue(q) => out.push(q),
+                    Destination::Exchange(x) if !visited.contains(&Arc::as_ptr(&x)) => {
+                        next = Some(x);
+                        break;
+                    }
+                    Destination::Exchange(_) => {}
+                }
+            }
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|q| Arc::as_ptr(q));
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+    }
+
+    /// Deletes everything: used when the vhost itself is deleted.
+    pub fn clear(&self) {
+        let names: Vec<ShortStr> = self.queues.read().keys().cloned().collect();
+        for n in names {
+            self.delete_queue_unchecked(&n);
+        }
+        self.exchanges.write().clear();
+    }
+}
+
+fn describe_arg(v: Option<&FieldValue>, show: &dyn Fn(Option<&FieldValue>) -> String) -> String {
+    match v {
+        None => "none".into(),
+        Some(val) => format!("the value '{}' of type '{}'", show(v), val.type_name()),
+    }
+}
+
+/// A server-generated queue name: `amq.gen-` and 22 URL-safe base64 characters, as RabbitMQ.
+pub fn generate_name() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut s = String::with_capacity(30);
+    s.push_str("amq.gen-");
+    for _ in 0..22 {
+        s.push(ALPHABET[rng.gen_range(0..64)] as char);
+    }
+    s
+}
