@@ -1,5 +1,6 @@
 //! The broker: its virtual hosts, users and broker-wide settings.
 
+use crate::connections::Connections;
 use crate::error::{AmqpError, Result};
 use crate::vhost::VHost;
 use parking_lot::RwLock;
@@ -39,6 +40,7 @@ pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     users: RwLock<HashMap<String, User>>,
     next_id: AtomicU64,
+    pub connections: Connections,
 }
 
 impl Broker {
@@ -47,6 +49,7 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            connections: Connections::default(),
             config,
         };
         b.vhosts.write().insert(b.config.default_vhost.clone(), VHost::new(&b.config.default_vhost));

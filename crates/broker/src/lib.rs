@@ -9,6 +9,7 @@
 //! - [`channel`]: a channel's delivery side: delivery tags, unacked messages, prefetch.
 //! - [`vhost`]: declare/delete/bind/publish within one virtual host.
 //! - [`broker`]: the set of vhosts and broker-wide settings.
+//! - [`connections`]: the registry of client connections, for operators.
 //!
 //! Nothing here knows frames or sockets: deliveries leave through the
 //! [`channel::DeliveryWriter`] trait that the server implements.
@@ -18,6 +19,7 @@
 
 pub mod broker;
 pub mod channel;
+pub mod connections;
 pub mod error;
 pub mod exchange;
 pub mod message;

@@ -192,6 +192,7 @@ impl VHost {
 
     fn remove_exchange(&self, x: &Arc<Exchange>) {
         self.exchanges.write().remove(x.name.as_str());
+        x.mark_deleted();
         for b in x.bindings() {
             if let Destination::Queue(q) = &b.destination {
                 q.bindings.lock().retain(|(e, k, a)| !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments)));

@@ -1,1 +1,76 @@
-//! placeholder
+//! Warren's AMQP 0-9-1 server: the TCP listener, one reader task and one writer task per
+//! connection, and the connection and channel state machines that turn commands into broker
+//! calls and broker events into frames. This is the one place where a broker error becomes a
+//! `channel.close` or `connection.close`.
+//!
+//! Layout:
+//! - [`outbox`]: the connection's shared write buffer, drained by the writer task.
+//! - [`connection`]: handshake, frame dispatch, heartbeats, connection-level errors.
+//! - [`channel`]: the per-channel method handlers (exchange, queue, basic, confirm, tx).
+
+pub mod channel;
+pub mod connection;
+pub mod outbox;
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use warren_broker::Broker;
+
+/// Protocol settings, with RabbitMQ's defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Heartbeat timeout the server proposes, in seconds (0 disables).
+    pub heartbeat: u16,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// Largest message body accepted (RabbitMQ 4's default: 16 MiB).
+    pub max_message_size: u64,
+    /// Time a new socket has to complete the AMQP handshake.
+    pub handshake_timeout: Duration,
+    /// Consumer delivery-acknowledgement timeout (None disables).
+    pub consumer_timeout: Option<Duration>,
+    /// Treat every peer as remote (tests of loopback-only users).
+    pub peers_are_remote: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            heartbeat: 60,
+            frame_max: 131072,
+            channel_max: 2047,
+            max_message_size: 16 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            consumer_timeout: Some(Duration::from_millis(1_800_000)),
+            peers_are_remote: false,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then closes every connection with
+/// 320 CONNECTION_FORCED.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: Arc<ServerConfig>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let broker = broker.clone();
+                    let config = config.clone();
+                    tokio::spawn(async move { connection::run(stream, peer, broker, config).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+        }
+    }
+    for c in broker.connections.list() {
+        c.closer.force_close("shutdown");
+    }
+}

@@ -100,6 +100,7 @@ pub struct Exchange {
     pub internal: bool,
     pub arguments: FieldTable,
     table: RwLock<Table>,
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl Exchange {
@@ -117,7 +118,24 @@ impl Exchange {
             ExchangeKind::Topic => Table::Topic(Default::default()),
             ExchangeKind::Headers => Table::Headers(Default::default()),
         };
-        Exchange { name, kind, durable, auto_delete, internal, arguments, table: RwLock::new(table) }
+        Exchange {
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            table: RwLock::new(table),
+            deleted: Default::default(),
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, std::sync::atomic::Ordering::Release)
     }
 
     /// Adds a binding; false when an identical one exists (binding is idempotent).

@@ -1,0 +1,375 @@
+//! One channel's method handlers: exchange, queue, basic, confirm and tx methods become broker
+//! calls, and broker answers become reply frames. Errors come back as [`AmqpError`]s that the
+//! connection turns into channel.close or connection.close.
+
+use crate::outbox::Outbox;
+use std::sync::Arc;
+use warren_broker::vhost::{ExchangeDeclare, QueueDeclare};
+use warren_broker::{AmqpError, DeliveryChannel, Message, Queue, VHost};
+use warren_protocol::assembler::Content;
+use warren_protocol::constants::*;
+use warren_protocol::frame::{write_content, write_method};
+use warren_protocol::methods::*;
+use warren_protocol::{Method, ShortStr};
+
+type Result<T> = std::result::Result<T, AmqpError>;
+
+/// What a channel handler may touch of its connection.
+pub(crate) struct Ctx<'a> {
+    pub vhost: &'a Arc<VHost>,
+    pub outbox: &'a Arc<Outbox>,
+    pub conn_id: u64,
+    pub frame_max: u32,
+    pub exclusive_queues: &'a mut Vec<ShortStr>,
+}
+
+enum TxOp {
+    Publish { exchange: ShortStr, routing_key: ShortStr, mandatory: bool, content: Content },
+    Ack { tag: u64, multiple: bool },
+    Nack { tag: u64, multiple: bool, requeue: bool },
+}
+
+pub(crate) struct Channel {
+    pub number: u16,
+    pub delivery: Arc<DeliveryChannel>,
+    pub assembler: warren_protocol::assembler::Assembler,
+    /// Set after the server sent channel.close: frames are ignored until close-ok.
+    pub closing: bool,
+    confirm: bool,
+    /// Publish sequence number of the last message (confirm mode).
+    publish_seq: u64,
+    /// Highest sequence number confirmed but not yet acked to the client: confirms are
+    /// coalesced into one `basic.ack multiple` per read batch.
+    confirm_pending: u64,
+    confirm_sent: u64,
+    tx: Option<Vec<TxOp>>,
+    /// The last queue declared on this channel, for methods that name the queue "".
+    last_queue: Option<ShortStr>,
+    /// Cache of the last exchange published to, saving a map lookup per message.
+    last_exchange: Option<Arc<warren_broker::exchange::Exchange>>,
+    route_scratch: Vec<Arc<Queue>>,
+    outbox: Arc<Outbox>,
+}
+
+impl Channel {
+    pub fn new(number: u16, conn_id: u64, outbox: Arc<Outbox>) -> Self {
+        Channel {
+            number,
+            delivery: DeliveryChannel::new(number, conn_id, outbox.clone()),
+            assembler: Default::default(),
+            closing: false,
+            confirm: false,
+            publish_seq: 0,
+            confirm_pending: 0,
+            confirm_sent: 0,
+            tx: None,
+            last_queue: None,
+            last_exchange: None,
+            route_scratch: Vec::new(),
+            outbox,
+        }
+    }
+
+    fn reply(&self, m: impl Into<Method>) {
+        self.outbox.send(self.number, m);
+    }
+
+    /// Sends the confirms gathered during a read batch.
+    pub fn flush_confirms(&mut self) {
+        if self.confirm_pending > self.confirm_sent {
+            let tag = self.confirm_pending;
+            let multiple = tag - self.confirm_sent > 1;
+            self.confirm_sent = tag;
+            self.reply(BasicAck { delivery_tag: tag, multiple });
+        }
+    }
+
+    fn queue_name(&self, name: ShortStr) -> Result<ShortStr> {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    pub fn handle(&mut self, cx: &mut Ctx<'_>, method: Method, content: Option<Content>) -> Result<()> {
+        match method {
+            Method::BasicPublish(p) => {
+                let content = content.expect("assembler attaches content to basic.publish");
+                if let Some(ops) = &mut self.tx {
+                    // Checked now (as RabbitMQ does), applied at commit.
+                    cx.vhost.exchange_for_publish(&p.exchange)?;
+                    ops.push(TxOp::Publish { exchange: p.exchange, routing_key: p.routing_key, mandatory: p.mandatory, content });
+                    return Ok(());
+                }
+                self.publish(cx, p.exchange, p.routing_key, p.mandatory, content)
+            }
+            Method::BasicAck(a) => match &mut self.tx {
+                Some(ops) => {
+                    ops.push(TxOp::Ack { tag: a.delivery_tag, multiple: a.multiple });
+                    Ok(())
+                }
+                None => self.delivery.ack(a.delivery_tag, a.multiple),
+            },
+            Method::BasicNack(n) => self.nack(n.delivery_tag, n.multiple, n.requeue),
+            Method::BasicReject(r) => self.nack(r.delivery_tag, false, r.requeue),
+            Method::BasicQos(q) => {
+                if q.prefetch_size != 0 {
+                    return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({})", q.prefetch_size)));
+                }
+                self.delivery.set_prefetch(q.prefetch_count, q.global);
+                self.reply(BasicQosOk {});
+                Ok(())
+            }
+            Method::BasicConsume(c) => self.consume(cx, c),
+            Method::BasicCancel(c) => {
+                self.delivery.cancel(&c.consumer_tag);
+                if !c.nowait {
+                    self.reply(BasicCancelOk { consumer_tag: c.consumer_tag });
+                }
+                Ok(())
+            }
+            Method::BasicGet(g) => self.get(cx, g),
+            Method::BasicRecover(_) => {
+                self.delivery.recover();
+                self.reply(BasicRecoverOk {});
+                Ok(())
+            }
+            Method::BasicRecoverAsync(_) => {
+                self.delivery.recover();
+                Ok(())
+            }
+            Method::ChannelFlow(f) => {
+                self.delivery.set_flow(f.active);
+                self.reply(ChannelFlowOk { active: f.active });
+                Ok(())
+            }
+            Method::ChannelFlowOk(_) => Ok(()),
+            Method::ExchangeDeclare(d) => {
+                let nowait = d.nowait;
+                cx.vhost.declare_exchange(ExchangeDeclare {
+                    name: d.exchange,
+                    kind: d.kind,
+                    passive: d.passive,
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: d.arguments,
+                })?;
+                if !nowait {
+                    self.reply(ExchangeDeclareOk {});
+                }
+                Ok(())
+            }
+            Method::ExchangeDelete(d) => {
+                cx.vhost.delete_exchange(&d.exchange, d.if_unused)?;
+                self.last_exchange = None;
+                if !d.nowait {
+                    self.reply(ExchangeDeleteOk {});
+                }
+                Ok(())
+            }
+            Method::ExchangeBind(b) => {
+                cx.vhost.bind_exchange(&b.destination, &b.source, b.routing_key, b.arguments)?;
+                if !b.nowait {
+                    self.reply(ExchangeBindOk {});
+                }
+                Ok(())
+            }
+            Method::ExchangeUnbind(b) => {
+                cx.vhost.unbind_exchange(&b.destination, &b.source, b.routing_key, b.arguments)?;
+                if !b.nowait {
+                    self.reply(ExchangeUnbindOk {});
+                }
+                Ok(())
+            }
+            Method::QueueDeclare(d) => {
+                let nowait = d.nowait;
+                let exclusive = d.exclusive;
+                let (q, messages, consumers) = cx.vhost.declare_queue(
+                    QueueDeclare {
+                        name: d.queue,
+                        passive: d.passive,
+                        durable: d.durable,
+                        exclusive: d.exclusive,
+                        auto_delete: d.auto_delete,
+                        arguments: d.arguments,
+                    },
+                    cx.conn_id,
+                )?;
+                if exclusive && !cx.exclusive_queues.contains(&q.name) {
+                    cx.exclusive_queues.push(q.name.clone());
+                }
+                self.last_queue = Some(q.name.clone());
+                if !nowait {
+                    self.reply(QueueDeclareOk { queue: q.name.clone(), message_count: messages, consumer_count: consumers });
+                }
+                Ok(())
+            }
+            Method::QueueBind(b) => {
+                let queue = self.queue_name(b.queue)?;
+                cx.vhost.bind_queue(&queue, &b.exchange, b.routing_key, b.arguments, cx.conn_id)?;
+                if !b.nowait {
+                    self.reply(QueueBindOk {});
+                }
+                Ok(())
+            }
+            Method::QueueUnbind(b) => {
+                let queue = self.queue_name(b.queue)?;
+                cx.vhost.unbind_queue(&queue, &b.exchange, b.routing_key, b.arguments, cx.conn_id)?;
+                self.reply(QueueUnbindOk {});
+                Ok(())
+            }
+            Method::QueuePurge(p) => {
+                let queue = self.queue_name(p.queue)?;
+                let n = cx.vhost.purge_queue(&queue, cx.conn_id)?;
+                if !p.nowait {
+                    self.reply(QueuePurgeOk { message_count: n });
+                }
+                Ok(())
+            }
+            Method::QueueDelete(d) => {
+                let queue = self.queue_name(d.queue)?;
+                let n = cx.vhost.delete_queue(&queue, d.if_unused, d.if_empty, cx.conn_id)?;
+                cx.exclusive_queues.retain(|q| *q != queue);
+                if !d.nowait {
+                    self.reply(QueueDeleteOk { message_count: n });
+                }
+                Ok(())
+            }
+            Method::ConfirmSelect(c) => {
+                if self.tx.is_some() {
+                    return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
+                }
+                self.confirm = true;
+                if !c.nowait {
+                    self.reply(ConfirmSelectOk {});
+                }
+                Ok(())
+            }
+            Method::TxSelect(_) => {
+                if self.confirm {
+                    return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
+                }
+                self.tx.get_or_insert_with(Vec::new);
+                self.reply(TxSelectOk {});
+                Ok(())
+            }
+            Method::TxCommit(_) => {
+                let ops = self.tx.replace(Vec::new()).ok_or_else(|| AmqpError::precondition("channel is not transactional"))?;
+                for op in ops {
+                    match op {
+                        TxOp::Publish { exchange, routing_key, mandatory, content } => {
+                            self.publish(cx, exchange, routing_key, mandatory, content)?
+                        }
+                        TxOp::Ack { tag, multiple } => self.delivery.ack(tag, multiple)?,
+                        TxOp::Nack { tag, multiple, requeue } => self.delivery.nack(tag, multiple, requeue)?,
+                    }
+                }
+                self.reply(TxCommitOk {});
+                Ok(())
+            }
+            Method::TxRollback(_) => {
+                let ops = self.tx.as_mut().ok_or_else(|| AmqpError::precondition("channel is not transactional"))?;
+                ops.clear();
+                self.reply(TxRollbackOk {});
+                Ok(())
+            }
+            other => Err(AmqpError::new(
+                COMMAND_INVALID,
+                format!("method {} is not valid from a client on a channel", other.name()),
+            )),
+        }
+    }
+
+    fn nack(&mut self, tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+        match &mut self.tx {
+            Some(ops) => {
+                ops.push(TxOp::Nack { tag, multiple, requeue });
+                Ok(())
+            }
+            None => self.delivery.nack(tag, multiple, requeue),
+        }
+    }
+
+    fn publish(&mut self, cx: &mut Ctx<'_>, exchange: ShortStr, routing_key: ShortStr, mandatory: bool, content: Content) -> Result<()> {
+        let x = match &self.last_exchange {
+            Some(x) if x.name == exchange && !x.is_deleted() => x.clone(),
+            _ => {
+                let x = cx.vhost.exchange_for_publish(&exchange)?;
+                self.last_exchange = Some(x.clone());
+                x
+            }
+        };
+        let msg = Arc::new(Message::new(exchange, routing_key, content.properties, content.body));
+        let mut queues = std::mem::take(&mut self.route_scratch);
+        cx.vhost.route(&x, &msg, &mut queues);
+        if queues.is_empty() && mandatory {
+            let frame_max = cx.frame_max;
+            let m: Method = BasicReturn {
+                reply_code: NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+            }
+            .into();
+            let n = self.number;
+            cx.outbox.write(|b| {
+                write_method(b, n, &m);
+                write_content(b, n, &msg.properties, &msg.body, frame_max);
+            });
+        }
+        for q in queues.drain(..) {
+            q.publish(msg.clone());
+        }
+        self.route_scratch = queues;
+        if self.confirm {
+            self.publish_seq += 1;
+            self.confirm_pending = self.publish_seq;
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, cx: &mut Ctx<'_>, c: BasicConsume) -> Result<()> {
+        let queue_name = self.queue_name(c.queue)?;
+        let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
+        let tag: ShortStr = if c.consumer_tag.is_empty() {
+            format!("amq.ctag-{}", &warren_broker::vhost::generate_name()["amq.gen-".len()..]).into()
+        } else {
+            c.consumer_tag
+        };
+        let (nowait, n, outbox) = (c.nowait, self.number, cx.outbox.clone());
+        let reply_tag = tag.clone();
+        self.delivery.consume(&q, tag, c.no_ack, c.exclusive, move || {
+            if !nowait {
+                outbox.send(n, BasicConsumeOk { consumer_tag: reply_tag });
+            }
+        })
+    }
+
+    fn get(&mut self, cx: &mut Ctx<'_>, g: BasicGet) -> Result<()> {
+        let queue_name = self.queue_name(g.queue)?;
+        let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
+        match q.get(!g.no_ack) {
+            None => self.reply(BasicGetEmpty::default()),
+            Some((qm, remaining)) => {
+                let msg = qm.msg.clone();
+                let redelivered = qm.redelivered;
+                let tag = self.delivery.record_get(&q, qm, !g.no_ack);
+                let m: Method = BasicGetOk {
+                    delivery_tag: tag,
+                    redelivered,
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                    message_count: remaining,
+                }
+                .into();
+                let (n, frame_max) = (self.number, cx.frame_max);
+                cx.outbox.write(|b| {
+                    write_method(b, n, &m);
+                    write_content(b, n, &msg.properties, &msg.body, frame_max);
+                });
+            }
+        }
+        Ok(())
+    }
+}

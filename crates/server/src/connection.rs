@@ -1,0 +1,737 @@
+//! One client connection: the protocol handshake (header, start, tune, open), the read loop
+//! that parses frames straight out of the read buffer and hands them to channels, heartbeats,
+//! forced closes, and cleanup that puts every unacknowledged message back in its queue.
+
+use crate::channel::Channel;
+use crate::outbox::Outbox;
+use crate::ServerConfig;
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use warren_broker::connections::{CloseHandle, ConnectionEntry};
+use warren_broker::{AmqpError, Broker, VHost};
+use warren_protocol::constants::*;
+use warren_protocol::frame::{parse_frame, write_heartbeat, Frame};
+use warren_protocol::methods::*;
+use warren_protocol::{FieldTable, FieldValue, Method, ShortStr};
+
+pub const PRODUCT: &str = "Warren";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An error that closes the whole connection.
+#[derive(Debug)]
+pub struct ConnectionError {
+    pub code: u16,
+    pub text: String,
+    pub class_id: u16,
+    pub method_id: u16,
+}
+
+impl ConnectionError {
+    pub fn new(code: u16, detail: impl std::fmt::Display) -> Self {
+        ConnectionError { code, text: format!("{} - {}", reply_name(code), detail), class_id: 0, method_id: 0 }
+    }
+    pub fn from_amqp(e: AmqpError, class_id: u16, method_id: u16) -> Self {
+        ConnectionError { code: e.code, text: e.text, class_id, method_id }
+    }
+}
+
+/// Lets the registry (management API, shutdown) close this connection.
+struct Closer {
+    wake: Notify,
+    reason: Mutex<Option<String>>,
+}
+
+impl CloseHandle for Closer {
+    fn force_close(&self, reason: &str) {
+        *self.reason.lock() = Some(reason.to_string());
+        self.wake.notify_one();
+    }
+}
+
+pub(crate) struct Connection {
+    pub id: u64,
+    pub broker: Arc<Broker>,
+    pub config: Arc<ServerConfig>,
+    pub vhost: Arc<VHost>,
+    pub user: String,
+    pub peer: SocketAddr,
+    pub outbox: Arc<Outbox>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    heartbeat: u16,
+    /// Channels indexed by number; a `None` slot is a closed channel.
+    channels: Vec<Option<Box<Channel>>>,
+    /// Exclusive queues this connection declared; deleted when it goes.
+    pub exclusive_queues: Vec<ShortStr>,
+    entry: Arc<ConnectionEntry>,
+    closer: Arc<Closer>,
+    /// Set once connection.close was sent: only close-ok is read after that.
+    closing_since: Option<Instant>,
+    done: bool,
+    last_recv: Instant,
+}
+
+/// Runs a connection from accept to close.
+pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, config: Arc<ServerConfig>) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let handshake = tokio::time::timeout(config.handshake_timeout, handshake(&mut rd, &mut wr, &mut rbuf, peer, &broker, &config));
+    let hs = match handshake.await {
+        Ok(Ok(Some(hs))) => hs,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection closed during handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "closing connection: AMQP handshake not completed within {:?}", config.handshake_timeout);
+            return;
+        }
+    };
+    let id = broker.next_id();
+    let outbox = Arc::new(Outbox::new(hs.frame_max));
+    outbox.set_cancel_notify(hs.cancel_notify);
+    let heartbeat = Arc::new(AtomicU32::new(hs.heartbeat as u32));
+    let writer = tokio::spawn(write_loop(wr, outbox.clone(), heartbeat.clone()));
+    outbox.send(0, ConnectionOpenOk::default());
+
+    let closer = Arc::new(Closer { wake: Notify::new(), reason: Mutex::new(None) });
+    let name = format!("{} -> {}", peer, local);
+    let entry = Arc::new(ConnectionEntry {
+        id,
+        name: name.clone(),
+        peer,
+        local,
+        user: hs.user.clone(),
+        vhost: hs.vhost.name.clone(),
+        client_properties: hs.client_properties,
+        connected_at: SystemTime::now(),
+        channel_max: hs.channel_max,
+        frame_max: hs.frame_max,
+        heartbeat: hs.heartbeat,
+        channels: Mutex::new(Vec::new()),
+        closer: closer.clone(),
+    });
+    broker.connections.register(entry.clone());
+    tracing::info!(connection = %name, user = %hs.user, vhost = %hs.vhost.name, "connection accepted and authenticated");
+
+    let mut conn = Connection {
+        id,
+        broker: broker.clone(),
+        config,
+        vhost: hs.vhost,
+        user: hs.user,
+        peer,
+        outbox: outbox.clone(),
+        frame_max: hs.frame_max,
+        channel_max: hs.channel_max,
+        heartbeat: hs.heartbeat,
+        channels: Vec::new(),
+        exclusive_queues: Vec::new(),
+        entry,
+        closer,
+        closing_since: None,
+        done: false,
+        last_recv: Instant::now(),
+    };
+    let reason = conn.read_loop(&mut rd, rbuf).await;
+    conn.cleanup();
+    broker.connections.unregister(id);
+    tracing::info!(connection = %name, reason = %reason, "connection closed");
+    outbox.close();
+    let _ = writer.await;
+}
+
+struct Handshake {
+    user: String,
+    vhost: Arc<VHost>,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    cancel_notify: bool,
+    client_properties: Vec<(String, String)>,
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::new();
+    for c in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        caps.insert(c, true);
+    }
+    let mut p = FieldTable::new();
+    p.insert("product", PRODUCT);
+    p.insert("version", VERSION);
+    p.insert("platform", "Rust");
+    p.insert("copyright", "Warren contributors");
+    p.insert("information", "A RabbitMQ-compatible AMQP 0-9-1 broker, see https://www.rabbitmq.com/docs");
+    p.insert("cluster_name", "warren");
+    p.insert("capabilities", caps);
+    p
+}
+
+async fn write_frames(wr: &mut OwnedWriteHalf, f: impl FnOnce(&mut BytesMut)) -> std::io::Result<()> {
+    let mut b = BytesMut::new();
+    f(&mut b);
+    wr.write_all(&b).await
+}
+
+async fn send_method(wr: &mut OwnedWriteHalf, m: impl Into<Method>) -> std::io::Result<()> {
+    let m = m.into();
+    write_frames(wr, |b| warren_protocol::frame::write_method(b, 0, &m)).await
+}
+
+/// Reads frames until one complete method on channel 0 arrives.
+async fn next_method(rd: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> Result<Method, ConnectionError> {
+    loop {
+        match parse_frame(rbuf, FRAME_MIN_SIZE.max(131072)) {
+            Ok(Some(Frame { kind: FRAME_HEARTBEAT, .. })) => continue,
+            Ok(Some(Frame { kind: FRAME_METHOD, channel: 0, payload })) => {
+                return Method::decode(payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e));
+            }
+            Ok(Some(f)) => {
+                return Err(ConnectionError::new(
+                    COMMAND_INVALID,
+                    format!("unexpected frame type {} on channel {} during the handshake", f.kind, f.channel),
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ConnectionError::new(FRAME_ERROR, e)),
+        }
+        rbuf.reserve(4096);
+        match rd.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(ConnectionError::new(CONNECTION_FORCED, "socket closed during handshake")),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The handshake. `Ok(None)` means the connection was refused and is already answered.
+async fn handshake(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+    config: &ServerConfig,
+) -> std::io::Result<Option<Handshake>> {
+    while rbuf.len() < 8 {
+        if rd.read_buf(rbuf).await? == 0 {
+            return Ok(None);
+        }
+        // A client that sends a different protocol header gets ours back at once.
+        if rbuf.len() < 8 && !PROTOCOL_HEADER.starts_with(&rbuf[..]) {
+            break;
+        }
+    }
+    if rbuf.len() < 8 || &rbuf[..8] != PROTOCOL_HEADER {
+        tracing::warn!(%peer, "closing connection: bad AMQP protocol header {:?}", &rbuf[..rbuf.len().min(8)]);
+        wr.write_all(PROTOCOL_HEADER).await?;
+        let _ = wr.shutdown().await;
+        return Ok(None);
+    }
+    let _ = rbuf.split_to(8);
+    send_method(
+        wr,
+        ConnectionStart {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(),
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        },
+    )
+    .await?;
+
+    let result = async {
+        let start_ok = match next_method(rd, rbuf).await? {
+            Method::ConnectionStartOk(s) => s,
+            other => {
+                return Err(ConnectionError::new(
+                    COMMAND_INVALID,
+                    format!("expected connection.start_ok, got {}", other.name()),
+                ))
+            }
+        };
+        let caps = match start_ok.client_properties.get("capabilities") {
+            Some(FieldValue::Table(t)) => t.clone(),
+            _ => FieldTable::new(),
+        };
+        let cap = |name: &str| caps.get(name).and_then(FieldValue::as_bool).unwrap_or(false);
+        let (user, pass) = parse_credentials(&start_ok.mechanism, start_ok.response.as_bytes())?;
+        let loopback = peer.ip().is_loopback() && !config.peers_are_remote;
+        if let Err(e) = broker.authenticate(&user, &pass, loopback) {
+            tracing::warn!(%peer, user = %user, "authentication failed: {}", e.text);
+            if cap("authentication_failure_close") {
+                return Err(ConnectionError::from_amqp(e, 0, 0));
+            }
+            return Err(ConnectionError::new(0, "authentication failed"));
+        }
+        Ok((user, cap("consumer_cancel_notify"), start_ok.client_properties))
+    }
+    .await;
+    let (user, cancel_notify, client_props) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if e.code != 0 {
+                let _ = send_method(
+                    wr,
+                    ConnectionClose { reply_code: e.code, reply_text: e.text.into(), class_id: e.class_id, method_id: e.method_id },
+                )
+                .await;
+            }
+            let _ = wr.shutdown().await;
+            return Ok(None);
+        }
+    };
+
+    send_method(
+        wr,
+        ConnectionTune { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat },
+    )
+    .await?;
+    let result = async {
+        let tune_ok = match next_method(rd, rbuf).await? {
+            Method::ConnectionTuneOk(t) => t,
+            other => {
+                return Err(ConnectionError::new(COMMAND_INVALID, format!("expected connection.tune_ok, got {}", other.name())))
+            }
+        };
+        let frame_max = match tune_ok.frame_max {
+            0 => config.frame_max,
+            f if f < FRAME_MIN_SIZE => {
+                return Err(ConnectionError::new(NOT_ALLOWED, format!("frame_max={f} < {FRAME_MIN_SIZE} min size")))
+            }
+            f if f > config.frame_max => {
+                return Err(ConnectionError::new(
+                    NOT_ALLOWED,
+                    format!("frame_max={f} > {} max size", config.frame_max),
+                ))
+            }
+            f => f,
+        };
+        let channel_max = match tune_ok.channel_max {
+            0 => config.channel_max,
+            c => c.min(config.channel_max),
+        };
+        let open = match next_method(rd, rbuf).await? {
+            Method::ConnectionOpen(o) => o,
+            other => {
+                return Err(ConnectionError::new(COMMAND_INVALID, format!("expected connection.open, got {}", other.name())))
+            }
+        };
+        let vhost = broker.vhost(&open.virtual_host).ok_or_else(|| {
+            ConnectionError::new(NOT_ALLOWED, format!("vhost '{}' not found", open.virtual_host.as_str()))
+        })?;
+        Ok((frame_max, channel_max, tune_ok.heartbeat, vhost))
+    }
+    .await;
+    match result {
+        Ok((frame_max, channel_max, heartbeat, vhost)) => Ok(Some(Handshake {
+            user,
+            vhost,
+            frame_max,
+            channel_max,
+            heartbeat,
+            cancel_notify,
+            client_properties: client_props
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.to_string(), s.to_string())))
+                .collect(),
+        })),
+        Err(e) => {
+            tracing::warn!(%peer, "closing connection: {}", e.text);
+            let _ = send_method(
+                wr,
+                ConnectionClose { reply_code: e.code, reply_text: e.text.into(), class_id: e.class_id, method_id: e.method_id },
+            )
+            .await;
+            let _ = wr.shutdown().await;
+            Ok(None)
+        }
+    }
+}
+
+/// Username and password from a PLAIN or AMQPLAIN response.
+fn parse_credentials(mechanism: &str, response: &[u8]) -> Result<(String, String), ConnectionError> {
+    let bad = || ConnectionError::new(ACCESS_REFUSED, format!("malformed {mechanism} response"));
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|b| *b == 0);
+            let _authzid = parts.next().ok_or_else(bad)?;
+            let user = parts.next().ok_or_else(bad)?;
+            let pass = parts.next().ok_or_else(bad)?;
+            Ok((String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned()))
+        }
+        "AMQPLAIN" => {
+            // A field table's entries without the table's own length prefix.
+            let mut framed = BytesMut::with_capacity(response.len() + 4);
+            framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
+            framed.extend_from_slice(response);
+            let mut r = warren_protocol::codec::Reader::new(framed.freeze());
+            let t = <FieldTable as warren_protocol::codec::Field>::read(&mut r).map_err(|_| bad())?;
+            let get = |k: &str| t.get(k).and_then(FieldValue::as_str).map(str::to_string).ok_or_else(bad);
+            Ok((get("LOGIN")?, get("PASSWORD")?))
+        }
+        other => Err(ConnectionError::new(COMMAND_INVALID, format!("unknown authentication mechanism '{other}'"))),
+    }
+}
+
+/// Drains the outbox into the socket; sends heartbeats when idle.
+async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
+    let mut spare = BytesMut::with_capacity(64 * 1024);
+    loop {
+        outbox.take(&mut spare);
+        if spare.is_empty() {
+            if outbox.is_closed() {
+                break;
+            }
+            let notified = outbox.wake_writer.notified();
+            match heartbeat.load(Ordering::Relaxed) {
+                0 => notified.await,
+                hb => {
+                    let idle = Duration::from_millis(hb as u64 * 500);
+                    if tokio::time::timeout(idle, notified).await.is_err() {
+                        write_heartbeat(&mut spare);
+                    } else {
+                        continue;
+                    }
+                }
+            }
+            if spare.is_empty() {
+                continue;
+            }
+        }
+        if wr.write_all(&spare).await.is_err() {
+            outbox.close();
+            break;
+        }
+        spare.clear();
+        if spare.capacity() > 8 << 20 {
+            spare = BytesMut::with_capacity(64 * 1024);
+        }
+        outbox.drained();
+    }
+    let _ = wr.shutdown().await;
+}
+
+impl Connection {
+    async fn read_loop(&mut self, rd: &mut OwnedReadHalf, mut rbuf: BytesMut) -> String {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames that arrived along with connection.open.
+        if let Some(r) = self.process(&mut rbuf) {
+            return r;
+        }
+        loop {
+            if rbuf.capacity() - rbuf.len() < 16 * 1024 {
+                rbuf.reserve(128 * 1024);
+            }
+            tokio::select! {
+                biased;
+                _ = self.closer.wake.notified() => {
+                    let reason = self.closer.reason.lock().take().unwrap_or_else(|| "closed via management plugin".into());
+                    let text = format!("CONNECTION_FORCED - broker forced connection closure with reason '{reason}'");
+                    self.send_close(CONNECTION_FORCED, text, 0, 0);
+                    return format!("forced: {reason}");
+                }
+                _ = self.outbox.wake_resume.notified() => {
+                    self.for_each_channel(|c| c.delivery.resume());
+                }
+                r = rd.read_buf(&mut rbuf) => {
+                    match r {
+                        Ok(0) => return "client closed the TCP connection".into(),
+                        Err(e) => return format!("socket error: {e}"),
+                        Ok(_) => {
+                            self.last_recv = Instant::now();
+                            if let Some(reason) = self.process(&mut rbuf) {
+                                return reason;
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(reason) = self.on_tick() {
+                        return reason;
+                    }
+                }
+            }
+            if self.outbox.is_closed() && self.closing_since.is_none() {
+                return "socket write failed".into();
+            }
+        }
+    }
+
+    /// Handles every complete frame in the buffer. Returns a reason when the connection ends.
+    fn process(&mut self, rbuf: &mut BytesMut) -> Option<String> {
+        loop {
+            match parse_frame(rbuf, self.frame_max) {
+                Ok(Some(frame)) => {
+                    if let Err(e) = self.handle_frame(frame) {
+                        let reason = e.text.clone();
+                        self.connection_error(e);
+                        return Some(reason);
+                    }
+                    if self.done {
+                        return Some("client closed the connection".into());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let text = format!("FRAME_ERROR - {e}");
+                    tracing::warn!(peer = %self.peer, "closing connection: {text}");
+                    self.send_close(FRAME_ERROR, text.clone(), 0, 0);
+                    return Some(text);
+                }
+            }
+        }
+        self.for_each_channel(|c| c.flush_confirms());
+        None
+    }
+
+    fn on_tick(&mut self) -> Option<String> {
+        let now = Instant::now();
+        if let Some(since) = self.closing_since {
+            if now - since > Duration::from_secs(3) {
+                return Some("no connection.close_ok from client".into());
+            }
+        }
+        if self.heartbeat > 0 && now - self.last_recv > Duration::from_secs(2 * self.heartbeat as u64) {
+            tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
+            return Some(format!("missed heartbeats from client, timeout: {}s", self.heartbeat));
+        }
+        if let Some(timeout) = self.config.consumer_timeout {
+            let expired: Vec<u16> = self
+                .channels
+                .iter()
+                .flatten()
+                .filter(|c| !c.closing && c.delivery.stats().oldest_unacked.is_some_and(|t| now - t > timeout))
+                .map(|c| c.number)
+                .collect();
+            for n in expired {
+                let text = format!(
+                    "PRECONDITION_FAILED - delivery acknowledgement on channel {n} timed out. Timeout value used: {} ms. \
+                     This timeout value can be configured, see consumers doc guide to learn more",
+                    timeout.as_millis()
+                );
+                tracing::warn!(peer = %self.peer, "{text}");
+                self.channel_error(n, AmqpError { code: PRECONDITION_FAILED, text }, 0, 0);
+            }
+        }
+        None
+    }
+
+    fn for_each_channel(&mut self, mut f: impl FnMut(&mut Channel)) {
+        for c in self.channels.iter_mut().flatten() {
+            f(c);
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnectionError> {
+        if frame.kind == FRAME_HEARTBEAT {
+            return Ok(());
+        }
+        if let Some(_since) = self.closing_since {
+            // After connection.close only close-ok (or the client's own close) matters.
+            if frame.kind == FRAME_METHOD && frame.channel == 0 {
+                if let Ok(Method::ConnectionCloseOk(_) | Method::ConnectionClose(_)) = Method::decode(frame.payload) {
+                    self.done = true;
+                }
+            }
+            return Ok(());
+        }
+        if frame.channel == 0 {
+            if frame.kind != FRAME_METHOD {
+                return Err(ConnectionError::new(UNEXPECTED_FRAME, format!("frame of type {} on channel 0", frame.kind)));
+            }
+            let m = Method::decode(frame.payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e))?;
+            return self.handle_connection_method(m);
+        }
+        let n = frame.channel;
+        if n > self.channel_max {
+            return Err(ConnectionError::new(
+                CHANNEL_ERROR,
+                format!("channel number {n} is above the negotiated channel_max {}", self.channel_max),
+            ));
+        }
+        let open = self.channels.get(n as usize).is_some_and(Option::is_some);
+        if !open {
+            if frame.kind != FRAME_METHOD {
+                return Err(ConnectionError::new(CHANNEL_ERROR, "expected 'channel.open'"));
+            }
+            let m = Method::decode(frame.payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e))?;
+            return match m {
+                Method::ChannelOpen(_) => {
+                    self.open_channel(n);
+                    Ok(())
+                }
+                _ => Err(ConnectionError::new(CHANNEL_ERROR, "expected 'channel.open'")),
+            };
+        }
+        let max_body = self.config.max_message_size;
+        let ch = self.channels[n as usize].as_mut().expect("checked open");
+        if ch.closing {
+            // A channel we closed ignores everything until the client's close-ok.
+            if frame.kind == FRAME_METHOD {
+                if let Ok(Method::ChannelCloseOk(_) | Method::ChannelClose(_)) = Method::decode(frame.payload.clone()) {
+                    let is_close = matches!(Method::decode(frame.payload), Ok(Method::ChannelClose(_)));
+                    if is_close {
+                        self.outbox.send(n, ChannelCloseOk {});
+                    }
+                    self.remove_channel(n);
+                }
+            }
+            return Ok(());
+        }
+        let cmd = match ch.assembler.push(frame, max_body) {
+            Ok(Some(cmd)) => cmd,
+            Ok(None) => return Ok(()),
+            Err(e) if e.code == PRECONDITION_FAILED => {
+                self.channel_error(n, AmqpError { code: e.code, text: e.text }, e.class_id, e.method_id);
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(ConnectionError { code: e.code, text: e.text, class_id: e.class_id, method_id: e.method_id })
+            }
+        };
+        let (class_id, method_id) = (cmd.method.class_id(), cmd.method.method_id());
+        match cmd.method {
+            Method::ChannelOpen(_) => Err(ConnectionError::new(CHANNEL_ERROR, "second 'channel.open' seen")),
+            Method::ChannelClose(_) => {
+                self.outbox.send(n, ChannelCloseOk {});
+                self.remove_channel(n);
+                Ok(())
+            }
+            Method::ChannelCloseOk(_) => Ok(()),
+            method => {
+                let mut ctx = crate::channel::Ctx {
+                    vhost: &self.vhost,
+                    outbox: &self.outbox,
+                    conn_id: self.id,
+                    frame_max: self.frame_max,
+                    exclusive_queues: &mut self.exclusive_queues,
+                };
+                let ch = self.channels[n as usize].as_mut().expect("checked open");
+                match ch.handle(&mut ctx, method, cmd.content) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.is_connection_error() => Err(ConnectionError::from_amqp(e, class_id, method_id)),
+                    Err(e) => {
+                        self.channel_error(n, e, class_id, method_id);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_connection_method(&mut self, m: Method) -> Result<(), ConnectionError> {
+        match m {
+            Method::ConnectionClose(c) => {
+                tracing::debug!(peer = %self.peer, code = c.reply_code, text = %c.reply_text, "client closed connection");
+                self.close_all_channels();
+                self.outbox.send(0, ConnectionCloseOk {});
+                self.done = true;
+                Ok(())
+            }
+            Method::ConnectionCloseOk(_) => {
+                self.done = true;
+                Ok(())
+            }
+            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(()),
+            Method::ConnectionUpdateSecret(_) => {
+                self.outbox.send(0, ConnectionUpdateSecretOk {});
+                Ok(())
+            }
+            other => Err(ConnectionError {
+                code: COMMAND_INVALID,
+                text: format!("COMMAND_INVALID - unexpected method {} on channel 0", other.name()),
+                class_id: other.class_id(),
+                method_id: other.method_id(),
+            }),
+        }
+    }
+
+    fn open_channel(&mut self, n: u16) {
+        let idx = n as usize;
+        if self.channels.len() <= idx {
+            self.channels.resize_with(idx + 1, || None);
+        }
+        let ch = Channel::new(n, self.id, self.outbox.clone());
+        self.entry.channels.lock().push(ch.delivery.clone());
+        self.channels[idx] = Some(Box::new(ch));
+        self.outbox.send(n, ChannelOpenOk::default());
+    }
+
+    fn remove_channel(&mut self, n: u16) {
+        if let Some(Some(ch)) = self.channels.get_mut(n as usize).map(Option::take) {
+            ch.delivery.close();
+            self.entry.channels.lock().retain(|c| !Arc::ptr_eq(c, &ch.delivery));
+        }
+    }
+
+    /// Closes a channel with an error: channel.close to the client, and its unacked messages
+    /// go back to their queues now (not when close-ok arrives).
+    pub(crate) fn channel_error(&mut self, n: u16, e: AmqpError, class_id: u16, method_id: u16) {
+        let Some(Some(ch)) = self.channels.get_mut(n as usize) else { return };
+        tracing::debug!(peer = %self.peer, channel = n, "channel error: {}", e.text);
+        ch.closing = true;
+        ch.delivery.close();
+        self.outbox.send(n, ChannelClose { reply_code: e.code, reply_text: truncate(e.text), class_id, method_id });
+    }
+
+    fn connection_error(&mut self, e: ConnectionError) {
+        tracing::warn!(peer = %self.peer, user = %self.user, "closing connection: {}", e.text);
+        self.send_close(e.code, e.text, e.class_id, e.method_id);
+    }
+
+    fn send_close(&mut self, code: u16, text: String, class_id: u16, method_id: u16) {
+        self.close_all_channels();
+        self.outbox.send(0, ConnectionClose { reply_code: code, reply_text: truncate(text), class_id, method_id });
+        self.closing_since = Some(Instant::now());
+    }
+
+    fn close_all_channels(&mut self) {
+        for n in 0..self.channels.len() {
+            self.remove_channel(n as u16);
+        }
+    }
+
+    /// Runs when the connection ends for any reason: nothing it held is lost.
+    fn cleanup(&mut self) {
+        self.close_all_channels();
+        for q in std::mem::take(&mut self.exclusive_queues) {
+            if let Some(queue) = self.vhost.queue(&q) {
+                if queue.exclusive_owner == Some(self.id) {
+                    self.vhost.delete_queue_unchecked(&q);
+                }
+            }
+        }
+    }
+}
+
+/// Reply texts are short strings: at most 255 bytes.
+fn truncate(mut s: String) -> ShortStr {
+    if s.len() > 255 {
+        let mut end = 255;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    ShortStr::from(s)
+}
