@@ -1,0 +1,977 @@
+//! `QueueStore`: the on-disk state of one durable queue, in its own directory.
+//!
+//! Two segment logs: `msgs.*` holds message payloads in publish order; `acks.*` holds small
+//! marks, "acked" or "delivered", each naming a message by its [`Position`]. Nothing is ever
+//! rewritten in place. On open, the marks are replayed over an index of the message records
+//! (per segment: record offsets plus acked/delivered bitmaps, about 4 bytes per message) and
+//! the unacked messages are handed back through [`Recovery`], which reads payloads lazily.
+//!
+//! Space comes back whole segments at a time. A sealed message segment whose every record is
+//! acked is deleted at the next [`QueueStore::sync`]. An ack segment is deleted once every
+//! message segment its marks point into is gone (its reference count drops to zero): the ack
+//! log is never compacted. When the queue is empty at a sync, the current segments are
+//! rolled over (if past 1/8 of the segment size) so a drained queue frees its disk too.
+//!
+//! Message segment ids are never reused while a mark could still name them, so a stale mark
+//! can never hit a newer message (see `open`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::warn;
+
+use crate::backend::Backend;
+use crate::error::{Result, StoreError};
+use crate::segment::{
+    segment_file_name, Position, SegmentLog, SegmentReader, DEFAULT_MAX_SEGMENT_SIZE,
+};
+
+/// File-name prefix of message segments.
+pub const MSGS_PREFIX: &str = "msgs";
+/// File-name prefix of ack/mark segments.
+pub const ACKS_PREFIX: &str = "acks";
+/// Mark kind: the message was acked and is gone.
+pub const MARK_ACK: u8 = 1;
+/// Mark kind: the message was delivered at least once (redelivered after a restart).
+pub const MARK_DELIVERED: u8 = 2;
+/// Bytes of a mark record's payload: kind + position.
+pub const MARK_LEN: usize = 9;
+
+/// Tuning for a queue store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Largest segment file, in bytes, for both logs (a larger message gets a segment alone).
+    pub max_segment_size: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_segment_size: DEFAULT_MAX_SEGMENT_SIZE,
+        }
+    }
+}
+
+/// A growable bitmap; bits past the end read as unset, so it only grows when a bit is set.
+#[derive(Default, Debug)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    fn set(&mut self, i: usize) {
+        let w = i / 64;
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (i % 64);
+    }
+}
+
+/// What the store knows about one message segment.
+#[derive(Default, Debug)]
+struct SegmentIndex {
+    /// Offsets of its records in publish order: maps a position to a record number.
+    offsets: Vec<u32>,
+    acked: Bits,
+    delivered: Bits,
+    /// Records not yet acked.
+    live: u32,
+    /// (ack segment, marks in it that point here), ack segments ascending.
+    refs: Vec<(u32, u32)>,
+}
+
+impl SegmentIndex {
+    fn record(&self, offset: u32) -> Option<usize> {
+        self.offsets.binary_search(&offset).ok()
+    }
+
+    fn add_ref(&mut self, ack_segment: u32) {
+        match self.refs.last_mut() {
+            Some((s, n)) if *s == ack_segment => *n += 1,
+            _ => self.refs.push((ack_segment, 1)),
+        }
+    }
+}
+
+fn encode_mark(kind: u8, pos: Position) -> [u8; MARK_LEN] {
+    let mut m = [0u8; MARK_LEN];
+    m[0] = kind;
+    m[1..].copy_from_slice(&pos.to_bytes());
+    m
+}
+
+fn decode_mark(payload: &[u8]) -> Option<(u8, Position)> {
+    let m: &[u8; MARK_LEN] = payload.try_into().ok()?;
+    if m[0] != MARK_ACK && m[0] != MARK_DELIVERED {
+        return None;
+    }
+    let mut p = [0u8; 8];
+    p.copy_from_slice(&m[1..]);
+    Some((m[0], Position::from_bytes(p)))
+}
+
+/// The message store of one durable queue.
+pub struct QueueStore {
+    backend: Arc<dyn Backend>,
+    dir: PathBuf,
+    opts: StoreOptions,
+    msgs: SegmentLog,
+    acks: SegmentLog,
+    index: BTreeMap<u32, SegmentIndex>,
+    /// Ack segment -> marks in it pointing into message segments still on disk.
+    ack_refs: BTreeMap<u32, u32>,
+    /// Sealed message segments with nothing live, deleted at the next sync.
+    pending_delete: Vec<u32>,
+    /// Ack segments may have become deletable.
+    ack_gc: bool,
+    message_count: u64,
+}
+
+impl fmt::Debug for QueueStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueStore")
+            .field("dir", &self.dir)
+            .field("message_count", &self.message_count)
+            .field("msg_segments", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueStore {
+    /// Opens (creating if needed) the store in `dir`, recovering what is on disk.
+    ///
+    /// Returns the store, ready for appends, and a [`Recovery`] that yields the unacked
+    /// messages in publish order. Drain the recovery before acking or purging, since those
+    /// may delete segments it has yet to read.
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        dir: impl Into<PathBuf>,
+        opts: StoreOptions,
+    ) -> Result<(QueueStore, Recovery)> {
+        let dir = dir.into();
+        let mut index: BTreeMap<u32, SegmentIndex> = BTreeMap::new();
+        let mut msgs = SegmentLog::open(
+            backend.clone(),
+            &dir,
+            MSGS_PREFIX,
+            opts.max_segment_size,
+            |pos, _| {
+                let seg = index.entry(pos.segment).or_default();
+                seg.offsets.push(pos.offset);
+                seg.live += 1;
+            },
+        )?;
+
+        let mut ack_refs: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut max_ref: Option<Position> = None;
+        let mut bad_marks = 0u64;
+        let acks = SegmentLog::open(
+            backend.clone(),
+            &dir,
+            ACKS_PREFIX,
+            opts.max_segment_size,
+            |apos, payload| {
+                let Some((kind, pos)) = decode_mark(payload) else {
+                    bad_marks += 1;
+                    return;
+                };
+                max_ref = max_ref.max(Some(pos));
+                // Marks for reclaimed segments, or for records lost with a torn tail, are
+                // simply spent.
+                let Some(seg) = index.get_mut(&pos.segment) else {
+                    return;
+                };
+                let Some(i) = seg.record(pos.offset) else {
+                    return;
+                };
+                if kind == MARK_ACK {
+                    if !seg.acked.get(i) {
+                        seg.acked.set(i);
+                        seg.live -= 1;
+                    }
+                } else {
+                    seg.delivered.set(i);
+                }
+                seg.add_ref(apos.segment);
+                *ack_refs.entry(apos.segment).or_insert(0) += 1;
+            },
+        )?;
+        if bad_marks > 0 {
+            warn!(
+                dir = %dir.display(),
+                count = bad_marks,
+                "queue store: ignoring ack records of unknown kind or size"
+            );
+        }
+
+        // A crash can keep a mark while losing the message it names (the two logs are written
+        // back independently). If such a mark names the spot where the next message would go,
+        // or a segment that no longer exists, step past it so it never matches a new message.
+        let next = Position {
+            segment: msgs.current_segment(),
+            offset: msgs.current_len() as u32,
+        };
+        if let Some(r) = max_ref.filter(|&r| r >= next) {
+            let id = r.segment.max(next.segment).saturating_add(1);
+            warn!(
+                dir = %dir.display(),
+                mark = %r,
+                new_segment = id,
+                "queue store: ack log refers past the end of the message log (lost in a crash); \
+                 starting a new message segment"
+            );
+            msgs.roll_to(id)?;
+        }
+
+        let current = msgs.current_segment();
+        let pending_delete: Vec<u32> = msgs
+            .segment_ids()
+            .into_iter()
+            .filter(|&id| id != current && index.get(&id).is_none_or(|s| s.live == 0))
+            .collect();
+        let message_count = index.values().map(|s| s.live as u64).sum();
+
+        let segments: Vec<RecoverySegment> = index
+            .iter()
+            .filter(|(_, s)| s.live > 0)
+            .map(|(&id, s)| {
+                let mut rs = RecoverySegment {
+                    id,
+                    offsets: Vec::with_capacity(s.live as usize),
+                    redelivered: Bits::default(),
+                };
+                for (i, &off) in s.offsets.iter().enumerate() {
+                    if !s.acked.get(i) {
+                        if s.delivered.get(i) {
+                            rs.redelivered.set(rs.offsets.len());
+                        }
+                        rs.offsets.push(off);
+                    }
+                }
+                rs
+            })
+            .collect();
+        let recovery = Recovery {
+            backend: backend.clone(),
+            dir: dir.clone(),
+            segments: segments.into_iter(),
+            reading: None,
+            remaining: message_count,
+        };
+
+        let mut store = QueueStore {
+            backend,
+            dir,
+            opts,
+            msgs,
+            acks,
+            index,
+            ack_refs,
+            pending_delete,
+            ack_gc: true,
+            message_count,
+        };
+        store.reclaim()?;
+        Ok((store, recovery))
+    }
+
+    /// Appends a message; it is durable once a later [`QueueStore::sync`] returns Ok.
+    /// On error nothing was appended (a full disk leaves the store usable).
+    pub fn append(&mut self, payload: &[u8]) -> Result<Position> {
+        let before = self.msgs.current_segment();
+        let result = self.msgs.append(payload);
+        self.note_msgs_roll(before);
+        let pos = result?;
+        let seg = self.index.entry(pos.segment).or_default();
+        seg.offsets.push(pos.offset);
+        seg.live += 1;
+        self.message_count += 1;
+        Ok(pos)
+    }
+
+    /// Records that the message at `pos` is acked; it will not be recovered after the next
+    /// sync. Acking an acked message does nothing.
+    pub fn ack(&mut self, pos: Position) -> Result<()> {
+        self.mark(MARK_ACK, pos)
+    }
+
+    /// Records that the message at `pos` was delivered, so after a restart it comes back with
+    /// `redelivered` set. Only the first delivery writes a mark.
+    pub fn mark_delivered(&mut self, pos: Position) -> Result<()> {
+        self.mark(MARK_DELIVERED, pos)
+    }
+
+    fn mark(&mut self, kind: u8, pos: Position) -> Result<()> {
+        let unknown = StoreError::UnknownPosition { position: pos };
+        let seg = self.index.get(&pos.segment).ok_or(unknown)?;
+        let i = seg
+            .record(pos.offset)
+            .ok_or(StoreError::UnknownPosition { position: pos })?;
+        let done = seg.acked.get(i) || (kind == MARK_DELIVERED && seg.delivered.get(i));
+        if done {
+            return Ok(());
+        }
+        let before = self.acks.current_segment();
+        let apos = self.acks.append(&encode_mark(kind, pos))?;
+        if apos.segment != before {
+            self.ack_gc = true;
+        }
+        *self.ack_refs.entry(apos.segment).or_insert(0) += 1;
+        let current = self.msgs.current_segment();
+        let Some(seg) = self.index.get_mut(&pos.segment) else {
+            return Ok(());
+        };
+        seg.add_ref(apos.segment);
+        if kind == MARK_ACK {
+            seg.acked.set(i);
+            seg.live -= 1;
+            self.message_count -= 1;
+            if seg.live == 0 && pos.segment != current {
+                self.pending_delete.push(pos.segment);
+            }
+        } else {
+            seg.delivered.set(i);
+        }
+        Ok(())
+    }
+
+    /// The message segment `before` may just have been sealed; if nothing in it is live it
+    /// can go.
+    fn note_msgs_roll(&mut self, before: u32) {
+        if self.msgs.current_segment() != before
+            && self.index.get(&before).is_none_or(|s| s.live == 0)
+        {
+            self.pending_delete.push(before);
+        }
+    }
+
+    /// Reads the payload of the message at `pos`.
+    pub fn read(&self, pos: Position) -> Result<Bytes> {
+        self.msgs.read(pos)
+    }
+
+    /// Makes every append and mark so far durable, then frees segments that are no longer
+    /// needed. Called by the group-commit flusher; publisher confirms wait for it.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.message_count == 0 {
+            let threshold = self.drain_roll_threshold();
+            if self.msgs.current_len() > threshold {
+                let before = self.msgs.current_segment();
+                self.msgs.roll()?;
+                self.note_msgs_roll(before);
+            }
+            if self.acks.current_len() > threshold {
+                self.acks.roll()?;
+                self.ack_gc = true;
+            }
+        }
+        self.msgs.sync()?;
+        self.acks.sync()?;
+        self.reclaim()
+    }
+
+    /// Below this, a drained queue keeps its current segment rather than churn files.
+    fn drain_roll_threshold(&self) -> u64 {
+        self.opts.max_segment_size as u64 / 8
+    }
+
+    /// Deletes fully acked message segments, then ack segments nothing refers to any more.
+    fn reclaim(&mut self) -> Result<()> {
+        if !self.pending_delete.is_empty() {
+            let mut pending = std::mem::take(&mut self.pending_delete);
+            pending.sort_unstable();
+            pending.dedup();
+            for (n, &id) in pending.iter().enumerate() {
+                if let Err(e) = self.msgs.remove_segment(id) {
+                    self.pending_delete.extend_from_slice(&pending[n..]);
+                    return Err(e);
+                }
+                if let Some(seg) = self.index.remove(&id) {
+                    for (ack_segment, count) in seg.refs {
+                        if let Some(c) = self.ack_refs.get_mut(&ack_segment) {
+                            *c = c.saturating_sub(count);
+                        }
+                    }
+                }
+            }
+            // The removals must be durable before the acks for those segments go: otherwise
+            // a crash could bring back a segment whose acks are gone, redelivering acked
+            // messages.
+            self.msgs.sync_dir()?;
+            self.ack_gc = true;
+        }
+        if self.ack_gc {
+            let current = self.acks.current_segment();
+            for id in self.acks.segment_ids() {
+                if id != current && self.ack_refs.get(&id).is_none_or(|&c| c == 0) {
+                    self.acks.remove_segment(id)?;
+                    self.ack_refs.remove(&id);
+                }
+            }
+            self.ack_gc = false;
+        }
+        Ok(())
+    }
+
+    /// Drops every message (queue.purge) and frees their segments; durable on return.
+    /// Returns how many messages were purged.
+    pub fn purge(&mut self) -> Result<u64> {
+        let purged = self.message_count;
+        let before = self.msgs.current_segment();
+        self.msgs.roll()?;
+        self.acks.roll()?;
+        self.pending_delete.extend(self.index.keys().copied());
+        self.pending_delete.push(before);
+        for seg in self.index.values_mut() {
+            seg.live = 0;
+        }
+        self.message_count = 0;
+        self.ack_gc = true;
+        self.sync()?;
+        Ok(purged)
+    }
+
+    /// Deletes the queue's directory and everything in it (queue.delete).
+    pub fn delete_all(mut self) -> Result<()> {
+        self.msgs.discard_buffer();
+        self.acks.discard_buffer();
+        let backend = self.backend.clone();
+        let dir = std::mem::take(&mut self.dir);
+        drop(self);
+        match backend.remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove directory", dir, e)),
+        }
+    }
+
+    /// Unacked messages (RabbitMQ's `messages`, ready + unacknowledged).
+    pub fn message_count(&self) -> u64 {
+        self.message_count
+    }
+
+    /// Bytes the queue occupies in segment files, acked-but-unreclaimed records included.
+    pub fn disk_bytes(&self) -> u64 {
+        self.msgs.disk_bytes() + self.acks.disk_bytes()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Live records of one message segment, as recovery hands them out.
+struct RecoverySegment {
+    id: u32,
+    offsets: Vec<u32>,
+    redelivered: Bits,
+}
+
+/// One message brought back by [`Recovery`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredMessage {
+    pub position: Position,
+    pub payload: Bytes,
+    /// A delivered mark was recorded: the message goes out with `redelivered = true`.
+    pub redelivered: bool,
+}
+
+/// Streams the unacked messages found at open, in publish order. Payloads are read from disk
+/// as the iterator advances, one segment file open at a time; what it holds up front is
+/// about 4 bytes per message (offsets and a redelivered bitmap).
+pub struct Recovery {
+    backend: Arc<dyn Backend>,
+    dir: PathBuf,
+    segments: std::vec::IntoIter<RecoverySegment>,
+    reading: Option<(SegmentReader, RecoverySegment, usize)>,
+    remaining: u64,
+}
+
+impl fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recovery")
+            .field("dir", &self.dir)
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recovery {
+    /// Messages not yet yielded.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+}
+
+impl Iterator for Recovery {
+    type Item = Result<RecoveredMessage>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((reader, seg, i)) = &mut self.reading {
+                if let Some(&offset) = seg.offsets.get(*i) {
+                    let redelivered = seg.redelivered.get(*i);
+                    *i += 1;
+                    self.remaining -= 1;
+                    let position = Position {
+                        segment: seg.id,
+                        offset,
+                    };
+                    return Some(
+                        reader
+                            .read_record_at(offset)
+                            .map(|payload| RecoveredMessage {
+                                position,
+                                payload,
+                                redelivered,
+                            }),
+                    );
+                }
+                self.reading = None;
+            }
+            let seg = self.segments.next()?;
+            let path = self.dir.join(segment_file_name(MSGS_PREFIX, seg.id));
+            match SegmentReader::open(&*self.backend, &path, seg.id) {
+                Ok(reader) => self.reading = Some((reader, seg, 0)),
+                Err(e) => {
+                    self.remaining -= seg.offsets.len() as u64;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, usize::try_from(self.remaining).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{FaultyBackend, FileBackend};
+    use crate::testutil::{dir_files, payload, TestDir, XorShift};
+    use std::fs;
+
+    const SMALL: StoreOptions = StoreOptions {
+        max_segment_size: 4096,
+    };
+
+    fn open(dir: &Path, opts: StoreOptions) -> (QueueStore, Vec<RecoveredMessage>) {
+        open_with(FileBackend::shared(), dir, opts)
+    }
+
+    fn open_with(
+        backend: Arc<dyn Backend>,
+        dir: &Path,
+        opts: StoreOptions,
+    ) -> (QueueStore, Vec<RecoveredMessage>) {
+        let (store, recovery) = QueueStore::open(backend, dir, opts).unwrap();
+        let msgs: Vec<_> = recovery.map(|m| m.unwrap()).collect();
+        assert_eq!(store.message_count(), msgs.len() as u64);
+        (store, msgs)
+    }
+
+    fn msg_files(dir: &Path) -> Vec<String> {
+        dir_files(dir)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("msgs."))
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    #[test]
+    fn store_types_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<QueueStore>();
+        send_sync::<Recovery>();
+        send_sync::<crate::Catalog>();
+    }
+
+    #[test]
+    fn marks_mark_and_acks_remove_across_reopen() {
+        let dir = TestDir::new("qs-basic");
+        let (mut qs, recovered) = open(dir.path(), SMALL);
+        assert!(recovered.is_empty());
+        let mut pos = Vec::new();
+        for i in 0..10 {
+            pos.push(qs.append(&payload(i, 50)).unwrap());
+        }
+        qs.ack(pos[0]).unwrap();
+        qs.ack(pos[5]).unwrap();
+        qs.ack(pos[5]).unwrap(); // idempotent
+        qs.mark_delivered(pos[1]).unwrap();
+        qs.mark_delivered(pos[1]).unwrap();
+        qs.mark_delivered(pos[5]).unwrap(); // acked already: no mark
+        qs.mark_delivered(pos[7]).unwrap();
+        assert_eq!(qs.message_count(), 8);
+        assert_eq!(qs.read(pos[3]).unwrap(), payload(3, 50));
+        qs.sync().unwrap();
+        drop(qs);
+
+        let (mut qs, recovered) = open(dir.path(), SMALL);
+        let expected: Vec<_> = (0..10)
+            .filter(|&i| i != 0 && i != 5)
+            .map(|i| RecoveredMessage {
+                position: pos[i],
+                payload: Bytes::from(payload(i, 50)),
+                redelivered: i == 1 || i == 7,
+            })
+            .collect();
+        assert_eq!(recovered, expected);
+        assert!(matches!(
+            qs.ack(Position {
+                segment: 99,
+                offset: 8
+            }),
+            Err(StoreError::UnknownPosition { .. })
+        ));
+        // Only the three distinct marks that changed something were written.
+        let acks_len: u64 = dir_files(dir.path())
+            .iter()
+            .filter(|(n, _)| n.starts_with("acks."))
+            .map(|(_, l)| l)
+            .sum();
+        assert_eq!(acks_len, 8 + 4 * 17);
+    }
+
+    #[test]
+    fn acked_segments_are_deleted_and_a_drained_queue_frees_its_disk() {
+        let dir = TestDir::new("qs-reclaim");
+        let (mut qs, _) = open(dir.path(), SMALL);
+        let mut pos = Vec::new();
+        for i in 0..400 {
+            pos.push(qs.append(&payload(i, 100)).unwrap());
+        }
+        qs.sync().unwrap();
+        let full: u64 = dir_files(dir.path()).iter().map(|(_, l)| l).sum();
+        assert!(full > 400 * 100);
+        assert!(msg_files(dir.path()).len() > 10);
+
+        // Ack all of the first half: those segments go, except one straddling the middle.
+        for p in &pos[..200] {
+            qs.ack(*p).unwrap();
+        }
+        qs.sync().unwrap();
+        let first_live = pos[200].segment;
+        for f in msg_files(dir.path()) {
+            let id: u32 = f["msgs.".len()..].parse().unwrap();
+            assert!(id >= first_live, "{f} should have been reclaimed");
+        }
+
+        for p in &pos[200..] {
+            qs.ack(*p).unwrap();
+        }
+        qs.sync().unwrap();
+        let files = dir_files(dir.path());
+        let left: u64 = files.iter().map(|(_, l)| l).sum();
+        assert_eq!(files.len(), 2, "one empty segment per log: {files:?}");
+        assert_eq!(left, 16);
+        assert_eq!(qs.disk_bytes(), 16);
+        drop(qs);
+
+        let (mut qs, recovered) = open(dir.path(), SMALL);
+        assert!(recovered.is_empty());
+        let p = qs.append(b"again").unwrap();
+        assert!(p > *pos.last().unwrap(), "ids keep increasing");
+        qs.sync().unwrap();
+        drop(qs);
+        let (_, recovered) = open(dir.path(), SMALL);
+        assert_eq!(recovered.len(), 1);
+    }
+
+    #[test]
+    fn ack_segments_live_as_long_as_what_they_refer_to() {
+        let dir = TestDir::new("qs-ackrefs");
+        let opts = StoreOptions {
+            max_segment_size: 256,
+        };
+        let (mut qs, _) = open(dir.path(), opts);
+        let keep = qs.append(b"long-lived").unwrap();
+        qs.mark_delivered(keep).unwrap();
+        let mut pos = Vec::new();
+        for i in 0..100 {
+            pos.push(qs.append(&payload(i, 40)).unwrap());
+        }
+        for p in &pos {
+            qs.ack(*p).unwrap();
+        }
+        qs.sync().unwrap();
+        let acks: Vec<_> = dir_files(dir.path())
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("acks."))
+            .collect();
+        // The first ack segment holds the delivered mark of `keep` and must stay; the
+        // others only pointed at reclaimed segments.
+        assert!(acks.iter().any(|(n, _)| n == "acks.0000000001"));
+        assert!(acks.len() <= 2, "{acks:?}");
+        drop(qs);
+        let (_, recovered) = open(dir.path(), opts);
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].position, keep);
+        assert!(recovered[0].redelivered);
+    }
+
+    #[test]
+    fn delivered_marks_survive_a_close_without_sync() {
+        let dir = TestDir::new("qs-redelivered");
+        let (mut qs, _) = open(dir.path(), StoreOptions::default());
+        let a = qs.append(b"a").unwrap();
+        let b = qs.append(b"b").unwrap();
+        qs.sync().unwrap();
+        qs.mark_delivered(b).unwrap();
+        drop(qs); // flushes to the OS on close
+        let (_, recovered) = open(dir.path(), StoreOptions::default());
+        assert_eq!(
+            recovered
+                .iter()
+                .map(|m| (m.position, m.redelivered))
+                .collect::<Vec<_>>(),
+            vec![(a, false), (b, true)]
+        );
+    }
+
+    #[test]
+    fn a_mark_outliving_its_message_never_hits_a_new_one() {
+        let dir = TestDir::new("qs-stale-mark");
+        let (mut qs, _) = open(dir.path(), StoreOptions::default());
+        qs.append(b"one").unwrap();
+        qs.append(b"two").unwrap();
+        let lost = qs.append(b"three").unwrap();
+        qs.ack(lost).unwrap();
+        qs.sync().unwrap();
+        drop(qs);
+        // The crash kept the ack but lost the message it acked.
+        let path = dir
+            .path()
+            .join(segment_file_name(MSGS_PREFIX, lost.segment));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(lost.offset as u64)
+            .unwrap();
+
+        let (mut qs, recovered) = open(dir.path(), StoreOptions::default());
+        assert_eq!(recovered.len(), 2);
+        let fresh = qs.append(b"fresh").unwrap();
+        assert_ne!(fresh, lost);
+        qs.sync().unwrap();
+        drop(qs);
+        let (_, recovered) = open(dir.path(), StoreOptions::default());
+        assert_eq!(recovered.len(), 3);
+        assert_eq!(recovered[2].payload, &b"fresh"[..]);
+    }
+
+    #[test]
+    fn a_torn_ack_log_means_redelivery_not_loss() {
+        let dir = TestDir::new("qs-torn-acks");
+        let (mut qs, _) = open(dir.path(), SMALL);
+        let a = qs.append(b"a").unwrap();
+        let b = qs.append(b"b").unwrap();
+        let c = qs.append(b"c").unwrap();
+        qs.ack(a).unwrap();
+        qs.ack(b).unwrap();
+        qs.sync().unwrap();
+        drop(qs);
+        let path = dir.path().join(segment_file_name(ACKS_PREFIX, 1));
+        let len = fs::metadata(&path).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let (_, recovered) = open(dir.path(), SMALL);
+        let got: Vec<_> = recovered.iter().map(|m| m.position).collect();
+        assert_eq!(got, vec![b, c]);
+    }
+
+    #[test]
+    fn disk_full_during_publish_is_survivable() {
+        let dir = TestDir::new("qs-enospc");
+        let backend = FaultyBackend::new(FileBackend::shared());
+        let faults = backend.faults();
+        let (mut qs, _) = open_with(Arc::new(backend.clone()), dir.path(), SMALL);
+        let mut kept = Vec::new();
+        faults.set_enospc(true);
+        let mut failed = 0;
+        for i in 0..100 {
+            match qs.append(&payload(i, 500)) {
+                Ok(p) => kept.push((p, payload(i, 500))),
+                Err(e) => {
+                    assert!(e.is_disk_full(), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+        assert!(failed > 0);
+        assert_eq!(qs.message_count(), kept.len() as u64);
+        assert!(qs.sync().is_err());
+        faults.set_enospc(false);
+        qs.sync().unwrap();
+
+        for (p, bytes) in &kept {
+            assert_eq!(qs.read(*p).unwrap(), bytes);
+        }
+        drop(qs);
+        let (_, recovered) = open_with(Arc::new(backend), dir.path(), SMALL);
+        let got: Vec<_> = recovered
+            .into_iter()
+            .map(|m| (m.position, m.payload.to_vec()))
+            .collect();
+        assert_eq!(got, kept, "failed appends left no trace");
+    }
+
+    #[test]
+    fn failed_ack_write_changes_nothing() {
+        let dir = TestDir::new("qs-ack-fail");
+        let backend = FaultyBackend::new(FileBackend::shared());
+        let faults = backend.faults();
+        let (mut qs, _) = open_with(Arc::new(backend.clone()), dir.path(), SMALL);
+        let mut pos = Vec::new();
+        for i in 0..5000 {
+            pos.push(qs.append(&payload(i, 8)).unwrap());
+        }
+        qs.sync().unwrap();
+        faults.set_enospc(true);
+        // 17-byte mark records: the ack log's first rollover has to write its buffer.
+        let mut first_err = None;
+        for (n, p) in pos.iter().enumerate() {
+            if let Err(e) = qs.ack(*p) {
+                assert!(e.is_disk_full());
+                first_err = Some(n);
+                break;
+            }
+        }
+        let n = first_err.expect("the ack buffer had to be written");
+        assert_eq!(
+            qs.message_count(),
+            (5000 - n) as u64,
+            "the failed ack is not counted"
+        );
+        faults.set_enospc(false);
+        qs.ack(pos[n]).unwrap();
+        qs.sync().unwrap();
+        drop(qs);
+        let (_, recovered) = open_with(Arc::new(backend), dir.path(), SMALL);
+        assert_eq!(recovered.len(), 5000 - n - 1);
+        assert_eq!(recovered[0].position, pos[n + 1]);
+    }
+
+    #[test]
+    fn confirms_can_wait_for_fsync() {
+        let dir = TestDir::new("qs-fsync");
+        let backend = FaultyBackend::new(FileBackend::shared());
+        let faults = backend.faults();
+        let (mut qs, _) = open_with(Arc::new(backend), dir.path(), SMALL);
+        qs.sync().unwrap();
+        let before = faults.sync_count();
+        let p = qs.append(b"confirm me").unwrap();
+        qs.ack(p).unwrap();
+        assert_eq!(
+            faults.sync_count(),
+            before,
+            "no fsync on the publish/ack path"
+        );
+        qs.sync().unwrap();
+        assert_eq!(faults.sync_count(), before + 2, "one fsync per log");
+
+        qs.append(b"m").unwrap();
+        faults.set_fail_sync(true);
+        assert!(
+            qs.sync().is_err(),
+            "a failed fsync must not let a confirm through"
+        );
+        faults.set_fail_sync(false);
+        assert!(matches!(qs.append(b"n"), Err(StoreError::Poisoned { .. })));
+    }
+
+    #[test]
+    fn purge_and_delete() {
+        let dir = TestDir::new("qs-purge");
+        let (mut qs, _) = open(dir.path(), SMALL);
+        for i in 0..100 {
+            qs.append(&payload(i, 100)).unwrap();
+        }
+        assert_eq!(qs.purge().unwrap(), 100);
+        assert_eq!(qs.message_count(), 0);
+        assert_eq!(dir_files(dir.path()).len(), 2);
+        let p = qs.append(b"after purge").unwrap();
+        qs.sync().unwrap();
+        drop(qs);
+        let (qs, recovered) = open(dir.path(), SMALL);
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].position, p);
+        qs.delete_all().unwrap();
+        assert!(!dir.path().exists());
+    }
+
+    #[test]
+    fn randomized_against_a_model() {
+        let dir = TestDir::new("qs-random");
+        let opts = StoreOptions {
+            max_segment_size: 2048,
+        };
+        let mut rng = XorShift::new(0x5eed_1234_abcd_0001);
+        // Model: position -> (payload, delivered), for unacked messages.
+        let mut model: BTreeMap<Position, (Vec<u8>, bool)> = BTreeMap::new();
+        let (mut qs, _) = open(dir.path(), opts);
+        for step in 0..5000u64 {
+            match rng.below(100) {
+                0..=44 => {
+                    let p = payload(step as usize, rng.below(300) as usize);
+                    let pos = qs.append(&p).unwrap();
+                    model.insert(pos, (p, false));
+                }
+                45..=79 if !model.is_empty() => {
+                    // Mostly ack the oldest, like a consumer; sometimes any.
+                    let k = if rng.below(4) == 0 {
+                        rng.below(model.len() as u64) as usize
+                    } else {
+                        0
+                    };
+                    let pos = *model.keys().nth(k).unwrap();
+                    qs.ack(pos).unwrap();
+                    model.remove(&pos);
+                }
+                80..=89 if !model.is_empty() => {
+                    let k = rng.below(model.len() as u64) as usize;
+                    let pos = *model.keys().nth(k).unwrap();
+                    qs.mark_delivered(pos).unwrap();
+                    model.get_mut(&pos).unwrap().1 = true;
+                    assert_eq!(qs.read(pos).unwrap(), model[&pos].0);
+                }
+                90..=96 => qs.sync().unwrap(),
+                _ => {
+                    if rng.below(2) == 0 {
+                        qs.sync().unwrap();
+                    }
+                    drop(qs);
+                    let (reopened, recovered) = open(dir.path(), opts);
+                    qs = reopened;
+                    let got: Vec<_> = recovered
+                        .into_iter()
+                        .map(|m| (m.position, (m.payload.to_vec(), m.redelivered)))
+                        .collect();
+                    let want: Vec<_> = model.iter().map(|(p, v)| (*p, v.clone())).collect();
+                    assert_eq!(got, want, "recovery differs from the model at step {step}");
+                }
+            }
+            assert_eq!(qs.message_count(), model.len() as u64);
+        }
+        // Drain everything: the disk comes back.
+        let all: Vec<_> = model.keys().copied().collect();
+        for p in all {
+            qs.ack(p).unwrap();
+        }
+        qs.sync().unwrap();
+        assert_eq!(dir_files(dir.path()).len(), 2);
+    }
+}
