@@ -92,6 +92,7 @@ impl Channel {
     }
 
     pub fn handle(&mut self, cx: &mut Ctx<'_>, method: Method, content: Option<Content>) -> Result<()> {
+        let method_is_sync = matches!(method, Method::BasicRecover(_));
         match method {
             Method::BasicPublish(p) => {
                 let content = content.expect("assembler attaches content to basic.publish");
@@ -129,16 +130,22 @@ impl Channel {
                 Ok(())
             }
             Method::BasicGet(g) => self.get(cx, g),
-            Method::BasicRecover(_) => {
+            Method::BasicRecover(BasicRecover { requeue }) | Method::BasicRecoverAsync(BasicRecoverAsync { requeue }) => {
+                // As RabbitMQ: redelivering to the original consumer is not supported.
+                if !requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
                 self.delivery.recover();
-                self.reply(BasicRecoverOk {});
-                Ok(())
-            }
-            Method::BasicRecoverAsync(_) => {
-                self.delivery.recover();
+                if method_is_sync {
+                    self.reply(BasicRecoverOk {});
+                }
                 Ok(())
             }
             Method::ChannelFlow(f) => {
+                // As RabbitMQ: a client may not stop deliveries with channel.flow.
+                if !f.active {
+                    return Err(AmqpError::not_implemented("active=false"));
+                }
                 self.delivery.set_flow(f.active);
                 self.reply(ChannelFlowOk { active: f.active });
                 Ok(())

@@ -58,7 +58,6 @@ impl CloseHandle for Closer {
 
 pub(crate) struct Connection {
     pub id: u64,
-    pub broker: Arc<Broker>,
     pub config: Arc<ServerConfig>,
     pub vhost: Arc<VHost>,
     pub user: String,
@@ -127,7 +126,6 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, confi
 
     let mut conn = Connection {
         id,
-        broker: broker.clone(),
         config,
         vhost: hs.vhost,
         user: hs.user,
@@ -144,12 +142,26 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, confi
         done: false,
         last_recv: Instant::now(),
     };
-    let reason = conn.read_loop(&mut rd, rbuf).await;
+    let (reason, socket_open) = conn.read_loop(&mut rd, rbuf).await;
     conn.cleanup();
     broker.connections.unregister(id);
     tracing::info!(connection = %name, reason = %reason, "connection closed");
     outbox.close();
-    let _ = writer.await;
+    let wr = writer.await;
+    if socket_open {
+        // Let the client read our last frame (close or close-ok) and close the socket itself,
+        // as clients expect; don't wait for a client that doesn't.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = rd.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    drop(wr);
 }
 
 struct Handshake {
@@ -392,8 +404,9 @@ fn parse_credentials(mechanism: &str, response: &[u8]) -> Result<(String, String
     }
 }
 
-/// Drains the outbox into the socket; sends heartbeats when idle.
-async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
+/// Drains the outbox into the socket; sends heartbeats when idle. Returns the write half so
+/// the caller decides when the socket closes.
+async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>, heartbeat: Arc<AtomicU32>) -> OwnedWriteHalf {
     let mut spare = BytesMut::with_capacity(64 * 1024);
     loop {
         outbox.take(&mut spare);
@@ -427,16 +440,17 @@ async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>, heartbeat: Arc<
         }
         outbox.drained();
     }
-    let _ = wr.shutdown().await;
+    let _ = wr.flush().await;
+    wr
 }
 
 impl Connection {
-    async fn read_loop(&mut self, rd: &mut OwnedReadHalf, mut rbuf: BytesMut) -> String {
+    async fn read_loop(&mut self, rd: &mut OwnedReadHalf, mut rbuf: BytesMut) -> (String, bool) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames that arrived along with connection.open.
         if let Some(r) = self.process(&mut rbuf) {
-            return r;
+            return (r, true);
         }
         loop {
             if rbuf.capacity() - rbuf.len() < 16 * 1024 {
@@ -448,31 +462,31 @@ impl Connection {
                     let reason = self.closer.reason.lock().take().unwrap_or_else(|| "closed via management plugin".into());
                     let text = format!("CONNECTION_FORCED - broker forced connection closure with reason '{reason}'");
                     self.send_close(CONNECTION_FORCED, text, 0, 0);
-                    return format!("forced: {reason}");
+                    return (format!("forced: {reason}"), true);
                 }
                 _ = self.outbox.wake_resume.notified() => {
                     self.for_each_channel(|c| c.delivery.resume());
                 }
                 r = rd.read_buf(&mut rbuf) => {
                     match r {
-                        Ok(0) => return "client closed the TCP connection".into(),
-                        Err(e) => return format!("socket error: {e}"),
+                        Ok(0) => return ("client closed the TCP connection".into(), false),
+                        Err(e) => return (format!("socket error: {e}"), false),
                         Ok(_) => {
                             self.last_recv = Instant::now();
                             if let Some(reason) = self.process(&mut rbuf) {
-                                return reason;
+                                return (reason, true);
                             }
                         }
                     }
                 }
                 _ = tick.tick() => {
                     if let Some(reason) = self.on_tick() {
-                        return reason;
+                        return (reason, false);
                     }
                 }
             }
             if self.outbox.is_closed() && self.closing_since.is_none() {
-                return "socket write failed".into();
+                return ("socket write failed".into(), false);
             }
         }
     }
@@ -580,20 +594,21 @@ impl Connection {
                     self.open_channel(n);
                     Ok(())
                 }
+                // A late close-ok for a channel already gone is harmless.
+                Method::ChannelCloseOk(_) => Ok(()),
                 _ => Err(ConnectionError::new(CHANNEL_ERROR, "expected 'channel.open'")),
             };
         }
         let max_body = self.config.max_message_size;
         let ch = self.channels[n as usize].as_mut().expect("checked open");
         if ch.closing {
-            // A channel we closed ignores everything until the client's close-ok.
+            // A channel we closed ignores everything until the client's close-ok; a
+            // channel.close crossing ours on the wire is answered but does not end the wait.
             if frame.kind == FRAME_METHOD {
-                if let Ok(Method::ChannelCloseOk(_) | Method::ChannelClose(_)) = Method::decode(frame.payload.clone()) {
-                    let is_close = matches!(Method::decode(frame.payload), Ok(Method::ChannelClose(_)));
-                    if is_close {
-                        self.outbox.send(n, ChannelCloseOk {});
-                    }
-                    self.remove_channel(n);
+                match Method::decode(frame.payload) {
+                    Ok(Method::ChannelCloseOk(_)) => self.remove_channel(n),
+                    Ok(Method::ChannelClose(_)) => self.outbox.send(n, ChannelCloseOk {}),
+                    _ => {}
                 }
             }
             return Ok(());
