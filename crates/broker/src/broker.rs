@@ -2,6 +2,8 @@
 
 use crate::connections::Connections;
 use crate::error::{AmqpError, Result};
+use crate::definitions::Definitions;
+use crate::persist::Persistence;
 use crate::vhost::VHost;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -37,6 +39,7 @@ pub struct User {
 
 pub struct Broker {
     pub config: BrokerConfig,
+    persistence: Option<Arc<Persistence>>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     users: RwLock<HashMap<String, User>>,
     next_id: AtomicU64,
@@ -44,15 +47,48 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker that keeps nothing on disk.
     pub fn new(config: BrokerConfig) -> Arc<Self> {
+        Self::build(config, None)
+    }
+
+    /// A broker whose durable definitions and persistent messages live under the persistence
+    /// directory: loads the catalogue, recovers every durable queue's messages, and starts the
+    /// group-commit flusher.
+    pub fn open(config: BrokerConfig, persistence: Arc<Persistence>) -> std::result::Result<Arc<Self>, String> {
+        let defs: Option<Definitions> = persistence.catalog().load().map_err(|e| e.to_string())?;
+        let b = Self::build(config, Some(persistence.clone()));
+        if let Some(defs) = defs {
+            let keep: Vec<(String, String)> = defs.queues.iter().map(|q| (q.vhost.clone(), q.name.clone())).collect();
+            persistence.remove_orphans(&keep);
+            for e in b.import_definitions(&defs) {
+                tracing::warn!("restoring definitions: {e}");
+            }
+            tracing::info!(
+                vhosts = defs.vhosts.len(),
+                exchanges = defs.exchanges.len(),
+                queues = defs.queues.len(),
+                bindings = defs.bindings.len(),
+                "definitions restored"
+            );
+        } else {
+            persistence.remove_orphans(&[]);
+        }
+        persistence.start(&b);
+        persistence.definitions_changed();
+        Ok(b)
+    }
+
+    fn build(config: BrokerConfig, persistence: Option<Arc<Persistence>>) -> Arc<Self> {
         let b = Broker {
+            persistence,
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             connections: Connections::default(),
             config,
         };
-        b.vhosts.write().insert(b.config.default_vhost.clone(), VHost::new(&b.config.default_vhost));
+        b.add_vhost(&b.config.default_vhost.clone());
         b.users.write().insert(
             b.config.default_user.clone(),
             User {
@@ -67,6 +103,19 @@ impl Broker {
     /// A process-unique id for connections (exclusive-queue ownership) and similar.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn persistence(&self) -> Option<&Arc<Persistence>> {
+        self.persistence.as_ref()
+    }
+
+    /// Creates a vhost (no-op if it exists).
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        let vh = self.vhosts.write().entry(name.to_string()).or_insert_with(|| VHost::new(name, self.persistence.clone())).clone();
+        if let Some(p) = &self.persistence {
+            p.definitions_changed();
+        }
+        vh
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

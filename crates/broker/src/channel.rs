@@ -186,7 +186,7 @@ impl DeliveryChannel {
     /// basic.ack.
     pub fn ack(&self, tag: u64, multiple: bool) -> Result<()> {
         let taken = self.take(tag, multiple)?;
-        for_each_queue_run(&taken, |q, run| q.settle(run.len() as u32));
+        for_each_queue_run(&taken, |q, run| q.settle(run.iter().map(|u| &u.qm)));
         self.resume();
         Ok(())
     }
@@ -396,7 +396,7 @@ fn for_each_queue_run(items: &[Unacked], mut f: impl FnMut(&Arc<Queue>, &[Unacke
 
 fn settle_or_requeue(items: Vec<Unacked>, requeue: bool) {
     if !requeue {
-        for_each_queue_run(&items, |q, run| q.settle(run.len() as u32));
+        for_each_queue_run(&items, |q, run| q.settle(run.iter().map(|u| &u.qm)));
         return;
     }
     let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();

@@ -8,6 +8,9 @@
 //! - [`queue`]: a queue's ready list, unacked count, consumers and dispatch.
 //! - [`channel`]: a channel's delivery side: delivery tags, unacked messages, prefetch.
 //! - [`vhost`]: declare/delete/bind/publish within one virtual host.
+//! - [`persist`]: message stores of durable queues, group commit, saved definitions.
+//! - [`definitions`]: the topology in RabbitMQ's definitions format.
+//! - [`json`]: field tables as JSON.
 //! - [`broker`]: the set of vhosts and broker-wide settings.
 //! - [`connections`]: the registry of client connections, for operators.
 //!
@@ -20,9 +23,12 @@
 pub mod broker;
 pub mod channel;
 pub mod connections;
+pub mod definitions;
 pub mod error;
 pub mod exchange;
+pub mod json;
 pub mod message;
+pub mod persist;
 pub mod queue;
 pub mod vhost;
 

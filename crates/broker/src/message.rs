@@ -33,3 +33,62 @@ impl Message {
         self.body.len() + self.properties.len() + self.routing_key.len() + self.exchange.len()
     }
 }
+
+/// Record flag: the message was published persistent (recovered after a restart); records
+/// without it were paged out of memory and are dropped on recovery, as RabbitMQ drops
+/// transient messages.
+const RECORD_PERSISTENT: u8 = 1;
+
+impl Message {
+    /// The store record: flags, exchange, routing key, properties, body (see docs/storage.md).
+    pub fn encode_record(&self, persistent: bool, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(8 + self.exchange.len() + self.routing_key.len() + self.properties.len() + self.body.len());
+        out.push(if persistent { RECORD_PERSISTENT } else { 0 });
+        out.push(self.exchange.len() as u8);
+        out.extend_from_slice(self.exchange.as_bytes());
+        out.push(self.routing_key.len() as u8);
+        out.extend_from_slice(self.routing_key.as_bytes());
+        out.extend_from_slice(&(self.properties.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.properties);
+        out.extend_from_slice(&self.body);
+    }
+
+    /// Decodes a store record; returns the message and whether it was persistent.
+    pub fn decode_record(rec: Bytes) -> Option<(Message, bool)> {
+        let flags = *rec.first()?;
+        let mut at = 1usize;
+        let short = |at: &mut usize| -> Option<ShortStr> {
+            let n = *rec.get(*at)? as usize;
+            let s = ShortStr::from_bytes(rec.get(*at + 1..*at + 1 + n).map(|_| rec.slice(*at + 1..*at + 1 + n))?).ok()?;
+            *at += 1 + n;
+            Some(s)
+        };
+        let exchange = short(&mut at)?;
+        let routing_key = short(&mut at)?;
+        let plen = u32::from_be_bytes(rec.get(at..at + 4)?.try_into().ok()?) as usize;
+        at += 4;
+        let properties = rec.get(at..at + plen).map(|_| rec.slice(at..at + plen))?;
+        at += plen;
+        let body = rec.slice(at..);
+        Some((Message { exchange, routing_key, properties, body }, flags & RECORD_PERSISTENT != 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip() {
+        let m = Message::new("ex".into(), "rk".into(), Bytes::from_static(&[0x10, 0, 2]), Bytes::from_static(b"body"));
+        let mut rec = Vec::new();
+        m.encode_record(true, &mut rec);
+        let (back, persistent) = Message::decode_record(Bytes::from(rec)).unwrap();
+        assert!(persistent);
+        assert_eq!((back.exchange.as_str(), back.routing_key.as_str()), ("ex", "rk"));
+        assert_eq!(&back.properties[..], &[0x10, 0, 2]);
+        assert_eq!(&back.body[..], b"body");
+        assert!(Message::decode_record(Bytes::from_static(&[1, 200])).is_none());
+    }
+}

@@ -6,8 +6,10 @@
 
 use crate::channel::{DeliveryChannel, Deliver};
 use crate::message::Message;
+use crate::persist::Persistence;
 use crate::vhost::VHost;
 use parking_lot::Mutex;
+use warren_store::{Position, QueueStore, Recovery};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -19,6 +21,26 @@ pub struct QueuedMessage {
     pub seq: u64,
     pub msg: Arc<Message>,
     pub redelivered: bool,
+    /// Where the message sits in the queue's store, if it was written there.
+    pub pos: Option<Position>,
+}
+
+/// Bytes of message bodies a durable queue keeps in memory; beyond this, new messages live
+/// only in the store (a position of 12 bytes each in RAM) until the queue drains to them.
+pub const RAM_BUDGET: usize = 32 << 20;
+
+/// A durable queue's message store and whether it has writes awaiting fsync.
+pub(crate) struct StoreSlot {
+    pub store: QueueStore,
+    pub dirty: bool,
+    scratch: Vec<u8>,
+}
+
+/// Why a publish was not accepted by a queue.
+#[derive(Debug)]
+pub enum PublishError {
+    /// The store could not write the message (disk full, I/O error).
+    Store(warren_store::StoreError),
 }
 
 /// A consumer as the queue sees it: where to deliver and how.
@@ -33,6 +55,8 @@ pub struct QueueConsumer {
 #[derive(Default)]
 struct Inner {
     ready: VecDeque<QueuedMessage>,
+    /// Messages paged out to the store, after everything in `ready`: (position, redelivered).
+    paged: VecDeque<(Position, bool)>,
     ready_bytes: usize,
     unacked: u32,
     consumers: Vec<QueueConsumer>,
@@ -61,6 +85,8 @@ pub struct Queue {
     /// The bindings that lead here (exchange, routing key, arguments), so deleting the queue
     /// removes them without scanning every exchange.
     pub(crate) bindings: Mutex<Vec<(ShortStr, ShortStr, FieldTable)>>,
+    persistence: Option<Arc<Persistence>>,
+    store: Option<Mutex<StoreSlot>>,
 }
 
 /// Counters for list_queues and the management API.
@@ -101,6 +127,137 @@ impl Queue {
             deleted: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
             bindings: Mutex::new(Vec::new()),
+            persistence: None,
+            store: None,
+        }
+    }
+
+    /// Gives a durable queue its message store.
+    pub(crate) fn with_store(mut self, persistence: Arc<Persistence>, store: QueueStore) -> Self {
+        self.persistence = Some(persistence);
+        self.store = Some(Mutex::new(StoreSlot { store, dirty: false, scratch: Vec::new() }));
+        self
+    }
+
+    /// Loads what the store recovered: persistent messages come back (redelivered if they had
+    /// been delivered); records that were only paged-out transient messages are dropped.
+    pub(crate) fn recover(&self, recovery: Recovery) -> (u64, u64) {
+        let mut i = self.inner.lock();
+        let mut dropped = Vec::new();
+        let (mut restored, mut errors) = (0u64, 0u64);
+        for r in recovery {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    errors += 1;
+                    tracing::warn!(queue = %self.name, error = %e, "unreadable message skipped during recovery");
+                    continue;
+                }
+            };
+            match Message::decode_record(r.payload) {
+                Some((msg, true)) => {
+                    restored += 1;
+                    if i.paged.is_empty() && i.ready_bytes < RAM_BUDGET {
+                        let seq = i.next_seq;
+                        i.next_seq += 1;
+                        i.ready_bytes += msg.body.len();
+                        i.ready.push_back(QueuedMessage {
+                            seq,
+                            msg: Arc::new(msg),
+                            redelivered: r.redelivered,
+                            pos: Some(r.position),
+                        });
+                    } else {
+                        i.paged.push_back((r.position, r.redelivered));
+                    }
+                }
+                Some((_, false)) => dropped.push(r.position),
+                None => {
+                    errors += 1;
+                    dropped.push(r.position);
+                }
+            }
+        }
+        drop(i);
+        if let Some(slot) = &self.store {
+            let mut st = slot.lock();
+            for p in dropped {
+                let _ = st.store.ack(p);
+            }
+        }
+        (restored, errors)
+    }
+
+    /// fsync of the queue's store, called by the group-commit flusher.
+    pub(crate) fn sync_store(&self) -> warren_store::Result<()> {
+        match &self.store {
+            Some(slot) => {
+                let mut st = slot.lock();
+                st.dirty = false;
+                st.store.sync()
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_durable_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Writes a message to the store. Returns its position and the group-commit epoch to wait
+    /// for. Called with the persistence gate held (read).
+    fn store_append(self: &Arc<Self>, msg: &Message, persistent: bool) -> Result<Position, PublishError> {
+        let (slot, p) = match (&self.store, &self.persistence) {
+            (Some(s), Some(p)) => (s, p),
+            _ => unreachable!("store_append on a queue without a store"),
+        };
+        let mut st = slot.lock();
+        let mut buf = std::mem::take(&mut st.scratch);
+        msg.encode_record(persistent, &mut buf);
+        let r = st.store.append(&buf);
+        st.scratch = buf;
+        let pos = r.map_err(PublishError::Store)?;
+        if !st.dirty {
+            st.dirty = true;
+            p.enlist(self);
+        }
+        Ok(pos)
+    }
+
+    /// Records an ack or delivered mark; the flusher writes it out with the next group commit
+    /// (marks need no confirm, so no epoch is taken).
+    fn store_op(self: &Arc<Self>, f: impl FnOnce(&mut QueueStore) -> warren_store::Result<()>) {
+        if let (Some(slot), Some(p)) = (&self.store, &self.persistence) {
+            let mut st = slot.lock();
+            if let Err(e) = f(&mut st.store) {
+                tracing::warn!(queue = %self.name, error = %e, "message store write failed");
+            }
+            if !st.dirty {
+                st.dirty = true;
+                p.enlist(self);
+            }
+        }
+    }
+
+    /// Loads paged-out messages back into memory while the in-memory part is below half the
+    /// budget.
+    fn page_in(&self, i: &mut Inner) {
+        if i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET / 2 {
+            return;
+        }
+        let Some(slot) = &self.store else { return };
+        let st = slot.lock();
+        while i.ready_bytes < RAM_BUDGET / 2 {
+            let Some((pos, redelivered)) = i.paged.pop_front() else { break };
+            match st.store.read(pos).ok().and_then(Message::decode_record) {
+                Some((msg, _)) => {
+                    let seq = i.next_seq;
+                    i.next_seq += 1;
+                    i.ready_bytes += msg.body.len();
+                    i.ready.push_back(QueuedMessage { seq, msg: Arc::new(msg), redelivered, pos: Some(pos) });
+                }
+                None => tracing::error!(queue = %self.name, %pos, "paged-out message unreadable; dropped"),
+            }
         }
     }
 
@@ -111,7 +268,7 @@ impl Queue {
     pub fn stats(&self) -> QueueStats {
         let i = self.inner.lock();
         QueueStats {
-            messages_ready: i.ready.len() as u64,
+            messages_ready: (i.ready.len() + i.paged.len()) as u64,
             messages_unacknowledged: i.unacked as u64,
             message_bytes_ready: i.ready_bytes as u64,
             consumers: i.consumers.len() as u64,
@@ -122,7 +279,8 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
-        self.inner.lock().ready.len() as u32
+        let i = self.inner.lock();
+        (i.ready.len() + i.paged.len()) as u32
     }
 
     pub fn consumer_count(&self) -> u32 {
@@ -134,18 +292,43 @@ impl Queue {
         self.inner.lock().consumers.iter().map(|c| (c.tag.clone(), c.channel.clone(), c.no_ack, c.exclusive)).collect()
     }
 
-    /// Enqueues a routed message and hands it to a consumer if one has credit.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) {
+    /// Enqueues a routed message and hands it to a consumer if one has credit. A persistent
+    /// message in a durable queue is written to the store first; the returned epoch is the
+    /// group commit its confirm waits for.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, persistent: bool) -> Result<Option<u64>, PublishError> {
         if self.is_deleted() {
-            return;
+            return Ok(None);
         }
+        let Some(p) = &self.persistence else {
+            let mut i = self.inner.lock();
+            self.enqueue(&mut i, msg, None);
+            return Ok(None);
+        };
+        let _gate = p.gate.read();
         let mut i = self.inner.lock();
+        let paging = !i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET;
+        if !persistent && !paging {
+            self.enqueue(&mut i, msg, None);
+            return Ok(None);
+        }
+        let epoch = p.current_epoch();
+        let pos = self.store_append(&msg, persistent)?;
+        if paging {
+            i.published += 1;
+            i.paged.push_back((pos, false));
+        } else {
+            self.enqueue(&mut i, msg, Some(pos));
+        }
+        Ok(persistent.then_some(epoch))
+    }
+
+    fn enqueue(self: &Arc<Self>, i: &mut Inner, msg: Arc<Message>, pos: Option<Position>) {
         let seq = i.next_seq;
         i.next_seq += 1;
         i.published += 1;
         i.ready_bytes += msg.body.len();
-        i.ready.push_back(QueuedMessage { seq, msg, redelivered: false });
-        self.dispatch_locked(&mut i);
+        i.ready.push_back(QueuedMessage { seq, msg, redelivered: false, pos });
+        self.dispatch_locked(i);
     }
 
     /// Delivers ready messages while some consumer has credit.
@@ -155,6 +338,7 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
+        self.page_in(i);
         while !i.ready.is_empty() && !i.consumers.is_empty() {
             let n = i.consumers.len();
             let mut delivered = false;
@@ -175,10 +359,20 @@ impl Queue {
                     let qm = i.ready.pop_front().expect("checked non-empty");
                     i.ready_bytes -= qm.msg.body.len();
                     i.delivered += 1;
+                    if let Some(pos) = qm.pos {
+                        if no_ack {
+                            self.store_op(|s| s.ack(pos));
+                        } else if !qm.redelivered {
+                            self.store_op(|s| s.mark_delivered(pos));
+                        }
+                    }
                     if !no_ack {
                         i.unacked += 1;
                     }
                     delivered = true;
+                    if i.ready.is_empty() {
+                        self.page_in(i);
+                    }
                     break;
                 }
             }
@@ -189,19 +383,41 @@ impl Queue {
     }
 
     /// basic.get: takes the next ready message. `ack_expected` counts it as unacked.
-    pub fn get(&self, ack_expected: bool) -> Option<(QueuedMessage, u32)> {
+    pub fn get(self: &Arc<Self>, ack_expected: bool) -> Option<(QueuedMessage, u32)> {
         let mut i = self.inner.lock();
+        self.page_in(&mut i);
         let qm = i.ready.pop_front()?;
         i.ready_bytes -= qm.msg.body.len();
         i.delivered += 1;
+        if let Some(pos) = qm.pos {
+            if !ack_expected {
+                self.store_op(|s| s.ack(pos));
+            } else if !qm.redelivered {
+                self.store_op(|s| s.mark_delivered(pos));
+            }
+        }
         if ack_expected {
             i.unacked += 1;
         }
-        Some((qm, i.ready.len() as u32))
+        Some((qm, (i.ready.len() + i.paged.len()) as u32))
     }
 
-    /// Settles `n` unacked messages (acked, or rejected without requeue).
-    pub fn settle(&self, n: u32) {
+    /// Settles unacked messages (acked, or rejected without requeue): they leave the store.
+    pub fn settle<'a>(self: &Arc<Self>, msgs: impl Iterator<Item = &'a QueuedMessage>) {
+        let mut n = 0u32;
+        if self.store.is_some() {
+            self.store_op(|s| {
+                for m in msgs {
+                    n += 1;
+                    if let Some(pos) = m.pos {
+                        s.ack(pos)?;
+                    }
+                }
+                Ok(())
+            });
+        } else {
+            n = msgs.count() as u32;
+        }
         let mut i = self.inner.lock();
         i.unacked = i.unacked.saturating_sub(n);
         i.acked += n as u64;
@@ -260,11 +476,18 @@ impl Queue {
     }
 
     /// Drops every ready message; returns how many.
-    pub fn purge(&self) -> u32 {
+    pub fn purge(self: &Arc<Self>) -> u32 {
         let mut i = self.inner.lock();
-        let n = i.ready.len() as u32;
-        i.ready.clear();
+        let n = (i.ready.len() + i.paged.len()) as u32;
+        let ready = std::mem::take(&mut i.ready);
+        let paged = std::mem::take(&mut i.paged);
         i.ready_bytes = 0;
+        self.store_op(|s| {
+            for pos in ready.iter().filter_map(|m| m.pos).chain(paged.iter().map(|p| p.0)) {
+                s.ack(pos)?;
+            }
+            Ok(())
+        });
         n
     }
 
@@ -274,11 +497,21 @@ impl Queue {
         self.deleted.store(true, Ordering::Release);
         let (n, consumers) = {
             let mut i = self.inner.lock();
-            let n = i.ready.len() as u32;
+            let n = (i.ready.len() + i.paged.len()) as u32;
             i.ready.clear();
+            i.paged.clear();
             i.ready_bytes = 0;
             (n, std::mem::take(&mut i.consumers))
         };
+        if let Some(slot) = &self.store {
+            let mut st = slot.lock();
+            let dir = st.store.dir().to_path_buf();
+            // Empty the store, then remove its directory (the store is dropped with the queue).
+            if let Err(e) = st.store.purge() {
+                tracing::warn!(queue = %self.name, error = %e, "purging the deleted queue's store failed");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         for c in consumers {
             c.channel.consumer_cancelled_by_server(c.consumer_id);
         }

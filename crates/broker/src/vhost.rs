@@ -4,6 +4,7 @@
 use crate::error::{AmqpError, Result};
 use crate::exchange::{check_headers_args, Binding, Destination, Exchange, ExchangeKind};
 use crate::message::Message;
+use crate::persist::Persistence;
 use crate::queue::Queue;
 use parking_lot::RwLock;
 use rand::Rng;
@@ -38,6 +39,7 @@ pub struct VHost {
     pub name: String,
     exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortStr, Arc<Queue>>>,
+    persistence: Option<Arc<Persistence>>,
 }
 
 /// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared).
@@ -59,8 +61,13 @@ const INTEGER_QUEUE_ARGS: &[&str] =
     &["x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-max-priority", "x-delivery-limit", "x-consumer-timeout"];
 
 impl VHost {
-    pub fn new(name: &str) -> Arc<Self> {
-        let vh = Arc::new(VHost { name: name.to_string(), exchanges: Default::default(), queues: Default::default() });
+    pub fn new(name: &str, persistence: Option<Arc<Persistence>>) -> Arc<Self> {
+        let vh = Arc::new(VHost {
+            name: name.to_string(),
+            exchanges: Default::default(),
+            queues: Default::default(),
+            persistence,
+        });
         let predeclared = [
             ("", ExchangeKind::Direct),
             ("amq.direct", ExchangeKind::Direct),
@@ -76,6 +83,15 @@ impl VHost {
             }
         }
         vh
+    }
+
+    /// A durable definition changed: have it saved.
+    fn definitions_changed(&self, durable: bool) {
+        if durable {
+            if let Some(p) = &self.persistence {
+                p.definitions_changed();
+            }
+        }
     }
 
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
@@ -172,7 +188,9 @@ impl VHost {
             )));
         }
         let x = Arc::new(Exchange::new(d.name.clone(), kind, d.durable, d.auto_delete, d.internal, d.arguments));
-        Ok(self.exchanges.write().entry(d.name).or_insert(x).clone())
+        let x = self.exchanges.write().entry(d.name).or_insert(x).clone();
+        self.definitions_changed(x.durable);
+        Ok(x)
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
@@ -193,6 +211,7 @@ impl VHost {
     fn remove_exchange(&self, x: &Arc<Exchange>) {
         self.exchanges.write().remove(x.name.as_str());
         x.mark_deleted();
+        self.definitions_changed(x.durable);
         for b in x.bindings() {
             if let Destination::Queue(q) = &b.destination {
                 q.bindings.lock().retain(|(e, k, a)| !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments)));
@@ -230,7 +249,17 @@ impl VHost {
             return self.redeclare(q, &d, conn);
         }
         let owner = d.exclusive.then_some(conn);
-        let q = Arc::new(Queue::new(name.clone(), self, d.durable, owner, d.auto_delete, d.arguments.clone()));
+        let mut q = Queue::new(name.clone(), self, d.durable, owner, d.auto_delete, d.arguments.clone());
+        let mut recovery = None;
+        if let (true, Some(p)) = (d.durable && !d.exclusive, &self.persistence) {
+            let (store, rec) = p.open_queue_store(&self.name, &name).map_err(|e| {
+                tracing::error!(queue = %name, error = %e, "cannot open the queue's message store");
+                AmqpError::new(warren_protocol::constants::INTERNAL_ERROR, format!("cannot open message store: {e}"))
+            })?;
+            q = q.with_store(p.clone(), store);
+            recovery = Some(rec);
+        }
+        let q = Arc::new(q);
         let existing = {
             let mut queues = self.queues.write();
             match queues.get(&name) {
@@ -244,7 +273,18 @@ impl VHost {
         match existing {
             // Another connection declared it in the meantime.
             Some(other) => self.redeclare(other, &d, conn),
-            None => Ok((q, 0, 0)),
+            None => {
+                let mut count = 0;
+                if let Some(rec) = recovery {
+                    let (restored, errors) = q.recover(rec);
+                    if restored > 0 || errors > 0 {
+                        tracing::info!(queue = %q.name, vhost = %self.name, restored, errors, "recovered messages");
+                    }
+                    count = q.message_count();
+                }
+                self.definitions_changed(q.durable);
+                Ok((q, count, 0))
+            }
         }
     }
 
@@ -373,6 +413,7 @@ impl VHost {
     /// Deletes a queue with no checks (auto-delete, exclusive owner gone, vhost deletion).
     pub fn delete_queue_unchecked(&self, name: &str) -> u32 {
         let Some(q) = self.queues.write().remove(name) else { return 0 };
+        self.definitions_changed(q.durable);
         let bindings = std::mem::take(&mut *q.bindings.lock());
         let dest = Destination::Queue(q.clone());
         for (ex, key, args) in bindings {
@@ -397,6 +438,7 @@ impl VHost {
         let added = x.bind(Binding { destination: Destination::Queue(q.clone()), routing_key: key.clone(), arguments: args.clone() })?;
         if added {
             q.bindings.lock().push((x.name.clone(), key, args));
+            self.definitions_changed(q.durable && x.durable);
         }
         Ok(())
     }
@@ -409,6 +451,7 @@ impl VHost {
             q.bindings
                 .lock()
                 .retain(|(e, k, a)| !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments)));
+            self.definitions_changed(q.durable && x.durable);
             self.maybe_auto_delete_exchange(&x);
         }
         Ok(())
@@ -424,14 +467,19 @@ impl VHost {
     pub fn bind_exchange(&self, destination: &str, source: &str, key: ShortStr, args: FieldTable) -> Result<()> {
         let src = self.bindable_exchange(source)?;
         let dst = self.bindable_exchange(destination)?;
-        src.bind(Binding { destination: Destination::Exchange(dst), routing_key: key, arguments: args })?;
+        let durable = src.durable && dst.durable;
+        if src.bind(Binding { destination: Destination::Exchange(dst), routing_key: key, arguments: args })? {
+            self.definitions_changed(durable);
+        }
         Ok(())
     }
 
     pub fn unbind_exchange(&self, destination: &str, source: &str, key: ShortStr, args: FieldTable) -> Result<()> {
         let src = self.bindable_exchange(source)?;
         let dst = self.bindable_exchange(destination)?;
+        let durable = src.durable && dst.durable;
         if src.unbind(&Binding { destination: Destination::Exchange(dst), routing_key: key, arguments: args }) {
+            self.definitions_changed(durable);
             self.maybe_auto_delete_exchange(&src);
         }
         Ok(())

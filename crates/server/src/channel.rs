@@ -5,6 +5,8 @@
 use crate::outbox::Outbox;
 use std::sync::Arc;
 use warren_broker::vhost::{ExchangeDeclare, QueueDeclare};
+use warren_broker::persist::SyncState;
+use warren_broker::queue::PublishError;
 use warren_broker::{AmqpError, DeliveryChannel, Message, Queue, VHost};
 use warren_protocol::assembler::Content;
 use warren_protocol::constants::*;
@@ -38,10 +40,9 @@ pub(crate) struct Channel {
     confirm: bool,
     /// Publish sequence number of the last message (confirm mode).
     publish_seq: u64,
-    /// Highest sequence number confirmed but not yet acked to the client: confirms are
-    /// coalesced into one `basic.ack multiple` per read batch.
-    confirm_pending: u64,
-    confirm_sent: u64,
+    /// Confirms not yet sent, in publish order: (sequence number, group-commit epoch to wait
+    /// for (0: none), nack). Runs of acks go out as one `basic.ack multiple`.
+    confirms: std::collections::VecDeque<(u64, u64, bool)>,
     tx: Option<Vec<TxOp>>,
     /// The last queue declared on this channel, for methods that name the queue "".
     last_queue: Option<ShortStr>,
@@ -60,8 +61,7 @@ impl Channel {
             closing: false,
             confirm: false,
             publish_seq: 0,
-            confirm_pending: 0,
-            confirm_sent: 0,
+            confirms: Default::default(),
             tx: None,
             last_queue: None,
             last_exchange: None,
@@ -74,13 +74,30 @@ impl Channel {
         self.outbox.send(self.number, m);
     }
 
-    /// Sends the confirms gathered during a read batch.
-    pub fn flush_confirms(&mut self) {
-        if self.confirm_pending > self.confirm_sent {
-            let tag = self.confirm_pending;
-            let multiple = tag - self.confirm_sent > 1;
-            self.confirm_sent = tag;
-            self.reply(BasicAck { delivery_tag: tag, multiple });
+    pub fn has_pending_confirms(&self) -> bool {
+        !self.confirms.is_empty()
+    }
+
+    /// Sends the confirms that are due: those needing no fsync, and those whose group commit
+    /// has completed. A run of acks becomes one `basic.ack multiple`.
+    pub fn flush_confirms(&mut self, synced: SyncState) {
+        let mut ack_upto: Option<(u64, u32)> = None;
+        while let Some(&(seq, epoch, nack)) = self.confirms.front() {
+            if epoch > synced.synced_epoch {
+                break;
+            }
+            self.confirms.pop_front();
+            if nack || (epoch != 0 && epoch == synced.failed_epoch) {
+                if let Some((tag, n)) = ack_upto.take() {
+                    self.reply(BasicAck { delivery_tag: tag, multiple: n > 1 });
+                }
+                self.reply(BasicNack { delivery_tag: seq, multiple: false, requeue: false });
+            } else {
+                ack_upto = Some((seq, ack_upto.map_or(1, |(_, n)| n + 1)));
+            }
+        }
+        if let Some((tag, n)) = ack_upto {
+            self.reply(BasicAck { delivery_tag: tag, multiple: n > 1 });
         }
     }
 
@@ -325,13 +342,22 @@ impl Channel {
                 write_content(b, n, &msg.properties, &msg.body, frame_max);
             });
         }
+        let persistent = !queues.is_empty() && msg.is_persistent();
+        let (mut epoch, mut failed) = (0u64, false);
         for q in queues.drain(..) {
-            q.publish(msg.clone());
+            match q.publish(msg.clone(), persistent) {
+                Ok(Some(e)) => epoch = epoch.max(e),
+                Ok(None) => {}
+                Err(PublishError::Store(e)) => {
+                    failed = true;
+                    tracing::error!(queue = %q.name, error = %e, "could not store a persistent message; it is nacked");
+                }
+            }
         }
         self.route_scratch = queues;
         if self.confirm {
             self.publish_seq += 1;
-            self.confirm_pending = self.publish_seq;
+            self.confirms.push_back((self.publish_seq, epoch, failed));
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use warren_broker::connections::{CloseHandle, ConnectionEntry};
+use warren_broker::persist::SyncState;
 use warren_broker::{AmqpError, Broker, VHost};
 use warren_protocol::constants::*;
 use warren_protocol::frame::{parse_frame, write_heartbeat, Frame};
@@ -76,6 +77,8 @@ pub(crate) struct Connection {
     closing_since: Option<Instant>,
     done: bool,
     last_recv: Instant,
+    /// Group-commit progress, for publisher confirms of persistent messages.
+    synced: Option<tokio::sync::watch::Receiver<SyncState>>,
 }
 
 /// Runs a connection from accept to close.
@@ -141,6 +144,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, confi
         closing_since: None,
         done: false,
         last_recv: Instant::now(),
+        synced: broker.persistence().map(|p| p.subscribe()),
     };
     let (reason, socket_open) = conn.read_loop(&mut rd, rbuf).await;
     conn.cleanup();
@@ -456,6 +460,7 @@ impl Connection {
             if rbuf.capacity() - rbuf.len() < 16 * 1024 {
                 rbuf.reserve(128 * 1024);
             }
+            let awaiting = self.awaiting_sync();
             tokio::select! {
                 biased;
                 _ = self.closer.wake.notified() => {
@@ -466,6 +471,9 @@ impl Connection {
                 }
                 _ = self.outbox.wake_resume.notified() => {
                     self.for_each_channel(|c| c.delivery.resume());
+                }
+                _ = Self::sync_changed(&mut self.synced), if awaiting => {
+                    self.flush_confirms();
                 }
                 r = rd.read_buf(&mut rbuf) => {
                     match r {
@@ -514,8 +522,33 @@ impl Connection {
                 }
             }
         }
-        self.for_each_channel(|c| c.flush_confirms());
+        self.flush_confirms();
         None
+    }
+
+    fn sync_state(&self) -> SyncState {
+        self.synced.as_ref().map(|s| *s.borrow()).unwrap_or_default()
+    }
+
+    fn flush_confirms(&mut self) {
+        let st = self.sync_state();
+        self.for_each_channel(|c| c.flush_confirms(st));
+    }
+
+    fn awaiting_sync(&self) -> bool {
+        self.synced.is_some() && self.channels.iter().flatten().any(|c| c.has_pending_confirms())
+    }
+
+    /// Resolves when the group commit advances (never, without persistence).
+    async fn sync_changed(synced: &mut Option<tokio::sync::watch::Receiver<SyncState>>) {
+        match synced {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
     }
 
     fn on_tick(&mut self) -> Option<String> {

@@ -53,7 +53,10 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}; choose another with --data-dir", args.data_dir.display()))?;
-    let broker = warren_broker::Broker::new(Default::default());
+    let persistence = warren_broker::persist::Persistence::new(&args.data_dir, warren_store::FileBackend::shared());
+    let broker = warren_broker::Broker::open(Default::default(), persistence).map_err(|e| {
+        anyhow::anyhow!("cannot load the data directory {}: {e}", args.data_dir.display())
+    })?;
     let config = Arc::new(warren_server::ServerConfig {
         heartbeat: args.heartbeat,
         frame_max: args.frame_max,
@@ -81,6 +84,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(p) = broker.persistence() {
+        p.flush_once();
     }
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,197 @@
+//! Durability wiring: which queues have a message store, group commit (one fsync per batch of
+//! publishes, however many), and the durable definitions (saved in the background, coalesced).
+//!
+//! Group commit works in epochs. A persistent publish records the current epoch; the flusher
+//! thread closes the epoch (bumping the counter and taking the list of queues written to),
+//! fsyncs those queues' stores, and then announces the epoch as synced. Publisher confirms for
+//! messages of epoch E go out once E is announced. The `gate` makes "read the epoch, append,
+//! enlist the queue" atomic with respect to "close the epoch", so no append can slip between
+//! an epoch's closing and its fsync.
+
+use crate::broker::Broker;
+use crate::queue::Queue;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+use warren_store::{Backend, Catalog, QueueStore, Recovery, StoreOptions};
+
+/// What connections watch to release publisher confirms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// Every persistent write of an epoch up to this one is on disk.
+    pub synced_epoch: u64,
+    /// The last epoch whose fsync failed: its messages are nacked.
+    pub failed_epoch: u64,
+}
+
+pub struct Persistence {
+    dir: PathBuf,
+    backend: Arc<dyn Backend>,
+    catalog: Catalog,
+    pub(crate) gate: RwLock<()>,
+    epoch: AtomicU64,
+    dirty: Mutex<Vec<Arc<Queue>>>,
+    defs_dirty: AtomicBool,
+    wake: Condvar,
+    wake_lock: Mutex<bool>,
+    synced: tokio::sync::watch::Sender<SyncState>,
+    broker: OnceLock<Weak<Broker>>,
+    pub store_options: StoreOptions,
+}
+
+impl Persistence {
+    pub fn new(dir: impl Into<PathBuf>, backend: Arc<dyn Backend>) -> Arc<Self> {
+        let dir = dir.into();
+        let (synced, _) = tokio::sync::watch::channel(SyncState::default());
+        Arc::new(Persistence {
+            catalog: Catalog::new(backend.clone(), dir.clone()),
+            dir,
+            backend,
+            gate: RwLock::new(()),
+            epoch: AtomicU64::new(1),
+            dirty: Mutex::new(Vec::new()),
+            defs_dirty: AtomicBool::new(false),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(false),
+            synced,
+            broker: OnceLock::new(),
+            store_options: StoreOptions::default(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<SyncState> {
+        self.synced.subscribe()
+    }
+
+    pub(crate) fn current_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The directory of a durable queue's message store.
+    pub fn queue_dir(&self, vhost: &str, queue: &str) -> PathBuf {
+        self.dir.join("queues").join(encode_name(vhost)).join(encode_name(queue))
+    }
+
+    pub(crate) fn open_queue_store(&self, vhost: &str, queue: &str) -> warren_store::Result<(QueueStore, Recovery)> {
+        QueueStore::open(self.backend.clone(), self.queue_dir(vhost, queue), self.store_options.clone())
+    }
+
+    /// Called with the gate held (read) after a queue appended: the flusher will fsync it.
+    pub(crate) fn enlist(&self, q: &Arc<Queue>) {
+        self.dirty.lock().push(q.clone());
+        self.kick();
+    }
+
+    /// Definitions changed: save them soon.
+    pub fn definitions_changed(&self) {
+        self.defs_dirty.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    fn kick(&self) {
+        let mut w = self.wake_lock.lock();
+        if !*w {
+            *w = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Starts the flusher thread (group commit and definitions saving).
+    pub fn start(self: &Arc<Self>, broker: &Arc<Broker>) {
+        let _ = self.broker.set(Arc::downgrade(broker));
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("warren-flusher".into())
+            .spawn(move || me.flush_loop())
+            .expect("spawn flusher thread");
+    }
+
+    fn flush_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut w = self.wake_lock.lock();
+                if !*w {
+                    self.wake.wait_for(&mut w, Duration::from_millis(200));
+                }
+                *w = false;
+            }
+            self.flush_once();
+            if self.broker.get().and_then(Weak::upgrade).is_none() {
+                return;
+            }
+        }
+    }
+
+    /// One group commit: close the epoch, fsync what it wrote, announce it.
+    pub fn flush_once(&self) {
+        let (epoch, queues) = {
+            let _g = self.gate.write();
+            let e = self.epoch.fetch_add(1, Ordering::AcqRel);
+            (e, std::mem::take(&mut *self.dirty.lock()))
+        };
+        let mut failed = false;
+        for q in &queues {
+            if let Err(e) = q.sync_store() {
+                failed = true;
+                tracing::error!(queue = %q.name, vhost = %q.vhost_name, error = %e,
+                    "fsync of the message store failed; publishes are nacked. Check the disk, then restart the broker");
+            }
+        }
+        self.synced.send_modify(|s| {
+            s.synced_epoch = epoch;
+            if failed {
+                s.failed_epoch = epoch;
+            }
+        });
+        if self.defs_dirty.swap(false, Ordering::AcqRel) {
+            if let Some(b) = self.broker.get().and_then(Weak::upgrade) {
+                if let Err(e) = self.catalog.save(&b.definitions(true)) {
+                    self.defs_dirty.store(true, Ordering::Release);
+                    tracing::error!(error = %e, "saving definitions failed; will retry. Check free disk space");
+                }
+            }
+        }
+    }
+
+    /// Removes store directories of queues that no longer exist (a crash can leave one behind
+    /// after a queue deletion).
+    pub fn remove_orphans(&self, keep: &[(String, String)]) {
+        let root = self.dir.join("queues");
+        let Ok(vhosts) = std::fs::read_dir(&root) else { return };
+        for v in vhosts.flatten() {
+            let Ok(queues) = std::fs::read_dir(v.path()) else { continue };
+            for q in queues.flatten() {
+                let (vn, qn) = (v.file_name().to_string_lossy().into_owned(), q.file_name().to_string_lossy().into_owned());
+                if !keep.iter().any(|(kv, kq)| encode_name(kv) == vn && encode_name(kq) == qn) {
+                    tracing::info!(dir = %q.path().display(), "removing message store of a deleted queue");
+                    let _ = std::fs::remove_dir_all(q.path());
+                }
+            }
+        }
+    }
+}
+
+/// A file-name-safe form of a vhost or queue name: letters, digits, `-`, `_` and `.` stay,
+/// every other byte becomes `%XX`.
+pub fn encode_name(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('q');
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
