@@ -367,6 +367,10 @@ impl DeliveryChannel {
             .collect()
     }
 
+    pub fn consumes_from(&self, queue: &Arc<Queue>) -> bool {
+        self.state.lock().consumers.iter().flatten().any(|c| Arc::ptr_eq(&c.queue, queue))
+    }
+
     pub fn has_consumer(&self, tag: &str) -> bool {
         self.state.lock().consumers.iter().flatten().any(|c| c.tag == tag)
     }

@@ -29,11 +29,26 @@ pub struct QueuedMessage {
 /// only in the store (a position of 12 bytes each in RAM) until the queue drains to them.
 pub const RAM_BUDGET: usize = 32 << 20;
 
+/// Flow control: when a queue that has consumers holds more than this many ready messages,
+/// publishers to it wait (as RabbitMQ's credit flow makes them) until it is down to
+/// [`FLOW_LOW`]. A queue without consumers takes publishes at full speed.
+pub const FLOW_HIGH: usize = 50_000;
+pub const FLOW_LOW: usize = 25_000;
+
 /// A durable queue's message store and whether it has writes awaiting fsync.
 pub(crate) struct StoreSlot {
     pub store: QueueStore,
     pub dirty: bool,
     scratch: Vec<u8>,
+}
+
+/// What a queue did with a publish.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Published {
+    /// The group-commit epoch the publisher's confirm waits for (persistent messages).
+    pub epoch: Option<u64>,
+    /// The queue's consumers are behind: the publisher should wait for it (flow control).
+    pub backlogged: bool,
 }
 
 /// Why a publish was not accepted by a queue.
@@ -87,6 +102,9 @@ pub struct Queue {
     pub(crate) bindings: Mutex<Vec<(ShortStr, ShortStr, FieldTable)>>,
     persistence: Option<Arc<Persistence>>,
     store: Option<Mutex<StoreSlot>>,
+    /// Wakes publishers waiting for this queue's backlog to shrink.
+    drained: tokio::sync::Notify,
+    flow_waiting: AtomicBool,
 }
 
 /// Counters for list_queues and the management API.
@@ -129,6 +147,30 @@ impl Queue {
             bindings: Mutex::new(Vec::new()),
             persistence: None,
             store: None,
+            drained: tokio::sync::Notify::new(),
+            flow_waiting: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether publishers should wait before sending more to this queue.
+    pub fn over_flow_limit(&self) -> bool {
+        let i = self.inner.lock();
+        !i.consumers.is_empty() && i.ready.len() + i.paged.len() > FLOW_HIGH
+    }
+
+    /// Waits until the queue's backlog is below the low-water mark, its consumers are gone,
+    /// or it is deleted.
+    pub async fn wait_for_flow(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.flow_waiting.store(true, Ordering::Release);
+            if self.is_deleted() || !self.over_flow_limit() {
+                return;
+            }
+            // The timeout is a safety net; the queue notifies when it drains.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), notified).await;
         }
     }
 
@@ -295,21 +337,21 @@ impl Queue {
     /// Enqueues a routed message and hands it to a consumer if one has credit. A persistent
     /// message in a durable queue is written to the store first; the returned epoch is the
     /// group commit its confirm waits for.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, persistent: bool) -> Result<Option<u64>, PublishError> {
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, persistent: bool) -> Result<Published, PublishError> {
         if self.is_deleted() {
-            return Ok(None);
+            return Ok(Published::default());
         }
         let Some(p) = &self.persistence else {
             let mut i = self.inner.lock();
             self.enqueue(&mut i, msg, None);
-            return Ok(None);
+            return Ok(Published { epoch: None, backlogged: Self::backlogged(&i) });
         };
         let _gate = p.gate.read();
         let mut i = self.inner.lock();
         let paging = !i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET;
         if !persistent && !paging {
             self.enqueue(&mut i, msg, None);
-            return Ok(None);
+            return Ok(Published { epoch: None, backlogged: Self::backlogged(&i) });
         }
         let epoch = p.current_epoch();
         let pos = self.store_append(&msg, persistent)?;
@@ -319,7 +361,11 @@ impl Queue {
         } else {
             self.enqueue(&mut i, msg, Some(pos));
         }
-        Ok(persistent.then_some(epoch))
+        Ok(Published { epoch: persistent.then_some(epoch), backlogged: Self::backlogged(&i) })
+    }
+
+    fn backlogged(i: &Inner) -> bool {
+        !i.consumers.is_empty() && i.ready.len() + i.paged.len() > FLOW_HIGH
     }
 
     fn enqueue(self: &Arc<Self>, i: &mut Inner, msg: Arc<Message>, pos: Option<Position>) {
@@ -338,6 +384,13 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
+        self.dispatch_inner(i);
+        if i.ready.len() + i.paged.len() <= FLOW_LOW && self.flow_waiting.swap(false, Ordering::AcqRel) {
+            self.drained.notify_waiters();
+        }
+    }
+
+    fn dispatch_inner(self: &Arc<Self>, i: &mut Inner) {
         self.page_in(i);
         while !i.ready.is_empty() && !i.consumers.is_empty() {
             let n = i.consumers.len();
@@ -377,7 +430,7 @@ impl Queue {
                 }
             }
             if !delivered {
-                return;
+                break;
             }
         }
     }
@@ -468,6 +521,9 @@ impl Queue {
             }
             before != i.consumers.len() && i.consumers.is_empty() && i.had_consumer
         };
+        if self.flow_waiting.swap(false, Ordering::AcqRel) {
+            self.drained.notify_waiters();
+        }
         if now_unused && self.auto_delete {
             if let Some(vh) = self.vhost.upgrade() {
                 vh.delete_queue_unchecked(&self.name);
@@ -495,6 +551,7 @@ impl Queue {
     /// send basic.cancel to clients that asked for it). Returns the ready count.
     pub(crate) fn mark_deleted(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
+        self.drained.notify_waiters();
         let (n, consumers) = {
             let mut i = self.inner.lock();
             let n = (i.ready.len() + i.paged.len()) as u32;

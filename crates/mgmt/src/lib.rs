@@ -1,1 +1,152 @@
-//! placeholder
+//! Warren's HTTP management API: RabbitMQ's paths under `/api` and the JSON shapes its
+//! management plugin returns, so that existing tools (rabbitmqadmin, monitoring scripts,
+//! `warrenctl`) work against Warren.
+//!
+//! Layout (one module per resource, as the plugin's `rabbit_mgmt_wm_*`):
+//! - [`auth`]: HTTP basic authentication against the broker's users.
+//! - [`error`]: [`ApiError`], errors as RabbitMQ returns them (`{"error": …, "reason": …}`).
+//! - [`args`]: field tables (queue, exchange and binding arguments) to and from JSON.
+//! - [`overview`]: `/api/overview`, `/api/nodes`, `/api/vhosts`, `/api/whoami`, health checks.
+//! - [`queues`], [`exchanges`], [`bindings`]: the topology, listed, declared and deleted.
+//! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
+//! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
+//!
+//! Handlers read the broker through its public accessors and change it through the same vhost
+//! operations a client's AMQP methods use, so the rules and reply texts are RabbitMQ's. An
+//! object the API declares belongs to no connection (connection id 0).
+
+pub mod args;
+pub mod auth;
+pub mod bindings;
+pub mod channels;
+pub mod connections;
+pub mod consumers;
+pub mod definitions;
+pub mod error;
+pub mod exchanges;
+pub mod overview;
+pub mod queues;
+
+pub use error::ApiError;
+
+use axum::routing::get;
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use warren_broker::Broker;
+
+/// The RabbitMQ version Warren's API answers as (`rabbitmq_version`, `management_version`):
+/// tools use it to pick which paths and fields to expect.
+pub const RABBITMQ_COMPAT_VERSION: &str = "3.13.0";
+
+/// What the API reports about the node beyond what the broker knows.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The AMQP listeners, for `/api/overview`'s `listeners` (and `warrenctl status`).
+    pub amqp_listeners: Vec<SocketAddr>,
+    /// The node name (`warren@<hostname>` when empty).
+    pub node_name: String,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub broker: Arc<Broker>,
+    pub node: String,
+    pub started: Instant,
+    pub http_listener: Option<SocketAddr>,
+    pub amqp_listeners: Vec<SocketAddr>,
+}
+
+pub type State = axum::extract::State<Arc<AppState>>;
+
+/// Serves the management API on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    serve_with(listener, broker, Options::default(), shutdown).await
+}
+
+/// [`serve`] with [`Options`].
+pub async fn serve_with(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    options: Options,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let node = if options.node_name.is_empty() {
+        default_node_name()
+    } else {
+        options.node_name
+    };
+    let state = Arc::new(AppState {
+        broker,
+        node,
+        started: Instant::now(),
+        http_listener: listener.local_addr().ok(),
+        amqp_listeners: options.amqp_listeners,
+    });
+    let app = router(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+/// Every `/api` route, behind basic authentication. Unknown paths answer 404 in RabbitMQ's
+/// shape.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .merge(overview::routes())
+        .merge(queues::routes())
+        .merge(exchanges::routes())
+        .merge(bindings::routes())
+        .merge(connections::routes())
+        .merge(channels::routes())
+        .merge(consumers::routes())
+        .merge(definitions::routes())
+        .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_user,
+        ));
+    Router::new()
+        .nest("/api", api)
+        .route(
+            "/",
+            get(|| async { "Warren management API: see /api/overview\n" }),
+        )
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+/// `warren@<hostname>`, as RabbitMQ's `rabbit@<hostname>`.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("warren@{host}")
+}
+
+/// RabbitMQ writes the default exchange as `amq.default` in paths, and `""` in JSON.
+pub(crate) fn exchange_from_path(name: &str) -> &str {
+    if name == "amq.default" {
+        ""
+    } else {
+        name
+    }
+}

@@ -23,6 +23,8 @@ pub(crate) struct Ctx<'a> {
     pub conn_id: u64,
     pub frame_max: u32,
     pub exclusive_queues: &'a mut Vec<ShortStr>,
+    /// Queues whose consumers are behind: the connection stops reading until they catch up.
+    pub backlogged: &'a mut Vec<Arc<Queue>>,
 }
 
 enum TxOp {
@@ -346,8 +348,14 @@ impl Channel {
         let (mut epoch, mut failed) = (0u64, false);
         for q in queues.drain(..) {
             match q.publish(msg.clone(), persistent) {
-                Ok(Some(e)) => epoch = epoch.max(e),
-                Ok(None) => {}
+                Ok(p) => {
+                    if let Some(e) = p.epoch {
+                        epoch = epoch.max(e);
+                    }
+                    if p.backlogged && !cx.backlogged.iter().any(|b| Arc::ptr_eq(b, &q)) {
+                        cx.backlogged.push(q.clone());
+                    }
+                }
                 Err(PublishError::Store(e)) => {
                     failed = true;
                     tracing::error!(queue = %q.name, error = %e, "could not store a persistent message; it is nacked");

@@ -77,6 +77,8 @@ pub(crate) struct Connection {
     closing_since: Option<Instant>,
     done: bool,
     last_recv: Instant,
+    /// Queues published to whose consumers are behind (flow control).
+    backlogged: Vec<Arc<warren_broker::Queue>>,
     /// Group-commit progress, for publisher confirms of persistent messages.
     synced: Option<tokio::sync::watch::Receiver<SyncState>>,
 }
@@ -145,6 +147,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, confi
         done: false,
         last_recv: Instant::now(),
         synced: broker.persistence().map(|p| p.subscribe()),
+        backlogged: Vec::new(),
     };
     let (reason, socket_open) = conn.read_loop(&mut rd, rbuf).await;
     conn.cleanup();
@@ -484,6 +487,14 @@ impl Connection {
                             if let Some(reason) = self.process(&mut rbuf) {
                                 return (reason, true);
                             }
+                            // Flow control: don't read more until lagging queues catch up.
+                            // (Never for a queue this connection consumes from: its acks must
+                            // keep flowing.)
+                            for q in std::mem::take(&mut self.backlogged) {
+                                if !self.channels.iter().flatten().any(|c| c.delivery.consumes_from(&q)) {
+                                    q.wait_for_flow().await;
+                                }
+                            }
                         }
                     }
                 }
@@ -673,6 +684,7 @@ impl Connection {
                     conn_id: self.id,
                     frame_max: self.frame_max,
                     exclusive_queues: &mut self.exclusive_queues,
+                    backlogged: &mut self.backlogged,
                 };
                 let ch = self.channels[n as usize].as_mut().expect("checked open");
                 match ch.handle(&mut ctx, method, cmd.content) {

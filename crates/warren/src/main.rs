@@ -17,6 +17,9 @@ struct Args {
     /// AMQP listener address (rabbitmq.conf: listeners.tcp.default).
     #[arg(long, env = "WARREN_LISTEN", default_value = "127.0.0.1:5672")]
     listen: SocketAddr,
+    /// Management HTTP API address (rabbitmq.conf: management.tcp.port).
+    #[arg(long, env = "WARREN_MGMT_LISTEN", default_value = "127.0.0.1:15672")]
+    mgmt_listen: SocketAddr,
     /// Data directory for durable definitions and messages.
     #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
     data_dir: PathBuf,

@@ -1,1 +1,561 @@
-fn main() {}
+//! `warrenctl`: rabbitmqctl's commands, flags and output for Warren, as a client of Warren's
+//! HTTP management API (as lavinmqctl is for LavinMQ). It never links the broker.
+//!
+//! Layout:
+//! - [`client`]: the HTTP client, and [`CtlError`] with rabbitmqctl's exit codes.
+//! - [`listing`]: the `list_*` commands: paths, columns, banners.
+//! - [`format`]: the `table` and `json` output formats.
+//! - this file: the command line and the other commands.
+
+mod client;
+mod format;
+mod listing;
+
+use clap::{Args, Parser, Subcommand};
+use client::{seg, Client, CtlError, Method};
+use listing::Listing;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+/// Manage a Warren broker with rabbitmqctl's commands, through its management API.
+#[derive(Parser, Debug)]
+#[command(name = "warrenctl", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes, before or after the command name (as rabbitmqctl).
+#[derive(Args, Debug)]
+struct Global {
+    /// Management API URL (default http://127.0.0.1:15672)
+    #[arg(long, env = "WARRENCTL_URL", global = true)]
+    url: Option<String>,
+    /// Management API host, when --url is not given
+    #[arg(
+        long,
+        env = "WARRENCTL_HOST",
+        global = true,
+        default_value = "127.0.0.1"
+    )]
+    host: String,
+    /// Management API port, when --url is not given
+    #[arg(long, env = "WARRENCTL_PORT", global = true, default_value_t = 15672)]
+    port: u16,
+    /// User to authenticate as
+    #[arg(
+        long,
+        env = "WARRENCTL_USERNAME",
+        global = true,
+        default_value = "guest"
+    )]
+    username: String,
+    /// Password of that user
+    #[arg(
+        long,
+        env = "WARRENCTL_PASSWORD",
+        global = true,
+        default_value = "guest",
+        hide_env_values = true
+    )]
+    password: String,
+    /// Virtual host
+    #[arg(short = 'p', long = "vhost", global = true, default_value = "/")]
+    vhost: String,
+    /// Print only the results, without informational lines
+    #[arg(short = 'q', long, global = true)]
+    quiet: bool,
+    /// Leave out the header row of tables
+    #[arg(long, global = true)]
+    no_table_headers: bool,
+    /// Output format
+    #[arg(long, global = true, default_value = "table", value_parser = ["table", "json"])]
+    formatter: String,
+    /// Seconds to wait for the broker
+    #[arg(short = 't', long, global = true, default_value_t = 60.0)]
+    timeout: f64,
+}
+
+impl Global {
+    fn base_url(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{}", self.host, self.port))
+    }
+    fn json(&self) -> bool {
+        self.formatter == "json"
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Lists queues and their properties
+    #[command(name = "list_queues")]
+    ListQueues(Columns),
+    /// Lists exchanges
+    #[command(name = "list_exchanges")]
+    ListExchanges(Columns),
+    /// Lists all bindings on a vhost
+    #[command(name = "list_bindings")]
+    ListBindings(Columns),
+    /// Lists AMQP 0-9-1 connections
+    #[command(name = "list_connections")]
+    ListConnections(Columns),
+    /// Lists all channels
+    #[command(name = "list_channels")]
+    ListChannels(Columns),
+    /// Lists all consumers for a vhost
+    #[command(name = "list_consumers")]
+    ListConsumers(Columns),
+    /// Lists virtual hosts
+    #[command(name = "list_vhosts")]
+    ListVhosts(Columns),
+    /// Displays status of the node
+    Status,
+    /// Purges a queue (removes all ready messages in it)
+    #[command(name = "purge_queue")]
+    PurgeQueue {
+        /// Queue name
+        queue: String,
+    },
+    /// Deletes a queue
+    #[command(name = "delete_queue")]
+    DeleteQueue {
+        /// Queue name
+        queue: String,
+        /// Delete only if the queue has no ready messages
+        #[arg(short = 'e', long)]
+        if_empty: bool,
+        /// Delete only if the queue has no consumers
+        #[arg(short = 'u', long)]
+        if_unused: bool,
+    },
+    /// Closes a connection (by its name, see list_connections name) with a reason
+    #[command(name = "close_connection")]
+    CloseConnection {
+        /// Connection name, e.g. "127.0.0.1:50000 -> 127.0.0.1:5672"
+        connection: String,
+        /// Reason given to the client
+        explanation: String,
+    },
+    /// Exports definitions in JSON to a file, or to standard output with "-"
+    #[command(name = "export_definitions")]
+    ExportDefinitions {
+        /// File path, or "-"
+        path: String,
+    },
+    /// Imports definitions in JSON from a file, or from standard input with "-"
+    #[command(name = "import_definitions")]
+    ImportDefinitions {
+        /// File path, or "-"
+        path: String,
+    },
+    /// Displays warrenctl's version
+    Version,
+}
+
+#[derive(Args, Debug)]
+struct Columns {
+    /// Columns (info keys) to show
+    columns: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let mut out = std::io::stdout().lock();
+    match run(&cli, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("Error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// A command line clap refused: help and version as asked, anything else as one line and
+/// exit code 64, as rabbitmqctl.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+        _ => {}
+    }
+    let line = match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
+        (ErrorKind::InvalidSubcommand, Some(ContextValue::String(cmd))) => {
+            format!("command '{cmd}' not found. Run 'warrenctl help' for the list of commands.")
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_string();
+            format!("{first}. Run 'warrenctl help <command>' for its usage.")
+        }
+    };
+    eprintln!("Error: {line}");
+    ExitCode::from(64)
+}
+
+fn io_error(e: std::io::Error) -> CtlError {
+    CtlError::Software(format!("cannot write the output: {e}"))
+}
+
+fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
+    let g = &cli.global;
+    if !(g.timeout > 0.0 && g.timeout.is_finite()) {
+        return Err(CtlError::Usage(format!(
+            "--timeout must be a positive number of seconds, not {}",
+            g.timeout
+        )));
+    }
+    let client = Client::new(&g.base_url(), &g.username, &g.password, g.timeout);
+    match &cli.command {
+        Command::ListQueues(c) => list(&client, g, Listing::Queues, &c.columns, out),
+        Command::ListExchanges(c) => list(&client, g, Listing::Exchanges, &c.columns, out),
+        Command::ListBindings(c) => list(&client, g, Listing::Bindings, &c.columns, out),
+        Command::ListConnections(c) => list(&client, g, Listing::Connections, &c.columns, out),
+        Command::ListChannels(c) => list(&client, g, Listing::Channels, &c.columns, out),
+        Command::ListConsumers(c) => list(&client, g, Listing::Consumers, &c.columns, out),
+        Command::ListVhosts(c) => list(&client, g, Listing::VHosts, &c.columns, out),
+        Command::Status => status(&client, g, out),
+        Command::PurgeQueue { queue } => purge_queue(&client, g, queue, out),
+        Command::DeleteQueue {
+            queue,
+            if_empty,
+            if_unused,
+        } => delete_queue(&client, g, queue, *if_empty, *if_unused, out),
+        Command::CloseConnection {
+            connection,
+            explanation,
+        } => close_connection(&client, g, connection, explanation, out),
+        Command::ExportDefinitions { path } => export_definitions(&client, g, path, out),
+        Command::ImportDefinitions { path } => import_definitions(&client, g, path, out),
+        Command::Version => writeln!(out, "{}", env!("CARGO_PKG_VERSION")).map_err(io_error),
+    }
+}
+
+/// Informational lines: only in the table format and without `-q`.
+fn info(g: &Global, out: &mut impl Write, lines: &[String]) -> Result<(), CtlError> {
+    if !g.quiet && !g.json() {
+        for l in lines {
+            writeln!(out, "{l}").map_err(io_error)?;
+        }
+        out.flush().map_err(io_error)?;
+    }
+    Ok(())
+}
+
+fn list(
+    client: &Client,
+    g: &Global,
+    what: Listing,
+    requested: &[String],
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let columns = what.resolve_columns(requested)?;
+    let items = what.fetch(client, &g.vhost)?;
+    info(g, out, &what.banner(&g.vhost, g.timeout))?;
+    let rows: Vec<Vec<Value>> = items
+        .iter()
+        .map(|o| columns.iter().map(|c| what.value(c, o)).collect())
+        .collect();
+    if g.json() {
+        format::write_json(out, &columns, &rows).map_err(io_error)
+    } else {
+        format::write_table(out, &columns, &rows, !g.no_table_headers).map_err(io_error)
+    }
+}
+
+fn status(client: &Client, g: &Global, out: &mut impl Write) -> Result<(), CtlError> {
+    let overview = client.get("/overview")?;
+    let node = client.get("/nodes")?.get(0).cloned().unwrap_or(Value::Null);
+    let name = overview["node"].as_str().unwrap_or("?");
+    let totals = &overview["object_totals"];
+    let uptime_secs = node["uptime"].as_u64().unwrap_or(0) / 1000;
+    let listeners: Vec<&Value> = overview["listeners"]
+        .as_array()
+        .map(|l| l.iter().collect())
+        .unwrap_or_default();
+    if g.json() {
+        let s = json!({
+            "node_name": name,
+            "os_pid": node["os_pid"],
+            "uptime": uptime_secs,
+            "product_name": overview["product_name"],
+            "product_version": overview["product_version"],
+            "rabbitmq_version": overview["rabbitmq_version"],
+            "alarms": [],
+            "memory_used": node["mem_used"],
+            "totals": {
+                "connection_count": totals["connections"],
+                "queue_count": totals["queues"],
+                "virtual_host_count": totals["vhosts"],
+            },
+            "listeners": listeners,
+        });
+        return writeln!(out, "{s}").map_err(io_error);
+    }
+    info(g, out, &[format!("Status of node {name} ...")])?;
+    let purpose = |p: &str| match p {
+        "amqp" => "AMQP 0-9-1",
+        "http" => "HTTP API",
+        _ => "",
+    };
+    let mut text = vec![
+        "Runtime".to_string(),
+        String::new(),
+        format!("OS PID: {}", node["os_pid"].as_str().unwrap_or("?")),
+        format!("Uptime (seconds): {uptime_secs}"),
+        format!(
+            "{} version: {}",
+            overview["product_name"].as_str().unwrap_or("Warren"),
+            overview["product_version"].as_str().unwrap_or("?")
+        ),
+        format!(
+            "RabbitMQ compatibility version: {}",
+            overview["rabbitmq_version"].as_str().unwrap_or("?")
+        ),
+        format!("Node name: {name}"),
+        String::new(),
+        "Alarms".into(),
+        String::new(),
+        "(none)".into(),
+        String::new(),
+        "Memory".into(),
+        String::new(),
+        format!(
+            "Total memory used: {:.4} gb",
+            node["mem_used"].as_f64().unwrap_or(0.0) / 1e9
+        ),
+        String::new(),
+        "Totals".into(),
+        String::new(),
+        format!("Connection count: {}", totals["connections"]),
+        format!("Queue count: {}", totals["queues"]),
+        format!("Virtual host count: {}", totals["vhosts"]),
+        String::new(),
+        "Listeners".into(),
+        String::new(),
+    ];
+    for l in listeners {
+        let protocol = l["protocol"].as_str().unwrap_or("?");
+        text.push(format!(
+            "Interface: {}, port: {}, protocol: {protocol}, purpose: {}",
+            l["ip_address"].as_str().unwrap_or("?"),
+            l["port"],
+            purpose(protocol)
+        ));
+    }
+    for line in text {
+        writeln!(out, "{line}").map_err(io_error)?;
+    }
+    Ok(())
+}
+
+fn queue_path(g: &Global, queue: &str) -> String {
+    format!("/queues/{}/{}", seg(&g.vhost), seg(queue))
+}
+
+fn no_queue(g: &Global, queue: &str) -> String {
+    format!(
+        "no queue '{queue}' in vhost '{}'. See the queues with 'warrenctl list_queues -p {}'.",
+        g.vhost, g.vhost
+    )
+}
+
+fn purge_queue(
+    client: &Client,
+    g: &Global,
+    queue: &str,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    info(
+        g,
+        out,
+        &[format!(
+            "Purging queue '{queue}' in vhost '{}' ...",
+            g.vhost
+        )],
+    )?;
+    match client.request(
+        Method::Delete,
+        &format!("{}/contents", queue_path(g, queue)),
+        None,
+        &[],
+    )? {
+        Ok(_) => Ok(()),
+        Err(f) if f.status == 404 => Err(CtlError::Failed(no_queue(g, queue))),
+        Err(f) => Err(CtlError::Failed(f.reason)),
+    }
+}
+
+fn delete_queue(
+    client: &Client,
+    g: &Global,
+    queue: &str,
+    if_empty: bool,
+    if_unused: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    info(
+        g,
+        out,
+        &[format!(
+            "Deleting queue '{queue}' on vhost '{}' ...",
+            g.vhost
+        )],
+    )?;
+    // rabbitmqctl exits 64 for a missing queue here.
+    let ready = match client.request(Method::Get, &queue_path(g, queue), None, &[])? {
+        Ok(q) => q["messages_ready"].as_u64().unwrap_or(0),
+        Err(f) if f.status == 404 => return Err(CtlError::Usage(no_queue(g, queue))),
+        Err(f) => return Err(CtlError::Failed(f.reason)),
+    };
+    let path = format!(
+        "{}?if-empty={if_empty}&if-unused={if_unused}",
+        queue_path(g, queue)
+    );
+    match client.request(Method::Delete, &path, None, &[])? {
+        Ok(_) => writeln!(
+            out,
+            "Queue was successfully deleted with {ready} ready messages"
+        )
+        .map_err(io_error),
+        Err(f) if f.status == 404 => Err(CtlError::Usage(no_queue(g, queue))),
+        Err(f) => Err(CtlError::Failed(f.reason)),
+    }
+}
+
+fn close_connection(
+    client: &Client,
+    g: &Global,
+    connection: &str,
+    explanation: &str,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    info(
+        g,
+        out,
+        &[format!(
+            "Closing connection {connection}, reason: {explanation}..."
+        )],
+    )?;
+    // Header values are visible ASCII; anything else would be refused before sending.
+    let reason: String = explanation
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let path = format!("/connections/{}", seg(connection));
+    match client.request(Method::Delete, &path, None, &[("x-reason", &reason)])? {
+        Ok(_) => Ok(()),
+        Err(f) if f.status == 404 => Err(CtlError::Failed(format!(
+            "no connection named '{connection}'. See the names with 'warrenctl list_connections name'."
+        ))),
+        Err(f) => Err(CtlError::Failed(f.reason)),
+    }
+}
+
+fn export_definitions(
+    client: &Client,
+    g: &Global,
+    path: &str,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let defs = client.get("/definitions")?;
+    if path == "-" {
+        return writeln!(out, "{defs}").map_err(io_error);
+    }
+    info(
+        g,
+        out,
+        &[format!(
+            "Exporting definitions in JSON to a file at \"{path}\" ..."
+        )],
+    )?;
+    let text =
+        serde_json::to_string_pretty(&defs).map_err(|e| CtlError::Software(e.to_string()))?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| CtlError::Data(format!("cannot write {path}: {e}")))
+}
+
+fn import_definitions(
+    client: &Client,
+    g: &Global,
+    path: &str,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let text = if path == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CtlError::Data(format!("cannot read standard input: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| CtlError::Data(format!("cannot read {path}: {e}")))?
+    };
+    let defs: Value = serde_json::from_str(&text).map_err(|e| {
+        CtlError::Data(format!(
+            "{} is not a JSON definitions file: {e}",
+            if path == "-" { "the input" } else { path }
+        ))
+    })?;
+    let source = if path == "-" {
+        "standard input".to_string()
+    } else {
+        format!("a file at \"{path}\"")
+    };
+    info(
+        g,
+        out,
+        &[format!("Importing definitions in JSON from {source} ...")],
+    )?;
+    match client.request(Method::Post, "/definitions", Some(&defs), &[])? {
+        Ok(_) => info(g, out, &["Successfully imported definitions.".into()]),
+        Err(f) => Err(CtlError::Failed(format!("the import failed: {}", f.reason))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_go_before_or_after_the_command() {
+        let a = Cli::try_parse_from(["warrenctl", "-q", "list_queues", "-p", "v", "name"]).unwrap();
+        let b = Cli::try_parse_from(["warrenctl", "list_queues", "name", "-q", "--vhost", "v"])
+            .unwrap();
+        assert!(a.global.quiet && b.global.quiet);
+        assert_eq!(a.global.vhost, "v");
+        assert_eq!(b.global.vhost, "v");
+    }
+}

@@ -1,0 +1,129 @@
+//! `/api/connections`: the client connections, and closing one (DELETE), which the connection
+//! sees as connection.close with 320 CONNECTION_FORCED and the operator's reason.
+
+use crate::channels::channel_json;
+use crate::queues::vhost;
+use crate::{ApiError, AppState, State};
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+use warren_broker::connections::ConnectionEntry;
+use warren_broker::Broker;
+
+/// RabbitMQ's reason when the request names none.
+const DEFAULT_REASON: &str = "Closed via management plugin";
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/connections", get(list_all))
+        .route("/connections/{name}", get(show).delete(close))
+        .route("/connections/{name}/channels", get(channels_of))
+        .route("/vhosts/{vhost}/connections", get(list_vhost))
+}
+
+pub(crate) fn find_by_id(broker: &Broker, id: u64) -> Option<Arc<ConnectionEntry>> {
+    broker.connections.list().into_iter().find(|c| c.id == id)
+}
+
+fn find_by_name(state: &AppState, name: &str) -> Result<Arc<ConnectionEntry>, ApiError> {
+    state
+        .broker
+        .connections
+        .by_name(name)
+        .ok_or(ApiError::NotFound)
+}
+
+pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry) -> Value {
+    let connected_at = c
+        .connected_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let client_properties: Map<String, Value> = c
+        .client_properties
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    json!({
+        "name": c.name,
+        "node": state.node,
+        "user": c.user,
+        "user_who_performed_action": c.user,
+        "vhost": c.vhost,
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+        "host": c.local.ip().to_string(),
+        "port": c.local.port(),
+        "channels": c.channels.lock().len(),
+        "channel_max": c.channel_max,
+        "frame_max": c.frame_max,
+        "timeout": c.heartbeat,
+        "connected_at": connected_at,
+        "client_properties": client_properties,
+        "protocol": "AMQP 0-9-1",
+        "auth_mechanism": "PLAIN",
+        "ssl": false,
+        "state": "running",
+        "type": "network",
+    })
+}
+
+async fn list_all(state: State) -> Json<Value> {
+    Json(Value::Array(
+        state
+            .broker
+            .connections
+            .list()
+            .iter()
+            .map(|c| connection_json(&state, c))
+            .collect(),
+    ))
+}
+
+async fn list_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+    let vh = vhost(&state, &vh)?;
+    let list = state.broker.connections.list();
+    Ok(Json(Value::Array(
+        list.iter()
+            .filter(|c| c.vhost == vh.name)
+            .map(|c| connection_json(&state, c))
+            .collect(),
+    )))
+}
+
+async fn show(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let c = find_by_name(&state, &name)?;
+    Ok(Json(connection_json(&state, &c)))
+}
+
+/// DELETE: closes the connection; the reason comes from the `X-Reason` header, as in RabbitMQ.
+async fn close(
+    state: State,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let c = find_by_name(&state, &name)?;
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| !r.is_empty())
+        .unwrap_or(DEFAULT_REASON);
+    tracing::info!(connection = %c.name, reason, "closing connection at an operator's request");
+    c.closer.force_close(reason);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn channels_of(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let c = find_by_name(&state, &name)?;
+    let mut chans = c.channels.lock().clone();
+    chans.sort_by_key(|ch| ch.number);
+    Ok(Json(Value::Array(
+        chans
+            .iter()
+            .map(|ch| channel_json(&state, &c, ch))
+            .collect(),
+    )))
+}

@@ -1,0 +1,179 @@
+//! `/api/overview`, `/api/nodes`, `/api/vhosts`, `/api/whoami` and the health checks: the node
+//! as a whole. Warren raises no resource alarms yet, so the alarm checks always pass.
+
+use crate::auth::AuthUser;
+use crate::queues::vhost;
+use crate::{ApiError, AppState, State, RABBITMQ_COMPAT_VERSION};
+use axum::extract::Path;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use warren_broker::VHost;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/overview", get(overview))
+        .route("/nodes", get(nodes))
+        .route("/nodes/{name}", get(node))
+        .route("/vhosts", get(vhosts))
+        .route("/vhosts/{vhost}", get(one_vhost))
+        .route("/whoami", get(whoami))
+        .route("/health/checks/alarms", get(ok))
+        .route("/health/checks/local-alarms", get(ok))
+        .route("/aliveness-test/{vhost}", get(aliveness))
+}
+
+/// Ready and unacknowledged messages of every queue of a vhost.
+fn message_totals(vh: &VHost) -> (u64, u64) {
+    vh.queues()
+        .iter()
+        .map(|q| q.stats())
+        .fold((0, 0), |(r, u), s| {
+            (r + s.messages_ready, u + s.messages_unacknowledged)
+        })
+}
+
+fn listeners(state: &AppState) -> Vec<Value> {
+    let listener = |protocol: &str, addr: &std::net::SocketAddr| json!({"node": state.node, "protocol": protocol, "ip_address": addr.ip().to_string(), "port": addr.port()});
+    let mut out: Vec<Value> = state
+        .amqp_listeners
+        .iter()
+        .map(|a| listener("amqp", a))
+        .collect();
+    out.extend(state.http_listener.iter().map(|a| listener("http", a)));
+    out
+}
+
+async fn overview(state: State) -> Json<Value> {
+    let vhosts = state.broker.vhosts();
+    let (mut ready, mut unacked, mut queues, mut exchanges) = (0, 0, 0, 0);
+    for vh in &vhosts {
+        let (r, u) = message_totals(vh);
+        ready += r;
+        unacked += u;
+        queues += vh.queue_count();
+        exchanges += vh.exchanges().len();
+    }
+    let connections = state.broker.connections.list();
+    let channels: Vec<_> = connections
+        .iter()
+        .flat_map(|c| c.channels.lock().clone())
+        .collect();
+    let consumers: u32 = channels.iter().map(|ch| ch.stats().consumers).sum();
+    let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
+        .iter()
+        .map(|t| json!({"name": t, "description": format!("AMQP {t} exchange"), "enabled": true}))
+        .collect();
+    Json(json!({
+        "management_version": RABBITMQ_COMPAT_VERSION,
+        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
+        "product_name": "Warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rates_mode": "none",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "node": state.node,
+        "cluster_name": state.node,
+        "exchange_types": exchange_types,
+        "message_stats": {},
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+        "object_totals": {
+            "connections": connections.len(),
+            "channels": channels.len(),
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+            "vhosts": vhosts.len(),
+        },
+        "statistics_db_event_queue": 0,
+        "listeners": listeners(&state),
+        "contexts": [],
+    }))
+}
+
+/// The resident memory of this process, from /proc (0 where there is none).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn node_json(state: &AppState) -> Value {
+    json!({
+        "name": state.node,
+        "type": "disc",
+        "running": true,
+        "os_pid": std::process::id().to_string(),
+        "uptime": state.started.elapsed().as_millis() as u64,
+        "mem_used": resident_bytes(),
+        "mem_alarm": false,
+        "disk_free_alarm": false,
+        "partitions": [],
+        "being_drained": false,
+        "product_name": "Warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
+        "listeners": listeners(state),
+        "rates_mode": "none",
+    })
+}
+
+async fn nodes(state: State) -> Json<Value> {
+    Json(json!([node_json(&state)]))
+}
+
+async fn node(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    if name != state.node {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(node_json(&state)))
+}
+
+fn vhost_json(state: &AppState, vh: &VHost) -> Value {
+    let (ready, unacked) = message_totals(vh);
+    json!({
+        "name": vh.name,
+        "description": if vh.name == state.broker.config.default_vhost { "Default virtual host" } else { "" },
+        "tags": [],
+        "metadata": {"description": "", "tags": []},
+        "tracing": false,
+        "cluster_state": {state.node.clone(): "running"},
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+    })
+}
+
+async fn vhosts(state: State) -> Json<Value> {
+    let mut vs = state.broker.vhosts();
+    vs.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(Value::Array(
+        vs.iter().map(|vh| vhost_json(&state, vh)).collect(),
+    ))
+}
+
+async fn one_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+    let vh = vhost(&state, &vh)?;
+    Ok(Json(vhost_json(&state, &vh)))
+}
+
+async fn whoami(Extension(AuthUser(user)): Extension<AuthUser>) -> Json<Value> {
+    Json(json!({"name": user.name, "tags": user.tags}))
+}
+
+async fn ok() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn aliveness(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+    vhost(&state, &vh)?;
+    Ok(Json(json!({"status": "ok"})))
+}
