@@ -72,13 +72,41 @@ pub fn reply_code(e: &lapin::Error) -> Option<u16> {
 pub fn expect_code<T: std::fmt::Debug>(r: lapin::Result<T>, code: u16) -> String {
     match r {
         Ok(v) => panic!("expected reply code {code}, got success: {v:?}"),
-        Err(e) => match e.kind() {
-            ErrorKind::ProtocolError(amqp) => {
-                assert_eq!(amqp.get_id(), code, "wrong reply code; error: {e}");
-                amqp.get_message().to_string()
-            }
-            _ => panic!("expected reply code {code}, got non-protocol error: {e:?}"),
-        },
+        Err(e) => expect_error_code(&e, code),
+    }
+}
+
+/// Asserts that `e` is an AMQP error with reply `code`; returns the reply text.
+#[track_caller]
+pub fn expect_error_code(e: &lapin::Error, code: u16) -> String {
+    match e.kind() {
+        ErrorKind::ProtocolError(amqp) => {
+            assert_eq!(amqp.get_id(), code, "wrong reply code; error: {e}");
+            amqp.get_message().to_string()
+        }
+        _ => panic!("expected reply code {code}, got non-protocol error: {e:?}"),
+    }
+}
+
+/// A connection's events (lapin reports a channel closed by the broker there).
+pub type Events = std::pin::Pin<Box<dyn futures_util::Stream<Item = lapin::Event> + Send>>;
+
+/// Subscribes to a connection's events; do it before the method that should fail.
+pub fn events(conn: &Connection) -> Events {
+    Box::pin(conn.events_listener())
+}
+
+/// Waits for the next error event: for methods without a reply (publish, ack, nack), this
+/// is how the channel.close they provoke reaches the client. (A round trip on the closing
+/// channel is no substitute: lapin fails it with `InvalidChannelState(Closing)` if the close
+/// was already read, losing the reply code.)
+pub async fn next_error(events: &mut Events) -> lapin::Error {
+    loop {
+        match within("error event", events.next()).await {
+            Some(lapin::Event::Error(e)) => return e,
+            Some(_) => continue,
+            None => panic!("event stream ended without an error"),
+        }
     }
 }
 
