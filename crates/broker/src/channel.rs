@@ -11,7 +11,7 @@ use crate::queue::{ConsumeRefused, Queue, QueueConsumer, QueuedMessage};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use warren_protocol::ShortStr;
 
 /// Where deliveries go: implemented by the server, which encodes frames into the
@@ -42,6 +42,8 @@ pub struct Unacked {
     pub consumer_id: Option<u32>,
     pub qm: QueuedMessage,
     pub delivered_at: Instant,
+    /// The delivery-acknowledgement timeout that applies to this delivery.
+    pub timeout: Option<Duration>,
 }
 
 struct ConsumerSlot {
@@ -50,6 +52,32 @@ struct ConsumerSlot {
     no_ack: bool,
     prefetch: u16,
     unacked: u32,
+    timeout: Option<Duration>,
+}
+
+/// A delivery that was not acknowledged in time.
+#[derive(Debug, Clone)]
+pub struct TimedOut {
+    /// The consumer it went to (None for basic.get).
+    pub consumer_tag: Option<ShortStr>,
+    pub timeout: Duration,
+}
+
+/// The delivery-acknowledgement timeout: a consumer's own `x-consumer-timeout` argument wins
+/// over its queue's, which wins over the broker-wide default. 0 disables.
+pub fn effective_timeout(
+    consumer_args: Option<&warren_protocol::FieldTable>,
+    queue: &Queue,
+    default: Option<Duration>,
+) -> Option<Duration> {
+    let from = |t: Option<&warren_protocol::FieldTable>| {
+        t.and_then(|t| t.get("x-consumer-timeout")).and_then(|v| v.as_i64())
+    };
+    match from(consumer_args).or_else(|| from(Some(&queue.arguments))) {
+        Some(ms) if ms <= 0 => None,
+        Some(ms) => Some(Duration::from_millis(ms as u64)),
+        None => default,
+    }
 }
 
 struct State {
@@ -65,6 +93,8 @@ struct State {
 pub struct DeliveryChannel {
     pub number: u16,
     pub conn_id: u64,
+    /// The broker-wide consumer timeout, for deliveries without a more specific one.
+    pub default_timeout: Option<Duration>,
     writer: Arc<dyn DeliveryWriter>,
     state: Mutex<State>,
 }
@@ -89,10 +119,11 @@ pub struct ChannelStats {
 }
 
 impl DeliveryChannel {
-    pub fn new(number: u16, conn_id: u64, writer: Arc<dyn DeliveryWriter>) -> Arc<Self> {
+    pub fn new(number: u16, conn_id: u64, writer: Arc<dyn DeliveryWriter>, default_timeout: Option<Duration>) -> Arc<Self> {
         Arc::new(DeliveryChannel {
             number,
             conn_id,
+            default_timeout,
             writer,
             state: Mutex::new(State {
                 closed: false,
@@ -124,13 +155,16 @@ impl DeliveryChannel {
         let tag = s.next_tag;
         s.next_tag += 1;
         self.writer.deliver(self.number, d.tag, tag, d.qm.redelivered, &d.qm.msg);
+        let Some(Some(slot)) = s.consumers.get(d.consumer_id as usize) else { return true };
         if !d.no_ack {
+            let timeout = slot.timeout;
             s.unacked.push_back(Unacked {
                 delivery_tag: tag,
                 queue: d.queue.clone(),
                 consumer_id: Some(d.consumer_id),
                 qm: d.qm.clone(),
                 delivered_at: Instant::now(),
+                timeout,
             });
         }
         true
@@ -148,6 +182,7 @@ impl DeliveryChannel {
                 consumer_id: None,
                 qm,
                 delivered_at: Instant::now(),
+                timeout: effective_timeout(None, queue, self.default_timeout),
             });
         }
         tag
@@ -230,20 +265,24 @@ impl DeliveryChannel {
 
     /// Registers a consumer on `queue`. `on_added` runs under the queue's lock before the first
     /// delivery, so the server can write consume-ok ahead of any basic.deliver.
+    #[allow(clippy::too_many_arguments)]
     pub fn consume(
         self: &Arc<Self>,
         queue: &Arc<Queue>,
         tag: ShortStr,
         no_ack: bool,
         exclusive: bool,
+        arguments: &warren_protocol::FieldTable,
         on_added: impl FnOnce(),
     ) -> Result<()> {
+        let timeout = effective_timeout(Some(arguments), queue, self.default_timeout);
         let id = {
             let mut s = self.state.lock();
             if s.consumers.iter().flatten().any(|c| c.tag == tag) {
                 return Err(AmqpError::not_allowed_tag(&tag));
             }
-            let slot = ConsumerSlot { tag: tag.clone(), queue: queue.clone(), no_ack, prefetch: s.prefetch_count, unacked: 0 };
+            let slot =
+                ConsumerSlot { tag: tag.clone(), queue: queue.clone(), no_ack, prefetch: s.prefetch_count, unacked: 0, timeout };
             match s.consumers.iter().position(Option::is_none) {
                 Some(i) => {
                     s.consumers[i] = Some(slot);
@@ -287,6 +326,35 @@ impl DeliveryChannel {
             }
             None => false,
         }
+    }
+
+    /// The first delivery whose acknowledgement timeout has passed, if any. (A scan of the
+    /// unacked deliveries, once a second: their number is bounded by prefetch in practice.)
+    pub fn timed_out(&self, now: Instant) -> Option<TimedOut> {
+        let s = self.state.lock();
+        let u = s.unacked.iter().find(|u| u.timeout.is_some_and(|t| now.saturating_duration_since(u.delivered_at) > t))?;
+        let consumer_tag = u.consumer_id.and_then(|id| s.consumers.get(id as usize)?.as_ref().map(|c| c.tag.clone()));
+        Some(TimedOut { consumer_tag, timeout: u.timeout.unwrap_or_default() })
+    }
+
+    /// Cancels one consumer (telling the client) and requeues the messages it had not acked;
+    /// the rest of the channel goes on.
+    pub fn cancel_and_requeue(&self, tag: &str) {
+        let id = {
+            let s = self.state.lock();
+            s.consumers.iter().position(|c| c.as_ref().is_some_and(|c| c.tag == tag))
+        };
+        let Some(id) = id else { return };
+        self.writer.cancel(self.number, tag);
+        self.cancel(tag);
+        let taken: Vec<Unacked> = {
+            let mut s = self.state.lock();
+            let (mine, rest): (VecDeque<Unacked>, VecDeque<Unacked>) =
+                std::mem::take(&mut s.unacked).into_iter().partition(|u| u.consumer_id == Some(id as u32));
+            s.unacked = rest;
+            mine.into()
+        };
+        settle_or_requeue(taken, true);
     }
 
     /// The queue of a consumer was deleted: forget the consumer and tell the client.

@@ -55,10 +55,10 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    pub fn new(number: u16, conn_id: u64, outbox: Arc<Outbox>) -> Self {
+    pub fn new(number: u16, conn_id: u64, outbox: Arc<Outbox>, consumer_timeout: Option<std::time::Duration>) -> Self {
         Channel {
             number,
-            delivery: DeliveryChannel::new(number, conn_id, outbox.clone()),
+            delivery: DeliveryChannel::new(number, conn_id, outbox.clone(), consumer_timeout),
             assembler: Default::default(),
             closing: false,
             confirm: false,
@@ -380,7 +380,7 @@ impl Channel {
         };
         let (nowait, n, outbox) = (c.nowait, self.number, cx.outbox.clone());
         let reply_tag = tag.clone();
-        self.delivery.consume(&q, tag, c.no_ack, c.exclusive, move || {
+        self.delivery.consume(&q, tag, c.no_ack, c.exclusive, &c.arguments, move || {
             if !nowait {
                 outbox.send(n, BasicConsumeOk { consumer_tag: reply_tag });
             }

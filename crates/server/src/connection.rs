@@ -4,7 +4,7 @@
 
 use crate::channel::Channel;
 use crate::outbox::Outbox;
-use crate::ServerConfig;
+use crate::{ConsumerTimeoutAction, ServerConfig};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use warren_broker::connections::{CloseHandle, ConnectionEntry};
+use warren_broker::channel::TimedOut;
 use warren_broker::persist::SyncState;
 use warren_broker::{AmqpError, Broker, VHost};
 use warren_protocol::constants::*;
@@ -573,22 +574,31 @@ impl Connection {
             tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
             return Some(format!("missed heartbeats from client, timeout: {}s", self.heartbeat));
         }
-        if let Some(timeout) = self.config.consumer_timeout {
-            let expired: Vec<u16> = self
-                .channels
-                .iter()
-                .flatten()
-                .filter(|c| !c.closing && c.delivery.stats().oldest_unacked.is_some_and(|t| now - t > timeout))
-                .map(|c| c.number)
-                .collect();
-            for n in expired {
-                let text = format!(
-                    "PRECONDITION_FAILED - delivery acknowledgement on channel {n} timed out. Timeout value used: {} ms. \
-                     This timeout value can be configured, see consumers doc guide to learn more",
-                    timeout.as_millis()
-                );
-                tracing::warn!(peer = %self.peer, "{text}");
-                self.channel_error(n, AmqpError { code: PRECONDITION_FAILED, text }, 0, 0);
+        let expired: Vec<(u16, TimedOut)> = self
+            .channels
+            .iter()
+            .flatten()
+            .filter(|c| !c.closing)
+            .filter_map(|c| c.delivery.timed_out(now).map(|t| (c.number, t)))
+            .collect();
+        for (n, t) in expired {
+            let ms = t.timeout.as_millis();
+            match (&t.consumer_tag, self.config.consumer_timeout_action) {
+                (Some(tag), ConsumerTimeoutAction::Cancel) => {
+                    tracing::warn!(peer = %self.peer, channel = n, consumer = %tag,
+                        "consumer did not acknowledge a delivery within {ms} ms: cancelling it and requeueing its messages");
+                    if let Some(Some(ch)) = self.channels.get(n as usize) {
+                        ch.delivery.cancel_and_requeue(tag);
+                    }
+                }
+                _ => {
+                    let text = format!(
+                        "PRECONDITION_FAILED - delivery acknowledgement on channel {n} timed out. Timeout value used: {ms} ms. \
+                         This timeout value can be configured, see consumers doc guide to learn more"
+                    );
+                    tracing::warn!(peer = %self.peer, "{text}");
+                    self.channel_error(n, AmqpError { code: PRECONDITION_FAILED, text }, 0, 0);
+                }
             }
         }
         None
@@ -731,7 +741,7 @@ impl Connection {
         if self.channels.len() <= idx {
             self.channels.resize_with(idx + 1, || None);
         }
-        let ch = Channel::new(n, self.id, self.outbox.clone());
+        let ch = Channel::new(n, self.id, self.outbox.clone(), self.config.consumer_timeout);
         self.entry.channels.lock().push(ch.delivery.clone());
         self.channels[idx] = Some(Box::new(ch));
         self.outbox.send(n, ChannelOpenOk::default());

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Consumer delivery-acknowledgement timeout (None disables).
     pub consumer_timeout: Option<Duration>,
+    /// What happens to a consumer that times out.
+    pub consumer_timeout_action: ConsumerTimeoutAction,
     /// Treat every peer as remote (tests of loopback-only users).
     pub peers_are_remote: bool,
 }
@@ -44,9 +46,20 @@ impl Default for ServerConfig {
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             consumer_timeout: Some(Duration::from_millis(1_800_000)),
+            consumer_timeout_action: ConsumerTimeoutAction::CloseChannel,
             peers_are_remote: false,
         }
     }
+}
+
+/// What to do with a consumer that holds a delivery unacknowledged past its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerTimeoutAction {
+    /// RabbitMQ's behaviour: close the channel with 406 PRECONDITION_FAILED.
+    CloseChannel,
+    /// Cancel only that consumer (basic.cancel for clients that announce
+    /// consumer_cancel_notify) and requeue its unacked messages.
+    Cancel,
 }
 
 /// Accepts connections until `shutdown` turns true, then closes every connection with

@@ -1,78 +1,194 @@
-//! The `warren` binary: reads settings, sets up logging, starts the AMQP listener and stops
-//! cleanly on SIGTERM / SIGINT. No broker logic lives here.
+//! The `warren` binary: reads settings (flags, environment, `warren.conf`), sets up logging,
+//! starts the AMQP listener and stops cleanly on SIGTERM / SIGINT. No broker logic lives here.
+
+mod config;
 
 use anyhow::Context;
 use clap::Parser;
+use config::ConfigFile;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use warren_server::ConsumerTimeoutAction;
 
 /// Warren: a RabbitMQ-compatible AMQP 0-9-1 message broker.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = config::keys_help())]
 struct Args {
-    /// AMQP listener address (rabbitmq.conf: listeners.tcp.default).
-    #[arg(long, env = "WARREN_LISTEN", default_value = "127.0.0.1:5672")]
-    listen: SocketAddr,
-    /// Management HTTP API address (rabbitmq.conf: management.tcp.port).
-    #[arg(long, env = "WARREN_MGMT_LISTEN", default_value = "127.0.0.1:15672")]
-    mgmt_listen: SocketAddr,
-    /// Data directory for durable definitions and messages.
-    #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
-    data_dir: PathBuf,
-    /// Heartbeat timeout proposed to clients, in seconds (0 disables).
-    #[arg(long, env = "WARREN_HEARTBEAT", default_value_t = 60)]
-    heartbeat: u16,
-    /// Largest frame size, in bytes.
-    #[arg(long, env = "WARREN_FRAME_MAX", default_value_t = 131072)]
-    frame_max: u32,
-    /// Most channels per connection.
-    #[arg(long, env = "WARREN_CHANNEL_MAX", default_value_t = 2047)]
-    channel_max: u16,
-    /// Consumer delivery-acknowledgement timeout in milliseconds (0 disables).
-    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT", default_value_t = 1_800_000)]
-    consumer_timeout: u64,
-    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
-    #[arg(long, env = "WARREN_LOG", default_value = "info")]
-    log_level: String,
-    /// Worker threads (default: the CPUs this process may run on).
+    /// Config file in rabbitmq.conf style [default: ./warren.conf if it exists]
+    #[arg(long, short = 'c', env = "WARREN_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    /// AMQP listener address [default: 127.0.0.1:5672] (listeners.tcp.default)
+    #[arg(long, env = "WARREN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Management HTTP API address [default: 127.0.0.1:15672] (management.tcp.ip/port)
+    #[arg(long, env = "WARREN_MGMT_LISTEN")]
+    mgmt_listen: Option<SocketAddr>,
+    /// Data directory for durable definitions and messages [default: ./warren-data] (data_dir)
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Default user [default: guest] (default_user)
+    #[arg(long, env = "WARREN_DEFAULT_USER")]
+    default_user: Option<String>,
+    /// Default user's password [default: guest] (default_pass)
+    #[arg(long, env = "WARREN_DEFAULT_PASS")]
+    default_pass: Option<String>,
+    /// Default vhost [default: /] (default_vhost)
+    #[arg(long, env = "WARREN_DEFAULT_VHOST")]
+    default_vhost: Option<String>,
+    /// Heartbeat timeout proposed to clients, seconds; 0 disables [default: 60] (heartbeat)
+    #[arg(long, env = "WARREN_HEARTBEAT")]
+    heartbeat: Option<u16>,
+    /// Largest frame, bytes [default: 131072] (frame_max)
+    #[arg(long, env = "WARREN_FRAME_MAX")]
+    frame_max: Option<u32>,
+    /// Most channels per connection [default: 2047] (channel_max)
+    #[arg(long, env = "WARREN_CHANNEL_MAX")]
+    channel_max: Option<u16>,
+    /// Consumer delivery-acknowledgement timeout, ms; 0 disables [default: 1800000] (consumer_timeout)
+    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT")]
+    consumer_timeout: Option<u64>,
+    /// close_channel (RabbitMQ's behaviour) or cancel_consumer [default: close_channel] (consumer_timeout_action)
+    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT_ACTION")]
+    consumer_timeout_action: Option<String>,
+    /// Log level or tracing filter [default: info] (log.console.level)
+    #[arg(long, env = "WARREN_LOG")]
+    log_level: Option<String>,
+    /// Log as JSON lines [default: plaintext] (log.console.formatter = json)
+    #[arg(long, env = "WARREN_LOG_JSON")]
+    log_json: bool,
+    /// Worker threads [default: the CPUs this process may run on]
     #[arg(long, env = "WARREN_WORKERS")]
     workers: Option<usize>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level).context("invalid --log-level")?)
-        .init();
-    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
-    rt.block_on(run(args))
+/// The settings after layering flags, environment, file and defaults.
+struct Settings {
+    listen: SocketAddr,
+    mgmt_listen: SocketAddr,
+    data_dir: PathBuf,
+    broker: warren_broker::BrokerConfig,
+    server: warren_server::ServerConfig,
+    log_level: String,
+    log_json: bool,
+    workers: usize,
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data directory {}; choose another with --data-dir", args.data_dir.display()))?;
-    let persistence = warren_broker::persist::Persistence::new(&args.data_dir, warren_store::FileBackend::shared());
-    let broker = warren_broker::Broker::open(Default::default(), persistence).map_err(|e| {
-        anyhow::anyhow!("cannot load the data directory {}: {e}", args.data_dir.display())
+fn settings(args: Args) -> Result<Settings, String> {
+    let file = match &args.config {
+        Some(p) => ConfigFile::load(p)?,
+        None if std::path::Path::new("warren.conf").exists() => ConfigFile::load(std::path::Path::new("warren.conf"))?,
+        None => ConfigFile::default(),
+    };
+    let listen = match (args.listen, file.get("listeners.tcp.default")) {
+        (Some(a), _) => a,
+        (None, Some(v)) => match v.parse::<u16>() {
+            Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            Err(_) => v.parse().map_err(|_| file.error("listeners.tcp.default", "expected a port or ip:port"))?,
+        },
+        (None, None) => "127.0.0.1:5672".parse().expect("valid default"),
+    };
+    let mgmt_listen = match args.mgmt_listen {
+        Some(a) => a,
+        None => {
+            let ip = file.get("management.tcp.ip").unwrap_or("127.0.0.1");
+            let port = file.parse_value::<u16>("management.tcp.port")?.unwrap_or(15672);
+            format!("{ip}:{port}").parse().map_err(|_| file.error("management.tcp.ip", "expected an IP address"))?
+        }
+    };
+    let mut broker = warren_broker::BrokerConfig::default();
+    if let Some(u) = args.default_user.or(file.get("default_user").map(str::to_string)) {
+        broker.loopback_users = vec![u.clone()];
+        broker.default_user = u;
+    }
+    if let Some(p) = args.default_pass.or(file.get("default_pass").map(str::to_string)) {
+        broker.default_pass = p;
+    }
+    if let Some(v) = args.default_vhost.or(file.get("default_vhost").map(str::to_string)) {
+        broker.default_vhost = v;
+    }
+    match file.get("loopback_users") {
+        Some("none") => broker.loopback_users.clear(),
+        Some(u) => broker.loopback_users = vec![u.to_string()],
+        None => {}
+    }
+    let d = warren_server::ServerConfig::default();
+    let frame_max = args.frame_max.or(file.parse_value("frame_max")?).unwrap_or(d.frame_max);
+    if !(4096..=1_048_576).contains(&frame_max) {
+        return Err(file.error("frame_max", "must be between 4096 and 1048576"));
+    }
+    let channel_max = args.channel_max.or(file.parse_value("channel_max")?).unwrap_or(d.channel_max);
+    if channel_max == 0 {
+        return Err(file.error("channel_max", "must be at least 1"));
+    }
+    let timeout_ms = args.consumer_timeout.or(file.parse_value("consumer_timeout")?).unwrap_or(1_800_000);
+    let action = match args.consumer_timeout_action.as_deref().or(file.get("consumer_timeout_action")) {
+        None | Some("close_channel") => ConsumerTimeoutAction::CloseChannel,
+        Some("cancel_consumer") => ConsumerTimeoutAction::Cancel,
+        Some(_) => return Err(file.error("consumer_timeout_action", "expected close_channel or cancel_consumer")),
+    };
+    let server = warren_server::ServerConfig {
+        heartbeat: args.heartbeat.or(file.parse_value("heartbeat")?).unwrap_or(d.heartbeat),
+        frame_max,
+        channel_max,
+        max_message_size: file.parse_value("max_message_size")?.unwrap_or(d.max_message_size),
+        handshake_timeout: file
+            .parse_value::<u64>("handshake_timeout")?
+            .map(Duration::from_millis)
+            .unwrap_or(d.handshake_timeout),
+        consumer_timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+        consumer_timeout_action: action,
+        peers_are_remote: false,
+    };
+    let log_level = args.log_level.or(file.get("log.console.level").map(|l| if l == "warning" { "warn" } else { l }.to_string()));
+    let log_json = args.log_json || file.get("log.console.formatter") == Some("json");
+    Ok(Settings {
+        listen,
+        mgmt_listen,
+        data_dir: args.data_dir.or(file.get("data_dir").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("warren-data")),
+        broker,
+        server,
+        log_level: log_level.unwrap_or_else(|| "info".into()),
+        log_json,
+        workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let s = match settings(Args::parse()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warren: configuration error: {e}");
+            eprintln!("See `warren --help` for every setting.");
+            std::process::exit(64);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&s.log_level).context("invalid log level")?;
+    if s.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(s.workers).enable_all().build()?;
+    rt.block_on(run(s))
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create data directory {}; choose another with --data-dir", s.data_dir.display()))?;
+    let persistence = warren_broker::persist::Persistence::new(&s.data_dir, warren_store::FileBackend::shared());
+    let broker = warren_broker::Broker::open(s.broker.clone(), persistence)
+        .map_err(|e| anyhow::anyhow!("cannot load the data directory {}: {e}", s.data_dir.display()))?;
+    let listener = TcpListener::bind(s.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another broker running there? Use --listen to pick another address", s.listen)
     })?;
-    let config = Arc::new(warren_server::ServerConfig {
-        heartbeat: args.heartbeat,
-        frame_max: args.frame_max,
-        channel_max: args.channel_max,
-        consumer_timeout: (args.consumer_timeout > 0).then(|| Duration::from_millis(args.consumer_timeout)),
-        ..Default::default()
-    });
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}; is another broker running there? Use --listen to pick another address", args.listen))?;
-    tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
+    tracing::info!(listen = %s.listen, data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(warren_server::serve(listener, broker.clone(), config, stop_rx));
+    let server = tokio::spawn(warren_server::serve(listener, broker.clone(), Arc::new(s.server), stop_rx.clone()));
+    let _ = s.mgmt_listen;
     shutdown_signal().await;
     tracing::info!("stopping: closing connections (a second signal exits at once)");
     let _ = stop_tx.send(true);
