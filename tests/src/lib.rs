@@ -26,16 +26,29 @@ impl TestBroker {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let b = broker.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
                 warren_server::serve(listener, b, Arc::new(config), stop_rx).await;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             });
         });
         let addr = addr_rx.recv().expect("broker started");
-        TestBroker { addr, broker, stop, thread: Some(thread) }
+        TestBroker {
+            addr,
+            broker,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`
@@ -50,5 +63,122 @@ impl Drop for TestBroker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Path of a workspace binary (`warren`, `warrenctl`), built on first use with the same cargo
+/// and profile as the running test.
+pub fn built_binary(name: &str) -> std::path::PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // target/<profile>/deps/<test>-… → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>")
+        .to_path_buf();
+    let bin = profile_dir.join(name);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", name])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name} failed");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A `warren` process with its own data directory, for restart and crash tests.
+pub struct BrokerProcess {
+    pub port: u16,
+    pub data_dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl BrokerProcess {
+    pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut p = BrokerProcess {
+            port,
+            data_dir: data_dir.to_path_buf(),
+            child: None,
+        };
+        p.spawn(extra);
+        p
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let child = std::process::Command::new(built_binary("warren"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--mgmt-listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn warren");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("warren did not start on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// SIGKILL, then start again on the same port and data directory.
+    pub fn kill9_and_restart(&mut self, extra: &[&str]) {
+        self.kill9();
+        self.spawn(extra);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        sigterm(c.id());
+        c.wait().ok().and_then(|s| s.code())
+    }
+}
+
+fn sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

@@ -1,0 +1,185 @@
+//! Crash safety: a publisher with confirms and a consumer with manual acks run while the broker
+//! is killed with SIGKILL at random moments and restarted. Every confirmed message must be
+//! delivered at least once; messages delivered again after their ack are counted and reported.
+//! Rounds: `CRASH_ROUNDS` (default 3).
+
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rand::Rng;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use warren_tests::BrokerProcess;
+
+const QUEUE: &str = "crash-test";
+
+#[derive(Default)]
+struct Ledger {
+    confirmed: HashSet<u64>,
+    delivered: HashSet<u64>,
+    acked: HashSet<u64>,
+    redelivered_after_ack: u64,
+}
+
+async fn declare(conn: &Connection) -> lapin::Channel {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    ch
+}
+
+async fn publisher(
+    url: String,
+    ledger: Arc<Mutex<Ledger>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
+        return;
+    };
+    let ch = declare(&conn).await;
+    if ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let mut batch = Vec::new();
+        for _ in 0..50 {
+            let id = next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let props = BasicProperties::default().with_delivery_mode(2);
+            match ch
+                .basic_publish(
+                    "".into(),
+                    QUEUE.into(),
+                    BasicPublishOptions::default(),
+                    &id.to_be_bytes(),
+                    props,
+                )
+                .await
+            {
+                Ok(c) => batch.push((id, c)),
+                Err(_) => return,
+            }
+        }
+        for (id, c) in batch {
+            match c.await {
+                Ok(conf) if conf.is_ack() => {
+                    ledger.lock().unwrap().confirmed.insert(id);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+async fn consumer(url: String, ledger: Arc<Mutex<Ledger>>) {
+    let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
+        return;
+    };
+    let ch = declare(&conn).await;
+    let _ = ch.basic_qos(50, BasicQosOptions::default()).await;
+    let Ok(mut c) = ch
+        .basic_consume(
+            QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok(d)) = c.next().await {
+        let id = u64::from_be_bytes(d.data[..8].try_into().expect("8-byte id"));
+        {
+            let mut l = ledger.lock().unwrap();
+            if l.acked.contains(&id) {
+                l.redelivered_after_ack += 1;
+            }
+            l.delivered.insert(id);
+        }
+        if d.ack(BasicAckOptions::default()).await.is_err() {
+            return;
+        }
+        ledger.lock().unwrap().acked.insert(id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_survive_sigkill() {
+    let rounds: u32 = std::env::var("CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = std::env::temp_dir().join(format!("warren-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut broker = BrokerProcess::start(&dir, &[]);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let next_id = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for round in 0..rounds {
+        let p = tokio::spawn(publisher(broker.url(), ledger.clone(), next_id.clone()));
+        let c = tokio::spawn(consumer(broker.url(), ledger.clone()));
+        let wait = rand::thread_rng().gen_range(200..1200);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        broker.kill9_and_restart(&[]);
+        let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
+        let l = ledger.lock().unwrap();
+        eprintln!(
+            "round {round}: killed after {wait} ms; confirmed {}, delivered {}",
+            l.confirmed.len(),
+            l.delivered.len()
+        );
+    }
+    // Drain what is left after the last restart.
+    let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = declare(&conn).await;
+    loop {
+        let got = ch
+            .basic_get(QUEUE.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get");
+        let Some(m) = got else { break };
+        let id = u64::from_be_bytes(m.delivery.data[..8].try_into().expect("8-byte id"));
+        let mut l = ledger.lock().unwrap();
+        if l.acked.contains(&id) {
+            l.redelivered_after_ack += 1;
+        }
+        l.delivered.insert(id);
+    }
+    let l = ledger.lock().unwrap();
+    let lost: Vec<u64> = l.confirmed.difference(&l.delivered).copied().collect();
+    eprintln!(
+        "crash test: {rounds} rounds, {} confirmed, {} delivered, {} lost, {} delivered again after their ack",
+        l.confirmed.len(),
+        l.delivered.len(),
+        lost.len(),
+        l.redelivered_after_ack
+    );
+    assert!(
+        l.confirmed.len() > 100,
+        "the publisher made too little progress to test anything"
+    );
+    assert!(
+        lost.is_empty(),
+        "confirmed messages lost after SIGKILL: {:?}",
+        &lost[..lost.len().min(20)]
+    );
+    drop(l);
+    broker.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
