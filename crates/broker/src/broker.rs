@@ -1,8 +1,8 @@
 //! The broker: its virtual hosts, users and broker-wide settings.
 
 use crate::connections::Connections;
-use crate::error::{AmqpError, Result};
 use crate::definitions::Definitions;
+use crate::error::{AmqpError, Result};
 use crate::persist::Persistence;
 use crate::vhost::VHost;
 use parking_lot::RwLock;
@@ -55,11 +55,18 @@ impl Broker {
     /// A broker whose durable definitions and persistent messages live under the persistence
     /// directory: loads the catalogue, recovers every durable queue's messages, and starts the
     /// group-commit flusher.
-    pub fn open(config: BrokerConfig, persistence: Arc<Persistence>) -> std::result::Result<Arc<Self>, String> {
+    pub fn open(
+        config: BrokerConfig,
+        persistence: Arc<Persistence>,
+    ) -> std::result::Result<Arc<Self>, String> {
         let defs: Option<Definitions> = persistence.catalog().load().map_err(|e| e.to_string())?;
         let b = Self::build(config, Some(persistence.clone()));
         if let Some(defs) = defs {
-            let keep: Vec<(String, String)> = defs.queues.iter().map(|q| (q.vhost.clone(), q.name.clone())).collect();
+            let keep: Vec<(String, String)> = defs
+                .queues
+                .iter()
+                .map(|q| (q.vhost.clone(), q.name.clone()))
+                .collect();
             persistence.remove_orphans(&keep);
             for e in b.import_definitions(&defs) {
                 tracing::warn!("restoring definitions: {e}");
@@ -111,7 +118,12 @@ impl Broker {
 
     /// Creates a vhost (no-op if it exists).
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
-        let vh = self.vhosts.write().entry(name.to_string()).or_insert_with(|| VHost::new(name, self.persistence.clone())).clone();
+        let vh = self
+            .vhosts
+            .write()
+            .entry(name.to_string())
+            .or_insert_with(|| VHost::new(name, self.persistence.clone()))
+            .clone();
         if let Some(p) = &self.persistence {
             p.definitions_changed();
         }

@@ -17,7 +17,14 @@ use warren_protocol::ShortStr;
 /// Where deliveries go: implemented by the server, which encodes frames into the
 /// connection's write buffer.
 pub trait DeliveryWriter: Send + Sync {
-    fn deliver(&self, channel: u16, consumer_tag: &str, delivery_tag: u64, redelivered: bool, msg: &Message);
+    fn deliver(
+        &self,
+        channel: u16,
+        consumer_tag: &str,
+        delivery_tag: u64,
+        redelivered: bool,
+        msg: &Message,
+    );
     /// A server-initiated basic.cancel (queue deleted), for clients that announce
     /// `consumer_cancel_notify`.
     fn cancel(&self, channel: u16, consumer_tag: &str);
@@ -71,7 +78,8 @@ pub fn effective_timeout(
     default: Option<Duration>,
 ) -> Option<Duration> {
     let from = |t: Option<&warren_protocol::FieldTable>| {
-        t.and_then(|t| t.get("x-consumer-timeout")).and_then(|v| v.as_i64())
+        t.and_then(|t| t.get("x-consumer-timeout"))
+            .and_then(|v| v.as_i64())
     };
     match from(consumer_args).or_else(|| from(Some(&queue.arguments))) {
         Some(ms) if ms <= 0 => None,
@@ -119,7 +127,12 @@ pub struct ChannelStats {
 }
 
 impl DeliveryChannel {
-    pub fn new(number: u16, conn_id: u64, writer: Arc<dyn DeliveryWriter>, default_timeout: Option<Duration>) -> Arc<Self> {
+    pub fn new(
+        number: u16,
+        conn_id: u64,
+        writer: Arc<dyn DeliveryWriter>,
+        default_timeout: Option<Duration>,
+    ) -> Arc<Self> {
         Arc::new(DeliveryChannel {
             number,
             conn_id,
@@ -145,7 +158,9 @@ impl DeliveryChannel {
             return false;
         }
         let global_full = s.global_prefetch != 0 && s.unacked.len() >= s.global_prefetch as usize;
-        let Some(Some(slot)) = s.consumers.get_mut(d.consumer_id as usize) else { return false };
+        let Some(Some(slot)) = s.consumers.get_mut(d.consumer_id as usize) else {
+            return false;
+        };
         if !d.no_ack {
             if global_full || (slot.prefetch != 0 && slot.unacked >= slot.prefetch as u32) {
                 return false;
@@ -154,8 +169,11 @@ impl DeliveryChannel {
         }
         let tag = s.next_tag;
         s.next_tag += 1;
-        self.writer.deliver(self.number, d.tag, tag, d.qm.redelivered, &d.qm.msg);
-        let Some(Some(slot)) = s.consumers.get(d.consumer_id as usize) else { return true };
+        self.writer
+            .deliver(self.number, d.tag, tag, d.qm.redelivered, &d.qm.msg);
+        let Some(Some(slot)) = s.consumers.get(d.consumer_id as usize) else {
+            return true;
+        };
         if !d.no_ack {
             let timeout = slot.timeout;
             s.unacked.push_back(Unacked {
@@ -211,7 +229,10 @@ impl DeliveryChannel {
             vec![u]
         };
         for u in &taken {
-            if let Some(Some(slot)) = u.consumer_id.and_then(|id| s.consumers.get_mut(id as usize)) {
+            if let Some(Some(slot)) = u
+                .consumer_id
+                .and_then(|id| s.consumers.get_mut(id as usize))
+            {
                 slot.unacked = slot.unacked.saturating_sub(1);
             }
         }
@@ -281,8 +302,14 @@ impl DeliveryChannel {
             if s.consumers.iter().flatten().any(|c| c.tag == tag) {
                 return Err(AmqpError::not_allowed_tag(&tag));
             }
-            let slot =
-                ConsumerSlot { tag: tag.clone(), queue: queue.clone(), no_ack, prefetch: s.prefetch_count, unacked: 0, timeout };
+            let slot = ConsumerSlot {
+                tag: tag.clone(),
+                queue: queue.clone(),
+                no_ack,
+                prefetch: s.prefetch_count,
+                unacked: 0,
+                timeout,
+            };
             match s.consumers.iter().position(Option::is_none) {
                 Some(i) => {
                     s.consumers[i] = Some(slot);
@@ -294,7 +321,13 @@ impl DeliveryChannel {
                 }
             }
         };
-        let c = QueueConsumer { channel: self.clone(), consumer_id: id, tag, no_ack, exclusive };
+        let c = QueueConsumer {
+            channel: self.clone(),
+            consumer_id: id,
+            tag,
+            no_ack,
+            exclusive,
+        };
         match queue.add_consumer(c, on_added) {
             Ok(()) => Ok(()),
             Err(refused) => {
@@ -304,9 +337,10 @@ impl DeliveryChannel {
                         "queue '{}' in vhost '{}' in exclusive use",
                         queue.name, queue.vhost_name
                     )),
-                    ConsumeRefused::Deleted => {
-                        AmqpError::not_found(format!("no queue '{}' in vhost '{}'", queue.name, queue.vhost_name))
-                    }
+                    ConsumeRefused::Deleted => AmqpError::not_found(format!(
+                        "no queue '{}' in vhost '{}'",
+                        queue.name, queue.vhost_name
+                    )),
                 })
             }
         }
@@ -316,7 +350,10 @@ impl DeliveryChannel {
     pub fn cancel(&self, tag: &str) -> bool {
         let found = {
             let mut s = self.state.lock();
-            let pos = s.consumers.iter().position(|c| c.as_ref().is_some_and(|c| c.tag == tag));
+            let pos = s
+                .consumers
+                .iter()
+                .position(|c| c.as_ref().is_some_and(|c| c.tag == tag));
             pos.and_then(|i| s.consumers[i].take().map(|c| (i as u32, c.queue)))
         };
         match found {
@@ -332,9 +369,20 @@ impl DeliveryChannel {
     /// unacked deliveries, once a second: their number is bounded by prefetch in practice.)
     pub fn timed_out(&self, now: Instant) -> Option<TimedOut> {
         let s = self.state.lock();
-        let u = s.unacked.iter().find(|u| u.timeout.is_some_and(|t| now.saturating_duration_since(u.delivered_at) > t))?;
-        let consumer_tag = u.consumer_id.and_then(|id| s.consumers.get(id as usize)?.as_ref().map(|c| c.tag.clone()));
-        Some(TimedOut { consumer_tag, timeout: u.timeout.unwrap_or_default() })
+        let u = s.unacked.iter().find(|u| {
+            u.timeout
+                .is_some_and(|t| now.saturating_duration_since(u.delivered_at) > t)
+        })?;
+        let consumer_tag = u.consumer_id.and_then(|id| {
+            s.consumers
+                .get(id as usize)?
+                .as_ref()
+                .map(|c| c.tag.clone())
+        });
+        Some(TimedOut {
+            consumer_tag,
+            timeout: u.timeout.unwrap_or_default(),
+        })
     }
 
     /// Cancels one consumer (telling the client) and requeues the messages it had not acked;
@@ -342,7 +390,9 @@ impl DeliveryChannel {
     pub fn cancel_and_requeue(&self, tag: &str) {
         let id = {
             let s = self.state.lock();
-            s.consumers.iter().position(|c| c.as_ref().is_some_and(|c| c.tag == tag))
+            s.consumers
+                .iter()
+                .position(|c| c.as_ref().is_some_and(|c| c.tag == tag))
         };
         let Some(id) = id else { return };
         self.writer.cancel(self.number, tag);
@@ -350,7 +400,9 @@ impl DeliveryChannel {
         let taken: Vec<Unacked> = {
             let mut s = self.state.lock();
             let (mine, rest): (VecDeque<Unacked>, VecDeque<Unacked>) =
-                std::mem::take(&mut s.unacked).into_iter().partition(|u| u.consumer_id == Some(id as u32));
+                std::mem::take(&mut s.unacked)
+                    .into_iter()
+                    .partition(|u| u.consumer_id == Some(id as u32));
             s.unacked = rest;
             mine.into()
         };
@@ -436,11 +488,21 @@ impl DeliveryChannel {
     }
 
     pub fn consumes_from(&self, queue: &Arc<Queue>) -> bool {
-        self.state.lock().consumers.iter().flatten().any(|c| Arc::ptr_eq(&c.queue, queue))
+        self.state
+            .lock()
+            .consumers
+            .iter()
+            .flatten()
+            .any(|c| Arc::ptr_eq(&c.queue, queue))
     }
 
     pub fn has_consumer(&self, tag: &str) -> bool {
-        self.state.lock().consumers.iter().flatten().any(|c| c.tag == tag)
+        self.state
+            .lock()
+            .consumers
+            .iter()
+            .flatten()
+            .any(|c| c.tag == tag)
     }
 }
 
@@ -450,7 +512,10 @@ fn unknown_tag(tag: u64) -> AmqpError {
 
 impl AmqpError {
     fn not_allowed_tag(tag: &str) -> AmqpError {
-        AmqpError::new(warren_protocol::constants::NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'"))
+        AmqpError::new(
+            warren_protocol::constants::NOT_ALLOWED,
+            format!("attempt to reuse consumer tag '{tag}'"),
+        )
     }
 }
 

@@ -88,7 +88,9 @@ impl Broker {
         let mut vhosts = self.vhosts();
         vhosts.sort_by(|a, b| a.name.cmp(&b.name));
         for vh in vhosts {
-            d.vhosts.push(VHostDef { name: vh.name.clone() });
+            d.vhosts.push(VHostDef {
+                name: vh.name.clone(),
+            });
             let mut queues = vh.queues();
             queues.sort_by(|a, b| a.name.cmp(&b.name));
             for q in queues {
@@ -123,7 +125,9 @@ impl Broker {
                 }
                 for b in x.bindings() {
                     let (kind, keep) = match &b.destination {
-                        Destination::Queue(q) => ("queue", q.durable && q.exclusive_owner.is_none()),
+                        Destination::Queue(q) => {
+                            ("queue", q.durable && q.exclusive_owner.is_none())
+                        }
                         Destination::Exchange(e) => ("exchange", e.durable),
                     };
                     if durable_only && !keep {
@@ -188,17 +192,34 @@ impl Broker {
         }
         for b in &d.bindings {
             let Some(vh) = self.vhost(&b.vhost) else {
-                errors.push(format!("binding '{}' -> '{}': no vhost '{}'", b.source, b.destination, b.vhost));
+                errors.push(format!(
+                    "binding '{}' -> '{}': no vhost '{}'",
+                    b.source, b.destination, b.vhost
+                ));
                 continue;
             };
             let args = json_to_table(&b.arguments);
             let r = if b.destination_type == "exchange" {
-                vh.bind_exchange(&b.destination, &b.source, b.routing_key.as_str().into(), args)
+                vh.bind_exchange(
+                    &b.destination,
+                    &b.source,
+                    b.routing_key.as_str().into(),
+                    args,
+                )
             } else {
-                vh.bind_queue(&b.destination, &b.source, b.routing_key.as_str().into(), args, 0)
+                vh.bind_queue(
+                    &b.destination,
+                    &b.source,
+                    b.routing_key.as_str().into(),
+                    args,
+                    0,
+                )
             };
             if let Err(e) = r {
-                errors.push(format!("binding '{}' -> '{}': {}", b.source, b.destination, e.text));
+                errors.push(format!(
+                    "binding '{}' -> '{}': {}",
+                    b.source, b.destination, e.text
+                ));
             }
         }
         errors

@@ -13,7 +13,10 @@ pub struct AmqpError {
 
 impl AmqpError {
     pub fn new(code: u16, detail: impl std::fmt::Display) -> Self {
-        AmqpError { code, text: format!("{} - {}", reply_name(code), detail) }
+        AmqpError {
+            code,
+            text: format!("{} - {}", reply_name(code), detail),
+        }
     }
     pub fn not_found(detail: impl std::fmt::Display) -> Self {
         Self::new(NOT_FOUND, detail)

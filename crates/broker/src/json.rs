@@ -6,22 +6,33 @@ use warren_protocol::codec::LongStr;
 use warren_protocol::{FieldTable, FieldValue};
 
 pub fn table_to_json(t: &FieldTable) -> Value {
-    Value::Object(t.iter().map(|(k, v)| (k.to_string(), value_to_json(v))).collect::<Map<_, _>>())
+    Value::Object(
+        t.iter()
+            .map(|(k, v)| (k.to_string(), value_to_json(v)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 pub fn value_to_json(v: &FieldValue) -> Value {
     match v {
         FieldValue::Bool(b) => Value::Bool(*b),
-        FieldValue::F32(f) => Number::from_f64(*f as f64).map(Value::Number).unwrap_or(Value::Null),
-        FieldValue::F64(f) => Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
-        FieldValue::Decimal(scale, v) => {
-            Number::from_f64(*v as f64 / 10f64.powi(*scale as i32)).map(Value::Number).unwrap_or(Value::Null)
-        }
+        FieldValue::F32(f) => Number::from_f64(*f as f64)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        FieldValue::F64(f) => Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        FieldValue::Decimal(scale, v) => Number::from_f64(*v as f64 / 10f64.powi(*scale as i32))
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         FieldValue::LongStr(s) | FieldValue::Bytes(s) => Value::String(s.to_string_lossy()),
         FieldValue::Array(a) => Value::Array(a.iter().map(value_to_json).collect()),
         FieldValue::Table(t) => table_to_json(t),
         FieldValue::Void => Value::Null,
-        other => other.as_i64().map(|i| Value::Number(i.into())).unwrap_or(Value::Null),
+        other => other
+            .as_i64()
+            .map(|i| Value::Number(i.into()))
+            .unwrap_or(Value::Null),
     }
 }
 

@@ -15,7 +15,12 @@ pub struct Message {
 
 impl Message {
     pub fn new(exchange: ShortStr, routing_key: ShortStr, properties: Bytes, body: Bytes) -> Self {
-        Message { exchange, routing_key, properties, body }
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+        }
     }
 
     /// delivery_mode 2.
@@ -43,7 +48,12 @@ impl Message {
     /// The store record: flags, exchange, routing key, properties, body (see docs/storage.md).
     pub fn encode_record(&self, persistent: bool, out: &mut Vec<u8>) {
         out.clear();
-        out.reserve(8 + self.exchange.len() + self.routing_key.len() + self.properties.len() + self.body.len());
+        out.reserve(
+            8 + self.exchange.len()
+                + self.routing_key.len()
+                + self.properties.len()
+                + self.body.len(),
+        );
         out.push(if persistent { RECORD_PERSISTENT } else { 0 });
         out.push(self.exchange.len() as u8);
         out.extend_from_slice(self.exchange.as_bytes());
@@ -60,7 +70,11 @@ impl Message {
         let mut at = 1usize;
         let short = |at: &mut usize| -> Option<ShortStr> {
             let n = *rec.get(*at)? as usize;
-            let s = ShortStr::from_bytes(rec.get(*at + 1..*at + 1 + n).map(|_| rec.slice(*at + 1..*at + 1 + n))?).ok()?;
+            let s = ShortStr::from_bytes(
+                rec.get(*at + 1..*at + 1 + n)
+                    .map(|_| rec.slice(*at + 1..*at + 1 + n))?,
+            )
+            .ok()?;
             *at += 1 + n;
             Some(s)
         };
@@ -71,7 +85,15 @@ impl Message {
         let properties = rec.get(at..at + plen).map(|_| rec.slice(at..at + plen))?;
         at += plen;
         let body = rec.slice(at..);
-        Some((Message { exchange, routing_key, properties, body }, flags & RECORD_PERSISTENT != 0))
+        Some((
+            Message {
+                exchange,
+                routing_key,
+                properties,
+                body,
+            },
+            flags & RECORD_PERSISTENT != 0,
+        ))
     }
 }
 
@@ -81,12 +103,20 @@ mod tests {
 
     #[test]
     fn record_round_trip() {
-        let m = Message::new("ex".into(), "rk".into(), Bytes::from_static(&[0x10, 0, 2]), Bytes::from_static(b"body"));
+        let m = Message::new(
+            "ex".into(),
+            "rk".into(),
+            Bytes::from_static(&[0x10, 0, 2]),
+            Bytes::from_static(b"body"),
+        );
         let mut rec = Vec::new();
         m.encode_record(true, &mut rec);
         let (back, persistent) = Message::decode_record(Bytes::from(rec)).unwrap();
         assert!(persistent);
-        assert_eq!((back.exchange.as_str(), back.routing_key.as_str()), ("ex", "rk"));
+        assert_eq!(
+            (back.exchange.as_str(), back.routing_key.as_str()),
+            ("ex", "rk")
+        );
         assert_eq!(&back.properties[..], &[0x10, 0, 2]);
         assert_eq!(&back.body[..], b"body");
         assert!(Message::decode_record(Bytes::from_static(&[1, 200])).is_none());

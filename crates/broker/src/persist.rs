@@ -79,11 +79,22 @@ impl Persistence {
 
     /// The directory of a durable queue's message store.
     pub fn queue_dir(&self, vhost: &str, queue: &str) -> PathBuf {
-        self.dir.join("queues").join(encode_name(vhost)).join(encode_name(queue))
+        self.dir
+            .join("queues")
+            .join(encode_name(vhost))
+            .join(encode_name(queue))
     }
 
-    pub(crate) fn open_queue_store(&self, vhost: &str, queue: &str) -> warren_store::Result<(QueueStore, Recovery)> {
-        QueueStore::open(self.backend.clone(), self.queue_dir(vhost, queue), self.store_options.clone())
+    pub(crate) fn open_queue_store(
+        &self,
+        vhost: &str,
+        queue: &str,
+    ) -> warren_store::Result<(QueueStore, Recovery)> {
+        QueueStore::open(
+            self.backend.clone(),
+            self.queue_dir(vhost, queue),
+            self.store_options.clone(),
+        )
     }
 
     /// Called with the gate held (read) after a queue appended: the flusher will fsync it.
@@ -167,12 +178,22 @@ impl Persistence {
     /// after a queue deletion).
     pub fn remove_orphans(&self, keep: &[(String, String)]) {
         let root = self.dir.join("queues");
-        let Ok(vhosts) = std::fs::read_dir(&root) else { return };
+        let Ok(vhosts) = std::fs::read_dir(&root) else {
+            return;
+        };
         for v in vhosts.flatten() {
-            let Ok(queues) = std::fs::read_dir(v.path()) else { continue };
+            let Ok(queues) = std::fs::read_dir(v.path()) else {
+                continue;
+            };
             for q in queues.flatten() {
-                let (vn, qn) = (v.file_name().to_string_lossy().into_owned(), q.file_name().to_string_lossy().into_owned());
-                if !keep.iter().any(|(kv, kq)| encode_name(kv) == vn && encode_name(kq) == qn) {
+                let (vn, qn) = (
+                    v.file_name().to_string_lossy().into_owned(),
+                    q.file_name().to_string_lossy().into_owned(),
+                );
+                if !keep
+                    .iter()
+                    .any(|(kv, kq)| encode_name(kv) == vn && encode_name(kq) == qn)
+                {
                     tracing::info!(dir = %q.path().display(), "removing message store of a deleted queue");
                     let _ = std::fs::remove_dir_all(q.path());
                 }

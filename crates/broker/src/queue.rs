@@ -4,16 +4,16 @@
 //! A requeued message goes back to its original place: ready messages are kept ordered by
 //! their sequence number, so a requeue is an ordered insert (almost always at the front).
 
-use crate::channel::{DeliveryChannel, Deliver};
+use crate::channel::{Deliver, DeliveryChannel};
 use crate::message::Message;
 use crate::persist::Persistence;
 use crate::vhost::VHost;
 use parking_lot::Mutex;
-use warren_store::{Position, QueueStore, Recovery};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use warren_protocol::{FieldTable, ShortStr};
+use warren_store::{Position, QueueStore, Recovery};
 
 /// A message in a queue, with its place in publish order.
 #[derive(Clone, Debug)]
@@ -177,7 +177,11 @@ impl Queue {
     /// Gives a durable queue its message store.
     pub(crate) fn with_store(mut self, persistence: Arc<Persistence>, store: QueueStore) -> Self {
         self.persistence = Some(persistence);
-        self.store = Some(Mutex::new(StoreSlot { store, dirty: false, scratch: Vec::new() }));
+        self.store = Some(Mutex::new(StoreSlot {
+            store,
+            dirty: false,
+            scratch: Vec::new(),
+        }));
         self
     }
 
@@ -248,7 +252,11 @@ impl Queue {
 
     /// Writes a message to the store. Returns its position and the group-commit epoch to wait
     /// for. Called with the persistence gate held (read).
-    fn store_append(self: &Arc<Self>, msg: &Message, persistent: bool) -> Result<Position, PublishError> {
+    fn store_append(
+        self: &Arc<Self>,
+        msg: &Message,
+        persistent: bool,
+    ) -> Result<Position, PublishError> {
         let (slot, p) = match (&self.store, &self.persistence) {
             (Some(s), Some(p)) => (s, p),
             _ => unreachable!("store_append on a queue without a store"),
@@ -290,15 +298,24 @@ impl Queue {
         let Some(slot) = &self.store else { return };
         let st = slot.lock();
         while i.ready_bytes < RAM_BUDGET / 2 {
-            let Some((pos, redelivered)) = i.paged.pop_front() else { break };
+            let Some((pos, redelivered)) = i.paged.pop_front() else {
+                break;
+            };
             match st.store.read(pos).ok().and_then(Message::decode_record) {
                 Some((msg, _)) => {
                     let seq = i.next_seq;
                     i.next_seq += 1;
                     i.ready_bytes += msg.body.len();
-                    i.ready.push_back(QueuedMessage { seq, msg: Arc::new(msg), redelivered, pos: Some(pos) });
+                    i.ready.push_back(QueuedMessage {
+                        seq,
+                        msg: Arc::new(msg),
+                        redelivered,
+                        pos: Some(pos),
+                    });
                 }
-                None => tracing::error!(queue = %self.name, %pos, "paged-out message unreadable; dropped"),
+                None => {
+                    tracing::error!(queue = %self.name, %pos, "paged-out message unreadable; dropped")
+                }
             }
         }
     }
@@ -331,27 +348,42 @@ impl Queue {
 
     /// Consumer tags and channels, for listing.
     pub fn consumers(&self) -> Vec<(ShortStr, Arc<DeliveryChannel>, bool, bool)> {
-        self.inner.lock().consumers.iter().map(|c| (c.tag.clone(), c.channel.clone(), c.no_ack, c.exclusive)).collect()
+        self.inner
+            .lock()
+            .consumers
+            .iter()
+            .map(|c| (c.tag.clone(), c.channel.clone(), c.no_ack, c.exclusive))
+            .collect()
     }
 
     /// Enqueues a routed message and hands it to a consumer if one has credit. A persistent
     /// message in a durable queue is written to the store first; the returned epoch is the
     /// group commit its confirm waits for.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, persistent: bool) -> Result<Published, PublishError> {
+    pub fn publish(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        persistent: bool,
+    ) -> Result<Published, PublishError> {
         if self.is_deleted() {
             return Ok(Published::default());
         }
         let Some(p) = &self.persistence else {
             let mut i = self.inner.lock();
             self.enqueue(&mut i, msg, None);
-            return Ok(Published { epoch: None, backlogged: Self::backlogged(&i) });
+            return Ok(Published {
+                epoch: None,
+                backlogged: Self::backlogged(&i),
+            });
         };
         let _gate = p.gate.read();
         let mut i = self.inner.lock();
         let paging = !i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET;
         if !persistent && !paging {
             self.enqueue(&mut i, msg, None);
-            return Ok(Published { epoch: None, backlogged: Self::backlogged(&i) });
+            return Ok(Published {
+                epoch: None,
+                backlogged: Self::backlogged(&i),
+            });
         }
         let epoch = p.current_epoch();
         let pos = self.store_append(&msg, persistent)?;
@@ -361,7 +393,10 @@ impl Queue {
         } else {
             self.enqueue(&mut i, msg, Some(pos));
         }
-        Ok(Published { epoch: persistent.then_some(epoch), backlogged: Self::backlogged(&i) })
+        Ok(Published {
+            epoch: persistent.then_some(epoch),
+            backlogged: Self::backlogged(&i),
+        })
     }
 
     fn backlogged(i: &Inner) -> bool {
@@ -373,7 +408,12 @@ impl Queue {
         i.next_seq += 1;
         i.published += 1;
         i.ready_bytes += msg.body.len();
-        i.ready.push_back(QueuedMessage { seq, msg, redelivered: false, pos });
+        i.ready.push_back(QueuedMessage {
+            seq,
+            msg,
+            redelivered: false,
+            pos,
+        });
         self.dispatch_locked(i);
     }
 
@@ -385,7 +425,9 @@ impl Queue {
 
     fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
         self.dispatch_inner(i);
-        if i.ready.len() + i.paged.len() <= FLOW_LOW && self.flow_waiting.swap(false, Ordering::AcqRel) {
+        if i.ready.len() + i.paged.len() <= FLOW_LOW
+            && self.flow_waiting.swap(false, Ordering::AcqRel)
+        {
             self.drained.notify_waiters();
         }
     }
@@ -495,7 +537,11 @@ impl Queue {
     }
 
     /// Adds a consumer and starts delivering to it.
-    pub fn add_consumer(self: &Arc<Self>, c: QueueConsumer, on_added: impl FnOnce()) -> Result<(), ConsumeRefused> {
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        c: QueueConsumer,
+        on_added: impl FnOnce(),
+    ) -> Result<(), ConsumeRefused> {
         let mut i = self.inner.lock();
         if self.is_deleted() {
             return Err(ConsumeRefused::Deleted);
@@ -515,7 +561,8 @@ impl Queue {
         let now_unused = {
             let mut i = self.inner.lock();
             let before = i.consumers.len();
-            i.consumers.retain(|c| !(std::ptr::eq(&*c.channel, channel) && c.consumer_id == consumer_id));
+            i.consumers
+                .retain(|c| !(std::ptr::eq(&*c.channel, channel) && c.consumer_id == consumer_id));
             if i.next_consumer >= i.consumers.len() {
                 i.next_consumer = 0;
             }
@@ -539,7 +586,11 @@ impl Queue {
         let paged = std::mem::take(&mut i.paged);
         i.ready_bytes = 0;
         self.store_op(|s| {
-            for pos in ready.iter().filter_map(|m| m.pos).chain(paged.iter().map(|p| p.0)) {
+            for pos in ready
+                .iter()
+                .filter_map(|m| m.pos)
+                .chain(paged.iter().map(|p| p.0))
+            {
                 s.ack(pos)?;
             }
             Ok(())

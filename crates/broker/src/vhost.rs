@@ -57,8 +57,15 @@ const COMPARED_QUEUE_ARGS: &[&str] = &[
     "x-delivery-limit",
 ];
 
-const INTEGER_QUEUE_ARGS: &[&str] =
-    &["x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-max-priority", "x-delivery-limit", "x-consumer-timeout"];
+const INTEGER_QUEUE_ARGS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-delivery-limit",
+    "x-consumer-timeout",
+];
 
 impl VHost {
     pub fn new(name: &str, persistence: Option<Arc<Persistence>>) -> Arc<Self> {
@@ -79,7 +86,17 @@ impl VHost {
         {
             let mut ex = vh.exchanges.write();
             for (n, k) in predeclared {
-                ex.insert(n.into(), Arc::new(Exchange::new(n.into(), k, true, false, false, FieldTable::new())));
+                ex.insert(
+                    n.into(),
+                    Arc::new(Exchange::new(
+                        n.into(),
+                        k,
+                        true,
+                        false,
+                        false,
+                        FieldTable::new(),
+                    )),
+                );
             }
         }
         vh
@@ -153,13 +170,18 @@ impl VHost {
 
     pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<Arc<Exchange>> {
         if d.passive {
-            return self.exchange(&d.name).ok_or_else(|| self.no_exchange(&d.name));
+            return self
+                .exchange(&d.name)
+                .ok_or_else(|| self.no_exchange(&d.name));
         }
         if d.name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
-        let kind = ExchangeKind::parse(&d.kind)
-            .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind)))?;
+        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
+            AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind))
+        })?;
         if let Some(x) = self.exchange(&d.name) {
             let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
                 AmqpError::precondition(format!(
@@ -187,7 +209,14 @@ impl VHost {
                 d.name
             )));
         }
-        let x = Arc::new(Exchange::new(d.name.clone(), kind, d.durable, d.auto_delete, d.internal, d.arguments));
+        let x = Arc::new(Exchange::new(
+            d.name.clone(),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments,
+        ));
         let x = self.exchanges.write().entry(d.name).or_insert(x).clone();
         self.definitions_changed(x.durable);
         Ok(x)
@@ -200,9 +229,14 @@ impl VHost {
                 self.name
             )));
         }
-        let Some(x) = self.exchange(name) else { return Ok(()) };
+        let Some(x) = self.exchange(name) else {
+            return Ok(());
+        };
         if if_unused && x.has_bindings() {
-            return Err(AmqpError::precondition(format!("exchange '{name}' in vhost '{}' in use", self.name)));
+            return Err(AmqpError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
         }
         self.remove_exchange(&x);
         Ok(())
@@ -214,7 +248,9 @@ impl VHost {
         self.definitions_changed(x.durable);
         for b in x.bindings() {
             if let Destination::Queue(q) = &b.destination {
-                q.bindings.lock().retain(|(e, k, a)| !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments)));
+                q.bindings.lock().retain(|(e, k, a)| {
+                    !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments))
+                });
             }
         }
         let dest = Destination::Exchange(x.clone());
@@ -232,7 +268,11 @@ impl VHost {
     }
 
     /// queue.declare. Returns the queue with its ready-message and consumer counts.
-    pub fn declare_queue(self: &Arc<Self>, d: QueueDeclare, conn: u64) -> Result<(Arc<Queue>, u32, u32)> {
+    pub fn declare_queue(
+        self: &Arc<Self>,
+        d: QueueDeclare,
+        conn: u64,
+    ) -> Result<(Arc<Queue>, u32, u32)> {
         if d.passive {
             let q = self.queue_for(&d.name, conn)?;
             return Ok((q.clone(), q.message_count(), q.consumer_count()));
@@ -240,7 +280,10 @@ impl VHost {
         let name: ShortStr = if d.name.is_empty() {
             generate_name().into()
         } else if d.name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!("queue name '{}' contains reserved prefix 'amq.*'", d.name)));
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
         } else {
             d.name.clone()
         };
@@ -249,12 +292,22 @@ impl VHost {
             return self.redeclare(q, &d, conn);
         }
         let owner = d.exclusive.then_some(conn);
-        let mut q = Queue::new(name.clone(), self, d.durable, owner, d.auto_delete, d.arguments.clone());
+        let mut q = Queue::new(
+            name.clone(),
+            self,
+            d.durable,
+            owner,
+            d.auto_delete,
+            d.arguments.clone(),
+        );
         let mut recovery = None;
         if let (true, Some(p)) = (d.durable && !d.exclusive, &self.persistence) {
             let (store, rec) = p.open_queue_store(&self.name, &name).map_err(|e| {
                 tracing::error!(queue = %name, error = %e, "cannot open the queue's message store");
-                AmqpError::new(warren_protocol::constants::INTERNAL_ERROR, format!("cannot open message store: {e}"))
+                AmqpError::new(
+                    warren_protocol::constants::INTERNAL_ERROR,
+                    format!("cannot open message store: {e}"),
+                )
             })?;
             q = q.with_store(p.clone(), store);
             recovery = Some(rec);
@@ -288,7 +341,12 @@ impl VHost {
         }
     }
 
-    fn redeclare(&self, q: Arc<Queue>, d: &QueueDeclare, conn: u64) -> Result<(Arc<Queue>, u32, u32)> {
+    fn redeclare(
+        &self,
+        q: Arc<Queue>,
+        d: &QueueDeclare,
+        conn: u64,
+    ) -> Result<(Arc<Queue>, u32, u32)> {
         if let Some(owner) = q.exclusive_owner {
             if owner != conn {
                 return Err(self.locked(&q.name));
@@ -304,7 +362,11 @@ impl VHost {
             return Err(mismatch("durable", &d.durable, &q.durable));
         }
         if q.exclusive_owner.is_some() != d.exclusive {
-            return Err(mismatch("exclusive", &d.exclusive, &q.exclusive_owner.is_some()));
+            return Err(mismatch(
+                "exclusive",
+                &d.exclusive,
+                &q.exclusive_owner.is_some(),
+            ));
         }
         if q.auto_delete != d.auto_delete {
             return Err(mismatch("auto_delete", &d.auto_delete, &q.auto_delete));
@@ -316,12 +378,18 @@ impl VHost {
                 (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
                 (None, None) => true,
                 // An explicit x-queue-type of "classic" equals the default.
-                (Some(v), None) | (None, Some(v)) => *arg == "x-queue-type" && v.as_str() == Some("classic"),
+                (Some(v), None) | (None, Some(v)) => {
+                    *arg == "x-queue-type" && v.as_str() == Some("classic")
+                }
             };
             if !equivalent {
                 let show = |v: Option<&FieldValue>| match v {
                     None => "none".to_string(),
-                    Some(v) => v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|i| i.to_string())).unwrap_or_else(|| format!("{v:?}")),
+                    Some(v) => v
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| v.as_i64().map(|i| i.to_string()))
+                        .unwrap_or_else(|| format!("{v:?}")),
                 };
                 return Err(AmqpError::precondition(format!(
                     "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received {} but current is {}",
@@ -338,14 +406,22 @@ impl VHost {
 
     fn check_queue_args(&self, name: &str, d: &QueueDeclare) -> Result<()> {
         let invalid = |arg: &str, why: &str| {
-            AmqpError::precondition(format!("invalid arg '{arg}' for queue '{name}' in vhost '{}': {why}", self.name))
+            AmqpError::precondition(format!(
+                "invalid arg '{arg}' for queue '{name}' in vhost '{}': {why}",
+                self.name
+            ))
         };
         for arg in INTEGER_QUEUE_ARGS {
             if let Some(v) = d.arguments.get(arg) {
                 match v.as_i64() {
                     Some(n) if n >= 0 => {}
                     Some(_) => return Err(invalid(arg, "a negative value is not allowed")),
-                    None => return Err(invalid(arg, &format!("{} is not a valid integer type", v.type_name()))),
+                    None => {
+                        return Err(invalid(
+                            arg,
+                            &format!("{} is not a valid integer type", v.type_name()),
+                        ))
+                    }
                 }
             }
         }
@@ -356,12 +432,21 @@ impl VHost {
         }
         if let Some(v) = d.arguments.get("x-max-priority") {
             if v.as_i64().is_some_and(|p| p > 255) {
-                return Err(invalid("x-max-priority", "the value must be between 0 and 255"));
+                return Err(invalid(
+                    "x-max-priority",
+                    "the value must be between 0 and 255",
+                ));
             }
         }
         if let Some(v) = d.arguments.get("x-overflow") {
-            if !matches!(v.as_str(), Some("drop-head" | "reject-publish" | "reject-publish-dlx")) {
-                return Err(invalid("x-overflow", "expected drop-head, reject-publish or reject-publish-dlx"));
+            if !matches!(
+                v.as_str(),
+                Some("drop-head" | "reject-publish" | "reject-publish-dlx")
+            ) {
+                return Err(invalid(
+                    "x-overflow",
+                    "expected drop-head, reject-publish or reject-publish-dlx",
+                ));
             }
         }
         match d.arguments.get("x-queue-type").map(|v| v.as_str()) {
@@ -395,30 +480,48 @@ impl VHost {
 
     /// queue.delete. Returns the number of ready messages deleted. A missing queue is not an
     /// error (RabbitMQ makes delete idempotent).
-    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn: u64) -> Result<u32> {
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: u64,
+    ) -> Result<u32> {
         let q = match self.queue_for(name, conn) {
             Ok(q) => q,
             Err(e) if e.code == warren_protocol::constants::NOT_FOUND => return Ok(0),
             Err(e) => return Err(e),
         };
         if if_unused && q.consumer_count() > 0 {
-            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{}' in use", self.name)));
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
         }
         if if_empty && q.message_count() > 0 {
-            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{}' not empty", self.name)));
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{}' not empty",
+                self.name
+            )));
         }
         Ok(self.delete_queue_unchecked(name))
     }
 
     /// Deletes a queue with no checks (auto-delete, exclusive owner gone, vhost deletion).
     pub fn delete_queue_unchecked(&self, name: &str) -> u32 {
-        let Some(q) = self.queues.write().remove(name) else { return 0 };
+        let Some(q) = self.queues.write().remove(name) else {
+            return 0;
+        };
         self.definitions_changed(q.durable);
         let bindings = std::mem::take(&mut *q.bindings.lock());
         let dest = Destination::Queue(q.clone());
         for (ex, key, args) in bindings {
             if let Some(x) = self.exchange(&ex) {
-                x.unbind(&Binding { destination: dest.clone(), routing_key: key, arguments: args });
+                x.unbind(&Binding {
+                    destination: dest.clone(),
+                    routing_key: key,
+                    arguments: args,
+                });
                 self.maybe_auto_delete_exchange(&x);
             }
         }
@@ -429,13 +532,24 @@ impl VHost {
         Ok(self.queue_for(name, conn)?.purge())
     }
 
-    pub fn bind_queue(&self, queue: &str, exchange: &str, key: ShortStr, args: FieldTable, conn: u64) -> Result<()> {
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: ShortStr,
+        args: FieldTable,
+        conn: u64,
+    ) -> Result<()> {
         let q = self.queue_for(queue, conn)?;
         let x = self.bindable_exchange(exchange)?;
         if x.kind == ExchangeKind::Headers {
             check_headers_args(&args)?;
         }
-        let added = x.bind(Binding { destination: Destination::Queue(q.clone()), routing_key: key.clone(), arguments: args.clone() })?;
+        let added = x.bind(Binding {
+            destination: Destination::Queue(q.clone()),
+            routing_key: key.clone(),
+            arguments: args.clone(),
+        })?;
         if added {
             q.bindings.lock().push((x.name.clone(), key, args));
             self.definitions_changed(q.durable && x.durable);
@@ -443,14 +557,25 @@ impl VHost {
         Ok(())
     }
 
-    pub fn unbind_queue(&self, queue: &str, exchange: &str, key: ShortStr, args: FieldTable, conn: u64) -> Result<()> {
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: ShortStr,
+        args: FieldTable,
+        conn: u64,
+    ) -> Result<()> {
         let q = self.queue_for(queue, conn)?;
         let x = self.bindable_exchange(exchange)?;
-        let b = Binding { destination: Destination::Queue(q.clone()), routing_key: key, arguments: args };
+        let b = Binding {
+            destination: Destination::Queue(q.clone()),
+            routing_key: key,
+            arguments: args,
+        };
         if x.unbind(&b) {
-            q.bindings
-                .lock()
-                .retain(|(e, k, a)| !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments)));
+            q.bindings.lock().retain(|(e, k, a)| {
+                !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments))
+            });
             self.definitions_changed(q.durable && x.durable);
             self.maybe_auto_delete_exchange(&x);
         }
@@ -459,26 +584,48 @@ impl VHost {
 
     fn bindable_exchange(&self, name: &str) -> Result<Arc<Exchange>> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         self.exchange(name).ok_or_else(|| self.no_exchange(name))
     }
 
-    pub fn bind_exchange(&self, destination: &str, source: &str, key: ShortStr, args: FieldTable) -> Result<()> {
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: ShortStr,
+        args: FieldTable,
+    ) -> Result<()> {
         let src = self.bindable_exchange(source)?;
         let dst = self.bindable_exchange(destination)?;
         let durable = src.durable && dst.durable;
-        if src.bind(Binding { destination: Destination::Exchange(dst), routing_key: key, arguments: args })? {
+        if src.bind(Binding {
+            destination: Destination::Exchange(dst),
+            routing_key: key,
+            arguments: args,
+        })? {
             self.definitions_changed(durable);
         }
         Ok(())
     }
 
-    pub fn unbind_exchange(&self, destination: &str, source: &str, key: ShortStr, args: FieldTable) -> Result<()> {
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: ShortStr,
+        args: FieldTable,
+    ) -> Result<()> {
         let src = self.bindable_exchange(source)?;
         let dst = self.bindable_exchange(destination)?;
         let durable = src.durable && dst.durable;
-        if src.unbind(&Binding { destination: Destination::Exchange(dst), routing_key: key, arguments: args }) {
+        if src.unbind(&Binding {
+            destination: Destination::Exchange(dst),
+            routing_key: key,
+            arguments: args,
+        }) {
             self.definitions_changed(durable);
             self.maybe_auto_delete_exchange(&src);
         }
@@ -503,7 +650,10 @@ impl VHost {
         while let Some(x) = next.take() {
             visited.push(Arc::as_ptr(&x));
             let headers = if x.kind == ExchangeKind::Headers {
-                props.get_or_insert_with(|| msg.decode_properties()).headers.as_ref()
+                props
+                    .get_or_insert_with(|| msg.decode_properties())
+                    .headers
+                    .as_ref()
             } else {
                 None
             };

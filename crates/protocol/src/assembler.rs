@@ -33,7 +33,12 @@ pub struct AssembleError {
 
 impl AssembleError {
     fn new(code: u16, text: String) -> Self {
-        AssembleError { code, text, class_id: 0, method_id: 0 }
+        AssembleError {
+            code,
+            text,
+            class_id: 0,
+            method_id: 0,
+        }
     }
     fn decode(e: DecodeError) -> Self {
         let code = match e {
@@ -49,7 +54,13 @@ enum State {
     #[default]
     Idle,
     Header(Method),
-    Body { method: Method, properties: Bytes, remaining: u64, first: Option<Bytes>, rest: BytesMut },
+    Body {
+        method: Method,
+        properties: Bytes,
+        remaining: u64,
+        first: Option<Bytes>,
+        rest: BytesMut,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -183,7 +194,11 @@ mod tests {
     #[test]
     fn joins_multi_frame_bodies() {
         let mut out = BytesMut::new();
-        let publish: Method = BasicPublish { routing_key: "q".into(), ..Default::default() }.into();
+        let publish: Method = BasicPublish {
+            routing_key: "q".into(),
+            ..Default::default()
+        }
+        .into();
         write_method(&mut out, 1, &publish);
         let body: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         write_content(&mut out, 1, &[0, 0], &body, 4096);
@@ -209,7 +224,10 @@ mod tests {
         let fs = frames(&mut out);
         let mut it = fs.into_iter();
         assert_eq!(a.push(it.next().unwrap(), 100).unwrap(), None);
-        assert_eq!(a.push(it.next().unwrap(), 100).unwrap_err().code, UNEXPECTED_FRAME);
+        assert_eq!(
+            a.push(it.next().unwrap(), 100).unwrap_err().code,
+            UNEXPECTED_FRAME
+        );
     }
 
     #[test]

@@ -169,7 +169,11 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(buf: Bytes) -> Self {
-        Reader { buf, bits: 0, bit_pos: 8 }
+        Reader {
+            buf,
+            bits: 0,
+            bit_pos: 8,
+        }
     }
     pub fn remaining(&self) -> usize {
         self.buf.len()

@@ -22,13 +22,19 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>> 
         return Ok(None);
     }
     let kind = buf[0];
-    if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
+    if !matches!(
+        kind,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
         return Err(DecodeError::UnknownFrameType(kind));
     }
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
     if frame_max != 0 && size as u64 + FRAME_OVERHEAD as u64 > frame_max as u64 {
-        return Err(DecodeError::FrameTooLarge { size, max: frame_max });
+        return Err(DecodeError::FrameTooLarge {
+            size,
+            max: frame_max,
+        });
     }
     let total = size as usize + FRAME_OVERHEAD;
     if buf.len() < total {
@@ -42,7 +48,11 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>> 
     let mut frame = buf.split_to(total);
     frame.advance(7);
     frame.truncate(size as usize);
-    Ok(Some(Frame { kind, channel, payload: frame.freeze() }))
+    Ok(Some(Frame {
+        kind,
+        channel,
+        payload: frame.freeze(),
+    }))
 }
 
 fn begin(buf: &mut BytesMut, kind: u8, channel: u16) -> usize {
@@ -70,7 +80,13 @@ pub fn write_heartbeat(buf: &mut BytesMut) {
 }
 
 /// Writes a content header frame and the body split into frames of at most `frame_max`.
-pub fn write_content(buf: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: u32) {
+pub fn write_content(
+    buf: &mut BytesMut,
+    channel: u16,
+    properties: &[u8],
+    body: &[u8],
+    frame_max: u32,
+) {
     let at = begin(buf, FRAME_HEADER, channel);
     ContentHeader::encode(60, body.len() as u64, properties, buf);
     finish(buf, at);
@@ -100,7 +116,13 @@ pub fn write_deliver(
     body: &[u8],
     frame_max: u32,
 ) {
-    buf.reserve(64 + consumer_tag.len() + exchange.len() + routing_key.len() + properties.len() + body.len());
+    buf.reserve(
+        64 + consumer_tag.len()
+            + exchange.len()
+            + routing_key.len()
+            + properties.len()
+            + body.len(),
+    );
     let at = begin(buf, FRAME_METHOD, channel);
     buf.put_u16(60);
     buf.put_u16(60);
@@ -135,7 +157,10 @@ mod tests {
         rb.extend_from_slice(&out[5..]);
         let f = parse_frame(&mut rb, 4096).unwrap().unwrap();
         assert_eq!((f.kind, f.channel), (FRAME_METHOD, 3));
-        assert_eq!(Method::decode(f.payload).unwrap(), ChannelOpen::default().into());
+        assert_eq!(
+            Method::decode(f.payload).unwrap(),
+            ChannelOpen::default().into()
+        );
         let hb = parse_frame(&mut rb, 4096).unwrap().unwrap();
         assert_eq!(hb.kind, FRAME_HEARTBEAT);
         assert!(rb.is_empty());
@@ -144,21 +169,46 @@ mod tests {
     #[test]
     fn oversize_and_bad_end_are_errors() {
         let mut rb = BytesMut::from(&[1u8, 0, 1, 0x7f, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(parse_frame(&mut rb, 131072), Err(DecodeError::FrameTooLarge { .. })));
+        assert!(matches!(
+            parse_frame(&mut rb, 131072),
+            Err(DecodeError::FrameTooLarge { .. })
+        ));
         let mut rb = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xAB][..]);
-        assert_eq!(parse_frame(&mut rb, 131072), Err(DecodeError::BadFrameEnd(0xAB)));
+        assert_eq!(
+            parse_frame(&mut rb, 131072),
+            Err(DecodeError::BadFrameEnd(0xAB))
+        );
         let mut rb = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
-        assert_eq!(parse_frame(&mut rb, 131072), Err(DecodeError::UnknownFrameType(9)));
+        assert_eq!(
+            parse_frame(&mut rb, 131072),
+            Err(DecodeError::UnknownFrameType(9))
+        );
     }
 
     #[test]
     fn fast_deliver_matches_generic_encoding() {
         let mut fast = BytesMut::new();
-        write_deliver(&mut fast, 1, "ct", 9, true, "ex", "rk", &[0, 0], b"hello", 4096);
+        write_deliver(
+            &mut fast,
+            1,
+            "ct",
+            9,
+            true,
+            "ex",
+            "rk",
+            &[0, 0],
+            b"hello",
+            4096,
+        );
         let mut slow = BytesMut::new();
-        let m: Method =
-            BasicDeliver { consumer_tag: "ct".into(), delivery_tag: 9, redelivered: true, exchange: "ex".into(), routing_key: "rk".into() }
-                .into();
+        let m: Method = BasicDeliver {
+            consumer_tag: "ct".into(),
+            delivery_tag: 9,
+            redelivered: true,
+            exchange: "ex".into(),
+            routing_key: "rk".into(),
+        }
+        .into();
         write_method(&mut slow, 1, &m);
         write_content(&mut slow, 1, &[0, 0], b"hello", 4096);
         assert_eq!(fast, slow);
@@ -174,6 +224,9 @@ mod tests {
             frames.push(f);
         }
         assert_eq!(frames.len(), 1 + 3);
-        assert_eq!(frames[1..].iter().map(|f| f.payload.len()).sum::<usize>(), 10_000);
+        assert_eq!(
+            frames[1..].iter().map(|f| f.payload.len()).sum::<usize>(),
+            10_000
+        );
     }
 }

@@ -81,7 +81,10 @@ impl Method {
     pub fn has_content(&self) -> bool {
         matches!(
             self,
-            Method::BasicPublish(_) | Method::BasicReturn(_) | Method::BasicDeliver(_) | Method::BasicGetOk(_)
+            Method::BasicPublish(_)
+                | Method::BasicReturn(_)
+                | Method::BasicDeliver(_)
+                | Method::BasicGetOk(_)
         )
     }
 }
@@ -183,7 +186,14 @@ mod tests {
             }
             .into(),
         );
-        round_trip(BasicNack { delivery_tag: 7, multiple: true, requeue: false }.into());
+        round_trip(
+            BasicNack {
+                delivery_tag: 7,
+                multiple: true,
+                requeue: false,
+            }
+            .into(),
+        );
         round_trip(
             BasicDeliver {
                 consumer_tag: "ctag".into(),

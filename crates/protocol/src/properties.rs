@@ -97,7 +97,11 @@ impl ContentHeader {
         if properties.len() < 2 {
             return Err(crate::DecodeError::Truncated("property flags"));
         }
-        Ok(ContentHeader { class_id, body_size, properties })
+        Ok(ContentHeader {
+            class_id,
+            body_size,
+            properties,
+        })
     }
 
     pub fn encode(class_id: u16, body_size: u64, properties: &[u8], buf: &mut BytesMut) {
@@ -161,6 +165,9 @@ mod tests {
         let raw = p.to_bytes();
         assert_eq!(BasicProperties::decode(raw.clone()).unwrap(), p);
         assert_eq!(peek_delivery_mode(&raw), Some(2));
-        assert_eq!(peek_delivery_mode(&BasicProperties::default().to_bytes()), None);
+        assert_eq!(
+            peek_delivery_mode(&BasicProperties::default().to_bytes()),
+            None
+        );
     }
 }

@@ -231,7 +231,10 @@ impl FieldTable {
         FieldTable(Vec::new())
     }
     pub fn get(&self, key: &str) -> Option<&FieldValue> {
-        self.0.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v)
     }
     pub fn insert(&mut self, key: impl Into<ShortStr>, value: impl Into<FieldValue>) {
         let key = key.into();

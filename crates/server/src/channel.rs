@@ -4,9 +4,9 @@
 
 use crate::outbox::Outbox;
 use std::sync::Arc;
-use warren_broker::vhost::{ExchangeDeclare, QueueDeclare};
 use warren_broker::persist::SyncState;
 use warren_broker::queue::PublishError;
+use warren_broker::vhost::{ExchangeDeclare, QueueDeclare};
 use warren_broker::{AmqpError, DeliveryChannel, Message, Queue, VHost};
 use warren_protocol::assembler::Content;
 use warren_protocol::constants::*;
@@ -28,9 +28,21 @@ pub(crate) struct Ctx<'a> {
 }
 
 enum TxOp {
-    Publish { exchange: ShortStr, routing_key: ShortStr, mandatory: bool, content: Content },
-    Ack { tag: u64, multiple: bool },
-    Nack { tag: u64, multiple: bool, requeue: bool },
+    Publish {
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        mandatory: bool,
+        content: Content,
+    },
+    Ack {
+        tag: u64,
+        multiple: bool,
+    },
+    Nack {
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
 }
 
 pub(crate) struct Channel {
@@ -55,7 +67,12 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    pub fn new(number: u16, conn_id: u64, outbox: Arc<Outbox>, consumer_timeout: Option<std::time::Duration>) -> Self {
+    pub fn new(
+        number: u16,
+        conn_id: u64,
+        outbox: Arc<Outbox>,
+        consumer_timeout: Option<std::time::Duration>,
+    ) -> Self {
         Channel {
             number,
             delivery: DeliveryChannel::new(number, conn_id, outbox.clone(), consumer_timeout),
@@ -91,15 +108,25 @@ impl Channel {
             self.confirms.pop_front();
             if nack || (epoch != 0 && epoch == synced.failed_epoch) {
                 if let Some((tag, n)) = ack_upto.take() {
-                    self.reply(BasicAck { delivery_tag: tag, multiple: n > 1 });
+                    self.reply(BasicAck {
+                        delivery_tag: tag,
+                        multiple: n > 1,
+                    });
                 }
-                self.reply(BasicNack { delivery_tag: seq, multiple: false, requeue: false });
+                self.reply(BasicNack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                });
             } else {
                 ack_upto = Some((seq, ack_upto.map_or(1, |(_, n)| n + 1)));
             }
         }
         if let Some((tag, n)) = ack_upto {
-            self.reply(BasicAck { delivery_tag: tag, multiple: n > 1 });
+            self.reply(BasicAck {
+                delivery_tag: tag,
+                multiple: n > 1,
+            });
         }
     }
 
@@ -107,10 +134,17 @@ impl Channel {
         if !name.is_empty() {
             return Ok(name);
         }
-        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
-    pub fn handle(&mut self, cx: &mut Ctx<'_>, method: Method, content: Option<Content>) -> Result<()> {
+    pub fn handle(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        method: Method,
+        content: Option<Content>,
+    ) -> Result<()> {
         let method_is_sync = matches!(method, Method::BasicRecover(_));
         match method {
             Method::BasicPublish(p) => {
@@ -118,14 +152,22 @@ impl Channel {
                 if let Some(ops) = &mut self.tx {
                     // Checked now (as RabbitMQ does), applied at commit.
                     cx.vhost.exchange_for_publish(&p.exchange)?;
-                    ops.push(TxOp::Publish { exchange: p.exchange, routing_key: p.routing_key, mandatory: p.mandatory, content });
+                    ops.push(TxOp::Publish {
+                        exchange: p.exchange,
+                        routing_key: p.routing_key,
+                        mandatory: p.mandatory,
+                        content,
+                    });
                     return Ok(());
                 }
                 self.publish(cx, p.exchange, p.routing_key, p.mandatory, content)
             }
             Method::BasicAck(a) => match &mut self.tx {
                 Some(ops) => {
-                    ops.push(TxOp::Ack { tag: a.delivery_tag, multiple: a.multiple });
+                    ops.push(TxOp::Ack {
+                        tag: a.delivery_tag,
+                        multiple: a.multiple,
+                    });
                     Ok(())
                 }
                 None => self.delivery.ack(a.delivery_tag, a.multiple),
@@ -134,7 +176,10 @@ impl Channel {
             Method::BasicReject(r) => self.nack(r.delivery_tag, false, r.requeue),
             Method::BasicQos(q) => {
                 if q.prefetch_size != 0 {
-                    return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({})", q.prefetch_size)));
+                    return Err(AmqpError::not_implemented(format!(
+                        "prefetch_size!=0 ({})",
+                        q.prefetch_size
+                    )));
                 }
                 self.delivery.set_prefetch(q.prefetch_count, q.global);
                 self.reply(BasicQosOk {});
@@ -144,12 +189,15 @@ impl Channel {
             Method::BasicCancel(c) => {
                 self.delivery.cancel(&c.consumer_tag);
                 if !c.nowait {
-                    self.reply(BasicCancelOk { consumer_tag: c.consumer_tag });
+                    self.reply(BasicCancelOk {
+                        consumer_tag: c.consumer_tag,
+                    });
                 }
                 Ok(())
             }
             Method::BasicGet(g) => self.get(cx, g),
-            Method::BasicRecover(BasicRecover { requeue }) | Method::BasicRecoverAsync(BasicRecoverAsync { requeue }) => {
+            Method::BasicRecover(BasicRecover { requeue })
+            | Method::BasicRecoverAsync(BasicRecoverAsync { requeue }) => {
                 // As RabbitMQ: redelivering to the original consumer is not supported.
                 if !requeue {
                     return Err(AmqpError::not_implemented("requeue=false"));
@@ -195,14 +243,16 @@ impl Channel {
                 Ok(())
             }
             Method::ExchangeBind(b) => {
-                cx.vhost.bind_exchange(&b.destination, &b.source, b.routing_key, b.arguments)?;
+                cx.vhost
+                    .bind_exchange(&b.destination, &b.source, b.routing_key, b.arguments)?;
                 if !b.nowait {
                     self.reply(ExchangeBindOk {});
                 }
                 Ok(())
             }
             Method::ExchangeUnbind(b) => {
-                cx.vhost.unbind_exchange(&b.destination, &b.source, b.routing_key, b.arguments)?;
+                cx.vhost
+                    .unbind_exchange(&b.destination, &b.source, b.routing_key, b.arguments)?;
                 if !b.nowait {
                     self.reply(ExchangeUnbindOk {});
                 }
@@ -227,13 +277,18 @@ impl Channel {
                 }
                 self.last_queue = Some(q.name.clone());
                 if !nowait {
-                    self.reply(QueueDeclareOk { queue: q.name.clone(), message_count: messages, consumer_count: consumers });
+                    self.reply(QueueDeclareOk {
+                        queue: q.name.clone(),
+                        message_count: messages,
+                        consumer_count: consumers,
+                    });
                 }
                 Ok(())
             }
             Method::QueueBind(b) => {
                 let queue = self.queue_name(b.queue)?;
-                cx.vhost.bind_queue(&queue, &b.exchange, b.routing_key, b.arguments, cx.conn_id)?;
+                cx.vhost
+                    .bind_queue(&queue, &b.exchange, b.routing_key, b.arguments, cx.conn_id)?;
                 if !b.nowait {
                     self.reply(QueueBindOk {});
                 }
@@ -241,7 +296,13 @@ impl Channel {
             }
             Method::QueueUnbind(b) => {
                 let queue = self.queue_name(b.queue)?;
-                cx.vhost.unbind_queue(&queue, &b.exchange, b.routing_key, b.arguments, cx.conn_id)?;
+                cx.vhost.unbind_queue(
+                    &queue,
+                    &b.exchange,
+                    b.routing_key,
+                    b.arguments,
+                    cx.conn_id,
+                )?;
                 self.reply(QueueUnbindOk {});
                 Ok(())
             }
@@ -255,7 +316,9 @@ impl Channel {
             }
             Method::QueueDelete(d) => {
                 let queue = self.queue_name(d.queue)?;
-                let n = cx.vhost.delete_queue(&queue, d.if_unused, d.if_empty, cx.conn_id)?;
+                let n = cx
+                    .vhost
+                    .delete_queue(&queue, d.if_unused, d.if_empty, cx.conn_id)?;
                 cx.exclusive_queues.retain(|q| *q != queue);
                 if !d.nowait {
                     self.reply(QueueDeleteOk { message_count: n });
@@ -264,7 +327,9 @@ impl Channel {
             }
             Method::ConfirmSelect(c) => {
                 if self.tx.is_some() {
-                    return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
+                    return Err(AmqpError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    ));
                 }
                 self.confirm = true;
                 if !c.nowait {
@@ -274,35 +339,53 @@ impl Channel {
             }
             Method::TxSelect(_) => {
                 if self.confirm {
-                    return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
+                    return Err(AmqpError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    ));
                 }
                 self.tx.get_or_insert_with(Vec::new);
                 self.reply(TxSelectOk {});
                 Ok(())
             }
             Method::TxCommit(_) => {
-                let ops = self.tx.replace(Vec::new()).ok_or_else(|| AmqpError::precondition("channel is not transactional"))?;
+                let ops = self
+                    .tx
+                    .replace(Vec::new())
+                    .ok_or_else(|| AmqpError::precondition("channel is not transactional"))?;
                 for op in ops {
                     match op {
-                        TxOp::Publish { exchange, routing_key, mandatory, content } => {
-                            self.publish(cx, exchange, routing_key, mandatory, content)?
-                        }
+                        TxOp::Publish {
+                            exchange,
+                            routing_key,
+                            mandatory,
+                            content,
+                        } => self.publish(cx, exchange, routing_key, mandatory, content)?,
                         TxOp::Ack { tag, multiple } => self.delivery.ack(tag, multiple)?,
-                        TxOp::Nack { tag, multiple, requeue } => self.delivery.nack(tag, multiple, requeue)?,
+                        TxOp::Nack {
+                            tag,
+                            multiple,
+                            requeue,
+                        } => self.delivery.nack(tag, multiple, requeue)?,
                     }
                 }
                 self.reply(TxCommitOk {});
                 Ok(())
             }
             Method::TxRollback(_) => {
-                let ops = self.tx.as_mut().ok_or_else(|| AmqpError::precondition("channel is not transactional"))?;
+                let ops = self
+                    .tx
+                    .as_mut()
+                    .ok_or_else(|| AmqpError::precondition("channel is not transactional"))?;
                 ops.clear();
                 self.reply(TxRollbackOk {});
                 Ok(())
             }
             other => Err(AmqpError::new(
                 COMMAND_INVALID,
-                format!("method {} is not valid from a client on a channel", other.name()),
+                format!(
+                    "method {} is not valid from a client on a channel",
+                    other.name()
+                ),
             )),
         }
     }
@@ -310,14 +393,25 @@ impl Channel {
     fn nack(&mut self, tag: u64, multiple: bool, requeue: bool) -> Result<()> {
         match &mut self.tx {
             Some(ops) => {
-                ops.push(TxOp::Nack { tag, multiple, requeue });
+                ops.push(TxOp::Nack {
+                    tag,
+                    multiple,
+                    requeue,
+                });
                 Ok(())
             }
             None => self.delivery.nack(tag, multiple, requeue),
         }
     }
 
-    fn publish(&mut self, cx: &mut Ctx<'_>, exchange: ShortStr, routing_key: ShortStr, mandatory: bool, content: Content) -> Result<()> {
+    fn publish(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        mandatory: bool,
+        content: Content,
+    ) -> Result<()> {
         let x = match &self.last_exchange {
             Some(x) if x.name == exchange && !x.is_deleted() => x.clone(),
             _ => {
@@ -326,7 +420,12 @@ impl Channel {
                 x
             }
         };
-        let msg = Arc::new(Message::new(exchange, routing_key, content.properties, content.body));
+        let msg = Arc::new(Message::new(
+            exchange,
+            routing_key,
+            content.properties,
+            content.body,
+        ));
         let mut queues = std::mem::take(&mut self.route_scratch);
         cx.vhost.route(&x, &msg, &mut queues);
         if queues.is_empty() && mandatory {
@@ -374,17 +473,27 @@ impl Channel {
         let queue_name = self.queue_name(c.queue)?;
         let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
         let tag: ShortStr = if c.consumer_tag.is_empty() {
-            format!("amq.ctag-{}", &warren_broker::vhost::generate_name()["amq.gen-".len()..]).into()
+            format!(
+                "amq.ctag-{}",
+                &warren_broker::vhost::generate_name()["amq.gen-".len()..]
+            )
+            .into()
         } else {
             c.consumer_tag
         };
         let (nowait, n, outbox) = (c.nowait, self.number, cx.outbox.clone());
         let reply_tag = tag.clone();
-        self.delivery.consume(&q, tag, c.no_ack, c.exclusive, &c.arguments, move || {
-            if !nowait {
-                outbox.send(n, BasicConsumeOk { consumer_tag: reply_tag });
-            }
-        })
+        self.delivery
+            .consume(&q, tag, c.no_ack, c.exclusive, &c.arguments, move || {
+                if !nowait {
+                    outbox.send(
+                        n,
+                        BasicConsumeOk {
+                            consumer_tag: reply_tag,
+                        },
+                    );
+                }
+            })
     }
 
     fn get(&mut self, cx: &mut Ctx<'_>, g: BasicGet) -> Result<()> {

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use warren_broker::connections::{CloseHandle, ConnectionEntry};
 use warren_broker::channel::TimedOut;
+use warren_broker::connections::{CloseHandle, ConnectionEntry};
 use warren_broker::persist::SyncState;
 use warren_broker::{AmqpError, Broker, VHost};
 use warren_protocol::constants::*;
@@ -38,10 +38,20 @@ pub struct ConnectionError {
 
 impl ConnectionError {
     pub fn new(code: u16, detail: impl std::fmt::Display) -> Self {
-        ConnectionError { code, text: format!("{} - {}", reply_name(code), detail), class_id: 0, method_id: 0 }
+        ConnectionError {
+            code,
+            text: format!("{} - {}", reply_name(code), detail),
+            class_id: 0,
+            method_id: 0,
+        }
     }
     pub fn from_amqp(e: AmqpError, class_id: u16, method_id: u16) -> Self {
-        ConnectionError { code: e.code, text: e.text, class_id, method_id }
+        ConnectionError {
+            code: e.code,
+            text: e.text,
+            class_id,
+            method_id,
+        }
     }
 }
 
@@ -85,12 +95,20 @@ pub(crate) struct Connection {
 }
 
 /// Runs a connection from accept to close.
-pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, config: Arc<ServerConfig>) {
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: Arc<ServerConfig>,
+) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let (mut rd, mut wr) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let handshake = tokio::time::timeout(config.handshake_timeout, handshake(&mut rd, &mut wr, &mut rbuf, peer, &broker, &config));
+    let handshake = tokio::time::timeout(
+        config.handshake_timeout,
+        handshake(&mut rd, &mut wr, &mut rbuf, peer, &broker, &config),
+    );
     let hs = match handshake.await {
         Ok(Ok(Some(hs))) => hs,
         Ok(Ok(None)) => return,
@@ -110,7 +128,10 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, confi
     let writer = tokio::spawn(write_loop(wr, outbox.clone(), heartbeat.clone()));
     outbox.send(0, ConnectionOpenOk::default());
 
-    let closer = Arc::new(Closer { wake: Notify::new(), reason: Mutex::new(None) });
+    let closer = Arc::new(Closer {
+        wake: Notify::new(),
+        reason: Mutex::new(None),
+    });
     let name = format!("{} -> {}", peer, local);
     let entry = Arc::new(ConnectionEntry {
         id,
@@ -199,13 +220,19 @@ fn server_properties() -> FieldTable {
     p.insert("version", VERSION);
     p.insert("platform", "Rust");
     p.insert("copyright", "Warren contributors");
-    p.insert("information", "A RabbitMQ-compatible AMQP 0-9-1 broker, see https://www.rabbitmq.com/docs");
+    p.insert(
+        "information",
+        "A RabbitMQ-compatible AMQP 0-9-1 broker, see https://www.rabbitmq.com/docs",
+    );
     p.insert("cluster_name", "warren");
     p.insert("capabilities", caps);
     p
 }
 
-async fn write_frames(wr: &mut OwnedWriteHalf, f: impl FnOnce(&mut BytesMut)) -> std::io::Result<()> {
+async fn write_frames(
+    wr: &mut OwnedWriteHalf,
+    f: impl FnOnce(&mut BytesMut),
+) -> std::io::Result<()> {
     let mut b = BytesMut::new();
     f(&mut b);
     wr.write_all(&b).await
@@ -217,17 +244,30 @@ async fn send_method(wr: &mut OwnedWriteHalf, m: impl Into<Method>) -> std::io::
 }
 
 /// Reads frames until one complete method on channel 0 arrives.
-async fn next_method(rd: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> Result<Method, ConnectionError> {
+async fn next_method(
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+) -> Result<Method, ConnectionError> {
     loop {
         match parse_frame(rbuf, FRAME_MIN_SIZE.max(131072)) {
-            Ok(Some(Frame { kind: FRAME_HEARTBEAT, .. })) => continue,
-            Ok(Some(Frame { kind: FRAME_METHOD, channel: 0, payload })) => {
+            Ok(Some(Frame {
+                kind: FRAME_HEARTBEAT,
+                ..
+            })) => continue,
+            Ok(Some(Frame {
+                kind: FRAME_METHOD,
+                channel: 0,
+                payload,
+            })) => {
                 return Method::decode(payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e));
             }
             Ok(Some(f)) => {
                 return Err(ConnectionError::new(
                     COMMAND_INVALID,
-                    format!("unexpected frame type {} on channel {} during the handshake", f.kind, f.channel),
+                    format!(
+                        "unexpected frame type {} on channel {} during the handshake",
+                        f.kind, f.channel
+                    ),
                 ))
             }
             Ok(None) => {}
@@ -235,7 +275,12 @@ async fn next_method(rd: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> Result<Meth
         }
         rbuf.reserve(4096);
         match rd.read_buf(rbuf).await {
-            Ok(0) | Err(_) => return Err(ConnectionError::new(CONNECTION_FORCED, "socket closed during handshake")),
+            Ok(0) | Err(_) => {
+                return Err(ConnectionError::new(
+                    CONNECTION_FORCED,
+                    "socket closed during handshake",
+                ))
+            }
             Ok(_) => {}
         }
     }
@@ -292,7 +337,11 @@ async fn handshake(
             Some(FieldValue::Table(t)) => t.clone(),
             _ => FieldTable::new(),
         };
-        let cap = |name: &str| caps.get(name).and_then(FieldValue::as_bool).unwrap_or(false);
+        let cap = |name: &str| {
+            caps.get(name)
+                .and_then(FieldValue::as_bool)
+                .unwrap_or(false)
+        };
         let (user, pass) = parse_credentials(&start_ok.mechanism, start_ok.response.as_bytes())?;
         let loopback = peer.ip().is_loopback() && !config.peers_are_remote;
         if let Err(e) = broker.authenticate(&user, &pass, loopback) {
@@ -302,7 +351,11 @@ async fn handshake(
             }
             return Err(ConnectionError::new(0, "authentication failed"));
         }
-        Ok((user, cap("consumer_cancel_notify"), start_ok.client_properties))
+        Ok((
+            user,
+            cap("consumer_cancel_notify"),
+            start_ok.client_properties,
+        ))
     }
     .await;
     let (user, cancel_notify, client_props) = match result {
@@ -311,7 +364,12 @@ async fn handshake(
             if e.code != 0 {
                 let _ = send_method(
                     wr,
-                    ConnectionClose { reply_code: e.code, reply_text: e.text.into(), class_id: e.class_id, method_id: e.method_id },
+                    ConnectionClose {
+                        reply_code: e.code,
+                        reply_text: e.text.into(),
+                        class_id: e.class_id,
+                        method_id: e.method_id,
+                    },
                 )
                 .await;
             }
@@ -322,20 +380,30 @@ async fn handshake(
 
     send_method(
         wr,
-        ConnectionTune { channel_max: config.channel_max, frame_max: config.frame_max, heartbeat: config.heartbeat },
+        ConnectionTune {
+            channel_max: config.channel_max,
+            frame_max: config.frame_max,
+            heartbeat: config.heartbeat,
+        },
     )
     .await?;
     let result = async {
         let tune_ok = match next_method(rd, rbuf).await? {
             Method::ConnectionTuneOk(t) => t,
             other => {
-                return Err(ConnectionError::new(COMMAND_INVALID, format!("expected connection.tune_ok, got {}", other.name())))
+                return Err(ConnectionError::new(
+                    COMMAND_INVALID,
+                    format!("expected connection.tune_ok, got {}", other.name()),
+                ))
             }
         };
         let frame_max = match tune_ok.frame_max {
             0 => config.frame_max,
             f if f < FRAME_MIN_SIZE => {
-                return Err(ConnectionError::new(NOT_ALLOWED, format!("frame_max={f} < {FRAME_MIN_SIZE} min size")))
+                return Err(ConnectionError::new(
+                    NOT_ALLOWED,
+                    format!("frame_max={f} < {FRAME_MIN_SIZE} min size"),
+                ))
             }
             f if f > config.frame_max => {
                 return Err(ConnectionError::new(
@@ -352,11 +420,17 @@ async fn handshake(
         let open = match next_method(rd, rbuf).await? {
             Method::ConnectionOpen(o) => o,
             other => {
-                return Err(ConnectionError::new(COMMAND_INVALID, format!("expected connection.open, got {}", other.name())))
+                return Err(ConnectionError::new(
+                    COMMAND_INVALID,
+                    format!("expected connection.open, got {}", other.name()),
+                ))
             }
         };
         let vhost = broker.vhost(&open.virtual_host).ok_or_else(|| {
-            ConnectionError::new(NOT_ALLOWED, format!("vhost '{}' not found", open.virtual_host.as_str()))
+            ConnectionError::new(
+                NOT_ALLOWED,
+                format!("vhost '{}' not found", open.virtual_host.as_str()),
+            )
         })?;
         Ok((frame_max, channel_max, tune_ok.heartbeat, vhost))
     }
@@ -378,7 +452,12 @@ async fn handshake(
             tracing::warn!(%peer, "closing connection: {}", e.text);
             let _ = send_method(
                 wr,
-                ConnectionClose { reply_code: e.code, reply_text: e.text.into(), class_id: e.class_id, method_id: e.method_id },
+                ConnectionClose {
+                    reply_code: e.code,
+                    reply_text: e.text.into(),
+                    class_id: e.class_id,
+                    method_id: e.method_id,
+                },
             )
             .await;
             let _ = wr.shutdown().await;
@@ -388,7 +467,10 @@ async fn handshake(
 }
 
 /// Username and password from a PLAIN or AMQPLAIN response.
-fn parse_credentials(mechanism: &str, response: &[u8]) -> Result<(String, String), ConnectionError> {
+fn parse_credentials(
+    mechanism: &str,
+    response: &[u8],
+) -> Result<(String, String), ConnectionError> {
     let bad = || ConnectionError::new(ACCESS_REFUSED, format!("malformed {mechanism} response"));
     match mechanism {
         "PLAIN" => {
@@ -396,7 +478,10 @@ fn parse_credentials(mechanism: &str, response: &[u8]) -> Result<(String, String
             let _authzid = parts.next().ok_or_else(bad)?;
             let user = parts.next().ok_or_else(bad)?;
             let pass = parts.next().ok_or_else(bad)?;
-            Ok((String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned()))
+            Ok((
+                String::from_utf8_lossy(user).into_owned(),
+                String::from_utf8_lossy(pass).into_owned(),
+            ))
         }
         "AMQPLAIN" => {
             // A field table's entries without the table's own length prefix.
@@ -404,17 +489,30 @@ fn parse_credentials(mechanism: &str, response: &[u8]) -> Result<(String, String
             framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
             framed.extend_from_slice(response);
             let mut r = warren_protocol::codec::Reader::new(framed.freeze());
-            let t = <FieldTable as warren_protocol::codec::Field>::read(&mut r).map_err(|_| bad())?;
-            let get = |k: &str| t.get(k).and_then(FieldValue::as_str).map(str::to_string).ok_or_else(bad);
+            let t =
+                <FieldTable as warren_protocol::codec::Field>::read(&mut r).map_err(|_| bad())?;
+            let get = |k: &str| {
+                t.get(k)
+                    .and_then(FieldValue::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(bad)
+            };
             Ok((get("LOGIN")?, get("PASSWORD")?))
         }
-        other => Err(ConnectionError::new(COMMAND_INVALID, format!("unknown authentication mechanism '{other}'"))),
+        other => Err(ConnectionError::new(
+            COMMAND_INVALID,
+            format!("unknown authentication mechanism '{other}'"),
+        )),
     }
 }
 
 /// Drains the outbox into the socket; sends heartbeats when idle. Returns the write half so
 /// the caller decides when the socket closes.
-async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>, heartbeat: Arc<AtomicU32>) -> OwnedWriteHalf {
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    heartbeat: Arc<AtomicU32>,
+) -> OwnedWriteHalf {
     let mut spare = BytesMut::with_capacity(64 * 1024);
     loop {
         outbox.take(&mut spare);
@@ -539,7 +637,10 @@ impl Connection {
     }
 
     fn sync_state(&self) -> SyncState {
-        self.synced.as_ref().map(|s| *s.borrow()).unwrap_or_default()
+        self.synced
+            .as_ref()
+            .map(|s| *s.borrow())
+            .unwrap_or_default()
     }
 
     fn flush_confirms(&mut self) {
@@ -548,7 +649,12 @@ impl Connection {
     }
 
     fn awaiting_sync(&self) -> bool {
-        self.synced.is_some() && self.channels.iter().flatten().any(|c| c.has_pending_confirms())
+        self.synced.is_some()
+            && self
+                .channels
+                .iter()
+                .flatten()
+                .any(|c| c.has_pending_confirms())
     }
 
     /// Resolves when the group commit advances (never, without persistence).
@@ -570,9 +676,14 @@ impl Connection {
                 return Some("no connection.close_ok from client".into());
             }
         }
-        if self.heartbeat > 0 && now - self.last_recv > Duration::from_secs(2 * self.heartbeat as u64) {
+        if self.heartbeat > 0
+            && now - self.last_recv > Duration::from_secs(2 * self.heartbeat as u64)
+        {
             tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
-            return Some(format!("missed heartbeats from client, timeout: {}s", self.heartbeat));
+            return Some(format!(
+                "missed heartbeats from client, timeout: {}s",
+                self.heartbeat
+            ));
         }
         let expired: Vec<(u16, TimedOut)> = self
             .channels
@@ -597,7 +708,15 @@ impl Connection {
                          This timeout value can be configured, see consumers doc guide to learn more"
                     );
                     tracing::warn!(peer = %self.peer, "{text}");
-                    self.channel_error(n, AmqpError { code: PRECONDITION_FAILED, text }, 0, 0);
+                    self.channel_error(
+                        n,
+                        AmqpError {
+                            code: PRECONDITION_FAILED,
+                            text,
+                        },
+                        0,
+                        0,
+                    );
                 }
             }
         }
@@ -617,7 +736,9 @@ impl Connection {
         if let Some(_since) = self.closing_since {
             // After connection.close only close-ok (or the client's own close) matters.
             if frame.kind == FRAME_METHOD && frame.channel == 0 {
-                if let Ok(Method::ConnectionCloseOk(_) | Method::ConnectionClose(_)) = Method::decode(frame.payload) {
+                if let Ok(Method::ConnectionCloseOk(_) | Method::ConnectionClose(_)) =
+                    Method::decode(frame.payload)
+                {
                     self.done = true;
                 }
             }
@@ -625,24 +746,35 @@ impl Connection {
         }
         if frame.channel == 0 {
             if frame.kind != FRAME_METHOD {
-                return Err(ConnectionError::new(UNEXPECTED_FRAME, format!("frame of type {} on channel 0", frame.kind)));
+                return Err(ConnectionError::new(
+                    UNEXPECTED_FRAME,
+                    format!("frame of type {} on channel 0", frame.kind),
+                ));
             }
-            let m = Method::decode(frame.payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e))?;
+            let m =
+                Method::decode(frame.payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e))?;
             return self.handle_connection_method(m);
         }
         let n = frame.channel;
         if n > self.channel_max {
             return Err(ConnectionError::new(
                 CHANNEL_ERROR,
-                format!("channel number {n} is above the negotiated channel_max {}", self.channel_max),
+                format!(
+                    "channel number {n} is above the negotiated channel_max {}",
+                    self.channel_max
+                ),
             ));
         }
         let open = self.channels.get(n as usize).is_some_and(Option::is_some);
         if !open {
             if frame.kind != FRAME_METHOD {
-                return Err(ConnectionError::new(CHANNEL_ERROR, "expected 'channel.open'"));
+                return Err(ConnectionError::new(
+                    CHANNEL_ERROR,
+                    "expected 'channel.open'",
+                ));
             }
-            let m = Method::decode(frame.payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e))?;
+            let m =
+                Method::decode(frame.payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e))?;
             return match m {
                 Method::ChannelOpen(_) => {
                     self.open_channel(n);
@@ -650,7 +782,10 @@ impl Connection {
                 }
                 // A late close-ok for a channel already gone is harmless.
                 Method::ChannelCloseOk(_) => Ok(()),
-                _ => Err(ConnectionError::new(CHANNEL_ERROR, "expected 'channel.open'")),
+                _ => Err(ConnectionError::new(
+                    CHANNEL_ERROR,
+                    "expected 'channel.open'",
+                )),
             };
         }
         let max_body = self.config.max_message_size;
@@ -671,16 +806,32 @@ impl Connection {
             Ok(Some(cmd)) => cmd,
             Ok(None) => return Ok(()),
             Err(e) if e.code == PRECONDITION_FAILED => {
-                self.channel_error(n, AmqpError { code: e.code, text: e.text }, e.class_id, e.method_id);
+                self.channel_error(
+                    n,
+                    AmqpError {
+                        code: e.code,
+                        text: e.text,
+                    },
+                    e.class_id,
+                    e.method_id,
+                );
                 return Ok(());
             }
             Err(e) => {
-                return Err(ConnectionError { code: e.code, text: e.text, class_id: e.class_id, method_id: e.method_id })
+                return Err(ConnectionError {
+                    code: e.code,
+                    text: e.text,
+                    class_id: e.class_id,
+                    method_id: e.method_id,
+                })
             }
         };
         let (class_id, method_id) = (cmd.method.class_id(), cmd.method.method_id());
         match cmd.method {
-            Method::ChannelOpen(_) => Err(ConnectionError::new(CHANNEL_ERROR, "second 'channel.open' seen")),
+            Method::ChannelOpen(_) => Err(ConnectionError::new(
+                CHANNEL_ERROR,
+                "second 'channel.open' seen",
+            )),
             Method::ChannelClose(_) => {
                 self.outbox.send(n, ChannelCloseOk {});
                 self.remove_channel(n);
@@ -699,7 +850,9 @@ impl Connection {
                 let ch = self.channels[n as usize].as_mut().expect("checked open");
                 match ch.handle(&mut ctx, method, cmd.content) {
                     Ok(()) => Ok(()),
-                    Err(e) if e.is_connection_error() => Err(ConnectionError::from_amqp(e, class_id, method_id)),
+                    Err(e) if e.is_connection_error() => {
+                        Err(ConnectionError::from_amqp(e, class_id, method_id))
+                    }
                     Err(e) => {
                         self.channel_error(n, e, class_id, method_id);
                         Ok(())
@@ -729,7 +882,10 @@ impl Connection {
             }
             other => Err(ConnectionError {
                 code: COMMAND_INVALID,
-                text: format!("COMMAND_INVALID - unexpected method {} on channel 0", other.name()),
+                text: format!(
+                    "COMMAND_INVALID - unexpected method {} on channel 0",
+                    other.name()
+                ),
                 class_id: other.class_id(),
                 method_id: other.method_id(),
             }),
@@ -741,7 +897,12 @@ impl Connection {
         if self.channels.len() <= idx {
             self.channels.resize_with(idx + 1, || None);
         }
-        let ch = Channel::new(n, self.id, self.outbox.clone(), self.config.consumer_timeout);
+        let ch = Channel::new(
+            n,
+            self.id,
+            self.outbox.clone(),
+            self.config.consumer_timeout,
+        );
         self.entry.channels.lock().push(ch.delivery.clone());
         self.channels[idx] = Some(Box::new(ch));
         self.outbox.send(n, ChannelOpenOk::default());
@@ -750,18 +911,31 @@ impl Connection {
     fn remove_channel(&mut self, n: u16) {
         if let Some(Some(ch)) = self.channels.get_mut(n as usize).map(Option::take) {
             ch.delivery.close();
-            self.entry.channels.lock().retain(|c| !Arc::ptr_eq(c, &ch.delivery));
+            self.entry
+                .channels
+                .lock()
+                .retain(|c| !Arc::ptr_eq(c, &ch.delivery));
         }
     }
 
     /// Closes a channel with an error: channel.close to the client, and its unacked messages
     /// go back to their queues now (not when close-ok arrives).
     pub(crate) fn channel_error(&mut self, n: u16, e: AmqpError, class_id: u16, method_id: u16) {
-        let Some(Some(ch)) = self.channels.get_mut(n as usize) else { return };
+        let Some(Some(ch)) = self.channels.get_mut(n as usize) else {
+            return;
+        };
         tracing::debug!(peer = %self.peer, channel = n, "channel error: {}", e.text);
         ch.closing = true;
         ch.delivery.close();
-        self.outbox.send(n, ChannelClose { reply_code: e.code, reply_text: truncate(e.text), class_id, method_id });
+        self.outbox.send(
+            n,
+            ChannelClose {
+                reply_code: e.code,
+                reply_text: truncate(e.text),
+                class_id,
+                method_id,
+            },
+        );
     }
 
     fn connection_error(&mut self, e: ConnectionError) {
@@ -771,7 +945,15 @@ impl Connection {
 
     fn send_close(&mut self, code: u16, text: String, class_id: u16, method_id: u16) {
         self.close_all_channels();
-        self.outbox.send(0, ConnectionClose { reply_code: code, reply_text: truncate(text), class_id, method_id });
+        self.outbox.send(
+            0,
+            ConnectionClose {
+                reply_code: code,
+                reply_text: truncate(text),
+                class_id,
+                method_id,
+            },
+        );
         self.closing_since = Some(Instant::now());
     }
 

@@ -64,7 +64,12 @@ pub enum ConsumerTimeoutAction {
 
 /// Accepts connections until `shutdown` turns true, then closes every connection with
 /// 320 CONNECTION_FORCED.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: Arc<ServerConfig>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: Arc<ServerConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -82,7 +82,9 @@ impl Outbox {
 
     /// Called by the writer after a write: resumes consumers that were held back.
     pub fn drained(&self) {
-        if self.pending.load(Ordering::Relaxed) < LOW_WATER && self.wants_resume.swap(false, Ordering::AcqRel) {
+        if self.pending.load(Ordering::Relaxed) < LOW_WATER
+            && self.wants_resume.swap(false, Ordering::AcqRel)
+        {
             self.wake_resume.notify_one();
         }
     }
@@ -98,7 +100,14 @@ impl Outbox {
 }
 
 impl DeliveryWriter for Outbox {
-    fn deliver(&self, channel: u16, consumer_tag: &str, delivery_tag: u64, redelivered: bool, msg: &Message) {
+    fn deliver(
+        &self,
+        channel: u16,
+        consumer_tag: &str,
+        delivery_tag: u64,
+        redelivered: bool,
+        msg: &Message,
+    ) {
         let frame_max = self.frame_max();
         self.write(|b| {
             write_deliver(
@@ -118,7 +127,13 @@ impl DeliveryWriter for Outbox {
 
     fn cancel(&self, channel: u16, consumer_tag: &str) {
         if self.cancel_notify.load(Ordering::Relaxed) {
-            self.send(channel, BasicCancel { consumer_tag: consumer_tag.into(), nowait: true });
+            self.send(
+                channel,
+                BasicCancel {
+                    consumer_tag: consumer_tag.into(),
+                    nowait: true,
+                },
+            );
         }
     }
 

@@ -7,21 +7,36 @@ use std::path::Path;
 
 /// Every key the file accepts, with what it takes (shown in errors and `--help`).
 pub const KEYS: &[(&str, &str)] = &[
-    ("listeners.tcp.default", "AMQP listener: a port (on 127.0.0.1) or ip:port"),
+    (
+        "listeners.tcp.default",
+        "AMQP listener: a port (on 127.0.0.1) or ip:port",
+    ),
     ("management.tcp.port", "management API port"),
     ("management.tcp.ip", "management API address"),
     ("data_dir", "data directory (definitions and messages)"),
     ("default_user", "user created on first start"),
     ("default_pass", "password of default_user"),
     ("default_vhost", "vhost created on first start"),
-    ("loopback_users", "'none' lets default_user connect from anywhere; or a user name"),
+    (
+        "loopback_users",
+        "'none' lets default_user connect from anywhere; or a user name",
+    ),
     ("heartbeat", "heartbeat timeout in seconds (0 disables)"),
     ("frame_max", "largest frame in bytes (4096..=1048576)"),
     ("channel_max", "most channels per connection (1..=65535)"),
     ("max_message_size", "largest message body in bytes"),
-    ("handshake_timeout", "milliseconds a new connection has to complete the AMQP handshake"),
-    ("consumer_timeout", "delivery-acknowledgement timeout in milliseconds (0 disables)"),
-    ("consumer_timeout_action", "close_channel (as RabbitMQ) or cancel_consumer"),
+    (
+        "handshake_timeout",
+        "milliseconds a new connection has to complete the AMQP handshake",
+    ),
+    (
+        "consumer_timeout",
+        "delivery-acknowledgement timeout in milliseconds (0 disables)",
+    ),
+    (
+        "consumer_timeout_action",
+        "close_channel (as RabbitMQ) or cancel_consumer",
+    ),
     ("log.console.level", "error, warning, info, debug"),
     ("log.console.formatter", "plaintext or json"),
 ];
@@ -33,7 +48,8 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -50,10 +66,17 @@ impl ConfigFile {
                 .ok_or_else(|| format!("line {n}: expected `key = value`, got `{line}`"))?;
             let (k, v) = (k.trim(), v.trim());
             // rabbitmq.conf's loopback_users.<name> = false form.
-            let key = if k.starts_with("loopback_users.") { "loopback_users" } else { k };
+            let key = if k.starts_with("loopback_users.") {
+                "loopback_users"
+            } else {
+                k
+            };
             if !KEYS.iter().any(|(name, _)| *name == key) {
                 let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
-                return Err(format!("line {n}: unknown key '{k}'; known keys: {}", known.join(", ")));
+                return Err(format!(
+                    "line {n}: unknown key '{k}'; known keys: {}",
+                    known.join(", ")
+                ));
             }
             let v = if key == "loopback_users" && k != key {
                 // loopback_users.guest = false removes guest from the loopback-only list.
@@ -76,9 +99,15 @@ impl ConfigFile {
 
     /// A typed value; a bad one names the line, the key and what it takes.
     pub fn parse_value<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, String> {
-        let Some((line, v)) = self.values.get(key) else { return Ok(None) };
+        let Some((line, v)) = self.values.get(key) else {
+            return Ok(None);
+        };
         v.parse().map(Some).map_err(|_| {
-            let what = KEYS.iter().find(|(k, _)| *k == key).map(|(_, w)| *w).unwrap_or("");
+            let what = KEYS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, w)| *w)
+                .unwrap_or("");
             format!("line {line}: bad value '{v}' for '{key}': expected {what}")
         })
     }
@@ -93,11 +122,14 @@ impl ConfigFile {
 
 /// The help text's list of keys.
 pub fn keys_help() -> String {
-    let mut s = String::from("Config file keys (warren.conf, rabbitmq.conf style `key = value`):\n");
+    let mut s =
+        String::from("Config file keys (warren.conf, rabbitmq.conf style `key = value`):\n");
     for (k, what) in KEYS {
         s.push_str(&format!("  {k:<26} {what}\n"));
     }
-    s.push_str("Precedence: command-line flags > WARREN_* environment variables > config file > defaults.");
+    s.push_str(
+        "Precedence: command-line flags > WARREN_* environment variables > config file > defaults.",
+    );
     s
 }
 
@@ -107,7 +139,8 @@ mod tests {
 
     #[test]
     fn parses_rabbitmq_style_lines() {
-        let c = ConfigFile::parse("# comment\nheartbeat = 30\nloopback_users.guest = false\n").unwrap();
+        let c =
+            ConfigFile::parse("# comment\nheartbeat = 30\nloopback_users.guest = false\n").unwrap();
         assert_eq!(c.parse_value::<u16>("heartbeat").unwrap(), Some(30));
         assert_eq!(c.get("loopback_users"), Some("none"));
     }
@@ -118,6 +151,9 @@ mod tests {
         assert!(e.starts_with("line 2: unknown key 'hartbeat'"), "{e}");
         let c = ConfigFile::parse("\nframe_max = lots\n").unwrap();
         let e = c.parse_value::<u32>("frame_max").unwrap_err();
-        assert!(e.contains("line 2") && e.contains("frame_max") && e.contains("largest frame"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("frame_max") && e.contains("largest frame"),
+            "{e}"
+        );
     }
 }

@@ -80,14 +80,18 @@ struct Settings {
 fn settings(args: Args) -> Result<Settings, String> {
     let file = match &args.config {
         Some(p) => ConfigFile::load(p)?,
-        None if std::path::Path::new("warren.conf").exists() => ConfigFile::load(std::path::Path::new("warren.conf"))?,
+        None if std::path::Path::new("warren.conf").exists() => {
+            ConfigFile::load(std::path::Path::new("warren.conf"))?
+        }
         None => ConfigFile::default(),
     };
     let listen = match (args.listen, file.get("listeners.tcp.default")) {
         (Some(a), _) => a,
         (None, Some(v)) => match v.parse::<u16>() {
             Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-            Err(_) => v.parse().map_err(|_| file.error("listeners.tcp.default", "expected a port or ip:port"))?,
+            Err(_) => v
+                .parse()
+                .map_err(|_| file.error("listeners.tcp.default", "expected a port or ip:port"))?,
         },
         (None, None) => "127.0.0.1:5672".parse().expect("valid default"),
     };
@@ -95,19 +99,32 @@ fn settings(args: Args) -> Result<Settings, String> {
         Some(a) => a,
         None => {
             let ip = file.get("management.tcp.ip").unwrap_or("127.0.0.1");
-            let port = file.parse_value::<u16>("management.tcp.port")?.unwrap_or(15672);
-            format!("{ip}:{port}").parse().map_err(|_| file.error("management.tcp.ip", "expected an IP address"))?
+            let port = file
+                .parse_value::<u16>("management.tcp.port")?
+                .unwrap_or(15672);
+            format!("{ip}:{port}")
+                .parse()
+                .map_err(|_| file.error("management.tcp.ip", "expected an IP address"))?
         }
     };
     let mut broker = warren_broker::BrokerConfig::default();
-    if let Some(u) = args.default_user.or(file.get("default_user").map(str::to_string)) {
+    if let Some(u) = args
+        .default_user
+        .or(file.get("default_user").map(str::to_string))
+    {
         broker.loopback_users = vec![u.clone()];
         broker.default_user = u;
     }
-    if let Some(p) = args.default_pass.or(file.get("default_pass").map(str::to_string)) {
+    if let Some(p) = args
+        .default_pass
+        .or(file.get("default_pass").map(str::to_string))
+    {
         broker.default_pass = p;
     }
-    if let Some(v) = args.default_vhost.or(file.get("default_vhost").map(str::to_string)) {
+    if let Some(v) = args
+        .default_vhost
+        .or(file.get("default_vhost").map(str::to_string))
+    {
         broker.default_vhost = v;
     }
     match file.get("loopback_users") {
@@ -116,25 +133,48 @@ fn settings(args: Args) -> Result<Settings, String> {
         None => {}
     }
     let d = warren_server::ServerConfig::default();
-    let frame_max = args.frame_max.or(file.parse_value("frame_max")?).unwrap_or(d.frame_max);
+    let frame_max = args
+        .frame_max
+        .or(file.parse_value("frame_max")?)
+        .unwrap_or(d.frame_max);
     if !(4096..=1_048_576).contains(&frame_max) {
         return Err(file.error("frame_max", "must be between 4096 and 1048576"));
     }
-    let channel_max = args.channel_max.or(file.parse_value("channel_max")?).unwrap_or(d.channel_max);
+    let channel_max = args
+        .channel_max
+        .or(file.parse_value("channel_max")?)
+        .unwrap_or(d.channel_max);
     if channel_max == 0 {
         return Err(file.error("channel_max", "must be at least 1"));
     }
-    let timeout_ms = args.consumer_timeout.or(file.parse_value("consumer_timeout")?).unwrap_or(1_800_000);
-    let action = match args.consumer_timeout_action.as_deref().or(file.get("consumer_timeout_action")) {
+    let timeout_ms = args
+        .consumer_timeout
+        .or(file.parse_value("consumer_timeout")?)
+        .unwrap_or(1_800_000);
+    let action = match args
+        .consumer_timeout_action
+        .as_deref()
+        .or(file.get("consumer_timeout_action"))
+    {
         None | Some("close_channel") => ConsumerTimeoutAction::CloseChannel,
         Some("cancel_consumer") => ConsumerTimeoutAction::Cancel,
-        Some(_) => return Err(file.error("consumer_timeout_action", "expected close_channel or cancel_consumer")),
+        Some(_) => {
+            return Err(file.error(
+                "consumer_timeout_action",
+                "expected close_channel or cancel_consumer",
+            ))
+        }
     };
     let server = warren_server::ServerConfig {
-        heartbeat: args.heartbeat.or(file.parse_value("heartbeat")?).unwrap_or(d.heartbeat),
+        heartbeat: args
+            .heartbeat
+            .or(file.parse_value("heartbeat")?)
+            .unwrap_or(d.heartbeat),
         frame_max,
         channel_max,
-        max_message_size: file.parse_value("max_message_size")?.unwrap_or(d.max_message_size),
+        max_message_size: file
+            .parse_value("max_message_size")?
+            .unwrap_or(d.max_message_size),
         handshake_timeout: file
             .parse_value::<u64>("handshake_timeout")?
             .map(Duration::from_millis)
@@ -143,17 +183,26 @@ fn settings(args: Args) -> Result<Settings, String> {
         consumer_timeout_action: action,
         peers_are_remote: false,
     };
-    let log_level = args.log_level.or(file.get("log.console.level").map(|l| if l == "warning" { "warn" } else { l }.to_string()));
+    let log_level = args.log_level.or(file
+        .get("log.console.level")
+        .map(|l| if l == "warning" { "warn" } else { l }.to_string()));
     let log_json = args.log_json || file.get("log.console.formatter") == Some("json");
     Ok(Settings {
         listen,
         mgmt_listen,
-        data_dir: args.data_dir.or(file.get("data_dir").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("warren-data")),
+        data_dir: args
+            .data_dir
+            .or(file.get("data_dir").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("warren-data")),
         broker,
         server,
         log_level: log_level.unwrap_or_else(|| "info".into()),
         log_json,
-        workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        workers: args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
     })
 }
 
@@ -166,28 +215,49 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(64);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&s.log_level).context("invalid log level")?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&s.log_level).context("invalid log level")?;
     if s.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(s.workers).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(s.workers)
+        .enable_all()
+        .build()?;
     rt.block_on(run(s))
 }
 
 async fn run(s: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&s.data_dir)
-        .with_context(|| format!("cannot create data directory {}; choose another with --data-dir", s.data_dir.display()))?;
-    let persistence = warren_broker::persist::Persistence::new(&s.data_dir, warren_store::FileBackend::shared());
-    let broker = warren_broker::Broker::open(s.broker.clone(), persistence)
-        .map_err(|e| anyhow::anyhow!("cannot load the data directory {}: {e}", s.data_dir.display()))?;
+    std::fs::create_dir_all(&s.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}; choose another with --data-dir",
+            s.data_dir.display()
+        )
+    })?;
+    let persistence =
+        warren_broker::persist::Persistence::new(&s.data_dir, warren_store::FileBackend::shared());
+    let broker = warren_broker::Broker::open(s.broker.clone(), persistence).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot load the data directory {}: {e}",
+            s.data_dir.display()
+        )
+    })?;
     let listener = TcpListener::bind(s.listen).await.with_context(|| {
         format!("cannot listen on {}; is another broker running there? Use --listen to pick another address", s.listen)
     })?;
     tracing::info!(listen = %s.listen, data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(warren_server::serve(listener, broker.clone(), Arc::new(s.server), stop_rx.clone()));
+    let server = tokio::spawn(warren_server::serve(
+        listener,
+        broker.clone(),
+        Arc::new(s.server),
+        stop_rx.clone(),
+    ));
     let _ = s.mgmt_listen;
     shutdown_signal().await;
     tracing::info!("stopping: closing connections (a second signal exits at once)");

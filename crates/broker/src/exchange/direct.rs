@@ -19,7 +19,9 @@ impl DirectTable {
         true
     }
     pub fn unbind(&mut self, b: &Binding) -> bool {
-        let Some(list) = self.by_key.get_mut(b.routing_key.as_str()) else { return false };
+        let Some(list) = self.by_key.get_mut(b.routing_key.as_str()) else {
+            return false;
+        };
         let before = list.len();
         list.retain(|x| !x.same(b));
         let removed = list.len() != before;

@@ -27,7 +27,12 @@ impl HeadersTable {
     pub fn route(&self, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
         let empty = FieldTable::new();
         let headers = headers.unwrap_or(&empty);
-        out.extend(self.list.iter().filter(|b| headers_match(&b.arguments, headers)).map(|b| b.destination.clone()));
+        out.extend(
+            self.list
+                .iter()
+                .filter(|b| headers_match(&b.arguments, headers))
+                .map(|b| b.destination.clone()),
+        );
     }
     pub fn bindings(&self) -> Vec<Binding> {
         self.list.clone()
@@ -40,14 +45,19 @@ impl HeadersTable {
 /// Whether message `headers` satisfy binding `args`. A binding argument with a void value
 /// matches on the header's presence alone.
 pub fn headers_match(args: &FieldTable, headers: &FieldTable) -> bool {
-    let mode = args.get("x-match").and_then(FieldValue::as_str).unwrap_or("all");
+    let mode = args
+        .get("x-match")
+        .and_then(FieldValue::as_str)
+        .unwrap_or("all");
     let (any, with_x) = match mode {
         "any" => (true, false),
         "any-with-x" => (true, true),
         "all-with-x" => (false, true),
         _ => (false, false),
     };
-    let mut considered = args.iter().filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.starts_with("x-")));
+    let mut considered = args
+        .iter()
+        .filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.starts_with("x-")));
     let entry_matches = |(k, v): (&warren_protocol::ShortStr, &FieldValue)| match headers.get(k) {
         None => false,
         Some(_) if *v == FieldValue::Void => true,
@@ -75,14 +85,35 @@ mod tests {
     #[test]
     fn all_and_any() {
         let h = table(&[("format", "pdf"), ("type", "report")]);
-        assert!(headers_match(&table(&[("x-match", "all"), ("format", "pdf"), ("type", "report")]), &h));
-        assert!(!headers_match(&table(&[("x-match", "all"), ("format", "pdf"), ("type", "log")]), &h));
-        assert!(headers_match(&table(&[("x-match", "any"), ("format", "zip"), ("type", "report")]), &h));
-        assert!(!headers_match(&table(&[("x-match", "any"), ("format", "zip")]), &h));
+        assert!(headers_match(
+            &table(&[("x-match", "all"), ("format", "pdf"), ("type", "report")]),
+            &h
+        ));
+        assert!(!headers_match(
+            &table(&[("x-match", "all"), ("format", "pdf"), ("type", "log")]),
+            &h
+        ));
+        assert!(headers_match(
+            &table(&[("x-match", "any"), ("format", "zip"), ("type", "report")]),
+            &h
+        ));
+        assert!(!headers_match(
+            &table(&[("x-match", "any"), ("format", "zip")]),
+            &h
+        ));
         // x- arguments are ignored unless -with-x.
         let hx = table(&[("x-id", "1")]);
-        assert!(headers_match(&table(&[("x-match", "all"), ("x-id", "2")]), &hx));
-        assert!(!headers_match(&table(&[("x-match", "all-with-x"), ("x-id", "2")]), &hx));
-        assert!(headers_match(&table(&[("x-match", "any-with-x"), ("x-id", "1")]), &hx));
+        assert!(headers_match(
+            &table(&[("x-match", "all"), ("x-id", "2")]),
+            &hx
+        ));
+        assert!(!headers_match(
+            &table(&[("x-match", "all-with-x"), ("x-id", "2")]),
+            &hx
+        ));
+        assert!(headers_match(
+            &table(&[("x-match", "any-with-x"), ("x-id", "1")]),
+            &hx
+        ));
     }
 }

@@ -135,7 +135,8 @@ impl Exchange {
     }
 
     pub(crate) fn mark_deleted(&self) {
-        self.deleted.store(true, std::sync::atomic::Ordering::Release)
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::Release)
     }
 
     /// Adds a binding; false when an identical one exists (binding is idempotent).
@@ -162,7 +163,11 @@ impl Exchange {
 
     /// Removes every binding to `dest`; returns how many went.
     pub fn unbind_destination(&self, dest: &Destination) -> usize {
-        let all: Vec<Binding> = self.bindings().into_iter().filter(|b| b.destination.same(dest)).collect();
+        let all: Vec<Binding> = self
+            .bindings()
+            .into_iter()
+            .filter(|b| b.destination.same(dest))
+            .collect();
         all.iter().filter(|b| self.unbind(b)).count()
     }
 
@@ -188,7 +193,12 @@ impl Exchange {
 
     /// Appends the destinations matching a message to `out` (duplicates allowed; the vhost
     /// removes them).
-    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
         let t = self.table.read();
         match &*t {
             Table::Direct(d) => d.route(routing_key, out),

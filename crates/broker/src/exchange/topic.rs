@@ -15,7 +15,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.words.is_empty() && self.star.is_none() && self.hash.is_none() && self.bindings.is_empty()
+        self.words.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
+            && self.bindings.is_empty()
     }
 
     fn child(&mut self, word: &str) -> &mut Node {
@@ -53,7 +56,11 @@ impl Node {
         };
         match *first {
             "*" | "#" => {
-                let slot = if *first == "*" { &mut self.star } else { &mut self.hash };
+                let slot = if *first == "*" {
+                    &mut self.star
+                } else {
+                    &mut self.hash
+                };
                 let Some(c) = slot.as_mut() else { return false };
                 let removed = c.remove(rest, b);
                 if c.is_empty() {
@@ -62,7 +69,9 @@ impl Node {
                 removed
             }
             w => {
-                let Some(c) = self.words.get_mut(w) else { return false };
+                let Some(c) = self.words.get_mut(w) else {
+                    return false;
+                };
                 let removed = c.remove(rest, b);
                 if c.is_empty() {
                     self.words.remove(w);
@@ -134,7 +143,14 @@ mod tests {
 
     fn matches(pattern: &str, key: &str) -> bool {
         let mut t = TopicTable::default();
-        let dest = Arc::new(Exchange::new("d".into(), ExchangeKind::Fanout, false, false, false, FieldTable::new()));
+        let dest = Arc::new(Exchange::new(
+            "d".into(),
+            ExchangeKind::Fanout,
+            false,
+            false,
+            false,
+            FieldTable::new(),
+        ));
         t.bind(Binding {
             destination: Destination::Exchange(dest),
             routing_key: pattern.into(),
@@ -174,8 +190,19 @@ mod tests {
     #[test]
     fn unbind_prunes_the_trie() {
         let mut t = TopicTable::default();
-        let dest = Arc::new(Exchange::new("d".into(), ExchangeKind::Fanout, false, false, false, FieldTable::new()));
-        let b = Binding { destination: Destination::Exchange(dest), routing_key: "a.*.#".into(), arguments: FieldTable::new() };
+        let dest = Arc::new(Exchange::new(
+            "d".into(),
+            ExchangeKind::Fanout,
+            false,
+            false,
+            false,
+            FieldTable::new(),
+        ));
+        let b = Binding {
+            destination: Destination::Exchange(dest),
+            routing_key: "a.*.#".into(),
+            arguments: FieldTable::new(),
+        };
         assert!(t.bind(b.clone()));
         assert!(!t.bind(b.clone()));
         assert!(t.unbind(&b));
