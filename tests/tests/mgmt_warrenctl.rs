@@ -826,3 +826,47 @@ async fn http_api_speaks_rabbitmqs_json() {
     assert_eq!(m.http("GET", "/api/whoami", None).1["name"], "guest");
     assert_eq!(m.http("GET", "/api/vhosts", None).1[0]["name"], "/");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhosts_are_created_and_listed_and_filter_listings() {
+    let m = Mgmt::start().await;
+    assert_eq!(m.http("PUT", "/api/vhosts/other", None).0, 201);
+    assert_eq!(m.http("PUT", "/api/vhosts/other", None).0, 204);
+    assert_eq!(
+        m.ctl(&["list_vhosts"]).await.ok(),
+        "Listing vhosts ...\nname\n/\nother\n"
+    );
+    assert_eq!(
+        m.http(
+            "PUT",
+            "/api/queues/other/only-here",
+            Some(json!({"durable": true}))
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        m.ctl(&["list_queues", "-q", "-p", "other"]).await.ok(),
+        "name\tmessages\nonly-here\t0\n"
+    );
+    assert_eq!(m.ctl(&["list_queues", "-q"]).await.ok(), "");
+    // A definitions file for a vhost that does not exist yet creates it.
+    let defs = json!({
+        "vhosts": [{"name": "third"}],
+        "queues": [{"name": "tq", "vhost": "third", "durable": true, "auto_delete": false, "arguments": {}}],
+    });
+    assert_eq!(m.http("POST", "/api/definitions", Some(defs)).0, 204);
+    assert_eq!(
+        m.ctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "-p",
+            "third",
+            "name"
+        ])
+        .await
+        .ok(),
+        "tq\n"
+    );
+}

@@ -12,7 +12,7 @@ use crate::error::parse_body;
 use crate::queues::{check_name, vhost};
 use crate::{ApiError, AppState, State, RABBITMQ_COMPAT_VERSION};
 use axum::body::Bytes;
-use axum::extract::Path;
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -24,7 +24,11 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/definitions", get(export_all).post(import_all))
         .route("/definitions/{vhost}", get(export_vhost).post(import_vhost))
+        .layer(DefaultBodyLimit::max(DEFINITIONS_LIMIT))
 }
+
+/// Definitions files of large installations pass axum's default 2 MB body limit.
+const DEFINITIONS_LIMIT: usize = 256 << 20;
 
 /// The definitions of every vhost, or of one.
 fn export(state: &AppState, only_vhost: Option<&str>) -> Result<Value, ApiError> {

@@ -1,10 +1,12 @@
-//! `/api/overview`, `/api/nodes`, `/api/vhosts`, `/api/whoami` and the health checks: the node
-//! as a whole. Warren raises no resource alarms yet, so the alarm checks always pass.
+//! `/api/overview`, `/api/nodes`, `/api/vhosts` (listed and created), `/api/whoami` and the
+//! health checks: the node as a whole. Warren raises no resource alarms yet, so the alarm
+//! checks always pass.
 
 use crate::auth::AuthUser;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State, RABBITMQ_COMPAT_VERSION};
 use axum::extract::Path;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
@@ -17,7 +19,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/nodes", get(nodes))
         .route("/nodes/{name}", get(node))
         .route("/vhosts", get(vhosts))
-        .route("/vhosts/{vhost}", get(one_vhost))
+        .route("/vhosts/{vhost}", get(one_vhost).put(create_vhost))
         .route("/whoami", get(whoami))
         .route("/health/checks/alarms", get(ok))
         .route("/health/checks/local-alarms", get(ok))
@@ -163,6 +165,22 @@ async fn vhosts(state: State) -> Json<Value> {
 async fn one_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
     Ok(Json(vhost_json(&state, &vh)))
+}
+
+/// PUT: creates the vhost (201), or leaves an existing one as it is (204).
+async fn create_vhost(state: State, Path(vh): Path<String>) -> Result<StatusCode, ApiError> {
+    if vh.is_empty() || vh.len() > 255 {
+        return Err(ApiError::BadRequest(
+            "a vhost name is 1 to 255 bytes long".into(),
+        ));
+    }
+    let existed = state.broker.vhost(&vh).is_some();
+    state.broker.add_vhost(&vh);
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
 }
 
 async fn whoami(Extension(AuthUser(user)): Extension<AuthUser>) -> Json<Value> {
