@@ -964,3 +964,207 @@ async fn declare_ok_reports_ready_messages_and_consumers() {
     .expect("passive");
     assert_eq!((q.message_count(), q.consumer_count()), (3, 2));
 }
+
+/// Bodies larger than frame_max are split into several body frames and joined again; an
+/// empty body has no body frame at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_empty_bodies_round_trip() {
+    let broker = TestBroker::start();
+    let (_conn, ch) = open(&broker).await;
+    declare(&ch, "big").await;
+    let sizes = [
+        0usize,
+        1,
+        131_072 - 8,
+        131_072,
+        131_073,
+        1 << 20,
+        3 * (1 << 20) + 17,
+    ];
+    let bodies: Vec<Vec<u8>> = sizes
+        .iter()
+        .map(|&n| (0..n).map(|i| (i % 251) as u8).collect())
+        .collect();
+    for b in &bodies {
+        publish(&ch, "", "big", b).await;
+    }
+    let mut c = consume_no_ack(&ch, "big", "").await;
+    for (n, want) in sizes.iter().zip(&bodies) {
+        let d = next(&mut c).await;
+        assert_eq!(d.data.len(), *n, "body size");
+        assert!(d.data == *want, "body of {n} bytes corrupted");
+    }
+}
+
+/// Every content-header property, headers of every field type included, reaches the
+/// consumer as published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_properties_round_trip() {
+    use lapin::types::{
+        AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
+    };
+    let broker = TestBroker::start();
+    let (_conn, ch) = open(&broker).await;
+    declare(&ch, "props").await;
+
+    let mut nested = FieldTable::default();
+    nested.insert("inner".into(), AMQPValue::LongString("deep".into()));
+    let mut headers = FieldTable::default();
+    let values = [
+        ("bool", AMQPValue::Boolean(true)),
+        ("i8", AMQPValue::ShortShortInt(-8)),
+        ("u8", AMQPValue::ShortShortUInt(8)),
+        ("i16", AMQPValue::ShortInt(-16)),
+        ("u16", AMQPValue::ShortUInt(16)),
+        ("i32", AMQPValue::LongInt(-32)),
+        ("u32", AMQPValue::LongUInt(32)),
+        ("i64", AMQPValue::LongLongInt(-64)),
+        ("f32", AMQPValue::Float(1.5)),
+        ("f64", AMQPValue::Double(-2.25)),
+        (
+            "decimal",
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 12345,
+            }),
+        ),
+        ("string", AMQPValue::LongString(LongString::from("text ✓"))),
+        (
+            "array",
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                AMQPValue::LongInt(1),
+                AMQPValue::LongString("two".into()),
+            ])),
+        ),
+        ("timestamp", AMQPValue::Timestamp(1_700_000_000)),
+        ("table", AMQPValue::FieldTable(nested)),
+        (
+            "bytes",
+            AMQPValue::ByteArray(ByteArray::from(vec![0u8, 1, 2, 255])),
+        ),
+        ("void", AMQPValue::Void),
+    ];
+    for (k, v) in values.iter().cloned() {
+        headers.insert(ShortString::from(k), v);
+    }
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("gzip".into())
+        .with_headers(headers.clone())
+        .with_delivery_mode(2)
+        .with_priority(7)
+        .with_correlation_id("corr".into())
+        .with_reply_to("replies".into())
+        .with_expiration("60000".into())
+        .with_message_id("id-1".into())
+        .with_timestamp(1_600_000_000)
+        .with_type("kind".into())
+        .with_user_id("guest".into())
+        .with_app_id("tests".into())
+        .with_cluster_id("".into());
+    publish_props(&ch, "", "props", b"{}", props.clone()).await;
+    let mut c = consume_no_ack(&ch, "props", "").await;
+    let d = next(&mut c).await;
+    let got = &d.properties;
+    assert_eq!(got.content_type(), props.content_type());
+    assert_eq!(got.content_encoding(), props.content_encoding());
+    assert_eq!(got.delivery_mode(), &Some(2));
+    assert_eq!(got.priority(), &Some(7));
+    assert_eq!(got.correlation_id(), props.correlation_id());
+    assert_eq!(got.reply_to(), props.reply_to());
+    assert_eq!(got.expiration(), props.expiration());
+    assert_eq!(got.message_id(), props.message_id());
+    assert_eq!(got.timestamp(), &Some(1_600_000_000));
+    assert_eq!(got.kind(), props.kind());
+    assert_eq!(got.user_id(), props.user_id());
+    assert_eq!(got.app_id(), props.app_id());
+    let got_headers = got.headers().as_ref().expect("headers");
+    for (k, v) in values.iter() {
+        assert_eq!(got_headers.inner().get(*k), Some(v), "header {k}");
+    }
+    assert_eq!(got_headers.inner().len(), values.len());
+}
+
+/// A no-ack consumer slower than the publisher: the broker buffers at most a few MiB for the
+/// connection and resumes as the socket drains, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_ack_consumer_gets_everything_through_write_backpressure() {
+    let broker = TestBroker::start();
+    let (_pconn, producer) = open(&broker).await;
+    declare(&producer, "flood").await;
+    const N: usize = 3000;
+    let payload = vec![b'x'; 16 * 1024]; // 48 MiB in all, well above the write buffer's limit
+    within(
+        "confirm_select",
+        producer.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm_select");
+    for i in 0..N {
+        let mut body = payload.clone();
+        body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let _ = within(
+            "publish",
+            producer.basic_publish(
+                "".into(),
+                "flood".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            ),
+        )
+        .await
+        .expect("publish");
+    }
+    within("wait_for_confirms", producer.wait_for_confirms())
+        .await
+        .expect("confirms");
+
+    let (_cconn, ch) = open(&broker).await;
+    let mut c = consume_no_ack(&ch, "flood", "").await;
+    for i in 0..N {
+        let d = next(&mut c).await;
+        let seq = u64::from_be_bytes(d.data[..8].try_into().unwrap());
+        assert_eq!(seq, i as u64, "messages arrive in order, none lost");
+        if i % 500 == 0 {
+            // Be slow now and then, so the broker's buffer fills.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_no_delivery(&mut c).await;
+    wait_counts(&broker, "flood", 0, 0).await;
+}
+
+/// An empty queue name means "the queue last declared on this channel" for consume, get,
+/// bind, purge and delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_queue_name_means_the_last_declared_queue() {
+    let broker = TestBroker::start();
+    let (_conn, ch) = open(&broker).await;
+    let q = declare_exclusive(&ch).await.name().to_string();
+    bind(&ch, "", "amq.direct", "k").await;
+    publish(&ch, "amq.direct", "k", b"via-binding").await;
+    let m = get(&ch, "", true)
+        .await
+        .expect("get from the last declared queue");
+    assert_eq!(m.delivery.data, b"via-binding");
+    assert_eq!(m.delivery.routing_key.as_str(), "k");
+    publish(&ch, "", &q, b"purged").await;
+    let n = within(
+        "purge",
+        ch.queue_purge("".into(), QueuePurgeOptions::default()),
+    )
+    .await
+    .expect("purge");
+    assert_eq!(n, 1);
+    publish(&ch, "", &q, b"consumed").await;
+    let mut c = consume_no_ack(&ch, "", "").await;
+    assert_eq!(body(&next(&mut c).await), "consumed");
+    within(
+        "delete",
+        ch.queue_delete("".into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete");
+    eventually("deleted", || !queue_exists(&broker, &q)).await;
+}

@@ -810,3 +810,95 @@ async fn a_wrong_protocol_header_gets_amqp_0_9_1_back() {
     let conn = connect(&broker).await;
     assert_connection_usable(&conn).await;
 }
+
+/// A client that negotiated heartbeats and then goes silent is disconnected after two missed
+/// intervals (RabbitMQ closes the socket without connection.close); meanwhile the broker
+/// sends its own heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_disconnected_after_missed_heartbeats() {
+    let broker = TestBroker::start();
+    let mut raw = RawClient::connect(broker.addr).await;
+    raw.handshake_with_heartbeat(1).await;
+    let started = std::time::Instant::now();
+    let mut heartbeats = 0;
+    while let Some(f) = raw.read_frame().await {
+        match f.kind {
+            common::raw::FRAME_HEARTBEAT => heartbeats += 1,
+            // A connection.close is tolerated; anything else is not.
+            _ => assert_eq!(f.method_id(), (10, 50), "unexpected frame"),
+        }
+    }
+    let after = started.elapsed();
+    assert!(
+        heartbeats >= 1,
+        "the broker sends heartbeats on an idle connection"
+    );
+    assert!(
+        after >= std::time::Duration::from_secs(2),
+        "closed too early: {after:?}"
+    );
+    eventually("connection unregistered", || {
+        broker.broker.connections.is_empty()
+    })
+    .await;
+}
+
+/// A client that sends heartbeats stays connected though it sends nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_heartbeats_stays_connected() {
+    let broker = TestBroker::start();
+    let mut raw = RawClient::connect(broker.addr).await;
+    raw.handshake_with_heartbeat(1).await;
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        raw.send(&common::raw::heartbeat_frame()).await;
+    }
+    raw.send(&method_frame(1, 20, 10, &[0])).await;
+    loop {
+        let f = raw
+            .read_frame()
+            .await
+            .expect("still connected after 4 s of heartbeats only");
+        if f.kind == common::raw::FRAME_METHOD {
+            assert_eq!((f.channel, f.method_id()), (1, (20, 11)), "channel.open-ok");
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_declare_of_a_missing_exchange_is_404() {
+    let broker = TestBroker::start();
+    let (conn, ch) = open(&broker).await;
+    let r = within(
+        "passive exchange declare",
+        ch.exchange_declare(
+            "ghost".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            no_args(),
+        ),
+    )
+    .await;
+    let text = expect_code(r, 404);
+    assert!(text.contains("ghost"), "reply text: {text}");
+    assert_connection_usable(&conn).await;
+}
+
+/// RabbitMQ does not implement basic.recover with requeue=false (redelivery to the original
+/// consumer): 540 NOT_IMPLEMENTED, a connection error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_recover_without_requeue_is_540() {
+    let broker = TestBroker::start();
+    let (conn, ch) = open(&broker).await;
+    let r = within(
+        "recover requeue=false",
+        ch.basic_recover(BasicRecoverOptions { requeue: false }),
+    )
+    .await;
+    expect_code(r, 540);
+    eventually("connection closed", || !conn.status().connected()).await;
+}

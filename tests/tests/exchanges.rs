@@ -592,3 +592,125 @@ async fn mandatory_return_without_confirms() {
     assert_eq!(returned[0].reply_code, 312);
     assert_eq!(returned[0].delivery.data, b"nobody home");
 }
+
+/// An auto-delete exchange goes away once its last binding is removed (by unbind or by
+/// deleting the bound queue); one that never had a binding stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_delete_exchange_goes_with_its_last_binding() {
+    let broker = TestBroker::start();
+    let (_conn, ch) = open(&broker).await;
+    let ad = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    let exists = |name: &str| broker.broker.vhost("/").unwrap().exchange(name).is_some();
+    within(
+        "declare",
+        ch.exchange_declare("adx".into(), ExchangeKind::Direct, ad, no_args()),
+    )
+    .await
+    .expect("declare");
+    declare(&ch, "q1").await;
+    declare(&ch, "q2").await;
+    bind(&ch, "q1", "adx", "a").await;
+    bind(&ch, "q2", "adx", "b").await;
+    within(
+        "unbind",
+        ch.queue_unbind("q1".into(), "adx".into(), "a".into(), no_args()),
+    )
+    .await
+    .expect("unbind");
+    assert!(exists("adx"), "one binding left");
+    within(
+        "delete q2",
+        ch.queue_delete("q2".into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete");
+    eventually("auto-delete exchange removed", || !exists("adx")).await;
+
+    within(
+        "declare",
+        ch.exchange_declare("adx2".into(), ExchangeKind::Fanout, ad, no_args()),
+    )
+    .await
+    .expect("declare");
+    tokio::time::sleep(QUIET).await;
+    assert!(exists("adx2"), "never bound: stays");
+}
+
+/// Unbinding something that is not bound is not an error (RabbitMQ answers unbind-ok).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbinding_a_missing_binding_is_ok() {
+    let broker = TestBroker::start();
+    let (_conn, ch) = open(&broker).await;
+    declare(&ch, "q").await;
+    within(
+        "unbind",
+        ch.queue_unbind(
+            "q".into(),
+            "amq.topic".into(),
+            "never.bound".into(),
+            no_args(),
+        ),
+    )
+    .await
+    .expect("unbind of a missing binding");
+    within(
+        "exchange_unbind",
+        ch.exchange_unbind(
+            "amq.fanout".into(),
+            "amq.topic".into(),
+            "x".into(),
+            ExchangeUnbindOptions::default(),
+            no_args(),
+        ),
+    )
+    .await
+    .expect("exchange unbind of a missing binding");
+    // Deleting a missing exchange or queue is fine too.
+    within(
+        "exchange_delete",
+        ch.exchange_delete("never-declared".into(), ExchangeDeleteOptions::default()),
+    )
+    .await
+    .expect("delete missing exchange");
+    let n = within(
+        "queue_delete",
+        ch.queue_delete("never-declared".into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete missing queue");
+    assert_eq!(n, 0);
+}
+
+/// A queue bound to a topic exchange by two patterns stays routed by the other after one is
+/// unbound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_unbind_removes_only_that_pattern() {
+    let broker = TestBroker::start();
+    let (_conn, ch) = open(&broker).await;
+    declare_exchange(&ch, "tx", ExchangeKind::Topic).await;
+    declare(&ch, "q").await;
+    bind(&ch, "q", "tx", "a.*").await;
+    bind(&ch, "q", "tx", "*.b").await;
+    bind(&ch, "q", "tx", "a.#").await;
+    within(
+        "unbind",
+        ch.queue_unbind("q".into(), "tx".into(), "a.*".into(), no_args()),
+    )
+    .await
+    .expect("unbind");
+    publish(&ch, "tx", "a.b", b"both-left").await;
+    publish(&ch, "tx", "x.b", b"star-b").await;
+    publish(&ch, "tx", "a.c", b"a-hash").await;
+    publish(&ch, "tx", "x.c", b"none").await;
+    within(
+        "unbind",
+        ch.queue_unbind("q".into(), "tx".into(), "a.#".into(), no_args()),
+    )
+    .await
+    .expect("unbind");
+    publish(&ch, "tx", "a.c", b"gone").await;
+    assert_eq!(drain(&ch, "q").await, ["both-left", "star-b", "a-hash"]);
+}

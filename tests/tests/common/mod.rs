@@ -385,6 +385,7 @@ pub mod raw {
 
     pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
     pub const FRAME_METHOD: u8 = 1;
+    pub const FRAME_HEARTBEAT: u8 = 8;
     pub const FRAME_END: u8 = 0xCE;
 
     pub struct Frame {
@@ -409,6 +410,10 @@ pub mod raw {
             let p = &self.payload;
             u16::from_be_bytes([p[4], p[5]])
         }
+    }
+
+    pub fn heartbeat_frame() -> Vec<u8> {
+        vec![FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]
     }
 
     pub fn method_frame(channel: u16, class: u16, method: u16, args: &[u8]) -> Vec<u8> {
@@ -499,6 +504,11 @@ pub mod raw {
 
         /// Header, start-ok (PLAIN guest/guest), tune-ok, open on vhost `/`.
         pub async fn handshake(&mut self) {
+            self.handshake_with_heartbeat(0).await
+        }
+
+        /// The handshake, accepting `heartbeat` seconds in tune-ok.
+        pub async fn handshake_with_heartbeat(&mut self, heartbeat: u16) {
             self.send(PROTOCOL_HEADER).await;
             let start = self.read_method().await.expect("connection.start");
             assert_eq!(start.method_id(), (10, 10), "expected connection.start");
@@ -513,7 +523,7 @@ pub mod raw {
             let mut a = Vec::new();
             a.extend_from_slice(&2047u16.to_be_bytes());
             a.extend_from_slice(&131072u32.to_be_bytes());
-            a.extend_from_slice(&0u16.to_be_bytes());
+            a.extend_from_slice(&heartbeat.to_be_bytes());
             self.send(&method_frame(0, 10, 31, &a)).await;
             let mut a = Vec::new();
             shortstr(&mut a, "/");
