@@ -199,14 +199,19 @@ fn usage_error(e: clap::Error) -> ExitCode {
             format!("command '{cmd}' not found. Run 'warrenctl help' for the list of commands.")
         }
         _ => {
+            // clap's message is its first paragraph (argument names may follow on lines of
+            // their own); the usage and tips after it are left out.
             let text = e.render().to_string();
-            let first = text
+            let paragraph: Vec<&str> = text
                 .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
-                .to_string();
-            format!("{first}. Run 'warrenctl help <command>' for its usage.")
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = paragraph.join(" ");
+            format!(
+                "{}. Run 'warrenctl help <command>' for its usage.",
+                message.trim_start_matches("error: ")
+            )
         }
     };
     eprintln!("Error: {line}");
