@@ -2,7 +2,6 @@
 
 use crate::connections::Connections;
 use crate::definitions::Definitions;
-use crate::error::{AmqpError, Result};
 use crate::persist::Persistence;
 use crate::vhost::VHost;
 use parking_lot::RwLock;
@@ -30,18 +29,14 @@ impl Default for BrokerConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: String,
-    pub password: String,
-    pub tags: Vec<String>,
-}
+pub use crate::auth::User;
 
 pub struct Broker {
     pub config: BrokerConfig,
     persistence: Option<Arc<Persistence>>,
-    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
-    users: RwLock<HashMap<String, User>>,
+    pub(crate) vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    /// Users, permissions, limits (see [`crate::auth`]).
+    pub(crate) access: crate::auth::AccessControl,
     next_id: AtomicU64,
     pub connections: Connections,
 }
@@ -68,6 +63,8 @@ impl Broker {
                 .map(|q| (q.vhost.clone(), q.name.clone()))
                 .collect();
             persistence.remove_orphans(&keep);
+            // Saved access control replaces the defaults made for a first start.
+            b.restore_defaults_from(&defs);
             for e in b.import_definitions(&defs) {
                 tracing::warn!("restoring definitions: {e}");
             }
@@ -86,25 +83,39 @@ impl Broker {
         Ok(b)
     }
 
+    /// Starts the timer thread: message TTLs and queue expiry, every 50 ms. It stops when the
+    /// broker is dropped.
+    fn start_timer(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("warren-timer".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let Some(b) = weak.upgrade() else { return };
+                let now = crate::clock::now_ms();
+                for vh in b.vhosts() {
+                    vh.tick(now);
+                }
+            })
+            .expect("spawn timer thread");
+    }
+
     fn build(config: BrokerConfig, persistence: Option<Arc<Persistence>>) -> Arc<Self> {
         let b = Broker {
             persistence,
             vhosts: RwLock::new(HashMap::new()),
-            users: RwLock::new(HashMap::new()),
+            access: Default::default(),
             next_id: AtomicU64::new(1),
             connections: Connections::default(),
             config,
         };
         b.add_vhost(&b.config.default_vhost.clone());
-        b.users.write().insert(
-            b.config.default_user.clone(),
-            User {
-                name: b.config.default_user.clone(),
-                password: b.config.default_pass.clone(),
-                tags: vec!["administrator".into()],
-            },
-        );
-        Arc::new(b)
+        let (user, vhost) = (b.config.default_user.clone(), b.config.default_vhost.clone());
+        let _ = b.add_user(&user, &b.config.default_pass.clone(), vec!["administrator".into()]);
+        let _ = b.set_permissions(&user, &vhost, ".*", ".*", ".*");
+        let b = Arc::new(b);
+        b.start_timer();
+        b
     }
 
     /// A process-unique id for connections (exclusive-queue ownership) and similar.
@@ -136,25 +147,5 @@ impl Broker {
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts.read().values().cloned().collect()
-    }
-
-    /// Checks a username and password. `loopback` says whether the peer is on loopback.
-    pub fn authenticate(&self, user: &str, password: &str, loopback: bool) -> Result<User> {
-        let users = self.users.read();
-        let refused = || {
-            AmqpError::access_refused(
-                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
-            )
-        };
-        let u = users.get(user).ok_or_else(refused)?;
-        if u.password != password {
-            return Err(refused());
-        }
-        if !loopback && self.config.loopback_users.iter().any(|l| l == user) {
-            return Err(AmqpError::access_refused(format!(
-                "user '{user}' can only connect via localhost"
-            )));
-        }
-        Ok(u.clone())
     }
 }

@@ -321,13 +321,8 @@ impl DeliveryChannel {
                 }
             }
         };
-        let c = QueueConsumer {
-            channel: self.clone(),
-            consumer_id: id,
-            tag,
-            no_ack,
-            exclusive,
-        };
+        let priority = arguments.get("x-priority").and_then(|v| v.as_i64()).unwrap_or(0);
+        let c = QueueConsumer { channel: self.clone(), consumer_id: id, tag, no_ack, exclusive, priority };
         match queue.add_consumer(c, on_added) {
             Ok(()) => Ok(()),
             Err(refused) => {
@@ -533,7 +528,7 @@ fn for_each_queue_run(items: &[Unacked], mut f: impl FnMut(&Arc<Queue>, &[Unacke
 
 fn settle_or_requeue(items: Vec<Unacked>, requeue: bool) {
     if !requeue {
-        for_each_queue_run(&items, |q, run| q.settle(run.iter().map(|u| &u.qm)));
+        for_each_queue_run(&items, |q, run| q.reject(run.iter().map(|u| &u.qm)));
         return;
     }
     let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();

@@ -1,6 +1,8 @@
-//! Definitions: the durable topology (vhosts, exchanges, queues, bindings) in RabbitMQ's
-//! definitions-file format, used for the on-disk catalogue, export and import.
+//! Definitions: the durable topology (vhosts, exchanges, queues, bindings) and access control
+//! (users with their password hashes, permissions, limits) in RabbitMQ's definitions-file
+//! format, used for the on-disk catalogue, export and import.
 
+use crate::auth::{HashingAlgorithm, User, UserLimits, VHostLimits};
 use crate::broker::Broker;
 use crate::exchange::Destination;
 use crate::json::{json_to_table, table_to_json};
@@ -17,7 +19,11 @@ pub struct Definitions {
     #[serde(default)]
     pub product_version: String,
     #[serde(default)]
+    pub users: Vec<UserDef>,
+    #[serde(default)]
     pub vhosts: Vec<VHostDef>,
+    #[serde(default)]
+    pub permissions: Vec<PermissionDef>,
     #[serde(default)]
     pub queues: Vec<QueueDef>,
     #[serde(default)]
@@ -29,6 +35,34 @@ pub struct Definitions {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VHostDef {
     pub name: String,
+    /// `{"max-connections": n, "max-queues": n}`; absent when there are none.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub limits: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDef {
+    pub name: String,
+    #[serde(default)]
+    pub password_hash: String,
+    /// RabbitMQ's module name; absent in old exports, which used MD5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashing_algorithm: Option<String>,
+    /// A list, or (in exports before RabbitMQ 3.13) a comma-separated string.
+    #[serde(default)]
+    pub tags: Value,
+    /// `{"max-connections": n, "max-channels": n}`.
+    #[serde(default)]
+    pub limits: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +109,31 @@ fn yes() -> bool {
     true
 }
 
+/// A user as a definitions file gives it: tags as a list or a comma-separated string.
+pub fn user_from_def(u: &UserDef) -> Result<User, String> {
+    let tags = match &u.tags {
+        Value::Array(a) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+        Value::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let limit = |k: &str| u.limits.get(k).and_then(Value::as_u64).map(|n| n as u32);
+    Ok(User {
+        name: u.name.clone(),
+        password_hash: u.password_hash.clone(),
+        hashing_algorithm: HashingAlgorithm::parse(u.hashing_algorithm.as_deref())?,
+        tags,
+        limits: UserLimits {
+            max_connections: limit("max-connections"),
+            max_channels: limit("max-channels"),
+        },
+    })
+}
+
 impl Broker {
     /// The current topology. With `durable_only`, what survives a restart: durable exchanges
     /// and queues (not exclusive ones), and bindings between durable ends.
@@ -88,8 +147,21 @@ impl Broker {
         let mut vhosts = self.vhosts();
         vhosts.sort_by(|a, b| a.name.cmp(&b.name));
         for vh in vhosts {
+            let l = self.vhost_limits(&vh.name);
+            let mut limits = serde_json::Map::new();
+            if let Some(n) = l.max_connections {
+                limits.insert("max-connections".into(), n.into());
+            }
+            if let Some(n) = l.max_queues {
+                limits.insert("max-queues".into(), n.into());
+            }
             d.vhosts.push(VHostDef {
                 name: vh.name.clone(),
+                limits: if limits.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(limits)
+                },
             });
             let mut queues = vh.queues();
             queues.sort_by(|a, b| a.name.cmp(&b.name));
@@ -144,6 +216,31 @@ impl Broker {
                 }
             }
         }
+        for u in self.users() {
+            let mut limits = serde_json::Map::new();
+            if let Some(n) = u.limits.max_connections {
+                limits.insert("max-connections".into(), n.into());
+            }
+            if let Some(n) = u.limits.max_channels {
+                limits.insert("max-channels".into(), n.into());
+            }
+            d.users.push(UserDef {
+                name: u.name,
+                password_hash: u.password_hash,
+                hashing_algorithm: Some(u.hashing_algorithm.as_str().into()),
+                tags: Value::from(u.tags),
+                limits: Value::Object(limits),
+            });
+        }
+        for (user, vhost, p) in self.permissions() {
+            d.permissions.push(PermissionDef {
+                user,
+                vhost,
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            });
+        }
         d
     }
 
@@ -153,6 +250,29 @@ impl Broker {
         let mut errors = Vec::new();
         for v in &d.vhosts {
             self.add_vhost(&v.name);
+            let limit = |k: &str| v.limits.get(k).and_then(Value::as_u64).map(|n| n as u32);
+            let limits = VHostLimits {
+                max_connections: limit("max-connections"),
+                max_queues: limit("max-queues"),
+            };
+            if limits != VHostLimits::default() {
+                let _ = self.set_vhost_limits(&v.name, limits);
+            }
+        }
+        for u in &d.users {
+            match user_from_def(u) {
+                Ok(user) => self.put_user(user),
+                Err(e) => errors.push(format!("user '{}': {e}", u.name)),
+            }
+        }
+        for p in &d.permissions {
+            if let Err(e) = self.set_permissions(&p.user, &p.vhost, &p.configure, &p.write, &p.read)
+            {
+                errors.push(format!(
+                    "permissions of user '{}' in vhost '{}': {}",
+                    p.user, p.vhost, e.text
+                ));
+            }
         }
         for x in &d.exchanges {
             let Some(vh) = self.vhost(&x.vhost) else {

@@ -11,6 +11,7 @@
 //! - [`persist`]: message stores of durable queues, group commit, saved definitions.
 //! - [`definitions`]: the topology in RabbitMQ's definitions format.
 //! - [`json`]: field tables as JSON.
+//! - [`auth`]: users, password hashes, permissions, user and vhost limits.
 //! - [`broker`]: the set of vhosts and broker-wide settings.
 //! - [`connections`]: the registry of client connections, for operators.
 //!
@@ -20,9 +21,12 @@
 //! Lock order (never taken the other way round): vhost maps → exchange bindings (released
 //! before queues are touched) → queue → channel → writer.
 
+pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod clock;
 pub mod connections;
+pub mod deadletter;
 pub mod definitions;
 pub mod error;
 pub mod exchange;

@@ -33,6 +33,13 @@ impl Message {
         BasicProperties::decode(self.properties.clone()).unwrap_or_default()
     }
 
+    /// A copy with one header set (properties re-encoded; the body is shared).
+    pub fn with_header(&self, key: &str, value: i64) -> Message {
+        let mut p = self.decode_properties();
+        p.headers.get_or_insert_with(Default::default).insert(key, warren_protocol::FieldValue::I64(value));
+        Message::new(self.exchange.clone(), self.routing_key.clone(), p.to_bytes(), self.body.clone())
+    }
+
     /// Bytes of memory the message holds, for the `memory` and `message_bytes` statistics.
     pub fn size(&self) -> usize {
         self.body.len() + self.properties.len() + self.routing_key.len() + self.exchange.len()

@@ -40,6 +40,8 @@ pub struct VHost {
     exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortStr, Arc<Queue>>>,
     persistence: Option<Arc<Persistence>>,
+    /// Queues that need the timer (TTL, x-expires).
+    timed: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
 }
 
 /// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared).
@@ -74,6 +76,7 @@ impl VHost {
             exchanges: Default::default(),
             queues: Default::default(),
             persistence,
+            timed: Default::default(),
         });
         let predeclared = [
             ("", ExchangeKind::Direct),
@@ -100,6 +103,41 @@ impl VHost {
             }
         }
         vh
+    }
+
+    pub(crate) fn register_timed(&self, q: &Arc<Queue>) {
+        self.timed.lock().push(Arc::downgrade(q));
+    }
+
+    /// Timer work for every queue that asked for it; forgets deleted queues.
+    pub fn tick(&self, now: u64) {
+        let queues: Vec<Arc<Queue>> = self.timed.lock().iter().filter_map(std::sync::Weak::upgrade).collect();
+        let mut done = Vec::new();
+        for q in &queues {
+            if !q.tick(now) {
+                done.push(Arc::as_ptr(q));
+            }
+        }
+        self.timed.lock().retain(|w| w.strong_count() > 0 && !done.contains(&w.as_ptr()));
+    }
+
+    /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that
+    /// exchange is gone, or if it would loop back without a rejection on the way).
+    pub(crate) fn publish_dead_letter(&self, from: &Arc<Queue>, d: crate::deadletter::DeadLetter) {
+        let Some(x) = self.exchange(&d.exchange) else {
+            tracing::debug!(queue = %from.name, exchange = %d.exchange, "dead-letter exchange missing; message dropped");
+            return;
+        };
+        let msg = Arc::new(crate::deadletter::dead_lettered(&d.msg, &from.name, d.reason, &d.exchange, d.routing_key.as_ref()));
+        let persistent = msg.is_persistent();
+        let mut out = Vec::new();
+        self.route(&x, &msg, &mut out);
+        for q in out {
+            if crate::deadletter::is_cycle(&msg, &q.name) {
+                continue;
+            }
+            let _ = q.publish(msg.clone(), persistent);
+        }
     }
 
     /// A durable definition changed: have it saved.
@@ -336,6 +374,10 @@ impl VHost {
                     count = q.message_count();
                 }
                 self.definitions_changed(q.durable);
+                let opts = q.options();
+                if opts.message_ttl.is_some() || opts.expires.is_some() {
+                    q.register_timer();
+                }
                 Ok((q, count, 0))
             }
         }
@@ -400,6 +442,7 @@ impl VHost {
                 )));
             }
         }
+        q.touch();
         let (m, c) = (q.message_count(), q.consumer_count());
         Ok((q, m, c))
     }
@@ -642,6 +685,32 @@ impl VHost {
             }
             return;
         }
+        self.route_from(exchange, msg, out);
+        if out.is_empty() {
+            // Unroutable: the exchange's alternate exchange (an `alternate-exchange` argument)
+            // gets the message, following chains without looping.
+            let mut seen = vec![Arc::as_ptr(exchange)];
+            let mut x = exchange.clone();
+            while out.is_empty() {
+                let Some(ae) = x.arguments.get("alternate-exchange").and_then(FieldValue::as_str).and_then(|n| self.exchange(n)) else {
+                    break;
+                };
+                if seen.contains(&Arc::as_ptr(&ae)) {
+                    break;
+                }
+                seen.push(Arc::as_ptr(&ae));
+                self.route_from(&ae, msg, out);
+                x = ae;
+            }
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|q| Arc::as_ptr(q));
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+    }
+
+    /// Appends the queues `exchange` routes `msg` to (following exchange-to-exchange bindings).
+    fn route_from(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
         // Headers are decoded only if a headers exchange is on the way, and then only once.
         let mut props: Option<warren_protocol::BasicProperties> = None;
         let mut dests = Vec::new();
@@ -668,10 +737,6 @@ impl VHost {
                     Destination::Exchange(_) => {}
                 }
             }
-        }
-        if out.len() > 1 {
-            out.sort_unstable_by_key(|q| Arc::as_ptr(q));
-            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
     }
 

@@ -455,6 +455,7 @@ impl Channel {
                         cx.backlogged.push(q.clone());
                     }
                 }
+                Err(PublishError::Rejected) => failed = true,
                 Err(PublishError::Store(e)) => {
                     failed = true;
                     tracing::error!(queue = %q.name, error = %e, "could not store a persistent message; it is nacked");

@@ -3,13 +3,26 @@
 //!
 //! A requeued message goes back to its original place: ready messages are kept ordered by
 //! their sequence number, so a requeue is an ordered insert (almost always at the front).
+//!
+//! Messages leaving for a dead-letter exchange are collected while the queue is locked and
+//! published after the lock is released ([`Locked`]), so queues never lock each other.
+
+mod options;
+mod ready;
+
+pub use options::{Overflow, QueueOptions};
+use ready::ReadyList;
 
 use crate::channel::{Deliver, DeliveryChannel};
+use crate::clock::now_ms;
+use crate::deadletter::{DeadLetter, DeathReason};
 use crate::message::Message;
 use crate::persist::Persistence;
 use crate::vhost::VHost;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use warren_protocol::{FieldTable, ShortStr};
@@ -23,6 +36,31 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// Where the message sits in the queue's store, if it was written there.
     pub pos: Option<Position>,
+    pub priority: u8,
+    /// When the message expires (ms on the broker's clock), from the queue's or its own TTL.
+    pub expires_at: Option<u64>,
+    /// Times the message went back to the queue (for `x-delivery-limit`).
+    pub delivery_count: u32,
+}
+
+impl QueuedMessage {
+    fn new(seq: u64, msg: Arc<Message>, pos: Option<Position>, redelivered: bool, opts: &QueueOptions) -> Self {
+        let (mut priority, mut expires_at) = (0u8, opts.message_ttl.map(|t| now_ms() + t));
+        let flags = msg.properties.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+        // Only decode the properties when a priority or expiration is present and matters.
+        let wants_priority = opts.max_priority > 0 && flags & (1 << 11) != 0;
+        if wants_priority || flags & (1 << 8) != 0 {
+            let p = msg.decode_properties();
+            if wants_priority {
+                priority = p.priority.unwrap_or(0).min(opts.max_priority);
+            }
+            if let Some(ms) = p.expiration.and_then(|e| e.parse::<u64>().ok()) {
+                let at = now_ms() + ms;
+                expires_at = Some(expires_at.map_or(at, |q| q.min(at)));
+            }
+        }
+        QueuedMessage { seq, msg, redelivered, pos, priority, expires_at, delivery_count: 0 }
+    }
 }
 
 /// Bytes of message bodies a durable queue keeps in memory; beyond this, new messages live
@@ -56,6 +94,8 @@ pub struct Published {
 pub enum PublishError {
     /// The store could not write the message (disk full, I/O error).
     Store(warren_store::StoreError),
+    /// The queue is full and its overflow mode is reject-publish(-dlx).
+    Rejected,
 }
 
 /// A consumer as the queue sees it: where to deliver and how.
@@ -65,11 +105,13 @@ pub struct QueueConsumer {
     pub tag: ShortStr,
     pub no_ack: bool,
     pub exclusive: bool,
+    /// `x-priority`: higher-priority consumers are served first.
+    pub priority: i64,
 }
 
-#[derive(Default)]
 struct Inner {
-    ready: VecDeque<QueuedMessage>,
+    opts: QueueOptions,
+    ready: ReadyList,
     /// Messages paged out to the store, after everything in `ready`: (position, redelivered).
     paged: VecDeque<(Position, bool)>,
     ready_bytes: usize,
@@ -83,6 +125,79 @@ struct Inner {
     published: u64,
     delivered: u64,
     acked: u64,
+    /// Messages on their way to the dead-letter exchange, published once the lock is released.
+    dead: Vec<DeadLetter>,
+    /// Last time the queue was used (ms), for `x-expires`.
+    last_used: u64,
+}
+
+impl Inner {
+    fn new(opts: QueueOptions) -> Self {
+        Inner {
+            ready: ReadyList::new(opts.max_priority),
+            opts,
+            paged: VecDeque::new(),
+            ready_bytes: 0,
+            unacked: 0,
+            consumers: Vec::new(),
+            next_consumer: 0,
+            next_seq: 0,
+            had_consumer: false,
+            published: 0,
+            delivered: 0,
+            acked: 0,
+            dead: Vec::new(),
+            last_used: now_ms(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ready.len() + self.paged.len()
+    }
+
+    /// Queues a message for the dead-letter exchange (if the queue has one) or drops it.
+    fn dead_letter(&mut self, msg: Arc<Message>, reason: DeathReason) {
+        if let Some(dlx) = &self.opts.dead_letter_exchange {
+            self.dead.push(DeadLetter {
+                msg,
+                reason,
+                exchange: dlx.clone(),
+                routing_key: self.opts.dead_letter_routing_key.clone(),
+            });
+        }
+    }
+}
+
+/// The queue's lock; dead letters gathered under it are published when it is released.
+struct Locked<'a> {
+    q: &'a Arc<Queue>,
+    g: ManuallyDrop<MutexGuard<'a, Inner>>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.g
+    }
+}
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.g
+    }
+}
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let dead = std::mem::take(&mut self.g.dead);
+        // SAFETY: the guard is dropped exactly once, here, and not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.g) };
+        if !dead.is_empty() {
+            if let Some(vh) = self.q.vhost.upgrade() {
+                for d in dead {
+                    vh.publish_dead_letter(self.q, d);
+                }
+            }
+        }
+    }
 }
 
 /// The declared properties of a queue and its live state.
@@ -105,6 +220,8 @@ pub struct Queue {
     /// Wakes publishers waiting for this queue's backlog to shrink.
     drained: tokio::sync::Notify,
     flow_waiting: AtomicBool,
+    /// Registered with the vhost's timer (TTL, expiry).
+    timed: AtomicBool,
 }
 
 /// Counters for list_queues and the management API.
@@ -141,15 +258,119 @@ impl Queue {
             durable,
             exclusive_owner,
             auto_delete,
-            arguments,
+            arguments: arguments.clone(),
             deleted: AtomicBool::new(false),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner::new(QueueOptions::from_arguments(&arguments, None))),
             bindings: Mutex::new(Vec::new()),
             persistence: None,
             store: None,
             drained: tokio::sync::Notify::new(),
             flow_waiting: AtomicBool::new(false),
+            timed: AtomicBool::new(false),
         }
+    }
+
+    fn locked(self: &Arc<Self>) -> Locked<'_> {
+        Locked { q: self, g: ManuallyDrop::new(self.inner.lock()) }
+    }
+
+    pub fn options(&self) -> QueueOptions {
+        self.inner.lock().opts.clone()
+    }
+
+    /// Replaces the options (a policy changed); applies length limits at once.
+    pub fn set_options(self: &Arc<Self>, opts: QueueOptions) {
+        let needs_timer = opts.message_ttl.is_some() || opts.expires.is_some();
+        let mut i = self.locked();
+        i.opts = opts;
+        self.enforce_limits(&mut i);
+        self.dispatch_locked(&mut i);
+        drop(i);
+        if needs_timer {
+            self.register_timer();
+        }
+    }
+
+    /// Asks the vhost's timer to call [`Queue::tick`] (TTL and expiry need time to pass).
+    pub(crate) fn register_timer(self: &Arc<Self>) {
+        if !self.timed.swap(true, Ordering::AcqRel) {
+            if let Some(vh) = self.vhost.upgrade() {
+                vh.register_timed(self);
+            }
+        }
+    }
+
+    /// The queue was used (declared, consumed from, polled): restarts the `x-expires` clock.
+    pub fn touch(&self) {
+        self.inner.lock().last_used = now_ms();
+    }
+
+    /// Timer work: expire messages at the head, and delete the queue if it has been unused
+    /// longer than `x-expires`. Returns false once the queue needs no more ticks.
+    pub fn tick(self: &Arc<Self>, now: u64) -> bool {
+        if self.is_deleted() {
+            return false;
+        }
+        let expired = {
+            let mut i = self.locked();
+            self.expire_head(&mut i, now);
+            match i.opts.expires {
+                Some(ms) => i.consumers.is_empty() && now.saturating_sub(i.last_used) > ms,
+                None => false,
+            }
+        };
+        if expired {
+            if let Some(vh) = self.vhost.upgrade() {
+                tracing::info!(queue = %self.name, vhost = %self.vhost_name, "deleting queue: unused for longer than x-expires");
+                vh.delete_queue_unchecked(&self.name);
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Drops (dead-letters) expired messages at the head of the queue. Like RabbitMQ, only the
+    /// head is examined, so this never scans the queue.
+    fn expire_head(self: &Arc<Self>, i: &mut Inner, now: u64) {
+        while let Some(front) = i.ready.front() {
+            if !front.expires_at.is_some_and(|at| at <= now) {
+                break;
+            }
+            let m = i.ready.pop_front().expect("front exists");
+            i.ready_bytes -= m.msg.body.len();
+            if let Some(pos) = m.pos {
+                self.store_op(|s| s.ack(pos));
+            }
+            i.dead_letter(m.msg, DeathReason::Expired);
+        }
+    }
+
+    /// Applies x-max-length / x-max-length-bytes with drop-head: the oldest messages go.
+    fn enforce_limits(self: &Arc<Self>, i: &mut Inner) {
+        if i.opts.overflow != Overflow::DropHead {
+            return;
+        }
+        loop {
+            let over = i.opts.max_length.is_some_and(|m| i.len() as u64 > m)
+                || i.opts.max_length_bytes.is_some_and(|m| i.ready_bytes as u64 > m);
+            if !over {
+                return;
+            }
+            self.page_in(i);
+            let Some(m) = i.ready.pop_front() else { return };
+            i.ready_bytes -= m.msg.body.len();
+            if let Some(pos) = m.pos {
+                self.store_op(|s| s.ack(pos));
+            }
+            i.dead_letter(m.msg, DeathReason::Maxlen);
+        }
+    }
+
+    /// Whether reject-publish refuses a message of `size` bytes now.
+    fn full_for(i: &Inner, size: usize) -> bool {
+        i.opts.overflow != Overflow::DropHead
+            && (i.opts.max_length.is_some_and(|m| i.len() as u64 >= m)
+                || i.opts.max_length_bytes.is_some_and(|m| (i.ready_bytes + size) as u64 > m))
     }
 
     /// Whether publishers should wait before sending more to this queue.
@@ -207,12 +428,8 @@ impl Queue {
                         let seq = i.next_seq;
                         i.next_seq += 1;
                         i.ready_bytes += msg.body.len();
-                        i.ready.push_back(QueuedMessage {
-                            seq,
-                            msg: Arc::new(msg),
-                            redelivered: r.redelivered,
-                            pos: Some(r.position),
-                        });
+                        let qm = QueuedMessage::new(seq, Arc::new(msg), Some(r.position), r.redelivered, &i.opts);
+                        i.ready.push_back(qm);
                     } else {
                         i.paged.push_back((r.position, r.redelivered));
                     }
@@ -306,12 +523,8 @@ impl Queue {
                     let seq = i.next_seq;
                     i.next_seq += 1;
                     i.ready_bytes += msg.body.len();
-                    i.ready.push_back(QueuedMessage {
-                        seq,
-                        msg: Arc::new(msg),
-                        redelivered,
-                        pos: Some(pos),
-                    });
+                    let qm = QueuedMessage::new(seq, Arc::new(msg), Some(pos), redelivered, &i.opts);
+                    i.ready.push_back(qm);
                 }
                 None => {
                     tracing::error!(queue = %self.name, %pos, "paged-out message unreadable; dropped")
@@ -359,48 +572,37 @@ impl Queue {
     /// Enqueues a routed message and hands it to a consumer if one has credit. A persistent
     /// message in a durable queue is written to the store first; the returned epoch is the
     /// group commit its confirm waits for.
-    pub fn publish(
-        self: &Arc<Self>,
-        msg: Arc<Message>,
-        persistent: bool,
-    ) -> Result<Published, PublishError> {
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, persistent: bool) -> Result<Published, PublishError> {
         if self.is_deleted() {
             return Ok(Published::default());
         }
-        let Some(p) = &self.persistence else {
-            let mut i = self.inner.lock();
-            self.enqueue(&mut i, msg, None);
-            return Ok(Published {
-                epoch: None,
-                backlogged: Self::backlogged(&i),
-            });
-        };
-        let _gate = p.gate.read();
-        let mut i = self.inner.lock();
-        let paging = !i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET;
-        if !persistent && !paging {
-            self.enqueue(&mut i, msg, None);
-            return Ok(Published {
-                epoch: None,
-                backlogged: Self::backlogged(&i),
-            });
+        let _gate = self.persistence.as_ref().map(|p| p.gate.read());
+        let mut i = self.locked();
+        if Self::full_for(&i, msg.body.len()) {
+            if i.opts.overflow == Overflow::RejectPublishDlx {
+                i.dead_letter(msg, DeathReason::Maxlen);
+            }
+            return Err(PublishError::Rejected);
         }
+        let paging = self.store.is_some() && (!i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET) && i.opts.max_priority == 0;
+        let (Some(p), true) = (&self.persistence, persistent || paging) else {
+            self.enqueue(&mut i, msg, None);
+            return Ok(Published { epoch: None, backlogged: Self::backlogged(&i) });
+        };
         let epoch = p.current_epoch();
         let pos = self.store_append(&msg, persistent)?;
         if paging {
             i.published += 1;
             i.paged.push_back((pos, false));
+            self.enforce_limits(&mut i);
         } else {
             self.enqueue(&mut i, msg, Some(pos));
         }
-        Ok(Published {
-            epoch: persistent.then_some(epoch),
-            backlogged: Self::backlogged(&i),
-        })
+        Ok(Published { epoch: persistent.then_some(epoch), backlogged: Self::backlogged(&i) })
     }
 
     fn backlogged(i: &Inner) -> bool {
-        !i.consumers.is_empty() && i.ready.len() + i.paged.len() > FLOW_HIGH
+        !i.consumers.is_empty() && i.len() > FLOW_HIGH
     }
 
     fn enqueue(self: &Arc<Self>, i: &mut Inner, msg: Arc<Message>, pos: Option<Position>) {
@@ -408,18 +610,18 @@ impl Queue {
         i.next_seq += 1;
         i.published += 1;
         i.ready_bytes += msg.body.len();
-        i.ready.push_back(QueuedMessage {
-            seq,
-            msg,
-            redelivered: false,
-            pos,
-        });
+        let qm = QueuedMessage::new(seq, msg, pos, false, &i.opts);
+        if qm.expires_at.is_some() && !self.timed.load(Ordering::Relaxed) {
+            self.register_timer();
+        }
+        i.ready.push_back(qm);
+        self.enforce_limits(i);
         self.dispatch_locked(i);
     }
 
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>) {
-        let mut i = self.inner.lock();
+        let mut i = self.locked();
         self.dispatch_locked(&mut i);
     }
 
@@ -434,53 +636,87 @@ impl Queue {
 
     fn dispatch_inner(self: &Arc<Self>, i: &mut Inner) {
         self.page_in(i);
-        while !i.ready.is_empty() && !i.consumers.is_empty() {
-            let n = i.consumers.len();
-            let mut delivered = false;
-            for k in 0..n {
-                let idx = (i.next_consumer + k) % n;
+        let now = if i.opts.message_ttl.is_some() || self.timed.load(Ordering::Relaxed) { now_ms() } else { 0 };
+        while !i.consumers.is_empty() {
+            if now != 0 {
+                self.expire_head(i, now);
+            }
+            if i.ready.is_empty() {
+                return;
+            }
+            match self.pick_consumer(i) {
+                Some(idx) => self.delivered_to(i, idx),
+                None => return,
+            }
+        }
+    }
+
+    /// Offers the head message to consumers: the highest consumer priority first, round-robin
+    /// within a priority; with single active consumer, only the first consumer. Returns the
+    /// index of the consumer that took it.
+    fn pick_consumer(self: &Arc<Self>, i: &mut Inner) -> Option<usize> {
+        let front = i.ready.front()?;
+        let n = i.consumers.len();
+        let mut start = 0;
+        while start < n {
+            let prio = i.consumers[start].priority;
+            let end = if i.opts.single_active_consumer {
+                1
+            } else {
+                i.consumers[start..].iter().position(|c| c.priority != prio).map_or(n, |k| start + k)
+            };
+            let size = end - start;
+            for k in 0..size {
+                let idx = start + (i.next_consumer + k) % size;
                 let c = &i.consumers[idx];
-                let front = i.ready.front().expect("checked non-empty");
-                let outcome = c.channel.deliver(Deliver {
+                let taken = c.channel.deliver(Deliver {
                     queue: self,
                     consumer_id: c.consumer_id,
                     tag: &c.tag,
                     no_ack: c.no_ack,
                     qm: front,
                 });
-                if outcome {
-                    let no_ack = c.no_ack;
-                    i.next_consumer = (idx + 1) % n;
-                    let qm = i.ready.pop_front().expect("checked non-empty");
-                    i.ready_bytes -= qm.msg.body.len();
-                    i.delivered += 1;
-                    if let Some(pos) = qm.pos {
-                        if no_ack {
-                            self.store_op(|s| s.ack(pos));
-                        } else if !qm.redelivered {
-                            self.store_op(|s| s.mark_delivered(pos));
-                        }
-                    }
-                    if !no_ack {
-                        i.unacked += 1;
-                    }
-                    delivered = true;
-                    if i.ready.is_empty() {
-                        self.page_in(i);
-                    }
-                    break;
+                if taken {
+                    i.next_consumer = (idx - start + 1) % size;
+                    return Some(idx);
                 }
             }
-            if !delivered {
-                break;
+            if i.opts.single_active_consumer {
+                return None;
             }
+            start = end;
+        }
+        None
+    }
+
+    /// Bookkeeping after consumer `idx` took the head message.
+    fn delivered_to(self: &Arc<Self>, i: &mut Inner, idx: usize) {
+        let no_ack = i.consumers[idx].no_ack;
+        let qm = i.ready.pop_front().expect("a consumer took the head message");
+        i.ready_bytes -= qm.msg.body.len();
+        i.delivered += 1;
+        if let Some(pos) = qm.pos {
+            if no_ack {
+                self.store_op(|s| s.ack(pos));
+            } else if !qm.redelivered {
+                self.store_op(|s| s.mark_delivered(pos));
+            }
+        }
+        if !no_ack {
+            i.unacked += 1;
+        }
+        if i.ready.is_empty() {
+            self.page_in(i);
         }
     }
 
     /// basic.get: takes the next ready message. `ack_expected` counts it as unacked.
     pub fn get(self: &Arc<Self>, ack_expected: bool) -> Option<(QueuedMessage, u32)> {
-        let mut i = self.inner.lock();
+        let mut i = self.locked();
+        i.last_used = now_ms();
         self.page_in(&mut i);
+        let now = now_ms();
+        self.expire_head(&mut i, now);
         let qm = i.ready.pop_front()?;
         i.ready_bytes -= qm.msg.body.len();
         i.delivered += 1;
@@ -495,6 +731,18 @@ impl Queue {
             i.unacked += 1;
         }
         Some((qm, (i.ready.len() + i.paged.len()) as u32))
+    }
+
+    /// basic.reject / basic.nack without requeue: the messages leave the queue for its
+    /// dead-letter exchange (reason `rejected`), or are dropped.
+    pub fn reject<'a>(self: &Arc<Self>, msgs: impl Iterator<Item = &'a QueuedMessage> + Clone) {
+        self.settle(msgs.clone());
+        let mut i = self.locked();
+        if i.opts.dead_letter_exchange.is_some() {
+            for m in msgs {
+                i.dead_letter(m.msg.clone(), DeathReason::Rejected);
+            }
+        }
     }
 
     /// Settles unacked messages (acked, or rejected without requeue): they leave the store.
@@ -521,17 +769,29 @@ impl Queue {
     /// Puts unacked messages back in their original places, marked redelivered, and delivers
     /// them again at once. Messages of a deleted queue are dropped.
     pub fn requeue(self: &Arc<Self>, mut msgs: Vec<QueuedMessage>) {
-        let mut i = self.inner.lock();
+        let mut i = self.locked();
         i.unacked = i.unacked.saturating_sub(msgs.len() as u32);
         if self.is_deleted() {
             return;
         }
+        let limit = i.opts.delivery_limit;
+        let count_deliveries = limit.is_some() || i.opts.quorum;
         msgs.sort_unstable_by_key(|m| m.seq);
         for mut m in msgs.into_iter().rev() {
             m.redelivered = true;
+            if count_deliveries {
+                m.delivery_count += 1;
+                if limit.is_some_and(|l| m.delivery_count as u64 > l) {
+                    if let Some(pos) = m.pos {
+                        self.store_op(|s| s.ack(pos));
+                    }
+                    i.dead_letter(m.msg, DeathReason::DeliveryLimit);
+                    continue;
+                }
+                m.msg = Arc::new(m.msg.with_header("x-delivery-count", m.delivery_count as i64));
+            }
             i.ready_bytes += m.msg.body.len();
-            let at = i.ready.partition_point(|r| r.seq < m.seq);
-            i.ready.insert(at, m);
+            i.ready.insert_ordered(m);
         }
         self.dispatch_locked(&mut i);
     }
@@ -542,15 +802,19 @@ impl Queue {
         c: QueueConsumer,
         on_added: impl FnOnce(),
     ) -> Result<(), ConsumeRefused> {
-        let mut i = self.inner.lock();
+        let mut i = self.locked();
         if self.is_deleted() {
             return Err(ConsumeRefused::Deleted);
         }
         if c.exclusive && !i.consumers.is_empty() || i.consumers.iter().any(|x| x.exclusive) {
             return Err(ConsumeRefused::ExclusiveInUse);
         }
-        i.consumers.push(c);
+        // Kept in descending consumer priority, in arrival order within a priority (the first
+        // one is the single active consumer).
+        let at = i.consumers.iter().position(|x| x.priority < c.priority).unwrap_or(i.consumers.len());
+        i.consumers.insert(at, c);
         i.had_consumer = true;
+        i.last_used = now_ms();
         on_added();
         self.dispatch_locked(&mut i);
         Ok(())
@@ -559,13 +823,16 @@ impl Queue {
     /// Removes a consumer. Deletes an auto-delete queue that has lost its last consumer.
     pub fn remove_consumer(self: &Arc<Self>, channel: &DeliveryChannel, consumer_id: u32) {
         let now_unused = {
-            let mut i = self.inner.lock();
+            let mut i = self.locked();
+            i.last_used = now_ms();
             let before = i.consumers.len();
             i.consumers
                 .retain(|c| !(std::ptr::eq(&*c.channel, channel) && c.consumer_id == consumer_id));
             if i.next_consumer >= i.consumers.len() {
                 i.next_consumer = 0;
             }
+            // A single active consumer's successor starts at once.
+            self.dispatch_locked(&mut i);
             before != i.consumers.len() && i.consumers.is_empty() && i.had_consumer
         };
         if self.flow_waiting.swap(false, Ordering::AcqRel) {
@@ -582,7 +849,7 @@ impl Queue {
     pub fn purge(self: &Arc<Self>) -> u32 {
         let mut i = self.inner.lock();
         let n = (i.ready.len() + i.paged.len()) as u32;
-        let ready = std::mem::take(&mut i.ready);
+        let ready = i.ready.drain();
         let paged = std::mem::take(&mut i.paged);
         i.ready_bytes = 0;
         self.store_op(|s| {
@@ -606,7 +873,7 @@ impl Queue {
         let (n, consumers) = {
             let mut i = self.inner.lock();
             let n = (i.ready.len() + i.paged.len()) as u32;
-            i.ready.clear();
+            i.ready.drain();
             i.paged.clear();
             i.ready_bytes = 0;
             (n, std::mem::take(&mut i.consumers))

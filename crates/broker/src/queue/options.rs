@@ -1,0 +1,69 @@
+//! The behaviour a queue's arguments (and, later, policies) select: TTLs, length limits,
+//! dead-lettering, priorities, single active consumer, delivery limit.
+
+use warren_protocol::{FieldTable, FieldValue, ShortStr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    #[default]
+    DropHead,
+    RejectPublish,
+    RejectPublishDlx,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueOptions {
+    /// `x-message-ttl`, ms.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`, ms: the queue is deleted after being unused this long.
+    pub expires: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    pub dead_letter_exchange: Option<ShortStr>,
+    pub dead_letter_routing_key: Option<ShortStr>,
+    /// `x-max-priority`: 0 means no priorities.
+    pub max_priority: u8,
+    pub single_active_consumer: bool,
+    /// `x-delivery-limit`: dead-letter (or drop) after this many redeliveries. None: unlimited
+    /// (Warren's default, unlike RabbitMQ 4's quorum queues, which default to 20).
+    pub delivery_limit: Option<u64>,
+    pub quorum: bool,
+}
+
+fn int(args: &FieldTable, key: &str) -> Option<u64> {
+    args.get(key).and_then(FieldValue::as_i64).filter(|v| *v >= 0).map(|v| v as u64)
+}
+
+fn string(args: &FieldTable, key: &str) -> Option<ShortStr> {
+    args.get(key).and_then(FieldValue::as_str).map(ShortStr::from)
+}
+
+impl QueueOptions {
+    /// Options from declared arguments; `policy` (a policy's definition, with RabbitMQ's key
+    /// names without the `x-` prefix) fills what the arguments leave unset.
+    pub fn from_arguments(args: &FieldTable, policy: Option<&FieldTable>) -> Self {
+        let empty = FieldTable::new();
+        let p = policy.unwrap_or(&empty);
+        let pick_int = |arg: &str, pol: &str| int(args, arg).or_else(|| int(p, pol));
+        let pick_str = |arg: &str, pol: &str| string(args, arg).or_else(|| string(p, pol));
+        let overflow = match pick_str("x-overflow", "overflow").as_deref() {
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            _ => Overflow::DropHead,
+        };
+        QueueOptions {
+            message_ttl: pick_int("x-message-ttl", "message-ttl"),
+            expires: pick_int("x-expires", "expires"),
+            max_length: pick_int("x-max-length", "max-length"),
+            max_length_bytes: pick_int("x-max-length-bytes", "max-length-bytes"),
+            overflow,
+            dead_letter_exchange: pick_str("x-dead-letter-exchange", "dead-letter-exchange"),
+            dead_letter_routing_key: pick_str("x-dead-letter-routing-key", "dead-letter-routing-key"),
+            max_priority: int(args, "x-max-priority").map(|p| p.min(255) as u8).unwrap_or(0),
+            single_active_consumer: args.get("x-single-active-consumer").and_then(FieldValue::as_bool).unwrap_or(false),
+            delivery_limit: pick_int("x-delivery-limit", "delivery-limit"),
+            quorum: args.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum"),
+        }
+    }
+}
