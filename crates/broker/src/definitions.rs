@@ -112,7 +112,11 @@ fn yes() -> bool {
 /// A user as a definitions file gives it: tags as a list or a comma-separated string.
 pub fn user_from_def(u: &UserDef) -> Result<User, String> {
     let tags = match &u.tags {
-        Value::Array(a) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
         Value::String(s) => s
             .split(',')
             .map(str::trim)
