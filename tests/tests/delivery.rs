@@ -1168,3 +1168,88 @@ async fn empty_queue_name_means_the_last_declared_queue() {
     .expect("delete");
     eventually("deleted", || !queue_exists(&broker, &q)).await;
 }
+
+/// Two services that each publish on the connection where they also consume (a common
+/// shape: A sends requests to B's queue and consumes B's answers, and vice versa). With
+/// both queues backlogged, neither connection may stop reading the acks that drain the other
+/// queue: RabbitMQ's credit flow throttles publishers but never stops a queue from draining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "broker bug: flow control blocks a connection's reader, acks included, so two connections feeding each other's backlogged queues deadlock"]
+async fn flow_control_does_not_deadlock_connections_feeding_each_other() {
+    const N: usize = 60_000; // above the broker's 50,000-message backlog limit
+    let broker = TestBroker::start();
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let published = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    let mut conns = Vec::new();
+    for (own, other) in [("svc-a", "svc-b"), ("svc-b", "svc-a")] {
+        let conn = connect(&broker).await;
+        let cons_ch = channel(&conn).await;
+        declare(&cons_ch, own).await;
+        declare(&cons_ch, other).await;
+        qos(&cons_ch, 50, false).await;
+        let mut c = consume(&cons_ch, own, "").await;
+        let mut gate = gate_rx.clone();
+        let n = consumed.clone();
+        tasks.push(tokio::spawn(async move {
+            // Hold off until both queues are backlogged.
+            while !*gate.borrow_and_update() {
+                if gate.changed().await.is_err() {
+                    return;
+                }
+            }
+            while let Some(Ok(d)) = c.next().await {
+                d.ack(BasicAckOptions::default()).await.expect("ack");
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        let pub_ch = channel(&conn).await;
+        let target = other.to_string();
+        let p = published.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..N {
+                pub_ch
+                    .basic_publish(
+                        "".into(),
+                        target.as_str().into(),
+                        BasicPublishOptions::default(),
+                        b"req",
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .expect("publish");
+                p.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        conns.push(conn);
+    }
+    // Let the backlogs build (or give up waiting after a while), then start consuming.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        let a = queue_counts(&broker, "svc-a").map_or(0, |c| c.0);
+        let b = queue_counts(&broker, "svc-b").map_or(0, |c| c.0);
+        if a > 50_000 && b > 50_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gate_tx.send(true).expect("open the gate");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while consumed.load(Ordering::Relaxed) < 2 * N {
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "stalled: published {} and consumed {} of {}; ready a={:?} b={:?}",
+                published.load(Ordering::Relaxed),
+                consumed.load(Ordering::Relaxed),
+                2 * N,
+                queue_counts(&broker, "svc-a"),
+                queue_counts(&broker, "svc-b"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
