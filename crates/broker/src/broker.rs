@@ -37,6 +37,8 @@ pub struct Broker {
     pub(crate) vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     /// Users, permissions, limits (see [`crate::auth`]).
     pub(crate) access: crate::auth::AccessControl,
+    /// Memory and disk alarms (see [`crate::alarm`]).
+    pub alarms: crate::alarm::ResourceAlarms,
     next_id: AtomicU64,
     pub connections: Connections,
 }
@@ -105,6 +107,7 @@ impl Broker {
             persistence,
             vhosts: RwLock::new(HashMap::new()),
             access: Default::default(),
+            alarms: Default::default(),
             next_id: AtomicU64::new(1),
             connections: Connections::default(),
             config,

@@ -11,6 +11,7 @@
 //! - [`persist`]: message stores of durable queues, group commit, saved definitions.
 //! - [`definitions`]: the topology in RabbitMQ's definitions format.
 //! - [`json`]: field tables as JSON.
+//! - [`alarm`]: memory and disk alarms that block publishers.
 //! - [`auth`]: users, password hashes, permissions, user and vhost limits.
 //! - [`broker`]: the set of vhosts and broker-wide settings.
 //! - [`connections`]: the registry of client connections, for operators.
@@ -21,6 +22,7 @@
 //! Lock order (never taken the other way round): vhost maps → exchange bindings (released
 //! before queues are touched) → queue → channel → writer.
 
+pub mod alarm;
 pub mod auth;
 pub mod broker;
 pub mod channel;

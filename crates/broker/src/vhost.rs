@@ -383,6 +383,15 @@ impl VHost {
         }
     }
 
+    /// The hidden queue behind direct reply-to (`amq.rabbitmq.reply-to`): named
+    /// `amq.rabbitmq.reply-to.<token>`, exclusive to the connection, gone with its consumer.
+    pub fn declare_reply_queue(self: &Arc<Self>, conn: u64) -> Arc<Queue> {
+        let name: ShortStr = format!("amq.rabbitmq.reply-to.{}", &generate_name()["amq.gen-".len()..]).into();
+        let q = Arc::new(Queue::new(name.clone(), self, false, Some(conn), true, FieldTable::new()));
+        self.queues.write().insert(name, q.clone());
+        q
+    }
+
     fn redeclare(
         &self,
         q: Arc<Queue>,

@@ -16,6 +16,9 @@ use warren_protocol::{Method, ShortStr};
 
 type Result<T> = std::result::Result<T, AmqpError>;
 
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// What a channel handler may touch of its connection.
 pub(crate) struct Ctx<'a> {
     pub vhost: &'a Arc<VHost>,
@@ -25,6 +28,8 @@ pub(crate) struct Ctx<'a> {
     pub exclusive_queues: &'a mut Vec<ShortStr>,
     /// Queues whose consumers are behind: the connection stops reading until they catch up.
     pub backlogged: &'a mut Vec<Arc<Queue>>,
+    /// The connection's user and permissions.
+    pub guard: &'a mut crate::security::Guard,
 }
 
 enum TxOp {
@@ -58,6 +63,8 @@ pub(crate) struct Channel {
     /// for (0: none), nack). Runs of acks go out as one `basic.ack multiple`.
     confirms: std::collections::VecDeque<(u64, u64, bool)>,
     tx: Option<Vec<TxOp>>,
+    /// The hidden queue of this channel's direct reply-to consumer.
+    reply_queue: Option<ShortStr>,
     /// The last queue declared on this channel, for methods that name the queue "".
     last_queue: Option<ShortStr>,
     /// Cache of the last exchange published to, saving a map lookup per message.
@@ -83,6 +90,7 @@ impl Channel {
             confirms: Default::default(),
             tx: None,
             last_queue: None,
+            reply_queue: None,
             last_exchange: None,
             route_scratch: Vec::new(),
             outbox,
@@ -145,6 +153,8 @@ impl Channel {
         method: Method,
         content: Option<Content>,
     ) -> Result<()> {
+        cx.guard
+            .authorize(cx.vhost, &method, self.last_queue.as_ref())?;
         let method_is_sync = matches!(method, Method::BasicRecover(_));
         match method {
             Method::BasicPublish(p) => {
@@ -412,6 +422,7 @@ impl Channel {
         mandatory: bool,
         content: Content,
     ) -> Result<()> {
+        let content = self.rewrite_reply_to(content)?;
         let x = match &self.last_exchange {
             Some(x) if x.name == exchange && !x.is_deleted() => x.clone(),
             _ => {
@@ -470,9 +481,39 @@ impl Channel {
         Ok(())
     }
 
+    /// A publish with `reply_to = amq.rabbitmq.reply-to` names this channel's reply queue.
+    fn rewrite_reply_to(&self, content: Content) -> Result<Content> {
+        let flags = content.properties.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+        if flags & (1 << 9) == 0 {
+            return Ok(content);
+        }
+        let mut props = warren_protocol::BasicProperties::decode(content.properties.clone())
+            .map_err(|e| AmqpError::new(SYNTAX_ERROR, format!("malformed content header: {e}")))?;
+        if props.reply_to.as_deref() != Some(DIRECT_REPLY_TO) {
+            return Ok(content);
+        }
+        let q = self.reply_queue.clone().ok_or_else(|| AmqpError::precondition("fast reply consumer does not exist"))?;
+        props.reply_to = Some(q);
+        Ok(Content { properties: props.to_bytes(), body: content.body })
+    }
+
     fn consume(&mut self, cx: &mut Ctx<'_>, c: BasicConsume) -> Result<()> {
         let queue_name = self.queue_name(c.queue)?;
-        let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
+        let q = if queue_name == DIRECT_REPLY_TO {
+            // Direct reply-to: a hidden queue for this channel's replies.
+            if !c.no_ack {
+                return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+            }
+            if self.reply_queue.is_some() {
+                return Err(AmqpError::precondition("reply consumer already set"));
+            }
+            let q = cx.vhost.declare_reply_queue(cx.conn_id);
+            cx.exclusive_queues.push(q.name.clone());
+            self.reply_queue = Some(q.name.clone());
+            q
+        } else {
+            cx.vhost.queue_for(&queue_name, cx.conn_id)?
+        };
         let tag: ShortStr = if c.consumer_tag.is_empty() {
             format!(
                 "amq.ctag-{}",

@@ -92,6 +92,8 @@ pub(crate) struct Connection {
     backlogged: Vec<Arc<warren_broker::Queue>>,
     /// Group-commit progress, for publisher confirms of persistent messages.
     synced: Option<tokio::sync::watch::Receiver<SyncState>>,
+    /// User, permissions, limits, alarm blocking.
+    guard: crate::security::Guard,
 }
 
 /// Runs a connection from accept to close.
@@ -169,6 +171,7 @@ pub async fn run(
         done: false,
         last_recv: Instant::now(),
         synced: broker.persistence().map(|p| p.subscribe()),
+        guard: crate::security::Guard::new(hs.access, hs.slot, broker.clone(), hs.blocked_notify),
         backlogged: Vec::new(),
     };
     let (reason, socket_open) = conn.read_loop(&mut rd, rbuf).await;
@@ -200,6 +203,10 @@ struct Handshake {
     channel_max: u16,
     heartbeat: u16,
     cancel_notify: bool,
+    /// The client announced the connection.blocked capability.
+    blocked_notify: bool,
+    access: warren_broker::auth::AccessContext,
+    slot: warren_broker::auth::ConnectionSlot,
     client_properties: Vec<(String, String)>,
 }
 
@@ -212,6 +219,7 @@ fn server_properties() -> FieldTable {
         "consumer_cancel_notify",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         caps.insert(c, true);
     }
@@ -354,11 +362,12 @@ async fn handshake(
         Ok((
             user,
             cap("consumer_cancel_notify"),
+            cap("connection.blocked"),
             start_ok.client_properties,
         ))
     }
     .await;
-    let (user, cancel_notify, client_props) = match result {
+    let (user, cancel_notify, blocked_notify, client_props) = match result {
         Ok(v) => v,
         Err(e) => {
             if e.code != 0 {
@@ -426,19 +435,29 @@ async fn handshake(
                 ))
             }
         };
-        let vhost = broker.vhost(&open.virtual_host).ok_or_else(|| {
-            ConnectionError::new(
-                NOT_ALLOWED,
-                format!("vhost '{}' not found", open.virtual_host.as_str()),
-            )
+        // RabbitMQ's checks and texts: the vhost exists and the user has permissions there,
+        // then the node, vhost and user connection limits.
+        let vhost_name = open.virtual_host.as_str();
+        let (class_id, method_id) = (10, 40);
+        let access = broker
+            .vhost_access(&user, vhost_name)
+            .map_err(|e| ConnectionError::from_amqp(e, class_id, method_id))?;
+        let slot = broker
+            .acquire_connection(&user, vhost_name, config.connection_max)
+            .map_err(|e| ConnectionError::from_amqp(e, class_id, method_id))?;
+        let vhost = broker.vhost(vhost_name).ok_or_else(|| {
+            ConnectionError::new(NOT_ALLOWED, format!("vhost {vhost_name} not found"))
         })?;
-        Ok((frame_max, channel_max, tune_ok.heartbeat, vhost))
+        Ok((frame_max, channel_max, tune_ok.heartbeat, vhost, access, slot))
     }
     .await;
     match result {
-        Ok((frame_max, channel_max, heartbeat, vhost)) => Ok(Some(Handshake {
+        Ok((frame_max, channel_max, heartbeat, vhost, access, slot)) => Ok(Some(Handshake {
             user,
             vhost,
+            access,
+            slot,
+            blocked_notify,
             frame_max,
             channel_max,
             heartbeat,
@@ -577,7 +596,12 @@ impl Connection {
                 _ = Self::sync_changed(&mut self.synced), if awaiting => {
                     self.flush_confirms();
                 }
-                r = rd.read_buf(&mut rbuf) => {
+                _ = self.guard.alarm_changed() => {
+                    self.guard.update_blocked(&self.outbox);
+                    self.last_recv = Instant::now();
+                }
+                // A publisher blocked by a resource alarm is not read from.
+                r = rd.read_buf(&mut rbuf), if !self.guard.blocked => {
                     match r {
                         Ok(0) => return ("client closed the TCP connection".into(), false),
                         Err(e) => return (format!("socket error: {e}"), false),
@@ -586,6 +610,7 @@ impl Connection {
                             if let Some(reason) = self.process(&mut rbuf) {
                                 return (reason, true);
                             }
+                            self.guard.update_blocked(&self.outbox);
                             // Flow control: don't read more until lagging queues catch up.
                             // (Never for a queue this connection consumes from: its acks must
                             // keep flowing.)
@@ -677,6 +702,7 @@ impl Connection {
             }
         }
         if self.heartbeat > 0
+            && !self.guard.blocked
             && now - self.last_recv > Duration::from_secs(2 * self.heartbeat as u64)
         {
             tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
@@ -777,6 +803,11 @@ impl Connection {
                 Method::decode(frame.payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e))?;
             return match m {
                 Method::ChannelOpen(_) => {
+                    // The user's channel limit (530 NOT_ALLOWED closes the connection).
+                    self.guard
+                        .slot
+                        .open_channel()
+                        .map_err(|e| ConnectionError::from_amqp(e, 20, 10))?;
                     self.open_channel(n);
                     Ok(())
                 }
@@ -846,6 +877,7 @@ impl Connection {
                     frame_max: self.frame_max,
                     exclusive_queues: &mut self.exclusive_queues,
                     backlogged: &mut self.backlogged,
+                    guard: &mut self.guard,
                 };
                 let ch = self.channels[n as usize].as_mut().expect("checked open");
                 match ch.handle(&mut ctx, method, cmd.content) {
@@ -910,6 +942,7 @@ impl Connection {
 
     fn remove_channel(&mut self, n: u16) {
         if let Some(Some(ch)) = self.channels.get_mut(n as usize).map(Option::take) {
+            self.guard.slot.close_channel();
             ch.delivery.close();
             self.entry
                 .channels

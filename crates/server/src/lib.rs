@@ -7,10 +7,14 @@
 //! - [`outbox`]: the connection's shared write buffer, drained by the writer task.
 //! - [`connection`]: handshake, frame dispatch, heartbeats, connection-level errors.
 //! - [`channel`]: the per-channel method handlers (exchange, queue, basic, confirm, tx).
+//! - [`security`]: a connection's user, permission checks, limits and alarm blocking.
+//! - [`alarms`]: the memory and disk monitor behind the resource alarms.
 
+pub mod alarms;
 pub mod channel;
 pub mod connection;
 pub mod outbox;
+pub mod security;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +39,8 @@ pub struct ServerConfig {
     pub consumer_timeout_action: ConsumerTimeoutAction,
     /// Treat every peer as remote (tests of loopback-only users).
     pub peers_are_remote: bool,
+    /// Most client connections on this node (RabbitMQ's `connection_max`; None: no limit).
+    pub connection_max: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +54,7 @@ impl Default for ServerConfig {
             consumer_timeout: Some(Duration::from_millis(1_800_000)),
             consumer_timeout_action: ConsumerTimeoutAction::CloseChannel,
             peers_are_remote: false,
+            connection_max: None,
         }
     }
 }

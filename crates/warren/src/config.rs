@@ -26,6 +26,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("channel_max", "most channels per connection (1..=65535)"),
     ("max_message_size", "largest message body in bytes"),
     (
+        "connection_max",
+        "most client connections on this node (no limit if unset)",
+    ),
+    (
         "handshake_timeout",
         "milliseconds a new connection has to complete the AMQP handshake",
     ),

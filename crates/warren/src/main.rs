@@ -182,6 +182,7 @@ fn settings(args: Args) -> Result<Settings, String> {
         consumer_timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
         consumer_timeout_action: action,
         peers_are_remote: false,
+        connection_max: file.parse_value("connection_max")?,
     };
     let log_level = args.log_level.or(file
         .get("log.console.level")
@@ -258,7 +259,12 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         Arc::new(s.server),
         stop_rx.clone(),
     ));
-    let _ = s.mgmt_listen;
+    let mgmt_listener = TcpListener::bind(s.mgmt_listen).await.with_context(|| {
+        format!("cannot listen on {} for the management API; use --mgmt-listen to pick another address", s.mgmt_listen)
+    })?;
+    tracing::info!(mgmt = %mgmt_listener.local_addr()?, "management API listening");
+    let mgmt_options = warren_mgmt::Options { amqp_listeners: vec![s.listen], node_name: String::new() };
+    let mgmt = tokio::spawn(warren_mgmt::serve_with(mgmt_listener, broker.clone(), mgmt_options, stop_rx.clone()));
     shutdown_signal().await;
     tracing::info!("stopping: closing connections (a second signal exits at once)");
     let _ = stop_tx.send(true);
@@ -267,6 +273,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         std::process::exit(1);
     });
     let _ = server.await;
+    if let Ok(Err(e)) = mgmt.await {
+        tracing::warn!("management API: {e}");
+    }
     // Give writers a moment to flush connection.close to every client.
     for _ in 0..50 {
         if broker.connections.is_empty() {
