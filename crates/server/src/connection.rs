@@ -448,7 +448,14 @@ async fn handshake(
         let vhost = broker.vhost(vhost_name).ok_or_else(|| {
             ConnectionError::new(NOT_ALLOWED, format!("vhost {vhost_name} not found"))
         })?;
-        Ok((frame_max, channel_max, tune_ok.heartbeat, vhost, access, slot))
+        Ok((
+            frame_max,
+            channel_max,
+            tune_ok.heartbeat,
+            vhost,
+            access,
+            slot,
+        ))
     }
     .await;
     match result {

