@@ -401,3 +401,212 @@ async fn vhosts_are_isolated_and_deleting_one_closes_its_connections() {
         .unwrap();
     assert_eq!(reply_code(&e), Some(530));
 }
+
+async fn closed(conn: &Connection) {
+    for _ in 0..250 {
+        if !conn.status().connected() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("connection still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_per_node_vhost_and_user() {
+    use warren_broker::auth::{UserLimits, VHostLimits};
+    let b = TestBroker::with_config(ServerConfig {
+        connection_max: Some(3),
+        ..Default::default()
+    });
+    b.broker.add_user("u", "p", vec![]).unwrap();
+    b.broker
+        .set_permissions("u", "/", ".*", ".*", ".*")
+        .unwrap();
+    b.broker
+        .set_user_limits(
+            "u",
+            UserLimits {
+                max_connections: Some(1),
+                max_channels: None,
+            },
+        )
+        .unwrap();
+    b.broker.add_vhost("v");
+    b.broker
+        .set_permissions("guest", "v", ".*", ".*", ".*")
+        .unwrap();
+    b.broker
+        .set_vhost_limits(
+            "v",
+            VHostLimits {
+                max_connections: Some(1),
+                max_queues: None,
+            },
+        )
+        .unwrap();
+
+    let u1 = try_connect(&url(&b, "u", "p", "/")).await.expect("u #1");
+    let e = try_connect(&url(&b, "u", "p", "/")).await.err().unwrap();
+    assert_eq!(reply_code(&e), Some(530));
+    assert!(
+        e.to_string()
+            .contains("Connection refused for user 'u': user connection limit (1) is reached"),
+        "{e}"
+    );
+    let v1 = try_connect(&url(&b, "guest", "guest", "v"))
+        .await
+        .expect("v #1");
+    let e = try_connect(&url(&b, "guest", "guest", "v"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains(
+            "access to vhost 'v' refused for user 'guest': connection limit (1) is reached"
+        ),
+        "{e}"
+    );
+    let g1 = try_connect(&b.url()).await.expect("third connection");
+    let e = try_connect(&b.url()).await.err().unwrap();
+    assert!(
+        e.to_string()
+            .contains("connection refused: node connection limit (3) is reached"),
+        "{e}"
+    );
+    // Closing a connection frees its place.
+    within("close", u1.close(200, "bye".into())).await.unwrap();
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = try_connect(&url(&b, "u", "p", "/")).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        again.is_some(),
+        "u may connect again once its connection closed"
+    );
+    drop((v1, g1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_channel_limit_closes_the_connection() {
+    use warren_broker::auth::UserLimits;
+    let b = TestBroker::start();
+    b.broker.add_user("u", "p", vec![]).unwrap();
+    b.broker
+        .set_permissions("u", "/", ".*", ".*", ".*")
+        .unwrap();
+    b.broker
+        .set_user_limits(
+            "u",
+            UserLimits {
+                max_connections: None,
+                max_channels: Some(2),
+            },
+        )
+        .unwrap();
+    let c1 = try_connect(&url(&b, "u", "p", "/")).await.unwrap();
+    let c2 = try_connect(&url(&b, "u", "p", "/")).await.unwrap();
+    let _a = channel(&c1).await;
+    let _b = channel(&c2).await;
+    let mut ev = events(&c2);
+    let r = within("third channel", c2.create_channel()).await;
+    assert!(r.is_err(), "a third channel of the user is refused");
+    let e = next_error(&mut ev).await;
+    let text = expect_error_code(&e, 530);
+    assert_eq!(
+        text,
+        "NOT_ALLOWED - number of channels opened for user 'u' has reached the maximum allowed user limit of (2)"
+    );
+    closed(&c2).await;
+    // c2's channel was released: c1 may open another.
+    channel(&c1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limit_per_vhost() {
+    use warren_broker::auth::VHostLimits;
+    let b = TestBroker::start();
+    b.broker
+        .set_vhost_limits(
+            "/",
+            VHostLimits {
+                max_connections: None,
+                max_queues: Some(2),
+            },
+        )
+        .unwrap();
+    let (conn, ch) = open(&b).await;
+    declare(&ch, "q1").await;
+    declare(&ch, "q2").await;
+    declare(&ch, "q1").await; // redeclaring is not a new queue
+    let r = ch
+        .queue_declare("q3".into(), QueueDeclareOptions::default(), no_args())
+        .await;
+    assert_eq!(
+        expect_code(r, 406),
+        "PRECONDITION_FAILED - cannot declare queue 'q3': queue limit in vhost '/' (2) is reached"
+    );
+    let ch = channel(&conn).await;
+    within(
+        "delete",
+        ch.queue_delete("q2".into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .unwrap();
+    declare(&ch, "q3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_limits_channel_max_frame_max_message_size_handshake_timeout() {
+    use common::raw::{method_frame, RawClient};
+    let b = TestBroker::with_config(ServerConfig {
+        channel_max: 4,
+        max_message_size: 1000,
+        handshake_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    });
+    // A slow-loris socket that never completes the handshake is dropped.
+    let mut idle = RawClient::connect(b.addr).await;
+    let start = std::time::Instant::now();
+    let _ = idle.read_to_end().await;
+    assert!(start.elapsed() < std::time::Duration::from_secs(3));
+
+    // channel_max: a channel above it is a connection error.
+    let mut raw = RawClient::connect(b.addr).await;
+    raw.handshake().await;
+    raw.send(&method_frame(5, 20, 10, &[0])).await;
+    raw.expect_connection_close(504).await;
+
+    // frame_max: a frame larger than negotiated is a connection error (501).
+    let mut raw = RawClient::connect(b.addr).await;
+    raw.handshake().await;
+    raw.send(&method_frame(1, 20, 10, &[0])).await;
+    let ok = raw.read_method().await.unwrap();
+    assert_eq!(ok.method_id(), (20, 11));
+    raw.send(&method_frame(1, 60, 40, &vec![0u8; 200_000]))
+        .await;
+    raw.expect_connection_close(501).await;
+
+    // max_message_size: an oversize body is a 406 on that channel, not a crash.
+    let (conn, ch) = open(&b).await;
+    declare(&ch, "big").await;
+    let mut ev = events(&conn);
+    let _ = ch
+        .basic_publish(
+            "".into(),
+            "big".into(),
+            BasicPublishOptions::default(),
+            &vec![1u8; 2000],
+            BasicProperties::default(),
+        )
+        .await;
+    let e = next_error(&mut ev).await;
+    expect_error_code(&e, 406);
+    let ch = channel(&conn).await;
+    publish(&ch, "", "big", &[2u8; 1000]).await;
+    wait_counts(&b, "big", 1, 0).await;
+}
