@@ -205,7 +205,6 @@ async fn global_qos_is_shared_by_the_channels_consumers() {
 /// credit to a newer consumer on the same channel: prefetch counts that consumer's own
 /// unacknowledged messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: acking a cancelled consumer's message credits the consumer that reused its slot on the channel, exceeding prefetch"]
 async fn acking_a_cancelled_consumers_message_does_not_lift_another_consumers_prefetch() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
@@ -548,7 +547,6 @@ async fn unacked_messages_are_redelivered_after_an_abrupt_socket_drop() {
 /// them asynchronously), and lapin relies on it: it discards deliveries buffered when
 /// recover-ok arrives, as stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: redeliveries of basic.recover are sent before basic.recover-ok, so lapin discards them"]
 async fn basic_recover_redelivers_unacked_messages() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
@@ -1174,7 +1172,6 @@ async fn empty_queue_name_means_the_last_declared_queue() {
 /// both queues backlogged, neither connection may stop reading the acks that drain the other
 /// queue: RabbitMQ's credit flow throttles publishers but never stops a queue from draining.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: flow control blocks a connection's reader, acks included, so two connections feeding each other's backlogged queues deadlock"]
 async fn flow_control_does_not_deadlock_connections_feeding_each_other() {
     const N: usize = 60_000; // above the broker's 50,000-message backlog limit
     let broker = TestBroker::start();

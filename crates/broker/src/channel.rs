@@ -47,6 +47,8 @@ pub struct Unacked {
     pub delivery_tag: u64,
     pub queue: Arc<Queue>,
     pub consumer_id: Option<u32>,
+    /// The consumer's unique id on this channel (slot ids are reused after a cancel).
+    pub consumer_uid: u64,
     pub qm: QueuedMessage,
     pub delivered_at: Instant,
     /// The delivery-acknowledgement timeout that applies to this delivery.
@@ -54,6 +56,7 @@ pub struct Unacked {
 }
 
 struct ConsumerSlot {
+    uid: u64,
     tag: ShortStr,
     queue: Arc<Queue>,
     no_ack: bool,
@@ -81,7 +84,7 @@ pub fn effective_timeout(
         t.and_then(|t| t.get("x-consumer-timeout"))
             .and_then(|v| v.as_i64())
     };
-    match from(consumer_args).or_else(|| from(Some(&queue.arguments))) {
+    match from(consumer_args).or_else(|| queue.options().consumer_timeout.map(|v| v as i64)) {
         Some(ms) if ms <= 0 => None,
         Some(ms) => Some(Duration::from_millis(ms as u64)),
         None => default,
@@ -96,6 +99,7 @@ struct State {
     prefetch_count: u16,
     global_prefetch: u16,
     consumers: Vec<Option<ConsumerSlot>>,
+    next_uid: u64,
 }
 
 pub struct DeliveryChannel {
@@ -146,6 +150,7 @@ impl DeliveryChannel {
                 prefetch_count: 0,
                 global_prefetch: 0,
                 consumers: Vec::new(),
+                next_uid: 1,
             }),
         })
     }
@@ -175,11 +180,12 @@ impl DeliveryChannel {
             return true;
         };
         if !d.no_ack {
-            let timeout = slot.timeout;
+            let (timeout, consumer_uid) = (slot.timeout, slot.uid);
             s.unacked.push_back(Unacked {
                 delivery_tag: tag,
                 queue: d.queue.clone(),
                 consumer_id: Some(d.consumer_id),
+                consumer_uid,
                 qm: d.qm.clone(),
                 delivered_at: Instant::now(),
                 timeout,
@@ -198,6 +204,7 @@ impl DeliveryChannel {
                 delivery_tag: tag,
                 queue: queue.clone(),
                 consumer_id: None,
+                consumer_uid: 0,
                 qm,
                 delivered_at: Instant::now(),
                 timeout: effective_timeout(None, queue, self.default_timeout),
@@ -233,6 +240,9 @@ impl DeliveryChannel {
                 .consumer_id
                 .and_then(|id| s.consumers.get_mut(id as usize))
             {
+                if slot.uid != u.consumer_uid {
+                    continue;
+                }
                 slot.unacked = slot.unacked.saturating_sub(1);
             }
         }
@@ -302,7 +312,10 @@ impl DeliveryChannel {
             if s.consumers.iter().flatten().any(|c| c.tag == tag) {
                 return Err(AmqpError::not_allowed_tag(&tag));
             }
+            let uid = s.next_uid;
+            s.next_uid += 1;
             let slot = ConsumerSlot {
+                uid,
                 tag: tag.clone(),
                 queue: queue.clone(),
                 no_ack,
@@ -385,11 +398,9 @@ impl DeliveryChannel {
     pub fn cancel_and_requeue(&self, tag: &str) {
         let id = {
             let s = self.state.lock();
-            s.consumers
-                .iter()
-                .position(|c| c.as_ref().is_some_and(|c| c.tag == tag))
+            s.consumers.iter().flatten().find(|c| c.tag == tag).map(|c| c.uid)
         };
-        let Some(id) = id else { return };
+        let Some(uid) = id else { return };
         self.writer.cancel(self.number, tag);
         self.cancel(tag);
         let taken: Vec<Unacked> = {
@@ -397,7 +408,7 @@ impl DeliveryChannel {
             let (mine, rest): (VecDeque<Unacked>, VecDeque<Unacked>) =
                 std::mem::take(&mut s.unacked)
                     .into_iter()
-                    .partition(|u| u.consumer_id == Some(id as u32));
+                    .partition(|u| u.consumer_uid == uid);
             s.unacked = rest;
             mine.into()
         };

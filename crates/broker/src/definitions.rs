@@ -30,6 +30,26 @@ pub struct Definitions {
     pub exchanges: Vec<ExchangeDef>,
     #[serde(default)]
     pub bindings: Vec<BindingDef>,
+    #[serde(default)]
+    pub policies: Vec<PolicyDef>,
+    #[serde(default)]
+    pub operator_policies: Vec<PolicyDef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyDef {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    #[serde(rename = "apply-to", default = "all")]
+    pub apply_to: String,
+    #[serde(default)]
+    pub priority: i64,
+    pub definition: Value,
+}
+
+fn all() -> String {
+    "all".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +187,18 @@ impl Broker {
                     Value::Object(limits)
                 },
             });
+            for (operator, list) in [(false, &mut d.policies), (true, &mut d.operator_policies)] {
+                for p in vh.policies(operator) {
+                    list.push(PolicyDef {
+                        vhost: vh.name.clone(),
+                        name: p.name.clone(),
+                        pattern: p.pattern.clone(),
+                        apply_to: p.apply_to.as_str().into(),
+                        priority: p.priority,
+                        definition: table_to_json(&p.definition),
+                    });
+                }
+            }
             let mut queues = vh.queues();
             queues.sort_by(|a, b| a.name.cmp(&b.name));
             for q in queues {
@@ -312,6 +344,18 @@ impl Broker {
                 0,
             ) {
                 errors.push(format!("queue '{}': {}", q.name, e.text));
+            }
+        }
+        for (operator, list) in [(false, &d.policies), (true, &d.operator_policies)] {
+            for p in list {
+                let Some(vh) = self.vhost(&p.vhost) else {
+                    errors.push(format!("policy '{}': no vhost '{}'", p.name, p.vhost));
+                    continue;
+                };
+                match crate::policy::Policy::new(&p.name, &p.pattern, &p.apply_to, p.priority, json_to_table(&p.definition)) {
+                    Ok(policy) => vh.set_policy(policy, operator),
+                    Err(e) => errors.push(format!("policy '{}': {}", p.name, e.text)),
+                }
             }
         }
         for b in &d.bindings {

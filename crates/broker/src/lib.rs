@@ -35,6 +35,7 @@ pub mod exchange;
 pub mod json;
 pub mod message;
 pub mod persist;
+pub mod policy;
 pub mod queue;
 pub mod vhost;
 

@@ -5,6 +5,7 @@ use crate::error::{AmqpError, Result};
 use crate::exchange::{check_headers_args, Binding, Destination, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::persist::Persistence;
+use crate::policy::{self, Policy};
 use crate::queue::Queue;
 use parking_lot::RwLock;
 use rand::Rng;
@@ -42,6 +43,8 @@ pub struct VHost {
     persistence: Option<Arc<Persistence>>,
     /// Queues that need the timer (TTL, x-expires).
     timed: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
+    policies: RwLock<Vec<Policy>>,
+    operator_policies: RwLock<Vec<Policy>>,
 }
 
 /// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared).
@@ -77,6 +80,8 @@ impl VHost {
             queues: Default::default(),
             persistence,
             timed: Default::default(),
+            policies: Default::default(),
+            operator_policies: Default::default(),
         });
         let predeclared = [
             ("", ExchangeKind::Direct),
@@ -103,6 +108,59 @@ impl VHost {
             }
         }
         vh
+    }
+
+    /// Adds or replaces a policy (or operator policy) and applies it to existing queues and
+    /// exchanges at once.
+    pub fn set_policy(&self, p: Policy, operator: bool) {
+        {
+            let mut list = if operator { self.operator_policies.write() } else { self.policies.write() };
+            list.retain(|x| x.name != p.name);
+            list.push(p);
+        }
+        self.apply_policies();
+        self.definitions_changed(true);
+    }
+
+    /// Removes a policy; false if there was none by that name.
+    pub fn clear_policy(&self, name: &str, operator: bool) -> bool {
+        let removed = {
+            let mut list = if operator { self.operator_policies.write() } else { self.policies.write() };
+            let before = list.len();
+            list.retain(|x| x.name != name);
+            before != list.len()
+        };
+        if removed {
+            self.apply_policies();
+            self.definitions_changed(true);
+        }
+        removed
+    }
+
+    pub fn policies(&self, operator: bool) -> Vec<Policy> {
+        if operator { self.operator_policies.read().clone() } else { self.policies.read().clone() }
+    }
+
+    /// The policy definition that applies to a queue or exchange name (operator caps merged in).
+    pub fn policy_for(&self, name: &str, queue: bool) -> Option<FieldTable> {
+        let ps = self.policies.read();
+        let ops = self.operator_policies.read();
+        policy::merge(policy::effective(&ps, name, queue), policy::effective(&ops, name, queue))
+    }
+
+    /// Recomputes every queue's and exchange's effective policy.
+    fn apply_policies(&self) {
+        for q in self.queues() {
+            self.apply_queue_policy(&q);
+        }
+        for x in self.exchanges() {
+            *x.policy.write() = self.policy_for(&x.name, false);
+        }
+    }
+
+    fn apply_queue_policy(&self, q: &Arc<Queue>) {
+        let def = self.policy_for(&q.name, true);
+        q.set_options(crate::queue::QueueOptions::from_arguments(&q.arguments, def.as_ref()));
     }
 
     pub(crate) fn register_timed(&self, q: &Arc<Queue>) {
@@ -255,6 +313,7 @@ impl VHost {
             d.internal,
             d.arguments,
         ));
+        *x.policy.write() = self.policy_for(&x.name, false);
         let x = self.exchanges.write().entry(d.name).or_insert(x).clone();
         self.definitions_changed(x.durable);
         Ok(x)
@@ -374,6 +433,9 @@ impl VHost {
                     count = q.message_count();
                 }
                 self.definitions_changed(q.durable);
+                if !self.policies.read().is_empty() || !self.operator_policies.read().is_empty() {
+                    self.apply_queue_policy(&q);
+                }
                 let opts = q.options();
                 if opts.message_ttl.is_some() || opts.expires.is_some() {
                     q.register_timer();
@@ -701,7 +763,7 @@ impl VHost {
             let mut seen = vec![Arc::as_ptr(exchange)];
             let mut x = exchange.clone();
             while out.is_empty() {
-                let Some(ae) = x.arguments.get("alternate-exchange").and_then(FieldValue::as_str).and_then(|n| self.exchange(n)) else {
+                let Some(ae) = x.alternate_exchange().and_then(|n| self.exchange(&n)) else {
                     break;
                 };
                 if seen.contains(&Arc::as_ptr(&ae)) {

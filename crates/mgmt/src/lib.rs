@@ -25,6 +25,7 @@ pub mod definitions;
 pub mod error;
 pub mod exchanges;
 pub mod overview;
+mod policies;
 pub mod queues;
 
 pub use error::ApiError;
@@ -117,6 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(channels::routes())
         .merge(consumers::routes())
         .merge(definitions::routes())
+        .merge(policies::routes())
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -212,10 +212,12 @@ impl Channel {
                 if !requeue {
                     return Err(AmqpError::not_implemented("requeue=false"));
                 }
-                self.delivery.recover();
+                // recover-ok goes out before the redeliveries, as RabbitMQ sends it (clients drop
+                // deliveries buffered before it).
                 if method_is_sync {
                     self.reply(BasicRecoverOk {});
                 }
+                self.delivery.recover();
                 Ok(())
             }
             Method::ChannelFlow(f) => {

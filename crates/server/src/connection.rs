@@ -618,11 +618,13 @@ impl Connection {
                                 return (reason, true);
                             }
                             self.guard.update_blocked(&self.outbox);
-                            // Flow control: don't read more until lagging queues catch up.
-                            // (Never for a queue this connection consumes from: its acks must
-                            // keep flowing.)
-                            for q in std::mem::take(&mut self.backlogged) {
-                                if !self.channels.iter().flatten().any(|c| c.delivery.consumes_from(&q)) {
+                            // Flow control: a connection that only publishes stops reading
+                            // until lagging queues catch up. One that also consumes is never
+                            // held: its acks may be what drains the queues (its own, or those
+                            // of a peer feeding it), so holding it could deadlock.
+                            let backlogged = std::mem::take(&mut self.backlogged);
+                            if !self.channels.iter().flatten().any(|c| c.delivery.stats().consumers > 0) {
+                                for q in backlogged {
                                     q.wait_for_flow().await;
                                 }
                             }

@@ -101,6 +101,8 @@ pub struct Exchange {
     pub arguments: FieldTable,
     table: RwLock<Table>,
     deleted: std::sync::atomic::AtomicBool,
+    /// The definition of the policy that applies, if any.
+    pub(crate) policy: RwLock<Option<FieldTable>>,
 }
 
 impl Exchange {
@@ -127,7 +129,14 @@ impl Exchange {
             arguments,
             table: RwLock::new(table),
             deleted: Default::default(),
+            policy: RwLock::new(None),
         }
+    }
+
+    /// The alternate exchange: the `alternate-exchange` argument, else the policy's.
+    pub fn alternate_exchange(&self) -> Option<String> {
+        let from = |t: &FieldTable| t.get("alternate-exchange").and_then(|v| v.as_str()).map(str::to_string);
+        from(&self.arguments).or_else(|| self.policy.read().as_ref().and_then(from))
     }
 
     pub fn is_deleted(&self) -> bool {

@@ -29,6 +29,8 @@ pub struct QueueOptions {
     /// (Warren's default, unlike RabbitMQ 4's quorum queues, which default to 20).
     pub delivery_limit: Option<u64>,
     pub quorum: bool,
+    /// `x-consumer-timeout` (ms, 0 disables) from the argument or a `consumer-timeout` policy.
+    pub consumer_timeout: Option<u64>,
 }
 
 fn int(args: &FieldTable, key: &str) -> Option<u64> {
@@ -64,6 +66,7 @@ impl QueueOptions {
             single_active_consumer: args.get("x-single-active-consumer").and_then(FieldValue::as_bool).unwrap_or(false),
             delivery_limit: pick_int("x-delivery-limit", "delivery-limit"),
             quorum: args.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum"),
+            consumer_timeout: pick_int("x-consumer-timeout", "consumer-timeout"),
         }
     }
 }
