@@ -74,6 +74,7 @@ pub struct ApiFailure {
 pub enum Method {
     Get,
     Post,
+    Put,
     Delete,
 }
 
@@ -126,10 +127,9 @@ impl Client {
                 }
                 req.call()
             }
-            Method::Post => {
-                let mut req = self
-                    .agent
-                    .post(&url)
+            Method::Post | Method::Put => {
+                let req = if matches!(method, Method::Post) { self.agent.post(&url) } else { self.agent.put(&url) };
+                let mut req = req
                     .header("authorization", &self.authorization)
                     .header("content-type", "application/json");
                 for (k, v) in headers {

@@ -14,6 +14,8 @@ pub enum Listing {
     Channels,
     Consumers,
     VHosts,
+    Policies,
+    OperatorPolicies,
 }
 
 impl Listing {
@@ -26,6 +28,8 @@ impl Listing {
             Listing::Channels => "list_channels",
             Listing::Consumers => "list_consumers",
             Listing::VHosts => "list_vhosts",
+            Listing::Policies => "list_policies",
+            Listing::OperatorPolicies => "list_operator_policies",
         }
     }
 
@@ -118,6 +122,9 @@ impl Listing {
                 "exclusive",
             ],
             Listing::VHosts => &["name", "description", "tags", "tracing", "cluster_state"],
+            Listing::Policies | Listing::OperatorPolicies => {
+                &["vhost", "name", "pattern", "apply-to", "definition", "priority"]
+            }
         }
     }
 
@@ -139,6 +146,7 @@ impl Listing {
                 "arguments",
             ],
             Listing::VHosts => &["name"],
+            Listing::Policies | Listing::OperatorPolicies => self.columns(),
         }
     }
 
@@ -146,7 +154,12 @@ impl Listing {
     fn per_vhost(self) -> bool {
         matches!(
             self,
-            Listing::Queues | Listing::Exchanges | Listing::Bindings | Listing::Consumers
+            Listing::Queues
+                | Listing::Exchanges
+                | Listing::Bindings
+                | Listing::Consumers
+                | Listing::Policies
+                | Listing::OperatorPolicies
         )
     }
 
@@ -166,6 +179,10 @@ impl Listing {
             Listing::Channels => vec!["Listing channels ...".into()],
             Listing::Consumers => vec![format!("Listing consumers in vhost {vhost} ...")],
             Listing::VHosts => vec!["Listing vhosts ...".into()],
+            Listing::Policies => vec![format!("Listing policies for vhost \"{vhost}\" ...")],
+            Listing::OperatorPolicies => {
+                vec![format!("Listing operator policy overrides for vhost \"{vhost}\" ...")]
+            }
         }
     }
 
@@ -213,6 +230,8 @@ impl Listing {
             Listing::Connections => "/connections".into(),
             Listing::Channels => "/channels".into(),
             Listing::VHosts => "/vhosts".into(),
+            Listing::Policies => format!("/policies/{}", seg(vhost)),
+            Listing::OperatorPolicies => format!("/operator-policies/{}", seg(vhost)),
         };
         match client.request(crate::client::Method::Get, &path, None, &[])? {
             Ok(Value::Array(items)) => Ok(items),

@@ -153,8 +153,48 @@ enum Command {
         /// File path, or "-"
         path: String,
     },
+    /// Sets or updates a policy
+    #[command(name = "set_policy")]
+    SetPolicy(PolicyArgs),
+    /// Clears (removes) a policy
+    #[command(name = "clear_policy")]
+    ClearPolicy {
+        /// Policy name
+        name: String,
+    },
+    /// Lists all policies in a virtual host
+    #[command(name = "list_policies")]
+    ListPolicies(Columns),
+    /// Sets an operator policy that overrides a subset of arguments in user policies
+    #[command(name = "set_operator_policy")]
+    SetOperatorPolicy(PolicyArgs),
+    /// Clears an operator policy
+    #[command(name = "clear_operator_policy")]
+    ClearOperatorPolicy {
+        /// Policy name
+        name: String,
+    },
+    /// Lists operator policy overrides for a virtual host
+    #[command(name = "list_operator_policies")]
+    ListOperatorPolicies(Columns),
     /// Displays warrenctl's version
     Version,
+}
+
+#[derive(Args, Debug)]
+struct PolicyArgs {
+    /// Policy name
+    name: String,
+    /// Regular expression matching queue or exchange names
+    pattern: String,
+    /// Policy definition, a JSON object, e.g. '{"max-length": 1000}'
+    definition: String,
+    /// Policy priority (the highest matching one applies)
+    #[arg(long, default_value_t = 0)]
+    priority: i64,
+    /// What the policy applies to: queues, exchanges or all
+    #[arg(long, default_value = "all", value_parser = ["queues", "classic_queues", "quorum_queues", "exchanges", "all"])]
+    apply_to: String,
 }
 
 #[derive(Args, Debug)]
@@ -252,6 +292,12 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
         } => close_connection(&client, g, connection, explanation, out),
         Command::ExportDefinitions { path } => export_definitions(&client, g, path, out),
         Command::ImportDefinitions { path } => import_definitions(&client, g, path, out),
+        Command::SetPolicy(p) => set_policy(&client, g, p, false, out),
+        Command::SetOperatorPolicy(p) => set_policy(&client, g, p, true, out),
+        Command::ClearPolicy { name } => clear_policy(&client, g, name, false, out),
+        Command::ClearOperatorPolicy { name } => clear_policy(&client, g, name, true, out),
+        Command::ListPolicies(c) => list(&client, g, Listing::Policies, &c.columns, out),
+        Command::ListOperatorPolicies(c) => list(&client, g, Listing::OperatorPolicies, &c.columns, out),
         Command::Version => writeln!(out, "{}", env!("CARGO_PKG_VERSION")).map_err(io_error),
     }
 }
@@ -372,6 +418,46 @@ fn status(client: &Client, g: &Global, out: &mut impl Write) -> Result<(), CtlEr
         writeln!(out, "{line}").map_err(io_error)?;
     }
     Ok(())
+}
+
+fn policy_path(g: &Global, name: &str, operator: bool) -> String {
+    let kind = if operator { "operator-policies" } else { "policies" };
+    format!("/{kind}/{}/{}", seg(&g.vhost), seg(name))
+}
+
+fn set_policy(client: &Client, g: &Global, p: &PolicyArgs, operator: bool, out: &mut impl Write) -> Result<(), CtlError> {
+    let definition: Value = serde_json::from_str(&p.definition).map_err(|e| {
+        CtlError::Usage(format!("the policy definition is not valid JSON ({e}); write it like '{{\"max-length\": 1000}}'"))
+    })?;
+    let what = if operator { "operator policy" } else { "policy" };
+    info(
+        g,
+        out,
+        &[format!(
+            "Setting {what} \"{}\" for pattern \"{}\" to \"{}\" with priority \"{}\" for vhost \"{}\" ...",
+            p.name, p.pattern, p.definition, p.priority, g.vhost
+        )],
+    )?;
+    let body = serde_json::json!({
+        "pattern": p.pattern, "definition": definition, "priority": p.priority, "apply-to": p.apply_to,
+    });
+    match client.request(Method::Put, &policy_path(g, &p.name, operator), Some(&body), &[])? {
+        Ok(_) => Ok(()),
+        Err(f) => Err(CtlError::Failed(f.reason)),
+    }
+}
+
+fn clear_policy(client: &Client, g: &Global, name: &str, operator: bool, out: &mut impl Write) -> Result<(), CtlError> {
+    let what = if operator { "operator policy" } else { "policy" };
+    info(g, out, &[format!("Clearing {what} \"{name}\" on vhost \"{}\" ...", g.vhost)])?;
+    match client.request(Method::Delete, &policy_path(g, name, operator), None, &[])? {
+        Ok(_) => Ok(()),
+        Err(f) if f.status == 404 => Err(CtlError::Failed(format!(
+            "Parameter does not exist: no {what} '{name}' in vhost '{}'. See 'warrenctl list_policies -p {}'.",
+            g.vhost, g.vhost
+        ))),
+        Err(f) => Err(CtlError::Failed(f.reason)),
+    }
 }
 
 fn queue_path(g: &Global, queue: &str) -> String {
