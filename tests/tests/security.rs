@@ -610,3 +610,159 @@ async fn protocol_limits_channel_max_frame_max_message_size_handshake_timeout() 
     publish(&ch, "", "big", &[2u8; 1000]).await;
     wait_counts(&b, "big", 1, 0).await;
 }
+
+async fn next_event(ev: &mut Events, want: fn(&lapin::Event) -> bool) -> lapin::Event {
+    use futures_util::StreamExt;
+    loop {
+        match within("connection event", ev.next()).await {
+            Some(e) if want(&e) => return e,
+            Some(_) => continue,
+            None => panic!("event stream ended"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_blocks_publishers_not_consumers_and_loses_nothing() {
+    use warren_server::alarms::{start_monitor, Watermark};
+    let b = TestBroker::start();
+    start_monitor(&b.broker, Watermark::Absolute(u64::MAX), 0, None);
+    let (_cc, cons_ch) = open(&b).await;
+    declare(&cons_ch, "work").await;
+    // One message at a time: the consumer must keep acking (its connection keeps being
+    // read) to drain the queue while the publisher is blocked.
+    within("qos", cons_ch.basic_qos(1, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let mut consumer = consume(&cons_ch, "work", "c").await;
+    async fn take(consumer: &mut lapin::Consumer, n: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            let d = next(consumer).await;
+            v.push(body(&d));
+            ack(&d).await;
+        }
+        v
+    }
+
+    let (pconn, pub_ch) = open(&b).await;
+    let mut pev = events(&pconn);
+    within(
+        "confirm_select",
+        pub_ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .unwrap();
+    for i in 0..10 {
+        publish_confirmed(&pub_ch, "", "work", format!("m{i}").as_bytes()).await;
+    }
+    assert_eq!(take(&mut consumer, 2).await, ["m0", "m1"]);
+
+    // Memory above the watermark: the publishing connection is blocked.
+    b.broker.alarms.set_memory_limit(1);
+    assert_eq!(b.broker.alarms.current().as_deref(), Some("memory"));
+    let ev = next_event(&mut pev, |e| {
+        matches!(e, lapin::Event::ConnectionBlocked(_))
+    })
+    .await;
+    assert!(
+        matches!(ev, lapin::Event::ConnectionBlocked(ref r) if r == "low on memory"),
+        "{ev:?}"
+    );
+    // lapin holds publishes while its connection is blocked; they go out once unblocked.
+    let publisher = tokio::spawn(async move {
+        let mut confirms = Vec::new();
+        for i in 10..60 {
+            let c = pub_ch
+                .basic_publish(
+                    "".into(),
+                    "work".into(),
+                    BasicPublishOptions::default(),
+                    format!("m{i}").as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await?;
+            confirms.push(c);
+        }
+        for c in confirms {
+            c.await?;
+        }
+        Ok::<_, lapin::Error>(())
+    });
+    // The consumer keeps draining what was there before the alarm...
+    let rest = take(&mut consumer, 8).await;
+    assert_eq!(rest, ["m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9"]);
+    // ...and nothing published during the alarm gets in.
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(queue_counts(&b, "work").map(|(ready, _)| ready), Some(0));
+    assert_no_delivery(&mut consumer).await;
+
+    // Below the watermark again: unblocked, and every message arrives.
+    b.broker.alarms.set_memory_limit(u64::MAX);
+    next_event(&mut pev, |e| matches!(e, lapin::Event::ConnectionUnblocked)).await;
+    within("publisher", publisher)
+        .await
+        .unwrap()
+        .expect("published and confirmed after unblock");
+    let later = take(&mut consumer, 50).await;
+    let want: Vec<String> = (10..60).map(|i| format!("m{i}")).collect();
+    assert_eq!(later, want);
+}
+
+/// Publishes one message on channel 1 with raw frames.
+fn raw_publish(queue: &str, body: &[u8]) -> Vec<u8> {
+    use common::raw::{method_frame, FRAME_END};
+    let mut a = vec![0, 0, 0];
+    a.push(queue.len() as u8);
+    a.extend_from_slice(queue.as_bytes());
+    a.push(0);
+    let mut f = method_frame(1, 60, 40, &a);
+    let mut h = vec![0u8, 60, 0, 0];
+    h.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[2, 0, 1]);
+    f.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    f.extend_from_slice(&h);
+    f.push(FRAME_END);
+    f.extend_from_slice(&[3, 0, 1]);
+    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    f.extend_from_slice(body);
+    f.push(FRAME_END);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_publisher_is_not_read_until_the_alarm_clears() {
+    use common::raw::{method_frame, RawClient};
+    let b = TestBroker::start();
+    let (_c, ch) = open(&b).await;
+    declare(&ch, "raw").await;
+    let mut raw = RawClient::connect(b.addr).await;
+    raw.handshake().await;
+    raw.send(&method_frame(1, 20, 10, &[0])).await;
+    assert_eq!(raw.read_method().await.unwrap().method_id(), (20, 11));
+    raw.send(&raw_publish("raw", b"before")).await;
+    wait_counts(&b, "raw", 1, 0).await;
+    // The alarm (set as the resource monitor would) stops reading from this publisher:
+    // what it sends meanwhile waits in the socket.
+    b.broker.alarms.sample(2, None);
+    b.broker.alarms.set_memory_limit(1);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for i in 0..20 {
+        raw.send(&raw_publish("raw", format!("during {i}").as_bytes()))
+            .await;
+    }
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(queue_counts(&b, "raw"), Some((1, 0)));
+    // A consumer on another connection still works.
+    let d = within(
+        "get",
+        ch.basic_get("raw".into(), BasicGetOptions::default()),
+    )
+    .await
+    .unwrap()
+    .expect("a message");
+    assert_eq!(String::from_utf8_lossy(&d.delivery.data), "before");
+    b.broker.alarms.set_memory_limit(u64::MAX);
+    wait_counts(&b, "raw", 20, 1).await;
+}

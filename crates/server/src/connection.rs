@@ -218,6 +218,7 @@ fn server_properties() -> FieldTable {
         "basic.nack",
         "consumer_cancel_notify",
         "authentication_failure_close",
+        "connection.blocked",
         "per_consumer_qos",
         "direct_reply_to",
     ] {
