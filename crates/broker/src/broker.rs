@@ -82,6 +82,8 @@ impl Broker {
         }
         persistence.start(&b);
         persistence.definitions_changed();
+        // After the definitions are back, so delayed messages find their exchanges.
+        b.start_timer();
         Ok(b)
     }
 
@@ -120,7 +122,9 @@ impl Broker {
         let _ = b.add_user(&user, &pass, vec!["administrator".into()]);
         let _ = b.set_permissions(&user, &vhost, ".*", ".*", ".*");
         let b = Arc::new(b);
-        b.start_timer();
+        if b.persistence.is_none() {
+            b.start_timer();
+        }
         b
     }
 

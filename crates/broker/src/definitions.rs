@@ -221,7 +221,7 @@ impl Broker {
                     d.exchanges.push(ExchangeDef {
                         name: x.name.to_string(),
                         vhost: vh.name.clone(),
-                        kind: x.kind.as_str().into(),
+                        kind: x.type_name().into(),
                         durable: x.durable,
                         auto_delete: x.auto_delete,
                         internal: x.internal,

@@ -29,6 +29,7 @@ pub mod channel;
 pub mod clock;
 pub mod connections;
 pub mod deadletter;
+pub mod delayed;
 pub mod definitions;
 pub mod error;
 pub mod exchange;

@@ -85,6 +85,11 @@ impl Persistence {
             .join(encode_name(queue))
     }
 
+    /// Opens (or creates) a message store in a directory of its own under the data directory.
+    pub(crate) fn open_store(&self, dir: PathBuf) -> warren_store::Result<(QueueStore, Recovery)> {
+        QueueStore::open(self.backend.clone(), dir, self.store_options.clone())
+    }
+
     pub(crate) fn open_queue_store(
         &self,
         vhost: &str,

@@ -45,6 +45,8 @@ pub struct VHost {
     timed: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
     policies: RwLock<Vec<Policy>>,
     operator_policies: RwLock<Vec<Policy>>,
+    /// Messages held by x-delayed-message exchanges.
+    pub delayed: crate::delayed::Delayed,
 }
 
 /// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared).
@@ -74,6 +76,7 @@ const INTEGER_QUEUE_ARGS: &[&str] = &[
 
 impl VHost {
     pub fn new(name: &str, persistence: Option<Arc<Persistence>>) -> Arc<Self> {
+        let delayed = crate::delayed::Delayed::open(name, persistence.as_deref());
         let vh = Arc::new(VHost {
             name: name.to_string(),
             exchanges: Default::default(),
@@ -82,6 +85,7 @@ impl VHost {
             timed: Default::default(),
             policies: Default::default(),
             operator_policies: Default::default(),
+            delayed,
         });
         let predeclared = [
             ("", ExchangeKind::Direct),
@@ -167,8 +171,22 @@ impl VHost {
         self.timed.lock().push(Arc::downgrade(q));
     }
 
-    /// Timer work for every queue that asked for it; forgets deleted queues.
+    /// Timer work for every queue that asked for it; forgets deleted queues. Releases due
+    /// delayed messages.
     pub fn tick(&self, now: u64) {
+        for (exchange, msg) in self.delayed.take_due() {
+            match self.exchange(&exchange) {
+                Some(x) => {
+                    let mut out = Vec::new();
+                    self.route(&x, &msg, &mut out);
+                    let persistent = msg.is_persistent();
+                    for q in out {
+                        let _ = q.publish(msg.clone(), persistent);
+                    }
+                }
+                None => tracing::debug!(%exchange, "delayed message dropped: its exchange is gone"),
+            }
+        }
         let queues: Vec<Arc<Queue>> = self.timed.lock().iter().filter_map(std::sync::Weak::upgrade).collect();
         let mut done = Vec::new();
         for q in &queues {
@@ -275,9 +293,19 @@ impl VHost {
                 "operation not permitted on the default exchange",
             ));
         }
-        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
-            AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind))
-        })?;
+        let delayed = d.kind.as_str() == "x-delayed-message";
+        let kind = if delayed {
+            // The rabbitmq-delayed-message-exchange plugin's contract: the routing type is
+            // given by the x-delayed-type argument.
+            d.arguments
+                .get("x-delayed-type")
+                .and_then(FieldValue::as_str)
+                .and_then(ExchangeKind::parse)
+                .ok_or_else(|| AmqpError::precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type"))?
+        } else {
+            ExchangeKind::parse(&d.kind)
+                .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind)))?
+        };
         if let Some(x) = self.exchange(&d.name) {
             let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
                 AmqpError::precondition(format!(
@@ -285,8 +313,8 @@ impl VHost {
                     d.name, self.name
                 ))
             };
-            if x.kind != kind {
-                return Err(mismatch("type", &d.kind, &x.kind.as_str()));
+            if x.kind != kind || x.delayed != delayed {
+                return Err(mismatch("type", &d.kind, &x.type_name()));
             }
             if x.durable != d.durable {
                 return Err(mismatch("durable", &d.durable, &x.durable));
@@ -305,14 +333,9 @@ impl VHost {
                 d.name
             )));
         }
-        let x = Arc::new(Exchange::new(
-            d.name.clone(),
-            kind,
-            d.durable,
-            d.auto_delete,
-            d.internal,
-            d.arguments,
-        ));
+        let mut x = Exchange::new(d.name.clone(), kind, d.durable, d.auto_delete, d.internal, d.arguments);
+        x.delayed = delayed;
+        let x = Arc::new(x);
         *x.policy.write() = self.policy_for(&x.name, false);
         let x = self.exchanges.write().entry(d.name).or_insert(x).clone();
         self.definitions_changed(x.durable);

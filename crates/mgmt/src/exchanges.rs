@@ -39,7 +39,7 @@ pub(crate) fn exchange_json(vhost: &str, x: &Exchange) -> Value {
     json!({
         "name": x.name.as_str(),
         "vhost": vhost,
-        "type": x.kind.as_str(),
+        "type": x.type_name(),
         "durable": x.durable,
         "auto_delete": x.auto_delete,
         "internal": x.internal,

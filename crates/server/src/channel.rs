@@ -439,6 +439,19 @@ impl Channel {
             content.properties,
             content.body,
         ));
+        if x.delayed {
+            if let Some(delay) = warren_broker::delayed::delay_of(&msg) {
+                let r = cx.vhost.delayed.hold(&x.name, x.durable, msg, delay);
+                if let Err(e) = &r {
+                    tracing::error!(exchange = %x.name, error = %e, "could not store a delayed message; it is nacked");
+                }
+                if self.confirm {
+                    self.publish_seq += 1;
+                    self.confirms.push_back((self.publish_seq, 0, r.is_err()));
+                }
+                return Ok(());
+            }
+        }
         let mut queues = std::mem::take(&mut self.route_scratch);
         cx.vhost.route(&x, &msg, &mut queues);
         if queues.is_empty() && mandatory {

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use warren_broker::channel::TimedOut;
@@ -105,7 +104,22 @@ pub async fn run(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    run_io(rd, wr, peer, local, broker, config).await
+}
+
+/// Runs a connection over any byte stream (a TCP socket's halves, or a TLS session's).
+pub async fn run_io<R, W>(
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Arc<Broker>,
+    config: Arc<ServerConfig>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let handshake = tokio::time::timeout(
         config.handshake_timeout,
@@ -239,7 +253,7 @@ fn server_properties() -> FieldTable {
 }
 
 async fn write_frames(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut (impl AsyncWrite + Unpin),
     f: impl FnOnce(&mut BytesMut),
 ) -> std::io::Result<()> {
     let mut b = BytesMut::new();
@@ -247,14 +261,14 @@ async fn write_frames(
     wr.write_all(&b).await
 }
 
-async fn send_method(wr: &mut OwnedWriteHalf, m: impl Into<Method>) -> std::io::Result<()> {
+async fn send_method(wr: &mut (impl AsyncWrite + Unpin), m: impl Into<Method>) -> std::io::Result<()> {
     let m = m.into();
     write_frames(wr, |b| warren_protocol::frame::write_method(b, 0, &m)).await
 }
 
 /// Reads frames until one complete method on channel 0 arrives.
 async fn next_method(
-    rd: &mut OwnedReadHalf,
+    rd: &mut (impl AsyncRead + Unpin),
     rbuf: &mut BytesMut,
 ) -> Result<Method, ConnectionError> {
     loop {
@@ -297,8 +311,8 @@ async fn next_method(
 
 /// The handshake. `Ok(None)` means the connection was refused and is already answered.
 async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut (impl AsyncRead + Unpin),
+    wr: &mut (impl AsyncWrite + Unpin),
     rbuf: &mut BytesMut,
     peer: SocketAddr,
     broker: &Arc<Broker>,
@@ -535,11 +549,11 @@ fn parse_credentials(
 
 /// Drains the outbox into the socket; sends heartbeats when idle. Returns the write half so
 /// the caller decides when the socket closes.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     outbox: Arc<Outbox>,
     heartbeat: Arc<AtomicU32>,
-) -> OwnedWriteHalf {
+) -> W {
     let mut spare = BytesMut::with_capacity(64 * 1024);
     loop {
         outbox.take(&mut spare);
@@ -578,7 +592,11 @@ async fn write_loop(
 }
 
 impl Connection {
-    async fn read_loop(&mut self, rd: &mut OwnedReadHalf, mut rbuf: BytesMut) -> (String, bool) {
+    async fn read_loop(
+        &mut self,
+        rd: &mut (impl AsyncRead + Unpin),
+        mut rbuf: BytesMut,
+    ) -> (String, bool) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames that arrived along with connection.open.

@@ -9,12 +9,14 @@
 //! - [`channel`]: the per-channel method handlers (exchange, queue, basic, confirm, tx).
 //! - [`security`]: a connection's user, permission checks, limits and alarm blocking.
 //! - [`alarms`]: the memory and disk monitor behind the resource alarms.
+//! - [`tls`]: the AMQPS listener (rustls).
 
 pub mod alarms;
 pub mod channel;
 pub mod connection;
 pub mod outbox;
 pub mod security;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -103,6 +103,8 @@ pub struct Exchange {
     deleted: std::sync::atomic::AtomicBool,
     /// The definition of the policy that applies, if any.
     pub(crate) policy: RwLock<Option<FieldTable>>,
+    /// An `x-delayed-message` exchange: routes like `kind`, after each message's `x-delay`.
+    pub delayed: bool,
 }
 
 impl Exchange {
@@ -130,6 +132,16 @@ impl Exchange {
             table: RwLock::new(table),
             deleted: Default::default(),
             policy: RwLock::new(None),
+            delayed: false,
+        }
+    }
+
+    /// The type as declared (`x-delayed-message` for a delayed exchange).
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            "x-delayed-message"
+        } else {
+            self.kind.as_str()
         }
     }
 

@@ -1,0 +1,140 @@
+//! Delayed delivery without a plugin: `x-delayed-message` exchanges (as the
+//! rabbitmq-delayed-message-exchange plugin defines them) hold a message with an `x-delay`
+//! header (ms) until it is due, then route it by their `x-delayed-type`. Held messages are
+//! kept in memory ordered by due time and, with persistence, in a store of their own
+//! (`<data>/delayed/<vhost>/`), so they survive a restart; due times are wall-clock.
+
+use crate::message::Message;
+use crate::persist::{encode_name, Persistence};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use warren_protocol::{FieldValue, ShortStr};
+use warren_store::{Position, QueueStore};
+
+struct Held {
+    exchange: ShortStr,
+    msg: Arc<Message>,
+    pos: Option<Position>,
+}
+
+#[derive(Default)]
+struct Inner {
+    held: BTreeMap<(u64, u64), Held>,
+    seq: u64,
+    store: Option<QueueStore>,
+}
+
+#[derive(Default)]
+pub struct Delayed {
+    inner: Mutex<Inner>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The `x-delay` header of a message, if positive.
+pub fn delay_of(msg: &Message) -> Option<u64> {
+    let props = msg.decode_properties();
+    let d = props.headers.as_ref()?.get("x-delay")?;
+    let ms = d.as_i64().or_else(|| match d {
+        FieldValue::F64(f) => Some(*f as i64),
+        _ => d.as_str().and_then(|s| s.parse().ok()),
+    })?;
+    (ms > 0).then_some(ms as u64)
+}
+
+impl Delayed {
+    /// Opens the vhost's delayed-message store and brings back what it held.
+    pub fn open(vhost: &str, persistence: Option<&Persistence>) -> Self {
+        let mut inner = Inner::default();
+        if let Some(p) = persistence {
+            match p.open_store(p.dir().join("delayed").join(encode_name(vhost))) {
+                Ok((store, recovery)) => {
+                    for r in recovery.flatten() {
+                        if let Some((due, exchange, msg)) = decode(&r.payload) {
+                            inner.seq += 1;
+                            let seq = inner.seq;
+                            inner.held.insert((due, seq), Held { exchange, msg: Arc::new(msg), pos: Some(r.position) });
+                        }
+                    }
+                    if !inner.held.is_empty() {
+                        tracing::info!(vhost, held = inner.held.len(), "recovered delayed messages");
+                    }
+                    inner.store = Some(store);
+                }
+                Err(e) => tracing::error!(vhost, error = %e, "cannot open the delayed-message store; delayed messages will not survive a restart"),
+            }
+        }
+        Delayed { inner: Mutex::new(inner) }
+    }
+
+    /// Holds a message for `delay_ms`. A persistent message on a durable exchange is on disk
+    /// when this returns.
+    pub fn hold(&self, exchange: &ShortStr, durable: bool, msg: Arc<Message>, delay_ms: u64) -> warren_store::Result<()> {
+        let due = unix_ms() + delay_ms;
+        let mut i = self.inner.lock();
+        let mut pos = None;
+        if durable && msg.is_persistent() {
+            if let Some(store) = &mut i.store {
+                let mut rec = Vec::new();
+                rec.extend_from_slice(&due.to_be_bytes());
+                rec.push(exchange.len() as u8);
+                rec.extend_from_slice(exchange.as_bytes());
+                let mut m = Vec::new();
+                msg.encode_record(true, &mut m);
+                rec.extend_from_slice(&m);
+                pos = Some(store.append(&rec)?);
+                store.sync()?;
+            }
+        }
+        i.seq += 1;
+        let seq = i.seq;
+        i.held.insert((due, seq), Held { exchange: exchange.clone(), msg, pos });
+        Ok(())
+    }
+
+    /// Takes the messages that are due, in due order.
+    pub fn take_due(&self) -> Vec<(ShortStr, Arc<Message>)> {
+        let mut i = self.inner.lock();
+        if i.held.is_empty() {
+            return Vec::new();
+        }
+        let now = unix_ms();
+        let mut out = Vec::new();
+        while let Some(entry) = i.held.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let h = entry.remove();
+            if let (Some(pos), Some(store)) = (h.pos, &mut i.store) {
+                let _ = store.ack(pos);
+            }
+            out.push((h.exchange, h.msg));
+        }
+        if !out.is_empty() {
+            if let Some(store) = &mut i.store {
+                let _ = store.sync();
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn decode(rec: &[u8]) -> Option<(u64, ShortStr, Message)> {
+    let due = u64::from_be_bytes(rec.get(..8)?.try_into().ok()?);
+    let n = *rec.get(8)? as usize;
+    let exchange = ShortStr::from(std::str::from_utf8(rec.get(9..9 + n)?).ok()?);
+    let (msg, _) = Message::decode_record(bytes::Bytes::copy_from_slice(rec.get(9 + n..)?))?;
+    Some((due, exchange, msg))
+}
