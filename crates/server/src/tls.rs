@@ -60,10 +60,8 @@ pub fn acceptor(o: &TlsOptions) -> Result<TlsAcceptor, String> {
                 .add(c)
                 .map_err(|e| format!("ssl_options.cacertfile {}: {e}", ca.display()))?;
         }
-        let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider,
-        );
+        let v =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         let v = if o.fail_if_no_peer_cert {
             v
         } else {
