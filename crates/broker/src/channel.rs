@@ -118,6 +118,8 @@ pub struct ConsumerInfo {
     pub no_ack: bool,
     pub prefetch: u16,
     pub unacked: u32,
+    /// When the oldest of its unacknowledged deliveries went out.
+    pub oldest_unacked: Option<Instant>,
 }
 
 /// Channel counters for list_channels and the management API.
@@ -489,6 +491,10 @@ impl DeliveryChannel {
                 no_ack: c.no_ack,
                 prefetch: c.prefetch,
                 unacked: c.unacked,
+                // Deliveries are in delivery order: the first one of this consumer is its oldest.
+                oldest_unacked: (c.unacked > 0)
+                    .then(|| s.unacked.iter().find(|u| u.consumer_uid == c.uid).map(|u| u.delivered_at))
+                    .flatten(),
             })
             .collect()
     }

@@ -32,6 +32,9 @@ fn consumers(state: &AppState, vhost: Option<&str>) -> Vec<Value> {
                 "ack_required": !c.no_ack,
                 "exclusive": exclusive,
                 "prefetch_count": c.prefetch,
+                // Warren's additions: what the consumer holds unacknowledged, and for how long.
+                "messages_unacknowledged": c.unacked,
+                "oldest_unacked_age_ms": c.oldest_unacked.map(|t| t.elapsed().as_millis() as u64),
                 "active": true,
                 "activity_status": "up",
                 "arguments": {},
