@@ -44,6 +44,8 @@ pub struct Persistence {
 impl Persistence {
     pub fn new(dir: impl Into<PathBuf>, backend: Arc<dyn Backend>) -> Arc<Self> {
         let dir = dir.into();
+        // Paged-out transient messages do not outlive the process.
+        let _ = std::fs::remove_dir_all(dir.join("transient"));
         let (synced, _) = tokio::sync::watch::channel(SyncState::default());
         Arc::new(Persistence {
             catalog: Catalog::new(backend.clone(), dir.clone()),
@@ -75,6 +77,11 @@ impl Persistence {
 
     pub(crate) fn current_epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Where transient queues page their backlogs out (emptied at every start).
+    pub fn transient_dir(&self) -> PathBuf {
+        self.dir.join("transient")
     }
 
     /// The directory of a durable queue's message store.

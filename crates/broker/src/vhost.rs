@@ -431,6 +431,8 @@ impl VHost {
             })?;
             q = q.with_store(p.clone(), store);
             recovery = Some(rec);
+        } else if let Some(p) = &self.persistence {
+            q = q.with_paging(p.clone());
         }
         let q = Arc::new(q);
         let existing = {

@@ -216,7 +216,11 @@ pub struct Queue {
     /// removes them without scanning every exchange.
     pub(crate) bindings: Mutex<Vec<(ShortStr, ShortStr, FieldTable)>>,
     persistence: Option<Arc<Persistence>>,
-    store: Option<Mutex<StoreSlot>>,
+    /// The queue's message store: opened at declaration for a durable queue, or on first
+    /// page-out for a transient one.
+    store: std::sync::OnceLock<Mutex<StoreSlot>>,
+    /// Whether the store keeps persistent messages across restarts (durable queues).
+    durable_store: bool,
     /// Wakes publishers waiting for this queue's backlog to shrink.
     drained: tokio::sync::Notify,
     flow_waiting: AtomicBool,
@@ -263,7 +267,8 @@ impl Queue {
             inner: Mutex::new(Inner::new(QueueOptions::from_arguments(&arguments, None))),
             bindings: Mutex::new(Vec::new()),
             persistence: None,
-            store: None,
+            store: std::sync::OnceLock::new(),
+            durable_store: false,
             drained: tokio::sync::Notify::new(),
             flow_waiting: AtomicBool::new(false),
             timed: AtomicBool::new(false),
@@ -398,12 +403,39 @@ impl Queue {
     /// Gives a durable queue its message store.
     pub(crate) fn with_store(mut self, persistence: Arc<Persistence>, store: QueueStore) -> Self {
         self.persistence = Some(persistence);
-        self.store = Some(Mutex::new(StoreSlot {
-            store,
-            dirty: false,
-            scratch: Vec::new(),
-        }));
+        let _ = self.store.set(Mutex::new(StoreSlot { store, dirty: false, scratch: Vec::new() }));
+        self.durable_store = true;
         self
+    }
+
+    /// Lets a transient queue page its backlog out to disk.
+    pub(crate) fn with_paging(mut self, persistence: Arc<Persistence>) -> Self {
+        self.persistence = Some(persistence);
+        self
+    }
+
+    /// The store, opening a transient queue's scratch store on first use.
+    fn paging_store(&self) -> Option<&Mutex<StoreSlot>> {
+        if let Some(s) = self.store.get() {
+            return Some(s);
+        }
+        let p = self.persistence.as_ref()?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = p.transient_dir().join(crate::persist::encode_name(&self.vhost_name)).join(format!(
+            "{}.{n}",
+            crate::persist::encode_name(&self.name)
+        ));
+        match p.open_store(dir) {
+            Ok((store, _)) => {
+                let _ = self.store.set(Mutex::new(StoreSlot { store, dirty: false, scratch: Vec::new() }));
+                self.store.get()
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.name, error = %e, "cannot open a paging store; the backlog stays in memory");
+                None
+            }
+        }
     }
 
     /// Loads what the store recovered: persistent messages come back (redelivered if they had
@@ -442,7 +474,7 @@ impl Queue {
             }
         }
         drop(i);
-        if let Some(slot) = &self.store {
+        if let Some(slot) = self.store.get() {
             let mut st = slot.lock();
             for p in dropped {
                 let _ = st.store.ack(p);
@@ -453,7 +485,7 @@ impl Queue {
 
     /// fsync of the queue's store, called by the group-commit flusher.
     pub(crate) fn sync_store(&self) -> warren_store::Result<()> {
-        match &self.store {
+        match self.store.get() {
             Some(slot) => {
                 let mut st = slot.lock();
                 st.dirty = false;
@@ -464,7 +496,7 @@ impl Queue {
     }
 
     pub fn is_durable_store(&self) -> bool {
-        self.store.is_some()
+        self.durable_store
     }
 
     /// Writes a message to the store. Returns its position and the group-commit epoch to wait
@@ -474,7 +506,7 @@ impl Queue {
         msg: &Message,
         persistent: bool,
     ) -> Result<Position, PublishError> {
-        let (slot, p) = match (&self.store, &self.persistence) {
+        let (slot, p) = match (self.store.get(), &self.persistence) {
             (Some(s), Some(p)) => (s, p),
             _ => unreachable!("store_append on a queue without a store"),
         };
@@ -484,7 +516,8 @@ impl Queue {
         let r = st.store.append(&buf);
         st.scratch = buf;
         let pos = r.map_err(PublishError::Store)?;
-        if !st.dirty {
+        // A transient queue's paging store never needs an fsync.
+        if !st.dirty && self.durable_store {
             st.dirty = true;
             p.enlist(self);
         }
@@ -494,12 +527,12 @@ impl Queue {
     /// Records an ack or delivered mark; the flusher writes it out with the next group commit
     /// (marks need no confirm, so no epoch is taken).
     fn store_op(self: &Arc<Self>, f: impl FnOnce(&mut QueueStore) -> warren_store::Result<()>) {
-        if let (Some(slot), Some(p)) = (&self.store, &self.persistence) {
+        if let (Some(slot), Some(p)) = (self.store.get(), &self.persistence) {
             let mut st = slot.lock();
             if let Err(e) = f(&mut st.store) {
                 tracing::warn!(queue = %self.name, error = %e, "message store write failed");
             }
-            if !st.dirty {
+            if !st.dirty && self.durable_store {
                 st.dirty = true;
                 p.enlist(self);
             }
@@ -512,7 +545,7 @@ impl Queue {
         if i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET / 2 {
             return;
         }
-        let Some(slot) = &self.store else { return };
+        let Some(slot) = self.store.get() else { return };
         let st = slot.lock();
         while i.ready_bytes < RAM_BUDGET / 2 {
             let Some((pos, redelivered)) = i.paged.pop_front() else {
@@ -584,13 +617,17 @@ impl Queue {
             }
             return Err(PublishError::Rejected);
         }
-        let paging = self.store.is_some() && (!i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET) && i.opts.max_priority == 0;
-        let (Some(p), true) = (&self.persistence, persistent || paging) else {
+        let durable_write = persistent && self.durable_store;
+        let paging = (!i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET)
+            && i.opts.max_priority == 0
+            && self.paging_store().is_some();
+        let (Some(p), true) = (&self.persistence, durable_write || paging) else {
             self.enqueue(&mut i, msg, None);
             return Ok(Published { epoch: None, backlogged: Self::backlogged(&i) });
         };
         let epoch = p.current_epoch();
-        let pos = self.store_append(&msg, persistent)?;
+        let pos = self.store_append(&msg, durable_write)?;
+        let persistent = durable_write;
         if paging {
             i.published += 1;
             i.paged.push_back((pos, false));
@@ -748,7 +785,7 @@ impl Queue {
     /// Settles unacked messages (acked, or rejected without requeue): they leave the store.
     pub fn settle<'a>(self: &Arc<Self>, msgs: impl Iterator<Item = &'a QueuedMessage>) {
         let mut n = 0u32;
-        if self.store.is_some() {
+        if self.store.get().is_some() {
             self.store_op(|s| {
                 for m in msgs {
                     n += 1;
@@ -878,7 +915,7 @@ impl Queue {
             i.ready_bytes = 0;
             (n, std::mem::take(&mut i.consumers))
         };
-        if let Some(slot) = &self.store {
+        if let Some(slot) = self.store.get() {
             let mut st = slot.lock();
             let dir = st.store.dir().to_path_buf();
             // Empty the store, then remove its directory (the store is dropped with the queue).
