@@ -89,7 +89,7 @@ async fn listen(b: &TestBroker, o: &TlsOptions) -> SocketAddr {
 /// Connects with TLS, trusting `pki`'s CA, presenting `id` if given, and runs the AMQP
 /// handshake as guest up to connection.open-ok. Errors say where it failed.
 async fn amqps(addr: SocketAddr, pki: &Pki, id: Option<&Identity>) -> Result<(), String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.der().clone()).unwrap();
     let cfg = rustls::ClientConfig::builder_with_provider(provider)

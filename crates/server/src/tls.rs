@@ -31,7 +31,7 @@ pub struct TlsOptions {
 
 /// A TLS acceptor for the options; errors name the file and what is wrong with it.
 pub fn acceptor(o: &TlsOptions) -> Result<TlsAcceptor, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&o.certfile)
         .and_then(|i| i.collect())
         .map_err(|e| format!("ssl_options.certfile {}: {e}", o.certfile.display()))?;

@@ -45,6 +45,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log.console.formatter", "plaintext or json"),
 ];
 
+/// [`KEYS`] and those of the modules that read their own keys.
+fn all_keys() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    KEYS.iter().chain(crate::security::KEYS)
+}
+
 #[derive(Debug, Default)]
 pub struct ConfigFile {
     pub values: BTreeMap<String, (usize, String)>,
@@ -75,8 +80,8 @@ impl ConfigFile {
             } else {
                 k
             };
-            if !KEYS.iter().any(|(name, _)| *name == key) {
-                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+            if !all_keys().any(|(name, _)| *name == key) {
+                let known: Vec<&str> = all_keys().map(|(k, _)| *k).collect();
                 return Err(format!(
                     "line {n}: unknown key '{k}'; known keys: {}",
                     known.join(", ")
@@ -107,8 +112,7 @@ impl ConfigFile {
             return Ok(None);
         };
         v.parse().map(Some).map_err(|_| {
-            let what = KEYS
-                .iter()
+            let what = all_keys()
                 .find(|(k, _)| *k == key)
                 .map(|(_, w)| *w)
                 .unwrap_or("");
@@ -128,8 +132,8 @@ impl ConfigFile {
 pub fn keys_help() -> String {
     let mut s =
         String::from("Config file keys (warren.conf, rabbitmq.conf style `key = value`):\n");
-    for (k, what) in KEYS {
-        s.push_str(&format!("  {k:<26} {what}\n"));
+    for (k, what) in all_keys() {
+        s.push_str(&format!("  {k:<34} {what}\n"));
     }
     s.push_str(
         "Precedence: command-line flags > WARREN_* environment variables > config file > defaults.",

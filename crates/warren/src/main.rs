@@ -2,6 +2,7 @@
 //! starts the AMQP listener and stops cleanly on SIGTERM / SIGINT. No broker logic lives here.
 
 mod config;
+mod security;
 
 use anyhow::Context;
 use clap::Parser;
@@ -75,6 +76,8 @@ struct Settings {
     log_level: String,
     log_json: bool,
     workers: usize,
+    /// TLS listener and alarm limits.
+    security: security::SecuritySettings,
 }
 
 fn settings(args: Args) -> Result<Settings, String> {
@@ -189,6 +192,7 @@ fn settings(args: Args) -> Result<Settings, String> {
         .map(|l| if l == "warning" { "warn" } else { l }.to_string()));
     let log_json = args.log_json || file.get("log.console.formatter") == Some("json");
     Ok(Settings {
+        security: security::settings(&file)?,
         listen,
         mgmt_listen,
         data_dir: args
@@ -253,6 +257,15 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     })?;
     tracing::info!(listen = %s.listen, data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let tls_config = Arc::new(s.server.clone());
+    security::start(
+        &s.security,
+        &broker,
+        tls_config,
+        &s.data_dir,
+        stop_rx.clone(),
+    )
+    .await?;
     let server = tokio::spawn(warren_server::serve(
         listener,
         broker.clone(),
