@@ -50,7 +50,14 @@ pub trait BackendFile: Send + Sync {
     }
     /// Cuts the file to `len` bytes.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// An fsync of what was appended so far that can run later without the file (a
+    /// duplicated descriptor), so group commit need not hold the store's lock while the disk
+    /// works.
+    fn sync_handle(&self) -> io::Result<SyncHandle>;
 }
+
+/// A deferred fdatasync, from [`BackendFile::sync_handle`].
+pub type SyncHandle = Box<dyn FnOnce() -> io::Result<()> + Send>;
 
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
@@ -150,6 +157,11 @@ impl BackendFile for FsFile {
         self.file.set_len(len)?;
         self.len = len;
         Ok(())
+    }
+
+    fn sync_handle(&self) -> io::Result<SyncHandle> {
+        let f = self.file.try_clone()?;
+        Ok(Box::new(move || f.sync_data()))
     }
 }
 
@@ -310,6 +322,15 @@ impl BackendFile for FaultyFile {
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.inner.truncate(len)
+    }
+
+    fn sync_handle(&self) -> io::Result<SyncHandle> {
+        let inner = self.inner.sync_handle()?;
+        let faults = self.faults.clone();
+        Ok(Box::new(move || {
+            faults.sync_fault()?;
+            inner()
+        }))
     }
 }
 

@@ -27,10 +27,10 @@ pub mod error;
 pub mod queue_store;
 pub mod segment;
 
-pub use backend::{Backend, BackendFile, Faults, FaultyBackend, FileBackend};
+pub use backend::{Backend, BackendFile, Faults, FaultyBackend, FileBackend, SyncHandle};
 pub use catalog::Catalog;
 pub use error::{Result, StoreError};
-pub use queue_store::{QueueStore, RecoveredMessage, Recovery, StoreOptions};
+pub use queue_store::{QueueStore, RecoveredMessage, Recovery, StoreOptions, SyncBatch, SyncOutcome};
 pub use segment::{Position, SegmentLog, SegmentReader};
 
 #[cfg(test)]

@@ -376,6 +376,31 @@ impl QueueStore {
         self.reclaim()
     }
 
+    /// [`QueueStore::sync`] in three steps, so the fsyncs can run without the caller's lock:
+    /// `begin_sync` (flush, under the lock), [`SyncBatch::run`] (the fsyncs, no lock), then
+    /// `end_sync` with its outcome (under the lock). Durable once `end_sync` returns Ok.
+    pub fn begin_sync(&mut self) -> Result<SyncBatch> {
+        if self.message_count == 0 {
+            let threshold = self.drain_roll_threshold();
+            if self.msgs.current_len() > threshold {
+                let before = self.msgs.current_segment();
+                self.msgs.roll()?;
+                self.note_msgs_roll(before);
+            }
+            if self.acks.current_len() > threshold {
+                self.acks.roll()?;
+                self.ack_gc = true;
+            }
+        }
+        Ok(SyncBatch { msgs: self.msgs.begin_sync()?, acks: self.acks.begin_sync()? })
+    }
+
+    pub fn end_sync(&mut self, outcome: SyncOutcome) -> Result<()> {
+        self.msgs.end_sync(outcome.msgs)?;
+        self.acks.end_sync(outcome.acks)?;
+        self.reclaim()
+    }
+
     /// Below this, a drained queue keeps its current segment rather than churn files.
     fn drain_roll_threshold(&self) -> u64 {
         self.opts.max_segment_size as u64 / 8
@@ -471,6 +496,26 @@ struct RecoverySegment {
     id: u32,
     offsets: Vec<u32>,
     redelivered: Bits,
+}
+
+/// The fsyncs of a [`QueueStore::begin_sync`].
+pub struct SyncBatch {
+    msgs: Vec<crate::backend::SyncHandle>,
+    acks: Vec<crate::backend::SyncHandle>,
+}
+
+/// What [`SyncBatch::run`] did, for [`QueueStore::end_sync`].
+pub struct SyncOutcome {
+    msgs: std::io::Result<()>,
+    acks: std::io::Result<()>,
+}
+
+impl SyncBatch {
+    /// Runs the fsyncs (no lock needed).
+    pub fn run(self) -> SyncOutcome {
+        let all = |hs: Vec<crate::backend::SyncHandle>| hs.into_iter().try_for_each(|h| h());
+        SyncOutcome { msgs: all(self.msgs), acks: all(self.acks) }
+    }
 }
 
 /// One message brought back by [`Recovery`].

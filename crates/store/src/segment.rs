@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::warn;
 
-use crate::backend::{Backend, BackendFile};
+use crate::backend::{SyncHandle, Backend, BackendFile};
 use crate::error::{Result, StoreError};
 
 /// First six bytes of every segment file.
@@ -625,6 +625,37 @@ impl SegmentLog {
                 ));
             }
             self.current.needs_sync = false;
+        }
+        self.sync_dir_if_dirty()
+    }
+
+    /// First half of a sync that runs the fsyncs outside the caller's lock: flushes, and
+    /// returns the fsyncs to run. Pass their outcome to [`SegmentLog::end_sync`].
+    pub fn begin_sync(&mut self) -> Result<Vec<SyncHandle>> {
+        self.check_poisoned()?;
+        self.flush()?;
+        let mut handles = Vec::new();
+        while let Some(&id) = self.unsynced.last() {
+            if let Some(s) = self.sealed.get(&id) {
+                handles.push(s.file.sync_handle().map_err(|e| StoreError::io("fsync", self.segment_path(id), e))?);
+            }
+            self.unsynced.pop();
+        }
+        if self.current.needs_sync {
+            let path = self.segment_path(self.current.id);
+            handles.push(self.current.file.sync_handle().map_err(|e| StoreError::io("fsync", path, e))?);
+            // A later append sets it again; if the fsync fails the log is poisoned anyway.
+            self.current.needs_sync = false;
+        }
+        Ok(handles)
+    }
+
+    /// Second half of [`SegmentLog::begin_sync`]: a failed fsync poisons the log, as in
+    /// [`SegmentLog::sync`]; then the directory is synced if a segment was created.
+    pub fn end_sync(&mut self, fsynced: std::io::Result<()>) -> Result<()> {
+        if let Err(e) = fsynced {
+            self.poisoned = true;
+            return Err(StoreError::io("fsync", self.segment_path(self.current.id), e));
         }
         self.sync_dir_if_dirty()
     }

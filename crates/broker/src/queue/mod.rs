@@ -483,16 +483,17 @@ impl Queue {
         (restored, errors)
     }
 
-    /// fsync of the queue's store, called by the group-commit flusher.
+    /// fsync of the queue's store, called by the group-commit flusher. The disk work runs
+    /// without the store's lock, so publishers and consumers of the queue go on meanwhile.
     pub(crate) fn sync_store(&self) -> warren_store::Result<()> {
-        match self.store.get() {
-            Some(slot) => {
-                let mut st = slot.lock();
-                st.dirty = false;
-                st.store.sync()
-            }
-            None => Ok(()),
-        }
+        let Some(slot) = self.store.get() else { return Ok(()) };
+        let batch = {
+            let mut st = slot.lock();
+            st.dirty = false;
+            st.store.begin_sync()?
+        };
+        let outcome = batch.run();
+        slot.lock().store.end_sync(outcome)
     }
 
     pub fn is_durable_store(&self) -> bool {
