@@ -9,6 +9,7 @@
 //! - [`overview`]: `/api/overview`, `/api/nodes`, `/api/vhosts`, `/api/whoami`, health checks.
 //! - [`queues`], [`exchanges`], [`bindings`]: the topology, listed, declared and deleted.
 //! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
+//! - [`users`]: users, permissions, user and vhost limits, vhost deletion.
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
 //!
 //! Handlers read the broker through its public accessors and change it through the same vhost
@@ -27,6 +28,7 @@ pub mod exchanges;
 pub mod overview;
 mod policies;
 pub mod queues;
+pub mod users;
 
 pub use error::ApiError;
 
@@ -119,6 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(consumers::routes())
         .merge(definitions::routes())
         .merge(policies::routes())
+        .merge(users::routes())
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1,6 +1,5 @@
 //! `/api/overview`, `/api/nodes`, `/api/vhosts` (listed and created), `/api/whoami` and the
-//! health checks: the node as a whole. Warren raises no resource alarms yet, so the alarm
-//! checks always pass.
+//! health checks: the node as a whole, with its memory and disk alarms.
 
 use crate::auth::AuthUser;
 use crate::queues::vhost;
@@ -19,10 +18,15 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/nodes", get(nodes))
         .route("/nodes/{name}", get(node))
         .route("/vhosts", get(vhosts))
-        .route("/vhosts/{vhost}", get(one_vhost).put(create_vhost))
+        .route(
+            "/vhosts/{vhost}",
+            get(one_vhost)
+                .put(create_vhost)
+                .delete(crate::users::delete_vhost),
+        )
         .route("/whoami", get(whoami))
-        .route("/health/checks/alarms", get(ok))
-        .route("/health/checks/local-alarms", get(ok))
+        .route("/health/checks/alarms", get(alarms_check))
+        .route("/health/checks/local-alarms", get(alarms_check))
         .route("/aliveness-test/{vhost}", get(aliveness))
 }
 
@@ -116,8 +120,11 @@ fn node_json(state: &AppState) -> Value {
         "os_pid": std::process::id().to_string(),
         "uptime": state.started.elapsed().as_millis() as u64,
         "mem_used": resident_bytes(),
-        "mem_alarm": false,
-        "disk_free_alarm": false,
+        "mem_limit": state.broker.alarms.memory_limit(),
+        "mem_alarm": state.broker.alarms.active().contains(&"memory"),
+        "disk_free": state.broker.alarms.disk_free().unwrap_or(0),
+        "disk_free_limit": state.broker.alarms.disk_free_limit(),
+        "disk_free_alarm": state.broker.alarms.active().contains(&"disk"),
         "partitions": [],
         "being_drained": false,
         "product_name": "Warren",
@@ -187,8 +194,22 @@ async fn whoami(Extension(AuthUser(user)): Extension<AuthUser>) -> Json<Value> {
     Json(json!({"name": user.name, "tags": user.tags}))
 }
 
-async fn ok() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// 200 `{"status": "ok"}`, or 503 with the alarms in effect, as RabbitMQ.
+async fn alarms_check(state: State) -> (StatusCode, Json<Value>) {
+    let active = state.broker.alarms.active();
+    if active.is_empty() {
+        return (StatusCode::OK, Json(json!({"status": "ok"})));
+    }
+    let alarms: Vec<Value> = active
+        .iter()
+        .map(|a| json!({"node": state.node, "resource": a}))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(
+            json!({"status": "failed", "reason": "resource alarm(s) in effect in the cluster", "alarms": alarms}),
+        ),
+    )
 }
 
 async fn aliveness(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {

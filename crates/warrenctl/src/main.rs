@@ -7,6 +7,7 @@
 //! - [`format`]: the `table` and `json` output formats.
 //! - this file: the command line and the other commands.
 
+mod access;
 mod client;
 mod format;
 mod listing;
@@ -177,6 +178,9 @@ enum Command {
     /// Lists operator policy overrides for a virtual host
     #[command(name = "list_operator_policies")]
     ListOperatorPolicies(Columns),
+    /// Users, vhosts, permissions and limits
+    #[command(flatten)]
+    Access(access::AccessCommand),
     /// Displays warrenctl's version
     Version,
 }
@@ -298,6 +302,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
         Command::ClearOperatorPolicy { name } => clear_policy(&client, g, name, true, out),
         Command::ListPolicies(c) => list(&client, g, Listing::Policies, &c.columns, out),
         Command::ListOperatorPolicies(c) => list(&client, g, Listing::OperatorPolicies, &c.columns, out),
+        Command::Access(c) => access::run(&client, g, c, out),
         Command::Version => writeln!(out, "{}", env!("CARGO_PKG_VERSION")).map_err(io_error),
     }
 }
@@ -340,6 +345,14 @@ fn status(client: &Client, g: &Global, out: &mut impl Write) -> Result<(), CtlEr
     let name = overview["node"].as_str().unwrap_or("?");
     let totals = &overview["object_totals"];
     let uptime_secs = node["uptime"].as_u64().unwrap_or(0) / 1000;
+    let alarms: Vec<String> = [
+        ("mem_alarm", "Memory alarm on node"),
+        ("disk_free_alarm", "Free disk space alarm on node"),
+    ]
+    .iter()
+    .filter(|(k, _)| node[*k].as_bool() == Some(true))
+    .map(|(_, what)| format!("{what} {name}"))
+    .collect();
     let listeners: Vec<&Value> = overview["listeners"]
         .as_array()
         .map(|l| l.iter().collect())
@@ -352,7 +365,7 @@ fn status(client: &Client, g: &Global, out: &mut impl Write) -> Result<(), CtlEr
             "product_name": overview["product_name"],
             "product_version": overview["product_version"],
             "rabbitmq_version": overview["rabbitmq_version"],
-            "alarms": [],
+            "alarms": alarms,
             "memory_used": node["mem_used"],
             "totals": {
                 "connection_count": totals["connections"],
@@ -387,7 +400,11 @@ fn status(client: &Client, g: &Global, out: &mut impl Write) -> Result<(), CtlEr
         String::new(),
         "Alarms".into(),
         String::new(),
-        "(none)".into(),
+        if alarms.is_empty() {
+            "(none)".into()
+        } else {
+            alarms.join("\n")
+        },
         String::new(),
         "Memory".into(),
         String::new(),
