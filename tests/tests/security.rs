@@ -766,3 +766,45 @@ async fn a_blocked_publisher_is_not_read_until_the_alarm_clears() {
     b.broker.alarms.set_memory_limit(u64::MAX);
     wait_counts(&b, "raw", 20, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_definitions_import_with_their_password_hashes() {
+    let b = TestBroker::start();
+    // Users as RabbitMQ exports them: a SHA-256 hash (3.6+) and an MD5 one without
+    // hashing_algorithm (older exports, tags as a string); both are guest's password.
+    let defs: warren_broker::definitions::Definitions = serde_json::from_value(serde_json::json!({
+        "users": [
+            {"name": "ops", "password_hash": "5rB5BmXGUjdmWMF1qFQukV/AAVulChVYUmv/nKiQtr6wNiLo",
+             "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["monitoring"], "limits": {}},
+            {"name": "old", "password_hash": "AsYO2ESs62RcsxNVyxKaR5DGxVI=", "tags": "management"}
+        ],
+        "vhosts": [{"name": "/"}, {"name": "apps"}],
+        "permissions": [
+            {"user": "ops", "vhost": "apps", "configure": "", "write": ".*", "read": ".*"},
+            {"user": "old", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+        ]
+    }))
+    .unwrap();
+    assert!(b.broker.import_definitions(&defs).is_empty());
+    let ops = try_connect(&url(&b, "ops", "guest", "apps"))
+        .await
+        .expect("ops");
+    let ch = channel(&ops).await;
+    let r = ch
+        .queue_declare("q".into(), QueueDeclareOptions::default(), no_args())
+        .await;
+    assert!(expect_code(r, 403).contains("configure access to queue 'q' in vhost 'apps'"));
+    try_connect(&url(&b, "old", "guest", "/"))
+        .await
+        .expect("md5 user");
+    assert_eq!(b.broker.user("old").unwrap().tags, ["management"]);
+    // What the broker saves carries users, hashes and permissions: a second broker loading
+    // it lets the same users in.
+    let saved = b.broker.definitions(true);
+    assert!(saved.users.iter().any(|u| u.name == "ops"));
+    let b2 = TestBroker::start();
+    assert!(b2.broker.import_definitions(&saved).is_empty());
+    try_connect(&url(&b2, "ops", "guest", "apps"))
+        .await
+        .expect("ops in the copy");
+}

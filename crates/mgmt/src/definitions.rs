@@ -3,10 +3,12 @@
 //! The broker's [`warren_broker::definitions`] does the work; this module adds what the API
 //! shows around it.
 //!
-//! Not carried yet: users (their password hashes), permissions, policies and parameters; an
-//! export lists them empty, an import skips them (with a log line). Exclusive queues (and
-//! bindings to them), the predeclared exchanges and the default exchange's implicit bindings
-//! are left out of exports, as in RabbitMQ.
+//! Users (with their password hashes, so a RabbitMQ export's users log in with the same
+//! passwords) and permissions are exported and imported; a vhost's export leaves users out.
+//! Not carried yet: topic permissions, policies and parameters; an export lists them empty,
+//! an import skips them (with a log line). Exclusive queues (and bindings to them), the
+//! predeclared exchanges and the default exchange's implicit bindings are left out of
+//! exports, as in RabbitMQ.
 
 use crate::error::parse_body;
 use crate::queues::{check_name, vhost};
@@ -51,13 +53,13 @@ fn export(state: &AppState, only_vhost: Option<&str>) -> Result<Value, ApiError>
         d.queues.retain(|x| x.vhost == v);
         d.exchanges.retain(|x| x.vhost == v);
         d.bindings.retain(|x| x.vhost == v);
+        d.users.clear();
+        d.permissions.retain(|x| x.vhost == v);
     }
     let mut v = serde_json::to_value(&d).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["rabbit_version"] = json!(RABBITMQ_COMPAT_VERSION);
     v["rabbitmq_version"] = json!(RABBITMQ_COMPAT_VERSION);
     for key in [
-        "users",
-        "permissions",
         "topic_permissions",
         "parameters",
         "global_parameters",
@@ -81,7 +83,7 @@ async fn export_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value
 /// after an error; a 400 lists every error met.
 fn import(state: &AppState, d: Value) -> Result<(), ApiError> {
     let count = |key: &str| d[key].as_array().map_or(0, Vec::len);
-    let skipped = ["users", "permissions", "policies", "parameters"].map(|k| (k, count(k)));
+    let skipped = ["topic_permissions", "policies", "parameters"].map(|k| (k, count(k)));
     if skipped.iter().any(|(_, n)| *n > 0) {
         tracing::info!(
             ?skipped,
