@@ -775,6 +775,44 @@ mod tests {
     }
 
     #[test]
+    fn users_and_permissions_survive_a_restart() {
+        use crate::persist::Persistence;
+        let dir = std::env::temp_dir().join(format!("warren-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let open = || {
+            let p = Persistence::new(&dir, warren_store::FileBackend::shared());
+            Broker::open(BrokerConfig::default(), p).unwrap()
+        };
+        {
+            let b = open();
+            b.add_user("u", "p", vec!["monitoring".into()]).unwrap();
+            b.add_vhost("v");
+            b.set_permissions("u", "v", "^a", "b", "c").unwrap();
+            b.set_vhost_limits(
+                "v",
+                VHostLimits {
+                    max_connections: Some(3),
+                    max_queues: None,
+                },
+            )
+            .unwrap();
+            assert!(b.delete_user("guest"));
+            b.persistence().unwrap().flush_once();
+        }
+        let b = open();
+        assert!(
+            b.user("guest").is_none(),
+            "a deleted default user stays deleted"
+        );
+        assert_eq!(b.authenticate("u", "p", true).unwrap().tags, ["monitoring"]);
+        let cx = b.vhost_access("u", "v").unwrap();
+        assert_eq!(cx.permission().configure, "^a");
+        assert_eq!(b.vhost_limits("v").max_connections, Some(3));
+        drop(b);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn deleting_a_vhost_drops_its_permissions() {
         let b = Broker::new(BrokerConfig::default());
         b.add_vhost("v");
