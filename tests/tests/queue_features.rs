@@ -364,9 +364,6 @@ async fn the_shorter_of_queue_ttl_and_message_expiration_applies() {
 /// RabbitMQ: a queue TTL of 0 expires a message on arrival *unless it can be delivered to a
 /// consumer at once* (a way to say "deliver now or never").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: with x-message-ttl 0 a message is dropped even when a consumer with \
-            credit is waiting (expires_at = now + 0 and dispatch's expire_head treats \
-            expires_at <= now as expired before offering it); RabbitMQ delivers it"]
 async fn queue_ttl_zero_delivers_to_a_waiting_consumer_and_drops_otherwise() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
@@ -398,8 +395,6 @@ async fn queue_ttl_zero_delivers_to_a_waiting_consumer_and_drops_otherwise() {
 
 /// The same with a per-message expiration of "0".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: a message with expiration \"0\" is dropped even when a consumer with \
-            credit is waiting (same cause as x-message-ttl 0); RabbitMQ delivers it"]
 async fn message_expiration_zero_delivers_to_a_waiting_consumer_and_drops_otherwise() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
@@ -422,9 +417,6 @@ async fn message_expiration_zero_delivers_to_a_waiting_consumer_and_drops_otherw
 /// RabbitMQ refuses an `expiration` that is not a non-negative integer with 406 (channel
 /// error), rather than silently keeping the message forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: expiration \"soon\" is accepted without error and the message never \
-            expires; RabbitMQ closes the channel with 406 PRECONDITION_FAILED \
-            \"invalid expiration\""]
 async fn a_malformed_expiration_is_406() {
     let broker = TestBroker::start();
     let (conn, ch) = open(&broker).await;
@@ -1399,9 +1391,6 @@ async fn single_active_consumer_fails_over_when_the_connection_drops() {
 /// dropped consumer's unacked message before the ones behind it (RabbitMQ requeues the channel's
 /// unacked messages before it serves the new active consumer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: on connection loss DeliveryChannel::close removes the consumer (whose \
-            dispatch hands m1, m2 to the successor) before requeueing the unacked m0, so the \
-            new active consumer receives m1 before m0"]
 async fn single_active_consumer_failover_keeps_the_order() {
     sac_failover(true).await;
 }

@@ -443,10 +443,12 @@ impl DeliveryChannel {
                 .collect();
             (consumers, std::mem::take(&mut s.unacked))
         };
+        // Requeue first (this channel is closed, so nothing comes back to it), then remove the
+        // consumers: a single active consumer's successor then starts with the oldest message.
+        settle_or_requeue(unacked.into(), true);
         for (id, q) in consumers {
             q.remove_consumer(self, id);
         }
-        settle_or_requeue(unacked.into(), true);
     }
 
     /// Redelivers from the queues of this channel's consumers, after credit came back.

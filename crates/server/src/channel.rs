@@ -16,6 +16,20 @@ use warren_protocol::{Method, ShortStr};
 
 type Result<T> = std::result::Result<T, AmqpError>;
 
+/// A per-message TTL must be a non-negative integer (ms), as RabbitMQ requires.
+fn check_expiration(content: &Content) -> Result<()> {
+    let flags = content.properties.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+    if flags & (1 << 8) == 0 {
+        return Ok(());
+    }
+    let props = warren_protocol::BasicProperties::decode(content.properties.clone())
+        .map_err(|e| AmqpError::new(SYNTAX_ERROR, format!("malformed content header: {e}")))?;
+    match props.expiration {
+        Some(e) if e.parse::<u64>().is_err() => Err(AmqpError::precondition(format!("invalid expiration '{e}'"))),
+        _ => Ok(()),
+    }
+}
+
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -424,6 +438,7 @@ impl Channel {
         mandatory: bool,
         content: Content,
     ) -> Result<()> {
+        check_expiration(&content)?;
         let content = self.rewrite_reply_to(content)?;
         let x = match &self.last_exchange {
             Some(x) if x.name == exchange && !x.is_deleted() => x.clone(),

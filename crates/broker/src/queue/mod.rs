@@ -654,7 +654,9 @@ impl Queue {
         }
         i.ready.push_back(qm);
         self.enforce_limits(i);
-        self.dispatch_locked(i);
+        // A message that expires the instant it arrives (TTL 0) still goes to a consumer
+        // waiting for it, as in RabbitMQ; it is dropped otherwise.
+        self.dispatch_with(i, true);
     }
 
     /// Delivers ready messages while some consumer has credit.
@@ -664,7 +666,11 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
-        self.dispatch_inner(i);
+        self.dispatch_with(i, false);
+    }
+
+    fn dispatch_with(self: &Arc<Self>, i: &mut Inner, arriving: bool) {
+        self.dispatch_inner(i, arriving);
         if i.ready.len() + i.paged.len() <= FLOW_LOW
             && self.flow_waiting.swap(false, Ordering::AcqRel)
         {
@@ -672,9 +678,12 @@ impl Queue {
         }
     }
 
-    fn dispatch_inner(self: &Arc<Self>, i: &mut Inner) {
+    fn dispatch_inner(self: &Arc<Self>, i: &mut Inner, arriving: bool) {
         self.page_in(i);
-        let now = if i.opts.message_ttl.is_some() || self.timed.load(Ordering::Relaxed) { now_ms() } else { 0 };
+        let mut now = if i.opts.message_ttl.is_some() || self.timed.load(Ordering::Relaxed) { now_ms() } else { 0 };
+        if arriving {
+            now = now.saturating_sub(1);
+        }
         while !i.consumers.is_empty() {
             if now != 0 {
                 self.expire_head(i, now);
