@@ -359,21 +359,8 @@ impl QueueStore {
     /// Makes every append and mark so far durable, then frees segments that are no longer
     /// needed. Called by the group-commit flusher; publisher confirms wait for it.
     pub fn sync(&mut self) -> Result<()> {
-        if self.message_count == 0 {
-            let threshold = self.drain_roll_threshold();
-            if self.msgs.current_len() > threshold {
-                let before = self.msgs.current_segment();
-                self.msgs.roll()?;
-                self.note_msgs_roll(before);
-            }
-            if self.acks.current_len() > threshold {
-                self.acks.roll()?;
-                self.ack_gc = true;
-            }
-        }
-        self.msgs.sync()?;
-        self.acks.sync()?;
-        self.reclaim()
+        let batch = self.begin_sync()?;
+        self.end_sync(batch.run())
     }
 
     /// [`QueueStore::sync`] in three steps, so the fsyncs can run without the caller's lock:

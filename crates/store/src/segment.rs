@@ -604,29 +604,9 @@ impl SegmentLog {
     /// created. A failed fsync poisons the log (after one, Linux may have dropped the dirty
     /// pages, so retrying could falsely succeed).
     pub fn sync(&mut self) -> Result<()> {
-        self.check_poisoned()?;
-        self.flush()?;
-        while let Some(&id) = self.unsynced.last() {
-            if let Some(s) = self.sealed.get_mut(&id) {
-                if let Err(e) = s.file.sync() {
-                    self.poisoned = true;
-                    return Err(StoreError::io("fsync", self.segment_path(id), e));
-                }
-            }
-            self.unsynced.pop();
-        }
-        if self.current.needs_sync {
-            if let Err(e) = self.current.file.sync() {
-                self.poisoned = true;
-                return Err(StoreError::io(
-                    "fsync",
-                    self.segment_path(self.current.id),
-                    e,
-                ));
-            }
-            self.current.needs_sync = false;
-        }
-        self.sync_dir_if_dirty()
+        let handles = self.begin_sync()?;
+        let fsynced = handles.into_iter().try_for_each(|h| h());
+        self.end_sync(fsynced)
     }
 
     /// First half of a sync that runs the fsyncs outside the caller's lock: flushes, and
