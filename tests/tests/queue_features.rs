@@ -285,7 +285,7 @@ fn now_secs() -> u64 {
 async fn queue_message_ttl_expires_unconsumed_messages() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
-    declare_args(&ch, "ttl", table(&[("x-message-ttl", int(100))])).await;
+    declare_args(&ch, "ttl", table(&[("x-message-ttl", int(300))])).await;
     confirm_select(&ch).await;
     for i in 0..3 {
         publish_acked(
@@ -317,8 +317,11 @@ async fn basic_get_never_returns_an_expired_message() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
     declare_args(&ch, "ttl-get", table(&[("x-message-ttl", int(60))])).await;
+    // The TTL counts from when the queue took the message: wait for the confirm, so the sleep
+    // starts after that.
+    confirm_select(&ch).await;
     for _ in 0..20 {
-        publish(&ch, "", "ttl-get", b"old").await;
+        publish_acked(&ch, "ttl-get", b"old", BasicProperties::default()).await;
         tokio::time::sleep(Duration::from_millis(61)).await;
         assert!(
             get(&ch, "ttl-get").await.is_none(),
@@ -439,7 +442,7 @@ async fn a_malformed_expiration_is_406() {
 async fn queue_expires_when_unused() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
-    declare_args(&ch, "short-lived", table(&[("x-expires", int(300))])).await;
+    declare_args(&ch, "short-lived", table(&[("x-expires", int(1_000))])).await;
     publish(&ch, "", "short-lived", b"x").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(queue_exists(&broker, "short-lived"), "deleted too early");
@@ -474,9 +477,9 @@ async fn queue_expires_when_unused() {
 async fn redeclaring_restarts_the_expiry_clock() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
-    let args = table(&[("x-expires", int(400))]);
+    let args = table(&[("x-expires", int(600))]);
     declare_args(&ch, "renewed", args.clone()).await;
-    for _ in 0..6 {
+    for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         declare_args(&ch, "renewed", args.clone()).await;
     }
@@ -706,7 +709,7 @@ async fn a_message_requeued_after_its_ttl_is_dead_lettered() {
         &ch,
         "held",
         table(&[
-            ("x-message-ttl", int(150)),
+            ("x-message-ttl", int(300)),
             ("x-dead-letter-exchange", long("")),
             ("x-dead-letter-routing-key", long("late")),
         ]),
@@ -715,7 +718,7 @@ async fn a_message_requeued_after_its_ttl_is_dead_lettered() {
     let mut c = consume(&ch, "held", "slow").await;
     publish(&ch, "", "held", b"held too long").await;
     let d = next(&mut c).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     nack_requeue(&d).await;
     wait_counts(&broker, "late", 1, 0).await;
     assert_no_delivery(&mut c).await;
