@@ -32,7 +32,10 @@ async fn start() -> Node {
 
 /// (exit code, stdout, stderr)
 async fn ctl(n: &Node, args: &[&str]) -> (i32, String, String) {
-    let bin = warren_tests::built_binary("warrenctl");
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let bin = BIN
+        .get_or_init(|| warren_tests::built_binary("warrenctl"))
+        .clone();
     let mut full = vec!["--url".to_string(), n.url.clone()];
     full.extend(args.iter().map(|a| a.to_string()));
     tokio::task::spawn_blocking(move || {

@@ -808,3 +808,40 @@ async fn rabbitmq_definitions_import_with_their_password_hashes() {
         .await
         .expect("ops in the copy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_id_must_name_the_authenticated_user() {
+    let b = TestBroker::start();
+    let (conn, ch) = open(&b).await;
+    declare(&ch, "uid").await;
+    let props = BasicProperties::default().with_user_id("guest".into());
+    within(
+        "publish",
+        ch.basic_publish(
+            "".into(),
+            "uid".into(),
+            BasicPublishOptions::default(),
+            b"mine",
+            props,
+        ),
+    )
+    .await
+    .unwrap();
+    wait_counts(&b, "uid", 1, 0).await;
+    let mut ev = events(&conn);
+    let _ = ch
+        .basic_publish(
+            "".into(),
+            "uid".into(),
+            BasicPublishOptions::default(),
+            b"forged",
+            BasicProperties::default().with_user_id("admin".into()),
+        )
+        .await;
+    let e = next_error(&mut ev).await;
+    assert_eq!(
+        expect_error_code(&e, 406),
+        "PRECONDITION_FAILED - user_id property set to 'admin' but authenticated user was 'guest'"
+    );
+    assert_eq!(queue_counts(&b, "uid"), Some((1, 0)));
+}

@@ -439,6 +439,7 @@ impl Channel {
         content: Content,
     ) -> Result<()> {
         check_expiration(&content)?;
+        cx.guard.check_user_id(&content.properties)?;
         let content = self.rewrite_reply_to(content)?;
         let x = match &self.last_exchange {
             Some(x) if x.name == exchange && !x.is_deleted() => x.clone(),

@@ -34,6 +34,8 @@ pub(crate) struct Guard {
     /// The client announced the `connection.blocked` capability.
     blocked_capability: bool,
     alarm_rx: tokio::sync::watch::Receiver<Option<String>>,
+    /// The user has the `impersonator` tag: it may publish with any `user_id`.
+    impersonator: bool,
 }
 
 impl Guard {
@@ -44,6 +46,9 @@ impl Guard {
         blocked_capability: bool,
     ) -> Self {
         let alarm_rx = broker.alarms.subscribe();
+        let impersonator = broker
+            .user(&access.user)
+            .is_some_and(|u| u.tags.iter().any(|t| t == "impersonator"));
         Guard {
             access,
             slot,
@@ -53,6 +58,7 @@ impl Guard {
             blocked: false,
             blocked_capability,
             alarm_rx,
+            impersonator,
         }
     }
 
@@ -88,6 +94,34 @@ impl Guard {
     pub async fn alarm_changed(&mut self) {
         if self.alarm_rx.changed().await.is_err() {
             std::future::pending::<()>().await
+        }
+    }
+
+    /// A published message's `user_id` property, when set, must name the connection's user
+    /// (406, as RabbitMQ), unless the user is an impersonator. Costs nothing for messages
+    /// without it: only the property flags are looked at.
+    pub fn check_user_id(&self, properties: &bytes::Bytes) -> Result<(), AmqpError> {
+        let flags = properties
+            .get(..2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        if flags & (1 << 4) == 0 || self.impersonator {
+            return Ok(());
+        }
+        let props = warren_protocol::BasicProperties::decode(properties.clone()).map_err(|e| {
+            AmqpError::new(
+                warren_protocol::constants::SYNTAX_ERROR,
+                format!("malformed content header: {e}"),
+            )
+        })?;
+        match props.user_id {
+            Some(claimed) if claimed.as_str() != self.access.user => {
+                Err(AmqpError::precondition(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    claimed.as_str(),
+                    self.access.user
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
