@@ -49,6 +49,11 @@ impl AssembleError {
     }
 }
 
+/// The most a multi-frame body reserves up front. The announced size is only the peer's word
+/// until the frames arrive: reserving all of it let three small frames make the broker allocate
+/// up to `max_body` (or abort, past what the allocator can give). Larger bodies grow as they come.
+const MAX_RESERVE_AHEAD: u64 = 1 << 20;
+
 #[derive(Debug, Default)]
 enum State {
     #[default]
@@ -155,7 +160,8 @@ impl Assembler {
                     (None, true) => first = Some(frame.payload),
                     _ => {
                         if let Some(f) = first.take() {
-                            rest.reserve((f.len() as u64 + len + remaining) as usize);
+                            let announced = f.len() as u64 + len + remaining;
+                            rest.reserve(announced.min(MAX_RESERVE_AHEAD) as usize);
                             rest.extend_from_slice(&f);
                         }
                         rest.extend_from_slice(&frame.payload);
@@ -228,6 +234,45 @@ mod tests {
             a.push(it.next().unwrap(), 100).unwrap_err().code,
             UNEXPECTED_FRAME
         );
+    }
+
+    #[test]
+    fn announced_body_size_is_not_reserved_up_front() {
+        // A header announcing 2^40 bytes, within a caller's large max_body, then two 1-byte
+        // body frames: joining them used to reserve the whole announced size (an allocation
+        // failure that aborts the process), on the peer's word alone.
+        let mut out = BytesMut::new();
+        write_method(&mut out, 1, &BasicPublish::default().into());
+        let mut a = Assembler::new();
+        for f in frames(&mut out) {
+            assert_eq!(a.push(f, u64::MAX).unwrap(), None);
+        }
+        let header = Bytes::from_static(&[0, 60, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            a.push(
+                Frame {
+                    kind: FRAME_HEADER,
+                    channel: 1,
+                    payload: header
+                },
+                u64::MAX
+            )
+            .unwrap(),
+            None
+        );
+        for _ in 0..2 {
+            let body = Frame {
+                kind: FRAME_BODY,
+                channel: 1,
+                payload: Bytes::from_static(b"x"),
+            };
+            assert_eq!(a.push(body, u64::MAX).unwrap(), None);
+        }
+        let State::Body { rest, .. } = &a.state else {
+            panic!("expected the body state")
+        };
+        assert_eq!(&rest[..], b"xx");
+        assert!(rest.capacity() <= 1 << 20, "reserved {}", rest.capacity());
     }
 
     #[test]

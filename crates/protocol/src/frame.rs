@@ -14,9 +14,14 @@ pub struct Frame {
     pub payload: Bytes,
 }
 
+/// The most [`parse_frame`] reserves ahead for a frame still arriving. The announced size is
+/// only the peer's word until its bytes come: with `frame_max` 0 (no limit) a 7-byte header
+/// could otherwise make the broker allocate 4 GiB. Larger frames grow the buffer as they arrive.
+const MAX_RESERVE_AHEAD: usize = 1 << 20;
+
 /// Takes one complete frame off the front of `buf`, or returns `None` when more bytes are
 /// needed. `frame_max` bounds the whole frame, header and end octet included, so a peer
-/// announcing a huge size is refused before anything is buffered for it.
+/// announcing a huge size is refused before anything is buffered for it; 0 means no limit.
 pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>> {
     if buf.len() < 7 {
         return Ok(None);
@@ -38,7 +43,7 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>> 
     }
     let total = size as usize + FRAME_OVERHEAD;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        buf.reserve((total - buf.len()).min(MAX_RESERVE_AHEAD));
         return Ok(None);
     }
     let end = buf[total - 1];
@@ -183,6 +188,32 @@ mod tests {
             parse_frame(&mut rb, 131072),
             Err(DecodeError::UnknownFrameType(9))
         );
+    }
+
+    #[test]
+    fn unlimited_frame_max_does_not_reserve_the_announced_size() {
+        // Found by fuzz/frame_decode: a 7-byte header announcing ~4 GiB, with frame_max 0,
+        // made parse_frame reserve all of it before a single payload byte arrived.
+        let mut rb = BytesMut::from(&[1u8, 0, 1, 0xfb, 0x03, 0x6b, 0x31][..]);
+        assert_eq!(parse_frame(&mut rb, 0), Ok(None));
+        assert_eq!(rb.len(), 7);
+        assert!(
+            rb.capacity() <= 7 + MAX_RESERVE_AHEAD,
+            "reserved {}",
+            rb.capacity()
+        );
+        // The frame still parses once its bytes arrive, past the reserve-ahead.
+        let size = MAX_RESERVE_AHEAD + 10;
+        let mut rb = BytesMut::new();
+        rb.extend_from_slice(&[FRAME_BODY, 0, 1]);
+        rb.extend_from_slice(&(size as u32).to_be_bytes());
+        assert_eq!(parse_frame(&mut rb, 0), Ok(None));
+        rb.extend_from_slice(&vec![5u8; size]);
+        assert_eq!(parse_frame(&mut rb, 0), Ok(None));
+        rb.extend_from_slice(&[FRAME_END]);
+        let f = parse_frame(&mut rb, 0).unwrap().unwrap();
+        assert_eq!(f.payload.len(), size);
+        assert!(rb.is_empty());
     }
 
     #[test]

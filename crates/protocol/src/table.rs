@@ -75,6 +75,26 @@ impl FieldValue {
         }
     }
 
+    /// `==`, except that floats compare by their bits: unlike `==` this is an equivalence (a
+    /// NaN is identical to itself), which [`FieldTable::same_entries`] relies on.
+    pub fn identical(&self, other: &FieldValue) -> bool {
+        match (self, other) {
+            (FieldValue::F32(a), FieldValue::F32(b)) => a.to_bits() == b.to_bits(),
+            (FieldValue::F64(a), FieldValue::F64(b)) => a.to_bits() == b.to_bits(),
+            (FieldValue::Array(a), FieldValue::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.identical(y))
+            }
+            (FieldValue::Table(a), FieldValue::Table(b)) => {
+                a.len() == b.len()
+                    && a.0
+                        .iter()
+                        .zip(&b.0)
+                        .all(|(x, y)| x.0 == y.0 && x.1.identical(&y.1))
+            }
+            _ => self == other,
+        }
+    }
+
     fn read_depth(r: &mut Reader, depth: u32) -> Result<Self> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::TooDeep);
@@ -258,9 +278,24 @@ impl FieldTable {
     pub fn iter(&self) -> impl Iterator<Item = (&ShortStr, &FieldValue)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
-    /// Equality that ignores entry order, as RabbitMQ compares declared arguments.
+    /// Equality that ignores entry order, as RabbitMQ compares declared arguments: the same
+    /// (name, value) entries, each as often in one table as in the other. Counting matters when
+    /// a peer repeats a name: looking each entry up by name alone made a table with two values
+    /// for one name unequal to itself, and `{a: 1, a: 1}` equal to `{a: 1, b: 2}`. Floats
+    /// compare by their bits, so a NaN argument matches itself and the counts stay consistent.
     pub fn same_entries(&self, other: &FieldTable) -> bool {
-        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+        let same = |x: &(ShortStr, FieldValue), y: &(ShortStr, FieldValue)| {
+            x.0 == y.0 && x.1.identical(&y.1)
+        };
+        if self.len() != other.len() {
+            return false;
+        }
+        if self.0.iter().zip(&other.0).all(|(x, y)| same(x, y)) {
+            return true;
+        }
+        let count =
+            |t: &FieldTable, e: &(ShortStr, FieldValue)| t.0.iter().filter(|x| same(x, e)).count();
+        self.0.iter().all(|e| count(self, e) == count(other, e))
     }
 
     fn read_depth(r: &mut Reader, depth: u32) -> Result<Self> {
@@ -301,7 +336,7 @@ impl Field for FieldTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
+    use bytes::{Bytes, BytesMut};
 
     #[test]
     fn every_type_round_trips() {
@@ -334,6 +369,37 @@ mod tests {
         t.write(&mut Writer::new(&mut buf));
         let back = FieldTable::read(&mut Reader::new(buf.freeze())).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn same_entries_counts_repeated_names() {
+        // Found by fuzz/field_table: {a: true, a: false} was not the same as itself.
+        let raw = [0, 0, 0, 8, 1, b'a', b't', 1, 1, b'a', b't', 0];
+        let t = FieldTable::read(&mut Reader::new(Bytes::copy_from_slice(&raw))).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.same_entries(&t.clone()));
+        // And {a: 1, a: 1} was the same as {a: 1, b: 2}, but not the other way round.
+        let mut twice = FieldTable::new();
+        twice.0.push(("a".into(), FieldValue::I32(1)));
+        twice.0.push(("a".into(), FieldValue::I32(1)));
+        let mut other = FieldTable::new();
+        other.insert("a", FieldValue::I32(1));
+        other.insert("b", FieldValue::I32(2));
+        assert!(!twice.same_entries(&other));
+        assert!(!other.same_entries(&twice));
+        // A NaN entry used to count as absent from both tables, so {a: NaN} was the same as
+        // {b: void} but not the other way round; found by fuzz/field_table.
+        let read =
+            |raw: &[u8]| FieldTable::read(&mut Reader::new(Bytes::copy_from_slice(raw))).unwrap();
+        let nan = read(&[0, 0, 0, 7, 1, b'a', b'f', 0x7f, 0xc0, 0, 0]);
+        let void = read(&[0, 0, 0, 3, 1, b'b', b'V']);
+        assert!(!nan.same_entries(&void) && !void.same_entries(&nan));
+        assert!(nan.same_entries(&nan.clone()));
+        // Order still does not matter.
+        let mut swapped = FieldTable::new();
+        swapped.insert("b", FieldValue::I32(2));
+        swapped.insert("a", FieldValue::I32(1));
+        assert!(other.same_entries(&swapped) && swapped.same_entries(&other));
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! published after the lock is released ([`Locked`]), so queues never lock each other.
 
 mod options;
+mod paged;
 mod ready;
 
 pub use options::{Overflow, QueueOptions};
+use paged::PagedList;
 use ready::ReadyList;
 
 use crate::channel::{Deliver, DeliveryChannel};
@@ -20,7 +22,6 @@ use crate::message::Message;
 use crate::persist::Persistence;
 use crate::vhost::VHost;
 use parking_lot::{Mutex, MutexGuard};
-use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,8 +65,8 @@ impl QueuedMessage {
 }
 
 /// Bytes of message bodies a durable queue keeps in memory; beyond this, new messages live
-/// only in the store (a position of 12 bytes each in RAM) until the queue drains to them.
-pub const RAM_BUDGET: usize = 32 << 20;
+/// only in the store (about 4 bytes each in RAM) until the queue drains to them.
+pub const RAM_BUDGET: usize = 16 << 20;
 
 /// Flow control: when a queue that has consumers holds more than this many ready messages,
 /// publishers to it wait (as RabbitMQ's credit flow makes them) until it is down to
@@ -112,8 +113,8 @@ pub struct QueueConsumer {
 struct Inner {
     opts: QueueOptions,
     ready: ReadyList,
-    /// Messages paged out to the store, after everything in `ready`: (position, redelivered).
-    paged: VecDeque<(Position, bool)>,
+    /// Messages paged out to the store, after everything in `ready`.
+    paged: PagedList,
     ready_bytes: usize,
     unacked: u32,
     consumers: Vec<QueueConsumer>,
@@ -136,7 +137,7 @@ impl Inner {
         Inner {
             ready: ReadyList::new(opts.max_priority),
             opts,
-            paged: VecDeque::new(),
+            paged: PagedList::default(),
             ready_bytes: 0,
             unacked: 0,
             consumers: Vec::new(),
@@ -463,7 +464,7 @@ impl Queue {
                         let qm = QueuedMessage::new(seq, Arc::new(msg), Some(r.position), r.redelivered, &i.opts);
                         i.ready.push_back(qm);
                     } else {
-                        i.paged.push_back((r.position, r.redelivered));
+                        i.paged.push_back(r.position, r.redelivered);
                     }
                 }
                 Some((_, false)) => dropped.push(r.position),
@@ -631,7 +632,7 @@ impl Queue {
         let persistent = durable_write;
         if paging {
             i.published += 1;
-            i.paged.push_back((pos, false));
+            i.paged.push_back(pos, false);
             self.enforce_limits(&mut i);
         } else {
             self.enqueue(&mut i, msg, Some(pos));
@@ -897,13 +898,13 @@ impl Queue {
         let mut i = self.inner.lock();
         let n = (i.ready.len() + i.paged.len()) as u32;
         let ready = i.ready.drain();
-        let paged = std::mem::take(&mut i.paged);
+        let paged = i.paged.drain();
         i.ready_bytes = 0;
         self.store_op(|s| {
             for pos in ready
                 .iter()
                 .filter_map(|m| m.pos)
-                .chain(paged.iter().map(|p| p.0))
+                .chain(paged.iter().copied())
             {
                 s.ack(pos)?;
             }
@@ -921,7 +922,7 @@ impl Queue {
             let mut i = self.inner.lock();
             let n = (i.ready.len() + i.paged.len()) as u32;
             i.ready.drain();
-            i.paged.clear();
+            i.paged.drain();
             i.ready_bytes = 0;
             (n, std::mem::take(&mut i.consumers))
         };
