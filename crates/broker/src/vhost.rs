@@ -304,7 +304,8 @@ impl VHost {
                 .ok_or_else(|| AmqpError::precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type"))?
         } else {
             ExchangeKind::parse(&d.kind)
-                .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind)))?
+                // RabbitMQ 4: a channel error (3.x closed the connection with 503).
+                .ok_or_else(|| AmqpError::precondition(format!("invalid exchange type '{}'", d.kind)))?
         };
         if let Some(x) = self.exchange(&d.name) {
             let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
