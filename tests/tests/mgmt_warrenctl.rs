@@ -99,27 +99,7 @@ impl Out {
 /// The warrenctl binary, built once per test run with the same cargo and profile as the tests.
 fn warrenctl() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/mgmt_warrenctl-… → target/<profile>/warrenctl
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/<profile>")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "warrenctl"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build -p warrenctl");
-        assert!(status.success(), "cargo build -p warrenctl failed");
-        let bin = profile_dir.join("warrenctl");
-        assert!(bin.exists(), "{} not built", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| warren_tests::built_binary("warrenctl"))
 }
 
 async fn run_ctl(args: Vec<String>) -> Out {
