@@ -27,13 +27,23 @@ fn timeout_arg(ms: i64) -> FieldTable {
 
 /// A consumer that never acks has its channel closed with 406 and RabbitMQ's text; the message
 /// goes back to the queue and another consumer gets it, redelivered.
-async fn expect_timeout_then_redelivery(b: &TestBroker, queue: &str, consume_args: FieldTable, expect_ms: u64) {
+async fn expect_timeout_then_redelivery(
+    b: &TestBroker,
+    queue: &str,
+    consume_args: FieldTable,
+    expect_ms: u64,
+) {
     let (conn, ch) = open(b).await;
     let mut events = events(&conn);
     publish(&ch, "", queue, b"slow").await;
     let mut stuck = within(
         "basic_consume",
-        ch.basic_consume(queue.into(), "stuck".into(), BasicConsumeOptions::default(), consume_args),
+        ch.basic_consume(
+            queue.into(),
+            "stuck".into(),
+            BasicConsumeOptions::default(),
+            consume_args,
+        ),
     )
     .await
     .expect("basic_consume");
@@ -43,17 +53,24 @@ async fn expect_timeout_then_redelivery(b: &TestBroker, queue: &str, consume_arg
     let err = next_error(&mut events).await;
     let text = expect_error_code(&err, 406);
     assert!(
-        text.contains("delivery acknowledgement on channel") && text.contains(&format!("Timeout value used: {expect_ms} ms")),
+        text.contains("delivery acknowledgement on channel")
+            && text.contains(&format!("Timeout value used: {expect_ms} ms")),
         "{text}"
     );
     let waited = started.elapsed();
-    assert!(waited < Duration::from_millis(expect_ms + 1500), "closed after {waited:?}");
+    assert!(
+        waited < Duration::from_millis(expect_ms + 1500),
+        "closed after {waited:?}"
+    );
 
     let (_c2, ch2) = open(b).await;
     let mut other = consume(&ch2, queue, "other").await;
     let again = next(&mut other).await;
     assert_eq!(body(&again), "slow");
-    assert!(again.redelivered, "the timed-out delivery comes back redelivered");
+    assert!(
+        again.redelivered,
+        "the timed-out delivery comes back redelivered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +87,11 @@ async fn queue_argument_overrides_the_broker_default() {
     let (_c, ch) = open(&b).await;
     within(
         "declare",
-        ch.queue_declare("q-timeout".into(), QueueDeclareOptions::default(), timeout_arg(1200)),
+        ch.queue_declare(
+            "q-timeout".into(),
+            QueueDeclareOptions::default(),
+            timeout_arg(1200),
+        ),
     )
     .await
     .expect("declare");
@@ -83,7 +104,11 @@ async fn consumer_argument_overrides_queue_and_broker() {
     let (_c, ch) = open(&b).await;
     within(
         "declare",
-        ch.queue_declare("c-timeout".into(), QueueDeclareOptions::default(), timeout_arg(600_000)),
+        ch.queue_declare(
+            "c-timeout".into(),
+            QueueDeclareOptions::default(),
+            timeout_arg(600_000),
+        ),
     )
     .await
     .expect("declare");
@@ -95,8 +120,12 @@ async fn policy_sets_the_queue_timeout() {
     let b = broker(None, ConsumerTimeoutAction::CloseChannel);
     let mut def = warren_protocol_table();
     def.insert("consumer-timeout", warren_protocol::FieldValue::I64(1000));
-    let policy = warren_broker::policy::Policy::new("ct", "^pol", "queues", 0, def).expect("policy");
-    b.broker.vhost("/").expect("vhost").set_policy(policy, false);
+    let policy =
+        warren_broker::policy::Policy::new("ct", "^pol", "queues", 0, def).expect("policy");
+    b.broker
+        .vhost("/")
+        .expect("vhost")
+        .set_policy(policy, false);
     let (_c, ch) = open(&b).await;
     declare(&ch, "pol-q").await;
     expect_timeout_then_redelivery(&b, "pol-q", no_args(), 1000).await;
@@ -113,11 +142,19 @@ async fn basic_get_deliveries_time_out_too() {
     let mut events = events(&conn);
     declare(&ch, "got").await;
     publish(&ch, "", "got", b"polled").await;
-    let got = within("get", ch.basic_get("got".into(), BasicGetOptions { no_ack: false })).await.expect("get");
+    let got = within(
+        "get",
+        ch.basic_get("got".into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("get");
     assert!(got.is_some());
     let err = next_error(&mut events).await;
     expect_error_code(&err, 406);
-    eventually("message back in the queue", || queue_counts(&b, "got") == Some((1, 0))).await;
+    eventually("message back in the queue", || {
+        queue_counts(&b, "got") == Some((1, 0))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,9 +185,16 @@ async fn cancel_consumer_mode_cancels_only_the_late_consumer() {
     let mut late = consume(&ch, "celery", "late").await;
     let _d = next(&mut late).await;
     // The server cancels the consumer: lapin ends its stream.
-    let end = within("server-sent basic.cancel", futures_util::StreamExt::next(&mut late)).await;
+    let end = within(
+        "server-sent basic.cancel",
+        futures_util::StreamExt::next(&mut late),
+    )
+    .await;
     assert!(end.is_none(), "consumer stream should end, got {end:?}");
-    eventually("message requeued", || queue_counts(&b, "celery") == Some((1, 0))).await;
+    eventually("message requeued", || {
+        queue_counts(&b, "celery") == Some((1, 0))
+    })
+    .await;
     // The channel itself stays usable.
     assert!(ch.status().connected());
     publish(&ch, "", "other-q", b"still works").await;

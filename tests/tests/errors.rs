@@ -454,7 +454,12 @@ async fn an_unknown_exchange_type_closes_the_channel_with_406() {
     assert!(text.contains("x-nonsense"), "reply text: {text}");
     // The connection stays up.
     assert_connection_usable(&conn).await;
-    assert!(broker.broker.vhost("/").unwrap().exchange("weird").is_none());
+    assert!(broker
+        .broker
+        .vhost("/")
+        .unwrap()
+        .exchange("weird")
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,12 @@ async fn a_policy_change_applies_to_a_live_queue() {
     // Arguments take precedence over a policy.
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(4));
-    within("declare", ch.queue_declare("argued".into(), QueueDeclareOptions::default(), args)).await.expect("declare");
+    within(
+        "declare",
+        ch.queue_declare("argued".into(), QueueDeclareOptions::default(), args),
+    )
+    .await
+    .expect("declare");
     vh.set_policy(policy("cap2", "^argued$", "max-length", 1), false);
     for i in 0..6 {
         publish(&ch, "", "argued", format!("a{i}").as_bytes()).await;
@@ -50,14 +55,19 @@ async fn a_policy_change_applies_to_a_live_queue() {
 
 fn delayed_args() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-delayed-type".into(), AMQPValue::LongString("direct".into()));
+    args.insert(
+        "x-delayed-type".into(),
+        AMQPValue::LongString("direct".into()),
+    );
     args
 }
 
 fn delay(ms: i64) -> BasicProperties {
     let mut h = FieldTable::default();
     h.insert("x-delay".into(), AMQPValue::LongLongInt(ms));
-    BasicProperties::default().with_headers(h).with_delivery_mode(2)
+    BasicProperties::default()
+        .with_headers(h)
+        .with_delivery_mode(2)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,9 +86,18 @@ async fn delayed_exchange_holds_messages_until_due() {
     .await
     .expect("declare x-delayed-message");
     declare(&ch, "due").await;
-    within("bind", ch.queue_bind("due".into(), "later".into(), "k".into(), QueueBindOptions::default(), no_args()))
-        .await
-        .expect("bind");
+    within(
+        "bind",
+        ch.queue_bind(
+            "due".into(),
+            "later".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        ),
+    )
+    .await
+    .expect("bind");
     let sent = Instant::now();
     publish_props(&ch, "later", "k", b"in 600 ms", delay(600)).await;
     publish_props(&ch, "later", "k", b"now", BasicProperties::default()).await;
@@ -86,7 +105,11 @@ async fn delayed_exchange_holds_messages_until_due() {
     assert_eq!(body(&next(&mut c).await), "now");
     let d = next(&mut c).await;
     assert_eq!(body(&d), "in 600 ms");
-    assert!(sent.elapsed() >= Duration::from_millis(550), "delivered after {:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(550),
+        "delivered after {:?}",
+        sent.elapsed()
+    );
     // Without x-delayed-type the declaration is refused.
     let (_c2, ch2) = open(&b).await;
     let r = ch2
@@ -106,25 +129,51 @@ async fn delayed_messages_survive_a_sigkill() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut broker = BrokerProcess::start(&dir, &[]);
     {
-        let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await.expect("connect");
+        let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
+            .await
+            .expect("connect");
         let ch = conn.create_channel().await.expect("channel");
         ch.exchange_declare(
             "durable-later".into(),
             lapin::ExchangeKind::Custom("x-delayed-message".into()),
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             delayed_args(),
         )
         .await
         .expect("declare");
-        ch.queue_declare("delayed-q".into(), QueueDeclareOptions { durable: true, ..Default::default() }, no_args())
+        ch.queue_declare(
+            "delayed-q".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            no_args(),
+        )
+        .await
+        .expect("declare queue");
+        ch.queue_bind(
+            "delayed-q".into(),
+            "durable-later".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        )
+        .await
+        .expect("bind");
+        ch.confirm_select(ConfirmSelectOptions::default())
             .await
-            .expect("declare queue");
-        ch.queue_bind("delayed-q".into(), "durable-later".into(), "k".into(), QueueBindOptions::default(), no_args())
-            .await
-            .expect("bind");
-        ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm");
+            .expect("confirm");
         let confirm = ch
-            .basic_publish("durable-later".into(), "k".into(), BasicPublishOptions::default(), b"survivor", delay(1500))
+            .basic_publish(
+                "durable-later".into(),
+                "k".into(),
+                BasicPublishOptions::default(),
+                b"survivor",
+                delay(1500),
+            )
             .await
             .expect("publish");
         assert!(confirm.await.expect("confirmed").is_ack());
@@ -132,13 +181,24 @@ async fn delayed_messages_survive_a_sigkill() {
     // Give the definitions saver a moment, then crash.
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.kill9_and_restart(&[]);
-    let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await.expect("reconnect");
+    let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
+        .await
+        .expect("reconnect");
     let ch = conn.create_channel().await.expect("channel");
     let mut c = ch
-        .basic_consume("delayed-q".into(), "c".into(), BasicConsumeOptions::default(), no_args())
+        .basic_consume(
+            "delayed-q".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
         .await
         .expect("consume after restart");
-    let d = within("delayed delivery after restart", futures_util::StreamExt::next(&mut c)).await;
+    let d = within(
+        "delayed delivery after restart",
+        futures_util::StreamExt::next(&mut c),
+    )
+    .await;
     let d = d.expect("a delivery").expect("no error");
     assert_eq!(&d.data[..], b"survivor");
     broker.kill9();

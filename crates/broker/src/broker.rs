@@ -117,7 +117,10 @@ impl Broker {
         b.add_vhost(&b.config.default_vhost.clone());
         // As RabbitMQ on first start: the default user, an administrator with full
         // permissions in the default vhost.
-        let (user, vhost) = (b.config.default_user.clone(), b.config.default_vhost.clone());
+        let (user, vhost) = (
+            b.config.default_user.clone(),
+            b.config.default_vhost.clone(),
+        );
         let pass = b.config.default_pass.clone();
         let _ = b.add_user(&user, &pass, vec!["administrator".into()]);
         let _ = b.set_permissions(&user, &vhost, ".*", ".*", ".*");

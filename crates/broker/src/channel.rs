@@ -336,8 +336,18 @@ impl DeliveryChannel {
                 }
             }
         };
-        let priority = arguments.get("x-priority").and_then(|v| v.as_i64()).unwrap_or(0);
-        let c = QueueConsumer { channel: self.clone(), consumer_id: id, tag, no_ack, exclusive, priority };
+        let priority = arguments
+            .get("x-priority")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        let c = QueueConsumer {
+            channel: self.clone(),
+            consumer_id: id,
+            tag,
+            no_ack,
+            exclusive,
+            priority,
+        };
         match queue.add_consumer(c, on_added) {
             Ok(()) => Ok(()),
             Err(refused) => {
@@ -400,7 +410,11 @@ impl DeliveryChannel {
     pub fn cancel_and_requeue(&self, tag: &str) {
         let id = {
             let s = self.state.lock();
-            s.consumers.iter().flatten().find(|c| c.tag == tag).map(|c| c.uid)
+            s.consumers
+                .iter()
+                .flatten()
+                .find(|c| c.tag == tag)
+                .map(|c| c.uid)
         };
         let Some(uid) = id else { return };
         self.writer.cancel(self.number, tag);
@@ -495,7 +509,12 @@ impl DeliveryChannel {
                 unacked: c.unacked,
                 // Deliveries are in delivery order: the first one of this consumer is its oldest.
                 oldest_unacked: (c.unacked > 0)
-                    .then(|| s.unacked.iter().find(|u| u.consumer_uid == c.uid).map(|u| u.delivered_at))
+                    .then(|| {
+                        s.unacked
+                            .iter()
+                            .find(|u| u.consumer_uid == c.uid)
+                            .map(|u| u.delivered_at)
+                    })
                     .flatten(),
             })
             .collect()

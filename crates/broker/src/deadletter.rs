@@ -37,10 +37,19 @@ pub struct DeadLetter {
 
 /// The republished message: routed to `dlx` with `dlrk` (or its original routing key), with
 /// the death recorded in its headers and any per-message TTL removed.
-pub fn dead_lettered(msg: &Message, queue: &str, reason: DeathReason, dlx: &ShortStr, dlrk: Option<&ShortStr>) -> Message {
+pub fn dead_lettered(
+    msg: &Message,
+    queue: &str,
+    reason: DeathReason,
+    dlx: &ShortStr,
+    dlrk: Option<&ShortStr>,
+) -> Message {
     let mut props = msg.decode_properties();
     let mut headers = props.headers.take().unwrap_or_default();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut deaths = match headers.remove("x-death") {
         Some(FieldValue::Array(a)) => a,
         _ => Vec::new(),
@@ -49,10 +58,14 @@ pub fn dead_lettered(msg: &Message, queue: &str, reason: DeathReason, dlx: &Shor
         t.get("queue").and_then(FieldValue::as_str) == Some(queue)
             && t.get("reason").and_then(FieldValue::as_str) == Some(reason.as_str())
     };
-    let existing = deaths.iter().position(|d| matches!(d, FieldValue::Table(t) if same(t)));
+    let existing = deaths
+        .iter()
+        .position(|d| matches!(d, FieldValue::Table(t) if same(t)));
     let entry = match existing {
         Some(i) => {
-            let FieldValue::Table(mut t) = deaths.remove(i) else { unreachable!("matched a table") };
+            let FieldValue::Table(mut t) = deaths.remove(i) else {
+                unreachable!("matched a table")
+            };
             let count = t.get("count").and_then(FieldValue::as_i64).unwrap_or(0) + 1;
             t.insert("count", FieldValue::I64(count));
             t.insert("time", FieldValue::Timestamp(now));
@@ -65,7 +78,10 @@ pub fn dead_lettered(msg: &Message, queue: &str, reason: DeathReason, dlx: &Shor
             t.insert("queue", queue);
             t.insert("time", FieldValue::Timestamp(now));
             t.insert("exchange", msg.exchange.as_str());
-            t.insert("routing-keys", FieldValue::Array(vec![FieldValue::from(msg.routing_key.as_str())]));
+            t.insert(
+                "routing-keys",
+                FieldValue::Array(vec![FieldValue::from(msg.routing_key.as_str())]),
+            );
             if let Some(exp) = &props.expiration {
                 t.insert("original-expiration", exp.as_str());
             }
@@ -74,7 +90,11 @@ pub fn dead_lettered(msg: &Message, queue: &str, reason: DeathReason, dlx: &Shor
     };
     deaths.insert(0, FieldValue::Table(entry));
     headers.insert("x-death", FieldValue::Array(deaths));
-    for (suffix, value) in [("reason", reason.as_str()), ("queue", queue), ("exchange", msg.exchange.as_str())] {
+    for (suffix, value) in [
+        ("reason", reason.as_str()),
+        ("queue", queue),
+        ("exchange", msg.exchange.as_str()),
+    ] {
         let first = format!("x-first-death-{suffix}");
         if headers.get(&first).is_none() {
             headers.insert(first, value);
@@ -96,10 +116,22 @@ pub fn dead_lettered(msg: &Message, queue: &str, reason: DeathReason, dlx: &Shor
 /// an automatic loop).
 pub fn is_cycle(msg: &Message, target_queue: &str) -> bool {
     let props = msg.decode_properties();
-    let Some(FieldValue::Array(deaths)) = props.headers.as_ref().and_then(|h| h.get("x-death")) else { return false };
-    let tables = || deaths.iter().filter_map(|d| if let FieldValue::Table(t) = d { Some(t) } else { None });
+    let Some(FieldValue::Array(deaths)) = props.headers.as_ref().and_then(|h| h.get("x-death"))
+    else {
+        return false;
+    };
+    let tables = || {
+        deaths.iter().filter_map(|d| {
+            if let FieldValue::Table(t) = d {
+                Some(t)
+            } else {
+                None
+            }
+        })
+    };
     let seen = tables().any(|t| t.get("queue").and_then(FieldValue::as_str) == Some(target_queue));
-    let rejected = tables().any(|t| t.get("reason").and_then(FieldValue::as_str) == Some("rejected"));
+    let rejected =
+        tables().any(|t| t.get("reason").and_then(FieldValue::as_str) == Some("rejected"));
     seen && !rejected
 }
 
@@ -111,20 +143,47 @@ mod tests {
 
     #[test]
     fn x_death_counts_per_queue_and_reason() {
-        let props = BasicProperties { expiration: Some("100".into()), ..Default::default() };
-        let m = Message::new("ex".into(), "rk".into(), props.to_bytes(), Bytes::from_static(b"x"));
+        let props = BasicProperties {
+            expiration: Some("100".into()),
+            ..Default::default()
+        };
+        let m = Message::new(
+            "ex".into(),
+            "rk".into(),
+            props.to_bytes(),
+            Bytes::from_static(b"x"),
+        );
         let d1 = dead_lettered(&m, "q", DeathReason::Expired, &"dlx".into(), None);
-        let d2 = dead_lettered(&d1, "q", DeathReason::Expired, &"dlx".into(), Some(&"other".into()));
-        assert_eq!((d2.exchange.as_str(), d2.routing_key.as_str()), ("dlx", "other"));
+        let d2 = dead_lettered(
+            &d1,
+            "q",
+            DeathReason::Expired,
+            &"dlx".into(),
+            Some(&"other".into()),
+        );
+        assert_eq!(
+            (d2.exchange.as_str(), d2.routing_key.as_str()),
+            ("dlx", "other")
+        );
         let p = d2.decode_properties();
         assert_eq!(p.expiration, None);
         let h = p.headers.unwrap();
-        let Some(FieldValue::Array(deaths)) = h.get("x-death") else { panic!("no x-death") };
+        let Some(FieldValue::Array(deaths)) = h.get("x-death") else {
+            panic!("no x-death")
+        };
         assert_eq!(deaths.len(), 1);
-        let FieldValue::Table(t) = &deaths[0] else { panic!() };
+        let FieldValue::Table(t) = &deaths[0] else {
+            panic!()
+        };
         assert_eq!(t.get("count").and_then(FieldValue::as_i64), Some(2));
-        assert_eq!(t.get("original-expiration").and_then(FieldValue::as_str), Some("100"));
-        assert_eq!(h.get("x-first-death-reason").and_then(FieldValue::as_str), Some("expired"));
+        assert_eq!(
+            t.get("original-expiration").and_then(FieldValue::as_str),
+            Some("100")
+        );
+        assert_eq!(
+            h.get("x-first-death-reason").and_then(FieldValue::as_str),
+            Some("expired")
+        );
         assert!(is_cycle(&d2, "q"));
         assert!(!is_cycle(&d2, "elsewhere"));
     }

@@ -352,7 +352,13 @@ impl Broker {
                     errors.push(format!("policy '{}': no vhost '{}'", p.name, p.vhost));
                     continue;
                 };
-                match crate::policy::Policy::new(&p.name, &p.pattern, &p.apply_to, p.priority, json_to_table(&p.definition)) {
+                match crate::policy::Policy::new(
+                    &p.name,
+                    &p.pattern,
+                    &p.apply_to,
+                    p.priority,
+                    json_to_table(&p.definition),
+                ) {
                     Ok(policy) => vh.set_policy(policy, operator),
                     Err(e) => errors.push(format!("policy '{}': {}", p.name, e.text)),
                 }

@@ -32,7 +32,10 @@ pub struct Delayed {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The `x-delay` header of a message, if positive.
@@ -57,23 +60,44 @@ impl Delayed {
                         if let Some((due, exchange, msg)) = decode(&r.payload) {
                             inner.seq += 1;
                             let seq = inner.seq;
-                            inner.held.insert((due, seq), Held { exchange, msg: Arc::new(msg), pos: Some(r.position) });
+                            inner.held.insert(
+                                (due, seq),
+                                Held {
+                                    exchange,
+                                    msg: Arc::new(msg),
+                                    pos: Some(r.position),
+                                },
+                            );
                         }
                     }
                     if !inner.held.is_empty() {
-                        tracing::info!(vhost, held = inner.held.len(), "recovered delayed messages");
+                        tracing::info!(
+                            vhost,
+                            held = inner.held.len(),
+                            "recovered delayed messages"
+                        );
                     }
                     inner.store = Some(store);
                 }
-                Err(e) => tracing::error!(vhost, error = %e, "cannot open the delayed-message store; delayed messages will not survive a restart"),
+                Err(e) => {
+                    tracing::error!(vhost, error = %e, "cannot open the delayed-message store; delayed messages will not survive a restart")
+                }
             }
         }
-        Delayed { inner: Mutex::new(inner) }
+        Delayed {
+            inner: Mutex::new(inner),
+        }
     }
 
     /// Holds a message for `delay_ms`. A persistent message on a durable exchange is on disk
     /// when this returns.
-    pub fn hold(&self, exchange: &ShortStr, durable: bool, msg: Arc<Message>, delay_ms: u64) -> warren_store::Result<()> {
+    pub fn hold(
+        &self,
+        exchange: &ShortStr,
+        durable: bool,
+        msg: Arc<Message>,
+        delay_ms: u64,
+    ) -> warren_store::Result<()> {
         let due = unix_ms() + delay_ms;
         let mut i = self.inner.lock();
         let mut pos = None;
@@ -92,7 +116,14 @@ impl Delayed {
         }
         i.seq += 1;
         let seq = i.seq;
-        i.held.insert((due, seq), Held { exchange: exchange.clone(), msg, pos });
+        i.held.insert(
+            (due, seq),
+            Held {
+                exchange: exchange.clone(),
+                msg,
+                pos,
+            },
+        );
         Ok(())
     }
 

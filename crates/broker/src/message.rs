@@ -36,8 +36,15 @@ impl Message {
     /// A copy with one header set (properties re-encoded; the body is shared).
     pub fn with_header(&self, key: &str, value: i64) -> Message {
         let mut p = self.decode_properties();
-        p.headers.get_or_insert_with(Default::default).insert(key, warren_protocol::FieldValue::I64(value));
-        Message::new(self.exchange.clone(), self.routing_key.clone(), p.to_bytes(), self.body.clone())
+        p.headers
+            .get_or_insert_with(Default::default)
+            .insert(key, warren_protocol::FieldValue::I64(value));
+        Message::new(
+            self.exchange.clone(),
+            self.routing_key.clone(),
+            p.to_bytes(),
+            self.body.clone(),
+        )
     }
 
     /// Bytes of memory the message holds, for the `memory` and `message_bytes` statistics.

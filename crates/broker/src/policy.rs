@@ -58,16 +58,36 @@ pub const KNOWN_KEYS: &[&str] = &[
 ];
 
 impl Policy {
-    pub fn new(name: &str, pattern: &str, apply_to: &str, priority: i64, definition: FieldTable) -> Result<Self> {
-        let regex = Regex::new(pattern)
-            .map_err(|e| AmqpError::precondition(format!("invalid pattern '{pattern}' for policy '{name}': {e}")))?;
+    pub fn new(
+        name: &str,
+        pattern: &str,
+        apply_to: &str,
+        priority: i64,
+        definition: FieldTable,
+    ) -> Result<Self> {
+        let regex = Regex::new(pattern).map_err(|e| {
+            AmqpError::precondition(format!(
+                "invalid pattern '{pattern}' for policy '{name}': {e}"
+            ))
+        })?;
         let apply_to = ApplyTo::parse(apply_to).ok_or_else(|| {
-            AmqpError::precondition(format!("invalid apply-to '{apply_to}': expected queues, exchanges or all"))
+            AmqpError::precondition(format!(
+                "invalid apply-to '{apply_to}': expected queues, exchanges or all"
+            ))
         })?;
         if definition.is_empty() {
-            return Err(AmqpError::precondition(format!("policy '{name}' has an empty definition")));
+            return Err(AmqpError::precondition(format!(
+                "policy '{name}' has an empty definition"
+            )));
         }
-        Ok(Policy { name: name.into(), pattern: pattern.into(), regex, apply_to, priority, definition })
+        Ok(Policy {
+            name: name.into(),
+            pattern: pattern.into(),
+            regex,
+            apply_to,
+            priority,
+            definition,
+        })
     }
 
     fn matches(&self, name: &str, queue: bool) -> bool {
@@ -82,10 +102,13 @@ impl Policy {
 
 /// The matching policy with the highest priority (the first declared wins a tie).
 pub fn effective<'a>(policies: &'a [Policy], name: &str, queue: bool) -> Option<&'a Policy> {
-    policies.iter().filter(|p| p.matches(name, queue)).fold(None, |best: Option<&Policy>, p| match best {
-        Some(b) if b.priority >= p.priority => Some(b),
-        _ => Some(p),
-    })
+    policies
+        .iter()
+        .filter(|p| p.matches(name, queue))
+        .fold(None, |best: Option<&Policy>, p| match best {
+            Some(b) if b.priority >= p.priority => Some(b),
+            _ => Some(p),
+        })
 }
 
 /// One definition from a policy and an operator policy: the policy's keys, with numeric limits
@@ -125,7 +148,10 @@ mod tests {
         assert!(effective(&ps, "other", true).is_none());
         let op = Policy::new("cap", ".*", "queues", 0, def("max-length", 10)).unwrap();
         let merged = merge(effective(&ps, "orders.us", true), Some(&op)).unwrap();
-        assert_eq!(merged.get("max-length").and_then(FieldValue::as_i64), Some(10));
+        assert_eq!(
+            merged.get("max-length").and_then(FieldValue::as_i64),
+            Some(10)
+        );
         assert!(Policy::new("bad", "(", "queues", 0, def("x", 1)).is_err());
     }
 }

@@ -118,7 +118,11 @@ impl VHost {
     /// exchanges at once.
     pub fn set_policy(&self, p: Policy, operator: bool) {
         {
-            let mut list = if operator { self.operator_policies.write() } else { self.policies.write() };
+            let mut list = if operator {
+                self.operator_policies.write()
+            } else {
+                self.policies.write()
+            };
             list.retain(|x| x.name != p.name);
             list.push(p);
         }
@@ -129,7 +133,11 @@ impl VHost {
     /// Removes a policy; false if there was none by that name.
     pub fn clear_policy(&self, name: &str, operator: bool) -> bool {
         let removed = {
-            let mut list = if operator { self.operator_policies.write() } else { self.policies.write() };
+            let mut list = if operator {
+                self.operator_policies.write()
+            } else {
+                self.policies.write()
+            };
             let before = list.len();
             list.retain(|x| x.name != name);
             before != list.len()
@@ -142,14 +150,21 @@ impl VHost {
     }
 
     pub fn policies(&self, operator: bool) -> Vec<Policy> {
-        if operator { self.operator_policies.read().clone() } else { self.policies.read().clone() }
+        if operator {
+            self.operator_policies.read().clone()
+        } else {
+            self.policies.read().clone()
+        }
     }
 
     /// The policy definition that applies to a queue or exchange name (operator caps merged in).
     pub fn policy_for(&self, name: &str, queue: bool) -> Option<FieldTable> {
         let ps = self.policies.read();
         let ops = self.operator_policies.read();
-        policy::merge(policy::effective(&ps, name, queue), policy::effective(&ops, name, queue))
+        policy::merge(
+            policy::effective(&ps, name, queue),
+            policy::effective(&ops, name, queue),
+        )
     }
 
     /// Recomputes every queue's and exchange's effective policy.
@@ -164,7 +179,10 @@ impl VHost {
 
     fn apply_queue_policy(&self, q: &Arc<Queue>) {
         let def = self.policy_for(&q.name, true);
-        q.set_options(crate::queue::QueueOptions::from_arguments(&q.arguments, def.as_ref()));
+        q.set_options(crate::queue::QueueOptions::from_arguments(
+            &q.arguments,
+            def.as_ref(),
+        ));
     }
 
     pub(crate) fn register_timed(&self, q: &Arc<Queue>) {
@@ -187,14 +205,21 @@ impl VHost {
                 None => tracing::debug!(%exchange, "delayed message dropped: its exchange is gone"),
             }
         }
-        let queues: Vec<Arc<Queue>> = self.timed.lock().iter().filter_map(std::sync::Weak::upgrade).collect();
+        let queues: Vec<Arc<Queue>> = self
+            .timed
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
         let mut done = Vec::new();
         for q in &queues {
             if !q.tick(now) {
                 done.push(Arc::as_ptr(q));
             }
         }
-        self.timed.lock().retain(|w| w.strong_count() > 0 && !done.contains(&w.as_ptr()));
+        self.timed
+            .lock()
+            .retain(|w| w.strong_count() > 0 && !done.contains(&w.as_ptr()));
     }
 
     /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that
@@ -204,7 +229,13 @@ impl VHost {
             tracing::debug!(queue = %from.name, exchange = %d.exchange, "dead-letter exchange missing; message dropped");
             return;
         };
-        let msg = Arc::new(crate::deadletter::dead_lettered(&d.msg, &from.name, d.reason, &d.exchange, d.routing_key.as_ref()));
+        let msg = Arc::new(crate::deadletter::dead_lettered(
+            &d.msg,
+            &from.name,
+            d.reason,
+            &d.exchange,
+            d.routing_key.as_ref(),
+        ));
         let persistent = msg.is_persistent();
         let mut out = Vec::new();
         self.route(&x, &msg, &mut out);
@@ -301,11 +332,17 @@ impl VHost {
                 .get("x-delayed-type")
                 .and_then(FieldValue::as_str)
                 .and_then(ExchangeKind::parse)
-                .ok_or_else(|| AmqpError::precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type"))?
+                .ok_or_else(|| {
+                    AmqpError::precondition(
+                        "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                    )
+                })?
         } else {
             ExchangeKind::parse(&d.kind)
                 // RabbitMQ 4: a channel error (3.x closed the connection with 503).
-                .ok_or_else(|| AmqpError::precondition(format!("invalid exchange type '{}'", d.kind)))?
+                .ok_or_else(|| {
+                    AmqpError::precondition(format!("invalid exchange type '{}'", d.kind))
+                })?
         };
         if let Some(x) = self.exchange(&d.name) {
             let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
@@ -334,7 +371,14 @@ impl VHost {
                 d.name
             )));
         }
-        let mut x = Exchange::new(d.name.clone(), kind, d.durable, d.auto_delete, d.internal, d.arguments);
+        let mut x = Exchange::new(
+            d.name.clone(),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments,
+        );
         x.delayed = delayed;
         let x = Arc::new(x);
         *x.policy.write() = self.policy_for(&x.name, false);
@@ -474,8 +518,19 @@ impl VHost {
     /// The hidden queue behind direct reply-to (`amq.rabbitmq.reply-to`): named
     /// `amq.rabbitmq.reply-to.<token>`, exclusive to the connection, gone with its consumer.
     pub fn declare_reply_queue(self: &Arc<Self>, conn: u64) -> Arc<Queue> {
-        let name: ShortStr = format!("amq.rabbitmq.reply-to.{}", &generate_name()["amq.gen-".len()..]).into();
-        let q = Arc::new(Queue::new(name.clone(), self, false, Some(conn), true, FieldTable::new()));
+        let name: ShortStr = format!(
+            "amq.rabbitmq.reply-to.{}",
+            &generate_name()["amq.gen-".len()..]
+        )
+        .into();
+        let q = Arc::new(Queue::new(
+            name.clone(),
+            self,
+            false,
+            Some(conn),
+            true,
+            FieldTable::new(),
+        ));
         self.queues.write().insert(name, q.clone());
         q
     }

@@ -22,13 +22,20 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/policies/{vhost}", get(|s, p| list_vhost(s, p, false)))
         .route(
             "/policies/{vhost}/{name}",
-            get(|s, p| show(s, p, false)).put(|s, p, b| put(s, p, b, false)).delete(|s, p| remove(s, p, false)),
+            get(|s, p| show(s, p, false))
+                .put(|s, p, b| put(s, p, b, false))
+                .delete(|s, p| remove(s, p, false)),
         )
         .route("/operator-policies", get(|s| list_all(s, true)))
-        .route("/operator-policies/{vhost}", get(|s, p| list_vhost(s, p, true)))
+        .route(
+            "/operator-policies/{vhost}",
+            get(|s, p| list_vhost(s, p, true)),
+        )
         .route(
             "/operator-policies/{vhost}/{name}",
-            get(|s, p| show(s, p, true)).put(|s, p, b| put(s, p, b, true)).delete(|s, p| remove(s, p, true)),
+            get(|s, p| show(s, p, true))
+                .put(|s, p, b| put(s, p, b, true))
+                .delete(|s, p| remove(s, p, true)),
         )
 }
 
@@ -52,17 +59,34 @@ fn vhost_policies(vh: &VHost, operator: bool) -> Vec<Value> {
 async fn list_all(state: State, operator: bool) -> Json<Value> {
     let mut vhosts = state.broker.vhosts();
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(Value::Array(vhosts.iter().flat_map(|vh| vhost_policies(vh, operator)).collect()))
+    Json(Value::Array(
+        vhosts
+            .iter()
+            .flat_map(|vh| vhost_policies(vh, operator))
+            .collect(),
+    ))
 }
 
-async fn list_vhost(state: State, Path(vh): Path<String>, operator: bool) -> Result<Json<Value>, ApiError> {
+async fn list_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    operator: bool,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
     Ok(Json(Value::Array(vhost_policies(&vh, operator))))
 }
 
-async fn show(state: State, Path((vh, name)): Path<(String, String)>, operator: bool) -> Result<Json<Value>, ApiError> {
+async fn show(
+    state: State,
+    Path((vh, name)): Path<(String, String)>,
+    operator: bool,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    let p = vh.policies(operator).into_iter().find(|p| p.name == name).ok_or(ApiError::NotFound)?;
+    let p = vh
+        .policies(operator)
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or(ApiError::NotFound)?;
     Ok(Json(policy_json(&vh.name, &p)))
 }
 
@@ -89,15 +113,31 @@ async fn put(
     let vh = vhost(&state, &vh)?;
     let b: PolicyBody = parse_body(&body)?;
     if !b.definition.is_object() {
-        return Err(ApiError::BadRequest("definition must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "definition must be a JSON object".into(),
+        ));
     }
     let existed = vh.policies(operator).iter().any(|p| p.name == name);
-    let p = Policy::new(&name, &b.pattern, &b.apply_to, b.priority, json_to_table(&b.definition))?;
+    let p = Policy::new(
+        &name,
+        &b.pattern,
+        &b.apply_to,
+        b.priority,
+        json_to_table(&b.definition),
+    )?;
     vh.set_policy(p, operator);
-    Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED })
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
 }
 
-async fn remove(state: State, Path((vh, name)): Path<(String, String)>, operator: bool) -> Result<StatusCode, ApiError> {
+async fn remove(
+    state: State,
+    Path((vh, name)): Path<(String, String)>,
+    operator: bool,
+) -> Result<StatusCode, ApiError> {
     let vh = vhost(&state, &vh)?;
     if vh.clear_policy(&name, operator) {
         Ok(StatusCode::NO_CONTENT)

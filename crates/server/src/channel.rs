@@ -18,14 +18,20 @@ type Result<T> = std::result::Result<T, AmqpError>;
 
 /// A per-message TTL must be a non-negative integer (ms), as RabbitMQ requires.
 fn check_expiration(content: &Content) -> Result<()> {
-    let flags = content.properties.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+    let flags = content
+        .properties
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .unwrap_or(0);
     if flags & (1 << 8) == 0 {
         return Ok(());
     }
     let props = warren_protocol::BasicProperties::decode(content.properties.clone())
         .map_err(|e| AmqpError::new(SYNTAX_ERROR, format!("malformed content header: {e}")))?;
     match props.expiration {
-        Some(e) if e.parse::<u64>().is_err() => Err(AmqpError::precondition(format!("invalid expiration '{e}'"))),
+        Some(e) if e.parse::<u64>().is_err() => {
+            Err(AmqpError::precondition(format!("invalid expiration '{e}'")))
+        }
         _ => Ok(()),
     }
 }
@@ -514,7 +520,11 @@ impl Channel {
 
     /// A publish with `reply_to = amq.rabbitmq.reply-to` names this channel's reply queue.
     fn rewrite_reply_to(&self, content: Content) -> Result<Content> {
-        let flags = content.properties.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+        let flags = content
+            .properties
+            .get(..2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .unwrap_or(0);
         if flags & (1 << 9) == 0 {
             return Ok(content);
         }
@@ -523,9 +533,15 @@ impl Channel {
         if props.reply_to.as_deref() != Some(DIRECT_REPLY_TO) {
             return Ok(content);
         }
-        let q = self.reply_queue.clone().ok_or_else(|| AmqpError::precondition("fast reply consumer does not exist"))?;
+        let q = self
+            .reply_queue
+            .clone()
+            .ok_or_else(|| AmqpError::precondition("fast reply consumer does not exist"))?;
         props.reply_to = Some(q);
-        Ok(Content { properties: props.to_bytes(), body: content.body })
+        Ok(Content {
+            properties: props.to_bytes(),
+            body: content.body,
+        })
     }
 
     fn consume(&mut self, cx: &mut Ctx<'_>, c: BasicConsume) -> Result<()> {

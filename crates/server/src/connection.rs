@@ -261,7 +261,10 @@ async fn write_frames(
     wr.write_all(&b).await
 }
 
-async fn send_method(wr: &mut (impl AsyncWrite + Unpin), m: impl Into<Method>) -> std::io::Result<()> {
+async fn send_method(
+    wr: &mut (impl AsyncWrite + Unpin),
+    m: impl Into<Method>,
+) -> std::io::Result<()> {
     let m = m.into();
     write_frames(wr, |b| warren_protocol::frame::write_method(b, 0, &m)).await
 }

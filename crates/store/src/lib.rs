@@ -30,7 +30,9 @@ pub mod segment;
 pub use backend::{Backend, BackendFile, Faults, FaultyBackend, FileBackend, SyncHandle};
 pub use catalog::Catalog;
 pub use error::{Result, StoreError};
-pub use queue_store::{QueueStore, RecoveredMessage, Recovery, StoreOptions, SyncBatch, SyncOutcome};
+pub use queue_store::{
+    QueueStore, RecoveredMessage, Recovery, StoreOptions, SyncBatch, SyncOutcome,
+};
 pub use segment::{Position, SegmentLog, SegmentReader};
 
 #[cfg(test)]

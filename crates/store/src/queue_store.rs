@@ -379,7 +379,10 @@ impl QueueStore {
                 self.ack_gc = true;
             }
         }
-        Ok(SyncBatch { msgs: self.msgs.begin_sync()?, acks: self.acks.begin_sync()? })
+        Ok(SyncBatch {
+            msgs: self.msgs.begin_sync()?,
+            acks: self.acks.begin_sync()?,
+        })
     }
 
     pub fn end_sync(&mut self, outcome: SyncOutcome) -> Result<()> {
@@ -501,7 +504,10 @@ impl SyncBatch {
     /// Runs the fsyncs (no lock needed).
     pub fn run(self) -> SyncOutcome {
         let all = |hs: Vec<crate::backend::SyncHandle>| hs.into_iter().try_for_each(|h| h());
-        SyncOutcome { msgs: all(self.msgs), acks: all(self.acks) }
+        SyncOutcome {
+            msgs: all(self.msgs),
+            acks: all(self.acks),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::warn;
 
-use crate::backend::{SyncHandle, Backend, BackendFile};
+use crate::backend::{Backend, BackendFile, SyncHandle};
 use crate::error::{Result, StoreError};
 
 /// First six bytes of every segment file.
@@ -617,13 +617,22 @@ impl SegmentLog {
         let mut handles = Vec::new();
         while let Some(&id) = self.unsynced.last() {
             if let Some(s) = self.sealed.get(&id) {
-                handles.push(s.file.sync_handle().map_err(|e| StoreError::io("fsync", self.segment_path(id), e))?);
+                handles.push(
+                    s.file
+                        .sync_handle()
+                        .map_err(|e| StoreError::io("fsync", self.segment_path(id), e))?,
+                );
             }
             self.unsynced.pop();
         }
         if self.current.needs_sync {
             let path = self.segment_path(self.current.id);
-            handles.push(self.current.file.sync_handle().map_err(|e| StoreError::io("fsync", path, e))?);
+            handles.push(
+                self.current
+                    .file
+                    .sync_handle()
+                    .map_err(|e| StoreError::io("fsync", path, e))?,
+            );
             // A later append sets it again; if the fsync fails the log is poisoned anyway.
             self.current.needs_sync = false;
         }
@@ -635,7 +644,11 @@ impl SegmentLog {
     pub fn end_sync(&mut self, fsynced: std::io::Result<()>) -> Result<()> {
         if let Err(e) = fsynced {
             self.poisoned = true;
-            return Err(StoreError::io("fsync", self.segment_path(self.current.id), e));
+            return Err(StoreError::io(
+                "fsync",
+                self.segment_path(self.current.id),
+                e,
+            ));
         }
         self.sync_dir_if_dirty()
     }

@@ -273,11 +273,22 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let mgmt_listener = TcpListener::bind(s.mgmt_listen).await.with_context(|| {
-        format!("cannot listen on {} for the management API; use --mgmt-listen to pick another address", s.mgmt_listen)
+        format!(
+            "cannot listen on {} for the management API; use --mgmt-listen to pick another address",
+            s.mgmt_listen
+        )
     })?;
     tracing::info!(mgmt = %mgmt_listener.local_addr()?, "management API listening");
-    let mgmt_options = warren_mgmt::Options { amqp_listeners: vec![s.listen], node_name: String::new() };
-    let mgmt = tokio::spawn(warren_mgmt::serve_with(mgmt_listener, broker.clone(), mgmt_options, stop_rx.clone()));
+    let mgmt_options = warren_mgmt::Options {
+        amqp_listeners: vec![s.listen],
+        node_name: String::new(),
+    };
+    let mgmt = tokio::spawn(warren_mgmt::serve_with(
+        mgmt_listener,
+        broker.clone(),
+        mgmt_options,
+        stop_rx.clone(),
+    ));
     shutdown_signal().await;
     tracing::info!("stopping: closing connections (a second signal exits at once)");
     let _ = stop_tx.send(true);

@@ -128,7 +128,11 @@ impl Client {
                 req.call()
             }
             Method::Post | Method::Put => {
-                let req = if matches!(method, Method::Post) { self.agent.post(&url) } else { self.agent.put(&url) };
+                let req = if matches!(method, Method::Post) {
+                    self.agent.post(&url)
+                } else {
+                    self.agent.put(&url)
+                };
                 let mut req = req
                     .header("authorization", &self.authorization)
                     .header("content-type", "application/json");

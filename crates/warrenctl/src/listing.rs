@@ -122,9 +122,14 @@ impl Listing {
                 "exclusive",
             ],
             Listing::VHosts => &["name", "description", "tags", "tracing", "cluster_state"],
-            Listing::Policies | Listing::OperatorPolicies => {
-                &["vhost", "name", "pattern", "apply-to", "definition", "priority"]
-            }
+            Listing::Policies | Listing::OperatorPolicies => &[
+                "vhost",
+                "name",
+                "pattern",
+                "apply-to",
+                "definition",
+                "priority",
+            ],
         }
     }
 
@@ -181,7 +186,9 @@ impl Listing {
             Listing::VHosts => vec!["Listing vhosts ...".into()],
             Listing::Policies => vec![format!("Listing policies for vhost \"{vhost}\" ...")],
             Listing::OperatorPolicies => {
-                vec![format!("Listing operator policy overrides for vhost \"{vhost}\" ...")]
+                vec![format!(
+                    "Listing operator policy overrides for vhost \"{vhost}\" ..."
+                )]
             }
         }
     }

@@ -301,7 +301,9 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
         Command::ClearPolicy { name } => clear_policy(&client, g, name, false, out),
         Command::ClearOperatorPolicy { name } => clear_policy(&client, g, name, true, out),
         Command::ListPolicies(c) => list(&client, g, Listing::Policies, &c.columns, out),
-        Command::ListOperatorPolicies(c) => list(&client, g, Listing::OperatorPolicies, &c.columns, out),
+        Command::ListOperatorPolicies(c) => {
+            list(&client, g, Listing::OperatorPolicies, &c.columns, out)
+        }
         Command::Access(c) => access::run(&client, g, c, out),
         Command::Version => writeln!(out, "{}", env!("CARGO_PKG_VERSION")).map_err(io_error),
     }
@@ -438,15 +440,29 @@ fn status(client: &Client, g: &Global, out: &mut impl Write) -> Result<(), CtlEr
 }
 
 fn policy_path(g: &Global, name: &str, operator: bool) -> String {
-    let kind = if operator { "operator-policies" } else { "policies" };
+    let kind = if operator {
+        "operator-policies"
+    } else {
+        "policies"
+    };
     format!("/{kind}/{}/{}", seg(&g.vhost), seg(name))
 }
 
-fn set_policy(client: &Client, g: &Global, p: &PolicyArgs, operator: bool, out: &mut impl Write) -> Result<(), CtlError> {
+fn set_policy(
+    client: &Client,
+    g: &Global,
+    p: &PolicyArgs,
+    operator: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
     let definition: Value = serde_json::from_str(&p.definition).map_err(|e| {
         CtlError::Usage(format!("the policy definition is not valid JSON ({e}); write it like '{{\"max-length\": 1000}}'"))
     })?;
-    let what = if operator { "operator policy" } else { "policy" };
+    let what = if operator {
+        "operator policy"
+    } else {
+        "policy"
+    };
     info(
         g,
         out,
@@ -458,15 +474,37 @@ fn set_policy(client: &Client, g: &Global, p: &PolicyArgs, operator: bool, out: 
     let body = serde_json::json!({
         "pattern": p.pattern, "definition": definition, "priority": p.priority, "apply-to": p.apply_to,
     });
-    match client.request(Method::Put, &policy_path(g, &p.name, operator), Some(&body), &[])? {
+    match client.request(
+        Method::Put,
+        &policy_path(g, &p.name, operator),
+        Some(&body),
+        &[],
+    )? {
         Ok(_) => Ok(()),
         Err(f) => Err(CtlError::Failed(f.reason)),
     }
 }
 
-fn clear_policy(client: &Client, g: &Global, name: &str, operator: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let what = if operator { "operator policy" } else { "policy" };
-    info(g, out, &[format!("Clearing {what} \"{name}\" on vhost \"{}\" ...", g.vhost)])?;
+fn clear_policy(
+    client: &Client,
+    g: &Global,
+    name: &str,
+    operator: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let what = if operator {
+        "operator policy"
+    } else {
+        "policy"
+    };
+    info(
+        g,
+        out,
+        &[format!(
+            "Clearing {what} \"{name}\" on vhost \"{}\" ...",
+            g.vhost
+        )],
+    )?;
     match client.request(Method::Delete, &policy_path(g, name, operator), None, &[])? {
         Ok(_) => Ok(()),
         Err(f) if f.status == 404 => Err(CtlError::Failed(format!(

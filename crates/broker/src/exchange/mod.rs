@@ -147,7 +147,11 @@ impl Exchange {
 
     /// The alternate exchange: the `alternate-exchange` argument, else the policy's.
     pub fn alternate_exchange(&self) -> Option<String> {
-        let from = |t: &FieldTable| t.get("alternate-exchange").and_then(|v| v.as_str()).map(str::to_string);
+        let from = |t: &FieldTable| {
+            t.get("alternate-exchange")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         from(&self.arguments).or_else(|| self.policy.read().as_ref().and_then(from))
     }
 

@@ -45,9 +45,19 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    fn new(seq: u64, msg: Arc<Message>, pos: Option<Position>, redelivered: bool, opts: &QueueOptions) -> Self {
+    fn new(
+        seq: u64,
+        msg: Arc<Message>,
+        pos: Option<Position>,
+        redelivered: bool,
+        opts: &QueueOptions,
+    ) -> Self {
         let (mut priority, mut expires_at) = (0u8, opts.message_ttl.map(|t| now_ms() + t));
-        let flags = msg.properties.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+        let flags = msg
+            .properties
+            .get(..2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .unwrap_or(0);
         // Only decode the properties when a priority or expiration is present and matters.
         let wants_priority = opts.max_priority > 0 && flags & (1 << 11) != 0;
         if wants_priority || flags & (1 << 8) != 0 {
@@ -60,7 +70,15 @@ impl QueuedMessage {
                 expires_at = Some(expires_at.map_or(at, |q| q.min(at)));
             }
         }
-        QueuedMessage { seq, msg, redelivered, pos, priority, expires_at, delivery_count: 0 }
+        QueuedMessage {
+            seq,
+            msg,
+            redelivered,
+            pos,
+            priority,
+            expires_at,
+            delivery_count: 0,
+        }
     }
 }
 
@@ -277,7 +295,10 @@ impl Queue {
     }
 
     fn locked(self: &Arc<Self>) -> Locked<'_> {
-        Locked { q: self, g: ManuallyDrop::new(self.inner.lock()) }
+        Locked {
+            q: self,
+            g: ManuallyDrop::new(self.inner.lock()),
+        }
     }
 
     pub fn options(&self) -> QueueOptions {
@@ -358,7 +379,9 @@ impl Queue {
         }
         loop {
             let over = i.opts.max_length.is_some_and(|m| i.len() as u64 > m)
-                || i.opts.max_length_bytes.is_some_and(|m| i.ready_bytes as u64 > m);
+                || i.opts
+                    .max_length_bytes
+                    .is_some_and(|m| i.ready_bytes as u64 > m);
             if !over {
                 return;
             }
@@ -376,7 +399,9 @@ impl Queue {
     fn full_for(i: &Inner, size: usize) -> bool {
         i.opts.overflow != Overflow::DropHead
             && (i.opts.max_length.is_some_and(|m| i.len() as u64 >= m)
-                || i.opts.max_length_bytes.is_some_and(|m| (i.ready_bytes + size) as u64 > m))
+                || i.opts
+                    .max_length_bytes
+                    .is_some_and(|m| (i.ready_bytes + size) as u64 > m))
     }
 
     /// Whether publishers should wait before sending more to this queue.
@@ -404,7 +429,11 @@ impl Queue {
     /// Gives a durable queue its message store.
     pub(crate) fn with_store(mut self, persistence: Arc<Persistence>, store: QueueStore) -> Self {
         self.persistence = Some(persistence);
-        let _ = self.store.set(Mutex::new(StoreSlot { store, dirty: false, scratch: Vec::new() }));
+        let _ = self.store.set(Mutex::new(StoreSlot {
+            store,
+            dirty: false,
+            scratch: Vec::new(),
+        }));
         self.durable_store = true;
         self
     }
@@ -423,13 +452,17 @@ impl Queue {
         let p = self.persistence.as_ref()?;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = p.transient_dir().join(crate::persist::encode_name(&self.vhost_name)).join(format!(
-            "{}.{n}",
-            crate::persist::encode_name(&self.name)
-        ));
+        let dir = p
+            .transient_dir()
+            .join(crate::persist::encode_name(&self.vhost_name))
+            .join(format!("{}.{n}", crate::persist::encode_name(&self.name)));
         match p.open_store(dir) {
             Ok((store, _)) => {
-                let _ = self.store.set(Mutex::new(StoreSlot { store, dirty: false, scratch: Vec::new() }));
+                let _ = self.store.set(Mutex::new(StoreSlot {
+                    store,
+                    dirty: false,
+                    scratch: Vec::new(),
+                }));
                 self.store.get()
             }
             Err(e) => {
@@ -461,7 +494,13 @@ impl Queue {
                         let seq = i.next_seq;
                         i.next_seq += 1;
                         i.ready_bytes += msg.body.len();
-                        let qm = QueuedMessage::new(seq, Arc::new(msg), Some(r.position), r.redelivered, &i.opts);
+                        let qm = QueuedMessage::new(
+                            seq,
+                            Arc::new(msg),
+                            Some(r.position),
+                            r.redelivered,
+                            &i.opts,
+                        );
                         i.ready.push_back(qm);
                     } else {
                         i.paged.push_back(r.position, r.redelivered);
@@ -487,7 +526,9 @@ impl Queue {
     /// fsync of the queue's store, called by the group-commit flusher. The disk work runs
     /// without the store's lock, so publishers and consumers of the queue go on meanwhile.
     pub(crate) fn sync_store(&self) -> warren_store::Result<()> {
-        let Some(slot) = self.store.get() else { return Ok(()) };
+        let Some(slot) = self.store.get() else {
+            return Ok(());
+        };
         let batch = {
             let mut st = slot.lock();
             st.dirty = false;
@@ -558,7 +599,8 @@ impl Queue {
                     let seq = i.next_seq;
                     i.next_seq += 1;
                     i.ready_bytes += msg.body.len();
-                    let qm = QueuedMessage::new(seq, Arc::new(msg), Some(pos), redelivered, &i.opts);
+                    let qm =
+                        QueuedMessage::new(seq, Arc::new(msg), Some(pos), redelivered, &i.opts);
                     i.ready.push_back(qm);
                 }
                 None => {
@@ -607,7 +649,11 @@ impl Queue {
     /// Enqueues a routed message and hands it to a consumer if one has credit. A persistent
     /// message in a durable queue is written to the store first; the returned epoch is the
     /// group commit its confirm waits for.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, persistent: bool) -> Result<Published, PublishError> {
+    pub fn publish(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        persistent: bool,
+    ) -> Result<Published, PublishError> {
         if self.is_deleted() {
             return Ok(Published::default());
         }
@@ -625,7 +671,10 @@ impl Queue {
             && self.paging_store().is_some();
         let (Some(p), true) = (&self.persistence, durable_write || paging) else {
             self.enqueue(&mut i, msg, None);
-            return Ok(Published { epoch: None, backlogged: Self::backlogged(&i) });
+            return Ok(Published {
+                epoch: None,
+                backlogged: Self::backlogged(&i),
+            });
         };
         let epoch = p.current_epoch();
         let pos = self.store_append(&msg, durable_write)?;
@@ -637,7 +686,10 @@ impl Queue {
         } else {
             self.enqueue(&mut i, msg, Some(pos));
         }
-        Ok(Published { epoch: persistent.then_some(epoch), backlogged: Self::backlogged(&i) })
+        Ok(Published {
+            epoch: persistent.then_some(epoch),
+            backlogged: Self::backlogged(&i),
+        })
     }
 
     fn backlogged(i: &Inner) -> bool {
@@ -681,7 +733,11 @@ impl Queue {
 
     fn dispatch_inner(self: &Arc<Self>, i: &mut Inner, arriving: bool) {
         self.page_in(i);
-        let mut now = if i.opts.message_ttl.is_some() || self.timed.load(Ordering::Relaxed) { now_ms() } else { 0 };
+        let mut now = if i.opts.message_ttl.is_some() || self.timed.load(Ordering::Relaxed) {
+            now_ms()
+        } else {
+            0
+        };
         if arriving {
             now = now.saturating_sub(1);
         }
@@ -711,7 +767,10 @@ impl Queue {
             let end = if i.opts.single_active_consumer {
                 1
             } else {
-                i.consumers[start..].iter().position(|c| c.priority != prio).map_or(n, |k| start + k)
+                i.consumers[start..]
+                    .iter()
+                    .position(|c| c.priority != prio)
+                    .map_or(n, |k| start + k)
             };
             let size = end - start;
             for k in 0..size {
@@ -740,7 +799,10 @@ impl Queue {
     /// Bookkeeping after consumer `idx` took the head message.
     fn delivered_to(self: &Arc<Self>, i: &mut Inner, idx: usize) {
         let no_ack = i.consumers[idx].no_ack;
-        let qm = i.ready.pop_front().expect("a consumer took the head message");
+        let qm = i
+            .ready
+            .pop_front()
+            .expect("a consumer took the head message");
         i.ready_bytes -= qm.msg.body.len();
         i.delivered += 1;
         if let Some(pos) = qm.pos {
@@ -836,7 +898,10 @@ impl Queue {
                     i.dead_letter(m.msg, DeathReason::DeliveryLimit);
                     continue;
                 }
-                m.msg = Arc::new(m.msg.with_header("x-delivery-count", m.delivery_count as i64));
+                m.msg = Arc::new(
+                    m.msg
+                        .with_header("x-delivery-count", m.delivery_count as i64),
+                );
             }
             i.ready_bytes += m.msg.body.len();
             i.ready.insert_ordered(m);
@@ -859,7 +924,11 @@ impl Queue {
         }
         // Kept in descending consumer priority, in arrival order within a priority (the first
         // one is the single active consumer).
-        let at = i.consumers.iter().position(|x| x.priority < c.priority).unwrap_or(i.consumers.len());
+        let at = i
+            .consumers
+            .iter()
+            .position(|x| x.priority < c.priority)
+            .unwrap_or(i.consumers.len());
         i.consumers.insert(at, c);
         i.had_consumer = true;
         i.last_used = now_ms();

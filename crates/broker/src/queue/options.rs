@@ -34,11 +34,16 @@ pub struct QueueOptions {
 }
 
 fn int(args: &FieldTable, key: &str) -> Option<u64> {
-    args.get(key).and_then(FieldValue::as_i64).filter(|v| *v >= 0).map(|v| v as u64)
+    args.get(key)
+        .and_then(FieldValue::as_i64)
+        .filter(|v| *v >= 0)
+        .map(|v| v as u64)
 }
 
 fn string(args: &FieldTable, key: &str) -> Option<ShortStr> {
-    args.get(key).and_then(FieldValue::as_str).map(ShortStr::from)
+    args.get(key)
+        .and_then(FieldValue::as_str)
+        .map(ShortStr::from)
 }
 
 impl QueueOptions {
@@ -61,9 +66,17 @@ impl QueueOptions {
             max_length_bytes: pick_int("x-max-length-bytes", "max-length-bytes"),
             overflow,
             dead_letter_exchange: pick_str("x-dead-letter-exchange", "dead-letter-exchange"),
-            dead_letter_routing_key: pick_str("x-dead-letter-routing-key", "dead-letter-routing-key"),
-            max_priority: int(args, "x-max-priority").map(|p| p.min(255) as u8).unwrap_or(0),
-            single_active_consumer: args.get("x-single-active-consumer").and_then(FieldValue::as_bool).unwrap_or(false),
+            dead_letter_routing_key: pick_str(
+                "x-dead-letter-routing-key",
+                "dead-letter-routing-key",
+            ),
+            max_priority: int(args, "x-max-priority")
+                .map(|p| p.min(255) as u8)
+                .unwrap_or(0),
+            single_active_consumer: args
+                .get("x-single-active-consumer")
+                .and_then(FieldValue::as_bool)
+                .unwrap_or(false),
             delivery_limit: pick_int("x-delivery-limit", "delivery-limit"),
             quorum: args.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum"),
             consumer_timeout: pick_int("x-consumer-timeout", "consumer-timeout"),

@@ -27,7 +27,8 @@ impl PagedList {
 
     pub fn push_back(&mut self, pos: Position, redelivered: bool) {
         if self.segments.back().map(|s| s.1) != Some(pos.segment) {
-            self.segments.push_back((self.head + self.offsets.len() as u64, pos.segment));
+            self.segments
+                .push_back((self.head + self.offsets.len() as u64, pos.segment));
         }
         self.offsets.push_back(pos.offset);
         if redelivered {
@@ -69,7 +70,12 @@ mod tests {
     #[test]
     fn keeps_order_across_segments() {
         let mut l = PagedList::default();
-        let ps: Vec<Position> = (0..10u32).map(|i| Position { segment: 1 + i / 4, offset: 16 + i * 100 }).collect();
+        let ps: Vec<Position> = (0..10u32)
+            .map(|i| Position {
+                segment: 1 + i / 4,
+                offset: 16 + i * 100,
+            })
+            .collect();
         for (i, p) in ps.iter().enumerate() {
             l.push_back(*p, i == 5);
         }
@@ -78,7 +84,22 @@ mod tests {
             assert_eq!(l.pop_front(), Some((*p, i == 5)));
         }
         assert!(l.pop_front().is_none());
-        l.push_back(Position { segment: 9, offset: 16 }, false);
-        assert_eq!(l.pop_front(), Some((Position { segment: 9, offset: 16 }, false)));
+        l.push_back(
+            Position {
+                segment: 9,
+                offset: 16,
+            },
+            false,
+        );
+        assert_eq!(
+            l.pop_front(),
+            Some((
+                Position {
+                    segment: 9,
+                    offset: 16
+                },
+                false
+            ))
+        );
     }
 }

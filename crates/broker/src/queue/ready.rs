@@ -13,7 +13,10 @@ pub struct ReadyList {
 
 impl ReadyList {
     pub fn new(max_priority: u8) -> Self {
-        ReadyList { levels: (0..=max_priority).map(|_| VecDeque::new()).collect(), len: 0 }
+        ReadyList {
+            levels: (0..=max_priority).map(|_| VecDeque::new()).collect(),
+            len: 0,
+        }
     }
 
     fn level(&self, m: &QueuedMessage) -> usize {
@@ -55,6 +58,10 @@ impl ReadyList {
 
     pub fn drain(&mut self) -> Vec<QueuedMessage> {
         self.len = 0;
-        self.levels.iter_mut().rev().flat_map(|q| q.drain(..)).collect()
+        self.levels
+            .iter_mut()
+            .rev()
+            .flat_map(|q| q.drain(..))
+            .collect()
     }
 }
