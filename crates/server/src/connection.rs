@@ -261,6 +261,21 @@ async fn write_frames(
     wr.write_all(&b).await
 }
 
+/// Ends a handshake that failed: connection.close with the error (code 0: none, the client
+/// did not ask for one), then the socket is shut.
+async fn refuse(wr: &mut (impl AsyncWrite + Unpin), e: ConnectionError) {
+    if e.code != 0 {
+        let close = ConnectionClose {
+            reply_code: e.code,
+            reply_text: e.text.into(),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        };
+        let _ = send_method(wr, close).await;
+    }
+    let _ = wr.shutdown().await;
+}
+
 async fn send_method(
     wr: &mut (impl AsyncWrite + Unpin),
     m: impl Into<Method>,
@@ -388,19 +403,7 @@ async fn handshake(
     let (user, cancel_notify, blocked_notify, client_props) = match result {
         Ok(v) => v,
         Err(e) => {
-            if e.code != 0 {
-                let _ = send_method(
-                    wr,
-                    ConnectionClose {
-                        reply_code: e.code,
-                        reply_text: e.text.into(),
-                        class_id: e.class_id,
-                        method_id: e.method_id,
-                    },
-                )
-                .await;
-            }
-            let _ = wr.shutdown().await;
+            refuse(wr, e).await;
             return Ok(None);
         }
     };
@@ -494,17 +497,7 @@ async fn handshake(
         })),
         Err(e) => {
             tracing::warn!(%peer, "closing connection: {}", e.text);
-            let _ = send_method(
-                wr,
-                ConnectionClose {
-                    reply_code: e.code,
-                    reply_text: e.text.into(),
-                    class_id: e.class_id,
-                    method_id: e.method_id,
-                },
-            )
-            .await;
-            let _ = wr.shutdown().await;
+            refuse(wr, e).await;
             Ok(None)
         }
     }
