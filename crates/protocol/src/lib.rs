@@ -8,6 +8,7 @@
 //! - [`frame`]: frame parsing from a read buffer and frame encoding into a write buffer.
 //! - [`assembler`]: joins method + header + body frames into one [`assembler::Command`].
 //! - [`constants`]: reply codes and protocol constants.
+//! - [`sasl`]: PLAIN and AMQPLAIN responses of connection.start-ok.
 //!
 //! Nothing here knows about sockets, queues or tokio: decode from `Bytes`, encode into `BytesMut`.
 
@@ -17,6 +18,7 @@ pub mod constants;
 pub mod frame;
 pub mod methods;
 pub mod properties;
+pub mod sasl;
 pub mod table;
 
 pub use codec::{DecodeError, ShortStr};

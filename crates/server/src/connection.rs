@@ -508,39 +508,11 @@ fn parse_credentials(
     mechanism: &str,
     response: &[u8],
 ) -> Result<(String, String), ConnectionError> {
-    let bad = || ConnectionError::new(ACCESS_REFUSED, format!("malformed {mechanism} response"));
-    match mechanism {
-        "PLAIN" => {
-            let mut parts = response.split(|b| *b == 0);
-            let _authzid = parts.next().ok_or_else(bad)?;
-            let user = parts.next().ok_or_else(bad)?;
-            let pass = parts.next().ok_or_else(bad)?;
-            Ok((
-                String::from_utf8_lossy(user).into_owned(),
-                String::from_utf8_lossy(pass).into_owned(),
-            ))
-        }
-        "AMQPLAIN" => {
-            // A field table's entries without the table's own length prefix.
-            let mut framed = BytesMut::with_capacity(response.len() + 4);
-            framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
-            framed.extend_from_slice(response);
-            let mut r = warren_protocol::codec::Reader::new(framed.freeze());
-            let t =
-                <FieldTable as warren_protocol::codec::Field>::read(&mut r).map_err(|_| bad())?;
-            let get = |k: &str| {
-                t.get(k)
-                    .and_then(FieldValue::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(bad)
-            };
-            Ok((get("LOGIN")?, get("PASSWORD")?))
-        }
-        other => Err(ConnectionError::new(
-            COMMAND_INVALID,
-            format!("unknown authentication mechanism '{other}'"),
-        )),
-    }
+    use warren_protocol::sasl::{parse_response, SaslError};
+    parse_response(mechanism, response).map_err(|e| match e {
+        SaslError::Malformed(_) => ConnectionError::new(ACCESS_REFUSED, e),
+        SaslError::UnknownMechanism(_) => ConnectionError::new(COMMAND_INVALID, e),
+    })
 }
 
 /// Drains the outbox into the socket; sends heartbeats when idle. Returns the write half so
