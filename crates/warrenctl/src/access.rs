@@ -369,20 +369,8 @@ pub fn run(
                 out,
                 &[format!("Listing permissions for vhost \"{vh}\" ...")],
             )?;
-            let rows = perms
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    vec![
-                        p["user"].clone(),
-                        p["configure"].clone(),
-                        p["write"].clone(),
-                        p["read"].clone(),
-                    ]
-                })
-                .collect();
-            table(g, out, &["user", "configure", "write", "read"], rows)
+            let cols = ["user", "configure", "write", "read"];
+            table(g, out, &cols, pick_rows(&perms, &cols))
         }
         ListUserPermissions { user: username } => {
             let perms = match call(
@@ -400,20 +388,8 @@ pub fn run(
                 out,
                 &[format!("Listing permissions for user \"{username}\" ...")],
             )?;
-            let rows = perms
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    vec![
-                        p["vhost"].clone(),
-                        p["configure"].clone(),
-                        p["write"].clone(),
-                        p["read"].clone(),
-                    ]
-                })
-                .collect();
-            table(g, out, &["vhost", "configure", "write", "read"], rows)
+            let cols = ["vhost", "configure", "write", "read"];
+            table(g, out, &cols, pick_rows(&perms, &cols))
         }
         SetUserLimits {
             user: username,
@@ -462,4 +438,13 @@ pub fn run(
             Ok(())
         }
     }
+}
+
+/// The `keys` of each object in a JSON array, as table rows.
+fn pick_rows(list: &Value, keys: &[&str]) -> Vec<Vec<Value>> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| keys.iter().map(|k| o[*k].clone()).collect())
+        .collect()
 }
