@@ -116,11 +116,7 @@ async fn declare(
         internal: b.internal,
         arguments: args::json_to_table(&b.arguments)?,
     })?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::created_or_updated(existed))
 }
 
 #[derive(Deserialize)]

@@ -147,6 +147,15 @@ fn default_node_name() -> String {
     format!("warren@{host}")
 }
 
+/// A PUT's status as RabbitMQ's API answers it: 201 for a new object, 204 for an existing one.
+pub(crate) fn created_or_updated(existed: bool) -> axum::http::StatusCode {
+    if existed {
+        axum::http::StatusCode::NO_CONTENT
+    } else {
+        axum::http::StatusCode::CREATED
+    }
+}
+
 /// RabbitMQ writes the default exchange as `amq.default` in paths, and `""` in JSON.
 pub(crate) fn exchange_from_path(name: &str) -> &str {
     if name == "amq.default" {

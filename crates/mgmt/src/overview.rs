@@ -183,11 +183,7 @@ async fn create_vhost(state: State, Path(vh): Path<String>) -> Result<StatusCode
     }
     let existed = state.broker.vhost(&vh).is_some();
     state.broker.add_vhost(&vh);
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::created_or_updated(existed))
 }
 
 async fn whoami(Extension(AuthUser(user)): Extension<AuthUser>) -> Json<Value> {

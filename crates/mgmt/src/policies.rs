@@ -126,11 +126,7 @@ async fn put(
         json_to_table(&b.definition),
     )?;
     vh.set_policy(p, operator);
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::created_or_updated(existed))
 }
 
 async fn remove(

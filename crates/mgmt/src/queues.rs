@@ -127,11 +127,7 @@ async fn declare(
         },
         0,
     )?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::created_or_updated(existed))
 }
 
 #[derive(Deserialize)]

@@ -155,11 +155,7 @@ async fn put_user(
         tags,
         limits: existing.as_ref().map(|u| u.limits).unwrap_or_default(),
     });
-    Ok(if existing.is_some() {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::created_or_updated(existing.is_some()))
 }
 
 async fn delete_user(
@@ -256,11 +252,7 @@ async fn put_permission(
         .broker
         .set_permissions(&user, &vhost, &c, &w, &r)
         .map_err(ApiError::from)?;
-    Ok(if existed {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::CREATED
-    })
+    Ok(crate::created_or_updated(existed))
 }
 
 async fn delete_permission(

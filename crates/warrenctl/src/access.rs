@@ -215,17 +215,7 @@ pub fn run(
                 out,
                 &[format!("Changing password for user \"{username}\" ...")],
             )?;
-            if !user_exists(client, username)? {
-                return Err(no_user(username));
-            }
-            call(
-                client,
-                Method::Put,
-                &format!("/users/{}", seg(username)),
-                Some(json!({"password": password})),
-            )?
-            .map_err(failed)
-            .map(|_| ())
+            update_user(client, username, json!({"password": password}))
         }
         SetUserTags {
             user: username,
@@ -241,17 +231,7 @@ pub fn run(
                     shown.join(", ")
                 )],
             )?;
-            if !user_exists(client, username)? {
-                return Err(no_user(username));
-            }
-            call(
-                client,
-                Method::Put,
-                &format!("/users/{}", seg(username)),
-                Some(json!({"tags": tags})),
-            )?
-            .map_err(failed)
-            .map(|_| ())
+            update_user(client, username, json!({"tags": tags}))
         }
         ListUsers => {
             let users = call(client, Method::Get, "/users", None)?.map_err(failed)?;
@@ -447,4 +427,20 @@ fn pick_rows(list: &Value, keys: &[&str]) -> Vec<Vec<Value>> {
         .flatten()
         .map(|o| keys.iter().map(|k| o[*k].clone()).collect())
         .collect()
+}
+
+/// PUT on an existing user (change_password, set_user_tags); a missing user is an error that
+/// says so, rather than creating one.
+fn update_user(client: &Client, username: &str, body: Value) -> Result<(), CtlError> {
+    if !user_exists(client, username)? {
+        return Err(no_user(username));
+    }
+    call(
+        client,
+        Method::Put,
+        &format!("/users/{}", seg(username)),
+        Some(body),
+    )?
+    .map_err(failed)
+    .map(|_| ())
 }
