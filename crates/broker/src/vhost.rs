@@ -413,9 +413,7 @@ impl VHost {
         self.definitions_changed(x.durable);
         for b in x.bindings() {
             if let Destination::Queue(q) = &b.destination {
-                q.bindings.lock().retain(|(e, k, a)| {
-                    !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments))
-                });
+                q.forget_binding(&x.name, &b);
             }
         }
         let dest = Destination::Exchange(x.clone());
@@ -768,9 +766,7 @@ impl VHost {
             arguments: args,
         };
         if x.unbind(&b) {
-            q.bindings.lock().retain(|(e, k, a)| {
-                !(*e == x.name && *k == b.routing_key && a.same_entries(&b.arguments))
-            });
+            q.forget_binding(&x.name, &b);
             self.definitions_changed(q.durable && x.durable);
             self.maybe_auto_delete_exchange(&x);
         }

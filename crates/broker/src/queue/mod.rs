@@ -610,6 +610,13 @@ impl Queue {
         }
     }
 
+    /// Drops the record of a binding from `exchange` that was removed.
+    pub(crate) fn forget_binding(&self, exchange: &ShortStr, b: &crate::exchange::Binding) {
+        self.bindings.lock().retain(|(e, k, a)| {
+            !(e == exchange && *k == b.routing_key && a.same_entries(&b.arguments))
+        });
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
     }
