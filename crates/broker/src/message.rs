@@ -79,6 +79,12 @@ impl Message {
     }
 
     /// Decodes a store record; returns the message and whether it was persistent.
+    /// Whether a store record holds a persistent message (transient ones only page out and
+    /// are dropped at a restart).
+    pub fn record_is_persistent(rec: &[u8]) -> bool {
+        rec.first().is_some_and(|f| f & RECORD_PERSISTENT != 0)
+    }
+
     pub fn decode_record(rec: Bytes) -> Option<(Message, bool)> {
         let flags = *rec.first()?;
         let mut at = 1usize;

@@ -94,7 +94,7 @@ impl Persistence {
 
     /// Opens (or creates) a message store in a directory of its own under the data directory.
     pub(crate) fn open_store(&self, dir: PathBuf) -> warren_store::Result<(QueueStore, Recovery)> {
-        QueueStore::open(self.backend.clone(), dir, self.store_options.clone())
+        QueueStore::open(self.backend.clone(), dir, self.store_options)
     }
 
     pub(crate) fn open_queue_store(
@@ -102,10 +102,12 @@ impl Persistence {
         vhost: &str,
         queue: &str,
     ) -> warren_store::Result<(QueueStore, Recovery)> {
-        QueueStore::open(
+        // Records of transient messages (paged out) are dropped as the store opens.
+        QueueStore::open_filtered(
             self.backend.clone(),
             self.queue_dir(vhost, queue),
-            self.store_options.clone(),
+            self.store_options,
+            crate::message::Message::record_is_persistent,
         )
     }
 

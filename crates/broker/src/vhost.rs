@@ -852,7 +852,7 @@ impl VHost {
             }
         }
         if out.len() > 1 {
-            out.sort_unstable_by_key(|q| Arc::as_ptr(q));
+            out.sort_unstable_by_key(Arc::as_ptr);
             out.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
     }

@@ -2,9 +2,11 @@
 //!
 //! Two segment logs: `msgs.*` holds message payloads in publish order; `acks.*` holds small
 //! marks, "acked" or "delivered", each naming a message by its [`Position`]. Nothing is ever
-//! rewritten in place. On open, the marks are replayed over an index of the message records
-//! (per segment: record offsets plus acked/delivered bitmaps, about 4 bytes per message) and
-//! the unacked messages are handed back through [`Recovery`], which reads payloads lazily.
+//! rewritten in place. On open, the marks are replayed over an index of the message segments
+//! (per segment: its end, its live count and the sorted offsets its marks name; nothing per
+//! message that has no mark) and the unacked messages are handed back through [`Recovery`],
+//! which scans the segments lazily. [`QueueStore::read_next`] walks the unacked messages from
+//! a position onwards, so a queue can page a backlog out and in holding one position.
 //!
 //! Space comes back whole segments at a time. A sealed message segment whose every record is
 //! acked is deleted at the next [`QueueStore::sync`]. An ack segment is deleted once every
@@ -27,6 +29,7 @@ use crate::backend::Backend;
 use crate::error::{Result, StoreError};
 use crate::segment::{
     segment_file_name, Position, SegmentLog, SegmentReader, DEFAULT_MAX_SEGMENT_SIZE,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
 /// File-name prefix of message segments.
@@ -55,31 +58,47 @@ impl Default for StoreOptions {
     }
 }
 
-/// A growable bitmap; bits past the end read as unset, so it only grows when a bit is set.
-#[derive(Default, Debug)]
-struct Bits(Vec<u64>);
+/// A sorted set of record offsets within one segment. Marks arrive roughly in offset order
+/// (queues deliver in publish order), so inserts are nearly always appends; a segment that is
+/// only appended to costs nothing here.
+#[derive(Default, Debug, Clone)]
+struct OffsetSet(Vec<u32>);
 
-impl Bits {
-    fn get(&self, i: usize) -> bool {
-        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+impl OffsetSet {
+    fn contains(&self, off: u32) -> bool {
+        match self.0.last() {
+            Some(&last) if last < off => false,
+            None => false,
+            _ => self.0.binary_search(&off).is_ok(),
+        }
     }
 
-    fn set(&mut self, i: usize) {
-        let w = i / 64;
-        if w >= self.0.len() {
-            self.0.resize(w + 1, 0);
+    /// Adds `off`; false if it was already there.
+    fn insert(&mut self, off: u32) -> bool {
+        match self.0.last() {
+            Some(&last) if last >= off => match self.0.binary_search(&off) {
+                Ok(_) => false,
+                Err(i) => {
+                    self.0.insert(i, off);
+                    true
+                }
+            },
+            _ => {
+                self.0.push(off);
+                true
+            }
         }
-        self.0[w] |= 1 << (i % 64);
     }
 }
 
-/// What the store knows about one message segment.
+/// What the store knows about one message segment: no per-record state while its records are
+/// only appended and waiting, just the acked and delivered marks that name it.
 #[derive(Default, Debug)]
 struct SegmentIndex {
-    /// Offsets of its records in publish order: maps a position to a record number.
-    offsets: Vec<u32>,
-    acked: Bits,
-    delivered: Bits,
+    /// Offset just past its last record: record offsets lie in `SEGMENT_HEADER_LEN..end`.
+    end: u32,
+    acked: OffsetSet,
+    delivered: OffsetSet,
     /// Records not yet acked.
     live: u32,
     /// (ack segment, marks in it that point here), ack segments ascending.
@@ -87,8 +106,15 @@ struct SegmentIndex {
 }
 
 impl SegmentIndex {
-    fn record(&self, offset: u32) -> Option<usize> {
-        self.offsets.binary_search(&offset).ok()
+    /// Whether `offset` can name a record of this segment (marks are only ever written for
+    /// positions the store handed out, so in range means it is one).
+    fn holds(&self, offset: u32) -> bool {
+        (SEGMENT_HEADER_LEN..self.end).contains(&offset)
+    }
+
+    fn add_record(&mut self, pos: Position, payload_len: usize) {
+        self.end = pos.offset + RECORD_HEADER_LEN + payload_len as u32;
+        self.live += 1;
     }
 
     fn add_ref(&mut self, ack_segment: u32) {
@@ -154,6 +180,19 @@ impl QueueStore {
         dir: impl Into<PathBuf>,
         opts: StoreOptions,
     ) -> Result<(QueueStore, Recovery)> {
+        Self::open_filtered(backend, dir, opts, |_| true)
+    }
+
+    /// [`QueueStore::open`], treating records for which `keep` is false as acked (a queue
+    /// drops its paged-out transient messages this way on restart, without reading them
+    /// twice). No mark is written for them: they are dropped again at every open until their
+    /// segment goes.
+    pub fn open_filtered(
+        backend: Arc<dyn Backend>,
+        dir: impl Into<PathBuf>,
+        opts: StoreOptions,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<(QueueStore, Recovery)> {
         let dir = dir.into();
         let mut index: BTreeMap<u32, SegmentIndex> = BTreeMap::new();
         let mut msgs = SegmentLog::open(
@@ -161,10 +200,13 @@ impl QueueStore {
             &dir,
             MSGS_PREFIX,
             opts.max_segment_size,
-            |pos, _| {
+            |pos, payload| {
                 let seg = index.entry(pos.segment).or_default();
-                seg.offsets.push(pos.offset);
-                seg.live += 1;
+                seg.add_record(pos, payload.len());
+                if !keep(payload) {
+                    seg.acked.insert(pos.offset);
+                    seg.live -= 1;
+                }
             },
         )?;
 
@@ -184,19 +226,15 @@ impl QueueStore {
                 max_ref = max_ref.max(Some(pos));
                 // Marks for reclaimed segments, or for records lost with a torn tail, are
                 // simply spent.
-                let Some(seg) = index.get_mut(&pos.segment) else {
-                    return;
-                };
-                let Some(i) = seg.record(pos.offset) else {
+                let Some(seg) = index.get_mut(&pos.segment).filter(|s| s.holds(pos.offset)) else {
                     return;
                 };
                 if kind == MARK_ACK {
-                    if !seg.acked.get(i) {
-                        seg.acked.set(i);
+                    if seg.acked.insert(pos.offset) {
                         seg.live -= 1;
                     }
                 } else {
-                    seg.delivered.set(i);
+                    seg.delivered.insert(pos.offset);
                 }
                 seg.add_ref(apos.segment);
                 *ack_refs.entry(apos.segment).or_insert(0) += 1;
@@ -240,21 +278,12 @@ impl QueueStore {
         let segments: Vec<RecoverySegment> = index
             .iter()
             .filter(|(_, s)| s.live > 0)
-            .map(|(&id, s)| {
-                let mut rs = RecoverySegment {
-                    id,
-                    offsets: Vec::with_capacity(s.live as usize),
-                    redelivered: Bits::default(),
-                };
-                for (i, &off) in s.offsets.iter().enumerate() {
-                    if !s.acked.get(i) {
-                        if s.delivered.get(i) {
-                            rs.redelivered.set(rs.offsets.len());
-                        }
-                        rs.offsets.push(off);
-                    }
-                }
-                rs
+            .map(|(&id, s)| RecoverySegment {
+                id,
+                end: s.end,
+                live: s.live,
+                acked: s.acked.clone(),
+                delivered: s.delivered.clone(),
             })
             .collect();
         let recovery = Recovery {
@@ -288,9 +317,10 @@ impl QueueStore {
         let result = self.msgs.append(payload);
         self.note_msgs_roll(before);
         let pos = result?;
-        let seg = self.index.entry(pos.segment).or_default();
-        seg.offsets.push(pos.offset);
-        seg.live += 1;
+        self.index
+            .entry(pos.segment)
+            .or_default()
+            .add_record(pos, payload.len());
         self.message_count += 1;
         Ok(pos)
     }
@@ -308,12 +338,13 @@ impl QueueStore {
     }
 
     fn mark(&mut self, kind: u8, pos: Position) -> Result<()> {
-        let unknown = StoreError::UnknownPosition { position: pos };
-        let seg = self.index.get(&pos.segment).ok_or(unknown)?;
-        let i = seg
-            .record(pos.offset)
+        let seg = self
+            .index
+            .get(&pos.segment)
+            .filter(|s| s.holds(pos.offset))
             .ok_or(StoreError::UnknownPosition { position: pos })?;
-        let done = seg.acked.get(i) || (kind == MARK_DELIVERED && seg.delivered.get(i));
+        let done = seg.acked.contains(pos.offset)
+            || (kind == MARK_DELIVERED && seg.delivered.contains(pos.offset));
         if done {
             return Ok(());
         }
@@ -329,14 +360,14 @@ impl QueueStore {
         };
         seg.add_ref(apos.segment);
         if kind == MARK_ACK {
-            seg.acked.set(i);
+            seg.acked.insert(pos.offset);
             seg.live -= 1;
             self.message_count -= 1;
             if seg.live == 0 && pos.segment != current {
                 self.pending_delete.push(pos.segment);
             }
         } else {
-            seg.delivered.set(i);
+            seg.delivered.insert(pos.offset);
         }
         Ok(())
     }
@@ -354,6 +385,61 @@ impl QueueStore {
     /// Reads the payload of the message at `pos`.
     pub fn read(&self, pos: Position) -> Result<Bytes> {
         self.msgs.read(pos)
+    }
+
+    /// The first unacked message at or after `from`, in publish order, and the position just
+    /// past it (where to continue). A queue pages its backlog out and back in with this: it
+    /// keeps one position, not one per message. `None` when nothing follows `from` yet.
+    pub fn read_next(&self, from: Position) -> Result<Option<(RecoveredMessage, Position)>> {
+        let mut at = from;
+        loop {
+            let Some((&id, seg)) = self.index.range(at.segment..).next() else {
+                return Ok(None);
+            };
+            if id != at.segment || at.offset < SEGMENT_HEADER_LEN {
+                at = Position {
+                    segment: id,
+                    offset: SEGMENT_HEADER_LEN,
+                };
+            }
+            if at.offset >= seg.end {
+                if id >= self.msgs.current_segment() {
+                    return Ok(None);
+                }
+                at = Position {
+                    segment: id + 1,
+                    offset: SEGMENT_HEADER_LEN,
+                };
+                continue;
+            }
+            let payload = self.msgs.read(at)?;
+            let next = Position {
+                segment: id,
+                offset: at.offset + RECORD_HEADER_LEN + payload.len() as u32,
+            };
+            if !seg.acked.contains(at.offset) {
+                let message = RecoveredMessage {
+                    position: at,
+                    payload,
+                    redelivered: seg.delivered.contains(at.offset),
+                };
+                return Ok(Some((message, next)));
+            }
+            at = next;
+        }
+    }
+
+    /// Acks every unacked message at or after `from` (purging a paged-out backlog while
+    /// earlier messages stay unacked). Returns how many.
+    pub fn ack_from(&mut self, from: Position) -> Result<u64> {
+        let mut at = from;
+        let mut n = 0;
+        while let Some((m, next)) = self.read_next(at)? {
+            self.ack(m.position)?;
+            n += 1;
+            at = next;
+        }
+        Ok(n)
     }
 
     /// Makes every append and mark so far durable, then frees segments that are no longer
@@ -481,11 +567,14 @@ impl QueueStore {
     }
 }
 
-/// Live records of one message segment, as recovery hands them out.
+/// One message segment with live records, as recovery reads it: its records are scanned in
+/// order and the acked ones skipped.
 struct RecoverySegment {
     id: u32,
-    offsets: Vec<u32>,
-    redelivered: Bits,
+    end: u32,
+    live: u32,
+    acked: OffsetSet,
+    delivered: OffsetSet,
 }
 
 /// The fsyncs of a [`QueueStore::begin_sync`].
@@ -521,13 +610,13 @@ pub struct RecoveredMessage {
 }
 
 /// Streams the unacked messages found at open, in publish order. Payloads are read from disk
-/// as the iterator advances, one segment file open at a time; what it holds up front is
-/// about 4 bytes per message (offsets and a redelivered bitmap).
+/// as the iterator advances, one segment file open at a time, a chunk at a time; what it holds
+/// up front is only the marks of each segment.
 pub struct Recovery {
     backend: Arc<dyn Backend>,
     dir: PathBuf,
     segments: std::vec::IntoIter<RecoverySegment>,
-    reading: Option<(SegmentReader, RecoverySegment, usize)>,
+    reading: Option<(SegmentReader, RecoverySegment)>,
     remaining: u64,
 }
 
@@ -552,33 +641,42 @@ impl Iterator for Recovery {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some((reader, seg, i)) = &mut self.reading {
-                if let Some(&offset) = seg.offsets.get(*i) {
-                    let redelivered = seg.redelivered.get(*i);
-                    *i += 1;
-                    self.remaining -= 1;
-                    let position = Position {
-                        segment: seg.id,
-                        offset,
-                    };
-                    return Some(
-                        reader
-                            .read_record_at(offset)
-                            .map(|payload| RecoveredMessage {
-                                position,
-                                payload,
-                                redelivered,
-                            }),
-                    );
+            if let Some((reader, seg)) = &mut self.reading {
+                if seg.live > 0 {
+                    match reader.next_record() {
+                        Ok(Some((offset, payload))) if offset < seg.end => {
+                            if seg.acked.contains(offset) {
+                                continue;
+                            }
+                            seg.live -= 1;
+                            self.remaining -= 1;
+                            return Some(Ok(RecoveredMessage {
+                                position: Position {
+                                    segment: seg.id,
+                                    offset,
+                                },
+                                payload: Bytes::copy_from_slice(payload),
+                                redelivered: seg.delivered.contains(offset),
+                            }));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.remaining -= seg.live as u64;
+                            self.reading = None;
+                            return Some(Err(e));
+                        }
+                    }
+                    // The file ended before its live records did (it changed under us).
+                    self.remaining -= seg.live as u64;
                 }
                 self.reading = None;
             }
             let seg = self.segments.next()?;
             let path = self.dir.join(segment_file_name(MSGS_PREFIX, seg.id));
             match SegmentReader::open(&*self.backend, &path, seg.id) {
-                Ok(reader) => self.reading = Some((reader, seg, 0)),
+                Ok(reader) => self.reading = Some((reader, seg)),
                 Err(e) => {
-                    self.remaining -= seg.offsets.len() as u64;
+                    self.remaining -= seg.live as u64;
                     return Some(Err(e));
                 }
             }
@@ -952,6 +1050,38 @@ mod tests {
     }
 
     #[test]
+    fn filtered_records_are_dropped_at_open_and_ack_from_purges_the_tail() {
+        let dir = TestDir::new("qs-filter");
+        let (mut qs, _) = open(dir.path(), SMALL);
+        let pos: Vec<_> = (0..100)
+            .map(|i| qs.append(&payload(i, 60)).unwrap())
+            .collect();
+        qs.sync().unwrap();
+        drop(qs);
+        // Keep only even-numbered payloads (payload(i, _) starts with byte i).
+        let (mut qs, rec) =
+            QueueStore::open_filtered(FileBackend::shared(), dir.path(), SMALL, |p| p[0] % 2 == 0)
+                .unwrap();
+        let got: Vec<_> = rec.map(|m| m.unwrap().position).collect();
+        let even: Vec<_> = pos.iter().copied().step_by(2).collect();
+        assert_eq!(got, even);
+        assert_eq!(qs.message_count(), 50);
+        // read_next skips the dropped ones too.
+        let (m, _) = qs.read_next(pos[1]).unwrap().unwrap();
+        assert_eq!(m.position, pos[2]);
+        // Ack everything from the 60th on; the rest stays.
+        assert_eq!(qs.ack_from(pos[60]).unwrap(), 20);
+        assert_eq!(qs.message_count(), 30);
+        qs.sync().unwrap();
+        drop(qs);
+        let (_, rec) =
+            QueueStore::open_filtered(FileBackend::shared(), dir.path(), SMALL, |p| p[0] % 2 == 0)
+                .unwrap();
+        let got: Vec<_> = rec.map(|m| m.unwrap().position).collect();
+        assert_eq!(got, even[..30].to_vec());
+    }
+
+    #[test]
     fn randomized_against_a_model() {
         let dir = TestDir::new("qs-random");
         let opts = StoreOptions {
@@ -986,7 +1116,24 @@ mod tests {
                     model.get_mut(&pos).unwrap().1 = true;
                     assert_eq!(qs.read(pos).unwrap(), model[&pos].0);
                 }
-                90..=96 => qs.sync().unwrap(),
+                90..=94 => qs.sync().unwrap(),
+                95..=96 => {
+                    // Walking from any unacked message (or the start) sees the rest in order.
+                    let from = match rng.below(model.len() as u64 + 1) as usize {
+                        0 => Position {
+                            segment: 0,
+                            offset: 0,
+                        },
+                        k => *model.keys().nth(k - 1).unwrap(),
+                    };
+                    let want: Vec<_> = model.range(from..).map(|(p, v)| (*p, v.clone())).collect();
+                    let (mut got, mut at) = (Vec::new(), from);
+                    while let Some((m, next)) = qs.read_next(at).unwrap() {
+                        got.push((m.position, (m.payload.to_vec(), m.redelivered)));
+                        at = next;
+                    }
+                    assert_eq!(got, want, "read_next differs from the model at step {step}");
+                }
                 _ => {
                     if rng.below(2) == 0 {
                         qs.sync().unwrap();

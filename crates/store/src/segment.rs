@@ -41,7 +41,7 @@ const WRITE_BUFFER: usize = 64 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Where a record lives: segment id and byte offset of its framing. Ordering is append order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
     pub segment: u32,
     pub offset: u32,

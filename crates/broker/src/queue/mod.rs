@@ -12,7 +12,7 @@ mod paged;
 mod ready;
 
 pub use options::{Overflow, QueueOptions};
-use paged::PagedList;
+use paged::PagedTail;
 use ready::ReadyList;
 
 use crate::channel::{Deliver, DeliveryChannel};
@@ -132,7 +132,7 @@ struct Inner {
     opts: QueueOptions,
     ready: ReadyList,
     /// Messages paged out to the store, after everything in `ready`.
-    paged: PagedList,
+    paged: PagedTail,
     ready_bytes: usize,
     unacked: u32,
     consumers: Vec<QueueConsumer>,
@@ -155,7 +155,7 @@ impl Inner {
         Inner {
             ready: ReadyList::new(opts.max_priority),
             opts,
-            paged: PagedList::default(),
+            paged: PagedTail::default(),
             ready_bytes: 0,
             unacked: 0,
             consumers: Vec::new(),
@@ -360,7 +360,7 @@ impl Queue {
     /// head is examined, so this never scans the queue.
     fn expire_head(self: &Arc<Self>, i: &mut Inner, now: u64) {
         while let Some(front) = i.ready.front() {
-            if !front.expires_at.is_some_and(|at| at <= now) {
+            if front.expires_at.is_none_or(|at| at > now) {
                 break;
             }
             let m = i.ready.pop_front().expect("front exists");
@@ -472,13 +472,14 @@ impl Queue {
         }
     }
 
-    /// Loads what the store recovered: persistent messages come back (redelivered if they had
-    /// been delivered); records that were only paged-out transient messages are dropped.
-    pub(crate) fn recover(&self, recovery: Recovery) -> (u64, u64) {
+    /// Loads what the store recovered (its persistent messages; see `Persistence`): they come
+    /// back redelivered if they had been delivered. What does not fit the memory budget stays
+    /// on disk as the paged tail, so recovery reads no more of the backlog than that.
+    pub(crate) fn recover(&self, mut recovery: Recovery) -> (u64, u64) {
         let mut i = self.inner.lock();
-        let mut dropped = Vec::new();
         let (mut restored, mut errors) = (0u64, 0u64);
-        for r in recovery {
+        let mut dropped = Vec::new();
+        while let Some(r) = recovery.next() {
             let r = match r {
                 Ok(r) => r,
                 Err(e) => {
@@ -487,29 +488,31 @@ impl Queue {
                     continue;
                 }
             };
+            if i.ready_bytes >= RAM_BUDGET && i.opts.max_priority == 0 {
+                let rest = recovery.remaining();
+                i.paged = PagedTail::starting_at(r.position, rest + 1);
+                restored += rest + 1;
+                break;
+            }
+            let position = r.position;
             match Message::decode_record(r.payload) {
-                Some((msg, true)) => {
+                Some((msg, _)) => {
                     restored += 1;
-                    if i.paged.is_empty() && i.ready_bytes < RAM_BUDGET {
-                        let seq = i.next_seq;
-                        i.next_seq += 1;
-                        i.ready_bytes += msg.body.len();
-                        let qm = QueuedMessage::new(
-                            seq,
-                            Arc::new(msg),
-                            Some(r.position),
-                            r.redelivered,
-                            &i.opts,
-                        );
-                        i.ready.push_back(qm);
-                    } else {
-                        i.paged.push_back(r.position, r.redelivered);
-                    }
+                    let seq = i.next_seq;
+                    i.next_seq += 1;
+                    i.ready_bytes += msg.body.len();
+                    let qm = QueuedMessage::new(
+                        seq,
+                        Arc::new(msg),
+                        Some(position),
+                        r.redelivered,
+                        &i.opts,
+                    );
+                    i.ready.push_back(qm);
                 }
-                Some((_, false)) => dropped.push(r.position),
                 None => {
                     errors += 1;
-                    dropped.push(r.position);
+                    dropped.push(position);
                 }
             }
         }
@@ -590,21 +593,39 @@ impl Queue {
         }
         let Some(slot) = self.store.get() else { return };
         let st = slot.lock();
-        while i.ready_bytes < RAM_BUDGET / 2 {
-            let Some((pos, redelivered)) = i.paged.pop_front() else {
-                break;
+        while i.ready_bytes < RAM_BUDGET / 2 && !i.paged.is_empty() {
+            let (rec, next) = match st.store.read_next(i.paged.head()) {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    let lost = i.paged.clear();
+                    tracing::error!(queue = %self.name, lost, "the store ended before the paged-out messages did");
+                    break;
+                }
+                Err(e) => {
+                    // Without the record's length there is no next position: give up on the
+                    // tail rather than spin on it (its records stay on disk for a restart).
+                    let lost = i.paged.clear();
+                    tracing::error!(queue = %self.name, error = %e, lost, "paged-out messages unreadable; dropped until restart");
+                    break;
+                }
             };
-            match st.store.read(pos).ok().and_then(Message::decode_record) {
+            i.paged.advance(next);
+            match Message::decode_record(rec.payload) {
                 Some((msg, _)) => {
                     let seq = i.next_seq;
                     i.next_seq += 1;
                     i.ready_bytes += msg.body.len();
-                    let qm =
-                        QueuedMessage::new(seq, Arc::new(msg), Some(pos), redelivered, &i.opts);
+                    let qm = QueuedMessage::new(
+                        seq,
+                        Arc::new(msg),
+                        Some(rec.position),
+                        rec.redelivered,
+                        &i.opts,
+                    );
                     i.ready.push_back(qm);
                 }
                 None => {
-                    tracing::error!(queue = %self.name, %pos, "paged-out message unreadable; dropped")
+                    tracing::error!(queue = %self.name, pos = %rec.position, "paged-out message undecodable; dropped")
                 }
             }
         }
@@ -688,7 +709,7 @@ impl Queue {
         let persistent = durable_write;
         if paging {
             i.published += 1;
-            i.paged.push_back(pos, false);
+            i.paged.push_back(pos);
             self.enforce_limits(&mut i);
         } else {
             self.enqueue(&mut i, msg, Some(pos));
@@ -974,15 +995,20 @@ impl Queue {
         let mut i = self.inner.lock();
         let n = (i.ready.len() + i.paged.len()) as u32;
         let ready = i.ready.drain();
-        let paged = i.paged.drain();
+        let paged_from = (!i.paged.is_empty()).then(|| i.paged.head());
+        i.paged.clear();
         i.ready_bytes = 0;
+        let unacked = i.unacked;
         self.store_op(|s| {
-            for pos in ready
-                .iter()
-                .filter_map(|m| m.pos)
-                .chain(paged.iter().copied())
-            {
+            if unacked == 0 {
+                // Nothing in the store outlives the purge: drop it whole.
+                return s.purge().map(|_| ());
+            }
+            for pos in ready.iter().filter_map(|m| m.pos) {
                 s.ack(pos)?;
+            }
+            if let Some(from) = paged_from {
+                s.ack_from(from)?;
             }
             Ok(())
         });
@@ -998,7 +1024,7 @@ impl Queue {
             let mut i = self.inner.lock();
             let n = (i.ready.len() + i.paged.len()) as u32;
             i.ready.drain();
-            i.paged.drain();
+            i.paged.clear();
             i.ready_bytes = 0;
             (n, std::mem::take(&mut i.consumers))
         };

@@ -1,65 +1,55 @@
-//! The positions of messages paged out to the store, in queue order, at about 4 bytes each:
-//! offsets in one deque, and the segment they belong to recorded only where it changes
-//! (appends fill one segment after another). The rare redelivered flag (from recovery) lives
-//! in a set beside them.
+//! The part of a queue's backlog that lives only in its store: every unacked record from one
+//! position of the store onwards. Memory holds that position and a count, nothing per
+//! message: messages are appended in queue order while the queue pages, and read back in the
+//! same order with `QueueStore::read_next`, which also skips acked records and says which
+//! were delivered before a restart.
 
-use std::collections::{HashSet, VecDeque};
 use warren_store::Position;
 
 #[derive(Default)]
-pub struct PagedList {
-    offsets: VecDeque<u32>,
-    /// (index of the first entry in the segment, segment id), in order.
-    segments: VecDeque<(u64, u32)>,
-    /// Index of `offsets[0]` since the list began.
-    head: u64,
-    redelivered: HashSet<Position>,
+pub struct PagedTail {
+    /// Where the next paged-out message is read from (meaningful while `len > 0`).
+    head: Position,
+    len: u64,
 }
 
-impl PagedList {
+impl PagedTail {
     pub fn len(&self) -> usize {
-        self.offsets.len()
+        self.len as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
+        self.len == 0
     }
 
-    pub fn push_back(&mut self, pos: Position, redelivered: bool) {
-        if self.segments.back().map(|s| s.1) != Some(pos.segment) {
-            self.segments
-                .push_back((self.head + self.offsets.len() as u64, pos.segment));
-        }
-        self.offsets.push_back(pos.offset);
-        if redelivered {
-            self.redelivered.insert(pos);
-        }
+    /// The tail starting at `head` with `len` messages (recovery).
+    pub fn starting_at(head: Position, len: u64) -> Self {
+        PagedTail { head, len }
     }
 
-    pub fn pop_front(&mut self) -> Option<(Position, bool)> {
-        let offset = self.offsets.pop_front()?;
-        let index = self.head;
-        self.head += 1;
-        while self.segments.len() > 1 && self.segments[1].0 <= index {
-            self.segments.pop_front();
+    /// A message was appended to the store at `pos` and stays only there.
+    pub fn push_back(&mut self, pos: Position) {
+        if self.len == 0 {
+            self.head = pos;
         }
-        let segment = self.segments.front().map(|s| s.1).unwrap_or(0);
-        if self.offsets.is_empty() {
-            self.segments.clear();
-        }
-        let pos = Position { segment, offset };
-        let redelivered = self.redelivered.remove(&pos);
-        Some((pos, redelivered))
+        self.len += 1;
     }
 
-    /// Empties the list, returning every position (queue purge).
-    pub fn drain(&mut self) -> Vec<Position> {
-        let mut out = Vec::with_capacity(self.len());
-        while let Some((p, _)) = self.pop_front() {
-            out.push(p);
-        }
-        self.offsets.shrink_to_fit();
-        out
+    /// Where to read the next message from.
+    pub fn head(&self) -> Position {
+        self.head
+    }
+
+    /// The message before `next` was read back into memory.
+    pub fn advance(&mut self, next: Position) {
+        self.head = next;
+        self.len = self.len.saturating_sub(1);
+    }
+
+    /// Forgets the tail (purge, delete, or a store that ran out of records); returns its
+    /// length.
+    pub fn clear(&mut self) -> u64 {
+        std::mem::take(&mut self.len)
     }
 }
 
@@ -68,38 +58,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_order_across_segments() {
-        let mut l = PagedList::default();
-        let ps: Vec<Position> = (0..10u32)
-            .map(|i| Position {
-                segment: 1 + i / 4,
-                offset: 16 + i * 100,
-            })
-            .collect();
-        for (i, p) in ps.iter().enumerate() {
-            l.push_back(*p, i == 5);
-        }
-        assert_eq!(l.len(), 10);
-        for (i, p) in ps.iter().enumerate() {
-            assert_eq!(l.pop_front(), Some((*p, i == 5)));
-        }
-        assert!(l.pop_front().is_none());
-        l.push_back(
-            Position {
-                segment: 9,
-                offset: 16,
-            },
-            false,
-        );
-        assert_eq!(
-            l.pop_front(),
-            Some((
-                Position {
-                    segment: 9,
-                    offset: 16
-                },
-                false
-            ))
-        );
+    fn the_first_push_sets_the_head() {
+        let mut t = PagedTail::default();
+        assert!(t.is_empty());
+        let a = Position {
+            segment: 3,
+            offset: 100,
+        };
+        let b = Position {
+            segment: 3,
+            offset: 200,
+        };
+        t.push_back(a);
+        t.push_back(b);
+        assert_eq!((t.head(), t.len()), (a, 2));
+        t.advance(b);
+        assert_eq!((t.head(), t.len()), (b, 1));
+        assert_eq!(t.clear(), 1);
+        t.push_back(a);
+        assert_eq!((t.head(), t.len()), (a, 1));
     }
 }
