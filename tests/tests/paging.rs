@@ -10,8 +10,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 use warren_tests::BrokerProcess;
 
-/// 1 KiB bodies: 30,000 of them are about twice the memory budget.
-const BODY: usize = 1024;
+/// 4 KiB bodies: 6,000 of them are half again the memory budget.
+const BODY: usize = 4096;
 
 fn data_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("warren-{name}-{}", std::process::id()));
@@ -146,7 +146,7 @@ async fn drain(ch: &Channel, queue: &str, n: usize) -> Vec<(u32, bool)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
     const Q: &str = "paged";
-    const N: u32 = 30_000;
+    const N: u32 = 6_000;
     let dir = data_dir("paging");
     let mut broker = BrokerProcess::start(&dir, &[]);
     let (conn, ch) = open(&broker.url(), Q).await;
@@ -161,18 +161,18 @@ async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
     let (conn, ch) = open(&broker.url(), Q).await;
     assert_eq!(ready(&ch, Q).await as usize, persistent.len());
 
-    // Ack the first 12,000, then take 200 more without acking and drop the connection: they
+    // Ack the first 2,500, then take 200 more without acking and drop the connection: they
     // go back to the head of the queue, marked delivered.
-    let acked = get_n(&ch, Q, 12_000, true).await;
+    let acked = get_n(&ch, Q, 2_500, true).await;
     assert_eq!(
         acked.iter().map(|d| d.0).collect::<Vec<_>>(),
-        persistent[..12_000]
+        persistent[..2_500]
     );
     assert!(acked.iter().all(|d| !d.1), "nothing was delivered before");
     let held = get_n(&ch, Q, 200, false).await;
     assert_eq!(
         held.iter().map(|d| d.0).collect::<Vec<_>>(),
-        persistent[12_000..12_200]
+        persistent[2_500..2_700]
     );
     drop(ch);
     let _ = conn.close(200, "bye".into()).await;
@@ -181,7 +181,7 @@ async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
     assert_eq!(broker.stop(), Some(0));
     let broker = BrokerProcess::start(&dir, &[]);
     let (_conn, ch) = open(&broker.url(), Q).await;
-    let rest = &persistent[12_000..];
+    let rest = &persistent[2_500..];
     assert_eq!(ready(&ch, Q).await as usize, rest.len());
     let got = drain(&ch, Q, rest.len()).await;
     assert_eq!(got.iter().map(|d| d.0).collect::<Vec<_>>(), rest);
@@ -195,7 +195,7 @@ async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purging_a_paged_backlog_keeps_the_unacked_messages() {
     const Q: &str = "paged-purge";
-    const N: u32 = 25_000;
+    const N: u32 = 5_000;
     let dir = data_dir("paging-purge");
     let mut broker = BrokerProcess::start(&dir, &[]);
     let (conn, ch) = open(&broker.url(), Q).await;

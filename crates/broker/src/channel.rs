@@ -253,9 +253,17 @@ impl DeliveryChannel {
 
     /// basic.ack.
     pub fn ack(&self, tag: u64, multiple: bool) -> Result<()> {
+        self.ack_without_resume(tag, multiple)?;
+        self.resume();
+        Ok(())
+    }
+
+    /// basic.ack, leaving the refill of the consumers' credit to a later
+    /// [`DeliveryChannel::resume`] (the server calls it once per read of the socket, so a burst
+    /// of acks costs one dispatch).
+    pub fn ack_without_resume(&self, tag: u64, multiple: bool) -> Result<()> {
         let taken = self.take(tag, multiple)?;
         for_each_queue_run(&taken, |q, run| q.settle(run.iter().map(|u| &u.qm)));
-        self.resume();
         Ok(())
     }
 

@@ -91,6 +91,8 @@ pub(crate) struct Channel {
     last_exchange: Option<Arc<warren_broker::exchange::Exchange>>,
     route_scratch: Vec<Arc<Queue>>,
     outbox: Arc<Outbox>,
+    /// Acks came in: the consumers' freed credit is used at the end of the read.
+    resume_pending: bool,
 }
 
 impl Channel {
@@ -114,6 +116,14 @@ impl Channel {
             last_exchange: None,
             route_scratch: Vec::new(),
             outbox,
+            resume_pending: false,
+        }
+    }
+
+    /// Called after the frames of one socket read: delivers into the credit acks freed.
+    pub fn end_of_read(&mut self) {
+        if std::mem::take(&mut self.resume_pending) {
+            self.delivery.resume();
         }
     }
 
@@ -200,7 +210,12 @@ impl Channel {
                     });
                     Ok(())
                 }
-                None => self.delivery.ack(a.delivery_tag, a.multiple),
+                None => {
+                    self.delivery
+                        .ack_without_resume(a.delivery_tag, a.multiple)?;
+                    self.resume_pending = true;
+                    Ok(())
+                }
             },
             Method::BasicNack(n) => self.nack(n.delivery_tag, n.multiple, n.requeue),
             Method::BasicReject(r) => self.nack(r.delivery_tag, false, r.requeue),

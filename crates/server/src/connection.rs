@@ -653,6 +653,7 @@ impl Connection {
                 }
             }
         }
+        self.for_each_channel(|c| c.end_of_read());
         self.flush_confirms();
         None
     }

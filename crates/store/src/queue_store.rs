@@ -28,9 +28,12 @@ use tracing::warn;
 use crate::backend::Backend;
 use crate::error::{Result, StoreError};
 use crate::segment::{
-    segment_file_name, Position, SegmentLog, SegmentReader, DEFAULT_MAX_SEGMENT_SIZE,
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    check_header, record_crc, segment_file_name, Position, SegmentLog, SegmentReader,
+    DEFAULT_MAX_SEGMENT_SIZE, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+
+/// Bytes [`QueueStore::read_batch`] reads per system call.
+const READ_AHEAD: usize = 128 * 1024;
 
 /// File-name prefix of message segments.
 pub const MSGS_PREFIX: &str = "msgs";
@@ -157,6 +160,8 @@ pub struct QueueStore {
     /// Ack segments may have become deletable.
     ack_gc: bool,
     message_count: u64,
+    /// Scratch store (see [`QueueStore::set_volatile`]).
+    volatile: bool,
 }
 
 impl fmt::Debug for QueueStore {
@@ -305,6 +310,7 @@ impl QueueStore {
             pending_delete,
             ack_gc: true,
             message_count,
+            volatile: false,
         };
         store.reclaim()?;
         Ok((store, recovery))
@@ -337,7 +343,45 @@ impl QueueStore {
         self.mark(MARK_DELIVERED, pos)
     }
 
+    /// Makes this a scratch store that only pages a transient queue's backlog out of memory:
+    /// nothing in it must survive a restart, so marks stay in memory (delivered marks are not
+    /// kept at all) and emptied segments are deleted at once rather than at a sync.
+    pub fn set_volatile(&mut self) {
+        self.volatile = true;
+    }
+
+    fn mark_volatile(&mut self, kind: u8, pos: Position) -> Result<()> {
+        if kind != MARK_ACK {
+            return Ok(());
+        }
+        let seg = self
+            .index
+            .get_mut(&pos.segment)
+            .filter(|s| s.holds(pos.offset))
+            .ok_or(StoreError::UnknownPosition { position: pos })?;
+        if !seg.acked.insert(pos.offset) {
+            return Ok(());
+        }
+        seg.live -= 1;
+        self.message_count -= 1;
+        let current = self.msgs.current_segment();
+        if seg.live == 0 && pos.segment != current {
+            self.index.remove(&pos.segment);
+            self.msgs.remove_segment(pos.segment)?;
+        }
+        if self.message_count == 0 && self.msgs.current_len() > self.drain_roll_threshold() {
+            // Drained: start a fresh segment and drop the old one.
+            self.msgs.roll()?;
+            self.index.remove(&current);
+            self.msgs.remove_segment(current)?;
+        }
+        Ok(())
+    }
+
     fn mark(&mut self, kind: u8, pos: Position) -> Result<()> {
+        if self.volatile {
+            return self.mark_volatile(kind, pos);
+        }
         let seg = self
             .index
             .get(&pos.segment)
@@ -378,7 +422,14 @@ impl QueueStore {
         if self.msgs.current_segment() != before
             && self.index.get(&before).is_none_or(|s| s.live == 0)
         {
-            self.pending_delete.push(before);
+            if self.volatile {
+                self.index.remove(&before);
+                if let Err(e) = self.msgs.remove_segment(before) {
+                    warn!(dir = %self.dir.display(), error = %e, "scratch store: cannot remove a drained segment");
+                }
+            } else {
+                self.pending_delete.push(before);
+            }
         }
     }
 
@@ -427,6 +478,89 @@ impl QueueStore {
             }
             at = next;
         }
+    }
+
+    /// [`QueueStore::read_next`] for a run of messages: the unacked ones from `from` on, until
+    /// their payloads reach `max_bytes` (at least one is read if any is there), read a chunk
+    /// of a segment per system call. Payloads share their chunk's memory. Returns them and the
+    /// position to continue from.
+    pub fn read_batch(
+        &self,
+        from: Position,
+        max_bytes: usize,
+    ) -> Result<(Vec<RecoveredMessage>, Position)> {
+        let mut out = Vec::new();
+        let mut taken = 0usize;
+        let mut at = from;
+        while taken < max_bytes {
+            let Some((&id, seg)) = self.index.range(at.segment..).next() else {
+                break;
+            };
+            if id != at.segment || at.offset < SEGMENT_HEADER_LEN {
+                at = Position {
+                    segment: id,
+                    offset: SEGMENT_HEADER_LEN,
+                };
+            }
+            if at.offset >= seg.end {
+                if id >= self.msgs.current_segment() {
+                    break;
+                }
+                at = Position {
+                    segment: id + 1,
+                    offset: SEGMENT_HEADER_LEN,
+                };
+                continue;
+            }
+            let want = ((seg.end - at.offset) as usize).min(READ_AHEAD);
+            let chunk = self.msgs.read_chunk(at, want)?;
+            let mut p = 0usize;
+            while p < chunk.len() && taken < max_bytes {
+                let Ok((len, crc)) = check_header(&chunk[p..], (chunk.len() - p) as u64) else {
+                    break; // the record runs past the chunk: the next chunk starts with it
+                };
+                let start = p + RECORD_HEADER_LEN as usize;
+                let payload = chunk.slice(start..start + len as usize);
+                let offset = at.offset + p as u32;
+                if record_crc(
+                    [chunk[p], chunk[p + 1], chunk[p + 2], chunk[p + 3]],
+                    &payload,
+                ) != crc
+                {
+                    return Err(StoreError::Corrupt {
+                        path: self.msgs.dir().join(segment_file_name(MSGS_PREFIX, id)),
+                        offset: offset as u64,
+                        reason: "checksum mismatch".into(),
+                    });
+                }
+                if !seg.acked.contains(offset) {
+                    taken += payload.len();
+                    out.push(RecoveredMessage {
+                        position: Position {
+                            segment: id,
+                            offset,
+                        },
+                        redelivered: seg.delivered.contains(offset),
+                        payload,
+                    });
+                }
+                p = start + len as usize;
+            }
+            if p == 0 {
+                // A record larger than the read-ahead: read it alone.
+                match self.read_next(at)? {
+                    Some((m, next)) => {
+                        at = next;
+                        taken += m.payload.len();
+                        out.push(m);
+                    }
+                    None => break,
+                }
+                continue;
+            }
+            at.offset += p as u32;
+        }
+        Ok((out, at))
     }
 
     /// Acks every unacked message at or after `from` (purging a paged-out backlog while
@@ -590,13 +724,27 @@ pub struct SyncOutcome {
 }
 
 impl SyncBatch {
-    /// Runs the fsyncs (no lock needed).
+    /// Runs the fsyncs (no lock needed). When both logs have something to sync, the two run
+    /// at once, so a group commit costs one device flush rather than two in a row.
     pub fn run(self) -> SyncOutcome {
         let all = |hs: Vec<crate::backend::SyncHandle>| hs.into_iter().try_for_each(|h| h());
-        SyncOutcome {
-            msgs: all(self.msgs),
-            acks: all(self.acks),
+        if self.msgs.is_empty() || self.acks.is_empty() {
+            return SyncOutcome {
+                msgs: all(self.msgs),
+                acks: all(self.acks),
+            };
         }
+        let SyncBatch { msgs, acks } = self;
+        std::thread::scope(|s| {
+            let acks = s.spawn(move || all(acks));
+            let msgs = all(msgs);
+            SyncOutcome {
+                msgs,
+                acks: acks
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked"))),
+            }
+        })
     }
 }
 
@@ -1050,6 +1198,65 @@ mod tests {
     }
 
     #[test]
+    fn read_batch_reads_records_larger_than_its_read_ahead() {
+        let dir = TestDir::new("qs-big");
+        let (mut qs, _) = open(dir.path(), StoreOptions::default());
+        let sizes = [10, READ_AHEAD + 5000, 20, 3 * READ_AHEAD, 7];
+        let pos: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| qs.append(&payload(i, n)).unwrap())
+            .collect();
+        qs.sync().unwrap();
+        let (mut got, mut at) = (Vec::new(), pos[0]);
+        loop {
+            let (batch, next) = qs.read_batch(at, 1).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            got.extend(batch.into_iter().map(|m| (m.position, m.payload.len())));
+            at = next;
+        }
+        let want: Vec<_> = pos.iter().copied().zip(sizes).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_volatile_store_frees_drained_segments_at_once() {
+        let dir = TestDir::new("qs-volatile");
+        let (mut qs, _) = open(dir.path(), SMALL);
+        qs.set_volatile();
+        let pos: Vec<_> = (0..400)
+            .map(|i| qs.append(&payload(i, 100)).unwrap())
+            .collect();
+        assert!(msg_files(dir.path()).len() > 10);
+        for p in &pos[..200] {
+            qs.mark_delivered(*p).unwrap();
+            qs.ack(*p).unwrap();
+        }
+        // The first half's segments are gone without a sync, and no marks were written.
+        assert!(qs.read(pos[0]).is_err());
+        assert_eq!(qs.read(pos[300]).unwrap(), payload(300, 100));
+        let (m, _) = qs.read_next(pos[0]).unwrap().unwrap();
+        assert!(m.position <= pos[200]);
+        for p in &pos[200..] {
+            qs.ack(*p).unwrap();
+        }
+        assert_eq!(qs.message_count(), 0);
+        assert!(
+            msg_files(dir.path()).len() <= 1,
+            "{:?}",
+            msg_files(dir.path())
+        );
+        let acks: u64 = dir_files(dir.path())
+            .iter()
+            .filter(|(n, _)| n.starts_with("acks."))
+            .map(|(_, l)| l)
+            .sum();
+        assert!(acks <= 8, "{acks} bytes of marks");
+    }
+
+    #[test]
     fn filtered_records_are_dropped_at_open_and_ack_from_purges_the_tail() {
         let dir = TestDir::new("qs-filter");
         let (mut qs, _) = open(dir.path(), SMALL);
@@ -1133,6 +1340,24 @@ mod tests {
                         at = next;
                     }
                     assert_eq!(got, want, "read_next differs from the model at step {step}");
+                    // The same in batches of a few hundred bytes.
+                    let (mut got, mut at) = (Vec::new(), from);
+                    loop {
+                        let (batch, next) = qs.read_batch(at, 1 + rng.below(900) as usize).unwrap();
+                        if batch.is_empty() {
+                            break;
+                        }
+                        got.extend(
+                            batch
+                                .into_iter()
+                                .map(|m| (m.position, (m.payload.to_vec(), m.redelivered))),
+                        );
+                        at = next;
+                    }
+                    assert_eq!(
+                        got, want,
+                        "read_batch differs from the model at step {step}"
+                    );
                 }
                 _ => {
                     if rng.below(2) == 0 {

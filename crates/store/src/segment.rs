@@ -91,7 +91,7 @@ fn segment_header() -> [u8; SEGMENT_HEADER_LEN as usize] {
     h
 }
 
-fn record_crc(len: [u8; 4], payload: &[u8]) -> u32 {
+pub(crate) fn record_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&len), payload)
 }
 
@@ -121,7 +121,7 @@ impl fmt::Display for TailDamage {
 /// Checks one record's framing in `buf`, which starts at the record and holds at least its
 /// header. Returns the payload length, or what is wrong. `avail` is how many bytes of the
 /// file (or buffer) exist from the record on.
-fn check_header(hdr: &[u8], avail: u64) -> std::result::Result<(u32, u32), TailDamage> {
+pub(crate) fn check_header(hdr: &[u8], avail: u64) -> std::result::Result<(u32, u32), TailDamage> {
     if avail < RECORD_HEADER_LEN as u64 || hdr.len() < RECORD_HEADER_LEN as usize {
         return Err(TailDamage::ShortHeader);
     }
@@ -740,6 +740,34 @@ impl SegmentLog {
             return Err(corrupt(TailDamage::BadChecksum));
         }
         Ok(Bytes::from(payload))
+    }
+
+    /// Up to `max` raw bytes of segment `pos.segment` from `pos.offset` on (never past the
+    /// end of what was appended), in one read: callers parse several records out of it.
+    pub fn read_chunk(&self, pos: Position, max: usize) -> Result<Bytes> {
+        let unknown = StoreError::UnknownPosition { position: pos };
+        if pos.offset < SEGMENT_HEADER_LEN {
+            return Err(unknown);
+        }
+        let off = pos.offset as u64;
+        let (file, len) = if pos.segment == self.current.id {
+            if off >= self.current.flushed {
+                let rel = (off - self.current.flushed) as usize;
+                let rest = self.current.buf.get(rel..).ok_or(unknown)?;
+                return Ok(Bytes::copy_from_slice(&rest[..rest.len().min(max)]));
+            }
+            (&self.current.file, self.current.flushed)
+        } else {
+            match self.sealed.get(&pos.segment) {
+                Some(s) => (&s.file, s.len),
+                None => return Err(unknown),
+            }
+        };
+        let n = (len.saturating_sub(off)).min(max as u64) as usize;
+        let mut chunk = vec![0u8; n];
+        file.read_at(off, &mut chunk)
+            .map_err(|e| StoreError::io("read", self.segment_path(pos.segment), e))?;
+        Ok(Bytes::from(chunk))
     }
 
     fn read_buffered(&self, pos: Position) -> Result<Bytes> {

@@ -86,11 +86,19 @@ impl QueuedMessage {
 /// only in the store (about 4 bytes each in RAM) until the queue drains to them.
 pub const RAM_BUDGET: usize = 16 << 20;
 
+/// Most bytes of bodies one page-in reads (with the queue locked).
+const PAGE_IN_BATCH: usize = 2 << 20;
+
 /// Flow control: when a queue that has consumers holds more than this many ready messages,
-/// publishers to it wait (as RabbitMQ's credit flow makes them) until it is down to
-/// [`FLOW_LOW`]. A queue without consumers takes publishes at full speed.
+/// or more than [`FLOW_HIGH_BYTES`] of bodies (or has paged out), publishers to it wait (as
+/// RabbitMQ's credit flow makes them) until it is down to [`FLOW_LOW`] messages and
+/// [`FLOW_LOW_BYTES`]. Counting bytes keeps a queue whose consumers keep up in memory: it only
+/// pages when it has no consumers or they fall far behind. A queue without consumers takes
+/// publishes at full speed.
 pub const FLOW_HIGH: usize = 50_000;
 pub const FLOW_LOW: usize = 25_000;
+pub const FLOW_HIGH_BYTES: usize = RAM_BUDGET / 2;
+pub const FLOW_LOW_BYTES: usize = RAM_BUDGET / 4;
 
 /// A durable queue's message store and whether it has writes awaiting fsync.
 pub(crate) struct StoreSlot {
@@ -406,8 +414,7 @@ impl Queue {
 
     /// Whether publishers should wait before sending more to this queue.
     pub fn over_flow_limit(&self) -> bool {
-        let i = self.inner.lock();
-        !i.consumers.is_empty() && i.ready.len() + i.paged.len() > FLOW_HIGH
+        Self::backlogged(&self.inner.lock())
     }
 
     /// Waits until the queue's backlog is below the low-water mark, its consumers are gone,
@@ -457,7 +464,8 @@ impl Queue {
             .join(crate::persist::encode_name(&self.vhost_name))
             .join(format!("{}.{n}", crate::persist::encode_name(&self.name)));
         match p.open_store(dir) {
-            Ok((store, _)) => {
+            Ok((mut store, _)) => {
+                store.set_volatile();
                 let _ = self.store.set(Mutex::new(StoreSlot {
                     store,
                     dirty: false,
@@ -586,30 +594,34 @@ impl Queue {
     }
 
     /// Loads paged-out messages back into memory while the in-memory part is below half the
-    /// budget.
+    /// budget, at most [`PAGE_IN_BATCH`] bytes per call (the queue's lock is held meanwhile).
     fn page_in(&self, i: &mut Inner) {
         if i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET / 2 {
             return;
         }
         let Some(slot) = self.store.get() else { return };
-        let st = slot.lock();
-        while i.ready_bytes < RAM_BUDGET / 2 && !i.paged.is_empty() {
-            let (rec, next) = match st.store.read_next(i.paged.head()) {
-                Ok(Some(found)) => found,
-                Ok(None) => {
-                    let lost = i.paged.clear();
-                    tracing::error!(queue = %self.name, lost, "the store ended before the paged-out messages did");
-                    break;
-                }
-                Err(e) => {
-                    // Without the record's length there is no next position: give up on the
-                    // tail rather than spin on it (its records stay on disk for a restart).
-                    let lost = i.paged.clear();
-                    tracing::error!(queue = %self.name, error = %e, lost, "paged-out messages unreadable; dropped until restart");
-                    break;
-                }
-            };
-            i.paged.advance(next);
+        let want = (RAM_BUDGET / 2 - i.ready_bytes).min(PAGE_IN_BATCH);
+        let read = slot.lock().store.read_batch(i.paged.head(), want);
+        let (batch, next) = match read {
+            Ok(found) => found,
+            Err(e) => {
+                // Without the record's length there is no next position: give up on the tail
+                // rather than spin on it (its records stay on disk for a restart).
+                let lost = i.paged.clear();
+                tracing::error!(queue = %self.name, error = %e, lost, "paged-out messages unreadable; dropped until restart");
+                return;
+            }
+        };
+        if batch.is_empty() {
+            let lost = i.paged.clear();
+            tracing::error!(queue = %self.name, lost, "the store ended before the paged-out messages did");
+            return;
+        }
+        // Paged-out messages are all there is after the head, so the batch never runs past
+        // the tail; cap it anyway so the count stays true.
+        let n = batch.len().min(i.paged.len());
+        i.paged.advance_by(n as u64, next);
+        for rec in batch.into_iter().take(n) {
             match Message::decode_record(rec.payload) {
                 Some((msg, _)) => {
                     let seq = i.next_seq;
@@ -685,7 +697,6 @@ impl Queue {
         if self.is_deleted() {
             return Ok(Published::default());
         }
-        let _gate = self.persistence.as_ref().map(|p| p.gate.read());
         let mut i = self.locked();
         if Self::full_for(&i, msg.body.len()) {
             if i.opts.overflow == Overflow::RejectPublishDlx {
@@ -704,8 +715,12 @@ impl Queue {
                 backlogged: Self::backlogged(&i),
             });
         };
-        let epoch = p.current_epoch();
-        let pos = self.store_append(&msg, durable_write)?;
+        // The gate makes "read the epoch, append, enlist" atomic with respect to the flusher
+        // closing the epoch; it is held for just that.
+        let (epoch, pos) = {
+            let _gate = p.gate.read();
+            (p.current_epoch(), self.store_append(&msg, durable_write)?)
+        };
         let persistent = durable_write;
         if paging {
             i.published += 1;
@@ -721,7 +736,12 @@ impl Queue {
     }
 
     fn backlogged(i: &Inner) -> bool {
-        !i.consumers.is_empty() && i.len() > FLOW_HIGH
+        !i.consumers.is_empty()
+            && (i.len() > FLOW_HIGH || i.ready_bytes > FLOW_HIGH_BYTES || !i.paged.is_empty())
+    }
+
+    fn drained_enough(i: &Inner) -> bool {
+        i.len() <= FLOW_LOW && i.ready_bytes <= FLOW_LOW_BYTES && i.paged.is_empty()
     }
 
     fn enqueue(self: &Arc<Self>, i: &mut Inner, msg: Arc<Message>, pos: Option<Position>) {
@@ -752,9 +772,7 @@ impl Queue {
 
     fn dispatch_with(self: &Arc<Self>, i: &mut Inner, arriving: bool) {
         self.dispatch_inner(i, arriving);
-        if i.ready.len() + i.paged.len() <= FLOW_LOW
-            && self.flow_waiting.swap(false, Ordering::AcqRel)
-        {
+        if Self::drained_enough(i) && self.flow_waiting.swap(false, Ordering::AcqRel) {
             self.drained.notify_waiters();
         }
     }

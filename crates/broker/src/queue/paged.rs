@@ -40,10 +40,10 @@ impl PagedTail {
         self.head
     }
 
-    /// The message before `next` was read back into memory.
-    pub fn advance(&mut self, next: Position) {
+    /// `n` messages up to `next` were read back into memory.
+    pub fn advance_by(&mut self, n: u64, next: Position) {
         self.head = next;
-        self.len = self.len.saturating_sub(1);
+        self.len = self.len.saturating_sub(n);
     }
 
     /// Forgets the tail (purge, delete, or a store that ran out of records); returns its
@@ -72,7 +72,7 @@ mod tests {
         t.push_back(a);
         t.push_back(b);
         assert_eq!((t.head(), t.len()), (a, 2));
-        t.advance(b);
+        t.advance_by(1, b);
         assert_eq!((t.head(), t.len()), (b, 1));
         assert_eq!(t.clear(), 1);
         t.push_back(a);
