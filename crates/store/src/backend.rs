@@ -3,7 +3,8 @@
 //!
 //! [`FileBackend`] is the real thing (std::fs, positional reads). [`FaultyBackend`] wraps any
 //! backend and, when its [`Faults`] switches say so, fails writes with ENOSPC or EIO, fails
-//! fsync, and counts fsync calls so a test can prove that a confirm followed an fsync.
+//! fsync, holds fsyncs until released, and counts fsync calls so a test can prove that a
+//! confirm followed an fsync.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -11,7 +12,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// File-system operations the store needs, and nothing more.
 pub trait Backend: Send + Sync {
@@ -175,6 +176,9 @@ pub struct Faults {
     eio: AtomicBool,
     fail_sync: AtomicBool,
     syncs: AtomicU64,
+    /// (fsyncs are held, fsyncs waiting for the release), and its wake-up.
+    hold: Mutex<(bool, u64)>,
+    released: Condvar,
 }
 
 impl Faults {
@@ -193,7 +197,25 @@ impl Faults {
         self.fail_sync.store(on, Ordering::SeqCst);
     }
 
-    /// Number of fsync calls (files and directories) so far, failed ones included.
+    /// While on, file and directory fsyncs block until it is turned off again, as a slow disk
+    /// would: a test can then check that nothing waiting for durability went ahead. A held
+    /// fsync blocks its thread, so turn this off before stopping anything that may be
+    /// fsyncing (a drop guard in the test does it even when the test fails).
+    pub fn hold_sync(&self, on: bool) {
+        let mut hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+        hold.0 = on;
+        if !on {
+            self.released.notify_all();
+        }
+    }
+
+    /// Number of fsyncs blocked right now by [`Faults::hold_sync`].
+    pub fn held_syncs(&self) -> u64 {
+        self.hold.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
+    /// Number of fsync calls (files and directories) so far, failed ones included. A held
+    /// fsync is counted once it is released.
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
     }
@@ -209,6 +231,19 @@ impl Faults {
     }
 
     fn sync_fault(&self) -> io::Result<()> {
+        {
+            let mut hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+            if hold.0 {
+                hold.1 += 1;
+                while hold.0 {
+                    hold = self
+                        .released
+                        .wait(hold)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                hold.1 -= 1;
+            }
+        }
         self.syncs.fetch_add(1, Ordering::SeqCst);
         if self.fail_sync.load(Ordering::SeqCst) {
             Err(io::Error::from_raw_os_error(EIO))
@@ -382,5 +417,29 @@ mod tests {
         assert!(f.sync().is_err());
         assert!(b.sync_dir(dir.path()).is_err());
         assert_eq!(faults.sync_count(), 3);
+    }
+
+    #[test]
+    fn held_fsyncs_wait_for_the_release() {
+        let dir = TestDir::new("backend-hold");
+        let b = FaultyBackend::new(FileBackend::shared());
+        let faults = b.faults();
+        let mut f = b.open_append(&dir.path().join("f")).unwrap();
+        f.append(b"abcd").unwrap();
+        faults.hold_sync(true);
+        let sync = f.sync_handle().unwrap();
+        let t = std::thread::spawn(move || sync());
+        while faults.held_syncs() == 0 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!t.is_finished(), "a held fsync returned");
+        assert_eq!(faults.sync_count(), 0, "a held fsync is not counted yet");
+        faults.hold_sync(false);
+        t.join().unwrap().unwrap();
+        assert_eq!(faults.held_syncs(), 0);
+        assert_eq!(faults.sync_count(), 1);
+        f.sync().unwrap();
+        assert_eq!(faults.sync_count(), 2, "no hold: fsyncs go through");
     }
 }
