@@ -22,7 +22,9 @@ use warren_store::{Backend, Catalog, QueueStore, Recovery, StoreOptions};
 pub struct SyncState {
     /// Every persistent write of an epoch up to this one is on disk.
     pub synced_epoch: u64,
-    /// The last epoch whose fsync failed: its messages are nacked.
+    /// The last epoch whose fsync failed: its messages are nacked, and so are those of any
+    /// earlier epoch a connection sees synced only now (it may have missed the state that
+    /// named that epoch, if it failed too).
     pub failed_epoch: u64,
 }
 
