@@ -8,6 +8,8 @@
 //!   unroutable messages need no fsync and are confirmed at once;
 //! - a failed fsync or a failed write (EIO, ENOSPC) turns into basic.nack, and the broker
 //!   goes on serving;
+//! - a publish made while a failing group commit is under way is nacked too, not acked by the
+//!   next, empty, group commit;
 //! - what a queue holds after the fault, and after a restart.
 //!
 //! Appends are buffered (64 KiB per store), so a write error shows either at the group
@@ -22,6 +24,7 @@ use lapin::options::*;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use warren_tests::{Faults, FaultyBackend, FileBackend, TestBroker};
 
 /// A scratch data directory, removed on drop.
@@ -118,12 +121,14 @@ impl Drop for FaultyBroker {
 enum Fault {
     Eio,
     Enospc,
+    FailedFsync,
 }
 
 fn set_fault(faults: &Faults, fault: Fault, on: bool) {
     match fault {
         Fault::Eio => faults.set_eio(on),
         Fault::Enospc => faults.set_enospc(on),
+        Fault::FailedFsync => faults.set_fail_sync(on),
     }
 }
 
@@ -450,6 +455,81 @@ async fn eio_on_write_nacks_and_the_broker_recovers() {
 #[tokio::test]
 async fn enospc_on_write_nacks_and_the_broker_recovers() {
     failed_writes_nack(Fault::Enospc, "enospc").await;
+}
+
+/// A persistent publish can land while a group commit is still going through the queues it
+/// closed: it belongs to the next epoch, but if its queue is still waiting for its turn in
+/// this commit, the flush of this commit writes it. When that flush or fsync fails, the
+/// publish must be nacked too, not acked by the next group commit (which has nothing to sync
+/// for that queue).
+///
+/// The group commit is stopped at the right place by holding the fsync of another queue
+/// that comes first in it.
+async fn publish_racing_a_failed_commit_is_nacked(fault: Fault, name: &str) {
+    let h = FaultyBroker::start(name);
+    let conn = connect(h.broker()).await;
+    let first_ch = confirm_channel(&conn).await;
+    let racing_ch = confirm_channel(&conn).await;
+    declare_durable(&first_ch, "first").await;
+    declare_durable(&first_ch, "racing").await;
+
+    // 1. A group commit blocks in the fsync of "first".
+    h.faults.hold_sync_of("/qfirst");
+    let y = send(&first_ch, "first", b"y", persistent()).await;
+    eventually("a group commit blocks in an fsync of \"first\"", || {
+        h.faults.held_syncs() > 0
+    })
+    .await;
+    // 2. The next one gets "first", then "racing".
+    let x = send(&first_ch, "first", b"x", persistent()).await;
+    eventually("x is queued", || ready(&h, "first") == 2).await;
+    let q1 = send(&racing_ch, "racing", b"q1", persistent()).await;
+    eventually("q1 is queued", || ready(&h, "racing") == 1).await;
+    // 3. Let the first commit through, fsync by fsync, until "y" is confirmed; the next
+    //    commit then blocks in the fsync of "first", before it gets to "racing".
+    let mut y = y;
+    let y = loop {
+        if h.faults.held_syncs() > 0 {
+            h.faults.release_held();
+        }
+        if let Ok(c) = tokio::time::timeout(Duration::from_millis(5), &mut y).await {
+            break c.expect("confirm of y");
+        }
+    };
+    assert_ack(&y, "y, its group commit went through");
+    eventually(
+        "the next group commit blocks in an fsync of \"first\"",
+        || h.faults.held_syncs() > 0,
+    )
+    .await;
+    // 4. The racing publish: "racing" is still waiting for its turn in this commit.
+    let m = send(&racing_ch, "racing", b"m", persistent()).await;
+    eventually("m is queued", || ready(&h, "racing") == 2).await;
+    // 5. The disk fails, and the commit goes on.
+    set_fault(&h.faults, fault, true);
+    h.faults.hold_sync(false);
+
+    assert_nack(&confirmation("q1", q1).await, "q1, its commit failed");
+    assert_nack(&confirmation("x", x).await, "x, its commit failed");
+    assert_nack(
+        &confirmation("m", m).await,
+        "m, published while the failing commit went on",
+    );
+
+    set_fault(&h.faults, fault, false);
+    h.settled().await;
+    still_serving(&h, "plain").await;
+    close(conn).await;
+}
+
+#[tokio::test]
+async fn a_publish_racing_a_failed_write_is_nacked() {
+    publish_racing_a_failed_commit_is_nacked(Fault::Eio, "race-eio").await;
+}
+
+#[tokio::test]
+async fn a_publish_racing_a_failed_fsync_is_nacked() {
+    publish_racing_a_failed_commit_is_nacked(Fault::FailedFsync, "race-fsync").await;
 }
 
 /// Known bug, left for the queue code (crates/broker/src/queue/mod.rs): after a failed fsync,
