@@ -4,14 +4,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
+use warren_broker::persist::Persistence;
 use warren_broker::{Broker, BrokerConfig};
 pub use warren_server::ServerConfig;
+pub use warren_store::{Backend, Faults, FaultyBackend, FileBackend};
 
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub broker: Arc<Broker>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Of a broker made by [`TestBroker::with_backend`], for [`TestBroker::stop`].
+    persistence: Option<Arc<Persistence>>,
 }
 
 impl TestBroker {
@@ -21,7 +25,51 @@ impl TestBroker {
     }
 
     pub fn with_config(config: ServerConfig) -> Self {
-        let broker = Broker::new(BrokerConfig::default());
+        Self::serve(Broker::new(BrokerConfig::default()), config)
+    }
+
+    /// A broker that persists under `data_dir` through `backend` (`Broker::open`: durable
+    /// queues get message stores and publisher confirms wait for group commit), with
+    /// default settings. Pass a [`FaultyBackend`] to inject disk faults.
+    pub fn with_backend(data_dir: &std::path::Path, backend: Arc<dyn Backend>) -> Self {
+        let persistence = Persistence::new(data_dir, backend);
+        let broker = Broker::open(BrokerConfig::default(), persistence.clone())
+            .unwrap_or_else(|e| panic!("open data directory {}: {e}", data_dir.display()));
+        let mut b = Self::serve(broker, ServerConfig::default());
+        b.persistence = Some(persistence);
+        b
+    }
+
+    /// Stops the broker as `warren` does on SIGTERM (close connections, then a last group
+    /// commit that also saves the definitions) and waits until its message stores are closed
+    /// and its flusher has exited, so another broker can open the same data directory.
+    pub fn stop(mut self) {
+        self.shutdown();
+        let persistence = self.persistence.take();
+        if let Some(p) = &persistence {
+            p.flush_once();
+        }
+        drop(self);
+        let Some(p) = persistence else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&p) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stopped broker still holds its data directory {}",
+                p.dir().display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn serve(broker: Arc<Broker>, config: ServerConfig) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let b = broker.clone();
@@ -48,6 +96,7 @@ impl TestBroker {
             broker,
             stop,
             thread: Some(thread),
+            persistence: None,
         }
     }
 
@@ -59,10 +108,7 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.shutdown();
     }
 }
 

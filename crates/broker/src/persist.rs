@@ -7,10 +7,17 @@
 //! messages of epoch E go out once E is announced. The `gate` makes "read the epoch, append,
 //! enlist the queue" atomic with respect to "close the epoch", so no append can slip between
 //! an epoch's closing and its fsync.
+//!
+//! An append can still land in an epoch's sync: a queue enlisted for epoch E stays marked
+//! dirty until its turn in E's group commit comes, so an append of epoch E+1 made meanwhile
+//! does not enlist it again; E's sync writes it. That is fine when the sync succeeds. When it
+//! fails, the queue is synced once more in E+1 (see `retry`), so that E+1 fails too and the
+//! append is nacked, rather than acked by an E+1 with nothing to sync for that queue.
 
 use crate::broker::Broker;
 use crate::queue::Queue;
 use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -22,7 +29,9 @@ use warren_store::{Backend, Catalog, QueueStore, Recovery, StoreOptions};
 pub struct SyncState {
     /// Every persistent write of an epoch up to this one is on disk.
     pub synced_epoch: u64,
-    /// The last epoch whose fsync failed: its messages are nacked.
+    /// The last epoch whose fsync failed: its messages are nacked, and so are those of any
+    /// earlier epoch a connection sees synced only now (it may have missed the state that
+    /// named that epoch, if it failed too).
     pub failed_epoch: u64,
 }
 
@@ -33,6 +42,8 @@ pub struct Persistence {
     pub(crate) gate: RwLock<()>,
     epoch: AtomicU64,
     dirty: Mutex<Vec<Arc<Queue>>>,
+    /// Queues whose sync failed in the last group commit, to sync again in the next one.
+    retry: Mutex<Vec<Arc<Queue>>>,
     defs_dirty: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<bool>,
@@ -54,6 +65,7 @@ impl Persistence {
             gate: RwLock::new(()),
             epoch: AtomicU64::new(1),
             dirty: Mutex::new(Vec::new()),
+            retry: Mutex::new(Vec::new()),
             defs_dirty: AtomicBool::new(false),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
@@ -152,6 +164,8 @@ impl Persistence {
             }
             self.flush_once();
             if self.broker.get().and_then(Weak::upgrade).is_none() {
+                // Queues left to retry would keep this alive through their own reference.
+                self.retry.lock().clear();
                 return;
             }
         }
@@ -159,18 +173,41 @@ impl Persistence {
 
     /// One group commit: close the epoch, fsync what it wrote, announce it.
     pub fn flush_once(&self) {
-        let (epoch, queues) = {
+        let (epoch, queues, mut retry) = {
             let _g = self.gate.write();
             let e = self.epoch.fetch_add(1, Ordering::AcqRel);
-            (e, std::mem::take(&mut *self.dirty.lock()))
+            (
+                e,
+                std::mem::take(&mut *self.dirty.lock()),
+                std::mem::take(&mut *self.retry.lock()),
+            )
         };
+        if !retry.is_empty() {
+            // A queue enlisted again needs no second sync (and, enlisted, is retried if it fails).
+            let enlisted: HashSet<*const Queue> = queues.iter().map(Arc::as_ptr).collect();
+            retry.retain(|r| !enlisted.contains(&Arc::as_ptr(r)));
+        }
         let mut failed = false;
-        for q in &queues {
+        let mut failed_enlisted = Vec::new();
+        for (q, enlisted) in queues
+            .iter()
+            .map(|q| (q, true))
+            .chain(retry.iter().map(|q| (q, false)))
+        {
             if let Err(e) = q.sync_store() {
                 failed = true;
                 tracing::error!(queue = %q.name, vhost = %q.vhost_name, error = %e,
                     "fsync of the message store failed; publishes are nacked. Check the disk, then restart the broker");
+                // Only once: nothing marks a queue dirty for its retry, so no later append
+                // skips enlisting on the retry's account.
+                if enlisted {
+                    failed_enlisted.push(q.clone());
+                }
             }
+        }
+        if !failed_enlisted.is_empty() {
+            // Not kicked: the next group commit comes soon enough (at most 200 ms).
+            self.retry.lock().extend(failed_enlisted);
         }
         self.synced.send_modify(|s| {
             s.synced_epoch = epoch;

@@ -144,7 +144,9 @@ impl Channel {
                 break;
             }
             self.confirms.pop_front();
-            if nack || (epoch != 0 && epoch == synced.failed_epoch) {
+            // `<=`, not `==`: several epochs can fail between two looks at the sync state,
+            // and it names only the last.
+            if nack || (epoch != 0 && epoch <= synced.failed_epoch) {
                 if let Some((tag, n)) = ack_upto.take() {
                     self.reply(BasicAck {
                         delivery_tag: tag,
@@ -625,5 +627,72 @@ impl Channel {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use warren_protocol::frame::parse_frame;
+
+    /// The methods the channel sent since the last call.
+    fn sent(outbox: &Outbox) -> Vec<Method> {
+        let mut buf = BytesMut::new();
+        outbox.take(&mut buf);
+        let mut methods = Vec::new();
+        while let Some(f) = parse_frame(&mut buf, 0).unwrap() {
+            methods.push(Method::decode(f.payload).unwrap());
+        }
+        methods
+    }
+
+    fn nack(tag: u64) -> Method {
+        BasicNack {
+            delivery_tag: tag,
+            multiple: false,
+            requeue: false,
+        }
+        .into()
+    }
+
+    #[test]
+    fn confirms_wait_for_their_epoch_and_a_failure_seen_late_still_nacks() {
+        let outbox = Arc::new(Outbox::new(131072));
+        let mut ch = Channel::new(1, 1, outbox.clone(), None);
+        ch.confirm = true;
+        // Publishes 1-4 wait for epochs 5, 5, 6 and 8; 5 needs no fsync (unroutable).
+        ch.confirms.extend([
+            (1, 5, false),
+            (2, 5, false),
+            (3, 6, false),
+            (4, 8, false),
+            (5, 0, false),
+        ]);
+        ch.flush_confirms(SyncState {
+            synced_epoch: 4,
+            failed_epoch: 0,
+        });
+        assert_eq!(sent(&outbox), vec![], "nothing synced yet");
+        // Epoch 5 failed, then 6 failed as well before the connection looked again: the
+        // state it sees names only 6.
+        ch.flush_confirms(SyncState {
+            synced_epoch: 6,
+            failed_epoch: 6,
+        });
+        assert_eq!(sent(&outbox), vec![nack(1), nack(2), nack(3)]);
+        ch.flush_confirms(SyncState {
+            synced_epoch: 8,
+            failed_epoch: 6,
+        });
+        assert_eq!(
+            sent(&outbox),
+            vec![BasicAck {
+                delivery_tag: 5,
+                multiple: true,
+            }
+            .into()],
+            "epoch 8 went through (and 5 is behind it)"
+        );
     }
 }

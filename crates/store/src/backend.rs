@@ -3,15 +3,16 @@
 //!
 //! [`FileBackend`] is the real thing (std::fs, positional reads). [`FaultyBackend`] wraps any
 //! backend and, when its [`Faults`] switches say so, fails writes with ENOSPC or EIO, fails
-//! fsync, and counts fsync calls so a test can prove that a confirm followed an fsync.
+//! fsync, holds fsyncs until released, and counts fsync calls so a test can prove that a
+//! confirm followed an fsync.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// File-system operations the store needs, and nothing more.
 pub trait Backend: Send + Sync {
@@ -175,6 +176,20 @@ pub struct Faults {
     eio: AtomicBool,
     fail_sync: AtomicBool,
     syncs: AtomicU64,
+    hold: Mutex<Hold>,
+    released: Condvar,
+}
+
+/// State of [`Faults::hold_sync`].
+#[derive(Debug, Default)]
+struct Hold {
+    on: bool,
+    /// Only fsyncs of paths containing this are held.
+    only: Option<String>,
+    /// fsyncs blocked now.
+    waiting: u64,
+    /// Bumped by [`Faults::release_held`]: an fsync blocked under an older round goes on.
+    round: u64,
 }
 
 impl Faults {
@@ -193,7 +208,45 @@ impl Faults {
         self.fail_sync.store(on, Ordering::SeqCst);
     }
 
-    /// Number of fsync calls (files and directories) so far, failed ones included.
+    /// While on, file and directory fsyncs block until it is turned off again, as a slow disk
+    /// would: a test can then check that nothing waiting for durability went ahead. A held
+    /// fsync blocks its thread, so turn this off before stopping anything that may be
+    /// fsyncing (a drop guard in the test does it even when the test fails).
+    pub fn hold_sync(&self, on: bool) {
+        let mut hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+        hold.on = on;
+        hold.only = None;
+        if !on {
+            self.released.notify_all();
+        }
+    }
+
+    /// As `hold_sync(true)`, but holds only the fsyncs of files and directories whose path
+    /// contains `pattern` (one queue's store, say); the others go through.
+    pub fn hold_sync_of(&self, pattern: &str) {
+        let mut hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+        hold.on = true;
+        hold.only = Some(pattern.to_string());
+    }
+
+    /// Lets the fsyncs blocked now go on, while later ones are still held: a test can step a
+    /// group commit from one fsync to the next.
+    pub fn release_held(&self) {
+        let mut hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+        hold.round += 1;
+        self.released.notify_all();
+    }
+
+    /// Number of fsyncs blocked right now by [`Faults::hold_sync`].
+    pub fn held_syncs(&self) -> u64 {
+        self.hold
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting
+    }
+
+    /// Number of fsync calls (files and directories) so far, failed ones included. A held
+    /// fsync is counted once it is released.
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
     }
@@ -208,7 +261,25 @@ impl Faults {
         }
     }
 
-    fn sync_fault(&self) -> io::Result<()> {
+    fn sync_fault(&self, path: &Path) -> io::Result<()> {
+        {
+            let mut hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = |only: &Option<String>| {
+                only.as_ref()
+                    .is_none_or(|p| path.to_string_lossy().contains(p.as_str()))
+            };
+            if hold.on && held(&hold.only) {
+                let round = hold.round;
+                hold.waiting += 1;
+                while hold.on && hold.round == round {
+                    hold = self
+                        .released
+                        .wait(hold)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                hold.waiting -= 1;
+            }
+        }
         self.syncs.fetch_add(1, Ordering::SeqCst);
         if self.fail_sync.load(Ordering::SeqCst) {
             Err(io::Error::from_raw_os_error(EIO))
@@ -250,6 +321,7 @@ impl FaultyBackend {
 struct FaultyFile {
     inner: Box<dyn BackendFile>,
     faults: Arc<Faults>,
+    path: PathBuf,
 }
 
 impl Backend for FaultyBackend {
@@ -258,6 +330,7 @@ impl Backend for FaultyBackend {
         Ok(Box::new(FaultyFile {
             inner,
             faults: self.faults.clone(),
+            path: path.to_path_buf(),
         }))
     }
 
@@ -266,6 +339,7 @@ impl Backend for FaultyBackend {
         Ok(Box::new(FaultyFile {
             inner,
             faults: self.faults.clone(),
+            path: path.to_path_buf(),
         }))
     }
 
@@ -290,7 +364,7 @@ impl Backend for FaultyBackend {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.faults.sync_fault()?;
+        self.faults.sync_fault(dir)?;
         self.inner.sync_dir(dir)
     }
 }
@@ -308,7 +382,7 @@ impl BackendFile for FaultyFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.faults.sync_fault()?;
+        self.faults.sync_fault(&self.path)?;
         self.inner.sync()
     }
 
@@ -327,8 +401,9 @@ impl BackendFile for FaultyFile {
     fn sync_handle(&self) -> io::Result<SyncHandle> {
         let inner = self.inner.sync_handle()?;
         let faults = self.faults.clone();
+        let path = self.path.clone();
         Ok(Box::new(move || {
-            faults.sync_fault()?;
+            faults.sync_fault(&path)?;
             inner()
         }))
     }
@@ -382,5 +457,48 @@ mod tests {
         assert!(f.sync().is_err());
         assert!(b.sync_dir(dir.path()).is_err());
         assert_eq!(faults.sync_count(), 3);
+    }
+
+    #[test]
+    fn held_fsyncs_wait_for_the_release() {
+        let dir = TestDir::new("backend-hold");
+        let b = FaultyBackend::new(FileBackend::shared());
+        let faults = b.faults();
+        let mut f = b.open_append(&dir.path().join("f")).unwrap();
+        f.append(b"abcd").unwrap();
+        faults.hold_sync(true);
+        let held = |f: &dyn BackendFile| {
+            let sync = f.sync_handle().unwrap();
+            let t = std::thread::spawn(sync);
+            while faults.held_syncs() == 0 {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!t.is_finished(), "a held fsync returned");
+            t
+        };
+        let t = held(&*f);
+        assert_eq!(faults.sync_count(), 0, "a held fsync is not counted yet");
+        faults.release_held();
+        t.join().unwrap().unwrap();
+        assert_eq!(faults.sync_count(), 1);
+        let t = held(&*f);
+        assert_eq!(faults.held_syncs(), 1, "still holding after release_held");
+        faults.hold_sync(false);
+        t.join().unwrap().unwrap();
+        assert_eq!(faults.held_syncs(), 0);
+        assert_eq!(faults.sync_count(), 2);
+        f.sync().unwrap();
+        assert_eq!(faults.sync_count(), 3, "no hold: fsyncs go through");
+
+        faults.hold_sync_of("/g");
+        let mut g = b.open_append(&dir.path().join("g")).unwrap();
+        f.sync().unwrap();
+        assert_eq!(faults.sync_count(), 4, "f is not held");
+        let t = held(&*g);
+        faults.hold_sync(false);
+        t.join().unwrap().unwrap();
+        g.sync().unwrap();
+        assert_eq!(faults.sync_count(), 6);
     }
 }
