@@ -2,75 +2,17 @@
 //! client certificate, under `verify_none`, `verify_peer` and `fail_if_no_peer_cert`.
 
 mod common;
+mod pki;
 
 use common::raw::{method_frame, PROTOCOL_HEADER};
 use common::within;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use pki::{Identity, Pki};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::rustls;
 use warren_server::tls::{acceptor, serve_tls, TlsOptions};
 use warren_tests::TestBroker;
-
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-/// A client certificate and its key.
-struct Identity {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("warren-tls-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, format!("{name} CA"));
-        let ca = p.self_signed(&ca_key).unwrap();
-        let srv_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let srv = p.signed_by(&srv_key, &ca, &ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.join("server.pem"), srv.pem()).unwrap();
-        std::fs::write(dir.join("server.key"), srv_key.serialize_pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    fn client(&self, cn: &str) -> Identity {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        Identity { cert, key }
-    }
-
-    fn options(&self, verify_peer: bool, fail_if_no_peer_cert: bool) -> TlsOptions {
-        TlsOptions {
-            certfile: self.dir.join("server.pem"),
-            keyfile: self.dir.join("server.key"),
-            cacertfile: Some(self.dir.join("ca.pem")),
-            verify_peer,
-            fail_if_no_peer_cert,
-        }
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Starts an AMQPS listener for the test broker; returns its address.
 async fn listen(b: &TestBroker, o: &TlsOptions) -> SocketAddr {

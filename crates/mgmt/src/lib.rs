@@ -11,6 +11,8 @@
 //! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
 //! - [`users`]: users, permissions, user and vhost limits, vhost deletion.
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
+//! - [`https`]: the HTTPS listener (RabbitMQ's `management.ssl.*`), next to or instead of the
+//!   plain HTTP one.
 //!
 //! Handlers read the broker through its public accessors and change it through the same vhost
 //! operations a client's AMQP methods use, so the rules and reply texts are RabbitMQ's. An
@@ -25,12 +27,14 @@ pub mod consumers;
 pub mod definitions;
 pub mod error;
 pub mod exchanges;
+pub mod https;
 pub mod overview;
 mod policies;
 pub mod queues;
 pub mod users;
 
 pub use error::ApiError;
+pub use https::HttpsListener;
 
 use axum::routing::get;
 use axum::Router;
@@ -60,10 +64,19 @@ pub struct AppState {
     pub node: String,
     pub started: Instant,
     pub http_listener: Option<SocketAddr>,
+    pub https_listener: Option<SocketAddr>,
     pub amqp_listeners: Vec<SocketAddr>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
+
+/// Where the API is served: plain HTTP, HTTPS, or both, as RabbitMQ's `management.tcp.*` and
+/// `management.ssl.*` listeners.
+#[derive(Default)]
+pub struct Listeners {
+    pub http: Option<TcpListener>,
+    pub https: Option<HttpsListener>,
+}
 
 /// Serves the management API on `listener` until `shutdown` turns true.
 pub async fn serve(
@@ -79,33 +92,81 @@ pub async fn serve_with(
     listener: TcpListener,
     broker: Arc<Broker>,
     options: Options,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listeners = Listeners {
+        http: Some(listener),
+        https: None,
+    };
+    serve_listeners(listeners, broker, options, shutdown).await
+}
+
+/// Serves the management API on each of `listeners` until `shutdown` turns true, then lets
+/// requests in progress finish and returns.
+pub async fn serve_listeners(
+    listeners: Listeners,
+    broker: Arc<Broker>,
+    options: Options,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let node = if options.node_name.is_empty() {
         default_node_name()
     } else {
         options.node_name
     };
+    let http_addr = match &listeners.http {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let https_addr = match &listeners.https {
+        Some(l) => Some(l.listener.local_addr()?),
+        None => None,
+    };
     let state = Arc::new(AppState {
         broker,
         node,
         started: Instant::now(),
-        http_listener: listener.local_addr().ok(),
+        http_listener: http_addr,
+        https_listener: https_addr,
         amqp_listeners: options.amqp_listeners,
     });
     let app = router(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
+    let https = listeners.https.map(|l| {
+        tracing::info!(
+            "management API listening on https://{}",
+            https_addr.expect("bound")
+        );
+        tokio::spawn(https::serve(l, app.clone(), shutdown.clone()))
+    });
+    let http = match listeners.http {
+        Some(listener) => {
+            tracing::info!(
+                "management API listening on http://{}",
+                http_addr.expect("bound")
+            );
+            let mut shutdown = shutdown;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
+            .await
         }
-    })
-    .await
+        None => Ok(()),
+    };
+    if let Some(h) = https {
+        h.await.map_err(std::io::Error::other)?;
+    }
+    http
+}
+
+/// Resolves once `shutdown` is true (or its sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
 }
 
 /// Every `/api` route, behind basic authentication. Unknown paths answer 404 in RabbitMQ's

@@ -48,6 +48,7 @@ fn listeners(state: &AppState) -> Vec<Value> {
         .map(|a| listener("amqp", a))
         .collect();
     out.extend(state.http_listener.iter().map(|a| listener("http", a)));
+    out.extend(state.https_listener.iter().map(|a| listener("https", a)));
     out
 }
 

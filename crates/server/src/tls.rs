@@ -6,11 +6,14 @@
 //! it; `verify_none` does not ask) and `ssl_options.fail_if_no_peer_cert` (with `verify_peer`,
 //! refuse clients that send none). The TLS handshake, then the AMQP one, each have the
 //! handshake timeout.
+//!
+//! [`acceptor_for`] also builds the management API's HTTPS acceptor from the same options under
+//! `management.ssl.*`.
 
 use crate::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -29,20 +32,31 @@ pub struct TlsOptions {
     pub fail_if_no_peer_cert: bool,
 }
 
-/// A TLS acceptor for the options; errors name the file and what is wrong with it.
+/// A TLS acceptor for the AMQPS listener; errors name the `ssl_options.*` key and the file.
 pub fn acceptor(o: &TlsOptions) -> Result<TlsAcceptor, String> {
+    acceptor_for(o, "ssl_options")
+}
+
+/// A TLS acceptor for the options. `setting` is the prefix of the keys they came from
+/// (`ssl_options` for AMQPS, `management.ssl` for the management API): errors name the key,
+/// the file and what is wrong with it.
+pub fn acceptor_for(o: &TlsOptions, setting: &str) -> Result<TlsAcceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let file_error = |key: &str, path: &Path, e: &dyn std::fmt::Display| {
+        format!("{setting}.{key} {}: {e}", path.display())
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&o.certfile)
         .and_then(|i| i.collect())
-        .map_err(|e| format!("ssl_options.certfile {}: {e}", o.certfile.display()))?;
+        .map_err(|e| file_error("certfile", &o.certfile, &e))?;
     if certs.is_empty() {
-        return Err(format!(
-            "ssl_options.certfile {}: no certificate in the file",
-            o.certfile.display()
+        return Err(file_error(
+            "certfile",
+            &o.certfile,
+            &"no certificate in the file",
         ));
     }
     let key = PrivateKeyDer::from_pem_file(&o.keyfile)
-        .map_err(|e| format!("ssl_options.keyfile {}: {e}", o.keyfile.display()))?;
+        .map_err(|e| file_error("keyfile", &o.keyfile, &e))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -50,15 +64,14 @@ pub fn acceptor(o: &TlsOptions) -> Result<TlsAcceptor, String> {
         let ca = o
             .cacertfile
             .as_ref()
-            .ok_or("ssl_options.verify = verify_peer needs ssl_options.cacertfile")?;
+            .ok_or_else(|| format!("{setting}.verify = verify_peer needs {setting}.cacertfile"))?;
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("ssl_options.cacertfile {}: {e}", ca.display()))?
-        {
-            let c = c.map_err(|e| format!("ssl_options.cacertfile {}: {e}", ca.display()))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("ssl_options.cacertfile {}: {e}", ca.display()))?;
+        for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_error("cacertfile", ca, &e))? {
+            let c = c.map_err(|e| file_error("cacertfile", ca, &e))?;
+            roots.add(c).map_err(|e| file_error("cacertfile", ca, &e))?;
+        }
+        if roots.is_empty() {
+            return Err(file_error("cacertfile", ca, &"no certificate in the file"));
         }
         let v =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -71,9 +84,13 @@ pub fn acceptor(o: &TlsOptions) -> Result<TlsAcceptor, String> {
     } else {
         builder.with_no_client_auth()
     };
-    let config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("ssl_options.certfile/keyfile: {e}"))?;
+    let config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "{setting}.certfile {} with {setting}.keyfile {}: {e}",
+            o.certfile.display(),
+            o.keyfile.display()
+        )
+    })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -133,7 +133,7 @@ pub fn keys_help() -> String {
     let mut s =
         String::from("Config file keys (warren.conf, rabbitmq.conf style `key = value`):\n");
     for (k, what) in all_keys() {
-        s.push_str(&format!("  {k:<34} {what}\n"));
+        s.push_str(&format!("  {k:<35} {what}\n"));
     }
     s.push_str(
         "Precedence: command-line flags > WARREN_* environment variables > config file > defaults.",

@@ -25,7 +25,7 @@ struct Args {
     /// AMQP listener address [default: 127.0.0.1:5672] (listeners.tcp.default)
     #[arg(long, env = "WARREN_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Management HTTP API address [default: 127.0.0.1:15672] (management.tcp.ip/port)
+    /// Management HTTP API address [default: 127.0.0.1:15672, none if only management.ssl.port is set] (management.tcp.ip/port)
     #[arg(long, env = "WARREN_MGMT_LISTEN")]
     mgmt_listen: Option<SocketAddr>,
     /// Data directory for durable definitions and messages [default: ./warren-data] (data_dir)
@@ -69,7 +69,8 @@ struct Args {
 /// The settings after layering flags, environment, file and defaults.
 struct Settings {
     listen: SocketAddr,
-    mgmt_listen: SocketAddr,
+    /// The plain-HTTP management listener; none when only HTTPS is configured.
+    mgmt_listen: Option<SocketAddr>,
     data_dir: PathBuf,
     broker: warren_broker::BrokerConfig,
     server: warren_server::ServerConfig,
@@ -98,16 +99,25 @@ fn settings(args: Args) -> Result<Settings, String> {
         },
         (None, None) => "127.0.0.1:5672".parse().expect("valid default"),
     };
+    let security = security::settings(&file)?;
+    // As RabbitMQ: plain HTTP on 15672 unless only the HTTPS listener is configured; both when
+    // both are.
+    let tcp_configured = args.mgmt_listen.is_some()
+        || file.get("management.tcp.port").is_some()
+        || file.get("management.tcp.ip").is_some();
     let mgmt_listen = match args.mgmt_listen {
-        Some(a) => a,
+        Some(a) => Some(a),
+        None if !tcp_configured && security.mgmt_tls.is_some() => None,
         None => {
             let ip = file.get("management.tcp.ip").unwrap_or("127.0.0.1");
             let port = file
                 .parse_value::<u16>("management.tcp.port")?
                 .unwrap_or(15672);
-            format!("{ip}:{port}")
-                .parse()
-                .map_err(|_| file.error("management.tcp.ip", "expected an IP address"))?
+            Some(
+                format!("{ip}:{port}")
+                    .parse()
+                    .map_err(|_| file.error("management.tcp.ip", "expected an IP address"))?,
+            )
         }
     };
     let mut broker = warren_broker::BrokerConfig::default();
@@ -192,7 +202,7 @@ fn settings(args: Args) -> Result<Settings, String> {
         .map(|l| if l == "warning" { "warn" } else { l }.to_string()));
     let log_json = args.log_json || file.get("log.console.formatter") == Some("json");
     Ok(Settings {
-        security: security::settings(&file)?,
+        security,
         listen,
         mgmt_listen,
         data_dir: args
@@ -252,6 +262,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             s.data_dir.display()
         )
     })?;
+    // The management API's certificate and key are checked before the AMQP port is bound.
+    let mgmt_https = security::mgmt_https_listener(&s.security, s.server.handshake_timeout).await?;
     let listener = TcpListener::bind(s.listen).await.with_context(|| {
         format!("cannot listen on {}; is another broker running there? Use --listen to pick another address", s.listen)
     })?;
@@ -272,19 +284,23 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         Arc::new(s.server),
         stop_rx.clone(),
     ));
-    let mgmt_listener = TcpListener::bind(s.mgmt_listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} for the management API; use --mgmt-listen to pick another address",
-            s.mgmt_listen
-        )
-    })?;
-    tracing::info!(mgmt = %mgmt_listener.local_addr()?, "management API listening");
+    let mgmt_http = match s.mgmt_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} for the management API; use --mgmt-listen to pick another address"
+            )
+        })?),
+        None => None,
+    };
     let mgmt_options = warren_mgmt::Options {
         amqp_listeners: vec![s.listen],
         node_name: String::new(),
     };
-    let mgmt = tokio::spawn(warren_mgmt::serve_with(
-        mgmt_listener,
+    let mgmt = tokio::spawn(warren_mgmt::serve_listeners(
+        warren_mgmt::Listeners {
+            http: mgmt_http,
+            https: mgmt_https,
+        },
         broker.clone(),
         mgmt_options,
         stop_rx.clone(),
@@ -321,5 +337,43 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The management listeners chosen for a config file and extra flags.
+    fn mgmt_listeners(conf: &str, flags: &[&str]) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let dir = std::env::temp_dir().join(format!("warren-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.conf", conf.len() * 31 + flags.len()));
+        std::fs::write(&path, conf).unwrap();
+        let mut argv = vec!["warren", "--config", path.to_str().unwrap()];
+        argv.extend(flags);
+        let s = settings(Args::parse_from(argv)).unwrap();
+        let _ = std::fs::remove_file(&path);
+        (s.mgmt_listen, s.security.mgmt_tls.map(|(a, _)| a))
+    }
+
+    #[test]
+    fn management_listeners_as_rabbitmq_chooses_them() {
+        let tls = "management.ssl.port = 15671\nmanagement.ssl.certfile = /c\nmanagement.ssl.keyfile = /k\n";
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        // Nothing configured: plain HTTP on 15672.
+        assert_eq!(mgmt_listeners("", &[]), (addr("127.0.0.1:15672"), None));
+        // Only HTTPS configured: only HTTPS.
+        assert_eq!(mgmt_listeners(tls, &[]), (None, addr("127.0.0.1:15671")));
+        // Both configured: both.
+        let both = format!("{tls}management.tcp.port = 15680\n");
+        assert_eq!(
+            mgmt_listeners(&both, &[]),
+            (addr("127.0.0.1:15680"), addr("127.0.0.1:15671"))
+        );
+        assert_eq!(
+            mgmt_listeners(tls, &["--mgmt-listen", "127.0.0.1:1234"]),
+            (addr("127.0.0.1:1234"), addr("127.0.0.1:15671"))
+        );
     }
 }

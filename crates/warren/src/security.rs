@@ -1,5 +1,6 @@
-//! The security-related settings of `warren.conf` (TLS listener, memory and disk alarm
-//! limits) and starting what they configure: the resource monitor and the AMQPS listener.
+//! The security-related settings of `warren.conf` (TLS listeners, memory and disk alarm
+//! limits) and starting what they configure: the resource monitor and the AMQPS listener. The
+//! management API's HTTPS listener (`management.ssl.*`) is read here and started with the API.
 
 use crate::config::ConfigFile;
 use std::net::SocketAddr;
@@ -31,6 +32,34 @@ pub const KEYS: &[(&str, &str)] = &[
         "true refuses clients without a certificate (with verify_peer)",
     ),
     (
+        "management.ssl.port",
+        "management API over HTTPS on this port (15671 in RabbitMQ's examples)",
+    ),
+    (
+        "management.ssl.ip",
+        "management HTTPS address [default: 127.0.0.1]",
+    ),
+    (
+        "management.ssl.certfile",
+        "management HTTPS server certificate chain (PEM)",
+    ),
+    (
+        "management.ssl.keyfile",
+        "management HTTPS server private key (PEM)",
+    ),
+    (
+        "management.ssl.cacertfile",
+        "CA certificates that management HTTPS client certificates must chain to (PEM)",
+    ),
+    (
+        "management.ssl.verify",
+        "verify_peer (ask HTTPS clients for a certificate) or verify_none",
+    ),
+    (
+        "management.ssl.fail_if_no_peer_cert",
+        "true refuses HTTPS clients without a certificate (with verify_peer)",
+    ),
+    (
         "vm_memory_high_watermark.relative",
         "memory alarm above this fraction of RAM (default 0.6)",
     ),
@@ -49,7 +78,10 @@ pub const KEYS: &[(&str, &str)] = &[
 ];
 
 pub struct SecuritySettings {
+    /// The AMQPS listener (`listeners.ssl.default`, `ssl_options.*`).
     pub tls: Option<(SocketAddr, TlsOptions)>,
+    /// The management API's HTTPS listener (`management.ssl.*`).
+    pub mgmt_tls: Option<(SocketAddr, TlsOptions)>,
     pub watermark: Watermark,
     /// Bytes.
     pub disk_free_limit: u64,
@@ -91,37 +123,63 @@ fn address(file: &ConfigFile, key: &str) -> Result<Option<SocketAddr>, String> {
     }
 }
 
+/// The `<prefix>.certfile`, `keyfile`, `cacertfile`, `verify` and `fail_if_no_peer_cert` keys;
+/// `listener` names the key that asked for TLS, for the error when a file is missing.
+fn tls_options(file: &ConfigFile, prefix: &str, listener: &str) -> Result<TlsOptions, String> {
+    let path = |k: &str| -> Result<PathBuf, String> {
+        let key = format!("{prefix}.{k}");
+        file.get(&key)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("{listener} is set: '{key}' is needed too"))
+    };
+    let verify = format!("{prefix}.verify");
+    let verify_peer = match file.get(&verify) {
+        None | Some("verify_none") => false,
+        Some("verify_peer") => true,
+        Some(_) => return Err(file.error(&verify, "expected verify_peer or verify_none")),
+    };
+    Ok(TlsOptions {
+        certfile: path("certfile")?,
+        keyfile: path("keyfile")?,
+        cacertfile: file.get(&format!("{prefix}.cacertfile")).map(PathBuf::from),
+        verify_peer,
+        fail_if_no_peer_cert: file
+            .parse_value(&format!("{prefix}.fail_if_no_peer_cert"))?
+            .unwrap_or(false),
+    })
+}
+
+/// `management.ssl.*`: the HTTPS listener's address (`management.ssl.ip`, 127.0.0.1 by default
+/// as `management.tcp.ip`, and `management.ssl.port`) and TLS options.
+fn mgmt_tls(file: &ConfigFile) -> Result<Option<(SocketAddr, TlsOptions)>, String> {
+    let Some(port) = file.parse_value::<u16>("management.ssl.port")? else {
+        if let Some(k) = file
+            .values
+            .keys()
+            .find(|k| k.starts_with("management.ssl."))
+        {
+            return Err(format!(
+                "'{k}' is set but 'management.ssl.port' is not: set it (RabbitMQ's usual port is 15671) to serve the management API over HTTPS"
+            ));
+        }
+        return Ok(None);
+    };
+    let ip: std::net::IpAddr = file
+        .get("management.ssl.ip")
+        .unwrap_or("127.0.0.1")
+        .parse()
+        .map_err(|_| file.error("management.ssl.ip", "expected an IP address"))?;
+    let opts = tls_options(file, "management.ssl", "management.ssl.port")?;
+    Ok(Some((SocketAddr::new(ip, port), opts)))
+}
+
 pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, String> {
     let tls = match address(file, "listeners.ssl.default")? {
         None => None,
-        Some(addr) => {
-            let path = |k: &str| -> Result<PathBuf, String> {
-                file.get(k)
-                    .map(PathBuf::from)
-                    .ok_or_else(|| format!("listeners.ssl.default is set: '{k}' is needed too"))
-            };
-            let verify_peer = match file.get("ssl_options.verify") {
-                None | Some("verify_none") => false,
-                Some("verify_peer") => true,
-                Some(_) => {
-                    return Err(
-                        file.error("ssl_options.verify", "expected verify_peer or verify_none")
-                    )
-                }
-            };
-            Some((
-                addr,
-                TlsOptions {
-                    certfile: path("ssl_options.certfile")?,
-                    keyfile: path("ssl_options.keyfile")?,
-                    cacertfile: file.get("ssl_options.cacertfile").map(PathBuf::from),
-                    verify_peer,
-                    fail_if_no_peer_cert: file
-                        .parse_value("ssl_options.fail_if_no_peer_cert")?
-                        .unwrap_or(false),
-                },
-            ))
-        }
+        Some(addr) => Some((
+            addr,
+            tls_options(file, "ssl_options", "listeners.ssl.default")?,
+        )),
     };
     let watermark = match (
         file.parse_value::<f64>("vm_memory_high_watermark.relative")?,
@@ -150,6 +208,7 @@ pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, String> {
     };
     Ok(SecuritySettings {
         tls,
+        mgmt_tls: mgmt_tls(file)?,
         watermark,
         disk_free_limit,
     })
@@ -187,6 +246,29 @@ pub async fn start(
     Ok(())
 }
 
+/// The management API's HTTPS listener, if `management.ssl.port` is set: its certificate and
+/// key are loaded (errors name the `management.ssl.*` key and the file) and its port bound.
+pub async fn mgmt_https_listener(
+    s: &SecuritySettings,
+    handshake_timeout: std::time::Duration,
+) -> anyhow::Result<Option<warren_mgmt::HttpsListener>> {
+    let Some((addr, opts)) = &s.mgmt_tls else {
+        return Ok(None);
+    };
+    let acceptor = warren_server::tls::acceptor_for(opts, "management.ssl")
+        .map_err(|e| anyhow::anyhow!("management API TLS configuration: {e}"))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} for the management API over HTTPS (management.ssl.port): {e}"
+        )
+    })?;
+    Ok(Some(warren_mgmt::HttpsListener {
+        listener,
+        acceptor,
+        handshake_timeout,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +302,47 @@ mod tests {
         let d = settings(&ConfigFile::default()).unwrap();
         assert_eq!(d.watermark, Watermark::Relative(0.6));
         assert_eq!(d.disk_free_limit, 50_000_000);
+    }
+
+    #[test]
+    fn management_https_settings() {
+        let f = ConfigFile::parse(
+            "management.ssl.port = 15671\nmanagement.ssl.certfile = /c.pem\n\
+             management.ssl.keyfile = /k.pem\nmanagement.ssl.cacertfile = /ca.pem\n\
+             management.ssl.verify = verify_peer\nmanagement.ssl.fail_if_no_peer_cert = true\n",
+        )
+        .unwrap();
+        let s = settings(&f).unwrap();
+        assert!(s.tls.is_none());
+        let (addr, o) = s.mgmt_tls.unwrap();
+        assert_eq!(addr, "127.0.0.1:15671".parse().unwrap());
+        assert_eq!(o.certfile, PathBuf::from("/c.pem"));
+        assert_eq!(o.cacertfile, Some(PathBuf::from("/ca.pem")));
+        assert!(o.verify_peer && o.fail_if_no_peer_cert);
+        let f = ConfigFile::parse(
+            "management.ssl.port = 8443\nmanagement.ssl.ip = ::\n\
+             management.ssl.certfile = /c.pem\nmanagement.ssl.keyfile = /k.pem\n",
+        )
+        .unwrap();
+        let (addr, o) = settings(&f).unwrap().mgmt_tls.unwrap();
+        assert_eq!(addr, "[::]:8443".parse().unwrap());
+        assert!(!o.verify_peer && !o.fail_if_no_peer_cert);
+        // Each missing or bad piece is named.
+        let err = |text: &str| settings(&ConfigFile::parse(text).unwrap()).err().unwrap();
+        let e = err("management.ssl.port = 15671\nmanagement.ssl.keyfile = /k.pem\n");
+        assert!(e.contains("'management.ssl.certfile' is needed"), "{e}");
+        let e = err("management.ssl.certfile = /c.pem\n");
+        assert!(e.contains("management.ssl.port"), "{e}");
+        let e = err(
+            "management.ssl.port = 15671\nmanagement.ssl.certfile = /c.pem\n\
+                     management.ssl.keyfile = /k.pem\nmanagement.ssl.verify = always\n",
+        );
+        assert!(
+            e.contains("line 4") && e.contains("management.ssl.verify"),
+            "{e}"
+        );
+        let e = err("management.ssl.port = 15671\nmanagement.ssl.ip = localhost\n");
+        assert!(e.contains("management.ssl.ip"), "{e}");
+        assert!(settings(&ConfigFile::default()).unwrap().mgmt_tls.is_none());
     }
 }

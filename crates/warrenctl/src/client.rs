@@ -5,7 +5,9 @@ use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 use std::io::ErrorKind;
+use std::path::Path;
 use std::time::Duration;
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
 /// Characters left as they are in a path segment; everything else (`/` included, so that the
 /// default vhost is `%2F`) is percent-encoded.
@@ -86,13 +88,85 @@ pub struct Client {
     timeout_secs: f64,
 }
 
+/// The TLS settings for an `https://` URL (rustls with ring): the CAs to trust (`--cacert`;
+/// the public web CAs without it) and a client certificate (`--cert` and `--key`) for a
+/// broker with `management.ssl.verify = verify_peer`.
+pub fn tls_config(
+    cacert: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<TlsConfig, CtlError> {
+    let mut b = TlsConfig::builder();
+    if let Some(path) = cacert {
+        let (certs, _) = read_pem("--cacert", path)?;
+        if certs.is_empty() {
+            return Err(CtlError::Data(format!(
+                "--cacert {}: no certificate in the file",
+                path.display()
+            )));
+        }
+        b = b.root_certs(RootCerts::new_with_certs(&certs));
+    }
+    match (cert, key) {
+        (None, None) => {}
+        (Some(cert), Some(key)) => {
+            let (chain, _) = read_pem("--cert", cert)?;
+            if chain.is_empty() {
+                return Err(CtlError::Data(format!(
+                    "--cert {}: no certificate in the file",
+                    cert.display()
+                )));
+            }
+            let Some(k) = read_pem("--key", key)?.1 else {
+                return Err(CtlError::Data(format!(
+                    "--key {}: no private key in the file",
+                    key.display()
+                )));
+            };
+            b = b.client_cert(Some(ClientCert::new_with_certs(&chain, k)));
+        }
+        _ => {
+            return Err(CtlError::Usage(
+                "--cert and --key go together: give both or neither".into(),
+            ))
+        }
+    }
+    Ok(b.build())
+}
+
+/// The certificates and the first private key of a PEM file.
+fn read_pem(
+    option: &str,
+    path: &Path,
+) -> Result<(Vec<Certificate<'static>>, Option<PrivateKey<'static>>), CtlError> {
+    let bad =
+        |e: &dyn std::fmt::Display| CtlError::Data(format!("{option} {}: {e}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| bad(&e))?;
+    let (mut certs, mut key) = (Vec::new(), None);
+    for item in ureq::tls::parse_pem(&bytes) {
+        match item.map_err(|e| bad(&e))? {
+            PemItem::Certificate(c) => certs.push(c),
+            PemItem::PrivateKey(k) if key.is_none() => key = Some(k),
+            _ => {}
+        }
+    }
+    Ok((certs, key))
+}
+
 impl Client {
-    pub fn new(base_url: &str, user: &str, password: &str, timeout_secs: f64) -> Self {
+    pub fn new(
+        base_url: &str,
+        user: &str,
+        password: &str,
+        timeout_secs: f64,
+        tls: TlsConfig,
+    ) -> Self {
         let timeout = (timeout_secs > 0.0).then(|| Duration::from_secs_f64(timeout_secs));
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .proxy(None)
             .timeout_global(timeout)
+            .tls_config(tls)
             .build();
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         Client {
@@ -197,6 +271,15 @@ impl Client {
                 url,
                 secs: self.timeout_secs,
             },
+            // rustls reports a refused certificate as invalid data.
+            ureq::Error::Io(io) if io.kind() == ErrorKind::InvalidData && url.starts_with("https:") => {
+                CtlError::Unreachable {
+                    url,
+                    detail: format!(
+                        "TLS: {io} (trust the broker's CA with --cacert; present a client certificate with --cert and --key if the broker asks for one)"
+                    ),
+                }
+            }
             ureq::Error::Io(io) => CtlError::Unreachable {
                 url,
                 detail: io_detail(&io),
@@ -210,7 +293,7 @@ impl Client {
                 detail: "connection failed".into(),
             },
             ureq::Error::BadUri(u) => CtlError::Usage(format!(
-                "invalid management API URL '{u}' (expected e.g. http://127.0.0.1:15672)"
+                "invalid management API URL '{u}' (expected e.g. http://127.0.0.1:15672 or https://localhost:15671)"
             )),
             other => CtlError::Unreachable {
                 url,
@@ -241,7 +324,13 @@ mod tests {
     #[test]
     fn unreachable_broker_is_exit_69() {
         // Port 9 (discard) on loopback: nothing listens there here.
-        let c = Client::new("http://127.0.0.1:9", "guest", "guest", 5.0);
+        let c = Client::new(
+            "http://127.0.0.1:9",
+            "guest",
+            "guest",
+            5.0,
+            TlsConfig::default(),
+        );
         let e = c.get("/overview").unwrap_err();
         assert_eq!(e.exit_code(), 69, "{e}");
     }

@@ -17,6 +17,7 @@ use client::{seg, Client, CtlError, Method};
 use listing::Listing;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Manage a Warren broker with rabbitmqctl's commands, through its management API.
@@ -32,9 +33,18 @@ struct Cli {
 /// Options every command takes, before or after the command name (as rabbitmqctl).
 #[derive(Args, Debug)]
 struct Global {
-    /// Management API URL (default http://127.0.0.1:15672)
+    /// Management API URL (default http://127.0.0.1:15672; https://… for its TLS listener)
     #[arg(long, env = "WARRENCTL_URL", global = true)]
     url: Option<String>,
+    /// CA certificates (PEM) to trust for an https:// URL, instead of the public web CAs
+    #[arg(long, env = "WARRENCTL_CACERT", global = true, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Client certificate chain (PEM), for a broker that asks for one (with --key)
+    #[arg(long, env = "WARRENCTL_CERT", global = true, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert
+    #[arg(long, env = "WARRENCTL_KEY", global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Management API host, when --url is not given
     #[arg(
         long,
@@ -274,7 +284,8 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
             g.timeout
         )));
     }
-    let client = Client::new(&g.base_url(), &g.username, &g.password, g.timeout);
+    let tls = client::tls_config(g.cacert.as_deref(), g.cert.as_deref(), g.key.as_deref())?;
+    let client = Client::new(&g.base_url(), &g.username, &g.password, g.timeout, tls);
     match &cli.command {
         Command::ListQueues(c) => list(&client, g, Listing::Queues, &c.columns, out),
         Command::ListExchanges(c) => list(&client, g, Listing::Exchanges, &c.columns, out),
@@ -382,6 +393,7 @@ fn status(client: &Client, g: &Global, out: &mut impl Write) -> Result<(), CtlEr
     let purpose = |p: &str| match p {
         "amqp" => "AMQP 0-9-1",
         "http" => "HTTP API",
+        "https" => "HTTP API over TLS (HTTPS)",
         _ => "",
     };
     let mut text = vec![
