@@ -532,13 +532,10 @@ async fn a_publish_racing_a_failed_fsync_is_nacked() {
     publish_racing_a_failed_commit_is_nacked(Fault::FailedFsync, "race-fsync").await;
 }
 
-/// Known bug, left for the queue code (crates/broker/src/queue/mod.rs): after a failed fsync,
-/// every ack or delivered mark on that queue fails to be written (the store is poisoned) yet
-/// still enlists the queue for the next group commit, whose sync then fails at once. So while
-/// the queue has consumers, group commits keep failing, and persistent publishes to healthy
-/// queues that share such a commit are nacked although their fsync succeeded.
+/// After a failed fsync a queue's store is poisoned until restart: its acks and delivered marks
+/// are refused (they could never be synced) and do not enlist the queue for the next group
+/// commit, so persistent publishes to healthy queues sharing that commit are still acked.
 #[tokio::test]
-#[ignore = "known bug: acks on a queue whose fsync failed make other queues' group commits fail"]
 async fn a_poisoned_queue_does_not_nack_other_queues_publishes() {
     let h = FaultyBroker::start("poisoned");
     let conn = connect(h.broker()).await;

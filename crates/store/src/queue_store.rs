@@ -382,6 +382,13 @@ impl QueueStore {
         if self.volatile {
             return self.mark_volatile(kind, pos);
         }
+        if self.msgs.is_poisoned() {
+            // The store cannot be synced again until it is reopened: a mark that could never
+            // become durable is refused, so nothing waits on a sync that must fail.
+            return Err(StoreError::Poisoned {
+                path: self.dir.join(format!("{MSGS_PREFIX}.*")),
+            });
+        }
         let seg = self
             .index
             .get(&pos.segment)

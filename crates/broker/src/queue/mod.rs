@@ -584,7 +584,10 @@ impl Queue {
         if let (Some(slot), Some(p)) = (self.store.get(), &self.persistence) {
             let mut st = slot.lock();
             if let Err(e) = f(&mut st.store) {
+                // Nothing new to sync (a poisoned store fails every write): enlisting the
+                // queue would only fail the next group commit for everyone in it.
                 tracing::warn!(queue = %self.name, error = %e, "message store write failed");
+                return;
             }
             if !st.dirty && self.durable_store {
                 st.dirty = true;
