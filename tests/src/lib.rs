@@ -47,7 +47,7 @@ impl TestBroker {
         self.shutdown();
         let persistence = self.persistence.take();
         if let Some(p) = &persistence {
-            p.flush_once();
+            p.flush_all();
         }
         drop(self);
         let Some(p) = persistence else { return };

@@ -44,6 +44,9 @@ pub struct Persistence {
     dirty: Mutex<Vec<Arc<Queue>>>,
     /// Queues whose sync failed in the last group commit, to sync again in the next one.
     retry: Mutex<Vec<Arc<Queue>>>,
+    /// Queues whose acks and delivered marks the last group commit left unsynced (see
+    /// `QueueStore::begin_group_sync`), synced in a later one.
+    lazy: Mutex<Vec<Arc<Queue>>>,
     defs_dirty: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<bool>,
@@ -66,6 +69,7 @@ impl Persistence {
             epoch: AtomicU64::new(1),
             dirty: Mutex::new(Vec::new()),
             retry: Mutex::new(Vec::new()),
+            lazy: Mutex::new(Vec::new()),
             defs_dirty: AtomicBool::new(false),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
@@ -166,6 +170,7 @@ impl Persistence {
             if self.broker.get().and_then(Weak::upgrade).is_none() {
                 // Queues left to retry would keep this alive through their own reference.
                 self.retry.lock().clear();
+                self.lazy.lock().clear();
                 return;
             }
         }
@@ -173,16 +178,25 @@ impl Persistence {
 
     /// One group commit: close the epoch, fsync what it wrote, announce it.
     pub fn flush_once(&self) {
+        self.commit(false)
+    }
+
+    /// A group commit that leaves nothing unsynced, marks included (shutdown).
+    pub fn flush_all(&self) {
+        self.commit(true)
+    }
+
+    fn commit(&self, full: bool) {
         let (epoch, queues, mut retry) = {
             let _g = self.gate.write();
             let e = self.epoch.fetch_add(1, Ordering::AcqRel);
-            (
-                e,
-                std::mem::take(&mut *self.dirty.lock()),
-                std::mem::take(&mut *self.retry.lock()),
-            )
+            let mut retry = std::mem::take(&mut *self.retry.lock());
+            retry.append(&mut self.lazy.lock());
+            (e, std::mem::take(&mut *self.dirty.lock()), retry)
         };
         if !retry.is_empty() {
+            let mut seen = HashSet::new();
+            retry.retain(|r| seen.insert(Arc::as_ptr(r)));
             // A queue enlisted again needs no second sync (and, enlisted, is retried if it fails).
             let enlisted: HashSet<*const Queue> = queues.iter().map(Arc::as_ptr).collect();
             retry.retain(|r| !enlisted.contains(&Arc::as_ptr(r)));
@@ -194,7 +208,11 @@ impl Persistence {
             .map(|q| (q, true))
             .chain(retry.iter().map(|q| (q, false)))
         {
-            if let Err(e) = q.sync_store() {
+            let synced = q.sync_store(full);
+            if let Ok(true) = synced {
+                self.lazy.lock().push(q.clone());
+            }
+            if let Err(e) = synced {
                 failed = true;
                 tracing::error!(queue = %q.name, vhost = %q.vhost_name, error = %e,
                     "fsync of the message store failed; publishes are nacked. Check the disk, then restart the broker");

@@ -32,6 +32,10 @@ use crate::segment::{
     DEFAULT_MAX_SEGMENT_SIZE, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
+/// How long a group commit may leave acks and delivered marks unsynced while messages keep
+/// arriving (see [`QueueStore::begin_group_sync`]).
+pub const MARK_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Bytes [`QueueStore::read_batch`] reads per system call.
 const READ_AHEAD: usize = 128 * 1024;
 
@@ -162,6 +166,8 @@ pub struct QueueStore {
     message_count: u64,
     /// Scratch store (see [`QueueStore::set_volatile`]).
     volatile: bool,
+    /// When the ack log was last synced.
+    marks_synced_at: std::time::Instant,
 }
 
 impl fmt::Debug for QueueStore {
@@ -311,6 +317,7 @@ impl QueueStore {
             ack_gc: true,
             message_count,
             volatile: false,
+            marks_synced_at: std::time::Instant::now(),
         };
         store.reclaim()?;
         Ok((store, recovery))
@@ -606,10 +613,29 @@ impl QueueStore {
                 self.ack_gc = true;
             }
         }
+        self.marks_synced_at = std::time::Instant::now();
         Ok(SyncBatch {
             msgs: self.msgs.begin_sync()?,
             acks: self.acks.begin_sync()?,
         })
+    }
+
+    /// [`QueueStore::begin_sync`] for a group commit, which only needs the messages durable:
+    /// while messages are being written, marks (acks, delivered) are synced at most every
+    /// [`MARK_SYNC_DELAY`], so a commit costs one device flush rather than two. Losing the
+    /// latest marks in a crash means redelivery, never loss. The flag says marks were left
+    /// unsynced: sync again within the delay.
+    pub fn begin_group_sync(&mut self) -> Result<(SyncBatch, bool)> {
+        let busy = self.msgs.has_unsynced();
+        if busy && self.marks_synced_at.elapsed() < MARK_SYNC_DELAY {
+            let msgs = self.msgs.begin_sync()?;
+            let batch = SyncBatch {
+                msgs,
+                acks: Vec::new(),
+            };
+            return Ok((batch, self.acks.has_unsynced()));
+        }
+        Ok((self.begin_sync()?, false))
     }
 
     pub fn end_sync(&mut self, outcome: SyncOutcome) -> Result<()> {

@@ -609,6 +609,11 @@ impl SegmentLog {
         self.end_sync(fsynced)
     }
 
+    /// Whether anything appended is not yet known durable.
+    pub fn has_unsynced(&self) -> bool {
+        !self.current.buf.is_empty() || self.current.needs_sync || !self.unsynced.is_empty()
+    }
+
     /// First half of a sync that runs the fsyncs outside the caller's lock: flushes, and
     /// returns the fsyncs to run. Pass their outcome to [`SegmentLog::end_sync`].
     pub fn begin_sync(&mut self) -> Result<Vec<SyncHandle>> {

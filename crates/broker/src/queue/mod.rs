@@ -536,17 +536,24 @@ impl Queue {
 
     /// fsync of the queue's store, called by the group-commit flusher. The disk work runs
     /// without the store's lock, so publishers and consumers of the queue go on meanwhile.
-    pub(crate) fn sync_store(&self) -> warren_store::Result<()> {
+    /// With `full` false (the group commit), acks and delivered marks may be left for a later
+    /// sync: the result says whether the queue needs one.
+    pub(crate) fn sync_store(&self, full: bool) -> warren_store::Result<bool> {
         let Some(slot) = self.store.get() else {
-            return Ok(());
+            return Ok(false);
         };
-        let batch = {
+        let (batch, again) = {
             let mut st = slot.lock();
             st.dirty = false;
-            st.store.begin_sync()?
+            if full {
+                (st.store.begin_sync()?, false)
+            } else {
+                st.store.begin_group_sync()?
+            }
         };
         let outcome = batch.run();
-        slot.lock().store.end_sync(outcome)
+        slot.lock().store.end_sync(outcome)?;
+        Ok(again)
     }
 
     pub fn is_durable_store(&self) -> bool {
