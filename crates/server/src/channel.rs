@@ -89,6 +89,8 @@ pub(crate) struct Channel {
     last_queue: Option<ShortStr>,
     /// Cache of the last exchange published to, saving a map lookup per message.
     last_exchange: Option<Arc<warren_broker::exchange::Exchange>>,
+    /// Cache of the queue the last default-exchange publish went to.
+    last_default_route: Option<Arc<Queue>>,
     route_scratch: Vec<Arc<Queue>>,
     outbox: Arc<Outbox>,
     /// Acks came in: the consumers' freed credit is used at the end of the read.
@@ -114,6 +116,7 @@ impl Channel {
             last_queue: None,
             reply_queue: None,
             last_exchange: None,
+            last_default_route: None,
             route_scratch: Vec::new(),
             outbox,
             resume_pending: false,
@@ -492,7 +495,20 @@ impl Channel {
             }
         }
         let mut queues = std::mem::take(&mut self.route_scratch);
-        cx.vhost.route(&x, &msg, &mut queues);
+        match &self.last_default_route {
+            // The default exchange routes by queue name: a run of publishes to one queue skips
+            // the lookup (a deleted queue, even if declared again since, is looked up afresh).
+            Some(q) if x.name.is_empty() && q.name == msg.routing_key && !q.is_deleted() => {
+                queues.clear();
+                queues.push(q.clone());
+            }
+            _ => {
+                cx.vhost.route(&x, &msg, &mut queues);
+                if x.name.is_empty() {
+                    self.last_default_route = queues.first().cloned();
+                }
+            }
+        }
         if queues.is_empty() && mandatory {
             let frame_max = cx.frame_max;
             let m: Method = BasicReturn {
