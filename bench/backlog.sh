@@ -9,7 +9,7 @@
 # Uses bench/targets/warren.sh (port 5675, data in /tmp/warren-perf) unless TARGET names
 # another target script; for another broker the restart step is skipped (its target script
 # starts with an empty data directory). Broker on CPU 1, generator on CPU 0. Needs ~1.1 KB of
-# disk per message.
+# disk per message. SKIP_DRAIN=1 stops another broker after the fill.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 N=${1:-10000000}
@@ -27,6 +27,7 @@ echo "filling $N messages..."
 out=$(gen -x 1 -y 0 -C "$N" -f persistent)
 if [ "$($T name)" != warren ]; then
   echo "fill: $(rate publish_rate "$out") msg/s; broker RSS with the backlog: $(rss) MB"
+  [ -n "${SKIP_DRAIN:-}" ] && { $T stop; exit 0; }
   out=$(gen -x 0 -y 1 -D "$N" -q 1000 -A 100 --predeclared --monitor-pid "$($T pid)")
   echo "drain: $(rate consume_rate "$out") msg/s; RSS max during drain: $(python3 -c "import json,sys; print(int(json.loads(sys.argv[1])['broker_proc']['rss_max_kb'])//1024)" "$out") MB"
   $T stop
