@@ -244,7 +244,7 @@ func queues(args []string) {
 			for time.Now().Before(stop) {
 				i := int(atomic.AddInt64(&next, 1) - 1)
 				if i >= *n {
-					return
+					break // the pending nowait calls are synced below
 				}
 				name := *prefix + strconv.Itoa(i)
 				t := time.Now()
