@@ -1,0 +1,329 @@
+// scale: the load side of two scale checks, run against any AMQP 0-9-1 broker on this machine.
+//
+//	scale idle   -uri URI -pid PID -n 10000   open N connections, one channel each, then idle
+//	scale queues -uri URI -pid PID -n 100000  declare N queues and bind each with its own key
+//
+// Both read the broker's resident memory (VmRSS of /proc/PID/status) before and after and
+// print one "result" line of key=value pairs that run.sh collects. Every loop is bounded by a
+// count and a deadline: the tool stops by itself.
+//
+// Built with Debian's golang-github-rabbitmq-amqp091-go-dev, no module download:
+//
+//	GO111MODULE=off GOPATH=/usr/share/gocode go build -o scale main.go
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// cpuSecs is the CPU time (user + system) the process has used so far.
+func cpuSecs(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return float64(u+st) / 100 // USER_HZ
+}
+
+func rssKB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "scale: cannot read broker status: %v\n", err)
+		os.Exit(1)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// settle samples the broker's RSS once a second for d and returns the last sample and the
+// largest one (RabbitMQ's garbage collector and Warren's allocator both lag a little).
+func settle(pid int, d time.Duration) (last, max int64) {
+	end := time.Now().Add(d)
+	for {
+		last = rssKB(pid)
+		if last > max {
+			max = last
+		}
+		if !time.Now().Before(end) {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func logf(format string, a ...interface{}) {
+	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+format+"\n", a...)
+}
+
+// roundTrip sends body to a fresh server-named queue and reads it back, so both of the
+// connection's directions have carried a message of that size before it goes idle.
+func roundTrip(ch *amqp.Channel, body []byte) error {
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		return err
+	}
+	if err = ch.Publish("", q.Name, false, false, amqp.Publishing{Body: body}); err != nil {
+		return err
+	}
+	for tries := 0; tries < 100; tries++ {
+		_, ok, err := ch.Get(q.Name, true)
+		if err != nil {
+			return err
+		}
+		if ok {
+			_, err = ch.QueueDelete(q.Name, false, false, false)
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("message not back from %s", q.Name)
+}
+
+func idle(args []string) {
+	fs := flag.NewFlagSet("idle", flag.ExitOnError)
+	uri := fs.String("uri", "amqp://guest:guest@127.0.0.1:5672/", "broker URI")
+	pid := fs.Int("pid", 0, "broker PID (for VmRSS)")
+	n := fs.Int("n", 10000, "connections to open")
+	par := fs.Int("parallel", 32, "connections being opened at once")
+	hold := fs.Duration("settle", 15*time.Second, "idle time before the final RSS sample")
+	deadline := fs.Duration("deadline", 300*time.Second, "give up opening connections after this")
+	warm := fs.Int("warm", 0, "before idling, send a message of this many bytes through each connection and back (declare a queue, publish, basic.get, delete the queue)")
+	fs.Parse(args)
+	var body []byte
+	if *warm > 0 {
+		body = make([]byte, *warm)
+	}
+
+	before, _ := settle(*pid, 0)
+	logf("idle: broker RSS before %d KB; opening %d connections", before, *n)
+	cpu0, self0 := cpuSecs(*pid), cpuSecs(os.Getpid())
+	conns := make([]*amqp.Connection, *n)
+	chans := make([]*amqp.Channel, *n)
+	var next, opened, failed int64
+	var firstErr atomic.Value
+	start := time.Now()
+	stop := start.Add(*deadline)
+	var wg sync.WaitGroup
+	for w := 0; w < *par; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) && atomic.LoadInt64(&failed) < 100 {
+				i := int(atomic.AddInt64(&next, 1) - 1)
+				if i >= *n {
+					return
+				}
+				c, err := amqp.Dial(*uri)
+				if err == nil {
+					var ch *amqp.Channel
+					if ch, err = c.Channel(); err == nil {
+						if body != nil {
+							err = roundTrip(ch, body)
+						}
+						if err == nil {
+							conns[i], chans[i] = c, ch
+							atomic.AddInt64(&opened, 1)
+							continue
+						}
+					}
+					c.Close()
+				}
+				atomic.AddInt64(&failed, 1)
+				firstErr.CompareAndSwap(nil, fmt.Sprintf("connection %d: %v", i, err))
+			}
+		}()
+	}
+	wg.Wait()
+	openSecs := time.Since(start).Seconds()
+	cpuOpen, selfOpen := cpuSecs(*pid)-cpu0, cpuSecs(os.Getpid())-self0
+	logf("idle: %d open, %d failed in %.1f s; idling %s", opened, failed, openSecs, *hold)
+	if e := firstErr.Load(); e != nil {
+		logf("idle: first error: %s", e)
+	}
+	// Connections that died while idling (heartbeat timeouts, broker limits) count as lost.
+	cpu1 := cpuSecs(*pid)
+	after, max := settle(*pid, *hold)
+	idleCPU := (cpuSecs(*pid) - cpu1) / hold.Seconds() * 100
+	alive := 0
+	for _, c := range conns {
+		if c != nil && !c.IsClosed() {
+			alive++
+		}
+	}
+	per := 0.0
+	if alive > 0 {
+		per = float64(after-before) / float64(alive)
+	}
+	fmt.Printf("result test=idle warm_bytes=%d requested=%d opened=%d failed=%d alive=%d open_s=%.1f broker_cpu_open_s=%.1f tool_cpu_open_s=%.1f broker_cpu_idle_pct=%.1f rss_before_kb=%d rss_after_kb=%d rss_max_kb=%d per_conn_kb=%.1f\n",
+		*warm, *n, opened, failed, alive, openSecs, cpuOpen, selfOpen, idleCPU, before, after, max, per)
+	for i, c := range conns {
+		if c != nil {
+			chans[i].Close()
+			c.Close()
+		}
+	}
+}
+
+func queues(args []string) {
+	fs := flag.NewFlagSet("queues", flag.ExitOnError)
+	uri := fs.String("uri", "amqp://guest:guest@127.0.0.1:5672/", "broker URI")
+	pid := fs.Int("pid", 0, "broker PID (for VmRSS)")
+	n := fs.Int("n", 100000, "queues to declare and bind")
+	nconn := fs.Int("connections", 4, "connections")
+	nch := fs.Int("channels", 8, "channels per connection, each a worker doing declare then bind")
+	exchange := fs.String("exchange", "amq.direct", "exchange to bind to")
+	prefix := fs.String("prefix", "scale-q-", "queue name prefix (the key is the queue name)")
+	deadline := fs.Duration("deadline", 120*time.Second, "stop after this even if not done")
+	hold := fs.Duration("settle", 5*time.Second, "wait before the final RSS sample")
+	nowait := fs.Bool("nowait", false, "pipeline: declare and bind with nowait, one synchronous call per -sync-every queues per channel")
+	syncEvery := fs.Int("sync-every", 500, "with -nowait: queues per channel between synchronous calls")
+	fs.Parse(args)
+
+	before, _ := settle(*pid, 0)
+	logf("queues: broker RSS before %d KB; %d queues via %d connections x %d channels to %s",
+		before, *n, *nconn, *nch, *exchange)
+	var conns []*amqp.Connection
+	var chans []*amqp.Channel
+	for i := 0; i < *nconn; i++ {
+		c, err := amqp.Dial(*uri)
+		if err != nil {
+			logf("queues: dial: %v", err)
+			os.Exit(1)
+		}
+		conns = append(conns, c)
+		for j := 0; j < *nch; j++ {
+			ch, err := c.Channel()
+			if err != nil {
+				logf("queues: channel: %v", err)
+				os.Exit(1)
+			}
+			chans = append(chans, ch)
+		}
+	}
+	var next, done int64
+	var firstErr atomic.Value
+	cpu0, self0 := cpuSecs(*pid), cpuSecs(os.Getpid())
+	lat := make([][]time.Duration, len(chans))
+	start := time.Now()
+	stop := start.Add(*deadline)
+	var wg sync.WaitGroup
+	// count records finished queues and logs progress with the broker's RSS every 10,000.
+	count := func(k int64) {
+		d := atomic.AddInt64(&done, k)
+		if d/10000 != (d-k)/10000 {
+			logf("queues: %d declared and bound (%.1f s, broker RSS %d KB)", d/10000*10000,
+				time.Since(start).Seconds(), rssKB(*pid))
+		}
+	}
+	for w, ch := range chans {
+		wg.Add(1)
+		go func(w int, ch *amqp.Channel) {
+			defer wg.Done()
+			pending := 0
+			for time.Now().Before(stop) {
+				i := int(atomic.AddInt64(&next, 1) - 1)
+				if i >= *n {
+					break // the pending nowait calls are synced below
+				}
+				name := *prefix + strconv.Itoa(i)
+				t := time.Now()
+				if _, err := ch.QueueDeclare(name, false, false, false, *nowait, nil); err != nil {
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("declare %s: %v", name, err))
+					return
+				}
+				if err := ch.QueueBind(name, name, *exchange, *nowait, nil); err != nil {
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("bind %s: %v", name, err))
+					return
+				}
+				if *nowait {
+					// Bounds what is in flight and surfaces errors: the broker answers
+					// in order, so this returns once everything before it is done.
+					if pending++; pending < *syncEvery {
+						continue
+					}
+					if _, err := ch.QueueDeclarePassive(name, false, false, false, false, nil); err != nil {
+						firstErr.CompareAndSwap(nil, fmt.Sprintf("sync %s: %v", name, err))
+						return
+					}
+					lat[w] = append(lat[w], time.Since(t))
+					count(int64(pending))
+					pending = 0
+					continue
+				}
+				lat[w] = append(lat[w], time.Since(t))
+				count(1)
+			}
+			if pending > 0 {
+				if _, err := ch.QueueDeclarePassive(*prefix+"0", false, false, false, false, nil); err != nil {
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("final sync: %v", err))
+					return
+				}
+				count(int64(pending))
+			}
+		}(w, ch)
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	cpu, self := cpuSecs(*pid)-cpu0, cpuSecs(os.Getpid())-self0
+	if e := firstErr.Load(); e != nil {
+		logf("queues: first error: %s", e)
+	}
+	after, max := settle(*pid, *hold)
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	pct := func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000
+	}
+	per := 0.0
+	if done > 0 {
+		per = float64(after-before) / float64(done)
+	}
+	fmt.Printf("result test=queues nowait=%v requested=%d done=%d complete=%v secs=%.2f rate_per_s=%.0f p50_ms=%.2f p99_ms=%.2f broker_cpu_s=%.1f tool_cpu_s=%.1f rss_before_kb=%d rss_after_kb=%d rss_max_kb=%d per_queue_kb=%.2f\n",
+		*nowait, *n, done, done == int64(*n), secs, float64(done)/secs, pct(0.5), pct(0.99), cpu, self, before, after, max, per)
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: scale idle|queues [flags]  (scale idle -h for flags)")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "idle":
+		idle(os.Args[2:])
+	case "queues":
+		queues(os.Args[2:])
+	default:
+		fmt.Fprintln(os.Stderr, "usage: scale idle|queues [flags]")
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Scale checks, side by side on each broker given (target scripts with start|stop|pid|uri|name):
+#   idle:   N_CONN (10,000) idle connections with one channel each -> broker RSS per connection
+#   queues: N_QUEUES (100,000) queues declared and bound to amq.direct -> wall time, RSS per queue
+#
+#   bench/scale/run.sh idle|queues|all TARGET.sh [TARGET.sh ...]
+#
+# e.g. (from the repo root, Warren on port 5690 with a fresh data dir):
+#   WARREN_BIN=$CARGO_TARGET_DIR/release/warren bash bench/scale/run.sh all \
+#     bench/scale/warren.sh ../shared/amqp-perf/bench/targets/rabbitmq.sh \
+#     ../shared/amqp-perf/bench/targets/rabbitmq4.sh
+#
+# Each broker is started fresh for each check (the target scripts wipe their data dirs),
+# pinned to CPU 1 (BROKER_CPUS) as the target scripts do; the load tool runs on CPU 0
+# (GEN_CPUS). The fd limit is raised to FD_LIMIT for this shell, so both the brokers it starts
+# and the load tool inherit it. Output: one line per check and broker in $OUT/results.txt,
+# the tool's log in $OUT/<check>-<broker>.log.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-/tmp/warren-scale-out}
+N_CONN=${N_CONN:-10000}
+N_QUEUES=${N_QUEUES:-100000}
+QUEUE_DEADLINE=${QUEUE_DEADLINE:-120s}
+IDLE_SETTLE=${IDLE_SETTLE:-15s}
+IDLE_FLAGS=${IDLE_FLAGS:-}     # extra flags for `scale idle`, e.g. "-warm 262144"
+QUEUE_FLAGS=${QUEUE_FLAGS:-}   # extra flags for `scale queues`, e.g. "-nowait"
+GEN_CPUS=${GEN_CPUS:-0}
+FD_LIMIT=${FD_LIMIT:-65536}
+TOOL=${SCALE_TOOL:-$OUT/scale}
+
+what=${1:-}
+case "$what" in idle | queues | all) shift ;; *)
+  echo "usage: $0 idle|queues|all TARGET.sh [TARGET.sh ...]" >&2; exit 2 ;;
+esac
+[ $# -gt 0 ] || { echo "$0: no target scripts given" >&2; exit 2; }
+
+mkdir -p "$OUT"
+if [ ! -x "$TOOL" ] || [ "$HERE/main.go" -nt "$TOOL" ]; then
+  (cd "$HERE" && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$OUT/go-cache} \
+    go build -o "$TOOL" main.go)
+fi
+
+# Both sides need one fd per connection, plus headroom. Raising the hard limit needs
+# CAP_SYS_RESOURCE; without it the soft limit goes up to the hard one.
+ulimit -Hn "$FD_LIMIT" 2>/dev/null || true
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] || [ "$hard" -ge "$FD_LIMIT" ] || FD_LIMIT=$hard
+ulimit -n "$FD_LIMIT"
+[ "$FD_LIMIT" -gt $((N_CONN + 100)) ] ||
+  echo "$0: warning: fd limit $FD_LIMIT leaves no room for $N_CONN connections" >&2
+
+run_check() { # check target
+  local check=$1 target=$2 name pid uri log
+  name=$(bash "$target" name)
+  log="$OUT/$check-$name.log"
+  bash "$target" stop >/dev/null 2>&1 || true
+  bash "$target" start
+  pid=$(bash "$target" pid)
+  uri=$(bash "$target" uri)
+  sleep "${START_SETTLE:-5}"
+  echo "== $check on $name (pid $pid, $(bash "$target" version 2>/dev/null | tail -1)," \
+    "host load $(cut -d' ' -f1-3 /proc/loadavg))" | tee "$log"
+  local rc=0
+  case "$check" in
+    idle) taskset -c "$GEN_CPUS" "$TOOL" idle -uri "$uri" -pid "$pid" -n "$N_CONN" \
+            -settle "$IDLE_SETTLE" $IDLE_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
+    queues) taskset -c "$GEN_CPUS" "$TOOL" queues -uri "$uri" -pid "$pid" -n "$N_QUEUES" \
+            -deadline "$QUEUE_DEADLINE" $QUEUE_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
+  esac
+  cat "$log" | tail -n +2
+  if [ -s "$log.out" ]; then
+    echo "broker=$name $(grep '^result' "$log.out" | tail -1 | cut -d' ' -f2-)" \
+      "load_after=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$OUT/results.txt"
+  else
+    echo "broker=$name test=$check failed rc=$rc" | tee -a "$OUT/results.txt"
+  fi
+  rm -f "$log.out"
+  bash "$target" stop >/dev/null 2>&1 || true
+}
+
+for check in idle queues; do
+  [ "$what" = all ] || [ "$what" = "$check" ] || continue
+  for t in "$@"; do run_check "$check" "$t"; done
+done
