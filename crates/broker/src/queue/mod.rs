@@ -182,6 +182,15 @@ impl Inner {
         self.ready.len() + self.paged.len()
     }
 
+    /// Appends a message read back from the store (recovery, page-in) to the ready list.
+    fn push_from_store(&mut self, msg: Message, pos: Position, redelivered: bool) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready_bytes += msg.body.len();
+        let qm = QueuedMessage::new(seq, Arc::new(msg), Some(pos), redelivered, &self.opts);
+        self.ready.push_back(qm);
+    }
+
     /// Queues a message for the dead-letter exchange (if the queue has one) or drops it.
     fn dead_letter(&mut self, msg: Arc<Message>, reason: DeathReason) {
         if let Some(dlx) = &self.opts.dead_letter_exchange {
@@ -506,17 +515,7 @@ impl Queue {
             match Message::decode_record(r.payload) {
                 Some((msg, _)) => {
                     restored += 1;
-                    let seq = i.next_seq;
-                    i.next_seq += 1;
-                    i.ready_bytes += msg.body.len();
-                    let qm = QueuedMessage::new(
-                        seq,
-                        Arc::new(msg),
-                        Some(position),
-                        r.redelivered,
-                        &i.opts,
-                    );
-                    i.ready.push_back(qm);
+                    i.push_from_store(msg, position, r.redelivered);
                 }
                 None => {
                     errors += 1;
@@ -633,19 +632,7 @@ impl Queue {
         i.paged.advance_by(n as u64, next);
         for rec in batch.into_iter().take(n) {
             match Message::decode_record(rec.payload) {
-                Some((msg, _)) => {
-                    let seq = i.next_seq;
-                    i.next_seq += 1;
-                    i.ready_bytes += msg.body.len();
-                    let qm = QueuedMessage::new(
-                        seq,
-                        Arc::new(msg),
-                        Some(rec.position),
-                        rec.redelivered,
-                        &i.opts,
-                    );
-                    i.ready.push_back(qm);
-                }
+                Some((msg, _)) => i.push_from_store(msg, rec.position, rec.redelivered),
                 None => {
                     tracing::error!(queue = %self.name, pos = %rec.position, "paged-out message undecodable; dropped")
                 }
