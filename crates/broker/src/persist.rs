@@ -47,6 +47,9 @@ pub struct Persistence {
     /// Queues whose acks and delivered marks the last group commit left unsynced (see
     /// `QueueStore::begin_group_sync`), synced in a later one.
     lazy: Mutex<Vec<Arc<Queue>>>,
+    /// One group commit at a time: a caller's flush returns only after any commit running in
+    /// the flusher thread (which may hold the work it needs, e.g. a definitions save) is done.
+    commit_lock: Mutex<()>,
     defs_dirty: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<bool>,
@@ -70,6 +73,7 @@ impl Persistence {
             dirty: Mutex::new(Vec::new()),
             retry: Mutex::new(Vec::new()),
             lazy: Mutex::new(Vec::new()),
+            commit_lock: Mutex::new(()),
             defs_dirty: AtomicBool::new(false),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
@@ -187,6 +191,7 @@ impl Persistence {
     }
 
     fn commit(&self, full: bool) {
+        let _one_at_a_time = self.commit_lock.lock();
         let (epoch, queues, mut retry) = {
             let _g = self.gate.write();
             let e = self.epoch.fetch_add(1, Ordering::AcqRel);
