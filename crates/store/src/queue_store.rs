@@ -452,31 +452,41 @@ impl QueueStore {
         self.msgs.read(pos)
     }
 
-    /// The first unacked message at or after `from`, in publish order, and the position just
-    /// past it (where to continue). A queue pages its backlog out and back in with this: it
-    /// keeps one position, not one per message. `None` when nothing follows `from` yet.
-    pub fn read_next(&self, from: Position) -> Result<Option<(RecoveredMessage, Position)>> {
-        let mut at = from;
+    /// The first record boundary at or after `at` that has a record after it (stepping over
+    /// segments that ended or are gone), with its segment; `None` at the end of the log.
+    fn seek(&self, mut at: Position) -> Option<(Position, &SegmentIndex)> {
         loop {
-            let Some((&id, seg)) = self.index.range(at.segment..).next() else {
-                return Ok(None);
-            };
+            let (&id, seg) = self.index.range(at.segment..).next()?;
             if id != at.segment || at.offset < SEGMENT_HEADER_LEN {
                 at = Position {
                     segment: id,
                     offset: SEGMENT_HEADER_LEN,
                 };
             }
-            if at.offset >= seg.end {
-                if id >= self.msgs.current_segment() {
-                    return Ok(None);
-                }
-                at = Position {
-                    segment: id + 1,
-                    offset: SEGMENT_HEADER_LEN,
-                };
-                continue;
+            if at.offset < seg.end {
+                return Some((at, seg));
             }
+            if id >= self.msgs.current_segment() {
+                return None;
+            }
+            at = Position {
+                segment: id + 1,
+                offset: SEGMENT_HEADER_LEN,
+            };
+        }
+    }
+
+    /// The first unacked message at or after `from`, in publish order, and the position just
+    /// past it (where to continue). A queue pages its backlog out and back in with this: it
+    /// keeps one position, not one per message. `None` when nothing follows `from` yet.
+    pub fn read_next(&self, from: Position) -> Result<Option<(RecoveredMessage, Position)>> {
+        let mut at = from;
+        loop {
+            let Some((found, seg)) = self.seek(at) else {
+                return Ok(None);
+            };
+            at = found;
+            let id = at.segment;
             let payload = self.msgs.read(at)?;
             let next = Position {
                 segment: id,
@@ -507,25 +517,11 @@ impl QueueStore {
         let mut taken = 0usize;
         let mut at = from;
         while taken < max_bytes {
-            let Some((&id, seg)) = self.index.range(at.segment..).next() else {
+            let Some((found, seg)) = self.seek(at) else {
                 break;
             };
-            if id != at.segment || at.offset < SEGMENT_HEADER_LEN {
-                at = Position {
-                    segment: id,
-                    offset: SEGMENT_HEADER_LEN,
-                };
-            }
-            if at.offset >= seg.end {
-                if id >= self.msgs.current_segment() {
-                    break;
-                }
-                at = Position {
-                    segment: id + 1,
-                    offset: SEGMENT_HEADER_LEN,
-                };
-                continue;
-            }
+            at = found;
+            let id = at.segment;
             let want = ((seg.end - at.offset) as usize).min(READ_AHEAD);
             let chunk = self.msgs.read_chunk(at, want)?;
             let mut p = 0usize;
