@@ -129,6 +129,22 @@ pub fn built_binary(name: &str) -> std::path::PathBuf {
     let mut cmd = std::process::Command::new(cargo);
     cmd.args(["build", "--quiet", "-p", name])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    // Variables cargo sets for the running test (package name, crate name, manifest…): some
+    // build scripts (ring's) declare they depend on them, so passing them on would rebuild
+    // the TLS stack in every test binary, ~40 s each.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k.starts_with("CARGO_BIN_")
+            || k == "CARGO_CRATE_NAME"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "OUT_DIR"
+        {
+            cmd.env_remove(&key);
+        }
+    }
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

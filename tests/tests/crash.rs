@@ -183,3 +183,96 @@ async fn confirmed_messages_survive_sigkill() {
     broker.kill9();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Several connections declaring the same new durable queue at once must end up sharing one
+/// message store. (A race once opened the queue's store twice; the loser's store, dropped,
+/// wrote a second segment header into the winner's segment, and at the next start recovery
+/// cut the log there: every message after it was lost. The crash test above found it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_declares_share_one_store() {
+    const QUEUES: usize = 20;
+    const DECLARERS: usize = 6;
+    const MESSAGES: u64 = 200;
+    let dir = std::env::temp_dir().join(format!("warren-declare-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut conns = Vec::new();
+    for _ in 0..DECLARERS {
+        let c = Connection::connect(&broker.url(), ConnectionProperties::default())
+            .await
+            .expect("connect");
+        conns.push(c);
+    }
+    let mut channels = Vec::new();
+    for c in &conns {
+        channels.push(c.create_channel().await.expect("channel"));
+    }
+    for q in 0..QUEUES {
+        let name = format!("race-{q}");
+        let declares = channels.iter().map(|ch| {
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+        });
+        for r in futures_util::future::join_all(declares).await {
+            r.expect("declare");
+        }
+    }
+    let ch = &channels[0];
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    for q in 0..QUEUES {
+        let name = format!("race-{q}");
+        let mut pending = Vec::new();
+        for id in 0..MESSAGES {
+            let c = ch
+                .basic_publish(
+                    "".into(),
+                    name.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &id.to_be_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            pending.push(c);
+        }
+        for c in pending {
+            assert!(c.await.expect("confirm").is_ack(), "publish nacked");
+        }
+    }
+    drop(channels);
+    drop(conns);
+    broker.kill9_and_restart(&[]);
+    let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
+        .await
+        .expect("connect after restart");
+    let ch = conn.create_channel().await.expect("channel");
+    for q in 0..QUEUES {
+        let name = format!("race-{q}");
+        let ok = ch
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare after restart");
+        assert_eq!(
+            u64::from(ok.message_count()),
+            MESSAGES,
+            "queue {name}: confirmed messages lost after SIGKILL"
+        );
+    }
+    broker.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -232,20 +232,26 @@ impl Persistence {
             // Not kicked: the next group commit comes soon enough (at most 200 ms).
             self.retry.lock().extend(failed_enlisted);
         }
+        // Before the epoch is announced: a message confirmed in a queue declared just before
+        // it must not be lost because the queue itself was not saved yet (at the next start,
+        // the store of a queue missing from the definitions is removed as an orphan). Every
+        // declaration that happened before a publish of this epoch set `defs_dirty` before
+        // the epoch closed above.
+        if self.defs_dirty.swap(false, Ordering::AcqRel) {
+            if let Some(b) = self.broker.get().and_then(Weak::upgrade) {
+                if let Err(e) = self.catalog.save(&b.definitions(true)) {
+                    self.defs_dirty.store(true, Ordering::Release);
+                    failed = true;
+                    tracing::error!(error = %e, "saving definitions failed; publishes are nacked and the save is retried. Check free disk space");
+                }
+            }
+        }
         self.synced.send_modify(|s| {
             s.synced_epoch = epoch;
             if failed {
                 s.failed_epoch = epoch;
             }
         });
-        if self.defs_dirty.swap(false, Ordering::AcqRel) {
-            if let Some(b) = self.broker.get().and_then(Weak::upgrade) {
-                if let Err(e) = self.catalog.save(&b.definitions(true)) {
-                    self.defs_dirty.store(true, Ordering::Release);
-                    tracing::error!(error = %e, "saving definitions failed; will retry. Check free disk space");
-                }
-            }
-        }
     }
 
     /// Removes store directories of queues that no longer exist (a crash can leave one behind

@@ -47,6 +47,12 @@ pub struct VHost {
     operator_policies: RwLock<Vec<Policy>>,
     /// Messages held by x-delayed-message exchanges.
     pub delayed: crate::delayed::Delayed,
+    /// Held while a queue is created or deleted, so that a queue's store directory belongs
+    /// to one queue at a time: two connections declaring the same new durable queue at once
+    /// must not both open its store (the loser's would write into the winner's segment), and
+    /// a queue declared again while its predecessor is being deleted must not open a
+    /// directory that is about to be removed.
+    lifecycle: parking_lot::Mutex<()>,
 }
 
 /// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared).
@@ -86,6 +92,7 @@ impl VHost {
             policies: Default::default(),
             operator_policies: Default::default(),
             delayed,
+            lifecycle: Default::default(),
         });
         let predeclared = [
             ("", ExchangeKind::Direct),
@@ -451,6 +458,7 @@ impl VHost {
             d.name.clone()
         };
         self.check_queue_args(&name, &d)?;
+        let _lifecycle = self.lifecycle.lock();
         if let Some(q) = self.queue(&name) {
             return self.redeclare(q, &d, conn);
         }
@@ -478,39 +486,25 @@ impl VHost {
             q = q.with_paging(p.clone());
         }
         let q = Arc::new(q);
-        let existing = {
-            let mut queues = self.queues.write();
-            match queues.get(&name) {
-                Some(existing) => Some(existing.clone()),
-                None => {
-                    queues.insert(name, q.clone());
-                    None
-                }
+        // No one else can have inserted it: `lifecycle` is held.
+        self.queues.write().insert(name, q.clone());
+        let mut count = 0;
+        if let Some(rec) = recovery {
+            let (restored, errors) = q.recover(rec);
+            if restored > 0 || errors > 0 {
+                tracing::info!(queue = %q.name, vhost = %self.name, restored, errors, "recovered messages");
             }
-        };
-        match existing {
-            // Another connection declared it in the meantime.
-            Some(other) => self.redeclare(other, &d, conn),
-            None => {
-                let mut count = 0;
-                if let Some(rec) = recovery {
-                    let (restored, errors) = q.recover(rec);
-                    if restored > 0 || errors > 0 {
-                        tracing::info!(queue = %q.name, vhost = %self.name, restored, errors, "recovered messages");
-                    }
-                    count = q.message_count();
-                }
-                self.definitions_changed(q.durable);
-                if !self.policies.read().is_empty() || !self.operator_policies.read().is_empty() {
-                    self.apply_queue_policy(&q);
-                }
-                let opts = q.options();
-                if opts.message_ttl.is_some() || opts.expires.is_some() {
-                    q.register_timer();
-                }
-                Ok((q, count, 0))
-            }
+            count = q.message_count();
         }
+        self.definitions_changed(q.durable);
+        if !self.policies.read().is_empty() || !self.operator_policies.read().is_empty() {
+            self.apply_queue_policy(&q);
+        }
+        let opts = q.options();
+        if opts.message_ttl.is_some() || opts.expires.is_some() {
+            q.register_timer();
+        }
+        Ok((q, count, 0))
     }
 
     /// The hidden queue behind direct reply-to (`amq.rabbitmq.reply-to`): named
@@ -702,6 +696,7 @@ impl VHost {
 
     /// Deletes a queue with no checks (auto-delete, exclusive owner gone, vhost deletion).
     pub fn delete_queue_unchecked(&self, name: &str) -> u32 {
+        let _lifecycle = self.lifecycle.lock();
         let Some(q) = self.queues.write().remove(name) else {
             return 0;
         };
