@@ -276,3 +276,113 @@ async fn concurrent_declares_share_one_store() {
     broker.kill9();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Transactions across SIGKILL: a publisher commits batches of persistent messages in
+/// transactions while the broker is killed at random moments. After the restarts every batch
+/// is there whole or not at all, and every batch whose tx.commit-ok arrived is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_all_or_nothing_across_sigkill() {
+    const TXQ: &str = "crash-tx";
+    const BATCH: u32 = 20;
+    let rounds: u32 = std::env::var("CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = std::env::temp_dir().join(format!("warren-crash-tx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut broker = BrokerProcess::start(&dir, &[]);
+    let committed = Arc::new(Mutex::new(HashSet::<u64>::new()));
+    let next_batch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for round in 0..rounds {
+        let url = broker.url();
+        let (committed2, next_batch2) = (committed.clone(), next_batch.clone());
+        let p = tokio::spawn(async move {
+            let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
+                return;
+            };
+            let ch = conn.create_channel().await.expect("channel");
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            if ch
+                .queue_declare(TXQ.into(), durable, FieldTable::default())
+                .await
+                .is_err()
+                || ch.tx_select().await.is_err()
+            {
+                return;
+            }
+            loop {
+                let b = next_batch2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for i in 0..BATCH {
+                    let mut body = b.to_be_bytes().to_vec();
+                    body.extend_from_slice(&i.to_be_bytes());
+                    let props = BasicProperties::default().with_delivery_mode(2);
+                    if ch
+                        .basic_publish(
+                            "".into(),
+                            TXQ.into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            props,
+                        )
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if ch.tx_commit().await.is_err() {
+                    return;
+                }
+                committed2.lock().unwrap().insert(b);
+            }
+        });
+        let wait = rand::thread_rng().gen_range(200..1200);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        broker.kill9_and_restart(&[]);
+        let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
+        eprintln!(
+            "round {round}: killed after {wait} ms; {} batches committed",
+            committed.lock().unwrap().len()
+        );
+    }
+    let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut found: std::collections::HashMap<u64, HashSet<u32>> = Default::default();
+    loop {
+        let got = ch
+            .basic_get(TXQ.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get");
+        let Some(m) = got else { break };
+        let d = &m.delivery.data;
+        let b = u64::from_be_bytes(d[..8].try_into().expect("batch id"));
+        let i = u32::from_be_bytes(d[8..12].try_into().expect("index"));
+        assert!(
+            found.entry(b).or_default().insert(i),
+            "batch {b} message {i} twice"
+        );
+    }
+    let committed = committed.lock().unwrap();
+    eprintln!(
+        "transactions: {rounds} rounds, {} committed, {} found",
+        committed.len(),
+        found.len()
+    );
+    assert!(
+        committed.len() > 10,
+        "too few transactions committed to test anything"
+    );
+    for (b, msgs) in &found {
+        assert_eq!(msgs.len() as u32, BATCH, "batch {b} is there only in part");
+    }
+    for b in committed.iter() {
+        assert!(found.contains_key(b), "committed batch {b} lost");
+    }
+    broker.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -584,3 +584,58 @@ async fn a_poisoned_queue_does_not_nack_other_queues_publishes() {
     );
     close(conn).await;
 }
+
+/// tx.commit-ok means the transaction's persistent messages are on disk: it waits for the
+/// group commit's fsync, as a publisher confirm does. A rolled-back transaction leaves
+/// nothing behind, and the committed one is all there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_commit_ok_waits_for_the_fsync() {
+    let mut h = FaultyBroker::start("tx-commit");
+    let conn = connect(h.broker()).await;
+    let ch = channel(&conn).await;
+    declare_durable(&ch, "txq").await;
+    within("tx_select", ch.tx_select())
+        .await
+        .expect("tx_select");
+    h.settled().await;
+    for i in 0..3 {
+        send(&ch, "txq", format!("tx-{i}").as_bytes(), persistent()).await;
+    }
+    assert_eq!(ready(&h, "txq"), 0, "nothing is enqueued before the commit");
+
+    h.faults.hold_sync(true);
+    // Spawned: lapin sends tx.commit only when its future is polled.
+    let mut commit = tokio::spawn({
+        let ch = ch.clone();
+        async move { ch.tx_commit().await }
+    });
+    eventually("the group commit blocks in an fsync", || {
+        h.faults.held_syncs() > 0
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(QUIET, &mut commit).await.is_err(),
+        "tx.commit-ok came while the fsyncs were held"
+    );
+    let syncs = h.faults.sync_count();
+    h.faults.hold_sync(false);
+    within("tx.commit-ok once the fsync is released", commit)
+        .await
+        .expect("commit task")
+        .expect("tx_commit");
+    assert!(
+        h.faults.sync_count() > syncs,
+        "commit-ok came after an fsync completed"
+    );
+
+    send(&ch, "txq", b"rolled back", persistent()).await;
+    within("tx_rollback", ch.tx_rollback())
+        .await
+        .expect("tx_rollback");
+    close(conn).await;
+
+    h.restart();
+    let conn = connect(h.broker()).await;
+    assert_eq!(drain(&conn, "txq", 3).await, ["tx-0", "tx-1", "tx-2"]);
+    close(conn).await;
+}

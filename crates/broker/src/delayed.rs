@@ -108,7 +108,7 @@ impl Delayed {
                 rec.push(exchange.len() as u8);
                 rec.extend_from_slice(exchange.as_bytes());
                 let mut m = Vec::new();
-                msg.encode_record(true, &mut m);
+                msg.encode_record(true, None, &mut m);
                 rec.extend_from_slice(&m);
                 pos = Some(store.append(&rec)?);
                 store.sync()?;

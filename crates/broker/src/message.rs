@@ -57,18 +57,31 @@ impl Message {
 /// without it were paged out of memory and are dropped on recovery, as RabbitMQ drops
 /// transient messages.
 const RECORD_PERSISTENT: u8 = 1;
+/// Record flag: the message was published in a transaction; the transaction's id (u64,
+/// big-endian) follows the flags byte. See [`Message::record_tx`].
+const RECORD_TX: u8 = 2;
+/// Record flag: not a message but the end of a transaction's records in this queue (flags
+/// byte and the transaction id only).
+const RECORD_TX_END: u8 = 4;
 
 impl Message {
     /// The store record: flags, exchange, routing key, properties, body (see docs/storage.md).
-    pub fn encode_record(&self, persistent: bool, out: &mut Vec<u8>) {
+    pub fn encode_record(&self, persistent: bool, tx: Option<u64>, out: &mut Vec<u8>) {
         out.clear();
         out.reserve(
-            8 + self.exchange.len()
+            16 + self.exchange.len()
                 + self.routing_key.len()
                 + self.properties.len()
                 + self.body.len(),
         );
-        out.push(if persistent { RECORD_PERSISTENT } else { 0 });
+        let mut flags = if persistent { RECORD_PERSISTENT } else { 0 };
+        if tx.is_some() {
+            flags |= RECORD_TX;
+        }
+        out.push(flags);
+        if let Some(id) = tx {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
         out.push(self.exchange.len() as u8);
         out.extend_from_slice(self.exchange.as_bytes());
         out.push(self.routing_key.len() as u8);
@@ -82,12 +95,36 @@ impl Message {
     /// Whether a store record holds a persistent message (transient ones only page out and
     /// are dropped at a restart).
     pub fn record_is_persistent(rec: &[u8]) -> bool {
-        rec.first().is_some_and(|f| f & RECORD_PERSISTENT != 0)
+        rec.first()
+            .is_some_and(|f| f & RECORD_PERSISTENT != 0 && f & RECORD_TX_END == 0)
+    }
+
+    /// The record that ends transaction `id`'s records in a queue's store.
+    pub fn encode_tx_end(id: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(RECORD_TX_END);
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+
+    /// The transaction a store record belongs to, and whether it is the end record.
+    pub fn record_tx(rec: &[u8]) -> Option<warren_store::TxTag> {
+        let flags = *rec.first()?;
+        if flags & (RECORD_TX | RECORD_TX_END) == 0 {
+            return None;
+        }
+        let id = u64::from_be_bytes(rec.get(1..9)?.try_into().ok()?);
+        Some(warren_store::TxTag {
+            id,
+            end: flags & RECORD_TX_END != 0,
+        })
     }
 
     pub fn decode_record(rec: Bytes) -> Option<(Message, bool)> {
         let flags = *rec.first()?;
-        let mut at = 1usize;
+        if flags & RECORD_TX_END != 0 {
+            return None;
+        }
+        let mut at = if flags & RECORD_TX != 0 { 9 } else { 1 };
         let short = |at: &mut usize| -> Option<ShortStr> {
             let n = *rec.get(*at)? as usize;
             let s = ShortStr::from_bytes(
@@ -130,7 +167,8 @@ mod tests {
             Bytes::from_static(b"body"),
         );
         let mut rec = Vec::new();
-        m.encode_record(true, &mut rec);
+        m.encode_record(true, None, &mut rec);
+        assert_eq!(Message::record_tx(&rec), None);
         let (back, persistent) = Message::decode_record(Bytes::from(rec)).unwrap();
         assert!(persistent);
         assert_eq!(
@@ -140,5 +178,29 @@ mod tests {
         assert_eq!(&back.properties[..], &[0x10, 0, 2]);
         assert_eq!(&back.body[..], b"body");
         assert!(Message::decode_record(Bytes::from_static(&[1, 200])).is_none());
+    }
+
+    #[test]
+    fn transaction_records() {
+        let m = Message::new(
+            "".into(),
+            "q".into(),
+            Bytes::from_static(&[0, 0]),
+            Bytes::from_static(b"in a tx"),
+        );
+        let mut rec = Vec::new();
+        m.encode_record(true, Some(0x0102_0304_0506_0708), &mut rec);
+        let tag = Message::record_tx(&rec).unwrap();
+        assert_eq!((tag.id, tag.end), (0x0102_0304_0506_0708, false));
+        assert!(Message::record_is_persistent(&rec));
+        let (back, _) = Message::decode_record(Bytes::from(rec.clone())).unwrap();
+        assert_eq!(&back.body[..], b"in a tx");
+        assert_eq!(back.routing_key.as_str(), "q");
+
+        Message::encode_tx_end(7, &mut rec);
+        let tag = Message::record_tx(&rec).unwrap();
+        assert_eq!((tag.id, tag.end), (7, true));
+        assert!(!Message::record_is_persistent(&rec));
+        assert!(Message::decode_record(Bytes::from(rec)).is_none());
     }
 }

@@ -122,12 +122,14 @@ impl Persistence {
         vhost: &str,
         queue: &str,
     ) -> warren_store::Result<(QueueStore, Recovery)> {
-        // Records of transient messages (paged out) are dropped as the store opens.
-        QueueStore::open_filtered(
+        // Records of transient messages (paged out) are dropped as the store opens, and so
+        // are those of a transaction whose commit did not finish.
+        QueueStore::open_transactional(
             self.backend.clone(),
             self.queue_dir(vhost, queue),
             self.store_options,
             crate::message::Message::record_is_persistent,
+            crate::message::Message::record_tx,
         )
     }
 

@@ -70,6 +70,29 @@ enum TxOp {
     },
 }
 
+/// A transaction's commit in progress: its id (written with each persistent message), the
+/// durable queues it wrote to, and the group commit that makes it durable.
+struct Committing {
+    id: u64,
+    queues: Vec<Arc<Queue>>,
+    epoch: u64,
+    failed: bool,
+}
+
+/// A transaction id never used before, in this process or an earlier one on the same data
+/// (the clock at start, in nanoseconds, then counting up).
+fn next_transaction_id() -> u64 {
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU64> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        std::sync::atomic::AtomicU64::new(now)
+    })
+    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) struct Channel {
     pub number: u16,
     pub delivery: Arc<DeliveryChannel>,
@@ -83,6 +106,10 @@ pub(crate) struct Channel {
     /// for (0: none), nack). Runs of acks go out as one `basic.ack multiple`.
     confirms: std::collections::VecDeque<(u64, u64, bool)>,
     tx: Option<Vec<TxOp>>,
+    /// The transaction being committed (its publishes are being applied).
+    committing: Option<Committing>,
+    /// tx.commit-ok not yet sent, in order: the group-commit epoch each waits for.
+    pending_commits: std::collections::VecDeque<u64>,
     /// The hidden queue of this channel's direct reply-to consumer.
     reply_queue: Option<ShortStr>,
     /// The last queue declared on this channel, for methods that name the queue "".
@@ -113,6 +140,8 @@ impl Channel {
             publish_seq: 0,
             confirms: Default::default(),
             tx: None,
+            committing: None,
+            pending_commits: Default::default(),
             last_queue: None,
             reply_queue: None,
             last_exchange: None,
@@ -135,12 +164,28 @@ impl Channel {
     }
 
     pub fn has_pending_confirms(&self) -> bool {
-        !self.confirms.is_empty()
+        !self.confirms.is_empty() || !self.pending_commits.is_empty()
     }
 
     /// Sends the confirms that are due: those needing no fsync, and those whose group commit
     /// has completed. A run of acks becomes one `basic.ack multiple`.
-    pub fn flush_confirms(&mut self, synced: SyncState) {
+    /// Also sends the tx.commit-ok of transactions now on disk; returns the error to close
+    /// the channel with if a transaction's group commit failed.
+    pub fn flush_confirms(&mut self, synced: SyncState) -> Option<AmqpError> {
+        while let Some(&epoch) = self.pending_commits.front() {
+            if epoch > synced.synced_epoch {
+                break;
+            }
+            self.pending_commits.pop_front();
+            if epoch <= synced.failed_epoch {
+                self.pending_commits.clear();
+                return Some(AmqpError::new(
+                    INTERNAL_ERROR,
+                    "tx.commit failed: the message store could not sync the transaction to disk",
+                ));
+            }
+            self.reply(TxCommitOk {});
+        }
         let mut ack_upto: Option<(u64, u32)> = None;
         while let Some(&(seq, epoch, nack)) = self.confirms.front() {
             if epoch > synced.synced_epoch {
@@ -171,6 +216,7 @@ impl Channel {
                 multiple: n > 1,
             });
         }
+        None
     }
 
     fn queue_name(&self, name: ShortStr) -> Result<ShortStr> {
@@ -404,23 +450,39 @@ impl Channel {
                     .tx
                     .replace(Vec::new())
                     .ok_or_else(|| AmqpError::precondition("channel is not transactional"))?;
-                for op in ops {
-                    match op {
-                        TxOp::Publish {
-                            exchange,
-                            routing_key,
-                            mandatory,
-                            content,
-                        } => self.publish(cx, exchange, routing_key, mandatory, content)?,
-                        TxOp::Ack { tag, multiple } => self.delivery.ack(tag, multiple)?,
-                        TxOp::Nack {
-                            tag,
-                            multiple,
-                            requeue,
-                        } => self.delivery.nack(tag, multiple, requeue)?,
+                self.committing = Some(Committing {
+                    id: next_transaction_id(),
+                    queues: Vec::new(),
+                    epoch: 0,
+                    failed: false,
+                });
+                let applied = self.apply_transaction(cx, ops);
+                let c = self.committing.take().expect("set above");
+                applied?;
+                // Each durable queue written to gets the record that ends the transaction:
+                // a restart keeps its messages only if that record made it to disk.
+                let (mut epoch, mut failed) = (c.epoch, c.failed);
+                for q in &c.queues {
+                    match q.end_transaction(c.id) {
+                        Ok(e) => epoch = epoch.max(e),
+                        Err(e) => {
+                            failed = true;
+                            tracing::error!(queue = %q.name, error = %e, "could not store the end of a transaction");
+                        }
                     }
                 }
-                self.reply(TxCommitOk {});
+                if failed {
+                    return Err(AmqpError::new(
+                        INTERNAL_ERROR,
+                        "tx.commit failed: could not write to the message store",
+                    ));
+                }
+                // commit-ok once the transaction is on disk (at once if nothing needs an fsync).
+                if epoch == 0 && self.pending_commits.is_empty() {
+                    self.reply(TxCommitOk {});
+                } else {
+                    self.pending_commits.push_back(epoch);
+                }
                 Ok(())
             }
             Method::TxRollback(_) => {
@@ -454,6 +516,26 @@ impl Channel {
             }
             None => self.delivery.nack(tag, multiple, requeue),
         }
+    }
+
+    fn apply_transaction(&mut self, cx: &mut Ctx<'_>, ops: Vec<TxOp>) -> Result<()> {
+        for op in ops {
+            match op {
+                TxOp::Publish {
+                    exchange,
+                    routing_key,
+                    mandatory,
+                    content,
+                } => self.publish(cx, exchange, routing_key, mandatory, content)?,
+                TxOp::Ack { tag, multiple } => self.delivery.ack(tag, multiple)?,
+                TxOp::Nack {
+                    tag,
+                    multiple,
+                    requeue,
+                } => self.delivery.nack(tag, multiple, requeue)?,
+            }
+        }
+        Ok(())
     }
 
     fn publish(
@@ -526,11 +608,18 @@ impl Channel {
         }
         let persistent = !queues.is_empty() && msg.is_persistent();
         let (mut epoch, mut failed) = (0u64, false);
+        let tx = self.committing.as_ref().map(|c| c.id);
         for q in queues.drain(..) {
-            match q.publish(msg.clone(), persistent) {
+            match q.publish_in(msg.clone(), persistent, tx) {
                 Ok(p) => {
                     if let Some(e) = p.epoch {
                         epoch = epoch.max(e);
+                        if let Some(c) = &mut self.committing {
+                            c.epoch = c.epoch.max(e);
+                            if !c.queues.iter().any(|t| Arc::ptr_eq(t, &q)) {
+                                c.queues.push(q.clone());
+                            }
+                        }
                     }
                     if p.backlogged && !cx.backlogged.iter().any(|b| Arc::ptr_eq(b, &q)) {
                         cx.backlogged.push(q.clone());
@@ -539,6 +628,9 @@ impl Channel {
                 Err(PublishError::Rejected) => failed = true,
                 Err(PublishError::Store(e)) => {
                     failed = true;
+                    if let Some(c) = &mut self.committing {
+                        c.failed = true;
+                    }
                     tracing::error!(queue = %q.name, error = %e, "could not store a persistent message; it is nacked");
                 }
             }

@@ -667,7 +667,16 @@ impl Connection {
 
     fn flush_confirms(&mut self) {
         let st = self.sync_state();
-        self.for_each_channel(|c| c.flush_confirms(st));
+        let mut failed = Vec::new();
+        self.for_each_channel(|c| {
+            if let Some(e) = c.flush_confirms(st) {
+                failed.push((c.number, e));
+            }
+        });
+        for (n, e) in failed {
+            // tx.commit (class 90, method 20) failed after the fact: its fsync did not succeed.
+            self.channel_error(n, e, 90, 20);
+        }
     }
 
     fn awaiting_sync(&self) -> bool {

@@ -31,7 +31,7 @@ pub use backend::{Backend, BackendFile, Faults, FaultyBackend, FileBackend, Sync
 pub use catalog::Catalog;
 pub use error::{Result, StoreError};
 pub use queue_store::{
-    QueueStore, RecoveredMessage, Recovery, StoreOptions, SyncBatch, SyncOutcome,
+    QueueStore, RecoveredMessage, Recovery, StoreOptions, SyncBatch, SyncOutcome, TxTag,
 };
 pub use segment::{Position, SegmentLog, SegmentReader};
 

@@ -17,7 +17,7 @@
 //! Message segment ids are never reused while a mark could still name them, so a stale mark
 //! can never hit a newer message (see `open`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -132,6 +132,16 @@ impl SegmentIndex {
     }
 }
 
+/// What [`QueueStore::open_transactional`] needs to know of a record that belongs to a
+/// transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxTag {
+    /// The transaction (unique: never reused for another one).
+    pub id: u64,
+    /// The record that ends the transaction's records in this store.
+    pub end: bool,
+}
+
 fn encode_mark(kind: u8, pos: Position) -> [u8; MARK_LEN] {
     let mut m = [0u8; MARK_LEN];
     m[0] = kind;
@@ -204,8 +214,25 @@ impl QueueStore {
         opts: StoreOptions,
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<(QueueStore, Recovery)> {
+        Self::open_transactional(backend, dir, opts, keep, |_| None)
+    }
+
+    /// [`QueueStore::open_filtered`] for a log that holds transactions: `tx` names the
+    /// transaction of a record (if any) and whether it is the record that ends that
+    /// transaction's records in this store. The records of a transaction whose end record is
+    /// missing (the crash came in the middle of its commit) are dropped, and acked on disk so
+    /// that they stay dropped.
+    pub fn open_transactional(
+        backend: Arc<dyn Backend>,
+        dir: impl Into<PathBuf>,
+        opts: StoreOptions,
+        keep: impl Fn(&[u8]) -> bool,
+        tx: impl Fn(&[u8]) -> Option<TxTag>,
+    ) -> Result<(QueueStore, Recovery)> {
         let dir = dir.into();
         let mut index: BTreeMap<u32, SegmentIndex> = BTreeMap::new();
+        // Transactions whose end record has not been seen yet, with their records.
+        let mut open_tx: HashMap<u64, Vec<Position>> = HashMap::new();
         let mut msgs = SegmentLog::open(
             backend.clone(),
             &dir,
@@ -218,8 +245,30 @@ impl QueueStore {
                     seg.acked.insert(pos.offset);
                     seg.live -= 1;
                 }
+                match tx(payload) {
+                    Some(TxTag { id, end: true }) => {
+                        open_tx.remove(&id);
+                    }
+                    Some(TxTag { id, end: false }) => open_tx.entry(id).or_default().push(pos),
+                    None => {}
+                }
             },
         )?;
+        let uncommitted: Vec<Position> = open_tx.into_values().flatten().collect();
+        if !uncommitted.is_empty() {
+            warn!(
+                dir = %dir.display(),
+                messages = uncommitted.len(),
+                "queue store: dropping the messages of a transaction whose commit did not finish"
+            );
+        }
+        for pos in &uncommitted {
+            if let Some(seg) = index.get_mut(&pos.segment) {
+                if seg.acked.insert(pos.offset) {
+                    seg.live -= 1;
+                }
+            }
+        }
 
         let mut ack_refs: BTreeMap<u32, u32> = BTreeMap::new();
         let mut max_ref: Option<Position> = None;
@@ -319,6 +368,17 @@ impl QueueStore {
             volatile: false,
             marks_synced_at: std::time::Instant::now(),
         };
+        if !uncommitted.is_empty() {
+            // Acked on disk: a later end record of the same id must not bring them back.
+            for pos in uncommitted {
+                let apos = store.acks.append(&encode_mark(MARK_ACK, pos))?;
+                *store.ack_refs.entry(apos.segment).or_insert(0) += 1;
+                if let Some(seg) = store.index.get_mut(&pos.segment) {
+                    seg.add_ref(apos.segment);
+                }
+            }
+            store.sync()?;
+        }
         store.reclaim()?;
         Ok((store, recovery))
     }
@@ -897,6 +957,63 @@ mod tests {
             .filter(|(n, _)| n.starts_with("msgs."))
             .map(|(n, _)| n)
             .collect()
+    }
+
+    /// Test records: `[0, n]` a plain message, `[1, id]` a message of transaction `id`,
+    /// `[2, id]` the end record of transaction `id` (not a message).
+    fn open_tx(dir: &Path) -> (QueueStore, Vec<Vec<u8>>) {
+        let (store, recovery) = QueueStore::open_transactional(
+            FileBackend::shared(),
+            dir,
+            SMALL,
+            |p| p.first() != Some(&2),
+            |p| match p {
+                [1, id] => Some(TxTag {
+                    id: *id as u64,
+                    end: false,
+                }),
+                [2, id] => Some(TxTag {
+                    id: *id as u64,
+                    end: true,
+                }),
+                _ => None,
+            },
+        )
+        .unwrap();
+        let msgs: Vec<Vec<u8>> = recovery.map(|m| m.unwrap().payload.to_vec()).collect();
+        assert_eq!(store.message_count(), msgs.len() as u64);
+        (store, msgs)
+    }
+
+    #[test]
+    fn a_transaction_without_its_end_record_is_dropped_and_stays_dropped() {
+        let dir = TestDir::new("qs-tx");
+        {
+            let (mut st, msgs) = open_tx(dir.path());
+            assert!(msgs.is_empty());
+            st.append(&[0, 0]).unwrap();
+            st.append(&[1, 5]).unwrap();
+            st.append(&[0, 1]).unwrap();
+            st.append(&[1, 5]).unwrap();
+            let end = st.append(&[2, 5]).unwrap();
+            st.ack(end).unwrap();
+            // Transaction 6 is cut short by the "crash": no end record.
+            st.append(&[1, 6]).unwrap();
+            st.append(&[0, 2]).unwrap();
+            st.append(&[1, 6]).unwrap();
+            st.sync().unwrap();
+        }
+        let expected = vec![vec![0, 0], vec![1, 5], vec![0, 1], vec![1, 5], vec![0, 2]];
+        {
+            let (mut st, msgs) = open_tx(dir.path());
+            assert_eq!(msgs, expected);
+            // An end record of the same id coming later does not bring them back.
+            let end = st.append(&[2, 6]).unwrap();
+            st.ack(end).unwrap();
+            st.sync().unwrap();
+        }
+        let (_, msgs) = open_tx(dir.path());
+        assert_eq!(msgs, expected);
     }
 
     #[test]

@@ -565,6 +565,7 @@ impl Queue {
         self: &Arc<Self>,
         msg: &Message,
         persistent: bool,
+        tx: Option<u64>,
     ) -> Result<Position, PublishError> {
         let (slot, p) = match (self.store.get(), &self.persistence) {
             (Some(s), Some(p)) => (s, p),
@@ -572,7 +573,7 @@ impl Queue {
         };
         let mut st = slot.lock();
         let mut buf = std::mem::take(&mut st.scratch);
-        msg.encode_record(persistent, &mut buf);
+        msg.encode_record(persistent, tx.filter(|_| persistent), &mut buf);
         let r = st.store.append(&buf);
         st.scratch = buf;
         let pos = r.map_err(PublishError::Store)?;
@@ -582,6 +583,30 @@ impl Queue {
             p.enlist(self);
         }
         Ok(pos)
+    }
+
+    /// Ends transaction `tx`'s records in this queue's store (see [`Queue::publish_in`]).
+    /// Returns the group-commit epoch after which the whole transaction is on disk.
+    pub fn end_transaction(self: &Arc<Self>, tx: u64) -> warren_store::Result<u64> {
+        let (Some(slot), Some(p), true) = (self.store.get(), &self.persistence, self.durable_store)
+        else {
+            return Ok(0);
+        };
+        let _gate = p.gate.read();
+        let epoch = p.current_epoch();
+        let mut st = slot.lock();
+        let mut buf = std::mem::take(&mut st.scratch);
+        Message::encode_tx_end(tx, &mut buf);
+        let r = st.store.append(&buf);
+        st.scratch = buf;
+        let pos = r?;
+        // Not a message: acked at once, so reading and reclaiming skip it.
+        st.store.ack(pos)?;
+        if !st.dirty {
+            st.dirty = true;
+            p.enlist(self);
+        }
+        Ok(epoch)
     }
 
     /// Records an ack or delivered mark; the flusher writes it out with the next group commit
@@ -691,6 +716,18 @@ impl Queue {
         msg: Arc<Message>,
         persistent: bool,
     ) -> Result<Published, PublishError> {
+        self.publish_in(msg, persistent, None)
+    }
+
+    /// [`Queue::publish`] within transaction `tx` (at its commit): the store record names the
+    /// transaction, and [`Queue::end_transaction`] must follow once all of its publishes are
+    /// done, or a restart drops them.
+    pub fn publish_in(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        persistent: bool,
+        tx: Option<u64>,
+    ) -> Result<Published, PublishError> {
         if self.is_deleted() {
             return Ok(Published::default());
         }
@@ -716,7 +753,10 @@ impl Queue {
         // closing the epoch; it is held for just that.
         let (epoch, pos) = {
             let _gate = p.gate.read();
-            (p.current_epoch(), self.store_append(&msg, durable_write)?)
+            (
+                p.current_epoch(),
+                self.store_append(&msg, durable_write, tx)?,
+            )
         };
         let persistent = durable_write;
         if paging {
