@@ -339,6 +339,12 @@ impl Iterator for SegmentReader {
 }
 
 /// A segment no longer written to.
+/// See [`SegmentLog::locate`].
+enum Located<'a> {
+    Buffered(&'a [u8]),
+    File(&'a dyn BackendFile, u64),
+}
+
 struct Sealed {
     file: Box<dyn BackendFile>,
     len: u64,
@@ -709,22 +715,12 @@ impl SegmentLog {
 
     /// Reads and verifies the record at `pos`.
     pub fn read(&self, pos: Position) -> Result<Bytes> {
-        let unknown = StoreError::UnknownPosition { position: pos };
-        if pos.offset < SEGMENT_HEADER_LEN {
-            return Err(unknown);
-        }
-        let off = pos.offset as u64;
-        let (file, len) = if pos.segment == self.current.id {
-            if off >= self.current.flushed {
-                return self.read_buffered(pos);
-            }
-            (&self.current.file, self.current.flushed)
-        } else {
-            match self.sealed.get(&pos.segment) {
-                Some(s) => (&s.file, s.len),
-                None => return Err(unknown),
-            }
+        let (file, len) = match self.locate(pos)? {
+            Located::Buffered(rest) => return self.read_buffered(pos, rest),
+            Located::File(file, len) => (file, len),
         };
+        let unknown = StoreError::UnknownPosition { position: pos };
+        let off = pos.offset as u64;
         let path = || self.segment_path(pos.segment);
         if off + RECORD_HEADER_LEN as u64 > len {
             return Err(unknown);
@@ -750,24 +746,13 @@ impl SegmentLog {
     /// Up to `max` raw bytes of segment `pos.segment` from `pos.offset` on (never past the
     /// end of what was appended), in one read: callers parse several records out of it.
     pub fn read_chunk(&self, pos: Position, max: usize) -> Result<Bytes> {
-        let unknown = StoreError::UnknownPosition { position: pos };
-        if pos.offset < SEGMENT_HEADER_LEN {
-            return Err(unknown);
-        }
-        let off = pos.offset as u64;
-        let (file, len) = if pos.segment == self.current.id {
-            if off >= self.current.flushed {
-                let rel = (off - self.current.flushed) as usize;
-                let rest = self.current.buf.get(rel..).ok_or(unknown)?;
-                return Ok(Bytes::copy_from_slice(&rest[..rest.len().min(max)]));
+        let (file, len) = match self.locate(pos)? {
+            Located::Buffered(rest) => {
+                return Ok(Bytes::copy_from_slice(&rest[..rest.len().min(max)]))
             }
-            (&self.current.file, self.current.flushed)
-        } else {
-            match self.sealed.get(&pos.segment) {
-                Some(s) => (&s.file, s.len),
-                None => return Err(unknown),
-            }
+            Located::File(file, len) => (file, len),
         };
+        let off = pos.offset as u64;
         let n = (len.saturating_sub(off)).min(max as u64) as usize;
         let mut chunk = vec![0u8; n];
         file.read_at(off, &mut chunk)
@@ -775,12 +760,33 @@ impl SegmentLog {
         Ok(Bytes::from(chunk))
     }
 
-    fn read_buffered(&self, pos: Position) -> Result<Bytes> {
-        let rel = (pos.offset as u64 - self.current.flushed) as usize;
-        let buf = &self.current.buf;
-        let rest = buf
-            .get(rel..)
-            .ok_or(StoreError::UnknownPosition { position: pos })?;
+    /// Where the bytes at `pos` are: still in the write buffer (from `pos` on), or in a file
+    /// of which the first `len` bytes are written.
+    fn locate(&self, pos: Position) -> Result<Located<'_>> {
+        let unknown = StoreError::UnknownPosition { position: pos };
+        if pos.offset < SEGMENT_HEADER_LEN {
+            return Err(unknown);
+        }
+        let off = pos.offset as u64;
+        if pos.segment == self.current.id {
+            if off >= self.current.flushed {
+                let rel = (off - self.current.flushed) as usize;
+                return self
+                    .current
+                    .buf
+                    .get(rel..)
+                    .map(Located::Buffered)
+                    .ok_or(unknown);
+            }
+            return Ok(Located::File(&*self.current.file, self.current.flushed));
+        }
+        match self.sealed.get(&pos.segment) {
+            Some(s) => Ok(Located::File(&*s.file, s.len)),
+            None => Err(unknown),
+        }
+    }
+
+    fn read_buffered(&self, pos: Position, rest: &[u8]) -> Result<Bytes> {
         let corrupt = |d: TailDamage| StoreError::Corrupt {
             path: self.segment_path(pos.segment),
             offset: pos.offset as u64,
