@@ -639,3 +639,69 @@ async fn tx_commit_ok_waits_for_the_fsync() {
     assert_eq!(drain(&conn, "txq", 3).await, ["tx-0", "tx-1", "tx-2"]);
     close(conn).await;
 }
+
+/// A transaction that fans out to several durable queues (and a transient one) gets an end
+/// record in each durable queue: after a restart every durable queue has all of it, in order,
+/// mixed with the non-transactional publishes around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_to_several_queues_is_all_there_after_a_restart() {
+    let mut h = FaultyBroker::start("tx-fanout");
+    let conn = connect(h.broker()).await;
+    let ch = channel(&conn).await;
+    for q in ["tx-a", "tx-b"] {
+        declare_durable(&ch, q).await;
+        bind(&ch, q, "amq.fanout", "").await;
+    }
+    declare(&ch, "tx-transient").await;
+    bind(&ch, "tx-transient", "amq.fanout", "").await;
+    let plain = channel(&conn).await;
+    within("tx_select", ch.tx_select())
+        .await
+        .expect("tx_select");
+    for round in 0..2 {
+        for i in 0..3 {
+            let body = format!("tx{round}-{i}");
+            within(
+                "basic_publish",
+                ch.basic_publish(
+                    "amq.fanout".into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    persistent(),
+                ),
+            )
+            .await
+            .expect("basic_publish");
+        }
+        within("tx_commit", ch.tx_commit())
+            .await
+            .expect("tx_commit");
+        within(
+            "basic_publish outside the transaction",
+            plain.basic_publish(
+                "amq.fanout".into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                format!("plain{round}").as_bytes(),
+                persistent(),
+            ),
+        )
+        .await
+        .expect("basic_publish");
+    }
+    eventually("all published", || ready(&h, "tx-b") == 8).await;
+    assert_eq!(ready(&h, "tx-transient"), 8);
+    close(conn).await;
+
+    h.restart();
+    let conn = connect(h.broker()).await;
+    let want = [
+        "tx0-0", "tx0-1", "tx0-2", "plain0", "tx1-0", "tx1-1", "tx1-2", "plain1",
+    ];
+    for q in ["tx-a", "tx-b"] {
+        assert_eq!(drain(&conn, q, 8).await, want, "queue {q}");
+    }
+    assert!(!queue_exists(h.broker(), "tx-transient"));
+    close(conn).await;
+}
