@@ -458,9 +458,9 @@ impl Channel {
                 });
                 let applied = self.apply_transaction(cx, ops);
                 let c = self.committing.take().expect("set above");
-                applied?;
                 // Each durable queue written to gets the record that ends the transaction:
-                // a restart keeps its messages only if that record made it to disk.
+                // a restart keeps its messages only if that record made it to disk. Also when
+                // the commit stopped half-way with an error: what it applied is in the queues.
                 let (mut epoch, mut failed) = (c.epoch, c.failed);
                 for q in &c.queues {
                     match q.end_transaction(c.id) {
@@ -471,6 +471,7 @@ impl Channel {
                         }
                     }
                 }
+                applied?;
                 if failed {
                     return Err(AmqpError::new(
                         INTERNAL_ERROR,
