@@ -24,9 +24,14 @@ struct Ledger {
 }
 
 async fn declare(conn: &Connection) -> lapin::Channel {
+    declare_queue(conn, QUEUE).await
+}
+
+/// A channel on which durable queue `name` is declared.
+async fn declare_queue(conn: &Connection, name: &str) -> lapin::Channel {
     let ch = conn.create_channel().await.expect("channel");
     ch.queue_declare(
-        QUEUE.into(),
+        name.into(),
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -300,17 +305,8 @@ async fn transactions_are_all_or_nothing_across_sigkill() {
             let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
                 return;
             };
-            let ch = conn.create_channel().await.expect("channel");
-            let durable = QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            if ch
-                .queue_declare(TXQ.into(), durable, FieldTable::default())
-                .await
-                .is_err()
-                || ch.tx_select().await.is_err()
-            {
+            let ch = declare_queue(&conn, TXQ).await;
+            if ch.tx_select().await.is_err() {
                 return;
             }
             loop {

@@ -170,11 +170,22 @@ async fn confirm_channel(conn: &Connection) -> Channel {
 
 /// Publishes to `queue` through the default exchange; the confirm is left to the caller.
 async fn send(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) -> PublisherConfirm {
+    send_via(ch, "", queue, body, props).await
+}
+
+/// Publishes to `exchange` with `key`; the confirm is left to the caller.
+async fn send_via(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> PublisherConfirm {
     within(
         "basic_publish",
         ch.basic_publish(
-            "".into(),
-            queue.into(),
+            exchange.into(),
+            key.into(),
             BasicPublishOptions::default(),
             body,
             props,
@@ -661,34 +672,13 @@ async fn a_transaction_to_several_queues_is_all_there_after_a_restart() {
     for round in 0..2 {
         for i in 0..3 {
             let body = format!("tx{round}-{i}");
-            within(
-                "basic_publish",
-                ch.basic_publish(
-                    "amq.fanout".into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    persistent(),
-                ),
-            )
-            .await
-            .expect("basic_publish");
+            send_via(&ch, "amq.fanout", "", body.as_bytes(), persistent()).await;
         }
         within("tx_commit", ch.tx_commit())
             .await
             .expect("tx_commit");
-        within(
-            "basic_publish outside the transaction",
-            plain.basic_publish(
-                "amq.fanout".into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                format!("plain{round}").as_bytes(),
-                persistent(),
-            ),
-        )
-        .await
-        .expect("basic_publish");
+        let body = format!("plain{round}");
+        send_via(&plain, "amq.fanout", "", body.as_bytes(), persistent()).await;
     }
     eventually("all published", || ready(&h, "tx-b") == 8).await;
     assert_eq!(ready(&h, "tx-transient"), 8);

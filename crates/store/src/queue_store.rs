@@ -370,12 +370,9 @@ impl QueueStore {
         };
         if !uncommitted.is_empty() {
             // Acked on disk: a later end record of the same id must not bring them back.
+            // The index counts them as acked already.
             for pos in uncommitted {
-                let apos = store.acks.append(&encode_mark(MARK_ACK, pos))?;
-                *store.ack_refs.entry(apos.segment).or_insert(0) += 1;
-                if let Some(seg) = store.index.get_mut(&pos.segment) {
-                    seg.add_ref(apos.segment);
-                }
+                store.write_mark(MARK_ACK, pos)?;
             }
             store.sync()?;
         }
@@ -466,17 +463,11 @@ impl QueueStore {
         if done {
             return Ok(());
         }
-        let before = self.acks.current_segment();
-        let apos = self.acks.append(&encode_mark(kind, pos))?;
-        if apos.segment != before {
-            self.ack_gc = true;
-        }
-        *self.ack_refs.entry(apos.segment).or_insert(0) += 1;
+        self.write_mark(kind, pos)?;
         let current = self.msgs.current_segment();
         let Some(seg) = self.index.get_mut(&pos.segment) else {
             return Ok(());
         };
-        seg.add_ref(apos.segment);
         if kind == MARK_ACK {
             seg.acked.insert(pos.offset);
             seg.live -= 1;
@@ -486,6 +477,21 @@ impl QueueStore {
             }
         } else {
             seg.delivered.insert(pos.offset);
+        }
+        Ok(())
+    }
+
+    /// Appends mark `kind` for `pos` to the ack log and counts the reference it makes to its
+    /// ack segment; what the mark means for the index is the caller's business.
+    fn write_mark(&mut self, kind: u8, pos: Position) -> Result<()> {
+        let before = self.acks.current_segment();
+        let apos = self.acks.append(&encode_mark(kind, pos))?;
+        if apos.segment != before {
+            self.ack_gc = true;
+        }
+        *self.ack_refs.entry(apos.segment).or_insert(0) += 1;
+        if let Some(seg) = self.index.get_mut(&pos.segment) {
+            seg.add_ref(apos.segment);
         }
         Ok(())
     }

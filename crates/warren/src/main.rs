@@ -257,9 +257,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     // One broker per data directory: a second one would write into the same segment files.
     // The lock goes with the process (also on SIGKILL).
     let lock_path = s.data_dir.join("warren.lock");
-    let _data_dir_lock = std::fs::File::create(&lock_path)
+    let data_dir_lock = std::fs::File::create(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
-    if _data_dir_lock.try_lock().is_err() {
+    if data_dir_lock.try_lock().is_err() {
         anyhow::bail!(
             "the data directory {} is in use by another Warren process; stop it, or choose another directory with --data-dir",
             s.data_dir.display()

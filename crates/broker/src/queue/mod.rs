@@ -107,6 +107,17 @@ pub(crate) struct StoreSlot {
     scratch: Vec<u8>,
 }
 
+impl StoreSlot {
+    /// Appends the record `encode` writes, reusing one buffer.
+    fn append_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> warren_store::Result<Position> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        encode(&mut buf);
+        let r = self.store.append(&buf);
+        self.scratch = buf;
+        r
+    }
+}
+
 /// What a queue did with a publish.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Published {
@@ -572,17 +583,20 @@ impl Queue {
             _ => unreachable!("store_append on a queue without a store"),
         };
         let mut st = slot.lock();
-        let mut buf = std::mem::take(&mut st.scratch);
-        msg.encode_record(persistent, tx.filter(|_| persistent), &mut buf);
-        let r = st.store.append(&buf);
-        st.scratch = buf;
-        let pos = r.map_err(PublishError::Store)?;
-        // A transient queue's paging store never needs an fsync.
+        let pos = st
+            .append_with(|buf| msg.encode_record(persistent, tx.filter(|_| persistent), buf))
+            .map_err(PublishError::Store)?;
+        self.enlist_written(&mut st, p);
+        Ok(pos)
+    }
+
+    /// The store was written to: the flusher syncs it in the next group commit. A transient
+    /// queue's paging store never needs an fsync.
+    fn enlist_written(self: &Arc<Self>, st: &mut StoreSlot, p: &Persistence) {
         if !st.dirty && self.durable_store {
             st.dirty = true;
             p.enlist(self);
         }
-        Ok(pos)
     }
 
     /// Ends transaction `tx`'s records in this queue's store (see [`Queue::publish_in`]).
@@ -595,17 +609,10 @@ impl Queue {
         let _gate = p.gate.read();
         let epoch = p.current_epoch();
         let mut st = slot.lock();
-        let mut buf = std::mem::take(&mut st.scratch);
-        Message::encode_tx_end(tx, &mut buf);
-        let r = st.store.append(&buf);
-        st.scratch = buf;
-        let pos = r?;
+        let pos = st.append_with(|buf| Message::encode_tx_end(tx, buf))?;
         // Not a message: acked at once, so reading and reclaiming skip it.
         st.store.ack(pos)?;
-        if !st.dirty {
-            st.dirty = true;
-            p.enlist(self);
-        }
+        self.enlist_written(&mut st, p);
         Ok(epoch)
     }
 
@@ -620,10 +627,7 @@ impl Queue {
                 tracing::warn!(queue = %self.name, error = %e, "message store write failed");
                 return;
             }
-            if !st.dirty && self.durable_store {
-                st.dirty = true;
-                p.enlist(self);
-            }
+            self.enlist_written(&mut st, p);
         }
     }
 
