@@ -257,6 +257,19 @@ impl BrokerProcess {
         }
     }
 
+    /// Sends SIGTERM and returns at once (see [`BrokerProcess::stop`] to wait).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            sigterm(c.id());
+        }
+    }
+
+    /// Waits for the process to exit (after [`BrokerProcess::sigterm`]); returns the exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        c.wait().ok().and_then(|s| s.code())
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;

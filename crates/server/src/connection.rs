@@ -90,6 +90,9 @@ pub(crate) struct Connection {
     last_recv: Instant,
     /// Queues published to whose consumers are behind (flow control).
     backlogged: Vec<Arc<warren_broker::Queue>>,
+    /// Flow control holds this publisher: the socket is not read until these queues have
+    /// caught up. Everything else (forced closes, confirms, alarms, ticks) goes on.
+    flow_held: Vec<Arc<warren_broker::Queue>>,
     /// Group-commit progress, for publisher confirms of persistent messages.
     synced: Option<tokio::sync::watch::Receiver<SyncState>>,
     /// User, permissions, limits, alarm blocking.
@@ -188,6 +191,7 @@ pub async fn run_io<R, W>(
         synced: broker.persistence().map(|p| p.subscribe()),
         guard: crate::security::Guard::new(hs.access, hs.slot, broker.clone(), hs.blocked_notify),
         backlogged: Vec::new(),
+        flow_held: Vec::new(),
     };
     let (reason, socket_open) = conn.read_loop(&mut rd, rbuf).await;
     conn.cleanup();
@@ -595,8 +599,13 @@ impl Connection {
                     self.guard.update_blocked(&self.outbox);
                     self.last_recv = Instant::now();
                 }
-                // A publisher blocked by a resource alarm is not read from.
-                r = rd.read_buf(&mut rbuf), if !self.guard.blocked => {
+                _ = Self::flow_released(&self.flow_held), if !self.flow_held.is_empty() => {
+                    self.flow_held.clear();
+                    self.last_recv = Instant::now();
+                }
+                // A publisher blocked by a resource alarm or held by flow control is not read
+                // from, until we close it and wait for its close-ok.
+                r = rd.read_buf(&mut rbuf), if self.closing_since.is_some() || (!self.guard.blocked && self.flow_held.is_empty()) => {
                     match r {
                         Ok(0) => return ("client closed the TCP connection".into(), false),
                         Err(e) => return (format!("socket error: {e}"), false),
@@ -612,9 +621,7 @@ impl Connection {
                             // of a peer feeding it), so holding it could deadlock.
                             let backlogged = std::mem::take(&mut self.backlogged);
                             if !self.channels.iter().any(|c| c.delivery.stats().consumers > 0) {
-                                for q in backlogged {
-                                    q.wait_for_flow().await;
-                                }
+                                self.flow_held = backlogged;
                             }
                         }
                     }
@@ -657,6 +664,13 @@ impl Connection {
         self.for_each_channel(|c| c.end_of_read());
         self.flush_confirms();
         None
+    }
+
+    /// Resolves once every queue that holds this publisher has caught up (or is gone).
+    async fn flow_released(held: &[Arc<warren_broker::Queue>]) {
+        for q in held {
+            q.wait_for_flow().await;
+        }
     }
 
     fn sync_state(&self) -> SyncState {
@@ -703,8 +717,10 @@ impl Connection {
                 return Some("no connection.close_ok from client".into());
             }
         }
+        // A connection we do not read from (alarm, flow control) cannot be late with heartbeats.
         if self.heartbeat > 0
             && !self.guard.blocked
+            && self.flow_held.is_empty()
             && now - self.last_recv > Duration::from_secs(2 * self.heartbeat as u64)
         {
             tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
@@ -980,6 +996,8 @@ impl Connection {
     }
 
     fn send_close(&mut self, code: u16, text: String, class_id: u16, method_id: u16) {
+        // Read again, whatever held the publisher: close-ok is what we wait for now.
+        self.flow_held.clear();
         self.close_all_channels();
         self.outbox.send(
             0,
