@@ -525,3 +525,94 @@ async fn auto_delete_exchanges_cascade_as_in_rabbitmq() {
     xunbind("k1", "k1").await;
     assert!(!exists("k1"));
 }
+
+/// A frame of `kind` (2: content header, 3: body) on `channel`.
+fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+/// A basic.publish to the default exchange whose content header carries `properties` (flags
+/// and values as they go on the wire).
+fn publish_frames(queue: &str, properties: &[u8], body: &[u8]) -> Vec<u8> {
+    use common::raw::method_frame;
+    let mut a = vec![0, 0, 0, queue.len() as u8];
+    a.extend_from_slice(queue.as_bytes());
+    a.push(0);
+    let mut out = method_frame(1, 60, 40, &a);
+    let mut h = vec![0, 60, 0, 0];
+    h.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    h.extend_from_slice(properties);
+    out.extend(raw_frame(2, 1, &h));
+    out.extend(raw_frame(3, 1, body));
+    out
+}
+
+/// RabbitMQ (3.10.8 and 4.0.5) decodes a published message's content header at once and
+/// closes the connection with a bare `541 INTERNAL_ERROR` if it is malformed; Warren used to
+/// accept it and silently drop every property later (a persistent message became transient
+/// when dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_content_header_closes_the_connection_with_541() {
+    use common::raw::{method_frame, RawClient};
+    let b = TestBroker::start();
+    let (_c, ch) = open(&b).await;
+    declare(&ch, "props").await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // delivery_mode 2 and a headers table holding an unknown field type
+        (
+            "unknown field type",
+            vec![0x30, 0, 0, 0, 0, 5, 1, b'k', b'Z', b'x', b'x', 2],
+        ),
+        // a headers table announcing more bytes than there are
+        ("short table", vec![0x20, 0, 0, 0, 0, 100, b'a', b'b', b'c']),
+        // bytes after the last property
+        ("trailing bytes", vec![0x10, 0, 2, b'h', b'i', 1, 2, 3]),
+    ];
+    for (what, props) in cases {
+        let mut raw = RawClient::connect(b.addr).await;
+        raw.handshake().await;
+        raw.send(&method_frame(1, 20, 10, &[0])).await;
+        assert_eq!(raw.read_method().await.unwrap().method_id(), (20, 11));
+        raw.send(&publish_frames("props", &props, b"body")).await;
+        let close = raw.read_method().await.expect("connection.close");
+        assert_eq!((close.channel, close.method_id()), (0, (10, 50)), "{what}");
+        assert_eq!(close.close_code(), 541, "{what}");
+        let n = close.payload[6] as usize;
+        assert_eq!(&close.payload[7..7 + n], b"INTERNAL_ERROR", "{what}");
+        assert_eq!(
+            &close.payload[7 + n..],
+            &[0, 0, 0, 0],
+            "{what}: no class or method"
+        );
+        // Nothing reached the queue.
+        assert_eq!(queue_counts(&b, "props"), Some((0, 0)), "{what}");
+    }
+    // A well-formed header with a table still goes through, properties intact.
+    let mut raw = RawClient::connect(b.addr).await;
+    raw.handshake().await;
+    raw.send(&method_frame(1, 20, 10, &[0])).await;
+    assert_eq!(raw.read_method().await.unwrap().method_id(), (20, 11));
+    let good = vec![0x30, 0, 0, 0, 0, 7, 1, b'k', b'S', 0, 0, 0, 0, 2];
+    raw.send(&publish_frames("props", &good, b"body")).await;
+    wait_counts(&b, "props", 1, 0).await;
+    let got = within(
+        "basic_get",
+        ch.basic_get("props".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .unwrap()
+    .expect("the good message");
+    assert_eq!(got.properties.delivery_mode(), &Some(2));
+    assert!(got
+        .properties
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .contains_key("k"));
+}

@@ -115,7 +115,7 @@ pub fn dead_lettered(
 /// from is dropped, unless a rejection happened along the way (a client decided, so it is not
 /// an automatic loop).
 pub fn is_cycle(msg: &Message, target_queue: &str) -> bool {
-    let props = msg.decode_properties();
+    let props = msg.props();
     let Some(FieldValue::Array(deaths)) = props.headers.as_ref().and_then(|h| h.get("x-death"))
     else {
         return false;

@@ -40,8 +40,7 @@ fn unix_ms() -> u64 {
 
 /// The `x-delay` header of a message, if positive.
 pub fn delay_of(msg: &Message) -> Option<u64> {
-    let props = msg.decode_properties();
-    let d = props.headers.as_ref()?.get("x-delay")?;
+    let d = msg.props().headers.as_ref()?.get("x-delay")?;
     let ms = d.as_i64().or_else(|| match d {
         FieldValue::F64(f) => Some(*f as i64),
         _ => d.as_str().and_then(|s| s.parse().ok()),

@@ -1,6 +1,7 @@
 //! A published message: routed once, shared (behind an `Arc`) by every queue it lands in.
 
 use bytes::Bytes;
+use std::sync::OnceLock;
 use warren_protocol::properties::peek_delivery_mode;
 use warren_protocol::{BasicProperties, ShortStr};
 
@@ -8,9 +9,14 @@ use warren_protocol::{BasicProperties, ShortStr};
 pub struct Message {
     pub exchange: ShortStr,
     pub routing_key: ShortStr,
-    /// Content-header property flags and values, exactly as published.
+    /// Content-header property flags and values, exactly as published (checked at publish:
+    /// see [`BasicProperties::validate`]).
     pub properties: Bytes,
     pub body: Bytes,
+    /// The properties decoded, the first time a feature needs a value (priority, expiration,
+    /// headers routing, dead-lettering, x-delay): never more than once per message, however
+    /// many queues it lands in.
+    decoded: OnceLock<Box<BasicProperties>>,
 }
 
 impl Message {
@@ -20,6 +26,7 @@ impl Message {
             routing_key,
             properties,
             body,
+            decoded: OnceLock::new(),
         }
     }
 
@@ -28,9 +35,17 @@ impl Message {
         peek_delivery_mode(&self.properties) == Some(2)
     }
 
-    /// Decodes the properties; malformed ones read as empty (they were checked at publish).
+    /// The decoded properties (decoded on first use, then kept). Malformed ones read as
+    /// empty: a client's were checked at publish, and stored ones were written by us.
+    pub fn props(&self) -> &BasicProperties {
+        self.decoded.get_or_init(|| {
+            Box::new(BasicProperties::decode(self.properties.clone()).unwrap_or_default())
+        })
+    }
+
+    /// A copy of the decoded properties, to change and re-encode.
     pub fn decode_properties(&self) -> BasicProperties {
-        BasicProperties::decode(self.properties.clone()).unwrap_or_default()
+        self.props().clone()
     }
 
     /// A copy with one header set (properties re-encoded; the body is shared).
@@ -143,12 +158,7 @@ impl Message {
         at += plen;
         let body = rec.slice(at..);
         Some((
-            Message {
-                exchange,
-                routing_key,
-                properties,
-                body,
-            },
+            Message::new(exchange, routing_key, properties, body),
             flags & RECORD_PERSISTENT != 0,
         ))
     }

@@ -877,17 +877,13 @@ impl VHost {
     /// Appends the queues `exchange` routes `msg` to (following exchange-to-exchange bindings).
     fn route_from(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
         // Headers are decoded only if a headers exchange is on the way, and then only once.
-        let mut props: Option<warren_protocol::BasicProperties> = None;
         let mut dests = Vec::new();
         let mut visited: Vec<*const Exchange> = Vec::new();
         let mut next = Some(exchange.clone());
         while let Some(x) = next.take() {
             visited.push(Arc::as_ptr(&x));
             let headers = if x.kind == ExchangeKind::Headers {
-                props
-                    .get_or_insert_with(|| msg.decode_properties())
-                    .headers
-                    .as_ref()
+                msg.props().headers.as_ref()
             } else {
                 None
             };

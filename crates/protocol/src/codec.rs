@@ -29,6 +29,8 @@ pub enum DecodeError {
     ShortStrTooLong,
     #[error("field table nested too deeply")]
     TooDeep,
+    #[error("{0} bytes after the last field")]
+    TrailingBytes(usize),
 }
 
 pub type Result<T> = std::result::Result<T, DecodeError>;
@@ -297,6 +299,11 @@ impl<'a> Writer<'a> {
 pub trait Field: Sized {
     fn read(r: &mut Reader) -> Result<Self>;
     fn write(&self, w: &mut Writer);
+    /// Checks and steps over a value without building it (tables override this: no
+    /// allocation to validate one).
+    fn skip(r: &mut Reader) -> Result<()> {
+        Self::read(r).map(drop)
+    }
 }
 
 impl Field for u8 {

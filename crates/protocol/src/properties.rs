@@ -39,7 +39,26 @@ macro_rules! props {
                 }
                 let mut p = BasicProperties::default();
                 $( if flags & (1 << $bit) != 0 { p.$field = Some(<$ty as Field>::read(&mut r)?); } )*
-                Ok(p)
+                match r.remaining() {
+                    0 => Ok(p),
+                    n => Err(crate::DecodeError::TrailingBytes(n)),
+                }
+            }
+            /// Checks property flags and values as [`BasicProperties::decode`] would read
+            /// them, without building anything: what a broker does once per published
+            /// message (RabbitMQ refuses a malformed content header).
+            pub fn validate(raw: &Bytes) -> Result<()> {
+                let mut r = Reader::new(raw.clone());
+                let flags = r.u16()?;
+                let mut extra = flags;
+                while extra & 1 != 0 {
+                    extra = r.u16()?;
+                }
+                $( if flags & (1 << $bit) != 0 { <$ty as Field>::skip(&mut r)?; } )*
+                match r.remaining() {
+                    0 => Ok(()),
+                    n => Err(crate::DecodeError::TrailingBytes(n)),
+                }
             }
             /// Encodes property flags and values.
             pub fn encode(&self, buf: &mut BytesMut) {
@@ -169,5 +188,51 @@ mod tests {
             peek_delivery_mode(&BasicProperties::default().to_bytes()),
             None
         );
+    }
+
+    #[test]
+    fn validate_accepts_what_decode_reads_and_refuses_the_rest() {
+        let mut h = FieldTable::new();
+        let mut inner = FieldTable::new();
+        inner.insert("n", FieldValue::I64(-1));
+        h.insert("t", FieldValue::Table(inner));
+        h.insert(
+            "a",
+            FieldValue::Array(vec![FieldValue::from("x"), FieldValue::Void]),
+        );
+        h.insert("d", FieldValue::Decimal(2, 314));
+        let good = BasicProperties {
+            content_type: Some("text/plain".into()),
+            headers: Some(h),
+            delivery_mode: Some(2),
+            expiration: Some("60000".into()),
+            ..Default::default()
+        }
+        .to_bytes();
+        BasicProperties::validate(&good).unwrap();
+        BasicProperties::validate(&BasicProperties::default().to_bytes()).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            // headers with an unknown field type
+            (
+                "bad type",
+                [&[0x20, 0][..], &[0, 0, 0, 5, 1, b'k', b'Z', b'x', b'x']].concat(),
+            ),
+            // a table longer than the header
+            ("short table", vec![0x20, 0, 0, 0, 0, 100, b'a', b'b', b'c']),
+            // bytes after the last property
+            (
+                "trailing",
+                [&[0x10, 0, 2, b'h', b'i'][..], &[1, 2, 3]].concat(),
+            ),
+            // a shortstr running past the end
+            ("truncated", vec![0x80, 0, 9, b'a']),
+            // not UTF-8
+            ("utf8", vec![0x80, 0, 2, 0xff, 0xfe]),
+        ];
+        for (what, raw) in cases {
+            let raw = Bytes::from(raw);
+            assert!(BasicProperties::validate(&raw).is_err(), "{what}");
+            assert!(BasicProperties::decode(raw).is_err(), "{what}");
+        }
     }
 }

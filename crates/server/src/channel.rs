@@ -241,6 +241,18 @@ impl Channel {
         {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
+        // The content header is checked once, as RabbitMQ decodes it at publish: a malformed
+        // one closes the connection with RabbitMQ's bare 541 (the log says what was wrong),
+        // rather than losing every property later, when a feature decodes them.
+        if let (Method::BasicPublish(_), Some(c)) = (&method, &content) {
+            if let Err(e) = warren_protocol::BasicProperties::validate(&c.properties) {
+                tracing::warn!(channel = self.number, error = %e, "closing connection: basic.publish with a malformed content header");
+                return Err(AmqpError {
+                    code: INTERNAL_ERROR,
+                    text: "INTERNAL_ERROR".into(),
+                });
+            }
+        }
         cx.guard
             .authorize(cx.vhost, &method, self.last_queue.as_ref())?;
         let method_is_sync = matches!(method, Method::BasicRecover(_));

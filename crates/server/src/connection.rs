@@ -905,6 +905,8 @@ impl Connection {
                 let ch = self.channels.get_mut(n).expect("checked open");
                 match ch.handle(&mut ctx, method, cmd.content) {
                     Ok(()) => Ok(()),
+                    // RabbitMQ names no method for an internal error.
+                    Err(e) if e.code == INTERNAL_ERROR => Err(ConnectionError::from_amqp(e, 0, 0)),
                     Err(e) if e.is_connection_error() => {
                         Err(ConnectionError::from_amqp(e, class_id, method_id))
                     }

@@ -61,11 +61,11 @@ impl QueuedMessage {
         // Only decode the properties when a priority or expiration is present and matters.
         let wants_priority = opts.max_priority > 0 && flags & (1 << 11) != 0;
         if wants_priority || flags & (1 << 8) != 0 {
-            let p = msg.decode_properties();
+            let p = msg.props();
             if wants_priority {
                 priority = p.priority.unwrap_or(0).min(opts.max_priority);
             }
-            if let Some(ms) = p.expiration.and_then(|e| e.parse::<u64>().ok()) {
+            if let Some(ms) = p.expiration.as_ref().and_then(|e| e.parse::<u64>().ok()) {
                 let at = now_ms() + ms;
                 expires_at = Some(expires_at.map_or(at, |q| q.min(at)));
             }
