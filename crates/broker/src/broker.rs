@@ -67,7 +67,34 @@ impl Broker {
             persistence.remove_orphans(&keep);
             // Saved access control replaces the defaults made for a first start.
             b.restore_defaults_from(&defs);
-            for e in b.import_definitions(&defs) {
+            let errors = b.import_definitions(&defs);
+            // A durable queue that could not be restored (its message store would not open:
+            // too many open files, a permission) must stop the start: going on would save the
+            // definitions without it, and the next start would remove its messages as an
+            // orphan's.
+            let lost: Vec<&str> = defs
+                .queues
+                .iter()
+                .filter(|q| {
+                    q.durable
+                        && b.vhost(&q.vhost)
+                            .is_some_and(|v| v.queue(&q.name).is_none())
+                })
+                .filter_map(|q| {
+                    errors
+                        .iter()
+                        .find(|e| e.starts_with(&format!("queue '{}':", q.name)))
+                        .map(String::as_str)
+                })
+                .collect();
+            if let Some(first) = lost.first() {
+                return Err(format!(
+                    "{} durable queue(s) could not be restored (first: {first}); nothing was changed on disk. \
+                     If the error is 'Too many open files', raise the open-files limit (ulimit -n; each durable queue holds 2)",
+                    lost.len()
+                ));
+            }
+            for e in errors {
                 tracing::warn!("restoring definitions: {e}");
             }
             tracing::info!(

@@ -257,25 +257,25 @@ impl Persistence {
     }
 
     /// Removes store directories of queues that no longer exist (a crash can leave one behind
-    /// after a queue deletion).
+    /// after a queue deletion). Linear in the queues: a start with 100,000 durable queues looks
+    /// each directory up in a set of their encoded names.
     pub fn remove_orphans(&self, keep: &[(String, String)]) {
         let root = self.dir.join("queues");
         let Ok(vhosts) = std::fs::read_dir(&root) else {
             return;
         };
+        let keep: std::collections::HashSet<(String, String)> = keep
+            .iter()
+            .map(|(v, q)| (encode_name(v), encode_name(q)))
+            .collect();
         for v in vhosts.flatten() {
             let Ok(queues) = std::fs::read_dir(v.path()) else {
                 continue;
             };
+            let vn = v.file_name().to_string_lossy().into_owned();
             for q in queues.flatten() {
-                let (vn, qn) = (
-                    v.file_name().to_string_lossy().into_owned(),
-                    q.file_name().to_string_lossy().into_owned(),
-                );
-                if !keep
-                    .iter()
-                    .any(|(kv, kq)| encode_name(kv) == vn && encode_name(kq) == qn)
-                {
+                let qn = q.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&(vn.clone(), qn)) {
                     tracing::info!(dir = %q.path().display(), "removing message store of a deleted queue");
                     let _ = std::fs::remove_dir_all(q.path());
                 }
@@ -297,4 +297,42 @@ pub fn encode_name(name: &str) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Start-up removes the store directories of deleted queues by looking each directory up
+    /// in a set: 100,000 queues take well under seconds, not 10^10 name comparisons.
+    #[test]
+    fn removing_orphans_is_linear_in_the_queues() {
+        const N: usize = 100_000;
+        let dir = std::env::temp_dir().join(format!("warren-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let vhost_dir = dir.join("queues").join(encode_name("/"));
+        for i in 0..N {
+            std::fs::create_dir_all(vhost_dir.join(encode_name(&format!("q-{i}")))).unwrap();
+        }
+        let p = Persistence::new(&dir, warren_store::FileBackend::shared());
+        // Every queue but the last ten still exists.
+        let keep: Vec<(String, String)> = (0..N - 10)
+            .map(|i| ("/".to_string(), format!("q-{i}")))
+            .collect();
+        let t = std::time::Instant::now();
+        p.remove_orphans(&keep);
+        let took = t.elapsed();
+        let left = std::fs::read_dir(&vhost_dir).unwrap().count();
+        assert_eq!(left, N - 10);
+        assert!(!vhost_dir
+            .join(encode_name(&format!("q-{}", N - 1)))
+            .exists());
+        assert!(vhost_dir.join(encode_name("q-0")).exists());
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "{N} queues took {took:?}"
+        );
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -93,10 +93,15 @@ pub async fn bind_all(addrs: &[ListenAddr], what: &str) -> anyhow::Result<Vec<Tc
                 tracing::warn!(addr = %a.addr, error = %e, "not listening for {what} on IPv6 loopback: this machine has none");
             }
             Err(e) => {
+                let hint = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => "; is another broker running there? Choose another address in the listener settings (see `warren --help`)",
+                    std::io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose another port",
+                    _ => "",
+                };
                 return Err(anyhow::anyhow!(
-                    "cannot listen on {} for {what}: {e}; is another broker running there? Choose another address in the listener settings (see `warren --help`)",
+                    "cannot listen on {} for {what}: {e}{hint}",
                     a.addr
-                ))
+                ));
             }
         }
     }
