@@ -347,21 +347,34 @@ async fn per_message_expiration() {
     assert_eq!(drain(&ch, "pm").await, ["forever"]);
 }
 
-/// The shorter of the queue's TTL and the message's own expiration wins.
+/// The shorter of the queue's TTL and the message's own expiration wins. The longer one is a
+/// minute, so a broker that applied it (or ignored the shorter) keeps the message well past
+/// the two seconds allowed here; a control queue shows a minute-long TTL keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shorter_of_queue_ttl_and_message_expiration_applies() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
-    declare_args(&ch, "both", table(&[("x-message-ttl", int(5_000))])).await;
     confirm_select(&ch).await;
+    declare_args(&ch, "both", table(&[("x-message-ttl", int(60_000))])).await;
     let props = BasicProperties::default().with_expiration("80".into());
     publish_acked(&ch, "both", b"x", props).await;
-    wait_counts(&broker, "both", 0, 0).await;
-
     declare_args(&ch, "both2", table(&[("x-message-ttl", int(80))])).await;
-    let props = BasicProperties::default().with_expiration("5000".into());
+    let props = BasicProperties::default().with_expiration("60000".into());
     publish_acked(&ch, "both2", b"x", props).await;
-    wait_counts(&broker, "both2", 0, 0).await;
+    declare_args(&ch, "control", table(&[("x-message-ttl", int(60_000))])).await;
+    let props = BasicProperties::default().with_expiration("60000".into());
+    publish_acked(&ch, "control", b"x", props).await;
+    let start = std::time::Instant::now();
+    while ready(&broker, "both") + ready(&broker, "both2") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the shorter TTL did not apply: both={} both2={}",
+            ready(&broker, "both"),
+            ready(&broker, "both2")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready(&broker, "control"), 1, "a minute-long TTL kept its message");
 }
 
 /// RabbitMQ: a queue TTL of 0 expires a message on arrival *unless it can be delivered to a
