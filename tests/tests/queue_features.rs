@@ -374,7 +374,11 @@ async fn the_shorter_of_queue_ttl_and_message_expiration_applies() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(ready(&broker, "control"), 1, "a minute-long TTL kept its message");
+    assert_eq!(
+        ready(&broker, "control"),
+        1,
+        "a minute-long TTL kept its message"
+    );
 }
 
 /// RabbitMQ: a queue TTL of 0 expires a message on arrival *unless it can be delivered to a

@@ -25,6 +25,38 @@ pub struct BasicProperties {
     pub cluster_id: Option<ShortStr>,
 }
 
+/// The property flags' bits, as named in the content header (bit 15 is the first property).
+pub mod flag {
+    pub const CONTENT_TYPE: u16 = 1 << 15;
+    pub const CONTENT_ENCODING: u16 = 1 << 14;
+    pub const HEADERS: u16 = 1 << 13;
+    pub const DELIVERY_MODE: u16 = 1 << 12;
+    pub const PRIORITY: u16 = 1 << 11;
+    pub const CORRELATION_ID: u16 = 1 << 10;
+    pub const REPLY_TO: u16 = 1 << 9;
+    pub const EXPIRATION: u16 = 1 << 8;
+    pub const MESSAGE_ID: u16 = 1 << 7;
+    pub const TIMESTAMP: u16 = 1 << 6;
+    pub const TYPE: u16 = 1 << 5;
+    pub const USER_ID: u16 = 1 << 4;
+    pub const APP_ID: u16 = 1 << 3;
+    pub const CLUSTER_ID: u16 = 1 << 2;
+}
+
+/// The property flags of encoded properties (0 if there are none): lets a feature skip the
+/// decode when the property it needs is absent.
+pub fn flags(raw: &[u8]) -> u16 {
+    match raw {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+        _ => 0,
+    }
+}
+
+/// Whether encoded properties carry the property of `bit` (one of [`flag`]).
+pub fn has(raw: &[u8], bit: u16) -> bool {
+    flags(raw) & bit != 0
+}
+
 macro_rules! props {
     ($($field:ident : $ty:ty = $bit:literal),*) => {
         impl BasicProperties {
@@ -135,7 +167,7 @@ impl ContentHeader {
 /// persistent on every publish.
 pub fn peek_delivery_mode(raw: &[u8]) -> Option<u8> {
     let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
-    if flags & (1 << 12) == 0 {
+    if flags & flag::DELIVERY_MODE == 0 {
         return None;
     }
     let mut pos = 2usize;
@@ -144,12 +176,12 @@ pub fn peek_delivery_mode(raw: &[u8]) -> Option<u8> {
         extra = u16::from_be_bytes([*raw.get(pos)?, *raw.get(pos + 1)?]);
         pos += 2;
     }
-    for bit in [15u16, 14] {
-        if flags & (1 << bit) != 0 {
+    for bit in [flag::CONTENT_TYPE, flag::CONTENT_ENCODING] {
+        if flags & bit != 0 {
             pos += 1 + *raw.get(pos)? as usize;
         }
     }
-    if flags & (1 << 13) != 0 {
+    if flags & flag::HEADERS != 0 {
         let len = u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?) as usize;
         pos += 4 + len;
     }

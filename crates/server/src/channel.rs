@@ -18,12 +18,8 @@ type Result<T> = std::result::Result<T, AmqpError>;
 
 /// A per-message TTL must be a non-negative integer (ms), as RabbitMQ requires.
 fn check_expiration(content: &Content) -> Result<()> {
-    let flags = content
-        .properties
-        .get(..2)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]))
-        .unwrap_or(0);
-    if flags & (1 << 8) == 0 {
+    use warren_protocol::properties::{flag, has};
+    if !has(&content.properties, flag::EXPIRATION) {
         return Ok(());
     }
     let props = warren_protocol::BasicProperties::decode(content.properties.clone())
@@ -665,12 +661,8 @@ impl Channel {
 
     /// A publish with `reply_to = amq.rabbitmq.reply-to` names this channel's reply queue.
     fn rewrite_reply_to(&self, content: Content) -> Result<Content> {
-        let flags = content
-            .properties
-            .get(..2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .unwrap_or(0);
-        if flags & (1 << 9) == 0 {
+        use warren_protocol::properties::{flag, has};
+        if !has(&content.properties, flag::REPLY_TO) {
             return Ok(content);
         }
         let mut props = warren_protocol::BasicProperties::decode(content.properties.clone())

@@ -101,10 +101,8 @@ impl Guard {
     /// (406, as RabbitMQ), unless the user is an impersonator. Costs nothing for messages
     /// without it: only the property flags are looked at.
     pub fn check_user_id(&self, properties: &bytes::Bytes) -> Result<(), AmqpError> {
-        let flags = properties
-            .get(..2)
-            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-        if flags & (1 << 4) == 0 || self.impersonator {
+        use warren_protocol::properties::{flag, has};
+        if !has(properties, flag::USER_ID) || self.impersonator {
             return Ok(());
         }
         let props = warren_protocol::BasicProperties::decode(properties.clone()).map_err(|e| {

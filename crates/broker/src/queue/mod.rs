@@ -53,14 +53,11 @@ impl QueuedMessage {
         opts: &QueueOptions,
     ) -> Self {
         let (mut priority, mut expires_at) = (0u8, opts.message_ttl.map(|t| now_ms() + t));
-        let flags = msg
-            .properties
-            .get(..2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .unwrap_or(0);
+        use warren_protocol::properties::{flag, flags};
+        let flags = flags(&msg.properties);
         // Only decode the properties when a priority or expiration is present and matters.
-        let wants_priority = opts.max_priority > 0 && flags & (1 << 11) != 0;
-        if wants_priority || flags & (1 << 8) != 0 {
+        let wants_priority = opts.max_priority > 0 && flags & flag::PRIORITY != 0;
+        if wants_priority || flags & flag::EXPIRATION != 0 {
             let p = msg.props();
             if wants_priority {
                 priority = p.priority.unwrap_or(0).min(opts.max_priority);
