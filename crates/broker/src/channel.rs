@@ -349,7 +349,7 @@ impl DeliveryChannel {
             .and_then(|v| v.as_i64())
             .unwrap_or(0);
         let c = QueueConsumer {
-            channel: self.clone(),
+            handle: self.clone(),
             consumer_id: id,
             tag,
             no_ack,

@@ -27,6 +27,7 @@ impl DeathReason {
 }
 
 /// A message leaving a queue for its dead-letter exchange.
+#[derive(Debug)]
 pub struct DeadLetter {
     pub msg: Arc<Message>,
     pub reason: DeathReason,

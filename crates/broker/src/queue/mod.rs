@@ -1,23 +1,24 @@
-//! A queue: its ready messages (in publish order), how many are out unacknowledged, its
-//! consumers, and dispatch — round-robin among consumers that have prefetch credit.
+//! A queue: the [`engine`] that decides everything about its messages and consumers, and
+//! around it what the engine leaves to its caller: the lock, the message store (appends,
+//! marks, paging reads, fsync through the group commit), the clock, the vhost's timer, flow
+//! control wake-ups, and publishing dead letters once the lock is released ([`Locked`]), so
+//! queues never lock each other.
 //!
-//! A requeued message goes back to its original place: ready messages are kept ordered by
-//! their sequence number, so a requeue is an ordered insert (almost always at the front).
-//!
-//! Messages leaving for a dead-letter exchange are collected while the queue is locked and
-//! published after the lock is released ([`Locked`]), so queues never lock each other.
+//! Layout: [`engine`] (the state machine), `ready` (the ready list by priority and publish
+//! order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
+//! queue's arguments and policy).
 
-mod options;
+pub mod engine;
+pub mod options;
 mod paged;
 mod ready;
 
+pub use engine::{ConsumeRefused, Consumer, Effect, EngineStats, Env, QueueEngine, Rejected};
 pub use options::{Overflow, QueueOptions};
-use paged::PagedTail;
-use ready::ReadyList;
 
 use crate::channel::{Deliver, DeliveryChannel};
 use crate::clock::now_ms;
-use crate::deadletter::{DeadLetter, DeathReason};
+use crate::deadletter::DeadLetter;
 use crate::message::Message;
 use crate::persist::Persistence;
 use crate::vhost::VHost;
@@ -51,8 +52,9 @@ impl QueuedMessage {
         pos: Option<Position>,
         redelivered: bool,
         opts: &QueueOptions,
+        now: u64,
     ) -> Self {
-        let (mut priority, mut expires_at) = (0u8, opts.message_ttl.map(|t| now_ms() + t));
+        let (mut priority, mut expires_at) = (0u8, opts.message_ttl.map(|t| now + t));
         use warren_protocol::properties::{flag, flags};
         let flags = flags(&msg.properties);
         // Only decode the properties when a priority or expiration is present and matters.
@@ -63,7 +65,7 @@ impl QueuedMessage {
                 priority = p.priority.unwrap_or(0).min(opts.max_priority);
             }
             if let Some(ms) = p.expiration.as_ref().and_then(|e| e.parse::<u64>().ok()) {
-                let at = now_ms() + ms;
+                let at = now + ms;
                 expires_at = Some(expires_at.map_or(at, |q| q.min(at)));
             }
         }
@@ -82,9 +84,6 @@ impl QueuedMessage {
 /// Bytes of message bodies a durable queue keeps in memory; beyond this, new messages live
 /// only in the store (about 4 bytes each in RAM) until the queue drains to them.
 pub const RAM_BUDGET: usize = 16 << 20;
-
-/// Most bytes of bodies one page-in reads (with the queue locked).
-const PAGE_IN_BATCH: usize = 2 << 20;
 
 /// Flow control: when a queue that has consumers holds more than this many ready messages,
 /// or more than [`FLOW_HIGH_BYTES`] of bodies (or has paged out), publishers to it wait (as
@@ -133,113 +132,79 @@ pub enum PublishError {
     Rejected,
 }
 
-/// A consumer as the queue sees it: where to deliver and how.
-pub struct QueueConsumer {
-    pub channel: Arc<DeliveryChannel>,
-    pub consumer_id: u32,
-    pub tag: ShortStr,
-    pub no_ack: bool,
-    pub exclusive: bool,
-    /// `x-priority`: higher-priority consumers are served first.
-    pub priority: i64,
-}
+/// A consumer as a queue sees it: its channel, tag and options.
+pub type QueueConsumer = Consumer<Arc<DeliveryChannel>>;
 
-struct Inner {
-    opts: QueueOptions,
-    ready: ReadyList,
-    /// Messages paged out to the store, after everything in `ready`.
-    paged: PagedTail,
-    ready_bytes: usize,
-    unacked: u32,
-    consumers: Vec<QueueConsumer>,
-    /// Index of the consumer that gets the next message (round-robin).
-    next_consumer: usize,
-    next_seq: u64,
-    /// Set once a consumer has subscribed: auto-delete only applies after that.
-    had_consumer: bool,
-    published: u64,
-    delivered: u64,
-    acked: u64,
-    /// Messages on their way to the dead-letter exchange, published once the lock is released.
-    dead: Vec<DeadLetter>,
-    /// Last time the queue was used (ms), for `x-expires`.
-    last_used: u64,
-}
+/// Counters for list_queues and the management API.
+pub type QueueStats = EngineStats;
 
-impl Inner {
-    fn new(opts: QueueOptions) -> Self {
-        Inner {
-            ready: ReadyList::new(opts.max_priority),
-            opts,
-            paged: PagedTail::default(),
-            ready_bytes: 0,
-            unacked: 0,
-            consumers: Vec::new(),
-            next_consumer: 0,
-            next_seq: 0,
-            had_consumer: false,
-            published: 0,
-            delivered: 0,
-            acked: 0,
-            dead: Vec::new(),
-            last_used: now_ms(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.ready.len() + self.paged.len()
-    }
-
-    /// Appends a message read back from the store (recovery, page-in) to the ready list.
-    fn push_from_store(&mut self, msg: Message, pos: Position, redelivered: bool) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.ready_bytes += msg.body.len();
-        let qm = QueuedMessage::new(seq, Arc::new(msg), Some(pos), redelivered, &self.opts);
-        self.ready.push_back(qm);
-    }
-
-    /// Queues a message for the dead-letter exchange (if the queue has one) or drops it.
-    fn dead_letter(&mut self, msg: Arc<Message>, reason: DeathReason) {
-        if let Some(dlx) = &self.opts.dead_letter_exchange {
-            self.dead.push(DeadLetter {
-                msg,
-                reason,
-                exchange: dlx.clone(),
-                routing_key: self.opts.dead_letter_routing_key.clone(),
-            });
-        }
-    }
-}
-
-/// The queue's lock; dead letters gathered under it are published when it is released.
+/// The queue's lock. The engine's effects are carried out when it is released: store marks
+/// while the lock is still held (so they follow the queue's own order), dead letters and the
+/// timer after it is released.
 struct Locked<'a> {
     q: &'a Arc<Queue>,
-    g: ManuallyDrop<MutexGuard<'a, Inner>>,
+    g: ManuallyDrop<MutexGuard<'a, QueueEngine<Arc<DeliveryChannel>>>>,
 }
 
 impl Deref for Locked<'_> {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
+    type Target = QueueEngine<Arc<DeliveryChannel>>;
+    fn deref(&self) -> &Self::Target {
         &self.g
     }
 }
 impl DerefMut for Locked<'_> {
-    fn deref_mut(&mut self) -> &mut Inner {
+    fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.g
     }
 }
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let dead = std::mem::take(&mut self.g.dead);
+        let (dead, start_timer) = if self.g.has_effects() {
+            let effects = self.g.take_effects();
+            self.q.apply_effects(effects)
+        } else {
+            (Vec::new(), false)
+        };
         // SAFETY: the guard is dropped exactly once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.g) };
+        if start_timer {
+            self.q.register_timer();
+        }
         if !dead.is_empty() {
             if let Some(vh) = self.q.vhost.upgrade() {
                 for d in dead {
                     vh.publish_dead_letter(self.q, d);
                 }
             }
+        }
+    }
+}
+
+/// What the engine reaches through while the queue is locked: the consumers' channels and the
+/// queue's store.
+struct QueueEnv<'a> {
+    q: &'a Arc<Queue>,
+}
+
+impl Env<Arc<DeliveryChannel>> for QueueEnv<'_> {
+    fn offer(&mut self, c: &QueueConsumer, qm: &QueuedMessage) -> bool {
+        c.handle.deliver(Deliver {
+            queue: self.q,
+            consumer_id: c.consumer_id,
+            tag: &c.tag,
+            no_ack: c.no_ack,
+            qm,
+        })
+    }
+
+    fn read_paged(
+        &mut self,
+        from: Position,
+        max_bytes: usize,
+    ) -> warren_store::Result<(Vec<warren_store::RecoveredMessage>, Position)> {
+        match self.q.store.get() {
+            Some(slot) => slot.lock().store.read_batch(from, max_bytes),
+            None => Ok((Vec::new(), from)),
         }
     }
 }
@@ -255,7 +220,7 @@ pub struct Queue {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     deleted: AtomicBool,
-    inner: Mutex<Inner>,
+    inner: Mutex<QueueEngine<Arc<DeliveryChannel>>>,
     /// The bindings that lead here (exchange, routing key, arguments), so deleting the queue
     /// removes them without scanning every exchange.
     pub(crate) bindings: Mutex<Vec<(ShortStr, ShortStr, FieldTable)>>,
@@ -270,24 +235,6 @@ pub struct Queue {
     flow_waiting: AtomicBool,
     /// Registered with the vhost's timer (TTL, expiry).
     timed: AtomicBool,
-}
-
-/// Counters for list_queues and the management API.
-#[derive(Debug, Clone, Default)]
-pub struct QueueStats {
-    pub messages_ready: u64,
-    pub messages_unacknowledged: u64,
-    pub message_bytes_ready: u64,
-    pub consumers: u64,
-    pub published: u64,
-    pub delivered: u64,
-    pub acked: u64,
-}
-
-/// Why a consumer could not be added.
-pub enum ConsumeRefused {
-    ExclusiveInUse,
-    Deleted,
 }
 
 impl Queue {
@@ -308,7 +255,10 @@ impl Queue {
             auto_delete,
             arguments: arguments.clone(),
             deleted: AtomicBool::new(false),
-            inner: Mutex::new(Inner::new(QueueOptions::from_arguments(&arguments, None))),
+            inner: Mutex::new(QueueEngine::new(
+                QueueOptions::from_arguments(&arguments, None),
+                now_ms(),
+            )),
             bindings: Mutex::new(Vec::new()),
             persistence: None,
             store: std::sync::OnceLock::new(),
@@ -327,16 +277,15 @@ impl Queue {
     }
 
     pub fn options(&self) -> QueueOptions {
-        self.inner.lock().opts.clone()
+        self.inner.lock().options().clone()
     }
 
     /// Replaces the options (a policy changed); applies length limits at once.
     pub fn set_options(self: &Arc<Self>, opts: QueueOptions) {
         let needs_timer = opts.message_ttl.is_some() || opts.expires.is_some();
         let mut i = self.locked();
-        i.opts = opts;
-        self.enforce_limits(&mut i);
-        self.dispatch_locked(&mut i);
+        i.set_options(opts, now_ms(), &mut QueueEnv { q: self });
+        self.notify_flow(&i);
         drop(i);
         if needs_timer {
             self.register_timer();
@@ -354,7 +303,7 @@ impl Queue {
 
     /// The queue was used (declared, consumed from, polled): restarts the `x-expires` clock.
     pub fn touch(&self) {
-        self.inner.lock().last_used = now_ms();
+        self.inner.lock().touch(now_ms());
     }
 
     /// Timer work: expire messages at the head, and delete the queue if it has been unused
@@ -363,14 +312,7 @@ impl Queue {
         if self.is_deleted() {
             return false;
         }
-        let expired = {
-            let mut i = self.locked();
-            self.expire_head(&mut i, now);
-            match i.opts.expires {
-                Some(ms) => i.consumers.is_empty() && now.saturating_sub(i.last_used) > ms,
-                None => false,
-            }
-        };
+        let expired = self.locked().tick(now);
         if expired {
             if let Some(vh) = self.vhost.upgrade() {
                 tracing::info!(queue = %self.name, vhost = %self.vhost_name, "deleting queue: unused for longer than x-expires");
@@ -381,57 +323,46 @@ impl Queue {
         true
     }
 
-    /// Drops (dead-letters) expired messages at the head of the queue. Like RabbitMQ, only the
-    /// head is examined, so this never scans the queue.
-    fn expire_head(self: &Arc<Self>, i: &mut Inner, now: u64) {
-        while let Some(front) = i.ready.front() {
-            if front.expires_at.is_none_or(|at| at > now) {
-                break;
+    /// Carries out the engine's effects: store marks now (the queue is still locked), and
+    /// returns the dead letters to publish and whether the timer must start.
+    fn apply_effects(self: &Arc<Self>, effects: Vec<Effect>) -> (Vec<DeadLetter>, bool) {
+        let mut dead = Vec::new();
+        let mut start_timer = false;
+        let mut marks = Vec::new();
+        for e in effects {
+            match e {
+                Effect::DeadLetter(d) => dead.push(d),
+                Effect::StartTimer => start_timer = true,
+                mark => marks.push(mark),
             }
-            let m = i.ready.pop_front().expect("front exists");
-            i.ready_bytes -= m.msg.body.len();
-            if let Some(pos) = m.pos {
-                self.store_op(|s| s.ack(pos));
-            }
-            i.dead_letter(m.msg, DeathReason::Expired);
         }
+        if !marks.is_empty() {
+            self.store_op(|s| {
+                for m in marks {
+                    match m {
+                        Effect::StoreAck(pos) => s.ack(pos)?,
+                        Effect::StoreDelivered(pos) => s.mark_delivered(pos)?,
+                        Effect::StoreAckFrom(pos) => drop(s.ack_from(pos)?),
+                        Effect::StorePurge => s.purge().map(|_| ())?,
+                        Effect::DeadLetter(_) | Effect::StartTimer => {}
+                    }
+                }
+                Ok(())
+            });
+        }
+        (dead, start_timer)
     }
 
-    /// Applies x-max-length / x-max-length-bytes with drop-head: the oldest messages go.
-    fn enforce_limits(self: &Arc<Self>, i: &mut Inner) {
-        if i.opts.overflow != Overflow::DropHead {
-            return;
+    /// Wakes publishers held by flow control once the queue has drained enough.
+    fn notify_flow(&self, i: &QueueEngine<Arc<DeliveryChannel>>) {
+        if i.drained_enough() && self.flow_waiting.swap(false, Ordering::AcqRel) {
+            self.drained.notify_waiters();
         }
-        loop {
-            let over = i.opts.max_length.is_some_and(|m| i.len() as u64 > m)
-                || i.opts
-                    .max_length_bytes
-                    .is_some_and(|m| i.ready_bytes as u64 > m);
-            if !over {
-                return;
-            }
-            self.page_in(i);
-            let Some(m) = i.ready.pop_front() else { return };
-            i.ready_bytes -= m.msg.body.len();
-            if let Some(pos) = m.pos {
-                self.store_op(|s| s.ack(pos));
-            }
-            i.dead_letter(m.msg, DeathReason::Maxlen);
-        }
-    }
-
-    /// Whether reject-publish refuses a message of `size` bytes now.
-    fn full_for(i: &Inner, size: usize) -> bool {
-        i.opts.overflow != Overflow::DropHead
-            && (i.opts.max_length.is_some_and(|m| i.len() as u64 >= m)
-                || i.opts
-                    .max_length_bytes
-                    .is_some_and(|m| (i.ready_bytes + size) as u64 > m))
     }
 
     /// Whether publishers should wait before sending more to this queue.
     pub fn over_flow_limit(&self) -> bool {
-        Self::backlogged(&self.inner.lock())
+        self.inner.lock().backlogged()
     }
 
     /// Waits until the queue's backlog is below the low-water mark, its consumers are gone,
@@ -500,8 +431,9 @@ impl Queue {
     /// Loads what the store recovered (its persistent messages; see `Persistence`): they come
     /// back redelivered if they had been delivered. What does not fit the memory budget stays
     /// on disk as the paged tail, so recovery reads no more of the backlog than that.
-    pub(crate) fn recover(&self, mut recovery: Recovery) -> (u64, u64) {
+    pub(crate) fn recover(self: &Arc<Self>, mut recovery: Recovery) -> (u64, u64) {
         let mut i = self.inner.lock();
+        let now = now_ms();
         let (mut restored, mut errors) = (0u64, 0u64);
         let mut dropped = Vec::new();
         while let Some(r) = recovery.next() {
@@ -513,9 +445,9 @@ impl Queue {
                     continue;
                 }
             };
-            if i.ready_bytes >= RAM_BUDGET && i.opts.max_priority == 0 {
+            if i.memory_full() {
                 let rest = recovery.remaining();
-                i.paged = PagedTail::starting_at(r.position, rest + 1);
+                i.set_paged_tail(r.position, rest + 1);
                 restored += rest + 1;
                 break;
             }
@@ -523,7 +455,7 @@ impl Queue {
             match Message::decode_record(r.payload) {
                 Some((msg, _)) => {
                     restored += 1;
-                    i.push_from_store(msg, position, r.redelivered);
+                    i.push_from_store(msg, position, r.redelivered, now);
                 }
                 None => {
                     errors += 1;
@@ -531,7 +463,15 @@ impl Queue {
                 }
             }
         }
+        // Recovered messages with their own TTL need the timer.
+        let start_timer = i
+            .take_effects()
+            .iter()
+            .any(|e| matches!(e, Effect::StartTimer));
         drop(i);
+        if start_timer {
+            self.register_timer();
+        }
         if let Some(slot) = self.store.get() {
             let mut st = slot.lock();
             for p in dropped {
@@ -628,44 +568,6 @@ impl Queue {
         }
     }
 
-    /// Loads paged-out messages back into memory while the in-memory part is below half the
-    /// budget, at most [`PAGE_IN_BATCH`] bytes per call (the queue's lock is held meanwhile).
-    fn page_in(&self, i: &mut Inner) {
-        if i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET / 2 {
-            return;
-        }
-        let Some(slot) = self.store.get() else { return };
-        let want = (RAM_BUDGET / 2 - i.ready_bytes).min(PAGE_IN_BATCH);
-        let read = slot.lock().store.read_batch(i.paged.head(), want);
-        let (batch, next) = match read {
-            Ok(found) => found,
-            Err(e) => {
-                // Without the record's length there is no next position: give up on the tail
-                // rather than spin on it (its records stay on disk for a restart).
-                let lost = i.paged.clear();
-                tracing::error!(queue = %self.name, error = %e, lost, "paged-out messages unreadable; dropped until restart");
-                return;
-            }
-        };
-        if batch.is_empty() {
-            let lost = i.paged.clear();
-            tracing::error!(queue = %self.name, lost, "the store ended before the paged-out messages did");
-            return;
-        }
-        // Paged-out messages are all there is after the head, so the batch never runs past
-        // the tail; cap it anyway so the count stays true.
-        let n = batch.len().min(i.paged.len());
-        i.paged.advance_by(n as u64, next);
-        for rec in batch.into_iter().take(n) {
-            match Message::decode_record(rec.payload) {
-                Some((msg, _)) => i.push_from_store(msg, rec.position, rec.redelivered),
-                None => {
-                    tracing::error!(queue = %self.name, pos = %rec.position, "paged-out message undecodable; dropped")
-                }
-            }
-        }
-    }
-
     /// Drops the record of a binding from `exchange` that was removed.
     pub(crate) fn forget_binding(&self, exchange: &ShortStr, b: &crate::exchange::Binding) {
         self.bindings.lock().retain(|(e, k, a)| {
@@ -678,34 +580,24 @@ impl Queue {
     }
 
     pub fn stats(&self) -> QueueStats {
-        let i = self.inner.lock();
-        QueueStats {
-            messages_ready: (i.ready.len() + i.paged.len()) as u64,
-            messages_unacknowledged: i.unacked as u64,
-            message_bytes_ready: i.ready_bytes as u64,
-            consumers: i.consumers.len() as u64,
-            published: i.published,
-            delivered: i.delivered,
-            acked: i.acked,
-        }
+        self.inner.lock().stats()
     }
 
     pub fn message_count(&self) -> u32 {
-        let i = self.inner.lock();
-        (i.ready.len() + i.paged.len()) as u32
+        self.inner.lock().len() as u32
     }
 
     pub fn consumer_count(&self) -> u32 {
-        self.inner.lock().consumers.len() as u32
+        self.inner.lock().consumers().len() as u32
     }
 
     /// Consumer tags and channels, for listing.
     pub fn consumers(&self) -> Vec<(ShortStr, Arc<DeliveryChannel>, bool, bool)> {
         self.inner
             .lock()
-            .consumers
+            .consumers()
             .iter()
-            .map(|c| (c.tag.clone(), c.channel.clone(), c.no_ack, c.exclusive))
+            .map(|c| (c.tag.clone(), c.handle.clone(), c.no_ack, c.exclusive))
             .collect()
     }
 
@@ -733,21 +625,17 @@ impl Queue {
             return Ok(Published::default());
         }
         let mut i = self.locked();
-        if Self::full_for(&i, msg.body.len()) {
-            if i.opts.overflow == Overflow::RejectPublishDlx {
-                i.dead_letter(msg, DeathReason::Maxlen);
-            }
-            return Err(PublishError::Rejected);
-        }
+        i.admit(&msg).map_err(|Rejected| PublishError::Rejected)?;
         let durable_write = persistent && self.durable_store;
-        let paging = (!i.paged.is_empty() || i.ready_bytes >= RAM_BUDGET)
-            && i.opts.max_priority == 0
-            && self.paging_store().is_some();
+        let paging = i.should_page() && self.paging_store().is_some();
+        let now = now_ms();
+        let env = &mut QueueEnv { q: self };
         let (Some(p), true) = (&self.persistence, durable_write || paging) else {
-            self.enqueue(&mut i, msg, None);
+            i.enqueue(msg, None, now, env);
+            self.notify_flow(&i);
             return Ok(Published {
                 epoch: None,
-                backlogged: Self::backlogged(&i),
+                backlogged: i.backlogged(),
             });
         };
         // The gate makes "read the epoch, append, enlist" atomic with respect to the flusher
@@ -759,184 +647,36 @@ impl Queue {
                 self.store_append(&msg, durable_write, tx)?,
             )
         };
-        let persistent = durable_write;
         if paging {
-            i.published += 1;
-            i.paged.push_back(pos);
-            self.enforce_limits(&mut i);
+            i.push_paged(pos, now, env);
         } else {
-            self.enqueue(&mut i, msg, Some(pos));
+            i.enqueue(msg, Some(pos), now, env);
+            self.notify_flow(&i);
         }
         Ok(Published {
-            epoch: persistent.then_some(epoch),
-            backlogged: Self::backlogged(&i),
+            epoch: durable_write.then_some(epoch),
+            backlogged: i.backlogged(),
         })
-    }
-
-    fn backlogged(i: &Inner) -> bool {
-        !i.consumers.is_empty()
-            && (i.len() > FLOW_HIGH || i.ready_bytes > FLOW_HIGH_BYTES || !i.paged.is_empty())
-    }
-
-    fn drained_enough(i: &Inner) -> bool {
-        i.len() <= FLOW_LOW && i.ready_bytes <= FLOW_LOW_BYTES && i.paged.is_empty()
-    }
-
-    fn enqueue(self: &Arc<Self>, i: &mut Inner, msg: Arc<Message>, pos: Option<Position>) {
-        let seq = i.next_seq;
-        i.next_seq += 1;
-        i.published += 1;
-        i.ready_bytes += msg.body.len();
-        let qm = QueuedMessage::new(seq, msg, pos, false, &i.opts);
-        if qm.expires_at.is_some() && !self.timed.load(Ordering::Relaxed) {
-            self.register_timer();
-        }
-        i.ready.push_back(qm);
-        self.enforce_limits(i);
-        // A message that expires the instant it arrives (TTL 0) still goes to a consumer
-        // waiting for it, as in RabbitMQ; it is dropped otherwise.
-        self.dispatch_with(i, true);
     }
 
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>) {
         let mut i = self.locked();
-        self.dispatch_locked(&mut i);
-    }
-
-    fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
-        self.dispatch_with(i, false);
-    }
-
-    fn dispatch_with(self: &Arc<Self>, i: &mut Inner, arriving: bool) {
-        self.dispatch_inner(i, arriving);
-        if Self::drained_enough(i) && self.flow_waiting.swap(false, Ordering::AcqRel) {
-            self.drained.notify_waiters();
-        }
-    }
-
-    fn dispatch_inner(self: &Arc<Self>, i: &mut Inner, arriving: bool) {
-        self.page_in(i);
-        let mut now = if i.opts.message_ttl.is_some() || self.timed.load(Ordering::Relaxed) {
-            now_ms()
-        } else {
-            0
-        };
-        if arriving {
-            now = now.saturating_sub(1);
-        }
-        while !i.consumers.is_empty() {
-            if now != 0 {
-                self.expire_head(i, now);
-            }
-            if i.ready.is_empty() {
-                return;
-            }
-            match self.pick_consumer(i) {
-                Some(idx) => self.delivered_to(i, idx),
-                None => return,
-            }
-        }
-    }
-
-    /// Offers the head message to consumers: the highest consumer priority first, round-robin
-    /// within a priority; with single active consumer, only the first consumer. Returns the
-    /// index of the consumer that took it.
-    fn pick_consumer(self: &Arc<Self>, i: &mut Inner) -> Option<usize> {
-        let front = i.ready.front()?;
-        let n = i.consumers.len();
-        let mut start = 0;
-        while start < n {
-            let prio = i.consumers[start].priority;
-            let end = if i.opts.single_active_consumer {
-                1
-            } else {
-                i.consumers[start..]
-                    .iter()
-                    .position(|c| c.priority != prio)
-                    .map_or(n, |k| start + k)
-            };
-            let size = end - start;
-            for k in 0..size {
-                let idx = start + (i.next_consumer + k) % size;
-                let c = &i.consumers[idx];
-                let taken = c.channel.deliver(Deliver {
-                    queue: self,
-                    consumer_id: c.consumer_id,
-                    tag: &c.tag,
-                    no_ack: c.no_ack,
-                    qm: front,
-                });
-                if taken {
-                    i.next_consumer = (idx - start + 1) % size;
-                    return Some(idx);
-                }
-            }
-            if i.opts.single_active_consumer {
-                return None;
-            }
-            start = end;
-        }
-        None
-    }
-
-    /// Bookkeeping after consumer `idx` took the head message.
-    fn delivered_to(self: &Arc<Self>, i: &mut Inner, idx: usize) {
-        let no_ack = i.consumers[idx].no_ack;
-        let qm = i
-            .ready
-            .pop_front()
-            .expect("a consumer took the head message");
-        i.ready_bytes -= qm.msg.body.len();
-        i.delivered += 1;
-        if let Some(pos) = qm.pos {
-            if no_ack {
-                self.store_op(|s| s.ack(pos));
-            } else if !qm.redelivered {
-                self.store_op(|s| s.mark_delivered(pos));
-            }
-        }
-        if !no_ack {
-            i.unacked += 1;
-        }
-        if i.ready.is_empty() {
-            self.page_in(i);
-        }
+        i.dispatch(now_ms(), &mut QueueEnv { q: self });
+        self.notify_flow(&i);
     }
 
     /// basic.get: takes the next ready message. `ack_expected` counts it as unacked.
     pub fn get(self: &Arc<Self>, ack_expected: bool) -> Option<(QueuedMessage, u32)> {
         let mut i = self.locked();
-        i.last_used = now_ms();
-        self.page_in(&mut i);
-        let now = now_ms();
-        self.expire_head(&mut i, now);
-        let qm = i.ready.pop_front()?;
-        i.ready_bytes -= qm.msg.body.len();
-        i.delivered += 1;
-        if let Some(pos) = qm.pos {
-            if !ack_expected {
-                self.store_op(|s| s.ack(pos));
-            } else if !qm.redelivered {
-                self.store_op(|s| s.mark_delivered(pos));
-            }
-        }
-        if ack_expected {
-            i.unacked += 1;
-        }
-        Some((qm, (i.ready.len() + i.paged.len()) as u32))
+        i.get(ack_expected, now_ms(), &mut QueueEnv { q: self })
     }
 
     /// basic.reject / basic.nack without requeue: the messages leave the queue for its
     /// dead-letter exchange (reason `rejected`), or are dropped.
     pub fn reject<'a>(self: &Arc<Self>, msgs: impl Iterator<Item = &'a QueuedMessage> + Clone) {
         self.settle(msgs.clone());
-        let mut i = self.locked();
-        if i.opts.dead_letter_exchange.is_some() {
-            for m in msgs {
-                i.dead_letter(m.msg.clone(), DeathReason::Rejected);
-            }
-        }
+        self.locked().rejected(msgs);
     }
 
     /// Settles unacked messages (acked, or rejected without requeue): they leave the store.
@@ -955,45 +695,20 @@ impl Queue {
         } else {
             n = msgs.count() as u32;
         }
-        let mut i = self.inner.lock();
-        i.unacked = i.unacked.saturating_sub(n);
-        i.acked += n as u64;
+        self.inner.lock().settled(n);
     }
 
     /// Puts unacked messages back in their original places, marked redelivered, and delivers
     /// them again at once. Messages of a deleted queue are dropped.
-    pub fn requeue(self: &Arc<Self>, mut msgs: Vec<QueuedMessage>) {
+    pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
         let mut i = self.locked();
-        i.unacked = i.unacked.saturating_sub(msgs.len() as u32);
-        if self.is_deleted() {
-            return;
-        }
-        let limit = i.opts.delivery_limit;
-        let count_deliveries = limit.is_some() || i.opts.quorum;
-        msgs.sort_unstable_by_key(|m| m.seq);
-        for mut m in msgs.into_iter().rev() {
-            m.redelivered = true;
-            if count_deliveries {
-                m.delivery_count += 1;
-                if limit.is_some_and(|l| m.delivery_count as u64 > l) {
-                    if let Some(pos) = m.pos {
-                        self.store_op(|s| s.ack(pos));
-                    }
-                    i.dead_letter(m.msg, DeathReason::DeliveryLimit);
-                    continue;
-                }
-                m.msg = Arc::new(
-                    m.msg
-                        .with_header("x-delivery-count", m.delivery_count as i64),
-                );
-            }
-            i.ready_bytes += m.msg.body.len();
-            i.ready.insert_ordered(m);
-        }
-        self.dispatch_locked(&mut i);
+        let deleted = self.is_deleted();
+        i.requeue(msgs, deleted, now_ms(), &mut QueueEnv { q: self });
+        self.notify_flow(&i);
     }
 
-    /// Adds a consumer and starts delivering to it.
+    /// Adds a consumer and starts delivering to it (`on_added` runs in between, with the
+    /// queue locked).
     pub fn add_consumer(
         self: &Arc<Self>,
         c: QueueConsumer,
@@ -1003,39 +718,21 @@ impl Queue {
         if self.is_deleted() {
             return Err(ConsumeRefused::Deleted);
         }
-        if c.exclusive && !i.consumers.is_empty() || i.consumers.iter().any(|x| x.exclusive) {
-            return Err(ConsumeRefused::ExclusiveInUse);
-        }
-        // Kept in descending consumer priority, in arrival order within a priority (the first
-        // one is the single active consumer).
-        let at = i
-            .consumers
-            .iter()
-            .position(|x| x.priority < c.priority)
-            .unwrap_or(i.consumers.len());
-        i.consumers.insert(at, c);
-        i.had_consumer = true;
-        i.last_used = now_ms();
+        let now = now_ms();
+        i.add_consumer(c, now)?;
         on_added();
-        self.dispatch_locked(&mut i);
+        i.dispatch(now, &mut QueueEnv { q: self });
+        self.notify_flow(&i);
         Ok(())
     }
 
     /// Removes a consumer. Deletes an auto-delete queue that has lost its last consumer.
     pub fn remove_consumer(self: &Arc<Self>, channel: &DeliveryChannel, consumer_id: u32) {
-        let now_unused = {
-            let mut i = self.locked();
-            i.last_used = now_ms();
-            let before = i.consumers.len();
-            i.consumers
-                .retain(|c| !(std::ptr::eq(&*c.channel, channel) && c.consumer_id == consumer_id));
-            if i.next_consumer >= i.consumers.len() {
-                i.next_consumer = 0;
-            }
-            // A single active consumer's successor starts at once.
-            self.dispatch_locked(&mut i);
-            before != i.consumers.len() && i.consumers.is_empty() && i.had_consumer
-        };
+        let now_unused = self.locked().remove_consumers(
+            |c| std::ptr::eq(&*c.handle, channel) && c.consumer_id == consumer_id,
+            now_ms(),
+            &mut QueueEnv { q: self },
+        );
         if self.flow_waiting.swap(false, Ordering::AcqRel) {
             self.drained.notify_waiters();
         }
@@ -1048,27 +745,7 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(self: &Arc<Self>) -> u32 {
-        let mut i = self.inner.lock();
-        let n = (i.ready.len() + i.paged.len()) as u32;
-        let ready = i.ready.drain();
-        let paged_from = (!i.paged.is_empty()).then(|| i.paged.head());
-        i.paged.clear();
-        i.ready_bytes = 0;
-        let unacked = i.unacked;
-        self.store_op(|s| {
-            if unacked == 0 {
-                // Nothing in the store outlives the purge: drop it whole.
-                return s.purge().map(|_| ());
-            }
-            for pos in ready.iter().filter_map(|m| m.pos) {
-                s.ack(pos)?;
-            }
-            if let Some(from) = paged_from {
-                s.ack_from(from)?;
-            }
-            Ok(())
-        });
-        n
+        self.locked().purge()
     }
 
     /// Marks the queue deleted, drops its messages and tells its consumers' channels (which
@@ -1076,14 +753,7 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
         self.drained.notify_waiters();
-        let (n, consumers) = {
-            let mut i = self.inner.lock();
-            let n = (i.ready.len() + i.paged.len()) as u32;
-            i.ready.drain();
-            i.paged.clear();
-            i.ready_bytes = 0;
-            (n, std::mem::take(&mut i.consumers))
-        };
+        let (n, consumers) = self.inner.lock().delete();
         if let Some(slot) = self.store.get() {
             let mut st = slot.lock();
             let dir = st.store.dir().to_path_buf();
@@ -1094,7 +764,7 @@ impl Queue {
             let _ = std::fs::remove_dir_all(&dir);
         }
         for c in consumers {
-            c.channel.consumer_cancelled_by_server(c.consumer_id);
+            c.handle.consumer_cancelled_by_server(c.consumer_id);
         }
         n
     }
