@@ -138,6 +138,12 @@ impl<C> QueueEngine<C> {
         std::mem::take(&mut self.effects)
     }
 
+    /// [`QueueEngine::take_effects`] without giving up the buffer (no allocation per command
+    /// on the hot path).
+    pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
+    }
+
     pub fn has_effects(&self) -> bool {
         !self.effects.is_empty()
     }

@@ -160,8 +160,8 @@ impl DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let (dead, start_timer) = if self.g.has_effects() {
-            let effects = self.g.take_effects();
-            self.q.apply_effects(effects)
+            let q = self.q;
+            q.apply_effects(self.g.drain_effects())
         } else {
             (Vec::new(), false)
         };
@@ -323,32 +323,51 @@ impl Queue {
         true
     }
 
-    /// Carries out the engine's effects: store marks now (the queue is still locked), and
-    /// returns the dead letters to publish and whether the timer must start.
-    fn apply_effects(self: &Arc<Self>, effects: Vec<Effect>) -> (Vec<DeadLetter>, bool) {
+    /// Carries out the engine's effects: store marks now (the queue is still locked, and the
+    /// store is locked once for all of them), and returns the dead letters to publish and
+    /// whether the timer must start.
+    fn apply_effects(
+        self: &Arc<Self>,
+        effects: impl Iterator<Item = Effect>,
+    ) -> (Vec<DeadLetter>, bool) {
         let mut dead = Vec::new();
         let mut start_timer = false;
-        let mut marks = Vec::new();
+        let mut store = None;
+        let mut marked = false;
         for e in effects {
-            match e {
-                Effect::DeadLetter(d) => dead.push(d),
-                Effect::StartTimer => start_timer = true,
-                mark => marks.push(mark),
+            let mark = match e {
+                Effect::DeadLetter(d) => {
+                    dead.push(d);
+                    continue;
+                }
+                Effect::StartTimer => {
+                    start_timer = true;
+                    continue;
+                }
+                mark => mark,
+            };
+            let Some(slot) = self.store.get() else {
+                continue;
+            };
+            let st = store.get_or_insert_with(|| slot.lock());
+            let r = match mark {
+                Effect::StoreAck(pos) => st.store.ack(pos),
+                Effect::StoreDelivered(pos) => st.store.mark_delivered(pos),
+                Effect::StoreAckFrom(pos) => st.store.ack_from(pos).map(drop),
+                Effect::StorePurge => st.store.purge().map(drop),
+                Effect::DeadLetter(_) | Effect::StartTimer => Ok(()),
+            };
+            match r {
+                Ok(()) => marked = true,
+                // Nothing new to sync (a poisoned store fails every write): enlisting the
+                // queue would only fail the next group commit for everyone in it.
+                Err(e) => {
+                    tracing::warn!(queue = %self.name, error = %e, "message store write failed")
+                }
             }
         }
-        if !marks.is_empty() {
-            self.store_op(|s| {
-                for m in marks {
-                    match m {
-                        Effect::StoreAck(pos) => s.ack(pos)?,
-                        Effect::StoreDelivered(pos) => s.mark_delivered(pos)?,
-                        Effect::StoreAckFrom(pos) => drop(s.ack_from(pos)?),
-                        Effect::StorePurge => s.purge().map(|_| ())?,
-                        Effect::DeadLetter(_) | Effect::StartTimer => {}
-                    }
-                }
-                Ok(())
-            });
+        if let (Some(mut st), Some(p), true) = (store, &self.persistence, marked) {
+            self.enlist_written(&mut st, p);
         }
         (dead, start_timer)
     }
