@@ -1,7 +1,7 @@
 //! The registry of open client connections, as the management API and warrenctl see them:
 //! who is connected, from where, with which channels, and a way to close a connection.
 
-use crate::channel::DeliveryChannel;
+use crate::delivery::DeliveryChannel;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::SocketAddr;

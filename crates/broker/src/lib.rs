@@ -5,8 +5,10 @@
 //! - [`error`]: [`AmqpError`], a reply code with RabbitMQ's text.
 //! - [`message`]: the immutable [`Message`] shared by every queue it is routed to.
 //! - [`exchange`]: exchange types and their routing tables (a file per type).
-//! - [`queue`]: a queue's ready list, unacked count, consumers and dispatch.
-//! - [`channel`]: a channel's delivery side: delivery tags, unacked messages, prefetch.
+//! - [`queue`]: a queue: its [`queue::engine`] (a deterministic state machine: ready list,
+//!   consumers, dispatch, TTL, limits, dead-letter reasons) and, around it, the lock, the
+//!   store, the clock and the effects the engine asks for.
+//! - [`delivery`]: a channel's delivery side: delivery tags, unacked messages, prefetch.
 //! - [`vhost`]: declare/delete/bind/publish within one virtual host.
 //! - [`persist`]: message stores of durable queues, group commit, saved definitions.
 //! - [`definitions`]: the topology in RabbitMQ's definitions format.
@@ -17,20 +19,20 @@
 //! - [`connections`]: the registry of client connections, for operators.
 //!
 //! Nothing here knows frames or sockets: deliveries leave through the
-//! [`channel::DeliveryWriter`] trait that the server implements.
+//! [`delivery::DeliveryWriter`] trait that the server implements.
 //!
 //! Lock order (never taken the other way round): vhost maps → exchange bindings (released
-//! before queues are touched) → queue → channel → writer.
+//! before queues are touched) → queue → its store; queue → delivery channel → writer.
 
 pub mod alarm;
 pub mod auth;
 pub mod broker;
-pub mod channel;
 pub mod clock;
 pub mod connections;
 pub mod deadletter;
 pub mod definitions;
 pub mod delayed;
+pub mod delivery;
 pub mod error;
 pub mod exchange;
 pub mod json;
@@ -41,7 +43,7 @@ pub mod queue;
 pub mod vhost;
 
 pub use broker::{Broker, BrokerConfig};
-pub use channel::{DeliveryChannel, DeliveryWriter};
+pub use delivery::{DeliveryChannel, DeliveryWriter};
 pub use error::AmqpError;
 pub use message::Message;
 pub use queue::Queue;

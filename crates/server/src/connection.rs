@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use warren_broker::channel::TimedOut;
+use warren_broker::delivery::TimedOut;
 use warren_broker::connections::{CloseHandle, ConnectionEntry};
 use warren_broker::persist::SyncState;
 use warren_broker::{AmqpError, Broker, VHost};

@@ -16,7 +16,7 @@ mod ready;
 pub use engine::{ConsumeRefused, Consumer, Effect, EngineStats, Env, QueueEngine, Rejected};
 pub use options::{Overflow, QueueOptions};
 
-use crate::channel::{Deliver, DeliveryChannel};
+use crate::delivery::{Deliver, DeliveryChannel};
 use crate::clock::now_ms;
 use crate::deadletter::DeadLetter;
 use crate::message::Message;
