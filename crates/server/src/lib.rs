@@ -5,7 +5,10 @@
 //!
 //! Layout:
 //! - [`outbox`]: the connection's shared write buffer, drained by the writer task.
-//! - [`connection`]: handshake, frame dispatch, heartbeats, connection-level errors.
+//! - `handshake`: protocol header, start/start-ok (authentication), tune, open.
+//! - [`connection`]: the read loop, frame dispatch, heartbeats, flow control, connection-level
+//!   errors, cleanup.
+//! - `writer`: the writer task (outbox to socket, heartbeats when idle).
 //! - [`channel`]: the per-channel method handlers (exchange, queue, basic, confirm, tx).
 //! - `channel_table`: a connection's open channels by number (any number, `channel_max` of them).
 //! - [`security`]: a connection's user, permission checks, limits and alarm blocking.
@@ -16,9 +19,11 @@ pub mod alarms;
 pub mod channel;
 mod channel_table;
 pub mod connection;
+mod handshake;
 pub mod outbox;
 pub mod security;
 pub mod tls;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;

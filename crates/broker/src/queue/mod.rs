@@ -16,9 +16,9 @@ mod ready;
 pub use engine::{ConsumeRefused, Consumer, Effect, EngineStats, Env, QueueEngine, Rejected};
 pub use options::{Overflow, QueueOptions};
 
-use crate::delivery::{Deliver, DeliveryChannel};
 use crate::clock::now_ms;
 use crate::deadletter::DeadLetter;
+use crate::delivery::{Deliver, DeliveryChannel};
 use crate::message::Message;
 use crate::persist::Persistence;
 use crate::vhost::VHost;
