@@ -320,7 +320,7 @@ impl DeliveryChannel {
         let id = {
             let mut s = self.state.lock();
             if s.consumers.iter().flatten().any(|c| c.tag == tag) {
-                return Err(AmqpError::not_allowed_tag(&tag));
+                return Err(not_allowed_tag(&tag));
             }
             let uid = s.next_uid;
             s.next_uid += 1;
@@ -551,13 +551,11 @@ fn unknown_tag(tag: u64) -> AmqpError {
     AmqpError::precondition(format!("unknown delivery tag {tag}"))
 }
 
-impl AmqpError {
-    fn not_allowed_tag(tag: &str) -> AmqpError {
-        AmqpError::new(
-            warren_protocol::constants::NOT_ALLOWED,
-            format!("attempt to reuse consumer tag '{tag}'"),
-        )
-    }
+fn not_allowed_tag(tag: &str) -> AmqpError {
+    AmqpError::new(
+        warren_protocol::constants::NOT_ALLOWED,
+        format!("attempt to reuse consumer tag '{tag}'"),
+    )
 }
 
 /// Calls `f` once per run of consecutive entries from the same queue (acks usually come in

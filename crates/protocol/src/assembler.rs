@@ -3,6 +3,7 @@
 
 use crate::codec::DecodeError;
 use crate::constants::*;
+use crate::error::AmqpError;
 use crate::frame::Frame;
 use crate::methods::Method;
 use crate::properties::ContentHeader;
@@ -21,32 +22,15 @@ pub struct Command {
     pub content: Option<Content>,
 }
 
-/// Why frames could not be assembled; `code` is the AMQP reply code to close with.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{text}")]
-pub struct AssembleError {
-    pub code: u16,
-    pub text: String,
-    pub class_id: u16,
-    pub method_id: u16,
-}
+/// Why frames could not be assembled: an [`AmqpError`] to close with.
+pub type AssembleError = AmqpError;
 
-impl AssembleError {
-    fn new(code: u16, text: String) -> Self {
-        AssembleError {
-            code,
-            text,
-            class_id: 0,
-            method_id: 0,
-        }
-    }
-    fn decode(e: DecodeError) -> Self {
-        let code = match e {
-            DecodeError::UnknownMethod(..) => COMMAND_INVALID,
-            _ => SYNTAX_ERROR,
-        };
-        AssembleError::new(code, e.to_string())
-    }
+fn decode_error(e: DecodeError) -> AmqpError {
+    let code = match e {
+        DecodeError::UnknownMethod(..) => COMMAND_INVALID,
+        _ => SYNTAX_ERROR,
+    };
+    AmqpError::new(code, e)
 }
 
 /// The most a multi-frame body reserves up front. The announced size is only the peer's word
@@ -88,46 +72,47 @@ impl Assembler {
     pub fn push(&mut self, frame: Frame, max_body: u64) -> Result<Option<Command>, AssembleError> {
         match (std::mem::take(&mut self.state), frame.kind) {
             (State::Idle, FRAME_METHOD) => {
-                let method = Method::decode(frame.payload).map_err(AssembleError::decode)?;
+                let method = Method::decode(frame.payload).map_err(decode_error)?;
                 if method.has_content() {
                     self.state = State::Header(method);
                     Ok(None)
                 } else {
-                    Ok(Some(Command { method, content: None }))
+                    Ok(Some(Command {
+                        method,
+                        content: None,
+                    }))
                 }
             }
-            (State::Idle, kind) => Err(AssembleError::new(
+            (State::Idle, kind) => Err(AmqpError::new(
                 UNEXPECTED_FRAME,
-                format!("UNEXPECTED_FRAME - expected method frame, got non method frame (type {kind}) instead"),
+                format!("expected method frame, got non method frame (type {kind}) instead"),
             )),
             (State::Header(method), FRAME_HEADER) => {
-                let header = ContentHeader::decode(frame.payload).map_err(AssembleError::decode)?;
+                let header = ContentHeader::decode(frame.payload).map_err(decode_error)?;
                 if header.class_id != method.class_id() {
-                    return Err(AssembleError::new(
+                    return Err(AmqpError::new(
                         UNEXPECTED_FRAME,
                         format!(
-                            "UNEXPECTED_FRAME - expected content header for class {}, got one for class {} instead",
+                            "expected content header for class {}, got one for class {} instead",
                             method.class_id(),
                             header.class_id
                         ),
                     ));
                 }
                 if header.body_size > max_body {
-                    let mut e = AssembleError::new(
-                        PRECONDITION_FAILED,
-                        format!(
-                            "PRECONDITION_FAILED - message size {} is larger than configured max size {}",
-                            header.body_size, max_body
-                        ),
-                    );
-                    e.class_id = method.class_id();
-                    e.method_id = method.method_id();
-                    return Err(e);
+                    return Err(AmqpError::precondition(format!(
+                        "message size {} is larger than configured max size {}",
+                        header.body_size, max_body
+                    ))
+                    .on(method.class_id(), method.method_id()));
                 }
                 if header.body_size == 0 {
                     return Ok(Some(Command {
                         method,
-                        content: Some(Content { properties: header.properties, body: Bytes::new() }),
+                        content: Some(Content {
+                            properties: header.properties,
+                            body: Bytes::new(),
+                        }),
                     }));
                 }
                 self.state = State::Body {
@@ -139,19 +124,28 @@ impl Assembler {
                 };
                 Ok(None)
             }
-            (State::Header(method), _) => Err(AssembleError::new(
+            (State::Header(method), _) => Err(AmqpError::new(
                 UNEXPECTED_FRAME,
                 format!(
-                    "UNEXPECTED_FRAME - expected content header for class {}, got non content header frame instead",
+                    "expected content header for class {}, got non content header frame instead",
                     method.class_id()
                 ),
             )),
-            (State::Body { method, properties, remaining, mut first, mut rest }, FRAME_BODY) => {
+            (
+                State::Body {
+                    method,
+                    properties,
+                    remaining,
+                    mut first,
+                    mut rest,
+                },
+                FRAME_BODY,
+            ) => {
                 let len = frame.payload.len() as u64;
                 if len > remaining {
-                    return Err(AssembleError::new(
-                        FRAME_ERROR,
-                        format!("FRAME_ERROR - content body frame of {len} bytes exceeds the {remaining} bytes remaining"),
+                    return Err(AmqpError::new(
+                FRAME_ERROR,
+                format!("content body frame of {len} bytes exceeds the {remaining} bytes remaining"),
                     ));
                 }
                 let remaining = remaining - len;
@@ -169,15 +163,24 @@ impl Assembler {
                 }
                 if remaining == 0 {
                     let body = first.unwrap_or_else(|| rest.freeze());
-                    Ok(Some(Command { method, content: Some(Content { properties, body }) }))
+                    Ok(Some(Command {
+                        method,
+                        content: Some(Content { properties, body }),
+                    }))
                 } else {
-                    self.state = State::Body { method, properties, remaining, first, rest };
+                    self.state = State::Body {
+                        method,
+                        properties,
+                        remaining,
+                        first,
+                        rest,
+                    };
                     Ok(None)
                 }
             }
-            (State::Body { .. }, _) => Err(AssembleError::new(
+            (State::Body { .. }, _) => Err(AmqpError::new(
                 UNEXPECTED_FRAME,
-                "UNEXPECTED_FRAME - expected content body, got non content body frame instead".into(),
+                "expected content body, got non content body frame instead",
             )),
         }
     }

@@ -8,6 +8,7 @@
 //! - [`frame`]: frame parsing from a read buffer and frame encoding into a write buffer.
 //! - [`assembler`]: joins method + header + body frames into one [`assembler::Command`].
 //! - [`constants`]: reply codes and protocol constants.
+//! - [`error`]: [`AmqpError`], one error reply (code, RabbitMQ's text, failing method) for every layer.
 //! - [`sasl`]: PLAIN and AMQPLAIN responses of connection.start-ok.
 //!
 //! Nothing here knows about sockets, queues or tokio: decode from `Bytes`, encode into `BytesMut`.
@@ -15,6 +16,7 @@
 pub mod assembler;
 pub mod codec;
 pub mod constants;
+pub mod error;
 pub mod frame;
 pub mod methods;
 pub mod properties;
@@ -22,6 +24,7 @@ pub mod sasl;
 pub mod table;
 
 pub use codec::{DecodeError, ShortStr};
+pub use error::AmqpError;
 pub use methods::Method;
 pub use properties::BasicProperties;
 pub use table::{FieldTable, FieldValue};

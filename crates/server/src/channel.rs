@@ -243,10 +243,7 @@ impl Channel {
         if let (Method::BasicPublish(_), Some(c)) = (&method, &content) {
             if let Err(e) = warren_protocol::BasicProperties::validate(&c.properties) {
                 tracing::warn!(channel = self.number, error = %e, "closing connection: basic.publish with a malformed content header");
-                return Err(AmqpError {
-                    code: INTERNAL_ERROR,
-                    text: "INTERNAL_ERROR".into(),
-                });
+                return Err(AmqpError::bare(INTERNAL_ERROR));
             }
         }
         cx.guard

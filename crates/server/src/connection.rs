@@ -30,33 +30,9 @@ use warren_protocol::{Method, ShortStr};
 pub const PRODUCT: &str = "Warren";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// An error that closes the whole connection.
-#[derive(Debug)]
-pub struct ConnectionError {
-    pub code: u16,
-    pub text: String,
-    pub class_id: u16,
-    pub method_id: u16,
-}
-
-impl ConnectionError {
-    pub fn new(code: u16, detail: impl std::fmt::Display) -> Self {
-        ConnectionError {
-            code,
-            text: format!("{} - {}", reply_name(code), detail),
-            class_id: 0,
-            method_id: 0,
-        }
-    }
-    pub fn from_amqp(e: AmqpError, class_id: u16, method_id: u16) -> Self {
-        ConnectionError {
-            code: e.code,
-            text: e.text,
-            class_id,
-            method_id,
-        }
-    }
-}
+/// An error that closes the whole connection: an [`AmqpError`] whose code is a connection
+/// error's.
+pub type ConnectionError = AmqpError;
 
 /// Lets the registry (management API, shutdown) close this connection.
 struct Closer {
@@ -343,8 +319,8 @@ impl Connection {
             }
         });
         for (n, e) in failed {
-            // tx.commit (class 90, method 20) failed after the fact: its fsync did not succeed.
-            self.channel_error(n, e, 90, 20);
+            // tx.commit failed after the fact: its fsync did not succeed.
+            self.channel_error(n, e, TxCommit::CLASS_ID, TxCommit::METHOD_ID);
         }
     }
 
@@ -400,20 +376,12 @@ impl Connection {
                     }
                 }
                 _ => {
-                    let text = format!(
-                        "PRECONDITION_FAILED - delivery acknowledgement on channel {n} timed out. Timeout value used: {ms} ms. \
+                    let e = AmqpError::precondition(format!(
+                        "delivery acknowledgement on channel {n} timed out. Timeout value used: {ms} ms. \
                          This timeout value can be configured, see consumers doc guide to learn more"
-                    );
-                    tracing::warn!(peer = %self.peer, "{text}");
-                    self.channel_error(
-                        n,
-                        AmqpError {
-                            code: PRECONDITION_FAILED,
-                            text,
-                        },
-                        0,
-                        0,
-                    );
+                    ));
+                    tracing::warn!(peer = %self.peer, "{}", e.text);
+                    self.channel_error(n, e, 0, 0);
                 }
             }
         }
@@ -468,23 +436,20 @@ impl Connection {
                     // numbers (0: no limit).
                     let open = self.channels.len();
                     if self.channel_max != 0 && open >= self.channel_max as usize {
-                        return Err(ConnectionError {
-                            class_id: 20,
-                            method_id: 10,
-                            ..ConnectionError::new(
-                                NOT_ALLOWED,
-                                format!(
-                                    "number of channels opened ({open}) has reached the negotiated channel_max ({})",
-                                    self.channel_max
-                                ),
-                            )
-                        });
+                        return Err(AmqpError::new(
+                            NOT_ALLOWED,
+                            format!(
+                                "number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                                self.channel_max
+                            ),
+                        )
+                        .on(ChannelOpen::CLASS_ID, ChannelOpen::METHOD_ID));
                     }
                     // The user's channel limit (530 NOT_ALLOWED closes the connection).
                     self.guard
                         .slot
                         .open_channel()
-                        .map_err(|e| ConnectionError::from_amqp(e, 20, 10))?;
+                        .map_err(|e| e.on(ChannelOpen::CLASS_ID, ChannelOpen::METHOD_ID))?;
                     self.open_channel(n);
                     Ok(())
                 }
@@ -514,25 +479,11 @@ impl Connection {
             Ok(Some(cmd)) => cmd,
             Ok(None) => return Ok(()),
             Err(e) if e.code == PRECONDITION_FAILED => {
-                self.channel_error(
-                    n,
-                    AmqpError {
-                        code: e.code,
-                        text: e.text,
-                    },
-                    e.class_id,
-                    e.method_id,
-                );
+                let (class_id, method_id) = (e.class_id, e.method_id);
+                self.channel_error(n, e, class_id, method_id);
                 return Ok(());
             }
-            Err(e) => {
-                return Err(ConnectionError {
-                    code: e.code,
-                    text: e.text,
-                    class_id: e.class_id,
-                    method_id: e.method_id,
-                })
-            }
+            Err(e) => return Err(e),
         };
         let (class_id, method_id) = (cmd.method.class_id(), cmd.method.method_id());
         match cmd.method {
@@ -560,10 +511,8 @@ impl Connection {
                 match ch.handle(&mut ctx, method, cmd.content) {
                     Ok(()) => Ok(()),
                     // RabbitMQ names no method for an internal error.
-                    Err(e) if e.code == INTERNAL_ERROR => Err(ConnectionError::from_amqp(e, 0, 0)),
-                    Err(e) if e.is_connection_error() => {
-                        Err(ConnectionError::from_amqp(e, class_id, method_id))
-                    }
+                    Err(e) if e.code == INTERNAL_ERROR => Err(e.on(0, 0)),
+                    Err(e) if e.is_connection_error() => Err(e.on(class_id, method_id)),
                     Err(e) => {
                         self.channel_error(n, e, class_id, method_id);
                         Ok(())
@@ -591,15 +540,11 @@ impl Connection {
                 self.outbox.send(0, ConnectionUpdateSecretOk {});
                 Ok(())
             }
-            other => Err(ConnectionError {
-                code: COMMAND_INVALID,
-                text: format!(
-                    "COMMAND_INVALID - unexpected method {} on channel 0",
-                    other.name()
-                ),
-                class_id: other.class_id(),
-                method_id: other.method_id(),
-            }),
+            other => Err(AmqpError::command_invalid(format!(
+                "unexpected method {} on channel 0",
+                other.name()
+            ))
+            .on(other.class_id(), other.method_id())),
         }
     }
 

@@ -192,7 +192,7 @@ pub(crate) async fn handshake(
         if let Err(e) = broker.authenticate(&user, &pass, loopback) {
             tracing::warn!(%peer, user = %user, "authentication failed: {}", e.text);
             if cap("authentication_failure_close") {
-                return Err(ConnectionError::from_amqp(e, 0, 0));
+                return Err(e.on(0, 0));
             }
             return Err(ConnectionError::new(0, "authentication failed"));
         }
@@ -263,13 +263,13 @@ pub(crate) async fn handshake(
         // RabbitMQ's checks and texts: the vhost exists and the user has permissions there,
         // then the node, vhost and user connection limits.
         let vhost_name = open.virtual_host.as_str();
-        let (class_id, method_id) = (10, 40);
+        let (class_id, method_id) = (ConnectionOpen::CLASS_ID, ConnectionOpen::METHOD_ID);
         let access = broker
             .vhost_access(&user, vhost_name)
-            .map_err(|e| ConnectionError::from_amqp(e, class_id, method_id))?;
+            .map_err(|e| e.on(class_id, method_id))?;
         let slot = broker
             .acquire_connection(&user, vhost_name, config.connection_max)
-            .map_err(|e| ConnectionError::from_amqp(e, class_id, method_id))?;
+            .map_err(|e| e.on(class_id, method_id))?;
         let vhost = broker.vhost(vhost_name).ok_or_else(|| {
             ConnectionError::new(NOT_ALLOWED, format!("vhost {vhost_name} not found"))
         })?;
