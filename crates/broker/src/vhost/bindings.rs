@@ -1,0 +1,123 @@
+//! queue.bind / queue.unbind / exchange.bind / exchange.unbind, with RabbitMQ's rules: the
+//! default exchange is refused, unbinding what is gone succeeds.
+
+use super::*;
+
+impl VHost {
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: ShortStr,
+        args: FieldTable,
+        conn: u64,
+    ) -> Result<()> {
+        let q = self.queue_for(queue, conn)?;
+        let x = self.bindable_exchange(exchange)?;
+        if x.kind == ExchangeKind::Headers {
+            check_headers_args(&args)?;
+        }
+        let added = x.bind(Binding {
+            destination: Destination::Queue(q.clone()),
+            routing_key: key.clone(),
+            arguments: args.clone(),
+        })?;
+        if added {
+            q.bindings.lock().push((x.name.clone(), key, args));
+            self.definitions_changed(q.durable && x.durable);
+        }
+        Ok(())
+    }
+
+    /// queue.unbind. As RabbitMQ (since 3.2): unbinding from a queue or exchange that does not
+    /// exist, or a binding that does not exist, succeeds; only the default exchange (403) and
+    /// another connection's exclusive queue with that binding (405) are refused.
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: ShortStr,
+        args: FieldTable,
+        conn: u64,
+    ) -> Result<()> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let (Some(q), Some(x)) = (self.queue(queue), self.exchange(exchange)) else {
+            return Ok(());
+        };
+        let bound = q
+            .bindings
+            .lock()
+            .iter()
+            .any(|(e, k, a)| *e == x.name && *k == key && a.same_entries(&args));
+        if !bound {
+            return Ok(());
+        }
+        self.queue_for(queue, conn)?;
+        let b = Binding {
+            destination: Destination::Queue(q.clone()),
+            routing_key: key,
+            arguments: args,
+        };
+        if x.unbind(&b) {
+            q.forget_binding(&x.name, &b);
+            self.definitions_changed(q.durable && x.durable);
+            self.maybe_auto_delete_exchange(&x);
+        }
+        Ok(())
+    }
+
+    pub(super) fn bindable_exchange(&self, name: &str) -> Result<Arc<Exchange>> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        self.exchange(name).ok_or_else(|| self.no_exchange(name))
+    }
+
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: ShortStr,
+        args: FieldTable,
+    ) -> Result<()> {
+        let src = self.bindable_exchange(source)?;
+        let dst = self.bindable_exchange(destination)?;
+        let durable = src.durable && dst.durable;
+        if src.bind(Binding {
+            destination: Destination::Exchange(dst),
+            routing_key: key,
+            arguments: args,
+        })? {
+            self.definitions_changed(durable);
+        }
+        Ok(())
+    }
+
+    /// exchange.unbind: as queue.unbind, missing exchanges or a missing binding succeed.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: ShortStr,
+        args: FieldTable,
+    ) -> Result<()> {
+        if source.is_empty() || destination.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let (Some(src), Some(dst)) = (self.exchange(source), self.exchange(destination)) else {
+            return Ok(());
+        };
+        let durable = src.durable && dst.durable;
+        if src.unbind(&Binding {
+            destination: Destination::Exchange(dst),
+            routing_key: key,
+            arguments: args,
+        }) {
+            self.definitions_changed(durable);
+            self.maybe_auto_delete_exchange(&src);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,434 @@
+//! Declaring, deleting and purging exchanges and queues, with RabbitMQ's equivalence checks
+//! and argument validation.
+
+use super::*;
+
+/// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared).
+const COMPARED_QUEUE_ARGS: &[&str] = &[
+    "x-queue-type",
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+const INTEGER_QUEUE_ARGS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-delivery-limit",
+    "x-consumer-timeout",
+];
+
+impl VHost {
+    pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<Arc<Exchange>> {
+        // RabbitMQ refuses the default exchange before anything else, passive or not.
+        if d.name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if d.passive {
+            return self
+                .exchange(&d.name)
+                .ok_or_else(|| self.no_exchange(&d.name));
+        }
+        let delayed = d.kind.as_str() == "x-delayed-message";
+        let kind = if delayed {
+            // The rabbitmq-delayed-message-exchange plugin's contract: the routing type is
+            // given by the x-delayed-type argument.
+            d.arguments
+                .get("x-delayed-type")
+                .and_then(FieldValue::as_str)
+                .and_then(ExchangeKind::parse)
+                .ok_or_else(|| {
+                    AmqpError::precondition(
+                        "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                    )
+                })?
+        } else {
+            ExchangeKind::parse(&d.kind)
+                // RabbitMQ 4: a channel error (3.x closed the connection with 503).
+                .ok_or_else(|| {
+                    AmqpError::precondition(format!("unknown exchange type '{}'", d.kind))
+                })?
+        };
+        if let Some(x) = self.exchange(&d.name) {
+            let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
+                AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for exchange '{}' in vhost '{}': received '{got}' but current is '{cur}'",
+                    d.name, self.name
+                ))
+            };
+            if x.kind != kind || x.delayed != delayed {
+                return Err(mismatch("type", &d.kind, &x.type_name()));
+            }
+            if x.durable != d.durable {
+                return Err(mismatch("durable", &d.durable, &x.durable));
+            }
+            if x.auto_delete != d.auto_delete {
+                return Err(mismatch("auto_delete", &d.auto_delete, &x.auto_delete));
+            }
+            if x.internal != d.internal {
+                return Err(mismatch("internal", &d.internal, &x.internal));
+            }
+            return Ok(x);
+        }
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let mut x = Exchange::new(
+            d.name.clone(),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments,
+        );
+        x.delayed = delayed;
+        let x = Arc::new(x);
+        *x.policy.write() = self.policy_for(&x.name, false);
+        let x = self.exchanges.write().entry(d.name).or_insert(x).clone();
+        self.definitions_changed(x.durable);
+        Ok(x)
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let Some(x) = self.exchange(name) else {
+            return Ok(());
+        };
+        if if_unused && x.has_bindings() {
+            return Err(AmqpError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.remove_exchange(&x);
+        Ok(())
+    }
+
+    pub(super) fn remove_exchange(&self, x: &Arc<Exchange>) {
+        self.exchanges.write().remove(x.name.as_str());
+        x.mark_deleted();
+        self.definitions_changed(x.durable);
+        for b in x.bindings() {
+            if let Destination::Queue(q) = &b.destination {
+                q.forget_binding(&x.name, &b);
+            }
+        }
+        let dest = Destination::Exchange(x.clone());
+        for other in self.exchanges() {
+            if other.unbind_destination(&dest) > 0 {
+                self.maybe_auto_delete_exchange(&other);
+            }
+        }
+    }
+
+    pub(super) fn maybe_auto_delete_exchange(&self, x: &Arc<Exchange>) {
+        if x.auto_delete && !x.has_bindings() {
+            self.remove_exchange(x);
+        }
+    }
+
+    /// queue.declare. Returns the queue with its ready-message and consumer counts.
+    pub fn declare_queue(
+        self: &Arc<Self>,
+        d: QueueDeclare,
+        conn: u64,
+    ) -> Result<(Arc<Queue>, u32, u32)> {
+        if d.passive {
+            let q = self.queue_for(&d.name, conn)?;
+            return Ok((q.clone(), q.message_count(), q.consumer_count()));
+        }
+        let name: ShortStr = if d.name.is_empty() {
+            generate_name().into()
+        } else if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        } else {
+            d.name.clone()
+        };
+        self.check_queue_args(&name, &d)?;
+        let _lifecycle = self.lifecycle.lock();
+        if let Some(q) = self.queue(&name) {
+            return self.redeclare(q, &d, conn);
+        }
+        let owner = d.exclusive.then_some(conn);
+        // As RabbitMQ, an exclusive queue is not durable, whatever the declaration says.
+        let durable = d.durable && !d.exclusive;
+        let mut q = Queue::new(
+            name.clone(),
+            self,
+            durable,
+            owner,
+            d.auto_delete,
+            d.arguments.clone(),
+        );
+        let mut recovery = None;
+        if let (true, Some(p)) = (durable, &self.persistence) {
+            let (store, rec) = p.open_queue_store(&self.name, &name).map_err(|e| {
+                tracing::error!(queue = %name, error = %e, "cannot open the queue's message store");
+                AmqpError::new(
+                    warren_protocol::constants::INTERNAL_ERROR,
+                    format!("cannot open message store: {e}"),
+                )
+            })?;
+            q = q.with_store(p.clone(), store);
+            recovery = Some(rec);
+        } else if let Some(p) = &self.persistence {
+            q = q.with_paging(p.clone());
+        }
+        let q = Arc::new(q);
+        // No one else can have inserted it: `lifecycle` is held.
+        self.queues.write().insert(name, q.clone());
+        let mut count = 0;
+        if let Some(rec) = recovery {
+            let (restored, errors) = q.recover(rec);
+            if restored > 0 || errors > 0 {
+                tracing::info!(queue = %q.name, vhost = %self.name, restored, errors, "recovered messages");
+            }
+            count = q.message_count();
+        }
+        self.definitions_changed(q.durable);
+        if !self.policies.read().is_empty() || !self.operator_policies.read().is_empty() {
+            self.apply_queue_policy(&q);
+        }
+        let opts = q.options();
+        if opts.message_ttl.is_some() || opts.expires.is_some() {
+            q.register_timer();
+        }
+        Ok((q, count, 0))
+    }
+
+    /// The hidden queue behind direct reply-to (`amq.rabbitmq.reply-to`): named
+    /// `amq.rabbitmq.reply-to.<token>`, exclusive to the connection, gone with its consumer.
+    pub fn declare_reply_queue(self: &Arc<Self>, conn: u64) -> Arc<Queue> {
+        let name: ShortStr = format!(
+            "amq.rabbitmq.reply-to.{}",
+            &generate_name()["amq.gen-".len()..]
+        )
+        .into();
+        let q = Arc::new(Queue::new(
+            name.clone(),
+            self,
+            false,
+            Some(conn),
+            true,
+            FieldTable::new(),
+        ));
+        self.queues.write().insert(name, q.clone());
+        q
+    }
+
+    pub(super) fn redeclare(
+        &self,
+        q: Arc<Queue>,
+        d: &QueueDeclare,
+        conn: u64,
+    ) -> Result<(Arc<Queue>, u32, u32)> {
+        // RabbitMQ's strict exclusive check comes first: another connection's exclusive queue,
+        // or an exclusive flag that differs from the original declaration, is 405.
+        let exclusive_ok = match q.exclusive_owner {
+            Some(owner) => d.exclusive && owner == conn,
+            None => !d.exclusive,
+        };
+        if !exclusive_ok {
+            return Err(self.locked(&q.name));
+        }
+        let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
+            AmqpError::precondition(format!(
+                "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received '{got}' but current is '{cur}'",
+                q.name, self.name
+            ))
+        };
+        // As RabbitMQ, an exclusive queue is never durable, whatever the declaration says.
+        let durable = d.durable && !d.exclusive;
+        if q.durable != durable {
+            return Err(mismatch("durable", &durable, &q.durable));
+        }
+        if q.auto_delete != d.auto_delete {
+            return Err(mismatch("auto_delete", &d.auto_delete, &q.auto_delete));
+        }
+        for arg in COMPARED_QUEUE_ARGS {
+            let got = d.arguments.get(arg);
+            let cur = q.arguments.get(arg);
+            let equivalent = match (got, cur) {
+                (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
+                (None, None) => true,
+                // An explicit x-queue-type of "classic" equals the default.
+                (Some(v), None) | (None, Some(v)) => {
+                    *arg == "x-queue-type" && v.as_str() == Some("classic")
+                }
+            };
+            if !equivalent {
+                let show = |v: Option<&FieldValue>| match v {
+                    None => "none".to_string(),
+                    Some(v) => v
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| v.as_i64().map(|i| i.to_string()))
+                        .unwrap_or_else(|| format!("{v:?}")),
+                };
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received {} but current is {}",
+                    q.name,
+                    self.name,
+                    describe_arg(got, &show),
+                    describe_arg(cur, &show)
+                )));
+            }
+        }
+        q.touch();
+        let (m, c) = (q.message_count(), q.consumer_count());
+        Ok((q, m, c))
+    }
+
+    pub(super) fn check_queue_args(&self, name: &str, d: &QueueDeclare) -> Result<()> {
+        let invalid = |arg: &str, why: &str| {
+            AmqpError::precondition(format!(
+                "invalid arg '{arg}' for queue '{name}' in vhost '{}': {why}",
+                self.name
+            ))
+        };
+        for arg in INTEGER_QUEUE_ARGS {
+            if let Some(v) = d.arguments.get(arg) {
+                match v.as_i64() {
+                    Some(n) if n >= 0 => {}
+                    Some(_) => return Err(invalid(arg, "a negative value is not allowed")),
+                    None => {
+                        return Err(invalid(
+                            arg,
+                            &format!("{} is not a valid integer type", v.type_name()),
+                        ))
+                    }
+                }
+            }
+        }
+        if let Some(v) = d.arguments.get("x-expires") {
+            if v.as_i64() == Some(0) {
+                return Err(invalid("x-expires", "the value must be positive"));
+            }
+        }
+        if let Some(v) = d.arguments.get("x-max-priority") {
+            if v.as_i64().is_some_and(|p| p > 255) {
+                return Err(invalid(
+                    "x-max-priority",
+                    "the value must be between 0 and 255",
+                ));
+            }
+        }
+        if let Some(v) = d.arguments.get("x-overflow") {
+            if !matches!(
+                v.as_str(),
+                Some("drop-head" | "reject-publish" | "reject-publish-dlx")
+            ) {
+                return Err(invalid(
+                    "x-overflow",
+                    "expected drop-head, reject-publish or reject-publish-dlx",
+                ));
+            }
+        }
+        match d.arguments.get("x-queue-type").map(|v| v.as_str()) {
+            None | Some(Some("classic")) => {}
+            Some(Some("quorum")) => {
+                let prop = if !d.durable {
+                    Some("non-durable")
+                } else if d.exclusive {
+                    Some("exclusive-owner")
+                } else if d.auto_delete {
+                    Some("auto-delete")
+                } else {
+                    None
+                };
+                if let Some(p) = prop {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid property '{p}' for queue '{name}' in vhost '{}'",
+                        self.name
+                    )));
+                }
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "x-queue-type",
+                    &format!("unsupported queue type '{}'", other.unwrap_or("?")),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// queue.delete. Returns the number of ready messages deleted. A missing queue is not an
+    /// error (RabbitMQ makes delete idempotent).
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: u64,
+    ) -> Result<u32> {
+        let q = match self.queue_for(name, conn) {
+            Ok(q) => q,
+            Err(e) if e.code == warren_protocol::constants::NOT_FOUND => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        if if_unused && q.consumer_count() > 0 {
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && q.message_count() > 0 {
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{}' not empty",
+                self.name
+            )));
+        }
+        Ok(self.delete_queue_unchecked(name))
+    }
+
+    /// Deletes a queue with no checks (auto-delete, exclusive owner gone, vhost deletion).
+    pub fn delete_queue_unchecked(&self, name: &str) -> u32 {
+        let _lifecycle = self.lifecycle.lock();
+        let Some(q) = self.queues.write().remove(name) else {
+            return 0;
+        };
+        self.definitions_changed(q.durable);
+        let bindings = std::mem::take(&mut *q.bindings.lock());
+        let dest = Destination::Queue(q.clone());
+        for (ex, key, args) in bindings {
+            if let Some(x) = self.exchange(&ex) {
+                x.unbind(&Binding {
+                    destination: dest.clone(),
+                    routing_key: key,
+                    arguments: args,
+                });
+                self.maybe_auto_delete_exchange(&x);
+            }
+        }
+        q.mark_deleted()
+    }
+
+    pub fn purge_queue(&self, name: &str, conn: u64) -> Result<u32> {
+        Ok(self.queue_for(name, conn)?.purge())
+    }
+}

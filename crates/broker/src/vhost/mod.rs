@@ -1,0 +1,243 @@
+//! A virtual host: its exchanges and queues, and the operations clients perform on them,
+//! with RabbitMQ's rules and reply texts.
+//!
+//! Layout: this file holds the vhost, its look-ups and timers; `declare` (exchange and queue
+//! declare, delete, purge, argument checks), `bindings` (bind and unbind, auto-delete
+//! cascades), `routing` (routing through exchanges, dead letters), `policies`.
+
+use crate::error::{AmqpError, Result};
+use crate::exchange::{check_headers_args, Binding, Destination, Exchange, ExchangeKind};
+use crate::message::Message;
+use crate::persist::Persistence;
+use crate::policy::{self, Policy};
+use crate::queue::Queue;
+use parking_lot::RwLock;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use warren_protocol::{FieldTable, FieldValue, ShortStr};
+
+mod bindings;
+mod declare;
+mod policies;
+mod routing;
+
+/// What a client asks for in queue.declare.
+#[derive(Debug, Clone, Default)]
+pub struct QueueDeclare {
+    pub name: ShortStr,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// What a client asks for in exchange.declare.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeDeclare {
+    pub name: ShortStr,
+    pub kind: ShortStr,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+pub struct VHost {
+    pub name: String,
+    exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
+    queues: RwLock<HashMap<ShortStr, Arc<Queue>>>,
+    persistence: Option<Arc<Persistence>>,
+    /// Queues that need the timer (TTL, x-expires).
+    timed: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
+    policies: RwLock<Vec<Policy>>,
+    operator_policies: RwLock<Vec<Policy>>,
+    /// Messages held by x-delayed-message exchanges.
+    pub delayed: crate::delayed::Delayed,
+    /// Held while a queue is created or deleted, so that a queue's store directory belongs
+    /// to one queue at a time: two connections declaring the same new durable queue at once
+    /// must not both open its store (the loser's would write into the winner's segment), and
+    /// a queue declared again while its predecessor is being deleted must not open a
+    /// directory that is about to be removed.
+    lifecycle: parking_lot::Mutex<()>,
+}
+
+impl VHost {
+    pub fn new(name: &str, persistence: Option<Arc<Persistence>>) -> Arc<Self> {
+        let delayed = crate::delayed::Delayed::open(name, persistence.as_deref());
+        let vh = Arc::new(VHost {
+            name: name.to_string(),
+            exchanges: Default::default(),
+            queues: Default::default(),
+            persistence,
+            timed: Default::default(),
+            policies: Default::default(),
+            operator_policies: Default::default(),
+            delayed,
+            lifecycle: Default::default(),
+        });
+        let predeclared = [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ];
+        {
+            let mut ex = vh.exchanges.write();
+            for (n, k) in predeclared {
+                ex.insert(
+                    n.into(),
+                    Arc::new(Exchange::new(
+                        n.into(),
+                        k,
+                        true,
+                        false,
+                        false,
+                        FieldTable::new(),
+                    )),
+                );
+            }
+        }
+        vh
+    }
+
+    pub(crate) fn register_timed(&self, q: &Arc<Queue>) {
+        self.timed.lock().push(Arc::downgrade(q));
+    }
+
+    /// Timer work for every queue that asked for it; forgets deleted queues. Releases due
+    /// delayed messages.
+    pub fn tick(&self, now: u64) {
+        for (exchange, msg) in self.delayed.take_due() {
+            match self.exchange(&exchange) {
+                Some(x) => {
+                    let mut out = Vec::new();
+                    self.route(&x, &msg, &mut out);
+                    let persistent = msg.is_persistent();
+                    for q in out {
+                        let _ = q.publish(msg.clone(), persistent);
+                    }
+                }
+                None => tracing::debug!(%exchange, "delayed message dropped: its exchange is gone"),
+            }
+        }
+        let queues: Vec<Arc<Queue>> = self
+            .timed
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        let mut done = Vec::new();
+        for q in &queues {
+            if !q.tick(now) {
+                done.push(Arc::as_ptr(q));
+            }
+        }
+        self.timed
+            .lock()
+            .retain(|w| w.strong_count() > 0 && !done.contains(&w.as_ptr()));
+    }
+
+    /// A durable definition changed: have it saved.
+    fn definitions_changed(&self, durable: bool) {
+        if durable {
+            if let Some(p) = &self.persistence {
+                p.definitions_changed();
+            }
+        }
+    }
+
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.read().get(name).cloned()
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.read().get(name).cloned()
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn locked(&self, name: &str) -> AmqpError {
+        AmqpError::resource_locked(format!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally \
+             declared on another connection or the exclusive property value does not match that of the \
+             original declaration.",
+            self.name
+        ))
+    }
+
+    /// Looks a queue up for a connection, refusing another connection's exclusive queue.
+    pub fn queue_for(&self, name: &str, conn: u64) -> Result<Arc<Queue>> {
+        let q = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        match q.exclusive_owner {
+            Some(owner) if owner != conn => Err(self.locked(name)),
+            _ => Ok(q),
+        }
+    }
+
+    pub fn exchange_for_publish(&self, name: &str) -> Result<Arc<Exchange>> {
+        let x = self.exchange(name).ok_or_else(|| self.no_exchange(name))?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        Ok(x)
+    }
+
+    /// Deletes everything: used when the vhost itself is deleted.
+    pub fn clear(&self) {
+        let names: Vec<ShortStr> = self.queues.read().keys().cloned().collect();
+        for n in names {
+            self.delete_queue_unchecked(&n);
+        }
+        self.exchanges.write().clear();
+    }
+}
+
+/// RabbitMQ's answer to any declare, delete, bind or unbind naming the default exchange.
+fn default_exchange_refused() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+fn describe_arg(v: Option<&FieldValue>, show: &dyn Fn(Option<&FieldValue>) -> String) -> String {
+    match v {
+        None => "none".into(),
+        Some(val) => format!("the value '{}' of type '{}'", show(v), val.type_name()),
+    }
+}
+
+/// A server-generated queue name: `amq.gen-` and 22 URL-safe base64 characters, as RabbitMQ.
+pub fn generate_name() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut s = String::with_capacity(30);
+    s.push_str("amq.gen-");
+    for _ in 0..22 {
+        s.push(ALPHABET[rng.gen_range(0..64)] as char);
+    }
+    s
+}

@@ -1,0 +1,97 @@
+//! Routing a published message through the vhost's exchanges (exchange-to-exchange
+//! bindings followed without loops), and dead letters back into it.
+
+use super::*;
+
+impl VHost {
+    /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that
+    /// exchange is gone, or if it would loop back without a rejection on the way).
+    pub(crate) fn publish_dead_letter(&self, from: &Arc<Queue>, d: crate::deadletter::DeadLetter) {
+        let Some(x) = self.exchange(&d.exchange) else {
+            tracing::debug!(queue = %from.name, exchange = %d.exchange, "dead-letter exchange missing; message dropped");
+            return;
+        };
+        let msg = Arc::new(crate::deadletter::dead_lettered(
+            &d.msg,
+            &from.name,
+            d.reason,
+            &d.exchange,
+            d.routing_key.as_ref(),
+        ));
+        let persistent = msg.is_persistent();
+        let mut out = Vec::new();
+        self.route(&x, &msg, &mut out);
+        for q in out {
+            if crate::deadletter::is_cycle(&msg, &q.name) {
+                continue;
+            }
+            let _ = q.publish(msg.clone(), persistent);
+        }
+    }
+
+    /// Routes a message from `exchange` into `out` (each matching queue once, following
+    /// exchange-to-exchange bindings without looping).
+    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
+        out.clear();
+        if exchange.name.is_empty() {
+            if let Some(q) = self.queue(&msg.routing_key) {
+                out.push(q);
+            }
+            return;
+        }
+        self.route_from(exchange, msg, out);
+        if out.is_empty() {
+            // Unroutable: the exchange's alternate exchange (an `alternate-exchange` argument)
+            // gets the message, following chains without looping.
+            let mut seen = vec![Arc::as_ptr(exchange)];
+            let mut x = exchange.clone();
+            while out.is_empty() {
+                let Some(ae) = x.alternate_exchange().and_then(|n| self.exchange(&n)) else {
+                    break;
+                };
+                if seen.contains(&Arc::as_ptr(&ae)) {
+                    break;
+                }
+                seen.push(Arc::as_ptr(&ae));
+                self.route_from(&ae, msg, out);
+                x = ae;
+            }
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(Arc::as_ptr);
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+    }
+
+    /// Appends the queues `exchange` routes `msg` to (following exchange-to-exchange bindings).
+    pub(super) fn route_from(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &Message,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        // Headers are decoded only if a headers exchange is on the way, and then only once.
+        let mut dests = Vec::new();
+        let mut visited: Vec<*const Exchange> = Vec::new();
+        let mut next = Some(exchange.clone());
+        while let Some(x) = next.take() {
+            visited.push(Arc::as_ptr(&x));
+            let headers = if x.kind == ExchangeKind::Headers {
+                msg.props().headers.as_ref()
+            } else {
+                None
+            };
+            x.route(&msg.routing_key, headers, &mut dests);
+            while let Some(d) = dests.pop() {
+                match d {
+                    Destination::Queue(q) => out.push(q),
+                    Destination::Exchange(x) if !visited.contains(&Arc::as_ptr(&x)) => {
+                        next = Some(x);
+                        break;
+                    }
+                    Destination::Exchange(_) => {}
+                }
+            }
+        }
+    }
+}
