@@ -584,7 +584,8 @@ impl Exec {
         if awaiting == Some((c, ch)) {
             Some(line)
         } else {
-            self.push_event(c, ch, consumer, format!("unexpected {line}"));
+            let line = if line.starts_with("channel.close ") { line } else { format!("unexpected {line}") };
+            self.push_event(c, ch, consumer, line);
             None
         }
     }

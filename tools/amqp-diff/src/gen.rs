@@ -195,6 +195,42 @@ impl G {
         self.pick(&["t0", "t1", "@last"]).into()
     }
 
+    /// An op of the setup that starts most sequences: plain declarations and bindings, so that
+    /// later ops find things to collide with.
+    fn setup_op(&mut self) -> Op {
+        match self.rng.gen_range(0..10) {
+            0..=3 => Op::QueueDeclare {
+                name: self.pick(QUEUES).into(),
+                passive: false,
+                durable: self.p(0.2),
+                exclusive: self.p(0.1),
+                auto_delete: false,
+                args: if self.p(0.3) { self.queue_args() } else { Args::new() },
+            },
+            4..=5 => Op::ExchangeDeclare {
+                name: self.pick(EXCHANGES).into(),
+                kind: self.pick(&["direct", "fanout", "topic", "headers"]).into(),
+                passive: false,
+                durable: false,
+                auto_delete: false,
+                internal: false,
+                args: Args::new(),
+            },
+            6..=8 => Op::QueueBind {
+                queue: self.pick(QUEUES).into(),
+                exchange: self.pick(&["x0", "x1", "x2", "amq.direct", "amq.fanout", "amq.topic"]).into(),
+                key: self.key(),
+                args: self.bind_args(),
+            },
+            _ => Op::ExchangeBind {
+                dest: self.pick(EXCHANGES).into(),
+                src: self.pick(EXCHANGES).into(),
+                key: self.key(),
+                args: Args::new(),
+            },
+        }
+    }
+
     fn op(&mut self) -> Op {
         // Weights: publishing, consuming and acking dominate, with declarations to keep the
         // namespace populated and a sprinkling of everything else.
@@ -226,6 +262,7 @@ impl G {
             (1, "channel.open(again)"),
             (1, "unopened-channel"),
             (1, "connection.close"),
+            (1, "exchange.declare"),
         ];
         let total: u32 = w.iter().map(|x| x.0).sum();
         let mut r = self.rng.gen_range(0..total);
@@ -344,6 +381,7 @@ pub fn generate(seed: u64, cfg: &GenConfig) -> Vec<Step> {
     let mut g = G { rng: StdRng::seed_from_u64(seed), seq_no: 0 };
     let mut steps = Vec::with_capacity(cfg.ops);
     let mut tries = 0;
+    let setup = if g.p(0.8) { g.rng.gen_range(2..=8).min(cfg.ops) } else { 0 };
     while steps.len() < cfg.ops && tries < cfg.ops * 100 {
         tries += 1;
         // Mostly stay on the previous (connection, channel), so state builds up on a channel.
@@ -351,7 +389,7 @@ pub fn generate(seed: u64, cfg: &GenConfig) -> Vec<Step> {
             Some(Step { conn, ch, .. }) if g.p(0.6) => (*conn, *ch),
             _ => (g.rng.gen_range(0..cfg.conns), g.rng.gen_range(1..=cfg.channels)),
         };
-        let op = g.op();
+        let op = if steps.len() < setup { g.setup_op() } else { g.op() };
         if cfg.exclude.iter().any(|e| e == op.kind()) {
             continue;
         }

@@ -81,11 +81,14 @@ pub fn order_events(mut events: Vec<Event>) -> Vec<String> {
         .collect()
 }
 
-/// Masks the numbers in a line, for comparing divergences that differ only in counts, tags or
-/// message numbers (used to recognise the same divergence while shrinking and de-duplicating).
+/// Masks the numbers and the names quoted in texts ('q1', 'amq.direct') in a line, for
+/// recognising the same divergence with other counts, tags, messages or names (while shrinking
+/// and de-duplicating).
 pub fn mask_numbers(s: &str) -> String {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"\d+").unwrap()).replace_all(s, "N").into_owned()
+    static QUOTED: OnceLock<Regex> = OnceLock::new();
+    let s = QUOTED.get_or_init(|| Regex::new(r"'[^' ]*'").unwrap()).replace_all(s, "'_'");
+    RE.get_or_init(|| Regex::new(r"\d+").unwrap()).replace_all(&s, "N").into_owned()
 }
 
 #[cfg(test)]
@@ -140,5 +143,9 @@ mod tests {
     #[test]
     fn masking() {
         assert_eq!(mask_numbers("unknown delivery tag 17 at 3"), "unknown delivery tag N at N");
+        assert_eq!(
+            mask_numbers("no exchange 'amq.x0' in vhost '/' (m12)"),
+            "no exchange '_' in vhost '_' (mN)"
+        );
     }
 }
