@@ -134,6 +134,16 @@ struct Repro {
     steps: Vec<Step>,
 }
 
+/// The repro as JSON with one step per line, so that it reads (and diffs) like a listing.
+fn repro_json(r: &Repro) -> String {
+    let mut head = serde_json::to_value(r).unwrap();
+    head.as_object_mut().unwrap().remove("steps");
+    let head = serde_json::to_string_pretty(&head).unwrap();
+    let head = head.trim_end().trim_end_matches('}').trim_end();
+    let steps: Vec<String> = r.steps.iter().map(|s| format!("    {}", serde_json::to_string(s).unwrap())).collect();
+    format!("{head},\n  \"steps\": [\n{}\n  ]\n}}\n", steps.join(",\n"))
+}
+
 fn load_steps(path: &Path) -> Result<Vec<Step>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if let Ok(r) = serde_json::from_str::<Repro>(&text) {
@@ -203,7 +213,7 @@ fn write_repro(path: &Path, seed: Option<u64>, steps: &[Step], d: &Divergence) {
         divergence: Some(d.clone()),
         steps: steps.to_vec(),
     };
-    let _ = std::fs::write(path, serde_json::to_string_pretty(&repro).unwrap() + "\n");
+    let _ = std::fs::write(path, repro_json(&repro));
     let mut txt = format!("# {}\n# replay: amqp-diff replay {} --a URL --b URL\n", d.signature(), path.display());
     txt += &listing(steps);
     txt += &format!("# first divergence at op {} ({})\n# A:\n", d.index, d.kind);

@@ -29,6 +29,10 @@ pub enum Val {
 
 pub type Args = Vec<(String, Val)>;
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Props {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,61 +67,61 @@ pub enum Op {
     ExchangeDeclare {
         name: String,
         kind: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         passive: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         durable: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         auto_delete: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         internal: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Args,
     },
     ExchangeDelete {
         name: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         if_unused: bool,
     },
     ExchangeBind {
         dest: String,
         src: String,
         key: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Args,
     },
     ExchangeUnbind {
         dest: String,
         src: String,
         key: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Args,
     },
     QueueDeclare {
         name: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         passive: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         durable: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         exclusive: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         auto_delete: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Args,
     },
     QueueBind {
         queue: String,
         exchange: String,
         key: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Args,
     },
     QueueUnbind {
         queue: String,
         exchange: String,
         key: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Args,
     },
     QueuePurge {
@@ -125,27 +129,27 @@ pub enum Op {
     },
     QueueDelete {
         queue: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         if_unused: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         if_empty: bool,
     },
     Qos {
         #[serde(default)]
         prefetch_size: u32,
         prefetch_count: u16,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         global: bool,
     },
     Consume {
         queue: String,
         /// "" lets the server choose.
         tag: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         no_ack: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         exclusive: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Args,
     },
     /// `@last` is the channel's last consumer tag.
@@ -155,36 +159,36 @@ pub enum Op {
     Publish {
         exchange: String,
         key: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         mandatory: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         immediate: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Props::is_empty")]
         props: Props,
         body: String,
     },
     Get {
         queue: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         no_ack: bool,
     },
     /// `tag` 0 with `multiple` is "everything"; a tag above the channel's last delivery is
     /// unknown on purpose. `tag: -1` (serialised as `last`) means the channel's last delivery tag.
     Ack {
         tag: Tag,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         multiple: bool,
     },
     Nack {
         tag: Tag,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         multiple: bool,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         requeue: bool,
     },
     Reject {
         tag: Tag,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         requeue: bool,
     },
     Recover {
@@ -213,6 +217,12 @@ pub enum Op {
 pub enum Tag {
     Last,
     N(u64),
+}
+
+impl Props {
+    pub fn is_empty(&self) -> bool {
+        *self == Props::default()
+    }
 }
 
 impl Op {
