@@ -837,6 +837,7 @@ impl Exec {
                         write_method(&mut b, ch, &m);
                         write_content(&mut b, ch, &props, body.as_bytes(), conn.frame_max);
                         let _ = conn.sock.write_all(&b);
+                        self.barrier(c, ch);
                         return self.finish("-".into());
                     }
                     Op::Get { queue, no_ack } => (
@@ -879,6 +880,7 @@ impl Exec {
         match wait {
             Await::Nothing => {
                 self.send(c, ch, method);
+                self.barrier(c, ch);
                 self.finish("-".into())
             }
             Await::Reply(on) => {
@@ -893,6 +895,28 @@ impl Exec {
                 }
                 self.finish(reply)
             }
+        }
+    }
+
+    /// After an op without a reply: a passive declare of `amq.direct` on the same channel, whose
+    /// reply comes after whatever the channel sent for the op (a return, a channel.close for an
+    /// unknown delivery tag), so that those do not depend on timing. Its own reply is not
+    /// recorded; a close that answers it instead is, as an event.
+    fn barrier(&mut self, c: usize, ch: u16) {
+        let open = self.conns[c].as_ref().is_some_and(|x| x.channels.contains_key(&ch));
+        if !open {
+            return;
+        }
+        self.send(
+            c,
+            ch,
+            ExchangeDeclare { exchange: "amq.direct".into(), kind: "direct".into(), passive: true, ..Default::default() }
+                .into(),
+        );
+        let r = self.await_reply(c, ch);
+        if r != "exchange.declare_ok" {
+            let on = if r.starts_with("channel.close ") { ch } else { 0 };
+            self.push_event(c, on, String::new(), r);
         }
     }
 
