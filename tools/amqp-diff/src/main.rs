@@ -251,6 +251,7 @@ fn cmd_run(
     let (mut runs, mut ops_run, mut clean, mut allowed, mut flaky) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut found: HashMap<String, (usize, u64, PathBuf)> = HashMap::new();
     let mut allowed_by: HashMap<String, u64> = HashMap::new();
+    let mut flaky_by: HashMap<String, u64> = HashMap::new();
     for i in 0..count {
         if duration.is_some_and(|d| t0.elapsed() >= d) {
             break;
@@ -288,6 +289,7 @@ fn cmd_run(
             Some(d2) if d2.class() == class => {}
             _ => {
                 flaky += 1;
+                *flaky_by.entry(class.clone()).or_default() += 1;
                 eprintln!("seed {s}: divergence at op {} did not repeat (timing): {}", d.index, d.signature());
                 continue;
             }
@@ -312,6 +314,9 @@ fn cmd_run(
     );
     for (reason, n) in &allowed_by {
         eprintln!("  allowed x{n}: {reason}");
+    }
+    for (class, n) in &flaky_by {
+        eprintln!("  timing-dependent x{n}: {class}");
     }
     let mut list: Vec<_> = found.iter().collect();
     list.sort_by_key(|(_, v)| v.0);
