@@ -248,6 +248,7 @@ fn cmd_run(
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let count = count.unwrap_or(if duration.is_some() { u64::MAX } else { 100 });
     let t0 = Instant::now();
+    let mut last_progress = t0;
     let (mut runs, mut ops_run, mut clean, mut allowed, mut flaky) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut found: HashMap<String, (usize, u64, PathBuf)> = HashMap::new();
     let mut allowed_by: HashMap<String, u64> = HashMap::new();
@@ -262,15 +263,16 @@ fn cmd_run(
         runs += 1;
         let d = compare(&steps, &ta.steps, &tb.steps);
         ops_run += d.as_ref().map(|d| d.index as u64 + 1).unwrap_or(steps.len() as u64);
+        if last_progress.elapsed() >= Duration::from_secs(30) {
+            last_progress = Instant::now();
+            eprintln!(
+                "[{:>5.0?}] {runs} sequences, {ops_run} ops: {clean} same, {allowed} allowed, {flaky} timing-dependent, {} distinct divergences",
+                t0.elapsed(),
+                found.len()
+            );
+        }
         let Some(d) = d else {
             clean += 1;
-            if runs % 10 == 0 {
-                eprintln!(
-                    "[{:>5.0?}] {runs} sequences, {ops_run} ops: {clean} same, {allowed} allowed, {flaky} timing-dependent, {} distinct divergences",
-                    t0.elapsed(),
-                    found.len()
-                );
-            }
             continue;
         };
         if let Some(reason) = allow.allows(&d) {
