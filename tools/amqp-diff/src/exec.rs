@@ -32,7 +32,7 @@ pub struct ExecConfig {
 
 impl Default for ExecConfig {
     fn default() -> Self {
-        ExecConfig { settle: Duration::from_millis(15), reply_timeout: Duration::from_secs(5) }
+        ExecConfig { settle: Duration::from_millis(20), reply_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -610,11 +610,11 @@ impl Exec {
         }
     }
 
-    /// Takes in events until nothing has arrived for `settle` (at most 3 s).
-    fn settle(&mut self) {
+    /// Takes in events until nothing has arrived for `settle` times `factor` (at most 3 s).
+    fn settle(&mut self, factor: u32) {
         let until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < until {
-            match self.rx.recv_timeout(self.cfg.settle) {
+            match self.rx.recv_timeout(self.cfg.settle * factor) {
                 Ok(m) => {
                     self.handle(m, None);
                 }
@@ -893,6 +893,14 @@ impl Exec {
                         conn.asm.remove(&ch);
                     }
                 }
+                // What these set off happens in other queues and consumers, later (a quorum
+                // queue's consumers hear of its deletion well after delete-ok): wait longer.
+                if matches!(
+                    s.op,
+                    Op::QueueDelete { .. } | Op::ChannelClose | Op::ConnectionClose | Op::Cancel { .. } | Op::Recover { .. }
+                ) {
+                    self.settle(3);
+                }
                 self.finish(reply)
             }
         }
@@ -921,7 +929,7 @@ impl Exec {
     }
 
     fn finish(&mut self, reply: String) -> Vec<String> {
-        self.settle();
+        self.settle(1);
         let reply = self.norm.line(&reply);
         let mut out = vec![reply];
         out.extend(order_events(std::mem::take(&mut self.events)));
@@ -931,7 +939,7 @@ impl Exec {
     /// A fresh connection looks at every queue and exchange of the namespace (passive
     /// declares, one channel each since a 404 closes it).
     fn probe(&mut self) -> Vec<String> {
-        self.settle();
+        self.settle(3);
         let mut out = vec!["final state".to_string()];
         out.extend(order_events(std::mem::take(&mut self.events)));
         let pc = self.conns.len() - 1;

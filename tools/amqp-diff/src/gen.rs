@@ -11,7 +11,9 @@ pub struct GenConfig {
     pub conns: u8,
     pub channels: u16,
     /// Op kinds (as [`Op::kind`] names them) never generated, e.g. to keep a known divergence
-    /// from hiding others.
+    /// from hiding others; also `immediate` (immediate publishes), `bad-args` (invalid argument
+    /// values, exchange types, expirations, user ids, `x-match`es) and `reserved` (`amq.`
+    /// names, deletes of the built-in exchanges).
     pub exclude: Vec<String>,
 }
 
@@ -28,6 +30,10 @@ const KEYS: &[&str] = &["k0", "k1", "k0.a", "#", "*.a", ""];
 struct G {
     rng: StdRng,
     seq_no: usize,
+    /// No invalid argument values, exchange types, expirations, user ids or `x-match`es.
+    valid: bool,
+    /// No reserved (`amq.q0`, `amq.x0`) names, no deletes of built-in exchanges.
+    no_reserved: bool,
 }
 
 impl G {
@@ -38,7 +44,11 @@ impl G {
         xs[self.rng.gen_range(0..xs.len())]
     }
     fn queue(&mut self) -> String {
-        match self.rng.gen_range(0..100) {
+        let r = self.rng.gen_range(0..100);
+        if self.no_reserved && r > 96 {
+            return self.pick(QUEUES).into();
+        }
+        match r {
             0..=84 => self.pick(QUEUES).into(),
             85..=92 => "@gen".into(),
             93..=96 => "".into(),
@@ -46,7 +56,11 @@ impl G {
         }
     }
     fn exchange(&mut self) -> String {
-        match self.rng.gen_range(0..100) {
+        let r = self.rng.gen_range(0..100);
+        if self.no_reserved && r > 96 {
+            return self.pick(EXCHANGES).into();
+        }
+        match r {
             0..=74 => self.pick(EXCHANGES).into(),
             75..=84 => "amq.direct".into(),
             85..=89 => "amq.fanout".into(),
@@ -64,6 +78,9 @@ impl G {
         }
     }
     fn val_int(&mut self, v: i64) -> Val {
+        if self.valid {
+            return if self.p(0.7) { Val::I32(v as i32) } else { Val::I64(v) };
+        }
         match self.rng.gen_range(0..10) {
             0..=5 => Val::I32(v as i32),
             6..=7 => Val::I64(v),
@@ -80,7 +97,8 @@ impl G {
         for _ in 0..n {
             match self.rng.gen_range(0..9) {
                 0 => {
-                    let v = *[0i64, 60000, -1].get(self.rng.gen_range(0..3)).unwrap();
+                    let n = if self.valid { 2 } else { 3 };
+                    let v = *[0i64, 60000, -1].get(self.rng.gen_range(0..n)).unwrap();
                     let v = self.val_int(v);
                     a.push(("x-message-ttl".into(), v))
                 }
@@ -90,7 +108,8 @@ impl G {
                     a.push(("x-max-length".into(), v))
                 }
                 2 => {
-                    let v = *["drop-head", "reject-publish", "bogus"].get(self.rng.gen_range(0..3)).unwrap();
+                    let n = if self.valid { 2 } else { 3 };
+                    let v = *["drop-head", "reject-publish", "bogus"].get(self.rng.gen_range(0..n)).unwrap();
                     a.push(("x-overflow".into(), Val::Str(v.into())))
                 }
                 3 => {
@@ -98,21 +117,28 @@ impl G {
                     a.push(("x-dead-letter-exchange".into(), Val::Str(x)))
                 }
                 4 => {
+                    if self.valid && !a.iter().any(|(k, _)| k == "x-dead-letter-exchange") {
+                        let x = self.exchange();
+                        a.push(("x-dead-letter-exchange".into(), Val::Str(x)))
+                    }
                     let k = self.key();
                     a.push(("x-dead-letter-routing-key".into(), Val::Str(k)))
                 }
                 5 => {
-                    let v = *[3i64, 0, 300].get(self.rng.gen_range(0..3)).unwrap();
+                    let n = if self.valid { 2 } else { 3 };
+                    let v = *[3i64, 0, 300].get(self.rng.gen_range(0..n)).unwrap();
                     let v = self.val_int(v);
                     a.push(("x-max-priority".into(), v))
                 }
                 6 => {
-                    let v = *[600000i64, 0].get(self.rng.gen_range(0..2)).unwrap();
+                    let n = if self.valid { 1 } else { 2 };
+                    let v = *[600000i64, 0].get(self.rng.gen_range(0..n)).unwrap();
                     let v = self.val_int(v);
                     a.push(("x-expires".into(), v))
                 }
                 7 => {
-                    let v = *["classic", "quorum", "bogus"].get(self.rng.gen_range(0..3)).unwrap();
+                    let n = if self.valid { 2 } else { 3 };
+                    let v = *["classic", "quorum", "bogus"].get(self.rng.gen_range(0..n)).unwrap();
                     a.push(("x-queue-type".into(), Val::Str(v.into())))
                 }
                 _ => a.push(("x-custom".into(), Val::Str("v".into()))),
@@ -136,7 +162,8 @@ impl G {
         }
         let mut a = self.headers();
         if self.p(0.8) {
-            a.insert(0, ("x-match".into(), Val::Str(self.pick(&["any", "all", "bad"]).into())));
+            let m = if self.valid { self.pick(&["any", "all"]) } else { self.pick(&["any", "all", "bad"]) };
+            a.insert(0, ("x-match".into(), Val::Str(m.into())));
         }
         a
     }
@@ -155,10 +182,10 @@ impl G {
             p.priority = Some(self.rng.gen_range(0..=5));
         }
         if self.p(0.15) {
-            p.expiration = Some(self.pick(&["0", "60000", "bad", "-1"]).into());
+            p.expiration = Some(if self.valid { self.pick(&["0", "60000"]) } else { self.pick(&["0", "60000", "bad", "-1"]) }.into());
         }
         if self.p(0.1) {
-            p.user_id = Some(self.pick(&["guest", "other"]).into());
+            p.user_id = Some(if self.valid { "guest" } else { self.pick(&["guest", "other"]) }.into());
         }
         if self.p(0.2) {
             p.message_id = Some(format!("id{}", self.rng.gen_range(0..3)));
@@ -278,7 +305,7 @@ impl G {
             "queue.declare" => {
                 let name = match self.rng.gen_range(0..10) {
                     0 => "".into(),
-                    1 => "amq.q0".into(),
+                    1 if !self.no_reserved => "amq.q0".into(),
                     _ => self.pick(QUEUES).into(),
                 };
                 Op::QueueDeclare {
@@ -292,9 +319,10 @@ impl G {
             }
             "exchange.declare" => Op::ExchangeDeclare {
                 name: self.exchange(),
-                kind: self
-                    .pick(&["direct", "direct", "fanout", "topic", "headers", "bogus"])
-                    .into(),
+                kind: {
+                    let n = if self.valid { 5 } else { 6 };
+                    ["direct", "direct", "fanout", "topic", "headers", "bogus"][self.rng.gen_range(0..n)].into()
+                },
                 passive: self.p(0.1),
                 durable: self.p(0.3),
                 auto_delete: self.p(0.15),
@@ -362,7 +390,10 @@ impl G {
                 if_unused: self.p(0.2),
                 if_empty: self.p(0.2),
             },
-            "exchange.delete" => Op::ExchangeDelete { name: self.exchange(), if_unused: self.p(0.3) },
+            "exchange.delete" => Op::ExchangeDelete {
+                name: if self.no_reserved { self.pick(EXCHANGES).into() } else { self.exchange() },
+                if_unused: self.p(0.3),
+            },
             "tx.select" => Op::TxSelect,
             "tx.commit" => Op::TxCommit,
             "tx.rollback" => Op::TxRollback,
@@ -378,7 +409,13 @@ impl G {
 
 /// The sequence of a seed: the same seed and config always give the same steps.
 pub fn generate(seed: u64, cfg: &GenConfig) -> Vec<Step> {
-    let mut g = G { rng: StdRng::seed_from_u64(seed), seq_no: 0 };
+    let has = |f: &str| cfg.exclude.iter().any(|e| e == f);
+    let mut g = G {
+        rng: StdRng::seed_from_u64(seed),
+        seq_no: 0,
+        valid: has("bad-args"),
+        no_reserved: has("reserved"),
+    };
     let mut steps = Vec::with_capacity(cfg.ops);
     let mut tries = 0;
     let setup = if g.p(0.8) { g.rng.gen_range(2..=8).min(cfg.ops) } else { 0 };
@@ -430,6 +467,21 @@ mod tests {
         let json = serde_json::to_string(&steps).unwrap();
         let back: Vec<Step> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, steps);
+    }
+
+    #[test]
+    fn valid_only_generation_has_no_bad_values() {
+        let cfg = GenConfig {
+            ops: 2000,
+            exclude: vec!["bad-args".into(), "reserved".into()],
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&generate(11, &cfg)).unwrap();
+        for bad in ["bogus", "\"bad\"", "\"-1\"", "\"other\"", "amq.q0", "amq.x0", "{\"str\":\"0\"}"] {
+            assert!(!json.contains(bad), "{bad} generated");
+        }
+        let all = serde_json::to_string(&generate(11, &GenConfig { ops: 2000, ..Default::default() })).unwrap();
+        assert!(all.contains("bogus") && all.contains("amq.q0"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Timing {
     /// Milliseconds the brokers must stay quiet after each op before the next.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 20)]
     settle_ms: u64,
     /// Seconds to wait for a synchronous reply.
     #[arg(long, default_value_t = 5)]
@@ -285,9 +285,10 @@ fn cmd_run(
             f.1 += 1;
             continue;
         }
-        // A divergence must show again on a second run of both brokers, in the same class;
-        // otherwise it depends on timing.
-        match diverge(&ua, &ub, &steps, &cfg) {
+        // A divergence must show again on a second run of both brokers, in the same class, with
+        // four times the settle time; otherwise it depends on timing.
+        let slow = ExecConfig { settle: cfg.settle * 4, ..cfg.clone() };
+        match diverge(&ua, &ub, &steps, &slow) {
             Some(d2) if d2.class() == class => {}
             _ => {
                 flaky += 1;
