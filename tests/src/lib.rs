@@ -154,65 +154,97 @@ pub fn built_binary(name: &str) -> std::path::PathBuf {
     bin
 }
 
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// A `warren` process with its own data directory, for restart and crash tests.
+/// A `warren` process with its own data directory, for restart and crash tests. It listens
+/// on ports the kernel picks (`--listen 127.0.0.1:0`) and says which in its listeners file, so
+/// no other process can take its port between a check and a bind, nor after a restart.
 pub struct BrokerProcess {
+    /// The AMQP port of the running process (a restart gets a new one).
     pub port: u16,
+    /// Every listener the running process bound: (protocol, address).
+    pub listeners: Vec<(String, std::net::SocketAddr)>,
     pub data_dir: std::path::PathBuf,
+    listen: String,
     child: Option<std::process::Child>,
 }
 
 impl BrokerProcess {
     pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_listening(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Started with `--listen <listen>` (any of its forms, e.g. `0` for both loopback families).
+    pub fn start_listening(data_dir: &std::path::Path, listen: &str, extra: &[&str]) -> Self {
         let mut p = BrokerProcess {
-            port,
+            port: 0,
+            listeners: Vec::new(),
             data_dir: data_dir.to_path_buf(),
+            listen: listen.to_string(),
             child: None,
         };
         p.spawn(extra);
         p
     }
 
+    fn listeners_file(&self) -> std::path::PathBuf {
+        let mut name = self.data_dir.as_os_str().to_owned();
+        name.push(".listeners");
+        std::path::PathBuf::from(name)
+    }
+
     fn spawn(&mut self, extra: &[&str]) {
-        let child = std::process::Command::new(built_binary("warren"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--mgmt-listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
+        let file = self.listeners_file();
+        let _ = std::fs::remove_file(&file);
+        let mut child = std::process::Command::new(built_binary("warren"))
+            .args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
+            .args(["--log-level", "warn"])
+            .arg("--listeners-file")
+            .arg(&file)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn warren");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&file) {
+                break t;
             }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        panic!("warren did not start on port {}", self.port);
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("warren exited before listening: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warren did not write {} within 20 s",
+                file.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        self.listeners = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(p, a)| (p.to_string(), a.parse().expect("listener address")))
+            .collect();
+        self.port = self
+            .listener("amqp")
+            .expect("an amqp line in the listeners file")
+            .port();
+        self.child = Some(child);
+    }
+
+    /// The first listener of `protocol` (amqp, amqps, http, https).
+    pub fn listener(&self, protocol: &str) -> Option<std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(p, _)| p == protocol)
+            .map(|(_, a)| *a)
     }
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// SIGKILL, then start again on the same port and data directory.
+    /// SIGKILL, then start again on the same data directory (on a new port: use `url()`).
     pub fn kill9_and_restart(&mut self, extra: &[&str]) {
         self.kill9();
         self.spawn(extra);

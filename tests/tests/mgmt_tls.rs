@@ -46,7 +46,7 @@ impl Api {
         };
         let http = plain.as_ref().map(|l| l.local_addr().unwrap());
         let listeners = Listeners {
-            http: plain,
+            http: plain.into_iter().collect(),
             https: Some(HttpsListener {
                 listener: tls,
                 acceptor: acceptor_for(o, "management.ssl").expect("acceptor"),
@@ -436,10 +436,7 @@ fn warren(dir: &Path, conf: &str) -> Command {
         .arg(&path)
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", warren_tests::free_port()),
-        ])
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--log-level", "warn"])
         .env_remove("WARREN_MGMT_LISTEN")
         .stdout(std::process::Stdio::null());
@@ -450,23 +447,33 @@ fn warren(dir: &Path, conf: &str) -> Command {
 async fn warren_serves_https_only_when_only_management_ssl_is_configured() {
     let pki = Pki::new("mgmt-binary");
     let o = pki.options(false, false);
-    let port = warren_tests::free_port();
     let conf = format!(
-        "management.ssl.port = {port}\nmanagement.ssl.certfile = {}\nmanagement.ssl.keyfile = {}\nmanagement.ssl.cacertfile = {}\n",
+        "management.ssl.port = 0\nmanagement.ssl.certfile = {}\nmanagement.ssl.keyfile = {}\nmanagement.ssl.cacertfile = {}\n",
         o.certfile.display(),
         o.keyfile.display(),
         pki.ca_file().display()
     );
-    let mut child = warren(&pki.dir, &conf).spawn().expect("spawn warren");
+    // Port 0: the kernel picks the port, and warren says which in its listeners file.
+    let file = pki.dir.join("listeners");
+    let _ = std::fs::remove_file(&file);
+    let mut child = warren(&pki.dir, &conf)
+        .arg("--listeners-file")
+        .arg(&file)
+        .spawn()
+        .expect("spawn warren");
     let deadline = Instant::now() + TIMEOUT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "warren did not listen on {port}");
+    let port = loop {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            let https = text
+                .lines()
+                .find_map(|l| l.strip_prefix("https "))
+                .expect("an https listener");
+            break https.parse::<std::net::SocketAddr>().unwrap().port();
+        }
+        assert!(Instant::now() < deadline, "warren wrote no listeners file");
         assert!(child.try_wait().unwrap().is_none(), "warren exited");
         tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    };
     let overview = get(
         agent(Some(&pki), None),
         format!("https://127.0.0.1:{port}/api/overview"),
@@ -491,7 +498,7 @@ async fn warren_serves_https_only_when_only_management_ssl_is_configured() {
 fn warren_names_the_management_ssl_key_and_file_it_cannot_load() {
     let pki = Pki::new("mgmt-badfiles");
     let o = pki.options(false, false);
-    let port = warren_tests::free_port();
+    let port = 0;
     let conf = format!(
         "management.ssl.port = {port}\nmanagement.ssl.certfile = /nonexistent/server.pem\nmanagement.ssl.keyfile = {}\n",
         o.keyfile.display()

@@ -575,11 +575,16 @@ async fn protocol_limits_channel_max_frame_max_message_size_handshake_timeout() 
     let _ = idle.read_to_end().await;
     assert!(start.elapsed() < std::time::Duration::from_secs(3));
 
-    // channel_max: a channel above it is a connection error.
+    // channel_max: one channel more than it is a connection error (any numbers).
     let mut raw = RawClient::connect(b.addr).await;
     raw.handshake().await;
+    for n in [1u16, 2, 300, 4000] {
+        raw.send(&method_frame(n, 20, 10, &[0])).await;
+        let ok = raw.read_method().await.unwrap();
+        assert_eq!(ok.method_id(), (20, 11));
+    }
     raw.send(&method_frame(5, 20, 10, &[0])).await;
-    raw.expect_connection_close(504).await;
+    raw.expect_connection_close(530).await;
 
     // frame_max: a frame larger than negotiated is a connection error (501).
     let mut raw = RawClient::connect(b.addr).await;

@@ -321,15 +321,14 @@ impl VHost {
     }
 
     pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<Arc<Exchange>> {
+        // RabbitMQ refuses the default exchange before anything else, passive or not.
+        if d.name.is_empty() {
+            return Err(default_exchange_refused());
+        }
         if d.passive {
             return self
                 .exchange(&d.name)
                 .ok_or_else(|| self.no_exchange(&d.name));
-        }
-        if d.name.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
         }
         let delayed = d.kind.as_str() == "x-delayed-message";
         let kind = if delayed {
@@ -348,7 +347,7 @@ impl VHost {
             ExchangeKind::parse(&d.kind)
                 // RabbitMQ 4: a channel error (3.x closed the connection with 503).
                 .ok_or_else(|| {
-                    AmqpError::precondition(format!("invalid exchange type '{}'", d.kind))
+                    AmqpError::precondition(format!("unknown exchange type '{}'", d.kind))
                 })?
         };
         if let Some(x) = self.exchange(&d.name) {
@@ -395,9 +394,12 @@ impl VHost {
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
-        if name.is_empty() || name.starts_with("amq.") {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
-                "operation not permitted on exchange '{name}' in vhost '{}'",
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.name
             )));
         }
@@ -463,16 +465,18 @@ impl VHost {
             return self.redeclare(q, &d, conn);
         }
         let owner = d.exclusive.then_some(conn);
+        // As RabbitMQ, an exclusive queue is not durable, whatever the declaration says.
+        let durable = d.durable && !d.exclusive;
         let mut q = Queue::new(
             name.clone(),
             self,
-            d.durable,
+            durable,
             owner,
             d.auto_delete,
             d.arguments.clone(),
         );
         let mut recovery = None;
-        if let (true, Some(p)) = (d.durable && !d.exclusive, &self.persistence) {
+        if let (true, Some(p)) = (durable, &self.persistence) {
             let (store, rec) = p.open_queue_store(&self.name, &name).map_err(|e| {
                 tracing::error!(queue = %name, error = %e, "cannot open the queue's message store");
                 AmqpError::new(
@@ -533,10 +537,14 @@ impl VHost {
         d: &QueueDeclare,
         conn: u64,
     ) -> Result<(Arc<Queue>, u32, u32)> {
-        if let Some(owner) = q.exclusive_owner {
-            if owner != conn {
-                return Err(self.locked(&q.name));
-            }
+        // RabbitMQ's strict exclusive check comes first: another connection's exclusive queue,
+        // or an exclusive flag that differs from the original declaration, is 405.
+        let exclusive_ok = match q.exclusive_owner {
+            Some(owner) => d.exclusive && owner == conn,
+            None => !d.exclusive,
+        };
+        if !exclusive_ok {
+            return Err(self.locked(&q.name));
         }
         let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
             AmqpError::precondition(format!(
@@ -544,15 +552,10 @@ impl VHost {
                 q.name, self.name
             ))
         };
-        if q.durable != d.durable {
-            return Err(mismatch("durable", &d.durable, &q.durable));
-        }
-        if q.exclusive_owner.is_some() != d.exclusive {
-            return Err(mismatch(
-                "exclusive",
-                &d.exclusive,
-                &q.exclusive_owner.is_some(),
-            ));
+        // As RabbitMQ, an exclusive queue is never durable, whatever the declaration says.
+        let durable = d.durable && !d.exclusive;
+        if q.durable != durable {
+            return Err(mismatch("durable", &durable, &q.durable));
         }
         if q.auto_delete != d.auto_delete {
             return Err(mismatch("auto_delete", &d.auto_delete, &q.auto_delete));
@@ -745,6 +748,9 @@ impl VHost {
         Ok(())
     }
 
+    /// queue.unbind. As RabbitMQ (since 3.2): unbinding from a queue or exchange that does not
+    /// exist, or a binding that does not exist, succeeds; only the default exchange (403) and
+    /// another connection's exclusive queue with that binding (405) are refused.
     pub fn unbind_queue(
         &self,
         queue: &str,
@@ -753,8 +759,21 @@ impl VHost {
         args: FieldTable,
         conn: u64,
     ) -> Result<()> {
-        let q = self.queue_for(queue, conn)?;
-        let x = self.bindable_exchange(exchange)?;
+        if exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let (Some(q), Some(x)) = (self.queue(queue), self.exchange(exchange)) else {
+            return Ok(());
+        };
+        let bound = q
+            .bindings
+            .lock()
+            .iter()
+            .any(|(e, k, a)| *e == x.name && *k == key && a.same_entries(&args));
+        if !bound {
+            return Ok(());
+        }
+        self.queue_for(queue, conn)?;
         let b = Binding {
             destination: Destination::Queue(q.clone()),
             routing_key: key,
@@ -770,9 +789,7 @@ impl VHost {
 
     fn bindable_exchange(&self, name: &str) -> Result<Arc<Exchange>> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(default_exchange_refused());
         }
         self.exchange(name).ok_or_else(|| self.no_exchange(name))
     }
@@ -797,6 +814,7 @@ impl VHost {
         Ok(())
     }
 
+    /// exchange.unbind: as queue.unbind, missing exchanges or a missing binding succeed.
     pub fn unbind_exchange(
         &self,
         destination: &str,
@@ -804,8 +822,12 @@ impl VHost {
         key: ShortStr,
         args: FieldTable,
     ) -> Result<()> {
-        let src = self.bindable_exchange(source)?;
-        let dst = self.bindable_exchange(destination)?;
+        if source.is_empty() || destination.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let (Some(src), Some(dst)) = (self.exchange(source), self.exchange(destination)) else {
+            return Ok(());
+        };
         let durable = src.durable && dst.durable;
         if src.unbind(&Binding {
             destination: Destination::Exchange(dst),
@@ -891,6 +913,11 @@ impl VHost {
         }
         self.exchanges.write().clear();
     }
+}
+
+/// RabbitMQ's answer to any declare, delete, bind or unbind naming the default exchange.
+fn default_exchange_refused() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
 }
 
 fn describe_arg(v: Option<&FieldValue>, show: &dyn Fn(Option<&FieldValue>) -> String) -> String {

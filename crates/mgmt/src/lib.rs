@@ -63,7 +63,7 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     pub node: String,
     pub started: Instant,
-    pub http_listener: Option<SocketAddr>,
+    pub http_listeners: Vec<SocketAddr>,
     pub https_listener: Option<SocketAddr>,
     pub amqp_listeners: Vec<SocketAddr>,
 }
@@ -74,7 +74,8 @@ pub type State = axum::extract::State<Arc<AppState>>;
 /// `management.ssl.*` listeners.
 #[derive(Default)]
 pub struct Listeners {
-    pub http: Option<TcpListener>,
+    /// Plain HTTP (by default on both loopback families, 127.0.0.1 and ::1).
+    pub http: Vec<TcpListener>,
     pub https: Option<HttpsListener>,
 }
 
@@ -95,7 +96,7 @@ pub async fn serve_with(
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listeners = Listeners {
-        http: Some(listener),
+        http: vec![listener],
         https: None,
     };
     serve_listeners(listeners, broker, options, shutdown).await
@@ -114,10 +115,11 @@ pub async fn serve_listeners(
     } else {
         options.node_name
     };
-    let http_addr = match &listeners.http {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
-    };
+    let http_addrs = listeners
+        .http
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<std::io::Result<Vec<_>>>()?;
     let https_addr = match &listeners.https {
         Some(l) => Some(l.listener.local_addr()?),
         None => None,
@@ -126,7 +128,7 @@ pub async fn serve_listeners(
         broker,
         node,
         started: Instant::now(),
-        http_listener: http_addr,
+        http_listeners: http_addrs.clone(),
         https_listener: https_addr,
         amqp_listeners: options.amqp_listeners,
     });
@@ -138,26 +140,30 @@ pub async fn serve_listeners(
         );
         tokio::spawn(https::serve(l, app.clone(), shutdown.clone()))
     });
-    let http = match listeners.http {
-        Some(listener) => {
-            tracing::info!(
-                "management API listening on http://{}",
-                http_addr.expect("bound")
-            );
-            let mut shutdown = shutdown;
+    let mut http = Vec::new();
+    for (listener, addr) in listeners.http.into_iter().zip(&http_addrs) {
+        tracing::info!("management API listening on http://{addr}");
+        let mut shutdown = shutdown.clone();
+        let app = app.clone();
+        http.push(tokio::spawn(async move {
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
             .await
+        }));
+    }
+    let mut result = Ok(());
+    for h in http {
+        if let Err(e) = h.await.map_err(std::io::Error::other).and_then(|r| r) {
+            result = Err(e);
         }
-        None => Ok(()),
-    };
+    }
     if let Some(h) = https {
         h.await.map_err(std::io::Error::other)?;
     }
-    http
+    result
 }
 
 /// Resolves once `shutdown` is true (or its sender is gone).

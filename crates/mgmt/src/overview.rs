@@ -47,7 +47,7 @@ fn listeners(state: &AppState) -> Vec<Value> {
         .iter()
         .map(|a| listener("amqp", a))
         .collect();
-    out.extend(state.http_listener.iter().map(|a| listener("http", a)));
+    out.extend(state.http_listeners.iter().map(|a| listener("http", a)));
     out.extend(state.https_listener.iter().map(|a| listener("https", a)));
     out
 }

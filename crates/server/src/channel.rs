@@ -234,6 +234,13 @@ impl Channel {
         method: Method,
         content: Option<Content>,
     ) -> Result<()> {
+        // RabbitMQ refuses immediate=true before anything else, closing the connection.
+        if let Method::BasicPublish(BasicPublish {
+            immediate: true, ..
+        }) = &method
+        {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
         cx.guard
             .authorize(cx.vhost, &method, self.last_queue.as_ref())?;
         let method_is_sync = matches!(method, Method::BasicRecover(_));

@@ -3,6 +3,7 @@
 //! forced closes, and cleanup that puts every unacknowledged message back in its queue.
 
 use crate::channel::Channel;
+use crate::channel_table::ChannelTable;
 use crate::outbox::Outbox;
 use crate::{ConsumerTimeoutAction, ServerConfig};
 use bytes::BytesMut;
@@ -77,8 +78,8 @@ pub(crate) struct Connection {
     pub frame_max: u32,
     pub channel_max: u16,
     heartbeat: u16,
-    /// Channels indexed by number; a `None` slot is a closed channel.
-    channels: Vec<Option<Box<Channel>>>,
+    /// The open channels by number.
+    channels: ChannelTable<Channel>,
     /// Exclusive queues this connection declared; deleted when it goes.
     pub exclusive_queues: Vec<ShortStr>,
     entry: Arc<ConnectionEntry>,
@@ -177,7 +178,7 @@ pub async fn run_io<R, W>(
         frame_max: hs.frame_max,
         channel_max: hs.channel_max,
         heartbeat: hs.heartbeat,
-        channels: Vec::new(),
+        channels: ChannelTable::default(),
         exclusive_queues: Vec::new(),
         entry,
         closer,
@@ -610,7 +611,7 @@ impl Connection {
                             // held: its acks may be what drains the queues (its own, or those
                             // of a peer feeding it), so holding it could deadlock.
                             let backlogged = std::mem::take(&mut self.backlogged);
-                            if !self.channels.iter().flatten().any(|c| c.delivery.stats().consumers > 0) {
+                            if !self.channels.iter().any(|c| c.delivery.stats().consumers > 0) {
                                 for q in backlogged {
                                     q.wait_for_flow().await;
                                 }
@@ -680,12 +681,7 @@ impl Connection {
     }
 
     fn awaiting_sync(&self) -> bool {
-        self.synced.is_some()
-            && self
-                .channels
-                .iter()
-                .flatten()
-                .any(|c| c.has_pending_confirms())
+        self.synced.is_some() && self.channels.iter().any(|c| c.has_pending_confirms())
     }
 
     /// Resolves when the group commit advances (never, without persistence).
@@ -720,7 +716,6 @@ impl Connection {
         let expired: Vec<(u16, TimedOut)> = self
             .channels
             .iter()
-            .flatten()
             .filter(|c| !c.closing)
             .filter_map(|c| c.delivery.timed_out(now).map(|t| (c.number, t)))
             .collect();
@@ -730,7 +725,7 @@ impl Connection {
                 (Some(tag), ConsumerTimeoutAction::Cancel) => {
                     tracing::warn!(peer = %self.peer, channel = n, consumer = %tag,
                         "consumer did not acknowledge a delivery within {ms} ms: cancelling it and requeueing its messages");
-                    if let Some(Some(ch)) = self.channels.get(n as usize) {
+                    if let Some(ch) = self.channels.get(n) {
                         ch.delivery.cancel_and_requeue(tag);
                     }
                 }
@@ -756,7 +751,7 @@ impl Connection {
     }
 
     fn for_each_channel(&mut self, mut f: impl FnMut(&mut Channel)) {
-        for c in self.channels.iter_mut().flatten() {
+        for c in self.channels.iter_mut() {
             f(c);
         }
     }
@@ -788,17 +783,7 @@ impl Connection {
             return self.handle_connection_method(m);
         }
         let n = frame.channel;
-        if n > self.channel_max {
-            return Err(ConnectionError::new(
-                CHANNEL_ERROR,
-                format!(
-                    "channel number {n} is above the negotiated channel_max {}",
-                    self.channel_max
-                ),
-            ));
-        }
-        let open = self.channels.get(n as usize).is_some_and(Option::is_some);
-        if !open {
+        if !self.channels.contains(n) {
             if frame.kind != FRAME_METHOD {
                 return Err(ConnectionError::new(
                     CHANNEL_ERROR,
@@ -809,6 +794,22 @@ impl Connection {
                 Method::decode(frame.payload).map_err(|e| ConnectionError::new(SYNTAX_ERROR, e))?;
             return match m {
                 Method::ChannelOpen(_) => {
+                    // As RabbitMQ, channel_max limits how many channels are open, not their
+                    // numbers (0: no limit).
+                    let open = self.channels.len();
+                    if self.channel_max != 0 && open >= self.channel_max as usize {
+                        return Err(ConnectionError {
+                            class_id: 20,
+                            method_id: 10,
+                            ..ConnectionError::new(
+                                NOT_ALLOWED,
+                                format!(
+                                    "number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                                    self.channel_max
+                                ),
+                            )
+                        });
+                    }
                     // The user's channel limit (530 NOT_ALLOWED closes the connection).
                     self.guard
                         .slot
@@ -826,7 +827,7 @@ impl Connection {
             };
         }
         let max_body = self.config.max_message_size;
-        let ch = self.channels[n as usize].as_mut().expect("checked open");
+        let ch = self.channels.get_mut(n).expect("checked open");
         if ch.closing {
             // A channel we closed ignores everything until the client's close-ok; a
             // channel.close crossing ours on the wire is answered but does not end the wait.
@@ -885,7 +886,7 @@ impl Connection {
                     backlogged: &mut self.backlogged,
                     guard: &mut self.guard,
                 };
-                let ch = self.channels[n as usize].as_mut().expect("checked open");
+                let ch = self.channels.get_mut(n).expect("checked open");
                 match ch.handle(&mut ctx, method, cmd.content) {
                     Ok(()) => Ok(()),
                     Err(e) if e.is_connection_error() => {
@@ -931,10 +932,6 @@ impl Connection {
     }
 
     fn open_channel(&mut self, n: u16) {
-        let idx = n as usize;
-        if self.channels.len() <= idx {
-            self.channels.resize_with(idx + 1, || None);
-        }
         let ch = Channel::new(
             n,
             self.id,
@@ -942,12 +939,12 @@ impl Connection {
             self.config.consumer_timeout,
         );
         self.entry.channels.lock().push(ch.delivery.clone());
-        self.channels[idx] = Some(Box::new(ch));
+        self.channels.insert(n, Box::new(ch));
         self.outbox.send(n, ChannelOpenOk::default());
     }
 
     fn remove_channel(&mut self, n: u16) {
-        if let Some(Some(ch)) = self.channels.get_mut(n as usize).map(Option::take) {
+        if let Some(ch) = self.channels.remove(n) {
             self.guard.slot.close_channel();
             ch.delivery.close();
             self.entry
@@ -960,7 +957,7 @@ impl Connection {
     /// Closes a channel with an error: channel.close to the client, and its unacked messages
     /// go back to their queues now (not when close-ok arrives).
     pub(crate) fn channel_error(&mut self, n: u16, e: AmqpError, class_id: u16, method_id: u16) {
-        let Some(Some(ch)) = self.channels.get_mut(n as usize) else {
+        let Some(ch) = self.channels.get_mut(n) else {
             return;
         };
         tracing::debug!(peer = %self.peer, channel = n, "channel error: {}", e.text);
@@ -997,8 +994,8 @@ impl Connection {
     }
 
     fn close_all_channels(&mut self) {
-        for n in 0..self.channels.len() {
-            self.remove_channel(n as u16);
+        for n in self.channels.numbers() {
+            self.remove_channel(n);
         }
     }
 

@@ -7,12 +7,14 @@
 //! - [`outbox`]: the connection's shared write buffer, drained by the writer task.
 //! - [`connection`]: handshake, frame dispatch, heartbeats, connection-level errors.
 //! - [`channel`]: the per-channel method handlers (exchange, queue, basic, confirm, tx).
+//! - `channel_table`: a connection's open channels by number (any number, `channel_max` of them).
 //! - [`security`]: a connection's user, permission checks, limits and alarm blocking.
 //! - [`alarms`]: the memory and disk monitor behind the resource alarms.
 //! - [`tls`]: the AMQPS listener (rustls).
 
 pub mod alarms;
 pub mod channel;
+mod channel_table;
 pub mod connection;
 pub mod outbox;
 pub mod security;

@@ -59,12 +59,13 @@ impl Outbox {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        let len = {
+        {
             let mut b = self.buf.lock();
             f(&mut b);
-            b.len()
-        };
-        self.pending.store(len, Ordering::Relaxed);
+            // Under the lock: stored after it, a count could overwrite the writer's reset in
+            // `take` and leave queues waiting for a drain of bytes already sent.
+            self.pending.store(b.len(), Ordering::Release);
+        }
         self.wake_writer.notify_one();
     }
 
@@ -77,7 +78,7 @@ impl Outbox {
     pub fn take(&self, spare: &mut BytesMut) {
         let mut b = self.buf.lock();
         std::mem::swap(&mut *b, spare);
-        self.pending.store(0, Ordering::Relaxed);
+        self.pending.store(0, Ordering::Release);
     }
 
     /// Called by the writer after a write: resumes consumers that were held back.
@@ -148,5 +149,52 @@ impl DeliveryWriter for Outbox {
         // The writer may have drained between the load and the store; look again so a
         // resume is never lost (a spurious one is harmless).
         self.pending.load(Ordering::Acquire) >= HIGH_WATER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// The count that tells queues whether to hold back must always describe the buffer: a
+    /// write racing the writer's swap must not leave a stale large count behind an empty
+    /// buffer (consumers would wait for a drain that never comes).
+    #[test]
+    fn pending_never_outlives_a_concurrent_take() {
+        let outbox = Arc::new(Outbox::new(131072));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let (o, stop) = (outbox.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        o.write(|b| b.extend_from_slice(&[0u8; 512]));
+                    }
+                })
+            })
+            .collect();
+        let mut spare = BytesMut::new();
+        let mut stale = 0;
+        for _ in 0..200_000 {
+            outbox.take(&mut spare);
+            spare.clear();
+            // Between our take and this look, writers may have added; the count may never
+            // exceed what the buffer holds.
+            let (buffered, pending) = {
+                let b = outbox.buf.lock();
+                (b.len(), outbox.pending.load(Ordering::Acquire))
+            };
+            if pending > buffered {
+                stale += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        outbox.take(&mut spare);
+        assert_eq!(outbox.pending.load(Ordering::Acquire), 0);
+        assert_eq!(stale, 0, "pending counted bytes the buffer no longer held");
     }
 }

@@ -8,11 +8,15 @@ use std::path::Path;
 /// Every key the file accepts, with what it takes (shown in errors and `--help`).
 pub const KEYS: &[(&str, &str)] = &[
     (
-        "listeners.tcp.default",
-        "AMQP listener: a port (on 127.0.0.1) or ip:port",
+        "listeners.tcp.*",
+        "AMQP listener (any name, several allowed): a port (on 127.0.0.1 and ::1), ip:port, [ipv6]:port or ipv6:port; 'listeners.tcp = none' for none",
     ),
+    ("listeners.tcp", "'none': no plain AMQP listener"),
     ("management.tcp.port", "management API port"),
-    ("management.tcp.ip", "management API address"),
+    (
+        "management.tcp.ip",
+        "management API address, IPv4 or IPv6 [default: 127.0.0.1 and ::1]",
+    ),
     ("data_dir", "data directory (definitions and messages)"),
     ("default_user", "user created on first start"),
     ("default_pass", "password of default_user"),
@@ -44,6 +48,14 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log.console.level", "error, warning, info, debug"),
     ("log.console.formatter", "plaintext or json"),
 ];
+
+/// A key of the list matches itself, and `prefix.*` matches any `prefix.<name>`.
+fn key_matches(pattern: &str, key: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => key.len() > prefix.len() && key.starts_with(prefix),
+        None => pattern == key,
+    }
+}
 
 /// [`KEYS`] and those of the modules that read their own keys.
 fn all_keys() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
@@ -80,7 +92,7 @@ impl ConfigFile {
             } else {
                 k
             };
-            if !all_keys().any(|(name, _)| *name == key) {
+            if !all_keys().any(|(name, _)| key_matches(name, key)) {
                 let known: Vec<&str> = all_keys().map(|(k, _)| *k).collect();
                 return Err(format!(
                     "line {n}: unknown key '{k}'; known keys: {}",
@@ -104,6 +116,16 @@ impl ConfigFile {
 
     pub fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(|(_, v)| v.as_str())
+    }
+
+    /// The keys under `prefix` with their values (`listeners.tcp.` gives every named
+    /// listener), in key order.
+    pub fn values_under(&self, prefix: &str) -> Vec<(&str, &str)> {
+        self.values
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (_, v))| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     /// A typed value; a bad one names the line, the key and what it takes.

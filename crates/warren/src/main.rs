@@ -2,11 +2,13 @@
 //! starts the AMQP listener and stops cleanly on SIGTERM / SIGINT. No broker logic lives here.
 
 mod config;
+mod listen;
 mod security;
 
 use anyhow::Context;
 use clap::Parser;
 use config::ConfigFile;
+use listen::ListenAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,12 +24,15 @@ struct Args {
     /// Config file in rabbitmq.conf style [default: ./warren.conf if it exists]
     #[arg(long, short = 'c', env = "WARREN_CONFIG_FILE")]
     config: Option<PathBuf>,
-    /// AMQP listener address [default: 127.0.0.1:5672] (listeners.tcp.default)
-    #[arg(long, env = "WARREN_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Management HTTP API address [default: 127.0.0.1:15672, none if only management.ssl.port is set] (management.tcp.ip/port)
-    #[arg(long, env = "WARREN_MGMT_LISTEN")]
-    mgmt_listen: Option<SocketAddr>,
+    /// AMQP listener: a port (on 127.0.0.1 and ::1), ip:port or [ipv6]:port; repeat or separate with commas for several; port 0 picks a free one [default: 5672] (listeners.tcp.*)
+    #[arg(long, env = "WARREN_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// Management HTTP API listener, same forms as --listen [default: 15672 on 127.0.0.1 and ::1, none if only management.ssl.port is set] (management.tcp.ip/port)
+    #[arg(long, env = "WARREN_MGMT_LISTEN", value_delimiter = ',')]
+    mgmt_listen: Vec<String>,
+    /// Once every listener is bound, write their actual addresses to this file, one `protocol address` line each (amqp, amqps, http, https)
+    #[arg(long, env = "WARREN_LISTENERS_FILE")]
+    listeners_file: Option<PathBuf>,
     /// Data directory for durable definitions and messages [default: ./warren-data] (data_dir)
     #[arg(long, env = "WARREN_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -68,9 +73,11 @@ struct Args {
 
 /// The settings after layering flags, environment, file and defaults.
 struct Settings {
-    listen: SocketAddr,
-    /// The plain-HTTP management listener; none when only HTTPS is configured.
-    mgmt_listen: Option<SocketAddr>,
+    /// The AMQP listeners (none with `listeners.tcp = none`).
+    listen: Vec<ListenAddr>,
+    /// The plain-HTTP management listeners; none when only HTTPS is configured.
+    mgmt_listen: Vec<ListenAddr>,
+    listeners_file: Option<PathBuf>,
     data_dir: PathBuf,
     broker: warren_broker::BrokerConfig,
     server: warren_server::ServerConfig,
@@ -89,35 +96,51 @@ fn settings(args: Args) -> Result<Settings, String> {
         }
         None => ConfigFile::default(),
     };
-    let listen = match (args.listen, file.get("listeners.tcp.default")) {
-        (Some(a), _) => a,
-        (None, Some(v)) => match v.parse::<u16>() {
-            Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-            Err(_) => v
-                .parse()
-                .map_err(|_| file.error("listeners.tcp.default", "expected a port or ip:port"))?,
-        },
-        (None, None) => "127.0.0.1:5672".parse().expect("valid default"),
+    let listen = if !args.listen.is_empty() {
+        listen::parse_all(args.listen.iter().map(|v| ("--listen", v.as_str())))?
+    } else if file.get("listeners.tcp") == Some("none") {
+        Vec::new()
+    } else {
+        match file.values_under("listeners.tcp.") {
+            v if v.is_empty() => listen::loopback(5672),
+            v => listen::parse_all(v)?,
+        }
     };
+    if let Some(v) = file.get("listeners.tcp").filter(|v| *v != "none") {
+        return Err(file.error(
+            "listeners.tcp",
+            &format!("expected 'none' (name a listener: listeners.tcp.default = {v})"),
+        ));
+    }
     let security = security::settings(&file)?;
     // As RabbitMQ: plain HTTP on 15672 unless only the HTTPS listener is configured; both when
     // both are.
-    let tcp_configured = args.mgmt_listen.is_some()
+    let tcp_configured = !args.mgmt_listen.is_empty()
         || file.get("management.tcp.port").is_some()
         || file.get("management.tcp.ip").is_some();
-    let mgmt_listen = match args.mgmt_listen {
-        Some(a) => Some(a),
-        None if !tcp_configured && security.mgmt_tls.is_some() => None,
-        None => {
-            let ip = file.get("management.tcp.ip").unwrap_or("127.0.0.1");
-            let port = file
-                .parse_value::<u16>("management.tcp.port")?
-                .unwrap_or(15672);
-            Some(
-                format!("{ip}:{port}")
-                    .parse()
-                    .map_err(|_| file.error("management.tcp.ip", "expected an IP address"))?,
-            )
+    let mgmt_listen = if !args.mgmt_listen.is_empty() {
+        listen::parse_all(
+            args.mgmt_listen
+                .iter()
+                .map(|v| ("--mgmt-listen", v.as_str())),
+        )?
+    } else if !tcp_configured && security.mgmt_tls.is_some() {
+        Vec::new()
+    } else {
+        let port = file
+            .parse_value::<u16>("management.tcp.port")?
+            .unwrap_or(15672);
+        match file.get("management.tcp.ip") {
+            None => listen::loopback(port),
+            Some(ip) => vec![ListenAddr {
+                addr: SocketAddr::new(
+                    listen::parse_ip(ip).ok_or_else(|| {
+                        file.error("management.tcp.ip", "expected an IPv4 or IPv6 address")
+                    })?,
+                    port,
+                ),
+                optional: false,
+            }],
         }
     };
     let mut broker = warren_broker::BrokerConfig::default();
@@ -205,6 +228,7 @@ fn settings(args: Args) -> Result<Settings, String> {
         security,
         listen,
         mgmt_listen,
+        listeners_file: args.listeners_file,
         data_dir: args
             .data_dir
             .or(file.get("data_dir").map(PathBuf::from))
@@ -275,13 +299,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     })?;
     // The management API's certificate and key are checked before the AMQP port is bound.
     let mgmt_https = security::mgmt_https_listener(&s.security, s.server.handshake_timeout).await?;
-    let listener = TcpListener::bind(s.listen).await.with_context(|| {
-        format!("cannot listen on {}; is another broker running there? Use --listen to pick another address", s.listen)
-    })?;
-    tracing::info!(listen = %s.listen, data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
+    let amqp = listen::bind_all(&s.listen, "AMQP (listeners.tcp.*, --listen)").await?;
+    let amqp_addrs = amqp
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<std::io::Result<Vec<_>>>()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tls_config = Arc::new(s.server.clone());
-    security::start(
+    let amqps_addrs = security::start(
         &s.security,
         &broker,
         tls_config,
@@ -289,22 +314,38 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         stop_rx.clone(),
     )
     .await?;
-    let server = tokio::spawn(warren_server::serve(
-        listener,
-        broker.clone(),
-        Arc::new(s.server),
-        stop_rx.clone(),
-    ));
-    let mgmt_http = match s.mgmt_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-            format!(
-                "cannot listen on {addr} for the management API; use --mgmt-listen to pick another address"
-            )
-        })?),
-        None => None,
-    };
+    let server_config = Arc::new(s.server);
+    let mut servers = Vec::new();
+    for listener in amqp {
+        servers.push(tokio::spawn(warren_server::serve(
+            listener,
+            broker.clone(),
+            server_config.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let mgmt_http = listen::bind_all(
+        &s.mgmt_listen,
+        "the management API (--mgmt-listen, management.tcp.*)",
+    )
+    .await?;
+    let mut bound: Vec<(&str, SocketAddr)> = Vec::new();
+    bound.extend(amqp_addrs.iter().map(|a| ("amqp", *a)));
+    bound.extend(amqps_addrs.iter().map(|a| ("amqps", *a)));
+    for l in &mgmt_http {
+        bound.push(("http", l.local_addr()?));
+    }
+    if let Some(h) = &mgmt_https {
+        bound.push(("https", h.listener.local_addr()?));
+    }
+    let listening: Vec<String> = bound.iter().map(|(p, a)| format!("{p}://{a}")).collect();
+    tracing::info!(listeners = %listening.join(" "), data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
+    if let Some(path) = &s.listeners_file {
+        listen::write_listeners_file(path, &bound)
+            .with_context(|| format!("cannot write the listeners file {}", path.display()))?;
+    }
     let mgmt_options = warren_mgmt::Options {
-        amqp_listeners: vec![s.listen],
+        amqp_listeners: amqp_addrs,
         node_name: String::new(),
     };
     let mgmt = tokio::spawn(warren_mgmt::serve_listeners(
@@ -323,7 +364,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         std::process::exit(1);
     });
-    let _ = server.await;
+    for server in servers {
+        let _ = server.await;
+    }
     if let Ok(Err(e)) = mgmt.await {
         tracing::warn!("management API: {e}");
     }
@@ -357,6 +400,11 @@ mod tests {
 
     /// The management listeners chosen for a config file and extra flags.
     fn mgmt_listeners(conf: &str, flags: &[&str]) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let (http, https) = mgmt_listeners_all(conf, flags);
+        (http.first().copied(), https)
+    }
+
+    fn mgmt_listeners_all(conf: &str, flags: &[&str]) -> (Vec<SocketAddr>, Option<SocketAddr>) {
         let dir = std::env::temp_dir().join(format!("warren-conf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{:x}.conf", conf.len() * 31 + flags.len()));
@@ -365,7 +413,10 @@ mod tests {
         argv.extend(flags);
         let s = settings(Args::parse_from(argv)).unwrap();
         let _ = std::fs::remove_file(&path);
-        (s.mgmt_listen, s.security.mgmt_tls.map(|(a, _)| a))
+        (
+            s.mgmt_listen.iter().map(|a| a.addr).collect(),
+            s.security.mgmt_tls.map(|(a, _)| a),
+        )
     }
 
     #[test]
@@ -386,5 +437,71 @@ mod tests {
             mgmt_listeners(tls, &["--mgmt-listen", "127.0.0.1:1234"]),
             (addr("127.0.0.1:1234"), addr("127.0.0.1:15671"))
         );
+    }
+
+    fn amqp_listeners(conf: &str, flags: &[&str]) -> Result<Vec<String>, String> {
+        let dir = std::env::temp_dir().join(format!("warren-conf-l-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.conf", conf.len() * 31 + flags.len()));
+        std::fs::write(&path, conf).unwrap();
+        let mut argv = vec!["warren", "--config", path.to_str().unwrap()];
+        argv.extend(flags);
+        let s = settings(Args::parse_from(argv));
+        let _ = std::fs::remove_file(&path);
+        Ok(s?.listen.iter().map(|a| a.addr.to_string()).collect())
+    }
+
+    #[test]
+    fn amqp_listeners_serve_both_loopback_families_and_take_ipv6() {
+        // The default: loopback on both families, as a bare port.
+        assert_eq!(
+            amqp_listeners("", &[]).unwrap(),
+            vec!["127.0.0.1:5672", "[::1]:5672"]
+        );
+        assert_eq!(
+            amqp_listeners("listeners.tcp.default = 5673\n", &[]).unwrap(),
+            vec!["127.0.0.1:5673", "[::1]:5673"]
+        );
+        // Several named listeners, RabbitMQ's IPv6 forms.
+        assert_eq!(
+            amqp_listeners(
+                "listeners.tcp.local = 127.0.0.1:5672\nlisteners.tcp.local_v6 = ::1:5672\nlisteners.tcp.all6 = [::]:5680\n",
+                &[]
+            )
+            .unwrap(),
+            vec!["[::]:5680", "127.0.0.1:5672", "[::1]:5672"]
+        );
+        assert!(amqp_listeners("listeners.tcp = none\n", &[])
+            .unwrap()
+            .is_empty());
+        assert!(amqp_listeners("listeners.tcp = 5672\n", &[])
+            .unwrap_err()
+            .contains("listeners.tcp.default = 5672"));
+        assert!(amqp_listeners("listeners.tcp.x = nowhere\n", &[])
+            .unwrap_err()
+            .contains("listeners.tcp.x"));
+        // Flags win, repeated or comma-separated.
+        assert_eq!(
+            amqp_listeners(
+                "listeners.tcp.default = 5673\n",
+                &["--listen", "[::1]:0,127.0.0.1:0"]
+            )
+            .unwrap(),
+            vec!["[::1]:0", "127.0.0.1:0"]
+        );
+        // The management API: both loopback families by default, an IPv6 address when asked.
+        let (http, _) = mgmt_listeners_all("", &[]);
+        assert_eq!(
+            http,
+            vec![
+                "127.0.0.1:15672".parse::<SocketAddr>().unwrap(),
+                "[::1]:15672".parse().unwrap()
+            ]
+        );
+        let (http, _) = mgmt_listeners_all(
+            "management.tcp.ip = ::1\nmanagement.tcp.port = 15680\n",
+            &[],
+        );
+        assert_eq!(http, vec!["[::1]:15680".parse::<SocketAddr>().unwrap()]);
     }
 }

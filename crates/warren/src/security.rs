@@ -3,6 +3,7 @@
 //! management API's HTTPS listener (`management.ssl.*`) is read here and started with the API.
 
 use crate::config::ConfigFile;
+use crate::listen::ListenAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use warren_server::tls::TlsOptions;
 /// The keys this module reads, for `config::KEYS`.
 pub const KEYS: &[(&str, &str)] = &[
     (
-        "listeners.ssl.default",
-        "AMQPS (TLS) listener: a port (on 127.0.0.1) or ip:port; 5671 in RabbitMQ's examples",
+        "listeners.ssl.*",
+        "AMQPS (TLS) listener (any name, several allowed): a port (on 127.0.0.1 and ::1), ip:port, [ipv6]:port or ipv6:port; 5671 in RabbitMQ's examples",
     ),
     ("ssl_options.certfile", "server certificate chain (PEM)"),
     ("ssl_options.keyfile", "server private key (PEM)"),
@@ -79,7 +80,7 @@ pub const KEYS: &[(&str, &str)] = &[
 
 pub struct SecuritySettings {
     /// The AMQPS listener (`listeners.ssl.default`, `ssl_options.*`).
-    pub tls: Option<(SocketAddr, TlsOptions)>,
+    pub tls: Option<(Vec<ListenAddr>, TlsOptions)>,
     /// The management API's HTTPS listener (`management.ssl.*`).
     pub mgmt_tls: Option<(SocketAddr, TlsOptions)>,
     pub watermark: Watermark,
@@ -108,19 +109,6 @@ pub fn parse_bytes(v: &str) -> Option<u64> {
         _ => return None,
     };
     Some((n * mult) as u64)
-}
-
-fn address(file: &ConfigFile, key: &str) -> Result<Option<SocketAddr>, String> {
-    let Some(v) = file.get(key) else {
-        return Ok(None);
-    };
-    match v.parse::<u16>() {
-        Ok(port) => Ok(Some(SocketAddr::from(([127, 0, 0, 1], port)))),
-        Err(_) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| file.error(key, "expected a port or ip:port")),
-    }
 }
 
 /// The `<prefix>.certfile`, `keyfile`, `cacertfile`, `verify` and `fail_if_no_peer_cert` keys;
@@ -164,20 +152,18 @@ fn mgmt_tls(file: &ConfigFile) -> Result<Option<(SocketAddr, TlsOptions)>, Strin
         }
         return Ok(None);
     };
-    let ip: std::net::IpAddr = file
-        .get("management.ssl.ip")
-        .unwrap_or("127.0.0.1")
-        .parse()
-        .map_err(|_| file.error("management.ssl.ip", "expected an IP address"))?;
+    let ip = crate::listen::parse_ip(file.get("management.ssl.ip").unwrap_or("127.0.0.1"))
+        .ok_or_else(|| file.error("management.ssl.ip", "expected an IPv4 or IPv6 address"))?;
     let opts = tls_options(file, "management.ssl", "management.ssl.port")?;
     Ok(Some((SocketAddr::new(ip, port), opts)))
 }
 
 pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, String> {
-    let tls = match address(file, "listeners.ssl.default")? {
-        None => None,
-        Some(addr) => Some((
-            addr,
+    let ssl = file.values_under("listeners.ssl.");
+    let tls = match ssl.is_empty() {
+        true => None,
+        false => Some((
+            crate::listen::parse_all(ssl)?,
             tls_options(file, "ssl_options", "listeners.ssl.default")?,
         )),
     };
@@ -214,36 +200,39 @@ pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, String> {
     })
 }
 
-/// Starts the resource monitor and, if configured, the AMQPS listener.
+/// Starts the resource monitor and, if configured, the AMQPS listeners; returns the addresses
+/// they are bound to.
 pub async fn start(
     s: &SecuritySettings,
     broker: &Arc<warren_broker::Broker>,
     server: Arc<warren_server::ServerConfig>,
     data_dir: &Path,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<SocketAddr>> {
     warren_server::alarms::start_monitor(
         broker,
         s.watermark,
         s.disk_free_limit,
         Some(data_dir.to_path_buf()),
     );
-    if let Some((addr, opts)) = &s.tls {
+    let mut bound = Vec::new();
+    if let Some((addrs, opts)) = &s.tls {
         let acceptor = warren_server::tls::acceptor(opts)
             .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!("cannot listen on {addr} for AMQPS (listeners.ssl.default): {e}")
-        })?;
-        tracing::info!(listen = %addr, verify_peer = opts.verify_peer, "AMQPS listener started");
-        tokio::spawn(warren_server::tls::serve_tls(
-            listener,
-            acceptor,
-            broker.clone(),
-            server,
-            stop,
-        ));
+        for listener in crate::listen::bind_all(addrs, "AMQPS (listeners.ssl.*)").await? {
+            let addr = listener.local_addr()?;
+            tracing::info!(listen = %addr, verify_peer = opts.verify_peer, "AMQPS listener started");
+            bound.push(addr);
+            tokio::spawn(warren_server::tls::serve_tls(
+                listener,
+                acceptor.clone(),
+                broker.clone(),
+                server.clone(),
+                stop.clone(),
+            ));
+        }
     }
-    Ok(())
+    Ok(bound)
 }
 
 /// The management API's HTTPS listener, if `management.ssl.port` is set: its certificate and
@@ -292,8 +281,8 @@ mod tests {
         )
         .unwrap();
         let s = settings(&f).unwrap();
-        let (addr, o) = s.tls.unwrap();
-        assert_eq!(addr.port(), 5671);
+        let (addrs, o) = s.tls.unwrap();
+        assert_eq!(addrs[0].addr.port(), 5671);
         assert!(o.verify_peer && o.fail_if_no_peer_cert);
         assert_eq!(s.watermark, Watermark::Absolute(1 << 30));
         assert_eq!(s.disk_free_limit, 2_000_000_000);
