@@ -123,4 +123,32 @@ mod tests {
         assert_eq!((d.index, d.kind.as_str()), (2, "final state"));
         assert_eq!(d.first_lines().0, "<nothing>");
     }
+
+    #[test]
+    fn the_shipped_allow_list_parses_and_matches_only_what_it_documents() {
+        let al = AllowList::parse(include_str!("../allowlist.txt")).unwrap();
+        assert!(!al.entries.is_empty());
+        let d = |kind: &str, a: &str, b: &str| Divergence {
+            index: 0,
+            kind: kind.into(),
+            a: vec![a.into()],
+            b: vec![b.into()],
+        };
+        let allowed = d(
+            "exchange.declare",
+            "connection.close 503 \"COMMAND_INVALID - unknown exchange type 'bogus'\" 40.10",
+            "channel.close 406 \"PRECONDITION_FAILED - unknown exchange type 'bogus'\" 40.10",
+        );
+        assert!(al.allows(&allowed).is_some());
+        // Warren's own wording is not covered.
+        let bug = d(
+            "exchange.declare",
+            "connection.close 503 \"COMMAND_INVALID - unknown exchange type 'bogus'\" 40.10",
+            "channel.close 406 \"PRECONDITION_FAILED - invalid exchange type 'bogus'\" 40.10",
+        );
+        assert!(al.allows(&bug).is_none());
+        for (_, reason) in &al.entries {
+            assert!(reason.contains("docs/compatibility.md"), "{reason}");
+        }
+    }
 }

@@ -125,8 +125,10 @@ impl G {
                     a.push(("x-dead-letter-routing-key".into(), Val::Str(k)))
                 }
                 5 => {
+                    // Not 0: RabbitMQ 4.0 orders by priority with x-max-priority 0, 3.10 does not
+                    // (a version difference the tests would otherwise keep finding).
                     let n = if self.valid { 2 } else { 3 };
-                    let v = *[3i64, 0, 300].get(self.rng.gen_range(0..n)).unwrap();
+                    let v = *[3i64, 1, 300].get(self.rng.gen_range(0..n)).unwrap();
                     let v = self.val_int(v);
                     a.push(("x-max-priority".into(), v))
                 }
