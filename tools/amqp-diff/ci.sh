@@ -10,7 +10,7 @@
 # in $DIFF_OUT, default target/amqp-diff-ci).
 #
 # Environment: WARREN (binary, if not given as the argument; default target/release/warren),
-# AMQP_DIFF (tester binary; default: built with cargo), DIFF_SEED (default 1),
+# AMQP_DIFF (tester binary; default: target/release/amqp-diff, built if needed), DIFF_SEED (default 1),
 # DIFF_DURATION (default 120s), DIFF_OUT, RABBITMQ_SBIN (default /usr/lib/rabbitmq/bin).
 set -euo pipefail
 
@@ -25,8 +25,9 @@ SBIN=${RABBITMQ_SBIN:-/usr/lib/rabbitmq/bin}
 [ -x "$SBIN/rabbitmq-server" ] || { echo "ci.sh: rabbitmq-server not found in $SBIN" >&2; exit 2; }
 
 if [ -z "${AMQP_DIFF:-}" ]; then
-  (cd "$ROOT" && cargo build --quiet -p amqp-diff)
-  AMQP_DIFF=${CARGO_TARGET_DIR:-$ROOT/target}/debug/amqp-diff
+  # A no-op after CI's `cargo build --release --workspace`.
+  (cd "$ROOT" && cargo build --quiet --release -p amqp-diff)
+  AMQP_DIFF=${CARGO_TARGET_DIR:-$ROOT/target}/release/amqp-diff
 fi
 
 # A port nobody listens on (away from 5672-5674 and from the dist ports, port + 20000).

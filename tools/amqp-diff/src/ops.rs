@@ -61,6 +61,8 @@ pub struct Props {
     pub headers: Option<Args>,
 }
 
+// Publish carries its properties inline; sequences are short, so size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
