@@ -13,7 +13,7 @@ pub struct GenConfig {
     /// Op kinds (as [`Op::kind`] names them) never generated, e.g. to keep a known divergence
     /// from hiding others; also `immediate` (immediate publishes), `bad-args` (invalid argument
     /// values, exchange types, expirations, user ids, `x-match`es) and `reserved` (`amq.`
-    /// names, deletes of the built-in exchanges).
+    /// names, deletes of the built-in exchanges), `args` (queue arguments, alternate exchanges).
     pub exclude: Vec<String>,
 }
 
@@ -34,6 +34,8 @@ struct G {
     valid: bool,
     /// No reserved (`amq.q0`, `amq.x0`) names, no deletes of built-in exchanges.
     no_reserved: bool,
+    /// No queue arguments and no alternate exchanges.
+    no_args: bool,
 }
 
 impl G {
@@ -90,7 +92,7 @@ impl G {
     }
     fn queue_args(&mut self) -> Args {
         let mut a = Args::new();
-        if self.p(0.6) {
+        if self.p(0.6) || self.no_args {
             return a;
         }
         let n = self.rng.gen_range(1..=2);
@@ -329,7 +331,7 @@ impl G {
                 durable: self.p(0.3),
                 auto_delete: self.p(0.15),
                 internal: self.p(0.1),
-                args: if self.p(0.15) {
+                args: if self.p(0.15) && !self.no_args {
                     vec![("alternate-exchange".into(), Val::Str(self.exchange()))]
                 } else {
                     Args::new()
@@ -417,6 +419,7 @@ pub fn generate(seed: u64, cfg: &GenConfig) -> Vec<Step> {
         seq_no: 0,
         valid: has("bad-args"),
         no_reserved: has("reserved"),
+        no_args: has("args"),
     };
     let mut steps = Vec::with_capacity(cfg.ops);
     let mut tries = 0;

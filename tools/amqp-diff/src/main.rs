@@ -33,6 +33,10 @@ struct Timing {
     /// Seconds to wait for a synchronous reply.
     #[arg(long, default_value_t = 5)]
     reply_timeout: u64,
+    /// Compare closes by reply code and class/method ids only, not by text: to explore past
+    /// known wording and check-order differences (never for CI).
+    #[arg(long)]
+    lenient: bool,
 }
 
 impl Timing {
@@ -40,6 +44,7 @@ impl Timing {
         ExecConfig {
             settle: Duration::from_millis(self.settle_ms),
             reply_timeout: Duration::from_secs(self.reply_timeout),
+            lenient: self.lenient,
         }
     }
 }
