@@ -215,6 +215,20 @@ impl DeliveryChannel {
         tag
     }
 
+    /// Checks that an ack/nack/reject names unacked messages, without settling them (a
+    /// transaction's acks are checked when they arrive and applied at commit, as RabbitMQ).
+    pub fn check_tag(&self, tag: u64, multiple: bool) -> Result<()> {
+        let s = self.state.lock();
+        if multiple && tag == 0 {
+            return Ok(());
+        }
+        let at = s.unacked.partition_point(|u| u.delivery_tag < tag);
+        match s.unacked.get(at) {
+            Some(u) if u.delivery_tag == tag => Ok(()),
+            _ => Err(unknown_tag(tag)),
+        }
+    }
+
     /// Takes the unacked messages an ack/nack/reject names. `multiple` with tag 0 means all.
     fn take(&self, tag: u64, multiple: bool) -> Result<Vec<Unacked>> {
         let mut s = self.state.lock();
@@ -551,7 +565,8 @@ fn unknown_tag(tag: u64) -> AmqpError {
     AmqpError::precondition(format!("unknown delivery tag {tag}"))
 }
 
-fn not_allowed_tag(tag: &str) -> AmqpError {
+/// basic.consume with a consumer tag the channel already uses: 530, closing the connection.
+pub fn not_allowed_tag(tag: &str) -> AmqpError {
     AmqpError::new(
         warren_protocol::constants::NOT_ALLOWED,
         format!("attempt to reuse consumer tag '{tag}'"),

@@ -16,7 +16,8 @@ use warren_protocol::{Method, ShortStr};
 
 type Result<T> = std::result::Result<T, AmqpError>;
 
-/// A per-message TTL must be a non-negative integer (ms), as RabbitMQ requires.
+/// A per-message TTL must be a non-negative integer (ms), as RabbitMQ requires; its texts
+/// name the reason as an Erlang term.
 fn check_expiration(content: &Content) -> Result<()> {
     use warren_protocol::properties::{flag, has};
     if !has(&content.properties, flag::EXPIRATION) {
@@ -24,12 +25,19 @@ fn check_expiration(content: &Content) -> Result<()> {
     }
     let props = warren_protocol::BasicProperties::decode(content.properties.clone())
         .map_err(|e| AmqpError::new(SYNTAX_ERROR, format!("malformed content header: {e}")))?;
-    match props.expiration {
-        Some(e) if e.parse::<u64>().is_err() => {
-            Err(AmqpError::precondition(format!("invalid expiration '{e}'")))
-        }
-        _ => Ok(()),
+    let Some(e) = props.expiration else {
+        return Ok(());
+    };
+    if e.parse::<u64>().is_ok() {
+        return Ok(());
     }
+    let why = match e.parse::<i64>() {
+        Ok(n) if n < 0 => format!("{{value_negative,{n}}}"),
+        _ => "no_integer".to_string(),
+    };
+    Err(AmqpError::precondition(format!(
+        "invalid expiration '{e}': {why}"
+    )))
 }
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
@@ -253,8 +261,11 @@ impl Channel {
             Method::BasicPublish(p) => {
                 let content = content.expect("assembler attaches content to basic.publish");
                 if let Some(ops) = &mut self.tx {
-                    // Checked now (as RabbitMQ does), applied at commit.
+                    // Checked now (as RabbitMQ does: the exchange, then the properties),
+                    // applied at commit.
                     cx.vhost.exchange_for_publish(&p.exchange)?;
+                    check_expiration(&content)?;
+                    cx.guard.check_user_id(&content.properties)?;
                     ops.push(TxOp::Publish {
                         exchange: p.exchange,
                         routing_key: p.routing_key,
@@ -267,6 +278,7 @@ impl Channel {
             }
             Method::BasicAck(a) => match &mut self.tx {
                 Some(ops) => {
+                    self.delivery.check_tag(a.delivery_tag, a.multiple)?;
                     ops.push(TxOp::Ack {
                         tag: a.delivery_tag,
                         multiple: a.multiple,
@@ -520,6 +532,7 @@ impl Channel {
     fn nack(&mut self, tag: u64, multiple: bool, requeue: bool) -> Result<()> {
         match &mut self.tx {
             Some(ops) => {
+                self.delivery.check_tag(tag, multiple)?;
                 ops.push(TxOp::Nack {
                     tag,
                     multiple,
@@ -559,9 +572,6 @@ impl Channel {
         mandatory: bool,
         content: Content,
     ) -> Result<()> {
-        check_expiration(&content)?;
-        cx.guard.check_user_id(&content.properties)?;
-        let content = self.rewrite_reply_to(content)?;
         let x = match &self.last_exchange {
             Some(x) if x.name == exchange && !x.is_deleted() => x.clone(),
             _ => {
@@ -570,6 +580,10 @@ impl Channel {
                 x
             }
         };
+        // RabbitMQ's order: the exchange, then the properties.
+        check_expiration(&content)?;
+        cx.guard.check_user_id(&content.properties)?;
+        let content = self.rewrite_reply_to(content)?;
         let msg = Arc::new(Message::new(
             exchange,
             routing_key,
@@ -679,6 +693,10 @@ impl Channel {
     }
 
     fn consume(&mut self, cx: &mut Ctx<'_>, c: BasicConsume) -> Result<()> {
+        // RabbitMQ refuses a reused consumer tag before it looks the queue up.
+        if !c.consumer_tag.is_empty() && self.delivery.has_consumer(&c.consumer_tag) {
+            return Err(warren_broker::delivery::not_allowed_tag(&c.consumer_tag));
+        }
         let queue_name = self.queue_name(c.queue)?;
         let q = if queue_name == DIRECT_REPLY_TO {
             // Direct reply-to: a hidden queue for this channel's replies.

@@ -455,10 +455,11 @@ impl Connection {
                 }
                 // A late close-ok for a channel already gone is harmless.
                 Method::ChannelCloseOk(_) => Ok(()),
-                _ => Err(ConnectionError::new(
-                    CHANNEL_ERROR,
-                    "expected 'channel.open'",
-                )),
+                // RabbitMQ names the method that came instead.
+                other => Err(
+                    ConnectionError::new(CHANNEL_ERROR, "expected 'channel.open'")
+                        .on(other.class_id(), other.method_id()),
+                ),
             };
         }
         let max_body = self.config.max_message_size;
@@ -490,7 +491,8 @@ impl Connection {
             Method::ChannelOpen(_) => Err(ConnectionError::new(
                 CHANNEL_ERROR,
                 "second 'channel.open' seen",
-            )),
+            )
+            .on(ChannelOpen::CLASS_ID, ChannelOpen::METHOD_ID)),
             Method::ChannelClose(_) => {
                 self.outbox.send(n, ChannelCloseOk {});
                 self.remove_channel(n);

@@ -20,8 +20,16 @@ impl Divergence {
     pub fn first_lines(&self) -> (String, String) {
         let n = self.a.len().max(self.b.len());
         for i in 0..n {
-            let x = self.a.get(i).map(|s| s.trim().to_string()).unwrap_or_else(|| "<nothing>".into());
-            let y = self.b.get(i).map(|s| s.trim().to_string()).unwrap_or_else(|| "<nothing>".into());
+            let x = self
+                .a
+                .get(i)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|| "<nothing>".into());
+            let y = self
+                .b
+                .get(i)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|| "<nothing>".into());
             if x != y {
                 return (x, y);
             }
@@ -48,8 +56,16 @@ pub fn compare(steps: &[Step], a: &[Vec<String>], b: &[Vec<String>]) -> Option<D
         let x = a.get(i).cloned().unwrap_or_default();
         let y = b.get(i).cloned().unwrap_or_default();
         if x != y {
-            let kind = steps.get(i).map(|s| s.op.kind().to_string()).unwrap_or_else(|| "final state".into());
-            return Some(Divergence { index: i, kind, a: x, b: y });
+            let kind = steps
+                .get(i)
+                .map(|s| s.op.kind().to_string())
+                .unwrap_or_else(|| "final state".into());
+            return Some(Divergence {
+                index: i,
+                kind,
+                a: x,
+                b: y,
+            });
         }
     }
     None
@@ -76,7 +92,8 @@ impl AllowList {
             if reason.trim().is_empty() {
                 return Err(format!("allow-list line {}: empty reason", no + 1));
             }
-            let re = Regex::new(pat.trim()).map_err(|e| format!("allow-list line {}: {e}", no + 1))?;
+            let re =
+                Regex::new(pat.trim()).map_err(|e| format!("allow-list line {}: {e}", no + 1))?;
             entries.push((re, reason.trim().to_string()));
         }
         Ok(AllowList { entries })
@@ -85,7 +102,10 @@ impl AllowList {
     /// The reason a divergence is allowed, if it is.
     pub fn allows(&self, d: &Divergence) -> Option<&str> {
         let sig = d.signature();
-        self.entries.iter().find(|(re, _)| re.is_match(&sig)).map(|(_, r)| r.as_str())
+        self.entries
+            .iter()
+            .find(|(re, _)| re.is_match(&sig))
+            .map(|(_, r)| r.as_str())
     }
 }
 
@@ -101,24 +121,45 @@ mod tests {
     #[test]
     fn first_divergence_and_allow_list() {
         let steps = vec![
-            Step { conn: 0, ch: 1, op: Op::TxSelect },
-            Step { conn: 0, ch: 1, op: Op::TxCommit },
+            Step {
+                conn: 0,
+                ch: 1,
+                op: Op::TxSelect,
+            },
+            Step {
+                conn: 0,
+                ch: 1,
+                op: Op::TxCommit,
+            },
         ];
-        let a = vec![lines(&["tx.select_ok"]), lines(&["channel.close 406 \"X\" 90.20"]), lines(&["final state"])];
+        let a = vec![
+            lines(&["tx.select_ok"]),
+            lines(&["channel.close 406 \"X\" 90.20"]),
+            lines(&["final state"]),
+        ];
         let mut b = a.clone();
         assert_eq!(compare(&steps, &a, &b), None);
         b[1] = lines(&["tx.commit_ok", "  c0.1 deliver"]);
         let d = compare(&steps, &a, &b).unwrap();
         assert_eq!(d.index, 1);
-        assert_eq!(d.signature(), "tx.commit | A: channel.close 406 \"X\" 90.20 | B: tx.commit_ok");
-        let al = AllowList::parse("# comment\n^tx\\.commit \\| A: channel\\.close 406 || see docs/compatibility.md\n").unwrap();
+        assert_eq!(
+            d.signature(),
+            "tx.commit | A: channel.close 406 \"X\" 90.20 | B: tx.commit_ok"
+        );
+        let al = AllowList::parse(
+            "# comment\n^tx\\.commit \\| A: channel\\.close 406 || see docs/compatibility.md\n",
+        )
+        .unwrap();
         assert_eq!(al.allows(&d), Some("see docs/compatibility.md"));
         let al = AllowList::parse("^basic || r\n").unwrap();
         assert_eq!(al.allows(&d), None);
         assert!(AllowList::parse("no separator").is_err());
         // A divergence only in the final probe.
         let mut c = a.clone();
-        c[2] = lines(&["final state", "  queue q1: queue.declare_ok q1 messages=1 consumers=0"]);
+        c[2] = lines(&[
+            "final state",
+            "  queue q1: queue.declare_ok q1 messages=1 consumers=0",
+        ]);
         let d = compare(&steps, &a, &c).unwrap();
         assert_eq!((d.index, d.kind.as_str()), (2, "final state"));
         assert_eq!(d.first_lines().0, "<nothing>");

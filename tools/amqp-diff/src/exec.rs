@@ -35,7 +35,11 @@ pub struct ExecConfig {
 
 impl Default for ExecConfig {
     fn default() -> Self {
-        ExecConfig { settle: Duration::from_millis(20), reply_timeout: Duration::from_secs(5), lenient: false }
+        ExecConfig {
+            settle: Duration::from_millis(20),
+            reply_timeout: Duration::from_secs(5),
+            lenient: false,
+        }
     }
 }
 
@@ -76,10 +80,19 @@ pub fn parse_url(url: &str) -> Result<Url, String> {
         None => (rest, "/".to_string()),
     };
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), p.parse().map_err(|_| format!("{url}: bad port"))?),
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse().map_err(|_| format!("{url}: bad port"))?,
+        ),
         None => (hostport.to_string(), 5672),
     };
-    Ok(Url { host, port, user, pass, vhost })
+    Ok(Url {
+        host,
+        port,
+        user,
+        pass,
+        vhost,
+    })
 }
 
 enum Incoming {
@@ -191,7 +204,9 @@ fn connect(url: &Url, timeout: Duration) -> Result<(TcpStream, u32, BytesMut), S
     );
     let tune = match read_method(&mut sock, &mut buf)? {
         Method::ConnectionTune(t) => t,
-        Method::ConnectionClose(c) => return Err(format!("refused: {} {}", c.reply_code, c.reply_text)),
+        Method::ConnectionClose(c) => {
+            return Err(format!("refused: {} {}", c.reply_code, c.reply_text))
+        }
         m => return Err(format!("expected connection.tune, got {}", m.name())),
     };
     let frame_max = match tune.frame_max {
@@ -201,16 +216,27 @@ fn connect(url: &Url, timeout: Duration) -> Result<(TcpStream, u32, BytesMut), S
     send(
         &mut sock,
         0,
-        &ConnectionTuneOk { channel_max: tune.channel_max, frame_max, heartbeat: 0 }.into(),
+        &ConnectionTuneOk {
+            channel_max: tune.channel_max,
+            frame_max,
+            heartbeat: 0,
+        }
+        .into(),
     );
     send(
         &mut sock,
         0,
-        &ConnectionOpen { virtual_host: url.vhost.as_str().into(), ..Default::default() }.into(),
+        &ConnectionOpen {
+            virtual_host: url.vhost.as_str().into(),
+            ..Default::default()
+        }
+        .into(),
     );
     match read_method(&mut sock, &mut buf)? {
         Method::ConnectionOpenOk(_) => {}
-        Method::ConnectionClose(c) => return Err(format!("refused: {} {}", c.reply_code, c.reply_text)),
+        Method::ConnectionClose(c) => {
+            return Err(format!("refused: {} {}", c.reply_code, c.reply_text))
+        }
         m => return Err(format!("expected connection.open-ok, got {}", m.name())),
     }
     sock.set_read_timeout(None).ok();
@@ -223,25 +249,44 @@ fn reader(conn: usize, gen: u32, mut sock: TcpStream, mut buf: BytesMut, tx: Sen
         loop {
             match parse_frame(&mut buf, 0) {
                 Ok(Some(f)) => {
-                    if tx.send(Msg { conn, gen, inc: Incoming::Frame(f) }).is_err() {
+                    if tx
+                        .send(Msg {
+                            conn,
+                            gen,
+                            inc: Incoming::Frame(f),
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Msg { conn, gen, inc: Incoming::Lost(format!("bad frame: {e}")) });
+                    let _ = tx.send(Msg {
+                        conn,
+                        gen,
+                        inc: Incoming::Lost(format!("bad frame: {e}")),
+                    });
                     return;
                 }
             }
         }
         match sock.read(&mut tmp) {
             Ok(0) => {
-                let _ = tx.send(Msg { conn, gen, inc: Incoming::Lost("connection lost (EOF)".into()) });
+                let _ = tx.send(Msg {
+                    conn,
+                    gen,
+                    inc: Incoming::Lost("connection lost (EOF)".into()),
+                });
                 return;
             }
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
             Err(e) => {
-                let _ = tx.send(Msg { conn, gen, inc: Incoming::Lost(format!("connection lost ({e})")) });
+                let _ = tx.send(Msg {
+                    conn,
+                    gen,
+                    inc: Incoming::Lost(format!("connection lost ({e})")),
+                });
                 return;
             }
         }
@@ -264,7 +309,10 @@ fn fmt_value(v: &FieldValue) -> String {
         FieldValue::LongStr(s) => format!("{:?}", s.to_string_lossy()),
         FieldValue::Bytes(s) => format!("x{:?}", s.to_string_lossy()),
         FieldValue::Array(items) => {
-            format!("[{}]", items.iter().map(fmt_value).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                items.iter().map(fmt_value).collect::<Vec<_>>().join(", ")
+            )
         }
         // Timestamps in headers are the broker's clock (x-death "time"): normalised.
         FieldValue::Timestamp(_) => "<time>".into(),
@@ -275,7 +323,10 @@ fn fmt_value(v: &FieldValue) -> String {
 
 /// A table with its keys sorted: RabbitMQ does not promise the order of headers it adds.
 fn fmt_table(t: &FieldTable) -> String {
-    let mut parts: Vec<String> = t.iter().map(|(k, v)| format!("{k}: {}", fmt_value(v))).collect();
+    let mut parts: Vec<String> = t
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", fmt_value(v)))
+        .collect();
     parts.sort();
     format!("{{{}}}", parts.join(", "))
 }
@@ -372,7 +423,13 @@ impl Exec {
         let rsock = sock.try_clone().map_err(|e| e.to_string())?;
         let tx = self.tx.clone();
         std::thread::spawn(move || reader(c, gen, rsock, buf, tx));
-        self.conns[c] = Some(Conn { gen, sock, frame_max, channels: HashMap::new(), asm: HashMap::new() });
+        self.conns[c] = Some(Conn {
+            gen,
+            sock,
+            frame_max,
+            channels: HashMap::new(),
+            asm: HashMap::new(),
+        });
         Ok(())
     }
 
@@ -385,7 +442,12 @@ impl Exec {
     fn push_event(&mut self, c: usize, ch: u16, consumer: String, line: String) {
         let line = self.norm.line(&line);
         let consumer = self.norm.line(&consumer);
-        self.events.push(Event { conn: c as u8, ch, consumer, line });
+        self.events.push(Event {
+            conn: c as u8,
+            ch,
+            consumer,
+            line,
+        });
     }
 
     /// Handles one incoming message; returns the reply line if it answers `awaiting`.
@@ -420,14 +482,27 @@ impl Exec {
             }
         };
         let Command { method, content } = cmd;
-        let body = content.as_ref().map(|x| String::from_utf8_lossy(&x.body).into_owned()).unwrap_or_default();
-        let props = content.as_ref().map(|x| fmt_props(&x.properties)).unwrap_or_default();
+        let body = content
+            .as_ref()
+            .map(|x| String::from_utf8_lossy(&x.body).into_owned())
+            .unwrap_or_default();
+        let props = content
+            .as_ref()
+            .map(|x| fmt_props(&x.properties))
+            .unwrap_or_default();
         match method {
             Method::ConnectionClose(m) => {
                 send(&mut conn.sock, 0, &ConnectionCloseOk {}.into());
                 self.conns[c] = None;
-                let text = if self.cfg.lenient { "…" } else { m.reply_text.as_str() };
-                let line = format!("connection.close {} {:?} {}.{}", m.reply_code, text, m.class_id, m.method_id);
+                let text = if self.cfg.lenient {
+                    "…"
+                } else {
+                    m.reply_text.as_str()
+                };
+                let line = format!(
+                    "connection.close {} {:?} {}.{}",
+                    m.reply_code, text, m.class_id, m.method_id
+                );
                 if awaiting.map(|a| a.0) == Some(c) {
                     return Some(line);
                 }
@@ -442,8 +517,15 @@ impl Exec {
                 send(&mut conn.sock, ch, &ChannelCloseOk {}.into());
                 conn.channels.remove(&ch);
                 conn.asm.remove(&ch);
-                let text = if self.cfg.lenient { "…" } else { m.reply_text.as_str() };
-                let line = format!("channel.close {} {:?} {}.{}", m.reply_code, text, m.class_id, m.method_id);
+                let text = if self.cfg.lenient {
+                    "…"
+                } else {
+                    m.reply_text.as_str()
+                };
+                let line = format!(
+                    "channel.close {} {:?} {}.{}",
+                    m.reply_code, text, m.class_id, m.method_id
+                );
                 self.reply_or_event(c, ch, awaiting, line, String::new())
             }
             Method::BasicDeliver(d) => {
@@ -492,14 +574,18 @@ impl Exec {
                             pending.get(&tag).copied().into_iter().collect()
                         };
                         if done.is_empty() {
-                            lines.push(format!("confirm {kind} of unknown tag {tag} multiple={multiple}"));
+                            lines.push(format!(
+                                "confirm {kind} of unknown tag {tag} multiple={multiple}"
+                            ));
                         }
                         for t in done {
                             pending.remove(&t);
                             lines.push(format!("confirm {kind} {t}"));
                         }
                     }
-                    None => lines.push(format!("{kind} from broker outside confirm mode tag={tag}")),
+                    None => {
+                        lines.push(format!("{kind} from broker outside confirm mode tag={tag}"))
+                    }
                 }
                 for l in lines {
                     self.push_event(c, ch, String::new(), l);
@@ -511,7 +597,9 @@ impl Exec {
                 self.push_event(c, ch, x.consumer_tag.as_str().to_string(), line);
                 None
             }
-            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) | Method::ChannelFlow(_) => {
+            Method::ConnectionBlocked(_)
+            | Method::ConnectionUnblocked(_)
+            | Method::ChannelFlow(_) => {
                 let line = method.name().to_string();
                 self.push_event(c, ch, String::new(), line);
                 None
@@ -532,15 +620,21 @@ impl Exec {
                             m.consumer_count
                         )
                     }
-                    Method::QueuePurgeOk(m) => format!("queue.purge_ok messages={}", m.message_count),
-                    Method::QueueDeleteOk(m) => format!("queue.delete_ok messages={}", m.message_count),
+                    Method::QueuePurgeOk(m) => {
+                        format!("queue.purge_ok messages={}", m.message_count)
+                    }
+                    Method::QueueDeleteOk(m) => {
+                        format!("queue.delete_ok messages={}", m.message_count)
+                    }
                     Method::BasicConsumeOk(m) => {
                         if let Some(chan) = conn.channels.get_mut(&ch) {
                             chan.last_ctag = m.consumer_tag.to_string();
                         }
                         format!("basic.consume_ok {}", m.consumer_tag.as_str())
                     }
-                    Method::BasicCancelOk(m) => format!("basic.cancel_ok {}", m.consumer_tag.as_str()),
+                    Method::BasicCancelOk(m) => {
+                        format!("basic.cancel_ok {}", m.consumer_tag.as_str())
+                    }
                     Method::BasicGetOk(m) => {
                         if let Some(chan) = conn.channels.get_mut(&ch) {
                             chan.last_tag = chan.last_tag.max(m.delivery_tag);
@@ -583,7 +677,11 @@ impl Exec {
         if awaiting == Some((c, ch)) {
             Some(line)
         } else {
-            let line = if line.starts_with("channel.close ") { line } else { format!("unexpected {line}") };
+            let line = if line.starts_with("channel.close ") {
+                line
+            } else {
+                format!("unexpected {line}")
+            };
             self.push_event(c, ch, consumer, line);
             None
         }
@@ -697,14 +795,29 @@ impl Exec {
                 if let Err(e) = self.ensure_conn(c) {
                     return vec![e];
                 }
-                (BasicQos { prefetch_count: 1, ..Default::default() }.into(), Await::Reply(ch + 100))
+                (
+                    BasicQos {
+                        prefetch_count: 1,
+                        ..Default::default()
+                    }
+                    .into(),
+                    Await::Reply(ch + 100),
+                )
             }
             _ => {
                 if let Err(e) = self.ensure_channel(c, ch) {
                     return self.finish(e);
                 }
                 match &s.op {
-                    Op::ExchangeDeclare { name, kind, passive, durable, auto_delete, internal, args } => (
+                    Op::ExchangeDeclare {
+                        name,
+                        kind,
+                        passive,
+                        durable,
+                        auto_delete,
+                        internal,
+                        args,
+                    } => (
                         ExchangeDeclare {
                             exchange: self.resolve(name).into(),
                             kind: kind.as_str().into(),
@@ -719,10 +832,20 @@ impl Exec {
                         Await::Reply(ch),
                     ),
                     Op::ExchangeDelete { name, if_unused } => (
-                        ExchangeDelete { exchange: self.resolve(name).into(), if_unused: *if_unused, ..Default::default() }.into(),
+                        ExchangeDelete {
+                            exchange: self.resolve(name).into(),
+                            if_unused: *if_unused,
+                            ..Default::default()
+                        }
+                        .into(),
                         Await::Reply(ch),
                     ),
-                    Op::ExchangeBind { dest, src, key, args } => (
+                    Op::ExchangeBind {
+                        dest,
+                        src,
+                        key,
+                        args,
+                    } => (
                         ExchangeBind {
                             destination: self.resolve(dest).into(),
                             source: self.resolve(src).into(),
@@ -733,7 +856,12 @@ impl Exec {
                         .into(),
                         Await::Reply(ch),
                     ),
-                    Op::ExchangeUnbind { dest, src, key, args } => (
+                    Op::ExchangeUnbind {
+                        dest,
+                        src,
+                        key,
+                        args,
+                    } => (
                         ExchangeUnbind {
                             destination: self.resolve(dest).into(),
                             source: self.resolve(src).into(),
@@ -744,7 +872,14 @@ impl Exec {
                         .into(),
                         Await::Reply(ch),
                     ),
-                    Op::QueueDeclare { name, passive, durable, exclusive, auto_delete, args } => (
+                    Op::QueueDeclare {
+                        name,
+                        passive,
+                        durable,
+                        exclusive,
+                        auto_delete,
+                        args,
+                    } => (
                         QueueDeclare {
                             queue: self.resolve(name).into(),
                             passive: *passive,
@@ -757,7 +892,12 @@ impl Exec {
                         .into(),
                         Await::Reply(ch),
                     ),
-                    Op::QueueBind { queue, exchange, key, args } => (
+                    Op::QueueBind {
+                        queue,
+                        exchange,
+                        key,
+                        args,
+                    } => (
                         QueueBind {
                             queue: self.resolve(queue).into(),
                             exchange: self.resolve(exchange).into(),
@@ -768,7 +908,12 @@ impl Exec {
                         .into(),
                         Await::Reply(ch),
                     ),
-                    Op::QueueUnbind { queue, exchange, key, args } => (
+                    Op::QueueUnbind {
+                        queue,
+                        exchange,
+                        key,
+                        args,
+                    } => (
                         QueueUnbind {
                             queue: self.resolve(queue).into(),
                             exchange: self.resolve(exchange).into(),
@@ -779,10 +924,19 @@ impl Exec {
                         .into(),
                         Await::Reply(ch),
                     ),
-                    Op::QueuePurge { queue } => {
-                        (QueuePurge { queue: self.resolve(queue).into(), ..Default::default() }.into(), Await::Reply(ch))
-                    }
-                    Op::QueueDelete { queue, if_unused, if_empty } => (
+                    Op::QueuePurge { queue } => (
+                        QueuePurge {
+                            queue: self.resolve(queue).into(),
+                            ..Default::default()
+                        }
+                        .into(),
+                        Await::Reply(ch),
+                    ),
+                    Op::QueueDelete {
+                        queue,
+                        if_unused,
+                        if_empty,
+                    } => (
                         QueueDelete {
                             queue: self.resolve(queue).into(),
                             if_unused: *if_unused,
@@ -792,12 +946,26 @@ impl Exec {
                         .into(),
                         Await::Reply(ch),
                     ),
-                    Op::Qos { prefetch_size, prefetch_count, global } => (
-                        BasicQos { prefetch_size: *prefetch_size, prefetch_count: *prefetch_count, global: *global }
-                            .into(),
+                    Op::Qos {
+                        prefetch_size,
+                        prefetch_count,
+                        global,
+                    } => (
+                        BasicQos {
+                            prefetch_size: *prefetch_size,
+                            prefetch_count: *prefetch_count,
+                            global: *global,
+                        }
+                        .into(),
                         Await::Reply(ch),
                     ),
-                    Op::Consume { queue, tag, no_ack, exclusive, args } => (
+                    Op::Consume {
+                        queue,
+                        tag,
+                        no_ack,
+                        exclusive,
+                        args,
+                    } => (
                         BasicConsume {
                             queue: self.resolve(queue).into(),
                             consumer_tag: tag.as_str().into(),
@@ -811,13 +979,29 @@ impl Exec {
                     ),
                     Op::Cancel { tag } => {
                         let t = if tag == "@last" {
-                            self.chan(c, ch).map(|x| x.last_ctag.clone()).unwrap_or_default()
+                            self.chan(c, ch)
+                                .map(|x| x.last_ctag.clone())
+                                .unwrap_or_default()
                         } else {
                             tag.clone()
                         };
-                        (BasicCancel { consumer_tag: t.into(), nowait: false }.into(), Await::Reply(ch))
+                        (
+                            BasicCancel {
+                                consumer_tag: t.into(),
+                                nowait: false,
+                            }
+                            .into(),
+                            Await::Reply(ch),
+                        )
                     }
-                    Op::Publish { exchange, key, mandatory, immediate, props, body } => {
+                    Op::Publish {
+                        exchange,
+                        key,
+                        mandatory,
+                        immediate,
+                        props,
+                        body,
+                    } => {
                         let m: Method = BasicPublish {
                             exchange: self.resolve(exchange).into(),
                             routing_key: self.resolve(key).into(),
@@ -827,7 +1011,9 @@ impl Exec {
                         }
                         .into();
                         let props = self.props(props).to_bytes();
-                        if let Some((next, pending)) = self.chan(c, ch).and_then(|x| x.confirms.as_mut()) {
+                        if let Some((next, pending)) =
+                            self.chan(c, ch).and_then(|x| x.confirms.as_mut())
+                        {
                             pending.insert(*next);
                             *next += 1;
                         }
@@ -840,36 +1026,72 @@ impl Exec {
                         return self.finish("-".into());
                     }
                     Op::Get { queue, no_ack } => (
-                        BasicGet { queue: self.resolve(queue).into(), no_ack: *no_ack, ..Default::default() }.into(),
+                        BasicGet {
+                            queue: self.resolve(queue).into(),
+                            no_ack: *no_ack,
+                            ..Default::default()
+                        }
+                        .into(),
                         Await::Reply(ch),
                     ),
                     Op::Ack { tag, multiple } => (
-                        BasicAck { delivery_tag: self.tag(c, ch, *tag), multiple: *multiple }.into(),
+                        BasicAck {
+                            delivery_tag: self.tag(c, ch, *tag),
+                            multiple: *multiple,
+                        }
+                        .into(),
                         Await::Nothing,
                     ),
-                    Op::Nack { tag, multiple, requeue } => (
-                        BasicNack { delivery_tag: self.tag(c, ch, *tag), multiple: *multiple, requeue: *requeue }
-                            .into(),
+                    Op::Nack {
+                        tag,
+                        multiple,
+                        requeue,
+                    } => (
+                        BasicNack {
+                            delivery_tag: self.tag(c, ch, *tag),
+                            multiple: *multiple,
+                            requeue: *requeue,
+                        }
+                        .into(),
                         Await::Nothing,
                     ),
                     Op::Reject { tag, requeue } => (
-                        BasicReject { delivery_tag: self.tag(c, ch, *tag), requeue: *requeue }.into(),
+                        BasicReject {
+                            delivery_tag: self.tag(c, ch, *tag),
+                            requeue: *requeue,
+                        }
+                        .into(),
                         Await::Nothing,
                     ),
-                    Op::Recover { requeue } => (BasicRecover { requeue: *requeue }.into(), Await::Reply(ch)),
+                    Op::Recover { requeue } => {
+                        (BasicRecover { requeue: *requeue }.into(), Await::Reply(ch))
+                    }
                     Op::TxSelect => (TxSelect {}.into(), Await::Reply(ch)),
                     Op::TxCommit => (TxCommit {}.into(), Await::Reply(ch)),
                     Op::TxRollback => (TxRollback {}.into(), Await::Reply(ch)),
                     Op::ConfirmSelect => (ConfirmSelect { nowait: false }.into(), Await::Reply(ch)),
-                    Op::Flow { active } => (ChannelFlow { active: *active }.into(), Await::Reply(ch)),
+                    Op::Flow { active } => {
+                        (ChannelFlow { active: *active }.into(), Await::Reply(ch))
+                    }
                     Op::ChannelClose => (
-                        ChannelClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 }.into(),
+                        ChannelClose {
+                            reply_code: 200,
+                            reply_text: "bye".into(),
+                            class_id: 0,
+                            method_id: 0,
+                        }
+                        .into(),
                         Await::Reply(ch),
                     ),
                     Op::ChannelReopen => (ChannelOpen::default().into(), Await::Reply(ch)),
                     Op::ConnectionClose => (
-                        ConnectionClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 }
-                            .into(),
+                        ConnectionClose {
+                            reply_code: 200,
+                            reply_text: "bye".into(),
+                            class_id: 0,
+                            method_id: 0,
+                        }
+                        .into(),
                         Await::Reply(0),
                     ),
                     Op::Unopened => unreachable!(),
@@ -883,7 +1105,11 @@ impl Exec {
                 self.finish("-".into())
             }
             Await::Reply(on) => {
-                let send_on = if matches!(s.op, Op::ConnectionClose) { 0 } else { on };
+                let send_on = if matches!(s.op, Op::ConnectionClose) {
+                    0
+                } else {
+                    on
+                };
                 self.send(c, send_on, method);
                 let reply = self.await_reply(c, on);
                 if matches!(s.op, Op::ChannelClose) && reply == "channel.close_ok" {
@@ -896,7 +1122,11 @@ impl Exec {
                 // queue's consumers hear of its deletion well after delete-ok): wait longer.
                 if matches!(
                     s.op,
-                    Op::QueueDelete { .. } | Op::ChannelClose | Op::ConnectionClose | Op::Cancel { .. } | Op::Recover { .. }
+                    Op::QueueDelete { .. }
+                        | Op::ChannelClose
+                        | Op::ConnectionClose
+                        | Op::Cancel { .. }
+                        | Op::Recover { .. }
                 ) {
                     self.settle(3);
                 }
@@ -910,19 +1140,30 @@ impl Exec {
     /// unknown delivery tag), so that those do not depend on timing. Its own reply is not
     /// recorded; a close that answers it instead is, as an event.
     fn barrier(&mut self, c: usize, ch: u16) {
-        let open = self.conns[c].as_ref().is_some_and(|x| x.channels.contains_key(&ch));
+        let open = self.conns[c]
+            .as_ref()
+            .is_some_and(|x| x.channels.contains_key(&ch));
         if !open {
             return;
         }
         self.send(
             c,
             ch,
-            ExchangeDeclare { exchange: "amq.direct".into(), kind: "direct".into(), passive: true, ..Default::default() }
-                .into(),
+            ExchangeDeclare {
+                exchange: "amq.direct".into(),
+                kind: "direct".into(),
+                passive: true,
+                ..Default::default()
+            }
+            .into(),
         );
         let r = self.await_reply(c, ch);
         if r != "exchange.declare_ok" {
-            let on = if r.starts_with("channel.close ") { ch } else { 0 };
+            let on = if r.starts_with("channel.close ") {
+                ch
+            } else {
+                0
+            };
             self.push_event(c, on, String::new(), r);
         }
     }
@@ -954,7 +1195,16 @@ impl Exec {
             if self.ensure_channel(pc, ch).is_err() {
                 continue;
             }
-            self.send(pc, ch, QueueDeclare { queue: q.as_str().into(), passive: true, ..Default::default() }.into());
+            self.send(
+                pc,
+                ch,
+                QueueDeclare {
+                    queue: q.as_str().into(),
+                    passive: true,
+                    ..Default::default()
+                }
+                .into(),
+            );
             let r = self.await_reply(pc, ch);
             let r = self.norm.line(&r);
             out.push(format!("  queue {}: {r}", self.norm.line(&q)));
@@ -965,7 +1215,16 @@ impl Exec {
                 continue;
             }
             let x = self.resolve(x);
-            self.send(pc, ch, ExchangeDeclare { exchange: x.as_str().into(), passive: true, ..Default::default() }.into());
+            self.send(
+                pc,
+                ch,
+                ExchangeDeclare {
+                    exchange: x.as_str().into(),
+                    passive: true,
+                    ..Default::default()
+                }
+                .into(),
+            );
             let r = self.await_reply(pc, ch);
             let r = self.norm.line(&r);
             out.push(format!("  exchange {}: {r}", self.norm.line(&x)));
@@ -981,7 +1240,17 @@ impl Exec {
         // Close the op connections first, so their exclusive queues go and nothing is locked.
         for c in 0..pc {
             if self.conns[c].is_some() {
-                self.send(c, 0, ConnectionClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 }.into());
+                self.send(
+                    c,
+                    0,
+                    ConnectionClose {
+                        reply_code: 200,
+                        reply_text: "bye".into(),
+                        class_id: 0,
+                        method_id: 0,
+                    }
+                    .into(),
+                );
                 let _ = self.await_reply(c, 0);
                 self.conns[c] = None;
             }
@@ -995,7 +1264,15 @@ impl Exec {
         for q in queues {
             ch += 1;
             if self.ensure_channel(pc, ch).is_ok() {
-                self.send(pc, ch, QueueDelete { queue: q.as_str().into(), ..Default::default() }.into());
+                self.send(
+                    pc,
+                    ch,
+                    QueueDelete {
+                        queue: q.as_str().into(),
+                        ..Default::default()
+                    }
+                    .into(),
+                );
                 let _ = self.await_reply(pc, ch);
             }
         }
@@ -1003,12 +1280,30 @@ impl Exec {
             ch += 1;
             let x = self.resolve(x);
             if self.ensure_channel(pc, ch).is_ok() {
-                self.send(pc, ch, ExchangeDelete { exchange: x.as_str().into(), ..Default::default() }.into());
+                self.send(
+                    pc,
+                    ch,
+                    ExchangeDelete {
+                        exchange: x.as_str().into(),
+                        ..Default::default()
+                    }
+                    .into(),
+                );
                 let _ = self.await_reply(pc, ch);
             }
         }
         if self.conns[pc].is_some() {
-            self.send(pc, 0, ConnectionClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 }.into());
+            self.send(
+                pc,
+                0,
+                ConnectionClose {
+                    reply_code: 200,
+                    reply_text: "bye".into(),
+                    class_id: 0,
+                    method_id: 0,
+                }
+                .into(),
+            );
             let _ = self.await_reply(pc, 0);
             self.conns[pc] = None;
         }
@@ -1048,9 +1343,21 @@ mod tests {
     #[test]
     fn urls() {
         let u = parse_url("amqp://guest:pw@127.0.0.1:5673/%2f").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.user.as_str(), u.pass.as_str(), u.vhost.as_str()), ("127.0.0.1", 5673, "guest", "pw", "/"));
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.user.as_str(),
+                u.pass.as_str(),
+                u.vhost.as_str()
+            ),
+            ("127.0.0.1", 5673, "guest", "pw", "/")
+        );
         let u = parse_url("amqp://localhost").unwrap();
-        assert_eq!((u.port, u.vhost.as_str(), u.user.as_str()), (5672, "/", "guest"));
+        assert_eq!(
+            (u.port, u.vhost.as_str(), u.user.as_str()),
+            (5672, "/", "guest")
+        );
         assert!(parse_url("http://x").is_err());
     }
 

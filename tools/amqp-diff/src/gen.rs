@@ -19,7 +19,12 @@ pub struct GenConfig {
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig { ops: 40, conns: 3, channels: 3, exclude: Vec::new() }
+        GenConfig {
+            ops: 40,
+            conns: 3,
+            channels: 3,
+            exclude: Vec::new(),
+        }
     }
 }
 
@@ -81,7 +86,11 @@ impl G {
     }
     fn val_int(&mut self, v: i64) -> Val {
         if self.valid {
-            return if self.p(0.7) { Val::I32(v as i32) } else { Val::I64(v) };
+            return if self.p(0.7) {
+                Val::I32(v as i32)
+            } else {
+                Val::I64(v)
+            };
         }
         match self.rng.gen_range(0..10) {
             0..=5 => Val::I32(v as i32),
@@ -111,7 +120,9 @@ impl G {
                 }
                 2 => {
                     let n = if self.valid { 2 } else { 3 };
-                    let v = *["drop-head", "reject-publish", "bogus"].get(self.rng.gen_range(0..n)).unwrap();
+                    let v = *["drop-head", "reject-publish", "bogus"]
+                        .get(self.rng.gen_range(0..n))
+                        .unwrap();
                     a.push(("x-overflow".into(), Val::Str(v.into())))
                 }
                 3 => {
@@ -142,7 +153,9 @@ impl G {
                 }
                 7 => {
                     let n = if self.valid { 2 } else { 3 };
-                    let v = *["classic", "quorum", "bogus"].get(self.rng.gen_range(0..n)).unwrap();
+                    let v = *["classic", "quorum", "bogus"]
+                        .get(self.rng.gen_range(0..n))
+                        .unwrap();
                     a.push(("x-queue-type".into(), Val::Str(v.into())))
                 }
                 _ => a.push(("x-custom".into(), Val::Str("v".into()))),
@@ -166,7 +179,11 @@ impl G {
         }
         let mut a = self.headers();
         if self.p(0.8) {
-            let m = if self.valid { self.pick(&["any", "all"]) } else { self.pick(&["any", "all", "bad"]) };
+            let m = if self.valid {
+                self.pick(&["any", "all"])
+            } else {
+                self.pick(&["any", "all", "bad"])
+            };
             a.insert(0, ("x-match".into(), Val::Str(m.into())));
         }
         a
@@ -186,10 +203,24 @@ impl G {
             p.priority = Some(self.rng.gen_range(0..=5));
         }
         if self.p(0.15) {
-            p.expiration = Some(if self.valid { self.pick(&["0", "60000"]) } else { self.pick(&["0", "60000", "bad", "-1"]) }.into());
+            p.expiration = Some(
+                if self.valid {
+                    self.pick(&["0", "60000"])
+                } else {
+                    self.pick(&["0", "60000", "bad", "-1"])
+                }
+                .into(),
+            );
         }
         if self.p(0.1) {
-            p.user_id = Some(if self.valid { "guest" } else { self.pick(&["guest", "other"]) }.into());
+            p.user_id = Some(
+                if self.valid {
+                    "guest"
+                } else {
+                    self.pick(&["guest", "other"])
+                }
+                .into(),
+            );
         }
         if self.p(0.2) {
             p.message_id = Some(format!("id{}", self.rng.gen_range(0..3)));
@@ -236,7 +267,11 @@ impl G {
                 durable: self.p(0.2),
                 exclusive: self.p(0.1),
                 auto_delete: false,
-                args: if self.p(0.3) { self.queue_args() } else { Args::new() },
+                args: if self.p(0.3) {
+                    self.queue_args()
+                } else {
+                    Args::new()
+                },
             },
             4..=5 => Op::ExchangeDeclare {
                 name: self.pick(EXCHANGES).into(),
@@ -249,7 +284,9 @@ impl G {
             },
             6..=8 => Op::QueueBind {
                 queue: self.pick(QUEUES).into(),
-                exchange: self.pick(&["x0", "x1", "x2", "amq.direct", "amq.fanout", "amq.topic"]).into(),
+                exchange: self
+                    .pick(&["x0", "x1", "x2", "amq.direct", "amq.fanout", "amq.topic"])
+                    .into(),
                 key: self.key(),
                 args: self.bind_args(),
             },
@@ -325,7 +362,9 @@ impl G {
                 name: self.exchange(),
                 kind: {
                     let n = if self.valid { 5 } else { 6 };
-                    ["direct", "direct", "fanout", "topic", "headers", "bogus"][self.rng.gen_range(0..n)].into()
+                    ["direct", "direct", "fanout", "topic", "headers", "bogus"]
+                        [self.rng.gen_range(0..n)]
+                    .into()
                 },
                 passive: self.p(0.1),
                 durable: self.p(0.3),
@@ -341,24 +380,52 @@ impl G {
                 let (queue, exchange, key, args) =
                     (self.queue(), self.exchange(), self.key(), self.bind_args());
                 if kind == "queue.bind" {
-                    Op::QueueBind { queue, exchange, key, args }
+                    Op::QueueBind {
+                        queue,
+                        exchange,
+                        key,
+                        args,
+                    }
                 } else {
-                    Op::QueueUnbind { queue, exchange, key, args }
+                    Op::QueueUnbind {
+                        queue,
+                        exchange,
+                        key,
+                        args,
+                    }
                 }
             }
             "exchange.bind" | "exchange.unbind" => {
-                let (dest, src, key, args) =
-                    (self.exchange(), self.exchange(), self.key(), self.bind_args());
+                let (dest, src, key, args) = (
+                    self.exchange(),
+                    self.exchange(),
+                    self.key(),
+                    self.bind_args(),
+                );
                 if kind == "exchange.bind" {
-                    Op::ExchangeBind { dest, src, key, args }
+                    Op::ExchangeBind {
+                        dest,
+                        src,
+                        key,
+                        args,
+                    }
                 } else {
-                    Op::ExchangeUnbind { dest, src, key, args }
+                    Op::ExchangeUnbind {
+                        dest,
+                        src,
+                        key,
+                        args,
+                    }
                 }
             }
             "basic.publish" => {
                 self.seq_no += 1;
                 Op::Publish {
-                    exchange: if self.p(0.35) { "".into() } else { self.exchange() },
+                    exchange: if self.p(0.35) {
+                        "".into()
+                    } else {
+                        self.exchange()
+                    },
                     key: self.key(),
                     mandatory: self.p(0.3),
                     immediate: self.p(0.03),
@@ -366,7 +433,10 @@ impl G {
                     body: format!("m{}", self.seq_no),
                 }
             }
-            "basic.get" => Op::Get { queue: self.queue(), no_ack: self.p(0.3) },
+            "basic.get" => Op::Get {
+                queue: self.queue(),
+                no_ack: self.p(0.3),
+            },
             "basic.consume" => Op::Consume {
                 queue: self.queue(),
                 tag: self.pick(&["", "", "t0", "t1"]).into(),
@@ -384,25 +454,45 @@ impl G {
                 prefetch_count: self.rng.gen_range(0..=3),
                 global: self.p(0.3),
             },
-            "basic.ack" => Op::Ack { tag: self.tag(), multiple: self.p(0.3) },
-            "basic.nack" => Op::Nack { tag: self.tag(), multiple: self.p(0.3), requeue: self.p(0.6) },
-            "basic.reject" => Op::Reject { tag: self.tag(), requeue: self.p(0.6) },
-            "basic.recover" => Op::Recover { requeue: self.p(0.85) },
-            "queue.purge" => Op::QueuePurge { queue: self.queue() },
+            "basic.ack" => Op::Ack {
+                tag: self.tag(),
+                multiple: self.p(0.3),
+            },
+            "basic.nack" => Op::Nack {
+                tag: self.tag(),
+                multiple: self.p(0.3),
+                requeue: self.p(0.6),
+            },
+            "basic.reject" => Op::Reject {
+                tag: self.tag(),
+                requeue: self.p(0.6),
+            },
+            "basic.recover" => Op::Recover {
+                requeue: self.p(0.85),
+            },
+            "queue.purge" => Op::QueuePurge {
+                queue: self.queue(),
+            },
             "queue.delete" => Op::QueueDelete {
                 queue: self.queue(),
                 if_unused: self.p(0.2),
                 if_empty: self.p(0.2),
             },
             "exchange.delete" => Op::ExchangeDelete {
-                name: if self.no_reserved { self.pick(EXCHANGES).into() } else { self.exchange() },
+                name: if self.no_reserved {
+                    self.pick(EXCHANGES).into()
+                } else {
+                    self.exchange()
+                },
                 if_unused: self.p(0.3),
             },
             "tx.select" => Op::TxSelect,
             "tx.commit" => Op::TxCommit,
             "tx.rollback" => Op::TxRollback,
             "confirm.select" => Op::ConfirmSelect,
-            "channel.flow" => Op::Flow { active: self.p(0.5) },
+            "channel.flow" => Op::Flow {
+                active: self.p(0.5),
+            },
             "channel.close" => Op::ChannelClose,
             "channel.open(again)" => Op::ChannelReopen,
             "unopened-channel" => Op::Unopened,
@@ -423,20 +513,34 @@ pub fn generate(seed: u64, cfg: &GenConfig) -> Vec<Step> {
     };
     let mut steps = Vec::with_capacity(cfg.ops);
     let mut tries = 0;
-    let setup = if g.p(0.8) { g.rng.gen_range(2..=8).min(cfg.ops) } else { 0 };
+    let setup = if g.p(0.8) {
+        g.rng.gen_range(2..=8).min(cfg.ops)
+    } else {
+        0
+    };
     while steps.len() < cfg.ops && tries < cfg.ops * 100 {
         tries += 1;
         // Mostly stay on the previous (connection, channel), so state builds up on a channel.
         let (conn, ch) = match steps.last() {
             Some(Step { conn, ch, .. }) if g.p(0.6) => (*conn, *ch),
-            _ => (g.rng.gen_range(0..cfg.conns), g.rng.gen_range(1..=cfg.channels)),
+            _ => (
+                g.rng.gen_range(0..cfg.conns),
+                g.rng.gen_range(1..=cfg.channels),
+            ),
         };
-        let op = if steps.len() < setup { g.setup_op() } else { g.op() };
+        let op = if steps.len() < setup {
+            g.setup_op()
+        } else {
+            g.op()
+        };
         if cfg.exclude.iter().any(|e| e == op.kind()) {
             continue;
         }
         if cfg.exclude.iter().any(|e| e == "immediate") {
-            if let Op::Publish { immediate: true, .. } = op {
+            if let Op::Publish {
+                immediate: true, ..
+            } = op
+            {
                 continue;
             }
         }
@@ -461,7 +565,10 @@ mod tests {
 
     #[test]
     fn stays_inside_the_namespace_and_round_trips_as_json() {
-        let cfg = GenConfig { ops: 500, ..Default::default() };
+        let cfg = GenConfig {
+            ops: 500,
+            ..Default::default()
+        };
         let steps = generate(7, &cfg);
         for s in &steps {
             assert!(s.conn < cfg.conns);
@@ -482,10 +589,25 @@ mod tests {
             ..Default::default()
         };
         let json = serde_json::to_string(&generate(11, &cfg)).unwrap();
-        for bad in ["bogus", "\"bad\"", "\"-1\"", "\"other\"", "amq.q0", "amq.x0", "{\"str\":\"0\"}"] {
+        for bad in [
+            "bogus",
+            "\"bad\"",
+            "\"-1\"",
+            "\"other\"",
+            "amq.q0",
+            "amq.x0",
+            "{\"str\":\"0\"}",
+        ] {
             assert!(!json.contains(bad), "{bad} generated");
         }
-        let all = serde_json::to_string(&generate(11, &GenConfig { ops: 2000, ..Default::default() })).unwrap();
+        let all = serde_json::to_string(&generate(
+            11,
+            &GenConfig {
+                ops: 2000,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
         assert!(all.contains("bogus") && all.contains("amq.q0"));
     }
 
@@ -498,6 +620,8 @@ mod tests {
         };
         let steps = generate(3, &cfg);
         assert_eq!(steps.len(), 300);
-        assert!(steps.iter().all(|s| !matches!(s.op, Op::Publish { .. } | Op::TxSelect)));
+        assert!(steps
+            .iter()
+            .all(|s| !matches!(s.op, Op::Publish { .. } | Op::TxSelect)));
     }
 }

@@ -19,7 +19,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "amqp-diff", about = "Runs the same random AMQP 0-9-1 sequences against two brokers and reports where they differ")]
+#[command(
+    name = "amqp-diff",
+    about = "Runs the same random AMQP 0-9-1 sequences against two brokers and reports where they differ"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -145,7 +148,11 @@ fn repro_json(r: &Repro) -> String {
     head.as_object_mut().unwrap().remove("steps");
     let head = serde_json::to_string_pretty(&head).unwrap();
     let head = head.trim_end().trim_end_matches('}').trim_end();
-    let steps: Vec<String> = r.steps.iter().map(|s| format!("    {}", serde_json::to_string(s).unwrap())).collect();
+    let steps: Vec<String> = r
+        .steps
+        .iter()
+        .map(|s| format!("    {}", serde_json::to_string(s).unwrap()))
+        .collect();
     format!("{head},\n  \"steps\": [\n{}\n  ]\n}}\n", steps.join(",\n"))
 }
 
@@ -172,7 +179,13 @@ fn diverge(a: &Url, b: &Url, steps: &[Step], cfg: &ExecConfig) -> Option<Diverge
 }
 
 /// Shrinks `steps` to a 1-minimal sequence that still diverges in the same class.
-fn shrink_divergence(a: &Url, b: &Url, steps: &[Step], d: &Divergence, cfg: &ExecConfig) -> (Vec<Step>, Divergence) {
+fn shrink_divergence(
+    a: &Url,
+    b: &Url,
+    steps: &[Step],
+    d: &Divergence,
+    cfg: &ExecConfig,
+) -> (Vec<Step>, Divergence) {
     let class = d.class();
     // Ops after the divergent one cannot matter (unless the probe diverged).
     let mut start: Vec<Step> = steps[..(d.index + 1).min(steps.len())].to_vec();
@@ -187,12 +200,21 @@ fn shrink_divergence(a: &Url, b: &Url, steps: &[Step], d: &Divergence, cfg: &Exe
     let t0 = Instant::now();
     let min = shrink::ddmin(start, |s| still(s, &mut runs));
     let last = diverge(a, b, &min, cfg).unwrap_or_else(|| d.clone());
-    eprintln!("  shrunk {} -> {} ops in {runs} runs, {:.0?}", steps.len(), min.len(), t0.elapsed());
+    eprintln!(
+        "  shrunk {} -> {} ops in {runs} runs, {:.0?}",
+        steps.len(),
+        min.len(),
+        t0.elapsed()
+    );
     (min, last)
 }
 
 fn listing(steps: &[Step]) -> String {
-    steps.iter().enumerate().map(|(i, s)| format!("{i:3}  {s}\n")).collect()
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{i:3}  {s}\n"))
+        .collect()
 }
 
 fn print_divergence(d: &Divergence) {
@@ -219,7 +241,11 @@ fn write_repro(path: &Path, seed: Option<u64>, steps: &[Step], d: &Divergence) {
         steps: steps.to_vec(),
     };
     let _ = std::fs::write(path, repro_json(&repro));
-    let mut txt = format!("# {}\n# replay: amqp-diff replay {} --a URL --b URL\n", d.signature(), path.display());
+    let mut txt = format!(
+        "# {}\n# replay: amqp-diff replay {} --a URL --b URL\n",
+        d.signature(),
+        path.display()
+    );
     txt += &listing(steps);
     txt += &format!("# first divergence at op {} ({})\n# A:\n", d.index, d.kind);
     for l in &d.a {
@@ -247,7 +273,9 @@ fn cmd_run(
 ) -> Result<bool, String> {
     let (ua, ub) = (parse_url(a)?, parse_url(b)?);
     let allow = match &allowlist {
-        Some(p) => AllowList::parse(&std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?)?,
+        Some(p) => AllowList::parse(
+            &std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )?,
         None => AllowList::default(),
     };
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -267,7 +295,10 @@ fn cmd_run(
         let (ta, tb) = run_both(&ua, &ub, &steps, &cfg);
         runs += 1;
         let d = compare(&steps, &ta.steps, &tb.steps);
-        ops_run += d.as_ref().map(|d| d.index as u64 + 1).unwrap_or(steps.len() as u64);
+        ops_run += d
+            .as_ref()
+            .map(|d| d.index as u64 + 1)
+            .unwrap_or(steps.len() as u64);
         if last_progress.elapsed() >= Duration::from_secs(30) {
             last_progress = Instant::now();
             eprintln!(
@@ -292,13 +323,20 @@ fn cmd_run(
         }
         // A divergence must show again on a second run of both brokers, in the same class, with
         // four times the settle time; otherwise it depends on timing.
-        let slow = ExecConfig { settle: cfg.settle * 4, ..cfg.clone() };
+        let slow = ExecConfig {
+            settle: cfg.settle * 4,
+            ..cfg.clone()
+        };
         match diverge(&ua, &ub, &steps, &slow) {
             Some(d2) if d2.class() == class => {}
             _ => {
                 flaky += 1;
                 *flaky_by.entry(class.clone()).or_default() += 1;
-                eprintln!("seed {s}: divergence at op {} did not repeat (timing): {}", d.index, d.signature());
+                eprintln!(
+                    "seed {s}: divergence at op {} did not repeat (timing): {}",
+                    d.index,
+                    d.signature()
+                );
                 continue;
             }
         }
@@ -306,9 +344,17 @@ fn cmd_run(
         eprintln!("seed {s}: DIVERGENCE #{n}: {}", d.signature());
         print_divergence(&d);
         let path = out.join(format!("div-{n:03}-seed{s}.json"));
-        let (min, md) = if no_shrink { (steps.clone(), d.clone()) } else { shrink_divergence(&ua, &ub, &steps, &d, &cfg) };
+        let (min, md) = if no_shrink {
+            (steps.clone(), d.clone())
+        } else {
+            shrink_divergence(&ua, &ub, &steps, &d, &cfg)
+        };
         write_repro(&path, Some(s), &min, &md);
-        eprintln!("  minimal reproduction ({} ops), {}:", min.len(), path.display());
+        eprintln!(
+            "  minimal reproduction ({} ops), {}:",
+            min.len(),
+            path.display()
+        );
         for l in listing(&min).lines() {
             eprintln!("    {l}");
         }
@@ -334,7 +380,13 @@ fn cmd_run(
     Ok(found.is_empty())
 }
 
-fn cmd_replay(file: &Path, a: &str, b: Option<&str>, do_shrink: bool, cfg: ExecConfig) -> Result<bool, String> {
+fn cmd_replay(
+    file: &Path,
+    a: &str,
+    b: Option<&str>,
+    do_shrink: bool,
+    cfg: ExecConfig,
+) -> Result<bool, String> {
     let steps = load_steps(file)?;
     let ua = parse_url(a)?;
     let Some(b) = b else {
@@ -383,7 +435,11 @@ fn cmd_replay(file: &Path, a: &str, b: Option<&str>, do_shrink: bool, cfg: ExecC
                 let (min, md) = shrink_divergence(&ua, &ub, &steps, &d, &cfg);
                 let path = file.with_extension("min.json");
                 write_repro(&path, None, &min, &md);
-                println!("minimal reproduction ({} ops) in {}:", min.len(), path.display());
+                println!(
+                    "minimal reproduction ({} ops) in {}:",
+                    min.len(),
+                    path.display()
+                );
                 print!("{}", listing(&min));
             }
             Ok(false)
@@ -394,13 +450,60 @@ fn cmd_replay(file: &Path, a: &str, b: Option<&str>, do_shrink: bool, cfg: ExecC
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Run { a, b, seed, count, duration, ops, conns, exclude, allowlist, out, no_shrink, timing } => {
-            let gcfg = GenConfig { ops, conns, exclude, ..Default::default() };
-            cmd_run(&a, &b, seed, count, duration, gcfg, allowlist, out, no_shrink, timing.config())
+        Cmd::Run {
+            a,
+            b,
+            seed,
+            count,
+            duration,
+            ops,
+            conns,
+            exclude,
+            allowlist,
+            out,
+            no_shrink,
+            timing,
+        } => {
+            let gcfg = GenConfig {
+                ops,
+                conns,
+                exclude,
+                ..Default::default()
+            };
+            cmd_run(
+                &a,
+                &b,
+                seed,
+                count,
+                duration,
+                gcfg,
+                allowlist,
+                out,
+                no_shrink,
+                timing.config(),
+            )
         }
-        Cmd::Replay { file, a, b, shrink, timing } => cmd_replay(&file, &a, b.as_deref(), shrink, timing.config()),
-        Cmd::Gen { seed, ops, conns, json } => {
-            let steps = generate(seed, &GenConfig { ops, conns, ..Default::default() });
+        Cmd::Replay {
+            file,
+            a,
+            b,
+            shrink,
+            timing,
+        } => cmd_replay(&file, &a, b.as_deref(), shrink, timing.config()),
+        Cmd::Gen {
+            seed,
+            ops,
+            conns,
+            json,
+        } => {
+            let steps = generate(
+                seed,
+                &GenConfig {
+                    ops,
+                    conns,
+                    ..Default::default()
+                },
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&steps).unwrap());
             } else {

@@ -24,7 +24,10 @@ pub struct Norm {
 
 impl Norm {
     pub fn new(prefix: &str) -> Self {
-        Norm { prefix: prefix.to_string(), ..Default::default() }
+        Norm {
+            prefix: prefix.to_string(),
+            ..Default::default()
+        }
     }
 
     /// The stable name of a server-generated name: `amq.gen-1`, `amq.ctag-2`, ... in the order
@@ -33,7 +36,11 @@ impl Norm {
         if let Some(n) = self.names.get(raw) {
             return n.clone();
         }
-        let kind = if raw.starts_with("amq.ctag-") { "ctag" } else { "gen" };
+        let kind = if raw.starts_with("amq.ctag-") {
+            "ctag"
+        } else {
+            "gen"
+        };
         let c = self.counts.entry(kind).or_insert(0);
         *c += 1;
         let n = format!("amq.{kind}-{c}");
@@ -43,7 +50,11 @@ impl Norm {
 
     /// Strips the run prefix and renames server-generated names.
     pub fn line(&mut self, line: &str) -> String {
-        let s = if self.prefix.is_empty() { line.to_string() } else { line.replace(&self.prefix, "") };
+        let s = if self.prefix.is_empty() {
+            line.to_string()
+        } else {
+            line.replace(&self.prefix, "")
+        };
         let re = gen_re();
         let mut out = String::with_capacity(s.len());
         let mut last = 0;
@@ -87,8 +98,12 @@ pub fn order_events(mut events: Vec<Event>) -> Vec<String> {
 pub fn mask_numbers(s: &str) -> String {
     static RE: OnceLock<Regex> = OnceLock::new();
     static QUOTED: OnceLock<Regex> = OnceLock::new();
-    let s = QUOTED.get_or_init(|| Regex::new(r"'[^' ]*'").unwrap()).replace_all(s, "'_'");
-    RE.get_or_init(|| Regex::new(r"\d+").unwrap()).replace_all(&s, "N").into_owned()
+    let s = QUOTED
+        .get_or_init(|| Regex::new(r"'[^' ]*'").unwrap())
+        .replace_all(s, "'_'");
+    RE.get_or_init(|| Regex::new(r"\d+").unwrap())
+        .replace_all(&s, "N")
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -102,15 +117,27 @@ mod tests {
             n.line("channel.close 404 \"NOT_FOUND - no queue 'zz12-q1' in vhost '/'\" 50.10"),
             "channel.close 404 \"NOT_FOUND - no queue 'q1' in vhost '/'\" 50.10"
         );
-        assert_eq!(n.line("queue.declare_ok amq.gen-AbC_d-9 messages=0"), "queue.declare_ok amq.gen-1 messages=0");
+        assert_eq!(
+            n.line("queue.declare_ok amq.gen-AbC_d-9 messages=0"),
+            "queue.declare_ok amq.gen-1 messages=0"
+        );
         assert_eq!(n.line("consume_ok amq.ctag-XYZ"), "consume_ok amq.ctag-1");
-        assert_eq!(n.line("again amq.gen-AbC_d-9 and amq.gen-other."), "again amq.gen-1 and amq.gen-2.");
+        assert_eq!(
+            n.line("again amq.gen-AbC_d-9 and amq.gen-other."),
+            "again amq.gen-1 and amq.gen-2."
+        );
         assert_eq!(n.line("deliver amq.ctag-XYZ"), "deliver amq.ctag-1");
         // Another run numbers its own names from 1 in order of appearance, whatever they are.
         let mut m = Norm::new("yy99-");
-        assert_eq!(m.line("queue.declare_ok amq.gen-zzz"), "queue.declare_ok amq.gen-1");
+        assert_eq!(
+            m.line("queue.declare_ok amq.gen-zzz"),
+            "queue.declare_ok amq.gen-1"
+        );
         // Codes and texts are left alone.
-        assert_eq!(m.line("406 PRECONDITION_FAILED - unknown delivery tag 7"), "406 PRECONDITION_FAILED - unknown delivery tag 7");
+        assert_eq!(
+            m.line("406 PRECONDITION_FAILED - unknown delivery tag 7"),
+            "406 PRECONDITION_FAILED - unknown delivery tag 7"
+        );
     }
 
     #[test]
@@ -142,7 +169,10 @@ mod tests {
 
     #[test]
     fn masking() {
-        assert_eq!(mask_numbers("unknown delivery tag 17 at 3"), "unknown delivery tag N at N");
+        assert_eq!(
+            mask_numbers("unknown delivery tag 17 at 3"),
+            "unknown delivery tag N at N"
+        );
         assert_eq!(
             mask_numbers("no exchange 'amq.x0' in vhost '/' (m12)"),
             "no exchange '_' in vhost '_' (mN)"

@@ -304,46 +304,122 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "c{}.{} {}", self.conn, self.ch, self.op.kind())?;
         match &self.op {
-            Op::ExchangeDeclare { name, kind, passive, durable, auto_delete, internal, args } => write!(
+            Op::ExchangeDeclare {
+                name,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                args,
+            } => write!(
                 f,
                 " {name:?} type={kind:?}{}{}",
-                flags(&[("passive", *passive), ("durable", *durable), ("auto_delete", *auto_delete), ("internal", *internal)]),
+                flags(&[
+                    ("passive", *passive),
+                    ("durable", *durable),
+                    ("auto_delete", *auto_delete),
+                    ("internal", *internal)
+                ]),
                 fmt_args(args)
             ),
             Op::ExchangeDelete { name, if_unused } => {
                 write!(f, " {name:?}{}", flags(&[("if_unused", *if_unused)]))
             }
-            Op::ExchangeBind { dest, src, key, args } | Op::ExchangeUnbind { dest, src, key, args } => {
-                write!(f, " dest={dest:?} src={src:?} key={key:?}{}", fmt_args(args))
+            Op::ExchangeBind {
+                dest,
+                src,
+                key,
+                args,
             }
-            Op::QueueDeclare { name, passive, durable, exclusive, auto_delete, args } => write!(
+            | Op::ExchangeUnbind {
+                dest,
+                src,
+                key,
+                args,
+            } => {
+                write!(
+                    f,
+                    " dest={dest:?} src={src:?} key={key:?}{}",
+                    fmt_args(args)
+                )
+            }
+            Op::QueueDeclare {
+                name,
+                passive,
+                durable,
+                exclusive,
+                auto_delete,
+                args,
+            } => write!(
                 f,
                 " {name:?}{}{}",
-                flags(&[("passive", *passive), ("durable", *durable), ("exclusive", *exclusive), ("auto_delete", *auto_delete)]),
+                flags(&[
+                    ("passive", *passive),
+                    ("durable", *durable),
+                    ("exclusive", *exclusive),
+                    ("auto_delete", *auto_delete)
+                ]),
                 fmt_args(args)
             ),
-            Op::QueueBind { queue, exchange, key, args } | Op::QueueUnbind { queue, exchange, key, args } => {
-                write!(f, " {queue:?} to {exchange:?} key={key:?}{}", fmt_args(args))
+            Op::QueueBind {
+                queue,
+                exchange,
+                key,
+                args,
+            }
+            | Op::QueueUnbind {
+                queue,
+                exchange,
+                key,
+                args,
+            } => {
+                write!(
+                    f,
+                    " {queue:?} to {exchange:?} key={key:?}{}",
+                    fmt_args(args)
+                )
             }
             Op::QueuePurge { queue } => write!(f, " {queue:?}"),
-            Op::QueueDelete { queue, if_unused, if_empty } => write!(
+            Op::QueueDelete {
+                queue,
+                if_unused,
+                if_empty,
+            } => write!(
                 f,
                 " {queue:?}{}",
                 flags(&[("if_unused", *if_unused), ("if_empty", *if_empty)])
             ),
-            Op::Qos { prefetch_size, prefetch_count, global } => write!(
+            Op::Qos {
+                prefetch_size,
+                prefetch_count,
+                global,
+            } => write!(
                 f,
                 " size={prefetch_size} count={prefetch_count}{}",
                 flags(&[("global", *global)])
             ),
-            Op::Consume { queue, tag, no_ack, exclusive, args } => write!(
+            Op::Consume {
+                queue,
+                tag,
+                no_ack,
+                exclusive,
+                args,
+            } => write!(
                 f,
                 " {queue:?} tag={tag:?}{}{}",
                 flags(&[("no_ack", *no_ack), ("exclusive", *exclusive)]),
                 fmt_args(args)
             ),
             Op::Cancel { tag } => write!(f, " {tag:?}"),
-            Op::Publish { exchange, key, mandatory, immediate, props, body } => {
+            Op::Publish {
+                exchange,
+                key,
+                mandatory,
+                immediate,
+                props,
+                body,
+            } => {
                 write!(
                     f,
                     " to {exchange:?} key={key:?}{} body={body:?}",
@@ -356,13 +432,21 @@ impl fmt::Display for Step {
                 Ok(())
             }
             Op::Get { queue, no_ack } => write!(f, " {queue:?}{}", flags(&[("no_ack", *no_ack)])),
-            Op::Ack { tag, multiple } => write!(f, " tag={tag}{}", flags(&[("multiple", *multiple)])),
-            Op::Nack { tag, multiple, requeue } => write!(
+            Op::Ack { tag, multiple } => {
+                write!(f, " tag={tag}{}", flags(&[("multiple", *multiple)]))
+            }
+            Op::Nack {
+                tag,
+                multiple,
+                requeue,
+            } => write!(
                 f,
                 " tag={tag}{}",
                 flags(&[("multiple", *multiple), ("requeue", *requeue)])
             ),
-            Op::Reject { tag, requeue } => write!(f, " tag={tag}{}", flags(&[("requeue", *requeue)])),
+            Op::Reject { tag, requeue } => {
+                write!(f, " tag={tag}{}", flags(&[("requeue", *requeue)]))
+            }
             Op::Recover { requeue } => write!(f, " requeue={requeue}"),
             Op::Flow { active } => write!(f, " active={active}"),
             Op::TxSelect

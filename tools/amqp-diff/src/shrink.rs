@@ -14,7 +14,11 @@ pub fn ddmin<T: Clone>(mut items: Vec<T>, mut fails: impl FnMut(&[T]) -> bool) -
         let mut start = 0;
         while start < items.len() {
             let end = (start + chunk).min(items.len());
-            let candidate: Vec<T> = items[..start].iter().chain(&items[end..]).cloned().collect();
+            let candidate: Vec<T> = items[..start]
+                .iter()
+                .chain(&items[end..])
+                .cloned()
+                .collect();
             if !candidate.is_empty() && fails(&candidate) {
                 items = candidate;
                 reduced = true;
@@ -57,14 +61,18 @@ mod tests {
     fn single_cause_and_order_kept() {
         let min = ddmin((0..17).collect::<Vec<u32>>(), |s| s.contains(&5));
         assert_eq!(min, vec![5]);
-        let min = ddmin((0..9).collect::<Vec<u32>>(), |s| s.contains(&2) && s.contains(&7) && s.contains(&8));
+        let min = ddmin((0..9).collect::<Vec<u32>>(), |s| {
+            s.contains(&2) && s.contains(&7) && s.contains(&8)
+        });
         assert_eq!(min, vec![2, 7, 8]);
     }
 
     #[test]
     fn result_is_one_minimal() {
         // Holds when at least three even numbers are present.
-        let min = ddmin((0..40).collect::<Vec<u32>>(), |s| s.iter().filter(|x| *x % 2 == 0).count() >= 3);
+        let min = ddmin((0..40).collect::<Vec<u32>>(), |s| {
+            s.iter().filter(|x| *x % 2 == 0).count() >= 3
+        });
         assert_eq!(min.len(), 3);
         assert!(min.iter().all(|x| x % 2 == 0));
     }

@@ -240,8 +240,15 @@ pub(crate) fn check_headers_args(args: &FieldTable) -> Result<()> {
         None => Ok(()),
         Some(v) => match v.as_str() {
             Some("all" | "any" | "all-with-x" | "any-with-x") => Ok(()),
+            // RabbitMQ prints the value as an Erlang term: a string as <<"bad">>.
             _ => Err(AmqpError::precondition(format!(
-                "Invalid x-match field value {v:?}; expected all, any, all-with-x, or any-with-x"
+                "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                match v.as_str() {
+                    Some(s) => format!("<<\"{s}\">>"),
+                    None => v
+                        .as_i64()
+                        .map_or_else(|| format!("{v:?}"), |n| n.to_string()),
+                }
             ))),
         },
     }

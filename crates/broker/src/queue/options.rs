@@ -70,8 +70,10 @@ impl QueueOptions {
                 "x-dead-letter-routing-key",
                 "dead-letter-routing-key",
             ),
+            // RabbitMQ 4 serves `x-max-priority: 0` as two levels (priority 0, and 1 and
+            // above), as 1 (3.x kept it FIFO).
             max_priority: int(args, "x-max-priority")
-                .map(|p| p.min(255) as u8)
+                .map(|p| p.clamp(1, 255) as u8)
                 .unwrap_or(0),
             single_active_consumer: args
                 .get("x-single-active-consumer")

@@ -12,8 +12,9 @@ impl VHost {
         args: FieldTable,
         conn: u64,
     ) -> Result<()> {
-        let q = self.queue_for(queue, conn)?;
+        // RabbitMQ's order: the exchange (403 for the default one, 404), then the queue.
         let x = self.bindable_exchange(exchange)?;
+        let q = self.queue_for(queue, conn)?;
         if x.kind == ExchangeKind::Headers {
             check_headers_args(&args)?;
         }
@@ -82,6 +83,9 @@ impl VHost {
         key: ShortStr,
         args: FieldTable,
     ) -> Result<()> {
+        if source.is_empty() || destination.is_empty() {
+            return Err(default_exchange_refused());
+        }
         let src = self.bindable_exchange(source)?;
         let dst = self.bindable_exchange(destination)?;
         let durable = src.durable && dst.durable;

@@ -3,38 +3,34 @@
 
 use super::*;
 
-/// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared).
+/// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared), in
+/// the order it compares them (the first inequivalent one is reported).
 const COMPARED_QUEUE_ARGS: &[&str] = &[
-    "x-queue-type",
-    "x-message-ttl",
     "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-overflow",
+    "x-message-ttl",
     "x-dead-letter-exchange",
     "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
     "x-max-priority",
+    "x-overflow",
     "x-single-active-consumer",
+    "x-queue-type",
     "x-delivery-limit",
 ];
 
-const INTEGER_QUEUE_ARGS: &[&str] = &[
-    "x-message-ttl",
-    "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-delivery-limit",
-    "x-consumer-timeout",
-];
+/// Arguments whose inequivalence RabbitMQ 4 reports in the short form, `received 'a' but
+/// current is 'b'`.
+const SHORT_FORM_ARGS: &[&str] = &["x-overflow", "x-queue-type"];
 
 impl VHost {
     pub fn declare_exchange(&self, d: ExchangeDeclare) -> Result<Arc<Exchange>> {
-        // RabbitMQ refuses the default exchange before anything else, passive or not.
-        if d.name.is_empty() {
-            return Err(default_exchange_refused());
-        }
+        // RabbitMQ refuses the default exchange first for a passive declare; a full one has
+        // its type checked before.
         if d.passive {
+            if d.name.is_empty() {
+                return Err(default_exchange_refused());
+            }
             return self
                 .exchange(&d.name)
                 .ok_or_else(|| self.no_exchange(&d.name));
@@ -59,6 +55,9 @@ impl VHost {
                     AmqpError::precondition(format!("unknown exchange type '{}'", d.kind))
                 })?
         };
+        if d.name.is_empty() {
+            return Err(default_exchange_refused());
+        }
         if let Some(x) = self.exchange(&d.name) {
             let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
                 AmqpError::precondition(format!(
@@ -77,6 +76,20 @@ impl VHost {
             }
             if x.internal != d.internal {
                 return Err(mismatch("internal", &d.internal, &x.internal));
+            }
+            // RabbitMQ compares one exchange argument.
+            let (got, cur) = (
+                d.arguments.get("alternate-exchange"),
+                x.arguments.get("alternate-exchange"),
+            );
+            if !args_equivalent(got, cur) {
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg 'alternate-exchange' for exchange '{}' in vhost '{}': received {} but current is {}",
+                    d.name,
+                    self.name,
+                    describe_arg(got, &show_arg),
+                    describe_arg(cur, &show_arg)
+                )));
             }
             return Ok(x);
         }
@@ -158,7 +171,13 @@ impl VHost {
             let q = self.queue_for(&d.name, conn)?;
             return Ok((q.clone(), q.message_count(), q.consumer_count()));
         }
+        let quorum = d.arguments.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum");
         let name: ShortStr = if d.name.is_empty() {
+            if quorum {
+                return Err(AmqpError::precondition(
+                    "Cannot declare a server-named queue for type rabbit_quorum_queue",
+                ));
+            }
             generate_name().into()
         } else if d.name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -168,11 +187,12 @@ impl VHost {
         } else {
             d.name.clone()
         };
-        self.check_queue_args(&name, &d)?;
         let _lifecycle = self.lifecycle.lock();
+        // An existing queue is only compared (RabbitMQ checks a new queue's arguments).
         if let Some(q) = self.queue(&name) {
             return self.redeclare(q, &d, conn);
         }
+        self.check_queue_args(&name, &d)?;
         let owner = d.exclusive.then_some(conn);
         // As RabbitMQ, an exclusive queue is not durable, whatever the declaration says.
         let durable = d.durable && !d.exclusive;
@@ -270,70 +290,88 @@ impl VHost {
             return Err(mismatch("auto_delete", &d.auto_delete, &q.auto_delete));
         }
         for arg in COMPARED_QUEUE_ARGS {
-            let got = d.arguments.get(arg);
-            let cur = q.arguments.get(arg);
-            let equivalent = match (got, cur) {
-                (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
-                (None, None) => true,
-                // An explicit x-queue-type of "classic" equals the default.
-                (Some(v), None) | (None, Some(v)) => {
-                    *arg == "x-queue-type" && v.as_str() == Some("classic")
-                }
-            };
-            if !equivalent {
-                let show = |v: Option<&FieldValue>| match v {
-                    None => "none".to_string(),
-                    Some(v) => v
-                        .as_str()
-                        .map(str::to_string)
-                        .or_else(|| v.as_i64().map(|i| i.to_string()))
-                        .unwrap_or_else(|| format!("{v:?}")),
-                };
-                return Err(AmqpError::precondition(format!(
-                    "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received {} but current is {}",
-                    q.name,
-                    self.name,
-                    describe_arg(got, &show),
-                    describe_arg(cur, &show)
-                )));
+            let (mut got, mut cur) = (d.arguments.get(arg), q.arguments.get(arg));
+            // RabbitMQ 4 records the default queue type of a queue declared without one.
+            let classic = FieldValue::from("classic");
+            if *arg == "x-queue-type" {
+                got = got.or(Some(&classic));
+                cur = cur.or(Some(&classic));
             }
+            if args_equivalent(got, cur) {
+                continue;
+            }
+            let (received, current) = match (got, cur) {
+                (Some(a), Some(b)) if SHORT_FORM_ARGS.contains(arg) => (
+                    format!("'{}'", show_arg(Some(a))),
+                    format!("'{}'", show_arg(Some(b))),
+                ),
+                _ => (describe_arg(got, &show_arg), describe_arg(cur, &show_arg)),
+            };
+            return Err(AmqpError::precondition(format!(
+                "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received {received} but current is {current}",
+                q.name, self.name
+            )));
         }
         q.touch();
         let (m, c) = (q.message_count(), q.consumer_count());
         Ok((q, m, c))
     }
 
+    /// A new queue's arguments, checked in RabbitMQ's order and answered with its texts
+    /// (Erlang terms for the values, as RabbitMQ prints them).
     pub(super) fn check_queue_args(&self, name: &str, d: &QueueDeclare) -> Result<()> {
-        let invalid = |arg: &str, why: &str| {
+        let invalid = |arg: &str, why: String| {
             AmqpError::precondition(format!(
                 "invalid arg '{arg}' for queue '{name}' in vhost '{}': {why}",
                 self.name
             ))
         };
-        for arg in INTEGER_QUEUE_ARGS {
-            if let Some(v) = d.arguments.get(arg) {
-                match v.as_i64() {
-                    Some(n) if n >= 0 => {}
-                    Some(_) => return Err(invalid(arg, "a negative value is not allowed")),
-                    None => {
-                        return Err(invalid(
-                            arg,
-                            &format!("{} is not a valid integer type", v.type_name()),
-                        ))
-                    }
-                }
+        // The queue type first: the rest is checked by what it allows.
+        let quorum = match d.arguments.get("x-queue-type").map(|v| v.as_str()) {
+            None | Some(Some("classic")) => false,
+            Some(Some("quorum")) => true,
+            Some(other) => {
+                return Err(invalid(
+                    "x-queue-type",
+                    format!("\"unsupported queue type '{}'\"", other.unwrap_or("?")),
+                ))
+            }
+        };
+        let int = |arg: &str| -> Result<Option<i64>> {
+            match d.arguments.get(arg) {
+                None => Ok(None),
+                Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                    invalid(arg, format!("\"expected integer, got {}\"", v.type_name()))
+                }),
+            }
+        };
+        let non_negative = |arg: &str| -> Result<Option<i64>> {
+            match int(arg)? {
+                Some(n) if n < 0 => Err(invalid(arg, format!("{{value_negative,{n}}}"))),
+                n => Ok(n),
+            }
+        };
+        if let Some(n) = non_negative("x-expires")? {
+            if n == 0 {
+                return Err(invalid("x-expires", "{value_zero,0}".into()));
             }
         }
-        if let Some(v) = d.arguments.get("x-expires") {
-            if v.as_i64() == Some(0) {
-                return Err(invalid("x-expires", "the value must be positive"));
-            }
+        non_negative("x-message-ttl")?;
+        if d.arguments.get("x-dead-letter-routing-key").is_some()
+            && d.arguments.get("x-dead-letter-exchange").is_none()
+        {
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                "routing_key_but_no_dlx_defined".into(),
+            ));
         }
-        if let Some(v) = d.arguments.get("x-max-priority") {
-            if v.as_i64().is_some_and(|p| p > 255) {
+        non_negative("x-max-length")?;
+        non_negative("x-max-length-bytes")?;
+        if let Some(n) = non_negative("x-max-priority")? {
+            if n > 255 {
                 return Err(invalid(
                     "x-max-priority",
-                    "the value must be between 0 and 255",
+                    format!("{{max_value_exceeded,{n}}}"),
                 ));
             }
         }
@@ -342,21 +380,26 @@ impl VHost {
                 v.as_str(),
                 Some("drop-head" | "reject-publish" | "reject-publish-dlx")
             ) {
-                return Err(invalid(
-                    "x-overflow",
-                    "expected drop-head, reject-publish or reject-publish-dlx",
-                ));
+                return Err(invalid("x-overflow", "invalid_overflow".into()));
             }
         }
-        match d.arguments.get("x-queue-type").map(|v| v.as_str()) {
-            None | Some(Some("classic")) => {}
-            Some(Some("quorum")) => {
-                let prop = if !d.durable {
-                    Some("non-durable")
+        non_negative("x-delivery-limit")?;
+        non_negative("x-consumer-timeout")?;
+        if quorum {
+            {
+                if d.arguments.get("x-max-priority").is_some() {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-max-priority' for queue '{name}' in vhost '{}' of queue type rabbit_quorum_queue",
+                        self.name
+                    )));
+                }
+                // RabbitMQ's order: auto-delete, exclusive, durable.
+                let prop = if d.auto_delete {
+                    Some("auto-delete")
                 } else if d.exclusive {
                     Some("exclusive-owner")
-                } else if d.auto_delete {
-                    Some("auto-delete")
+                } else if !d.durable {
+                    Some("non-durable")
                 } else {
                     None
                 };
@@ -366,12 +409,6 @@ impl VHost {
                         self.name
                     )));
                 }
-            }
-            Some(other) => {
-                return Err(invalid(
-                    "x-queue-type",
-                    &format!("unsupported queue type '{}'", other.unwrap_or("?")),
-                ))
             }
         }
         Ok(())

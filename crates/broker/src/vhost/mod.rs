@@ -223,6 +223,28 @@ fn default_exchange_refused() -> AmqpError {
     AmqpError::access_refused("operation not permitted on the default exchange")
 }
 
+/// Whether two argument values are equivalent for a redeclaration (integers of any width
+/// compare by value).
+fn args_equivalent(got: Option<&FieldValue>, cur: Option<&FieldValue>) -> bool {
+    match (got, cur) {
+        (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// An argument's value as RabbitMQ prints it in an inequivalence.
+fn show_arg(v: Option<&FieldValue>) -> String {
+    match v {
+        None => "none".to_string(),
+        Some(v) => v
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| v.as_i64().map(|i| i.to_string()))
+            .unwrap_or_else(|| format!("{v:?}")),
+    }
+}
+
 fn describe_arg(v: Option<&FieldValue>, show: &dyn Fn(Option<&FieldValue>) -> String) -> String {
     match v {
         None => "none".into(),
