@@ -616,3 +616,172 @@ async fn a_malformed_content_header_closes_the_connection_with_541() {
         .inner()
         .contains_key("k"));
 }
+
+fn args(pairs: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// Divergences the differential tester found (tools/amqp-diff/repros), each answered as
+/// RabbitMQ 4.0.5 answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_orders_and_texts_found_by_the_differential_tester() {
+    use lapin::types::AMQPValue;
+    let b = TestBroker::start();
+    let (conn, _) = open(&b).await;
+    // queue.bind: the exchange is checked before the queue (w01a).
+    let ch = channel(&conn).await;
+    let text = expect_code(
+        ch.queue_bind(
+            "nq".into(),
+            "nx".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await,
+        404,
+    );
+    assert_eq!(text, "NOT_FOUND - no exchange 'nx' in vhost '/'");
+    // An existing queue is compared before arguments are checked (w02b).
+    let ch = channel(&conn).await;
+    let auto = QueueDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    within(
+        "declare",
+        ch.queue_declare("ad".into(), auto, FieldTable::default()),
+    )
+    .await
+    .unwrap();
+    let text = expect_code(
+        ch.queue_declare(
+            "ad".into(),
+            QueueDeclareOptions::default(),
+            args(&[("x-max-priority", AMQPValue::LongString("0".into()))]),
+        )
+        .await,
+        406,
+    );
+    assert!(text.contains("inequivalent arg 'auto_delete'"), "{text}");
+    // Argument texts are RabbitMQ's Erlang terms (w03).
+    for (arg, value, why) in [
+        ("x-expires", AMQPValue::LongInt(0), "{value_zero,0}"),
+        (
+            "x-message-ttl",
+            AMQPValue::LongInt(-1),
+            "{value_negative,-1}",
+        ),
+        (
+            "x-max-priority",
+            AMQPValue::LongInt(300),
+            "{max_value_exceeded,300}",
+        ),
+        (
+            "x-expires",
+            AMQPValue::LongString("x".into()),
+            "\"expected integer, got longstr\"",
+        ),
+        (
+            "x-overflow",
+            AMQPValue::LongString("sideways".into()),
+            "invalid_overflow",
+        ),
+        (
+            "x-dead-letter-routing-key",
+            AMQPValue::LongString("k".into()),
+            "routing_key_but_no_dlx_defined",
+        ),
+    ] {
+        let ch = channel(&conn).await;
+        let text = expect_code(
+            ch.queue_declare(
+                "argq".into(),
+                QueueDeclareOptions::default(),
+                args(&[(arg, value)]),
+            )
+            .await,
+            406,
+        );
+        assert_eq!(
+            text,
+            format!(
+                "PRECONDITION_FAILED - invalid arg '{arg}' for queue 'argq' in vhost '/': {why}"
+            )
+        );
+    }
+    // A transaction checks an ack's tag when it arrives (w05a).
+    let (tx_conn, ch) = open(&b).await;
+    within("tx_select", ch.tx_select()).await.unwrap();
+    let mut ev = events(&tx_conn);
+    let _ = ch.basic_ack(4, BasicAckOptions::default()).await;
+    let e = next_error(&mut ev).await;
+    let text = expect_error_code(&e, 406);
+    assert_eq!(text, "PRECONDITION_FAILED - unknown delivery tag 4");
+    // x-max-priority 0 serves two levels, as RabbitMQ 4.0 (v01).
+    let ch = channel(&conn).await;
+    within(
+        "declare",
+        ch.queue_declare(
+            "p0".into(),
+            QueueDeclareOptions::default(),
+            args(&[("x-max-priority", AMQPValue::LongInt(0))]),
+        ),
+    )
+    .await
+    .unwrap();
+    for (body, prio) in [("a", None), ("b", Some(1u8)), ("c", Some(5u8))] {
+        let props = match prio {
+            Some(p) => BasicProperties::default().with_priority(p),
+            None => BasicProperties::default(),
+        };
+        within(
+            "publish",
+            ch.basic_publish(
+                "".into(),
+                "p0".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    wait_counts(&b, "p0", 3, 0).await;
+    let mut order = Vec::new();
+    while let Some(m) = within(
+        "get",
+        ch.basic_get("p0".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .unwrap()
+    {
+        order.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+    }
+    assert_eq!(
+        order,
+        ["b", "c", "a"],
+        "1 and 5 share the top level, in publish order"
+    );
+    // A reused consumer tag is 530 before the queue is looked up (w09).
+    let (conn, ch) = open(&b).await;
+    declare(&ch, "tagq").await;
+    let _c = consume(&ch, "tagq", "t0").await;
+    let mut ev = events(&conn);
+    let _ = ch
+        .basic_consume(
+            "missing".into(),
+            "t0".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let e = next_error(&mut ev).await;
+    let text = expect_error_code(&e, 530);
+    assert_eq!(text, "NOT_ALLOWED - attempt to reuse consumer tag 't0'");
+}
