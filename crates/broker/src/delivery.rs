@@ -330,6 +330,18 @@ impl DeliveryChannel {
         arguments: &warren_protocol::FieldTable,
         on_added: impl FnOnce(),
     ) -> Result<()> {
+        // `x-priority` must be an integer (RabbitMQ's text).
+        let priority = match arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                AmqpError::precondition(format!(
+                    "invalid arg 'x-priority' for queue '{}' in vhost '{}': \"expected integer, got {}\"",
+                    queue.name,
+                    queue.vhost_name,
+                    v.type_name()
+                ))
+            })?,
+        };
         let timeout = effective_timeout(Some(arguments), queue, self.default_timeout);
         let id = {
             let mut s = self.state.lock();
@@ -358,10 +370,6 @@ impl DeliveryChannel {
                 }
             }
         };
-        let priority = arguments
-            .get("x-priority")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0);
         let c = QueueConsumer {
             handle: self.clone(),
             consumer_id: id,

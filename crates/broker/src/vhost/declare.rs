@@ -337,6 +337,13 @@ impl VHost {
                 ))
             }
         };
+        // Arguments the queue type does not take, before their values are looked at.
+        if quorum && d.arguments.get("x-max-priority").is_some() {
+            return Err(AmqpError::precondition(format!(
+                "invalid arg 'x-max-priority' for queue '{name}' in vhost '{}' of queue type rabbit_quorum_queue",
+                self.name
+            )));
+        }
         let int = |arg: &str| -> Result<Option<i64>> {
             match d.arguments.get(arg) {
                 None => Ok(None),
@@ -387,12 +394,6 @@ impl VHost {
         non_negative("x-consumer-timeout")?;
         if quorum {
             {
-                if d.arguments.get("x-max-priority").is_some() {
-                    return Err(AmqpError::precondition(format!(
-                        "invalid arg 'x-max-priority' for queue '{name}' in vhost '{}' of queue type rabbit_quorum_queue",
-                        self.name
-                    )));
-                }
                 // RabbitMQ's order: auto-delete, exclusive, durable.
                 let prop = if d.auto_delete {
                     Some("auto-delete")
