@@ -190,6 +190,13 @@ impl<C> QueueEngine<C> {
         }
     }
 
+    /// Whether a command may need the time: message TTLs, or a paged tail whose messages may
+    /// carry their own. Otherwise the caller may pass 0 and spare itself reading the clock for
+    /// every message.
+    pub fn uses_clock(&self) -> bool {
+        self.opts.message_ttl.is_some() || self.timed || !self.paged.is_empty()
+    }
+
     /// Flow control: publishers should wait before sending more.
     pub fn backlogged(&self) -> bool {
         !self.consumers.is_empty()

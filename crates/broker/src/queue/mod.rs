@@ -27,6 +27,7 @@ use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use warren_protocol::properties::{flag, has};
 use warren_protocol::{FieldTable, ShortStr};
 use warren_store::{Position, QueueStore, Recovery};
 
@@ -647,7 +648,12 @@ impl Queue {
         i.admit(&msg).map_err(|Rejected| PublishError::Rejected)?;
         let durable_write = persistent && self.durable_store;
         let paging = i.should_page() && self.paging_store().is_some();
-        let now = now_ms();
+        // The clock only when something will look at it (one read per message costs).
+        let now = if i.uses_clock() || has(&msg.properties, flag::EXPIRATION) {
+            now_ms()
+        } else {
+            0
+        };
         let env = &mut QueueEnv { q: self };
         let (Some(p), true) = (&self.persistence, durable_write || paging) else {
             i.enqueue(msg, None, now, env);
@@ -681,7 +687,8 @@ impl Queue {
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>) {
         let mut i = self.locked();
-        i.dispatch(now_ms(), &mut QueueEnv { q: self });
+        let now = if i.uses_clock() { now_ms() } else { 0 };
+        i.dispatch(now, &mut QueueEnv { q: self });
         self.notify_flow(&i);
     }
 
