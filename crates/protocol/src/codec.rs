@@ -299,11 +299,6 @@ impl<'a> Writer<'a> {
 pub trait Field: Sized {
     fn read(r: &mut Reader) -> Result<Self>;
     fn write(&self, w: &mut Writer);
-    /// Checks and steps over a value without building it (tables override this: no
-    /// allocation to validate one).
-    fn skip(r: &mut Reader) -> Result<()> {
-        Self::read(r).map(drop)
-    }
 }
 
 impl Field for u8 {

@@ -10,6 +10,7 @@
 //! - [`constants`]: reply codes and protocol constants.
 //! - [`error`]: [`AmqpError`], one error reply (code, RabbitMQ's text, failing method) for every layer.
 //! - [`sasl`]: PLAIN and AMQPLAIN responses of connection.start-ok.
+//! - `validate`: stepping over encoded fields without decoding them (property validation).
 //!
 //! Nothing here knows about sockets, queues or tokio: decode from `Bytes`, encode into `BytesMut`.
 
@@ -22,6 +23,7 @@ pub mod methods;
 pub mod properties;
 pub mod sasl;
 pub mod table;
+mod validate;
 
 pub use codec::{DecodeError, ShortStr};
 pub use error::AmqpError;

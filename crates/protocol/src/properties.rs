@@ -79,19 +79,16 @@ macro_rules! props {
             /// Checks property flags and values as [`BasicProperties::decode`] would read
             /// them, without building anything: what a broker does once per published
             /// message (RabbitMQ refuses a malformed content header).
-            pub fn validate(raw: &Bytes) -> Result<()> {
-                // No properties at all: the common case, nothing to walk.
-                if raw.len() == 2 && raw[..] == [0, 0] {
-                    return Ok(());
-                }
-                let mut r = Reader::new(raw.clone());
-                let flags = r.u16()?;
+            pub fn validate(raw: &[u8]) -> Result<()> {
+                use crate::validate::{Cursor, Skip};
+                let mut c = Cursor::new(raw);
+                let flags = c.u16()?;
                 let mut extra = flags;
                 while extra & 1 != 0 {
-                    extra = r.u16()?;
+                    extra = c.u16()?;
                 }
-                $( if flags & (1 << $bit) != 0 { <$ty as Field>::skip(&mut r)?; } )*
-                match r.remaining() {
+                $( if flags & (1 << $bit) != 0 { <$ty as Skip>::skip(&mut c)?; } )*
+                match c.remaining() {
                     0 => Ok(()),
                     n => Err(crate::DecodeError::TrailingBytes(n)),
                 }
@@ -265,6 +262,21 @@ mod tests {
             // not UTF-8
             ("utf8", vec![0x80, 0, 2, 0xff, 0xfe]),
         ];
+        // headers with a table nested a thousand deep
+        let mut deep = vec![0u8; 0];
+        for _ in 0..1000 {
+            let mut t = vec![1, b'k', b'F'];
+            t.extend_from_slice(&(deep.len() as u32).to_be_bytes());
+            t.extend_from_slice(&deep);
+            deep = t;
+        }
+        let mut nested = vec![0x20, 0];
+        nested.extend_from_slice(&(deep.len() as u32).to_be_bytes());
+        nested.extend_from_slice(&deep);
+        assert_eq!(
+            BasicProperties::validate(&nested),
+            Err(crate::DecodeError::TooDeep)
+        );
         for (what, raw) in cases {
             let raw = Bytes::from(raw);
             assert!(BasicProperties::validate(&raw).is_err(), "{what}");

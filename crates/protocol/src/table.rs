@@ -95,35 +95,6 @@ impl FieldValue {
         }
     }
 
-    /// Checks one value and steps over it, allocating nothing (the grammar of `read_depth`).
-    fn skip_depth(r: &mut Reader, depth: u32) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(DecodeError::TooDeep);
-        }
-        match r.u8()? {
-            b't' | b'b' | b'B' => drop(r.u8()?),
-            b's' | b'u' => drop(r.u16()?),
-            b'I' | b'i' | b'f' => drop(r.u32()?),
-            b'l' | b'L' | b'd' | b'T' => drop(r.u64()?),
-            b'D' => {
-                r.u8()?;
-                r.u32()?;
-            }
-            b'S' | b'x' => drop(r.longstr()?),
-            b'A' => {
-                let len = r.u32()? as usize;
-                let mut sub = Reader::new(r.bytes(len, "array")?);
-                while sub.remaining() > 0 {
-                    FieldValue::skip_depth(&mut sub, depth + 1)?;
-                }
-            }
-            b'F' => FieldTable::skip_depth(r, depth + 1)?,
-            b'V' => {}
-            other => return Err(DecodeError::UnknownFieldType(other)),
-        }
-        Ok(())
-    }
-
     fn read_depth(r: &mut Reader, depth: u32) -> Result<Self> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::TooDeep);
@@ -327,19 +298,6 @@ impl FieldTable {
         self.0.iter().all(|e| count(self, e) == count(other, e))
     }
 
-    fn skip_depth(r: &mut Reader, depth: u32) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(DecodeError::TooDeep);
-        }
-        let len = r.u32()? as usize;
-        let mut sub = Reader::new(r.bytes(len, "table")?);
-        while sub.remaining() > 0 {
-            sub.shortstr()?;
-            FieldValue::skip_depth(&mut sub, depth)?;
-        }
-        Ok(())
-    }
-
     fn read_depth(r: &mut Reader, depth: u32) -> Result<Self> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::TooDeep);
@@ -369,9 +327,6 @@ impl FieldTable {
 impl Field for FieldTable {
     fn read(r: &mut Reader) -> Result<Self> {
         FieldTable::read_depth(r, 0)
-    }
-    fn skip(r: &mut Reader) -> Result<()> {
-        FieldTable::skip_depth(r, 0)
     }
     fn write(&self, w: &mut Writer) {
         FieldTable::write(self, w)
