@@ -45,10 +45,8 @@ impl TestBroker {
     /// and its flusher has exited, so another broker can open the same data directory.
     pub fn stop(mut self) {
         self.shutdown();
+        self.broker.flush_all();
         let persistence = self.persistence.take();
-        if let Some(p) = &persistence {
-            p.flush_all();
-        }
         drop(self);
         let Some(p) = persistence else { return };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -107,11 +107,42 @@ impl Broker {
         } else {
             persistence.remove_orphans(&[]);
         }
-        persistence.start(&b);
+        b.start_flusher(persistence.clone());
         persistence.definitions_changed();
         // After the definitions are back, so delayed messages find their exchanges.
         b.start_timer();
         Ok(b)
+    }
+
+    /// Starts the flusher thread: group commits (see [`Persistence`]) until the broker is
+    /// dropped.
+    fn start_flusher(self: &Arc<Self>, p: Arc<Persistence>) {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("warren-flusher".into())
+            .spawn(move || loop {
+                p.wait_for_work();
+                let Some(b) = weak.upgrade() else {
+                    p.release_queues();
+                    return;
+                };
+                p.flush_once(&|| b.definitions(true));
+            })
+            .expect("spawn flusher thread");
+    }
+
+    /// A group commit now (tests), definitions included if they changed.
+    pub fn flush_once(&self) {
+        if let Some(p) = &self.persistence {
+            p.flush_once(&|| self.definitions(true));
+        }
+    }
+
+    /// The last group commit before stopping: nothing left unsynced, definitions saved.
+    pub fn flush_all(&self) {
+        if let Some(p) = &self.persistence {
+            p.flush_all(&|| self.definitions(true));
+        }
     }
 
     /// Starts the timer thread: message TTLs and queue expiry, every 50 ms. It stops when the

@@ -1,13 +1,14 @@
 //! A channel's delivery side: delivery tags, the unacknowledged messages, prefetch limits and
 //! the consumers on the channel. Queues call [`DeliveryChannel::deliver`] (holding their own
-//! lock); the server calls ack / nack / reject / cancel / close.
+//! lock); the server calls ack / nack / reject / cancel / close, passing the [`Followups`]
+//! its vhost carries out afterwards (dead letters, auto-delete).
 //!
 //! Prefetch follows RabbitMQ's reading of `basic.qos`: `global = false` sets the limit of each
 //! consumer created afterwards, `global = true` a limit shared by the whole channel.
 
 use crate::error::{AmqpError, Result};
 use crate::message::Message;
-use crate::queue::{ConsumeRefused, Queue, QueueConsumer, QueuedMessage};
+use crate::queue::{ConsumeRefused, Followups, Queue, QueueConsumer, QueuedMessage};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -266,9 +267,9 @@ impl DeliveryChannel {
     }
 
     /// basic.ack.
-    pub fn ack(&self, tag: u64, multiple: bool) -> Result<()> {
+    pub fn ack(&self, tag: u64, multiple: bool, fu: &mut Followups) -> Result<()> {
         self.ack_without_resume(tag, multiple)?;
-        self.resume();
+        self.resume(fu);
         Ok(())
     }
 
@@ -282,23 +283,23 @@ impl DeliveryChannel {
     }
 
     /// basic.nack / basic.reject: requeue or drop.
-    pub fn nack(&self, tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+    pub fn nack(&self, tag: u64, multiple: bool, requeue: bool, fu: &mut Followups) -> Result<()> {
         let taken = self.take(tag, multiple)?;
-        settle_or_requeue(taken, requeue);
-        self.resume();
+        settle_or_requeue(taken, requeue, fu);
+        self.resume(fu);
         Ok(())
     }
 
     /// basic.recover: every unacked message of the channel goes back to its queue.
-    pub fn recover(&self) {
+    pub fn recover(&self, fu: &mut Followups) {
         if let Ok(taken) = self.take(0, true) {
-            settle_or_requeue(taken, true);
+            settle_or_requeue(taken, true, fu);
         }
-        self.resume();
+        self.resume(fu);
     }
 
     /// basic.qos.
-    pub fn set_prefetch(&self, count: u16, global: bool) {
+    pub fn set_prefetch(&self, count: u16, global: bool, fu: &mut Followups) {
         {
             let mut s = self.state.lock();
             if global {
@@ -307,14 +308,14 @@ impl DeliveryChannel {
                 s.prefetch_count = count;
             }
         }
-        self.resume();
+        self.resume(fu);
     }
 
     /// channel.flow from the client: stop or restart deliveries.
-    pub fn set_flow(&self, active: bool) {
+    pub fn set_flow(&self, active: bool, fu: &mut Followups) {
         self.state.lock().flow_active = active;
         if active {
-            self.resume();
+            self.resume(fu);
         }
     }
 
@@ -329,6 +330,7 @@ impl DeliveryChannel {
         exclusive: bool,
         arguments: &warren_protocol::FieldTable,
         on_added: impl FnOnce(),
+        fu: &mut Followups,
     ) -> Result<()> {
         // `x-priority` must be an integer (RabbitMQ's text).
         let priority = match arguments.get("x-priority") {
@@ -378,7 +380,7 @@ impl DeliveryChannel {
             exclusive,
             priority,
         };
-        match queue.add_consumer(c, on_added) {
+        match queue.add_consumer(c, on_added, fu) {
             Ok(()) => Ok(()),
             Err(refused) => {
                 self.state.lock().consumers[id as usize] = None;
@@ -397,7 +399,7 @@ impl DeliveryChannel {
     }
 
     /// basic.cancel; false when no consumer has that tag.
-    pub fn cancel(&self, tag: &str) -> bool {
+    pub fn cancel(&self, tag: &str, fu: &mut Followups) -> bool {
         let found = {
             let mut s = self.state.lock();
             let pos = s
@@ -408,7 +410,7 @@ impl DeliveryChannel {
         };
         match found {
             Some((id, queue)) => {
-                queue.remove_consumer(self, id);
+                queue.remove_consumer(self, id, fu);
                 true
             }
             None => false,
@@ -437,7 +439,7 @@ impl DeliveryChannel {
 
     /// Cancels one consumer (telling the client) and requeues the messages it had not acked;
     /// the rest of the channel goes on.
-    pub fn cancel_and_requeue(&self, tag: &str) {
+    pub fn cancel_and_requeue(&self, tag: &str, fu: &mut Followups) {
         let id = {
             let s = self.state.lock();
             s.consumers
@@ -448,7 +450,7 @@ impl DeliveryChannel {
         };
         let Some(uid) = id else { return };
         self.writer.cancel(self.number, tag);
-        self.cancel(tag);
+        self.cancel(tag, fu);
         let taken: Vec<Unacked> = {
             let mut s = self.state.lock();
             let (mine, rest): (VecDeque<Unacked>, VecDeque<Unacked>) =
@@ -458,7 +460,7 @@ impl DeliveryChannel {
             s.unacked = rest;
             mine.into()
         };
-        settle_or_requeue(taken, true);
+        settle_or_requeue(taken, true, fu);
     }
 
     /// The queue of a consumer was deleted: forget the consumer and tell the client.
@@ -475,7 +477,7 @@ impl DeliveryChannel {
 
     /// Channel or connection closed: cancel consumers, then put every unacked message back in
     /// its queue (redelivered) so other consumers get it at once.
-    pub fn close(&self) {
+    pub fn close(&self, fu: &mut Followups) {
         let (consumers, unacked) = {
             let mut s = self.state.lock();
             s.closed = true;
@@ -489,14 +491,14 @@ impl DeliveryChannel {
         };
         // Requeue first (this channel is closed, so nothing comes back to it), then remove the
         // consumers: a single active consumer's successor then starts with the oldest message.
-        settle_or_requeue(unacked.into(), true);
+        settle_or_requeue(unacked.into(), true, fu);
         for (id, q) in consumers {
-            q.remove_consumer(self, id);
+            q.remove_consumer(self, id, fu);
         }
     }
 
     /// Redelivers from the queues of this channel's consumers, after credit came back.
-    pub fn resume(&self) {
+    pub fn resume(&self, fu: &mut Followups) {
         let queues: Vec<Arc<Queue>> = {
             let s = self.state.lock();
             if s.closed {
@@ -511,7 +513,7 @@ impl DeliveryChannel {
             v
         };
         for q in queues {
-            q.dispatch();
+            q.dispatch(fu);
         }
     }
 
@@ -593,9 +595,9 @@ fn for_each_queue_run(items: &[Unacked], mut f: impl FnMut(&Arc<Queue>, &[Unacke
     }
 }
 
-fn settle_or_requeue(items: Vec<Unacked>, requeue: bool) {
+fn settle_or_requeue(items: Vec<Unacked>, requeue: bool, fu: &mut Followups) {
     if !requeue {
-        for_each_queue_run(&items, |q, run| q.reject(run.iter().map(|u| &u.qm)));
+        for_each_queue_run(&items, |q, run| q.reject(run.iter().map(|u| &u.qm), fu));
         return;
     }
     let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
@@ -606,6 +608,6 @@ fn settle_or_requeue(items: Vec<Unacked>, requeue: bool) {
         }
     }
     for (q, msgs) in by_queue {
-        q.requeue(msgs);
+        q.requeue(msgs, fu);
     }
 }

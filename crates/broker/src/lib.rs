@@ -7,10 +7,13 @@
 //! - [`exchange`]: exchange types and their routing tables (a file per type).
 //! - [`queue`]: a queue: its [`queue::engine`] (a deterministic state machine: ready list,
 //!   consumers, dispatch, TTL, limits, dead-letter reasons) and, around it, the lock, the
-//!   store, the clock and the effects the engine asks for.
+//!   store, the clock and the effects the engine asks for. A queue does not hold its vhost:
+//!   what its commands leave for the vhost (dead letters, timers, deletion) goes into the
+//!   caller's [`queue::Followups`], carried out by [`VHost::follow_up`].
 //! - [`delivery`]: a channel's delivery side: delivery tags, unacked messages, prefetch.
 //! - [`vhost`]: declare/delete/bind/publish within one virtual host.
-//! - [`persist`]: message stores of durable queues, group commit, saved definitions.
+//! - [`persist`]: message stores of durable queues, group commit, saved definitions (the
+//!   broker's flusher thread drives it; it does not hold the broker).
 //! - [`definitions`]: the topology in RabbitMQ's definitions format.
 //! - [`json`]: field tables as JSON.
 //! - [`alarm`]: memory and disk alarms that block publishers.

@@ -13,14 +13,18 @@
 //! does not enlist it again; E's sync writes it. That is fine when the sync succeeds. When it
 //! fails, the queue is synced once more in E+1 (see `retry`), so that E+1 fails too and the
 //! append is nacked, rather than acked by an E+1 with nothing to sync for that queue.
+//!
+//! Persistence does not know the broker: the broker's flusher thread (`Broker::open`) waits
+//! here for work and runs each group commit, handing in how to take a snapshot of the
+//! definitions when they need saving.
 
-use crate::broker::Broker;
+use crate::definitions::Definitions;
 use crate::queue::Queue;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use warren_store::{Backend, Catalog, QueueStore, Recovery, StoreOptions};
 
@@ -54,7 +58,6 @@ pub struct Persistence {
     wake: Condvar,
     wake_lock: Mutex<bool>,
     synced: tokio::sync::watch::Sender<SyncState>,
-    broker: OnceLock<Weak<Broker>>,
     pub store_options: StoreOptions,
 }
 
@@ -78,7 +81,6 @@ impl Persistence {
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
             synced,
-            broker: OnceLock::new(),
             store_options: StoreOptions::default(),
         })
     }
@@ -153,46 +155,35 @@ impl Persistence {
         }
     }
 
-    /// Starts the flusher thread (group commit and definitions saving).
-    pub fn start(self: &Arc<Self>, broker: &Arc<Broker>) {
-        let _ = self.broker.set(Arc::downgrade(broker));
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("warren-flusher".into())
-            .spawn(move || me.flush_loop())
-            .expect("spawn flusher thread");
-    }
-
-    fn flush_loop(self: Arc<Self>) {
-        loop {
-            {
-                let mut w = self.wake_lock.lock();
-                if !*w {
-                    self.wake.wait_for(&mut w, Duration::from_millis(200));
-                }
-                *w = false;
-            }
-            self.flush_once();
-            if self.broker.get().and_then(Weak::upgrade).is_none() {
-                // Queues left to retry would keep this alive through their own reference.
-                self.retry.lock().clear();
-                self.lazy.lock().clear();
-                return;
-            }
+    /// The flusher's wait: until a publish or a definitions change asks for a group commit,
+    /// or 200 ms (acks and delivered marks are synced at that pace).
+    pub(crate) fn wait_for_work(&self) {
+        let mut w = self.wake_lock.lock();
+        if !*w {
+            self.wake.wait_for(&mut w, Duration::from_millis(200));
         }
+        *w = false;
     }
 
-    /// One group commit: close the epoch, fsync what it wrote, announce it.
-    pub fn flush_once(&self) {
-        self.commit(false)
+    /// The broker is gone: forget the queues left to sync again (their references would keep
+    /// their stores open).
+    pub(crate) fn release_queues(&self) {
+        self.retry.lock().clear();
+        self.lazy.lock().clear();
+    }
+
+    /// One group commit: close the epoch, fsync what it wrote, save the definitions if they
+    /// changed (`definitions` takes the snapshot), announce the epoch.
+    pub fn flush_once(&self, definitions: &dyn Fn() -> Definitions) {
+        self.commit(false, definitions)
     }
 
     /// A group commit that leaves nothing unsynced, marks included (shutdown).
-    pub fn flush_all(&self) {
-        self.commit(true)
+    pub fn flush_all(&self, definitions: &dyn Fn() -> Definitions) {
+        self.commit(true, definitions)
     }
 
-    fn commit(&self, full: bool) {
+    fn commit(&self, full: bool, definitions: &dyn Fn() -> Definitions) {
         let _one_at_a_time = self.commit_lock.lock();
         let (epoch, queues, mut retry) = {
             let _g = self.gate.write();
@@ -240,12 +231,10 @@ impl Persistence {
         // declaration that happened before a publish of this epoch set `defs_dirty` before
         // the epoch closed above.
         if self.defs_dirty.swap(false, Ordering::AcqRel) {
-            if let Some(b) = self.broker.get().and_then(Weak::upgrade) {
-                if let Err(e) = self.catalog.save(&b.definitions(true)) {
-                    self.defs_dirty.store(true, Ordering::Release);
-                    failed = true;
-                    tracing::error!(error = %e, "saving definitions failed; publishes are nacked and the save is retried. Check free disk space");
-                }
+            if let Err(e) = self.catalog.save(&definitions()) {
+                self.defs_dirty.store(true, Ordering::Release);
+                failed = true;
+                tracing::error!(error = %e, "saving definitions failed; publishes are nacked and the save is retried. Check free disk space");
             }
         }
         self.synced.send_modify(|s| {

@@ -5,7 +5,7 @@
 use crate::outbox::Outbox;
 use std::sync::Arc;
 use warren_broker::persist::SyncState;
-use warren_broker::queue::PublishError;
+use warren_broker::queue::{Followups, PublishError};
 use warren_broker::vhost::{ExchangeDeclare, QueueDeclare};
 use warren_broker::{AmqpError, DeliveryChannel, Message, Queue, VHost};
 use warren_protocol::assembler::Content;
@@ -54,6 +54,9 @@ pub(crate) struct Ctx<'a> {
     pub backlogged: &'a mut Vec<Arc<Queue>>,
     /// The connection's user and permissions.
     pub guard: &'a mut crate::security::Guard,
+    /// What the method's queue commands leave for the vhost (dead letters, auto-delete); the
+    /// connection hands them over once the method is handled.
+    pub followups: &'a mut Followups,
 }
 
 enum TxOp {
@@ -157,9 +160,9 @@ impl Channel {
     }
 
     /// Called after the frames of one socket read: delivers into the credit acks freed.
-    pub fn end_of_read(&mut self) {
+    pub fn end_of_read(&mut self, fu: &mut Followups) {
         if std::mem::take(&mut self.resume_pending) {
-            self.delivery.resume();
+            self.delivery.resume(fu);
         }
     }
 
@@ -292,8 +295,8 @@ impl Channel {
                     Ok(())
                 }
             },
-            Method::BasicNack(n) => self.nack(n.delivery_tag, n.multiple, n.requeue),
-            Method::BasicReject(r) => self.nack(r.delivery_tag, false, r.requeue),
+            Method::BasicNack(n) => self.nack(cx, n.delivery_tag, n.multiple, n.requeue),
+            Method::BasicReject(r) => self.nack(cx, r.delivery_tag, false, r.requeue),
             Method::BasicQos(q) => {
                 if q.prefetch_size != 0 {
                     return Err(AmqpError::not_implemented(format!(
@@ -301,13 +304,14 @@ impl Channel {
                         q.prefetch_size
                     )));
                 }
-                self.delivery.set_prefetch(q.prefetch_count, q.global);
+                self.delivery
+                    .set_prefetch(q.prefetch_count, q.global, cx.followups);
                 self.reply(BasicQosOk {});
                 Ok(())
             }
             Method::BasicConsume(c) => self.consume(cx, c),
             Method::BasicCancel(c) => {
-                self.delivery.cancel(&c.consumer_tag);
+                self.delivery.cancel(&c.consumer_tag, cx.followups);
                 if !c.nowait {
                     self.reply(BasicCancelOk {
                         consumer_tag: c.consumer_tag,
@@ -327,7 +331,7 @@ impl Channel {
                 if method_is_sync {
                     self.reply(BasicRecoverOk {});
                 }
-                self.delivery.recover();
+                self.delivery.recover(cx.followups);
                 Ok(())
             }
             Method::ChannelFlow(f) => {
@@ -335,7 +339,7 @@ impl Channel {
                 if !f.active {
                     return Err(AmqpError::not_implemented("active=false"));
                 }
-                self.delivery.set_flow(f.active);
+                self.delivery.set_flow(f.active, cx.followups);
                 self.reply(ChannelFlowOk { active: f.active });
                 Ok(())
             }
@@ -529,7 +533,7 @@ impl Channel {
         }
     }
 
-    fn nack(&mut self, tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+    fn nack(&mut self, cx: &mut Ctx<'_>, tag: u64, multiple: bool, requeue: bool) -> Result<()> {
         match &mut self.tx {
             Some(ops) => {
                 self.delivery.check_tag(tag, multiple)?;
@@ -540,7 +544,7 @@ impl Channel {
                 });
                 Ok(())
             }
-            None => self.delivery.nack(tag, multiple, requeue),
+            None => self.delivery.nack(tag, multiple, requeue, cx.followups),
         }
     }
 
@@ -553,12 +557,12 @@ impl Channel {
                     mandatory,
                     content,
                 } => self.publish(cx, exchange, routing_key, mandatory, content)?,
-                TxOp::Ack { tag, multiple } => self.delivery.ack(tag, multiple)?,
+                TxOp::Ack { tag, multiple } => self.delivery.ack(tag, multiple, cx.followups)?,
                 TxOp::Nack {
                     tag,
                     multiple,
                     requeue,
-                } => self.delivery.nack(tag, multiple, requeue)?,
+                } => self.delivery.nack(tag, multiple, requeue, cx.followups)?,
             }
         }
         Ok(())
@@ -637,7 +641,7 @@ impl Channel {
         let (mut epoch, mut failed) = (0u64, false);
         let tx = self.committing.as_ref().map(|c| c.id);
         for q in queues.drain(..) {
-            match q.publish_in(msg.clone(), persistent, tx) {
+            match q.publish_in(msg.clone(), persistent, tx, cx.followups) {
                 Ok(p) => {
                     if let Some(e) = p.epoch {
                         epoch = epoch.max(e);
@@ -724,23 +728,31 @@ impl Channel {
         };
         let (nowait, n, outbox) = (c.nowait, self.number, cx.outbox.clone());
         let reply_tag = tag.clone();
-        self.delivery
-            .consume(&q, tag, c.no_ack, c.exclusive, &c.arguments, move || {
-                if !nowait {
-                    outbox.send(
-                        n,
-                        BasicConsumeOk {
-                            consumer_tag: reply_tag,
-                        },
-                    );
-                }
-            })
+        let on_added = move || {
+            if !nowait {
+                outbox.send(
+                    n,
+                    BasicConsumeOk {
+                        consumer_tag: reply_tag,
+                    },
+                );
+            }
+        };
+        self.delivery.consume(
+            &q,
+            tag,
+            c.no_ack,
+            c.exclusive,
+            &c.arguments,
+            on_added,
+            cx.followups,
+        )
     }
 
     fn get(&mut self, cx: &mut Ctx<'_>, g: BasicGet) -> Result<()> {
         let queue_name = self.queue_name(g.queue)?;
         let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
-        match q.get(!g.no_ack) {
+        match q.get(!g.no_ack, cx.followups) {
             None => self.reply(BasicGetEmpty::default()),
             Some((qm, remaining)) => {
                 let msg = qm.msg.clone();

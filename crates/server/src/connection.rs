@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use warren_broker::connections::{CloseHandle, ConnectionEntry};
 use warren_broker::delivery::TimedOut;
+use warren_broker::queue::Followups;
 use warren_broker::persist::SyncState;
 use warren_broker::{AmqpError, Broker, VHost};
 use warren_protocol::constants::*;
@@ -69,6 +70,9 @@ pub(crate) struct Connection {
     last_recv: Instant,
     /// Queues published to whose consumers are behind (flow control).
     backlogged: Vec<Arc<warren_broker::Queue>>,
+    /// What queue commands left for the vhost (dead letters, auto-delete), handed over after
+    /// each method (see [`Connection::follow_up`]).
+    followups: Followups,
     /// Flow control holds this publisher: the socket is not read until these queues have
     /// caught up. Everything else (forced closes, confirms, alarms, ticks) goes on.
     flow_held: Vec<Arc<warren_broker::Queue>>,
@@ -170,6 +174,7 @@ pub async fn run_io<R, W>(
         synced: broker.persistence().map(|p| p.subscribe()),
         guard: crate::security::Guard::new(hs.access, hs.slot, broker.clone(), hs.blocked_notify),
         backlogged: Vec::new(),
+        followups: Followups::new(),
         flow_held: Vec::new(),
     };
     let (reason, socket_open) = conn.read_loop(&mut rd, rbuf).await;
@@ -220,7 +225,11 @@ impl Connection {
                     return (format!("forced: {reason}"), true);
                 }
                 _ = self.outbox.wake_resume.notified() => {
-                    self.for_each_channel(|c| c.delivery.resume());
+                    let fu = &mut self.followups;
+                    for c in self.channels.iter_mut() {
+                        c.delivery.resume(fu);
+                    }
+                    self.follow_up();
                 }
                 _ = Self::sync_changed(&mut self.synced), if awaiting => {
                     self.flush_confirms();
@@ -291,7 +300,11 @@ impl Connection {
                 }
             }
         }
-        self.for_each_channel(|c| c.end_of_read());
+        let fu = &mut self.followups;
+        for c in self.channels.iter_mut() {
+            c.end_of_read(fu);
+        }
+        self.follow_up();
         self.flush_confirms();
         None
     }
@@ -372,8 +385,9 @@ impl Connection {
                     tracing::warn!(peer = %self.peer, channel = n, consumer = %tag,
                         "consumer did not acknowledge a delivery within {ms} ms: cancelling it and requeueing its messages");
                     if let Some(ch) = self.channels.get(n) {
-                        ch.delivery.cancel_and_requeue(tag);
+                        ch.delivery.cancel_and_requeue(tag, &mut self.followups);
                     }
+                    self.follow_up();
                 }
                 _ => {
                     let e = AmqpError::precondition(format!(
@@ -391,6 +405,14 @@ impl Connection {
     fn for_each_channel(&mut self, mut f: impl FnMut(&mut Channel)) {
         for c in self.channels.iter_mut() {
             f(c);
+        }
+    }
+
+    /// Hands what queue commands left (dead letters, auto-delete) to the vhost, with no queue
+    /// locked.
+    fn follow_up(&mut self) {
+        if !self.followups.is_empty() {
+            self.vhost.follow_up(std::mem::take(&mut self.followups));
         }
     }
 
@@ -508,9 +530,12 @@ impl Connection {
                     exclusive_queues: &mut self.exclusive_queues,
                     backlogged: &mut self.backlogged,
                     guard: &mut self.guard,
+                    followups: &mut self.followups,
                 };
                 let ch = self.channels.get_mut(n).expect("checked open");
-                match ch.handle(&mut ctx, method, cmd.content) {
+                let r = ch.handle(&mut ctx, method, cmd.content);
+                self.follow_up();
+                match r {
                     Ok(()) => Ok(()),
                     // RabbitMQ names no method for an internal error.
                     Err(e) if e.code == INTERNAL_ERROR => Err(e.on(0, 0)),
@@ -565,7 +590,8 @@ impl Connection {
     fn remove_channel(&mut self, n: u16) {
         if let Some(ch) = self.channels.remove(n) {
             self.guard.slot.close_channel();
-            ch.delivery.close();
+            ch.delivery.close(&mut self.followups);
+            self.follow_up();
             self.entry
                 .channels
                 .lock()
@@ -581,7 +607,8 @@ impl Connection {
         };
         tracing::debug!(peer = %self.peer, channel = n, "channel error: {}", e.text);
         ch.closing = true;
-        ch.delivery.close();
+        ch.delivery.close(&mut self.followups);
+        self.follow_up();
         self.outbox.send(
             n,
             ChannelClose {

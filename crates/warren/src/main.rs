@@ -377,9 +377,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if let Some(p) = broker.persistence() {
-        p.flush_all();
-    }
+    broker.flush_all();
     tracing::info!("stopped");
     Ok(())
 }

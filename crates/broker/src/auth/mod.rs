@@ -354,7 +354,7 @@ mod tests {
             )
             .unwrap();
             assert!(b.delete_user("guest"));
-            b.persistence().unwrap().flush_once();
+            b.flush_once();
         }
         let b = open();
         assert!(

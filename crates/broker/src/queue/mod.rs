@@ -6,14 +6,17 @@
 //!
 //! Layout: [`engine`] (the state machine), `ready` (the ready list by priority and publish
 //! order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
-//! queue's arguments and policy).
+//! queue's arguments and policy), [`followups`] (what a command leaves for the vhost: dead
+//! letters, the timer, deletion; a queue does not hold its vhost).
 
 pub mod engine;
+pub mod followups;
 pub mod options;
 mod paged;
 mod ready;
 
 pub use engine::{ConsumeRefused, Consumer, Effect, EngineStats, Env, QueueEngine, Rejected};
+pub use followups::{DeleteReason, Followup, Followups};
 pub use options::{Overflow, QueueOptions};
 
 use crate::clock::now_ms;
@@ -21,12 +24,11 @@ use crate::deadletter::DeadLetter;
 use crate::delivery::{Deliver, DeliveryChannel};
 use crate::message::Message;
 use crate::persist::Persistence;
-use crate::vhost::VHost;
 use parking_lot::{Mutex, MutexGuard};
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use warren_protocol::properties::{flag, has};
 use warren_protocol::{FieldTable, ShortStr};
 use warren_store::{Position, QueueStore, Recovery};
@@ -140,11 +142,13 @@ pub type QueueConsumer = Consumer<Arc<DeliveryChannel>>;
 pub type QueueStats = EngineStats;
 
 /// The queue's lock. The engine's effects are carried out when it is released: store marks
-/// while the lock is still held (so they follow the queue's own order), dead letters and the
-/// timer after it is released.
+/// while the lock is still held (so they follow the queue's own order); dead letters and the
+/// timer become follow-ups for the caller's vhost.
 struct Locked<'a> {
     q: &'a Arc<Queue>,
     g: ManuallyDrop<MutexGuard<'a, QueueEngine<Arc<DeliveryChannel>>>>,
+    /// Where dead letters and the timer go; None for commands that never produce them.
+    fu: Option<&'a mut Followups>,
 }
 
 impl Deref for Locked<'_> {
@@ -168,15 +172,19 @@ impl Drop for Locked<'_> {
         };
         // SAFETY: the guard is dropped exactly once, here, and not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.g) };
-        if start_timer {
-            self.q.register_timer();
+        if !start_timer && dead.is_empty() {
+            return;
         }
-        if !dead.is_empty() {
-            if let Some(vh) = self.q.vhost.upgrade() {
-                for d in dead {
-                    vh.publish_dead_letter(self.q, d);
-                }
-            }
+        let Some(fu) = self.fu.as_deref_mut() else {
+            debug_assert!(false, "a quiet queue command produced dead letters or a timer");
+            tracing::error!(queue = %self.q.name, "dead letters dropped: the command had no follow-ups");
+            return;
+        };
+        if start_timer {
+            self.q.timer_followup(fu);
+        }
+        for d in dead {
+            fu.push(Followup::DeadLetter(self.q.clone(), d));
         }
     }
 }
@@ -213,7 +221,6 @@ impl Env<Arc<DeliveryChannel>> for QueueEnv<'_> {
 /// The declared properties of a queue and its live state.
 pub struct Queue {
     pub name: ShortStr,
-    pub vhost: Weak<VHost>,
     pub vhost_name: String,
     pub durable: bool,
     /// The connection that owns an exclusive queue.
@@ -241,7 +248,7 @@ pub struct Queue {
 impl Queue {
     pub fn new(
         name: ShortStr,
-        vhost: &Arc<VHost>,
+        vhost_name: &str,
         durable: bool,
         exclusive_owner: Option<u64>,
         auto_delete: bool,
@@ -249,8 +256,7 @@ impl Queue {
     ) -> Self {
         Queue {
             name,
-            vhost: Arc::downgrade(vhost),
-            vhost_name: vhost.name.clone(),
+            vhost_name: vhost_name.to_string(),
             durable,
             exclusive_owner,
             auto_delete,
@@ -270,10 +276,21 @@ impl Queue {
         }
     }
 
-    fn locked(self: &Arc<Self>) -> Locked<'_> {
+    /// Locks the queue for a command whose dead letters and timer go to `fu`.
+    fn locked<'a>(self: &'a Arc<Self>, fu: &'a mut Followups) -> Locked<'a> {
         Locked {
             q: self,
             g: ManuallyDrop::new(self.inner.lock()),
+            fu: Some(fu),
+        }
+    }
+
+    /// Locks the queue for a command that only ever marks the store (purge, recovery).
+    fn locked_quiet(self: &Arc<Self>) -> Locked<'_> {
+        Locked {
+            q: self,
+            g: ManuallyDrop::new(self.inner.lock()),
+            fu: None,
         }
     }
 
@@ -282,23 +299,21 @@ impl Queue {
     }
 
     /// Replaces the options (a policy changed); applies length limits at once.
-    pub fn set_options(self: &Arc<Self>, opts: QueueOptions) {
+    pub fn set_options(self: &Arc<Self>, opts: QueueOptions, fu: &mut Followups) {
         let needs_timer = opts.message_ttl.is_some() || opts.expires.is_some();
-        let mut i = self.locked();
+        let mut i = self.locked(fu);
         i.set_options(opts, now_ms(), &mut QueueEnv { q: self });
         self.notify_flow(&i);
         drop(i);
         if needs_timer {
-            self.register_timer();
+            self.timer_followup(fu);
         }
     }
 
-    /// Asks the vhost's timer to call [`Queue::tick`] (TTL and expiry need time to pass).
-    pub(crate) fn register_timer(self: &Arc<Self>) {
+    /// Asks the vhost's timer to call [`Queue::tick`] (TTL and expiry need time to pass), once.
+    pub(crate) fn timer_followup(self: &Arc<Self>, fu: &mut Followups) {
         if !self.timed.swap(true, Ordering::AcqRel) {
-            if let Some(vh) = self.vhost.upgrade() {
-                vh.register_timed(self);
-            }
+            fu.push(Followup::StartTimer(self.clone()));
         }
     }
 
@@ -309,16 +324,13 @@ impl Queue {
 
     /// Timer work: expire messages at the head, and delete the queue if it has been unused
     /// longer than `x-expires`. Returns false once the queue needs no more ticks.
-    pub fn tick(self: &Arc<Self>, now: u64) -> bool {
+    pub fn tick(self: &Arc<Self>, now: u64, fu: &mut Followups) -> bool {
         if self.is_deleted() {
             return false;
         }
-        let expired = self.locked().tick(now);
+        let expired = self.locked(fu).tick(now);
         if expired {
-            if let Some(vh) = self.vhost.upgrade() {
-                tracing::info!(queue = %self.name, vhost = %self.vhost_name, "deleting queue: unused for longer than x-expires");
-                vh.delete_queue_unchecked(&self.name);
-            }
+            fu.push(Followup::Delete(self.clone(), DeleteReason::Expired));
             return false;
         }
         true
@@ -451,7 +463,7 @@ impl Queue {
     /// Loads what the store recovered (its persistent messages; see `Persistence`): they come
     /// back redelivered if they had been delivered. What does not fit the memory budget stays
     /// on disk as the paged tail, so recovery reads no more of the backlog than that.
-    pub(crate) fn recover(self: &Arc<Self>, mut recovery: Recovery) -> (u64, u64) {
+    pub(crate) fn recover(self: &Arc<Self>, mut recovery: Recovery, fu: &mut Followups) -> (u64, u64) {
         let mut i = self.inner.lock();
         let now = now_ms();
         let (mut restored, mut errors) = (0u64, 0u64);
@@ -490,7 +502,7 @@ impl Queue {
             .any(|e| matches!(e, Effect::StartTimer));
         drop(i);
         if start_timer {
-            self.register_timer();
+            self.timer_followup(fu);
         }
         if let Some(slot) = self.store.get() {
             let mut st = slot.lock();
@@ -628,8 +640,9 @@ impl Queue {
         self: &Arc<Self>,
         msg: Arc<Message>,
         persistent: bool,
+        fu: &mut Followups,
     ) -> Result<Published, PublishError> {
-        self.publish_in(msg, persistent, None)
+        self.publish_in(msg, persistent, None, fu)
     }
 
     /// [`Queue::publish`] within transaction `tx` (at its commit): the store record names the
@@ -640,11 +653,12 @@ impl Queue {
         msg: Arc<Message>,
         persistent: bool,
         tx: Option<u64>,
+        fu: &mut Followups,
     ) -> Result<Published, PublishError> {
         if self.is_deleted() {
             return Ok(Published::default());
         }
-        let mut i = self.locked();
+        let mut i = self.locked(fu);
         i.admit(&msg).map_err(|Rejected| PublishError::Rejected)?;
         let durable_write = persistent && self.durable_store;
         let paging = i.should_page() && self.paging_store().is_some();
@@ -685,24 +699,32 @@ impl Queue {
     }
 
     /// Delivers ready messages while some consumer has credit.
-    pub fn dispatch(self: &Arc<Self>) {
-        let mut i = self.locked();
+    pub fn dispatch(self: &Arc<Self>, fu: &mut Followups) {
+        let mut i = self.locked(fu);
         let now = if i.uses_clock() { now_ms() } else { 0 };
         i.dispatch(now, &mut QueueEnv { q: self });
         self.notify_flow(&i);
     }
 
     /// basic.get: takes the next ready message. `ack_expected` counts it as unacked.
-    pub fn get(self: &Arc<Self>, ack_expected: bool) -> Option<(QueuedMessage, u32)> {
-        let mut i = self.locked();
+    pub fn get(
+        self: &Arc<Self>,
+        ack_expected: bool,
+        fu: &mut Followups,
+    ) -> Option<(QueuedMessage, u32)> {
+        let mut i = self.locked(fu);
         i.get(ack_expected, now_ms(), &mut QueueEnv { q: self })
     }
 
     /// basic.reject / basic.nack without requeue: the messages leave the queue for its
     /// dead-letter exchange (reason `rejected`), or are dropped.
-    pub fn reject<'a>(self: &Arc<Self>, msgs: impl Iterator<Item = &'a QueuedMessage> + Clone) {
+    pub fn reject<'a>(
+        self: &Arc<Self>,
+        msgs: impl Iterator<Item = &'a QueuedMessage> + Clone,
+        fu: &mut Followups,
+    ) {
         self.settle(msgs.clone());
-        self.locked().rejected(msgs);
+        self.locked(fu).rejected(msgs);
     }
 
     /// Settles unacked messages (acked, or rejected without requeue): they leave the store.
@@ -726,8 +748,8 @@ impl Queue {
 
     /// Puts unacked messages back in their original places, marked redelivered, and delivers
     /// them again at once. Messages of a deleted queue are dropped.
-    pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
-        let mut i = self.locked();
+    pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>, fu: &mut Followups) {
+        let mut i = self.locked(fu);
         let deleted = self.is_deleted();
         i.requeue(msgs, deleted, now_ms(), &mut QueueEnv { q: self });
         self.notify_flow(&i);
@@ -739,8 +761,9 @@ impl Queue {
         self: &Arc<Self>,
         c: QueueConsumer,
         on_added: impl FnOnce(),
+        fu: &mut Followups,
     ) -> Result<(), ConsumeRefused> {
-        let mut i = self.locked();
+        let mut i = self.locked(fu);
         if self.is_deleted() {
             return Err(ConsumeRefused::Deleted);
         }
@@ -752,9 +775,15 @@ impl Queue {
         Ok(())
     }
 
-    /// Removes a consumer. Deletes an auto-delete queue that has lost its last consumer.
-    pub fn remove_consumer(self: &Arc<Self>, channel: &DeliveryChannel, consumer_id: u32) {
-        let now_unused = self.locked().remove_consumers(
+    /// Removes a consumer. An auto-delete queue that has lost its last consumer asks to be
+    /// deleted.
+    pub fn remove_consumer(
+        self: &Arc<Self>,
+        channel: &DeliveryChannel,
+        consumer_id: u32,
+        fu: &mut Followups,
+    ) {
+        let now_unused = self.locked(fu).remove_consumers(
             |c| std::ptr::eq(&*c.handle, channel) && c.consumer_id == consumer_id,
             now_ms(),
             &mut QueueEnv { q: self },
@@ -763,15 +792,13 @@ impl Queue {
             self.drained.notify_waiters();
         }
         if now_unused && self.auto_delete {
-            if let Some(vh) = self.vhost.upgrade() {
-                vh.delete_queue_unchecked(&self.name);
-            }
+            fu.push(Followup::Delete(self.clone(), DeleteReason::Unused));
         }
     }
 
     /// Drops every ready message; returns how many.
     pub fn purge(self: &Arc<Self>) -> u32 {
-        self.locked().purge()
+        self.locked_quiet().purge()
     }
 
     /// Marks the queue deleted, drops its messages and tells its consumers' channels (which

@@ -198,7 +198,7 @@ impl VHost {
         let durable = d.durable && !d.exclusive;
         let mut q = Queue::new(
             name.clone(),
-            self,
+            &self.name,
             durable,
             owner,
             d.auto_delete,
@@ -222,8 +222,9 @@ impl VHost {
         // No one else can have inserted it: `lifecycle` is held.
         self.queues.write().insert(name, q.clone());
         let mut count = 0;
+        let mut fu = Followups::new();
         if let Some(rec) = recovery {
-            let (restored, errors) = q.recover(rec);
+            let (restored, errors) = q.recover(rec, &mut fu);
             if restored > 0 || errors > 0 {
                 tracing::info!(queue = %q.name, vhost = %self.name, restored, errors, "recovered messages");
             }
@@ -235,8 +236,9 @@ impl VHost {
         }
         let opts = q.options();
         if opts.message_ttl.is_some() || opts.expires.is_some() {
-            q.register_timer();
+            q.timer_followup(&mut fu);
         }
+        self.follow_up(fu);
         Ok((q, count, 0))
     }
 
@@ -250,7 +252,7 @@ impl VHost {
         .into();
         let q = Arc::new(Queue::new(
             name.clone(),
-            self,
+            &self.name,
             false,
             Some(conn),
             true,

@@ -10,7 +10,7 @@ use crate::exchange::{check_headers_args, Binding, Destination, Exchange, Exchan
 use crate::message::Message;
 use crate::persist::Persistence;
 use crate::policy::{self, Policy};
-use crate::queue::Queue;
+use crate::queue::{DeleteReason, Followup, Followups, PublishError, Queue};
 use parking_lot::RwLock;
 use rand::Rng;
 use std::collections::HashMap;
@@ -117,10 +117,11 @@ impl VHost {
                 Some(x) => {
                     let mut out = Vec::new();
                     self.route(&x, &msg, &mut out);
-                    let persistent = msg.is_persistent();
+                    let mut fu = Followups::new();
                     for q in out {
-                        let _ = q.publish(msg.clone(), persistent);
+                        routing::publish_logged(&q, &msg, "delayed message", &mut fu);
                     }
+                    self.follow_up(fu);
                 }
                 None => tracing::debug!(%exchange, "delayed message dropped: its exchange is gone"),
             }
@@ -132,11 +133,13 @@ impl VHost {
             .filter_map(std::sync::Weak::upgrade)
             .collect();
         let mut done = Vec::new();
+        let mut fu = Followups::new();
         for q in &queues {
-            if !q.tick(now) {
+            if !q.tick(now, &mut fu) {
                 done.push(Arc::as_ptr(q));
             }
         }
+        self.follow_up(fu);
         self.timed
             .lock()
             .retain(|w| w.strong_count() > 0 && !done.contains(&w.as_ptr()));

@@ -68,9 +68,11 @@ impl VHost {
 
     pub(super) fn apply_queue_policy(&self, q: &Arc<Queue>) {
         let def = self.policy_for(&q.name, true);
-        q.set_options(crate::queue::QueueOptions::from_arguments(
-            &q.arguments,
-            def.as_ref(),
-        ));
+        let mut fu = Followups::new();
+        q.set_options(
+            crate::queue::QueueOptions::from_arguments(&q.arguments, def.as_ref()),
+            &mut fu,
+        );
+        self.follow_up(fu);
     }
 }

@@ -4,9 +4,37 @@
 use super::*;
 
 impl VHost {
+    /// Carries out what queue commands left for the vhost, in order, until nothing is left:
+    /// routes dead letters (whose publishes may leave more), starts timers, deletes queues
+    /// that asked for it. Called with no queue locked.
+    pub fn follow_up(&self, mut fu: Followups) {
+        while let Some(f) = fu.pop() {
+            match f {
+                Followup::DeadLetter(from, d) => self.publish_dead_letter(&from, d, &mut fu),
+                Followup::StartTimer(q) => self.register_timed(&q),
+                Followup::Delete(q, reason) => {
+                    // Only the queue that asked: a queue of the same name declared since stays.
+                    if !self.queue(&q.name).is_some_and(|cur| Arc::ptr_eq(&cur, &q)) {
+                        continue;
+                    }
+                    match reason {
+                        DeleteReason::Expired => tracing::info!(queue = %q.name, vhost = %self.name, "deleting queue: unused for longer than x-expires"),
+                        DeleteReason::Unused => tracing::debug!(queue = %q.name, vhost = %self.name, "deleting auto-delete queue: its last consumer is gone"),
+                    }
+                    self.delete_queue_unchecked(&q.name);
+                }
+            }
+        }
+    }
+
     /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that
     /// exchange is gone, or if it would loop back without a rejection on the way).
-    pub(crate) fn publish_dead_letter(&self, from: &Arc<Queue>, d: crate::deadletter::DeadLetter) {
+    fn publish_dead_letter(
+        &self,
+        from: &Arc<Queue>,
+        d: crate::deadletter::DeadLetter,
+        fu: &mut Followups,
+    ) {
         let Some(x) = self.exchange(&d.exchange) else {
             tracing::debug!(queue = %from.name, exchange = %d.exchange, "dead-letter exchange missing; message dropped");
             return;
@@ -18,14 +46,13 @@ impl VHost {
             &d.exchange,
             d.routing_key.as_ref(),
         ));
-        let persistent = msg.is_persistent();
         let mut out = Vec::new();
         self.route(&x, &msg, &mut out);
         for q in out {
             if crate::deadletter::is_cycle(&msg, &q.name) {
                 continue;
             }
-            let _ = q.publish(msg.clone(), persistent);
+            publish_logged(&q, &msg, "dead letter", fu);
         }
     }
 
@@ -92,6 +119,20 @@ impl VHost {
                     Destination::Exchange(_) => {}
                 }
             }
+        }
+    }
+}
+
+/// Publishes a message the broker itself republishes (a dead letter, a delayed message): no
+/// publisher waits for it, so a queue that refuses it is logged, not answered.
+pub(super) fn publish_logged(q: &Arc<Queue>, msg: &Arc<Message>, what: &str, fu: &mut Followups) {
+    match q.publish(msg.clone(), msg.is_persistent(), fu) {
+        Ok(_) => {}
+        Err(PublishError::Rejected) => {
+            tracing::debug!(queue = %q.name, vhost = %q.vhost_name, "{what} refused: the queue is full (overflow reject-publish)")
+        }
+        Err(PublishError::Store(e)) => {
+            tracing::warn!(queue = %q.name, vhost = %q.vhost_name, error = %e, "{what} lost: the queue's store could not write it")
         }
     }
 }
