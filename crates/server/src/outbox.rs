@@ -54,19 +54,25 @@ impl Outbox {
         self.cancel_notify.store(v, Ordering::Relaxed);
     }
 
-    /// Appends bytes produced by `f` and wakes the writer.
+    /// Appends bytes produced by `f` and wakes the writer if the buffer was empty (otherwise
+    /// the write that filled it has woken the writer already, and its next `take` gets these
+    /// bytes too: one wake-up per burst, not per frame).
     pub fn write(&self, f: impl FnOnce(&mut BytesMut)) {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        {
+        let was_empty = {
             let mut b = self.buf.lock();
+            let was_empty = b.is_empty();
             f(&mut b);
             // Under the lock: stored after it, a count could overwrite the writer's reset in
             // `take` and leave queues waiting for a drain of bytes already sent.
             self.pending.store(b.len(), Ordering::Release);
+            was_empty
+        };
+        if was_empty {
+            self.wake_writer.notify_one();
         }
-        self.wake_writer.notify_one();
     }
 
     pub fn send(&self, channel: u16, m: impl Into<Method>) {
