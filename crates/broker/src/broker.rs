@@ -161,8 +161,13 @@ impl Broker {
             b.config.default_vhost.clone(),
         );
         let pass = b.config.default_pass.clone();
-        let _ = b.add_user(&user, &pass, vec!["administrator".into()]);
-        let _ = b.set_permissions(&user, &vhost, ".*", ".*", ".*");
+        // Only a configuration error can make these fail (an empty user name); the broker
+        // then starts without the default user, which the log must say.
+        if let Err(e) = b.add_user(&user, &pass, vec!["administrator".into()]) {
+            tracing::warn!(user = %user, error = %e, "default user not created; set default_user to a non-empty name");
+        } else if let Err(e) = b.set_permissions(&user, &vhost, ".*", ".*", ".*") {
+            tracing::warn!(user = %user, vhost = %vhost, error = %e, "default user has no permissions in the default vhost");
+        }
         let b = Arc::new(b);
         if b.persistence.is_none() {
             b.start_timer();
