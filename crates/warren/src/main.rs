@@ -390,16 +390,21 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     ));
     shutdown_signal().await;
     tracing::info!("stopping: closing connections (a second signal exits at once)");
+    // Fails only when every receiver is gone: then nothing is left to stop.
     let _ = stop_tx.send(true);
     tokio::spawn(async {
         shutdown_signal().await;
         std::process::exit(1);
     });
     for server in servers {
-        let _ = server.await;
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "an AMQP listener's task failed; its connections may not have been closed cleanly");
+        }
     }
-    if let Ok(Err(e)) = mgmt.await {
-        tracing::warn!("management API: {e}");
+    match mgmt.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("management API: {e}"),
+        Err(e) => tracing::error!(error = %e, "the management API's task failed"),
     }
     // Give writers a moment to flush connection.close to every client.
     for _ in 0..50 {
