@@ -1,7 +1,7 @@
 //! The broker: its virtual hosts, users and broker-wide settings.
 
 use crate::connections::Connections;
-use crate::definitions::Definitions;
+use crate::definitions::{Definitions, DefinitionsError};
 use crate::persist::Persistence;
 use crate::vhost::VHost;
 use parking_lot::RwLock;
@@ -31,6 +31,24 @@ impl Default for BrokerConfig {
 
 pub use crate::auth::User;
 
+/// Why [`Broker::open`] could not bring a data directory's broker back.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The saved definitions could not be read (the error names the file).
+    #[error(transparent)]
+    Catalog(#[from] warren_store::StoreError),
+    /// Durable queues whose message stores would not open: starting without them would save
+    /// the definitions without them, and the next start would remove their messages.
+    #[error(
+        "{count} durable queue(s) could not be restored (first: {first}); nothing was changed on disk. \
+         If the error is 'Too many open files', raise the open-files limit (ulimit -n; each durable queue holds 2)"
+    )]
+    QueuesNotRestored {
+        count: usize,
+        first: Box<DefinitionsError>,
+    },
+}
+
 pub struct Broker {
     pub config: BrokerConfig,
     persistence: Option<Arc<Persistence>>,
@@ -55,8 +73,8 @@ impl Broker {
     pub fn open(
         config: BrokerConfig,
         persistence: Arc<Persistence>,
-    ) -> std::result::Result<Arc<Self>, String> {
-        let defs: Option<Definitions> = persistence.catalog().load().map_err(|e| e.to_string())?;
+    ) -> std::result::Result<Arc<Self>, OpenError> {
+        let defs: Option<Definitions> = persistence.catalog().load()?;
         let b = Self::build(config, Some(persistence.clone()));
         if let Some(defs) = defs {
             let keep: Vec<(String, String)> = defs
@@ -72,7 +90,7 @@ impl Broker {
             // too many open files, a permission) must stop the start: going on would save the
             // definitions without it, and the next start would remove its messages as an
             // orphan's.
-            let lost: Vec<&str> = defs
+            let lost: Vec<&DefinitionsError> = defs
                 .queues
                 .iter()
                 .filter(|q| {
@@ -80,19 +98,13 @@ impl Broker {
                         && b.vhost(&q.vhost)
                             .is_some_and(|v| v.queue(&q.name).is_none())
                 })
-                .filter_map(|q| {
-                    errors
-                        .iter()
-                        .find(|e| e.starts_with(&format!("queue '{}':", q.name)))
-                        .map(String::as_str)
-                })
+                .filter_map(|q| errors.iter().find(|e| e.is_about_queue(&q.vhost, &q.name)))
                 .collect();
             if let Some(first) = lost.first() {
-                return Err(format!(
-                    "{} durable queue(s) could not be restored (first: {first}); nothing was changed on disk. \
-                     If the error is 'Too many open files', raise the open-files limit (ulimit -n; each durable queue holds 2)",
-                    lost.len()
-                ));
+                return Err(OpenError::QueuesNotRestored {
+                    count: lost.len(),
+                    first: Box::new((*first).clone()),
+                });
             }
             for e in errors {
                 tracing::warn!("restoring definitions: {e}");
@@ -180,8 +192,13 @@ impl Broker {
             b.config.default_vhost.clone(),
         );
         let pass = b.config.default_pass.clone();
-        let _ = b.add_user(&user, &pass, vec!["administrator".into()]);
-        let _ = b.set_permissions(&user, &vhost, ".*", ".*", ".*");
+        // Only a configuration error can make these fail (an empty user name); the broker
+        // then starts without the default user, which the log must say.
+        if let Err(e) = b.add_user(&user, &pass, vec!["administrator".into()]) {
+            tracing::warn!(user = %user, error = %e, "default user not created; set default_user to a non-empty name");
+        } else if let Err(e) = b.set_permissions(&user, &vhost, ".*", ".*", ".*") {
+            tracing::warn!(user = %user, vhost = %vhost, error = %e, "default user has no permissions in the default vhost");
+        }
         let b = Arc::new(b);
         if b.persistence.is_none() {
             b.start_timer();
@@ -218,5 +235,32 @@ impl Broker {
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts.read().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A damaged catalogue stops the start with the store's error, which names the file.
+    #[test]
+    fn a_damaged_catalogue_is_an_open_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("warren-open-err-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = Persistence::new(&dir, warren_store::FileBackend::shared());
+        let path = p.catalog().path();
+        std::fs::write(&path, b"not a catalogue\n").unwrap();
+        let e = Broker::open(BrokerConfig::default(), p).err().unwrap();
+        assert!(
+            matches!(
+                &e,
+                OpenError::Catalog(warren_store::StoreError::CatalogCorrupt { path: p, .. })
+                    if *p == path
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

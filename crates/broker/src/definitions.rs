@@ -2,7 +2,7 @@
 //! (users with their password hashes, permissions, limits) in RabbitMQ's definitions-file
 //! format, used for the on-disk catalogue, export and import.
 
-use crate::auth::{HashingAlgorithm, User, UserLimits, VHostLimits};
+use crate::auth::{HashingAlgorithm, UnsupportedHashingAlgorithm, User, UserLimits, VHostLimits};
 use crate::broker::Broker;
 use crate::exchange::Destination;
 use crate::json::{json_to_table, table_to_json};
@@ -129,8 +129,120 @@ fn yes() -> bool {
     true
 }
 
+/// An object of a definitions document, named within its vhost (errors add the vhost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefObject {
+    /// A vhost's limits (`vhosts[].limits`).
+    VHostLimits,
+    /// A user's permissions in the vhost.
+    Permissions {
+        user: String,
+    },
+    Exchange {
+        name: String,
+    },
+    Queue {
+        name: String,
+    },
+    /// A policy, or with `operator` an operator policy.
+    Policy {
+        name: String,
+        operator: bool,
+    },
+    /// A binding from exchange `source` to the `destination_type` (`queue` or `exchange`)
+    /// named `destination`.
+    Binding {
+        source: String,
+        destination: String,
+        destination_type: String,
+    },
+}
+
+impl std::fmt::Display for DefObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DefObject::VHostLimits => write!(f, "limits"),
+            DefObject::Permissions { user } => write!(f, "permissions of user '{user}'"),
+            DefObject::Exchange { name } => write!(f, "exchange '{name}'"),
+            DefObject::Queue { name } => write!(f, "queue '{name}'"),
+            DefObject::Policy { name, operator } => {
+                let kind = if *operator {
+                    "operator policy"
+                } else {
+                    "policy"
+                };
+                write!(f, "{kind} '{name}'")
+            }
+            DefObject::Binding {
+                source,
+                destination,
+                destination_type,
+            } => write!(
+                f,
+                "binding '{source}' -> {destination_type} '{destination}'"
+            ),
+        }
+    }
+}
+
+/// What a definitions import could not do, naming the object; the import goes on after it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionsError {
+    /// The object names a vhost that neither exists nor is among the document's vhosts.
+    #[error(
+        "{object}: no vhost '{vhost}'; list it under \"vhosts\" in the definitions, or create \
+         it first"
+    )]
+    NoVHost { vhost: String, object: DefObject },
+    /// Permissions name a user that neither exists nor is among the document's users.
+    #[error(
+        "permissions of user '{user}' in vhost '{vhost}': no user '{user}'; list it under \
+         \"users\" in the definitions, or create it first"
+    )]
+    NoUser { user: String, vhost: String },
+    /// A user whose password hash Warren cannot check.
+    #[error("user '{user}': {source}")]
+    User {
+        user: String,
+        #[source]
+        source: UnsupportedHashingAlgorithm,
+    },
+    /// The broker refused the object as it refuses a client's declaration (inequivalent
+    /// arguments, an invalid pattern, a message store that would not open, …); `reason` is
+    /// the reply a client would get.
+    #[error("{object} in vhost '{vhost}': {reason}")]
+    Refused {
+        vhost: String,
+        object: DefObject,
+        reason: crate::AmqpError,
+    },
+}
+
+impl DefinitionsError {
+    /// The vhost of the object the error names (none for a user).
+    pub fn vhost(&self) -> Option<&str> {
+        match self {
+            DefinitionsError::NoVHost { vhost, .. }
+            | DefinitionsError::NoUser { vhost, .. }
+            | DefinitionsError::Refused { vhost, .. } => Some(vhost),
+            DefinitionsError::User { .. } => None,
+        }
+    }
+
+    /// Whether the error is about queue `name` in `vhost`.
+    pub fn is_about_queue(&self, vhost: &str, name: &str) -> bool {
+        match self {
+            DefinitionsError::NoVHost { vhost: v, object }
+            | DefinitionsError::Refused {
+                vhost: v, object, ..
+            } => v == vhost && matches!(object, DefObject::Queue { name: n } if n == name),
+            _ => false,
+        }
+    }
+}
+
 /// A user as a definitions file gives it: tags as a list or a comma-separated string.
-pub fn user_from_def(u: &UserDef) -> Result<User, String> {
+pub fn user_from_def(u: &UserDef) -> Result<User, UnsupportedHashingAlgorithm> {
     let tags = match &u.tags {
         Value::Array(a) => a
             .iter()
@@ -281,9 +393,18 @@ impl Broker {
     }
 
     /// Declares everything in `d` (as a client would; existing equivalent objects are kept).
-    /// Returns the errors met, one line each, and goes on after an error.
-    pub fn import_definitions(&self, d: &Definitions) -> Vec<String> {
+    /// Returns the errors met, one per object, and goes on after an error.
+    pub fn import_definitions(&self, d: &Definitions) -> Vec<DefinitionsError> {
         let mut errors = Vec::new();
+        let refused = |vhost: &str, object: DefObject, reason| DefinitionsError::Refused {
+            vhost: vhost.to_string(),
+            object,
+            reason,
+        };
+        let no_vhost = |vhost: &str, object: DefObject| DefinitionsError::NoVHost {
+            vhost: vhost.to_string(),
+            object,
+        };
         for v in &d.vhosts {
             self.add_vhost(&v.name);
             let limit = |k: &str| v.limits.get(k).and_then(Value::as_u64).map(|n| n as u32);
@@ -292,27 +413,43 @@ impl Broker {
                 max_queues: limit("max-queues"),
             };
             if limits != VHostLimits::default() {
-                let _ = self.set_vhost_limits(&v.name, limits);
+                if let Err(e) = self.set_vhost_limits(&v.name, limits) {
+                    errors.push(refused(&v.name, DefObject::VHostLimits, e));
+                }
             }
         }
         for u in &d.users {
             match user_from_def(u) {
                 Ok(user) => self.put_user(user),
-                Err(e) => errors.push(format!("user '{}': {e}", u.name)),
+                Err(source) => errors.push(DefinitionsError::User {
+                    user: u.name.clone(),
+                    source,
+                }),
             }
         }
         for p in &d.permissions {
-            if let Err(e) = self.set_permissions(&p.user, &p.vhost, &p.configure, &p.write, &p.read)
+            let object = || DefObject::Permissions {
+                user: p.user.clone(),
+            };
+            if self.vhost(&p.vhost).is_none() {
+                errors.push(no_vhost(&p.vhost, object()));
+            } else if self.user(&p.user).is_none() {
+                errors.push(DefinitionsError::NoUser {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                });
+            } else if let Err(e) =
+                self.set_permissions(&p.user, &p.vhost, &p.configure, &p.write, &p.read)
             {
-                errors.push(format!(
-                    "permissions of user '{}' in vhost '{}': {}",
-                    p.user, p.vhost, e.text
-                ));
+                errors.push(refused(&p.vhost, object(), e));
             }
         }
         for x in &d.exchanges {
+            let object = || DefObject::Exchange {
+                name: x.name.clone(),
+            };
             let Some(vh) = self.vhost(&x.vhost) else {
-                errors.push(format!("exchange '{}': no vhost '{}'", x.name, x.vhost));
+                errors.push(no_vhost(&x.vhost, object()));
                 continue;
             };
             if let Err(e) = vh.declare_exchange(ExchangeDeclare {
@@ -324,12 +461,15 @@ impl Broker {
                 internal: x.internal,
                 arguments: json_to_table(&x.arguments),
             }) {
-                errors.push(format!("exchange '{}': {}", x.name, e.text));
+                errors.push(refused(&x.vhost, object(), e));
             }
         }
         for q in &d.queues {
+            let object = || DefObject::Queue {
+                name: q.name.clone(),
+            };
             let Some(vh) = self.vhost(&q.vhost) else {
-                errors.push(format!("queue '{}': no vhost '{}'", q.name, q.vhost));
+                errors.push(no_vhost(&q.vhost, object()));
                 continue;
             };
             if let Err(e) = vh.declare_queue(
@@ -343,13 +483,17 @@ impl Broker {
                 },
                 0,
             ) {
-                errors.push(format!("queue '{}': {}", q.name, e.text));
+                errors.push(refused(&q.vhost, object(), e));
             }
         }
         for (operator, list) in [(false, &d.policies), (true, &d.operator_policies)] {
             for p in list {
+                let object = || DefObject::Policy {
+                    name: p.name.clone(),
+                    operator,
+                };
                 let Some(vh) = self.vhost(&p.vhost) else {
-                    errors.push(format!("policy '{}': no vhost '{}'", p.name, p.vhost));
+                    errors.push(no_vhost(&p.vhost, object()));
                     continue;
                 };
                 match crate::policy::Policy::new(
@@ -360,16 +504,18 @@ impl Broker {
                     json_to_table(&p.definition),
                 ) {
                     Ok(policy) => vh.set_policy(policy, operator),
-                    Err(e) => errors.push(format!("policy '{}': {}", p.name, e.text)),
+                    Err(e) => errors.push(refused(&p.vhost, object(), e)),
                 }
             }
         }
         for b in &d.bindings {
+            let object = || DefObject::Binding {
+                source: b.source.clone(),
+                destination: b.destination.clone(),
+                destination_type: b.destination_type.clone(),
+            };
             let Some(vh) = self.vhost(&b.vhost) else {
-                errors.push(format!(
-                    "binding '{}' -> '{}': no vhost '{}'",
-                    b.source, b.destination, b.vhost
-                ));
+                errors.push(no_vhost(&b.vhost, object()));
                 continue;
             };
             let args = json_to_table(&b.arguments);
@@ -390,12 +536,146 @@ impl Broker {
                 )
             };
             if let Err(e) = r {
-                errors.push(format!(
-                    "binding '{}' -> '{}': {}",
-                    b.source, b.destination, e.text
-                ));
+                errors.push(refused(&b.vhost, object(), e));
             }
         }
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BrokerConfig;
+    use warren_protocol::constants::PRECONDITION_FAILED;
+
+    fn defs(v: serde_json::Value) -> Definitions {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn objects_naming_a_missing_vhost_are_no_vhost_errors_naming_it() {
+        let b = Broker::new(BrokerConfig::default());
+        let errors = b.import_definitions(&defs(serde_json::json!({
+            "exchanges": [{"name": "x", "vhost": "gone", "type": "direct"}],
+            "queues": [{"name": "q", "vhost": "gone"}],
+            "policies": [{"name": "p", "vhost": "gone", "pattern": ".*", "definition": {}}],
+            "bindings": [{"source": "x", "vhost": "gone", "destination": "q",
+                          "destination_type": "queue"}],
+            "permissions": [{"user": "guest", "vhost": "gone", "configure": ".*",
+                             "write": ".*", "read": ".*"}],
+        })));
+        let objects: Vec<&DefObject> = errors
+            .iter()
+            .map(|e| match e {
+                DefinitionsError::NoVHost { vhost, object } => {
+                    assert_eq!(vhost, "gone");
+                    object
+                }
+                other => panic!("not a NoVHost: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            objects,
+            [
+                &DefObject::Permissions {
+                    user: "guest".into()
+                },
+                &DefObject::Exchange { name: "x".into() },
+                &DefObject::Queue { name: "q".into() },
+                &DefObject::Policy {
+                    name: "p".into(),
+                    operator: false
+                },
+                &DefObject::Binding {
+                    source: "x".into(),
+                    destination: "q".into(),
+                    destination_type: "queue".into()
+                },
+            ]
+        );
+        assert_eq!(
+            errors[1].to_string(),
+            "exchange 'x': no vhost 'gone'; list it under \"vhosts\" in the definitions, or \
+             create it first"
+        );
+        assert_eq!(
+            errors[4].to_string(),
+            "binding 'x' -> queue 'q': no vhost 'gone'; list it under \"vhosts\" in the \
+             definitions, or create it first"
+        );
+        assert!(!errors[1].is_about_queue("gone", "q"));
+        assert!(errors[2].is_about_queue("gone", "q"));
+        assert!(!errors[2].is_about_queue("/", "q"));
+        // Nothing was created in another vhost instead.
+        assert!(b.vhost("gone").is_none());
+    }
+
+    #[test]
+    fn users_permissions_and_refusals_are_typed() {
+        let b = Broker::new(BrokerConfig::default());
+        b.vhost("/")
+            .unwrap()
+            .declare_queue(
+                QueueDeclare {
+                    name: "q".into(),
+                    passive: false,
+                    durable: true,
+                    exclusive: false,
+                    auto_delete: false,
+                    arguments: Default::default(),
+                },
+                0,
+            )
+            .unwrap();
+        let errors = b.import_definitions(&defs(serde_json::json!({
+            "vhosts": [{"name": "v", "limits": {"max-queues": 5}}],
+            "users": [{"name": "u", "password_hash": "",
+                       "hashing_algorithm": "rabbit_password_hashing_sha1"}],
+            "permissions": [{"user": "nobody", "vhost": "v", "configure": ".*",
+                             "write": ".*", "read": ".*"}],
+            "queues": [{"name": "q", "vhost": "/", "durable": false}],
+        })));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            matches!(&errors[0], DefinitionsError::User { user, source }
+                if user == "u" && source.0 == "rabbit_password_hashing_sha1"),
+            "{errors:?}"
+        );
+        assert!(errors[0].to_string().starts_with(
+            "user 'u': unsupported hashing algorithm 'rabbit_password_hashing_sha1': expected "
+        ));
+        assert_eq!(
+            errors[1],
+            DefinitionsError::NoUser {
+                user: "nobody".into(),
+                vhost: "v".into()
+            }
+        );
+        assert!(errors[1]
+            .to_string()
+            .starts_with("permissions of user 'nobody' in vhost 'v': no user 'nobody'; "));
+        // An inequivalent redeclaration: the broker's reply, with the vhost.
+        match &errors[2] {
+            DefinitionsError::Refused {
+                vhost,
+                object: DefObject::Queue { name },
+                reason,
+            } => {
+                assert_eq!((vhost.as_str(), name.as_str()), ("/", "q"));
+                assert_eq!(reason.code, PRECONDITION_FAILED);
+            }
+            other => panic!("not a Refused: {other:?}"),
+        }
+        assert!(
+            errors[2].to_string().starts_with(
+                "queue 'q' in vhost '/': PRECONDITION_FAILED - inequivalent arg 'durable'"
+            ),
+            "{}",
+            errors[2]
+        );
+        assert!(errors[2].is_about_queue("/", "q"));
+        // The vhost and its limits went in.
+        assert_eq!(b.vhost_limits("v").max_queues, Some(5));
     }
 }

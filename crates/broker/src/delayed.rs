@@ -140,13 +140,19 @@ impl Delayed {
             }
             let h = entry.remove();
             if let (Some(pos), Some(store)) = (h.pos, &mut i.store) {
-                let _ = store.ack(pos);
+                if let Err(e) = store.ack(pos) {
+                    tracing::warn!(exchange = %h.exchange, error = %e,
+                        "cannot mark a released delayed message in its store; it is released again after a restart");
+                }
             }
             out.push((h.exchange, h.msg));
         }
         if !out.is_empty() {
             if let Some(store) = &mut i.store {
-                let _ = store.sync();
+                if let Err(e) = store.sync() {
+                    tracing::warn!(error = %e,
+                        "cannot sync the delayed-message store; messages released now may be released again after a restart");
+                }
             }
         }
         out

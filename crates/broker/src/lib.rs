@@ -45,7 +45,8 @@ pub mod policy;
 pub mod queue;
 pub mod vhost;
 
-pub use broker::{Broker, BrokerConfig};
+pub use broker::{Broker, BrokerConfig, OpenError};
+pub use definitions::DefinitionsError;
 pub use delivery::{DeliveryChannel, DeliveryWriter};
 pub use error::AmqpError;
 pub use message::Message;

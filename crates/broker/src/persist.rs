@@ -65,7 +65,15 @@ impl Persistence {
     pub fn new(dir: impl Into<PathBuf>, backend: Arc<dyn Backend>) -> Arc<Self> {
         let dir = dir.into();
         // Paged-out transient messages do not outlive the process.
-        let _ = std::fs::remove_dir_all(dir.join("transient"));
+        let transient = dir.join("transient");
+        match std::fs::remove_dir_all(&transient) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not fatal (paged-out transient messages are never recovered), but the files
+            // keep their disk space.
+            Err(e) => tracing::warn!(dir = %transient.display(), error = %e,
+                "cannot remove the paged-out transient messages of the last run; remove the directory by hand"),
+        }
         let (synced, _) = tokio::sync::watch::channel(SyncState::default());
         Arc::new(Persistence {
             catalog: Catalog::new(backend.clone(), dir.clone()),
@@ -250,23 +258,48 @@ impl Persistence {
     /// each directory up in a set of their encoded names.
     pub fn remove_orphans(&self, keep: &[(String, String)]) {
         let root = self.dir.join("queues");
-        let Ok(vhosts) = std::fs::read_dir(&root) else {
-            return;
+        let vhosts = match std::fs::read_dir(&root) {
+            Ok(v) => v,
+            // No durable queue was ever created.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(dir = %root.display(), error = %e,
+                    "cannot list the message stores to remove those of deleted queues");
+                return;
+            }
         };
         let keep: std::collections::HashSet<(String, String)> = keep
             .iter()
             .map(|(v, q)| (encode_name(v), encode_name(q)))
             .collect();
-        for v in vhosts.flatten() {
-            let Ok(queues) = std::fs::read_dir(v.path()) else {
-                continue;
+        let listed = |entry: std::io::Result<std::fs::DirEntry>, dir: &Path| match entry {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e,
+                    "cannot list the message stores to remove those of deleted queues");
+                None
+            }
+        };
+        for v in vhosts.filter_map(|e| listed(e, &root)) {
+            let vhost_dir = v.path();
+            let queues = match std::fs::read_dir(&vhost_dir) {
+                Ok(q) => q,
+                Err(e) => {
+                    listed(Err(e), &vhost_dir);
+                    continue;
+                }
             };
             let vn = v.file_name().to_string_lossy().into_owned();
-            for q in queues.flatten() {
+            for q in queues.filter_map(|e| listed(e, &vhost_dir)) {
                 let qn = q.file_name().to_string_lossy().into_owned();
                 if !keep.contains(&(vn.clone(), qn)) {
                     tracing::info!(dir = %q.path().display(), "removing message store of a deleted queue");
-                    let _ = std::fs::remove_dir_all(q.path());
+                    // A store left behind would hand its messages to a queue declared later
+                    // under the same name.
+                    if let Err(e) = std::fs::remove_dir_all(q.path()) {
+                        tracing::warn!(dir = %q.path().display(), error = %e,
+                            "cannot remove the message store of a deleted queue; remove it by hand before declaring a queue of that name");
+                    }
                 }
             }
         }

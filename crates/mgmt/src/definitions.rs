@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use warren_broker::definitions::Definitions;
+use warren_broker::definitions::{Definitions, DefinitionsError};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -101,8 +101,14 @@ fn import(state: &AppState, d: Value) -> Result<(), ApiError> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::BadRequest(errors.join("; ")))
+        Err(import_failed(&errors))
     }
+}
+
+/// RabbitMQ's 400 for an import that failed: every error, in the order met.
+fn import_failed(errors: &[DefinitionsError]) -> ApiError {
+    let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    ApiError::BadRequest(reasons.join("; "))
 }
 
 async fn import_all(state: State, body: Bytes) -> Result<StatusCode, ApiError> {
@@ -127,4 +133,59 @@ async fn import_vhost(
     d["vhosts"] = json!([]);
     import(&state, d)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use std::time::Instant;
+    use warren_broker::definitions::DefObject;
+    use warren_broker::{Broker, BrokerConfig};
+
+    fn state() -> AppState {
+        AppState {
+            broker: Broker::new(BrokerConfig::default()),
+            node: "warren@test".into(),
+            started: Instant::now(),
+            http_listeners: Vec::new(),
+            https_listener: None,
+            amqp_listeners: Vec::new(),
+        }
+    }
+
+    /// The broker's typed errors become RabbitMQ's 400 `{"error": "bad_request", "reason": …}`,
+    /// every error in the reason, in the order met (exchanges before queues).
+    #[tokio::test]
+    async fn failed_imports_are_a_bad_request_listing_every_error() {
+        let s = state();
+        let defs = json!({
+            "queues": [{"name": "q", "vhost": "nowhere", "durable": true}],
+            "exchanges": [{"name": "x", "vhost": "/", "type": "nonsense"}],
+        });
+        let typed = s
+            .broker
+            .import_definitions(&serde_json::from_value(defs.clone()).unwrap());
+        assert!(matches!(
+            &typed[1],
+            DefinitionsError::NoVHost { vhost, object: DefObject::Queue { name } }
+                if vhost == "nowhere" && name == "q"
+        ));
+        let err = import(&s, defs).unwrap_err();
+        let reason = "exchange 'x' in vhost '/': PRECONDITION_FAILED - unknown exchange type \
+                      'nonsense'; queue 'q': no vhost 'nowhere'; list it under \"vhosts\" in \
+                      the definitions, or create it first";
+        assert_eq!(err, ApiError::BadRequest(reason.into()));
+        let resp = err.into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body, json!({"error": "bad_request", "reason": reason}));
+        // A document without errors imports.
+        let defs = json!({"vhosts": [{"name": "v"}], "queues": [{"name": "q", "vhost": "v"}]});
+        assert_eq!(import(&s, defs), Ok(()));
+        assert!(s.broker.vhost("v").unwrap().queue("q").is_some());
+    }
 }

@@ -154,14 +154,24 @@ pub async fn serve_listeners(
             .await
         }));
     }
+    // The first failure is returned; any other is logged here rather than lost.
     let mut result = Ok(());
-    for h in http {
-        if let Err(e) = h.await.map_err(std::io::Error::other).and_then(|r| r) {
+    let mut failed = |e: std::io::Error, listener: String| {
+        if result.is_ok() {
             result = Err(e);
+        } else {
+            tracing::warn!(%listener, error = %e, "management API listener failed");
+        }
+    };
+    for (h, addr) in http.into_iter().zip(&http_addrs) {
+        if let Err(e) = h.await.map_err(std::io::Error::other).and_then(|r| r) {
+            failed(e, format!("http://{addr}"));
         }
     }
-    if let Some(h) = https {
-        h.await.map_err(std::io::Error::other)?;
+    if let (Some(h), Some(addr)) = (https, https_addr) {
+        if let Err(e) = h.await {
+            failed(std::io::Error::other(e), format!("https://{addr}"));
+        }
     }
     result
 }

@@ -130,7 +130,7 @@ async fn put_user(
                     .and_then(Value::as_str)
                     .unwrap_or("rabbit_password_hashing_sha256"),
             ))
-            .map_err(ApiError::BadRequest)?,
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
         ),
         _ => match &existing {
             Some(u) => (u.password_hash.clone(), u.hashing_algorithm),

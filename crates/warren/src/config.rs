@@ -3,7 +3,7 @@
 //! or a bad value stops startup with the line, the key and what is allowed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Every key the file accepts, with what it takes (shown in errors and `--help`).
 pub const KEYS: &[(&str, &str)] = &[
@@ -62,19 +62,93 @@ fn all_keys() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
     KEYS.iter().chain(crate::security::KEYS)
 }
 
+/// A line of `warren.conf` that is not a setting Warren knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("line {line}: expected `key = value`, got `{text}`")]
+    Syntax { line: usize, text: String },
+    #[error("line {line}: unknown key '{key}'; known keys: {}", known_keys())]
+    UnknownKey { line: usize, key: String },
+    /// `loopback_users.<name>` with something else than `true` or `false`.
+    #[error("line {line}: '{key}' takes true or false")]
+    NotBoolean { line: usize, key: String },
+}
+
+/// What is wrong with the settings (flags, environment, `warren.conf`): each error names the
+/// setting, its line when it came from the file, and what it takes.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+    /// A value from the file that its key does not take.
+    #[error("line {line}: bad value '{value}' for '{key}': {expected}")]
+    BadValue {
+        line: usize,
+        key: String,
+        value: String,
+        expected: String,
+    },
+    /// A value from a flag or the environment that the setting does not take.
+    #[error("'{key}': {expected}")]
+    BadSetting { key: String, expected: String },
+    /// A listener setting (`listeners.tcp.*`, `--listen`, …) that is not an address.
+    #[error(
+        "{key}: '{value}' is not a listener address: expected a port, ip:port, [ipv6]:port or \
+         ipv6:port"
+    )]
+    BadListener { key: String, value: String },
+    /// A setting that needs another one (a TLS listener needs its certificate and key).
+    #[error("{set} is set: '{needed}' is needed too")]
+    Missing { set: String, needed: String },
+    /// `management.ssl.*` keys without `management.ssl.port`.
+    #[error(
+        "'{key}' is set but 'management.ssl.port' is not: set it (RabbitMQ's usual port is \
+         15671) to serve the management API over HTTPS"
+    )]
+    NoManagementSslPort { key: String },
+    #[error(
+        "bad log level '{level}' (--log-level, WARREN_LOG, log.console.level): {source}; \
+         use error, warn, info or debug, or a tracing filter such as info,warren_server=debug"
+    )]
+    LogLevel {
+        level: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+}
+
+fn known_keys() -> String {
+    all_keys().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
 #[derive(Debug, Default)]
 pub struct ConfigFile {
     pub values: BTreeMap<String, (usize, String)>,
 }
 
 impl ConfigFile {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
         let mut values = BTreeMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -82,9 +156,10 @@ impl ConfigFile {
                 continue;
             }
             let n = i + 1;
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| format!("line {n}: expected `key = value`, got `{line}`"))?;
+            let (k, v) = line.split_once('=').ok_or_else(|| ParseError::Syntax {
+                line: n,
+                text: line.to_string(),
+            })?;
             let (k, v) = (k.trim(), v.trim());
             // rabbitmq.conf's loopback_users.<name> = false form.
             let key = if k.starts_with("loopback_users.") {
@@ -93,18 +168,22 @@ impl ConfigFile {
                 k
             };
             if !all_keys().any(|(name, _)| key_matches(name, key)) {
-                let known: Vec<&str> = all_keys().map(|(k, _)| *k).collect();
-                return Err(format!(
-                    "line {n}: unknown key '{k}'; known keys: {}",
-                    known.join(", ")
-                ));
+                return Err(ParseError::UnknownKey {
+                    line: n,
+                    key: k.to_string(),
+                });
             }
             let v = if key == "loopback_users" && k != key {
                 // loopback_users.guest = false removes guest from the loopback-only list.
                 match v {
                     "false" => "none".to_string(),
                     "true" => k["loopback_users.".len()..].to_string(),
-                    _ => return Err(format!("line {n}: '{k}' takes true or false")),
+                    _ => {
+                        return Err(ParseError::NotBoolean {
+                            line: n,
+                            key: k.to_string(),
+                        })
+                    }
                 }
             } else {
                 v.to_string()
@@ -129,7 +208,7 @@ impl ConfigFile {
     }
 
     /// A typed value; a bad one names the line, the key and what it takes.
-    pub fn parse_value<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, String> {
+    pub fn parse_value<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ConfigError> {
         let Some((line, v)) = self.values.get(key) else {
             return Ok(None);
         };
@@ -138,14 +217,29 @@ impl ConfigFile {
                 .find(|(k, _)| *k == key)
                 .map(|(_, w)| *w)
                 .unwrap_or("");
-            format!("line {line}: bad value '{v}' for '{key}': expected {what}")
+            ConfigError::BadValue {
+                line: *line,
+                key: key.to_string(),
+                value: v.clone(),
+                expected: format!("expected {what}"),
+            }
         })
     }
 
-    pub fn error(&self, key: &str, detail: &str) -> String {
+    /// A value `key` does not take: its line and value if it came from the file (else it came
+    /// from a flag or the environment), and what is wrong.
+    pub fn error(&self, key: &str, detail: &str) -> ConfigError {
         match self.values.get(key) {
-            Some((line, v)) => format!("line {line}: bad value '{v}' for '{key}': {detail}"),
-            None => format!("'{key}': {detail}"),
+            Some((line, v)) => ConfigError::BadValue {
+                line: *line,
+                key: key.to_string(),
+                value: v.clone(),
+                expected: detail.to_string(),
+            },
+            None => ConfigError::BadSetting {
+                key: key.to_string(),
+                expected: detail.to_string(),
+            },
         }
     }
 }
@@ -178,12 +272,70 @@ mod tests {
     #[test]
     fn unknown_key_and_bad_value_name_the_line() {
         let e = ConfigFile::parse("heartbeat = 1\nhartbeat = 2\n").unwrap_err();
-        assert!(e.starts_with("line 2: unknown key 'hartbeat'"), "{e}");
+        assert_eq!(
+            e,
+            ParseError::UnknownKey {
+                line: 2,
+                key: "hartbeat".into()
+            }
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("line 2: unknown key 'hartbeat'; known keys: listeners.tcp.*, "),
+            "{text}"
+        );
         let c = ConfigFile::parse("\nframe_max = lots\n").unwrap();
         let e = c.parse_value::<u32>("frame_max").unwrap_err();
         assert!(
-            e.contains("line 2") && e.contains("frame_max") && e.contains("largest frame"),
-            "{e}"
+            matches!(&e, ConfigError::BadValue { line: 2, key, value, .. }
+                if key == "frame_max" && value == "lots"),
+            "{e:?}"
         );
+        assert_eq!(
+            e.to_string(),
+            "line 2: bad value 'lots' for 'frame_max': expected largest frame in bytes (4096..=1048576)"
+        );
+        // Not from the file: the setting's name alone.
+        assert_eq!(
+            c.error("channel_max", "must be at least 1").to_string(),
+            "'channel_max': must be at least 1"
+        );
+    }
+
+    #[test]
+    fn lines_that_are_not_settings() {
+        assert_eq!(
+            ConfigFile::parse("# ok\nheartbeat 30\n").unwrap_err(),
+            ParseError::Syntax {
+                line: 2,
+                text: "heartbeat 30".into()
+            }
+        );
+        let e = ConfigFile::parse("loopback_users.guest = maybe\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 1: 'loopback_users.guest' takes true or false"
+        );
+        // load names the file.
+        let dir = std::env::temp_dir().join(format!("warren-conf-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.conf");
+        std::fs::write(&path, "hartbeat = 2\n").unwrap();
+        let e = ConfigFile::load(&path).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Parse { path: p, source: ParseError::UnknownKey { line: 1, .. } } if *p == path),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with(&format!(
+            "{}: line 1: unknown key 'hartbeat'",
+            path.display()
+        )));
+        let e = ConfigFile::load(&dir.join("missing.conf")).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("cannot read config file "), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,6 +7,8 @@
 //! `localhost` to `::1` (Node.js since v17) must still reach it. On a machine without IPv6 the
 //! `::1` half of a bare port is skipped with a warning; an address written out is required.
 
+use crate::config::ConfigError;
+use crate::error::StartupError;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use tokio::net::TcpListener;
@@ -67,11 +69,12 @@ pub fn parse_ip(value: &str) -> Option<IpAddr> {
 /// key.
 pub fn parse_all<'a>(
     settings: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<Vec<ListenAddr>, String> {
+) -> Result<Vec<ListenAddr>, ConfigError> {
     let mut out = Vec::new();
     for (key, v) in settings {
-        let addrs = parse(v).ok_or_else(|| {
-            format!("{key}: '{v}' is not a listener address: expected a port, ip:port, [ipv6]:port or ipv6:port")
+        let addrs = parse(v).ok_or_else(|| ConfigError::BadListener {
+            key: key.to_string(),
+            value: v.to_string(),
         })?;
         for a in addrs {
             if !out.contains(&a) {
@@ -84,7 +87,7 @@ pub fn parse_all<'a>(
 
 /// Binds every address; `what` names the listener in errors and logs. A bare port's `::1` is
 /// skipped where the machine has no IPv6.
-pub async fn bind_all(addrs: &[ListenAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
+pub async fn bind_all(addrs: &[ListenAddr], what: &str) -> Result<Vec<TcpListener>, StartupError> {
     let mut out = Vec::new();
     for a in addrs {
         match TcpListener::bind(a.addr).await {
@@ -92,16 +95,12 @@ pub async fn bind_all(addrs: &[ListenAddr], what: &str) -> anyhow::Result<Vec<Tc
             Err(e) if a.optional && no_such_address(&e) => {
                 tracing::warn!(addr = %a.addr, error = %e, "not listening for {what} on IPv6 loopback: this machine has none");
             }
-            Err(e) => {
-                let hint = match e.kind() {
-                    std::io::ErrorKind::AddrInUse => "; is another broker running there? Choose another address in the listener settings (see `warren --help`)",
-                    std::io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose another port",
-                    _ => "",
-                };
-                return Err(anyhow::anyhow!(
-                    "cannot listen on {} for {what}: {e}{hint}",
-                    a.addr
-                ));
+            Err(source) => {
+                return Err(StartupError::Bind {
+                    addr: a.addr,
+                    what: what.to_string(),
+                    source,
+                })
             }
         }
     }
@@ -158,8 +157,38 @@ mod tests {
         assert!(!parse("[::1]:5672").unwrap()[0].optional);
         let all = parse_all(["5672", "127.0.0.1:5672", "[::]:5673"].map(|v| ("k", v))).unwrap();
         assert_eq!(all.len(), 3);
-        assert!(parse_all([("listeners.tcp.x", "nope")])
-            .unwrap_err()
-            .contains("listeners.tcp.x"));
+        let e = parse_all([("listeners.tcp.x", "nope")]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::BadListener { key, value } if key == "listeners.tcp.x" && value == "nope"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "listeners.tcp.x: 'nope' is not a listener address: expected a port, ip:port, [ipv6]:port or ipv6:port"
+        );
+    }
+
+    /// A port in use: the error names the listener and says what to do.
+    #[tokio::test]
+    async fn a_port_in_use_is_a_bind_error_with_a_hint() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let want = [ListenAddr {
+            addr,
+            optional: false,
+        }];
+        let e = bind_all(&want, "AMQP (--listen)").await.err().unwrap();
+        assert!(
+            matches!(&e, StartupError::Bind { addr: a, source, .. }
+                if *a == addr && source.kind() == std::io::ErrorKind::AddrInUse),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot listen on {addr} for AMQP (--listen): "))
+                && text.ends_with("is another broker running there? Choose another address in the listener settings (see `warren --help`)"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), 1);
     }
 }

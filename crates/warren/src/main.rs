@@ -2,15 +2,17 @@
 //! starts the AMQP listener and stops cleanly on SIGTERM / SIGINT. No broker logic lives here.
 
 mod config;
+mod error;
 mod listen;
 mod security;
 
-use anyhow::Context;
 use clap::Parser;
-use config::ConfigFile;
+use config::{ConfigError, ConfigFile};
+use error::StartupError;
 use listen::ListenAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -81,14 +83,15 @@ struct Settings {
     data_dir: PathBuf,
     broker: warren_broker::BrokerConfig,
     server: warren_server::ServerConfig,
-    log_level: String,
+    /// The log filter (`--log-level`, `log.console.level`), checked.
+    log_filter: tracing_subscriber::EnvFilter,
     log_json: bool,
     workers: usize,
     /// TLS listener and alarm limits.
     security: security::SecuritySettings,
 }
 
-fn settings(args: Args) -> Result<Settings, String> {
+fn settings(args: Args) -> Result<Settings, ConfigError> {
     let file = match &args.config {
         Some(p) => ConfigFile::load(p)?,
         None if std::path::Path::new("warren.conf").exists() => {
@@ -223,6 +226,13 @@ fn settings(args: Args) -> Result<Settings, String> {
     let log_level = args.log_level.or(file
         .get("log.console.level")
         .map(|l| if l == "warning" { "warn" } else { l }.to_string()));
+    let log_level = log_level.unwrap_or_else(|| "info".into());
+    let log_filter = tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|source| {
+        ConfigError::LogLevel {
+            level: log_level,
+            source,
+        }
+    })?;
     let log_json = args.log_json || file.get("log.console.formatter") == Some("json");
     Ok(Settings {
         security,
@@ -235,7 +245,7 @@ fn settings(args: Args) -> Result<Settings, String> {
             .unwrap_or_else(|| PathBuf::from("warren-data")),
         broker,
         server,
-        log_level: log_level.unwrap_or_else(|| "info".into()),
+        log_filter,
         log_json,
         workers: args.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -245,17 +255,22 @@ fn settings(args: Args) -> Result<Settings, String> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
-    let s = match settings(Args::parse()) {
-        Ok(s) => s,
+fn main() -> ExitCode {
+    match start(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("warren: configuration error: {e}");
-            eprintln!("See `warren --help` for every setting.");
-            std::process::exit(64);
+            eprintln!("warren: {e}");
+            if let StartupError::Config(_) = e {
+                eprintln!("See `warren --help` for every setting.");
+            }
+            ExitCode::from(e.exit_code())
         }
-    };
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&s.log_level).context("invalid log level")?;
+    }
+}
+
+fn start(args: Args) -> Result<(), StartupError> {
+    let mut s = settings(args)?;
+    let filter = std::mem::take(&mut s.log_filter);
     if s.log_json {
         tracing_subscriber::fmt()
             .json()
@@ -267,35 +282,45 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(s.workers)
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(StartupError::Runtime)?;
     rt.block_on(run(s))
 }
 
-async fn run(s: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&s.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}; choose another with --data-dir",
-            s.data_dir.display()
-        )
+async fn run(s: Settings) -> Result<(), StartupError> {
+    std::fs::create_dir_all(&s.data_dir).map_err(|source| StartupError::DataDir {
+        path: s.data_dir.clone(),
+        source,
     })?;
     // One broker per data directory: a second one would write into the same segment files.
     // The lock goes with the process (also on SIGKILL).
     let lock_path = s.data_dir.join("warren.lock");
-    let data_dir_lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("cannot create {}", lock_path.display()))?;
-    if data_dir_lock.try_lock().is_err() {
-        anyhow::bail!(
-            "the data directory {} is in use by another Warren process; stop it, or choose another directory with --data-dir",
-            s.data_dir.display()
-        );
+    let data_dir_lock =
+        std::fs::File::create(&lock_path).map_err(|source| StartupError::LockFile {
+            path: lock_path.clone(),
+            source,
+        })?;
+    match data_dir_lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StartupError::DataDirInUse {
+                path: s.data_dir.clone(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(StartupError::LockFile {
+                path: lock_path,
+                source,
+            })
+        }
     }
     let persistence =
         warren_broker::persist::Persistence::new(&s.data_dir, warren_store::FileBackend::shared());
-    let broker = warren_broker::Broker::open(s.broker.clone(), persistence).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot load the data directory {}: {e}",
-            s.data_dir.display()
-        )
+    let broker = warren_broker::Broker::open(s.broker.clone(), persistence).map_err(|source| {
+        StartupError::Load {
+            path: s.data_dir.clone(),
+            source,
+        }
     })?;
     // The management API's certificate and key are checked before the AMQP port is bound.
     let mgmt_https = security::mgmt_https_listener(&s.security, s.server.handshake_timeout).await?;
@@ -303,7 +328,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let amqp_addrs = amqp
         .iter()
         .map(TcpListener::local_addr)
-        .collect::<std::io::Result<Vec<_>>>()?;
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(StartupError::ListenerAddr)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tls_config = Arc::new(s.server.clone());
     let amqps_addrs = security::start(
@@ -333,16 +359,21 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     bound.extend(amqp_addrs.iter().map(|a| ("amqp", *a)));
     bound.extend(amqps_addrs.iter().map(|a| ("amqps", *a)));
     for l in &mgmt_http {
-        bound.push(("http", l.local_addr()?));
+        bound.push(("http", l.local_addr().map_err(StartupError::ListenerAddr)?));
     }
     if let Some(h) = &mgmt_https {
-        bound.push(("https", h.listener.local_addr()?));
+        let addr = h.listener.local_addr();
+        bound.push(("https", addr.map_err(StartupError::ListenerAddr)?));
     }
     let listening: Vec<String> = bound.iter().map(|(p, a)| format!("{p}://{a}")).collect();
     tracing::info!(listeners = %listening.join(" "), data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
     if let Some(path) = &s.listeners_file {
-        listen::write_listeners_file(path, &bound)
-            .with_context(|| format!("cannot write the listeners file {}", path.display()))?;
+        listen::write_listeners_file(path, &bound).map_err(|source| {
+            StartupError::ListenersFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
     }
     let mgmt_options = warren_mgmt::Options {
         amqp_listeners: amqp_addrs,
@@ -359,16 +390,21 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     ));
     shutdown_signal().await;
     tracing::info!("stopping: closing connections (a second signal exits at once)");
+    // Fails only when every receiver is gone: then nothing is left to stop.
     let _ = stop_tx.send(true);
     tokio::spawn(async {
         shutdown_signal().await;
         std::process::exit(1);
     });
     for server in servers {
-        let _ = server.await;
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "an AMQP listener's task failed; its connections may not have been closed cleanly");
+        }
     }
-    if let Ok(Err(e)) = mgmt.await {
-        tracing::warn!("management API: {e}");
+    match mgmt.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("management API: {e}"),
+        Err(e) => tracing::error!(error = %e, "the management API's task failed"),
     }
     // Give writers a moment to flush connection.close to every client.
     for _ in 0..50 {
@@ -437,7 +473,7 @@ mod tests {
         );
     }
 
-    fn amqp_listeners(conf: &str, flags: &[&str]) -> Result<Vec<String>, String> {
+    fn amqp_listeners(conf: &str, flags: &[&str]) -> Result<Vec<String>, ConfigError> {
         let dir = std::env::temp_dir().join(format!("warren-conf-l-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{:x}.conf", conf.len() * 31 + flags.len()));
@@ -447,6 +483,75 @@ mod tests {
         let s = settings(Args::parse_from(argv));
         let _ = std::fs::remove_file(&path);
         Ok(s?.listen.iter().map(|a| a.addr.to_string()).collect())
+    }
+
+    /// The settings for a config file and flags.
+    fn settings_for(conf: &str, flags: &[&str]) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("warren-conf-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.conf", conf.len() * 31 + flags.len()));
+        std::fs::write(&path, conf).unwrap();
+        let mut argv = vec!["warren", "--config", path.to_str().unwrap()];
+        argv.extend(flags);
+        let s = settings(Args::parse_from(argv));
+        let _ = std::fs::remove_file(&path);
+        s
+    }
+
+    #[test]
+    fn bad_values_are_configuration_errors_naming_the_setting() {
+        // From the file: the line, the key and the value.
+        let e = settings_for("\nframe_max = 100\n", &[]).err().unwrap();
+        assert!(
+            matches!(&e, ConfigError::BadValue { line: 2, key, value, .. }
+                if key == "frame_max" && value == "100"),
+            "{e:?}"
+        );
+        let e = StartupError::from(e);
+        assert_eq!(e.exit_code(), 64);
+        assert_eq!(
+            e.to_string(),
+            "configuration error: line 2: bad value '100' for 'frame_max': must be between 4096 and 1048576"
+        );
+        // From a flag: the setting.
+        let e = settings_for("", &["--channel-max", "0"]).err().unwrap();
+        assert!(
+            matches!(&e, ConfigError::BadSetting { key, .. } if key == "channel_max"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "'channel_max': must be at least 1");
+        let e = settings_for("consumer_timeout_action = drop\n", &[])
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "line 1: bad value 'drop' for 'consumer_timeout_action': expected close_channel or cancel_consumer"
+        );
+        let e = settings_for("heartbeat = often\n", &[]).err().unwrap();
+        assert!(
+            matches!(&e, ConfigError::BadValue { key, .. } if key == "heartbeat"),
+            "{e:?}"
+        );
+        // A log filter tracing cannot parse is a configuration error too.
+        let e = settings_for("", &["--log-level", "warren=loud"])
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, ConfigError::LogLevel { level, .. } if level == "warren=loud"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with(
+                "bad log level 'warren=loud' (--log-level, WARREN_LOG, log.console.level): "
+            ),
+            "{e}"
+        );
+        assert!(settings_for("log.console.level = warning\n", &[]).is_ok());
+        // Failures after the settings are not configuration errors.
+        let e = StartupError::DataDirInUse {
+            path: PathBuf::from("/d"),
+        };
+        assert_eq!(e.exit_code(), 1);
     }
 
     #[test]
@@ -472,12 +577,20 @@ mod tests {
         assert!(amqp_listeners("listeners.tcp = none\n", &[])
             .unwrap()
             .is_empty());
-        assert!(amqp_listeners("listeners.tcp = 5672\n", &[])
-            .unwrap_err()
-            .contains("listeners.tcp.default = 5672"));
-        assert!(amqp_listeners("listeners.tcp.x = nowhere\n", &[])
-            .unwrap_err()
-            .contains("listeners.tcp.x"));
+        let e = amqp_listeners("listeners.tcp = 5672\n", &[]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::BadValue { line: 1, key, .. } if key == "listeners.tcp"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("listeners.tcp.default = 5672"),
+            "{e}"
+        );
+        let e = amqp_listeners("listeners.tcp.x = nowhere\n", &[]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::BadListener { key, .. } if key == "listeners.tcp.x"),
+            "{e:?}"
+        );
         // Flags win, repeated or comma-separated.
         assert_eq!(
             amqp_listeners(

@@ -2,7 +2,8 @@
 //! limits) and starting what they configure: the resource monitor and the AMQPS listener. The
 //! management API's HTTPS listener (`management.ssl.*`) is read here and started with the API.
 
-use crate::config::ConfigFile;
+use crate::config::{ConfigError, ConfigFile};
+use crate::error::StartupError;
 use crate::listen::ListenAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -113,12 +114,15 @@ pub fn parse_bytes(v: &str) -> Option<u64> {
 
 /// The `<prefix>.certfile`, `keyfile`, `cacertfile`, `verify` and `fail_if_no_peer_cert` keys;
 /// `listener` names the key that asked for TLS, for the error when a file is missing.
-fn tls_options(file: &ConfigFile, prefix: &str, listener: &str) -> Result<TlsOptions, String> {
-    let path = |k: &str| -> Result<PathBuf, String> {
+fn tls_options(file: &ConfigFile, prefix: &str, listener: &str) -> Result<TlsOptions, ConfigError> {
+    let path = |k: &str| -> Result<PathBuf, ConfigError> {
         let key = format!("{prefix}.{k}");
         file.get(&key)
             .map(PathBuf::from)
-            .ok_or_else(|| format!("{listener} is set: '{key}' is needed too"))
+            .ok_or_else(|| ConfigError::Missing {
+                set: listener.to_string(),
+                needed: key,
+            })
     };
     let verify = format!("{prefix}.verify");
     let verify_peer = match file.get(&verify) {
@@ -139,16 +143,14 @@ fn tls_options(file: &ConfigFile, prefix: &str, listener: &str) -> Result<TlsOpt
 
 /// `management.ssl.*`: the HTTPS listener's address (`management.ssl.ip`, 127.0.0.1 by default
 /// as `management.tcp.ip`, and `management.ssl.port`) and TLS options.
-fn mgmt_tls(file: &ConfigFile) -> Result<Option<(SocketAddr, TlsOptions)>, String> {
+fn mgmt_tls(file: &ConfigFile) -> Result<Option<(SocketAddr, TlsOptions)>, ConfigError> {
     let Some(port) = file.parse_value::<u16>("management.ssl.port")? else {
         if let Some(k) = file
             .values
             .keys()
             .find(|k| k.starts_with("management.ssl."))
         {
-            return Err(format!(
-                "'{k}' is set but 'management.ssl.port' is not: set it (RabbitMQ's usual port is 15671) to serve the management API over HTTPS"
-            ));
+            return Err(ConfigError::NoManagementSslPort { key: k.clone() });
         }
         return Ok(None);
     };
@@ -158,7 +160,7 @@ fn mgmt_tls(file: &ConfigFile) -> Result<Option<(SocketAddr, TlsOptions)>, Strin
     Ok(Some((SocketAddr::new(ip, port), opts)))
 }
 
-pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, String> {
+pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, ConfigError> {
     let ssl = file.values_under("listeners.ssl.");
     let tls = match ssl.is_empty() {
         true => None,
@@ -208,7 +210,7 @@ pub async fn start(
     server: Arc<warren_server::ServerConfig>,
     data_dir: &Path,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<Vec<SocketAddr>> {
+) -> Result<Vec<SocketAddr>, StartupError> {
     warren_server::alarms::start_monitor(
         broker,
         s.watermark,
@@ -217,10 +219,9 @@ pub async fn start(
     );
     let mut bound = Vec::new();
     if let Some((addrs, opts)) = &s.tls {
-        let acceptor = warren_server::tls::acceptor(opts)
-            .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
+        let acceptor = warren_server::tls::acceptor(opts).map_err(StartupError::AmqpsTls)?;
         for listener in crate::listen::bind_all(addrs, "AMQPS (listeners.ssl.*)").await? {
-            let addr = listener.local_addr()?;
+            let addr = listener.local_addr().map_err(StartupError::ListenerAddr)?;
             tracing::info!(listen = %addr, verify_peer = opts.verify_peer, "AMQPS listener started");
             bound.push(addr);
             tokio::spawn(warren_server::tls::serve_tls(
@@ -240,17 +241,19 @@ pub async fn start(
 pub async fn mgmt_https_listener(
     s: &SecuritySettings,
     handshake_timeout: std::time::Duration,
-) -> anyhow::Result<Option<warren_mgmt::HttpsListener>> {
+) -> Result<Option<warren_mgmt::HttpsListener>, StartupError> {
     let Some((addr, opts)) = &s.mgmt_tls else {
         return Ok(None);
     };
     let acceptor = warren_server::tls::acceptor_for(opts, "management.ssl")
-        .map_err(|e| anyhow::anyhow!("management API TLS configuration: {e}"))?;
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {addr} for the management API over HTTPS (management.ssl.port): {e}"
-        )
-    })?;
+        .map_err(StartupError::ManagementTls)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: *addr,
+            what: "the management API over HTTPS (management.ssl.port)".into(),
+            source,
+        })?;
     Ok(Some(warren_mgmt::HttpsListener {
         listener,
         acceptor,
@@ -287,7 +290,16 @@ mod tests {
         assert_eq!(s.watermark, Watermark::Absolute(1 << 30));
         assert_eq!(s.disk_free_limit, 2_000_000_000);
         let f = ConfigFile::parse("listeners.ssl.default = 5671\n").unwrap();
-        assert!(settings(&f).err().unwrap().contains("ssl_options.certfile"));
+        let e = settings(&f).err().unwrap();
+        assert!(
+            matches!(&e, ConfigError::Missing { set, needed }
+                if set == "listeners.ssl.default" && needed == "ssl_options.certfile"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "listeners.ssl.default is set: 'ssl_options.certfile' is needed too"
+        );
         let d = settings(&ConfigFile::default()).unwrap();
         assert_eq!(d.watermark, Watermark::Relative(0.6));
         assert_eq!(d.disk_free_limit, 50_000_000);
@@ -317,11 +329,20 @@ mod tests {
         assert_eq!(addr, "[::]:8443".parse().unwrap());
         assert!(!o.verify_peer && !o.fail_if_no_peer_cert);
         // Each missing or bad piece is named.
-        let err = |text: &str| settings(&ConfigFile::parse(text).unwrap()).err().unwrap();
+        let err = |text: &str| {
+            settings(&ConfigFile::parse(text).unwrap())
+                .err()
+                .unwrap()
+                .to_string()
+        };
         let e = err("management.ssl.port = 15671\nmanagement.ssl.keyfile = /k.pem\n");
         assert!(e.contains("'management.ssl.certfile' is needed"), "{e}");
-        let e = err("management.ssl.certfile = /c.pem\n");
-        assert!(e.contains("management.ssl.port"), "{e}");
+        let e = settings(&ConfigFile::parse("management.ssl.certfile = /c.pem\n").unwrap());
+        assert!(
+            matches!(&e, Err(ConfigError::NoManagementSslPort { key }) if key == "management.ssl.certfile"),
+            "{:?}",
+            e.err()
+        );
         let e = err(
             "management.ssl.port = 15671\nmanagement.ssl.certfile = /c.pem\n\
                      management.ssl.keyfile = /k.pem\nmanagement.ssl.verify = always\n",

@@ -223,9 +223,13 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let mut out = std::io::stdout().lock();
-    match run(&cli, &mut out) {
+    // Output still buffered when `run` returns must reach stdout too (a full disk, a closed
+    // pipe): otherwise the command would look successful with its output cut short.
+    match run(&cli, &mut out).and_then(|()| out.flush().map_err(io_error)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // What was written before the error goes first; if stdout itself is what failed,
+            // the error below is the one to report.
             let _ = out.flush();
             eprintln!("Error: {e}");
             ExitCode::from(e.exit_code())
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     match e.kind() {
+        // Printing help (here and below) can only fail on a closed stdout: no one to tell.
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
             return ExitCode::SUCCESS;

@@ -28,7 +28,7 @@ mod permissions;
 
 use limits::Counts;
 pub use limits::{ConnectionSlot, UserLimits, VHostLimits};
-pub use password::{check_password, hash_password, HashingAlgorithm};
+pub use password::{check_password, hash_password, HashingAlgorithm, UnsupportedHashingAlgorithm};
 pub use permissions::{Access, AccessContext, Permission, Resource};
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,14 @@ pub enum HashingAlgorithm {
     Md5,
 }
 
+/// A `hashing_algorithm` that is not one of RabbitMQ's three modules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unsupported hashing algorithm '{0}': expected rabbit_password_hashing_sha256, \
+     rabbit_password_hashing_sha512 or rabbit_password_hashing_md5"
+)]
+pub struct UnsupportedHashingAlgorithm(pub String);
+
 impl HashingAlgorithm {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -22,12 +30,12 @@ impl HashingAlgorithm {
     }
 
     /// RabbitMQ's module names; a missing algorithm means MD5 (definitions older than 3.6).
-    pub fn parse(name: Option<&str>) -> std::result::Result<Self, String> {
+    pub fn parse(name: Option<&str>) -> std::result::Result<Self, UnsupportedHashingAlgorithm> {
         match name {
             None | Some("") | Some("rabbit_password_hashing_md5") => Ok(HashingAlgorithm::Md5),
             Some("rabbit_password_hashing_sha256") => Ok(HashingAlgorithm::Sha256),
             Some("rabbit_password_hashing_sha512") => Ok(HashingAlgorithm::Sha512),
-            Some(other) => Err(format!("unsupported hashing algorithm '{other}'")),
+            Some(other) => Err(UnsupportedHashingAlgorithm(other.to_string())),
         }
     }
 
