@@ -446,6 +446,7 @@ impl Queue {
         match p.open_store(dir) {
             Ok((mut store, _)) => {
                 store.set_volatile();
+                // Only ever called with the queue locked: no one else can have set it.
                 let _ = self.store.set(Mutex::new(StoreSlot {
                     store,
                     dirty: false,
@@ -507,7 +508,9 @@ impl Queue {
         if let Some(slot) = self.store.get() {
             let mut st = slot.lock();
             for p in dropped {
-                let _ = st.store.ack(p);
+                if let Err(e) = st.store.ack(p) {
+                    tracing::warn!(queue = %self.name, error = %e, "could not drop an undecodable record; it is skipped again at the next start");
+                }
             }
         }
         (restored, errors)
@@ -814,7 +817,9 @@ impl Queue {
             if let Err(e) = st.store.purge() {
                 tracing::warn!(queue = %self.name, error = %e, "purging the deleted queue's store failed");
             }
-            let _ = std::fs::remove_dir_all(&dir);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(queue = %self.name, dir = %dir.display(), error = %e, "could not remove the deleted queue's store; the next start removes it");
+            }
         }
         for c in consumers {
             c.handle.consumer_cancelled_by_server(c.consumer_id);
