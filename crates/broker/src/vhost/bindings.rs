@@ -83,17 +83,11 @@ impl VHost {
         key: ShortStr,
         args: FieldTable,
     ) -> Result<()> {
-        if source.is_empty() || destination.is_empty() {
-            return Err(default_exchange_refused());
-        }
+        refuse_default_exchange(source, destination)?;
         let src = self.bindable_exchange(source)?;
         let dst = self.bindable_exchange(destination)?;
         let durable = src.durable && dst.durable;
-        if src.bind(Binding {
-            destination: Destination::Exchange(dst),
-            routing_key: key,
-            arguments: args,
-        })? {
+        if src.bind(exchange_binding(dst, key, args))? {
             self.definitions_changed(durable);
         }
         Ok(())
@@ -107,21 +101,31 @@ impl VHost {
         key: ShortStr,
         args: FieldTable,
     ) -> Result<()> {
-        if source.is_empty() || destination.is_empty() {
-            return Err(default_exchange_refused());
-        }
+        refuse_default_exchange(source, destination)?;
         let (Some(src), Some(dst)) = (self.exchange(source), self.exchange(destination)) else {
             return Ok(());
         };
         let durable = src.durable && dst.durable;
-        if src.unbind(&Binding {
-            destination: Destination::Exchange(dst),
-            routing_key: key,
-            arguments: args,
-        }) {
+        if src.unbind(&exchange_binding(dst, key, args)) {
             self.definitions_changed(durable);
             self.maybe_auto_delete_exchange(&src);
         }
         Ok(())
+    }
+}
+
+/// exchange.bind / exchange.unbind name the default exchange: 403, as RabbitMQ.
+fn refuse_default_exchange(source: &str, destination: &str) -> Result<()> {
+    if source.is_empty() || destination.is_empty() {
+        return Err(default_exchange_refused());
+    }
+    Ok(())
+}
+
+fn exchange_binding(destination: Arc<Exchange>, key: ShortStr, args: FieldTable) -> Binding {
+    Binding {
+        destination: Destination::Exchange(destination),
+        routing_key: key,
+        arguments: args,
     }
 }
