@@ -3,6 +3,11 @@
 //! header (ms) until it is due, then route it by their `x-delayed-type`. Held messages are
 //! kept in memory ordered by due time and, with persistence, in a store of their own
 //! (`<data>/delayed/<vhost>/`), so they survive a restart; due times are wall-clock.
+//!
+//! A released message leaves the delayed store only once the queues it was routed to have it
+//! on disk: the vhost's timer passes the group-commit epoch its publishes wait for to
+//! [`Delayed::release`], and [`Delayed::ack_synced`] drops the record once that epoch is
+//! synced. A crash in between releases it again at the next start (at least once, never lost).
 
 use crate::message::Message;
 use crate::persist::{encode_name, Persistence};
@@ -24,6 +29,16 @@ struct Inner {
     held: BTreeMap<(u64, u64), Held>,
     seq: u64,
     store: Option<QueueStore>,
+    /// Released records waiting for the group commit of their queues' copies: (epoch, record).
+    releasing: Vec<(u64, Position)>,
+}
+
+/// A message that is due: route it, then [`Delayed::release`] its record.
+pub struct Due {
+    pub exchange: ShortStr,
+    pub msg: Arc<Message>,
+    /// Its record in the delayed store (persistent messages on durable exchanges).
+    pub record: Option<Position>,
 }
 
 #[derive(Default)]
@@ -126,8 +141,9 @@ impl Delayed {
         Ok(())
     }
 
-    /// Takes the messages that are due, in due order.
-    pub fn take_due(&self) -> Vec<(ShortStr, Arc<Message>)> {
+    /// Takes the messages that are due, in due order. Their records stay in the store until
+    /// [`Delayed::release`] says where they went.
+    pub fn take_due(&self) -> Vec<Due> {
         let mut i = self.inner.lock();
         if i.held.is_empty() {
             return Vec::new();
@@ -139,23 +155,61 @@ impl Delayed {
                 break;
             }
             let h = entry.remove();
-            if let (Some(pos), Some(store)) = (h.pos, &mut i.store) {
-                if let Err(e) = store.ack(pos) {
-                    tracing::warn!(exchange = %h.exchange, error = %e,
-                        "cannot mark a released delayed message in its store; it is released again after a restart");
+            out.push(Due {
+                exchange: h.exchange,
+                msg: h.msg,
+                record: h.pos,
+            });
+        }
+        out
+    }
+
+    /// A due message was routed. `durable_at`: the group-commit epoch after which every
+    /// queue that took it has it on disk (None if none keeps it across a restart: the record
+    /// goes at once). Not called for a message a queue failed to store: its record stays, and
+    /// the next start releases it again.
+    pub fn release(&self, record: Option<Position>, durable_at: Option<u64>) {
+        let Some(pos) = record else { return };
+        // Epoch 0 is synced at the next look.
+        self.inner.lock().releasing.push((durable_at.unwrap_or(0), pos));
+    }
+
+    /// Drops the records of released messages whose queues' copies are on disk (epochs up to
+    /// `synced_epoch`; those of a failed epoch stay, to be released again after a restart).
+    pub fn ack_synced(&self, synced_epoch: u64, failed_epoch: u64) {
+        let mut i = self.inner.lock();
+        if i.releasing.is_empty() {
+            return;
+        }
+        let Inner {
+            releasing, store, ..
+        } = &mut *i;
+        let mut acked = false;
+        releasing.retain(|&(epoch, pos)| {
+            if epoch > synced_epoch {
+                return true;
+            }
+            if epoch != 0 && epoch <= failed_epoch {
+                tracing::warn!(%pos, "a released delayed message may not have reached its queues' disks; it is released again after a restart");
+                return false;
+            }
+            if let Some(store) = store.as_mut() {
+                match store.ack(pos) {
+                    Ok(()) => acked = true,
+                    Err(e) => tracing::warn!(error = %e,
+                        "cannot mark a released delayed message in its store; it is released again after a restart"),
                 }
             }
-            out.push((h.exchange, h.msg));
-        }
-        if !out.is_empty() {
-            if let Some(store) = &mut i.store {
+            false
+        });
+        if acked {
+            if let Some(store) = store.as_mut() {
                 if let Err(e) = store.sync() {
                     tracing::warn!(error = %e,
                         "cannot sync the delayed-message store; messages released now may be released again after a restart");
                 }
             }
         }
-        out
     }
 
     pub fn len(&self) -> usize {

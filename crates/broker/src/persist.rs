@@ -101,6 +101,11 @@ impl Persistence {
         &self.catalog
     }
 
+    /// The last group commit announced.
+    pub fn sync_state(&self) -> SyncState {
+        *self.synced.borrow()
+    }
+
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<SyncState> {
         self.synced.subscribe()
     }

@@ -112,19 +112,36 @@ impl VHost {
     /// Timer work for every queue that asked for it; forgets deleted queues. Releases due
     /// delayed messages.
     pub fn tick(&self, now: u64) {
-        for (exchange, msg) in self.delayed.take_due() {
-            match self.exchange(&exchange) {
+        for due in self.delayed.take_due() {
+            let durable_at = match self.exchange(&due.exchange) {
                 Some(x) => {
                     let mut out = Vec::new();
-                    self.route(&x, &msg, &mut out);
+                    self.route(&x, &due.msg, &mut out);
                     let mut fu = Followups::new();
+                    let mut durable_at = None;
+                    let mut stored = true;
                     for q in out {
-                        routing::publish_logged(&q, &msg, "delayed message", &mut fu);
+                        match routing::publish_logged(&q, &due.msg, "delayed message", &mut fu) {
+                            Some(epoch) => durable_at = durable_at.max(epoch),
+                            None => stored = false,
+                        }
                     }
                     self.follow_up(fu);
+                    // A queue could not store it: the record stays for the next start.
+                    stored.then_some(durable_at)
                 }
-                None => tracing::debug!(%exchange, "delayed message dropped: its exchange is gone"),
+                None => {
+                    tracing::debug!(exchange = %due.exchange, "delayed message dropped: its exchange is gone");
+                    Some(None)
+                }
+            };
+            if let Some(durable_at) = durable_at {
+                self.delayed.release(due.record, durable_at);
             }
+        }
+        if let Some(p) = &self.persistence {
+            let s = p.sync_state();
+            self.delayed.ack_synced(s.synced_epoch, s.failed_epoch);
         }
         let queues: Vec<Arc<Queue>> = self
             .timed

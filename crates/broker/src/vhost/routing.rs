@@ -124,15 +124,24 @@ impl VHost {
 }
 
 /// Publishes a message the broker itself republishes (a dead letter, a delayed message): no
-/// publisher waits for it, so a queue that refuses it is logged, not answered.
-pub(super) fn publish_logged(q: &Arc<Queue>, msg: &Arc<Message>, what: &str, fu: &mut Followups) {
+/// publisher waits for it, so a queue that refuses it is logged, not answered. Returns None
+/// if the queue's store failed to write it, else the group-commit epoch that makes it durable
+/// (None inside when it is not kept across a restart, or the queue refused it).
+pub(super) fn publish_logged(
+    q: &Arc<Queue>,
+    msg: &Arc<Message>,
+    what: &str,
+    fu: &mut Followups,
+) -> Option<Option<u64>> {
     match q.publish(msg.clone(), msg.is_persistent(), fu) {
-        Ok(_) => {}
+        Ok(p) => Some(p.epoch),
         Err(PublishError::Rejected) => {
-            tracing::debug!(queue = %q.name, vhost = %q.vhost_name, "{what} refused: the queue is full (overflow reject-publish)")
+            tracing::debug!(queue = %q.name, vhost = %q.vhost_name, "{what} refused: the queue is full (overflow reject-publish)");
+            Some(None)
         }
         Err(PublishError::Store(e)) => {
-            tracing::warn!(queue = %q.name, vhost = %q.vhost_name, error = %e, "{what} lost: the queue's store could not write it")
+            tracing::warn!(queue = %q.name, vhost = %q.vhost_name, error = %e, "{what} not stored: the queue's store could not write it");
+            None
         }
     }
 }
