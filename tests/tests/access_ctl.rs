@@ -2,14 +2,11 @@
 //! broker: users, tags, passwords, vhosts, permissions, limits, and alarms in the health
 //! check and `warrenctl status`.
 
-mod common;
-
-use common::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::{Connection, ConnectionProperties};
 use std::process::Command;
 use tokio::sync::watch;
-use warren_tests::TestBroker;
+use warren_tests::*;
 
 struct Node {
     broker: TestBroker,

@@ -3,47 +3,13 @@
 //! confirms, transactions, cancellation (client- and server-initiated), auto-delete and
 //! exclusive queue lifetimes, purge and the counts in declare-ok.
 
-mod common;
-
-use common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::BasicProperties;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use warren_tests::TestBroker;
-
-async fn qos(ch: &lapin::Channel, prefetch: u16, global: bool) {
-    within(
-        "basic_qos",
-        ch.basic_qos(prefetch, BasicQosOptions { global }),
-    )
-    .await
-    .expect("basic_qos");
-}
-
-async fn get(
-    ch: &lapin::Channel,
-    queue: &str,
-    no_ack: bool,
-) -> Option<lapin::message::BasicGetMessage> {
-    within(
-        "basic_get",
-        ch.basic_get(queue.into(), BasicGetOptions { no_ack }),
-    )
-    .await
-    .expect("basic_get")
-}
-
-fn consumer_count(broker: &TestBroker, queue: &str) -> u64 {
-    broker
-        .broker
-        .vhost("/")
-        .and_then(|v| v.queue(queue))
-        .map(|q| q.stats().consumers)
-        .unwrap_or(0)
-}
+use warren_tests::*;
 
 /// With prefetch 1 a slow consumer holds one message at a time, so the fast one takes the rest
 /// (RabbitMQ's "fair dispatch").

@@ -16,16 +16,13 @@
 //! commit's flush (a small message) or at the append itself (a message that does not fit
 //! behind what is buffered); the tests provoke each on purpose.
 
-mod common;
-
-use common::*;
 use futures_util::FutureExt;
 use lapin::options::*;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use warren_tests::{Faults, FaultyBackend, FileBackend, TestBroker};
+use warren_tests::*;
 
 /// A scratch data directory, removed on drop.
 struct Scratch(PathBuf);

@@ -2,13 +2,10 @@
 //! waiting state, not a frozen task: a forced close (SIGTERM's 320, the management API's
 //! DELETE) reaches it at once.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::BasicProperties;
 use std::time::{Duration, Instant};
-use warren_tests::{BrokerProcess, TestBroker};
+use warren_tests::*;
 
 const BODY: usize = 64 * 1024;
 

@@ -2,12 +2,9 @@
 //! that resolves `localhost` to `::1`, as Node.js does, gets in), IPv6 addresses are taken
 //! wherever an address is, and port 0 binds a free port that the listeners file names.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use warren_tests::BrokerProcess;
+use warren_tests::*;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("warren-{name}-{}", std::process::id()));
@@ -18,7 +15,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 /// The AMQP handshake, channel.open and queue.declare over raw frames at `addr` (lapin's URL
 /// parser does not take `[::1]`).
 async fn raw_round_trip(addr: std::net::SocketAddr, queue: &str) {
-    use common::raw::{method_frame, RawClient};
+    use warren_tests::raw::{method_frame, RawClient};
     let mut raw = RawClient::connect(addr).await;
     raw.handshake().await;
     raw.send(&method_frame(1, 20, 10, &[0])).await;

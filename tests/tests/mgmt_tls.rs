@@ -3,11 +3,6 @@
 //! certificates made by rcgen; and the `warren` binary started with `management.ssl.*` keys in
 //! its config file.
 
-mod common;
-mod pki;
-
-use common::{within, TIMEOUT};
-use pki::{Identity, Pki};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +15,8 @@ use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 use warren_mgmt::{HttpsListener, Listeners};
 use warren_server::tls::{acceptor_for, TlsOptions};
 use warren_tests::TestBroker;
+use warren_tests::{within, TIMEOUT};
+use warren_tests::{Identity, Pki};
 
 /// A broker with its management API on free loopback ports: HTTPS, and plain HTTP if asked.
 struct Api {

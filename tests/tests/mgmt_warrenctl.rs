@@ -3,12 +3,9 @@
 //! state (captured from a RabbitMQ 3.10.8 node), including the "forgotten acknowledgment"
 //! case. The API's JSON shapes and errors are checked with plain HTTP requests.
 
-mod common;
-
-use common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::AMQPValue;
 use lapin::ExchangeKind;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -17,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use warren_tests::TestBroker;
+use warren_tests::*;
 
 /// A broker with its management API on a free loopback port.
 struct Mgmt {
@@ -162,14 +159,6 @@ fn http(
     (status, json)
 }
 
-fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
-
 /// q1 (durable, 5 messages), q2 (with arguments, 1 message), exchange ex1 (topic) bound to q1
 /// and to hx (headers), hx bound to q2 with arguments: the state the reference rabbitmqctl
 /// output was captured from.
@@ -181,7 +170,7 @@ async fn sample_topology(m: &Mgmt) -> (lapin::Connection, lapin::Channel) {
     )
     .await
     .expect("q1");
-    let q2_args = args(&[
+    let q2_args = table(&[
         ("x-message-ttl", AMQPValue::LongInt(60000)),
         ("x-queue-type", AMQPValue::LongString("classic".into())),
     ]);
@@ -207,7 +196,7 @@ async fn sample_topology(m: &Mgmt) -> (lapin::Connection, lapin::Channel) {
     .expect("ex1");
     declare_exchange(&ch, "hx", ExchangeKind::Headers).await;
     bind(&ch, "q1", "ex1", "a.*").await;
-    let hargs = args(&[
+    let hargs = table(&[
         ("k", AMQPValue::LongString("v".into())),
         ("x-match", AMQPValue::LongString("any".into())),
     ]);

@@ -1,14 +1,11 @@
 //! Policies applied to live queues, and delayed delivery through x-delayed-message exchanges
 //! (including across a broker restart).
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
-use warren_tests::{BrokerProcess, TestBroker};
+use warren_tests::*;
 
 fn policy(name: &str, pattern: &str, key: &str, value: i64) -> warren_broker::policy::Policy {
     let mut def = warren_protocol::FieldTable::new();

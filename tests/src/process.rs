@@ -1,0 +1,180 @@
+//! The real `warren` binary, for tests of what only a process has: restarts on the same data
+//! directory, SIGKILL and SIGTERM, command-line flags, config files and listeners.
+
+/// Path of a workspace binary (`warren`, `warrenctl`), built on first use with the same cargo
+/// and profile as the running test.
+pub fn built_binary(name: &str) -> std::path::PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // target/<profile>/deps/<test>-… → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>")
+        .to_path_buf();
+    let bin = profile_dir.join(name);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", name])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    // Variables cargo sets for the running test (package name, crate name, manifest…): some
+    // build scripts (ring's) declare they depend on them, so passing them on would rebuild
+    // the TLS stack in every test binary, ~40 s each.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k.starts_with("CARGO_BIN_")
+            || k == "CARGO_CRATE_NAME"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "OUT_DIR"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name} failed");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+/// A `warren` process with its own data directory, for restart and crash tests. It listens
+/// on ports the kernel picks (`--listen 127.0.0.1:0`) and says which in its listeners file, so
+/// no other process can take its port between a check and a bind, nor after a restart.
+pub struct BrokerProcess {
+    /// The AMQP port of the running process (a restart gets a new one).
+    pub port: u16,
+    /// Every listener the running process bound: (protocol, address).
+    pub listeners: Vec<(String, std::net::SocketAddr)>,
+    pub data_dir: std::path::PathBuf,
+    listen: String,
+    child: Option<std::process::Child>,
+}
+
+impl BrokerProcess {
+    pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Self {
+        Self::start_listening(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Started with `--listen <listen>` (any of its forms, e.g. `0` for both loopback families).
+    pub fn start_listening(data_dir: &std::path::Path, listen: &str, extra: &[&str]) -> Self {
+        let mut p = BrokerProcess {
+            port: 0,
+            listeners: Vec::new(),
+            data_dir: data_dir.to_path_buf(),
+            listen: listen.to_string(),
+            child: None,
+        };
+        p.spawn(extra);
+        p
+    }
+
+    fn listeners_file(&self) -> std::path::PathBuf {
+        let mut name = self.data_dir.as_os_str().to_owned();
+        name.push(".listeners");
+        std::path::PathBuf::from(name)
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let file = self.listeners_file();
+        let _ = std::fs::remove_file(&file);
+        let mut child = std::process::Command::new(built_binary("warren"))
+            .args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
+            .args(["--log-level", "warn"])
+            .arg("--listeners-file")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn warren");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&file) {
+                break t;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("warren exited before listening: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warren did not write {} within 20 s",
+                file.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        self.listeners = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(p, a)| (p.to_string(), a.parse().expect("listener address")))
+            .collect();
+        self.port = self
+            .listener("amqp")
+            .expect("an amqp line in the listeners file")
+            .port();
+        self.child = Some(child);
+    }
+
+    /// The first listener of `protocol` (amqp, amqps, http, https).
+    pub fn listener(&self, protocol: &str) -> Option<std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(p, _)| p == protocol)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// SIGKILL, then start again on the same data directory (on a new port: use `url()`).
+    pub fn kill9_and_restart(&mut self, extra: &[&str]) {
+        self.kill9();
+        self.spawn(extra);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns at once (see [`BrokerProcess::stop`] to wait).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            sigterm(c.id());
+        }
+    }
+
+    /// Waits for the process to exit (after [`BrokerProcess::sigterm`]); returns the exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        sigterm(c.id());
+        c.wait().ok().and_then(|s| s.code())
+    }
+}
+
+fn sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
