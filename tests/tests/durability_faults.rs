@@ -19,44 +19,21 @@
 use futures_util::FutureExt;
 use lapin::options::*;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use warren_tests::*;
-
-/// A scratch data directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("warren-faults-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create scratch directory");
-        Scratch(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A persisting broker whose disk fails on demand.
 struct FaultyBroker {
     broker: Option<TestBroker>,
     faults: Arc<Faults>,
-    dir: Scratch,
+    dir: TempDir,
 }
 
 impl FaultyBroker {
     fn start(name: &str) -> Self {
-        let dir = Scratch::new(name);
+        let dir = TempDir::new(&format!("faults-{name}"));
         let (broker, faults) = Self::open(dir.path());
         FaultyBroker {
             broker: Some(broker),

@@ -553,8 +553,7 @@ async fn definitions_export_and_import_round_trip() {
     let (conn, ch) = sample_topology(&m).await;
     // Exclusive queues are not exported.
     declare_exclusive(&ch).await;
-    let dir = std::env::temp_dir().join(format!("warrenctl-defs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("warrenctl-defs");
     let file = dir.join("defs.json");
     let path = file.to_str().expect("utf-8 path");
     assert_eq!(
@@ -610,7 +609,6 @@ async fn definitions_export_and_import_round_trip() {
         bindings.contains("ex1\tq1\ta.*\n") && bindings.contains("ex1\thx\t#\n"),
         "{bindings}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,8 +122,8 @@ async fn delayed_exchange_holds_messages_until_due() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_messages_survive_a_sigkill() {
-    let dir = std::env::temp_dir().join(format!("warren-delayed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("delayed");
+    let dir = tmp.join("data");
     let mut broker = BrokerProcess::start(&dir, &[]);
     {
         let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
@@ -199,5 +199,4 @@ async fn delayed_messages_survive_a_sigkill() {
     let d = d.expect("a delivery").expect("no error");
     assert_eq!(&d.data[..], b"survivor");
     broker.kill9();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1732,8 +1732,8 @@ async fn a_reply_to_a_departed_client_is_dropped() {
 /// and priority order is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_arguments_survive_a_restart() {
-    let dir = std::env::temp_dir().join(format!("warren-qf-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("qf-restart");
+    let dir = tmp.join("data");
     let mut broker = warren_tests::BrokerProcess::start(&dir, &[]);
     let persistent = || BasicProperties::default().with_delivery_mode(2);
     {
@@ -1787,5 +1787,4 @@ async fn queue_arguments_survive_a_restart() {
     assert_eq!(x_death(&dead)[0].reason, "expired");
     drop(conn);
     drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 use warren_broker::persist::Persistence;
 use warren_broker::{Broker, BrokerConfig};
-use warren_tests::FileBackend;
+use warren_tests::{FileBackend, TempDir};
 
 /// The soft open-files limit of this process.
 fn open_files_limit() -> usize {
@@ -27,8 +27,8 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| 100_000.min(open_files_limit() / 4));
-    let dir = std::env::temp_dir().join(format!("warren-startup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("startup");
+    let dir = tmp.join("data");
     // The definitions as a broker saves them: n durable queues in the default vhost.
     let queues: Vec<serde_json::Value> = (0..n)
         .map(|i| serde_json::json!({"name": format!("q-{i}"), "vhost": "/", "durable": true}))
@@ -70,7 +70,6 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
     .unwrap();
     assert_eq!(b.vhost("/").unwrap().queue_count(), n);
     drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// More durable queues than the open-files limit lets the broker open: the start fails with
@@ -78,8 +77,8 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
 /// back with its messages.
 #[test]
 fn a_durable_queue_that_cannot_be_opened_stops_the_start_and_loses_nothing() {
-    let dir = std::env::temp_dir().join(format!("warren-fdlimit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("fdlimit");
+    let dir = tmp.join("data");
     const N: usize = 300;
     let queues: Vec<serde_json::Value> = (0..N)
         .map(|i| serde_json::json!({"name": format!("q-{i}"), "vhost": "/", "durable": true}))
@@ -126,5 +125,4 @@ fn a_durable_queue_that_cannot_be_opened_stops_the_start_and_loses_nothing() {
     .unwrap();
     assert_eq!(b.vhost("/").unwrap().queue_count(), N);
     drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
 }
