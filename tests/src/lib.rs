@@ -1,7 +1,16 @@
 //! Test support for Warren's integration tests: brokers to test against (in-process, or the
 //! real `warren` binary), real AMQP clients (lapin) with timeouts, a hand-written AMQP client,
-//! and the rest the tests share. Everything a test needs is re-exported here, so test files
-//! start with `use warren_tests::*;`.
+//! and the rest the tests share. The common items are re-exported here, so test files start
+//! with `use warren_tests::*;`.
+//!
+//! Where the tests are:
+//! - `tests/tests/*.rs` (this package): against an in-process [`TestBroker`].
+//! - `crates/warren/tests/*.rs`: the tests that start the real `warren` binary
+//!   ([`BrokerProcess`], or a command of their own), which they find with
+//!   `env!("CARGO_BIN_EXE_warren")`: Cargo builds a package's binaries before its integration
+//!   tests, and tells only those where they are.
+//! - `crates/warrenctl/tests/*.rs`: the tests that run `warrenctl` (`CARGO_BIN_EXE_warrenctl`)
+//!   against an in-process broker and its management API.
 //!
 //! Modules:
 //! - [`broker`]: [`TestBroker`], a broker served in-process on a free loopback port.
@@ -12,10 +21,13 @@
 //! - [`raw`]: a minimal AMQP client over raw frames, for what a well-behaved client cannot send.
 //! - [`proxy`]: [`Proxy`], a TCP proxy that can cut a client's socket without a goodbye.
 //! - [`pki`]: [`Pki`], a CA and certificates for the TLS tests.
+//! - [`mgmt`]: the management API in-process ([`mgmt::MgmtBroker`], HTTPS: [`mgmt::HttpsApi`]),
+//!   HTTP clients for it, and [`mgmt::run_warrenctl`].
 //! - [`tmp`]: [`TempDir`], a scratch directory removed even when the test fails.
 
 pub mod broker;
 pub mod client;
+pub mod mgmt;
 pub mod pki;
 pub mod process;
 pub mod proxy;
@@ -25,7 +37,7 @@ pub mod tmp;
 pub use broker::TestBroker;
 pub use client::*;
 pub use pki::{Identity, Pki};
-pub use process::{built_binary, BrokerProcess};
+pub use process::BrokerProcess;
 pub use proxy::Proxy;
 pub use tmp::TempDir;
 pub use warren_server::ServerConfig;

@@ -1,47 +1,12 @@
 //! The real `warren` binary, for tests of what only a process has: restarts on the same data
 //! directory, SIGKILL and SIGTERM, command-line flags, config files and listeners.
+//!
+//! This library cannot name the binary itself (Cargo tells only an integration test of the
+//! package that builds it where it is), so the tests that start it live in
+//! `crates/warren/tests` and pass `env!("CARGO_BIN_EXE_warren")`, which also makes Cargo build
+//! the binary before it builds them.
 
-/// Path of a workspace binary (`warren`, `warrenctl`), built on first use with the same cargo
-/// and profile as the running test.
-pub fn built_binary(name: &str) -> std::path::PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // target/<profile>/deps/<test>-… → target/<profile>/<name>
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>")
-        .to_path_buf();
-    let bin = profile_dir.join(name);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", name])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    // Variables cargo sets for the running test (package name, crate name, manifest…): some
-    // build scripts (ring's) declare they depend on them, so passing them on would rebuild
-    // the TLS stack in every test binary, ~40 s each.
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("CARGO_PKG_")
-            || k.starts_with("CARGO_MANIFEST_")
-            || k.starts_with("CARGO_BIN_")
-            || k == "CARGO_CRATE_NAME"
-            || k == "CARGO_PRIMARY_PACKAGE"
-            || k == "CARGO_TARGET_TMPDIR"
-            || k == "OUT_DIR"
-        {
-            cmd.env_remove(&key);
-        }
-    }
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p {name} failed");
-    assert!(bin.exists(), "{} not built", bin.display());
-    bin
-}
+use std::path::{Path, PathBuf};
 
 /// A `warren` process with its own data directory, for restart and crash tests. It listens
 /// on ports the kernel picks (`--listen 127.0.0.1:0`) and says which in its listeners file, so
@@ -51,22 +16,32 @@ pub struct BrokerProcess {
     pub port: u16,
     /// Every listener the running process bound: (protocol, address).
     pub listeners: Vec<(String, std::net::SocketAddr)>,
-    pub data_dir: std::path::PathBuf,
+    pub data_dir: PathBuf,
+    /// The `warren` binary.
+    bin: PathBuf,
     listen: String,
     child: Option<std::process::Child>,
 }
 
 impl BrokerProcess {
-    pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Self {
-        Self::start_listening(data_dir, "127.0.0.1:0", extra)
+    /// Starts the `warren` binary at `bin` (`env!("CARGO_BIN_EXE_warren")`) on `data_dir`, with
+    /// `extra` flags, and waits until it listens.
+    pub fn start(bin: impl AsRef<Path>, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_listening(bin, data_dir, "127.0.0.1:0", extra)
     }
 
     /// Started with `--listen <listen>` (any of its forms, e.g. `0` for both loopback families).
-    pub fn start_listening(data_dir: &std::path::Path, listen: &str, extra: &[&str]) -> Self {
+    pub fn start_listening(
+        bin: impl AsRef<Path>,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Self {
         let mut p = BrokerProcess {
             port: 0,
             listeners: Vec::new(),
             data_dir: data_dir.to_path_buf(),
+            bin: bin.as_ref().to_path_buf(),
             listen: listen.to_string(),
             child: None,
         };
@@ -74,16 +49,16 @@ impl BrokerProcess {
         p
     }
 
-    fn listeners_file(&self) -> std::path::PathBuf {
+    fn listeners_file(&self) -> PathBuf {
         let mut name = self.data_dir.as_os_str().to_owned();
         name.push(".listeners");
-        std::path::PathBuf::from(name)
+        PathBuf::from(name)
     }
 
     fn spawn(&mut self, extra: &[&str]) {
         let file = self.listeners_file();
         let _ = std::fs::remove_file(&file);
-        let mut child = std::process::Command::new(built_binary("warren"))
+        let mut child = std::process::Command::new(&self.bin)
             .args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
             .args(["--log-level", "warn"])
             .arg("--listeners-file")

@@ -7,6 +7,9 @@ use lapin::BasicProperties;
 use std::time::{Duration, Instant};
 use warren_tests::*;
 
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
 const BODY: usize = 64 * 1024;
 
 /// A consumer that takes one message and never acks it, and a publish-only connection that
@@ -66,7 +69,7 @@ async fn held_publisher(
 async fn sigterm_closes_a_publisher_held_by_flow_control_with_320_at_once() {
     let tmp = TempDir::new("flow-sigterm");
     let dir = tmp.join("data");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let mgmt = broker.listener("http").unwrap();
     let ready = move || {
         use std::io::{Read, Write};

@@ -15,6 +15,9 @@ use lapin::{BasicProperties, Channel, ExchangeKind};
 use std::time::Duration;
 use warren_tests::*;
 
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
@@ -1734,7 +1737,7 @@ async fn a_reply_to_a_departed_client_is_dropped() {
 async fn queue_arguments_survive_a_restart() {
     let tmp = TempDir::new("qf-restart");
     let dir = tmp.join("data");
-    let mut broker = warren_tests::BrokerProcess::start(&dir, &[]);
+    let mut broker = warren_tests::BrokerProcess::start(WARREN, &dir, &[]);
     let persistent = || BasicProperties::default().with_delivery_mode(2);
     {
         let conn = connect_url(&broker.url()).await;
@@ -1768,7 +1771,7 @@ async fn queue_arguments_survive_a_restart() {
         let _ = conn.close(200, "bye".into()).await;
     }
     assert_eq!(broker.stop(), Some(0), "clean shutdown");
-    let broker = warren_tests::BrokerProcess::start(&dir, &[]);
+    let broker = warren_tests::BrokerProcess::start(WARREN, &dir, &[]);
     let conn = connect_url(&broker.url()).await;
     let ch = channel(&conn).await;
     assert_eq!(drain(&ch, "dur-prio").await, ["high", "mid", "low"]);

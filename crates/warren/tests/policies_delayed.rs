@@ -7,6 +7,9 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
 use warren_tests::*;
 
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
 fn policy(name: &str, pattern: &str, key: &str, value: i64) -> warren_broker::policy::Policy {
     let mut def = warren_protocol::FieldTable::new();
     def.insert(key, warren_protocol::FieldValue::I64(value));
@@ -124,7 +127,7 @@ async fn delayed_exchange_holds_messages_until_due() {
 async fn delayed_messages_survive_a_sigkill() {
     let tmp = TempDir::new("delayed");
     let dir = tmp.join("data");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     {
         let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
             .await

@@ -10,6 +10,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 use warren_tests::{BrokerProcess, TempDir};
 
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
 /// 4 KiB bodies: 6,000 of them are half again the memory budget.
 const BODY: usize = 4096;
 
@@ -143,7 +146,7 @@ async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
     const N: u32 = 6_000;
     let tmp = TempDir::new("paging");
     let dir = tmp.join("data");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let (conn, ch) = open(&broker.url(), Q).await;
     // Every 7th message is transient: it pages out with the rest but is gone after a restart.
     publish_all(&ch, Q, 0..N, |id| id % 7 != 0).await;
@@ -174,7 +177,7 @@ async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
 
     // A clean stop writes every ack; after it exactly the rest comes back, in order.
     assert_eq!(broker.stop(), Some(0));
-    let broker = BrokerProcess::start(&dir, &[]);
+    let broker = BrokerProcess::start(WARREN, &dir, &[]);
     let (_conn, ch) = open(&broker.url(), Q).await;
     let rest = &persistent[2_500..];
     assert_eq!(ready(&ch, Q).await as usize, rest.len());
@@ -192,7 +195,7 @@ async fn purging_a_paged_backlog_keeps_the_unacked_messages() {
     const N: u32 = 5_000;
     let tmp = TempDir::new("paging-purge");
     let dir = tmp.join("data");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let (conn, ch) = open(&broker.url(), Q).await;
     publish_all(&ch, Q, 0..N, |_| true).await;
 
@@ -217,7 +220,7 @@ async fn purging_a_paged_backlog_keeps_the_unacked_messages() {
     // After a restart: the ten unacked ones (redelivered) and the five new ones, nothing of
     // the purged backlog.
     assert_eq!(broker.stop(), Some(0));
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let (conn, ch) = open(&broker.url(), Q).await;
     assert_eq!(ready(&ch, Q).await, 15);
     let got = drain(&ch, Q, 15).await;

@@ -6,6 +6,9 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use warren_tests::*;
 
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
 /// The AMQP handshake, channel.open and queue.declare over raw frames at `addr` (lapin's URL
 /// parser does not take `[::1]`).
 async fn raw_round_trip(addr: std::net::SocketAddr, queue: &str) {
@@ -52,7 +55,7 @@ async fn a_bare_port_serves_ipv4_and_ipv6_loopback() {
     let tmp = TempDir::new("listen-both");
     let dir = tmp.join("data");
     // `0` is a bare port: 127.0.0.1 and ::1, each on a port of its own choosing.
-    let broker = BrokerProcess::start_listening(&dir, "0", &[]);
+    let broker = BrokerProcess::start_listening(WARREN, &dir, "0", &[]);
     let amqp: Vec<_> = broker
         .listeners
         .iter()
@@ -79,7 +82,8 @@ async fn a_bare_port_serves_ipv4_and_ipv6_loopback() {
 async fn ipv6_addresses_are_taken_in_every_listener_setting() {
     let tmp = TempDir::new("listen-v6");
     let dir = tmp.join("data");
-    let broker = BrokerProcess::start_listening(&dir, "[::1]:0", &["--mgmt-listen", "[::1]:0"]);
+    let broker =
+        BrokerProcess::start_listening(WARREN, &dir, "[::1]:0", &["--mgmt-listen", "[::1]:0"]);
     let amqp = broker.listener("amqp").unwrap();
     assert!(amqp.is_ipv6() && amqp.ip().is_loopback(), "{amqp}");
     raw_round_trip(amqp, "v6-only").await;
@@ -109,7 +113,7 @@ fn a_listener_setting_that_is_not_an_address_stops_startup_naming_the_key() {
     let dir = TempDir::new("listen-bad");
     let conf = dir.join("warren.conf");
     std::fs::write(&conf, "listeners.tcp.local = localhost:5672\n").unwrap();
-    let out = std::process::Command::new(warren_tests::built_binary("warren"))
+    let out = std::process::Command::new(WARREN)
         .arg("--config")
         .arg(&conf)
         .arg("--data-dir")

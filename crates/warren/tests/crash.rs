@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use warren_tests::{BrokerProcess, TempDir};
 
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
 const QUEUE: &str = "crash-test";
 
 #[derive(Default)]
@@ -130,7 +133,7 @@ async fn confirmed_messages_survive_sigkill() {
         .unwrap_or(3);
     let tmp = TempDir::new("crash");
     let dir = tmp.join("data");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let next_id = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for round in 0..rounds {
@@ -199,7 +202,7 @@ async fn concurrent_declares_share_one_store() {
     const MESSAGES: u64 = 200;
     let tmp = TempDir::new("declare-race");
     let dir = tmp.join("data");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let mut conns = Vec::new();
     for _ in 0..DECLARERS {
         let c = Connection::connect(&broker.url(), ConnectionProperties::default())
@@ -293,7 +296,7 @@ async fn transactions_are_all_or_nothing_across_sigkill() {
         .unwrap_or(3);
     let tmp = TempDir::new("crash-tx");
     let dir = tmp.join("data");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let committed = Arc::new(Mutex::new(HashSet::<u64>::new()));
     let next_batch = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for round in 0..rounds {

@@ -8,6 +8,9 @@ use warren_broker::persist::Persistence;
 use warren_broker::{Broker, BrokerConfig};
 use warren_tests::{FileBackend, TempDir};
 
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
 /// The soft open-files limit of this process.
 fn open_files_limit() -> usize {
     std::fs::read_to_string("/proc/self/limits")
@@ -40,7 +43,7 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
     drop(p);
     // The first start makes each queue's store directory.
     let t = Instant::now();
-    let mut broker = warren_tests::BrokerProcess::start(&dir, &[]);
+    let mut broker = warren_tests::BrokerProcess::start(WARREN, &dir, &[]);
     let first = t.elapsed();
     assert_eq!(broker.stop(), Some(0));
     let stores = std::fs::read_dir(dir.join("queues"))
@@ -53,7 +56,7 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
     let orphan = dir.join("queues").join("q%2F").join("qgone");
     std::fs::create_dir_all(&orphan).unwrap();
     let t = Instant::now();
-    let mut broker = warren_tests::BrokerProcess::start(&dir, &[]);
+    let mut broker = warren_tests::BrokerProcess::start(WARREN, &dir, &[]);
     let restart = t.elapsed();
     assert!(!orphan.exists(), "the orphaned store was not removed");
     eprintln!("{n} durable queues: first start {first:?}, restart {restart:?} (until listening)");
@@ -88,14 +91,13 @@ fn a_durable_queue_that_cannot_be_opened_stops_the_start_and_loses_nothing() {
         .save(&serde_json::json!({"vhosts": [{"name": "/"}], "queues": queues}))
         .unwrap();
     drop(p);
-    let warren = warren_tests::built_binary("warren");
     let run = |limit: u32| {
         std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "ulimit -n {limit} && exec \"$0\" --listen 127.0.0.1:0 --mgmt-listen 127.0.0.1:0 --data-dir \"$1\" --listeners-file \"$1.listeners\" --log-level warn",
             ))
-            .arg(&warren)
+            .arg(WARREN)
             .arg(&dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
