@@ -45,6 +45,34 @@ pub mod policy;
 pub mod queue;
 pub mod vhost;
 
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::{Path, PathBuf};
+
+    /// A fresh, empty directory under the system temp dir, removed on drop: also when the
+    /// test that made it fails.
+    pub struct TestDir(PathBuf);
+
+    impl TestDir {
+        pub fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("warren-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            TestDir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 pub use broker::{Broker, BrokerConfig};
 pub use delivery::{DeliveryChannel, DeliveryWriter};
 pub use error::AmqpError;
