@@ -9,7 +9,10 @@ use futures_util::StreamExt;
 use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ErrorKind};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ErrorKind,
+    PublisherConfirm,
+};
 use std::future::Future;
 use std::time::Duration;
 
@@ -214,21 +217,42 @@ pub async fn publish_props(
     .expect("basic_publish");
 }
 
-/// Publishes with confirms on (the channel must be in confirm mode) and waits for the ack, so
-/// the message is known to be routed before the test goes on.
-pub async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
-    let confirm = within(
+/// Puts the channel in confirm mode.
+pub async fn confirm_select(ch: &Channel) {
+    within(
+        "confirm_select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm_select");
+}
+
+/// Publishes on a channel in confirm mode; the confirm is left to the caller.
+pub async fn publish_for_confirm(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> PublisherConfirm {
+    within(
         "basic_publish",
         ch.basic_publish(
             exchange.into(),
             key.into(),
             BasicPublishOptions::default(),
             body,
-            BasicProperties::default(),
+            props,
         ),
     )
     .await
-    .expect("basic_publish");
+    .expect("basic_publish")
+}
+
+/// Publishes with confirms on (the channel must be in confirm mode) and waits for the ack, so
+/// the message is known to be routed before the test goes on.
+pub async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    let confirm = publish_for_confirm(ch, exchange, key, body, BasicProperties::default()).await;
     let c = within("publisher confirm", confirm).await.expect("confirm");
     assert!(
         c.is_ack(),

@@ -554,12 +554,7 @@ async fn publisher_confirms_ack_every_message() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
     declare(&ch, "confirmed").await;
-    within(
-        "confirm_select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
+    confirm_select(&ch).await;
 
     // Awaited one by one...
     for i in 0..10 {
@@ -689,12 +684,7 @@ async fn confirm_and_tx_modes_exclude_each_other() {
     .await;
     expect_code(r, 406);
     let ch = channel(&conn).await;
-    within(
-        "confirm_select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
+    confirm_select(&ch).await;
     let r = within("tx_select", ch.tx_select()).await;
     expect_code(r, 406);
     let ch = channel(&conn).await;
@@ -1058,12 +1048,7 @@ async fn a_no_ack_consumer_gets_everything_through_write_backpressure() {
     declare(&producer, "flood").await;
     const N: usize = 3000;
     let payload = vec![b'x'; 16 * 1024]; // 48 MiB in all, well above the write buffer's limit
-    within(
-        "confirm_select",
-        producer.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
+    confirm_select(&producer).await;
     for i in 0..N {
         let mut body = payload.clone();
         body[..8].copy_from_slice(&(i as u64).to_be_bytes());

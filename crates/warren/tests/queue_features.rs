@@ -44,15 +44,6 @@ async fn declare_durable_args(ch: &Channel, name: &str, args: FieldTable) -> lap
     .unwrap_or_else(|e| panic!("queue_declare {name}: {e}"))
 }
 
-async fn confirm_select(ch: &Channel) {
-    within(
-        "confirm_select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
-}
-
 /// Publishes in confirm mode and returns whether the broker acked (true) or nacked (false).
 async fn publish_confirm(
     ch: &Channel,
@@ -61,18 +52,7 @@ async fn publish_confirm(
     body: &[u8],
     props: BasicProperties,
 ) -> bool {
-    let confirm = within(
-        "basic_publish",
-        ch.basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        ),
-    )
-    .await
-    .expect("basic_publish");
+    let confirm = publish_for_confirm(ch, exchange, key, body, props).await;
     let c = within("publisher confirm", confirm).await.expect("confirm");
     c.is_ack()
 }
