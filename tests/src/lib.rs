@@ -37,7 +37,7 @@ pub mod tmp;
 pub use broker::TestBroker;
 pub use client::*;
 pub use pki::{Identity, Pki};
-pub use process::BrokerProcess;
+pub use process::{BrokerProcess, ChildGuard};
 pub use proxy::Proxy;
 pub use tmp::TempDir;
 pub use warren_server::ServerConfig;

@@ -58,17 +58,21 @@ impl BrokerProcess {
     fn spawn(&mut self, extra: &[&str]) {
         let file = self.listeners_file();
         let _ = std::fs::remove_file(&file);
-        let mut child = std::process::Command::new(&self.bin)
-            .args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
-            .args(["--log-level", "warn"])
-            .arg("--listeners-file")
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn warren");
+        // Held by `self` from the start, so that a start that fails (the panics below) kills
+        // the process when `self` is dropped, before the test's data directory is removed.
+        let child = self.child.insert(
+            std::process::Command::new(&self.bin)
+                .args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
+                .args(["--log-level", "warn"])
+                .arg("--listeners-file")
+                .arg(&file)
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .args(extra)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn warren"),
+        );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let text = loop {
             if let Ok(t) = std::fs::read_to_string(&file) {
@@ -93,7 +97,6 @@ impl BrokerProcess {
             .listener("amqp")
             .expect("an amqp line in the listeners file")
             .port();
-        self.child = Some(child);
     }
 
     /// The first listener of `protocol` (amqp, amqps, http, https).
@@ -151,5 +154,39 @@ fn sigterm(pid: u32) {
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A child process (a `warren` a test started with a command of its own) that is killed and
+/// reaped when dropped, so that a test that fails while it runs leaves no process behind, nor
+/// one that goes on writing into the directory the test removes. Derefs to the
+/// [`std::process::Child`].
+pub struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    pub fn new(child: std::process::Child) -> Self {
+        ChildGuard(child)
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Harmless when the test already waited for it: the exit status is kept.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

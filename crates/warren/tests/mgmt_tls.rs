@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use warren_tests::mgmt::{agent, guest_get, listeners};
-use warren_tests::{Pki, TIMEOUT};
+use warren_tests::{ChildGuard, Pki, TIMEOUT};
 
 /// The `warren` binary, built by Cargo for this package's tests.
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
@@ -41,11 +41,13 @@ async fn warren_serves_https_only_when_only_management_ssl_is_configured() {
     // Port 0: the kernel picks the port, and warren says which in its listeners file.
     let file = pki.dir.join("listeners");
     let _ = std::fs::remove_file(&file);
-    let mut child = warren(&pki.dir, &conf)
-        .arg("--listeners-file")
-        .arg(&file)
-        .spawn()
-        .expect("spawn warren");
+    let mut child = ChildGuard::new(
+        warren(&pki.dir, &conf)
+            .arg("--listeners-file")
+            .arg(&file)
+            .spawn()
+            .expect("spawn warren"),
+    );
     let deadline = Instant::now() + TIMEOUT;
     let port = loop {
         if let Ok(text) = std::fs::read_to_string(&file) {
