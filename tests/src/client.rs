@@ -203,18 +203,7 @@ pub async fn publish_props(
     body: &[u8],
     props: BasicProperties,
 ) {
-    within(
-        "basic_publish",
-        ch.basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        ),
-    )
-    .await
-    .expect("basic_publish");
+    publish_for_confirm(ch, exchange, key, body, props).await;
 }
 
 /// Puts the channel in confirm mode.
@@ -227,7 +216,8 @@ pub async fn confirm_select(ch: &Channel) {
     .expect("confirm_select");
 }
 
-/// Publishes on a channel in confirm mode; the confirm is left to the caller.
+/// Publishes; the publisher confirm is left to the caller (outside confirm mode it is
+/// `NotRequested`).
 pub async fn publish_for_confirm(
     ch: &Channel,
     exchange: &str,
