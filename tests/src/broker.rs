@@ -48,15 +48,8 @@ impl TestBroker {
         self.broker.flush_all();
         let persistence = self.persistence.take();
         drop(self);
-        let Some(p) = persistence else { return };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while Arc::strong_count(&p) > 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the stopped broker still holds its data directory {}",
-                p.dir().display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        if let Some(p) = persistence {
+            wait_until_released(p);
         }
     }
 
@@ -107,5 +100,21 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Waits until `p` (a dropped broker's persistence) is held by nothing else: the broker's
+/// flusher thread, which may be saving the definitions when the broker is dropped, has exited
+/// and its message stores are closed. Then another broker can open the data directory, or a
+/// [`crate::TempDir`] remove it without the flusher writing into it afterwards.
+pub fn wait_until_released(p: Arc<Persistence>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Arc::strong_count(&p) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopped broker still holds its data directory {}",
+            p.dir().display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

@@ -34,7 +34,7 @@ pub mod proxy;
 pub mod raw;
 pub mod tmp;
 
-pub use broker::TestBroker;
+pub use broker::{wait_until_released, TestBroker};
 pub use client::*;
 pub use pki::{Identity, Pki};
 pub use process::{BrokerProcess, ChildGuard};

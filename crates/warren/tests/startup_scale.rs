@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 use warren_broker::persist::Persistence;
 use warren_broker::{Broker, BrokerConfig};
-use warren_tests::{FileBackend, TempDir};
+use warren_tests::{wait_until_released, FileBackend, TempDir};
 
 /// The `warren` binary, built by Cargo for this package's tests.
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
@@ -66,13 +66,13 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
     );
     assert_eq!(broker.stop(), Some(0));
     // All of them came back (the definitions the restart saved name every queue).
-    let b = Broker::open(
-        BrokerConfig::default(),
-        Persistence::new(&dir, FileBackend::shared()),
-    )
-    .unwrap();
+    let p = Persistence::new(&dir, FileBackend::shared());
+    let b = Broker::open(BrokerConfig::default(), p.clone()).unwrap();
     assert_eq!(b.vhost("/").unwrap().queue_count(), n);
     drop(b);
+    // Its flusher may still be saving the definitions: wait until it lets go of the data
+    // directory, which the TempDir removes next.
+    wait_until_released(p);
 }
 
 /// More durable queues than the open-files limit lets the broker open: the start fails with
@@ -120,11 +120,11 @@ fn a_durable_queue_that_cannot_be_opened_stops_the_start_and_loses_nothing() {
     assert!(err.contains("could not be restored"), "{err}");
     assert!(err.contains("ulimit -n"), "{err}");
     // Everything is still there for a start with enough descriptors.
-    let b = Broker::open(
-        BrokerConfig::default(),
-        Persistence::new(&dir, FileBackend::shared()),
-    )
-    .unwrap();
+    let p = Persistence::new(&dir, FileBackend::shared());
+    let b = Broker::open(BrokerConfig::default(), p.clone()).unwrap();
     assert_eq!(b.vhost("/").unwrap().queue_count(), N);
     drop(b);
+    // Its flusher may still be saving the definitions: wait until it lets go of the data
+    // directory, which the TempDir removes next.
+    wait_until_released(p);
 }
