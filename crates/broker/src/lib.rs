@@ -71,6 +71,19 @@ pub(crate) mod testutil {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+
+    /// Waits until a dropped broker's flusher thread (which may be saving the definitions)
+    /// has let go of `p`, so that it writes nothing into a [`TestDir`] removed next.
+    pub fn wait_until_released(p: std::sync::Arc<crate::persist::Persistence>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::sync::Arc::strong_count(&p) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "persistence still held"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 pub use broker::{Broker, BrokerConfig};

@@ -364,7 +364,9 @@ mod tests {
         let cx = b.vhost_access("u", "v").unwrap();
         assert_eq!(cx.permission().configure, "^a");
         assert_eq!(b.vhost_limits("v").max_connections, Some(3));
+        let p = b.persistence().unwrap().clone();
         drop(b);
+        crate::testutil::wait_until_released(p);
     }
 
     #[test]
