@@ -1,289 +1,44 @@
-//! Test support: starts a Warren broker in-process on a free loopback port, so integration
-//! tests can drive it with real clients over real sockets.
+//! Test support for Warren's integration tests: brokers to test against (in-process, or the
+//! real `warren` binary), real AMQP clients (lapin) with timeouts, a hand-written AMQP client,
+//! and the rest the tests share. The common items are re-exported here, so test files start
+//! with `use warren_tests::*;`.
+//!
+//! Where the tests are:
+//! - `tests/tests/*.rs` (this package): against an in-process [`TestBroker`].
+//! - `crates/warren/tests/*.rs`: the tests that start the real `warren` binary
+//!   ([`BrokerProcess`], or a command of their own), which they find with
+//!   `env!("CARGO_BIN_EXE_warren")`: Cargo builds a package's binaries before its integration
+//!   tests, and tells only those where they are.
+//! - `crates/warrenctl/tests/*.rs`: the tests that run `warrenctl` (`CARGO_BIN_EXE_warrenctl`)
+//!   against an in-process broker and its management API.
+//!
+//! Modules:
+//! - [`broker`]: [`TestBroker`], a broker served in-process on a free loopback port.
+//! - [`process`]: [`BrokerProcess`], the `warren` binary with its own data directory, for
+//!   restart, crash and command-line tests.
+//! - [`client`]: lapin helpers (connect, declare, publish, consume, get, drain, qos, field
+//!   tables, reply codes, queue counts); every wait bounded by [`TIMEOUT`].
+//! - [`raw`]: a minimal AMQP client over raw frames, for what a well-behaved client cannot send.
+//! - [`proxy`]: [`Proxy`], a TCP proxy that can cut a client's socket without a goodbye.
+//! - [`pki`]: [`Pki`], a CA and certificates for the TLS tests.
+//! - [`mgmt`]: the management API in-process ([`mgmt::MgmtBroker`], HTTPS: [`mgmt::HttpsApi`]),
+//!   HTTP clients for it, and [`mgmt::run_warrenctl`].
+//! - [`tmp`]: [`TempDir`], a scratch directory removed even when the test fails.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use tokio::sync::watch;
-use warren_broker::persist::Persistence;
-use warren_broker::{Broker, BrokerConfig};
+pub mod broker;
+pub mod client;
+pub mod mgmt;
+pub mod pki;
+pub mod process;
+pub mod proxy;
+pub mod raw;
+pub mod tmp;
+
+pub use broker::{wait_until_released, TestBroker};
+pub use client::*;
+pub use pki::{Identity, Pki};
+pub use process::{BrokerProcess, ChildGuard};
+pub use proxy::Proxy;
+pub use tmp::TempDir;
 pub use warren_server::ServerConfig;
 pub use warren_store::{Backend, Faults, FaultyBackend, FileBackend};
-
-pub struct TestBroker {
-    pub addr: SocketAddr,
-    pub broker: Arc<Broker>,
-    stop: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Of a broker made by [`TestBroker::with_backend`], for [`TestBroker::stop`].
-    persistence: Option<Arc<Persistence>>,
-}
-
-impl TestBroker {
-    /// A broker with default settings.
-    pub fn start() -> Self {
-        Self::with_config(ServerConfig::default())
-    }
-
-    pub fn with_config(config: ServerConfig) -> Self {
-        Self::serve(Broker::new(BrokerConfig::default()), config)
-    }
-
-    /// A broker that persists under `data_dir` through `backend` (`Broker::open`: durable
-    /// queues get message stores and publisher confirms wait for group commit), with
-    /// default settings. Pass a [`FaultyBackend`] to inject disk faults.
-    pub fn with_backend(data_dir: &std::path::Path, backend: Arc<dyn Backend>) -> Self {
-        let persistence = Persistence::new(data_dir, backend);
-        let broker = Broker::open(BrokerConfig::default(), persistence.clone())
-            .unwrap_or_else(|e| panic!("open data directory {}: {e}", data_dir.display()));
-        let mut b = Self::serve(broker, ServerConfig::default());
-        b.persistence = Some(persistence);
-        b
-    }
-
-    /// Stops the broker as `warren` does on SIGTERM (close connections, then a last group
-    /// commit that also saves the definitions) and waits until its message stores are closed
-    /// and its flusher has exited, so another broker can open the same data directory.
-    pub fn stop(mut self) {
-        self.shutdown();
-        self.broker.flush_all();
-        let persistence = self.persistence.take();
-        drop(self);
-        let Some(p) = persistence else { return };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while Arc::strong_count(&p) > 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the stopped broker still holds its data directory {}",
-                p.dir().display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-
-    fn serve(broker: Arc<Broker>, config: ServerConfig) -> Self {
-        let (stop, stop_rx) = watch::channel(false);
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let b = broker.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                addr_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("send addr");
-                warren_server::serve(listener, b, Arc::new(config), stop_rx).await;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            });
-        });
-        let addr = addr_rx.recv().expect("broker started");
-        TestBroker {
-            addr,
-            broker,
-            stop,
-            thread: Some(thread),
-            persistence: None,
-        }
-    }
-
-    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Path of a workspace binary (`warren`, `warrenctl`), built on first use with the same cargo
-/// and profile as the running test.
-pub fn built_binary(name: &str) -> std::path::PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // target/<profile>/deps/<test>-… → target/<profile>/<name>
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>")
-        .to_path_buf();
-    let bin = profile_dir.join(name);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", name])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    // Variables cargo sets for the running test (package name, crate name, manifest…): some
-    // build scripts (ring's) declare they depend on them, so passing them on would rebuild
-    // the TLS stack in every test binary, ~40 s each.
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("CARGO_PKG_")
-            || k.starts_with("CARGO_MANIFEST_")
-            || k.starts_with("CARGO_BIN_")
-            || k == "CARGO_CRATE_NAME"
-            || k == "CARGO_PRIMARY_PACKAGE"
-            || k == "CARGO_TARGET_TMPDIR"
-            || k == "OUT_DIR"
-        {
-            cmd.env_remove(&key);
-        }
-    }
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p {name} failed");
-    assert!(bin.exists(), "{} not built", bin.display());
-    bin
-}
-
-/// A `warren` process with its own data directory, for restart and crash tests. It listens
-/// on ports the kernel picks (`--listen 127.0.0.1:0`) and says which in its listeners file, so
-/// no other process can take its port between a check and a bind, nor after a restart.
-pub struct BrokerProcess {
-    /// The AMQP port of the running process (a restart gets a new one).
-    pub port: u16,
-    /// Every listener the running process bound: (protocol, address).
-    pub listeners: Vec<(String, std::net::SocketAddr)>,
-    pub data_dir: std::path::PathBuf,
-    listen: String,
-    child: Option<std::process::Child>,
-}
-
-impl BrokerProcess {
-    pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Self {
-        Self::start_listening(data_dir, "127.0.0.1:0", extra)
-    }
-
-    /// Started with `--listen <listen>` (any of its forms, e.g. `0` for both loopback families).
-    pub fn start_listening(data_dir: &std::path::Path, listen: &str, extra: &[&str]) -> Self {
-        let mut p = BrokerProcess {
-            port: 0,
-            listeners: Vec::new(),
-            data_dir: data_dir.to_path_buf(),
-            listen: listen.to_string(),
-            child: None,
-        };
-        p.spawn(extra);
-        p
-    }
-
-    fn listeners_file(&self) -> std::path::PathBuf {
-        let mut name = self.data_dir.as_os_str().to_owned();
-        name.push(".listeners");
-        std::path::PathBuf::from(name)
-    }
-
-    fn spawn(&mut self, extra: &[&str]) {
-        let file = self.listeners_file();
-        let _ = std::fs::remove_file(&file);
-        let mut child = std::process::Command::new(built_binary("warren"))
-            .args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
-            .args(["--log-level", "warn"])
-            .arg("--listeners-file")
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn warren");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let text = loop {
-            if let Ok(t) = std::fs::read_to_string(&file) {
-                break t;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("warren exited before listening: {status}");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "warren did not write {} within 20 s",
-                file.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
-        self.listeners = text
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(p, a)| (p.to_string(), a.parse().expect("listener address")))
-            .collect();
-        self.port = self
-            .listener("amqp")
-            .expect("an amqp line in the listeners file")
-            .port();
-        self.child = Some(child);
-    }
-
-    /// The first listener of `protocol` (amqp, amqps, http, https).
-    pub fn listener(&self, protocol: &str) -> Option<std::net::SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(p, _)| p == protocol)
-            .map(|(_, a)| *a)
-    }
-
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// SIGKILL, then start again on the same data directory (on a new port: use `url()`).
-    pub fn kill9_and_restart(&mut self, extra: &[&str]) {
-        self.kill9();
-        self.spawn(extra);
-    }
-
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Sends SIGTERM and returns at once (see [`BrokerProcess::stop`] to wait).
-    pub fn sigterm(&self) {
-        if let Some(c) = &self.child {
-            sigterm(c.id());
-        }
-    }
-
-    /// Waits for the process to exit (after [`BrokerProcess::sigterm`]); returns the exit code.
-    pub fn wait(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        c.wait().ok().and_then(|s| s.code())
-    }
-
-    /// SIGTERM and wait for a clean exit; returns the exit code.
-    pub fn stop(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        sigterm(c.id());
-        c.wait().ok().and_then(|s| s.code())
-    }
-}
-
-fn sigterm(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}

@@ -2,13 +2,10 @@
 //! give the answers asserted here; checked side by side): immediate publishes, channel_max,
 //! exclusive redeclaration, the default exchange, and unbinding what is already gone.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
-use warren_tests::{ServerConfig, TestBroker};
+use warren_tests::*;
 
 const LOCKED_TEXT: &str = "It could be originally declared on another connection or the exclusive \
                            property value does not match that of the original declaration.";
@@ -59,7 +56,7 @@ async fn immediate_publish_with_confirms_and_mandatory_closes_the_connection_wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_max_counts_open_channels_not_channel_numbers() {
-    use common::raw::{method_frame, RawClient};
+    use warren_tests::raw::{method_frame, RawClient};
     let b = TestBroker::with_config(ServerConfig {
         channel_max: 3,
         ..Default::default()
@@ -539,7 +536,7 @@ fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
 /// A basic.publish to the default exchange whose content header carries `properties` (flags
 /// and values as they go on the wire).
 fn publish_frames(queue: &str, properties: &[u8], body: &[u8]) -> Vec<u8> {
-    use common::raw::method_frame;
+    use warren_tests::raw::method_frame;
     let mut a = vec![0, 0, 0, queue.len() as u8];
     a.extend_from_slice(queue.as_bytes());
     a.push(0);
@@ -558,7 +555,7 @@ fn publish_frames(queue: &str, properties: &[u8], body: &[u8]) -> Vec<u8> {
 /// when dead-lettered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_content_header_closes_the_connection_with_541() {
-    use common::raw::{method_frame, RawClient};
+    use warren_tests::raw::{method_frame, RawClient};
     let b = TestBroker::start();
     let (_c, ch) = open(&b).await;
     declare(&ch, "props").await;
@@ -617,14 +614,6 @@ async fn a_malformed_content_header_closes_the_connection_with_541() {
         .contains_key("k"));
 }
 
-fn args(pairs: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
 /// Divergences the differential tester found (tools/amqp-diff/repros), each answered as
 /// RabbitMQ 4.0.5 answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -662,7 +651,7 @@ async fn check_orders_and_texts_found_by_the_differential_tester() {
         ch.queue_declare(
             "ad".into(),
             QueueDeclareOptions::default(),
-            args(&[("x-max-priority", AMQPValue::LongString("0".into()))]),
+            table(&[("x-max-priority", AMQPValue::LongString("0".into()))]),
         )
         .await,
         406,
@@ -702,7 +691,7 @@ async fn check_orders_and_texts_found_by_the_differential_tester() {
             ch.queue_declare(
                 "argq".into(),
                 QueueDeclareOptions::default(),
-                args(&[(arg, value)]),
+                table(&[(arg, value)]),
             )
             .await,
             406,
@@ -729,7 +718,7 @@ async fn check_orders_and_texts_found_by_the_differential_tester() {
         ch.queue_declare(
             "p0".into(),
             QueueDeclareOptions::default(),
-            args(&[("x-max-priority", AMQPValue::LongInt(0))]),
+            table(&[("x-max-priority", AMQPValue::LongInt(0))]),
         ),
     )
     .await

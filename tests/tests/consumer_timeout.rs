@@ -2,14 +2,11 @@
 //! consumer argument, policy), the requeue that follows, the cancel-consumer option, and a
 //! consumer that acks in time never being closed.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use std::time::Duration;
 use warren_server::{ConsumerTimeoutAction, ServerConfig};
-use warren_tests::TestBroker;
+use warren_tests::*;
 
 fn broker(timeout_ms: Option<u64>, action: ConsumerTimeoutAction) -> TestBroker {
     TestBroker::with_config(ServerConfig {

@@ -3,47 +3,13 @@
 //! confirms, transactions, cancellation (client- and server-initiated), auto-delete and
 //! exclusive queue lifetimes, purge and the counts in declare-ok.
 
-mod common;
-
-use common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::BasicProperties;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use warren_tests::TestBroker;
-
-async fn qos(ch: &lapin::Channel, prefetch: u16, global: bool) {
-    within(
-        "basic_qos",
-        ch.basic_qos(prefetch, BasicQosOptions { global }),
-    )
-    .await
-    .expect("basic_qos");
-}
-
-async fn get(
-    ch: &lapin::Channel,
-    queue: &str,
-    no_ack: bool,
-) -> Option<lapin::message::BasicGetMessage> {
-    within(
-        "basic_get",
-        ch.basic_get(queue.into(), BasicGetOptions { no_ack }),
-    )
-    .await
-    .expect("basic_get")
-}
-
-fn consumer_count(broker: &TestBroker, queue: &str) -> u64 {
-    broker
-        .broker
-        .vhost("/")
-        .and_then(|v| v.queue(queue))
-        .map(|q| q.stats().consumers)
-        .unwrap_or(0)
-}
+use warren_tests::*;
 
 /// With prefetch 1 a slow consumer holds one message at a time, so the fast one takes the rest
 /// (RabbitMQ's "fair dispatch").
@@ -588,12 +554,7 @@ async fn publisher_confirms_ack_every_message() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
     declare(&ch, "confirmed").await;
-    within(
-        "confirm_select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
+    confirm_select(&ch).await;
 
     // Awaited one by one...
     for i in 0..10 {
@@ -723,12 +684,7 @@ async fn confirm_and_tx_modes_exclude_each_other() {
     .await;
     expect_code(r, 406);
     let ch = channel(&conn).await;
-    within(
-        "confirm_select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
+    confirm_select(&ch).await;
     let r = within("tx_select", ch.tx_select()).await;
     expect_code(r, 406);
     let ch = channel(&conn).await;
@@ -1092,12 +1048,7 @@ async fn a_no_ack_consumer_gets_everything_through_write_backpressure() {
     declare(&producer, "flood").await;
     const N: usize = 3000;
     let payload = vec![b'x'; 16 * 1024]; // 48 MiB in all, well above the write buffer's limit
-    within(
-        "confirm_select",
-        producer.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
+    confirm_select(&producer).await;
     for i in 0..N {
         let mut body = payload.clone();
         body[..8].copy_from_slice(&(i as u64).to_be_bytes());

@@ -16,50 +16,24 @@
 //! commit's flush (a small message) or at the append itself (a message that does not fit
 //! behind what is buffered); the tests provoke each on purpose.
 
-mod common;
-
-use common::*;
 use futures_util::FutureExt;
 use lapin::options::*;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use warren_tests::{Faults, FaultyBackend, FileBackend, TestBroker};
-
-/// A scratch data directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("warren-faults-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create scratch directory");
-        Scratch(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use warren_tests::*;
 
 /// A persisting broker whose disk fails on demand.
 struct FaultyBroker {
     broker: Option<TestBroker>,
     faults: Arc<Faults>,
-    dir: Scratch,
+    dir: TempDir,
 }
 
 impl FaultyBroker {
     fn start(name: &str) -> Self {
-        let dir = Scratch::new(name);
+        let dir = TempDir::new(&format!("faults-{name}"));
         let (broker, faults) = Self::open(dir.path());
         FaultyBroker {
             broker: Some(broker),
@@ -159,40 +133,13 @@ async fn declare_durable(ch: &Channel, name: &str) {
 /// A new channel in confirm mode.
 async fn confirm_channel(conn: &Connection) -> Channel {
     let ch = channel(conn).await;
-    within(
-        "confirm_select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
+    confirm_select(&ch).await;
     ch
 }
 
 /// Publishes to `queue` through the default exchange; the confirm is left to the caller.
 async fn send(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) -> PublisherConfirm {
-    send_via(ch, "", queue, body, props).await
-}
-
-/// Publishes to `exchange` with `key`; the confirm is left to the caller.
-async fn send_via(
-    ch: &Channel,
-    exchange: &str,
-    key: &str,
-    body: &[u8],
-    props: BasicProperties,
-) -> PublisherConfirm {
-    within(
-        "basic_publish",
-        ch.basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        ),
-    )
-    .await
-    .expect("basic_publish")
+    publish_for_confirm(ch, "", queue, body, props).await
 }
 
 async fn confirmation(what: &str, confirm: PublisherConfirm) -> Confirmation {
@@ -672,13 +619,13 @@ async fn a_transaction_to_several_queues_is_all_there_after_a_restart() {
     for round in 0..2 {
         for i in 0..3 {
             let body = format!("tx{round}-{i}");
-            send_via(&ch, "amq.fanout", "", body.as_bytes(), persistent()).await;
+            publish_for_confirm(&ch, "amq.fanout", "", body.as_bytes(), persistent()).await;
         }
         within("tx_commit", ch.tx_commit())
             .await
             .expect("tx_commit");
         let body = format!("plain{round}");
-        send_via(&plain, "amq.fanout", "", body.as_bytes(), persistent()).await;
+        publish_for_confirm(&plain, "amq.fanout", "", body.as_bytes(), persistent()).await;
     }
     eventually("all published", || ready(&h, "tx-b") == 8).await;
     assert_eq!(ready(&h, "tx-transient"), 8);

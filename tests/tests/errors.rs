@@ -3,14 +3,11 @@
 //! channels) working; connection errors must leave other connections working. The last tests
 //! speak raw bytes to check what a well-behaved client cannot send.
 
-mod common;
-
-use common::raw::{method_frame, RawClient, PROTOCOL_HEADER};
-use common::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use warren_tests::TestBroker;
+use warren_tests::raw::{method_frame, RawClient, PROTOCOL_HEADER};
+use warren_tests::*;
 
 fn passive() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -820,7 +817,7 @@ async fn a_silent_client_is_disconnected_after_missed_heartbeats() {
     let mut heartbeats = 0;
     while let Some(f) = raw.read_frame().await {
         match f.kind {
-            common::raw::FRAME_HEARTBEAT => heartbeats += 1,
+            warren_tests::raw::FRAME_HEARTBEAT => heartbeats += 1,
             // A connection.close is tolerated; anything else is not.
             _ => assert_eq!(f.method_id(), (10, 50), "unexpected frame"),
         }
@@ -848,7 +845,7 @@ async fn a_client_sending_heartbeats_stays_connected() {
     raw.handshake_with_heartbeat(1).await;
     for _ in 0..8 {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        raw.send(&common::raw::heartbeat_frame()).await;
+        raw.send(&warren_tests::raw::heartbeat_frame()).await;
     }
     raw.send(&method_frame(1, 20, 10, &[0])).await;
     loop {
@@ -856,7 +853,7 @@ async fn a_client_sending_heartbeats_stays_connected() {
             .read_frame()
             .await
             .expect("still connected after 4 s of heartbeats only");
-        if f.kind == common::raw::FRAME_METHOD {
+        if f.kind == warren_tests::raw::FRAME_METHOD {
             assert_eq!((f.channel, f.method_id()), (1, (20, 11)), "channel.open-ok");
             break;
         }

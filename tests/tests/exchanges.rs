@@ -2,39 +2,10 @@
 //! the default exchange, exchange-to-exchange bindings, internal exchanges, and mandatory
 //! publishes that come back with basic.return.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, ExchangeKind};
 use std::collections::BTreeMap;
-use warren_tests::TestBroker;
-
-/// Takes every ready message of `queue` with basic.get (no ack) and returns the bodies.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    loop {
-        let got = within(
-            "basic_get",
-            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
-        )
-        .await
-        .expect("basic_get");
-        match got {
-            Some(m) => out.push(String::from_utf8_lossy(&m.delivery.data).into_owned()),
-            None => return out,
-        }
-    }
-}
-
-fn table(pairs: &[(&str, &str)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), AMQPValue::LongString((*v).into()));
-    }
-    t
-}
+use warren_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_exchange_routes_on_the_exact_key() {
@@ -178,7 +149,7 @@ async fn headers_exchange_x_match_modes() {
     ];
     for (q, args) in bindings {
         declare(&ch, q).await;
-        bind_args(&ch, q, "hx", "", table(args)).await;
+        bind_args(&ch, q, "hx", "", string_table(args)).await;
     }
     let messages: [(&str, Option<&[(&str, &str)]>); 8] = [
         ("pdf-report", Some(&[("format", "pdf"), ("type", "report")])),
@@ -196,7 +167,7 @@ async fn headers_exchange_x_match_modes() {
     for (name, headers) in messages {
         let mut props = BasicProperties::default();
         if let Some(h) = headers {
-            props = props.with_headers(table(h));
+            props = props.with_headers(string_table(h));
         }
         // The routing key plays no part in a headers exchange.
         publish_props(&ch, "hx", "ignored", name.as_bytes(), props).await;
@@ -234,10 +205,10 @@ async fn headers_exchange_x_match_modes() {
         "h_match",
         "amq.match",
         "",
-        table(&[("x-match", "any"), ("k", "v")]),
+        string_table(&[("x-match", "any"), ("k", "v")]),
     )
     .await;
-    let props = BasicProperties::default().with_headers(table(&[("k", "v")]));
+    let props = BasicProperties::default().with_headers(string_table(&[("k", "v")]));
     publish_props(&ch, "amq.match", "", b"via-amq.match", props.clone()).await;
     publish_props(&ch, "amq.headers", "", b"via-amq.headers", props).await;
     assert_eq!(drain(&ch, "h_match").await, ["via-amq.match"]);
@@ -256,7 +227,7 @@ async fn headers_binding_with_an_invalid_x_match_is_refused() {
             "hx".into(),
             "".into(),
             QueueBindOptions::default(),
-            table(&[("x-match", "some")]),
+            string_table(&[("x-match", "some")]),
         ),
     )
     .await;

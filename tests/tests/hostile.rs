@@ -2,12 +2,9 @@
 //! of channel.open/close calls, an unacked flood. The broker answers each as RabbitMQ does,
 //! keeps serving a well-behaved client throughout, and its memory stays bounded.
 
-mod common;
-
-use common::raw::{method_frame, RawClient};
-use common::*;
 use tokio::io::AsyncReadExt;
-use warren_tests::TestBroker;
+use warren_tests::raw::{method_frame, RawClient};
+use warren_tests::*;
 
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -24,7 +21,7 @@ fn rss_kb() -> u64 {
 async fn still_serving(ch: &lapin::Channel, c: &mut lapin::Consumer, n: usize) {
     let body = format!("steady {n}");
     publish(ch, "", "steady", body.as_bytes()).await;
-    assert_eq!(common::body(&next(c).await), body);
+    assert_eq!(warren_tests::body(&next(c).await), body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,9 @@
 //! isolation and deletion, loopback-only users, connection and channel limits, queue limits,
 //! and the memory alarm blocking and unblocking a publisher with nothing lost.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
-use warren_tests::{ServerConfig, TestBroker};
+use warren_tests::*;
 
 fn url(b: &TestBroker, user: &str, pass: &str, vhost: &str) -> String {
     let vhost = vhost.replace('/', "%2f");
@@ -562,7 +559,7 @@ async fn queue_limit_per_vhost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_limits_channel_max_frame_max_message_size_handshake_timeout() {
-    use common::raw::{method_frame, RawClient};
+    use warren_tests::raw::{method_frame, RawClient};
     let b = TestBroker::with_config(ServerConfig {
         channel_max: 4,
         max_message_size: 1000,
@@ -716,7 +713,7 @@ async fn memory_alarm_blocks_publishers_not_consumers_and_loses_nothing() {
 
 /// Publishes one message on channel 1 with raw frames.
 fn raw_publish(queue: &str, body: &[u8]) -> Vec<u8> {
-    use common::raw::{method_frame, FRAME_END};
+    use warren_tests::raw::{method_frame, FRAME_END};
     let mut a = vec![0, 0, 0];
     a.push(queue.len() as u8);
     a.extend_from_slice(queue.as_bytes());
@@ -738,7 +735,7 @@ fn raw_publish(queue: &str, body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_publisher_is_not_read_until_the_alarm_clears() {
-    use common::raw::{method_frame, RawClient};
+    use warren_tests::raw::{method_frame, RawClient};
     let b = TestBroker::start();
     let (_c, ch) = open(&b).await;
     declare(&ch, "raw").await;

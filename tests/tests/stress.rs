@@ -3,16 +3,13 @@
 //! one connection at once. Nothing may stall: every published message reaches its consumer.
 //! `WARREN_STRESS_SECS` sets how long publishers run (default 8 s; the check is 60).
 
-mod common;
-
-use common::raw::{method_frame, RawClient};
-use common::*;
 use lapin::options::*;
 use lapin::BasicProperties;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use warren_tests::TestBroker;
+use warren_tests::raw::{method_frame, RawClient};
+use warren_tests::*;
 
 const QUEUES: usize = 4;
 const BODY: usize = 32 * 1024;

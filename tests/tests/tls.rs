@@ -1,18 +1,15 @@
 //! AMQPS: a TLS listener with certificates made by rcgen, clients with and without a valid
 //! client certificate, under `verify_none`, `verify_peer` and `fail_if_no_peer_cert`.
 
-mod common;
-mod pki;
-
-use common::raw::{method_frame, PROTOCOL_HEADER};
-use common::within;
-use pki::{Identity, Pki};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::rustls;
 use warren_server::tls::{acceptor, serve_tls, TlsOptions};
+use warren_tests::raw::{method_frame, PROTOCOL_HEADER};
+use warren_tests::within;
 use warren_tests::TestBroker;
+use warren_tests::{Identity, Pki};
 
 /// Starts an AMQPS listener for the test broker; returns its address.
 async fn listen(b: &TestBroker, o: &TlsOptions) -> SocketAddr {

@@ -1,14 +1,11 @@
 //! RabbitMQ's six tutorials (https://www.rabbitmq.com/tutorials), re-enacted with lapin against
 //! Warren: what a newcomer would try first must work exactly as it does on RabbitMQ.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, ExchangeKind};
 use std::collections::HashMap;
-use warren_tests::TestBroker;
+use warren_tests::*;
 
 /// Tutorial 1: a producer sends "Hello World!" to the queue `hello` through the default
 /// exchange and a consumer prints it.

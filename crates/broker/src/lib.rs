@@ -52,3 +52,44 @@ pub use error::AmqpError;
 pub use message::Message;
 pub use queue::Queue;
 pub use vhost::VHost;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::{Path, PathBuf};
+
+    /// A fresh, empty directory under the system temp dir, removed on drop: also when the
+    /// test that made it fails.
+    pub struct TestDir(PathBuf);
+
+    impl TestDir {
+        pub fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("warren-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            TestDir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Waits until a dropped broker's flusher thread (which may be saving the definitions)
+    /// has let go of `p`, so that it writes nothing into a [`TestDir`] removed next.
+    pub fn wait_until_released(p: std::sync::Arc<crate::persist::Persistence>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::sync::Arc::strong_count(&p) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "persistence still held"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

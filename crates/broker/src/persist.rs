@@ -335,13 +335,12 @@ mod tests {
     #[test]
     fn removing_orphans_is_linear_in_the_queues() {
         const N: usize = 100_000;
-        let dir = std::env::temp_dir().join(format!("warren-orphans-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let vhost_dir = dir.join("queues").join(encode_name("/"));
+        let dir = crate::testutil::TestDir::new("orphans");
+        let vhost_dir = dir.path().join("queues").join(encode_name("/"));
         for i in 0..N {
             std::fs::create_dir_all(vhost_dir.join(encode_name(&format!("q-{i}")))).unwrap();
         }
-        let p = Persistence::new(&dir, warren_store::FileBackend::shared());
+        let p = Persistence::new(dir.path(), warren_store::FileBackend::shared());
         // Every queue but the last ten still exists.
         let keep: Vec<(String, String)> = (0..N - 10)
             .map(|i| ("/".to_string(), format!("q-{i}")))
@@ -360,6 +359,5 @@ mod tests {
             "{N} queues took {took:?}"
         );
         drop(p);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -439,14 +439,12 @@ mod tests {
     }
 
     fn mgmt_listeners_all(conf: &str, flags: &[&str]) -> (Vec<SocketAddr>, Option<SocketAddr>) {
-        let dir = std::env::temp_dir().join(format!("warren-conf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.conf", conf.len() * 31 + flags.len()));
+        let dir = warren_tests::TempDir::new("conf");
+        let path = dir.join("warren.conf");
         std::fs::write(&path, conf).unwrap();
         let mut argv = vec!["warren", "--config", path.to_str().unwrap()];
         argv.extend(flags);
         let s = settings(Args::parse_from(argv)).unwrap();
-        let _ = std::fs::remove_file(&path);
         (
             s.mgmt_listen.iter().map(|a| a.addr).collect(),
             s.security.mgmt_tls.map(|(a, _)| a),
@@ -474,14 +472,12 @@ mod tests {
     }
 
     fn amqp_listeners(conf: &str, flags: &[&str]) -> Result<Vec<String>, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("warren-conf-l-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.conf", conf.len() * 31 + flags.len()));
+        let dir = warren_tests::TempDir::new("conf-l");
+        let path = dir.join("warren.conf");
         std::fs::write(&path, conf).unwrap();
         let mut argv = vec!["warren", "--config", path.to_str().unwrap()];
         argv.extend(flags);
         let s = settings(Args::parse_from(argv));
-        let _ = std::fs::remove_file(&path);
         Ok(s?.listen.iter().map(|a| a.addr.to_string()).collect())
     }
 

@@ -334,10 +334,9 @@ mod tests {
     #[test]
     fn users_and_permissions_survive_a_restart() {
         use crate::persist::Persistence;
-        let dir = std::env::temp_dir().join(format!("warren-auth-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::testutil::TestDir::new("auth");
         let open = || {
-            let p = Persistence::new(&dir, warren_store::FileBackend::shared());
+            let p = Persistence::new(dir.path(), warren_store::FileBackend::shared());
             Broker::open(BrokerConfig::default(), p).unwrap()
         };
         {
@@ -365,8 +364,9 @@ mod tests {
         let cx = b.vhost_access("u", "v").unwrap();
         assert_eq!(cx.permission().configure, "^a");
         assert_eq!(b.vhost_limits("v").max_connections, Some(3));
+        let p = b.persistence().unwrap().clone();
         drop(b);
-        let _ = std::fs::remove_dir_all(&dir);
+        crate::testutil::wait_until_released(p);
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! and `127.0.0.1` signed by it, and client certificates on demand. The PEM files live in a
 //! temporary directory removed on drop.
 
-#![allow(dead_code)]
-
+use crate::TempDir;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use std::path::PathBuf;
 use warren_server::tls::TlsOptions;
 
 pub struct Pki {
-    pub dir: PathBuf,
+    /// Where the PEM files are (removed when the `Pki` is dropped).
+    pub dir: TempDir,
     pub ca: rcgen::Certificate,
     ca_key: KeyPair,
 }
@@ -22,8 +22,7 @@ pub struct Identity {
 
 impl Pki {
     pub fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("warren-tls-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("tls-{name}"));
         let ca_key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -75,11 +74,5 @@ impl Identity {
         std::fs::write(&cert, self.cert.pem()).unwrap();
         std::fs::write(&key, self.key.serialize_pem()).unwrap();
         (cert, key)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

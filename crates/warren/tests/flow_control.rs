@@ -2,13 +2,13 @@
 //! waiting state, not a frozen task: a forced close (SIGTERM's 320, the management API's
 //! DELETE) reaches it at once.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::BasicProperties;
 use std::time::{Duration, Instant};
-use warren_tests::{BrokerProcess, TestBroker};
+use warren_tests::*;
+
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 const BODY: usize = 64 * 1024;
 
@@ -67,9 +67,9 @@ async fn held_publisher(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_a_publisher_held_by_flow_control_with_320_at_once() {
-    let dir = std::env::temp_dir().join(format!("warren-flow-sigterm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let tmp = TempDir::new("flow-sigterm");
+    let dir = tmp.join("data");
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let mgmt = broker.listener("http").unwrap();
     let ready = move || {
         use std::io::{Read, Write};
@@ -101,7 +101,6 @@ async fn sigterm_closes_a_publisher_held_by_flow_control_with_320_at_once() {
     }
     eprintln!("closed after {:?}: {e}", sent.elapsed());
     assert_eq!(broker.wait(), Some(0), "warren did not stop cleanly");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,8 +138,8 @@ async fn a_forced_close_reaches_a_publisher_held_by_flow_control() {
 async fn a_held_publisher_still_gets_its_confirms() {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    let dir = std::env::temp_dir().join(format!("warren-flow-confirms-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("flow-confirms");
+    let dir = tmp.join("data");
     let b = TestBroker::with_backend(&dir, warren_tests::FileBackend::shared());
     let cons_conn = connect(&b).await;
     let cons = channel(&cons_conn).await;
@@ -229,5 +228,4 @@ async fn a_held_publisher_still_gets_its_confirms() {
     .await;
     assert_eq!(in_queue(), n, "the publisher was released");
     drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,23 +1,20 @@
-//! Helpers shared by the integration tests: lapin connections with timeouts, reading reply
-//! codes out of lapin errors, a TCP proxy that can cut a client's socket abruptly, and a tiny
-//! hand-written AMQP client for the cases a well-behaved client cannot produce.
+//! lapin helpers: connections and channels with timeouts, declaring, publishing, consuming
+//! and getting, field tables, reading reply codes out of lapin errors, and waiting on the
+//! in-process broker's queue counts.
 //!
 //! Every wait is bounded by [`TIMEOUT`] so that a broker bug fails a test instead of hanging it.
 
-#![allow(dead_code)]
-
+use crate::TestBroker;
 use futures_util::StreamExt;
-use lapin::message::Delivery;
+use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ErrorKind};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ErrorKind,
+    PublisherConfirm,
+};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-use warren_tests::TestBroker;
 
 /// Longest a single expected event may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +111,34 @@ pub fn no_args() -> FieldTable {
     FieldTable::default()
 }
 
+/// A field table of `(key, value)` pairs, e.g. `table(&[("x-max-length", int(2))])`.
+pub fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+/// A field table whose values are all long strings.
+pub fn string_table(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(ShortString::from(*k), AMQPValue::LongString((*v).into()));
+    }
+    t
+}
+
+/// A long-string field value.
+pub fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// A long-long-int field value.
+pub fn int(n: i64) -> AMQPValue {
+    AMQPValue::LongLongInt(n)
+}
+
 /// Declares a plain (non-durable, non-exclusive) queue.
 pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
     within(
@@ -178,6 +203,28 @@ pub async fn publish_props(
     body: &[u8],
     props: BasicProperties,
 ) {
+    publish_for_confirm(ch, exchange, key, body, props).await;
+}
+
+/// Puts the channel in confirm mode.
+pub async fn confirm_select(ch: &Channel) {
+    within(
+        "confirm_select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm_select");
+}
+
+/// Publishes; the publisher confirm is left to the caller (outside confirm mode it is
+/// `NotRequested`).
+pub async fn publish_for_confirm(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> PublisherConfirm {
     within(
         "basic_publish",
         ch.basic_publish(
@@ -189,29 +236,27 @@ pub async fn publish_props(
         ),
     )
     .await
-    .expect("basic_publish");
+    .expect("basic_publish")
 }
 
 /// Publishes with confirms on (the channel must be in confirm mode) and waits for the ack, so
 /// the message is known to be routed before the test goes on.
 pub async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
-    let confirm = within(
-        "basic_publish",
-        ch.basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default(),
-        ),
-    )
-    .await
-    .expect("basic_publish");
+    let confirm = publish_for_confirm(ch, exchange, key, body, BasicProperties::default()).await;
     let c = within("publisher confirm", confirm).await.expect("confirm");
     assert!(
         c.is_ack(),
         "publish to {exchange:?}/{key:?} was not acked: {c:?}"
     );
+}
+
+pub async fn qos(ch: &Channel, prefetch: u16, global: bool) {
+    within(
+        "basic_qos",
+        ch.basic_qos(prefetch, BasicQosOptions { global }),
+    )
+    .await
+    .expect("basic_qos");
 }
 
 pub async fn consume(ch: &Channel, queue: &str, tag: &str) -> Consumer {
@@ -273,6 +318,25 @@ pub async fn assert_no_delivery(consumer: &mut Consumer) {
     }
 }
 
+/// basic.get: the next ready message of `queue`, if any.
+pub async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<BasicGetMessage> {
+    within(
+        "basic_get",
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack }),
+    )
+    .await
+    .expect("basic_get")
+}
+
+/// Takes every ready message of `queue` with basic.get (no ack) and returns the bodies.
+pub async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(m) = get(ch, queue, true).await {
+        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    out
+}
+
 pub fn body(d: &Delivery) -> String {
     String::from_utf8_lossy(&d.data).into_owned()
 }
@@ -302,6 +366,15 @@ pub fn queue_counts(broker: &TestBroker, queue: &str) -> Option<(u64, u64)> {
     Some((s.messages_ready, s.messages_unacknowledged))
 }
 
+/// Consumers of a queue in vhost `/` (0 if there is no such queue).
+pub fn consumer_count(broker: &TestBroker, queue: &str) -> u64 {
+    broker
+        .broker
+        .vhost("/")
+        .and_then(|v| v.queue(queue))
+        .map_or(0, |q| q.stats().consumers)
+}
+
 pub fn queue_exists(broker: &TestBroker, queue: &str) -> bool {
     broker
         .broker
@@ -324,229 +397,5 @@ pub async fn wait_counts(broker: &TestBroker, queue: &str, ready: u64, unacked: 
             );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A TCP proxy in front of the broker, so a test can cut a client's socket without the client
-/// saying goodbye (as a crashed process or a pulled cable would).
-pub struct Proxy {
-    pub addr: SocketAddr,
-    accept: JoinHandle<()>,
-    pipes: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
-        let addr = listener.local_addr().expect("proxy addr");
-        let pipes: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Default::default();
-        let p = pipes.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let Ok(mut server) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let pipe = tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                });
-                p.lock().unwrap().push(pipe);
-            }
-        });
-        Proxy {
-            addr,
-            accept,
-            pipes,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
-    }
-
-    /// Drops every proxied socket at once: the broker sees the TCP connection end with no
-    /// connection.close.
-    pub fn cut(&self) {
-        for p in self.pipes.lock().unwrap().drain(..) {
-            p.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
-/// A minimal hand-driven AMQP client: raw frames over a socket.
-pub mod raw {
-    use super::*;
-
-    pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
-    pub const FRAME_METHOD: u8 = 1;
-    pub const FRAME_HEARTBEAT: u8 = 8;
-    pub const FRAME_END: u8 = 0xCE;
-
-    pub struct Frame {
-        pub kind: u8,
-        pub channel: u16,
-        pub payload: Vec<u8>,
-    }
-
-    impl Frame {
-        /// (class id, method id) of a method frame.
-        pub fn method_id(&self) -> (u16, u16) {
-            assert_eq!(self.kind, FRAME_METHOD, "not a method frame");
-            let p = &self.payload;
-            (
-                u16::from_be_bytes([p[0], p[1]]),
-                u16::from_be_bytes([p[2], p[3]]),
-            )
-        }
-
-        /// The reply code of a connection.close or channel.close.
-        pub fn close_code(&self) -> u16 {
-            let p = &self.payload;
-            u16::from_be_bytes([p[4], p[5]])
-        }
-    }
-
-    pub fn heartbeat_frame() -> Vec<u8> {
-        vec![FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]
-    }
-
-    pub fn method_frame(channel: u16, class: u16, method: u16, args: &[u8]) -> Vec<u8> {
-        let mut f = vec![FRAME_METHOD];
-        f.extend_from_slice(&channel.to_be_bytes());
-        f.extend_from_slice(&((args.len() + 4) as u32).to_be_bytes());
-        f.extend_from_slice(&class.to_be_bytes());
-        f.extend_from_slice(&method.to_be_bytes());
-        f.extend_from_slice(args);
-        f.push(FRAME_END);
-        f
-    }
-
-    fn shortstr(out: &mut Vec<u8>, s: &str) {
-        out.push(s.len() as u8);
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    fn longstr(out: &mut Vec<u8>, s: &[u8]) {
-        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        out.extend_from_slice(s);
-    }
-
-    pub struct RawClient {
-        pub stream: TcpStream,
-        buf: Vec<u8>,
-    }
-
-    impl RawClient {
-        pub async fn connect(addr: SocketAddr) -> RawClient {
-            let stream = within("raw connect", TcpStream::connect(addr))
-                .await
-                .expect("raw connect");
-            RawClient {
-                stream,
-                buf: Vec::new(),
-            }
-        }
-
-        pub async fn send(&mut self, bytes: &[u8]) {
-            within("raw send", self.stream.write_all(bytes))
-                .await
-                .expect("raw send");
-        }
-
-        /// Reads one frame; `None` when the server closed the socket.
-        pub async fn read_frame(&mut self) -> Option<Frame> {
-            loop {
-                if self.buf.len() >= 7 {
-                    let size =
-                        u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]])
-                            as usize;
-                    if self.buf.len() >= 8 + size {
-                        let f = Frame {
-                            kind: self.buf[0],
-                            channel: u16::from_be_bytes([self.buf[1], self.buf[2]]),
-                            payload: self.buf[7..7 + size].to_vec(),
-                        };
-                        assert_eq!(self.buf[7 + size], FRAME_END, "frame end octet");
-                        self.buf.drain(..8 + size);
-                        return Some(f);
-                    }
-                }
-                let mut chunk = [0u8; 4096];
-                match within("raw read", self.stream.read(&mut chunk)).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        }
-
-        /// Reads frames until a method frame on channel 0 (skipping heartbeats).
-        pub async fn read_method(&mut self) -> Option<Frame> {
-            loop {
-                let f = self.read_frame().await?;
-                if f.kind == FRAME_METHOD {
-                    return Some(f);
-                }
-            }
-        }
-
-        /// Reads all the bytes the server sends until it closes the socket.
-        pub async fn read_to_end(&mut self) -> Vec<u8> {
-            let mut all = std::mem::take(&mut self.buf);
-            let _ = within("raw read_to_end", self.stream.read_to_end(&mut all)).await;
-            all
-        }
-
-        /// Header, start-ok (PLAIN guest/guest), tune-ok, open on vhost `/`.
-        pub async fn handshake(&mut self) {
-            self.handshake_with_heartbeat(0).await
-        }
-
-        /// The handshake, accepting `heartbeat` seconds in tune-ok.
-        pub async fn handshake_with_heartbeat(&mut self, heartbeat: u16) {
-            self.send(PROTOCOL_HEADER).await;
-            let start = self.read_method().await.expect("connection.start");
-            assert_eq!(start.method_id(), (10, 10), "expected connection.start");
-            let mut a = Vec::new();
-            a.extend_from_slice(&0u32.to_be_bytes()); // empty client properties
-            shortstr(&mut a, "PLAIN");
-            longstr(&mut a, b"\0guest\0guest");
-            shortstr(&mut a, "en_US");
-            self.send(&method_frame(0, 10, 11, &a)).await;
-            let tune = self.read_method().await.expect("connection.tune");
-            assert_eq!(tune.method_id(), (10, 30), "expected connection.tune");
-            let mut a = Vec::new();
-            a.extend_from_slice(&2047u16.to_be_bytes());
-            a.extend_from_slice(&131072u32.to_be_bytes());
-            a.extend_from_slice(&heartbeat.to_be_bytes());
-            self.send(&method_frame(0, 10, 31, &a)).await;
-            let mut a = Vec::new();
-            shortstr(&mut a, "/");
-            shortstr(&mut a, "");
-            a.push(0);
-            self.send(&method_frame(0, 10, 40, &a)).await;
-            let open_ok = self.read_method().await.expect("connection.open-ok");
-            assert_eq!(open_ok.method_id(), (10, 41), "expected connection.open-ok");
-        }
-
-        /// Expects connection.close with `code`, answers close-ok, then expects the socket to
-        /// be closed by the server.
-        pub async fn expect_connection_close(&mut self, code: u16) {
-            let f = self
-                .read_method()
-                .await
-                .expect("connection.close from the server");
-            assert_eq!(f.channel, 0);
-            assert_eq!(f.method_id(), (10, 50), "expected connection.close");
-            assert_eq!(f.close_code(), code, "connection.close reply code");
-            self.send(&method_frame(0, 10, 51, &[])).await;
-            let rest = self.read_to_end().await;
-            let _ = rest;
-        }
     }
 }

@@ -1,14 +1,14 @@
 //! Policies applied to live queues, and delayed delivery through x-delayed-message exchanges
 //! (including across a broker restart).
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
-use warren_tests::{BrokerProcess, TestBroker};
+use warren_tests::*;
+
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 fn policy(name: &str, pattern: &str, key: &str, value: i64) -> warren_broker::policy::Policy {
     let mut def = warren_protocol::FieldTable::new();
@@ -125,9 +125,9 @@ async fn delayed_exchange_holds_messages_until_due() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_messages_survive_a_sigkill() {
-    let dir = std::env::temp_dir().join(format!("warren-delayed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let tmp = TempDir::new("delayed");
+    let dir = tmp.join("data");
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     {
         let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
             .await
@@ -202,5 +202,4 @@ async fn delayed_messages_survive_a_sigkill() {
     let d = d.expect("a delivery").expect("no error");
     assert_eq!(&d.data[..], b"survivor");
     broker.kill9();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,36 +7,20 @@
 //!
 //! The broker's timer runs every 50 ms, so TTLs here are 50–200 ms and every wait is bounded.
 
-mod common;
-
-use common::*;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use std::time::Duration;
-use warren_tests::TestBroker;
+use warren_tests::*;
+
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn long(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
-}
-
-fn int(n: i64) -> AMQPValue {
-    AMQPValue::LongLongInt(n)
-}
-
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
 
 async fn declare_args(ch: &Channel, name: &str, args: FieldTable) -> lapin::Queue {
     within(
@@ -60,24 +44,6 @@ async fn declare_durable_args(ch: &Channel, name: &str, args: FieldTable) -> lap
     .unwrap_or_else(|e| panic!("queue_declare {name}: {e}"))
 }
 
-async fn qos(ch: &Channel, prefetch: u16) {
-    within(
-        "basic_qos",
-        ch.basic_qos(prefetch, BasicQosOptions::default()),
-    )
-    .await
-    .expect("basic_qos");
-}
-
-async fn confirm_select(ch: &Channel) {
-    within(
-        "confirm_select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm_select");
-}
-
 /// Publishes in confirm mode and returns whether the broker acked (true) or nacked (false).
 async fn publish_confirm(
     ch: &Channel,
@@ -86,18 +52,7 @@ async fn publish_confirm(
     body: &[u8],
     props: BasicProperties,
 ) -> bool {
-    let confirm = within(
-        "basic_publish",
-        ch.basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        ),
-    )
-    .await
-    .expect("basic_publish");
+    let confirm = publish_for_confirm(ch, exchange, key, body, props).await;
     let c = within("publisher confirm", confirm).await.expect("confirm");
     c.is_ack()
 }
@@ -124,28 +79,10 @@ async fn consume_args(ch: &Channel, queue: &str, tag: &str, args: FieldTable) ->
     .unwrap_or_else(|e| panic!("basic_consume {queue}: {e}"))
 }
 
-async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
-    within(
-        "basic_get",
-        ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
-    )
-    .await
-    .expect("basic_get")
-}
-
-/// Takes every ready message of `queue` with basic.get (no-ack).
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = get(ch, queue).await {
-        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-    }
-    out
-}
-
 /// Like [`drain`], keeping the whole deliveries (for their headers).
 async fn drain_deliveries(ch: &Channel, queue: &str) -> Vec<Delivery> {
     let mut out = Vec::new();
-    while let Some(m) = get(ch, queue).await {
+    while let Some(m) = get(ch, queue, true).await {
         out.push(m.delivery);
     }
     out
@@ -171,14 +108,6 @@ async fn nack_requeue(d: &Delivery) {
 
 fn ready(broker: &TestBroker, queue: &str) -> u64 {
     queue_counts(broker, queue).map_or(0, |c| c.0)
-}
-
-fn consumers(broker: &TestBroker, queue: &str) -> u64 {
-    broker
-        .broker
-        .vhost("/")
-        .and_then(|v| v.queue(queue))
-        .map_or(0, |q| q.stats().consumers)
 }
 
 /// Asserts that `cond` holds at every check for `d` (something that must stay true).
@@ -324,7 +253,7 @@ async fn basic_get_never_returns_an_expired_message() {
         publish_acked(&ch, "ttl-get", b"old", BasicProperties::default()).await;
         tokio::time::sleep(Duration::from_millis(61)).await;
         assert!(
-            get(&ch, "ttl-get").await.is_none(),
+            get(&ch, "ttl-get", true).await.is_none(),
             "an expired message was returned by basic.get"
         );
     }
@@ -704,7 +633,7 @@ async fn messages_expire_behind_a_busy_consumer() {
         ]),
     )
     .await;
-    qos(&ch, 1).await;
+    qos(&ch, 1, false).await;
     let mut c = consume(&ch, "busy", "slow").await;
     publish(&ch, "", "busy", b"first").await;
     let first = next(&mut c).await;
@@ -1002,7 +931,7 @@ async fn max_length_counts_ready_messages_only() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
     declare_args(&ch, "bounded", table(&[("x-max-length", int(2))])).await;
-    qos(&ch, 3).await;
+    qos(&ch, 3, false).await;
     let mut c = consume(&ch, "bounded", "w").await;
     for i in 0..3 {
         publish(&ch, "", "bounded", format!("u{i}").as_bytes()).await;
@@ -1062,7 +991,7 @@ async fn reject_publish_nacks_confirming_publishers() {
         0,
         "reject-publish does not dead-letter (reject-publish-dlx does)"
     );
-    let m = get(&ch, "full").await.expect("m1");
+    let m = get(&ch, "full", true).await.expect("m1");
     assert_eq!(m.delivery.data, b"m1");
     assert!(publish_confirm(&ch, "", "full", b"m4", p()).await);
     assert_eq!(drain(&ch, "full").await, ["m2", "m4"]);
@@ -1252,7 +1181,7 @@ async fn priority_with_prefetch_one_serves_the_highest_next() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
     declare_args(&ch, "prio", table(&[("x-max-priority", int(10))])).await;
-    qos(&ch, 1).await;
+    qos(&ch, 1, false).await;
     let mut c = consume(&ch, "prio", "w").await;
     publish(&ch, "", "prio", b"blocker").await;
     let first = next(&mut c).await;
@@ -1354,11 +1283,11 @@ async fn consumer_priority_prefers_the_higher_consumer_while_it_has_credit() {
     let (_c1, low_ch) = open(&broker).await;
     let (_c2, high_ch) = open(&broker).await;
     declare(&low_ch, "cp").await;
-    qos(&low_ch, 10).await;
-    qos(&high_ch, 2).await;
+    qos(&low_ch, 10, false).await;
+    qos(&high_ch, 2, false).await;
     let mut low = consume_args(&low_ch, "cp", "low", table(&[("x-priority", int(1))])).await;
     let mut high = consume_args(&high_ch, "cp", "high", table(&[("x-priority", int(10))])).await;
-    eventually("both consumers", || consumers(&broker, "cp") == 2).await;
+    eventually("both consumers", || consumer_count(&broker, "cp") == 2).await;
 
     for i in 0..5 {
         publish(&low_ch, "", "cp", format!("m{i}").as_bytes()).await;
@@ -1384,10 +1313,10 @@ async fn consumer_priority_returns_to_the_higher_consumer_after_ack() {
     let (_c1, low_ch) = open(&broker).await;
     let (_c2, high_ch) = open(&broker).await;
     declare(&low_ch, "cp").await;
-    qos(&high_ch, 1).await;
+    qos(&high_ch, 1, false).await;
     let mut high = consume_args(&high_ch, "cp", "high", table(&[("x-priority", int(5))])).await;
     let mut low = consume_args(&low_ch, "cp", "low", no_args()).await;
-    eventually("both consumers", || consumers(&broker, "cp") == 2).await;
+    eventually("both consumers", || consumer_count(&broker, "cp") == 2).await;
     publish(&low_ch, "", "cp", b"1").await;
     let d = next(&mut high).await;
     publish(&low_ch, "", "cp", b"2").await;
@@ -1428,12 +1357,12 @@ async fn sac_failover(strict_order: bool) {
 
     let active_conn = connect_url(&proxy.url()).await;
     let active_ch = channel(&active_conn).await;
-    qos(&active_ch, 1).await;
+    qos(&active_ch, 1, false).await;
     let mut active = consume(&active_ch, "sac", "active").await;
-    eventually("first consumer", || consumers(&broker, "sac") == 1).await;
+    eventually("first consumer", || consumer_count(&broker, "sac") == 1).await;
     let (_sconn, standby_ch) = open(&broker).await;
     let mut standby = consume(&standby_ch, "sac", "standby").await;
-    eventually("both consumers", || consumers(&broker, "sac") == 2).await;
+    eventually("both consumers", || consumer_count(&broker, "sac") == 2).await;
 
     for i in 0..3 {
         publish(&producer, "", "sac", format!("m{i}").as_bytes()).await;
@@ -1475,7 +1404,7 @@ async fn sac_failover(strict_order: bool) {
     }
     assert_no_delivery(&mut standby).await;
     eventually("the dropped consumer is gone", || {
-        consumers(&broker, "sac") == 1
+        consumer_count(&broker, "sac") == 1
     })
     .await;
 }
@@ -1495,9 +1424,9 @@ async fn single_active_consumer_hands_over_on_cancel() {
     )
     .await;
     let mut first = consume(&ch2, "sac", "first").await;
-    eventually("first", || consumers(&broker, "sac") == 1).await;
+    eventually("first", || consumer_count(&broker, "sac") == 1).await;
     let mut second = consume(&ch3, "sac", "second").await;
-    eventually("second", || consumers(&broker, "sac") == 2).await;
+    eventually("second", || consumer_count(&broker, "sac") == 2).await;
     for i in 0..4 {
         publish(&ch, "", "sac", format!("a{i}").as_bytes()).await;
     }
@@ -1758,7 +1687,7 @@ async fn a_reply_to_a_departed_client_is_dropped() {
         )
         .await;
         let m = loop {
-            if let Some(m) = get(&server_ch, "rpc").await {
+            if let Some(m) = get(&server_ch, "rpc", true).await {
                 break m;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1786,9 +1715,9 @@ async fn a_reply_to_a_departed_client_is_dropped() {
 /// and priority order is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_arguments_survive_a_restart() {
-    let dir = std::env::temp_dir().join(format!("warren-qf-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut broker = warren_tests::BrokerProcess::start(&dir, &[]);
+    let tmp = TempDir::new("qf-restart");
+    let dir = tmp.join("data");
+    let mut broker = warren_tests::BrokerProcess::start(WARREN, &dir, &[]);
     let persistent = || BasicProperties::default().with_delivery_mode(2);
     {
         let conn = connect_url(&broker.url()).await;
@@ -1822,13 +1751,13 @@ async fn queue_arguments_survive_a_restart() {
         let _ = conn.close(200, "bye".into()).await;
     }
     assert_eq!(broker.stop(), Some(0), "clean shutdown");
-    let broker = warren_tests::BrokerProcess::start(&dir, &[]);
+    let broker = warren_tests::BrokerProcess::start(WARREN, &dir, &[]);
     let conn = connect_url(&broker.url()).await;
     let ch = channel(&conn).await;
     assert_eq!(drain(&ch, "dur-prio").await, ["high", "mid", "low"]);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let dead = loop {
-        if let Some(m) = get(&ch, "dur-dead").await {
+        if let Some(m) = get(&ch, "dur-dead", true).await {
             break m.delivery;
         }
         assert!(
@@ -1841,5 +1770,4 @@ async fn queue_arguments_survive_a_restart() {
     assert_eq!(x_death(&dead)[0].reason, "expired");
     drop(conn);
     drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
 }

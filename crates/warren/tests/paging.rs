@@ -8,16 +8,13 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::Duration;
-use warren_tests::BrokerProcess;
+use warren_tests::{BrokerProcess, TempDir};
+
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 /// 4 KiB bodies: 6,000 of them are half again the memory budget.
 const BODY: usize = 4096;
-
-fn data_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("warren-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn body(id: u32) -> Vec<u8> {
     let mut b = id.to_be_bytes().to_vec();
@@ -147,8 +144,9 @@ async fn drain(ch: &Channel, queue: &str, n: usize) -> Vec<(u32, bool)> {
 async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
     const Q: &str = "paged";
     const N: u32 = 6_000;
-    let dir = data_dir("paging");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let tmp = TempDir::new("paging");
+    let dir = tmp.join("data");
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let (conn, ch) = open(&broker.url(), Q).await;
     // Every 7th message is transient: it pages out with the rest but is gone after a restart.
     publish_all(&ch, Q, 0..N, |id| id % 7 != 0).await;
@@ -179,7 +177,7 @@ async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
 
     // A clean stop writes every ack; after it exactly the rest comes back, in order.
     assert_eq!(broker.stop(), Some(0));
-    let broker = BrokerProcess::start(&dir, &[]);
+    let broker = BrokerProcess::start(WARREN, &dir, &[]);
     let (_conn, ch) = open(&broker.url(), Q).await;
     let rest = &persistent[2_500..];
     assert_eq!(ready(&ch, Q).await as usize, rest.len());
@@ -189,15 +187,15 @@ async fn a_paged_backlog_survives_restarts_in_order_with_its_flags() {
         assert_eq!(*redelivered, n < 200, "redelivered flag of message {id}");
     }
     assert_eq!(ready(&ch, Q).await, 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purging_a_paged_backlog_keeps_the_unacked_messages() {
     const Q: &str = "paged-purge";
     const N: u32 = 5_000;
-    let dir = data_dir("paging-purge");
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let tmp = TempDir::new("paging-purge");
+    let dir = tmp.join("data");
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let (conn, ch) = open(&broker.url(), Q).await;
     publish_all(&ch, Q, 0..N, |_| true).await;
 
@@ -222,7 +220,7 @@ async fn purging_a_paged_backlog_keeps_the_unacked_messages() {
     // After a restart: the ten unacked ones (redelivered) and the five new ones, nothing of
     // the purged backlog.
     assert_eq!(broker.stop(), Some(0));
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let (conn, ch) = open(&broker.url(), Q).await;
     assert_eq!(ready(&ch, Q).await, 15);
     let got = drain(&ch, Q, 15).await;
@@ -250,7 +248,6 @@ async fn purging_a_paged_backlog_keeps_the_unacked_messages() {
         .map(|p| p.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
     assert!(bytes < 1 << 20, "{bytes} bytes of message segments left");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

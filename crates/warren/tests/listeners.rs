@@ -2,23 +2,17 @@
 //! that resolves `localhost` to `::1`, as Node.js does, gets in), IPv6 addresses are taken
 //! wherever an address is, and port 0 binds a free port that the listeners file names.
 
-mod common;
-
-use common::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use warren_tests::BrokerProcess;
+use warren_tests::*;
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("warren-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 /// The AMQP handshake, channel.open and queue.declare over raw frames at `addr` (lapin's URL
 /// parser does not take `[::1]`).
 async fn raw_round_trip(addr: std::net::SocketAddr, queue: &str) {
-    use common::raw::{method_frame, RawClient};
+    use warren_tests::raw::{method_frame, RawClient};
     let mut raw = RawClient::connect(addr).await;
     raw.handshake().await;
     raw.send(&method_frame(1, 20, 10, &[0])).await;
@@ -58,9 +52,10 @@ async fn round_trip(url: &str, queue: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_port_serves_ipv4_and_ipv6_loopback() {
-    let dir = temp_dir("listen-both");
+    let tmp = TempDir::new("listen-both");
+    let dir = tmp.join("data");
     // `0` is a bare port: 127.0.0.1 and ::1, each on a port of its own choosing.
-    let broker = BrokerProcess::start_listening(&dir, "0", &[]);
+    let broker = BrokerProcess::start_listening(WARREN, &dir, "0", &[]);
     let amqp: Vec<_> = broker
         .listeners
         .iter()
@@ -81,13 +76,14 @@ async fn a_bare_port_serves_ipv4_and_ipv6_loopback() {
     // guest is loopback-only, and ::1 is loopback.
     raw_round_trip(*v6, "over-v6").await;
     round_trip(&broker.url(), "over-v4").await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_addresses_are_taken_in_every_listener_setting() {
-    let dir = temp_dir("listen-v6");
-    let broker = BrokerProcess::start_listening(&dir, "[::1]:0", &["--mgmt-listen", "[::1]:0"]);
+    let tmp = TempDir::new("listen-v6");
+    let dir = tmp.join("data");
+    let broker =
+        BrokerProcess::start_listening(WARREN, &dir, "[::1]:0", &["--mgmt-listen", "[::1]:0"]);
     let amqp = broker.listener("amqp").unwrap();
     assert!(amqp.is_ipv6() && amqp.ip().is_loopback(), "{amqp}");
     raw_round_trip(amqp, "v6-only").await;
@@ -110,16 +106,14 @@ async fn ipv6_addresses_are_taken_in_every_listener_setting() {
         "{reply}"
     );
     assert!(reply.contains("\"listeners\""), "{reply}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_listener_setting_that_is_not_an_address_stops_startup_naming_the_key() {
-    let dir = temp_dir("listen-bad");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("listen-bad");
     let conf = dir.join("warren.conf");
     std::fs::write(&conf, "listeners.tcp.local = localhost:5672\n").unwrap();
-    let out = std::process::Command::new(warren_tests::built_binary("warren"))
+    let out = std::process::Command::new(WARREN)
         .arg("--config")
         .arg(&conf)
         .arg("--data-dir")
@@ -129,5 +123,4 @@ fn a_listener_setting_that_is_not_an_address_stops_startup_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("listeners.tcp.local"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

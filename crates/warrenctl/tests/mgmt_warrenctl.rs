@@ -3,51 +3,36 @@
 //! state (captured from a RabbitMQ 3.10.8 node), including the "forgotten acknowledgment"
 //! case. The API's JSON shapes and errors are checked with plain HTTP requests.
 
-mod common;
-
-use common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::AMQPValue;
 use lapin::ExchangeKind;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use warren_tests::TestBroker;
+use warren_tests::mgmt::{http, run_warrenctl, CtlOutput, MgmtBroker};
+use warren_tests::*;
 
-/// A broker with its management API on a free loopback port.
-struct Mgmt {
-    broker: TestBroker,
-    addr: SocketAddr,
-    _stop: watch::Sender<bool>,
+/// The `warrenctl` binary, built by Cargo for this package's tests.
+const WARRENCTL: &str = env!("CARGO_BIN_EXE_warrenctl");
+
+/// A broker with its management API on a free loopback port, and warrenctl pointed at it.
+struct Mgmt(MgmtBroker);
+
+impl std::ops::Deref for Mgmt {
+    type Target = MgmtBroker;
+
+    fn deref(&self) -> &MgmtBroker {
+        &self.0
+    }
 }
 
 impl Mgmt {
     async fn start() -> Mgmt {
-        let broker = TestBroker::start();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind mgmt");
-        let addr = listener.local_addr().expect("mgmt addr");
-        let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(warren_mgmt::serve(listener, broker.broker.clone(), stop_rx));
-        Mgmt {
-            broker,
-            addr,
-            _stop: stop,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        Mgmt(MgmtBroker::start().await)
     }
 
     /// Runs warrenctl against this broker.
-    async fn ctl(&self, args: &[&str]) -> Out {
+    async fn ctl(&self, args: &[&str]) -> CtlOutput {
         let mut full = vec!["--url".to_string(), self.url()];
         full.extend(args.iter().map(|a| a.to_string()));
         run_ctl(full).await
@@ -70,104 +55,10 @@ impl Mgmt {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    fn http(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        http(
-            &self.url(),
-            method,
-            path,
-            body,
-            Some("Basic Z3Vlc3Q6Z3Vlc3Q="),
-        )
-    }
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    #[track_caller]
-    fn ok(self) -> String {
-        assert_eq!(self.code, 0, "warrenctl failed; stderr: {}", self.stderr);
-        self.stdout
-    }
-}
-
-/// The warrenctl binary, built once per test run with the same cargo and profile as the tests.
-fn warrenctl() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| warren_tests::built_binary("warrenctl"))
-}
-
-async fn run_ctl(args: Vec<String>) -> Out {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(warrenctl())
-            .args(&args)
-            .env_remove("WARRENCTL_URL")
-            .env_remove("WARRENCTL_USERNAME")
-            .env_remove("WARRENCTL_PASSWORD")
-            .output()
-            .expect("run warrenctl");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("warrenctl task")
-}
-
-/// One HTTP request; the status and the body as JSON (null when empty).
-fn http(
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-    auth: Option<&str>,
-) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .build()
-        .into();
-    let url = format!("{base}{path}");
-    // An empty Authorization header is as good as none.
-    let auth = auth.unwrap_or("");
-    let body = body.unwrap_or(json!({})).to_string();
-    let resp = match method {
-        "GET" => agent.get(&url).header("authorization", auth).call(),
-        "DELETE" => agent.delete(&url).header("authorization", auth).call(),
-        "PUT" => agent
-            .put(&url)
-            .header("authorization", auth)
-            .send(body.as_bytes()),
-        "POST" => agent
-            .post(&url)
-            .header("authorization", auth)
-            .send(body.as_bytes()),
-        other => panic!("method {other}"),
-    };
-    let mut resp = resp.expect("http request");
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().expect("body");
-    let json = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).expect("JSON body")
-    };
-    (status, json)
-}
-
-fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
+async fn run_ctl(args: Vec<String>) -> CtlOutput {
+    run_warrenctl(WARRENCTL, args).await
 }
 
 /// q1 (durable, 5 messages), q2 (with arguments, 1 message), exchange ex1 (topic) bound to q1
@@ -181,7 +72,7 @@ async fn sample_topology(m: &Mgmt) -> (lapin::Connection, lapin::Channel) {
     )
     .await
     .expect("q1");
-    let q2_args = args(&[
+    let q2_args = table(&[
         ("x-message-ttl", AMQPValue::LongInt(60000)),
         ("x-queue-type", AMQPValue::LongString("classic".into())),
     ]);
@@ -207,7 +98,7 @@ async fn sample_topology(m: &Mgmt) -> (lapin::Connection, lapin::Channel) {
     .expect("ex1");
     declare_exchange(&ch, "hx", ExchangeKind::Headers).await;
     bind(&ch, "q1", "ex1", "a.*").await;
-    let hargs = args(&[
+    let hargs = table(&[
         ("k", AMQPValue::LongString("v".into())),
         ("x-match", AMQPValue::LongString("any".into())),
     ]);
@@ -494,7 +385,7 @@ async fn close_connection_closes_it_with_320() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_one_clear_line_and_an_exit_code() {
     let m = Mgmt::start().await;
-    let one_line = |o: &Out| {
+    let one_line = |o: &CtlOutput| {
         assert_eq!(o.stderr.lines().count(), 1, "stderr: {}", o.stderr);
         assert!(o.stderr.starts_with("Error: "), "stderr: {}", o.stderr);
         assert_eq!(o.stdout, "");
@@ -564,8 +455,7 @@ async fn definitions_export_and_import_round_trip() {
     let (conn, ch) = sample_topology(&m).await;
     // Exclusive queues are not exported.
     declare_exclusive(&ch).await;
-    let dir = std::env::temp_dir().join(format!("warrenctl-defs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("warrenctl-defs");
     let file = dir.join("defs.json");
     let path = file.to_str().expect("utf-8 path");
     assert_eq!(
@@ -621,7 +511,6 @@ async fn definitions_export_and_import_round_trip() {
         bindings.contains("ex1\tq1\ta.*\n") && bindings.contains("ex1\thx\t#\n"),
         "{bindings}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

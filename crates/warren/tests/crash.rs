@@ -11,7 +11,10 @@ use rand::Rng;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use warren_tests::BrokerProcess;
+use warren_tests::{BrokerProcess, TempDir};
+
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 const QUEUE: &str = "crash-test";
 
@@ -128,9 +131,9 @@ async fn confirmed_messages_survive_sigkill() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let dir = std::env::temp_dir().join(format!("warren-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let tmp = TempDir::new("crash");
+    let dir = tmp.join("data");
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let next_id = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for round in 0..rounds {
@@ -186,7 +189,6 @@ async fn confirmed_messages_survive_sigkill() {
     );
     drop(l);
     broker.kill9();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Several connections declaring the same new durable queue at once must end up sharing one
@@ -198,9 +200,9 @@ async fn concurrent_declares_share_one_store() {
     const QUEUES: usize = 20;
     const DECLARERS: usize = 6;
     const MESSAGES: u64 = 200;
-    let dir = std::env::temp_dir().join(format!("warren-declare-race-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let tmp = TempDir::new("declare-race");
+    let dir = tmp.join("data");
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let mut conns = Vec::new();
     for _ in 0..DECLARERS {
         let c = Connection::connect(&broker.url(), ConnectionProperties::default())
@@ -279,7 +281,6 @@ async fn concurrent_declares_share_one_store() {
         );
     }
     broker.kill9();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Transactions across SIGKILL: a publisher commits batches of persistent messages in
@@ -293,9 +294,9 @@ async fn transactions_are_all_or_nothing_across_sigkill() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let dir = std::env::temp_dir().join(format!("warren-crash-tx-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut broker = BrokerProcess::start(&dir, &[]);
+    let tmp = TempDir::new("crash-tx");
+    let dir = tmp.join("data");
+    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
     let committed = Arc::new(Mutex::new(HashSet::<u64>::new()));
     let next_batch = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for round in 0..rounds {
@@ -380,5 +381,4 @@ async fn transactions_are_all_or_nothing_across_sigkill() {
         assert!(found.contains_key(b), "committed batch {b} lost");
     }
     broker.kill9();
-    let _ = std::fs::remove_dir_all(&dir);
 }

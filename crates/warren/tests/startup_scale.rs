@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 use warren_broker::persist::Persistence;
 use warren_broker::{Broker, BrokerConfig};
-use warren_tests::FileBackend;
+use warren_tests::{wait_until_released, FileBackend, TempDir};
+
+/// The `warren` binary, built by Cargo for this package's tests.
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 /// The soft open-files limit of this process.
 fn open_files_limit() -> usize {
@@ -27,8 +30,8 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| 100_000.min(open_files_limit() / 4));
-    let dir = std::env::temp_dir().join(format!("warren-startup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("startup");
+    let dir = tmp.join("data");
     // The definitions as a broker saves them: n durable queues in the default vhost.
     let queues: Vec<serde_json::Value> = (0..n)
         .map(|i| serde_json::json!({"name": format!("q-{i}"), "vhost": "/", "durable": true}))
@@ -40,7 +43,7 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
     drop(p);
     // The first start makes each queue's store directory.
     let t = Instant::now();
-    let mut broker = warren_tests::BrokerProcess::start(&dir, &[]);
+    let mut broker = warren_tests::BrokerProcess::start(WARREN, &dir, &[]);
     let first = t.elapsed();
     assert_eq!(broker.stop(), Some(0));
     let stores = std::fs::read_dir(dir.join("queues"))
@@ -53,7 +56,7 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
     let orphan = dir.join("queues").join("q%2F").join("qgone");
     std::fs::create_dir_all(&orphan).unwrap();
     let t = Instant::now();
-    let mut broker = warren_tests::BrokerProcess::start(&dir, &[]);
+    let mut broker = warren_tests::BrokerProcess::start(WARREN, &dir, &[]);
     let restart = t.elapsed();
     assert!(!orphan.exists(), "the orphaned store was not removed");
     eprintln!("{n} durable queues: first start {first:?}, restart {restart:?} (until listening)");
@@ -63,14 +66,13 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
     );
     assert_eq!(broker.stop(), Some(0));
     // All of them came back (the definitions the restart saved name every queue).
-    let b = Broker::open(
-        BrokerConfig::default(),
-        Persistence::new(&dir, FileBackend::shared()),
-    )
-    .unwrap();
+    let p = Persistence::new(&dir, FileBackend::shared());
+    let b = Broker::open(BrokerConfig::default(), p.clone()).unwrap();
     assert_eq!(b.vhost("/").unwrap().queue_count(), n);
     drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
+    // Its flusher may still be saving the definitions: wait until it lets go of the data
+    // directory, which the TempDir removes next.
+    wait_until_released(p);
 }
 
 /// More durable queues than the open-files limit lets the broker open: the start fails with
@@ -78,8 +80,8 @@ fn a_restart_with_many_durable_queues_takes_seconds() {
 /// back with its messages.
 #[test]
 fn a_durable_queue_that_cannot_be_opened_stops_the_start_and_loses_nothing() {
-    let dir = std::env::temp_dir().join(format!("warren-fdlimit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("fdlimit");
+    let dir = tmp.join("data");
     const N: usize = 300;
     let queues: Vec<serde_json::Value> = (0..N)
         .map(|i| serde_json::json!({"name": format!("q-{i}"), "vhost": "/", "durable": true}))
@@ -89,14 +91,13 @@ fn a_durable_queue_that_cannot_be_opened_stops_the_start_and_loses_nothing() {
         .save(&serde_json::json!({"vhosts": [{"name": "/"}], "queues": queues}))
         .unwrap();
     drop(p);
-    let warren = warren_tests::built_binary("warren");
     let run = |limit: u32| {
         std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "ulimit -n {limit} && exec \"$0\" --listen 127.0.0.1:0 --mgmt-listen 127.0.0.1:0 --data-dir \"$1\" --listeners-file \"$1.listeners\" --log-level warn",
             ))
-            .arg(&warren)
+            .arg(WARREN)
             .arg(&dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -119,12 +120,11 @@ fn a_durable_queue_that_cannot_be_opened_stops_the_start_and_loses_nothing() {
     assert!(err.contains("could not be restored"), "{err}");
     assert!(err.contains("ulimit -n"), "{err}");
     // Everything is still there for a start with enough descriptors.
-    let b = Broker::open(
-        BrokerConfig::default(),
-        Persistence::new(&dir, FileBackend::shared()),
-    )
-    .unwrap();
+    let p = Persistence::new(&dir, FileBackend::shared());
+    let b = Broker::open(BrokerConfig::default(), p.clone()).unwrap();
     assert_eq!(b.vhost("/").unwrap().queue_count(), N);
     drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
+    // Its flusher may still be saving the definitions: wait until it lets go of the data
+    // directory, which the TempDir removes next.
+    wait_until_released(p);
 }

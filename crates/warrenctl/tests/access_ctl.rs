@@ -2,67 +2,29 @@
 //! broker: users, tags, passwords, vhosts, permissions, limits, and alarms in the health
 //! check and `warrenctl status`.
 
-mod common;
-
-use common::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::{Connection, ConnectionProperties};
-use std::process::Command;
-use tokio::sync::watch;
-use warren_tests::TestBroker;
+use warren_tests::mgmt::{run_warrenctl, MgmtBroker};
+use warren_tests::*;
 
-struct Node {
-    broker: TestBroker,
-    url: String,
-    _stop: watch::Sender<bool>,
-}
-
-async fn start() -> Node {
-    let broker = TestBroker::start();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let (stop, rx) = watch::channel(false);
-    tokio::spawn(warren_mgmt::serve(l, broker.broker.clone(), rx));
-    Node {
-        broker,
-        url,
-        _stop: stop,
-    }
-}
+/// The `warrenctl` binary, built by Cargo for this package's tests.
+const WARRENCTL: &str = env!("CARGO_BIN_EXE_warrenctl");
 
 /// (exit code, stdout, stderr)
-async fn ctl(n: &Node, args: &[&str]) -> (i32, String, String) {
-    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let bin = BIN
-        .get_or_init(|| warren_tests::built_binary("warrenctl"))
-        .clone();
-    let mut full = vec!["--url".to_string(), n.url.clone()];
+async fn ctl(n: &MgmtBroker, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["--url".to_string(), n.url()];
     full.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let o = Command::new(bin)
-            .args(&full)
-            .env_remove("WARRENCTL_URL")
-            .env_remove("WARRENCTL_USERNAME")
-            .env_remove("WARRENCTL_PASSWORD")
-            .output()
-            .unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    let o = run_warrenctl(WARRENCTL, full).await;
+    (o.code, o.stdout, o.stderr)
 }
 
-async fn ok(n: &Node, args: &[&str]) -> String {
+async fn ok(n: &MgmtBroker, args: &[&str]) -> String {
     let (code, out, err) = ctl(n, args).await;
     assert_eq!(code, 0, "warrenctl {args:?} failed: {err}");
     out
 }
 
-async fn login(n: &Node, user: &str, pass: &str, vhost: &str) -> lapin::Result<Connection> {
+async fn login(n: &MgmtBroker, user: &str, pass: &str, vhost: &str) -> lapin::Result<Connection> {
     let u = format!(
         "amqp://{user}:{pass}@{}/{}",
         n.broker.addr,
@@ -75,12 +37,12 @@ async fn login(n: &Node, user: &str, pass: &str, vhost: &str) -> lapin::Result<C
     .await
 }
 
-fn http_status(n: &Node, method: &str, path: &str, auth: &str) -> u16 {
+fn http_status(n: &MgmtBroker, method: &str, path: &str, auth: &str) -> u16 {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let url = format!("{}{path}", n.url);
+    let url = format!("{}{path}", n.url());
     let r = match method {
         "GET" => agent.get(&url).header("authorization", auth).call(),
         _ => agent.delete(&url).header("authorization", auth).call(),
@@ -90,7 +52,7 @@ fn http_status(n: &Node, method: &str, path: &str, auth: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_vhosts_and_permissions_with_warrenctl() {
-    let n = start().await;
+    let n = MgmtBroker::start().await;
     assert_eq!(
         ok(&n, &["add_user", "app", "s3cret"]).await,
         "Adding user \"app\" ...\nDone. Don't forget to grant the user permissions to some virtual hosts! See 'warrenctl help set_permissions' to learn more.\n"
@@ -176,7 +138,7 @@ async fn users_vhosts_and_permissions_with_warrenctl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_with_warrenctl_and_alarms_in_health_checks_and_status() {
-    let n = start().await;
+    let n = MgmtBroker::start().await;
     ok(&n, &["add_user", "lim", "p"]).await;
     ok(&n, &["set_permissions", "lim", ".*", ".*", ".*"]).await;
     ok(&n, &["set_user_limits", "lim", "{\"max-connections\": 1}"]).await;
