@@ -1115,28 +1115,58 @@ async fn delivery_limit_dead_letters_a_poison_message() {
     );
 }
 
-/// Warren's default is no delivery limit (RabbitMQ 4's quorum queues drop after 20): a
-/// message nacked 25 times is still delivered, with its count.
+/// As RabbitMQ 4.0: a quorum queue's delivery limit is 20 unless set (a message is delivered
+/// 1 + 20 times, then dropped without a dead-letter exchange); a negative `x-delivery-limit`
+/// means no limit; a classic queue takes no `x-delivery-limit` (406, RabbitMQ's text).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_delivery_limit_is_unlimited() {
+async fn a_quorum_queue_delivers_21_times_by_default_and_minus_one_means_no_limit() {
     let broker = TestBroker::start();
     let (_conn, ch) = open(&broker).await;
     declare_durable_args(&ch, "qq", table(&[("x-queue-type", long("quorum"))])).await;
-    declare(&ch, "classic").await;
+    declare_durable_args(
+        &ch,
+        "qq-unlimited",
+        table(&[("x-queue-type", long("quorum")), ("x-delivery-limit", int(-1))]),
+    )
+    .await;
     publish(&ch, "", "qq", b"x").await;
-    publish(&ch, "", "classic", b"x").await;
-    for q in ["qq", "classic"] {
-        let mut c = consume(&ch, q, &format!("w-{q}")).await;
-        for _ in 0..25 {
-            let d = next(&mut c).await;
-            nack_requeue(&d).await;
-        }
+    publish(&ch, "", "qq-unlimited", b"x").await;
+
+    let mut c = consume(&ch, "qq", "w-qq").await;
+    for attempt in 0..21i64 {
         let d = next(&mut c).await;
-        if q == "qq" {
-            assert_eq!(header_int(&d, "x-delivery-count"), Some(25));
-        }
-        ack(&d).await;
+        assert_eq!(
+            header_int(&d, "x-delivery-count"),
+            (attempt > 0).then_some(attempt)
+        );
+        nack_requeue(&d).await;
     }
+    wait_counts(&broker, "qq", 0, 0).await;
+    assert_no_delivery(&mut c).await;
+
+    let mut c = consume(&ch, "qq-unlimited", "w-unlimited").await;
+    for _ in 0..25 {
+        let d = next(&mut c).await;
+        nack_requeue(&d).await;
+    }
+    let d = next(&mut c).await;
+    assert_eq!(header_int(&d, "x-delivery-count"), Some(25));
+    ack(&d).await;
+
+    let r = within(
+        "queue_declare",
+        ch.queue_declare(
+            "classic-limited".into(),
+            QueueDeclareOptions::default(),
+            table(&[("x-delivery-limit", int(5))]),
+        ),
+    )
+    .await;
+    assert_eq!(
+        expect_code(r, 406),
+        "PRECONDITION_FAILED - invalid arg 'x-delivery-limit' for queue 'classic-limited' \
+         in vhost '/' of queue type rabbit_classic_queue"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ pub struct QueueOptions {
     /// `x-max-priority`: 0 means no priorities.
     pub max_priority: u8,
     pub single_active_consumer: bool,
-    /// `x-delivery-limit`: dead-letter (or drop) after this many redeliveries. None: unlimited
-    /// (Warren's default, unlike RabbitMQ 4's quorum queues, which default to 20).
+    /// `x-delivery-limit` of a quorum queue: dead-letter (or drop) after this many
+    /// redeliveries. None: unlimited. As RabbitMQ 4: 20 unless set; a negative (or
+    /// non-integer) value means unlimited; classic queues have none.
     pub delivery_limit: Option<u64>,
     pub quorum: bool,
     /// `x-consumer-timeout` (ms, 0 disables) from the argument or a `consumer-timeout` policy.
@@ -46,6 +47,18 @@ fn string(args: &FieldTable, key: &str) -> Option<ShortStr> {
         .map(ShortStr::from)
 }
 
+/// RabbitMQ 4's default delivery limit of a quorum queue.
+pub const DEFAULT_DELIVERY_LIMIT: u64 = 20;
+
+/// A quorum queue's delivery limit from its argument or policy value, as RabbitMQ 4.0 reads
+/// it: unset is 20, a non-negative integer is the limit, anything else is no limit.
+fn delivery_limit(v: Option<&FieldValue>) -> Option<u64> {
+    match v {
+        None => Some(DEFAULT_DELIVERY_LIMIT),
+        Some(v) => v.as_i64().filter(|n| *n >= 0).map(|n| n as u64),
+    }
+}
+
 impl QueueOptions {
     /// Options from declared arguments; `policy` (a policy's definition, with RabbitMQ's key
     /// names without the `x-` prefix) fills what the arguments leave unset.
@@ -54,6 +67,7 @@ impl QueueOptions {
         let p = policy.unwrap_or(&empty);
         let pick_int = |arg: &str, pol: &str| int(args, arg).or_else(|| int(p, pol));
         let pick_str = |arg: &str, pol: &str| string(args, arg).or_else(|| string(p, pol));
+        let quorum = args.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum");
         let overflow = match pick_str("x-overflow", "overflow").as_deref() {
             Some("reject-publish") => Overflow::RejectPublish,
             Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
@@ -79,8 +93,10 @@ impl QueueOptions {
                 .get("x-single-active-consumer")
                 .and_then(FieldValue::as_bool)
                 .unwrap_or(false),
-            delivery_limit: pick_int("x-delivery-limit", "delivery-limit"),
-            quorum: args.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum"),
+            delivery_limit: quorum
+                .then(|| delivery_limit(args.get("x-delivery-limit").or(p.get("delivery-limit"))))
+                .flatten(),
+            quorum,
             consumer_timeout: pick_int("x-consumer-timeout", "consumer-timeout"),
         }
     }

@@ -340,11 +340,17 @@ impl VHost {
             }
         };
         // Arguments the queue type does not take, before their values are looked at.
-        if quorum && d.arguments.get("x-max-priority").is_some() {
-            return Err(AmqpError::precondition(format!(
-                "invalid arg 'x-max-priority' for queue '{name}' in vhost '{}' of queue type rabbit_quorum_queue",
+        let not_for_type = |arg: &str, kind: &str| {
+            AmqpError::precondition(format!(
+                "invalid arg '{arg}' for queue '{name}' in vhost '{}' of queue type {kind}",
                 self.name
-            )));
+            ))
+        };
+        if quorum && d.arguments.get("x-max-priority").is_some() {
+            return Err(not_for_type("x-max-priority", "rabbit_quorum_queue"));
+        }
+        if !quorum && d.arguments.get("x-delivery-limit").is_some() {
+            return Err(not_for_type("x-delivery-limit", "rabbit_classic_queue"));
         }
         let int = |arg: &str| -> Result<Option<i64>> {
             match d.arguments.get(arg) {
@@ -392,7 +398,6 @@ impl VHost {
                 return Err(invalid("x-overflow", "invalid_overflow".into()));
             }
         }
-        non_negative("x-delivery-limit")?;
         non_negative("x-consumer-timeout")?;
         if quorum {
             {
