@@ -171,7 +171,10 @@ impl Delayed {
     pub fn release(&self, record: Option<Position>, durable_at: Option<u64>) {
         let Some(pos) = record else { return };
         // Epoch 0 is synced at the next look.
-        self.inner.lock().releasing.push((durable_at.unwrap_or(0), pos));
+        self.inner
+            .lock()
+            .releasing
+            .push((durable_at.unwrap_or(0), pos));
     }
 
     /// Drops the records of released messages whose queues' copies are on disk (epochs up to
@@ -267,7 +270,11 @@ mod tests {
             d.release(due[1].record, None);
             d.ack_synced(6, 0);
         }
-        assert_eq!(held_after_restart(&p), 1, "only the unsynced release may come back");
+        assert_eq!(
+            held_after_restart(&p),
+            1,
+            "only the unsynced release may come back"
+        );
         {
             let d = Delayed::open("/", Some(&p));
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -286,8 +293,10 @@ mod tests {
         let exchange: ShortStr = "dx".into();
         {
             let d = Delayed::open("/", Some(&p));
-            d.hold(&exchange, true, persistent(b"failed epoch"), 1).unwrap();
-            d.hold(&exchange, true, persistent(b"not stored"), 1).unwrap();
+            d.hold(&exchange, true, persistent(b"failed epoch"), 1)
+                .unwrap();
+            d.hold(&exchange, true, persistent(b"not stored"), 1)
+                .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(5));
             let due = d.take_due();
             d.release(due[0].record, Some(4));

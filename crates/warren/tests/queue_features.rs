@@ -1126,7 +1126,10 @@ async fn a_quorum_queue_delivers_21_times_by_default_and_minus_one_means_no_limi
     declare_durable_args(
         &ch,
         "qq-unlimited",
-        table(&[("x-queue-type", long("quorum")), ("x-delivery-limit", int(-1))]),
+        table(&[
+            ("x-queue-type", long("quorum")),
+            ("x-delivery-limit", int(-1)),
+        ]),
     )
     .await;
     publish(&ch, "", "qq", b"x").await;

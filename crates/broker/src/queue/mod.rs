@@ -176,7 +176,10 @@ impl Drop for Locked<'_> {
             return;
         }
         let Some(fu) = self.fu.as_deref_mut() else {
-            debug_assert!(false, "a quiet queue command produced dead letters or a timer");
+            debug_assert!(
+                false,
+                "a quiet queue command produced dead letters or a timer"
+            );
             tracing::error!(queue = %self.q.name, "dead letters dropped: the command had no follow-ups");
             return;
         };
@@ -464,7 +467,11 @@ impl Queue {
     /// Loads what the store recovered (its persistent messages; see `Persistence`): they come
     /// back redelivered if they had been delivered. What does not fit the memory budget stays
     /// on disk as the paged tail, so recovery reads no more of the backlog than that.
-    pub(crate) fn recover(self: &Arc<Self>, mut recovery: Recovery, fu: &mut Followups) -> (u64, u64) {
+    pub(crate) fn recover(
+        self: &Arc<Self>,
+        mut recovery: Recovery,
+        fu: &mut Followups,
+    ) -> (u64, u64) {
         let mut i = self.inner.lock();
         let now = now_ms();
         let (mut restored, mut errors) = (0u64, 0u64);

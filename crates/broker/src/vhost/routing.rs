@@ -18,8 +18,12 @@ impl VHost {
                         continue;
                     }
                     match reason {
-                        DeleteReason::Expired => tracing::info!(queue = %q.name, vhost = %self.name, "deleting queue: unused for longer than x-expires"),
-                        DeleteReason::Unused => tracing::debug!(queue = %q.name, vhost = %self.name, "deleting auto-delete queue: its last consumer is gone"),
+                        DeleteReason::Expired => {
+                            tracing::info!(queue = %q.name, vhost = %self.name, "deleting queue: unused for longer than x-expires")
+                        }
+                        DeleteReason::Unused => {
+                            tracing::debug!(queue = %q.name, vhost = %self.name, "deleting auto-delete queue: its last consumer is gone")
+                        }
                     }
                     self.delete_queue_unchecked(&q.name);
                 }
