@@ -30,7 +30,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use warren_protocol::properties::{flag, has};
-use warren_protocol::{FieldTable, ShortStr};
+use warren_protocol::{FieldTable, FieldValue, ShortStr};
 use warren_store::{Position, QueueStore, Recovery};
 
 /// A message in a queue, with its place in publish order.
@@ -176,7 +176,10 @@ impl Drop for Locked<'_> {
             return;
         }
         let Some(fu) = self.fu.as_deref_mut() else {
-            debug_assert!(false, "a quiet queue command produced dead letters or a timer");
+            debug_assert!(
+                false,
+                "a quiet queue command produced dead letters or a timer"
+            );
             tracing::error!(queue = %self.q.name, "dead letters dropped: the command had no follow-ups");
             return;
         };
@@ -464,7 +467,11 @@ impl Queue {
     /// Loads what the store recovered (its persistent messages; see `Persistence`): they come
     /// back redelivered if they had been delivered. What does not fit the memory budget stays
     /// on disk as the paged tail, so recovery reads no more of the backlog than that.
-    pub(crate) fn recover(self: &Arc<Self>, mut recovery: Recovery, fu: &mut Followups) -> (u64, u64) {
+    pub(crate) fn recover(
+        self: &Arc<Self>,
+        mut recovery: Recovery,
+        fu: &mut Followups,
+    ) -> (u64, u64) {
         let mut i = self.inner.lock();
         let now = now_ms();
         let (mut restored, mut errors) = (0u64, 0u64);
@@ -608,6 +615,14 @@ impl Queue {
         self.bindings.lock().retain(|(e, k, a)| {
             !(e == exchange && *k == b.routing_key && a.same_entries(&b.arguments))
         });
+    }
+
+    /// The queue's type as `x-queue-type` names it: `classic` unless declared otherwise.
+    pub fn queue_type(&self) -> &str {
+        self.arguments
+            .get("x-queue-type")
+            .and_then(FieldValue::as_str)
+            .unwrap_or("classic")
     }
 
     pub fn is_deleted(&self) -> bool {
