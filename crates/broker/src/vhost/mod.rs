@@ -10,7 +10,7 @@ use crate::exchange::{check_headers_args, Binding, Destination, Exchange, Exchan
 use crate::message::Message;
 use crate::persist::Persistence;
 use crate::policy::{self, Policy};
-use crate::queue::{DeleteReason, Followup, Followups, PublishError, Queue};
+use crate::queue::{DeleteReason, Followup, Followups, PublishError, Queue, QueueStats};
 use parking_lot::RwLock;
 use rand::Rng;
 use std::collections::HashMap;
@@ -66,8 +66,11 @@ pub struct VHost {
     /// `quorum`, as `x-queue-type`), so that totals over every queue (the Prometheus counters)
     /// never go down when a queue goes. Held while a queue is removed and while the totals
     /// are read, so a queue is counted once: live or deleted.
-    deleted_counters: parking_lot::Mutex<std::collections::BTreeMap<String, QueueCounters>>,
+    deleted_counters: parking_lot::Mutex<DeletedCounters>,
 }
+
+/// The counters of a vhost's deleted queues, by queue type (`classic`, `quorum`).
+pub type DeletedCounters = std::collections::BTreeMap<String, QueueCounters>;
 
 /// Messages a queue (or several) took in, delivered and had acknowledged, since it was
 /// declared (or, for a vhost's totals, since the broker started).
@@ -79,7 +82,7 @@ pub struct QueueCounters {
 }
 
 impl QueueCounters {
-    pub fn add(&mut self, s: &crate::queue::QueueStats) {
+    pub fn add(&mut self, s: &QueueStats) {
         self.published += s.published;
         self.delivered += s.delivered;
         self.acked += s.acked;
@@ -217,12 +220,7 @@ impl VHost {
     /// Every queue with its stats, and the counters of the queues deleted so far, read
     /// together: a queue being deleted meanwhile is in one or the other, never both nor
     /// neither. For metrics read at scrape time; nothing on the message path.
-    pub fn queue_stats_and_deleted(
-        &self,
-    ) -> (
-        Vec<(Arc<Queue>, crate::queue::QueueStats)>,
-        std::collections::BTreeMap<String, QueueCounters>,
-    ) {
+    pub fn queue_stats_and_deleted(&self) -> (Vec<(Arc<Queue>, QueueStats)>, DeletedCounters) {
         let deleted = self.deleted_counters.lock();
         let stats = self
             .queues()
