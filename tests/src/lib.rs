@@ -23,6 +23,8 @@
 //! - [`pki`]: [`Pki`], a CA and certificates for the TLS tests.
 //! - [`mgmt`]: the management API in-process ([`mgmt::MgmtBroker`], HTTPS: [`mgmt::HttpsApi`]),
 //!   HTTP clients for it, and [`mgmt::run_warrenctl`].
+//! - [`prometheus`]: the Prometheus endpoint in-process ([`prometheus::MetricsBroker`]), its
+//!   text parsed, and a real Prometheus server ([`prometheus::PrometheusServer`]) to query.
 //! - [`tmp`]: [`TempDir`], a scratch directory removed even when the test fails.
 
 pub mod broker;
@@ -30,6 +32,7 @@ pub mod client;
 pub mod mgmt;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod raw;
 pub mod tmp;

@@ -63,6 +63,7 @@ impl BrokerProcess {
         let child = self.child.insert(
             std::process::Command::new(&self.bin)
                 .args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
+                .args(["--prometheus-listen", "127.0.0.1:0"])
                 .args(["--log-level", "warn"])
                 .arg("--listeners-file")
                 .arg(&file)
@@ -99,7 +100,7 @@ impl BrokerProcess {
             .port();
     }
 
-    /// The first listener of `protocol` (amqp, amqps, http, https).
+    /// The first listener of `protocol` (amqp, amqps, http, https, http/prometheus).
     pub fn listener(&self, protocol: &str) -> Option<std::net::SocketAddr> {
         self.listeners
             .iter()

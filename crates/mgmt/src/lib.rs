@@ -13,6 +13,8 @@
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
 //! - [`https`]: the HTTPS listener (RabbitMQ's `management.ssl.*`), next to or instead of the
 //!   plain HTTP one.
+//! - [`prometheus`]: the Prometheus metrics endpoint (RabbitMQ's `rabbitmq_prometheus`), on a
+//!   listener of its own.
 //!
 //! Handlers read the broker through its public accessors and change it through the same vhost
 //! operations a client's AMQP methods use, so the rules and reply texts are RabbitMQ's. An
@@ -30,6 +32,7 @@ pub mod exchanges;
 pub mod https;
 pub mod overview;
 mod policies;
+pub mod prometheus;
 pub mod queues;
 pub mod users;
 
@@ -215,7 +218,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// `warren@<hostname>`, as RabbitMQ's `rabbit@<hostname>`.
-fn default_node_name() -> String {
+pub(crate) fn default_node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())

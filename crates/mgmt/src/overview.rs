@@ -104,7 +104,7 @@ async fn overview(state: State) -> Json<Value> {
 }
 
 /// The resident memory of this process, from /proc (0 where there is none).
-fn resident_bytes() -> u64 {
+pub(crate) fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

@@ -17,6 +17,15 @@ pub const KEYS: &[(&str, &str)] = &[
         "management.tcp.ip",
         "management API address, IPv4 or IPv6 [default: 127.0.0.1 and ::1]",
     ),
+    ("prometheus.tcp.port", "Prometheus metrics port [default: 15692]"),
+    (
+        "prometheus.tcp.ip",
+        "Prometheus metrics address, IPv4 or IPv6 [default: 127.0.0.1 and ::1]",
+    ),
+    (
+        "prometheus.return_per_object_metrics",
+        "true: /metrics gives one series per queue, as /metrics/per-object",
+    ),
     ("data_dir", "data directory (definitions and messages)"),
     ("default_user", "user created on first start"),
     ("default_pass", "password of default_user"),

@@ -32,7 +32,10 @@ struct Args {
     /// Management HTTP API listener, same forms as --listen [default: 15672 on 127.0.0.1 and ::1, none if only management.ssl.port is set] (management.tcp.ip/port)
     #[arg(long, env = "WARREN_MGMT_LISTEN", value_delimiter = ',')]
     mgmt_listen: Vec<String>,
-    /// Once every listener is bound, write their actual addresses to this file, one `protocol address` line each (amqp, amqps, http, https)
+    /// Prometheus metrics listener (/metrics), same forms as --listen, or `none` [default: 15692 on 127.0.0.1 and ::1] (prometheus.tcp.ip/port)
+    #[arg(long, env = "WARREN_PROMETHEUS_LISTEN", value_delimiter = ',')]
+    prometheus_listen: Vec<String>,
+    /// Once every listener is bound, write their actual addresses to this file, one `protocol address` line each (amqp, amqps, http, https, http/prometheus)
     #[arg(long, env = "WARREN_LISTENERS_FILE")]
     listeners_file: Option<PathBuf>,
     /// Data directory for durable definitions and messages [default: ./warren-data] (data_dir)
@@ -79,6 +82,13 @@ struct Settings {
     listen: Vec<ListenAddr>,
     /// The plain-HTTP management listeners; none when only HTTPS is configured.
     mgmt_listen: Vec<ListenAddr>,
+    /// The Prometheus metrics listeners; none with `--prometheus-listen none`.
+    prometheus_listen: Vec<ListenAddr>,
+    /// Nothing chose the Prometheus listener: 15692 is RabbitMQ's port, and a broker that
+    /// finds it taken starts without it (with a warning) rather than not at all.
+    prometheus_is_default: bool,
+    /// `/metrics` answers with the per-queue series (prometheus.return_per_object_metrics).
+    prometheus_per_object: bool,
     listeners_file: Option<PathBuf>,
     data_dir: PathBuf,
     broker: warren_broker::BrokerConfig,
@@ -130,22 +140,30 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
     } else if !tcp_configured && security.mgmt_tls.is_some() {
         Vec::new()
     } else {
-        let port = file
-            .parse_value::<u16>("management.tcp.port")?
-            .unwrap_or(15672);
-        match file.get("management.tcp.ip") {
-            None => listen::loopback(port),
-            Some(ip) => vec![ListenAddr {
-                addr: SocketAddr::new(
-                    listen::parse_ip(ip).ok_or_else(|| {
-                        file.error("management.tcp.ip", "expected an IPv4 or IPv6 address")
-                    })?,
-                    port,
-                ),
-                optional: false,
-            }],
-        }
+        tcp_listener(&file, "management.tcp", 15672)?
     };
+    // As RabbitMQ's rabbitmq_prometheus: 15692 unless prometheus.tcp.* says otherwise.
+    let prometheus_is_default = args.prometheus_listen.is_empty()
+        && file.get("prometheus.tcp.port").is_none()
+        && file.get("prometheus.tcp.ip").is_none();
+    let prometheus_listen = if args.prometheus_listen.iter().any(|v| v == "none") {
+        Vec::new()
+    } else if !args.prometheus_listen.is_empty() {
+        listen::parse_all(
+            args.prometheus_listen
+                .iter()
+                .map(|v| ("--prometheus-listen", v.as_str())),
+        )?
+    } else {
+        tcp_listener(
+            &file,
+            "prometheus.tcp",
+            warren_mgmt::prometheus::DEFAULT_PORT,
+        )?
+    };
+    let prometheus_per_object = file
+        .parse_value::<bool>("prometheus.return_per_object_metrics")?
+        .unwrap_or(false);
     let mut broker = warren_broker::BrokerConfig::default();
     if let Some(u) = args
         .default_user
@@ -238,6 +256,9 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
         security,
         listen,
         mgmt_listen,
+        prometheus_listen,
+        prometheus_is_default,
+        prometheus_per_object,
         listeners_file: args.listeners_file,
         data_dir: args
             .data_dir
@@ -253,6 +274,50 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
                 .unwrap_or(1)
         }),
     })
+}
+
+/// A listener set by `<prefix>.port` and `<prefix>.ip` (the management API's and the
+/// Prometheus endpoint's): `default_port` on both loopback families unless told otherwise.
+fn tcp_listener(
+    file: &ConfigFile,
+    prefix: &str,
+    default_port: u16,
+) -> Result<Vec<ListenAddr>, ConfigError> {
+    let (port_key, ip_key) = (format!("{prefix}.port"), format!("{prefix}.ip"));
+    let port = file.parse_value::<u16>(&port_key)?.unwrap_or(default_port);
+    Ok(match file.get(&ip_key) {
+        None => listen::loopback(port),
+        Some(ip) => vec![ListenAddr {
+            addr: SocketAddr::new(
+                listen::parse_ip(ip)
+                    .ok_or_else(|| file.error(&ip_key, "expected an IPv4 or IPv6 address"))?,
+                port,
+            ),
+            optional: false,
+        }],
+    })
+}
+
+/// Binds the Prometheus listeners. Those chosen by a setting must bind; RabbitMQ's default
+/// port is only taken if free (another broker's, or another Warren's, may hold it).
+async fn bind_prometheus(
+    addrs: &[ListenAddr],
+    is_default: bool,
+) -> Result<Vec<TcpListener>, StartupError> {
+    let what = "Prometheus metrics (--prometheus-listen, prometheus.tcp.*)";
+    if !is_default {
+        return listen::bind_all(addrs, what).await;
+    }
+    let mut out = Vec::new();
+    for a in addrs {
+        match listen::bind_all(std::slice::from_ref(a), what).await {
+            Ok(l) => out.extend(l),
+            Err(e) => tracing::warn!(
+                "{e}; serving no Prometheus metrics there (choose a port with prometheus.tcp.port or --prometheus-listen)"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {
@@ -355,6 +420,7 @@ async fn run(s: Settings) -> Result<(), StartupError> {
         "the management API (--mgmt-listen, management.tcp.*)",
     )
     .await?;
+    let prometheus = bind_prometheus(&s.prometheus_listen, s.prometheus_is_default).await?;
     let mut bound: Vec<(&str, SocketAddr)> = Vec::new();
     bound.extend(amqp_addrs.iter().map(|a| ("amqp", *a)));
     bound.extend(amqps_addrs.iter().map(|a| ("amqps", *a)));
@@ -364,6 +430,10 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     if let Some(h) = &mgmt_https {
         let addr = h.listener.local_addr();
         bound.push(("https", addr.map_err(StartupError::ListenerAddr)?));
+    }
+    for l in &prometheus {
+        let addr = l.local_addr().map_err(StartupError::ListenerAddr)?;
+        bound.push(("http/prometheus", addr));
     }
     let listening: Vec<String> = bound.iter().map(|(p, a)| format!("{p}://{a}")).collect();
     tracing::info!(listeners = %listening.join(" "), data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
@@ -388,6 +458,15 @@ async fn run(s: Settings) -> Result<(), StartupError> {
         mgmt_options,
         stop_rx.clone(),
     ));
+    let metrics = tokio::spawn(warren_mgmt::prometheus::serve(
+        prometheus,
+        broker.clone(),
+        warren_mgmt::prometheus::Options {
+            node_name: String::new(),
+            per_object_by_default: s.prometheus_per_object,
+        },
+        stop_rx.clone(),
+    ));
     shutdown_signal().await;
     tracing::info!("stopping: closing connections (a second signal exits at once)");
     // Fails only when every receiver is gone: then nothing is left to stop.
@@ -405,6 +484,11 @@ async fn run(s: Settings) -> Result<(), StartupError> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("management API: {e}"),
         Err(e) => tracing::error!(error = %e, "the management API's task failed"),
+    }
+    match metrics.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("Prometheus metrics: {e}"),
+        Err(e) => tracing::error!(error = %e, "the Prometheus endpoint's task failed"),
     }
     // Give writers a moment to flush connection.close to every client.
     for _ in 0..50 {
@@ -548,6 +632,63 @@ mod tests {
             path: PathBuf::from("/d"),
         };
         assert_eq!(e.exit_code(), 1);
+    }
+
+    /// The settings for a config file and flags, in a directory of their own.
+    fn settings_in_dir(conf: &str, flags: &[&str]) -> Result<Settings, ConfigError> {
+        let dir = warren_tests::TempDir::new("conf-p");
+        let path = dir.join("warren.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut argv = vec!["warren", "--config", path.to_str().unwrap()];
+        argv.extend(flags);
+        settings(Args::parse_from(argv))
+    }
+
+    #[test]
+    fn prometheus_listener_as_rabbitmq_configures_it() {
+        let p = |conf: &str, flags: &[&str]| settings_in_dir(conf, flags).unwrap();
+        let addrs = |s: &Settings| -> Vec<String> {
+            s.prometheus_listen
+                .iter()
+                .map(|a| a.addr.to_string())
+                .collect()
+        };
+        // RabbitMQ's port, on both loopback families as every Warren listener.
+        let s = p("", &[]);
+        assert_eq!(addrs(&s), ["127.0.0.1:15692", "[::1]:15692"]);
+        assert!(s.prometheus_is_default && !s.prometheus_per_object);
+        let s = p("prometheus.tcp.port = 15700\n", &[]);
+        assert_eq!(addrs(&s), ["127.0.0.1:15700", "[::1]:15700"]);
+        assert!(!s.prometheus_is_default);
+        let s = p(
+            "prometheus.tcp.ip = ::1\nprometheus.return_per_object_metrics = true\n",
+            &[],
+        );
+        assert_eq!(addrs(&s), ["[::1]:15692"]);
+        assert!(s.prometheus_per_object && !s.prometheus_is_default);
+        // The flag wins; port 0 picks a free port; `none` serves no metrics.
+        let s = p(
+            "prometheus.tcp.port = 15700\n",
+            &["--prometheus-listen", "127.0.0.1:0"],
+        );
+        assert_eq!(addrs(&s), ["127.0.0.1:0"]);
+        assert!(p("", &["--prometheus-listen", "none"])
+            .prometheus_listen
+            .is_empty());
+        let e = settings_in_dir("prometheus.tcp.ip = somewhere\n", &[])
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "line 1: bad value 'somewhere' for 'prometheus.tcp.ip': expected an IPv4 or IPv6 address"
+        );
+        let e = settings_in_dir("prometheus.return_per_object_metrics = yes\n", &[])
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, ConfigError::BadValue { key, .. } if key == "prometheus.return_per_object_metrics"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use warren_protocol::properties::{flag, has};
-use warren_protocol::{FieldTable, ShortStr};
+use warren_protocol::{FieldTable, FieldValue, ShortStr};
 use warren_store::{Position, QueueStore, Recovery};
 
 /// A message in a queue, with its place in publish order.
@@ -615,6 +615,14 @@ impl Queue {
         self.bindings.lock().retain(|(e, k, a)| {
             !(e == exchange && *k == b.routing_key && a.same_entries(&b.arguments))
         });
+    }
+
+    /// The queue's type as `x-queue-type` names it: `classic` unless declared otherwise.
+    pub fn queue_type(&self) -> &str {
+        self.arguments
+            .get("x-queue-type")
+            .and_then(FieldValue::as_str)
+            .unwrap_or("classic")
     }
 
     pub fn is_deleted(&self) -> bool {

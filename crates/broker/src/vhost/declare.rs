@@ -454,9 +454,15 @@ impl VHost {
     /// Deletes a queue with no checks (auto-delete, exclusive owner gone, vhost deletion).
     pub fn delete_queue_unchecked(&self, name: &str) -> u32 {
         let _lifecycle = self.lifecycle.lock();
+        let mut deleted = self.deleted_counters.lock();
         let Some(q) = self.queues.write().remove(name) else {
             return 0;
         };
+        deleted
+            .entry(q.queue_type().to_string())
+            .or_default()
+            .add(&q.stats());
+        drop(deleted);
         self.definitions_changed(q.durable);
         let bindings = std::mem::take(&mut *q.bindings.lock());
         let dest = Destination::Queue(q.clone());

@@ -10,7 +10,7 @@ use crate::exchange::{check_headers_args, Binding, Destination, Exchange, Exchan
 use crate::message::Message;
 use crate::persist::Persistence;
 use crate::policy::{self, Policy};
-use crate::queue::{DeleteReason, Followup, Followups, PublishError, Queue};
+use crate::queue::{DeleteReason, Followup, Followups, PublishError, Queue, QueueStats};
 use parking_lot::RwLock;
 use rand::Rng;
 use std::collections::HashMap;
@@ -62,6 +62,31 @@ pub struct VHost {
     /// a queue declared again while its predecessor is being deleted must not open a
     /// directory that is about to be removed.
     lifecycle: parking_lot::Mutex<()>,
+    /// The message counters of the queues deleted from this vhost, by queue type (`classic`,
+    /// `quorum`, as `x-queue-type`), so that totals over every queue (the Prometheus counters)
+    /// never go down when a queue goes. Held while a queue is removed and while the totals
+    /// are read, so a queue is counted once: live or deleted.
+    deleted_counters: parking_lot::Mutex<DeletedCounters>,
+}
+
+/// The counters of a vhost's deleted queues, by queue type (`classic`, `quorum`).
+pub type DeletedCounters = std::collections::BTreeMap<String, QueueCounters>;
+
+/// Messages a queue (or several) took in, delivered and had acknowledged, since it was
+/// declared (or, for a vhost's totals, since the broker started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    pub published: u64,
+    pub delivered: u64,
+    pub acked: u64,
+}
+
+impl QueueCounters {
+    pub fn add(&mut self, s: &QueueStats) {
+        self.published += s.published;
+        self.delivered += s.delivered;
+        self.acked += s.acked;
+    }
 }
 
 impl VHost {
@@ -77,6 +102,7 @@ impl VHost {
             operator_policies: Default::default(),
             delayed,
             lifecycle: Default::default(),
+            deleted_counters: Default::default(),
         });
         let predeclared = [
             ("", ExchangeKind::Direct),
@@ -189,6 +215,22 @@ impl VHost {
 
     pub fn queue_count(&self) -> usize {
         self.queues.read().len()
+    }
+
+    /// Every queue with its stats, and the counters of the queues deleted so far, read
+    /// together: a queue being deleted meanwhile is in one or the other, never both nor
+    /// neither. For metrics read at scrape time; nothing on the message path.
+    pub fn queue_stats_and_deleted(&self) -> (Vec<(Arc<Queue>, QueueStats)>, DeletedCounters) {
+        let deleted = self.deleted_counters.lock();
+        let stats = self
+            .queues()
+            .into_iter()
+            .map(|q| {
+                let s = q.stats();
+                (q, s)
+            })
+            .collect();
+        (stats, deleted.clone())
     }
 
     fn no_queue(&self, name: &str) -> AmqpError {

@@ -1,0 +1,347 @@
+//! The Prometheus endpoint over a real socket: rabbitmq_prometheus' metric names, types and
+//! help texts, aggregated on `/metrics` and per queue on `/metrics/per-object`, and values
+//! that follow what lapin clients publish, consume and acknowledge.
+
+use warren_tests::prometheus::{Exposition, MetricsBroker};
+use warren_tests::*;
+
+/// (name as sampled, TYPE, HELP) of every family `/metrics` always has, as RabbitMQ 4.x's
+/// rabbitmq_prometheus writes them (the TYPE and HELP lines of a counter name the `_total`
+/// sample, as its text format does).
+const FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "rabbitmq_process_open_fds",
+        "gauge",
+        "Open file descriptors",
+    ),
+    (
+        "rabbitmq_process_resident_memory_bytes",
+        "gauge",
+        "Memory used in bytes",
+    ),
+    (
+        "rabbitmq_process_max_fds",
+        "gauge",
+        "Open file descriptors limit",
+    ),
+    (
+        "rabbitmq_resident_memory_limit_bytes",
+        "gauge",
+        "Memory high watermark in bytes",
+    ),
+    (
+        "rabbitmq_disk_space_available_limit_bytes",
+        "gauge",
+        "Free disk space low watermark in bytes",
+    ),
+    ("rabbitmq_erlang_uptime_seconds", "gauge", "Node uptime"),
+    (
+        "rabbitmq_queue_messages_ready",
+        "gauge",
+        "Messages ready to be delivered to consumers",
+    ),
+    (
+        "rabbitmq_queue_messages_unacked",
+        "gauge",
+        "Messages delivered to consumers but not yet acknowledged",
+    ),
+    (
+        "rabbitmq_queue_messages",
+        "gauge",
+        "Sum of ready and unacknowledged messages - total queue depth",
+    ),
+    ("rabbitmq_queue_consumers", "gauge", "Consumers on a queue"),
+    (
+        "rabbitmq_queue_messages_ready_bytes",
+        "gauge",
+        "Size in bytes of ready messages",
+    ),
+    (
+        "rabbitmq_queue_messages_published_total",
+        "counter",
+        "Total number of messages published into a queue through an exchange on a channel",
+    ),
+    (
+        "rabbitmq_queue_messages_acked_total",
+        "counter",
+        "Total number of messages acknowledged by consumers on a queue",
+    ),
+    (
+        "rabbitmq_connections",
+        "gauge",
+        "Connections currently open",
+    ),
+    ("rabbitmq_channels", "gauge", "Channels currently open"),
+    (
+        "rabbitmq_consumers",
+        "gauge",
+        "Consumers currently connected",
+    ),
+    ("rabbitmq_queues", "gauge", "Queues available"),
+    (
+        "rabbitmq_build_info",
+        "untyped",
+        "RabbitMQ & Erlang/OTP version info",
+    ),
+    (
+        "rabbitmq_identity_info",
+        "untyped",
+        "RabbitMQ node & cluster identity info",
+    ),
+    (
+        "rabbitmq_global_messages_delivered_total",
+        "counter",
+        "Total number of messages delivered to consumers",
+    ),
+    (
+        "rabbitmq_global_messages_acknowledged_total",
+        "counter",
+        "Total number of messages acknowledged by consumers",
+    ),
+    (
+        "rabbitmq_global_consumers",
+        "gauge",
+        "Current number of consumers",
+    ),
+    (
+        "rabbitmq_alarms_file_descriptor_limit",
+        "untyped",
+        "is 1 if file descriptor limit alarm is in effect",
+    ),
+    (
+        "rabbitmq_alarms_free_disk_space_watermark",
+        "untyped",
+        "is 1 if free disk space watermark alarm is in effect",
+    ),
+    (
+        "rabbitmq_alarms_memory_used_watermark",
+        "untyped",
+        "is 1 if VM memory watermark alarm is in effect",
+    ),
+    (
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    ),
+];
+
+/// Every family of [`FAMILIES`] with its TYPE, HELP and a sample; `per_object`: but the queue
+/// families, which have a sample per queue there (and so none without queues).
+#[track_caller]
+fn assert_families(e: &Exposition, per_object: bool) {
+    for (name, kind, help) in FAMILIES {
+        if per_object && name.starts_with("rabbitmq_queue_") {
+            continue;
+        }
+        assert_eq!(
+            e.types.get(*name).map(String::as_str),
+            Some(*kind),
+            "TYPE of {name}"
+        );
+        assert_eq!(
+            e.help.get(*name).map(String::as_str),
+            Some(*help),
+            "HELP of {name}"
+        );
+        assert!(!e.all(name).is_empty(), "no sample of {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_rabbitmq_names_types_and_help_texts() {
+    let m = MetricsBroker::start().await;
+    let e = m.scrape("/metrics").await.exposition();
+    assert_families(&e, false);
+    // Aggregated: the queue families are one sample with no labels, 0 with no queues.
+    assert_eq!(e.value("rabbitmq_queue_messages_ready", &[]), 0.0);
+    assert!(e.all("rabbitmq_queue_messages_ready")[0].labels.is_empty());
+    assert_eq!(e.value("rabbitmq_queues", &[]), 0.0);
+    assert!(e.all("rabbitmq_queue_info").is_empty(), "per-object only");
+    assert_eq!(
+        e.value(
+            "rabbitmq_identity_info",
+            &[("rabbitmq_endpoint", "aggregated")]
+        ),
+        1.0
+    );
+    let id = &e.all("rabbitmq_identity_info")[0].labels;
+    for label in [
+        "rabbitmq_node",
+        "rabbitmq_cluster",
+        "rabbitmq_cluster_permanent_id",
+    ] {
+        assert!(
+            id.get(label).is_some_and(|v| !v.is_empty()),
+            "{label}: {id:?}"
+        );
+    }
+    let build = &e.all("rabbitmq_build_info")[0].labels;
+    assert_eq!(build["product_name"], "Warren");
+    assert!(build.contains_key("rabbitmq_version"), "{build:?}");
+    assert_eq!(e.value("rabbitmq_alarms_memory_used_watermark", &[]), 0.0);
+    assert!(e.value("rabbitmq_process_resident_memory_bytes", &[]) > 0.0);
+    assert!(e.value("rabbitmq_process_open_fds", &[]) > 0.0);
+    assert!(e.value("rabbitmq_process_max_fds", &[]) >= e.value("rabbitmq_process_open_fds", &[]));
+    // The per-object endpoint has every family too, and says which endpoint it is.
+    let p = m.scrape("/metrics/per-object").await.exposition();
+    assert_families(&p, true);
+    assert_eq!(
+        p.value(
+            "rabbitmq_identity_info",
+            &[("rabbitmq_endpoint", "per-object")]
+        ),
+        1.0
+    );
+    // Registries Warren does not have answer 404, as an unknown one does in RabbitMQ.
+    assert_eq!(m.scrape("/metrics/memory-breakdown").await.status, 404);
+    assert_eq!(m.scrape("/nothing").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_metrics_follow_publishes_deliveries_and_acks() {
+    let m = MetricsBroker::start().await;
+    let (_conn, ch) = open(&m.broker).await;
+    declare(&ch, "metrics-q").await;
+    declare(&ch, "metrics-other").await;
+    for i in 0..5 {
+        publish(&ch, "", "metrics-q", format!("m{i}").as_bytes()).await;
+    }
+    publish(&ch, "", "metrics-other", b"x").await;
+    wait_counts(&m.broker, "metrics-q", 5, 0).await;
+    wait_counts(&m.broker, "metrics-other", 1, 0).await;
+
+    let e = m.scrape("/metrics").await.exposition();
+    assert_eq!(e.value("rabbitmq_queue_messages_ready", &[]), 6.0);
+    assert_eq!(e.value("rabbitmq_queue_messages", &[]), 6.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_ready_bytes", &[]), 11.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_published_total", &[]), 6.0);
+    assert_eq!(e.value("rabbitmq_queues", &[]), 2.0);
+    assert_eq!(e.value("rabbitmq_connections", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_channels", &[]), 1.0);
+
+    // A consumer with prefetch 1 takes one, acknowledges it and takes the next.
+    let cch = channel(&_conn).await;
+    qos(&cch, 1, false).await;
+    let mut c = consume(&cch, "metrics-q", "metrics-consumer").await;
+    let first = next(&mut c).await;
+    ack(&first).await;
+    let _second = next(&mut c).await;
+    wait_counts(&m.broker, "metrics-q", 3, 1).await;
+
+    let p = m.scrape("/metrics/per-object").await.exposition();
+    let q = [("vhost", "/"), ("queue", "metrics-q")];
+    assert_eq!(p.value("rabbitmq_queue_messages_ready", &q), 3.0);
+    assert_eq!(p.value("rabbitmq_queue_messages_unacked", &q), 1.0);
+    assert_eq!(p.value("rabbitmq_queue_messages", &q), 4.0);
+    assert_eq!(p.value("rabbitmq_queue_consumers", &q), 1.0);
+    assert_eq!(p.value("rabbitmq_queue_messages_acked_total", &q), 1.0);
+    let other = [("vhost", "/"), ("queue", "metrics-other")];
+    assert_eq!(p.value("rabbitmq_queue_messages_ready", &other), 1.0);
+    assert_eq!(p.value("rabbitmq_queue_consumers", &other), 0.0);
+    assert_eq!(
+        p.value(
+            "rabbitmq_queue_info",
+            &[
+                ("queue", "metrics-q"),
+                ("queue_type", "rabbit_classic_queue"),
+                ("membership", "leader")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(p.all("rabbitmq_queue_messages_ready").len(), 2);
+
+    let e = m.scrape("/metrics").await.exposition();
+    let classic = [
+        ("protocol", "amqp091"),
+        ("queue_type", "rabbit_classic_queue"),
+    ];
+    assert_eq!(
+        e.value("rabbitmq_global_messages_delivered_total", &classic),
+        2.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_global_messages_acknowledged_total", &classic),
+        1.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_global_consumers", &[("protocol", "amqp091")]),
+        1.0
+    );
+    assert_eq!(e.value("rabbitmq_consumers", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_channels", &[]), 2.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_unacked", &[]), 1.0);
+
+    // Deleting a queue does not take its counts out of the counters (they never go down).
+    drop(c);
+    within(
+        "queue_delete",
+        ch.queue_delete(
+            "metrics-q".into(),
+            lapin::options::QueueDeleteOptions::default(),
+        ),
+    )
+    .await
+    .expect("queue_delete");
+    eventually("metrics-q deleted", || {
+        !queue_exists(&m.broker, "metrics-q")
+    })
+    .await;
+    let e = m.scrape("/metrics").await.exposition();
+    assert_eq!(e.value("rabbitmq_queues", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_ready", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_published_total", &[]), 6.0);
+    assert_eq!(
+        e.value("rabbitmq_global_messages_delivered_total", &classic),
+        2.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_global_messages_acknowledged_total", &classic),
+        1.0
+    );
+}
+
+/// A queue name may hold any character: the text stays parseable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_names_are_escaped_in_labels() {
+    let m = MetricsBroker::start().await;
+    let (_conn, ch) = open(&m.broker).await;
+    let name = "we\"ird\\name\nwith a line feed";
+    declare(&ch, name).await;
+    publish(&ch, "", name, b"x").await;
+    wait_counts(&m.broker, name, 1, 0).await;
+    let p = m.scrape("/metrics/per-object").await.exposition();
+    assert_eq!(
+        p.value("rabbitmq_queue_messages_ready", &[("queue", name)]),
+        1.0
+    );
+}
+
+/// `prometheus.return_per_object_metrics = true`: `/metrics` is the per-object endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_object_metrics_can_be_the_default() {
+    let m = MetricsBroker::start_with(warren_mgmt::prometheus::Options {
+        per_object_by_default: true,
+        ..Default::default()
+    })
+    .await;
+    let (_conn, ch) = open(&m.broker).await;
+    declare(&ch, "po").await;
+    publish(&ch, "", "po", b"x").await;
+    wait_counts(&m.broker, "po", 1, 0).await;
+    let e = m.scrape("/metrics").await.exposition();
+    assert_eq!(
+        e.value(
+            "rabbitmq_queue_messages_ready",
+            &[("vhost", "/"), ("queue", "po")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        e.value(
+            "rabbitmq_identity_info",
+            &[("rabbitmq_endpoint", "per-object")]
+        ),
+        1.0
+    );
+}
