@@ -203,24 +203,26 @@ pub async fn guest_get(agent: ureq::Agent, url: String) -> Result<Answer, String
             .header("authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
             .call()
             .map_err(|e| e.to_string())?;
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = resp
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| e.to_string())?;
-        Ok(Answer {
-            status: resp.status().as_u16(),
-            content_type,
-            body,
-        })
+        read_answer(&mut resp).map_err(|e| e.to_string())
     })
     .await
     .expect("request task")
+}
+
+/// A response's status, content type and body.
+pub fn read_answer(resp: &mut ureq::http::Response<ureq::Body>) -> Result<Answer, ureq::Error> {
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = resp.body_mut().read_to_string()?;
+    Ok(Answer {
+        status: resp.status().as_u16(),
+        content_type,
+        body,
+    })
 }
 
 /// The `protocol:port` of each listener in an overview.

@@ -50,15 +50,10 @@ impl MetricsBroker {
 }
 
 /// What a GET of a metrics path answered.
-#[derive(Debug)]
-pub struct Scrape {
-    pub status: u16,
-    pub content_type: String,
-    pub body: String,
-}
+pub type Scrape = crate::mgmt::Answer;
 
-impl Scrape {
-    /// The body parsed, after checking it is a 200 in the text format.
+impl crate::mgmt::Answer {
+    /// The body parsed, after checking it is a 200 in the Prometheus text format.
     #[track_caller]
     pub fn exposition(&self) -> Exposition {
         assert_eq!(self.status, 200, "{self:?}");
@@ -75,19 +70,7 @@ pub async fn scrape(addr: SocketAddr, path: &str) -> Scrape {
     let url = format!("http://{addr}{path}");
     tokio::task::spawn_blocking(move || {
         let mut resp = agent().get(&url).call().expect("GET the metrics");
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = resp.body_mut().read_to_string().expect("metrics body");
-        Scrape {
-            status,
-            content_type,
-            body,
-        }
+        crate::mgmt::read_answer(&mut resp).expect("metrics body")
     })
     .await
     .expect("scrape task")

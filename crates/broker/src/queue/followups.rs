@@ -47,17 +47,9 @@ impl Followups {
         self.0.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// The oldest follow-up not yet taken.
     pub fn pop(&mut self) -> Option<Followup> {
         self.0.pop_front()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Followup> {
-        self.0.iter()
     }
 }
 
