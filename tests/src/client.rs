@@ -149,6 +149,25 @@ pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
     .expect("queue_declare")
 }
 
+/// Declares a durable queue.
+pub async fn declare_durable(ch: &Channel, name: &str) -> lapin::Queue {
+    declare_durable_args(ch, name, no_args()).await
+}
+
+/// Declares a durable queue with arguments.
+pub async fn declare_durable_args(ch: &Channel, name: &str, args: FieldTable) -> lapin::Queue {
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(
+        "queue_declare durable",
+        ch.queue_declare(name.into(), opts, args),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("queue_declare {name}: {e}"))
+}
+
 /// Declares an exclusive server-named queue.
 pub async fn declare_exclusive(ch: &Channel) -> lapin::Queue {
     within(

@@ -17,7 +17,6 @@
 //! behind what is buffered); the tests provoke each on purpose.
 
 use futures_util::FutureExt;
-use lapin::options::*;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use std::path::Path;
 use std::sync::Arc;
@@ -112,22 +111,6 @@ fn persistent() -> BasicProperties {
 
 fn transient() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(1)
-}
-
-async fn declare_durable(ch: &Channel, name: &str) {
-    within(
-        "queue_declare durable",
-        ch.queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            no_args(),
-        ),
-    )
-    .await
-    .expect("queue_declare durable");
 }
 
 /// A new channel in confirm mode.

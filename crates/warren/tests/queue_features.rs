@@ -31,19 +31,6 @@ async fn declare_args(ch: &Channel, name: &str, args: FieldTable) -> lapin::Queu
     .unwrap_or_else(|e| panic!("queue_declare {name}: {e}"))
 }
 
-async fn declare_durable_args(ch: &Channel, name: &str, args: FieldTable) -> lapin::Queue {
-    let opts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    within(
-        "queue_declare durable",
-        ch.queue_declare(name.into(), opts, args),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("queue_declare {name}: {e}"))
-}
-
 /// Publishes in confirm mode and returns whether the broker acked (true) or nacked (false).
 async fn publish_confirm(
     ch: &Channel,
