@@ -33,16 +33,7 @@ async fn declare(conn: &Connection) -> lapin::Channel {
 /// A channel on which durable queue `name` is declared.
 async fn declare_queue(conn: &Connection, name: &str) -> lapin::Channel {
     let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    warren_tests::declare_durable(&ch, name).await;
     ch
 }
 

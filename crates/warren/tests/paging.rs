@@ -31,16 +31,7 @@ async fn open(url: &str, queue: &str) -> (Connection, Channel) {
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    warren_tests::declare_durable(&ch, queue).await;
     (conn, ch)
 }
 
