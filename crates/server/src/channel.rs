@@ -752,12 +752,10 @@ impl Channel {
     fn get(&mut self, cx: &mut Ctx<'_>, g: BasicGet) -> Result<()> {
         let queue_name = self.queue_name(g.queue)?;
         let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
-        match q.get(!g.no_ack, cx.followups) {
+        match self.delivery.get(&q, !g.no_ack, cx.followups) {
             None => self.reply(BasicGetEmpty::default()),
-            Some((qm, remaining)) => {
-                let msg = qm.msg.clone();
-                let redelivered = qm.redelivered;
-                let tag = self.delivery.record_get(&q, qm, !g.no_ack);
+            Some((qm, remaining, tag)) => {
+                let (msg, redelivered) = (qm.msg, qm.redelivered);
                 let m: Method = BasicGetOk {
                     delivery_tag: tag,
                     redelivered,
