@@ -405,6 +405,8 @@ impl DeliveryChannel {
             no_ack,
             exclusive,
             priority,
+            // The channel enforces prefetch (per consumer or channel-wide) in `deliver`.
+            prefetch: 0,
         };
         match queue.add_consumer(c, on_added, fu) {
             Ok(()) => Ok(()),

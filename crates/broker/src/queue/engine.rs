@@ -107,6 +107,11 @@ pub struct Consumer<C> {
     pub exclusive: bool,
     /// `x-priority`: higher-priority consumers are served first.
     pub priority: i64,
+    /// Most messages the engine checks out to this consumer at once (0: no limit of the
+    /// engine's; a channel's prefetch is then enforced by the channel, through `Env::offer`).
+    /// A replicated queue's consumers carry their prefetch here, so every replica decides
+    /// the same deliveries.
+    pub prefetch: u32,
 }
 
 /// What the engine asks of its surroundings while it runs a command.
@@ -234,6 +239,16 @@ impl<C> QueueEngine<C> {
             .get(&owner)
             .into_iter()
             .flat_map(|h| h.msgs.iter())
+    }
+
+    /// How many messages `owner` holds.
+    pub fn held(&self, owner: Owner) -> usize {
+        self.checked_out.get(&owner).map_or(0, |h| h.msgs.len())
+    }
+
+    /// The ready messages in memory, in delivery order (the paged-out tail follows them).
+    pub fn ready(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.ready.iter()
     }
 
     /// How many owners hold (or may come to hold) checkouts.
@@ -518,7 +533,11 @@ impl<C> QueueEngine<C> {
             let size = end - start;
             for k in 0..size {
                 let idx = start + (self.next_consumer + k) % size;
-                if env.offer(&self.consumers[idx], front, self.next_checkout) {
+                let c = &self.consumers[idx];
+                if c.prefetch != 0 && !c.no_ack && self.held(c.owner) >= c.prefetch as usize {
+                    continue;
+                }
+                if env.offer(c, front, self.next_checkout) {
                     self.next_consumer = (idx - start + 1) % size;
                     return Some(idx);
                 }

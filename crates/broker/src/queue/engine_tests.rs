@@ -114,6 +114,7 @@ fn consumer(id: u32) -> Consumer<u32> {
         no_ack: false,
         exclusive: false,
         priority: 0,
+        prefetch: 0,
     }
 }
 

@@ -4,17 +4,19 @@
 //! control wake-ups, and publishing dead letters once the lock is released ([`Locked`]), so
 //! queues never lock each other.
 //!
-//! Layout: [`engine`] (the state machine), `ready` (the ready list by priority and publish
-//! order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
+//! Layout: [`engine`] (the state machine), [`command`] (its commands as values, for a
+//! replicated log), `ready` (the ready list by priority and publish order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
 //! queue's arguments and policy), [`followups`] (what a command leaves for the vhost: dead
 //! letters, the timer, deletion; a queue does not hold its vhost).
 
+pub mod command;
 pub mod engine;
 pub mod followups;
 pub mod options;
 mod paged;
 mod ready;
 
+pub use command::{Applied, Deliveries, LoggedMessage, QueueCommand};
 pub use engine::{
     Checkout, CheckoutId, CheckoutKey, ConsumeRefused, Consumer, Effect, EngineStats, Env, Got,
     Owner, QueueEngine, Rejected,
