@@ -63,7 +63,7 @@ pub enum QueueCommand {
 }
 
 /// What applying a command answers (besides the engine's effects and the deliveries).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     Done,
     /// Enqueue: the queue is full and refuses publishes.
