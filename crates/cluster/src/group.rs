@@ -6,8 +6,10 @@
 use crate::log_store::GroupLog;
 use crate::network::NoPeers;
 use crate::state_machine::{Output, QueueStateMachine};
+use crate::transport::Registry;
 use crate::types::{NodeId, QueueRaft};
 use crate::wal::{GroupState, NodeWal};
+use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,14 +40,16 @@ pub struct QueueGroup {
     log: GroupLog,
 }
 
-/// Raft timing: heartbeats every 250 ms, elections after 1–2 s of silence (the cluster notes
-/// advise ≥ 1 s on a loaded 2-core machine).
+/// Raft timing: heartbeats every 200 ms, elections after 1–1.2 s of silence (the cluster
+/// notes advise ≥ 1 s on a loaded 2-core machine). openraft's voters also refuse a new
+/// candidate for `election_timeout_max` after the last heartbeat (the leader lease), so a
+/// narrow range keeps failover near 2 s (measured: ~3.3 s with 1–2 s).
 fn config() -> Result<Arc<Config>, GroupError> {
     let c = Config {
         cluster_name: "warren".into(),
-        heartbeat_interval: 250,
+        heartbeat_interval: 200,
         election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        election_timeout_max: 1200,
         // Snapshots come with step 3b; until then the log is kept whole.
         snapshot_policy: SnapshotPolicy::Never,
         ..Default::default()
@@ -55,11 +59,20 @@ fn config() -> Result<Arc<Config>, GroupError> {
         .map_err(|e| GroupError::Config(e.to_string()))
 }
 
+/// Who is in a group and who creates it.
+pub struct Membership {
+    /// The members when the group is created, with their cluster addresses.
+    pub members: BTreeMap<NodeId, BasicNode>,
+    /// This node creates the group (sets the members) if its log is empty: exactly one
+    /// member does.
+    pub initialize: bool,
+}
+
 impl QueueGroup {
-    /// Starts group `id` on node `node`, on the node's WAL with what it recovered for this
-    /// group. A new group gets this node as its only member; an existing one carries on from
-    /// its log. Returns once the group has a leader, with the receiver of its state machine's
-    /// outputs (deliveries, dead letters).
+    /// Starts group `id` on node `node` alone, on the node's WAL with what it recovered for
+    /// this group. A new group gets this node as its only member; an existing one carries on
+    /// from its log. Returns once this node leads the group, with the receiver of its state
+    /// machine's outputs (deliveries, dead letters).
     pub async fn start(
         node: NodeId,
         id: u64,
@@ -67,22 +80,69 @@ impl QueueGroup {
         recovered: GroupState,
         opts: QueueOptions,
     ) -> Result<(QueueGroup, mpsc::UnboundedReceiver<Output>), GroupError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sm = QueueStateMachine::new(opts, tx);
-        let log = GroupLog::new(id, wal, recovered);
-        let raft = Raft::new(node, config()?, NoPeers, log.clone(), sm.clone())
-            .await
-            .map_err(raft_err)?;
-        if !raft.is_initialized().await.map_err(raft_err)? {
-            let members = BTreeMap::from([(node, BasicNode::default())]);
-            raft.initialize(members).await.map_err(raft_err)?;
-        }
+        let alone = Membership {
+            members: BTreeMap::from([(node, BasicNode::default())]),
+            initialize: true,
+        };
+        let started =
+            Self::start_member(node, id, wal, recovered, opts, alone, NoPeers, None).await?;
         let wait = Duration::from_secs(10);
-        raft.wait(Some(wait))
+        started
+            .0
+            .raft
+            .wait(Some(wait))
             .state(ServerState::Leader, "queue group leader")
             .await
             .map_err(|_| GroupError::NoLeader(wait))?;
+        Ok(started)
+    }
+
+    /// Starts this node's member of group `id`, reaching the others through `network`, and
+    /// registers it with the node's cluster listener (`registry`). Does not wait for a leader
+    /// (the other members may not be up yet): see [`QueueGroup::wait_for_leader`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_member<N: RaftNetworkFactory<QueueRaft>>(
+        node: NodeId,
+        id: u64,
+        wal: Arc<NodeWal>,
+        recovered: GroupState,
+        opts: QueueOptions,
+        membership: Membership,
+        network: N,
+        registry: Option<&Registry>,
+    ) -> Result<(QueueGroup, mpsc::UnboundedReceiver<Output>), GroupError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sm = QueueStateMachine::new(opts, tx);
+        let log = GroupLog::new(id, wal, recovered);
+        let raft = Raft::new(node, config()?, network, log.clone(), sm.clone())
+            .await
+            .map_err(raft_err)?;
+        if let Some(r) = registry {
+            r.insert(id, raft.clone());
+        }
+        if membership.initialize && !raft.is_initialized().await.map_err(raft_err)? {
+            raft.initialize(membership.members)
+                .await
+                .map_err(raft_err)?;
+        }
         Ok((QueueGroup { id, raft, sm, log }, rx))
+    }
+
+    /// Waits until the group has a leader; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, GroupError> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|_| GroupError::NoLeader(timeout))?;
+        m.current_leader.ok_or(GroupError::NoLeader(timeout))
+    }
+
+    /// Whether this node leads the group now.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(m.id)
     }
 
     /// Runs a command through the log: returns its answer once it is committed and applied.
