@@ -139,6 +139,11 @@ impl QueueGroup {
         m.current_leader.ok_or(GroupError::NoLeader(timeout))
     }
 
+    /// This node's id in the group.
+    pub fn raft_id(&self) -> NodeId {
+        self.raft.metrics().borrow().id
+    }
+
     /// Whether this node leads the group now.
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();

@@ -29,7 +29,9 @@ struct Node {
     group: Option<QueueGroup>,
     listener: Listener,
     wal: Arc<NodeWal>,
-    _dir: Dir,
+    registry: Registry,
+    members: BTreeMap<u64, BasicNode>,
+    dir: Dir,
 }
 
 fn enqueue(id: u64) -> QueueCommand {
@@ -79,36 +81,50 @@ async fn three_nodes(name: &str) -> Vec<Node> {
         .collect();
     let mut nodes = Vec::new();
     for (id, dir, wal, registry, listener) in prepared {
-        let membership = Membership {
-            members: members.clone(),
-            initialize: id == 1,
-        };
-        let peers = TcpPeers {
-            me: id,
-            group: GROUP,
-            secret: secret.clone(),
-        };
-        let (g, _out) = QueueGroup::start_member(
-            id,
-            GROUP,
-            wal.clone(),
-            Default::default(),
-            QueueOptions::default(),
-            membership,
-            peers,
-            Some(&registry),
-        )
-        .await
-        .unwrap();
+        let g = member(id, &wal, Default::default(), &members, &registry).await;
         nodes.push(Node {
             id,
             group: Some(g),
             listener,
             wal,
-            _dir: Dir(dir),
+            registry,
+            members: members.clone(),
+            dir: Dir(dir),
         });
     }
     nodes
+}
+
+/// Starts node `id`'s member of the group (node 1 creates the group if it is new).
+async fn member(
+    id: u64,
+    wal: &Arc<NodeWal>,
+    recovered: warren_cluster::GroupState,
+    members: &BTreeMap<u64, BasicNode>,
+    registry: &Registry,
+) -> QueueGroup {
+    let membership = Membership {
+        members: members.clone(),
+        initialize: id == 1,
+    };
+    let peers = TcpPeers {
+        me: id,
+        group: GROUP,
+        secret: Arc::from(SECRET),
+    };
+    let (g, _out) = QueueGroup::start_member(
+        id,
+        GROUP,
+        wal.clone(),
+        recovered,
+        QueueOptions::default(),
+        membership,
+        peers,
+        Some(registry),
+    )
+    .await
+    .unwrap();
+    g
 }
 
 fn leader(nodes: &[Node]) -> Option<&QueueGroup> {
@@ -297,4 +313,59 @@ async fn a_node_without_the_secret_is_refused() {
         .vote(vote, RPCOption::new(Duration::from_secs(2)))
         .await;
     assert!(r.is_ok(), "{r:?}");
+}
+
+/// A follower stopped (its group, its links, its WAL), then restarted on its data directory
+/// while the others went on: it catches up by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_catches_up_by_itself() {
+    let mut nodes = three_nodes("catchup").await;
+    nodes[0]
+        .group
+        .as_ref()
+        .unwrap()
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let leader_id = leader(&nodes).unwrap().raft_id();
+    let f = nodes.iter().position(|n| n.id != leader_id).unwrap();
+    for id in 0..10 {
+        leader(&nodes).unwrap().propose(enqueue(id)).await.unwrap();
+    }
+    // Stop the follower, as kill -9 would leave it: only what its WAL synced.
+    let addr = nodes[f].listener.addr;
+    nodes[f].listener.stop();
+    nodes[f].group.take().unwrap().shutdown().await.unwrap();
+    nodes[f].wal.close();
+    for id in 10..40 {
+        leader(&nodes).unwrap().propose(enqueue(id)).await.unwrap();
+    }
+    // Restart it on the same directory and address.
+    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &nodes[f].dir.0).unwrap();
+    let recovered = rec.remove(&GROUP).expect("its log");
+    assert!(recovered.entries.len() >= 10, "it had the first entries");
+    let registry = nodes[f].registry.clone();
+    let listener = Listener::start(addr, Arc::from(SECRET), registry.clone())
+        .await
+        .unwrap();
+    let g = member(nodes[f].id, &wal, recovered, &nodes[f].members, &registry).await;
+    nodes[f].listener = listener;
+    nodes[f].wal = wal;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = g.state().with_engine(|e| e.stats().messages_ready);
+        if ready == 40 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member has {ready} of 40"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let order: Vec<u64> = g
+        .state()
+        .with_engine(|e| e.ready().map(|m| body_id(&m.msg.body)).collect());
+    assert_eq!(order, (0..40).collect::<Vec<_>>());
+    nodes[f].group = Some(g);
 }
