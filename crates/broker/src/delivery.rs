@@ -124,6 +124,8 @@ pub struct DeliveryChannel {
     pub default_timeout: Option<Duration>,
     /// The owner of what basic.get takes on this channel with an ack expected.
     get_owner: Owner,
+    /// The channel's message counts (the management API's `message_stats`).
+    pub counters: crate::stats::ChannelCounters,
     writer: Arc<dyn DeliveryWriter>,
     state: Mutex<State>,
 }
@@ -161,6 +163,7 @@ impl DeliveryChannel {
             conn_id,
             default_timeout,
             get_owner: new_owner(),
+            counters: Default::default(),
             writer,
             state: Mutex::new(State {
                 closed: false,
@@ -195,6 +198,17 @@ impl DeliveryChannel {
         s.next_tag += 1;
         self.writer
             .deliver(self.number, d.tag, tag, d.qm.redelivered, &d.qm.msg);
+        // Counted under the channel's lock: one writer at a time.
+        let c = &self.counters;
+        if d.no_ack {
+            &c.deliver_no_ack
+        } else {
+            &c.deliver
+        }
+        .add(1);
+        if d.qm.redelivered {
+            c.redeliver.add(1);
+        }
         let Some(Some(slot)) = s.consumers.get(d.consumer_id as usize) else {
             return true;
         };
@@ -225,6 +239,11 @@ impl DeliveryChannel {
         let mut s = self.state.lock();
         let tag = s.next_tag;
         s.next_tag += 1;
+        let c = &self.counters;
+        if ack_expected { &c.get } else { &c.get_no_ack }.add(1);
+        if got.qm.redelivered {
+            c.redeliver.add(1);
+        }
         if let Some(checkout) = got.checkout {
             s.unacked.push_back(Unacked {
                 delivery_tag: tag,
@@ -301,6 +320,7 @@ impl DeliveryChannel {
     /// of acks costs one dispatch).
     pub fn ack_without_resume(&self, tag: u64, multiple: bool) -> Result<()> {
         let taken = self.take(tag, multiple)?;
+        self.counters.ack.add(taken.len() as u64);
         for_each_queue_run(&taken, |q, run| {
             q.settle(run.iter().map(Unacked::checkout_of))
         });

@@ -13,6 +13,7 @@
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
 //! - [`https`]: the HTTPS listener (RabbitMQ's `management.ssl.*`), next to or instead of the
 //!   plain HTTP one.
+//! - [`rates`]: the sampler behind `message_stats` rates (every `collect_statistics_interval`).
 //! - [`prometheus`]: the Prometheus metrics endpoint (RabbitMQ's `rabbitmq_prometheus`), on a
 //!   listener of its own.
 //!
@@ -34,6 +35,7 @@ pub mod overview;
 mod policies;
 pub mod prometheus;
 pub mod queues;
+pub mod rates;
 pub mod users;
 
 pub use error::ApiError;
@@ -59,6 +61,9 @@ pub struct Options {
     pub amqp_listeners: Vec<SocketAddr>,
     /// The node name (`warren@<hostname>` when empty).
     pub node_name: String,
+    /// How often message rates are sampled (RabbitMQ's `collect_statistics_interval`; 5 s
+    /// when zero).
+    pub stats_interval: std::time::Duration,
 }
 
 /// Shared by every handler.
@@ -69,6 +74,8 @@ pub struct AppState {
     pub http_listeners: Vec<SocketAddr>,
     pub https_listener: Option<SocketAddr>,
     pub amqp_listeners: Vec<SocketAddr>,
+    /// Message rates (sampled in the background).
+    pub rates: Arc<rates::Rates>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -127,6 +134,13 @@ pub async fn serve_listeners(
         Some(l) => Some(l.listener.local_addr()?),
         None => None,
     };
+    let interval = if options.stats_interval.is_zero() {
+        std::time::Duration::from_secs(5)
+    } else {
+        options.stats_interval
+    };
+    let rates = rates::Rates::new(interval);
+    tokio::spawn(rates.clone().run(broker.clone(), shutdown.clone()));
     let state = Arc::new(AppState {
         broker,
         node,
@@ -134,6 +148,7 @@ pub async fn serve_listeners(
         http_listeners: http_addrs.clone(),
         https_listener: https_addr,
         amqp_listeners: options.amqp_listeners,
+        rates,
     });
     let app = router(state);
     let https = listeners.https.map(|l| {

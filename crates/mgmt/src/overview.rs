@@ -52,7 +52,14 @@ fn listeners(state: &AppState) -> Vec<Value> {
     out
 }
 
-async fn overview(state: State) -> Json<Value> {
+async fn overview(
+    state: State,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    let message_stats =
+        state
+            .rates
+            .aggregate_stats(&state.broker, None, crate::rates::History::from_query(&q));
     let vhosts = state.broker.vhosts();
     let (mut ready, mut unacked, mut queues, mut exchanges) = (0, 0, 0, 0);
     for vh in &vhosts {
@@ -77,13 +84,13 @@ async fn overview(state: State) -> Json<Value> {
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
         "product_name": "Warren",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "rates_mode": "none",
+        "rates_mode": "basic",
         "disable_stats": false,
         "enable_queue_totals": true,
         "node": state.node,
         "cluster_name": state.node,
         "exchange_types": exchange_types,
-        "message_stats": {},
+        "message_stats": message_stats,
         "queue_totals": {
             "messages": ready + unacked,
             "messages_ready": ready,
@@ -132,7 +139,7 @@ fn node_json(state: &AppState) -> Value {
         "product_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
         "listeners": listeners(state),
-        "rates_mode": "none",
+        "rates_mode": "basic",
     })
 }
 
@@ -159,6 +166,7 @@ fn vhost_json(state: &AppState, vh: &VHost) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
+        "message_stats": state.rates.aggregate_stats(&state.broker, Some(&vh.name), Default::default()),
     })
 }
 

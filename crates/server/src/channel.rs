@@ -215,6 +215,7 @@ impl Channel {
                 });
             } else {
                 ack_upto = Some((seq, ack_upto.map_or(1, |(_, n)| n + 1)));
+                self.delivery.counters.confirm.add(1);
             }
         }
         if let Some((tag, n)) = ack_upto {
@@ -594,6 +595,7 @@ impl Channel {
             content.properties,
             content.body,
         ));
+        self.delivery.counters.publish.add(1);
         if x.delayed {
             if let Some(delay) = warren_broker::delayed::delay_of(&msg) {
                 let r = cx.vhost.delayed.hold(&x.name, x.durable, msg, delay);
@@ -621,6 +623,15 @@ impl Channel {
                     self.last_default_route = queues.first().cloned();
                 }
             }
+        }
+        if queues.is_empty() {
+            let c = &self.delivery.counters;
+            if mandatory {
+                &c.return_unroutable
+            } else {
+                &c.drop_unroutable
+            }
+            .add(1);
         }
         if queues.is_empty() && mandatory {
             let frame_max = cx.frame_max;

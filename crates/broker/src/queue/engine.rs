@@ -147,8 +147,16 @@ pub struct EngineStats {
     pub message_bytes_ready: u64,
     pub consumers: u64,
     pub published: u64,
+    /// Messages that left for a consumer or a basic.get (RabbitMQ's `deliver_get`).
     pub delivered: u64,
     pub acked: u64,
+    /// `delivered`, split as RabbitMQ's `message_stats` split it.
+    pub deliver: u64,
+    pub deliver_no_ack: u64,
+    pub get: u64,
+    pub get_no_ack: u64,
+    /// Of `delivered`, those that went out again (redelivered).
+    pub redeliver: u64,
 }
 
 pub struct QueueEngine<C> {
@@ -171,6 +179,9 @@ pub struct QueueEngine<C> {
     published: u64,
     delivered: u64,
     acked: u64,
+    /// By kind: [consumer with ack, consumer no-ack, get with ack, get no-ack], redelivered.
+    delivered_by: [u64; 4],
+    redelivered: u64,
     /// Last time the queue was used (ms), for `x-expires`.
     last_used: u64,
     /// Some message carries its own TTL: dispatch looks at the clock.
@@ -195,6 +206,8 @@ impl<C> QueueEngine<C> {
             published: 0,
             delivered: 0,
             acked: 0,
+            delivered_by: [0; 4],
+            redelivered: 0,
             last_used: now,
             timed: false,
             effects: Vec::new(),
@@ -265,6 +278,11 @@ impl<C> QueueEngine<C> {
             published: self.published,
             delivered: self.delivered,
             acked: self.acked,
+            deliver: self.delivered_by[0],
+            deliver_no_ack: self.delivered_by[1],
+            get: self.delivered_by[2],
+            get_no_ack: self.delivered_by[3],
+            redeliver: self.redelivered,
         }
     }
 
@@ -558,6 +576,7 @@ impl<C> QueueEngine<C> {
             .ready
             .pop_front()
             .expect("a consumer took the head message");
+        self.delivered_by[owner.is_none() as usize] += 1;
         self.taken(qm, owner);
         if self.ready.is_empty() {
             self.page_in(now, env);
@@ -569,6 +588,7 @@ impl<C> QueueEngine<C> {
     fn taken(&mut self, qm: QueuedMessage, owner: Option<Owner>) -> Option<CheckoutId> {
         self.ready_bytes -= qm.msg.body.len();
         self.delivered += 1;
+        self.redelivered += qm.redelivered as u64;
         let Some(owner) = owner else {
             if let Some(pos) = qm.pos {
                 self.effects.push(Effect::StoreAck(pos));
@@ -596,6 +616,7 @@ impl<C> QueueEngine<C> {
         self.page_in(now, env);
         self.expire_head(now);
         let qm = self.ready.pop_front()?;
+        self.delivered_by[2 + owner.is_none() as usize] += 1;
         let checkout = self.taken(qm.clone(), owner);
         Some(Got {
             qm,
