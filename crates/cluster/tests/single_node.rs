@@ -244,6 +244,9 @@ async fn many_groups_share_one_fsync() {
         groups.push(Arc::new(g));
     }
     let before = faults.sync_count();
+    // A slow disk: the first fsync is held while every group appends; the rest wait for the
+    // next one. (Without the hold the outcome depends on how fast this machine fsyncs.)
+    faults.hold_sync(true);
     let mut tasks = Vec::new();
     for g in &groups {
         for id in 0..50 {
@@ -251,6 +254,8 @@ async fn many_groups_share_one_fsync() {
             tasks.push(tokio::spawn(async move { g.propose(enqueue(id)).await }));
         }
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    faults.hold_sync(false);
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), Applied::Done);
     }
