@@ -115,7 +115,10 @@ async fn message_stats_count_and_rate_what_clients_do() {
     assert_eq!(stat(&overview, "drop_unroutable"), 1);
     // The consumer held up to its prefetch (50) beyond what it acked when it was cancelled.
     let delivered = stat(&overview, "deliver");
-    assert!((half..=half + 50).contains(&delivered), "{delivered} delivered, {half} acked");
+    assert!(
+        (half..=half + 50).contains(&delivered),
+        "{delivered} delivered, {half} acked"
+    );
     assert_eq!(stat(&overview, "deliver_get"), delivered + 3);
     assert_eq!(overview["rates_mode"], "basic");
 
@@ -127,7 +130,10 @@ async fn message_stats_count_and_rate_what_clients_do() {
     assert_eq!(stat(&q, "deliver"), delivered);
     assert_eq!(stat(&q, "get_no_ack"), 3);
     assert_eq!(stat(&q, "deliver_get"), delivered + 3);
-    assert_eq!(q["messages_unacknowledged"].as_u64(), Some(delivered - half));
+    assert_eq!(
+        q["messages_unacknowledged"].as_u64(),
+        Some(delivered - half)
+    );
     assert_eq!(stat(&q, "ack"), half);
     assert_eq!(rate(&q, "publish"), 0.0);
 
