@@ -378,6 +378,10 @@ pub struct SegmentLog {
     unsynced: Vec<u32>,
     /// A segment file was created since the last directory fsync.
     dir_dirty: bool,
+    /// Directories whose entries `open` created (the parents of the directories it made),
+    /// fsynced with the log's directory at the first sync: until then a power cut may lose
+    /// the new directory, with every fsynced segment in it.
+    new_entries_in: Vec<PathBuf>,
     poisoned: bool,
 }
 
@@ -412,12 +416,33 @@ impl SegmentLog {
                 "max_segment_size must leave room for the segment header and a record header",
             ));
         }
-        backend
-            .create_dir_all(dir)
-            .map_err(|e| StoreError::io("create directory", dir, e))?;
-        let mut ids: Vec<u32> = backend
-            .list(dir)
-            .map_err(|e| StoreError::io("list", dir, e))?
+        let names = match backend.list(dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StoreError::io("list", dir, e)),
+        };
+        // A directory made here is durable only once its parent is fsynced (and so on up
+        // to the first directory that existed): note which parents got a new entry.
+        let mut new_entries_in = Vec::new();
+        if names.is_empty() {
+            let mut missing = dir;
+            while let Err(e) = backend.list(missing) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    break;
+                }
+                match missing.parent() {
+                    Some(parent) => {
+                        new_entries_in.push(parent.to_path_buf());
+                        missing = parent;
+                    }
+                    None => break,
+                }
+            }
+            backend
+                .create_dir_all(dir)
+                .map_err(|e| StoreError::io("create directory", dir, e))?;
+        }
+        let mut ids: Vec<u32> = names
             .iter()
             .filter_map(|name| parse_segment_file_name(prefix, name))
             .collect();
@@ -495,6 +520,7 @@ impl SegmentLog {
             current,
             unsynced: Vec::new(),
             dir_dirty,
+            new_entries_in,
             poisoned: false,
         })
     }
@@ -671,6 +697,13 @@ impl SegmentLog {
                 return Err(StoreError::io("fsync directory", &self.dir, e));
             }
             self.dir_dirty = false;
+        }
+        while let Some(parent) = self.new_entries_in.last() {
+            if let Err(e) = self.backend.sync_dir(parent) {
+                self.poisoned = true;
+                return Err(StoreError::io("fsync directory", parent, e));
+            }
+            self.new_entries_in.pop();
         }
         Ok(())
     }
