@@ -456,12 +456,16 @@ impl SegmentLog {
             let mut file = backend
                 .open_append(&path)
                 .map_err(|e| StoreError::io("open", &path, e))?;
-            if file.len() < SEGMENT_HEADER_LEN as u64 {
-                // The crash came between creating the file and writing its header.
+            if file.len() < SEGMENT_HEADER_LEN as u64 || header_is_zeros(&*file) {
+                // The crash came between creating the file and writing its header, or before
+                // the header reached the disk: after a power cut a file system can leave a
+                // file its length with zeros where the unsynced data was. Nothing in such a
+                // file was ever synced (a sync writes the header first).
                 warn!(
                     file = %path.display(),
                     len = file.len(),
-                    "segment log: segment header incomplete; resetting to an empty segment"
+                    dropped_bytes = file.len(),
+                    "segment log: segment header incomplete or never written (zeros); resetting to an empty segment"
                 );
                 file.truncate(0)
                     .and_then(|()| file.append(&segment_header()))
@@ -910,6 +914,13 @@ impl SegmentLog {
     }
 }
 
+/// Whether a segment file starts with a header of zeros (a file whose first bytes never
+/// reached the disk), which no Warren segment, nor any file with a magic number, has.
+fn header_is_zeros(file: &dyn BackendFile) -> bool {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    file.read_at(0, &mut h).is_ok() && h.iter().all(|&b| b == 0)
+}
+
 impl Drop for SegmentLog {
     /// Hands buffered records to the OS so a clean shutdown that forgot `sync` loses nothing
     /// to a process exit (durability still needs `sync`).
@@ -1149,6 +1160,28 @@ mod tests {
                 offset: SEGMENT_HEADER_LEN
             }
         );
+    }
+
+    /// After a power cut a new segment can have its length but zeros for content (its data
+    /// never reached the disk): it is reset like a torn header, not refused as a foreign file
+    /// (which kept the broker from starting; found by the power-loss test).
+    #[test]
+    fn zero_filled_new_segment_is_reset() {
+        let dir = TestDir::new("seg-zero-header");
+        let (mut log, _) = open(dir.path(), DEFAULT_MAX_SEGMENT_SIZE);
+        log.append(b"a").unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let path = dir.path().join(segment_file_name("msgs", 2));
+        fs::write(&path, [0u8; 100]).unwrap();
+        let (mut log, seen) = open(dir.path(), DEFAULT_MAX_SEGMENT_SIZE);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            SEGMENT_HEADER_LEN as u64
+        );
+        let pos = log.append(b"b").unwrap();
+        assert_eq!(pos.segment, 2);
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! The model (see `docs/storage.md`, "Power loss"):
 //! - A file's data is durable up to its last fsync (fdatasync). Bytes appended since are lost,
 //!   except that the kernel may already have written some of them back: a random prefix of
-//!   the unsynced tail may survive, in whole 4 KiB pages, and the last surviving page may be
-//!   only partly written (zeros where the write did not land). A truncation not followed by
+//!   the unsynced tail may survive, and the last surviving 4 KiB page may be only partly
+//!   written (zeros where the write did not land). A truncation not followed by
 //!   an fsync is lost (the durable content comes back).
 //! - A directory's entries (files created, removed, renamed; directories created or removed)
 //!   are durable up to its last fsync. Changes since are lost, except that a random prefix
@@ -449,15 +449,15 @@ fn survivor(f: &FileData, rng: &mut SimRng) -> Vec<u8> {
     };
     out.extend_from_slice(&tail[..keep]);
     if keep > 0 && rng.below(3) == 0 {
-        // The last page written back only in part: zeros where the write did not land
-        // (the file's size was already updated), or garbage.
+        // The last page written back only in part: the file's size was updated but not all
+        // of its data landed, and a journalling file system shows zeros there (never stale
+        // blocks of another file).
         let page_start = out.len() - 1 - (out.len() - 1) % PAGE;
         let lo = page_start.max(f.durable_len);
         if lo < out.len() {
             let from = lo + rng.below((out.len() - lo) as u64) as usize;
-            let fill = if rng.below(2) == 0 { 0 } else { 0xA5 };
             for b in &mut out[from..] {
-                *b = fill;
+                *b = 0;
             }
         }
     }
