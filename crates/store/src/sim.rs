@@ -10,7 +10,7 @@
 //! - A file's data is durable up to its last fsync (fdatasync). Bytes appended since are lost,
 //!   except that the kernel may already have written some of them back: a random prefix of
 //!   the unsynced tail may survive, and the last surviving 4 KiB page may be only partly
-//!   written (zeros where the write did not land). A truncation not followed by
+//!   written (zeros from a sector boundary on: sectors are written whole or not at all). A truncation not followed by
 //!   an fsync is lost (the durable content comes back).
 //! - A directory's entries (files created, removed, renamed; directories created or removed)
 //!   are durable up to its last fsync. Changes since are lost, except that a random prefix
@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::backend::{Backend, BackendFile, SyncHandle};
 
 const PAGE: usize = 4096;
+const SECTOR: usize = 512;
 const EIO: i32 = 5;
 
 /// A deterministic PRNG (xorshift64*), so the store needs no `rand`.
@@ -452,11 +453,13 @@ fn survivor(f: &FileData, rng: &mut SimRng) -> Vec<u8> {
         // The last page written back only in part: the file's size was updated but not all
         // of its data landed, and a journalling file system shows zeros there (never stale
         // blocks of another file).
+        // Sectors (512 bytes) are written whole or not at all.
         let page_start = out.len() - 1 - (out.len() - 1) % PAGE;
         let lo = page_start.max(f.durable_len);
         if lo < out.len() {
             let from = lo + rng.below((out.len() - lo) as u64) as usize;
-            for b in &mut out[from..] {
+            let from = from.next_multiple_of(SECTOR).max(lo);
+            for b in out.iter_mut().skip(from) {
                 *b = 0;
             }
         }
