@@ -322,8 +322,31 @@ async fn recover_and_check(
         }
     }
 
-    let mut guard = ledger(l);
-    let g = &mut *guard;
+    let drained = check_ledger(&mut ledger(l), &present, &tmp_present, &tmp)?;
+    // A come-back of a deleted temporary queue goes again.
+    for t in &tmp {
+        let _ = within(
+            "queue_delete",
+            ch.queue_delete(t.name.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await;
+    }
+    let _ = within("close", conn.close(200, "checked".into())).await;
+    if !checkpoint(b, disk).await {
+        return Err("the disk died during the checkpoint".into());
+    }
+    ledger(l).durable_acked.extend(drained);
+    Ok(())
+}
+
+/// The checks of one recovery against the ledger of the round before; clears that round's
+/// records and returns the (queue, id) pairs found, which the caller then acks durably.
+fn check_ledger(
+    g: &mut Ledger,
+    present: &HashMap<String, Vec<String>>,
+    tmp_present: &HashMap<String, Vec<String>>,
+    tmp: &[TmpQueue],
+) -> Result<Vec<(String, String)>, String> {
     // Nothing unknown, nothing twice, nothing whose ack was durable.
     for (q, ids) in present.iter().chain(tmp_present.iter()) {
         let mut seen: HashMap<&String, usize> = HashMap::new();
@@ -397,7 +420,7 @@ async fn recover_and_check(
     // Temporary queues: one whose deletion was never asked for keeps its confirmed messages
     // (its declaration was saved before they were confirmed); a deleted one may come back
     // (delete-ok does not wait for the definitions to be saved), holding no phantoms.
-    for t in &tmp {
+    for t in tmp {
         match tmp_present.get(&t.name) {
             None if !t.delete_sent && !t.confirmed.is_empty() => {
                 return Err(format!(
@@ -432,21 +455,7 @@ async fn recover_and_check(
     g.txs.clear();
     g.client_acked.clear();
     g.tmp.clear();
-    drop(guard);
-    // A come-back of a deleted temporary queue goes again.
-    for t in &tmp {
-        let _ = within(
-            "queue_delete",
-            ch.queue_delete(t.name.as_str().into(), QueueDeleteOptions::default()),
-        )
-        .await;
-    }
-    let _ = within("close", conn.close(200, "checked".into())).await;
-    if !checkpoint(b, disk).await {
-        return Err("the disk died during the checkpoint".into());
-    }
-    ledger(l).durable_acked.extend(drained);
-    Ok(())
+    Ok(drained)
 }
 
 // ---------------------------------------------------------------------------------------
