@@ -29,7 +29,8 @@
 //!
 //! Pass: every attacker ends as above; the process's RSS stays under `WATERMARK`; no round
 //! trip of the well-behaved client takes more than 5 s (no stall); its p99 under attack is
-//! within 3× its quiet p99.
+//! within 3× its quiet p99 (a quiet p99 under 1 ms counts as 1 ms: below that a shared
+//! machine's scheduling noise decides the ratio).
 
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -46,6 +47,8 @@ use warren_tests::*;
 /// (broker and every client) must stay under it.
 const WATERMARK: u64 = 1 << 30;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least quiet p99 the 3× bound is taken of.
+const FLOOR: Duration = Duration::from_millis(1);
 
 fn param(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -200,13 +203,21 @@ impl Probe {
             )
             .await
             .expect("probe publish");
-        let d = tokio::time::timeout(Duration::from_secs(5), self.consumer.next())
-            .await
-            .expect("the well-behaved client waited 5 s for its message: the broker stalled")
-            .expect("probe stream")
-            .expect("probe delivery");
-        assert_eq!(d.data, body.as_bytes());
-        start.elapsed()
+        loop {
+            let d = tokio::time::timeout(Duration::from_secs(5), self.consumer.next())
+                .await
+                .expect("the well-behaved client waited 5 s for its message: the broker stalled")
+                .expect("probe stream")
+                .expect("probe delivery");
+            // A round trip cancelled half-way (the attacks ended first) left its message.
+            if d.data == body.as_bytes() {
+                return start.elapsed();
+            }
+            assert!(
+                d.data.starts_with(b"probe "),
+                "a stranger in the probe queue"
+            );
+        }
     }
 }
 
@@ -300,8 +311,9 @@ async fn slowloris(b: &TestBroker, n: usize, gap: Duration) -> String {
     });
     let times = futures_util::future::join_all(tasks).await;
     let max = times.iter().max().copied().unwrap_or_default();
+    // The server's clock starts at accept, a little before ours; timers may fire a tick early.
     assert!(
-        max >= HANDSHAKE_TIMEOUT,
+        max >= HANDSHAKE_TIMEOUT - Duration::from_millis(100),
         "closed before the timeout: {max:?}"
     );
     format!(
@@ -616,6 +628,9 @@ async fn hostile_clients_under_load_leave_a_well_behaved_client_alone() {
         peak >> 20
     );
     assert!(peak < WATERMARK, "RSS peaked at {} MiB", peak >> 20);
+    // A quiet p99 under 1 ms counts as 1 ms: below that, the scheduling noise of a shared
+    // machine (other builds and tests) decides the ratio, not the broker.
+    let (quiet_p99, quiet_qos_p99) = (quiet_p99.max(FLOOR), quiet_qos_p99.max(FLOOR));
     assert!(
         attacked_p99 <= quiet_p99 * 3,
         "p99 under attack {attacked_p99:?} is more than 3× the quiet {quiet_p99:?}"
