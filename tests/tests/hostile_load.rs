@@ -6,8 +6,8 @@
 //! test (so a loaded machine moves both).
 //!
 //! Attackers, each checked for the right end:
-//! - `WARREN_HOSTILE_HALF_OPEN` (default 1,000; 10,000 by hand, with `ulimit -n` above
-//!   25,000) connections that stop part-way through the handshake (nothing sent, the protocol
+//! - `WARREN_HOSTILE_HALF_OPEN` (default 1,000; in one process both ends take a descriptor,
+//!   so 10,000 by hand with `tests/hand/half_open.py` against the binary) connections that stop part-way through the handshake (nothing sent, the protocol
 //!   header only, header and start-ok): each closed by the server once the handshake timeout
 //!   (2 s here) has passed;
 //! - connections that send their protocol header one byte every
