@@ -29,7 +29,7 @@
 //!
 //! Pass: every attacker ends as above; the process's RSS stays under `WATERMARK`; no round
 //! trip of the well-behaved client takes more than 5 s (no stall); its p99 under attack is
-//! within 3× its quiet p99 (a quiet p99 under 1 ms counts as 1 ms: below that a shared
+//! within 3× its quiet p99 (a quiet p99 under 2 ms counts as 2 ms: below that a shared
 //! machine's scheduling noise decides the ratio).
 
 use futures_util::StreamExt;
@@ -48,7 +48,7 @@ use warren_tests::*;
 const WATERMARK: u64 = 1 << 30;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The least quiet p99 the 3× bound is taken of.
-const FLOOR: Duration = Duration::from_millis(1);
+const FLOOR: Duration = Duration::from_millis(2);
 
 fn param(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -628,7 +628,7 @@ async fn hostile_clients_under_load_leave_a_well_behaved_client_alone() {
         peak >> 20
     );
     assert!(peak < WATERMARK, "RSS peaked at {} MiB", peak >> 20);
-    // A quiet p99 under 1 ms counts as 1 ms: below that, the scheduling noise of a shared
+    // A quiet p99 under 2 ms counts as 2 ms: below that, the scheduling noise of a shared
     // machine (other builds and tests) decides the ratio, not the broker.
     let (quiet_p99, quiet_qos_p99) = (quiet_p99.max(FLOOR), quiet_qos_p99.max(FLOOR));
     assert!(
