@@ -26,9 +26,11 @@
 //! - [`prometheus`]: the Prometheus endpoint in-process ([`prometheus::MetricsBroker`]), its
 //!   text parsed, and a real Prometheus server ([`prometheus::PrometheusServer`]) to query.
 //! - [`tmp`]: [`TempDir`], a scratch directory removed even when the test fails.
+//! - [`logs`]: the broker's `tracing` output captured in memory, to check what it logged.
 
 pub mod broker;
 pub mod client;
+pub mod logs;
 pub mod mgmt;
 pub mod pki;
 pub mod process;
@@ -44,4 +46,4 @@ pub use process::{BrokerProcess, ChildGuard};
 pub use proxy::Proxy;
 pub use tmp::TempDir;
 pub use warren_server::ServerConfig;
-pub use warren_store::{Backend, Faults, FaultyBackend, FileBackend};
+pub use warren_store::{Backend, Faults, FaultyBackend, FileBackend, SimDisk};
