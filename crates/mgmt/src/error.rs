@@ -27,6 +27,10 @@ pub enum ApiError {
     /// 500: the broker failed.
     #[error("{0}")]
     Internal(String),
+    /// 400 with an error word of its own (`invalid_pagination_parameters`,
+    /// `page_out_of_range`), as RabbitMQ's list parameters answer.
+    #[error("{reason}")]
+    Pagination { error: &'static str, reason: String },
 }
 
 impl ApiError {
@@ -38,6 +42,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "not_authorized"),
             ApiError::AccessRefused(_) => (StatusCode::UNAUTHORIZED, "not_authorised"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),
+            ApiError::Pagination { error, .. } => (StatusCode::BAD_REQUEST, error),
         }
     }
 }

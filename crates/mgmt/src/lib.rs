@@ -6,6 +6,8 @@
 //! - [`auth`]: HTTP basic authentication against the broker's users.
 //! - [`error`]: [`ApiError`], errors as RabbitMQ returns them (`{"error": …, "reason": …}`).
 //! - [`args`]: field tables (queue, exchange and binding arguments) to and from JSON.
+//! - [`listing`]: RabbitMQ's list query parameters (`sort`, `columns`, `page`, `name`, …),
+//!   applied to every list in one place.
 //! - [`overview`]: `/api/overview`, `/api/nodes`, `/api/vhosts`, `/api/whoami`, health checks.
 //! - [`queues`], [`exchanges`], [`bindings`]: the topology, listed, declared and deleted.
 //! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
@@ -30,6 +32,7 @@ pub mod definitions;
 pub mod error;
 pub mod exchanges;
 pub mod https;
+pub mod listing;
 pub mod overview;
 mod policies;
 pub mod prometheus;

@@ -2,6 +2,7 @@
 //! health checks: the node as a whole, with its memory and disk alarms.
 
 use crate::auth::AuthUser;
+use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State, RABBITMQ_COMPAT_VERSION};
 use axum::extract::Path;
@@ -136,8 +137,8 @@ fn node_json(state: &AppState) -> Value {
     })
 }
 
-async fn nodes(state: State) -> Json<Value> {
-    Json(json!([node_json(&state)]))
+async fn nodes(state: State, list: ListQuery) -> Json<Value> {
+    list.unpaged(vec![node_json(&state)])
 }
 
 async fn node(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -162,12 +163,10 @@ fn vhost_json(state: &AppState, vh: &VHost) -> Value {
     })
 }
 
-async fn vhosts(state: State) -> Json<Value> {
+async fn vhosts(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let mut vs = state.broker.vhosts();
     vs.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(Value::Array(
-        vs.iter().map(|vh| vhost_json(&state, vh)).collect(),
-    ))
+    list.paged(vs.iter().map(|vh| vhost_json(&state, vh)).collect())
 }
 
 async fn one_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -2,6 +2,7 @@
 //! policies, in RabbitMQ's JSON shape (`pattern`, `apply-to`, `priority`, `definition`).
 
 use crate::error::parse_body;
+use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State};
 use axum::body::Bytes;
@@ -18,18 +19,21 @@ use warren_broker::VHost;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/policies", get(|s| list_all(s, false)))
-        .route("/policies/{vhost}", get(|s, p| list_vhost(s, p, false)))
+        .route("/policies", get(|s, l| list_all(s, l, false)))
+        .route(
+            "/policies/{vhost}",
+            get(|s, p, l| list_vhost(s, p, l, false)),
+        )
         .route(
             "/policies/{vhost}/{name}",
             get(|s, p| show(s, p, false))
                 .put(|s, p, b| put(s, p, b, false))
                 .delete(|s, p| remove(s, p, false)),
         )
-        .route("/operator-policies", get(|s| list_all(s, true)))
+        .route("/operator-policies", get(|s, l| list_all(s, l, true)))
         .route(
             "/operator-policies/{vhost}",
-            get(|s, p| list_vhost(s, p, true)),
+            get(|s, p, l| list_vhost(s, p, l, true)),
         )
         .route(
             "/operator-policies/{vhost}/{name}",
@@ -56,24 +60,25 @@ fn vhost_policies(vh: &VHost, operator: bool) -> Vec<Value> {
     ps.iter().map(|p| policy_json(&vh.name, p)).collect()
 }
 
-async fn list_all(state: State, operator: bool) -> Json<Value> {
+async fn list_all(state: State, list: ListQuery, operator: bool) -> Json<Value> {
     let mut vhosts = state.broker.vhosts();
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(Value::Array(
+    list.unpaged(
         vhosts
             .iter()
             .flat_map(|vh| vhost_policies(vh, operator))
             .collect(),
-    ))
+    )
 }
 
 async fn list_vhost(
     state: State,
     Path(vh): Path<String>,
+    list: ListQuery,
     operator: bool,
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    Ok(Json(Value::Array(vhost_policies(&vh, operator))))
+    Ok(list.unpaged(vhost_policies(&vh, operator)))
 }
 
 async fn show(

@@ -2,6 +2,7 @@
 
 use crate::bindings::{binding_json, default_binding_json};
 use crate::error::parse_body;
+use crate::listing::ListQuery;
 use crate::{args, channels, connections, ApiError, AppState, State};
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
@@ -55,23 +56,27 @@ fn sorted_vhosts(state: &AppState) -> Vec<Arc<VHost>> {
     vs
 }
 
-async fn list_all(state: State) -> Json<Value> {
+async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let all = sorted_vhosts(&state)
         .iter()
         .flat_map(|vh| sorted_queues(vh))
         .map(|q| queue_json(&state, &q, false))
         .collect();
-    Json(Value::Array(all))
+    list.paged(all)
 }
 
-async fn list_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    Ok(Json(Value::Array(
+    list.paged(
         sorted_queues(&vh)
             .iter()
             .map(|q| queue_json(&state, q, false))
             .collect(),
-    )))
+    )
 }
 
 fn find(state: &AppState, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue>), ApiError> {
@@ -83,9 +88,10 @@ fn find(state: &AppState, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue
 async fn show(
     state: State,
     Path((vh, name)): Path<(String, String)>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (_, q) = find(&state, &vh, &name)?;
-    Ok(Json(queue_json(&state, &q, true)))
+    Ok(list.object(queue_json(&state, &q, true)))
 }
 
 #[derive(Deserialize)]
@@ -169,6 +175,7 @@ async fn purge(
 async fn bindings(
     state: State,
     Path((vh, name)): Path<(String, String)>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (vh, q) = find(&state, &vh, &name)?;
     let mut out = vec![default_binding_json(&vh.name, &q.name)];
@@ -181,7 +188,7 @@ async fn bindings(
             }
         }
     }
-    Ok(Json(Value::Array(out)))
+    Ok(list.unpaged(out))
 }
 
 /// A queue as RabbitMQ's API shows it. `detailed` adds `consumer_details`.

@@ -5,6 +5,7 @@
 
 use crate::auth::AuthUser;
 use crate::error::parse_body;
+use crate::listing::ListQuery;
 use crate::{ApiError, AppState, State};
 use axum::body::Bytes;
 use axum::extract::Path;
@@ -71,9 +72,12 @@ fn user_json(u: &User) -> Value {
 async fn list_users(
     state: State,
     Extension(me): Extension<AuthUser>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&me)?;
-    Ok(Json(state.broker.users().iter().map(user_json).collect()))
+    let mut users = state.broker.users();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    list.paged(users.iter().map(user_json).collect())
 }
 
 async fn one_user(
