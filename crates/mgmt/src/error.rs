@@ -31,6 +31,12 @@ pub enum ApiError {
     /// `page_out_of_range`), as RabbitMQ's list parameters answer.
     #[error("{reason}")]
     Pagination { error: &'static str, reason: String },
+    /// 404 `{"error": "not_found", "reason": "queue_not_found"}` and the like.
+    #[error("{0}")]
+    NotFoundReason(&'static str),
+    /// 400 whose reason is an Erlang term RabbitMQ prints as JSON (`["not_int", "priority"]`).
+    #[error("{0}")]
+    BadRequestTerm(serde_json::Value),
 }
 
 impl ApiError {
@@ -43,6 +49,8 @@ impl ApiError {
             ApiError::AccessRefused(_) => (StatusCode::UNAUTHORIZED, "not_authorised"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),
             ApiError::Pagination { error, .. } => (StatusCode::BAD_REQUEST, error),
+            ApiError::NotFoundReason(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequestTerm(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         }
     }
 }
@@ -50,7 +58,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error) = self.status_and_error();
-        let body = serde_json::json!({ "error": error, "reason": self.to_string() });
+        let reason = match &self {
+            ApiError::BadRequestTerm(term) => term.clone(),
+            other => other.to_string().into(),
+        };
+        let body = serde_json::json!({ "error": error, "reason": reason });
         let mut resp = (status, axum::Json(body)).into_response();
         if let ApiError::Unauthorized(_) = self {
             resp.headers_mut().insert(

@@ -10,6 +10,7 @@
 //!   applied to every list in one place.
 //! - [`overview`]: `/api/overview`, `/api/nodes`, `/api/vhosts`, `/api/whoami`, health checks.
 //! - [`queues`], [`exchanges`], [`bindings`]: the topology, listed, declared and deleted.
+//! - [`messages`]: getting messages from a queue and publishing to an exchange over HTTP.
 //! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
 //! - [`users`]: users, permissions, user and vhost limits, vhost deletion.
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod exchanges;
 pub mod https;
 pub mod listing;
+pub mod messages;
 pub mod overview;
 mod policies;
 pub mod prometheus;
@@ -203,6 +205,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(channels::routes())
         .merge(consumers::routes())
         .merge(definitions::routes())
+        .merge(messages::routes())
         .merge(policies::routes())
         .merge(users::routes())
         .fallback(|| async { ApiError::NotFound })
