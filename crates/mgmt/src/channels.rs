@@ -85,7 +85,7 @@ pub(crate) fn all_channels(
 }
 
 async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
-    list.paged(
+    list.paged_own(
         all_channels(&state, None)
             .iter()
             .map(|(c, ch)| channel_json(&state, c, ch))
@@ -100,7 +100,7 @@ async fn list_vhost(
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
     let chans = all_channels(&state, Some(&vh.name));
-    list.paged(
+    list.paged_own(
         chans
             .iter()
             .map(|(c, ch)| channel_json(&state, c, ch))

@@ -73,7 +73,7 @@ pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry) -> Value {
 }
 
 async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
-    list.paged(
+    list.paged_own(
         state
             .broker
             .connections
@@ -91,7 +91,7 @@ async fn list_vhost(
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
     let conns = state.broker.connections.list();
-    list.paged(
+    list.paged_own(
         conns
             .iter()
             .filter(|c| c.vhost == vh.name)

@@ -4,6 +4,7 @@
 //!
 //! Layout (one module per resource, as the plugin's `rabbit_mgmt_wm_*`):
 //! - [`auth`]: HTTP basic authentication against the broker's users.
+//! - [`access`]: what each user may see and do, by its tags and permissions.
 //! - [`error`]: [`ApiError`], errors as RabbitMQ returns them (`{"error": …, "reason": …}`).
 //! - [`args`]: field tables (queue, exchange and binding arguments) to and from JSON.
 //! - [`listing`]: RabbitMQ's list query parameters (`sort`, `columns`, `page`, `name`, …),
@@ -23,6 +24,7 @@
 //! operations a client's AMQP methods use, so the rules and reply texts are RabbitMQ's. An
 //! object the API declares belongs to no connection (connection id 0).
 
+pub mod access;
 pub mod args;
 pub mod auth;
 pub mod bindings;

@@ -12,31 +12,54 @@
 //!   page_size, total_count}` instead of the plain array. As in RabbitMQ, `name` filters only
 //!   a paginated list.
 //!
+//! Lists show only what the user may see ([`crate::access`]): objects of the vhosts it has
+//! permissions in, and (unless it is a monitor) only its own connections and channels.
+//!
 //! Bad values get RabbitMQ's 400s with its words: `Pagination parameters are invalid` (not
 //! a number, or a bad regex), `invalid_pagination_parameters` (out of range),
 //! `page_out_of_range`.
 
-use crate::ApiError;
+use crate::access::{is_monitor, visible_vhosts};
+use crate::auth::AuthUser;
+use crate::{ApiError, AppState};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::Json;
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 100;
 pub const MAX_PAGE_SIZE: i64 = 500;
 
-/// The query string of a list request, read when the list is answered.
+/// The query string of a list request, read when the list is answered, and what the user
+/// may see.
 #[derive(Debug, Default, Clone)]
 pub struct ListQuery {
     pairs: Vec<(String, String)>,
+    /// The vhosts whose objects are shown (None: all).
+    visible: Option<HashSet<String>>,
+    /// Show only this user's connections and channels (None: everyone's).
+    own: Option<String>,
+    /// The user is a monitor (sees every vhost in `/api/vhosts`).
+    monitor: bool,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
+impl FromRequestParts<Arc<AppState>> for ListQuery {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(ListQuery::parse(parts.uri.query().unwrap_or("")))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let mut q = ListQuery::parse(parts.uri.query().unwrap_or(""));
+        if let Some(user) = parts.extensions.get::<AuthUser>() {
+            q.visible = visible_vhosts(state, user);
+            q.monitor = is_monitor(user);
+            q.own = (!q.monitor).then(|| user.0.name.clone());
+        }
+        Ok(q)
     }
 }
 
@@ -56,7 +79,39 @@ impl ListQuery {
             .map(|p| p.split_once('=').unwrap_or((p, "")))
             .map(|(k, v)| (decode(k), decode(v)))
             .collect();
-        ListQuery { pairs }
+        ListQuery {
+            pairs,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the user sees the vhost `name` in `/api/vhosts`.
+    pub fn sees_vhost(&self, name: &str) -> bool {
+        self.monitor || self.visible.as_ref().is_none_or(|v| v.contains(name))
+    }
+
+    /// Connections or channels, paginated as [`ListQuery::paged`]: a monitor sees everyone's,
+    /// other users only their own (whatever the vhost, as RabbitMQ's `filter_conn_ch_list`).
+    pub fn paged_own(&self, items: Vec<Value>) -> Result<Json<Value>, ApiError> {
+        let items = match &self.own {
+            None => items,
+            Some(me) => items
+                .into_iter()
+                .filter(|v| v.get("user").and_then(Value::as_str) == Some(me))
+                .collect(),
+        };
+        self.paged_visible(items)
+    }
+
+    /// Drops the objects of vhosts the user may not see.
+    fn visible_items(&self, mut items: Vec<Value>) -> Vec<Value> {
+        if let Some(vhosts) = &self.visible {
+            items.retain(|v| match v.get("vhost").and_then(Value::as_str) {
+                Some(vh) => vhosts.contains(vh),
+                None => true,
+            });
+        }
+        items
     }
 
     /// The first value of `key`, as RabbitMQ's `qs_val`.
@@ -69,6 +124,10 @@ impl ListQuery {
 
     /// A list RabbitMQ paginates (queues, exchanges, connections, channels, vhosts, users).
     pub fn paged(&self, items: Vec<Value>) -> Result<Json<Value>, ApiError> {
+        self.paged_visible(self.visible_items(items))
+    }
+
+    fn paged_visible(&self, items: Vec<Value>) -> Result<Json<Value>, ApiError> {
         let page = self.page()?;
         let items = self.sorted(items);
         let Some(page) = page else {
@@ -108,7 +167,9 @@ impl ListQuery {
     /// A list RabbitMQ sorts and cuts to columns but does not paginate (bindings, consumers,
     /// permissions, policies, nodes).
     pub fn unpaged(&self, items: Vec<Value>) -> Json<Value> {
-        Json(Value::Array(self.select_columns(self.sorted(items))))
+        Json(Value::Array(
+            self.select_columns(self.sorted(self.visible_items(items))),
+        ))
     }
 
     /// `page` and `page_size`, checked as `rabbit_mgmt_util:pagination_params/1`.

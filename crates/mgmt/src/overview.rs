@@ -1,6 +1,7 @@
 //! `/api/overview`, `/api/nodes`, `/api/vhosts` (listed and created), `/api/whoami` and the
 //! health checks: the node as a whole, with its memory and disk alarms.
 
+use crate::access::{require_admin, require_monitor};
 use crate::auth::AuthUser;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
@@ -137,11 +138,21 @@ fn node_json(state: &AppState) -> Value {
     })
 }
 
-async fn nodes(state: State, list: ListQuery) -> Json<Value> {
-    list.unpaged(vec![node_json(&state)])
+async fn nodes(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    require_monitor(&me)?;
+    Ok(list.unpaged(vec![node_json(&state)]))
 }
 
-async fn node(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn node(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_monitor(&me)?;
     if name != state.node {
         return Err(ApiError::NotFound);
     }
@@ -166,7 +177,12 @@ fn vhost_json(state: &AppState, vh: &VHost) -> Value {
 async fn vhosts(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let mut vs = state.broker.vhosts();
     vs.sort_by(|a, b| a.name.cmp(&b.name));
-    list.paged(vs.iter().map(|vh| vhost_json(&state, vh)).collect())
+    list.paged(
+        vs.iter()
+            .filter(|vh| list.sees_vhost(&vh.name))
+            .map(|vh| vhost_json(&state, vh))
+            .collect(),
+    )
 }
 
 async fn one_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -175,7 +191,12 @@ async fn one_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, 
 }
 
 /// PUT: creates the vhost (201), or leaves an existing one as it is (204).
-async fn create_vhost(state: State, Path(vh): Path<String>) -> Result<StatusCode, ApiError> {
+async fn create_vhost(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(vh): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&me)?;
     if vh.is_empty() || vh.len() > 255 {
         return Err(ApiError::BadRequest(
             "a vhost name is 1 to 255 bytes long".into(),
@@ -183,6 +204,13 @@ async fn create_vhost(state: State, Path(vh): Path<String>) -> Result<StatusCode
     }
     let existed = state.broker.vhost(&vh).is_some();
     state.broker.add_vhost(&vh);
+    if !existed {
+        // As RabbitMQ: whoever creates a vhost gets full permissions in it.
+        state
+            .broker
+            .set_permissions(&me.0.name, &vh, ".*", ".*", ".*")
+            .map_err(ApiError::from)?;
+    }
     Ok(crate::created_or_updated(existed))
 }
 

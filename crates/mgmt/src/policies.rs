@@ -1,6 +1,8 @@
 //! `/api/policies` and `/api/operator-policies`: list, show, set (PUT) and clear (DELETE)
 //! policies, in RabbitMQ's JSON shape (`pattern`, `apply-to`, `priority`, `definition`).
 
+use crate::access::{require_admin, require_policymaker};
+use crate::auth::AuthUser;
 use crate::error::parse_body;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
@@ -9,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -27,8 +29,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/policies/{vhost}/{name}",
             get(|s, p| show(s, p, false))
-                .put(|s, p, b| put(s, p, b, false))
-                .delete(|s, p| remove(s, p, false)),
+                .put(|s, u, p, b| put(s, u, p, b, false))
+                .delete(|s, u, p| remove(s, u, p, false)),
         )
         .route("/operator-policies", get(|s, l| list_all(s, l, true)))
         .route(
@@ -38,8 +40,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/operator-policies/{vhost}/{name}",
             get(|s, p| show(s, p, true))
-                .put(|s, p, b| put(s, p, b, true))
-                .delete(|s, p| remove(s, p, true)),
+                .put(|s, u, p, b| put(s, u, p, b, true))
+                .delete(|s, u, p| remove(s, u, p, true)),
         )
 }
 
@@ -111,10 +113,12 @@ fn default_apply_to() -> String {
 
 async fn put(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
     body: Bytes,
     operator: bool,
 ) -> Result<StatusCode, ApiError> {
+    may_change(&me, operator)?;
     let vh = vhost(&state, &vh)?;
     let b: PolicyBody = parse_body(&body)?;
     if !b.definition.is_object() {
@@ -136,13 +140,24 @@ async fn put(
 
 async fn remove(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
     operator: bool,
 ) -> Result<StatusCode, ApiError> {
+    may_change(&me, operator)?;
     let vh = vhost(&state, &vh)?;
     if vh.clear_policy(&name, operator) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
+    }
+}
+
+/// Policies are set by policymakers, operator policies by administrators.
+fn may_change(me: &AuthUser, operator: bool) -> Result<(), ApiError> {
+    if operator {
+        require_admin(me)
+    } else {
+        require_policymaker(me)
     }
 }

@@ -1,5 +1,7 @@
 //! `/api/queues`: list, show, declare (PUT), delete and purge queues, and a queue's bindings.
 
+use crate::access::check_queue;
+use crate::auth::AuthUser;
 use crate::bindings::{binding_json, default_binding_json};
 use crate::error::parse_body;
 use crate::listing::ListQuery;
@@ -8,10 +10,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use warren_broker::auth::Access;
 use warren_broker::exchange::Destination;
 use warren_broker::queue::{QueueConsumer, QueuedMessage};
 use warren_broker::vhost::QueueDeclare;
@@ -110,11 +113,15 @@ struct QueueBody {
 /// one exists, 400 with RabbitMQ's text when it is not equivalent.
 async fn declare(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let b: QueueBody = parse_body(&body)?;
     check_name("queue", &name)?;
+    if state.broker.vhost(&vh).is_some() {
+        check_queue(&state, &me, &vh, Access::Configure, &name)?;
+    }
     if b.exclusive {
         return Err(ApiError::BadRequest(
             "exclusive queues belong to a connection and cannot be declared here".into(),
@@ -148,10 +155,12 @@ struct DeleteParams {
 /// be deleted too (the operator is not its connection, but may remove it).
 async fn remove(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
     Query(p): Query<DeleteParams>,
 ) -> Result<StatusCode, ApiError> {
     let (vh, q) = find(&state, &vh, &name)?;
+    check_queue(&state, &me, &vh.name, Access::Configure, &name)?;
     vh.delete_queue(
         &name,
         p.if_unused,
@@ -164,9 +173,11 @@ async fn remove(
 /// DELETE …/contents: purge.
 async fn purge(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (vh, q) = find(&state, &vh, &name)?;
+    check_queue(&state, &me, &vh.name, Access::Read, &name)?;
     vh.purge_queue(&name, q.exclusive_owner.unwrap_or(0))?;
     Ok(StatusCode::NO_CONTENT)
 }

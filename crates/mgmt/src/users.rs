@@ -3,6 +3,7 @@
 //! `/api/user-limits` and `/api/vhost-limits`, and vhost deletion. Changing anything, and
 //! listing users (with their password hashes), needs the `administrator` tag.
 
+use crate::access::require_admin;
 use crate::auth::AuthUser;
 use crate::error::parse_body;
 use crate::listing::ListQuery;
@@ -42,14 +43,6 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/vhost-limits/{vhost}/{name}",
             axum::routing::put(put_vhost_limit).delete(delete_vhost_limit),
         )
-}
-
-fn require_admin(u: &AuthUser) -> Result<(), ApiError> {
-    if u.0.tags.iter().any(|t| t == "administrator") {
-        Ok(())
-    } else {
-        Err(ApiError::AccessRefused("Not administrator user".into()))
-    }
 }
 
 fn user_json(u: &User) -> Value {
