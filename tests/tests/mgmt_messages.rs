@@ -380,3 +380,36 @@ async fn get_and_publish_need_the_users_permissions() {
     // Nothing was taken from qa.
     assert_eq!(queue_counts(&m.broker, "qa"), Some((1, 0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_consumers_show_what_each_holds_unacknowledged() {
+    let m = MgmtBroker::start().await;
+    let (conn, ch) = open(&m.broker).await;
+    declare(&ch, "jobs").await;
+    for i in 0..5 {
+        publish(&ch, "", "jobs", format!("j{i}").as_bytes()).await;
+    }
+    let slow = channel(&conn).await;
+    qos(&slow, 3, false).await;
+    let mut forgetful = consume(&slow, "jobs", "forgetful").await;
+    assert_eq!(next_bodies(&mut forgetful, 3).await, ["j0", "j1", "j2"]);
+    eventually("3 unacked", || {
+        queue_counts(&m.broker, "jobs") == Some((2, 3))
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (_, q) = m.http("GET", "/api/queues/%2F/jobs", None);
+    let c = &q["consumer_details"][0];
+    assert_eq!(c["consumer_tag"], json!("forgetful"));
+    assert_eq!(c["messages_unacknowledged"], json!(3));
+    assert!(
+        c["oldest_unacked_age_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms >= 50),
+        "{c}"
+    );
+    assert_eq!(
+        (&q["messages_ready"], &q["messages_unacknowledged"]),
+        (&json!(2), &json!(3))
+    );
+}

@@ -249,11 +249,8 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Va
             .consumers()
             .into_iter()
             .map(|(tag, ch, no_ack, exclusive)| {
-                let prefetch = ch
-                    .consumers()
-                    .into_iter()
-                    .find(|c| c.tag == tag)
-                    .map_or(0, |c| c.prefetch);
+                let info = ch.consumers().into_iter().find(|c| c.tag == tag);
+                let prefetch = info.as_ref().map_or(0, |c| c.prefetch);
                 let channel_details = connections::find_by_id(&state.broker, ch.conn_id)
                     .map(|c| channels::channel_details(state, &c, ch.number));
                 json!({
@@ -263,6 +260,13 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Va
                     "ack_required": !no_ack,
                     "exclusive": exclusive,
                     "prefetch_count": prefetch,
+                    // Warren's additions (as on /api/consumers): what the consumer holds
+                    // unacknowledged, and for how long.
+                    "messages_unacknowledged": info.as_ref().map_or(0, |c| c.unacked),
+                    "oldest_unacked_age_ms": info
+                        .as_ref()
+                        .and_then(|c| c.oldest_unacked)
+                        .map(|t| t.elapsed().as_millis() as u64),
                     "active": true,
                     "activity_status": "up",
                     "arguments": {},
