@@ -21,6 +21,9 @@ pub enum ApiError {
     /// 401 with a `WWW-Authenticate` challenge: no or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// [`ApiError::Unauthorized`] without the challenge (the web console's requests).
+    #[error("{0}")]
+    LoginRefused(String),
     /// 401 for an operation the broker refuses (deleting `amq.*` exchanges, …).
     #[error("{0}")]
     AccessRefused(String),
@@ -45,7 +48,9 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "Object Not Found"),
             ApiError::VHostNotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "not_authorized"),
+            ApiError::Unauthorized(_) | ApiError::LoginRefused(_) => {
+                (StatusCode::UNAUTHORIZED, "not_authorized")
+            }
             ApiError::AccessRefused(_) => (StatusCode::UNAUTHORIZED, "not_authorised"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),
             ApiError::Pagination { error, .. } => (StatusCode::BAD_REQUEST, error),

@@ -17,6 +17,8 @@
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
 //! - [`https`]: the HTTPS listener (RabbitMQ's `management.ssl.*`), next to or instead of the
 //!   plain HTTP one.
+//! - [`console`]: the web console at `/` (HTML, CSS and JavaScript embedded from
+//!   `console/`), a client of this API.
 //! - [`prometheus`]: the Prometheus metrics endpoint (RabbitMQ's `rabbitmq_prometheus`), on a
 //!   listener of its own.
 //!
@@ -30,6 +32,7 @@ pub mod auth;
 pub mod bindings;
 pub mod channels;
 pub mod connections;
+pub mod console;
 pub mod consumers;
 pub mod definitions;
 pub mod error;
@@ -46,7 +49,6 @@ pub mod users;
 pub use error::ApiError;
 pub use https::HttpsListener;
 
-use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -195,8 +197,8 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Every `/api` route, behind basic authentication. Unknown paths answer 404 in RabbitMQ's
-/// shape.
+/// Every `/api` route, behind basic authentication, and the web console at `/`. Unknown
+/// paths answer 404 in RabbitMQ's shape.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .merge(overview::routes())
@@ -217,10 +219,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .nest("/api", api)
-        .route(
-            "/",
-            get(|| async { "Warren management API: see /api/overview\n" }),
-        )
+        .merge(console::routes())
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }

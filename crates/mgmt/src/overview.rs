@@ -123,6 +123,8 @@ fn node_json(state: &AppState) -> Value {
         "os_pid": std::process::id().to_string(),
         "uptime": state.started.elapsed().as_millis() as u64,
         "mem_used": resident_bytes(),
+        "fd_used": crate::prometheus::open_fds(),
+        "fd_total": crate::prometheus::max_fds(),
         "mem_limit": state.broker.alarms.memory_limit(),
         "mem_alarm": state.broker.alarms.active().contains(&"memory"),
         "disk_free": state.broker.alarms.disk_free().unwrap_or(0),
