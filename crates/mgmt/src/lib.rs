@@ -14,6 +14,7 @@
 //! - [`messages`]: getting messages from a queue and publishing to an exchange over HTTP.
 //! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
 //! - [`users`]: users, permissions, user and vhost limits, vhost deletion.
+//! - `policies`: `/api/policies` and `/api/operator-policies`.
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
 //! - [`https`]: the HTTPS listener (RabbitMQ's `management.ssl.*`), next to or instead of the
 //!   plain HTTP one.
