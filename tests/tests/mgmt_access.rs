@@ -115,6 +115,14 @@ async fn tags_and_permissions_decide_what_a_user_sees_and_does() {
         Some(1)
     );
 
+    // The overview counts what the user may see: its own connections unless a monitor.
+    let totals = |user: &str| req(user, "GET", "/api/overview", None).1["object_totals"].clone();
+    assert_eq!(
+        (&totals("lim")["connections"], &totals("lim")["queues"]),
+        (&json!(0), &json!(1))
+    );
+    assert_eq!(totals("mon")["connections"], json!(1));
+
     // Queue actions need the AMQP permission: lim may not purge (read) or delete (configure).
     assert_eq!(
         req("lim", "DELETE", "/api/queues/%2F/qa/contents", None),

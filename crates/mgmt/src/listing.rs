@@ -106,10 +106,14 @@ impl ListQuery {
     /// Drops the objects of vhosts the user may not see.
     fn visible_items(&self, mut items: Vec<Value>) -> Vec<Value> {
         if let Some(vhosts) = &self.visible {
-            items.retain(|v| match v.get("vhost").and_then(Value::as_str) {
-                Some(vh) => vhosts.contains(vh),
-                None => true,
-            });
+            // Objects name their vhost; consumers name their queue's.
+            let vhost_of = |v: &Value| {
+                v.get("vhost")
+                    .or_else(|| v.get("queue").and_then(|q| q.get("vhost")))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            items.retain(|v| vhost_of(v).is_none_or(|vh| vhosts.contains(&vh)));
         }
         items
     }

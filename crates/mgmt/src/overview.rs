@@ -1,7 +1,7 @@
 //! `/api/overview`, `/api/nodes`, `/api/vhosts` (listed and created), `/api/whoami` and the
 //! health checks: the node as a whole, with its memory and disk alarms.
 
-use crate::access::{require_admin, require_monitor};
+use crate::access::{is_monitor, require_admin, require_monitor, visible_vhosts};
 use crate::auth::AuthUser;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
@@ -54,8 +54,20 @@ fn listeners(state: &AppState) -> Vec<Value> {
     out
 }
 
-async fn overview(state: State) -> Json<Value> {
-    let vhosts = state.broker.vhosts();
+/// The node's totals; a user that is not a monitor gets those of the vhosts it has
+/// permissions in and of its own connections, as in RabbitMQ.
+async fn overview(state: State, Extension(me): Extension<AuthUser>) -> Json<Value> {
+    let visible = if is_monitor(&me) {
+        None
+    } else {
+        visible_vhosts(&state, &me)
+    };
+    let vhosts: Vec<_> = state
+        .broker
+        .vhosts()
+        .into_iter()
+        .filter(|vh| visible.as_ref().is_none_or(|v| v.contains(&vh.name)))
+        .collect();
     let (mut ready, mut unacked, mut queues, mut exchanges) = (0, 0, 0, 0);
     for vh in &vhosts {
         let (r, u) = message_totals(vh);
@@ -64,7 +76,13 @@ async fn overview(state: State) -> Json<Value> {
         queues += vh.queue_count();
         exchanges += vh.exchanges().len();
     }
-    let connections = state.broker.connections.list();
+    let connections: Vec<_> = state
+        .broker
+        .connections
+        .list()
+        .into_iter()
+        .filter(|c| is_monitor(&me) || c.user == me.0.name)
+        .collect();
     let channels: Vec<_> = connections
         .iter()
         .flat_map(|c| c.channels.lock().clone())
