@@ -25,10 +25,13 @@
 //!   HTTP clients for it, and [`mgmt::run_warrenctl`].
 //! - [`prometheus`]: the Prometheus endpoint in-process ([`prometheus::MetricsBroker`]), its
 //!   text parsed, and a real Prometheus server ([`prometheus::PrometheusServer`]) to query.
+//! - [`browser`]: [`browser::Console`], headless Chromium on the web console (DevTools
+//!   protocol), for the console's browser tests.
 //! - [`tmp`]: [`TempDir`], a scratch directory removed even when the test fails.
 //! - [`logs`]: the broker's `tracing` output captured in memory, to check what it logged.
 
 pub mod broker;
+pub mod browser;
 pub mod client;
 pub mod logs;
 pub mod mgmt;

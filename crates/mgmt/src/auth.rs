@@ -28,13 +28,23 @@ pub async fn require_user(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .is_some_and(|c| c.0.ip().is_loopback());
+    // The web console's requests say so: their 401s carry no `WWW-Authenticate`, so that
+    // the browser shows the console's own error instead of its password dialog.
+    let from_console = req
+        .headers()
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
+    let quiet = |e: ApiError| match e {
+        ApiError::Unauthorized(reason) if from_console => ApiError::LoginRefused(reason),
+        other => other,
+    };
     let (user, password) = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(decode_basic)
-        .ok_or_else(|| ApiError::Unauthorized("Login failed".into()))?;
-    let u = check(&state, &user, &password, loopback)?;
+        .ok_or_else(|| quiet(ApiError::Unauthorized("Login failed".into())))?;
+    let u = check(&state, &user, &password, loopback).map_err(quiet)?;
     req.extensions_mut().insert(AuthUser(u));
     Ok(next.run(req).await)
 }

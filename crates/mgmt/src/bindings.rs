@@ -2,6 +2,7 @@
 //! as RabbitMQ lists it), create them (POST) and delete them by their `properties_key`.
 
 use crate::error::parse_body;
+use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{args, exchange_from_path, ApiError, AppState, State};
 use axum::body::Bytes;
@@ -126,17 +127,19 @@ pub(crate) fn vhost_bindings(vh: &VHost) -> Vec<Value> {
     out
 }
 
-async fn list_all(state: State) -> Json<Value> {
+async fn list_all(state: State, list: ListQuery) -> Json<Value> {
     let mut vhosts = state.broker.vhosts();
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(Value::Array(
-        vhosts.iter().flat_map(|vh| vhost_bindings(vh)).collect(),
-    ))
+    list.unpaged(vhosts.iter().flat_map(|vh| vhost_bindings(vh)).collect())
 }
 
-async fn list_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    Ok(Json(Value::Array(vhost_bindings(&vh))))
+    Ok(list.unpaged(vhost_bindings(&vh)))
 }
 
 /// `q` or `e` in a path.
@@ -190,10 +193,9 @@ fn between(
 async fn list_between(
     state: State,
     Path((vh, source, kind, dest)): Path<(String, String, String, String)>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(Value::Array(
-        between(&state, &vh, &source, &kind, &dest)?.1,
-    )))
+    Ok(list.unpaged(between(&state, &vh, &source, &kind, &dest)?.1))
 }
 
 async fn show(

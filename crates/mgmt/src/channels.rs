@@ -1,6 +1,7 @@
 //! `/api/channels`: every open channel with its consumers, unacknowledged messages and
 //! prefetch. A channel is named `<connection name> (<number>)`, as in RabbitMQ.
 
+use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State};
 use axum::extract::Path;
@@ -88,23 +89,28 @@ pub(crate) fn all_channels(
     out
 }
 
-async fn list_all(state: State) -> Json<Value> {
-    Json(Value::Array(
+async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
+    list.paged_own(
         all_channels(&state, None)
             .iter()
             .map(|(c, ch)| channel_json(&state, c, ch))
             .collect(),
-    ))
+    )
 }
 
-async fn list_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    let list = all_channels(&state, Some(&vh.name));
-    Ok(Json(Value::Array(
-        list.iter()
+    let chans = all_channels(&state, Some(&vh.name));
+    list.paged_own(
+        chans
+            .iter()
             .map(|(c, ch)| channel_json(&state, c, ch))
             .collect(),
-    )))
+    )
 }
 
 async fn show(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -2,6 +2,7 @@
 //! sees as connection.close with 320 CONNECTION_FORCED and the operator's reason.
 
 use crate::channels::channel_json;
+use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State};
 use axum::extract::Path;
@@ -76,8 +77,8 @@ pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry) -> Value {
     v
 }
 
-async fn list_all(state: State) -> Json<Value> {
-    Json(Value::Array(
+async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
+    list.paged_own(
         state
             .broker
             .connections
@@ -85,18 +86,23 @@ async fn list_all(state: State) -> Json<Value> {
             .iter()
             .map(|c| connection_json(&state, c))
             .collect(),
-    ))
+    )
 }
 
-async fn list_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    let list = state.broker.connections.list();
-    Ok(Json(Value::Array(
-        list.iter()
+    let conns = state.broker.connections.list();
+    list.paged_own(
+        conns
+            .iter()
             .filter(|c| c.vhost == vh.name)
             .map(|c| connection_json(&state, c))
             .collect(),
-    )))
+    )
 }
 
 async fn show(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -121,14 +127,18 @@ async fn close(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn channels_of(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn channels_of(
+    state: State,
+    Path(name): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let c = find_by_name(&state, &name)?;
     let mut chans = c.channels.lock().clone();
     chans.sort_by_key(|ch| ch.number);
-    Ok(Json(Value::Array(
+    Ok(list.unpaged(
         chans
             .iter()
             .map(|ch| channel_json(&state, &c, ch))
             .collect(),
-    )))
+    ))
 }

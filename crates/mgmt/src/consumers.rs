@@ -1,6 +1,7 @@
 //! `/api/consumers`: every consumer, with its queue and channel.
 
 use crate::channels::{all_channels, channel_details};
+use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State};
 use axum::extract::Path;
@@ -44,11 +45,15 @@ fn consumers(state: &AppState, vhost: Option<&str>) -> Vec<Value> {
     out
 }
 
-async fn list_all(state: State) -> Json<Value> {
-    Json(Value::Array(consumers(&state, None)))
+async fn list_all(state: State, list: ListQuery) -> Json<Value> {
+    list.unpaged(consumers(&state, None))
 }
 
-async fn list_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    Ok(Json(Value::Array(consumers(&state, Some(&vh.name)))))
+    Ok(list.unpaged(consumers(&state, Some(&vh.name))))
 }

@@ -26,6 +26,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/definitions", get(export_all).post(import_all))
         .route("/definitions/{vhost}", get(export_vhost).post(import_vhost))
+        .route_layer(axum::middleware::from_fn(crate::access::admin_only))
         .layer(DefaultBodyLimit::max(DEFINITIONS_LIMIT))
 }
 

@@ -21,12 +21,25 @@ pub enum ApiError {
     /// 401 with a `WWW-Authenticate` challenge: no or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// [`ApiError::Unauthorized`] without the challenge (the web console's requests).
+    #[error("{0}")]
+    LoginRefused(String),
     /// 401 for an operation the broker refuses (deleting `amq.*` exchanges, …).
     #[error("{0}")]
     AccessRefused(String),
     /// 500: the broker failed.
     #[error("{0}")]
     Internal(String),
+    /// 400 with an error word of its own (`invalid_pagination_parameters`,
+    /// `page_out_of_range`), as RabbitMQ's list parameters answer.
+    #[error("{reason}")]
+    Pagination { error: &'static str, reason: String },
+    /// 404 `{"error": "not_found", "reason": "queue_not_found"}` and the like.
+    #[error("{0}")]
+    NotFoundReason(&'static str),
+    /// 400 whose reason is an Erlang term RabbitMQ prints as JSON (`["not_int", "priority"]`).
+    #[error("{0}")]
+    BadRequestTerm(serde_json::Value),
 }
 
 impl ApiError {
@@ -35,9 +48,14 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "Object Not Found"),
             ApiError::VHostNotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "not_authorized"),
+            ApiError::Unauthorized(_) | ApiError::LoginRefused(_) => {
+                (StatusCode::UNAUTHORIZED, "not_authorized")
+            }
             ApiError::AccessRefused(_) => (StatusCode::UNAUTHORIZED, "not_authorised"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),
+            ApiError::Pagination { error, .. } => (StatusCode::BAD_REQUEST, error),
+            ApiError::NotFoundReason(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequestTerm(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         }
     }
 }
@@ -45,7 +63,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error) = self.status_and_error();
-        let body = serde_json::json!({ "error": error, "reason": self.to_string() });
+        let reason = match &self {
+            ApiError::BadRequestTerm(term) => term.clone(),
+            other => other.to_string().into(),
+        };
+        let body = serde_json::json!({ "error": error, "reason": reason });
         let mut resp = (status, axum::Json(body)).into_response();
         if let ApiError::Unauthorized(_) = self {
             resp.headers_mut().insert(

@@ -3,6 +3,7 @@
 
 use crate::bindings::vhost_bindings;
 use crate::error::parse_body;
+use crate::listing::ListQuery;
 use crate::queues::{check_name, vhost};
 use crate::{args, exchange_from_path, ApiError, AppState, State};
 use axum::body::Bytes;
@@ -54,17 +55,19 @@ fn vhost_exchanges(vh: &VHost) -> Vec<Value> {
     xs.iter().map(|x| exchange_json(&vh.name, x)).collect()
 }
 
-async fn list_all(state: State) -> Json<Value> {
+async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let mut vhosts = state.broker.vhosts();
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(Value::Array(
-        vhosts.iter().flat_map(|vh| vhost_exchanges(vh)).collect(),
-    ))
+    list.paged(vhosts.iter().flat_map(|vh| vhost_exchanges(vh)).collect())
 }
 
-async fn list_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    Ok(Json(Value::Array(vhost_exchanges(&vh))))
+    list.paged(vhost_exchanges(&vh))
 }
 
 async fn show(
@@ -156,20 +159,15 @@ fn bindings_where(
 async fn bindings_source(
     state: State,
     Path((vh, name)): Path<(String, String)>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(Value::Array(bindings_where(
-        &state, &vh, &name, "source",
-    )?)))
+    Ok(list.unpaged(bindings_where(&state, &vh, &name, "source")?))
 }
 
 async fn bindings_destination(
     state: State,
     Path((vh, name)): Path<(String, String)>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(Value::Array(bindings_where(
-        &state,
-        &vh,
-        &name,
-        "destination",
-    )?)))
+    Ok(list.unpaged(bindings_where(&state, &vh, &name, "destination")?))
 }

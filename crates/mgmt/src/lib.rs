@@ -4,16 +4,23 @@
 //!
 //! Layout (one module per resource, as the plugin's `rabbit_mgmt_wm_*`):
 //! - [`auth`]: HTTP basic authentication against the broker's users.
+//! - [`access`]: what each user may see and do, by its tags and permissions.
 //! - [`error`]: [`ApiError`], errors as RabbitMQ returns them (`{"error": …, "reason": …}`).
 //! - [`args`]: field tables (queue, exchange and binding arguments) to and from JSON.
+//! - [`listing`]: RabbitMQ's list query parameters (`sort`, `columns`, `page`, `name`, …),
+//!   applied to every list in one place.
 //! - [`overview`]: `/api/overview`, `/api/nodes`, `/api/vhosts`, `/api/whoami`, health checks.
 //! - [`queues`], [`exchanges`], [`bindings`]: the topology, listed, declared and deleted.
+//! - [`messages`]: getting messages from a queue and publishing to an exchange over HTTP.
 //! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
 //! - [`users`]: users, permissions, user and vhost limits, vhost deletion.
+//! - `policies`: `/api/policies` and `/api/operator-policies`.
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
 //! - [`https`]: the HTTPS listener (RabbitMQ's `management.ssl.*`), next to or instead of the
 //!   plain HTTP one.
 //! - [`rates`]: the sampler behind `message_stats` rates (every `collect_statistics_interval`).
+//! - [`console`]: the web console at `/` (HTML, CSS and JavaScript embedded from
+//!   `console/`), a client of this API.
 //! - [`prometheus`]: the Prometheus metrics endpoint (RabbitMQ's `rabbitmq_prometheus`), on a
 //!   listener of its own.
 //!
@@ -21,16 +28,20 @@
 //! operations a client's AMQP methods use, so the rules and reply texts are RabbitMQ's. An
 //! object the API declares belongs to no connection (connection id 0).
 
+pub mod access;
 pub mod args;
 pub mod auth;
 pub mod bindings;
 pub mod channels;
 pub mod connections;
+pub mod console;
 pub mod consumers;
 pub mod definitions;
 pub mod error;
 pub mod exchanges;
 pub mod https;
+pub mod listing;
+pub mod messages;
 pub mod overview;
 mod policies;
 pub mod prometheus;
@@ -41,7 +52,6 @@ pub mod users;
 pub use error::ApiError;
 pub use https::HttpsListener;
 
-use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -203,8 +213,8 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Every `/api` route, behind basic authentication. Unknown paths answer 404 in RabbitMQ's
-/// shape.
+/// Every `/api` route, behind basic authentication, and the web console at `/`. Unknown
+/// paths answer 404 in RabbitMQ's shape.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .merge(overview::routes())
@@ -215,6 +225,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(channels::routes())
         .merge(consumers::routes())
         .merge(definitions::routes())
+        .merge(messages::routes())
         .merge(policies::routes())
         .merge(users::routes())
         .fallback(|| async { ApiError::NotFound })
@@ -224,10 +235,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .nest("/api", api)
-        .route(
-            "/",
-            get(|| async { "Warren management API: see /api/overview\n" }),
-        )
+        .merge(console::routes())
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }

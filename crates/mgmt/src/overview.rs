@@ -1,7 +1,9 @@
 //! `/api/overview`, `/api/nodes`, `/api/vhosts` (listed and created), `/api/whoami` and the
 //! health checks: the node as a whole, with its memory and disk alarms.
 
+use crate::access::{is_monitor, require_admin, require_monitor, visible_vhosts};
 use crate::auth::AuthUser;
+use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State, RABBITMQ_COMPAT_VERSION};
 use axum::extract::Path;
@@ -52,15 +54,35 @@ fn listeners(state: &AppState) -> Vec<Value> {
     out
 }
 
+/// The node's totals; a user that is not a monitor gets those of the vhosts it has
+/// permissions in and of its own connections, as in RabbitMQ.
 async fn overview(
     state: State,
+    Extension(me): Extension<AuthUser>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Json<Value> {
-    let message_stats =
-        state
-            .rates
-            .aggregate_stats(&state.broker, None, crate::rates::History::from_query(&q));
-    let vhosts = state.broker.vhosts();
+    let visible = if is_monitor(&me) {
+        None
+    } else {
+        visible_vhosts(&state, &me)
+    };
+    let message_stats = match &visible {
+        None => {
+            state
+                .rates
+                .aggregate_stats(&state.broker, None, crate::rates::History::from_query(&q))
+        }
+        Some(v) => {
+            let names: Vec<String> = v.iter().cloned().collect();
+            state.rates.vhosts_stats(&state.broker, &names)
+        }
+    };
+    let vhosts: Vec<_> = state
+        .broker
+        .vhosts()
+        .into_iter()
+        .filter(|vh| visible.as_ref().is_none_or(|v| v.contains(&vh.name)))
+        .collect();
     let (mut ready, mut unacked, mut queues, mut exchanges) = (0, 0, 0, 0);
     for vh in &vhosts {
         let (r, u) = message_totals(vh);
@@ -69,7 +91,13 @@ async fn overview(
         queues += vh.queue_count();
         exchanges += vh.exchanges().len();
     }
-    let connections = state.broker.connections.list();
+    let connections: Vec<_> = state
+        .broker
+        .connections
+        .list()
+        .into_iter()
+        .filter(|c| is_monitor(&me) || c.user == me.0.name)
+        .collect();
     let channels: Vec<_> = connections
         .iter()
         .flat_map(|c| c.channels.lock().clone())
@@ -128,6 +156,8 @@ fn node_json(state: &AppState) -> Value {
         "os_pid": std::process::id().to_string(),
         "uptime": state.started.elapsed().as_millis() as u64,
         "mem_used": resident_bytes(),
+        "fd_used": crate::prometheus::open_fds(),
+        "fd_total": crate::prometheus::max_fds(),
         "mem_limit": state.broker.alarms.memory_limit(),
         "mem_alarm": state.broker.alarms.active().contains(&"memory"),
         "disk_free": state.broker.alarms.disk_free().unwrap_or(0),
@@ -143,11 +173,21 @@ fn node_json(state: &AppState) -> Value {
     })
 }
 
-async fn nodes(state: State) -> Json<Value> {
-    Json(json!([node_json(&state)]))
+async fn nodes(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    require_monitor(&me)?;
+    Ok(list.unpaged(vec![node_json(&state)]))
 }
 
-async fn node(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn node(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_monitor(&me)?;
     if name != state.node {
         return Err(ApiError::NotFound);
     }
@@ -170,12 +210,15 @@ fn vhost_json(state: &AppState, vh: &VHost) -> Value {
     })
 }
 
-async fn vhosts(state: State) -> Json<Value> {
+async fn vhosts(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let mut vs = state.broker.vhosts();
     vs.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(Value::Array(
-        vs.iter().map(|vh| vhost_json(&state, vh)).collect(),
-    ))
+    list.paged(
+        vs.iter()
+            .filter(|vh| list.sees_vhost(&vh.name))
+            .map(|vh| vhost_json(&state, vh))
+            .collect(),
+    )
 }
 
 async fn one_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -184,7 +227,12 @@ async fn one_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, 
 }
 
 /// PUT: creates the vhost (201), or leaves an existing one as it is (204).
-async fn create_vhost(state: State, Path(vh): Path<String>) -> Result<StatusCode, ApiError> {
+async fn create_vhost(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(vh): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&me)?;
     if vh.is_empty() || vh.len() > 255 {
         return Err(ApiError::BadRequest(
             "a vhost name is 1 to 255 bytes long".into(),
@@ -192,6 +240,13 @@ async fn create_vhost(state: State, Path(vh): Path<String>) -> Result<StatusCode
     }
     let existed = state.broker.vhost(&vh).is_some();
     state.broker.add_vhost(&vh);
+    if !existed {
+        // As RabbitMQ: whoever creates a vhost gets full permissions in it.
+        state
+            .broker
+            .set_permissions(&me.0.name, &vh, ".*", ".*", ".*")
+            .map_err(ApiError::from)?;
+    }
     Ok(crate::created_or_updated(existed))
 }
 

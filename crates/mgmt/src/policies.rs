@@ -1,14 +1,17 @@
 //! `/api/policies` and `/api/operator-policies`: list, show, set (PUT) and clear (DELETE)
 //! policies, in RabbitMQ's JSON shape (`pattern`, `apply-to`, `priority`, `definition`).
 
+use crate::access::{require_admin, require_policymaker};
+use crate::auth::AuthUser;
 use crate::error::parse_body;
+use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State};
 use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -18,24 +21,27 @@ use warren_broker::VHost;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/policies", get(|s| list_all(s, false)))
-        .route("/policies/{vhost}", get(|s, p| list_vhost(s, p, false)))
+        .route("/policies", get(|s, l| list_all(s, l, false)))
+        .route(
+            "/policies/{vhost}",
+            get(|s, p, l| list_vhost(s, p, l, false)),
+        )
         .route(
             "/policies/{vhost}/{name}",
             get(|s, p| show(s, p, false))
-                .put(|s, p, b| put(s, p, b, false))
-                .delete(|s, p| remove(s, p, false)),
+                .put(|s, u, p, b| put(s, u, p, b, false))
+                .delete(|s, u, p| remove(s, u, p, false)),
         )
-        .route("/operator-policies", get(|s| list_all(s, true)))
+        .route("/operator-policies", get(|s, l| list_all(s, l, true)))
         .route(
             "/operator-policies/{vhost}",
-            get(|s, p| list_vhost(s, p, true)),
+            get(|s, p, l| list_vhost(s, p, l, true)),
         )
         .route(
             "/operator-policies/{vhost}/{name}",
             get(|s, p| show(s, p, true))
-                .put(|s, p, b| put(s, p, b, true))
-                .delete(|s, p| remove(s, p, true)),
+                .put(|s, u, p, b| put(s, u, p, b, true))
+                .delete(|s, u, p| remove(s, u, p, true)),
         )
 }
 
@@ -56,24 +62,25 @@ fn vhost_policies(vh: &VHost, operator: bool) -> Vec<Value> {
     ps.iter().map(|p| policy_json(&vh.name, p)).collect()
 }
 
-async fn list_all(state: State, operator: bool) -> Json<Value> {
+async fn list_all(state: State, list: ListQuery, operator: bool) -> Json<Value> {
     let mut vhosts = state.broker.vhosts();
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(Value::Array(
+    list.unpaged(
         vhosts
             .iter()
             .flat_map(|vh| vhost_policies(vh, operator))
             .collect(),
-    ))
+    )
 }
 
 async fn list_vhost(
     state: State,
     Path(vh): Path<String>,
+    list: ListQuery,
     operator: bool,
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    Ok(Json(Value::Array(vhost_policies(&vh, operator))))
+    Ok(list.unpaged(vhost_policies(&vh, operator)))
 }
 
 async fn show(
@@ -106,10 +113,12 @@ fn default_apply_to() -> String {
 
 async fn put(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
     body: Bytes,
     operator: bool,
 ) -> Result<StatusCode, ApiError> {
+    may_change(&me, operator)?;
     let vh = vhost(&state, &vh)?;
     let b: PolicyBody = parse_body(&body)?;
     if !b.definition.is_object() {
@@ -131,13 +140,24 @@ async fn put(
 
 async fn remove(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
     operator: bool,
 ) -> Result<StatusCode, ApiError> {
+    may_change(&me, operator)?;
     let vh = vhost(&state, &vh)?;
     if vh.clear_policy(&name, operator) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
+    }
+}
+
+/// Policies are set by policymakers, operator policies by administrators.
+fn may_change(me: &AuthUser, operator: bool) -> Result<(), ApiError> {
+    if operator {
+        require_admin(me)
+    } else {
+        require_policymaker(me)
     }
 }

@@ -653,14 +653,14 @@ fn queue_labels(q: &QueueRow) -> Labels<'_> {
 }
 
 /// Open file descriptors of this process (Linux: the entries of /proc/self/fd).
-fn open_fds() -> Option<u64> {
+pub(crate) fn open_fds() -> Option<u64> {
     std::fs::read_dir("/proc/self/fd")
         .ok()
         .map(|d| d.count() as u64)
 }
 
 /// The soft limit on open files (Linux: /proc/self/limits), RabbitMQ's `fd_total`.
-fn max_fds() -> Option<u64> {
+pub(crate) fn max_fds() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..]

@@ -1,16 +1,20 @@
 //! `/api/queues`: list, show, declare (PUT), delete and purge queues, and a queue's bindings.
 
+use crate::access::check_queue;
+use crate::auth::AuthUser;
 use crate::bindings::{binding_json, default_binding_json};
 use crate::error::parse_body;
+use crate::listing::ListQuery;
 use crate::{args, channels, connections, ApiError, AppState, State};
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use warren_broker::auth::Access;
 use warren_broker::exchange::Destination;
 use warren_broker::queue::{QueueConsumer, QueuedMessage};
 use warren_broker::vhost::QueueDeclare;
@@ -55,23 +59,27 @@ fn sorted_vhosts(state: &AppState) -> Vec<Arc<VHost>> {
     vs
 }
 
-async fn list_all(state: State) -> Json<Value> {
+async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let all = sorted_vhosts(&state)
         .iter()
         .flat_map(|vh| sorted_queues(vh))
         .map(|q| queue_json(&state, &q, false))
         .collect();
-    Json(Value::Array(all))
+    list.paged(all)
 }
 
-async fn list_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    Ok(Json(Value::Array(
+    list.paged(
         sorted_queues(&vh)
             .iter()
             .map(|q| queue_json(&state, q, false))
             .collect(),
-    )))
+    )
 }
 
 fn find(state: &AppState, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue>), ApiError> {
@@ -83,9 +91,10 @@ fn find(state: &AppState, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue
 async fn show(
     state: State,
     Path((vh, name)): Path<(String, String)>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (_, q) = find(&state, &vh, &name)?;
-    Ok(Json(queue_json(&state, &q, true)))
+    Ok(list.object(queue_json(&state, &q, true)))
 }
 
 #[derive(Deserialize)]
@@ -104,11 +113,15 @@ struct QueueBody {
 /// one exists, 400 with RabbitMQ's text when it is not equivalent.
 async fn declare(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let b: QueueBody = parse_body(&body)?;
     check_name("queue", &name)?;
+    if state.broker.vhost(&vh).is_some() {
+        check_queue(&state, &me, &vh, Access::Configure, &name)?;
+    }
     if b.exclusive {
         return Err(ApiError::BadRequest(
             "exclusive queues belong to a connection and cannot be declared here".into(),
@@ -142,10 +155,12 @@ struct DeleteParams {
 /// be deleted too (the operator is not its connection, but may remove it).
 async fn remove(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
     Query(p): Query<DeleteParams>,
 ) -> Result<StatusCode, ApiError> {
     let (vh, q) = find(&state, &vh, &name)?;
+    check_queue(&state, &me, &vh.name, Access::Configure, &name)?;
     vh.delete_queue(
         &name,
         p.if_unused,
@@ -158,9 +173,11 @@ async fn remove(
 /// DELETE …/contents: purge.
 async fn purge(
     state: State,
+    Extension(me): Extension<AuthUser>,
     Path((vh, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (vh, q) = find(&state, &vh, &name)?;
+    check_queue(&state, &me, &vh.name, Access::Read, &name)?;
     vh.purge_queue(&name, q.exclusive_owner.unwrap_or(0))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -169,6 +186,7 @@ async fn purge(
 async fn bindings(
     state: State,
     Path((vh, name)): Path<(String, String)>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (vh, q) = find(&state, &vh, &name)?;
     let mut out = vec![default_binding_json(&vh.name, &q.name)];
@@ -181,7 +199,7 @@ async fn bindings(
             }
         }
     }
-    Ok(Json(Value::Array(out)))
+    Ok(list.unpaged(out))
 }
 
 /// A queue as RabbitMQ's API shows it. `detailed` adds `consumer_details`.
@@ -227,11 +245,8 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Va
             .consumers()
             .into_iter()
             .map(|(tag, ch, no_ack, exclusive)| {
-                let prefetch = ch
-                    .consumers()
-                    .into_iter()
-                    .find(|c| c.tag == tag)
-                    .map_or(0, |c| c.prefetch);
+                let info = ch.consumers().into_iter().find(|c| c.tag == tag);
+                let prefetch = info.as_ref().map_or(0, |c| c.prefetch);
                 let channel_details = connections::find_by_id(&state.broker, ch.conn_id)
                     .map(|c| channels::channel_details(state, &c, ch.number));
                 json!({
@@ -241,6 +256,13 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Va
                     "ack_required": !no_ack,
                     "exclusive": exclusive,
                     "prefetch_count": prefetch,
+                    // Warren's additions (as on /api/consumers): what the consumer holds
+                    // unacknowledged, and for how long.
+                    "messages_unacknowledged": info.as_ref().map_or(0, |c| c.unacked),
+                    "oldest_unacked_age_ms": info
+                        .as_ref()
+                        .and_then(|c| c.oldest_unacked)
+                        .map(|t| t.elapsed().as_millis() as u64),
                     "active": true,
                     "activity_status": "up",
                     "arguments": {},

@@ -3,8 +3,10 @@
 //! `/api/user-limits` and `/api/vhost-limits`, and vhost deletion. Changing anything, and
 //! listing users (with their password hashes), needs the `administrator` tag.
 
+use crate::access::require_admin;
 use crate::auth::AuthUser;
 use crate::error::parse_body;
+use crate::listing::ListQuery;
 use crate::{ApiError, AppState, State};
 use axum::body::Bytes;
 use axum::extract::Path;
@@ -43,14 +45,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
 }
 
-fn require_admin(u: &AuthUser) -> Result<(), ApiError> {
-    if u.0.tags.iter().any(|t| t == "administrator") {
-        Ok(())
-    } else {
-        Err(ApiError::AccessRefused("Not administrator user".into()))
-    }
-}
-
 fn user_json(u: &User) -> Value {
     let mut limits = serde_json::Map::new();
     if let Some(n) = u.limits.max_connections {
@@ -71,9 +65,12 @@ fn user_json(u: &User) -> Value {
 async fn list_users(
     state: State,
     Extension(me): Extension<AuthUser>,
+    list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&me)?;
-    Ok(Json(state.broker.users().iter().map(user_json).collect()))
+    let mut users = state.broker.users();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    list.paged(users.iter().map(user_json).collect())
 }
 
 async fn one_user(
