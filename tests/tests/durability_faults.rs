@@ -426,17 +426,25 @@ async fn publish_racing_a_failed_commit_is_nacked(fault: Fault, name: &str) {
     eventually("x is queued", || ready(&h, "first") == 2).await;
     let q1 = send(&racing_ch, "racing", b"q1", persistent()).await;
     eventually("q1 is queued", || ready(&h, "racing") == 1).await;
-    // 3. Let the first commit through, fsync by fsync, until "y" is confirmed; the next
-    //    commit then blocks in the fsync of "first", before it gets to "racing".
-    let mut y = y;
-    let y = loop {
+    // 3. Let the first commit through, fsync by fsync, until it is announced; the next
+    //    commit then blocks in the fsync of "first", before it gets to "racing". The
+    //    announcement, not y's confirm, says when to stop: the confirm reaches the client a
+    //    little after the next commit may already be blocked, and releasing that one too
+    //    would let it sync "racing" before the disk fails.
+    let p = h
+        .broker()
+        .broker
+        .persistence()
+        .expect("persistence")
+        .clone();
+    let before = p.sync_state().synced_epoch;
+    while p.sync_state().synced_epoch == before {
         if h.faults.held_syncs() > 0 {
             h.faults.release_held();
         }
-        if let Ok(c) = tokio::time::timeout(Duration::from_millis(5), &mut y).await {
-            break c.expect("confirm of y");
-        }
-    };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let y = confirmation("y", y).await;
     assert_ack(&y, "y, its group commit went through");
     eventually(
         "the next group commit blocks in an fsync of \"first\"",
