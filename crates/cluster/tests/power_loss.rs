@@ -5,35 +5,20 @@
 //! nothing appears twice or out of nowhere. `WARREN_WAL_CUT_ROUNDS` sets the number of rounds
 //! (30 by default).
 
-use bytes::Bytes;
+mod common;
+use common::*;
+
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use warren_broker::message::Message;
-use warren_broker::queue::{Applied, LoggedMessage, QueueCommand, QueueOptions};
+use warren_broker::queue::{Applied, QueueCommand, QueueOptions};
 use warren_cluster::{NodeWal, QueueGroup};
 use warren_store::SimDisk;
 
 const GROUP: u64 = 11;
 const OWNER: u64 = 9;
-
-fn enqueue(id: u64) -> QueueCommand {
-    QueueCommand::Enqueue {
-        msg: LoggedMessage(Arc::new(Message::new(
-            "".into(),
-            "q".into(),
-            Bytes::from_static(&[0x10, 0x00, 2]),
-            Bytes::copy_from_slice(&id.to_be_bytes()),
-        ))),
-        now: 0,
-    }
-}
-
-fn body_id(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[..8].try_into().unwrap())
-}
 
 #[derive(Default)]
 struct Ledger {

@@ -2,44 +2,14 @@
 //! engine applies them, deliveries come out for the leader; a restart rebuilds the queue from
 //! the WAL, and a command is answered only once its entry has been fsynced.
 
-use bytes::Bytes;
-use std::path::PathBuf;
+mod common;
+use common::*;
+
 use std::sync::Arc;
 use std::time::Duration;
-use warren_broker::message::Message;
-use warren_broker::queue::{Applied, LoggedMessage, QueueCommand, QueueOptions};
+use warren_broker::queue::{Applied, QueueCommand, QueueOptions};
 use warren_cluster::{NodeWal, QueueGroup};
 use warren_store::{Backend, Faults, FaultyBackend, FileBackend};
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("warren-cluster-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        Dir(p)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn enqueue(id: u64) -> QueueCommand {
-    QueueCommand::Enqueue {
-        msg: LoggedMessage(Arc::new(Message::new(
-            "".into(),
-            "q".into(),
-            Bytes::from_static(&[0x10, 0x00, 2]), // delivery_mode 2
-            Bytes::copy_from_slice(&id.to_be_bytes()),
-        ))),
-        now: 0,
-    }
-}
-
-fn body_id(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[..8].try_into().unwrap())
-}
 
 const GROUP: u64 = 7;
 

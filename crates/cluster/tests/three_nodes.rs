@@ -3,26 +3,19 @@
 //! same ready and checked-out messages; a minority never commits; a node without the cluster
 //! secret is refused.
 
-use bytes::Bytes;
+mod common;
+use common::*;
+
 use openraft::BasicNode;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use warren_broker::message::Message;
-use warren_broker::queue::{Applied, LoggedMessage, QueueCommand, QueueOptions};
+use warren_broker::queue::{Applied, QueueCommand, QueueOptions};
 use warren_cluster::{Listener, Membership, NodeWal, QueueGroup, Registry, TcpPeers};
 use warren_store::FileBackend;
 
 const GROUP: u64 = 3;
 const SECRET: &[u8] = b"the cluster's shared secret";
-
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Node {
     id: u64,
@@ -32,22 +25,6 @@ struct Node {
     registry: Registry,
     members: BTreeMap<u64, BasicNode>,
     dir: Dir,
-}
-
-fn enqueue(id: u64) -> QueueCommand {
-    QueueCommand::Enqueue {
-        msg: LoggedMessage(Arc::new(Message::new(
-            "".into(),
-            "q".into(),
-            Bytes::from_static(&[0x10, 0x00, 2]),
-            Bytes::copy_from_slice(&id.to_be_bytes()),
-        ))),
-        now: 0,
-    }
-}
-
-fn body_id(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[..8].try_into().unwrap())
 }
 
 async fn three_nodes(name: &str) -> Vec<Node> {
