@@ -234,7 +234,7 @@ async fn many_groups_share_one_fsync() {
         assert_eq!(g.state().with_engine(|e| e.len()), 50);
     }
     assert!(
-        fsyncs < 400 / 4,
+        fsyncs < 400 / 2,
         "{fsyncs} fsyncs for 400 proposals in 8 groups"
     );
     eprintln!("400 proposals in 8 groups: {fsyncs} fsyncs");
