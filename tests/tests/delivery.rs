@@ -201,6 +201,43 @@ async fn acking_a_cancelled_consumers_message_does_not_lift_another_consumers_pr
     assert_eq!(body(&next(&mut new).await), "m3");
 }
 
+/// A cancelled consumer's unacked messages stay checked out to it (not redelivered to
+/// others) until its channel acks them or closes; then they come back, redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_consumers_unacked_messages_come_back_when_its_channel_closes() {
+    let broker = TestBroker::start();
+    let (_conn, ch) = open(&broker).await;
+    declare(&ch, "held").await;
+    for m in ["h1", "h2", "h3"] {
+        publish(&ch, "", "held", m.as_bytes()).await;
+    }
+    qos(&ch, 2, false).await;
+    let mut c = consume(&ch, "held", "holder").await;
+    let h1 = next(&mut c).await;
+    let _h2 = next(&mut c).await;
+    within(
+        "cancel holder",
+        ch.basic_cancel("holder".into(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("cancel");
+    // Another channel's consumer gets only what is ready: h3.
+    let (_conn2, other) = open(&broker).await;
+    let mut o = consume(&other, "held", "other").await;
+    assert_eq!(body(&next(&mut o).await), "h3");
+    assert_no_delivery(&mut o).await;
+    wait_counts(&broker, "held", 0, 3).await;
+    // The cancelled consumer's channel acks one and closes: the other comes back.
+    ack(&h1).await;
+    within("close", ch.close(200, "bye".into()))
+        .await
+        .expect("close");
+    let again = next(&mut o).await;
+    assert_eq!(body(&again), "h2");
+    assert!(again.redelivered, "h2 comes back redelivered");
+    assert_no_delivery(&mut o).await;
+}
+
 /// nack and reject with requeue put messages back in their original places, marked
 /// redelivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! who is connected, from where, with which channels, and a way to close a connection.
 
 use crate::delivery::DeliveryChannel;
+use crate::stats::{IoCounters, MessageCounts};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,19 +28,59 @@ pub struct ConnectionEntry {
     pub heartbeat: u16,
     pub channels: Mutex<Vec<Arc<DeliveryChannel>>>,
     pub closer: Arc<dyn CloseHandle>,
+    /// Bytes and frames in and out.
+    pub io: Arc<IoCounters>,
 }
 
 #[derive(Default)]
 pub struct Connections {
     map: RwLock<HashMap<u64, Arc<ConnectionEntry>>>,
+    /// The counts of closed channels, by vhost, so totals never go back.
+    retired: Mutex<HashMap<String, MessageCounts>>,
 }
 
 impl Connections {
     pub fn register(&self, e: Arc<ConnectionEntry>) {
         self.map.write().insert(e.id, e);
     }
+    /// Forgets a closed connection; its channels' counts join the vhost's retired totals.
     pub fn unregister(&self, id: u64) {
-        self.map.write().remove(&id);
+        let gone = self.map.write().remove(&id);
+        if let Some(e) = gone {
+            for ch in e.channels.lock().drain(..) {
+                self.retire(&e.vhost, &ch);
+            }
+        }
+    }
+
+    /// A channel closed: its counts join the vhost's retired totals.
+    pub fn retire(&self, vhost: &str, ch: &DeliveryChannel) {
+        let counts = MessageCounts::of(&ch.counters);
+        self.retired
+            .lock()
+            .entry(vhost.to_string())
+            .or_default()
+            .add(&counts);
+    }
+
+    /// Message counts of a vhost (None: all of them) since the start: open channels and
+    /// closed ones.
+    pub fn message_counts(&self, vhost: Option<&str>) -> MessageCounts {
+        let mut total = MessageCounts::default();
+        for (v, c) in self.retired.lock().iter() {
+            if vhost.is_none_or(|want| want == v) {
+                total.add(c);
+            }
+        }
+        for e in self.map.read().values() {
+            if vhost.is_some_and(|want| want != e.vhost) {
+                continue;
+            }
+            for ch in e.channels.lock().iter() {
+                total.add(&MessageCounts::of(&ch.counters));
+            }
+        }
+        total
     }
     pub fn list(&self) -> Vec<Arc<ConnectionEntry>> {
         let mut v: Vec<_> = self.map.read().values().cloned().collect();

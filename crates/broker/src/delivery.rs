@@ -8,9 +8,12 @@
 
 use crate::error::{AmqpError, Result};
 use crate::message::Message;
-use crate::queue::{ConsumeRefused, Followups, Queue, QueueConsumer, QueuedMessage};
+use crate::queue::{
+    CheckoutId, CheckoutKey, ConsumeRefused, Followups, Owner, Queue, QueueConsumer, QueuedMessage,
+};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warren_protocol::ShortStr;
@@ -41,23 +44,35 @@ pub struct Deliver<'a> {
     pub tag: &'a ShortStr,
     pub no_ack: bool,
     pub qm: &'a QueuedMessage,
+    /// The message's checkout in its queue, if the consumer acks.
+    pub checkout: CheckoutId,
 }
 
-/// A message delivered on this channel and not yet acknowledged.
+/// A message delivered on this channel and not yet acknowledged: where it is checked out (the
+/// queue keeps the message itself).
 pub struct Unacked {
     pub delivery_tag: u64,
     pub queue: Arc<Queue>,
+    /// The consumer's slot on this channel (None for basic.get).
     pub consumer_id: Option<u32>,
-    /// The consumer's unique id on this channel (slot ids are reused after a cancel).
-    pub consumer_uid: u64,
-    pub qm: QueuedMessage,
+    /// Who holds the message in the queue: the consumer (slot ids are reused after a cancel,
+    /// owners never are) or the channel's basic.get.
+    pub owner: Owner,
+    pub checkout: CheckoutId,
     pub delivered_at: Instant,
     /// The delivery-acknowledgement timeout that applies to this delivery.
     pub timeout: Option<Duration>,
 }
 
+/// Owners of checkouts are unique in the broker: a consumer or a channel's basic.get.
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+pub fn new_owner() -> Owner {
+    NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+}
+
 struct ConsumerSlot {
-    uid: u64,
+    owner: Owner,
     tag: ShortStr,
     queue: Arc<Queue>,
     no_ack: bool,
@@ -100,7 +115,6 @@ struct State {
     prefetch_count: u16,
     global_prefetch: u16,
     consumers: Vec<Option<ConsumerSlot>>,
-    next_uid: u64,
 }
 
 pub struct DeliveryChannel {
@@ -108,6 +122,10 @@ pub struct DeliveryChannel {
     pub conn_id: u64,
     /// The broker-wide consumer timeout, for deliveries without a more specific one.
     pub default_timeout: Option<Duration>,
+    /// The owner of what basic.get takes on this channel with an ack expected.
+    get_owner: Owner,
+    /// The channel's message counts (the management API's `message_stats`).
+    pub counters: crate::stats::ChannelCounters,
     writer: Arc<dyn DeliveryWriter>,
     state: Mutex<State>,
 }
@@ -144,6 +162,8 @@ impl DeliveryChannel {
             number,
             conn_id,
             default_timeout,
+            get_owner: new_owner(),
+            counters: Default::default(),
             writer,
             state: Mutex::new(State {
                 closed: false,
@@ -153,7 +173,6 @@ impl DeliveryChannel {
                 prefetch_count: 0,
                 global_prefetch: 0,
                 consumers: Vec::new(),
-                next_uid: 1,
             }),
         })
     }
@@ -179,17 +198,28 @@ impl DeliveryChannel {
         s.next_tag += 1;
         self.writer
             .deliver(self.number, d.tag, tag, d.qm.redelivered, &d.qm.msg);
+        // Counted under the channel's lock: one writer at a time.
+        let c = &self.counters;
+        if d.no_ack {
+            &c.deliver_no_ack
+        } else {
+            &c.deliver
+        }
+        .add(1);
+        if d.qm.redelivered {
+            c.redeliver.add(1);
+        }
         let Some(Some(slot)) = s.consumers.get(d.consumer_id as usize) else {
             return true;
         };
         if !d.no_ack {
-            let (timeout, consumer_uid) = (slot.timeout, slot.uid);
+            let (timeout, owner) = (slot.timeout, slot.owner);
             s.unacked.push_back(Unacked {
                 delivery_tag: tag,
                 queue: d.queue.clone(),
                 consumer_id: Some(d.consumer_id),
-                consumer_uid,
-                qm: d.qm.clone(),
+                owner,
+                checkout: d.checkout,
                 delivered_at: Instant::now(),
                 timeout,
             });
@@ -197,23 +227,35 @@ impl DeliveryChannel {
         true
     }
 
-    /// Records a basic.get delivery that expects an ack; returns its delivery tag.
-    pub fn record_get(&self, queue: &Arc<Queue>, qm: QueuedMessage, ack_expected: bool) -> u64 {
+    /// basic.get: takes the next message of `queue` (checked out to this channel when an ack
+    /// is expected). Returns it, how many remain ready, and its delivery tag.
+    pub fn get(
+        &self,
+        queue: &Arc<Queue>,
+        ack_expected: bool,
+        fu: &mut Followups,
+    ) -> Option<(QueuedMessage, u32, u64)> {
+        let got = queue.get(ack_expected.then_some(self.get_owner), fu)?;
         let mut s = self.state.lock();
         let tag = s.next_tag;
         s.next_tag += 1;
-        if ack_expected {
+        let c = &self.counters;
+        if ack_expected { &c.get } else { &c.get_no_ack }.add(1);
+        if got.qm.redelivered {
+            c.redeliver.add(1);
+        }
+        if let Some(checkout) = got.checkout {
             s.unacked.push_back(Unacked {
                 delivery_tag: tag,
                 queue: queue.clone(),
                 consumer_id: None,
-                consumer_uid: 0,
-                qm,
+                owner: self.get_owner,
+                checkout,
                 delivered_at: Instant::now(),
                 timeout: effective_timeout(None, queue, self.default_timeout),
             });
         }
-        tag
+        Some((got.qm, got.remaining, tag))
     }
 
     /// Checks that an ack/nack/reject names unacked messages, without settling them (a
@@ -257,7 +299,7 @@ impl DeliveryChannel {
                 .consumer_id
                 .and_then(|id| s.consumers.get_mut(id as usize))
             {
-                if slot.uid != u.consumer_uid {
+                if slot.owner != u.owner {
                     continue;
                 }
                 slot.unacked = slot.unacked.saturating_sub(1);
@@ -278,7 +320,10 @@ impl DeliveryChannel {
     /// of acks costs one dispatch).
     pub fn ack_without_resume(&self, tag: u64, multiple: bool) -> Result<()> {
         let taken = self.take(tag, multiple)?;
-        for_each_queue_run(&taken, |q, run| q.settle(run.iter().map(|u| &u.qm)));
+        self.counters.ack.add(taken.len() as u64);
+        for_each_queue_run(&taken, |q, run| {
+            q.settle(run.iter().map(Unacked::checkout_of))
+        });
         Ok(())
     }
 
@@ -345,15 +390,14 @@ impl DeliveryChannel {
             })?,
         };
         let timeout = effective_timeout(Some(arguments), queue, self.default_timeout);
-        let id = {
+        let (id, owner) = {
             let mut s = self.state.lock();
             if s.consumers.iter().flatten().any(|c| c.tag == tag) {
                 return Err(not_allowed_tag(&tag));
             }
-            let uid = s.next_uid;
-            s.next_uid += 1;
+            let owner = new_owner();
             let slot = ConsumerSlot {
-                uid,
+                owner,
                 tag: tag.clone(),
                 queue: queue.clone(),
                 no_ack,
@@ -361,7 +405,7 @@ impl DeliveryChannel {
                 unacked: 0,
                 timeout,
             };
-            match s.consumers.iter().position(Option::is_none) {
+            let id = match s.consumers.iter().position(Option::is_none) {
                 Some(i) => {
                     s.consumers[i] = Some(slot);
                     i as u32
@@ -370,15 +414,19 @@ impl DeliveryChannel {
                     s.consumers.push(Some(slot));
                     (s.consumers.len() - 1) as u32
                 }
-            }
+            };
+            (id, owner)
         };
         let c = QueueConsumer {
             handle: self.clone(),
             consumer_id: id,
+            owner,
             tag,
             no_ack,
             exclusive,
             priority,
+            // The channel enforces prefetch (per consumer or channel-wide) in `deliver`.
+            prefetch: 0,
         };
         match queue.add_consumer(c, on_added, fu) {
             Ok(()) => Ok(()),
@@ -446,9 +494,9 @@ impl DeliveryChannel {
                 .iter()
                 .flatten()
                 .find(|c| c.tag == tag)
-                .map(|c| c.uid)
+                .map(|c| c.owner)
         };
-        let Some(uid) = id else { return };
+        let Some(owner) = id else { return };
         self.writer.cancel(self.number, tag);
         self.cancel(tag, fu);
         let taken: Vec<Unacked> = {
@@ -456,7 +504,7 @@ impl DeliveryChannel {
             let (mine, rest): (VecDeque<Unacked>, VecDeque<Unacked>) =
                 std::mem::take(&mut s.unacked)
                     .into_iter()
-                    .partition(|u| u.consumer_uid == uid);
+                    .partition(|u| u.owner == owner);
             s.unacked = rest;
             mine.into()
         };
@@ -544,7 +592,7 @@ impl DeliveryChannel {
                     .then(|| {
                         s.unacked
                             .iter()
-                            .find(|u| u.consumer_uid == c.uid)
+                            .find(|u| u.owner == c.owner)
                             .map(|u| u.delivered_at)
                     })
                     .flatten(),
@@ -597,17 +645,26 @@ fn for_each_queue_run(items: &[Unacked], mut f: impl FnMut(&Arc<Queue>, &[Unacke
 
 fn settle_or_requeue(items: Vec<Unacked>, requeue: bool, fu: &mut Followups) {
     if !requeue {
-        for_each_queue_run(&items, |q, run| q.reject(run.iter().map(|u| &u.qm), fu));
+        for_each_queue_run(&items, |q, run| {
+            q.reject(run.iter().map(Unacked::checkout_of), fu)
+        });
         return;
     }
-    let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
+    let mut by_queue: Vec<(Arc<Queue>, Vec<CheckoutKey>)> = Vec::new();
     for u in items {
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, v)) => v.push(u.qm),
-            None => by_queue.push((u.queue, vec![u.qm])),
+            Some((_, v)) => v.push(u.checkout_of()),
+            None => by_queue.push((u.queue.clone(), vec![u.checkout_of()])),
         }
     }
-    for (q, msgs) in by_queue {
-        q.requeue(msgs, fu);
+    for (q, checkouts) in by_queue {
+        q.requeue(checkouts, fu);
+    }
+}
+
+impl Unacked {
+    /// The message's checkout in its queue.
+    fn checkout_of(&self) -> CheckoutKey {
+        (self.owner, self.checkout)
     }
 }

@@ -10,7 +10,8 @@
 //!   store, the clock and the effects the engine asks for. A queue does not hold its vhost:
 //!   what its commands leave for the vhost (dead letters, timers, deletion) goes into the
 //!   caller's [`queue::Followups`], carried out by [`VHost::follow_up`].
-//! - [`delivery`]: a channel's delivery side: delivery tags, unacked messages, prefetch.
+//! - [`delivery`]: a channel's delivery side: delivery tags (each naming a checkout in its
+//!   queue), prefetch, the channel's message counters.
 //! - [`vhost`]: declare/delete/bind/publish within one virtual host.
 //! - [`persist`]: message stores of durable queues, group commit, saved definitions (the
 //!   broker's flusher thread drives it; it does not hold the broker).
@@ -20,6 +21,7 @@
 //! - [`auth`]: users, password hashes, permissions, user and vhost limits.
 //! - [`broker`]: the set of vhosts and broker-wide settings.
 //! - [`connections`]: the registry of client connections, for operators.
+//! - [`stats`]: message and byte counters behind the management API's `message_stats`.
 //!
 //! Nothing here knows frames or sockets: deliveries leave through the
 //! [`delivery::DeliveryWriter`] trait that the server implements.
@@ -43,6 +45,7 @@ pub mod message;
 pub mod persist;
 pub mod policy;
 pub mod queue;
+pub mod stats;
 pub mod vhost;
 
 pub use broker::{Broker, BrokerConfig, OpenError};

@@ -64,6 +64,11 @@ pub(crate) fn channel_json(
         "messages_unconfirmed": 0,
         "messages_uncommitted": 0,
         "acks_uncommitted": 0,
+        "message_stats": state.rates.channel_stats(
+            conn.id,
+            ch.number,
+            &crate::rates::message_fields(&warren_broker::stats::MessageCounts::of(&ch.counters)),
+        ),
     })
 }
 

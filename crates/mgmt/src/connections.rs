@@ -48,7 +48,7 @@ pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    json!({
+    let mut v = json!({
         "name": c.name,
         "node": state.node,
         "user": c.user,
@@ -69,7 +69,12 @@ pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry) -> Value {
         "ssl": false,
         "state": "running",
         "type": "network",
-    })
+    });
+    // recv_oct, send_oct, ... and their rates, at the top level as RabbitMQ has them.
+    if let (Value::Object(m), Value::Object(io)) = (&mut v, state.rates.connection_stats(c)) {
+        m.extend(io);
+    }
+    v
 }
 
 async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {

@@ -152,6 +152,7 @@ mod tests {
             http_listeners: Vec::new(),
             https_listener: None,
             amqp_listeners: Vec::new(),
+            rates: crate::rates::Rates::new(std::time::Duration::from_secs(5)),
         }
     }
 

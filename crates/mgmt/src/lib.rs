@@ -20,6 +20,7 @@
 //!   plain HTTP one.
 //! - [`console`]: the web console at `/` (HTML, CSS and JavaScript embedded from
 //!   `console/`), a client of this API.
+//! - [`rates`]: the sampler behind `message_stats` rates (every `collect_statistics_interval`).
 //! - [`prometheus`]: the Prometheus metrics endpoint (RabbitMQ's `rabbitmq_prometheus`), on a
 //!   listener of its own.
 //!
@@ -45,6 +46,7 @@ pub mod overview;
 mod policies;
 pub mod prometheus;
 pub mod queues;
+pub mod rates;
 pub mod users;
 
 pub use error::ApiError;
@@ -69,6 +71,9 @@ pub struct Options {
     pub amqp_listeners: Vec<SocketAddr>,
     /// The node name (`warren@<hostname>` when empty).
     pub node_name: String,
+    /// How often message rates are sampled (RabbitMQ's `collect_statistics_interval`; 5 s
+    /// when zero).
+    pub stats_interval: std::time::Duration,
 }
 
 /// Shared by every handler.
@@ -79,6 +84,8 @@ pub struct AppState {
     pub http_listeners: Vec<SocketAddr>,
     pub https_listener: Option<SocketAddr>,
     pub amqp_listeners: Vec<SocketAddr>,
+    /// Message rates (sampled in the background).
+    pub rates: Arc<rates::Rates>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -137,6 +144,13 @@ pub async fn serve_listeners(
         Some(l) => Some(l.listener.local_addr()?),
         None => None,
     };
+    let interval = if options.stats_interval.is_zero() {
+        std::time::Duration::from_secs(5)
+    } else {
+        options.stats_interval
+    };
+    let rates = rates::Rates::new(interval);
+    tokio::spawn(rates.clone().run(broker.clone(), shutdown.clone()));
     let state = Arc::new(AppState {
         broker,
         node,
@@ -144,6 +158,7 @@ pub async fn serve_listeners(
         http_listeners: http_addrs.clone(),
         https_listener: https_addr,
         amqp_listeners: options.amqp_listeners,
+        rates,
     });
     let app = router(state);
     let https = listeners.https.map(|l| {

@@ -152,17 +152,24 @@ async fn get_messages(
         .map_err(|e| ApiError::AccessRefused(e.text))?;
     let q = vh.queue_for(&name, 0)?;
     let mut fu = Followups::new();
-    let (mut out, mut held) = (Vec::new(), Vec::<QueuedMessage>::new());
+    // The messages are checked out to an owner of this request's own, as to a channel's
+    // basic.get, then acked, rejected or returned.
+    let owner = warren_broker::delivery::new_owner();
+    let (mut out, mut held) = (Vec::new(), Vec::new());
     // A negative count takes every message (RabbitMQ counts down and never reaches 0).
     while count < 0 || (out.len() as i64) < count {
-        let Some((qm, remaining)) = q.get(true, &mut fu) else {
+        let Some(got) = q.get(Some(owner), &mut fu) else {
             break;
         };
-        out.push(message_json(&qm, remaining, base64, truncate));
+        out.push(message_json(&got.qm, got.remaining, base64, truncate));
+        let Some(checkout) = got.checkout else {
+            continue;
+        };
+        let key = (owner, checkout);
         match mode {
-            AckMode::Ack => q.settle(std::iter::once(&qm)),
-            AckMode::Reject => q.reject(std::iter::once(&qm), &mut fu),
-            AckMode::Requeue => held.push(qm),
+            AckMode::Ack => q.settle([key]),
+            AckMode::Reject => q.reject([key], &mut fu),
+            AckMode::Requeue => held.push(key),
         }
     }
     if !held.is_empty() {

@@ -56,7 +56,15 @@ fn listeners(state: &AppState) -> Vec<Value> {
 
 /// The node's totals; a user that is not a monitor gets those of the vhosts it has
 /// permissions in and of its own connections, as in RabbitMQ.
-async fn overview(state: State, Extension(me): Extension<AuthUser>) -> Json<Value> {
+async fn overview(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    let message_stats =
+        state
+            .rates
+            .aggregate_stats(&state.broker, None, crate::rates::History::from_query(&q));
     let visible = if is_monitor(&me) {
         None
     } else {
@@ -97,13 +105,13 @@ async fn overview(state: State, Extension(me): Extension<AuthUser>) -> Json<Valu
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
         "product_name": "Warren",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "rates_mode": "none",
+        "rates_mode": "basic",
         "disable_stats": false,
         "enable_queue_totals": true,
         "node": state.node,
         "cluster_name": state.node,
         "exchange_types": exchange_types,
-        "message_stats": {},
+        "message_stats": message_stats,
         "queue_totals": {
             "messages": ready + unacked,
             "messages_ready": ready,
@@ -154,7 +162,7 @@ fn node_json(state: &AppState) -> Value {
         "product_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
         "listeners": listeners(state),
-        "rates_mode": "none",
+        "rates_mode": "basic",
     })
 }
 
@@ -191,6 +199,7 @@ fn vhost_json(state: &AppState, vh: &VHost) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
+        "message_stats": state.rates.aggregate_stats(&state.broker, Some(&vh.name), Default::default()),
     })
 }
 

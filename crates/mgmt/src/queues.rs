@@ -228,11 +228,7 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Va
         "message_bytes_ready": s.message_bytes_ready,
         "consumers": s.consumers,
         "memory": memory_estimate(s.messages_ready, s.consumers),
-        "message_stats": {
-            "publish": s.published,
-            "deliver_get": s.delivered,
-            "ack": s.acked,
-        },
+        "message_stats": state.rates.queue_stats(&q.vhost_name, &q.name, &crate::rates::queue_fields(&s)),
     });
     if let Some(owner) = q
         .exclusive_owner

@@ -215,6 +215,7 @@ impl Channel {
                 });
             } else {
                 ack_upto = Some((seq, ack_upto.map_or(1, |(_, n)| n + 1)));
+                self.delivery.counters.confirm.add(1);
             }
         }
         if let Some((tag, n)) = ack_upto {
@@ -594,6 +595,7 @@ impl Channel {
             content.properties,
             content.body,
         ));
+        self.delivery.counters.publish.add(1);
         if x.delayed {
             if let Some(delay) = warren_broker::delayed::delay_of(&msg) {
                 let r = cx.vhost.delayed.hold(&x.name, x.durable, msg, delay);
@@ -621,6 +623,15 @@ impl Channel {
                     self.last_default_route = queues.first().cloned();
                 }
             }
+        }
+        if queues.is_empty() {
+            let c = &self.delivery.counters;
+            if mandatory {
+                &c.return_unroutable
+            } else {
+                &c.drop_unroutable
+            }
+            .add(1);
         }
         if queues.is_empty() && mandatory {
             let frame_max = cx.frame_max;
@@ -752,12 +763,10 @@ impl Channel {
     fn get(&mut self, cx: &mut Ctx<'_>, g: BasicGet) -> Result<()> {
         let queue_name = self.queue_name(g.queue)?;
         let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
-        match q.get(!g.no_ack, cx.followups) {
+        match self.delivery.get(&q, !g.no_ack, cx.followups) {
             None => self.reply(BasicGetEmpty::default()),
-            Some((qm, remaining)) => {
-                let msg = qm.msg.clone();
-                let redelivered = qm.redelivered;
-                let tag = self.delivery.record_get(&q, qm, !g.no_ack);
+            Some((qm, remaining, tag)) => {
+                let (msg, redelivered) = (qm.msg, qm.redelivered);
                 let m: Method = BasicGetOk {
                     delivery_tag: tag,
                     redelivered,

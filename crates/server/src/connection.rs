@@ -128,7 +128,13 @@ pub async fn run_io<R, W>(
     let outbox = Arc::new(Outbox::new(hs.frame_max));
     outbox.set_cancel_notify(hs.cancel_notify);
     let heartbeat = Arc::new(AtomicU32::new(hs.heartbeat as u32));
-    let writer = tokio::spawn(write_loop(wr, outbox.clone(), heartbeat.clone()));
+    let io = Arc::new(warren_broker::stats::IoCounters::default());
+    let writer = tokio::spawn(write_loop(
+        wr,
+        outbox.clone(),
+        heartbeat.clone(),
+        io.clone(),
+    ));
     outbox.send(0, ConnectionOpenOk::default());
 
     let closer = Arc::new(Closer {
@@ -150,6 +156,7 @@ pub async fn run_io<R, W>(
         heartbeat: hs.heartbeat,
         channels: Mutex::new(Vec::new()),
         closer: closer.clone(),
+        io: io.clone(),
     });
     broker.connections.register(entry.clone());
     tracing::info!(connection = %name, user = %hs.user, vhost = %hs.vhost.name, "connection accepted and authenticated");
@@ -248,8 +255,10 @@ impl Connection {
                     match r {
                         Ok(0) => return ("client closed the TCP connection".into(), false),
                         Err(e) => return (format!("socket error: {e}"), false),
-                        Ok(_) => {
+                        Ok(n) => {
                             self.last_recv = Instant::now();
+                            self.entry.io.recv_oct.add(n as u64);
+                            self.entry.io.recv_cnt.add(1);
                             if let Some(reason) = self.process(&mut rbuf) {
                                 return (reason, true);
                             }
@@ -596,6 +605,10 @@ impl Connection {
                 .channels
                 .lock()
                 .retain(|c| !Arc::ptr_eq(c, &ch.delivery));
+            self.guard
+                .broker
+                .connections
+                .retire(&self.entry.vhost, &ch.delivery);
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use warren_broker::stats::IoCounters;
 use warren_protocol::frame::write_heartbeat;
 
 /// Drains the outbox into the socket; sends heartbeats when idle. Returns the write half so
@@ -15,6 +16,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     outbox: Arc<Outbox>,
     heartbeat: Arc<AtomicU32>,
+    io: Arc<IoCounters>,
 ) -> W {
     let mut spare = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -43,6 +45,8 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             outbox.close();
             break;
         }
+        io.send_oct.add(spare.len() as u64);
+        io.send_cnt.add(1);
         spare.clear();
         if spare.capacity() > 8 << 20 {
             spare = BytesMut::with_capacity(64 * 1024);

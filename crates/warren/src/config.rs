@@ -26,6 +26,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "prometheus.return_per_object_metrics",
         "true: /metrics gives one series per queue, as /metrics/per-object",
     ),
+    (
+        "collect_statistics_interval",
+        "milliseconds between samples of message rates [default: 5000]",
+    ),
     ("data_dir", "data directory (definitions and messages)"),
     ("default_user", "user created on first start"),
     ("default_pass", "password of default_user"),

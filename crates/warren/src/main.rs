@@ -89,6 +89,8 @@ struct Settings {
     prometheus_is_default: bool,
     /// `/metrics` answers with the per-queue series (prometheus.return_per_object_metrics).
     prometheus_per_object: bool,
+    /// How often the management API samples message rates.
+    stats_interval: Duration,
     listeners_file: Option<PathBuf>,
     data_dir: PathBuf,
     broker: warren_broker::BrokerConfig,
@@ -252,6 +254,15 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
         }
     })?;
     let log_json = args.log_json || file.get("log.console.formatter") == Some("json");
+    let stats_ms: u64 = file
+        .parse_value("collect_statistics_interval")?
+        .unwrap_or(5000);
+    if stats_ms < 100 {
+        return Err(file.error(
+            "collect_statistics_interval",
+            "must be at least 100 (milliseconds)",
+        ));
+    }
     Ok(Settings {
         security,
         listen,
@@ -259,6 +270,7 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
         prometheus_listen,
         prometheus_is_default,
         prometheus_per_object,
+        stats_interval: Duration::from_millis(stats_ms),
         listeners_file: args.listeners_file,
         data_dir: args
             .data_dir
@@ -448,6 +460,7 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     let mgmt_options = warren_mgmt::Options {
         amqp_listeners: amqp_addrs,
         node_name: String::new(),
+        stats_interval: s.stats_interval,
     };
     let mgmt = tokio::spawn(warren_mgmt::serve_listeners(
         warren_mgmt::Listeners {

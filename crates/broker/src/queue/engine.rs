@@ -8,8 +8,14 @@
 //!
 //! What the engine decides: ready order (publish order per priority level, requeued messages
 //! back in their place), dispatch (consumer priority, round-robin, single active consumer),
-//! TTL expiry at the head, max-length with each overflow mode, the delivery limit, dead-letter
-//! reasons, when to page, flow control, and when an unused queue expires.
+//! which messages are checked out to whom, TTL expiry at the head, max-length with each
+//! overflow mode, the delivery limit, dead-letter reasons, when to page, flow control, and
+//! when an unused queue expires.
+//!
+//! Checkouts: a message delivered with an ack expected leaves the ready list for its owner (a
+//! consumer, or a channel's basic.get) under a [`CheckoutId`] unique in the queue. The owner
+//! later settles it, returns it (requeue) or discards it (reject) by that id, so the engine
+//! alone knows every message's state: ready, checked out to one owner, or gone.
 
 use super::options::{Overflow, QueueOptions};
 use super::paged::PagedTail;
@@ -17,6 +23,8 @@ use super::ready::ReadyList;
 use super::{QueuedMessage, FLOW_HIGH, FLOW_HIGH_BYTES, FLOW_LOW, FLOW_LOW_BYTES, RAM_BUDGET};
 use crate::deadletter::{DeadLetter, DeathReason};
 use crate::message::Message;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use warren_protocol::ShortStr;
 use warren_store::{Position, RecoveredMessage};
@@ -42,21 +50,75 @@ pub enum Effect {
     StartTimer,
 }
 
+/// Who holds checked-out messages: a consumer, or a channel taking messages with
+/// basic.get. Unique in the broker (never reused), so checkouts outlive a cancelled consumer.
+pub type Owner = u64;
+
+/// One checked-out message's id, unique in its queue; ids increase in checkout order.
+pub type CheckoutId = u64;
+
+/// Names one checked-out message: its owner and its checkout id.
+pub type CheckoutKey = (Owner, CheckoutId);
+
+/// A message checked out to an owner.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub id: CheckoutId,
+    pub qm: QueuedMessage,
+}
+
+/// The messages one owner holds, in checkout order.
+#[derive(Default)]
+struct Holding {
+    /// The owner is a consumer of the queue (its entry stays while it is, even when empty).
+    consuming: bool,
+    msgs: VecDeque<Checkout>,
+}
+
+impl Holding {
+    /// Takes the checkout `id`: acks come in checkout order, so it is nearly always the first.
+    fn take(&mut self, id: CheckoutId) -> Option<QueuedMessage> {
+        if self.msgs.front().is_some_and(|c| c.id == id) {
+            return self.msgs.pop_front().map(|c| c.qm);
+        }
+        let at = self.msgs.binary_search_by_key(&id, |c| c.id).ok()?;
+        self.msgs.remove(at).map(|c| c.qm)
+    }
+}
+
+/// A message taken with basic.get.
+#[derive(Debug)]
+pub struct Got {
+    pub qm: QueuedMessage,
+    /// Ready messages left in the queue.
+    pub remaining: u32,
+    /// Its checkout, when an ack is expected.
+    pub checkout: Option<CheckoutId>,
+}
+
 /// A consumer as the queue sees it. `C` is how the caller reaches it (a channel handle).
 pub struct Consumer<C> {
     pub handle: C,
     pub consumer_id: u32,
+    /// Who holds what this consumer takes with an ack expected.
+    pub owner: Owner,
     pub tag: ShortStr,
     pub no_ack: bool,
     pub exclusive: bool,
     /// `x-priority`: higher-priority consumers are served first.
     pub priority: i64,
+    /// Most messages the engine checks out to this consumer at once (0: no limit of the
+    /// engine's; a channel's prefetch is then enforced by the channel, through `Env::offer`).
+    /// A replicated queue's consumers carry their prefetch here, so every replica decides
+    /// the same deliveries.
+    pub prefetch: u32,
 }
 
 /// What the engine asks of its surroundings while it runs a command.
 pub trait Env<C> {
     /// Offers the head message to a consumer; true if the consumer took it (it had credit).
-    fn offer(&mut self, consumer: &Consumer<C>, qm: &QueuedMessage) -> bool;
+    /// `checkout` is the id the message is checked out under if the consumer acks.
+    fn offer(&mut self, consumer: &Consumer<C>, qm: &QueuedMessage, checkout: CheckoutId) -> bool;
     /// Reads paged-out messages back from the store: from `from`, about `max_bytes` of them,
     /// and the position after the last one read.
     fn read_paged(
@@ -85,8 +147,16 @@ pub struct EngineStats {
     pub message_bytes_ready: u64,
     pub consumers: u64,
     pub published: u64,
+    /// Messages that left for a consumer or a basic.get (RabbitMQ's `deliver_get`).
     pub delivered: u64,
     pub acked: u64,
+    /// `delivered`, split as RabbitMQ's `message_stats` split it.
+    pub deliver: u64,
+    pub deliver_no_ack: u64,
+    pub get: u64,
+    pub get_no_ack: u64,
+    /// Of `delivered`, those that went out again (redelivered).
+    pub redeliver: u64,
 }
 
 pub struct QueueEngine<C> {
@@ -95,7 +165,11 @@ pub struct QueueEngine<C> {
     /// Messages paged out to the store, after everything in `ready`.
     paged: PagedTail,
     ready_bytes: usize,
+    /// Checked-out messages by owner.
+    checked_out: FxHashMap<Owner, Holding>,
+    /// How many messages are checked out, over all owners.
     unacked: u32,
+    next_checkout: CheckoutId,
     consumers: Vec<Consumer<C>>,
     /// Index of the consumer that gets the next message (round-robin within a priority).
     next_consumer: usize,
@@ -105,6 +179,9 @@ pub struct QueueEngine<C> {
     published: u64,
     delivered: u64,
     acked: u64,
+    /// By kind: [consumer with ack, consumer no-ack, get with ack, get no-ack], redelivered.
+    delivered_by: [u64; 4],
+    redelivered: u64,
     /// Last time the queue was used (ms), for `x-expires`.
     last_used: u64,
     /// Some message carries its own TTL: dispatch looks at the clock.
@@ -119,7 +196,9 @@ impl<C> QueueEngine<C> {
             opts,
             paged: PagedTail::default(),
             ready_bytes: 0,
+            checked_out: FxHashMap::default(),
             unacked: 0,
+            next_checkout: 0,
             consumers: Vec::new(),
             next_consumer: 0,
             next_seq: 0,
@@ -127,6 +206,8 @@ impl<C> QueueEngine<C> {
             published: 0,
             delivered: 0,
             acked: 0,
+            delivered_by: [0; 4],
+            redelivered: 0,
             last_used: now,
             timed: false,
             effects: Vec::new(),
@@ -165,6 +246,29 @@ impl<C> QueueEngine<C> {
         &self.consumers
     }
 
+    /// The messages `owner` holds, oldest checkout first.
+    pub fn checked_out(&self, owner: Owner) -> impl Iterator<Item = &Checkout> {
+        self.checked_out
+            .get(&owner)
+            .into_iter()
+            .flat_map(|h| h.msgs.iter())
+    }
+
+    /// How many messages `owner` holds.
+    pub fn held(&self, owner: Owner) -> usize {
+        self.checked_out.get(&owner).map_or(0, |h| h.msgs.len())
+    }
+
+    /// The ready messages in memory, in delivery order (the paged-out tail follows them).
+    pub fn ready(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.ready.iter()
+    }
+
+    /// How many owners hold (or may come to hold) checkouts.
+    pub fn owners(&self) -> usize {
+        self.checked_out.len()
+    }
+
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             messages_ready: self.len() as u64,
@@ -174,6 +278,11 @@ impl<C> QueueEngine<C> {
             published: self.published,
             delivered: self.delivered,
             acked: self.acked,
+            deliver: self.delivered_by[0],
+            deliver_no_ack: self.delivered_by[1],
+            get: self.delivered_by[2],
+            get_no_ack: self.delivered_by[3],
+            redeliver: self.redelivered,
         }
     }
 
@@ -442,7 +551,11 @@ impl<C> QueueEngine<C> {
             let size = end - start;
             for k in 0..size {
                 let idx = start + (self.next_consumer + k) % size;
-                if env.offer(&self.consumers[idx], front) {
+                let c = &self.consumers[idx];
+                if c.prefetch != 0 && !c.no_ack && self.held(c.owner) >= c.prefetch as usize {
+                    continue;
+                }
+                if env.offer(c, front, self.next_checkout) {
                     self.next_consumer = (idx - start + 1) % size;
                     return Some(idx);
                 }
@@ -457,80 +570,137 @@ impl<C> QueueEngine<C> {
 
     /// Bookkeeping after consumer `idx` took the head message.
     fn delivered_to(&mut self, idx: usize, now: u64, env: &mut impl Env<C>) {
-        let no_ack = self.consumers[idx].no_ack;
+        let c = &self.consumers[idx];
+        let owner = (!c.no_ack).then_some(c.owner);
         let qm = self
             .ready
             .pop_front()
             .expect("a consumer took the head message");
-        self.taken(&qm, !no_ack);
+        self.delivered_by[owner.is_none() as usize] += 1;
+        self.taken(qm, owner);
         if self.ready.is_empty() {
             self.page_in(now, env);
         }
     }
 
-    /// A message left the ready list for a consumer or a basic.get.
-    fn taken(&mut self, qm: &QueuedMessage, ack_expected: bool) {
+    /// A message left the ready list for a consumer or a basic.get; with an owner it is
+    /// checked out to it (and its id returned), without it is gone.
+    fn taken(&mut self, qm: QueuedMessage, owner: Option<Owner>) -> Option<CheckoutId> {
         self.ready_bytes -= qm.msg.body.len();
         self.delivered += 1;
-        if let Some(pos) = qm.pos {
-            if !ack_expected {
+        self.redelivered += qm.redelivered as u64;
+        let Some(owner) = owner else {
+            if let Some(pos) = qm.pos {
                 self.effects.push(Effect::StoreAck(pos));
-            } else if !qm.redelivered {
-                self.effects.push(Effect::StoreDelivered(pos));
             }
+            return None;
+        };
+        if let (Some(pos), false) = (qm.pos, qm.redelivered) {
+            self.effects.push(Effect::StoreDelivered(pos));
         }
-        if ack_expected {
-            self.unacked += 1;
-        }
+        let id = self.next_checkout;
+        self.next_checkout += 1;
+        self.unacked += 1;
+        self.checked_out
+            .entry(owner)
+            .or_default()
+            .msgs
+            .push_back(Checkout { id, qm });
+        Some(id)
     }
 
-    /// basic.get: the next ready message, and how many remain. `ack_expected` counts it as
-    /// unacked.
-    pub fn get(
-        &mut self,
-        ack_expected: bool,
-        now: u64,
-        env: &mut impl Env<C>,
-    ) -> Option<(QueuedMessage, u32)> {
+    /// basic.get: the next ready message, and how many remain. With an owner, the message is
+    /// checked out to it (an ack is expected).
+    pub fn get(&mut self, owner: Option<Owner>, now: u64, env: &mut impl Env<C>) -> Option<Got> {
         self.last_used = now;
         self.page_in(now, env);
         self.expire_head(now);
         let qm = self.ready.pop_front()?;
-        self.taken(&qm, ack_expected);
-        Some((qm, self.len() as u32))
+        self.delivered_by[2 + owner.is_none() as usize] += 1;
+        let checkout = self.taken(qm.clone(), owner);
+        Some(Got {
+            qm,
+            remaining: self.len() as u32,
+            checkout,
+        })
     }
 
     // ---- settling -----------------------------------------------------------------------
 
-    /// `n` unacked messages were settled (acked, or rejected without requeue); the caller
-    /// removes them from the store.
-    pub fn settled(&mut self, n: u32) {
-        self.unacked = self.unacked.saturating_sub(n);
-        self.acked += n as u64;
+    /// Takes one checkout back from its owner; None if the owner does not hold it (already
+    /// settled, or the queue was deleted meanwhile).
+    fn take_checkout(&mut self, owner: Owner, id: CheckoutId) -> Option<QueuedMessage> {
+        let h = self.checked_out.get_mut(&owner)?;
+        let qm = h.take(id)?;
+        if h.msgs.is_empty() && !h.consuming {
+            self.checked_out.remove(&owner);
+        }
+        self.unacked -= 1;
+        Some(qm)
     }
 
-    /// basic.reject / basic.nack without requeue: the messages go to the dead-letter exchange
-    /// (reason `rejected`), or are dropped. (Settle them too.)
-    pub fn rejected<'a>(&mut self, msgs: impl Iterator<Item = &'a QueuedMessage>) {
-        if self.opts.dead_letter_exchange.is_some() {
-            for m in msgs {
-                self.dead_letter(m.msg.clone(), DeathReason::Rejected);
+    /// basic.ack: the checked-out messages are done with and leave the store. Returns how
+    /// many were settled.
+    pub fn settle(&mut self, checkouts: impl IntoIterator<Item = CheckoutKey>) -> u32 {
+        let mut n = 0;
+        for (owner, id) in checkouts {
+            if let Some(qm) = self.take_checkout(owner, id) {
+                self.settled_one(&qm);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn settled_one(&mut self, qm: &QueuedMessage) {
+        self.acked += 1;
+        if let Some(pos) = qm.pos {
+            self.effects.push(Effect::StoreAck(pos));
+        }
+    }
+
+    /// basic.reject / basic.nack without requeue: settled, and dead-lettered (reason
+    /// `rejected`) if the queue has a dead-letter exchange.
+    pub fn discard(&mut self, checkouts: impl IntoIterator<Item = CheckoutKey>) {
+        for (owner, id) in checkouts {
+            if let Some(qm) = self.take_checkout(owner, id) {
+                self.settled_one(&qm);
+                self.dead_letter(qm.msg, DeathReason::Rejected);
             }
         }
     }
 
-    /// Unacked messages come back: to their original places, marked redelivered, and are
-    /// delivered again at once. A message past the delivery limit is dead-lettered instead.
-    /// `deleted`: the queue is gone, the messages only stop counting as unacked.
-    pub fn requeue(
+    /// Checked-out messages come back (requeue): to their original places, marked
+    /// redelivered, and are delivered again at once. A message past the delivery limit is
+    /// dead-lettered instead.
+    pub fn return_checkouts(
         &mut self,
-        mut msgs: Vec<QueuedMessage>,
-        deleted: bool,
+        checkouts: impl IntoIterator<Item = CheckoutKey>,
         now: u64,
         env: &mut impl Env<C>,
     ) {
-        self.unacked = self.unacked.saturating_sub(msgs.len() as u32);
-        if deleted {
+        let msgs: Vec<QueuedMessage> = checkouts
+            .into_iter()
+            .filter_map(|(owner, id)| self.take_checkout(owner, id))
+            .collect();
+        self.requeue(msgs, now, env);
+    }
+
+    /// Everything `owner` holds comes back (its channel is gone).
+    pub fn return_all(&mut self, owner: Owner, now: u64, env: &mut impl Env<C>) {
+        let Some(h) = self.checked_out.get_mut(&owner) else {
+            return;
+        };
+        let msgs: Vec<QueuedMessage> = h.msgs.drain(..).map(|c| c.qm).collect();
+        if !h.consuming {
+            self.checked_out.remove(&owner);
+        }
+        self.unacked -= msgs.len() as u32;
+        self.requeue(msgs, now, env);
+    }
+
+    fn requeue(&mut self, mut msgs: Vec<QueuedMessage>, now: u64, env: &mut impl Env<C>) {
+        if msgs.is_empty() {
             return;
         }
         let limit = self.opts.delivery_limit;
@@ -572,6 +742,7 @@ impl<C> QueueEngine<C> {
             .iter()
             .position(|x| x.priority < c.priority)
             .unwrap_or(self.consumers.len());
+        self.checked_out.entry(c.owner).or_default().consuming = true;
         self.consumers.insert(at, c);
         self.had_consumer = true;
         self.last_used = now;
@@ -588,7 +759,21 @@ impl<C> QueueEngine<C> {
     ) -> bool {
         self.last_used = now;
         let before = self.consumers.len();
-        self.consumers.retain(|c| !matches(c));
+        let checked_out = &mut self.checked_out;
+        self.consumers.retain(|c| {
+            if !matches(c) {
+                return true;
+            }
+            // A cancelled consumer's checkouts stay its own until its channel settles or
+            // returns them.
+            if let Some(h) = checked_out.get_mut(&c.owner) {
+                h.consuming = false;
+                if h.msgs.is_empty() {
+                    checked_out.remove(&c.owner);
+                }
+            }
+            false
+        });
         if self.next_consumer >= self.consumers.len() {
             self.next_consumer = 0;
         }
@@ -620,11 +805,14 @@ impl<C> QueueEngine<C> {
         n
     }
 
-    /// The queue is deleted: its ready messages go (the caller drops its store) and its
-    /// consumers are returned to be told. Returns the ready count and the consumers.
+    /// The queue is deleted: its ready and checked-out messages go (the caller drops its
+    /// store) and its consumers are returned to be told. Returns the ready count and the
+    /// consumers.
     pub fn delete(&mut self) -> (u32, Vec<Consumer<C>>) {
         let n = self.len() as u32;
         self.ready.drain();
+        self.checked_out.clear();
+        self.unacked = 0;
         self.paged.clear();
         self.ready_bytes = 0;
         (n, std::mem::take(&mut self.consumers))

@@ -13,14 +13,14 @@ use warren_protocol::BasicProperties;
 struct Sink {
     credit: HashMap<u32, Option<u32>>,
     delivered: Vec<(u32, u64, bool)>,
-    /// The same deliveries, the messages as handed out (to settle or requeue them later).
-    taken: Vec<(u32, QueuedMessage)>,
+    /// The same deliveries: consumer, checkout id and the message as handed out.
+    taken: Vec<(u32, CheckoutId, QueuedMessage)>,
     /// Messages "paged out" to a fake store, by position offset.
     store: Vec<Message>,
 }
 
 impl Env<u32> for Sink {
-    fn offer(&mut self, c: &Consumer<u32>, qm: &QueuedMessage) -> bool {
+    fn offer(&mut self, c: &Consumer<u32>, qm: &QueuedMessage, checkout: CheckoutId) -> bool {
         let credit = self.credit.entry(c.consumer_id).or_insert(Some(0));
         match credit {
             Some(0) => return false,
@@ -29,7 +29,7 @@ impl Env<u32> for Sink {
         }
         self.delivered
             .push((c.consumer_id, id_of(qm), qm.redelivered));
-        self.taken.push((c.consumer_id, qm.clone()));
+        self.taken.push((c.consumer_id, checkout, qm.clone()));
         true
     }
 
@@ -89,14 +89,32 @@ fn id_of(qm: &QueuedMessage) -> u64 {
     u64::from_be_bytes(qm.msg.body[..8].try_into().unwrap())
 }
 
+/// The owner of what basic.get takes in these tests (consumers own as their id).
+const GETTER: Owner = 1_000;
+
+/// A basic.get with an ack expected: the message and its checkout.
+fn get_acked(e: &mut QueueEngine<u32>, s: &mut Sink) -> (QueuedMessage, (Owner, CheckoutId)) {
+    let got = e.get(Some(GETTER), 0, s).unwrap();
+    (got.qm, (GETTER, got.checkout.unwrap()))
+}
+
+/// basic.get without ack until the queue is empty: the messages' ids and redelivered flags.
+fn drain(e: &mut QueueEngine<u32>, s: &mut Sink, now: u64) -> Vec<(u64, bool)> {
+    std::iter::from_fn(|| e.get(None, now, s))
+        .map(|g| (id_of(&g.qm), g.qm.redelivered))
+        .collect()
+}
+
 fn consumer(id: u32) -> Consumer<u32> {
     Consumer {
         handle: id,
         consumer_id: id,
+        owner: id as Owner,
         tag: format!("c{id}").into(),
         no_ack: false,
         exclusive: false,
         priority: 0,
+        prefetch: 0,
     }
 }
 
@@ -152,7 +170,8 @@ fn prefetch_credit_holds_messages_back_until_it_is_given() {
     assert_eq!(s.delivered.len(), 2);
     assert_eq!(e.len(), 3);
     // Acks give credit back (the channel's part); the queue then dispatches.
-    e.settled(2);
+    let acks: Vec<(Owner, CheckoutId)> = s.taken.iter().map(|t| (1, t.1)).collect();
+    assert_eq!(e.settle(acks), 2);
     s.credit.insert(1, Some(2));
     e.dispatch(0, &mut s);
     let ids: Vec<u64> = s.delivered.iter().map(|d| d.1).collect();
@@ -167,16 +186,15 @@ fn requeued_messages_go_back_to_their_places_marked_redelivered() {
     for id in 0..4 {
         e.enqueue(plain(id), None, 0, &mut s);
     }
-    let a = e.get(true, 0, &mut s).unwrap().0;
-    let b = e.get(true, 0, &mut s).unwrap().0;
-    let c = e.get(true, 0, &mut s).unwrap().0;
+    let (a, ca) = get_acked(&mut e, &mut s);
+    let (b, _) = get_acked(&mut e, &mut s);
+    let (c, cc) = get_acked(&mut e, &mut s);
     assert_eq!((id_of(&a), id_of(&b), id_of(&c)), (0, 1, 2));
     // Requeued out of order: back in publish order, ahead of message 3.
-    e.requeue(vec![c, a], false, 0, &mut s);
-    let order: Vec<(u64, bool)> = std::iter::from_fn(|| e.get(false, 0, &mut s))
-        .map(|(m, _)| (id_of(&m), m.redelivered))
-        .collect();
-    assert_eq!(order, [(0, true), (2, true), (3, false)]);
+    e.return_checkouts([cc, ca], 0, &mut s);
+    assert_eq!(drain(&mut e, &mut s, 0), [(0, true), (2, true), (3, false)]);
+    let held: Vec<u64> = e.checked_out(GETTER).map(|c| id_of(&c.qm)).collect();
+    assert_eq!(held, [1], "the getter still holds message 1");
     assert_eq!(
         e.stats().messages_unacknowledged,
         1,
@@ -200,9 +218,7 @@ fn higher_priority_messages_go_first() {
     e.enqueue(message(1, prio(9)), None, 0, &mut s); // capped at 5
     e.enqueue(message(2, BasicProperties::default()), None, 0, &mut s);
     e.enqueue(message(3, prio(5)), None, 0, &mut s);
-    let order: Vec<u64> = std::iter::from_fn(|| e.get(false, 0, &mut s))
-        .map(|(m, _)| id_of(&m))
-        .collect();
+    let order: Vec<u64> = drain(&mut e, &mut s, 0).iter().map(|m| m.0).collect();
     assert_eq!(order, [1, 3, 0, 2]);
 }
 
@@ -262,9 +278,9 @@ fn the_delivery_limit_dead_letters_a_message_requeued_too_often() {
     let mut e = engine(opts);
     let mut s = Sink::default();
     e.enqueue(plain(7), None, 0, &mut s);
-    let m = e.get(true, 0, &mut s).unwrap().0;
-    e.requeue(vec![m], false, 0, &mut s);
-    let m = e.get(true, 0, &mut s).unwrap().0;
+    let (_, c) = get_acked(&mut e, &mut s);
+    e.return_checkouts([c], 0, &mut s);
+    let (m, c) = get_acked(&mut e, &mut s);
     assert_eq!(m.delivery_count, 1);
     assert!(m
         .msg
@@ -275,8 +291,9 @@ fn the_delivery_limit_dead_letters_a_message_requeued_too_often() {
         .get("x-delivery-count")
         .is_some());
     assert!(dead_letters(&e.take_effects()).is_empty());
-    e.requeue(vec![m], false, 0, &mut s);
+    e.return_checkouts([c], 0, &mut s);
     assert!(e.is_empty());
+    assert_eq!(e.stats().messages_unacknowledged, 0);
     assert_eq!(
         dead_letters(&e.take_effects()),
         [(7, DeathReason::DeliveryLimit)]
@@ -309,7 +326,7 @@ fn ttl_expires_the_head_only_when_its_time_has_come() {
     );
     // A get never returns an expired message.
     e.enqueue(plain(2), None, 2_000, &mut s);
-    assert!(e.get(false, 2_101, &mut s).is_none());
+    assert!(e.get(None, 2_101, &mut s).is_none());
 }
 
 #[test]
@@ -321,10 +338,7 @@ fn a_ttl_of_zero_delivers_to_a_waiting_consumer_or_drops() {
     let mut e = engine(opts);
     let mut s = Sink::default();
     e.enqueue(plain(0), None, 500, &mut s);
-    assert!(
-        e.get(false, 500, &mut s).is_none(),
-        "dropped: nobody waited"
-    );
+    assert!(e.get(None, 500, &mut s).is_none(), "dropped: nobody waited");
     s.credit.insert(1, Some(1));
     e.add_consumer(consumer(1), 500).unwrap();
     e.enqueue(plain(1), None, 500, &mut s);
@@ -385,9 +399,9 @@ fn rejected_messages_are_dead_lettered_with_their_reason_and_the_queues_dlx() {
     let mut e = engine(opts);
     let mut s = Sink::default();
     e.enqueue(plain(4), None, 0, &mut s);
-    let m = e.get(true, 0, &mut s).unwrap().0;
-    e.settled(1);
-    e.rejected(std::iter::once(&m));
+    let (_, c) = get_acked(&mut e, &mut s);
+    e.take_effects();
+    e.discard([c]);
     let effects = e.take_effects();
     let Some(Effect::DeadLetter(d)) = effects.first() else {
         panic!("no dead letter: {effects:?}")
@@ -405,8 +419,8 @@ fn store_effects_follow_what_happens_to_stored_messages() {
     e.enqueue(plain(0), Some(pos(0)), 0, &mut s);
     e.enqueue(plain(1), Some(pos(1)), 0, &mut s);
     e.enqueue(plain(2), Some(pos(2)), 0, &mut s);
-    let _ = e.get(true, 0, &mut s); // delivered, awaiting an ack: marked delivered
-    let _ = e.get(false, 0, &mut s); // no-ack: gone from the store
+    let (_, c) = get_acked(&mut e, &mut s); // delivered, awaiting an ack: marked delivered
+    let _ = e.get(None, 0, &mut s); // no-ack: gone from the store
     let marks: Vec<String> = e.take_effects().iter().map(|e| format!("{e:?}")).collect();
     assert_eq!(marks.len(), 2);
     assert!(marks[0].starts_with("StoreDelivered"), "{marks:?}");
@@ -415,8 +429,9 @@ fn store_effects_follow_what_happens_to_stored_messages() {
     assert_eq!(e.purge(), 1);
     let effects = e.take_effects();
     assert!(matches!(effects[..], [Effect::StoreAck(p)] if p == pos(2)));
-    // With nothing unacked the store goes whole.
-    e.settled(1);
+    // The ack removes the acked message; with nothing unacked the store then goes whole.
+    e.settle([c]);
+    assert!(matches!(e.take_effects()[..], [Effect::StoreAck(p)] if p == pos(0)));
     e.enqueue(plain(3), Some(pos(3)), 0, &mut s);
     assert_eq!(e.purge(), 1);
     assert!(matches!(e.take_effects()[..], [Effect::StorePurge]));
@@ -432,9 +447,7 @@ fn paged_messages_come_back_in_order_when_the_queue_drains() {
         e.push_paged(pos(id - 1), 0, &mut s);
     }
     assert_eq!(e.len(), 4);
-    let order: Vec<u64> = std::iter::from_fn(|| e.get(false, 0, &mut s))
-        .map(|(m, _)| id_of(&m))
-        .collect();
+    let order: Vec<u64> = drain(&mut e, &mut s, 0).iter().map(|m| m.0).collect();
     assert_eq!(order, [0, 1, 2, 3]);
 }
 
@@ -483,13 +496,24 @@ mod model {
     #[derive(Debug, Clone)]
     enum Cmd {
         Publish,
-        AddConsumer { credit: Option<u8> },
-        RemoveConsumer(usize),
-        Credit { consumer: usize, n: u8 },
+        AddConsumer {
+            credit: Option<u8>,
+        },
+        /// basic.cancel (its checkouts stay with it) or its channel closing (they come back).
+        RemoveConsumer {
+            k: usize,
+            channel_closes: bool,
+        },
+        Credit {
+            consumer: usize,
+            n: u8,
+        },
         Ack(usize),
         Requeue(usize),
         Reject(usize),
-        Get { ack: bool },
+        Get {
+            ack: bool,
+        },
         Purge,
         Tick(u16),
     }
@@ -498,7 +522,7 @@ mod model {
         prop_oneof![
             6 => Just(Cmd::Publish),
             1 => proptest::option::of(0u8..4).prop_map(|credit| Cmd::AddConsumer { credit }),
-            1 => (0usize..4).prop_map(Cmd::RemoveConsumer),
+            1 => ((0usize..4), any::<bool>()).prop_map(|(k, channel_closes)| Cmd::RemoveConsumer { k, channel_closes }),
             2 => ((0usize..4), (1u8..4)).prop_map(|(consumer, n)| Cmd::Credit { consumer, n }),
             3 => (0usize..8).prop_map(Cmd::Ack),
             2 => (0usize..8).prop_map(Cmd::Requeue),
@@ -541,9 +565,11 @@ mod model {
             let mut consumers: Vec<u32> = Vec::new();
             // The model: where every message is.
             let mut ready: BTreeSet<u64> = BTreeSet::new();
-            let mut out: Vec<(Option<u32>, QueuedMessage)> = Vec::new(); // (consumer, message)
+            // Checked out: (owner, checkout id, message id).
+            let mut out: Vec<(Owner, CheckoutId, u64)> = Vec::new();
             let mut gone: BTreeSet<u64> = BTreeSet::new();
-            let mut seen = 0usize; // deliveries of s.delivered already accounted for
+            let mut owners: BTreeSet<Owner> = BTreeSet::from([GETTER]);
+            let mut seen = 0usize; // deliveries of s.taken already accounted for
             for c in cmds {
                 match c {
                     Cmd::Publish => {
@@ -563,18 +589,21 @@ mod model {
                         s.credit.insert(id, credit.map(u32::from));
                         if e.add_consumer(consumer(id), now).is_ok() {
                             consumers.push(id);
+                            owners.insert(id as Owner);
                             e.dispatch(now, &mut s);
                         }
                     }
-                    Cmd::RemoveConsumer(k) => {
+                    Cmd::RemoveConsumer { k, channel_closes } => {
                         if !consumers.is_empty() {
                             let id = consumers.remove(k % consumers.len());
                             e.remove_consumers(|c| c.consumer_id == id, now, &mut s);
-                            // Its channel closes: what it held goes back.
-                            let (back, keep): (Vec<_>, Vec<_>) = out.drain(..).partition(|(c, _)| *c == Some(id));
-                            out = keep;
-                            for (_, m) in &back { ready.insert(id_of(m)); }
-                            e.requeue(back.into_iter().map(|(_, m)| m).collect(), false, now, &mut s);
+                            if channel_closes {
+                                // What it held goes back.
+                                let (back, keep): (Vec<_>, Vec<_>) = out.drain(..).partition(|o| o.0 == id as Owner);
+                                out = keep;
+                                for o in &back { ready.insert(o.2); }
+                                e.return_all(id as Owner, now, &mut s);
+                            }
                         }
                     }
                     Cmd::Credit { consumer, n } => {
@@ -585,25 +614,32 @@ mod model {
                         }
                     }
                     Cmd::Ack(k) | Cmd::Reject(k) if !out.is_empty() => {
-                        let (_, m) = out.remove(k % out.len());
-                        gone.insert(id_of(&m));
-                        e.settled(1);
+                        let (owner, checkout, id) = out.remove(k % out.len());
+                        gone.insert(id);
                         if matches!(c, Cmd::Reject(_)) {
-                            e.rejected(std::iter::once(&m));
+                            e.discard([(owner, checkout)]);
+                        } else {
+                            prop_assert_eq!(e.settle([(owner, checkout)]), 1);
                         }
+                        // Settling twice does nothing.
+                        prop_assert_eq!(e.settle([(owner, checkout)]), 0);
                     }
                     Cmd::Requeue(k) if !out.is_empty() => {
-                        let (_, m) = out.remove(k % out.len());
-                        ready.insert(id_of(&m));
-                        e.requeue(vec![m], false, now, &mut s);
+                        let (owner, checkout, id) = out.remove(k % out.len());
+                        ready.insert(id);
+                        e.return_checkouts([(owner, checkout)], now, &mut s);
                     }
                     Cmd::Ack(_) | Cmd::Reject(_) | Cmd::Requeue(_) => {}
                     Cmd::Get { ack } => {
-                        if let Some((m, left)) = e.get(ack, now, &mut s) {
-                            let id = id_of(&m);
+                        if let Some(got) = e.get(ack.then_some(GETTER), now, &mut s) {
+                            let id = id_of(&got.qm);
                             prop_assert!(ready.remove(&id), "get returned message {} that was not ready", id);
-                            if ack { out.push((None, m)); } else { gone.insert(id); }
-                            prop_assert_eq!(left as usize, e.len());
+                            match got.checkout {
+                                Some(checkout) => out.push((GETTER, checkout, id)),
+                                None => { gone.insert(id); }
+                            }
+                            prop_assert_eq!(ack, got.checkout.is_some());
+                            prop_assert_eq!(got.remaining as usize, e.len());
                         }
                     }
                     Cmd::Purge => {
@@ -617,10 +653,10 @@ mod model {
                     }
                 }
                 // Deliveries to consumers since the last step: each was ready, now out.
-                for (cid, m) in &s.taken[seen..] {
+                for (cid, checkout, m) in &s.taken[seen..] {
                     let id = id_of(m);
                     prop_assert!(ready.remove(&id), "message {} delivered twice or never ready", id);
-                    out.push((Some(*cid), m.clone()));
+                    out.push((*cid as Owner, *checkout, id));
                 }
                 seen = s.taken.len();
                 // Dead letters (expiry, max-length, delivery limit): each was ready.
@@ -631,6 +667,16 @@ mod model {
                 }
                 prop_assert_eq!(e.len(), ready.len(), "ready count");
                 prop_assert_eq!(e.stats().messages_unacknowledged as usize, out.len(), "unacked count");
+                // Each owner holds exactly what the model says, in checkout order.
+                for &owner in &owners {
+                    let held: Vec<(CheckoutId, u64)> = e.checked_out(owner).map(|c| (c.id, id_of(&c.qm))).collect();
+                    let mut want: Vec<(CheckoutId, u64)> = out.iter().filter(|o| o.0 == owner).map(|o| (o.1, o.2)).collect();
+                    want.sort_unstable();
+                    prop_assert_eq!(held, want, "checkouts of owner {}", owner);
+                }
+                // Owners that hold nothing and no longer consume are forgotten.
+                let live = consumers.len() + owners.iter().filter(|&&o| !consumers.contains(&(o as u32)) && out.iter().any(|x| x.0 == o)).count();
+                prop_assert_eq!(e.owners(), live, "owner entries");
             }
             // Conservation: every message is in exactly one place.
             let total = ready.len() + out.len() + gone.len();

@@ -4,18 +4,23 @@
 //! control wake-ups, and publishing dead letters once the lock is released ([`Locked`]), so
 //! queues never lock each other.
 //!
-//! Layout: [`engine`] (the state machine), `ready` (the ready list by priority and publish
-//! order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
+//! Layout: [`engine`] (the state machine), [`command`] (its commands as values, for a
+//! replicated log), `ready` (the ready list by priority and publish order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
 //! queue's arguments and policy), [`followups`] (what a command leaves for the vhost: dead
 //! letters, the timer, deletion; a queue does not hold its vhost).
 
+pub mod command;
 pub mod engine;
 pub mod followups;
 pub mod options;
 mod paged;
 mod ready;
 
-pub use engine::{ConsumeRefused, Consumer, Effect, EngineStats, Env, QueueEngine, Rejected};
+pub use command::{Applied, Deliveries, LoggedMessage, QueueCommand};
+pub use engine::{
+    Checkout, CheckoutId, CheckoutKey, ConsumeRefused, Consumer, Effect, EngineStats, Env, Got,
+    Owner, QueueEngine, Rejected,
+};
 pub use followups::{DeleteReason, Followup, Followups};
 pub use options::{Overflow, QueueOptions};
 
@@ -199,13 +204,14 @@ struct QueueEnv<'a> {
 }
 
 impl Env<Arc<DeliveryChannel>> for QueueEnv<'_> {
-    fn offer(&mut self, c: &QueueConsumer, qm: &QueuedMessage) -> bool {
+    fn offer(&mut self, c: &QueueConsumer, qm: &QueuedMessage, checkout: CheckoutId) -> bool {
         c.handle.deliver(Deliver {
             queue: self.q,
             consumer_id: c.consumer_id,
             tag: &c.tag,
             no_ack: c.no_ack,
             qm,
+            checkout,
         })
     }
 
@@ -595,21 +601,6 @@ impl Queue {
         Ok(epoch)
     }
 
-    /// Records an ack or delivered mark; the flusher writes it out with the next group commit
-    /// (marks need no confirm, so no epoch is taken).
-    fn store_op(self: &Arc<Self>, f: impl FnOnce(&mut QueueStore) -> warren_store::Result<()>) {
-        if let (Some(slot), Some(p)) = (self.store.get(), &self.persistence) {
-            let mut st = slot.lock();
-            if let Err(e) = f(&mut st.store) {
-                // Nothing new to sync (a poisoned store fails every write): enlisting the
-                // queue would only fail the next group commit for everyone in it.
-                tracing::warn!(queue = %self.name, error = %e, "message store write failed");
-                return;
-            }
-            self.enlist_written(&mut st, p);
-        }
-    }
-
     /// Drops the record of a binding from `exchange` that was removed.
     pub(crate) fn forget_binding(&self, exchange: &ShortStr, b: &crate::exchange::Binding) {
         self.bindings.lock().retain(|(e, k, a)| {
@@ -724,52 +715,36 @@ impl Queue {
         self.notify_flow(&i);
     }
 
-    /// basic.get: takes the next ready message. `ack_expected` counts it as unacked.
-    pub fn get(
-        self: &Arc<Self>,
-        ack_expected: bool,
-        fu: &mut Followups,
-    ) -> Option<(QueuedMessage, u32)> {
+    /// basic.get: takes the next ready message; with an owner it is checked out to it.
+    pub fn get(self: &Arc<Self>, owner: Option<Owner>, fu: &mut Followups) -> Option<Got> {
         let mut i = self.locked(fu);
-        i.get(ack_expected, now_ms(), &mut QueueEnv { q: self })
+        i.get(owner, now_ms(), &mut QueueEnv { q: self })
+    }
+
+    /// basic.ack: checked-out messages are done with; they leave the store.
+    pub fn settle(self: &Arc<Self>, checkouts: impl IntoIterator<Item = CheckoutKey>) {
+        self.locked_quiet().settle(checkouts);
     }
 
     /// basic.reject / basic.nack without requeue: the messages leave the queue for its
     /// dead-letter exchange (reason `rejected`), or are dropped.
-    pub fn reject<'a>(
+    pub fn reject(
         self: &Arc<Self>,
-        msgs: impl Iterator<Item = &'a QueuedMessage> + Clone,
+        checkouts: impl IntoIterator<Item = CheckoutKey>,
         fu: &mut Followups,
     ) {
-        self.settle(msgs.clone());
-        self.locked(fu).rejected(msgs);
+        self.locked(fu).discard(checkouts);
     }
 
-    /// Settles unacked messages (acked, or rejected without requeue): they leave the store.
-    pub fn settle<'a>(self: &Arc<Self>, msgs: impl Iterator<Item = &'a QueuedMessage>) {
-        let mut n = 0u32;
-        if self.store.get().is_some() {
-            self.store_op(|s| {
-                for m in msgs {
-                    n += 1;
-                    if let Some(pos) = m.pos {
-                        s.ack(pos)?;
-                    }
-                }
-                Ok(())
-            });
-        } else {
-            n = msgs.count() as u32;
-        }
-        self.inner.lock().settled(n);
-    }
-
-    /// Puts unacked messages back in their original places, marked redelivered, and delivers
-    /// them again at once. Messages of a deleted queue are dropped.
-    pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>, fu: &mut Followups) {
+    /// Puts checked-out messages back in their original places, marked redelivered, and
+    /// delivers them again at once. (Those of a deleted queue are gone already.)
+    pub fn requeue(
+        self: &Arc<Self>,
+        checkouts: impl IntoIterator<Item = CheckoutKey>,
+        fu: &mut Followups,
+    ) {
         let mut i = self.locked(fu);
-        let deleted = self.is_deleted();
-        i.requeue(msgs, deleted, now_ms(), &mut QueueEnv { q: self });
+        i.return_checkouts(checkouts, now_ms(), &mut QueueEnv { q: self });
         self.notify_flow(&i);
     }
 

@@ -56,6 +56,11 @@ impl ReadyList {
         Some(m)
     }
 
+    /// The messages in delivery order (highest priority first).
+    pub fn iter(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.levels.iter().rev().flat_map(|q| q.iter())
+    }
+
     pub fn drain(&mut self) -> Vec<QueuedMessage> {
         self.len = 0;
         self.levels

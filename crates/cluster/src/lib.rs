@@ -1,0 +1,26 @@
+//! Warren's replicated queues (issue 14; docs/cluster-plan.md): quorum queues as openraft
+//! groups whose state machine is the queue engine and whose logs share the node's
+//! write-ahead log. Steps 3 and 4 of the plan, so far: a group per queue on one node or
+//! across nodes (TCP links), confirms on commit. Not wired into the AMQP server yet.
+//!
+//! Layout:
+//! - [`types`]: openraft's type configuration (`QueueRaft`: entries are `QueueCommand`s).
+//! - [`wal`]: the node's write-ahead log, shared by all groups, with group commit.
+//! - [`log_store`]: one group's Raft log on the WAL (openraft's `RaftLogStorage`).
+//! - [`state_machine`]: the queue engine applying committed commands (`RaftStateMachine`).
+//! - [`network`]: a node alone (no links).
+//! - [`transport`]: links between nodes: Raft RPCs over TCP, a shared-secret handshake.
+//! - [`group`]: [`QueueGroup`], start a group and propose commands.
+
+pub mod group;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod transport;
+pub mod types;
+pub mod wal;
+
+pub use group::{GroupError, Membership, QueueGroup};
+pub use state_machine::Output;
+pub use transport::{Listener, Registry, TcpPeers};
+pub use wal::{GroupState, NodeWal, WalError};

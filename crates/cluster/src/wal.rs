@@ -1,0 +1,273 @@
+//! The node's write-ahead log: one segment log (warren-store's [`SegmentLog`]) that every Raft
+//! group on the node appends to, with group commit: a flusher thread fsyncs whatever was
+//! appended since its last sync, once, and then tells every group whose appends it covered
+//! (openraft's `LogFlushed` callbacks, or a waiting vote). Many groups, one fsync.
+//!
+//! Records: `kind` (1 byte), `group` (u64 LE), then the kind's payload, postcard-encoded:
+//! - `ENTRY`: a Raft log entry (its index and term inside);
+//! - `VOTE`: the group's vote (written, then synced before `save_vote` returns);
+//! - `TRUNCATE`: entries from this index on are void (a new leader overwrote them);
+//! - `PURGE`: entries up to this log id are no longer needed;
+//! - `COMMITTED`: the last committed log id (an optimisation; losing it is harmless).
+//!
+//! Opening replays every record in order and rebuilds each group's state ([`GroupState`]).
+//! Not yet: removing segments whose entries are all purged (the log only grows for now).
+
+use crate::types::{LogIdOf, QueueRaft, VoteOf};
+use openraft::storage::LogFlushed;
+use openraft::{Entry, RaftLogId};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use warren_store::{Backend, SegmentLog, StoreError};
+
+const ENTRY: u8 = 1;
+const VOTE: u8 = 2;
+const TRUNCATE: u8 = 3;
+const PURGE: u8 = 4;
+const COMMITTED: u8 = 5;
+
+/// Segments of 64 MiB, as the queues' message logs.
+const SEGMENT_SIZE: u32 = 64 << 20;
+
+/// What the log holds for one group after a restart.
+#[derive(Default, Debug)]
+pub struct GroupState {
+    pub entries: BTreeMap<u64, Entry<QueueRaft>>,
+    pub vote: Option<VoteOf>,
+    pub purged: Option<LogIdOf>,
+    pub committed: Option<LogIdOf>,
+}
+
+impl GroupState {
+    fn replay(&mut self, kind: u8, payload: &[u8]) -> Result<(), postcard::Error> {
+        match kind {
+            ENTRY => {
+                let e: Entry<QueueRaft> = postcard::from_bytes(payload)?;
+                self.entries.insert(e.get_log_id().index, e);
+            }
+            VOTE => self.vote = Some(postcard::from_bytes(payload)?),
+            TRUNCATE => {
+                let from: u64 = postcard::from_bytes(payload)?;
+                self.entries.split_off(&from);
+            }
+            PURGE => {
+                let upto: LogIdOf = postcard::from_bytes(payload)?;
+                self.entries = self.entries.split_off(&(upto.index + 1));
+                self.purged = Some(upto);
+            }
+            COMMITTED => self.committed = postcard::from_bytes(payload)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Someone waiting for appends to be durable.
+enum Waiter {
+    Raft(LogFlushed<QueueRaft>),
+    Vote(std::sync::mpsc::Sender<std::io::Result<()>>),
+}
+
+impl Waiter {
+    fn done(self, r: &Result<(), String>) {
+        let io = || match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::other(e.clone())),
+        };
+        match self {
+            Waiter::Raft(cb) => cb.log_io_completed(io()),
+            Waiter::Vote(tx) => {
+                let _ = tx.send(io());
+            }
+        }
+    }
+}
+
+struct Inner {
+    log: SegmentLog,
+    /// Waiting for the next sync, in append order.
+    waiting: Vec<Waiter>,
+    scratch: Vec<u8>,
+    closed: bool,
+}
+
+/// The node's write-ahead log (shared by its groups).
+pub struct NodeWal {
+    inner: Mutex<Inner>,
+    work: Condvar,
+}
+
+/// Why the WAL could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("write-ahead log record {at} of group {group} is undecodable: {source}")]
+    Decode {
+        at: String,
+        group: u64,
+        source: postcard::Error,
+    },
+    #[error("write-ahead log record cannot be encoded: {0}")]
+    Encode(postcard::Error),
+    #[error("the write-ahead log is closed")]
+    Closed,
+    #[error("write-ahead log: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl NodeWal {
+    /// Opens (creating) the WAL in `dir`, replays it, and starts its flusher thread. Returns
+    /// the WAL and what it holds for each group.
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        dir: &Path,
+    ) -> Result<(Arc<NodeWal>, HashMap<u64, GroupState>), WalError> {
+        let mut groups: HashMap<u64, GroupState> = HashMap::new();
+        let mut bad: Option<WalError> = None;
+        let log = SegmentLog::open(backend, dir, "wal", SEGMENT_SIZE, |pos, rec| {
+            if bad.is_some() || rec.len() < 9 {
+                return;
+            }
+            let group = u64::from_le_bytes(rec[1..9].try_into().expect("8 bytes"));
+            if let Err(source) = groups.entry(group).or_default().replay(rec[0], &rec[9..]) {
+                bad = Some(WalError::Decode {
+                    at: pos.to_string(),
+                    group,
+                    source,
+                });
+            }
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        let wal = Arc::new(NodeWal {
+            inner: Mutex::new(Inner {
+                log,
+                waiting: Vec::new(),
+                scratch: Vec::new(),
+                closed: false,
+            }),
+            work: Condvar::new(),
+        });
+        let flusher = wal.clone();
+        std::thread::Builder::new()
+            .name("warren-raft-wal".into())
+            .spawn(move || flusher.flush_loop())?;
+        Ok((wal, groups))
+    }
+
+    /// Appends records (buffered; durable at the next sync).
+    fn append(
+        &self,
+        g: &mut Inner,
+        group: u64,
+        kind: u8,
+        value: &impl serde::Serialize,
+    ) -> Result<(), WalError> {
+        if g.closed {
+            return Err(WalError::Closed);
+        }
+        let mut buf = std::mem::take(&mut g.scratch);
+        buf.clear();
+        buf.push(kind);
+        buf.extend_from_slice(&group.to_le_bytes());
+        let r = postcard::to_extend(value, buf).map_err(WalError::Encode);
+        let buf = r?;
+        let res = g.log.append(&buf).map(drop).map_err(WalError::from);
+        g.scratch = buf;
+        res
+    }
+
+    /// Appends log entries; `flushed` is told once they are durable.
+    pub fn append_entries<'a>(
+        &self,
+        group: u64,
+        entries: impl IntoIterator<Item = &'a Entry<QueueRaft>>,
+        flushed: LogFlushed<QueueRaft>,
+    ) -> Result<(), WalError> {
+        let mut g = self.inner.lock();
+        for e in entries {
+            self.append(&mut g, group, ENTRY, e)?;
+        }
+        g.waiting.push(Waiter::Raft(flushed));
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// Writes the group's vote and returns once it is durable.
+    pub fn save_vote(&self, group: u64, vote: &VoteOf) -> Result<(), WalError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let mut g = self.inner.lock();
+            self.append(&mut g, group, VOTE, vote)?;
+            g.waiting.push(Waiter::Vote(tx));
+            self.work.notify_one();
+        }
+        match rx.recv() {
+            Ok(r) => r.map_err(WalError::Io),
+            Err(_) => Err(WalError::Closed),
+        }
+    }
+
+    /// Entries from `from` on are void.
+    pub fn truncate(&self, group: u64, from: u64) -> Result<(), WalError> {
+        let mut g = self.inner.lock();
+        self.append(&mut g, group, TRUNCATE, &from)
+    }
+
+    /// Entries up to `upto` are no longer needed.
+    pub fn purge(&self, group: u64, upto: &LogIdOf) -> Result<(), WalError> {
+        let mut g = self.inner.lock();
+        self.append(&mut g, group, PURGE, upto)
+    }
+
+    /// The last committed log id (made durable by whichever sync comes next).
+    pub fn save_committed(&self, group: u64, committed: &Option<LogIdOf>) -> Result<(), WalError> {
+        let mut g = self.inner.lock();
+        self.append(&mut g, group, COMMITTED, committed)
+    }
+
+    /// Stops the flusher after its last sync (tests restart a node on the same directory).
+    pub fn close(&self) {
+        self.inner.lock().closed = true;
+        self.work.notify_one();
+    }
+
+    /// The group commit: wait for appends, fsync them once (outside the lock, so appends go
+    /// on), tell everyone the sync covered.
+    fn flush_loop(&self) {
+        loop {
+            let (waiting, handles) = {
+                let mut g = self.inner.lock();
+                while g.waiting.is_empty() && !g.closed {
+                    self.work.wait(&mut g);
+                }
+                if g.waiting.is_empty() && g.closed {
+                    return;
+                }
+                let waiting = std::mem::take(&mut g.waiting);
+                (waiting, g.log.begin_sync())
+            };
+            let result: Result<(), String> = match handles {
+                Err(e) => Err(e.to_string()),
+                Ok(handles) => {
+                    let fsynced = handles.into_iter().try_for_each(|h| h());
+                    self.inner
+                        .lock()
+                        .log
+                        .end_sync(fsynced)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "write-ahead log sync failed; the log is poisoned until restart");
+            }
+            for w in waiting {
+                w.done(&result);
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! A replicated queue on one node: commands go through openraft and the node's WAL, the queue
+//! engine applies them, deliveries come out for the leader; a restart rebuilds the queue from
+//! the WAL, and a command is answered only once its entry has been fsynced.
+
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use warren_broker::message::Message;
+use warren_broker::queue::{Applied, LoggedMessage, QueueCommand, QueueOptions};
+use warren_cluster::{NodeWal, QueueGroup};
+use warren_store::{Backend, Faults, FaultyBackend, FileBackend};
+
+struct Dir(PathBuf);
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("warren-cluster-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Dir(p)
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn enqueue(id: u64) -> QueueCommand {
+    QueueCommand::Enqueue {
+        msg: LoggedMessage(Arc::new(Message::new(
+            "".into(),
+            "q".into(),
+            Bytes::from_static(&[0x10, 0x00, 2]), // delivery_mode 2
+            Bytes::copy_from_slice(&id.to_be_bytes()),
+        ))),
+        now: 0,
+    }
+}
+
+fn body_id(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().unwrap())
+}
+
+const GROUP: u64 = 7;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_through_the_log_and_deliveries_come_out() {
+    let dir = Dir::new("deliver");
+    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
+    let (g, mut out) = QueueGroup::start(
+        1,
+        GROUP,
+        wal,
+        rec.remove(&GROUP).unwrap_or_default(),
+        QueueOptions::default(),
+    )
+    .await
+    .expect("group starts");
+    for id in 0..20 {
+        assert_eq!(g.propose(enqueue(id)).await.unwrap(), Applied::Done);
+    }
+    assert_eq!(g.state().with_engine(|e| e.len()), 20);
+    let add = QueueCommand::AddConsumer {
+        owner: 42,
+        tag: "c".into(),
+        prefetch: 5,
+        no_ack: false,
+        exclusive: false,
+        priority: 0,
+        now: 0,
+    };
+    assert_eq!(g.propose(add).await.unwrap(), Applied::Done);
+    let o = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<u64> = o
+        .deliveries
+        .iter()
+        .map(|d| body_id(&d.2.msg.body))
+        .collect();
+    assert_eq!(ids, [0, 1, 2, 3, 4], "prefetch 5, in order");
+    assert!(o.deliveries.iter().all(|d| d.0 == 42));
+    // Acks give credit back: the next five come out.
+    let settle = QueueCommand::Settle {
+        checkouts: o.deliveries.iter().map(|d| (d.0, d.1)).collect(),
+        now: 0,
+    };
+    assert_eq!(g.propose(settle).await.unwrap(), Applied::Settled(5));
+    let o = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<u64> = o
+        .deliveries
+        .iter()
+        .map(|d| body_id(&d.2.msg.body))
+        .collect();
+    assert_eq!(ids, [5, 6, 7, 8, 9]);
+    let stats = g.state().with_engine(|e| e.stats());
+    assert_eq!(
+        (
+            stats.messages_ready,
+            stats.messages_unacknowledged,
+            stats.acked
+        ),
+        (10, 5, 5)
+    );
+    g.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_rebuilds_the_queue_from_its_wal() {
+    let dir = Dir::new("restart");
+    {
+        let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
+        let (g, _out) = QueueGroup::start(
+            1,
+            GROUP,
+            wal.clone(),
+            rec.remove(&GROUP).unwrap_or_default(),
+            QueueOptions::default(),
+        )
+        .await
+        .unwrap();
+        for id in 0..50 {
+            g.propose(enqueue(id)).await.unwrap();
+        }
+        // Ten taken with an ack and settled, five taken and left unacked.
+        for _ in 0..10 {
+            let Applied::Got {
+                checkout: Some(c), ..
+            } = g
+                .propose(QueueCommand::Get {
+                    owner: Some(9),
+                    now: 0,
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("no message")
+            };
+            g.propose(QueueCommand::Settle {
+                checkouts: vec![(9, c)],
+                now: 0,
+            })
+            .await
+            .unwrap();
+        }
+        for _ in 0..5 {
+            g.propose(QueueCommand::Get {
+                owner: Some(9),
+                now: 0,
+            })
+            .await
+            .unwrap();
+        }
+        g.shutdown().await.unwrap();
+        wal.close();
+    }
+    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
+    let recovered = rec.remove(&GROUP).expect("the group's records");
+    assert!(recovered.vote.is_some(), "the vote survived");
+    let (g, _out) = QueueGroup::start(1, GROUP, wal, recovered, QueueOptions::default())
+        .await
+        .unwrap();
+    g.caught_up(Duration::from_secs(10)).await.unwrap();
+    let s = g.state().with_engine(|e| e.stats());
+    assert_eq!((s.messages_ready, s.messages_unacknowledged), (35, 5));
+    let held: Vec<u64> = g
+        .state()
+        .with_engine(|e| e.checked_out(9).map(|c| body_id(&c.qm.msg.body)).collect());
+    assert_eq!(held, [10, 11, 12, 13, 14], "the checkouts survived too");
+    // And the group goes on taking commands.
+    assert_eq!(g.propose(enqueue(99)).await.unwrap(), Applied::Done);
+    g.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_is_answered_only_after_its_entry_is_fsynced() {
+    let dir = Dir::new("fsync");
+    let faulty = FaultyBackend::new(FileBackend::shared());
+    let faults: Arc<Faults> = faulty.faults();
+    let backend: Arc<dyn Backend> = Arc::new(faulty);
+    let (wal, mut rec) = NodeWal::open(backend, &dir.0).unwrap();
+    let (g, _out) = QueueGroup::start(
+        1,
+        GROUP,
+        wal,
+        rec.remove(&GROUP).unwrap_or_default(),
+        QueueOptions::default(),
+    )
+    .await
+    .unwrap();
+    let g = Arc::new(g);
+    faults.hold_sync(true);
+    let p = {
+        let g = g.clone();
+        tokio::spawn(async move { g.propose(enqueue(1)).await })
+    };
+    // The entry is appended but its fsync is held: no answer, nothing applied.
+    for _ in 0..100 {
+        if faults.held_syncs() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(faults.held_syncs() > 0, "the WAL is fsyncing the entry");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!p.is_finished(), "answered before the fsync");
+    assert_eq!(
+        g.state().with_engine(|e| e.len()),
+        0,
+        "applied before the fsync"
+    );
+    faults.hold_sync(false);
+    let r = tokio::time::timeout(Duration::from_secs(10), p)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.unwrap(), Applied::Done);
+    assert_eq!(g.state().with_engine(|e| e.len()), 1);
+}
+
+/// Groups share the WAL's fsyncs: many groups proposing at once are made durable by far fewer
+/// fsyncs than there are proposals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_groups_share_one_fsync() {
+    let dir = Dir::new("groupcommit");
+    let faulty = FaultyBackend::new(FileBackend::shared());
+    let faults: Arc<Faults> = faulty.faults();
+    let (wal, _) = NodeWal::open(Arc::new(faulty), &dir.0).unwrap();
+    let mut groups = Vec::new();
+    for id in 0..8u64 {
+        let (g, _out) = QueueGroup::start(
+            1,
+            id,
+            wal.clone(),
+            Default::default(),
+            QueueOptions::default(),
+        )
+        .await
+        .unwrap();
+        groups.push(Arc::new(g));
+    }
+    let before = faults.sync_count();
+    // A slow disk: the first fsync is held while every group appends; the rest wait for the
+    // next one. (Without the hold the outcome depends on how fast this machine fsyncs.)
+    faults.hold_sync(true);
+    let mut tasks = Vec::new();
+    for g in &groups {
+        for id in 0..50 {
+            let g = g.clone();
+            tasks.push(tokio::spawn(async move { g.propose(enqueue(id)).await }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    faults.hold_sync(false);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), Applied::Done);
+    }
+    let fsyncs = faults.sync_count() - before;
+    for g in &groups {
+        assert_eq!(g.state().with_engine(|e| e.len()), 50);
+    }
+    assert!(
+        fsyncs < 400 / 4,
+        "{fsyncs} fsyncs for 400 proposals in 8 groups"
+    );
+    eprintln!("400 proposals in 8 groups: {fsyncs} fsyncs");
+}
