@@ -32,7 +32,13 @@ impl TestBroker {
     /// queues get message stores and publisher confirms wait for group commit), with
     /// default settings. Pass a [`crate::FaultyBackend`] to inject disk faults.
     pub fn with_backend(data_dir: &std::path::Path, backend: Arc<dyn Backend>) -> Self {
-        let persistence = Persistence::new(data_dir, backend);
+        Self::with_persistence(Persistence::new(data_dir, backend))
+    }
+
+    /// As [`TestBroker::with_backend`], on a persistence the test made (to set its store
+    /// options, say).
+    pub fn with_persistence(persistence: Arc<Persistence>) -> Self {
+        let data_dir = persistence.dir().to_path_buf();
         let broker = Broker::open(BrokerConfig::default(), persistence.clone())
             .unwrap_or_else(|e| panic!("open data directory {}: {e}", data_dir.display()));
         let mut b = Self::serve(broker, ServerConfig::default());

@@ -28,10 +28,12 @@
 //! - [`browser`]: [`browser::Console`], headless Chromium on the web console (DevTools
 //!   protocol), for the console's browser tests.
 //! - [`tmp`]: [`TempDir`], a scratch directory removed even when the test fails.
+//! - [`logs`]: the broker's `tracing` output captured in memory, to check what it logged.
 
 pub mod broker;
 pub mod browser;
 pub mod client;
+pub mod logs;
 pub mod mgmt;
 pub mod pki;
 pub mod process;
@@ -47,4 +49,4 @@ pub use process::{BrokerProcess, ChildGuard};
 pub use proxy::Proxy;
 pub use tmp::TempDir;
 pub use warren_server::ServerConfig;
-pub use warren_store::{Backend, Faults, FaultyBackend, FileBackend};
+pub use warren_store::{Backend, Faults, FaultyBackend, FileBackend, SimDisk};

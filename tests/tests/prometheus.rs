@@ -94,6 +94,31 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Total number of messages delivered to consumers",
     ),
     (
+        "rabbitmq_global_messages_received_total",
+        "counter",
+        "Total number of messages received from publishers",
+    ),
+    (
+        "rabbitmq_global_messages_routed_total",
+        "counter",
+        "Total number of messages routed to queues or streams",
+    ),
+    (
+        "rabbitmq_global_messages_unroutable_dropped_total",
+        "counter",
+        "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+    ),
+    (
+        "rabbitmq_global_messages_unroutable_returned_total",
+        "counter",
+        "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+    ),
+    (
+        "rabbitmq_global_messages_confirmed_total",
+        "counter",
+        "Total number of messages confirmed to publishers",
+    ),
+    (
         "rabbitmq_global_messages_acknowledged_total",
         "counter",
         "Total number of messages acknowledged by consumers",
@@ -271,6 +296,32 @@ async fn queue_metrics_follow_publishes_deliveries_and_acks() {
     assert_eq!(e.value("rabbitmq_consumers", &[]), 1.0);
     assert_eq!(e.value("rabbitmq_channels", &[]), 2.0);
     assert_eq!(e.value("rabbitmq_queue_messages_unacked", &[]), 1.0);
+    let amqp = [("protocol", "amqp091")];
+    assert_eq!(
+        e.value("rabbitmq_global_messages_received_total", &amqp),
+        6.0
+    );
+    assert_eq!(e.value("rabbitmq_global_messages_routed_total", &amqp), 6.0);
+    // One unroutable publish, and two confirmed ones on a channel in confirm mode.
+    publish(&ch, "", "no-such-queue", b"lost").await;
+    let conf = channel(&_conn).await;
+    confirm_select(&conf).await;
+    publish_confirmed(&conf, "", "metrics-other", b"c1").await;
+    publish_confirmed(&conf, "", "metrics-other", b"c2").await;
+    let e = m.scrape("/metrics").await.exposition();
+    assert_eq!(
+        e.value("rabbitmq_global_messages_received_total", &amqp),
+        9.0
+    );
+    assert_eq!(e.value("rabbitmq_global_messages_routed_total", &amqp), 8.0);
+    assert_eq!(
+        e.value("rabbitmq_global_messages_unroutable_dropped_total", &amqp),
+        1.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_global_messages_confirmed_total", &amqp),
+        2.0
+    );
 
     // Deleting a queue does not take its counts out of the counters (they never go down).
     drop(c);
@@ -289,8 +340,8 @@ async fn queue_metrics_follow_publishes_deliveries_and_acks() {
     .await;
     let e = m.scrape("/metrics").await.exposition();
     assert_eq!(e.value("rabbitmq_queues", &[]), 1.0);
-    assert_eq!(e.value("rabbitmq_queue_messages_ready", &[]), 1.0);
-    assert_eq!(e.value("rabbitmq_queue_messages_published_total", &[]), 6.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_ready", &[]), 3.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_published_total", &[]), 8.0);
     assert_eq!(
         e.value("rabbitmq_global_messages_delivered_total", &classic),
         2.0

@@ -150,10 +150,15 @@ impl Broker {
         }
     }
 
-    /// The last group commit before stopping: nothing left unsynced, definitions saved.
+    /// The last group commit before stopping: nothing left unsynced, definitions saved, and
+    /// the records of delayed messages released into queues now synced dropped (else the next
+    /// start would release them a second time).
     pub fn flush_all(&self) {
         if let Some(p) = &self.persistence {
             p.flush_all(&|| self.definitions(true));
+            for vh in self.vhosts() {
+                vh.ack_released_delayed();
+            }
         }
     }
 

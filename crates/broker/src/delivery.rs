@@ -67,6 +67,8 @@ pub struct Unacked {
 /// Owners of checkouts are unique in the broker: a consumer or a channel's basic.get.
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
+/// A new owner of checkouts (each consumer, each channel's basic.get, each management API
+/// get request has its own).
 pub fn new_owner() -> Owner {
     NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
 }

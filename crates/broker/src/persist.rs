@@ -66,7 +66,7 @@ impl Persistence {
         let dir = dir.into();
         // Paged-out transient messages do not outlive the process.
         let transient = dir.join("transient");
-        match std::fs::remove_dir_all(&transient) {
+        match backend.remove_dir_all(&transient) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             // Not fatal (paged-out transient messages are never recovered), but the files
@@ -263,46 +263,38 @@ impl Persistence {
     /// each directory up in a set of their encoded names.
     pub fn remove_orphans(&self, keep: &[(String, String)]) {
         let root = self.dir.join("queues");
-        let vhosts = match std::fs::read_dir(&root) {
+        let cannot_list = |dir: &Path, e: &std::io::Error| {
+            tracing::warn!(dir = %dir.display(), error = %e,
+                "cannot list the message stores to remove those of deleted queues");
+        };
+        // Through the backend, as every other file operation of the store.
+        let vhosts = match self.backend.list(&root) {
             Ok(v) => v,
             // No durable queue was ever created.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                tracing::warn!(dir = %root.display(), error = %e,
-                    "cannot list the message stores to remove those of deleted queues");
-                return;
-            }
+            Err(e) => return cannot_list(&root, &e),
         };
         let keep: std::collections::HashSet<(String, String)> = keep
             .iter()
             .map(|(v, q)| (encode_name(v), encode_name(q)))
             .collect();
-        let listed = |entry: std::io::Result<std::fs::DirEntry>, dir: &Path| match entry {
-            Ok(e) => Some(e),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e,
-                    "cannot list the message stores to remove those of deleted queues");
-                None
-            }
-        };
-        for v in vhosts.filter_map(|e| listed(e, &root)) {
-            let vhost_dir = v.path();
-            let queues = match std::fs::read_dir(&vhost_dir) {
+        for vn in vhosts {
+            let vhost_dir = root.join(&vn);
+            let queues = match self.backend.list(&vhost_dir) {
                 Ok(q) => q,
                 Err(e) => {
-                    listed(Err(e), &vhost_dir);
+                    cannot_list(&vhost_dir, &e);
                     continue;
                 }
             };
-            let vn = v.file_name().to_string_lossy().into_owned();
-            for q in queues.filter_map(|e| listed(e, &vhost_dir)) {
-                let qn = q.file_name().to_string_lossy().into_owned();
-                if !keep.contains(&(vn.clone(), qn)) {
-                    tracing::info!(dir = %q.path().display(), "removing message store of a deleted queue");
+            for qn in queues {
+                if !keep.contains(&(vn.clone(), qn.clone())) {
+                    let dir = vhost_dir.join(&qn);
+                    tracing::info!(dir = %dir.display(), "removing message store of a deleted queue");
                     // A store left behind would hand its messages to a queue declared later
                     // under the same name.
-                    if let Err(e) = std::fs::remove_dir_all(q.path()) {
-                        tracing::warn!(dir = %q.path().display(), error = %e,
+                    if let Err(e) = self.backend.remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e,
                             "cannot remove the message store of a deleted queue; remove it by hand before declaring a queue of that name");
                     }
                 }

@@ -18,9 +18,9 @@
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
 //! - [`https`]: the HTTPS listener (RabbitMQ's `management.ssl.*`), next to or instead of the
 //!   plain HTTP one.
+//! - [`rates`]: the sampler behind `message_stats` rates (every `collect_statistics_interval`).
 //! - [`console`]: the web console at `/` (HTML, CSS and JavaScript embedded from
 //!   `console/`), a client of this API.
-//! - [`rates`]: the sampler behind `message_stats` rates (every `collect_statistics_interval`).
 //! - [`prometheus`]: the Prometheus metrics endpoint (RabbitMQ's `rabbitmq_prometheus`), on a
 //!   listener of its own.
 //!

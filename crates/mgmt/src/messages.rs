@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use warren_broker::auth::{Access, AccessContext, Resource};
-use warren_broker::queue::Followups;
+use warren_broker::queue::{CheckoutKey, Followups};
 use warren_broker::queue::{PublishError, QueuedMessage};
 use warren_broker::{Message, VHost};
 use warren_protocol::{BasicProperties, ShortStr};
@@ -152,10 +152,9 @@ async fn get_messages(
         .map_err(|e| ApiError::AccessRefused(e.text))?;
     let q = vh.queue_for(&name, 0)?;
     let mut fu = Followups::new();
-    // The messages are checked out to an owner of this request's own, as to a channel's
-    // basic.get, then acked, rejected or returned.
+    // The messages are checked out to the request, as to a channel's basic.get.
     let owner = warren_broker::delivery::new_owner();
-    let (mut out, mut held) = (Vec::new(), Vec::new());
+    let (mut out, mut held) = (Vec::new(), Vec::<CheckoutKey>::new());
     // A negative count takes every message (RabbitMQ counts down and never reaches 0).
     while count < 0 || (out.len() as i64) < count {
         let Some(got) = q.get(Some(owner), &mut fu) else {

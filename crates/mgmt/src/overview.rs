@@ -61,14 +61,21 @@ async fn overview(
     Extension(me): Extension<AuthUser>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Json<Value> {
-    let message_stats =
-        state
-            .rates
-            .aggregate_stats(&state.broker, None, crate::rates::History::from_query(&q));
     let visible = if is_monitor(&me) {
         None
     } else {
         visible_vhosts(&state, &me)
+    };
+    let message_stats = match &visible {
+        None => {
+            state
+                .rates
+                .aggregate_stats(&state.broker, None, crate::rates::History::from_query(&q))
+        }
+        Some(v) => {
+            let names: Vec<String> = v.iter().cloned().collect();
+            state.rates.vhosts_stats(&state.broker, &names)
+        }
     };
     let vhosts: Vec<_> = state
         .broker

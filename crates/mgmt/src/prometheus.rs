@@ -166,6 +166,8 @@ struct Snapshot {
     connections: usize,
     channels: usize,
     consumers: u64,
+    /// The channels' message counts (open and closed ones).
+    messages: warren_broker::stats::MessageCounts,
     resident_bytes: u64,
     memory_limit: u64,
     disk_free: Option<u64>,
@@ -234,6 +236,7 @@ impl Snapshot {
             connections: connections.len(),
             channels,
             consumers,
+            messages: e.broker.connections.message_counts(None),
             resident_bytes: crate::overview::resident_bytes(),
             memory_limit: alarms.memory_limit(),
             disk_free: alarms.disk_free(),
@@ -538,6 +541,44 @@ impl Collector for Snapshot {
                 ("rabbitmq_endpoint", endpoint),
             ];
             gauge(&mut m.encode_family(&labels)?, 1)?;
+        }
+        // rabbit_global_counters: those the channels' counters give.
+        let m = &self.messages;
+        for (name, help, v) in [
+            (
+                "rabbitmq_global_messages_received",
+                "Total number of messages received from publishers",
+                m.publish,
+            ),
+            (
+                "rabbitmq_global_messages_routed",
+                "Total number of messages routed to queues or streams",
+                m.publish
+                    .saturating_sub(m.drop_unroutable + m.return_unroutable),
+            ),
+            (
+                "rabbitmq_global_messages_unroutable_dropped",
+                "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+                m.drop_unroutable,
+            ),
+            (
+                "rabbitmq_global_messages_unroutable_returned",
+                "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+                m.return_unroutable,
+            ),
+            (
+                "rabbitmq_global_messages_confirmed",
+                "Total number of messages confirmed to publishers",
+                m.confirm,
+            ),
+        ] {
+            labelled(
+                &mut enc,
+                name,
+                help,
+                Counter,
+                [(vec![("protocol", "amqp091")], v)],
+            )?;
         }
         // rabbit_global_counters: those the queues' counters give.
         let counters = &self.counters;

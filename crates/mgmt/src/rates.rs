@@ -180,6 +180,35 @@ impl Rates {
         render(&now, series, h)
     }
 
+    /// `message_stats` summed over some vhosts (the overview of a user who sees only those).
+    pub fn vhosts_stats(&self, broker: &Broker, vhosts: &[String]) -> Value {
+        let mut now = MessageCounts::default();
+        for v in vhosts {
+            now.add(&broker.connections.message_counts(Some(v)));
+        }
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        // The vhosts are sampled in the same rounds: sum their last two samples.
+        let mut sum = Series::default();
+        for back in (1..=2).rev() {
+            let mut at = 0;
+            let mut total = MessageCounts::default();
+            for series in vhosts.iter().filter_map(|v| s.vhosts.get(v)) {
+                if let Some((t, f)) = series.0.len().checked_sub(back).map(|i| &series.0[i]) {
+                    at = at.max(*t);
+                    let mut c = MessageCounts::default();
+                    for (k, v) in f {
+                        set_field(&mut c, k, *v);
+                    }
+                    total.add(&c);
+                }
+            }
+            if at > 0 {
+                sum.push(at, message_fields(&total), 2);
+            }
+        }
+        render(&message_fields(&now), Some(&sum), History::default())
+    }
+
     pub fn queue_stats(&self, vhost: &str, queue: &str, now: &Fields) -> Value {
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         render(
@@ -202,6 +231,23 @@ impl Rates {
             s.connections.get(&c.id),
             History::default(),
         )
+    }
+}
+
+/// Sets one field of `c` by its RabbitMQ name (`deliver_get` is derived, not set).
+fn set_field(c: &mut MessageCounts, name: &str, v: u64) {
+    match name {
+        "publish" => c.publish = v,
+        "confirm" => c.confirm = v,
+        "return_unroutable" => c.return_unroutable = v,
+        "drop_unroutable" => c.drop_unroutable = v,
+        "ack" => c.ack = v,
+        "deliver" => c.deliver = v,
+        "deliver_no_ack" => c.deliver_no_ack = v,
+        "get" => c.get = v,
+        "get_no_ack" => c.get_no_ack = v,
+        "redeliver" => c.redeliver = v,
+        _ => {}
     }
 }
 

@@ -11,6 +11,8 @@
 //!   (two segment logs), streaming [`Recovery`] of unacked messages, and space reclamation.
 //! - [`catalog`]: [`Catalog`], the definitions document, saved atomically with a checksum.
 //! - [`error`]: [`StoreError`], the one error type.
+//! - [`sim`]: [`SimDisk`], an in-memory file system for tests that models a power cut
+//!   (unsynced data and directory changes lost, torn tails).
 //!
 //! The on-disk formats are described field by field in `docs/storage.md`.
 //!
@@ -26,6 +28,7 @@ pub mod catalog;
 pub mod error;
 pub mod queue_store;
 pub mod segment;
+pub mod sim;
 
 pub use backend::{Backend, BackendFile, Faults, FaultyBackend, FileBackend, SyncHandle};
 pub use catalog::Catalog;
@@ -34,6 +37,7 @@ pub use queue_store::{
     QueueStore, RecoveredMessage, Recovery, StoreOptions, SyncBatch, SyncOutcome, TxTag,
 };
 pub use segment::{Position, SegmentLog, SegmentReader};
+pub use sim::{LossReport, SimDisk};
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -378,6 +378,10 @@ pub struct SegmentLog {
     unsynced: Vec<u32>,
     /// A segment file was created since the last directory fsync.
     dir_dirty: bool,
+    /// Directories whose entries `open` created (the parents of the directories it made),
+    /// fsynced with the log's directory at the first sync: until then a power cut may lose
+    /// the new directory, with every fsynced segment in it.
+    new_entries_in: Vec<PathBuf>,
     poisoned: bool,
 }
 
@@ -412,12 +416,33 @@ impl SegmentLog {
                 "max_segment_size must leave room for the segment header and a record header",
             ));
         }
-        backend
-            .create_dir_all(dir)
-            .map_err(|e| StoreError::io("create directory", dir, e))?;
-        let mut ids: Vec<u32> = backend
-            .list(dir)
-            .map_err(|e| StoreError::io("list", dir, e))?
+        let names = match backend.list(dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StoreError::io("list", dir, e)),
+        };
+        // A directory made here is durable only once its parent is fsynced (and so on up
+        // to the first directory that existed): note which parents got a new entry.
+        let mut new_entries_in = Vec::new();
+        if names.is_empty() {
+            let mut missing = dir;
+            while let Err(e) = backend.list(missing) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    break;
+                }
+                match missing.parent() {
+                    Some(parent) => {
+                        new_entries_in.push(parent.to_path_buf());
+                        missing = parent;
+                    }
+                    None => break,
+                }
+            }
+            backend
+                .create_dir_all(dir)
+                .map_err(|e| StoreError::io("create directory", dir, e))?;
+        }
+        let mut ids: Vec<u32> = names
             .iter()
             .filter_map(|name| parse_segment_file_name(prefix, name))
             .collect();
@@ -431,12 +456,16 @@ impl SegmentLog {
             let mut file = backend
                 .open_append(&path)
                 .map_err(|e| StoreError::io("open", &path, e))?;
-            if file.len() < SEGMENT_HEADER_LEN as u64 {
-                // The crash came between creating the file and writing its header.
+            if file.len() < SEGMENT_HEADER_LEN as u64 || header_is_zeros(&*file) {
+                // The crash came between creating the file and writing its header, or before
+                // the header reached the disk: after a power cut a file system can leave a
+                // file its length with zeros where the unsynced data was. Nothing in such a
+                // file was ever synced (a sync writes the header first).
                 warn!(
                     file = %path.display(),
                     len = file.len(),
-                    "segment log: segment header incomplete; resetting to an empty segment"
+                    dropped_bytes = file.len(),
+                    "segment log: segment header incomplete or never written (zeros); resetting to an empty segment"
                 );
                 file.truncate(0)
                     .and_then(|()| file.append(&segment_header()))
@@ -495,6 +524,7 @@ impl SegmentLog {
             current,
             unsynced: Vec::new(),
             dir_dirty,
+            new_entries_in,
             poisoned: false,
         })
     }
@@ -671,6 +701,13 @@ impl SegmentLog {
                 return Err(StoreError::io("fsync directory", &self.dir, e));
             }
             self.dir_dirty = false;
+        }
+        while let Some(parent) = self.new_entries_in.last() {
+            if let Err(e) = self.backend.sync_dir(parent) {
+                self.poisoned = true;
+                return Err(StoreError::io("fsync directory", parent, e));
+            }
+            self.new_entries_in.pop();
         }
         Ok(())
     }
@@ -875,6 +912,13 @@ impl SegmentLog {
     pub(crate) fn discard_buffer(&mut self) {
         self.current.buf.clear();
     }
+}
+
+/// Whether a segment file starts with a header of zeros (a file whose first bytes never
+/// reached the disk), which no Warren segment, nor any file with a magic number, has.
+fn header_is_zeros(file: &dyn BackendFile) -> bool {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    file.read_at(0, &mut h).is_ok() && h.iter().all(|&b| b == 0)
 }
 
 impl Drop for SegmentLog {
@@ -1116,6 +1160,28 @@ mod tests {
                 offset: SEGMENT_HEADER_LEN
             }
         );
+    }
+
+    /// After a power cut a new segment can have its length but zeros for content (its data
+    /// never reached the disk): it is reset like a torn header, not refused as a foreign file
+    /// (which kept the broker from starting; found by the power-loss test).
+    #[test]
+    fn zero_filled_new_segment_is_reset() {
+        let dir = TestDir::new("seg-zero-header");
+        let (mut log, _) = open(dir.path(), DEFAULT_MAX_SEGMENT_SIZE);
+        log.append(b"a").unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let path = dir.path().join(segment_file_name("msgs", 2));
+        fs::write(&path, [0u8; 100]).unwrap();
+        let (mut log, seen) = open(dir.path(), DEFAULT_MAX_SEGMENT_SIZE);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            SEGMENT_HEADER_LEN as u64
+        );
+        let pos = log.append(b"b").unwrap();
+        assert_eq!(pos.segment, 2);
     }
 
     #[test]

@@ -807,7 +807,7 @@ impl Queue {
             if let Err(e) = st.store.purge() {
                 tracing::warn!(queue = %self.name, error = %e, "purging the deleted queue's store failed");
             }
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if let Err(e) = st.store.remove_dir() {
                 tracing::warn!(queue = %self.name, dir = %dir.display(), error = %e, "could not remove the deleted queue's store; the next start removes it");
             }
         }

@@ -135,6 +135,15 @@ impl VHost {
         self.timed.lock().push(Arc::downgrade(q));
     }
 
+    /// Drops the delayed-message records whose released copies the last group commit made
+    /// durable (and syncs the delayed store if it did).
+    pub(crate) fn ack_released_delayed(&self) {
+        if let Some(p) = &self.persistence {
+            let s = p.sync_state();
+            self.delayed.ack_synced(s.synced_epoch, s.failed_epoch);
+        }
+    }
+
     /// Timer work for every queue that asked for it; forgets deleted queues. Releases due
     /// delayed messages.
     pub fn tick(&self, now: u64) {
@@ -165,10 +174,7 @@ impl VHost {
                 self.delayed.release(due.record, durable_at);
             }
         }
-        if let Some(p) = &self.persistence {
-            let s = p.sync_state();
-            self.delayed.ack_synced(s.synced_epoch, s.failed_epoch);
-        }
+        self.ack_released_delayed();
         let queues: Vec<Arc<Queue>> = self
             .timed
             .lock()
