@@ -134,8 +134,12 @@ async fn a_new_leader_carries_on_with_the_same_messages_and_checkouts() {
         .await
         .unwrap();
     let g = leader(&nodes).expect("a leader");
+    // Published by channel 77 with sequence numbers 1..=30.
     for id in 0..30 {
-        assert_eq!(g.propose(enqueue(id)).await.unwrap(), Applied::Done);
+        assert_eq!(
+            g.propose(published(id, 77, id + 1)).await.unwrap(),
+            Applied::Done
+        );
     }
     // A consumer (owner 5, prefetch 4) takes four; one is acked.
     let add = QueueCommand::AddConsumer {
@@ -223,11 +227,25 @@ async fn a_new_leader_carries_on_with_the_same_messages_and_checkouts() {
         got, want,
         "the new leader has the same ready and checked-out messages"
     );
+    // The publisher resends what it had no confirm for: the new leader knows it has them.
+    for id in 27..30 {
+        assert_eq!(
+            g.propose(published(id, 77, id + 1)).await.unwrap(),
+            Applied::Duplicate
+        );
+    }
     // Two of three still commit.
     assert_eq!(g.propose(enqueue(100)).await.unwrap(), Applied::Done);
     assert_eq!(g.state().with_engine(|e| e.stats().messages_ready), 26);
 
-    // Kill one more: the last one cannot commit alone.
+    // Kill one more (once both have applied everything): the last one cannot commit alone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in nodes.iter().filter_map(|n| n.group.as_ref()) {
+        while n.state().with_engine(|e| e.stats().messages_ready) != 26 {
+            assert!(Instant::now() < deadline, "a member did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let second = nodes
         .iter()
         .position(|n| n.group.as_ref().is_some_and(|g| g.is_leader()))

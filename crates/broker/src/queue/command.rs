@@ -7,9 +7,11 @@
 //! Deliveries are effects only the leader acts on: [`Deliveries`] records them as (owner,
 //! checkout id) for the node to hand to the owners' channels; followers drop them.
 //!
+//! An `Enqueue` may name its publisher and sequence number ([`Publisher`]): a resend of one
+//! already enqueued (after a leader change) answers `Duplicate` and changes nothing.
+//!
 //! Not yet carried: a policy change (`SetOptions`, whose options need an encoding of their
-//! own), the publisher's channel and sequence number (to recognise a resend after a leader
-//! change), and paging (a replicated queue keeps its backlog in memory until step 3 gives it
+//! own), and paging (a replicated queue keeps its backlog in memory until step 3 gives it
 //! the node's log to read from).
 
 use super::engine::{CheckoutId, CheckoutKey, Consumer, Env, Got, Owner, QueueEngine};
@@ -20,11 +22,27 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::Arc;
 use warren_store::{Position, RecoveredMessage};
 
+/// Who published a message: a channel's id and its publish sequence number, so that a
+/// message sent again (after a leader change, the channel resends what was not confirmed) is
+/// recognised and enqueued once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publisher {
+    pub id: u64,
+    pub seq: u64,
+}
+
 /// One change to a replicated queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum QueueCommand {
     /// A routed message (refused when the queue is full and its overflow mode says so).
-    Enqueue { msg: LoggedMessage, now: u64 },
+    Enqueue {
+        msg: LoggedMessage,
+        now: u64,
+        /// Its publisher and sequence number, if it should be deduplicated.
+        from: Option<Publisher>,
+    },
+    /// The publisher's channel is gone: forget its sequence numbers.
+    ForgetPublisher { id: u64 },
     /// A consumer subscribes.
     AddConsumer {
         owner: Owner,
@@ -68,6 +86,8 @@ pub enum Applied {
     Done,
     /// Enqueue: the queue is full and refuses publishes.
     Rejected,
+    /// Enqueue: this publisher's message with this sequence number is already in (a resend).
+    Duplicate,
     /// AddConsumer refused (an exclusive consumer is there, or this one wants to be alone).
     ConsumeRefused,
     /// RemoveConsumer: whether the queue just lost its last consumer.
@@ -118,7 +138,12 @@ impl QueueEngine<Owner> {
     /// timer) are the engine's as for any command.
     pub fn apply(&mut self, cmd: &QueueCommand, out: &mut Deliveries) -> Applied {
         match cmd {
-            QueueCommand::Enqueue { msg, now } => {
+            QueueCommand::Enqueue { msg, now, from } => {
+                if let Some(p) = from {
+                    if !self.publisher_advanced(p.id, p.seq) {
+                        return Applied::Duplicate;
+                    }
+                }
                 if self.admit(&msg.0).is_err() {
                     return Applied::Rejected;
                 }
@@ -196,6 +221,10 @@ impl QueueEngine<Owner> {
                 Applied::Ticked { unused_expired }
             }
             QueueCommand::Purge => Applied::Purged(self.purge()),
+            QueueCommand::ForgetPublisher { id } => {
+                self.forget_publisher(*id);
+                Applied::Done
+            }
         }
     }
 }

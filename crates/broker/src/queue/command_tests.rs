@@ -93,6 +93,7 @@ fn prefetch_in_the_engine_limits_what_a_consumer_holds() {
             &QueueCommand::Enqueue {
                 msg: message(id, BasicProperties::default()),
                 now: 0,
+                from: None,
             },
             &mut out,
         );
@@ -133,13 +134,14 @@ fn commands_survive_an_encoding_round_trip() {
             ..Default::default()
         },
     );
-    let cmd = QueueCommand::Enqueue { msg, now: 9 };
+    let from = Some(Publisher { id: 3, seq: 7 });
+    let cmd = QueueCommand::Enqueue { msg, now: 9, from };
     let json = serde_json::to_vec(&cmd).unwrap();
     let back: QueueCommand = serde_json::from_slice(&json).unwrap();
-    let QueueCommand::Enqueue { msg, now } = back else {
+    let QueueCommand::Enqueue { msg, now, from: f } = back else {
         panic!("{back:?}")
     };
-    assert_eq!(now, 9);
+    assert_eq!((now, f), (9, from));
     assert_eq!(&msg.0.body[..], &42u64.to_be_bytes());
     let p = msg.0.props();
     assert_eq!(
@@ -172,6 +174,8 @@ enum Op {
     ReturnAll(usize),
     Tick(u16),
     Purge,
+    /// A publisher sends an earlier message again (as after a leader change).
+    Resend(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -186,6 +190,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..4).prop_map(Op::ReturnAll),
         2 => (0u16..300).prop_map(Op::Tick),
         1 => Just(Op::Purge),
+        1 => (0usize..50).prop_map(Op::Resend),
     ]
 }
 
@@ -224,6 +229,7 @@ proptest! {
         let mut owners: Vec<Owner> = vec![100];
         let mut held: Vec<CheckoutKey> = Vec::new();
         let mut no_ack_owners: Vec<Owner> = Vec::new();
+        let mut sent: Vec<QueueCommand> = Vec::new();
         for op in ops {
             let cmd = match op {
                 Op::Publish { ttl, priority } => {
@@ -233,7 +239,16 @@ proptest! {
                         priority: Some(priority),
                         ..Default::default()
                     };
-                    QueueCommand::Enqueue { msg: message(next_id, props), now }
+                    let cmd = QueueCommand::Enqueue { msg: message(next_id, props), now, from: Some(Publisher { id: 1, seq: next_id }) };
+                    sent.push(cmd.clone());
+                    cmd
+                }
+                Op::Resend(k) if !sent.is_empty() => {
+                    let cmd = sent[k % sent.len()].clone();
+                    let before = leader.stats();
+                    prop_assert_eq!(leader.apply(&cmd, &mut out), Applied::Duplicate, "a resend is enqueued once");
+                    prop_assert_eq!(leader.stats(), before);
+                    cmd
                 }
                 Op::AddConsumer { prefetch, no_ack, priority } => {
                     let owner = next_owner;

@@ -170,6 +170,8 @@ pub struct QueueEngine<C> {
     /// How many messages are checked out, over all owners.
     unacked: u32,
     next_checkout: CheckoutId,
+    /// Replicated queues: the highest publish sequence number enqueued per publisher.
+    publishers: FxHashMap<u64, u64>,
     consumers: Vec<Consumer<C>>,
     /// Index of the consumer that gets the next message (round-robin within a priority).
     next_consumer: usize,
@@ -199,6 +201,7 @@ impl<C> QueueEngine<C> {
             checked_out: FxHashMap::default(),
             unacked: 0,
             next_checkout: 0,
+            publishers: FxHashMap::default(),
             consumers: Vec::new(),
             next_consumer: 0,
             next_seq: 0,
@@ -419,6 +422,22 @@ impl<C> QueueEngine<C> {
     /// Recovery: the rest of the store (`len` messages from `head`) stays paged out.
     pub fn set_paged_tail(&mut self, head: Position, len: u64) {
         self.paged = PagedTail::starting_at(head, len);
+    }
+
+    /// Records that publisher `id` sent `seq`; false if it had sent `seq` (or a later one)
+    /// already: a publisher's sequence numbers only grow, so that one is a resend.
+    pub fn publisher_advanced(&mut self, id: u64, seq: u64) -> bool {
+        let last = self.publishers.entry(id).or_insert(0);
+        if seq <= *last {
+            return false;
+        }
+        *last = seq;
+        true
+    }
+
+    /// The publisher is gone: forget its sequence numbers.
+    pub fn forget_publisher(&mut self, id: u64) {
+        self.publishers.remove(&id);
     }
 
     // ---- limits and time ----------------------------------------------------------------

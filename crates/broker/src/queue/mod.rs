@@ -16,7 +16,7 @@ pub mod options;
 mod paged;
 mod ready;
 
-pub use command::{Applied, Deliveries, LoggedMessage, QueueCommand};
+pub use command::{Applied, Deliveries, LoggedMessage, Publisher, QueueCommand};
 pub use engine::{
     Checkout, CheckoutId, CheckoutKey, ConsumeRefused, Consumer, Effect, EngineStats, Env, Got,
     Owner, QueueEngine, Rejected,

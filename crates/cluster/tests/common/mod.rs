@@ -36,6 +36,19 @@ pub fn enqueue(id: u64) -> QueueCommand {
             Bytes::copy_from_slice(&id.to_be_bytes()),
         ))),
         now: 0,
+        from: None,
+    }
+}
+
+/// [`enqueue`] from publisher `publisher` with sequence number `seq`.
+pub fn published(id: u64, publisher: u64, seq: u64) -> QueueCommand {
+    let QueueCommand::Enqueue { msg, now, .. } = enqueue(id) else {
+        unreachable!("enqueue makes an Enqueue")
+    };
+    QueueCommand::Enqueue {
+        msg,
+        now,
+        from: Some(warren_broker::queue::Publisher { id: publisher, seq }),
     }
 }
 
