@@ -63,24 +63,29 @@ impl Connections {
             .add(&counts);
     }
 
-    /// Message counts of a vhost (None: all of them) since the start: open channels and
-    /// closed ones.
-    pub fn message_counts(&self, vhost: Option<&str>) -> MessageCounts {
-        let mut total = MessageCounts::default();
-        for (v, c) in self.retired.lock().iter() {
-            if vhost.is_none_or(|want| want == v) {
-                total.add(c);
-            }
-        }
+    /// Message counts since the start by vhost (open channels and closed ones; a deleted
+    /// vhost's stay), in one pass over the connections.
+    pub fn message_counts_by_vhost(&self) -> HashMap<String, MessageCounts> {
+        let mut by = self.retired.lock().clone();
         for e in self.map.read().values() {
-            if vhost.is_some_and(|want| want != e.vhost) {
-                continue;
-            }
+            let total = by.entry(e.vhost.clone()).or_default();
             for ch in e.channels.lock().iter() {
                 total.add(&MessageCounts::of(&ch.counters));
             }
         }
-        total
+        by
+    }
+
+    /// Message counts of a vhost (None: all of them) since the start.
+    pub fn message_counts(&self, vhost: Option<&str>) -> MessageCounts {
+        let by = self.message_counts_by_vhost();
+        match vhost {
+            Some(v) => by.get(v).copied().unwrap_or_default(),
+            None => by.values().fold(MessageCounts::default(), |mut t, c| {
+                t.add(c);
+                t
+            }),
+        }
     }
     pub fn list(&self) -> Vec<Arc<ConnectionEntry>> {
         let mut v: Vec<_> = self.map.read().values().cloned().collect();

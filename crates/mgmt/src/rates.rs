@@ -8,7 +8,7 @@
 //! per second between the last two samples.
 
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,14 +135,17 @@ impl Rates {
     pub fn sample(&self, broker: &Broker) {
         let at = now_ms();
         let keep_history = (HISTORY.as_millis() / self.interval.as_millis().max(1)) as usize + 2;
-        let overview = message_fields(&broker.connections.message_counts(None));
+        let by_vhost = broker.connections.message_counts_by_vhost();
+        let mut total = MessageCounts::default();
+        for c in by_vhost.values() {
+            total.add(c);
+        }
+        let overview = message_fields(&total);
         let mut vhosts = Vec::new();
         let mut queues = Vec::new();
         for vh in broker.vhosts() {
-            vhosts.push((
-                vh.name.clone(),
-                message_fields(&broker.connections.message_counts(Some(&vh.name))),
-            ));
+            let counts = by_vhost.get(&vh.name).copied().unwrap_or_default();
+            vhosts.push((vh.name.clone(), message_fields(&counts)));
             for q in vh.queues() {
                 queues.push((
                     (vh.name.clone(), q.name.to_string()),
@@ -182,28 +185,25 @@ impl Rates {
 
     /// `message_stats` summed over some vhosts (the overview of a user who sees only those).
     pub fn vhosts_stats(&self, broker: &Broker, vhosts: &[String]) -> Value {
+        let by_vhost = broker.connections.message_counts_by_vhost();
         let mut now = MessageCounts::default();
-        for v in vhosts {
-            now.add(&broker.connections.message_counts(Some(v)));
+        for c in vhosts.iter().filter_map(|v| by_vhost.get(v)) {
+            now.add(c);
         }
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         // The vhosts are sampled in the same rounds: sum their last two samples.
         let mut sum = Series::default();
         for back in (1..=2).rev() {
             let mut at = 0;
-            let mut total = MessageCounts::default();
+            let mut total: Fields = Vec::new();
             for series in vhosts.iter().filter_map(|v| s.vhosts.get(v)) {
                 if let Some((t, f)) = series.0.len().checked_sub(back).map(|i| &series.0[i]) {
                     at = at.max(*t);
-                    let mut c = MessageCounts::default();
-                    for (k, v) in f {
-                        set_field(&mut c, k, *v);
-                    }
-                    total.add(&c);
+                    add_fields(&mut total, f);
                 }
             }
             if at > 0 {
-                sum.push(at, message_fields(&total), 2);
+                sum.push(at, total, 2);
             }
         }
         render(&message_fields(&now), Some(&sum), History::default())
@@ -234,20 +234,15 @@ impl Rates {
     }
 }
 
-/// Sets one field of `c` by its RabbitMQ name (`deliver_get` is derived, not set).
-fn set_field(c: &mut MessageCounts, name: &str, v: u64) {
-    match name {
-        "publish" => c.publish = v,
-        "confirm" => c.confirm = v,
-        "return_unroutable" => c.return_unroutable = v,
-        "drop_unroutable" => c.drop_unroutable = v,
-        "ack" => c.ack = v,
-        "deliver" => c.deliver = v,
-        "deliver_no_ack" => c.deliver_no_ack = v,
-        "get" => c.get = v,
-        "get_no_ack" => c.get_no_ack = v,
-        "redeliver" => c.redeliver = v,
-        _ => {}
+/// Adds `f` into `total`, field by field (samples of one kind list their fields in the same
+/// order).
+fn add_fields(total: &mut Fields, f: &Fields) {
+    if total.is_empty() {
+        total.clone_from(f);
+        return;
+    }
+    for ((_, t), (_, v)) in total.iter_mut().zip(f) {
+        *t += v;
     }
 }
 
@@ -267,12 +262,12 @@ fn refresh<K: std::hash::Hash + Eq + Clone>(
     at: u64,
     keep: usize,
 ) {
-    let mut seen: HashMap<K, ()> = HashMap::with_capacity(now.len());
+    let mut seen: HashSet<K> = HashSet::with_capacity(now.len());
     for (k, f) in now {
         map.entry(k.clone()).or_default().push(at, f, keep);
-        seen.insert(k, ());
+        seen.insert(k);
     }
-    map.retain(|k, _| seen.contains_key(k));
+    map.retain(|k, _| seen.contains(k));
 }
 
 /// `{"publish": 10, "publish_details": {"rate": 2.0}, ...}`; with a history request, the
