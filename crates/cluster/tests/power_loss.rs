@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use warren_broker::queue::{Applied, QueueCommand, QueueOptions};
-use warren_cluster::{NodeWal, QueueGroup};
+use warren_broker::queue::{Applied, QueueCommand};
+use warren_cluster::QueueGroup;
 use warren_store::SimDisk;
 
 const GROUP: u64 = 11;
@@ -58,17 +58,9 @@ async fn confirmed_entries_survive_power_cuts() {
     let mut next_id = 0u64;
     let (mut cut_rounds, mut files_cut) = (0, 0);
     for round in 0..=rounds {
-        let (wal, mut rec) = NodeWal::open(Arc::new(disk.clone()), &dir)
-            .unwrap_or_else(|e| panic!("seed {seed} round {round}: the WAL does not open: {e}"));
-        let (g, _out) = QueueGroup::start(
-            1,
-            GROUP,
-            wal.clone(),
-            rec.remove(&GROUP).unwrap_or_default(),
-            QueueOptions::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("seed {seed} round {round}: the group does not start: {e}"));
+        let (wal, g, _out) = start_alone(Arc::new(disk.clone()), &dir, GROUP)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
         g.caught_up(Duration::from_secs(10)).await.unwrap();
         // The check: what was answered is there, what was settled is not.
         let ids = present(&g);

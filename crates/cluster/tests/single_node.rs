@@ -16,16 +16,9 @@ const GROUP: u64 = 7;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_go_through_the_log_and_deliveries_come_out() {
     let dir = Dir::new("deliver");
-    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
-    let (g, mut out) = QueueGroup::start(
-        1,
-        GROUP,
-        wal,
-        rec.remove(&GROUP).unwrap_or_default(),
-        QueueOptions::default(),
-    )
-    .await
-    .expect("group starts");
+    let (_wal, g, mut out) = start_alone(FileBackend::shared(), &dir.0, GROUP)
+        .await
+        .expect("group starts");
     for id in 0..20 {
         assert_eq!(g.propose(enqueue(id)).await.unwrap(), Applied::Done);
     }
@@ -40,15 +33,7 @@ async fn commands_go_through_the_log_and_deliveries_come_out() {
         now: 0,
     };
     assert_eq!(g.propose(add).await.unwrap(), Applied::Done);
-    let o = tokio::time::timeout(Duration::from_secs(5), out.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let ids: Vec<u64> = o
-        .deliveries
-        .iter()
-        .map(|d| body_id(&d.2.msg.body))
-        .collect();
+    let (o, ids) = next_output(&mut out).await;
     assert_eq!(ids, [0, 1, 2, 3, 4], "prefetch 5, in order");
     assert!(o.deliveries.iter().all(|d| d.0 == 42));
     // Acks give credit back: the next five come out.
@@ -57,15 +42,7 @@ async fn commands_go_through_the_log_and_deliveries_come_out() {
         now: 0,
     };
     assert_eq!(g.propose(settle).await.unwrap(), Applied::Settled(5));
-    let o = tokio::time::timeout(Duration::from_secs(5), out.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let ids: Vec<u64> = o
-        .deliveries
-        .iter()
-        .map(|d| body_id(&d.2.msg.body))
-        .collect();
+    let (_, ids) = next_output(&mut out).await;
     assert_eq!(ids, [5, 6, 7, 8, 9]);
     let stats = g.state().with_engine(|e| e.stats());
     assert_eq!(
@@ -83,16 +60,9 @@ async fn commands_go_through_the_log_and_deliveries_come_out() {
 async fn a_restarted_node_rebuilds_the_queue_from_its_wal() {
     let dir = Dir::new("restart");
     {
-        let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
-        let (g, _out) = QueueGroup::start(
-            1,
-            GROUP,
-            wal.clone(),
-            rec.remove(&GROUP).unwrap_or_default(),
-            QueueOptions::default(),
-        )
-        .await
-        .unwrap();
+        let (wal, g, _out) = start_alone(FileBackend::shared(), &dir.0, GROUP)
+            .await
+            .unwrap();
         for id in 0..50 {
             g.propose(enqueue(id)).await.unwrap();
         }
@@ -152,16 +122,7 @@ async fn a_command_is_answered_only_after_its_entry_is_fsynced() {
     let faulty = FaultyBackend::new(FileBackend::shared());
     let faults: Arc<Faults> = faulty.faults();
     let backend: Arc<dyn Backend> = Arc::new(faulty);
-    let (wal, mut rec) = NodeWal::open(backend, &dir.0).unwrap();
-    let (g, _out) = QueueGroup::start(
-        1,
-        GROUP,
-        wal,
-        rec.remove(&GROUP).unwrap_or_default(),
-        QueueOptions::default(),
-    )
-    .await
-    .unwrap();
+    let (_wal, g, _out) = start_alone(backend, &dir.0, GROUP).await.unwrap();
     let g = Arc::new(g);
     faults.hold_sync(true);
     let p = {

@@ -4,10 +4,14 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
 use warren_broker::message::Message;
-use warren_broker::queue::{LoggedMessage, QueueCommand};
+use warren_broker::queue::{LoggedMessage, QueueCommand, QueueOptions};
+use warren_cluster::{NodeWal, Output, QueueGroup};
+use warren_store::Backend;
 
 /// A directory under the system temp dir, removed on drop.
 pub struct Dir(pub PathBuf);
@@ -54,4 +58,34 @@ pub fn published(id: u64, publisher: u64, seq: u64) -> QueueCommand {
 
 pub fn body_id(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().unwrap())
+}
+
+/// Opens a node's WAL in `dir` on `backend` and starts `group` alone on it, with what the WAL
+/// holds for it.
+pub async fn start_alone(
+    backend: Arc<dyn Backend>,
+    dir: &Path,
+    group: u64,
+) -> Result<(Arc<NodeWal>, QueueGroup, UnboundedReceiver<Output>), String> {
+    let (wal, mut rec) =
+        NodeWal::open(backend, dir).map_err(|e| format!("the WAL does not open: {e}"))?;
+    let recovered = rec.remove(&group).unwrap_or_default();
+    let (g, out) = QueueGroup::start(1, group, wal.clone(), recovered, QueueOptions::default())
+        .await
+        .map_err(|e| format!("the group does not start: {e}"))?;
+    Ok((wal, g, out))
+}
+
+/// The state machine's next output (within 5 s), and the ids of the messages it delivers.
+pub async fn next_output(out: &mut UnboundedReceiver<Output>) -> (Output, Vec<u64>) {
+    let o = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await
+        .expect("an output within 5 s")
+        .expect("the group is running");
+    let ids = o
+        .deliveries
+        .iter()
+        .map(|d| body_id(&d.2.msg.body))
+        .collect();
+    (o, ids)
 }
