@@ -84,8 +84,13 @@ impl QueueGroup {
             members: BTreeMap::from([(node, BasicNode::default())]),
             initialize: true,
         };
+        let restarted = !recovered.entries.is_empty() || recovered.vote.is_some();
         let started =
             Self::start_member(node, id, wal, recovered, opts, alone, NoPeers, None).await?;
+        if restarted {
+            // Alone, it need not wait out an election timeout to lead again.
+            started.0.raft.trigger().elect().await.map_err(raft_err)?;
+        }
         let wait = Duration::from_secs(10);
         started
             .0
@@ -156,6 +161,22 @@ impl QueueGroup {
         Ok(r.data)
     }
 
+    /// Proposes a command without waiting: returns once it is queued for the log (commands
+    /// submitted one after another reach the log in that order), with a future of its answer.
+    pub async fn submit(
+        &self,
+        cmd: QueueCommand,
+    ) -> Result<impl std::future::Future<Output = Result<Applied, String>> + Send, GroupError> {
+        let rx = self.raft.client_write_ff(cmd).await.map_err(raft_err)?;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(r)) => Ok(r.data),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the queue's Raft group stopped".to_string()),
+            }
+        })
+    }
+
     /// Waits until every entry in the log has been applied (after a restart, the state is
     /// rebuilt by applying the log again).
     pub async fn caught_up(&self, timeout: Duration) -> Result<(), GroupError> {
@@ -178,7 +199,7 @@ impl QueueGroup {
         self.log.len()
     }
 
-    pub async fn shutdown(self) -> Result<(), GroupError> {
+    pub async fn shutdown(&self) -> Result<(), GroupError> {
         self.raft.shutdown().await.map_err(raft_err)
     }
 }

@@ -17,21 +17,10 @@ use parking_lot::Mutex;
 use std::io::Cursor;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use warren_broker::deadletter::DeadLetter;
-use warren_broker::queue::{
-    Applied, CheckoutId, Deliveries, Effect, Owner, QueueEngine, QueueOptions, QueuedMessage,
-};
+use warren_broker::queue::{Applied, Deliveries, Effect, Owner, QueueEngine, QueueOptions};
 
-/// What one applied entry asks of the leader.
-#[derive(Debug)]
-pub struct Output {
-    pub index: u64,
-    /// Messages to hand to their owners' channels.
-    pub deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>,
-    pub dead_letters: Vec<DeadLetter>,
-    /// Messages with a TTL arrived: the leader should propose `Tick`s.
-    pub needs_ticks: bool,
-}
+/// What one applied entry asks of the leader (deliveries, dead letters, ticks).
+pub use warren_broker::queue::replica::ReplicaOutput as Output;
 
 struct State {
     engine: QueueEngine<Owner>,
@@ -61,6 +50,42 @@ impl QueueStateMachine {
     /// Reads the engine (counts, checkouts) under the state's lock.
     pub fn with_engine<T>(&self, f: impl FnOnce(&QueueEngine<Owner>) -> T) -> T {
         f(&self.state.lock().engine)
+    }
+
+    /// Replaces the queue's options (a policy changed) on this replica only: not through the
+    /// log yet (see [`warren_broker::queue::replica::Replica::set_options`]).
+    pub fn set_options(&self, opts: QueueOptions, now: u64) {
+        let mut s = self.state.lock();
+        let mut out = Deliveries::default();
+        s.engine.set_options(opts, now, &mut out);
+        self.send_output(&mut s.engine, 0, &mut out);
+    }
+
+    /// The queue was used (`x-expires`), on this replica only.
+    pub fn touch(&self, now: u64) {
+        self.state.lock().engine.touch(now);
+    }
+
+    /// Sends what applying left (deliveries, dead letters, the need for ticks) to the leader's
+    /// node, if anything.
+    fn send_output(&self, engine: &mut QueueEngine<Owner>, index: u64, out: &mut Deliveries) {
+        let (mut dead_letters, mut needs_ticks) = (Vec::new(), false);
+        for e in engine.drain_effects() {
+            match e {
+                Effect::DeadLetter(d) => dead_letters.push(d),
+                Effect::StartTimer => needs_ticks = true,
+                // A replicated queue's messages live in the log, not a queue store.
+                _ => {}
+            }
+        }
+        if !out.list.is_empty() || !dead_letters.is_empty() || needs_ticks {
+            let _ = self.out.send(Output {
+                index,
+                deliveries: std::mem::take(&mut out.list),
+                dead_letters,
+                needs_ticks,
+            });
+        }
     }
 }
 
@@ -106,23 +131,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
                 }
                 EntryPayload::Normal(cmd) => s.engine.apply(cmd, &mut out),
             };
-            let (mut dead_letters, mut needs_ticks) = (Vec::new(), false);
-            for e in s.engine.drain_effects() {
-                match e {
-                    Effect::DeadLetter(d) => dead_letters.push(d),
-                    Effect::StartTimer => needs_ticks = true,
-                    // A replicated queue's messages live in the log, not a queue store.
-                    _ => {}
-                }
-            }
-            if !out.list.is_empty() || !dead_letters.is_empty() || needs_ticks {
-                let _ = self.out.send(Output {
-                    index: entry.log_id.index,
-                    deliveries: std::mem::take(&mut out.list),
-                    dead_letters,
-                    needs_ticks,
-                });
-            }
+            self.send_output(&mut s.engine, entry.log_id.index, &mut out);
             answers.push(answer);
         }
         Ok(answers)

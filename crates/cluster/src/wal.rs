@@ -27,6 +27,8 @@ const VOTE: u8 = 2;
 const TRUNCATE: u8 = 3;
 const PURGE: u8 = 4;
 const COMMITTED: u8 = 5;
+/// The group is gone: everything before this record is forgotten.
+const FORGET: u8 = 6;
 
 /// Segments of 64 MiB, as the queues' message logs.
 const SEGMENT_SIZE: u32 = 64 << 20;
@@ -58,6 +60,7 @@ impl GroupState {
                 self.purged = Some(upto);
             }
             COMMITTED => self.committed = postcard::from_bytes(payload)?,
+            FORGET => *self = GroupState::default(),
             _ => {}
         }
         Ok(())
@@ -228,6 +231,14 @@ impl NodeWal {
     pub fn save_committed(&self, group: u64, committed: &Option<LogIdOf>) -> Result<(), WalError> {
         let mut g = self.inner.lock();
         self.append(&mut g, group, COMMITTED, committed)
+    }
+
+    /// Forgets group `group` (its queue was deleted): a restart finds nothing of it. Not
+    /// waited for: if the record is lost, the next start forgets the group again (its queue
+    /// is not in the definitions).
+    pub fn forget(&self, group: u64) -> Result<(), WalError> {
+        let mut g = self.inner.lock();
+        self.append(&mut g, group, FORGET, &())
     }
 
     /// Stops the flusher after its last sync (tests restart a node on the same directory).

@@ -7,7 +7,9 @@
 //! Layout: [`engine`] (the state machine), [`command`] (its commands as values, for a
 //! replicated log), `ready` (the ready list by priority and publish order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
 //! queue's arguments and policy), [`followups`] (what a command leaves for the vhost: dead
-//! letters, the timer, deletion; a queue does not hold its vhost).
+//! letters, the timer, deletion; a queue does not hold its vhost), [`replica`] (a queue whose
+//! engine is a Raft group's state machine: the interface to crates/cluster) and `replicated`
+//! (the queue's commands when it is one).
 
 pub mod command;
 pub mod engine;
@@ -15,6 +17,8 @@ pub mod followups;
 pub mod options;
 mod paged;
 mod ready;
+pub mod replica;
+mod replicated;
 
 pub use command::{Applied, Deliveries, LoggedMessage, Publisher, QueueCommand};
 pub use engine::{
@@ -123,10 +127,12 @@ impl StoreSlot {
 }
 
 /// What a queue did with a publish.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Published {
     /// The group-commit epoch the publisher's confirm waits for (persistent messages).
     pub epoch: Option<u64>,
+    /// A replicated queue's publish: the confirm waits for its commit.
+    pub commit: Option<Arc<replica::Commit>>,
     /// The queue's consumers are behind: the publisher should wait for it (flow control).
     pub backlogged: bool,
 }
@@ -212,6 +218,7 @@ impl Env<Arc<DeliveryChannel>> for QueueEnv<'_> {
             no_ack: c.no_ack,
             qm,
             checkout,
+            decided: false,
         })
     }
 
@@ -252,6 +259,14 @@ pub struct Queue {
     flow_waiting: AtomicBool,
     /// Registered with the vhost's timer (TTL, expiry).
     timed: AtomicBool,
+    /// A quorum queue replicated with Raft: its engine is the group's state machine, and
+    /// `inner` stays empty. Unset for every other queue.
+    replica: std::sync::OnceLock<Arc<dyn replica::Replica>>,
+    /// A replicated queue's consumers by owner (its engine names consumers by owner only).
+    replica_consumers: Mutex<rustc_hash::FxHashMap<Owner, replicated::ReplicaConsumer>>,
+    /// Where a replicated queue's follow-ups go (they arise on Raft's threads, after the
+    /// command that caused them has returned): its vhost.
+    followups_sink: std::sync::OnceLock<replica::FollowupSink>,
 }
 
 impl Queue {
@@ -282,6 +297,9 @@ impl Queue {
             drained: tokio::sync::Notify::new(),
             flow_waiting: AtomicBool::new(false),
             timed: AtomicBool::new(false),
+            replica: std::sync::OnceLock::new(),
+            replica_consumers: Mutex::new(Default::default()),
+            followups_sink: std::sync::OnceLock::new(),
         }
     }
 
@@ -304,11 +322,17 @@ impl Queue {
     }
 
     pub fn options(&self) -> QueueOptions {
+        if let Some(r) = self.replica.get() {
+            return replicated::read(r, |e| e.options().clone());
+        }
         self.inner.lock().options().clone()
     }
 
     /// Replaces the options (a policy changed); applies length limits at once.
     pub fn set_options(self: &Arc<Self>, opts: QueueOptions, fu: &mut Followups) {
+        if let Some(r) = self.replica.get() {
+            return self.set_options_replicated(r, opts, fu);
+        }
         let needs_timer = opts.message_ttl.is_some() || opts.expires.is_some();
         let mut i = self.locked(fu);
         i.set_options(opts, now_ms(), &mut QueueEnv { q: self });
@@ -328,6 +352,9 @@ impl Queue {
 
     /// The queue was used (declared, consumed from, polled): restarts the `x-expires` clock.
     pub fn touch(&self) {
+        if let Some(r) = self.replica.get() {
+            return r.touch(now_ms());
+        }
         self.inner.lock().touch(now_ms());
     }
 
@@ -336,6 +363,9 @@ impl Queue {
     pub fn tick(self: &Arc<Self>, now: u64, fu: &mut Followups) -> bool {
         if self.is_deleted() {
             return false;
+        }
+        if let Some(r) = self.replica.get() {
+            return self.tick_replicated(r, now);
         }
         let expired = self.locked(fu).tick(now);
         if expired {
@@ -403,6 +433,9 @@ impl Queue {
 
     /// Whether publishers should wait before sending more to this queue.
     pub fn over_flow_limit(&self) -> bool {
+        if self.replica.get().is_some() {
+            return false;
+        }
         self.inner.lock().backlogged()
     }
 
@@ -551,6 +584,11 @@ impl Queue {
         Ok(again)
     }
 
+    /// A quorum queue replicated with Raft (see [`replica`]).
+    pub fn is_replicated(&self) -> bool {
+        self.replica.get().is_some()
+    }
+
     pub fn is_durable_store(&self) -> bool {
         self.durable_store
     }
@@ -621,19 +659,31 @@ impl Queue {
     }
 
     pub fn stats(&self) -> QueueStats {
+        if let Some(r) = self.replica.get() {
+            return replicated::read(r, QueueEngine::stats);
+        }
         self.inner.lock().stats()
     }
 
     pub fn message_count(&self) -> u32 {
+        if let Some(r) = self.replica.get() {
+            return replicated::read(r, |e| e.len() as u32);
+        }
         self.inner.lock().len() as u32
     }
 
     pub fn consumer_count(&self) -> u32 {
+        if self.replica.get().is_some() {
+            return self.replica_consumers.lock().len() as u32;
+        }
         self.inner.lock().consumers().len() as u32
     }
 
     /// Consumer tags and channels, for listing.
     pub fn consumers(&self) -> Vec<(ShortStr, Arc<DeliveryChannel>, bool, bool)> {
+        if self.replica.get().is_some() {
+            return self.replica_consumers_listed();
+        }
         self.inner
             .lock()
             .consumers()
@@ -667,6 +717,9 @@ impl Queue {
         if self.is_deleted() {
             return Ok(Published::default());
         }
+        if let Some(r) = self.replica.get() {
+            return Ok(self.publish_replicated(r, msg));
+        }
         let mut i = self.locked(fu);
         i.admit(&msg).map_err(|Rejected| PublishError::Rejected)?;
         let durable_write = persistent && self.durable_store;
@@ -683,6 +736,7 @@ impl Queue {
             self.notify_flow(&i);
             return Ok(Published {
                 epoch: None,
+                commit: None,
                 backlogged: i.backlogged(),
             });
         };
@@ -703,12 +757,17 @@ impl Queue {
         }
         Ok(Published {
             epoch: durable_write.then_some(epoch),
+            commit: None,
             backlogged: i.backlogged(),
         })
     }
 
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>, fu: &mut Followups) {
+        // A replicated queue's engine delivers as it applies commands.
+        if self.replica.get().is_some() {
+            return;
+        }
         let mut i = self.locked(fu);
         let now = if i.uses_clock() { now_ms() } else { 0 };
         i.dispatch(now, &mut QueueEnv { q: self });
@@ -717,12 +776,25 @@ impl Queue {
 
     /// basic.get: takes the next ready message; with an owner it is checked out to it.
     pub fn get(self: &Arc<Self>, owner: Option<Owner>, fu: &mut Followups) -> Option<Got> {
+        if let Some(r) = self.replica.get() {
+            return self.get_replicated(r, owner);
+        }
         let mut i = self.locked(fu);
         i.get(owner, now_ms(), &mut QueueEnv { q: self })
     }
 
     /// basic.ack: checked-out messages are done with; they leave the store.
     pub fn settle(self: &Arc<Self>, checkouts: impl IntoIterator<Item = CheckoutKey>) {
+        if let Some(r) = self.replica.get() {
+            let checkouts = checkouts.into_iter().collect();
+            return r.submit(
+                QueueCommand::Settle {
+                    checkouts,
+                    now: now_ms(),
+                },
+                None,
+            );
+        }
         self.locked_quiet().settle(checkouts);
     }
 
@@ -733,6 +805,16 @@ impl Queue {
         checkouts: impl IntoIterator<Item = CheckoutKey>,
         fu: &mut Followups,
     ) {
+        if let Some(r) = self.replica.get() {
+            let checkouts = checkouts.into_iter().collect();
+            return r.submit(
+                QueueCommand::Discard {
+                    checkouts,
+                    now: now_ms(),
+                },
+                None,
+            );
+        }
         self.locked(fu).discard(checkouts);
     }
 
@@ -743,6 +825,16 @@ impl Queue {
         checkouts: impl IntoIterator<Item = CheckoutKey>,
         fu: &mut Followups,
     ) {
+        if let Some(r) = self.replica.get() {
+            let checkouts = checkouts.into_iter().collect();
+            return r.submit(
+                QueueCommand::Return {
+                    checkouts,
+                    now: now_ms(),
+                },
+                None,
+            );
+        }
         let mut i = self.locked(fu);
         i.return_checkouts(checkouts, now_ms(), &mut QueueEnv { q: self });
         self.notify_flow(&i);
@@ -756,6 +848,9 @@ impl Queue {
         on_added: impl FnOnce(),
         fu: &mut Followups,
     ) -> Result<(), ConsumeRefused> {
+        if let Some(r) = self.replica.get() {
+            return self.add_consumer_replicated(r, c, on_added);
+        }
         let mut i = self.locked(fu);
         if self.is_deleted() {
             return Err(ConsumeRefused::Deleted);
@@ -776,6 +871,9 @@ impl Queue {
         consumer_id: u32,
         fu: &mut Followups,
     ) {
+        if let Some(r) = self.replica.get() {
+            return self.remove_consumer_replicated(r, channel, consumer_id);
+        }
         let now_unused = self.locked(fu).remove_consumers(
             |c| std::ptr::eq(&*c.handle, channel) && c.consumer_id == consumer_id,
             now_ms(),
@@ -791,6 +889,9 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(self: &Arc<Self>) -> u32 {
+        if let Some(r) = self.replica.get() {
+            return self.purge_replicated(r);
+        }
         self.locked_quiet().purge()
     }
 
@@ -799,6 +900,9 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
         self.drained.notify_waiters();
+        if let Some(r) = self.replica.get() {
+            return self.delete_replicated(r);
+        }
         let (n, consumers) = self.inner.lock().delete();
         if let Some(slot) = self.store.get() {
             let mut st = slot.lock();

@@ -205,7 +205,14 @@ impl VHost {
             d.arguments.clone(),
         );
         let mut recovery = None;
-        if let (true, Some(p)) = (durable, &self.persistence) {
+        let host = self
+            .persistence
+            .as_ref()
+            .and_then(|p| p.replica_host())
+            .filter(|_| quorum && durable);
+        if host.is_some() {
+            // A replicated quorum queue keeps its messages in the node's Raft log.
+        } else if let (true, Some(p)) = (durable, &self.persistence) {
             let (store, rec) = p.open_queue_store(&self.name, &name).map_err(|e| {
                 tracing::error!(queue = %name, error = %e, "cannot open the queue's message store");
                 AmqpError::new(
@@ -219,6 +226,21 @@ impl VHost {
             q = q.with_paging(p.clone());
         }
         let q = Arc::new(q);
+        if let Some(host) = host {
+            let vhost = Arc::downgrade(self);
+            let sink: crate::queue::replica::FollowupSink = Arc::new(move |fu| {
+                if let Some(v) = vhost.upgrade() {
+                    v.follow_up(fu);
+                }
+            });
+            q.attach_replica(&**host, sink).map_err(|e| {
+                tracing::error!(queue = %name, vhost = %self.name, error = %e, "cannot start the quorum queue's Raft group");
+                AmqpError::new(
+                    warren_protocol::constants::INTERNAL_ERROR,
+                    format!("cannot start the queue's Raft group: {e}"),
+                )
+            })?;
+        }
         // No one else can have inserted it: `lifecycle` is held.
         self.queues.write().insert(name, q.clone());
         let mut count = 0;
