@@ -7,7 +7,7 @@ use crate::log_store::GroupLog;
 use crate::network::NoPeers;
 use crate::state_machine::{Output, QueueStateMachine};
 use crate::transport::Registry;
-use crate::types::{NodeId, QueueRaft};
+use crate::types::{Batch, NodeId, QueueRaft};
 use crate::wal::{GroupState, NodeWal};
 use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
@@ -157,17 +157,30 @@ impl QueueGroup {
 
     /// Runs a command through the log: returns its answer once it is committed and applied.
     pub async fn propose(&self, cmd: QueueCommand) -> Result<Applied, GroupError> {
-        let r = self.raft.client_write(cmd).await.map_err(raft_err)?;
-        Ok(r.data)
+        let r = self
+            .raft
+            .client_write(Batch(vec![cmd]))
+            .await
+            .map_err(raft_err)?;
+        r.data
+            .into_iter()
+            .next()
+            .ok_or_else(|| GroupError::Raft("an entry of one command got no answer".into()))
     }
 
-    /// Proposes a command without waiting: returns once it is queued for the log (commands
-    /// submitted one after another reach the log in that order), with a future of its answer.
+    /// Proposes commands as one entry without waiting: returns once it is queued for the log
+    /// (entries submitted one after another reach the log in that order), with a future of
+    /// the answers.
     pub async fn submit(
         &self,
-        cmd: QueueCommand,
-    ) -> Result<impl std::future::Future<Output = Result<Applied, String>> + Send, GroupError> {
-        let rx = self.raft.client_write_ff(cmd).await.map_err(raft_err)?;
+        batch: Vec<QueueCommand>,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<Applied>, String>> + Send, GroupError>
+    {
+        let rx = self
+            .raft
+            .client_write_ff(Batch(batch))
+            .await
+            .map_err(raft_err)?;
         Ok(async move {
             match rx.await {
                 Ok(Ok(r)) => Ok(r.data),

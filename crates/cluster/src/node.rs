@@ -7,9 +7,9 @@
 //! again without storing the id anywhere; a deleted queue's group is forgotten in the WAL
 //! before the deletion returns, so a queue declared again by that name starts empty.
 //!
-//! Commands reach the log in the order they were submitted: one task per group takes them
-//! from a channel and queues each with openraft (`client_write_ff`) before taking the next;
-//! answers are awaited apart, so many commands are in flight (and share a WAL fsync).
+//! Commands reach the log in the order they were submitted: one task per group takes what is
+//! waiting in its channel and proposes it as one entry (`client_write_ff`) before taking
+//! more; answers are awaited apart, so entries are in flight while the next fills.
 
 use crate::group::QueueGroup;
 use crate::types::NodeId;
@@ -124,24 +124,8 @@ impl ReplicaHost for LocalNode {
             .ok_or("the Raft runtime stopped")?
             .map_err(|e| e.to_string())?;
         let group = Arc::new(group);
-        let (tx, mut rx) = mpsc::unbounded_channel::<(QueueCommand, Option<Answer>)>();
-        let proposer = group.clone();
-        self.handle.spawn(async move {
-            while let Some((cmd, answer)) = rx.recv().await {
-                match proposer.submit(cmd).await {
-                    Ok(pending) => {
-                        if let Some(a) = answer {
-                            tokio::spawn(async move { a(pending.await) });
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(a) = answer {
-                            a(Err(e.to_string()));
-                        }
-                    }
-                }
-            }
-        });
+        let (tx, rx) = mpsc::unbounded_channel::<(QueueCommand, Option<Answer>)>();
+        self.handle.spawn(propose_in_batches(group.clone(), rx));
         self.handle.spawn(async move {
             while let Some(o) = out.recv().await {
                 outputs(o);
@@ -175,6 +159,46 @@ impl ReplicaHost for LocalNode {
                 }
             }
         }
+    }
+}
+
+/// Most commands in one log entry.
+const MAX_BATCH: usize = 512;
+
+/// Takes the group's commands in order and proposes whatever is waiting as one entry (see
+/// [`crate::types::Batch`]); answers are handed back apart, so the next entry is proposed
+/// while the last is being committed.
+async fn propose_in_batches(
+    group: Arc<QueueGroup>,
+    mut rx: mpsc::UnboundedReceiver<(QueueCommand, Option<Answer>)>,
+) {
+    let mut waiting = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
+        let (cmds, answers): (Vec<QueueCommand>, Vec<Option<Answer>>) = waiting.drain(..).unzip();
+        match group.submit(cmds).await {
+            Ok(pending) if answers.iter().any(Option::is_some) => {
+                tokio::spawn(async move {
+                    match pending.await {
+                        Ok(applied) => {
+                            for (a, r) in answers.into_iter().zip(applied) {
+                                if let Some(a) = a {
+                                    a(Ok(r));
+                                }
+                            }
+                        }
+                        Err(e) => fail_all(answers, &e),
+                    }
+                });
+            }
+            Ok(_) => {}
+            Err(e) => fail_all(answers, &e.to_string()),
+        }
+    }
+}
+
+fn fail_all(answers: Vec<Option<Answer>>, why: &str) {
+    for a in answers.into_iter().flatten() {
+        a(Err(why.to_string()));
     }
 }
 

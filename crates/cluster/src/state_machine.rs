@@ -113,7 +113,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         Ok((s.last_applied, s.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageErrorOf>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageErrorOf>
     where
         I: IntoIterator<Item = Entry<QueueRaft>> + Send,
         I::IntoIter: Send,
@@ -124,12 +124,16 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         for entry in entries {
             s.last_applied = Some(entry.log_id);
             let answer = match &entry.payload {
-                EntryPayload::Blank => Applied::Done,
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    Applied::Done
+                    Vec::new()
                 }
-                EntryPayload::Normal(cmd) => s.engine.apply(cmd, &mut out),
+                EntryPayload::Normal(batch) => batch
+                    .0
+                    .iter()
+                    .map(|c| s.engine.apply(c, &mut out))
+                    .collect(),
             };
             self.send_output(&mut s.engine, entry.log_id.index, &mut out);
             answers.push(answer);
