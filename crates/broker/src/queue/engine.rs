@@ -861,3 +861,6 @@ impl<C> QueueEngine<C> {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[path = "snapshot.rs"]
+pub mod snapshot;
