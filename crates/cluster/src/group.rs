@@ -50,8 +50,11 @@ fn config() -> Result<Arc<Config>, GroupError> {
         heartbeat_interval: 200,
         election_timeout_min: 1000,
         election_timeout_max: 1200,
-        // Snapshots come with step 3b; until then the log is kept whole.
+        // The state machine asks for snapshots by what was enqueued since the last one
+        // (see state_machine.rs); openraft then purges the log below, keeping a little for
+        // followers that are just behind.
         snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 64,
         ..Default::default()
     };
     c.validate()
@@ -117,11 +120,20 @@ impl QueueGroup {
         registry: Option<&Registry>,
     ) -> Result<(QueueGroup, mpsc::UnboundedReceiver<Output>), GroupError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let sm = QueueStateMachine::new(opts, tx);
+        let (sm, mut snapshot_wanted) =
+            QueueStateMachine::new(id, opts, tx, wal.clone()).map_err(raft_err)?;
         let log = GroupLog::new(id, wal, recovered);
         let raft = Raft::new(node, config()?, network, log.clone(), sm.clone())
             .await
             .map_err(raft_err)?;
+        let trigger = raft.clone();
+        tokio::spawn(async move {
+            while snapshot_wanted.recv().await.is_some() {
+                if trigger.trigger().snapshot().await.is_err() {
+                    break;
+                }
+            }
+        });
         if let Some(r) = registry {
             r.insert(id, raft.clone());
         }

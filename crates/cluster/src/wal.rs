@@ -100,6 +100,9 @@ struct Inner {
 pub struct NodeWal {
     inner: Mutex<Inner>,
     work: Condvar,
+    backend: Arc<dyn Backend>,
+    /// Where each group's latest snapshot is kept (`<group>.snap`).
+    snapshots: std::path::PathBuf,
 }
 
 /// Why the WAL could not be used.
@@ -130,6 +133,7 @@ impl NodeWal {
     ) -> Result<(Arc<NodeWal>, HashMap<u64, GroupState>), WalError> {
         let mut groups: HashMap<u64, GroupState> = HashMap::new();
         let mut bad: Option<WalError> = None;
+        let backend_for_snapshots = backend.clone();
         let log = SegmentLog::open(backend, dir, "wal", SEGMENT_SIZE, |pos, rec| {
             if bad.is_some() || rec.len() < 9 {
                 return;
@@ -154,6 +158,8 @@ impl NodeWal {
                 closed: false,
             }),
             work: Condvar::new(),
+            backend: backend_for_snapshots,
+            snapshots: dir.join("snapshots"),
         });
         let flusher = wal.clone();
         std::thread::Builder::new()
@@ -237,8 +243,65 @@ impl NodeWal {
     /// waited for: if the record is lost, the next start forgets the group again (its queue
     /// is not in the definitions).
     pub fn forget(&self, group: u64) -> Result<(), WalError> {
-        let mut g = self.inner.lock();
-        self.append(&mut g, group, FORGET, &())
+        {
+            let mut g = self.inner.lock();
+            self.append(&mut g, group, FORGET, &())?;
+        }
+        match self.backend.remove(&self.snapshot_path(group)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn snapshot_path(&self, group: u64) -> std::path::PathBuf {
+        self.snapshots.join(format!("{group:016x}.snap"))
+    }
+
+    /// Replaces group `group`'s snapshot with `data`, durably (written aside, synced, renamed
+    /// over the old one, directory synced): a cut leaves the old snapshot or the new one.
+    pub fn save_snapshot(&self, group: u64, data: &[u8]) -> Result<(), WalError> {
+        let (path, tmp) = (
+            self.snapshot_path(group),
+            self.snapshots.join(format!("{group:016x}.tmp")),
+        );
+        self.backend.create_dir_all(&self.snapshots)?;
+        match self.backend.remove(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        let mut f = self.backend.open_append(&tmp)?;
+        f.append(&(data.len() as u64).to_le_bytes())?;
+        f.append(data)?;
+        f.sync()?;
+        drop(f);
+        self.backend.rename(&tmp, &path)?;
+        self.backend.sync_dir(&self.snapshots)?;
+        Ok(())
+    }
+
+    /// Group `group`'s last saved snapshot, if any.
+    pub fn load_snapshot(&self, group: u64) -> Result<Option<Vec<u8>>, WalError> {
+        let f = match self.backend.open_read(&self.snapshot_path(group)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut len = [0u8; 8];
+        f.read_at(0, &mut len)?;
+        let len = u64::from_le_bytes(len);
+        if f.len() < 8 + len {
+            return Err(WalError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "snapshot of group {group} is shorter than it says ({} of {} bytes)",
+                    f.len(),
+                    8 + len
+                ),
+            )));
+        }
+        let mut data = vec![0u8; len as usize];
+        f.read_at(8, &mut data)?;
+        Ok(Some(data))
     }
 
     /// Stops the flusher after its last sync (tests restart a node on the same directory).
