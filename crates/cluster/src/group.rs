@@ -51,10 +51,10 @@ fn config() -> Result<Arc<Config>, GroupError> {
         election_timeout_min: 1000,
         election_timeout_max: 1200,
         // The state machine asks for snapshots by what was enqueued since the last one
-        // (see state_machine.rs); openraft then purges the log below, keeping a little for
-        // followers that are just behind.
+        // (see state_machine.rs); openraft then purges the log below it (a follower that is
+        // behind gets the snapshot).
         snapshot_policy: SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: 64,
+        max_in_snapshot_log_to_keep: 0,
         ..Default::default()
     };
     c.validate()
@@ -122,10 +122,11 @@ impl QueueGroup {
         let (tx, rx) = mpsc::unbounded_channel();
         let (sm, mut snapshot_wanted) =
             QueueStateMachine::new(id, opts, tx, wal.clone()).map_err(raft_err)?;
-        let log = GroupLog::new(id, wal, recovered);
+        let log = GroupLog::new(id, wal.clone(), recovered);
         let raft = Raft::new(node, config()?, network, log.clone(), sm.clone())
             .await
             .map_err(raft_err)?;
+        wal.on_snapshot_needed(id, sm.snapshot_asker());
         let trigger = raft.clone();
         tokio::spawn(async move {
             while snapshot_wanted.recv().await.is_some() {

@@ -117,6 +117,12 @@ impl QueueStateMachine {
         Ok((sm, wanted_rx))
     }
 
+    /// A way to ask this state machine's group for a snapshot (the WAL asks when the group's
+    /// old entries hold back the removal of a segment).
+    pub fn snapshot_asker(&self) -> mpsc::Sender<()> {
+        self.wanted.clone()
+    }
+
     /// Asks for snapshots after fewer bytes or entries than the defaults (tests).
     pub fn set_snapshot_thresholds(&self, min_bytes: u64, max_entries: u64) {
         let mut s = self.state.lock();

@@ -199,6 +199,87 @@ async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
     g.shutdown().await.unwrap();
 }
 
+/// The WAL does not grow without end: segments whose entries are all below snapshots go,
+/// and an idle group whose few old entries hold a segment back is asked for a snapshot.
+/// A restart afterwards finds both groups whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_wal_segments_are_removed_once_their_entries_are_below_snapshots() {
+    const SEGMENT: u32 = 8 << 10;
+    let dir = Dir::new("wal-gc");
+    let (busy, idle) = (GROUP, GROUP + 1);
+    {
+        let (wal, mut rec) =
+            NodeWal::open_with_segment_size(FileBackend::shared(), &dir.0, SEGMENT).unwrap();
+        let start = |id: u64, rec: warren_cluster::GroupState| {
+            QueueGroup::start(1, id, wal.clone(), rec, QueueOptions::default())
+        };
+        let (b, _bo) = start(busy, rec.remove(&busy).unwrap_or_default())
+            .await
+            .unwrap();
+        let (i, _io) = start(idle, rec.remove(&idle).unwrap_or_default())
+            .await
+            .unwrap();
+        b.state().set_snapshot_thresholds(2048, 50);
+        for id in 0..3 {
+            i.propose(enqueue(1000 + id)).await.unwrap();
+        }
+        // Far more than a segment's worth through the busy group, consumed as it goes.
+        for id in 0..1500 {
+            b.propose(enqueue(id)).await.unwrap();
+            let Applied::Got {
+                checkout: Some(c), ..
+            } = b
+                .propose(QueueCommand::Get {
+                    owner: Some(9),
+                    now: 0,
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("no message")
+            };
+            b.propose(QueueCommand::Settle {
+                checkouts: vec![(9, c)],
+                now: 0,
+            })
+            .await
+            .unwrap();
+        }
+        b.propose(enqueue(5000)).await.unwrap();
+        let segments = wal.segments();
+        assert!(
+            segments.len() <= 6 && segments[0] > 10,
+            "old segments were not removed: {segments:?}"
+        );
+        assert!(
+            i.state().snapshots_built() >= 1,
+            "the idle group was asked for a snapshot"
+        );
+        b.shutdown().await.unwrap();
+        i.shutdown().await.unwrap();
+        wal.close();
+    }
+    let (wal, mut rec) =
+        NodeWal::open_with_segment_size(FileBackend::shared(), &dir.0, SEGMENT).unwrap();
+    for (id, want) in [(busy, vec![5000]), (idle, vec![1000, 1001, 1002])] {
+        let (g, _out) = QueueGroup::start(
+            1,
+            id,
+            wal.clone(),
+            rec.remove(&id).expect("the group's records"),
+            QueueOptions::default(),
+        )
+        .await
+        .unwrap();
+        g.caught_up(Duration::from_secs(10)).await.unwrap();
+        let ready: Vec<u64> = g
+            .state()
+            .with_engine(|e| e.ready().map(|m| body_id(&m.msg.body)).collect());
+        assert_eq!(ready, want, "group {id} after the restart");
+        g.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_is_answered_only_after_its_entry_is_fsynced() {
     let dir = Dir::new("fsync");
