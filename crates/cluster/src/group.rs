@@ -157,6 +157,21 @@ impl QueueGroup {
         m.current_leader.ok_or(GroupError::NoLeader(timeout))
     }
 
+    /// openraft's view of the group (state, leader, log and applied indexes), for diagnostics.
+    pub fn describe(&self) -> String {
+        let m = self.raft.metrics().borrow().clone();
+        format!(
+            "{:?} leader {:?} last log {:?} applied {:?} snapshot {:?} purged {:?} error {:?}",
+            m.state,
+            m.current_leader,
+            m.last_log_index,
+            m.last_applied,
+            m.snapshot,
+            m.purged,
+            m.running_state
+        )
+    }
+
     /// This node's id in the group.
     pub fn raft_id(&self) -> NodeId {
         self.raft.metrics().borrow().id

@@ -179,7 +179,12 @@ async fn confirmed_entries_survive_power_cuts() {
         );
         cut_rounds += 1;
         snapshots += g.state().snapshots_built();
-        let g = Arc::try_unwrap(g).ok().expect("the tasks are done");
+        let g = Arc::try_unwrap(g).unwrap_or_else(|g| {
+            panic!(
+                "seed {seed} round {round}: a task still runs 20 s after the cut; the group: {}",
+                g.describe()
+            )
+        });
         let _ = tokio::time::timeout(Duration::from_secs(5), g.shutdown()).await;
         wal.close();
         let (after, report) = disk.after_power_loss(rng.gen());
