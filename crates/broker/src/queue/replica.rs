@@ -56,7 +56,13 @@ pub trait Replica: Send + Sync {
     fn set_options(&self, opts: QueueOptions, now: u64);
     /// The queue was used (`x-expires`); local as `set_options`.
     fn touch(&self, now: u64);
+    /// Commands submitted and not yet proposed (publishers wait when there are many).
+    fn queued(&self) -> usize;
 }
+
+/// Flow control of a replicated queue: publishers wait while more commands than this wait to
+/// be proposed (the group is behind), as they wait for a classic queue's consumers.
+pub const QUEUED_HIGH: usize = 20_000;
 
 /// Opens replicated queues' groups on this node.
 pub trait ReplicaHost: Send + Sync {
