@@ -271,10 +271,6 @@ impl Replica for GroupReplica {
         let _ = rx.recv_timeout(OPEN_TIMEOUT);
     }
 
-    fn set_options(&self, opts: QueueOptions, now: u64) {
-        self.group.state().set_options(opts, now);
-    }
-
     fn touch(&self, now: u64) {
         self.group.state().touch(now);
     }

@@ -319,7 +319,13 @@ impl Queue {
         fu: &mut Followups,
     ) {
         let needs_timer = opts.message_ttl.is_some() || opts.expires.is_some();
-        r.set_options(opts, now_ms());
+        r.submit(
+            QueueCommand::SetOptions {
+                opts,
+                now: now_ms(),
+            },
+            None,
+        );
         if needs_timer {
             self.timer_followup(fu);
         }
