@@ -248,7 +248,7 @@ impl NodeWal {
         backend_for_snapshots.sync_dir(dir)?;
         let segment = log.current_segment();
         entries_in.entry(segment).or_default();
-        let mut inner = Inner {
+        let inner = Inner {
             log,
             waiting: Vec::new(),
             scratch: Vec::new(),
@@ -259,13 +259,20 @@ impl NodeWal {
             removable: Vec::new(),
             askers: HashMap::new(),
         };
-        inner.collect_garbage();
         let wal = Arc::new(NodeWal {
             inner: Mutex::new(inner),
             work: Condvar::new(),
             backend: backend_for_snapshots,
             snapshots,
         });
+        {
+            // The segment log may have started a fresh segment (after a damaged tail): give
+            // it the checkpoint a roll-over would have, before any older segment may go (they
+            // could hold a group's only purge point or vote).
+            let mut g = wal.inner.lock();
+            wal.checkpoint(&mut g)?;
+            g.collect_garbage();
+        }
         let flusher = wal.clone();
         std::thread::Builder::new()
             .name("warren-raft-wal".into())
