@@ -252,6 +252,9 @@ pub struct Queue {
     flow_waiting: AtomicBool,
     /// Registered with the vhost's timer (TTL, expiry).
     timed: AtomicBool,
+    /// A stream (`x-queue-type: stream`) keeps its messages and consumers here instead of in
+    /// the engine; the methods below hand them over.
+    stream: Option<Box<crate::stream::Stream>>,
 }
 
 impl Queue {
@@ -282,7 +285,20 @@ impl Queue {
             drained: tokio::sync::Notify::new(),
             flow_waiting: AtomicBool::new(false),
             timed: AtomicBool::new(false),
+            stream: None,
         }
+    }
+
+    /// Makes this queue a stream with `stream` as its log.
+    pub(crate) fn with_stream(mut self, persistence: Arc<Persistence>, stream: crate::stream::Stream) -> Self {
+        self.persistence = Some(persistence);
+        self.stream = Some(Box::new(stream));
+        self
+    }
+
+    /// The stream, if this queue is one.
+    pub fn stream(&self) -> Option<&crate::stream::Stream> {
+        self.stream.as_deref()
     }
 
     /// Locks the queue for a command whose dead letters and timer go to `fu`.
@@ -534,6 +550,9 @@ impl Queue {
     /// With `full` false (the group commit), acks and delivered marks may be left for a later
     /// sync: the result says whether the queue needs one.
     pub(crate) fn sync_store(&self, full: bool) -> warren_store::Result<bool> {
+        if let Some(s) = &self.stream {
+            return s.sync();
+        }
         let Some(slot) = self.store.get() else {
             return Ok(false);
         };
@@ -621,19 +640,31 @@ impl Queue {
     }
 
     pub fn stats(&self) -> QueueStats {
+        if let Some(s) = &self.stream {
+            return s.stats();
+        }
         self.inner.lock().stats()
     }
 
     pub fn message_count(&self) -> u32 {
+        if let Some(s) = &self.stream {
+            return s.count() as u32;
+        }
         self.inner.lock().len() as u32
     }
 
     pub fn consumer_count(&self) -> u32 {
+        if let Some(s) = &self.stream {
+            return s.consumer_count();
+        }
         self.inner.lock().consumers().len() as u32
     }
 
     /// Consumer tags and channels, for listing.
     pub fn consumers(&self) -> Vec<(ShortStr, Arc<DeliveryChannel>, bool, bool)> {
+        if let Some(s) = &self.stream {
+            return s.consumers();
+        }
         self.inner
             .lock()
             .consumers()
@@ -666,6 +697,9 @@ impl Queue {
     ) -> Result<Published, PublishError> {
         if self.is_deleted() {
             return Ok(Published::default());
+        }
+        if let Some(s) = &self.stream {
+            return s.publish(self, &msg);
         }
         let mut i = self.locked(fu);
         i.admit(&msg).map_err(|Rejected| PublishError::Rejected)?;
@@ -709,6 +743,9 @@ impl Queue {
 
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>, fu: &mut Followups) {
+        if let Some(s) = &self.stream {
+            return s.dispatch(self);
+        }
         let mut i = self.locked(fu);
         let now = if i.uses_clock() { now_ms() } else { 0 };
         i.dispatch(now, &mut QueueEnv { q: self });
@@ -717,12 +754,18 @@ impl Queue {
 
     /// basic.get: takes the next ready message; with an owner it is checked out to it.
     pub fn get(self: &Arc<Self>, owner: Option<Owner>, fu: &mut Followups) -> Option<Got> {
+        if self.stream.is_some() {
+            return None; // refused before: stream::get_refused
+        }
         let mut i = self.locked(fu);
         i.get(owner, now_ms(), &mut QueueEnv { q: self })
     }
 
     /// basic.ack: checked-out messages are done with; they leave the store.
     pub fn settle(self: &Arc<Self>, checkouts: impl IntoIterator<Item = CheckoutKey>) {
+        if let Some(s) = &self.stream {
+            return s.settled(checkouts.into_iter().count());
+        }
         self.locked_quiet().settle(checkouts);
     }
 
@@ -733,6 +776,9 @@ impl Queue {
         checkouts: impl IntoIterator<Item = CheckoutKey>,
         fu: &mut Followups,
     ) {
+        if let Some(s) = &self.stream {
+            return s.settled(checkouts.into_iter().count());
+        }
         self.locked(fu).discard(checkouts);
     }
 
@@ -743,6 +789,9 @@ impl Queue {
         checkouts: impl IntoIterator<Item = CheckoutKey>,
         fu: &mut Followups,
     ) {
+        if let Some(s) = &self.stream {
+            return s.settled(checkouts.into_iter().count());
+        }
         let mut i = self.locked(fu);
         i.return_checkouts(checkouts, now_ms(), &mut QueueEnv { q: self });
         self.notify_flow(&i);
@@ -756,6 +805,10 @@ impl Queue {
         on_added: impl FnOnce(),
         fu: &mut Followups,
     ) -> Result<(), ConsumeRefused> {
+        if let Some(s) = &self.stream {
+            let next = crate::stream::args::OffsetSpec::Next;
+            return s.add_consumer(self, c, next, None, on_added);
+        }
         let mut i = self.locked(fu);
         if self.is_deleted() {
             return Err(ConsumeRefused::Deleted);
@@ -776,6 +829,9 @@ impl Queue {
         consumer_id: u32,
         fu: &mut Followups,
     ) {
+        if let Some(s) = &self.stream {
+            return s.remove_consumer(channel, consumer_id);
+        }
         let now_unused = self.locked(fu).remove_consumers(
             |c| std::ptr::eq(&*c.handle, channel) && c.consumer_id == consumer_id,
             now_ms(),
@@ -791,6 +847,9 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(self: &Arc<Self>) -> u32 {
+        if self.stream.is_some() {
+            return 0; // refused before: stream::purge_refused
+        }
         self.locked_quiet().purge()
     }
 
@@ -799,6 +858,9 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
         self.drained.notify_waiters();
+        if let Some(s) = &self.stream {
+            return s.delete();
+        }
         let (n, consumers) = self.inner.lock().delete();
         if let Some(slot) = self.store.get() {
             let mut st = slot.lock();
