@@ -401,7 +401,7 @@ impl DeliveryChannel {
                     arguments,
                     &queue.name,
                     &queue.vhost_name,
-                    crate::clock::now_ms(),
+                    crate::stream::unix_ms(),
                 )?)
             }
             None => None,

@@ -19,7 +19,6 @@
 pub mod args;
 mod reader;
 
-use crate::clock::now_ms;
 use crate::delivery::{Deliver, DeliveryChannel};
 use crate::error::{AmqpError, Result};
 use crate::message::Message;
@@ -37,6 +36,14 @@ use warren_protocol::ShortStr;
 use warren_store::{StreamRecord, StreamStore};
 
 pub use args::parse_age;
+
+/// Wall-clock time in ms since the Unix epoch: a stream's timestamps outlive the process
+/// (the broker's own clock counts from its start).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A stream's log, its readers and its counters.
 pub struct Stream {
@@ -135,7 +142,7 @@ impl Stream {
             return;
         }
         let mut st = self.store.lock();
-        if let Err(e) = st.apply_retention(r, now_ms()) {
+        if let Err(e) = st.apply_retention(r, unix_ms()) {
             tracing::warn!(dir = %st.dir().display(), error = %e, "stream retention could not remove a segment");
         }
     }
@@ -155,7 +162,7 @@ impl Stream {
     /// to the readers at the tail. The publisher's confirm waits for the returned epoch.
     pub(crate) fn publish(&self, q: &Arc<Queue>, msg: &Message) -> std::result::Result<Published, PublishError> {
         let p = &self.persistence;
-        let now = now_ms();
+        let now = unix_ms();
         let (epoch, rolled) = {
             let _gate = p.gate.read();
             let epoch = p.current_epoch();
