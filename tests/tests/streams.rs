@@ -600,3 +600,51 @@ async fn a_stream_comes_back_after_a_restart_and_offsets_go_on() {
     drop(q);
     b.stop();
 }
+
+/// By hand: `WARREN_STREAM_BENCH_URL=amqp://… WARREN_STREAM_BENCH_QUEUE=name cargo test -p
+/// warren-tests --test streams replay_throughput -- --ignored --nocapture` replays an existing
+/// stream from `first` with ten consumers at once (prefetch 1000, acks every 100 with
+/// `multiple`) against any broker, and prints the messages per second.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn replay_throughput() {
+    use lapin::options::BasicAckOptions;
+    let url = std::env::var("WARREN_STREAM_BENCH_URL").expect("WARREN_STREAM_BENCH_URL");
+    let queue = std::env::var("WARREN_STREAM_BENCH_QUEUE").expect("WARREN_STREAM_BENCH_QUEUE");
+    let count: u64 = std::env::var("WARREN_STREAM_BENCH_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("WARREN_STREAM_BENCH_COUNT: messages to read per consumer");
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..10 {
+        let (url, queue) = (url.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            let conn = connect_url(&url).await;
+            let ch = channel(&conn).await;
+            qos(&ch, 1000, false).await;
+            let mut c = consume_from(&ch, &queue, &format!("bench-{k}"), offset_arg(long("first"))).await;
+            let mut n = 0u64;
+            while n < count {
+                let d = match tokio::time::timeout(std::time::Duration::from_secs(30), c.next()).await {
+                    Ok(Some(Ok(d))) => d,
+                    other => panic!("consumer {k} after {n}: {other:?}"),
+                };
+                n += 1;
+                if n % 100 == 0 || n == count {
+                    d.ack(BasicAckOptions { multiple: true }).await.unwrap();
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "replay: 10 consumers, {total} messages in {secs:.2} s: {:.0} msg/s in total",
+        total as f64 / secs
+    );
+}
