@@ -35,6 +35,19 @@ impl TestBroker {
         Self::with_persistence(Persistence::new(data_dir, backend))
     }
 
+    /// A broker on `data_dir` whose quorum queues are Raft groups on the node's write-ahead
+    /// log in `data_dir/raft` (as `warren` with `quorum_queues.replicated = true`).
+    pub fn replicated(data_dir: &std::path::Path) -> Self {
+        let p = Persistence::new(data_dir, warren_store::FileBackend::shared());
+        let node = warren_cluster::LocalNode::open(
+            warren_store::FileBackend::shared(),
+            &data_dir.join("raft"),
+        )
+        .unwrap_or_else(|e| panic!("open the Raft log in {}: {e}", data_dir.display()));
+        p.set_replica_host(node);
+        Self::with_persistence(p)
+    }
+
     /// As [`TestBroker::with_backend`], on a persistence the test made (to set its store
     /// options, say).
     pub fn with_persistence(persistence: Arc<Persistence>) -> Self {

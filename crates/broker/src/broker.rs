@@ -119,6 +119,18 @@ impl Broker {
         } else {
             persistence.remove_orphans(&[]);
         }
+        if let Some(host) = persistence.replica_host() {
+            // The logs of replicated queues deleted while the node was down (or whose
+            // deletion was cut short) go, so a queue declared again by that name starts empty.
+            let live: Vec<(String, String)> = b
+                .vhosts()
+                .iter()
+                .flat_map(|v| v.queues())
+                .filter(|q| q.is_replicated())
+                .map(|q| (q.vhost_name.clone(), q.name.to_string()))
+                .collect();
+            host.retain(&live);
+        }
         b.start_flusher(persistence.clone());
         persistence.definitions_changed();
         // After the definitions are back, so delayed messages find their exchanges.

@@ -46,6 +46,9 @@ pub struct Deliver<'a> {
     pub qm: &'a QueuedMessage,
     /// The message's checkout in its queue, if the consumer acks.
     pub checkout: CheckoutId,
+    /// A replicated queue's engine already checked it out (it counted the consumer's
+    /// prefetch): the channel takes it whatever its own limits say, unless it is closed.
+    pub decided: bool,
 }
 
 /// A message delivered on this channel and not yet acknowledged: where it is checked out (the
@@ -183,7 +186,7 @@ impl DeliveryChannel {
     /// the channel is closed, flow-stopped or its connection saturated).
     pub fn deliver(&self, d: Deliver<'_>) -> bool {
         let mut s = self.state.lock();
-        if s.closed || !s.flow_active || self.writer.is_saturated() {
+        if s.closed || !d.decided && (!s.flow_active || self.writer.is_saturated()) {
             return false;
         }
         let global_full = s.global_prefetch != 0 && s.unacked.len() >= s.global_prefetch as usize;
@@ -191,7 +194,9 @@ impl DeliveryChannel {
             return false;
         };
         if !d.no_ack {
-            if global_full || (slot.prefetch != 0 && slot.unacked >= slot.prefetch as u32) {
+            if !d.decided
+                && (global_full || (slot.prefetch != 0 && slot.unacked >= slot.prefetch as u32))
+            {
                 return false;
             }
             slot.unacked += 1;
@@ -441,8 +446,14 @@ impl DeliveryChannel {
             no_ack,
             exclusive,
             priority,
-            // The channel enforces prefetch (per consumer or channel-wide) in `deliver`.
-            prefetch: 0,
+            // The channel enforces prefetch (per consumer or channel-wide) in `deliver`; a
+            // replicated queue's engine counts it itself (every replica decides the same
+            // deliveries), with the consumer's prefetch as RabbitMQ's quorum queues do.
+            prefetch: if queue.is_replicated() {
+                self.state.lock().prefetch_count as u32
+            } else {
+                0
+            },
         };
         let added = match (queue.stream(), stream_args) {
             (Some(s), Some((spec, filter))) => s.add_consumer(queue, c, spec, filter, on_added),
@@ -459,6 +470,10 @@ impl DeliveryChannel {
                     )),
                     ConsumeRefused::Deleted => AmqpError::not_found(format!(
                         "no queue '{}' in vhost '{}'",
+                        queue.name, queue.vhost_name
+                    )),
+                    ConsumeRefused::Unavailable(why) => AmqpError::precondition(format!(
+                        "queue '{}' in vhost '{}' is not available: {why}",
                         queue.name, queue.vhost_name
                     )),
                 })

@@ -59,6 +59,10 @@ pub struct Persistence {
     wake_lock: Mutex<bool>,
     synced: tokio::sync::watch::Sender<SyncState>,
     pub store_options: StoreOptions,
+    /// Where quorum queues are replicated (the node's Raft groups), when enabled: see
+    /// [`crate::queue::replica`]. Without one, a quorum queue is a single-node queue with
+    /// quorum semantics, stored as a durable classic queue is.
+    replicas: std::sync::OnceLock<Arc<dyn crate::queue::replica::ReplicaHost>>,
 }
 
 impl Persistence {
@@ -90,7 +94,17 @@ impl Persistence {
             wake_lock: Mutex::new(false),
             synced,
             store_options: StoreOptions::default(),
+            replicas: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Replicates quorum queues with `host` (set before [`crate::Broker::open`]).
+    pub fn set_replica_host(&self, host: Arc<dyn crate::queue::replica::ReplicaHost>) {
+        let _ = self.replicas.set(host);
+    }
+
+    pub fn replica_host(&self) -> Option<&Arc<dyn crate::queue::replica::ReplicaHost>> {
+        self.replicas.get()
     }
 
     pub fn dir(&self) -> &Path {

@@ -7,7 +7,7 @@ use crate::log_store::GroupLog;
 use crate::network::NoPeers;
 use crate::state_machine::{Output, QueueStateMachine};
 use crate::transport::Registry;
-use crate::types::{NodeId, QueueRaft};
+use crate::types::{Batch, NodeId, QueueRaft};
 use crate::wal::{GroupState, NodeWal};
 use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
@@ -50,8 +50,11 @@ fn config() -> Result<Arc<Config>, GroupError> {
         heartbeat_interval: 200,
         election_timeout_min: 1000,
         election_timeout_max: 1200,
-        // Snapshots come with step 3b; until then the log is kept whole.
+        // The state machine asks for snapshots by what was enqueued since the last one
+        // (see state_machine.rs); openraft then purges the log below it (a follower that is
+        // behind gets the snapshot).
         snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
         ..Default::default()
     };
     c.validate()
@@ -84,8 +87,13 @@ impl QueueGroup {
             members: BTreeMap::from([(node, BasicNode::default())]),
             initialize: true,
         };
+        let restarted = !recovered.entries.is_empty() || recovered.vote.is_some();
         let started =
             Self::start_member(node, id, wal, recovered, opts, alone, NoPeers, None).await?;
+        if restarted {
+            // Alone, it need not wait out an election timeout to lead again.
+            started.0.raft.trigger().elect().await.map_err(raft_err)?;
+        }
         let wait = Duration::from_secs(10);
         started
             .0
@@ -112,11 +120,21 @@ impl QueueGroup {
         registry: Option<&Registry>,
     ) -> Result<(QueueGroup, mpsc::UnboundedReceiver<Output>), GroupError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let sm = QueueStateMachine::new(opts, tx);
-        let log = GroupLog::new(id, wal, recovered);
+        let (sm, mut snapshot_wanted) =
+            QueueStateMachine::new(id, opts, tx, wal.clone()).map_err(raft_err)?;
+        let log = GroupLog::new(id, wal.clone(), recovered);
         let raft = Raft::new(node, config()?, network, log.clone(), sm.clone())
             .await
             .map_err(raft_err)?;
+        wal.on_snapshot_needed(id, sm.snapshot_asker());
+        let trigger = raft.clone();
+        tokio::spawn(async move {
+            while snapshot_wanted.recv().await.is_some() {
+                if trigger.trigger().snapshot().await.is_err() {
+                    break;
+                }
+            }
+        });
         if let Some(r) = registry {
             r.insert(id, raft.clone());
         }
@@ -139,6 +157,21 @@ impl QueueGroup {
         m.current_leader.ok_or(GroupError::NoLeader(timeout))
     }
 
+    /// openraft's view of the group (state, leader, log and applied indexes), for diagnostics.
+    pub fn describe(&self) -> String {
+        let m = self.raft.metrics().borrow().clone();
+        format!(
+            "{:?} leader {:?} last log {:?} applied {:?} snapshot {:?} purged {:?} error {:?}",
+            m.state,
+            m.current_leader,
+            m.last_log_index,
+            m.last_applied,
+            m.snapshot,
+            m.purged,
+            m.running_state
+        )
+    }
+
     /// This node's id in the group.
     pub fn raft_id(&self) -> NodeId {
         self.raft.metrics().borrow().id
@@ -152,8 +185,37 @@ impl QueueGroup {
 
     /// Runs a command through the log: returns its answer once it is committed and applied.
     pub async fn propose(&self, cmd: QueueCommand) -> Result<Applied, GroupError> {
-        let r = self.raft.client_write(cmd).await.map_err(raft_err)?;
-        Ok(r.data)
+        let r = self
+            .raft
+            .client_write(Batch(vec![cmd]))
+            .await
+            .map_err(raft_err)?;
+        r.data
+            .into_iter()
+            .next()
+            .ok_or_else(|| GroupError::Raft("an entry of one command got no answer".into()))
+    }
+
+    /// Proposes commands as one entry without waiting: returns once it is queued for the log
+    /// (entries submitted one after another reach the log in that order), with a future of
+    /// the answers.
+    pub async fn submit(
+        &self,
+        batch: Vec<QueueCommand>,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<Applied>, String>> + Send, GroupError>
+    {
+        let rx = self
+            .raft
+            .client_write_ff(Batch(batch))
+            .await
+            .map_err(raft_err)?;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(r)) => Ok(r.data),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the queue's Raft group stopped".to_string()),
+            }
+        })
     }
 
     /// Waits until every entry in the log has been applied (after a restart, the state is
@@ -178,7 +240,7 @@ impl QueueGroup {
         self.log.len()
     }
 
-    pub async fn shutdown(self) -> Result<(), GroupError> {
+    pub async fn shutdown(&self) -> Result<(), GroupError> {
         self.raft.shutdown().await.map_err(raft_err)
     }
 }

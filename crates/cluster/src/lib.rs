@@ -1,7 +1,8 @@
 //! Warren's replicated queues (issue 14; docs/cluster-plan.md): quorum queues as openraft
 //! groups whose state machine is the queue engine and whose logs share the node's
 //! write-ahead log. Steps 3 and 4 of the plan, so far: a group per queue on one node or
-//! across nodes (TCP links), confirms on commit. Not wired into the AMQP server yet.
+//! across nodes (TCP links), confirms on commit. Wired into the AMQP server on one node
+//! behind `quorum_queues.replicated` (off by default until snapshots keep the log short).
 //!
 //! Layout:
 //! - [`types`]: openraft's type configuration (`QueueRaft`: entries are `QueueCommand`s).
@@ -11,16 +12,20 @@
 //! - [`network`]: a node alone (no links).
 //! - [`transport`]: links between nodes: Raft RPCs over TCP, a shared-secret handshake.
 //! - [`group`]: [`QueueGroup`], start a group and propose commands.
+//! - [`node`]: [`LocalNode`], the broker's `ReplicaHost`: the node's WAL, its Raft runtime,
+//!   and a group per quorum queue (`quorum_queues.replicated = true`).
 
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod node;
 pub mod state_machine;
 pub mod transport;
 pub mod types;
 pub mod wal;
 
 pub use group::{GroupError, Membership, QueueGroup};
+pub use node::LocalNode;
 pub use state_machine::Output;
 pub use transport::{Listener, Registry, TcpPeers};
 pub use wal::{GroupState, NodeWal, WalError};

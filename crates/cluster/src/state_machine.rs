@@ -3,78 +3,216 @@
 //! for timer ticks) goes out on a channel as [`Output`], for the leader's node to act on;
 //! followers drop it.
 //!
-//! The state lives in memory and is rebuilt on start by applying the log again (nothing is
-//! purged yet). Snapshots are not built yet: with `SnapshotPolicy::Never` openraft asks for
-//! none, and a group of one never sends one (step 3b: payload-free snapshots).
+//! Snapshots: the engine's state ([`EngineSnapshot`], bodies included for now) with the last
+//! applied log id and membership, saved in the node's snapshot directory
+//! ([`NodeWal::save_snapshot`]); openraft then purges the log below it, so a group's log (in
+//! memory and in the WAL) holds only what came after. A snapshot is asked for once the bytes enqueued since the last one reach
+//! the backlog's size (at least [`SNAPSHOT_MIN_BYTES`]), or after [`SNAPSHOT_MAX_ENTRIES`]
+//! entries: the cost of writing snapshots stays proportional to what is published. On start,
+//! the saved snapshot is loaded and only the log after it is applied again.
 
 use crate::types::{LogIdOf, NodeId, QueueRaft, StorageErrorOf};
+use crate::wal::{NodeWal, WalError};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
     StoredMembership,
 };
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use warren_broker::deadletter::DeadLetter;
 use warren_broker::queue::{
-    Applied, CheckoutId, Deliveries, Effect, Owner, QueueEngine, QueueOptions, QueuedMessage,
+    Applied, Deliveries, Effect, EngineSnapshot, Owner, QueueCommand, QueueEngine, QueueOptions,
 };
 
-/// What one applied entry asks of the leader.
-#[derive(Debug)]
-pub struct Output {
-    pub index: u64,
-    /// Messages to hand to their owners' channels.
-    pub deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>,
-    pub dead_letters: Vec<DeadLetter>,
-    /// Messages with a TTL arrived: the leader should propose `Tick`s.
-    pub needs_ticks: bool,
+/// A snapshot is not asked for before this many bytes were enqueued since the last one.
+pub const SNAPSHOT_MIN_BYTES: u64 = 8 << 20;
+/// ... and is asked for after this many entries whatever their size (acks are small).
+pub const SNAPSHOT_MAX_ENTRIES: u64 = 20_000;
+
+/// What a saved snapshot holds.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    engine: EngineSnapshot,
 }
+
+/// What one applied entry asks of the leader (deliveries, dead letters, ticks).
+pub use warren_broker::queue::replica::ReplicaOutput as Output;
 
 struct State {
     engine: QueueEngine<Owner>,
     last_applied: Option<LogIdOf>,
     membership: StoredMembership<NodeId, BasicNode>,
+    /// The last snapshot (built, installed or loaded) and its encoding.
+    current: Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>,
+    /// Enqueued bytes and entries applied since the last snapshot.
+    bytes_since: u64,
+    entries_since: u64,
+    /// A snapshot was asked for and not built yet.
+    asked: bool,
+    snapshots_built: u64,
+    /// [`SNAPSHOT_MIN_BYTES`] and [`SNAPSHOT_MAX_ENTRIES`] unless a test sets others.
+    min_bytes: u64,
+    max_entries: u64,
 }
 
 /// The state machine (cheap to clone; clones share the state).
 #[derive(Clone)]
 pub struct QueueStateMachine {
+    group: u64,
     state: Arc<Mutex<State>>,
     out: mpsc::UnboundedSender<Output>,
+    wal: Arc<NodeWal>,
+    /// Asks the group for a snapshot (see [`QueueStateMachine::new`]).
+    wanted: mpsc::Sender<()>,
+}
+
+fn decode_err(e: impl std::fmt::Display) -> WalError {
+    WalError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("undecodable snapshot: {e}"),
+    ))
 }
 
 impl QueueStateMachine {
-    pub fn new(opts: QueueOptions, out: mpsc::UnboundedSender<Output>) -> Self {
-        QueueStateMachine {
-            state: Arc::new(Mutex::new(State {
-                engine: QueueEngine::new(opts, 0),
-                last_applied: None,
-                membership: StoredMembership::default(),
-            })),
-            out,
+    /// Group `group`'s state machine, from its saved snapshot if there is one, and the
+    /// receiver on which it asks for snapshots (the group calls openraft's trigger; the
+    /// receiver ends when the last clone of the state machine is gone).
+    pub fn new(
+        group: u64,
+        opts: QueueOptions,
+        out: mpsc::UnboundedSender<Output>,
+        wal: Arc<NodeWal>,
+    ) -> Result<(Self, mpsc::Receiver<()>), WalError> {
+        let (wanted, wanted_rx) = mpsc::channel(1);
+        let mut state = State {
+            engine: QueueEngine::new(opts.clone(), 0),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            current: None,
+            bytes_since: 0,
+            entries_since: 0,
+            asked: false,
+            snapshots_built: 0,
+            min_bytes: SNAPSHOT_MIN_BYTES,
+            max_entries: SNAPSHOT_MAX_ENTRIES,
+        };
+        if let Some(data) = wal.load_snapshot(group)? {
+            let stored: Stored = postcard::from_bytes(&data).map_err(decode_err)?;
+            state.engine = QueueEngine::restore(opts, stored.engine);
+            state.last_applied = stored.meta.last_log_id;
+            state.membership = stored.meta.last_membership.clone();
+            state.current = Some((stored.meta, data));
         }
+        let sm = QueueStateMachine {
+            group,
+            state: Arc::new(Mutex::new(state)),
+            out,
+            wal,
+            wanted,
+        };
+        Ok((sm, wanted_rx))
+    }
+
+    /// A way to ask this state machine's group for a snapshot (the WAL asks when the group's
+    /// old entries hold back the removal of a segment).
+    pub fn snapshot_asker(&self) -> mpsc::Sender<()> {
+        self.wanted.clone()
+    }
+
+    /// Asks for snapshots after fewer bytes or entries than the defaults (tests).
+    pub fn set_snapshot_thresholds(&self, min_bytes: u64, max_entries: u64) {
+        let mut s = self.state.lock();
+        (s.min_bytes, s.max_entries) = (min_bytes, max_entries);
+    }
+
+    /// Snapshots built or installed since the start.
+    pub fn snapshots_built(&self) -> u64 {
+        self.state.lock().snapshots_built
     }
 
     /// Reads the engine (counts, checkouts) under the state's lock.
     pub fn with_engine<T>(&self, f: impl FnOnce(&QueueEngine<Owner>) -> T) -> T {
         f(&self.state.lock().engine)
     }
+
+    /// Replaces the queue's options (a policy changed) on this replica only: not through the
+    /// log yet (see [`warren_broker::queue::replica::Replica::set_options`]).
+    pub fn set_options(&self, opts: QueueOptions, now: u64) {
+        let mut s = self.state.lock();
+        let mut out = Deliveries::default();
+        s.engine.set_options(opts, now, &mut out);
+        self.send_output(&mut s.engine, 0, &mut out);
+    }
+
+    /// The queue was used (`x-expires`), on this replica only.
+    pub fn touch(&self, now: u64) {
+        self.state.lock().engine.touch(now);
+    }
+
+    /// Sends what applying left (deliveries, dead letters, the need for ticks) to the leader's
+    /// node, if anything.
+    fn send_output(&self, engine: &mut QueueEngine<Owner>, index: u64, out: &mut Deliveries) {
+        let (mut dead_letters, mut needs_ticks) = (Vec::new(), false);
+        for e in engine.drain_effects() {
+            match e {
+                Effect::DeadLetter(d) => dead_letters.push(d),
+                Effect::StartTimer => needs_ticks = true,
+                // A replicated queue's messages live in the log, not a queue store.
+                _ => {}
+            }
+        }
+        if !out.list.is_empty() || !dead_letters.is_empty() || needs_ticks {
+            let _ = self.out.send(Output {
+                index,
+                deliveries: std::mem::take(&mut out.list),
+                dead_letters,
+                needs_ticks,
+            });
+        }
+    }
 }
 
-fn unsupported(what: &str) -> StorageErrorOf {
-    let e = std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        format!("{what}: snapshots of replicated queues are not built yet"),
-    );
-    StorageIOError::read_snapshot(None, &e).into()
+fn storage_err(e: WalError) -> StorageErrorOf {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+impl QueueStateMachine {
+    /// Makes `stored` the current snapshot: saved, then kept (encoded) for followers.
+    fn keep(&self, s: &mut State, stored: &Stored) -> Result<Vec<u8>, StorageErrorOf> {
+        let data = postcard::to_allocvec(stored).map_err(|e| storage_err(WalError::Encode(e)))?;
+        self.wal
+            .save_snapshot(self.group, &data)
+            .map_err(storage_err)?;
+        s.current = Some((stored.meta.clone(), data.clone()));
+        s.bytes_since = 0;
+        s.entries_since = 0;
+        s.asked = false;
+        s.snapshots_built += 1;
+        Ok(data)
+    }
 }
 
 impl RaftSnapshotBuilder<QueueRaft> for QueueStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<QueueRaft>, StorageErrorOf> {
-        Err(unsupported("build_snapshot"))
+        let mut s = self.state.lock();
+        let n = s.snapshots_built + 1;
+        let stored = Stored {
+            meta: SnapshotMeta {
+                last_log_id: s.last_applied,
+                last_membership: s.membership.clone(),
+                snapshot_id: format!("{}-{n}", s.last_applied.map_or(0, |l| l.index)),
+            },
+            engine: s.engine.snapshot(),
+        };
+        let data = self.keep(&mut s, &stored)?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -88,7 +226,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         Ok((s.last_applied, s.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageErrorOf>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageErrorOf>
     where
         I: IntoIterator<Item = Entry<QueueRaft>> + Send,
         I::IntoIter: Send,
@@ -99,31 +237,34 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         for entry in entries {
             s.last_applied = Some(entry.log_id);
             let answer = match &entry.payload {
-                EntryPayload::Blank => Applied::Done,
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    Applied::Done
+                    Vec::new()
                 }
-                EntryPayload::Normal(cmd) => s.engine.apply(cmd, &mut out),
+                EntryPayload::Normal(batch) => {
+                    for c in &batch.0 {
+                        if let QueueCommand::Enqueue { msg, .. } = c {
+                            s.bytes_since += msg.0.body.len() as u64 + 64;
+                        }
+                    }
+                    batch
+                        .0
+                        .iter()
+                        .map(|c| s.engine.apply(c, &mut out))
+                        .collect()
+                }
             };
-            let (mut dead_letters, mut needs_ticks) = (Vec::new(), false);
-            for e in s.engine.drain_effects() {
-                match e {
-                    Effect::DeadLetter(d) => dead_letters.push(d),
-                    Effect::StartTimer => needs_ticks = true,
-                    // A replicated queue's messages live in the log, not a queue store.
-                    _ => {}
-                }
-            }
-            if !out.list.is_empty() || !dead_letters.is_empty() || needs_ticks {
-                let _ = self.out.send(Output {
-                    index: entry.log_id.index,
-                    deliveries: std::mem::take(&mut out.list),
-                    dead_letters,
-                    needs_ticks,
-                });
-            }
+            s.entries_since += 1;
+            self.send_output(&mut s.engine, entry.log_id.index, &mut out);
             answers.push(answer);
+        }
+        let backlog = s.engine.stats().message_bytes_ready;
+        if !s.asked
+            && (s.bytes_since >= backlog.max(s.min_bytes) || s.entries_since >= s.max_entries)
+        {
+            s.asked = true;
+            let _ = self.wanted.try_send(());
         }
         Ok(answers)
     }
@@ -133,20 +274,40 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageErrorOf> {
-        Err(unsupported("begin_receiving_snapshot"))
+        Ok(Box::new(Cursor::new(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<NodeId, BasicNode>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageErrorOf> {
-        Err(unsupported("install_snapshot"))
+        let stored: Stored = postcard::from_bytes(snapshot.get_ref())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &decode_err(e)))?;
+        let mut s = self.state.lock();
+        let opts = s.engine.options().clone();
+        s.engine = QueueEngine::restore(opts, stored.engine.clone());
+        s.last_applied = meta.last_log_id;
+        s.membership = meta.last_membership.clone();
+        let stored = Stored {
+            meta: meta.clone(),
+            engine: stored.engine,
+        };
+        self.keep(&mut s, &stored)?;
+        Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<QueueRaft>>, StorageErrorOf> {
-        Ok(None)
+        Ok(self
+            .state
+            .lock()
+            .current
+            .as_ref()
+            .map(|(meta, data)| Snapshot {
+                meta: meta.clone(),
+                snapshot: Box::new(Cursor::new(data.clone())),
+            }))
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use warren_broker::queue::{Applied, QueueCommand};
 use warren_cluster::QueueGroup;
-use warren_store::SimDisk;
+use warren_store::{Backend, SimDisk};
 
 const GROUP: u64 = 11;
 const OWNER: u64 = 9;
@@ -56,12 +56,16 @@ async fn confirmed_entries_survive_power_cuts() {
     let mut disk = SimDisk::new(&dir);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut next_id = 0u64;
-    let (mut cut_rounds, mut files_cut) = (0, 0);
+    let (mut cut_rounds, mut files_cut, mut snapshots) = (0, 0, 0);
     for round in 0..=rounds {
-        let (wal, g, _out) = start_alone(Arc::new(disk.clone()), &dir, GROUP)
+        // Small segments: roll-overs (with their checkpoints) and removals of old segments
+        // happen between cuts too.
+        let (wal, g, _out) = start_alone_with_segments(Arc::new(disk.clone()), &dir, GROUP, 2048)
             .await
             .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
         g.caught_up(Duration::from_secs(10)).await.unwrap();
+        // Snapshots (and the log purged below them) often, so cuts land in them too.
+        g.state().set_snapshot_thresholds(512, 3);
         // The check: what was answered is there, what was settled is not.
         let ids = present(&g);
         let set: BTreeSet<u64> = ids.iter().copied().collect();
@@ -174,7 +178,13 @@ async fn confirmed_entries_survive_power_cuts() {
             "seed {seed} round {round}: the plug was never pulled"
         );
         cut_rounds += 1;
-        let g = Arc::try_unwrap(g).ok().expect("the tasks are done");
+        snapshots += g.state().snapshots_built();
+        let g = Arc::try_unwrap(g).unwrap_or_else(|g| {
+            panic!(
+                "seed {seed} round {round}: a task still runs 20 s after the cut; the group: {}",
+                g.describe()
+            )
+        });
         let _ = tokio::time::timeout(Duration::from_secs(5), g.shutdown()).await;
         wal.close();
         let (after, report) = disk.after_power_loss(rng.gen());
@@ -183,10 +193,19 @@ async fn confirmed_entries_survive_power_cuts() {
     }
     let l = ledger.lock().unwrap();
     eprintln!(
-        "{cut_rounds} cuts, {files_cut} files cut back; {} enqueues and {} settles confirmed",
+        "{cut_rounds} cuts, {files_cut} files cut back, {snapshots} snapshots saved; {} enqueues and {} settles confirmed",
         l.enqueued.len(),
         l.settled.len()
     );
+    assert!(
+        rounds < 10 || snapshots > 0,
+        "no snapshot was saved: the cuts never met one"
+    );
+    let segments = disk
+        .list(&dir)
+        .map(|f| f.iter().filter(|n| n.starts_with("wal")).count())
+        .unwrap_or(0);
+    eprintln!("{segments} WAL segments left");
     assert!(l.enqueued.len() > rounds as usize, "the rounds did work");
 }
 

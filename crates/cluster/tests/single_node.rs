@@ -116,6 +116,170 @@ async fn a_restarted_node_rebuilds_the_queue_from_its_wal() {
     g.shutdown().await.unwrap();
 }
 
+/// Snapshots cut the log: after enough was enqueued, the state machine's snapshot is saved
+/// and the log below it purged; a restart loads the snapshot and applies only what followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
+    let dir = Dir::new("snapshot");
+    {
+        let (wal, g, _out) = start_alone(FileBackend::shared(), &dir.0, GROUP)
+            .await
+            .unwrap();
+        // A snapshot after every 40 entries (or 1 KB enqueued, at least the backlog's size).
+        g.state().set_snapshot_thresholds(1024, 40);
+        for id in 0..300 {
+            g.propose(enqueue(id)).await.unwrap();
+        }
+        // 200 taken and settled, 5 taken and held.
+        for i in 0..205 {
+            let Applied::Got {
+                checkout: Some(c), ..
+            } = g
+                .propose(QueueCommand::Get {
+                    owner: Some(9),
+                    now: 0,
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("no message")
+            };
+            if i < 200 {
+                g.propose(QueueCommand::Settle {
+                    checkouts: vec![(9, c)],
+                    now: 0,
+                })
+                .await
+                .unwrap();
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while g.log_len() > 150 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log was not purged: {} entries after {} snapshots",
+                g.log_len(),
+                g.state().snapshots_built()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            g.state().snapshots_built() >= 5,
+            "a snapshot every 40 entries or so"
+        );
+        g.shutdown().await.unwrap();
+        wal.close();
+    }
+    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
+    let recovered = rec.remove(&GROUP).expect("the group's records");
+    assert!(
+        recovered.purged.is_some(),
+        "the log was purged below a snapshot"
+    );
+    assert!(
+        recovered.entries.len() <= 150,
+        "{} entries left",
+        recovered.entries.len()
+    );
+    let (g, _out) = QueueGroup::start(1, GROUP, wal, recovered, QueueOptions::default())
+        .await
+        .unwrap();
+    g.caught_up(Duration::from_secs(10)).await.unwrap();
+    let s = g.state().with_engine(|e| e.stats());
+    assert_eq!((s.messages_ready, s.messages_unacknowledged), (95, 5));
+    let ready: Vec<u64> = g
+        .state()
+        .with_engine(|e| e.ready().map(|m| body_id(&m.msg.body)).collect());
+    assert_eq!(ready, (205..300).collect::<Vec<u64>>());
+    let held: Vec<u64> = g
+        .state()
+        .with_engine(|e| e.checked_out(9).map(|c| body_id(&c.qm.msg.body)).collect());
+    assert_eq!(held, [200, 201, 202, 203, 204]);
+    assert_eq!(g.propose(enqueue(999)).await.unwrap(), Applied::Done);
+    g.shutdown().await.unwrap();
+}
+
+/// The WAL does not grow without end: segments whose entries are all below snapshots go,
+/// and an idle group whose few old entries hold a segment back is asked for a snapshot.
+/// A restart afterwards finds both groups whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_wal_segments_are_removed_once_their_entries_are_below_snapshots() {
+    const SEGMENT: u32 = 8 << 10;
+    let dir = Dir::new("wal-gc");
+    let (busy, idle) = (GROUP, GROUP + 1);
+    {
+        let (wal, mut rec) =
+            NodeWal::open_with_segment_size(FileBackend::shared(), &dir.0, SEGMENT).unwrap();
+        let start = |id: u64, rec: warren_cluster::GroupState| {
+            QueueGroup::start(1, id, wal.clone(), rec, QueueOptions::default())
+        };
+        let (b, _bo) = start(busy, rec.remove(&busy).unwrap_or_default())
+            .await
+            .unwrap();
+        let (i, _io) = start(idle, rec.remove(&idle).unwrap_or_default())
+            .await
+            .unwrap();
+        b.state().set_snapshot_thresholds(2048, 50);
+        for id in 0..3 {
+            i.propose(enqueue(1000 + id)).await.unwrap();
+        }
+        // Far more than a segment's worth through the busy group, consumed as it goes.
+        for id in 0..1500 {
+            b.propose(enqueue(id)).await.unwrap();
+            let Applied::Got {
+                checkout: Some(c), ..
+            } = b
+                .propose(QueueCommand::Get {
+                    owner: Some(9),
+                    now: 0,
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("no message")
+            };
+            b.propose(QueueCommand::Settle {
+                checkouts: vec![(9, c)],
+                now: 0,
+            })
+            .await
+            .unwrap();
+        }
+        b.propose(enqueue(5000)).await.unwrap();
+        let segments = wal.segments();
+        assert!(
+            segments.len() <= 6 && segments[0] > 10,
+            "old segments were not removed: {segments:?}"
+        );
+        assert!(
+            i.state().snapshots_built() >= 1,
+            "the idle group was asked for a snapshot"
+        );
+        b.shutdown().await.unwrap();
+        i.shutdown().await.unwrap();
+        wal.close();
+    }
+    let (wal, mut rec) =
+        NodeWal::open_with_segment_size(FileBackend::shared(), &dir.0, SEGMENT).unwrap();
+    for (id, want) in [(busy, vec![5000]), (idle, vec![1000, 1001, 1002])] {
+        let (g, _out) = QueueGroup::start(
+            1,
+            id,
+            wal.clone(),
+            rec.remove(&id).expect("the group's records"),
+            QueueOptions::default(),
+        )
+        .await
+        .unwrap();
+        g.caught_up(Duration::from_secs(10)).await.unwrap();
+        let ready: Vec<u64> = g
+            .state()
+            .with_engine(|e| e.ready().map(|m| body_id(&m.msg.body)).collect());
+        assert_eq!(ready, want, "group {id} after the restart");
+        g.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_is_answered_only_after_its_entry_is_fsynced() {
     let dir = Dir::new("fsync");

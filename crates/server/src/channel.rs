@@ -5,6 +5,7 @@
 use crate::outbox::Outbox;
 use std::sync::Arc;
 use warren_broker::persist::SyncState;
+use warren_broker::queue::replica::Commit;
 use warren_broker::queue::{Followups, PublishError};
 use warren_broker::vhost::{ExchangeDeclare, QueueDeclare};
 use warren_broker::{AmqpError, DeliveryChannel, Message, Queue, VHost};
@@ -57,6 +58,8 @@ pub(crate) struct Ctx<'a> {
     /// What the method's queue commands leave for the vhost (dead letters, auto-delete); the
     /// connection hands them over once the method is handled.
     pub followups: &'a mut Followups,
+    /// Woken when a publish to a replicated queue is committed (its confirm is due).
+    pub commit_wake: &'a Arc<tokio::sync::Notify>,
 }
 
 enum TxOp {
@@ -83,7 +86,33 @@ struct Committing {
     id: u64,
     queues: Vec<Arc<Queue>>,
     epoch: u64,
+    /// Publishes to replicated queues: the commit-ok also waits for these.
+    commits: Vec<Arc<Commit>>,
     failed: bool,
+}
+
+/// A publish whose confirm is not sent yet.
+struct PendingConfirm {
+    seq: u64,
+    /// The group commit to wait for (0: none).
+    epoch: u64,
+    /// The replicated queues' commits to wait for.
+    commits: Vec<Arc<Commit>>,
+    /// Refused or not stored: a nack.
+    nack: bool,
+}
+
+/// Whether what a confirm or commit-ok waits for is done: None while it is not; then
+/// whether it all succeeded.
+fn settled(epoch: u64, commits: &[Arc<Commit>], synced: SyncState) -> Option<bool> {
+    if epoch > synced.synced_epoch {
+        return None;
+    }
+    let mut ok = epoch == 0 || epoch > synced.failed_epoch;
+    for c in commits {
+        ok &= c.outcome()?;
+    }
+    Some(ok)
 }
 
 /// A transaction id never used before, in this process or an earlier one on the same data
@@ -109,14 +138,15 @@ pub(crate) struct Channel {
     confirm: bool,
     /// Publish sequence number of the last message (confirm mode).
     publish_seq: u64,
-    /// Confirms not yet sent, in publish order: (sequence number, group-commit epoch to wait
-    /// for (0: none), nack). Runs of acks go out as one `basic.ack multiple`.
-    confirms: std::collections::VecDeque<(u64, u64, bool)>,
+    /// Confirms not yet sent, in publish order. Runs of acks go out as one
+    /// `basic.ack multiple`.
+    confirms: std::collections::VecDeque<PendingConfirm>,
     tx: Option<Vec<TxOp>>,
     /// The transaction being committed (its publishes are being applied).
     committing: Option<Committing>,
-    /// tx.commit-ok not yet sent, in order: the group-commit epoch each waits for.
-    pending_commits: std::collections::VecDeque<u64>,
+    /// tx.commit-ok not yet sent, in order: the group-commit epoch and replicated commits
+    /// each waits for.
+    pending_commits: std::collections::VecDeque<(u64, Vec<Arc<Commit>>)>,
     /// The hidden queue of this channel's direct reply-to consumer.
     reply_queue: Option<ShortStr>,
     /// The last queue declared on this channel, for methods that name the queue "".
@@ -179,12 +209,12 @@ impl Channel {
     /// Also sends the tx.commit-ok of transactions now on disk; returns the error to close
     /// the channel with if a transaction's group commit failed.
     pub fn flush_confirms(&mut self, synced: SyncState) -> Option<AmqpError> {
-        while let Some(&epoch) = self.pending_commits.front() {
-            if epoch > synced.synced_epoch {
+        while let Some((epoch, commits)) = self.pending_commits.front() {
+            let Some(ok) = settled(*epoch, commits, synced) else {
                 break;
-            }
+            };
             self.pending_commits.pop_front();
-            if epoch <= synced.failed_epoch {
+            if !ok {
                 self.pending_commits.clear();
                 return Some(AmqpError::new(
                     INTERNAL_ERROR,
@@ -194,14 +224,15 @@ impl Channel {
             self.reply(TxCommitOk {});
         }
         let mut ack_upto: Option<(u64, u32)> = None;
-        while let Some(&(seq, epoch, nack)) = self.confirms.front() {
-            if epoch > synced.synced_epoch {
+        while let Some(c) = self.confirms.front() {
+            // A failed epoch is compared with `<=`, not `==`: several epochs can fail between
+            // two looks at the sync state, and it names only the last.
+            let Some(ok) = settled(c.epoch, &c.commits, synced) else {
                 break;
-            }
+            };
+            let (seq, nack) = (c.seq, c.nack || !ok);
             self.confirms.pop_front();
-            // `<=`, not `==`: several epochs can fail between two looks at the sync state,
-            // and it names only the last.
-            if nack || (epoch != 0 && epoch <= synced.failed_epoch) {
+            if nack {
                 if let Some((tag, n)) = ack_upto.take() {
                     self.reply(BasicAck {
                         delivery_tag: tag,
@@ -483,6 +514,7 @@ impl Channel {
                     id: next_transaction_id(),
                     queues: Vec::new(),
                     epoch: 0,
+                    commits: Vec::new(),
                     failed: false,
                 });
                 let applied = self.apply_transaction(cx, ops);
@@ -508,10 +540,13 @@ impl Channel {
                     ));
                 }
                 // commit-ok once the transaction is on disk (at once if nothing needs an fsync).
-                if epoch == 0 && self.pending_commits.is_empty() {
+                if epoch == 0 && c.commits.is_empty() && self.pending_commits.is_empty() {
                     self.reply(TxCommitOk {});
                 } else {
-                    self.pending_commits.push_back(epoch);
+                    for commit in &c.commits {
+                        commit.wake(cx.commit_wake);
+                    }
+                    self.pending_commits.push_back((epoch, c.commits));
                 }
                 Ok(())
             }
@@ -604,7 +639,12 @@ impl Channel {
                 }
                 if self.confirm {
                     self.publish_seq += 1;
-                    self.confirms.push_back((self.publish_seq, 0, r.is_err()));
+                    self.confirms.push_back(PendingConfirm {
+                        seq: self.publish_seq,
+                        epoch: 0,
+                        commits: Vec::new(),
+                        nack: r.is_err(),
+                    });
                 }
                 return Ok(());
             }
@@ -650,10 +690,21 @@ impl Channel {
         }
         let persistent = !queues.is_empty() && msg.is_persistent();
         let (mut epoch, mut failed) = (0u64, false);
+        let mut commits = Vec::new();
         let tx = self.committing.as_ref().map(|c| c.id);
         for q in queues.drain(..) {
             match q.publish_in(msg.clone(), persistent, tx, cx.followups) {
                 Ok(p) => {
+                    if let Some(commit) = p.commit {
+                        match &mut self.committing {
+                            Some(c) => c.commits.push(commit),
+                            None if self.confirm => {
+                                commit.wake(cx.commit_wake);
+                                commits.push(commit);
+                            }
+                            None => {}
+                        }
+                    }
                     if let Some(e) = p.epoch {
                         epoch = epoch.max(e);
                         if let Some(c) = &mut self.committing {
@@ -680,7 +731,12 @@ impl Channel {
         self.route_scratch = queues;
         if self.confirm {
             self.publish_seq += 1;
-            self.confirms.push_back((self.publish_seq, epoch, failed));
+            self.confirms.push_back(PendingConfirm {
+                seq: self.publish_seq,
+                epoch,
+                commits,
+                nack: failed,
+            });
         }
         Ok(())
     }
@@ -806,6 +862,14 @@ mod tests {
         methods
     }
 
+    fn ack(tag: u64, multiple: bool) -> Method {
+        BasicAck {
+            delivery_tag: tag,
+            multiple,
+        }
+        .into()
+    }
+
     fn nack(tag: u64) -> Method {
         BasicNack {
             delivery_tag: tag,
@@ -816,18 +880,67 @@ mod tests {
     }
 
     #[test]
+    fn confirms_wait_for_replicated_commits_in_publish_order() {
+        let outbox = Arc::new(Outbox::new(131072));
+        let mut ch = Channel::new(1, 1, outbox.clone(), None);
+        ch.confirm = true;
+        let commits = [Commit::new(), Commit::new(), Commit::new()];
+        // 1: a replicated queue only; 2: a classic one (epoch 3) and a replicated one; 3: a
+        // replicated queue that will refuse it.
+        ch.confirms.extend([
+            PendingConfirm {
+                seq: 1,
+                epoch: 0,
+                commits: vec![commits[0].clone()],
+                nack: false,
+            },
+            PendingConfirm {
+                seq: 2,
+                epoch: 3,
+                commits: vec![commits[1].clone()],
+                nack: false,
+            },
+            PendingConfirm {
+                seq: 3,
+                epoch: 0,
+                commits: vec![commits[2].clone()],
+                nack: false,
+            },
+        ]);
+        let synced = |e| SyncState {
+            synced_epoch: e,
+            failed_epoch: 0,
+        };
+        // Committed out of order: nothing goes before 1 is.
+        commits[1].complete(true);
+        commits[2].complete(false);
+        ch.flush_confirms(synced(3));
+        assert_eq!(sent(&outbox), vec![], "publish 1 is not committed yet");
+        commits[0].complete(true);
+        ch.flush_confirms(synced(2));
+        assert_eq!(
+            sent(&outbox),
+            vec![ack(1, false)],
+            "2 waits for its epoch as well"
+        );
+        ch.flush_confirms(synced(3));
+        assert_eq!(sent(&outbox), vec![ack(2, false), nack(3)]);
+    }
+
+    #[test]
     fn confirms_wait_for_their_epoch_and_a_failure_seen_late_still_nacks() {
         let outbox = Arc::new(Outbox::new(131072));
         let mut ch = Channel::new(1, 1, outbox.clone(), None);
         ch.confirm = true;
         // Publishes 1-4 wait for epochs 5, 5, 6 and 8; 5 needs no fsync (unroutable).
-        ch.confirms.extend([
-            (1, 5, false),
-            (2, 5, false),
-            (3, 6, false),
-            (4, 8, false),
-            (5, 0, false),
-        ]);
+        ch.confirms.extend(
+            [(1, 5), (2, 5), (3, 6), (4, 8), (5, 0)].map(|(seq, epoch)| PendingConfirm {
+                seq,
+                epoch,
+                commits: Vec::new(),
+                nack: false,
+            }),
+        );
         ch.flush_confirms(SyncState {
             synced_epoch: 4,
             failed_epoch: 0,

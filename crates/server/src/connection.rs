@@ -78,6 +78,8 @@ pub(crate) struct Connection {
     flow_held: Vec<Arc<warren_broker::Queue>>,
     /// Group-commit progress, for publisher confirms of persistent messages.
     synced: Option<tokio::sync::watch::Receiver<SyncState>>,
+    /// Woken when a publish to a replicated queue is committed (its confirm may be due).
+    commit_wake: Arc<tokio::sync::Notify>,
     /// User, permissions, limits, alarm blocking.
     guard: crate::security::Guard,
 }
@@ -179,6 +181,7 @@ pub async fn run_io<R, W>(
         done: false,
         last_recv: Instant::now(),
         synced: broker.persistence().map(|p| p.subscribe()),
+        commit_wake: Arc::new(tokio::sync::Notify::new()),
         guard: crate::security::Guard::new(hs.access, hs.slot, broker.clone(), hs.blocked_notify),
         backlogged: Vec::new(),
         followups: Followups::new(),
@@ -239,6 +242,9 @@ impl Connection {
                     self.follow_up();
                 }
                 _ = Self::sync_changed(&mut self.synced), if awaiting => {
+                    self.flush_confirms();
+                }
+                _ = self.commit_wake.notified() => {
                     self.flush_confirms();
                 }
                 _ = self.guard.alarm_changed() => {
@@ -540,6 +546,7 @@ impl Connection {
                     backlogged: &mut self.backlogged,
                     guard: &mut self.guard,
                     followups: &mut self.followups,
+                    commit_wake: &self.commit_wake,
                 };
                 let ch = self.channels.get_mut(n).expect("checked open");
                 let r = ch.handle(&mut ctx, method, cmd.content);

@@ -31,6 +31,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "milliseconds between samples of message rates [default: 5000]",
     ),
     ("data_dir", "data directory (definitions and messages)"),
+    (
+        "quorum_queues.replicated",
+        "true: each quorum queue is a Raft group on the node's write-ahead log, confirmed on commit [default: false]",
+    ),
     ("default_user", "user created on first start"),
     ("default_pass", "password of default_user"),
     ("default_vhost", "vhost created on first start"),

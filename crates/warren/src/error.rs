@@ -44,6 +44,17 @@ pub enum StartupError {
         #[source]
         source: warren_broker::OpenError,
     },
+    /// The replicated queues' write-ahead log (`quorum_queues.replicated = true`).
+    #[error(
+        "cannot open the replicated queues' log in {}: {source}; if it is damaged, set \
+         quorum_queues.replicated = false to start without quorum queues' Raft groups",
+        path.display()
+    )]
+    RaftLog {
+        path: PathBuf,
+        #[source]
+        source: warren_cluster::WalError,
+    },
     /// The AMQPS listener's certificate, key or CA file (`ssl_options.*`; the text names the
     /// key and the file).
     #[error("TLS configuration: {0}")]

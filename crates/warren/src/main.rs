@@ -91,6 +91,8 @@ struct Settings {
     prometheus_per_object: bool,
     /// How often the management API samples message rates.
     stats_interval: Duration,
+    /// `quorum_queues.replicated`: quorum queues as Raft groups (warren-cluster).
+    replicated_quorum: bool,
     listeners_file: Option<PathBuf>,
     data_dir: PathBuf,
     broker: warren_broker::BrokerConfig,
@@ -271,6 +273,9 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
         prometheus_is_default,
         prometheus_per_object,
         stats_interval: Duration::from_millis(stats_ms),
+        replicated_quorum: file
+            .parse_value("quorum_queues.replicated")?
+            .unwrap_or(false),
         listeners_file: args.listeners_file,
         data_dir: args
             .data_dir
@@ -393,6 +398,12 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     }
     let persistence =
         warren_broker::persist::Persistence::new(&s.data_dir, warren_store::FileBackend::shared());
+    if s.replicated_quorum {
+        let path = s.data_dir.join("raft");
+        let node = warren_cluster::LocalNode::open(warren_store::FileBackend::shared(), &path)
+            .map_err(|source| StartupError::RaftLog { path, source })?;
+        persistence.set_replica_host(node);
+    }
     let broker = warren_broker::Broker::open(s.broker.clone(), persistence).map_err(|source| {
         StartupError::Load {
             path: s.data_dir.clone(),

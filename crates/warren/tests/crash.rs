@@ -1,7 +1,8 @@
 //! Crash safety: a publisher with confirms and a consumer with manual acks run while the broker
 //! is killed with SIGKILL at random moments and restarted. Every confirmed message must be
 //! delivered at least once; messages delivered again after their ack are counted and reported.
-//! Rounds: `CRASH_ROUNDS` (default 3).
+//! Rounds: `CRASH_ROUNDS` (default 3). The same for a quorum queue replicated with Raft
+//! (`quorum_queues.replicated = true`), whose confirms wait for the commit.
 
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -26,8 +27,25 @@ struct Ledger {
     redelivered_after_ack: u64,
 }
 
-async fn declare(conn: &Connection) -> lapin::Channel {
-    declare_queue(conn, QUEUE).await
+/// Which queue the crash rounds drive: a durable classic queue, or a replicated quorum one.
+#[derive(Clone, Copy)]
+enum Kind {
+    Classic,
+    Replicated,
+}
+
+impl Kind {
+    async fn declare(self, conn: &Connection) -> lapin::Channel {
+        match self {
+            Kind::Classic => declare_queue(conn, QUEUE).await,
+            Kind::Replicated => {
+                let ch = conn.create_channel().await.expect("channel");
+                let args = warren_tests::table(&[("x-queue-type", warren_tests::long("quorum"))]);
+                warren_tests::declare_durable_args(&ch, QUEUE, args).await;
+                ch
+            }
+        }
+    }
 }
 
 /// A channel on which durable queue `name` is declared.
@@ -38,6 +56,7 @@ async fn declare_queue(conn: &Connection, name: &str) -> lapin::Channel {
 }
 
 async fn publisher(
+    kind: Kind,
     url: String,
     ledger: Arc<Mutex<Ledger>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
@@ -45,7 +64,7 @@ async fn publisher(
     let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
         return;
     };
-    let ch = declare(&conn).await;
+    let ch = kind.declare(&conn).await;
     if ch
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -83,11 +102,11 @@ async fn publisher(
     }
 }
 
-async fn consumer(url: String, ledger: Arc<Mutex<Ledger>>) {
+async fn consumer(kind: Kind, url: String, ledger: Arc<Mutex<Ledger>>) {
     let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
         return;
     };
-    let ch = declare(&conn).await;
+    let ch = kind.declare(&conn).await;
     let _ = ch.basic_qos(50, BasicQosOptions::default()).await;
     let Ok(mut c) = ch
         .basic_consume(
@@ -118,21 +137,42 @@ async fn consumer(url: String, ledger: Arc<Mutex<Ledger>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_sigkill() {
+    crash_rounds(Kind::Classic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_of_a_replicated_quorum_queue_survive_sigkill() {
+    crash_rounds(Kind::Replicated).await;
+}
+
+async fn crash_rounds(kind: Kind) {
     let rounds: u32 = std::env::var("CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let tmp = TempDir::new("crash");
     let dir = tmp.join("data");
-    let mut broker = BrokerProcess::start(WARREN, &dir, &[]);
+    let conf = tmp.join("warren.conf");
+    std::fs::write(&conf, "quorum_queues.replicated = true\n").expect("write warren.conf");
+    let conf = conf.to_str().expect("utf-8 path").to_string();
+    let args: Vec<&str> = match kind {
+        Kind::Classic => vec![],
+        Kind::Replicated => vec!["--config", &conf],
+    };
+    let mut broker = BrokerProcess::start(WARREN, &dir, &args);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let next_id = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for round in 0..rounds {
-        let p = tokio::spawn(publisher(broker.url(), ledger.clone(), next_id.clone()));
-        let c = tokio::spawn(consumer(broker.url(), ledger.clone()));
+        let p = tokio::spawn(publisher(
+            kind,
+            broker.url(),
+            ledger.clone(),
+            next_id.clone(),
+        ));
+        let c = tokio::spawn(consumer(kind, broker.url(), ledger.clone()));
         let wait = rand::thread_rng().gen_range(200..1200);
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        broker.kill9_and_restart(&[]);
+        broker.kill9_and_restart(&args);
         let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
         let l = ledger.lock().unwrap();
@@ -146,7 +186,7 @@ async fn confirmed_messages_survive_sigkill() {
     let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
         .await
         .expect("connect");
-    let ch = declare(&conn).await;
+    let ch = kind.declare(&conn).await;
     loop {
         let got = ch
             .basic_get(QUEUE.into(), BasicGetOptions { no_ack: true })

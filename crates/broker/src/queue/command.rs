@@ -94,11 +94,14 @@ pub enum Applied {
     Removed {
         last: bool,
     },
-    /// Get: the message's publish seq and checkout, and how many remain ready.
+    /// Get: the message's publish seq and checkout, and how many remain ready; the message
+    /// itself (with whether it was delivered before) for the node that answers basic.get.
     Got {
         seq: Option<u64>,
         checkout: Option<CheckoutId>,
         remaining: u32,
+        msg: Option<LoggedMessage>,
+        redelivered: bool,
     },
     /// Settle: how many were settled.
     Settled(u32),
@@ -189,11 +192,15 @@ impl QueueEngine<Owner> {
                     seq: Some(qm.seq),
                     checkout,
                     remaining,
+                    redelivered: qm.redelivered,
+                    msg: Some(LoggedMessage(qm.msg)),
                 },
                 None => Applied::Got {
                     seq: None,
                     checkout: None,
                     remaining: 0,
+                    msg: None,
+                    redelivered: false,
                 },
             },
             QueueCommand::Settle { checkouts, now } => {
@@ -232,6 +239,19 @@ impl QueueEngine<Owner> {
 /// A message inside a log entry, encoded as the message store encodes it.
 #[derive(Debug, Clone)]
 pub struct LoggedMessage(pub Arc<Message>);
+
+/// Equal when they carry the same message (as two replicas decode it from one entry).
+impl PartialEq for LoggedMessage {
+    fn eq(&self, o: &Self) -> bool {
+        let (a, b) = (&self.0, &o.0);
+        Arc::ptr_eq(a, b)
+            || (a.exchange == b.exchange
+                && a.routing_key == b.routing_key
+                && a.properties == b.properties
+                && a.body == b.body)
+    }
+}
+impl Eq for LoggedMessage {}
 
 impl Serialize for LoggedMessage {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -133,6 +133,8 @@ pub trait Env<C> {
 pub enum ConsumeRefused {
     ExclusiveInUse,
     Deleted,
+    /// A replicated queue's group did not answer (why).
+    Unavailable(String),
 }
 
 /// The queue is full and its overflow mode refuses publishes.
@@ -265,6 +267,24 @@ impl<C> QueueEngine<C> {
     /// The ready messages in memory, in delivery order (the paged-out tail follows them).
     pub fn ready(&self) -> impl Iterator<Item = &QueuedMessage> {
         self.ready.iter()
+    }
+
+    /// Every owner the queue knows: its consumers' and those holding checkouts.
+    pub fn owner_ids(&self) -> Vec<Owner> {
+        let mut v: Vec<Owner> = self.checked_out.keys().copied().collect();
+        v.extend(self.consumers.iter().map(|c| c.owner));
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Whether a [`QueueEngine::tick`] at `now` would change anything (a message at the head
+    /// has expired, or the queue has been unused too long).
+    pub fn tick_due(&self, now: u64) -> bool {
+        self.ready
+            .front()
+            .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
+            || self.unused_expired(now)
     }
 
     /// How many owners hold (or may come to hold) checkouts.
@@ -841,3 +861,6 @@ impl<C> QueueEngine<C> {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[path = "snapshot.rs"]
+pub mod snapshot;

@@ -7,7 +7,9 @@
 //! Layout: [`engine`] (the state machine), [`command`] (its commands as values, for a
 //! replicated log), `ready` (the ready list by priority and publish order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
 //! queue's arguments and policy), [`followups`] (what a command leaves for the vhost: dead
-//! letters, the timer, deletion; a queue does not hold its vhost).
+//! letters, the timer, deletion; a queue does not hold its vhost), [`replica`] (a queue whose
+//! engine is a Raft group's state machine: the interface to crates/cluster) and `replicated`
+//! (the queue's commands when it is one).
 
 pub mod command;
 pub mod engine;
@@ -15,8 +17,11 @@ pub mod followups;
 pub mod options;
 mod paged;
 mod ready;
+pub mod replica;
+mod replicated;
 
 pub use command::{Applied, Deliveries, LoggedMessage, Publisher, QueueCommand};
+pub use engine::snapshot::EngineSnapshot;
 pub use engine::{
     Checkout, CheckoutId, CheckoutKey, ConsumeRefused, Consumer, Effect, EngineStats, Env, Got,
     Owner, QueueEngine, Rejected,
@@ -123,10 +128,12 @@ impl StoreSlot {
 }
 
 /// What a queue did with a publish.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Published {
     /// The group-commit epoch the publisher's confirm waits for (persistent messages).
     pub epoch: Option<u64>,
+    /// A replicated queue's publish: the confirm waits for its commit.
+    pub commit: Option<Arc<replica::Commit>>,
     /// The queue's consumers are behind: the publisher should wait for it (flow control).
     pub backlogged: bool,
 }
@@ -212,6 +219,7 @@ impl Env<Arc<DeliveryChannel>> for QueueEnv<'_> {
             no_ack: c.no_ack,
             qm,
             checkout,
+            decided: false,
         })
     }
 
@@ -255,6 +263,14 @@ pub struct Queue {
     /// A stream (`x-queue-type: stream`) keeps its messages and consumers here instead of in
     /// the engine; the methods below hand them over.
     stream: Option<Box<crate::stream::Stream>>,
+    /// A quorum queue replicated with Raft: its engine is the group's state machine, and
+    /// `inner` stays empty. Unset for every other queue.
+    replica: std::sync::OnceLock<Arc<dyn replica::Replica>>,
+    /// A replicated queue's consumers by owner (its engine names consumers by owner only).
+    replica_consumers: Mutex<rustc_hash::FxHashMap<Owner, replicated::ReplicaConsumer>>,
+    /// Where a replicated queue's follow-ups go (they arise on Raft's threads, after the
+    /// command that caused them has returned): its vhost.
+    followups_sink: std::sync::OnceLock<replica::FollowupSink>,
 }
 
 impl Queue {
@@ -286,6 +302,9 @@ impl Queue {
             flow_waiting: AtomicBool::new(false),
             timed: AtomicBool::new(false),
             stream: None,
+            replica: std::sync::OnceLock::new(),
+            replica_consumers: Mutex::new(Default::default()),
+            followups_sink: std::sync::OnceLock::new(),
         }
     }
 
@@ -320,11 +339,17 @@ impl Queue {
     }
 
     pub fn options(&self) -> QueueOptions {
+        if let Some(r) = self.replica.get() {
+            return replicated::read(r, |e| e.options().clone());
+        }
         self.inner.lock().options().clone()
     }
 
     /// Replaces the options (a policy changed); applies length limits at once.
     pub fn set_options(self: &Arc<Self>, opts: QueueOptions, fu: &mut Followups) {
+        if let Some(r) = self.replica.get() {
+            return self.set_options_replicated(r, opts, fu);
+        }
         let needs_timer = opts.message_ttl.is_some() || opts.expires.is_some();
         let mut i = self.locked(fu);
         i.set_options(opts, now_ms(), &mut QueueEnv { q: self });
@@ -344,6 +369,9 @@ impl Queue {
 
     /// The queue was used (declared, consumed from, polled): restarts the `x-expires` clock.
     pub fn touch(&self) {
+        if let Some(r) = self.replica.get() {
+            return r.touch(now_ms());
+        }
         self.inner.lock().touch(now_ms());
     }
 
@@ -352,6 +380,9 @@ impl Queue {
     pub fn tick(self: &Arc<Self>, now: u64, fu: &mut Followups) -> bool {
         if self.is_deleted() {
             return false;
+        }
+        if let Some(r) = self.replica.get() {
+            return self.tick_replicated(r, now);
         }
         let expired = self.locked(fu).tick(now);
         if expired {
@@ -419,6 +450,9 @@ impl Queue {
 
     /// Whether publishers should wait before sending more to this queue.
     pub fn over_flow_limit(&self) -> bool {
+        if self.replica.get().is_some() {
+            return false;
+        }
         self.inner.lock().backlogged()
     }
 
@@ -570,6 +604,11 @@ impl Queue {
         Ok(again)
     }
 
+    /// A quorum queue replicated with Raft (see [`replica`]).
+    pub fn is_replicated(&self) -> bool {
+        self.replica.get().is_some()
+    }
+
     pub fn is_durable_store(&self) -> bool {
         self.durable_store
     }
@@ -643,12 +682,18 @@ impl Queue {
         if let Some(s) = &self.stream {
             return s.stats();
         }
+        if let Some(r) = self.replica.get() {
+            return replicated::read(r, QueueEngine::stats);
+        }
         self.inner.lock().stats()
     }
 
     pub fn message_count(&self) -> u32 {
         if let Some(s) = &self.stream {
             return s.count() as u32;
+        }
+        if let Some(r) = self.replica.get() {
+            return replicated::read(r, |e| e.len() as u32);
         }
         self.inner.lock().len() as u32
     }
@@ -657,6 +702,9 @@ impl Queue {
         if let Some(s) = &self.stream {
             return s.consumer_count();
         }
+        if self.replica.get().is_some() {
+            return self.replica_consumers.lock().len() as u32;
+        }
         self.inner.lock().consumers().len() as u32
     }
 
@@ -664,6 +712,9 @@ impl Queue {
     pub fn consumers(&self) -> Vec<(ShortStr, Arc<DeliveryChannel>, bool, bool)> {
         if let Some(s) = &self.stream {
             return s.consumers();
+        }
+        if self.replica.get().is_some() {
+            return self.replica_consumers_listed();
         }
         self.inner
             .lock()
@@ -701,6 +752,9 @@ impl Queue {
         if let Some(s) = &self.stream {
             return s.publish(self, &msg);
         }
+        if let Some(r) = self.replica.get() {
+            return Ok(self.publish_replicated(r, msg));
+        }
         let mut i = self.locked(fu);
         i.admit(&msg).map_err(|Rejected| PublishError::Rejected)?;
         let durable_write = persistent && self.durable_store;
@@ -717,6 +771,7 @@ impl Queue {
             self.notify_flow(&i);
             return Ok(Published {
                 epoch: None,
+                commit: None,
                 backlogged: i.backlogged(),
             });
         };
@@ -737,6 +792,7 @@ impl Queue {
         }
         Ok(Published {
             epoch: durable_write.then_some(epoch),
+            commit: None,
             backlogged: i.backlogged(),
         })
     }
@@ -745,6 +801,10 @@ impl Queue {
     pub fn dispatch(self: &Arc<Self>, fu: &mut Followups) {
         if let Some(s) = &self.stream {
             return s.dispatch(self);
+        }
+        // A replicated queue's engine delivers as it applies commands.
+        if self.replica.get().is_some() {
+            return;
         }
         let mut i = self.locked(fu);
         let now = if i.uses_clock() { now_ms() } else { 0 };
@@ -757,6 +817,9 @@ impl Queue {
         if self.stream.is_some() {
             return None; // refused before: stream::get_refused
         }
+        if let Some(r) = self.replica.get() {
+            return self.get_replicated(r, owner);
+        }
         let mut i = self.locked(fu);
         i.get(owner, now_ms(), &mut QueueEnv { q: self })
     }
@@ -765,6 +828,16 @@ impl Queue {
     pub fn settle(self: &Arc<Self>, checkouts: impl IntoIterator<Item = CheckoutKey>) {
         if let Some(s) = &self.stream {
             return s.settled(checkouts.into_iter().count());
+        }
+        if let Some(r) = self.replica.get() {
+            let checkouts = checkouts.into_iter().collect();
+            return r.submit(
+                QueueCommand::Settle {
+                    checkouts,
+                    now: now_ms(),
+                },
+                None,
+            );
         }
         self.locked_quiet().settle(checkouts);
     }
@@ -779,6 +852,16 @@ impl Queue {
         if let Some(s) = &self.stream {
             return s.settled(checkouts.into_iter().count());
         }
+        if let Some(r) = self.replica.get() {
+            let checkouts = checkouts.into_iter().collect();
+            return r.submit(
+                QueueCommand::Discard {
+                    checkouts,
+                    now: now_ms(),
+                },
+                None,
+            );
+        }
         self.locked(fu).discard(checkouts);
     }
 
@@ -791,6 +874,16 @@ impl Queue {
     ) {
         if let Some(s) = &self.stream {
             return s.settled(checkouts.into_iter().count());
+        }
+        if let Some(r) = self.replica.get() {
+            let checkouts = checkouts.into_iter().collect();
+            return r.submit(
+                QueueCommand::Return {
+                    checkouts,
+                    now: now_ms(),
+                },
+                None,
+            );
         }
         let mut i = self.locked(fu);
         i.return_checkouts(checkouts, now_ms(), &mut QueueEnv { q: self });
@@ -808,6 +901,9 @@ impl Queue {
         if let Some(s) = &self.stream {
             let next = crate::stream::args::OffsetSpec::Next;
             return s.add_consumer(self, c, next, None, on_added);
+        }
+        if let Some(r) = self.replica.get() {
+            return self.add_consumer_replicated(r, c, on_added);
         }
         let mut i = self.locked(fu);
         if self.is_deleted() {
@@ -832,6 +928,9 @@ impl Queue {
         if let Some(s) = &self.stream {
             return s.remove_consumer(channel, consumer_id);
         }
+        if let Some(r) = self.replica.get() {
+            return self.remove_consumer_replicated(r, channel, consumer_id);
+        }
         let now_unused = self.locked(fu).remove_consumers(
             |c| std::ptr::eq(&*c.handle, channel) && c.consumer_id == consumer_id,
             now_ms(),
@@ -850,6 +949,9 @@ impl Queue {
         if self.stream.is_some() {
             return 0; // refused before: stream::purge_refused
         }
+        if let Some(r) = self.replica.get() {
+            return self.purge_replicated(r);
+        }
         self.locked_quiet().purge()
     }
 
@@ -860,6 +962,9 @@ impl Queue {
         self.drained.notify_waiters();
         if let Some(s) = &self.stream {
             return s.delete();
+        }
+        if let Some(r) = self.replica.get() {
+            return self.delete_replicated(r);
         }
         let (n, consumers) = self.inner.lock().delete();
         if let Some(slot) = self.store.get() {

@@ -185,6 +185,7 @@ impl Stream {
         Ok(Published {
             epoch: Some(epoch),
             backlogged: false,
+            ..Default::default()
         })
     }
 
@@ -330,6 +331,7 @@ impl Stream {
                 no_ack: false,
                 qm,
                 checkout: qm.seq,
+                decided: false,
             });
             if !taken {
                 return;

@@ -172,7 +172,7 @@ impl VHost {
             return Ok((q.clone(), q.message_count(), q.consumer_count()));
         }
         let kind = d.arguments.get("x-queue-type").and_then(FieldValue::as_str);
-        let stream = kind == Some("stream");
+        let (quorum, stream) = (kind == Some("quorum"), kind == Some("stream"));
         let name: ShortStr = if d.name.is_empty() {
             if let Some(t @ ("quorum" | "stream")) = kind {
                 return Err(AmqpError::precondition(format!(
@@ -206,8 +206,15 @@ impl VHost {
             d.arguments.clone(),
         );
         let mut recovery = None;
+        let host = self
+            .persistence
+            .as_ref()
+            .and_then(|p| p.replica_host())
+            .filter(|_| quorum && durable);
         if stream {
             q = self.open_stream(q)?;
+        } else if host.is_some() {
+            // A replicated quorum queue keeps its messages in the node's Raft log.
         } else if let (true, Some(p)) = (durable, &self.persistence) {
             let (store, rec) = p.open_queue_store(&self.name, &name).map_err(|e| {
                 tracing::error!(queue = %name, error = %e, "cannot open the queue's message store");
@@ -222,6 +229,21 @@ impl VHost {
             q = q.with_paging(p.clone());
         }
         let q = Arc::new(q);
+        if let Some(host) = host {
+            let vhost = Arc::downgrade(self);
+            let sink: crate::queue::replica::FollowupSink = Arc::new(move |fu| {
+                if let Some(v) = vhost.upgrade() {
+                    v.follow_up(fu);
+                }
+            });
+            q.attach_replica(&**host, sink).map_err(|e| {
+                tracing::error!(queue = %name, vhost = %self.name, error = %e, "cannot start the quorum queue's Raft group");
+                AmqpError::new(
+                    warren_protocol::constants::INTERNAL_ERROR,
+                    format!("cannot start the queue's Raft group: {e}"),
+                )
+            })?;
+        }
         // No one else can have inserted it: `lifecycle` is held.
         self.queues.write().insert(name, q.clone());
         let mut count = 0;

@@ -67,8 +67,18 @@ pub async fn start_alone(
     dir: &Path,
     group: u64,
 ) -> Result<(Arc<NodeWal>, QueueGroup, UnboundedReceiver<Output>), String> {
-    let (wal, mut rec) =
-        NodeWal::open(backend, dir).map_err(|e| format!("the WAL does not open: {e}"))?;
+    start_alone_with_segments(backend, dir, group, 64 << 20).await
+}
+
+/// [`start_alone`] on a WAL of `segment_size`-byte segments.
+pub async fn start_alone_with_segments(
+    backend: Arc<dyn Backend>,
+    dir: &Path,
+    group: u64,
+    segment_size: u32,
+) -> Result<(Arc<NodeWal>, QueueGroup, UnboundedReceiver<Output>), String> {
+    let (wal, mut rec) = NodeWal::open_with_segment_size(backend, dir, segment_size)
+        .map_err(|e| format!("the WAL does not open: {e}"))?;
     let recovered = rec.remove(&group).unwrap_or_default();
     let (g, out) = QueueGroup::start(1, group, wal.clone(), recovered, QueueOptions::default())
         .await

@@ -1,0 +1,144 @@
+//! A replicated queue as the broker sees it: a quorum queue whose engine is the state machine
+//! of a Raft group (crates/cluster), reached through [`Replica`]. The broker does not know
+//! Raft: it submits [`QueueCommand`]s in order and is answered once they are committed and
+//! applied; what the engine decides beyond the answer (deliveries, dead letters, the need for
+//! ticks) comes back as [`ReplicaOutput`]s, which the queue hands to its consumers' channels
+//! and its vhost. A [`ReplicaHost`] (the node's Raft runtime and write-ahead log) opens the
+//! groups; the `warren` binary gives one to [`crate::persist::Persistence`].
+//!
+//! A publish to a replicated queue is confirmed when its `Enqueue` is committed: the
+//! channel's confirm waits on a [`Commit`] ticket, not on the group-commit epoch of the
+//! classic queues' stores.
+
+use super::command::{Applied, QueueCommand};
+use super::engine::{CheckoutId, Owner, QueueEngine};
+use super::{QueueOptions, QueuedMessage};
+use crate::deadletter::DeadLetter;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What applying one or more committed commands asks of the leader's node.
+#[derive(Debug, Default)]
+pub struct ReplicaOutput {
+    /// Log index of the entry that produced it.
+    pub index: u64,
+    /// Messages to hand to their owners' channels: (owner, checkout id, message).
+    pub deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Messages with a TTL arrived: the queue needs timer ticks.
+    pub needs_ticks: bool,
+}
+
+/// Called with a command's answer once it is committed and applied, or with why it was not.
+pub type Answer = Box<dyn FnOnce(Result<Applied, String>) + Send>;
+
+/// Receives a replicated queue's outputs (on the leader).
+pub type OutputSink = Arc<dyn Fn(ReplicaOutput) + Send + Sync>;
+
+/// Where a replicated queue's follow-ups go (they arise on Raft's threads, after the command
+/// that caused them has returned): its vhost's `follow_up`.
+pub type FollowupSink = Arc<dyn Fn(super::Followups) + Send + Sync>;
+
+/// One replicated queue's group on this node.
+pub trait Replica: Send + Sync {
+    /// Proposes `cmd`; commands submitted from one thread reach the log in submission order.
+    /// `answer`, if any, is called (on another thread) once the command is applied.
+    fn submit(&self, cmd: QueueCommand, answer: Option<Answer>);
+    /// Reads the engine (counts, consumers, checkouts) as applied so far.
+    fn read(&self, f: &mut dyn FnMut(&QueueEngine<Owner>));
+    /// The queue is deleted: stop the group and forget its log.
+    fn remove(&self);
+    /// A policy changed the queue's options. Not through the log yet (step 4 of
+    /// docs/cluster-plan.md: `SetOptions`): applied to this node's engine, and given again to
+    /// the group when it is reopened after a restart.
+    fn set_options(&self, opts: QueueOptions, now: u64);
+    /// The queue was used (`x-expires`); local as `set_options`.
+    fn touch(&self, now: u64);
+}
+
+/// Opens replicated queues' groups on this node.
+pub trait ReplicaHost: Send + Sync {
+    /// Starts (or restarts, from what the node's log holds) the group of queue `name` in
+    /// `vhost`; returns once it can take commands and has applied what its log held.
+    fn open(
+        &self,
+        vhost: &str,
+        name: &str,
+        opts: QueueOptions,
+        outputs: OutputSink,
+    ) -> Result<Arc<dyn Replica>, String>;
+    /// Forgets the logs of groups not in `live` (queues deleted while the node was down, or
+    /// whose deletion was cut short).
+    fn retain(&self, live: &[(String, String)]);
+}
+
+/// How long a caller that needs an answer (declare, basic.get, purge) waits for one.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Submits `cmd` and waits for its answer: for the rare commands whose reply needs it.
+pub fn call(replica: &dyn Replica, cmd: QueueCommand) -> Result<Applied, String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    replica.submit(
+        cmd,
+        Some(Box::new(move |a| {
+            let _ = tx.send(a);
+        })),
+    );
+    rx.recv_timeout(CALL_TIMEOUT).unwrap_or_else(|_| {
+        Err(format!(
+            "no answer from the queue's Raft group within {CALL_TIMEOUT:?}"
+        ))
+    })
+}
+
+const PENDING: u8 = 0;
+const COMMITTED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// A publish to a replicated queue, waiting to be committed: the publisher's confirm waits
+/// for it. The connection that waits registers a wake-up with [`Commit::wake`].
+#[derive(Default)]
+pub struct Commit {
+    state: AtomicU8,
+    waker: Mutex<Option<Arc<tokio::sync::Notify>>>,
+}
+
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Commit({:?})", self.outcome())
+    }
+}
+
+impl Commit {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Commit::default())
+    }
+
+    /// None while pending; then whether the command was committed (and accepted).
+    pub fn outcome(&self) -> Option<bool> {
+        match self.state.load(Ordering::Acquire) {
+            PENDING => None,
+            s => Some(s == COMMITTED),
+        }
+    }
+
+    pub fn complete(&self, ok: bool) {
+        self.state
+            .store(if ok { COMMITTED } else { FAILED }, Ordering::Release);
+        if let Some(n) = self.waker.lock().take() {
+            n.notify_one();
+        }
+    }
+
+    /// Wakes `n` once the outcome is known (at once if it is).
+    pub fn wake(&self, n: &Arc<tokio::sync::Notify>) {
+        let mut w = self.waker.lock();
+        if self.outcome().is_some() {
+            n.notify_one();
+        } else {
+            *w = Some(n.clone());
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! What [`Queue`]'s commands do when the queue is replicated (see [`super::replica`]): each
+//! becomes a [`QueueCommand`] for the queue's Raft group, submitted in order; the engine's
+//! deliveries come back as outputs and are handed to the owners' channels here. Only
+//! declare, consume, basic.get and purge wait for their answer; publishes are confirmed when
+//! their commit completes the [`Commit`] the channel holds; acks and requeues do not wait.
+
+use super::replica::{call, Commit, FollowupSink, OutputSink, Replica, ReplicaHost, ReplicaOutput};
+use super::{
+    Applied, CheckoutId, ConsumeRefused, DeleteReason, Followup, Followups, Got, LoggedMessage,
+    Owner, Published, Queue, QueueCommand, QueueConsumer, QueueEngine, QueueOptions, QueuedMessage,
+};
+use crate::clock::now_ms;
+use crate::delivery::{Deliver, DeliveryChannel};
+use crate::message::Message;
+use std::sync::Arc;
+use warren_protocol::ShortStr;
+
+/// A consumer of a replicated queue.
+pub(super) struct ReplicaConsumer {
+    c: QueueConsumer,
+    /// Set once basic.consume-ok is written; deliveries decided before that wait in `early`.
+    active: bool,
+    early: Vec<(CheckoutId, QueuedMessage)>,
+}
+
+/// Reads the replicated engine.
+pub(super) fn read<T>(r: &Arc<dyn Replica>, f: impl FnOnce(&QueueEngine<Owner>) -> T) -> T {
+    let mut f = Some(f);
+    let mut out = None;
+    r.read(&mut |e| {
+        if let Some(f) = f.take() {
+            out = Some(f(e));
+        }
+    });
+    out.expect("Replica::read calls back once")
+}
+
+impl Queue {
+    /// Makes this quorum queue a replicated one: opens (or, after a restart, reopens) its
+    /// group on `host`. Consumers and checkouts from before a restart belong to channels that
+    /// are gone: the consumers are removed and what they held comes back, redelivered.
+    pub(crate) fn attach_replica(
+        self: &Arc<Self>,
+        host: &dyn ReplicaHost,
+        followups: FollowupSink,
+    ) -> Result<(), String> {
+        let _ = self.followups_sink.set(followups);
+        let weak = Arc::downgrade(self);
+        let outputs: OutputSink = Arc::new(move |out| {
+            if let Some(q) = weak.upgrade() {
+                q.on_output(out);
+            }
+        });
+        let opts = QueueOptions::from_arguments(&self.arguments, None);
+        let r = host.open(&self.vhost_name, &self.name, opts, outputs)?;
+        let now = now_ms();
+        for owner in read(&r, QueueEngine::owner_ids) {
+            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
+            r.submit(QueueCommand::ReturnAll { owner, now }, None);
+        }
+        let _ = self.replica.set(r);
+        Ok(())
+    }
+
+    /// The group applied commands: deliveries go to their consumers' channels, dead letters
+    /// and the timer to the vhost.
+    fn on_output(self: &Arc<Self>, out: ReplicaOutput) {
+        if !out.deliveries.is_empty() {
+            self.hand_out(out.deliveries);
+        }
+        let mut fu = Followups::new();
+        if out.needs_ticks {
+            self.timer_followup(&mut fu);
+        }
+        for d in out.dead_letters {
+            fu.push(Followup::DeadLetter(self.clone(), d));
+        }
+        self.follow_up_later(fu);
+    }
+
+    fn follow_up_later(&self, fu: Followups) {
+        if fu.is_empty() {
+            return;
+        }
+        if let Some(sink) = self.followups_sink.get() {
+            sink(fu);
+        }
+    }
+
+    /// Hands deliveries to the consumers' channels. One whose consumer is gone, or whose
+    /// channel closed meanwhile, goes back to the queue.
+    fn hand_out(self: &Arc<Self>, deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>) {
+        let mut refused = Vec::new();
+        {
+            let mut consumers = self.replica_consumers.lock();
+            for (owner, checkout, qm) in deliveries {
+                match consumers.get_mut(&owner) {
+                    Some(rc) if rc.active => {
+                        if !self.deliver_decided(&rc.c, &qm, checkout) {
+                            refused.push((owner, checkout));
+                        }
+                    }
+                    Some(rc) => rc.early.push((checkout, qm)),
+                    // Returning a checkout that does not exist (a no-ack delivery) changes
+                    // nothing.
+                    None => refused.push((owner, checkout)),
+                }
+            }
+        }
+        self.return_refused(refused);
+    }
+
+    fn deliver_decided(
+        self: &Arc<Self>,
+        c: &QueueConsumer,
+        qm: &QueuedMessage,
+        id: CheckoutId,
+    ) -> bool {
+        c.handle.deliver(Deliver {
+            queue: self,
+            consumer_id: c.consumer_id,
+            tag: &c.tag,
+            no_ack: c.no_ack,
+            qm,
+            checkout: id,
+            decided: true,
+        })
+    }
+
+    fn return_refused(&self, refused: Vec<(Owner, CheckoutId)>) {
+        if let (false, Some(r)) = (refused.is_empty(), self.replica.get()) {
+            r.submit(
+                QueueCommand::Return {
+                    checkouts: refused,
+                    now: now_ms(),
+                },
+                None,
+            );
+        }
+    }
+
+    pub(super) fn publish_replicated(&self, r: &Arc<dyn Replica>, msg: Arc<Message>) -> Published {
+        let commit = Commit::new();
+        let done = commit.clone();
+        r.submit(
+            QueueCommand::Enqueue {
+                msg: LoggedMessage(msg),
+                now: now_ms(),
+                from: None,
+            },
+            Some(Box::new(move |a| {
+                done.complete(matches!(a, Ok(Applied::Done | Applied::Duplicate)))
+            })),
+        );
+        Published {
+            epoch: None,
+            commit: Some(commit),
+            backlogged: false,
+        }
+    }
+
+    pub(super) fn get_replicated(&self, r: &Arc<dyn Replica>, owner: Option<Owner>) -> Option<Got> {
+        match call(
+            &**r,
+            QueueCommand::Get {
+                owner,
+                now: now_ms(),
+            },
+        ) {
+            Ok(Applied::Got {
+                seq,
+                checkout,
+                remaining,
+                msg: Some(msg),
+                redelivered,
+            }) => Some(Got {
+                qm: QueuedMessage {
+                    seq: seq.unwrap_or(0),
+                    msg: msg.0,
+                    redelivered,
+                    pos: None,
+                    priority: 0,
+                    expires_at: None,
+                    delivery_count: 0,
+                },
+                remaining,
+                checkout,
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(queue = %self.name, vhost = %self.vhost_name, error = %e, "basic.get on a replicated queue got no answer; answering empty");
+                None
+            }
+        }
+    }
+
+    pub(super) fn add_consumer_replicated(
+        self: &Arc<Self>,
+        r: &Arc<dyn Replica>,
+        c: QueueConsumer,
+        on_added: impl FnOnce(),
+    ) -> Result<(), ConsumeRefused> {
+        if self.is_deleted() {
+            return Err(ConsumeRefused::Deleted);
+        }
+        let owner = c.owner;
+        let cmd = QueueCommand::AddConsumer {
+            owner,
+            tag: c.tag.to_string(),
+            prefetch: c.prefetch,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            priority: c.priority,
+            now: now_ms(),
+        };
+        self.replica_consumers.lock().insert(
+            owner,
+            ReplicaConsumer {
+                c,
+                active: false,
+                early: Vec::new(),
+            },
+        );
+        let refused = match call(&**r, cmd) {
+            Ok(Applied::ConsumeRefused) => Some(ConsumeRefused::ExclusiveInUse),
+            Ok(_) => None,
+            Err(e) => Some(ConsumeRefused::Unavailable(e)),
+        };
+        if let Some(why) = refused {
+            self.replica_consumers.lock().remove(&owner);
+            return Err(why);
+        }
+        on_added();
+        let mut refused = Vec::new();
+        {
+            let mut consumers = self.replica_consumers.lock();
+            if let Some(rc) = consumers.get_mut(&owner) {
+                rc.active = true;
+                for (checkout, qm) in std::mem::take(&mut rc.early) {
+                    if !self.deliver_decided(&rc.c, &qm, checkout) {
+                        refused.push((owner, checkout));
+                    }
+                }
+            }
+        }
+        self.return_refused(refused);
+        Ok(())
+    }
+
+    pub(super) fn remove_consumer_replicated(
+        &self,
+        r: &Arc<dyn Replica>,
+        channel: &DeliveryChannel,
+        consumer_id: u32,
+    ) {
+        let owner = {
+            let mut consumers = self.replica_consumers.lock();
+            let owner = consumers
+                .iter()
+                .find(|(_, rc)| {
+                    std::ptr::eq(&*rc.c.handle, channel) && rc.c.consumer_id == consumer_id
+                })
+                .map(|(o, _)| *o);
+            if let Some(o) = owner {
+                consumers.remove(&o);
+            }
+            owner
+        };
+        // What the consumer holds stays its own until its channel acks or closes.
+        if let Some(owner) = owner {
+            r.submit(
+                QueueCommand::RemoveConsumer {
+                    owner,
+                    now: now_ms(),
+                },
+                None,
+            );
+        }
+    }
+
+    pub(super) fn purge_replicated(&self, r: &Arc<dyn Replica>) -> u32 {
+        match call(&**r, QueueCommand::Purge) {
+            Ok(Applied::Purged(n)) => n,
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::warn!(queue = %self.name, vhost = %self.vhost_name, error = %e, "purge of a replicated queue got no answer");
+                0
+            }
+        }
+    }
+
+    /// The queue is deleted: its group stops and its log is forgotten; its consumers are
+    /// cancelled. Returns the ready count.
+    pub(super) fn delete_replicated(&self, r: &Arc<dyn Replica>) -> u32 {
+        let n = read(r, |e| e.len() as u32);
+        r.remove();
+        let consumers: Vec<ReplicaConsumer> = self
+            .replica_consumers
+            .lock()
+            .drain()
+            .map(|(_, rc)| rc)
+            .collect();
+        for rc in consumers {
+            rc.c.handle.consumer_cancelled_by_server(rc.c.consumer_id);
+        }
+        n
+    }
+
+    pub(super) fn set_options_replicated(
+        self: &Arc<Self>,
+        r: &Arc<dyn Replica>,
+        opts: QueueOptions,
+        fu: &mut Followups,
+    ) {
+        let needs_timer = opts.message_ttl.is_some() || opts.expires.is_some();
+        r.set_options(opts, now_ms());
+        if needs_timer {
+            self.timer_followup(fu);
+        }
+    }
+
+    /// Timer work: a `Tick` goes through the log only when it would change something (so an
+    /// idle queue with a TTL does not grow its log). Returns whether ticks are still needed.
+    pub(super) fn tick_replicated(self: &Arc<Self>, r: &Arc<dyn Replica>, now: u64) -> bool {
+        if read(r, |e| e.tick_due(now)) {
+            let q = self.clone();
+            r.submit(
+                QueueCommand::Tick { now },
+                Some(Box::new(move |a| {
+                    if let Ok(Applied::Ticked {
+                        unused_expired: true,
+                    }) = a
+                    {
+                        let mut fu = Followups::new();
+                        fu.push(Followup::Delete(q.clone(), DeleteReason::Expired));
+                        q.follow_up_later(fu);
+                    }
+                })),
+            );
+        }
+        true
+    }
+
+    pub(super) fn replica_consumers_listed(
+        &self,
+    ) -> Vec<(ShortStr, Arc<DeliveryChannel>, bool, bool)> {
+        self.replica_consumers
+            .lock()
+            .values()
+            .map(|rc| {
+                (
+                    rc.c.tag.clone(),
+                    rc.c.handle.clone(),
+                    rc.c.no_ack,
+                    rc.c.exclusive,
+                )
+            })
+            .collect()
+    }
+}
