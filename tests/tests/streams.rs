@@ -4,10 +4,12 @@
 //! stream, credit from acks, nacks and rejects, retention by size, by age and by policy,
 //! filtering, and a restart. `kill -9` is in `crates/warren/tests/streams_crash.rs`.
 
-use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicRejectOptions, QueueDeclareOptions};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicNackOptions, BasicRejectOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Consumer};
-use futures_util::StreamExt;
 use warren_tests::*;
 
 fn broker(dir: &TempDir) -> TestBroker {
@@ -43,7 +45,12 @@ fn durable() -> QueueDeclareOptions {
 async fn consume_from(ch: &Channel, queue: &str, tag: &str, args: FieldTable) -> Consumer {
     within(
         "basic_consume",
-        ch.basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), args),
+        ch.basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            args,
+        ),
     )
     .await
     .unwrap_or_else(|e| panic!("basic_consume {queue}: {e}"))
@@ -89,9 +96,7 @@ async fn declarations_are_checked_as_rabbitmq_does() {
     let dir = TempDir::new("stream-declare");
     let b = broker(&dir);
     let conn = connect(&b).await;
-    let refused = |text: &str| {
-        format!("PRECONDITION_FAILED - {text}")
-    };
+    let refused = |text: &str| format!("PRECONDITION_FAILED - {text}");
     let cases: Vec<(&str, QueueDeclareOptions, FieldTable, String)> = vec![
         (
             "s",
@@ -190,7 +195,13 @@ async fn declarations_are_checked_as_rabbitmq_does() {
     declare_stream(&ch, "s", &args).await;
     declare_stream(&ch, "s", &args).await;
     let got = expect_code(
-        try_declare(&ch, "s", durable(), stream_args(&[("x-max-age", long("1D"))])).await,
+        try_declare(
+            &ch,
+            "s",
+            durable(),
+            stream_args(&[("x-max-age", long("1D"))]),
+        )
+        .await,
         406,
     );
     assert_eq!(
@@ -234,7 +245,12 @@ async fn consumers_need_prefetch_and_manual_acks_and_get_and_purge_are_refused()
     publish_all(&ch, "s", (0..3).map(|i| format!("m{i}"))).await;
     let r = within(
         "consume",
-        ch.basic_consume("s".into(), "c".into(), BasicConsumeOptions::default(), no_args()),
+        ch.basic_consume(
+            "s".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        ),
     )
     .await;
     assert_eq!(
@@ -246,7 +262,12 @@ async fn consumers_need_prefetch_and_manual_acks_and_get_and_purge_are_refused()
     qos(&ch, 10, true).await;
     let r = within(
         "consume",
-        ch.basic_consume("s".into(), "c".into(), BasicConsumeOptions::default(), no_args()),
+        ch.basic_consume(
+            "s".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        ),
     )
     .await;
     expect_code(r, 406);
@@ -304,7 +325,15 @@ async fn every_offset_kind_starts_where_it_says() {
         .unwrap()
         .as_secs();
     publish_all(&ch, "s", (0..40).map(|i| format!("m{i}"))).await;
-    let extent = b.broker.vhost("/").unwrap().queue("s").unwrap().stream().unwrap().extent();
+    let extent = b
+        .broker
+        .vhost("/")
+        .unwrap()
+        .queue("s")
+        .unwrap()
+        .stream()
+        .unwrap()
+        .extent();
     assert!(extent.2 >= 2, "several segments: {extent:?}");
     assert_eq!(queue_counts(&b, "s"), Some((40, 0)));
 
@@ -343,12 +372,30 @@ async fn every_offset_kind_starts_where_it_says() {
     // A negative offset reads from the first (as osiris does).
     let mut negative = consume_from(&c_ch, "s", "neg", offset_arg(int(-5))).await;
     assert_eq!(take(&mut negative, 40).await, expected(0..40));
-    for c in [&mut first, &mut numeric, &mut last, &mut next_, &mut default, &mut future, &mut ahead, &mut ts] {
+    for c in [
+        &mut first,
+        &mut numeric,
+        &mut last,
+        &mut next_,
+        &mut default,
+        &mut future,
+        &mut ahead,
+        &mut ts,
+    ] {
         assert_no_delivery(c).await;
     }
     // New messages reach the consumers at the tail.
     publish_all(&ch, "s", (40..43).map(|i| format!("m{i}"))).await;
-    for c in [&mut first, &mut numeric, &mut last, &mut next_, &mut default, &mut ts, &mut interval, &mut negative] {
+    for c in [
+        &mut first,
+        &mut numeric,
+        &mut last,
+        &mut next_,
+        &mut default,
+        &mut ts,
+        &mut interval,
+        &mut negative,
+    ] {
         assert_eq!(take(c, 3).await, expected(40..43));
     }
     assert_eq!(take(&mut ahead, 2).await, expected(41..43));
@@ -360,7 +407,12 @@ async fn every_offset_kind_starts_where_it_says() {
     qos(&bad_ch, 1, false).await;
     let r = within(
         "consume",
-        bad_ch.basic_consume("s".into(), "bad".into(), BasicConsumeOptions::default(), offset_arg(long("bogus"))),
+        bad_ch.basic_consume(
+            "s".into(),
+            "bad".into(),
+            BasicConsumeOptions::default(),
+            offset_arg(long("bogus")),
+        ),
     )
     .await;
     expect_code(r, 406);
@@ -411,13 +463,22 @@ async fn many_consumers_replay_at_their_own_pace_and_acks_give_credit() {
     ack(&held[0]).await;
     let d = next(&mut slow).await;
     assert_eq!((offset_of(&d), d.redelivered), (5, false));
-    within("nack", held[1].nack(BasicNackOptions { requeue: true, ..Default::default() }))
-        .await
-        .unwrap();
+    within(
+        "nack",
+        held[1].nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(offset_of(&next(&mut slow).await), 6);
-    within("reject", held[2].reject(BasicRejectOptions { requeue: false }))
-        .await
-        .unwrap();
+    within(
+        "reject",
+        held[2].reject(BasicRejectOptions { requeue: false }),
+    )
+    .await
+    .unwrap();
     assert_eq!(offset_of(&next(&mut slow).await), 7);
     assert_no_delivery(&mut slow).await;
     assert_eq!(queue_counts(&b, "s"), Some((N as u64, 0)));
@@ -542,10 +603,16 @@ async fn filtering_by_x_stream_filter_value() {
         &c_ch,
         "s",
         "red",
-        table(&[("x-stream-offset", long("first")), ("x-stream-filter", long("red"))]),
+        table(&[
+            ("x-stream-offset", long("first")),
+            ("x-stream-filter", long("red")),
+        ]),
     )
     .await;
-    assert_eq!(take(&mut red, 2).await, vec![(0, "m0".into()), (3, "m3".into())]);
+    assert_eq!(
+        take(&mut red, 2).await,
+        vec![(0, "m0".into()), (3, "m3".into())]
+    );
     assert_no_delivery(&mut red).await;
     let mut blue_or_none = consume_from(
         &c_ch,
@@ -553,12 +620,19 @@ async fn filtering_by_x_stream_filter_value() {
         "blue",
         table(&[
             ("x-stream-offset", long("first")),
-            ("x-stream-filter", AMQPValue::FieldArray(vec![long("blue"), long("green")].into())),
+            (
+                "x-stream-filter",
+                AMQPValue::FieldArray(vec![long("blue"), long("green")].into()),
+            ),
             ("x-stream-match-unfiltered", AMQPValue::Boolean(true)),
         ]),
     )
     .await;
-    let got: Vec<i64> = take(&mut blue_or_none, 4).await.into_iter().map(|(o, _)| o).collect();
+    let got: Vec<i64> = take(&mut blue_or_none, 4)
+        .await
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
     assert_eq!(got, vec![1, 2, 4, 5]);
     drop(conn);
     b.stop();
@@ -623,15 +697,23 @@ async fn replay_throughput() {
             let conn = connect_url(&url).await;
             let ch = channel(&conn).await;
             qos(&ch, 1000, false).await;
-            let mut c = consume_from(&ch, &queue, &format!("bench-{k}"), offset_arg(long("first"))).await;
+            let mut c = consume_from(
+                &ch,
+                &queue,
+                &format!("bench-{k}"),
+                offset_arg(long("first")),
+            )
+            .await;
             let mut n = 0u64;
             while n < count {
-                let d = match tokio::time::timeout(std::time::Duration::from_secs(30), c.next()).await {
+                let d = match tokio::time::timeout(std::time::Duration::from_secs(30), c.next())
+                    .await
+                {
                     Ok(Some(Ok(d))) => d,
                     other => panic!("consumer {k} after {n}: {other:?}"),
                 };
                 n += 1;
-                if n % 100 == 0 || n == count {
+                if n.is_multiple_of(100) || n == count {
                     d.ack(BasicAckOptions { multiple: true }).await.unwrap();
                 }
             }

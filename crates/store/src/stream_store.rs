@@ -91,25 +91,38 @@ fn parse_header(payload: &[u8]) -> Option<(u64, u64)> {
 impl StreamStore {
     /// Opens (creating if needed) the stream log in `dir`, checking every record (torn tails
     /// are cut as for any segment log) and rebuilding the per-segment index.
-    pub fn open(backend: Arc<dyn Backend>, dir: impl Into<PathBuf>, max_segment_size: u32) -> Result<Self> {
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        dir: impl Into<PathBuf>,
+        max_segment_size: u32,
+    ) -> Result<Self> {
         let dir = dir.into();
         let mut segments: BTreeMap<u32, SegInfo> = BTreeMap::new();
         let mut next_offset = 0u64;
-        let log = SegmentLog::open(backend.clone(), &dir, PREFIX, max_segment_size, |pos, payload| {
-            let Some((off, ts)) = parse_header(payload) else {
-                return;
-            };
-            let end = pos.offset as u64 + RECORD_HEADER_LEN as u64 + payload.len() as u64;
-            let s = segments.entry(pos.segment).or_insert(SegInfo {
-                first_offset: off,
-                last_ts: ts,
-                len: end,
-            });
-            s.last_ts = ts;
-            s.len = end;
-            next_offset = next_offset.max(off + 1);
-        })?;
-        let first_offset = segments.values().next().map_or(next_offset, |s| s.first_offset);
+        let log = SegmentLog::open(
+            backend.clone(),
+            &dir,
+            PREFIX,
+            max_segment_size,
+            |pos, payload| {
+                let Some((off, ts)) = parse_header(payload) else {
+                    return;
+                };
+                let end = pos.offset as u64 + RECORD_HEADER_LEN as u64 + payload.len() as u64;
+                let s = segments.entry(pos.segment).or_insert(SegInfo {
+                    first_offset: off,
+                    last_ts: ts,
+                    len: end,
+                });
+                s.last_ts = ts;
+                s.len = end;
+                next_offset = next_offset.max(off + 1);
+            },
+        )?;
+        let first_offset = segments
+            .values()
+            .next()
+            .map_or(next_offset, |s| s.first_offset);
         Ok(StreamStore {
             log,
             backend,
@@ -304,7 +317,11 @@ impl StreamStore {
                     segment: at.segment,
                     offset: at.offset + p as u32,
                 };
-                if record_crc([chunk[p], chunk[p + 1], chunk[p + 2], chunk[p + 3]], &payload) != crc {
+                if record_crc(
+                    [chunk[p], chunk[p + 1], chunk[p + 2], chunk[p + 3]],
+                    &payload,
+                ) != crc
+                {
                     return Err(StoreError::Corrupt {
                         path: self.dir.clone(),
                         offset: pos.offset as u64,
@@ -374,10 +391,7 @@ impl StreamStore {
         let mut total: u64 = self.log.disk_bytes();
         let mut removed_msgs = 0u64;
         let mut removed_any = false;
-        loop {
-            let Some((&id, info)) = self.segments.iter().next() else {
-                break;
-            };
+        while let Some((&id, info)) = self.segments.iter().next() {
             if id == current {
                 break;
             }
@@ -460,7 +474,10 @@ mod tests {
             if recs.is_empty() {
                 return out;
             }
-            out.extend(recs.into_iter().map(|(_, r)| (r.offset, r.payload.to_vec())));
+            out.extend(
+                recs.into_iter()
+                    .map(|(_, r)| (r.offset, r.payload.to_vec())),
+            );
             at = next;
         }
     }
@@ -495,7 +512,8 @@ mod tests {
         let dir = TestDir::new("stream-seek");
         let mut s = open(&dir, 300);
         for i in 0..40 {
-            s.append(1000 + 10 * i, |b| b.extend_from_slice(&body(i))).unwrap();
+            s.append(1000 + 10 * i, |b| b.extend_from_slice(&body(i)))
+                .unwrap();
         }
         for target in [0, 1, 17, 39] {
             let pos = s.seek_offset(target).unwrap();
@@ -525,11 +543,24 @@ mod tests {
                 2000,
             )
             .unwrap();
-        assert!(removed > 0 && s.disk_bytes() <= 1000, "{removed} {}", s.disk_bytes());
+        assert!(
+            removed > 0 && s.disk_bytes() <= 1000,
+            "{removed} {}",
+            s.disk_bytes()
+        );
         assert!(s.segment_count() < segs);
         assert_eq!(s.first_offset(), removed);
-        let all = read_all(&s, Position { segment: 1, offset: 8 });
-        assert_eq!(all[0].0, removed, "a reader in a removed segment goes on at the oldest");
+        let all = read_all(
+            &s,
+            Position {
+                segment: 1,
+                offset: 8,
+            },
+        );
+        assert_eq!(
+            all[0].0, removed,
+            "a reader in a removed segment goes on at the oldest"
+        );
         assert_eq!(all.last().unwrap().0, 99);
         // By age: everything sealed is older than 500 ms at 5000; the current segment stays.
         s.apply_retention(

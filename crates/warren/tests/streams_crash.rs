@@ -21,7 +21,10 @@ fn stream_args() -> FieldTable {
     // Small segments, so that the crashes also hit segment roll-overs.
     table(&[
         ("x-queue-type", long("stream")),
-        ("x-stream-max-segment-size-bytes", AMQPValue::LongLongInt(64 * 1024)),
+        (
+            "x-stream-max-segment-size-bytes",
+            AMQPValue::LongLongInt(64 * 1024),
+        ),
     ])
 }
 
@@ -31,12 +34,20 @@ async fn declare(conn: &Connection) -> lapin::Channel {
     ch
 }
 
-async fn publisher(url: String, confirmed: Arc<Mutex<HashSet<u64>>>, next_id: Arc<std::sync::atomic::AtomicU64>) {
+async fn publisher(
+    url: String,
+    confirmed: Arc<Mutex<HashSet<u64>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+) {
     let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
         return;
     };
     let ch = declare(&conn).await;
-    if ch.confirm_select(ConfirmSelectOptions::default()).await.is_err() {
+    if ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .is_err()
+    {
         return;
     }
     let pad = vec![7u8; 200];
@@ -47,9 +58,19 @@ async fn publisher(url: String, confirmed: Arc<Mutex<HashSet<u64>>>, next_id: Ar
             let mut body = id.to_be_bytes().to_vec();
             body.extend_from_slice(&pad);
             // Transient messages too: a stream keeps every message.
-            let props = BasicProperties::default().with_delivery_mode(if id % 2 == 0 { 2 } else { 1 });
+            let props = BasicProperties::default().with_delivery_mode(if id.is_multiple_of(2) {
+                2
+            } else {
+                1
+            });
             match ch
-                .basic_publish("".into(), STREAM.into(), BasicPublishOptions::default(), &body, props)
+                .basic_publish(
+                    "".into(),
+                    STREAM.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
                 .await
             {
                 Ok(c) => batch.push((id, c)),
@@ -96,14 +117,24 @@ async fn confirmed_stream_messages_survive_sigkill() {
         .expect("connect");
     let ch = declare(&conn).await;
     // One more message after the restarts: its offset follows the last one recovered.
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let last = u64::MAX.to_be_bytes();
     let c = ch
-        .basic_publish("".into(), STREAM.into(), BasicPublishOptions::default(), &last, BasicProperties::default())
+        .basic_publish(
+            "".into(),
+            STREAM.into(),
+            BasicPublishOptions::default(),
+            &last,
+            BasicProperties::default(),
+        )
         .await
         .unwrap();
     assert!(c.await.unwrap().is_ack());
-    ch.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+    ch.basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
     let mut c = ch
         .basic_consume(
             STREAM.into(),
@@ -121,7 +152,12 @@ async fn confirmed_stream_messages_survive_sigkill() {
             .expect("a delivery within 20 s")
             .expect("consumer open")
             .expect("delivery");
-        let offset = match d.properties.headers().as_ref().and_then(|h| h.inner().get("x-stream-offset").cloned()) {
+        let offset = match d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-stream-offset").cloned())
+        {
             Some(AMQPValue::LongLongInt(n)) => n,
             other => panic!("x-stream-offset header: {other:?}"),
         };
@@ -142,7 +178,14 @@ async fn confirmed_stream_messages_survive_sigkill() {
         seen.len(),
         lost.len()
     );
-    assert!(confirmed.len() > 100, "the publishers made too little progress to test anything");
-    assert!(lost.is_empty(), "confirmed messages lost after SIGKILL: {:?}", &lost[..lost.len().min(20)]);
+    assert!(
+        confirmed.len() > 100,
+        "the publishers made too little progress to test anything"
+    );
+    assert!(
+        lost.is_empty(),
+        "confirmed messages lost after SIGKILL: {:?}",
+        &lost[..lost.len().min(20)]
+    );
     broker.kill9();
 }

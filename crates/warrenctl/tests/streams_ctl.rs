@@ -49,7 +49,10 @@ async fn list_queues_and_the_api_show_a_stream() {
     )
     .await
     .ok();
-    assert_eq!(out, "name\ttype\tmessages\tconsumers\nevents\tstream\t5\t1\nplain\tclassic\t0\t0\n");
+    assert_eq!(
+        out,
+        "name\ttype\tmessages\tconsumers\nevents\tstream\t5\t1\nplain\tclassic\t0\t0\n"
+    );
     let (status, q) = m.http("GET", "/api/queues/%2F/events", None);
     assert_eq!(status, 200);
     assert_eq!(q["type"], "stream");

@@ -309,7 +309,11 @@ impl Queue {
     }
 
     /// Makes this queue a stream with `stream` as its log.
-    pub(crate) fn with_stream(mut self, persistence: Arc<Persistence>, stream: crate::stream::Stream) -> Self {
+    pub(crate) fn with_stream(
+        mut self,
+        persistence: Arc<Persistence>,
+        stream: crate::stream::Stream,
+    ) -> Self {
         self.persistence = Some(persistence);
         self.stream = Some(Box::new(stream));
         self

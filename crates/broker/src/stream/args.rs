@@ -56,10 +56,9 @@ pub fn check_declare(
     let int = |arg: &str| -> Result<Option<i64>> {
         match args.get(arg) {
             None => Ok(None),
-            Some(v) if v.as_i64().is_none() || matches!(v, FieldValue::Timestamp(_)) => Err(invalid(
-                arg,
-                format!("\"expected integer, got {}\"", v.type_name()),
-            )),
+            Some(v) if v.as_i64().is_none() || matches!(v, FieldValue::Timestamp(_)) => Err(
+                invalid(arg, format!("\"expected integer, got {}\"", v.type_name())),
+            ),
             Some(v) => Ok(v.as_i64()),
         }
     };
@@ -171,9 +170,12 @@ impl StreamOptions {
             // A policy may give seconds as a number.
             v => v.as_i64().filter(|n| *n > 0).map(|n| n as u64 * 1000),
         });
-        let seg = int("x-stream-max-segment-size-bytes", "stream-max-segment-size-bytes")
-            .unwrap_or(DEFAULT_MAX_SEGMENT_SIZE)
-            .clamp(1024, MAX_SEGMENT_SIZE);
+        let seg = int(
+            "x-stream-max-segment-size-bytes",
+            "stream-max-segment-size-bytes",
+        )
+        .unwrap_or(DEFAULT_MAX_SEGMENT_SIZE)
+        .clamp(1024, MAX_SEGMENT_SIZE);
         StreamOptions {
             retention: Retention {
                 max_bytes: int("x-max-length-bytes", "max-length-bytes"),
@@ -293,16 +295,21 @@ mod tests {
     #[test]
     fn offset_specs() {
         let spec = |v: FieldValue| {
-            consumer_args(&table(&[("x-stream-offset", v)]), "s", "/", 1_000_000)
-                .map(|(s, _)| s)
+            consumer_args(&table(&[("x-stream-offset", v)]), "s", "/", 1_000_000).map(|(s, _)| s)
         };
-        assert_eq!(consumer_args(&FieldTable::new(), "s", "/", 0).unwrap().0, OffsetSpec::Next);
+        assert_eq!(
+            consumer_args(&FieldTable::new(), "s", "/", 0).unwrap().0,
+            OffsetSpec::Next
+        );
         assert_eq!(spec("first".into()).unwrap(), OffsetSpec::First);
         assert_eq!(spec("last".into()).unwrap(), OffsetSpec::Last);
         assert_eq!(spec("next".into()).unwrap(), OffsetSpec::Next);
         assert_eq!(spec(FieldValue::I64(42)).unwrap(), OffsetSpec::Offset(42));
         assert_eq!(spec(FieldValue::I32(-3)).unwrap(), OffsetSpec::Offset(0));
-        assert_eq!(spec(FieldValue::Timestamp(500)).unwrap(), OffsetSpec::Timestamp(500_000));
+        assert_eq!(
+            spec(FieldValue::Timestamp(500)).unwrap(),
+            OffsetSpec::Timestamp(500_000)
+        );
         assert_eq!(spec("10s".into()).unwrap(), OffsetSpec::Timestamp(990_000));
         assert_eq!(spec("bogus".into()).unwrap_err().code, 406);
         assert_eq!(spec(FieldValue::Bool(true)).unwrap_err().code, 406);
@@ -360,8 +367,16 @@ mod tests {
             "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 's' in vhost '/' of queue type rabbit_stream_queue"
         );
         let e = check_declare("/", "s", false, true, true, &FieldTable::new()).unwrap_err();
-        assert!(e.text.contains("invalid property 'auto-delete'"), "{}", e.text);
+        assert!(
+            e.text.contains("invalid property 'auto-delete'"),
+            "{}",
+            e.text
+        );
         let e = ok(table(&[("x-max-age", FieldValue::I32(5))])).unwrap_err();
-        assert!(e.text.ends_with("{unacceptable_type,signedint}"), "{}", e.text);
+        assert!(
+            e.text.ends_with("{unacceptable_type,signedint}"),
+            "{}",
+            e.text
+        );
     }
 }

@@ -23,7 +23,9 @@ use crate::delivery::{Deliver, DeliveryChannel};
 use crate::error::{AmqpError, Result};
 use crate::message::Message;
 use crate::persist::Persistence;
-use crate::queue::{ConsumeRefused, Published, PublishError, QueueConsumer, QueueStats, QueuedMessage};
+use crate::queue::{
+    ConsumeRefused, PublishError, Published, QueueConsumer, QueueStats, QueuedMessage,
+};
 use crate::Queue;
 use args::{Filter, OffsetSpec, StreamOptions};
 use parking_lot::Mutex;
@@ -91,7 +93,10 @@ pub fn check_consume(q: &Queue, prefetch: u16, no_ack: bool) -> Result<()> {
     if no_ack {
         return Err(AmqpError::new(
             NOT_IMPLEMENTED,
-            format!("automatic acknowledgement not supported by stream {}", rs(q)),
+            format!(
+                "automatic acknowledgement not supported by stream {}",
+                rs(q)
+            ),
         ));
     }
     Ok(())
@@ -155,12 +160,21 @@ impl Stream {
     /// (first retained offset, next offset, segment files, bytes on disk).
     pub fn extent(&self) -> (u64, u64, usize, u64) {
         let st = self.store.lock();
-        (st.first_offset(), st.next_offset(), st.segment_count(), st.disk_bytes())
+        (
+            st.first_offset(),
+            st.next_offset(),
+            st.segment_count(),
+            st.disk_bytes(),
+        )
     }
 
     /// Appends a message (every message of a stream is kept, persistent or not) and hands it
     /// to the readers at the tail. The publisher's confirm waits for the returned epoch.
-    pub(crate) fn publish(&self, q: &Arc<Queue>, msg: &Message) -> std::result::Result<Published, PublishError> {
+    pub(crate) fn publish(
+        &self,
+        q: &Arc<Queue>,
+        msg: &Message,
+    ) -> std::result::Result<Published, PublishError> {
         let p = &self.persistence;
         let now = unix_ms();
         let (epoch, rolled) = {
@@ -385,6 +399,9 @@ impl Stream {
 }
 
 /// The options a stream's policy and arguments give.
-pub(crate) fn options_for(q: &Queue, policy: Option<&warren_protocol::FieldTable>) -> StreamOptions {
+pub(crate) fn options_for(
+    q: &Queue,
+    policy: Option<&warren_protocol::FieldTable>,
+) -> StreamOptions {
     StreamOptions::from_arguments(&q.arguments, policy)
 }
