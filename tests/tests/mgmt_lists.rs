@@ -151,3 +151,28 @@ async fn lists_sort_filter_paginate_and_cut_columns_as_rabbitmq() {
     assert_eq!(v, json!({"name": "qb", "messages_ready": 2}));
     drop(ch2);
 }
+
+/// A quorum queue shows its Raft group as RabbitMQ shows it: `type`, `leader`, `members` and
+/// `online` (this node, while Warren runs one); a classic queue has none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_shows_its_leader_and_members() {
+    let m = MgmtBroker::start().await;
+    let (_conn, ch) = open(&m.broker).await;
+    declare_durable_args(&ch, "qq", table(&[("x-queue-type", long("quorum"))])).await;
+    declare(&ch, "cq").await;
+    let (status, v) = m.http("GET", "/api/queues/%2F/qq", None);
+    assert_eq!(status, 200);
+    let (_, overview) = m.http("GET", "/api/overview", None);
+    let node = overview["node"].clone();
+    assert!(node.is_string(), "the overview names the node: {overview}");
+    assert_eq!(v["type"], "quorum");
+    assert_eq!(v["leader"], node);
+    assert_eq!(v["members"], json!([node]));
+    assert_eq!(v["online"], json!([node]));
+    let (_, v) = m.http("GET", "/api/queues/%2F/cq", None);
+    assert_eq!(v["type"], "classic");
+    assert!(
+        v.get("leader").is_none() && v.get("members").is_none(),
+        "{v}"
+    );
+}

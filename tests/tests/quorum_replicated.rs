@@ -262,3 +262,37 @@ async fn a_queue_declared_again_after_deletion_starts_empty() {
     let broker = TestBroker::replicated(&dir);
     wait_counts(&broker, "d", 1, 0).await;
 }
+
+/// A policy reaches a replicated queue through its log (`SetOptions`): max-length 3 drops the
+/// oldest at once, and after a restart (the options in the snapshot or the log) it still
+/// holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_goes_through_the_log_and_survives_a_restart() {
+    let dir = TempDir::new("qq-policy");
+    let broker = TestBroker::replicated(&dir);
+    {
+        let (_conn, ch) = open(&broker).await;
+        declare_durable_args(&ch, "p", quorum()).await;
+        confirm_select(&ch).await;
+        publish_n_confirmed(&ch, "p", 5).await;
+        let mut def = warren_protocol::FieldTable::new();
+        def.insert("max-length", warren_protocol::FieldValue::I64(3));
+        let policy =
+            warren_broker::policy::Policy::new("len", "^p$", "queues", 0, def).expect("policy");
+        broker
+            .broker
+            .vhost("/")
+            .expect("vhost")
+            .set_policy(policy, false);
+        wait_counts(&broker, "p", 3, 0).await;
+        broker.stop();
+    }
+    let broker = TestBroker::replicated(&dir);
+    wait_counts(&broker, "p", 3, 0).await;
+    let (_conn, ch) = open(&broker).await;
+    confirm_select(&ch).await;
+    publish_n_confirmed(&ch, "p", 2).await;
+    wait_counts(&broker, "p", 3, 0).await;
+    let left = drain(&ch, "p").await;
+    assert_eq!(left, ["m4", "m0", "m1"], "the oldest went each time");
+}

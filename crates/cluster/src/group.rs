@@ -62,6 +62,24 @@ fn config() -> Result<Arc<Config>, GroupError> {
         .map_err(|e| GroupError::Config(e.to_string()))
 }
 
+/// Resolves once the group has stopped (shut down, or failed for good), with why.
+async fn stopped(raft: &Raft<QueueRaft>) -> String {
+    let r = raft
+        .wait(None)
+        .metrics(
+            |m| m.running_state.is_err() || m.state == ServerState::Shutdown,
+            "stopped",
+        )
+        .await;
+    match r {
+        Ok(m) => match &m.running_state {
+            Err(e) => e.to_string(),
+            Ok(()) => "shut down".into(),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Who is in a group and who creates it.
 pub struct Membership {
     /// The members when the group is created, with their cluster addresses.
@@ -185,12 +203,12 @@ impl QueueGroup {
 
     /// Runs a command through the log: returns its answer once it is committed and applied.
     pub async fn propose(&self, cmd: QueueCommand) -> Result<Applied, GroupError> {
-        let r = self
-            .raft
-            .client_write(Batch(vec![cmd]))
+        let answer = self
+            .submit(vec![cmd])
+            .await?
             .await
-            .map_err(raft_err)?;
-        r.data
+            .map_err(GroupError::Raft)?;
+        answer
             .into_iter()
             .next()
             .ok_or_else(|| GroupError::Raft("an entry of one command got no answer".into()))
@@ -198,7 +216,8 @@ impl QueueGroup {
 
     /// Proposes commands as one entry without waiting: returns once it is queued for the log
     /// (entries submitted one after another reach the log in that order), with a future of
-    /// the answers.
+    /// the answers. If the group stops (a storage error stops it for good), the future says
+    /// so rather than wait for an answer that cannot come.
     pub async fn submit(
         &self,
         batch: Vec<QueueCommand>,
@@ -209,11 +228,15 @@ impl QueueGroup {
             .client_write_ff(Batch(batch))
             .await
             .map_err(raft_err)?;
+        let raft = self.raft.clone();
         Ok(async move {
-            match rx.await {
-                Ok(Ok(r)) => Ok(r.data),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("the queue's Raft group stopped".to_string()),
+            tokio::select! {
+                r = rx => match r {
+                    Ok(Ok(r)) => Ok(r.data),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the queue's Raft group stopped".to_string()),
+                },
+                why = stopped(&raft) => Err(format!("the queue's Raft group stopped: {why}")),
             }
         })
     }

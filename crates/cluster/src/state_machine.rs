@@ -102,7 +102,7 @@ impl QueueStateMachine {
         };
         if let Some(data) = wal.load_snapshot(group)? {
             let stored: Stored = postcard::from_bytes(&data).map_err(decode_err)?;
-            state.engine = QueueEngine::restore(opts, stored.engine);
+            state.engine = QueueEngine::restore(stored.engine);
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
             state.current = Some((stored.meta, data));
@@ -137,15 +137,6 @@ impl QueueStateMachine {
     /// Reads the engine (counts, checkouts) under the state's lock.
     pub fn with_engine<T>(&self, f: impl FnOnce(&QueueEngine<Owner>) -> T) -> T {
         f(&self.state.lock().engine)
-    }
-
-    /// Replaces the queue's options (a policy changed) on this replica only: not through the
-    /// log yet (see [`warren_broker::queue::replica::Replica::set_options`]).
-    pub fn set_options(&self, opts: QueueOptions, now: u64) {
-        let mut s = self.state.lock();
-        let mut out = Deliveries::default();
-        s.engine.set_options(opts, now, &mut out);
-        self.send_output(&mut s.engine, 0, &mut out);
     }
 
     /// The queue was used (`x-expires`), on this replica only.
@@ -285,8 +276,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         let stored: Stored = postcard::from_bytes(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &decode_err(e)))?;
         let mut s = self.state.lock();
-        let opts = s.engine.options().clone();
-        s.engine = QueueEngine::restore(opts, stored.engine.clone());
+        s.engine = QueueEngine::restore(stored.engine.clone());
         s.last_applied = meta.last_log_id;
         s.membership = meta.last_membership.clone();
         let stored = Stored {

@@ -482,6 +482,26 @@ impl NodeWal {
         self.work.notify_one();
     }
 
+    /// Deletes segments no longer needed (after a successful sync).
+    fn remove_segments(&self, removable: &mut Vec<u32>) {
+        let mut g = self.inner.lock();
+        // The segments that replace them (with the purge points that make them unneeded)
+        // must be in the directory for good before they go.
+        if let Err(e) = g.log.sync_dir() {
+            tracing::warn!(error = %e, "could not sync the write-ahead log's directory; old segments are kept");
+            g.removable.append(removable);
+            return;
+        }
+        for seg in removable.drain(..) {
+            if let Err(e) = g.log.remove_segment(seg) {
+                tracing::warn!(segment = seg, error = %e, "could not remove a write-ahead log segment no longer needed");
+            }
+        }
+        if let Err(e) = g.log.sync_dir() {
+            tracing::warn!(error = %e, "could not sync the write-ahead log's directory after removing segments");
+        }
+    }
+
     /// The group commit: wait for appends, fsync them once (outside the lock, so appends go
     /// on), tell everyone the sync covered.
     fn flush_loop(&self) {
@@ -514,15 +534,7 @@ impl NodeWal {
             if let Err(e) = &result {
                 tracing::error!(error = %e, "write-ahead log sync failed; the log is poisoned until restart");
             } else if !removable.is_empty() {
-                let mut g = self.inner.lock();
-                for seg in removable.drain(..) {
-                    if let Err(e) = g.log.remove_segment(seg) {
-                        tracing::warn!(segment = seg, error = %e, "could not remove a write-ahead log segment no longer needed");
-                    }
-                }
-                if let Err(e) = g.log.sync_dir() {
-                    tracing::warn!(error = %e, "could not sync the write-ahead log's directory after removing segments");
-                }
+                self.remove_segments(&mut removable);
             }
             for w in waiting {
                 w.done(&result);

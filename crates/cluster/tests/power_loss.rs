@@ -60,9 +60,38 @@ async fn confirmed_entries_survive_power_cuts() {
     for round in 0..=rounds {
         // Small segments: roll-overs (with their checkpoints) and removals of old segments
         // happen between cuts too.
-        let (wal, g, _out) = start_alone_with_segments(Arc::new(disk.clone()), &dir, GROUP, 2048)
-            .await
-            .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+        let (wal, g, _out) = match start_alone_with_segments(
+            Arc::new(disk.clone()),
+            &dir,
+            GROUP,
+            2048,
+        )
+        .await
+        {
+            Ok(started) => started,
+            Err(e) => {
+                // What the disk held, to tell which record or file was missing.
+                let files = disk.list(&dir).unwrap_or_default();
+                let snaps = disk.list(&dir.join("snapshots")).unwrap_or_default();
+                let (_w, rec) = warren_cluster::NodeWal::open_with_segment_size(
+                    Arc::new(disk.clone()),
+                    &dir,
+                    2048,
+                )
+                .map(|(w, mut r)| (w, r.remove(&GROUP)))
+                .unwrap_or_else(|e| panic!("reopen: {e}"));
+                let summary = rec.map(|g| {
+                    format!(
+                        "purged {:?} committed {:?} entries {:?}..{:?}",
+                        g.purged.map(|p| p.index),
+                        g.committed.map(|c| c.index),
+                        g.entries.keys().next(),
+                        g.entries.keys().last()
+                    )
+                });
+                panic!("seed {seed} round {round}: {e}; files {files:?}, snapshots {snaps:?}, group {summary:?}")
+            }
+        };
         g.caught_up(Duration::from_secs(10)).await.unwrap();
         // Snapshots (and the log purged below them) often, so cuts land in them too.
         g.state().set_snapshot_thresholds(512, 3);

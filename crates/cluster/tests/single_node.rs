@@ -68,24 +68,8 @@ async fn a_restarted_node_rebuilds_the_queue_from_its_wal() {
         }
         // Ten taken with an ack and settled, five taken and left unacked.
         for _ in 0..10 {
-            let Applied::Got {
-                checkout: Some(c), ..
-            } = g
-                .propose(QueueCommand::Get {
-                    owner: Some(9),
-                    now: 0,
-                })
-                .await
-                .unwrap()
-            else {
-                panic!("no message")
-            };
-            g.propose(QueueCommand::Settle {
-                checkouts: vec![(9, c)],
-                now: 0,
-            })
-            .await
-            .unwrap();
+            let c = take(&g, 9).await;
+            settle(&g, 9, c).await;
         }
         for _ in 0..5 {
             g.propose(QueueCommand::Get {
@@ -132,25 +116,9 @@ async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
         }
         // 200 taken and settled, 5 taken and held.
         for i in 0..205 {
-            let Applied::Got {
-                checkout: Some(c), ..
-            } = g
-                .propose(QueueCommand::Get {
-                    owner: Some(9),
-                    now: 0,
-                })
-                .await
-                .unwrap()
-            else {
-                panic!("no message")
-            };
+            let c = take(&g, 9).await;
             if i < 200 {
-                g.propose(QueueCommand::Settle {
-                    checkouts: vec![(9, c)],
-                    now: 0,
-                })
-                .await
-                .unwrap();
+                settle(&g, 9, c).await;
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -226,24 +194,8 @@ async fn old_wal_segments_are_removed_once_their_entries_are_below_snapshots() {
         // Far more than a segment's worth through the busy group, consumed as it goes.
         for id in 0..1500 {
             b.propose(enqueue(id)).await.unwrap();
-            let Applied::Got {
-                checkout: Some(c), ..
-            } = b
-                .propose(QueueCommand::Get {
-                    owner: Some(9),
-                    now: 0,
-                })
-                .await
-                .unwrap()
-            else {
-                panic!("no message")
-            };
-            b.propose(QueueCommand::Settle {
-                checkouts: vec![(9, c)],
-                now: 0,
-            })
-            .await
-            .unwrap();
+            let c = take(&b, 9).await;
+            settle(&b, 9, c).await;
         }
         b.propose(enqueue(5000)).await.unwrap();
         let segments = wal.segments();

@@ -230,6 +230,12 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Va
         "memory": memory_estimate(s.messages_ready, s.consumers),
         "message_stats": state.rates.queue_stats(&q.vhost_name, &q.name, &crate::rates::queue_fields(&s)),
     });
+    if kind == "quorum" {
+        // As RabbitMQ shows a quorum queue's Raft group; one node for now.
+        v["leader"] = json!(state.node);
+        v["members"] = json!([state.node]);
+        v["online"] = json!([state.node]);
+    }
     if let Some(owner) = q
         .exclusive_owner
         .and_then(|id| connections::find_by_id(&state.broker, id))

@@ -154,11 +154,23 @@ async fn message_stats_count_and_rate_what_clients_do() {
     assert!(c0["recv_oct_details"]["rate"].is_number());
 
     // History: samples of the last minute, newest first, one per second at most.
-    let o = get(mgmt, "/api/overview?msg_rates_age=60&msg_rates_incr=1");
-    let samples = o["message_stats"]["publish_details"]["samples"]
-        .as_array()
-        .expect("samples")
-        .clone();
+    // (The newest sample may predate the last publish by one sampling interval: wait for it.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (o, samples) = loop {
+        let o = get(mgmt, "/api/overview?msg_rates_age=60&msg_rates_incr=1");
+        let samples = o["message_stats"]["publish_details"]["samples"]
+            .as_array()
+            .expect("samples")
+            .clone();
+        if samples.first().and_then(|s| s["sample"].as_u64()) == Some(sent + 1) {
+            break (o, samples);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the newest sample never counted every publish: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(samples.len() >= 2, "{samples:?}");
     let ts: Vec<u64> = samples
         .iter()

@@ -10,11 +10,11 @@
 //! An `Enqueue` may name its publisher and sequence number ([`Publisher`]): a resend of one
 //! already enqueued (after a leader change) answers `Duplicate` and changes nothing.
 //!
-//! Not yet carried: a policy change (`SetOptions`, whose options need an encoding of their
-//! own), and paging (a replicated queue keeps its backlog in memory until step 3 gives it
-//! the node's log to read from).
+//! A policy change is `SetOptions`. Not yet carried: paging (a replicated queue keeps its
+//! backlog in memory until step 3b gives it a store to page into).
 
 use super::engine::{CheckoutId, CheckoutKey, Consumer, Env, Got, Owner, QueueEngine};
+use super::options::QueueOptions;
 use super::QueuedMessage;
 use crate::message::Message;
 use bytes::Bytes;
@@ -78,6 +78,8 @@ pub enum QueueCommand {
     Tick { now: u64 },
     /// queue.purge.
     Purge,
+    /// A policy changed the queue's options.
+    SetOptions { opts: QueueOptions, now: u64 },
 }
 
 /// What applying a command answers (besides the engine's effects and the deliveries).
@@ -228,6 +230,10 @@ impl QueueEngine<Owner> {
                 Applied::Ticked { unused_expired }
             }
             QueueCommand::Purge => Applied::Purged(self.purge()),
+            QueueCommand::SetOptions { opts, now } => {
+                self.set_options(opts.clone(), *now, out);
+                Applied::Done
+            }
             QueueCommand::ForgetPublisher { id } => {
                 self.forget_publisher(*id);
                 Applied::Done

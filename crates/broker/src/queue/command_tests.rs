@@ -177,6 +177,8 @@ enum Op {
     Purge,
     /// A publisher sends an earlier message again (as after a leader change).
     Resend(usize),
+    /// A policy changes the queue's options.
+    SetOptions(QueueOptions),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -192,6 +194,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u16..300).prop_map(Op::Tick),
         1 => Just(Op::Purge),
         1 => (0usize..50).prop_map(Op::Resend),
+        1 => queue_options().prop_map(Op::SetOptions),
     ]
 }
 
@@ -282,6 +285,7 @@ proptest! {
                     QueueCommand::Tick { now }
                 }
                 Op::Purge => QueueCommand::Purge,
+                Op::SetOptions(opts) => QueueCommand::SetOptions { opts, now },
                 _ => QueueCommand::Tick { now },
             };
             let applied = leader.apply(&cmd, &mut out);
@@ -316,7 +320,7 @@ proptest! {
         let wire = serde_json::to_vec(&snapshot).unwrap();
         let back: EngineSnapshot = serde_json::from_slice(&wire).unwrap();
         prop_assert_eq!(&back, &snapshot);
-        let mut restored = QueueEngine::<Owner>::restore(opts, back);
+        let mut restored = QueueEngine::<Owner>::restore(back);
         for (i, (cmd, want)) in log.iter().zip(&views).enumerate().skip(cut) {
             let applied = restored.apply(cmd, &mut out);
             let got = view(&mut restored, applied, &mut out, &owners);

@@ -504,7 +504,10 @@ impl<C> QueueEngine<C> {
     }
 
     /// Replaces the options (a policy changed); applies length limits at once.
-    pub fn set_options(&mut self, opts: QueueOptions, now: u64, env: &mut impl Env<C>) {
+    pub fn set_options(&mut self, mut opts: QueueOptions, now: u64, env: &mut impl Env<C>) {
+        // Priorities come from the declaration alone (as in RabbitMQ, no policy sets
+        // them): the ready list's levels were made for them.
+        opts.max_priority = self.opts.max_priority;
         self.opts = opts;
         self.enforce_limits(now, env);
         self.dispatch(now, env);

@@ -454,8 +454,8 @@ impl Queue {
 
     /// Whether publishers should wait before sending more to this queue.
     pub fn over_flow_limit(&self) -> bool {
-        if self.replica.get().is_some() {
-            return false;
+        if let Some(r) = self.replica.get() {
+            return replicated::over_flow_limit(r);
         }
         self.inner.lock().backlogged()
     }

@@ -3,7 +3,7 @@
 
 use warren_protocol::{FieldTable, FieldValue, ShortStr};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Overflow {
     #[default]
     DropHead,
@@ -11,7 +11,10 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
-#[derive(Debug, Clone, Default)]
+/// Serialized (a replicated queue's `SetOptions` entry, its snapshots) through
+/// [`OptionsRecord`], which holds the names as strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "OptionsRecord", into = "OptionsRecord")]
 pub struct QueueOptions {
     /// `x-message-ttl`, ms.
     pub message_ttl: Option<u64>,
@@ -98,6 +101,61 @@ impl QueueOptions {
                 .flatten(),
             quorum,
             consumer_timeout: pick_int("x-consumer-timeout", "consumer-timeout"),
+        }
+    }
+}
+
+/// [`QueueOptions`] as a replicated queue's log and snapshots carry them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OptionsRecord {
+    message_ttl: Option<u64>,
+    expires: Option<u64>,
+    max_length: Option<u64>,
+    max_length_bytes: Option<u64>,
+    overflow: Overflow,
+    dead_letter_exchange: Option<String>,
+    dead_letter_routing_key: Option<String>,
+    max_priority: u8,
+    single_active_consumer: bool,
+    delivery_limit: Option<u64>,
+    quorum: bool,
+    consumer_timeout: Option<u64>,
+}
+
+impl From<QueueOptions> for OptionsRecord {
+    fn from(o: QueueOptions) -> Self {
+        OptionsRecord {
+            message_ttl: o.message_ttl,
+            expires: o.expires,
+            max_length: o.max_length,
+            max_length_bytes: o.max_length_bytes,
+            overflow: o.overflow,
+            dead_letter_exchange: o.dead_letter_exchange.map(|s| s.to_string()),
+            dead_letter_routing_key: o.dead_letter_routing_key.map(|s| s.to_string()),
+            max_priority: o.max_priority,
+            single_active_consumer: o.single_active_consumer,
+            delivery_limit: o.delivery_limit,
+            quorum: o.quorum,
+            consumer_timeout: o.consumer_timeout,
+        }
+    }
+}
+
+impl From<OptionsRecord> for QueueOptions {
+    fn from(r: OptionsRecord) -> Self {
+        QueueOptions {
+            message_ttl: r.message_ttl,
+            expires: r.expires,
+            max_length: r.max_length,
+            max_length_bytes: r.max_length_bytes,
+            overflow: r.overflow,
+            dead_letter_exchange: r.dead_letter_exchange.map(|s| s.as_str().into()),
+            dead_letter_routing_key: r.dead_letter_routing_key.map(|s| s.as_str().into()),
+            max_priority: r.max_priority,
+            single_active_consumer: r.single_active_consumer,
+            delivery_limit: r.delivery_limit,
+            quorum: r.quorum,
+            consumer_timeout: r.consumer_timeout,
         }
     }
 }

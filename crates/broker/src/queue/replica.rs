@@ -50,13 +50,16 @@ pub trait Replica: Send + Sync {
     fn read(&self, f: &mut dyn FnMut(&QueueEngine<Owner>));
     /// The queue is deleted: stop the group and forget its log.
     fn remove(&self);
-    /// A policy changed the queue's options. Not through the log yet (step 4 of
-    /// docs/cluster-plan.md: `SetOptions`): applied to this node's engine, and given again to
-    /// the group when it is reopened after a restart.
-    fn set_options(&self, opts: QueueOptions, now: u64);
-    /// The queue was used (`x-expires`); local as `set_options`.
+    /// The queue was used (`x-expires`): on this node's copy only (the clock of `x-expires`
+    /// restarts with the node).
     fn touch(&self, now: u64);
+    /// Commands submitted and not yet proposed (publishers wait when there are many).
+    fn queued(&self) -> usize;
 }
+
+/// Flow control of a replicated queue: publishers wait while more commands than this wait to
+/// be proposed (the group is behind), as they wait for a classic queue's consumers.
+pub const QUEUED_HIGH: usize = 20_000;
 
 /// Opens replicated queues' groups on this node.
 pub trait ReplicaHost: Send + Sync {

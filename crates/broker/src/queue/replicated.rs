@@ -35,6 +35,12 @@ pub(super) fn read<T>(r: &Arc<dyn Replica>, f: impl FnOnce(&QueueEngine<Owner>) 
     out.expect("Replica::read calls back once")
 }
 
+/// Publishers to a replicated queue wait while its group is far behind, or while its
+/// consumers are (as for a classic queue; the vhost's poll lets them go once it is not).
+pub(super) fn over_flow_limit(r: &Arc<dyn Replica>) -> bool {
+    r.queued() > super::replica::QUEUED_HIGH || read(r, QueueEngine::backlogged)
+}
+
 impl Queue {
     /// Makes this quorum queue a replicated one: opens (or, after a restart, reopens) its
     /// group on `host`. Consumers and checkouts from before a restart belong to channels that
@@ -155,7 +161,7 @@ impl Queue {
         Published {
             epoch: None,
             commit: Some(commit),
-            backlogged: false,
+            backlogged: over_flow_limit(r),
         }
     }
 
@@ -313,7 +319,13 @@ impl Queue {
         fu: &mut Followups,
     ) {
         let needs_timer = opts.message_ttl.is_some() || opts.expires.is_some();
-        r.set_options(opts, now_ms());
+        r.submit(
+            QueueCommand::SetOptions {
+                opts,
+                now: now_ms(),
+            },
+            None,
+        );
         if needs_timer {
             self.timer_followup(fu);
         }

@@ -1,12 +1,12 @@
 //! A replicated queue's state as a value ([`EngineSnapshot`]): what a Raft snapshot of the
 //! queue carries, so its log can be cut below it. Restoring a snapshot and applying the
 //! commands that followed it gives the same engine as applying the whole log (tested in
-//! `command_tests.rs` with random logs cut at random points).
+//! `command_tests.rs` with random logs cut at random points). The queue's options are in it
+//! (a policy's `SetOptions` before the snapshot is purged with the log).
 //!
 //! This first form carries the messages' bodies (a snapshot is as large as the backlog);
 //! docs/cluster-plan.md step 3b keeps the bodies in the queue's store and the snapshot only
-//! their positions. The queue's options are not in it: they come from its declaration and
-//! policy, as when the queue is opened.
+//! their positions.
 
 use super::{Checkout, Consumer, Holding, Owner, QueueEngine};
 use crate::queue::command::LoggedMessage;
@@ -74,6 +74,7 @@ struct Sub {
 /// A replicated queue's engine, as a value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineSnapshot {
+    opts: QueueOptions,
     /// Ready messages in delivery order.
     ready: Vec<Msg>,
     held: Vec<Held>,
@@ -113,6 +114,7 @@ impl QueueEngine<Owner> {
             self.publishers.iter().map(|(&k, &v)| (k, v)).collect();
         publishers.sort_unstable();
         EngineSnapshot {
+            opts: self.opts.clone(),
             ready: self.ready.iter().map(Msg::of).collect(),
             held,
             consumers: self
@@ -143,9 +145,9 @@ impl QueueEngine<Owner> {
         }
     }
 
-    /// An engine in the state `snap` describes, with options `opts`.
-    pub fn restore(opts: QueueOptions, snap: EngineSnapshot) -> Self {
-        let mut e = QueueEngine::new(opts, snap.last_used);
+    /// An engine in the state `snap` describes (options included).
+    pub fn restore(snap: EngineSnapshot) -> Self {
+        let mut e = QueueEngine::new(snap.opts, snap.last_used);
         let mut ready = ReadyList::new(e.opts.max_priority);
         for m in snap.ready {
             e.ready_bytes += m.msg.0.body.len();

@@ -99,3 +99,30 @@ pub async fn next_output(out: &mut UnboundedReceiver<Output>) -> (Output, Vec<u6
         .collect();
     (o, ids)
 }
+
+/// basic.get with an ack expected, by `owner`: the checkout id of the message taken.
+pub async fn take(g: &QueueGroup, owner: u64) -> u64 {
+    let got = g
+        .propose(QueueCommand::Get {
+            owner: Some(owner),
+            now: 0,
+        })
+        .await
+        .expect("get");
+    match got {
+        warren_broker::queue::Applied::Got {
+            checkout: Some(c), ..
+        } => c,
+        other => panic!("no message to take: {other:?}"),
+    }
+}
+
+/// Acks checkout `c` of `owner`.
+pub async fn settle(g: &QueueGroup, owner: u64, c: u64) {
+    g.propose(QueueCommand::Settle {
+        checkouts: vec![(owner, c)],
+        now: 0,
+    })
+    .await
+    .expect("settle");
+}
