@@ -25,7 +25,11 @@ pub struct MgmtBroker {
 
 impl MgmtBroker {
     pub async fn start() -> MgmtBroker {
-        let broker = TestBroker::start();
+        Self::on(TestBroker::start()).await
+    }
+
+    /// The management API of `broker` (one with a data directory, say).
+    pub async fn on(broker: TestBroker) -> MgmtBroker {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind mgmt");

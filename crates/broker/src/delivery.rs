@@ -397,6 +397,20 @@ impl DeliveryChannel {
             })?,
         };
         let timeout = effective_timeout(Some(arguments), queue, self.default_timeout);
+        // A stream's consumer: its checks, and where it starts reading.
+        let stream_args = match queue.stream() {
+            Some(_) => {
+                let prefetch = self.state.lock().prefetch_count;
+                crate::stream::check_consume(queue, prefetch, no_ack)?;
+                Some(crate::stream::args::consumer_args(
+                    arguments,
+                    &queue.name,
+                    &queue.vhost_name,
+                    crate::stream::unix_ms(),
+                )?)
+            }
+            None => None,
+        };
         let (id, owner) = {
             let mut s = self.state.lock();
             if s.consumers.iter().flatten().any(|c| c.tag == tag) {
@@ -441,7 +455,11 @@ impl DeliveryChannel {
                 0
             },
         };
-        match queue.add_consumer(c, on_added, fu) {
+        let added = match (queue.stream(), stream_args) {
+            (Some(s), Some((spec, filter))) => s.add_consumer(queue, c, spec, filter, on_added),
+            _ => queue.add_consumer(c, on_added, fu),
+        };
+        match added {
             Ok(()) => Ok(()),
             Err(refused) => {
                 self.state.lock().consumers[id as usize] = None;

@@ -10,6 +10,9 @@
 //!   store, the clock and the effects the engine asks for. A queue does not hold its vhost:
 //!   what its commands leave for the vhost (dead letters, timers, deletion) goes into the
 //!   caller's [`queue::Followups`], carried out by [`VHost::follow_up`].
+//! - [`stream`]: streams (`x-queue-type: stream`): an append-only log per stream that
+//!   consumers read from an offset of their choice; a stream is a [`Queue`] that hands its
+//!   messages and consumers to its [`stream::Stream`].
 //! - [`delivery`]: a channel's delivery side: delivery tags (each naming a checkout in its
 //!   queue), prefetch, the channel's message counters.
 //! - [`vhost`]: declare/delete/bind/publish within one virtual host.
@@ -46,6 +49,7 @@ pub mod persist;
 pub mod policy;
 pub mod queue;
 pub mod stats;
+pub mod stream;
 pub mod vhost;
 
 pub use broker::{Broker, BrokerConfig, OpenError};

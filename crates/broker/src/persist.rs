@@ -111,6 +111,11 @@ impl Persistence {
         &self.dir
     }
 
+    /// The backend every store's files go through.
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }

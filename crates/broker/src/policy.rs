@@ -55,6 +55,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "delivery-limit",
     "consumer-timeout",
     "alternate-exchange",
+    // Streams.
+    "max-age",
+    "stream-max-segment-size-bytes",
 ];
 
 impl Policy {

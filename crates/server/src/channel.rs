@@ -819,6 +819,9 @@ impl Channel {
     fn get(&mut self, cx: &mut Ctx<'_>, g: BasicGet) -> Result<()> {
         let queue_name = self.queue_name(g.queue)?;
         let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
+        if q.stream().is_some() {
+            return Err(warren_broker::stream::get_refused(&q));
+        }
         match self.delivery.get(&q, !g.no_ack, cx.followups) {
             None => self.reply(BasicGetEmpty::default()),
             Some((qm, remaining, tag)) => {

@@ -9,6 +9,9 @@
 //!   buffered appends, positional reads, fsync, torn-tail recovery and whole-segment removal.
 //! - [`queue_store`]: [`QueueStore`], one durable queue's messages and ack/delivered marks
 //!   (two segment logs), streaming [`Recovery`] of unacked messages, and space reclamation.
+//! - [`stream_store`]: [`StreamStore`], one stream's append-only log: records with their
+//!   stream offset and append time, read forward by position, seeks by offset and time,
+//!   retention by whole segments.
 //! - [`catalog`]: [`Catalog`], the definitions document, saved atomically with a checksum.
 //! - [`error`]: [`StoreError`], the one error type.
 //! - [`sim`]: [`SimDisk`], an in-memory file system for tests that models a power cut
@@ -29,6 +32,7 @@ pub mod error;
 pub mod queue_store;
 pub mod segment;
 pub mod sim;
+pub mod stream_store;
 
 pub use backend::{Backend, BackendFile, Faults, FaultyBackend, FileBackend, SyncHandle};
 pub use catalog::Catalog;
@@ -38,6 +42,7 @@ pub use queue_store::{
 };
 pub use segment::{Position, SegmentLog, SegmentReader};
 pub use sim::{LossReport, SimDisk};
+pub use stream_store::{Retention, StreamRecord, StreamStore};
 
 #[cfg(test)]
 pub(crate) mod testutil {

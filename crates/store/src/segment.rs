@@ -877,6 +877,11 @@ impl SegmentLog {
         SegmentReader::open(&*self.backend, &self.segment_path(id), id)
     }
 
+    /// A new segment size limit, for the records appended from now on.
+    pub fn set_max_segment_size(&mut self, max: u32) {
+        self.max_segment_size = max.max(SEGMENT_HEADER_LEN + RECORD_HEADER_LEN);
+    }
+
     /// Id of the segment being written.
     pub fn current_segment(&self) -> u32 {
         self.current.id

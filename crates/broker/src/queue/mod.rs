@@ -260,6 +260,9 @@ pub struct Queue {
     flow_waiting: AtomicBool,
     /// Registered with the vhost's timer (TTL, expiry).
     timed: AtomicBool,
+    /// A stream (`x-queue-type: stream`) keeps its messages and consumers here instead of in
+    /// the engine; the methods below hand them over.
+    stream: Option<Box<crate::stream::Stream>>,
     /// A quorum queue replicated with Raft: its engine is the group's state machine, and
     /// `inner` stays empty. Unset for every other queue.
     replica: std::sync::OnceLock<Arc<dyn replica::Replica>>,
@@ -298,10 +301,27 @@ impl Queue {
             drained: tokio::sync::Notify::new(),
             flow_waiting: AtomicBool::new(false),
             timed: AtomicBool::new(false),
+            stream: None,
             replica: std::sync::OnceLock::new(),
             replica_consumers: Mutex::new(Default::default()),
             followups_sink: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes this queue a stream with `stream` as its log.
+    pub(crate) fn with_stream(
+        mut self,
+        persistence: Arc<Persistence>,
+        stream: crate::stream::Stream,
+    ) -> Self {
+        self.persistence = Some(persistence);
+        self.stream = Some(Box::new(stream));
+        self
+    }
+
+    /// The stream, if this queue is one.
+    pub fn stream(&self) -> Option<&crate::stream::Stream> {
+        self.stream.as_deref()
     }
 
     /// Locks the queue for a command whose dead letters and timer go to `fu`.
@@ -568,6 +588,9 @@ impl Queue {
     /// With `full` false (the group commit), acks and delivered marks may be left for a later
     /// sync: the result says whether the queue needs one.
     pub(crate) fn sync_store(&self, full: bool) -> warren_store::Result<bool> {
+        if let Some(s) = &self.stream {
+            return s.sync();
+        }
         let Some(slot) = self.store.get() else {
             return Ok(false);
         };
@@ -660,6 +683,9 @@ impl Queue {
     }
 
     pub fn stats(&self) -> QueueStats {
+        if let Some(s) = &self.stream {
+            return s.stats();
+        }
         if let Some(r) = self.replica.get() {
             return replicated::read(r, QueueEngine::stats);
         }
@@ -667,6 +693,9 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
+        if let Some(s) = &self.stream {
+            return s.count() as u32;
+        }
         if let Some(r) = self.replica.get() {
             return replicated::read(r, |e| e.len() as u32);
         }
@@ -674,6 +703,9 @@ impl Queue {
     }
 
     pub fn consumer_count(&self) -> u32 {
+        if let Some(s) = &self.stream {
+            return s.consumer_count();
+        }
         if self.replica.get().is_some() {
             return self.replica_consumers.lock().len() as u32;
         }
@@ -682,6 +714,9 @@ impl Queue {
 
     /// Consumer tags and channels, for listing.
     pub fn consumers(&self) -> Vec<(ShortStr, Arc<DeliveryChannel>, bool, bool)> {
+        if let Some(s) = &self.stream {
+            return s.consumers();
+        }
         if self.replica.get().is_some() {
             return self.replica_consumers_listed();
         }
@@ -717,6 +752,9 @@ impl Queue {
     ) -> Result<Published, PublishError> {
         if self.is_deleted() {
             return Ok(Published::default());
+        }
+        if let Some(s) = &self.stream {
+            return s.publish(self, &msg);
         }
         if let Some(r) = self.replica.get() {
             return Ok(self.publish_replicated(r, msg));
@@ -765,6 +803,9 @@ impl Queue {
 
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>, fu: &mut Followups) {
+        if let Some(s) = &self.stream {
+            return s.dispatch(self);
+        }
         // A replicated queue's engine delivers as it applies commands.
         if self.replica.get().is_some() {
             return;
@@ -777,6 +818,9 @@ impl Queue {
 
     /// basic.get: takes the next ready message; with an owner it is checked out to it.
     pub fn get(self: &Arc<Self>, owner: Option<Owner>, fu: &mut Followups) -> Option<Got> {
+        if self.stream.is_some() {
+            return None; // refused before: stream::get_refused
+        }
         if let Some(r) = self.replica.get() {
             return self.get_replicated(r, owner);
         }
@@ -786,6 +830,9 @@ impl Queue {
 
     /// basic.ack: checked-out messages are done with; they leave the store.
     pub fn settle(self: &Arc<Self>, checkouts: impl IntoIterator<Item = CheckoutKey>) {
+        if let Some(s) = &self.stream {
+            return s.settled(checkouts.into_iter().count());
+        }
         if let Some(r) = self.replica.get() {
             let checkouts = checkouts.into_iter().collect();
             return r.submit(
@@ -806,6 +853,9 @@ impl Queue {
         checkouts: impl IntoIterator<Item = CheckoutKey>,
         fu: &mut Followups,
     ) {
+        if let Some(s) = &self.stream {
+            return s.settled(checkouts.into_iter().count());
+        }
         if let Some(r) = self.replica.get() {
             let checkouts = checkouts.into_iter().collect();
             return r.submit(
@@ -826,6 +876,9 @@ impl Queue {
         checkouts: impl IntoIterator<Item = CheckoutKey>,
         fu: &mut Followups,
     ) {
+        if let Some(s) = &self.stream {
+            return s.settled(checkouts.into_iter().count());
+        }
         if let Some(r) = self.replica.get() {
             let checkouts = checkouts.into_iter().collect();
             return r.submit(
@@ -849,6 +902,10 @@ impl Queue {
         on_added: impl FnOnce(),
         fu: &mut Followups,
     ) -> Result<(), ConsumeRefused> {
+        if let Some(s) = &self.stream {
+            let next = crate::stream::args::OffsetSpec::Next;
+            return s.add_consumer(self, c, next, None, on_added);
+        }
         if let Some(r) = self.replica.get() {
             return self.add_consumer_replicated(r, c, on_added);
         }
@@ -872,6 +929,9 @@ impl Queue {
         consumer_id: u32,
         fu: &mut Followups,
     ) {
+        if let Some(s) = &self.stream {
+            return s.remove_consumer(channel, consumer_id);
+        }
         if let Some(r) = self.replica.get() {
             return self.remove_consumer_replicated(r, channel, consumer_id);
         }
@@ -890,6 +950,9 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(self: &Arc<Self>) -> u32 {
+        if self.stream.is_some() {
+            return 0; // refused before: stream::purge_refused
+        }
         if let Some(r) = self.replica.get() {
             return self.purge_replicated(r);
         }
@@ -901,6 +964,9 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
         self.drained.notify_waiters();
+        if let Some(s) = &self.stream {
+            return s.delete();
+        }
         if let Some(r) = self.replica.get() {
             return self.delete_replicated(r);
         }

@@ -171,12 +171,13 @@ impl VHost {
             let q = self.queue_for(&d.name, conn)?;
             return Ok((q.clone(), q.message_count(), q.consumer_count()));
         }
-        let quorum = d.arguments.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum");
+        let kind = d.arguments.get("x-queue-type").and_then(FieldValue::as_str);
+        let (quorum, stream) = (kind == Some("quorum"), kind == Some("stream"));
         let name: ShortStr = if d.name.is_empty() {
-            if quorum {
-                return Err(AmqpError::precondition(
-                    "Cannot declare a server-named queue for type rabbit_quorum_queue",
-                ));
+            if let Some(t @ ("quorum" | "stream")) = kind {
+                return Err(AmqpError::precondition(format!(
+                    "Cannot declare a server-named queue for type rabbit_{t}_queue"
+                )));
             }
             generate_name().into()
         } else if d.name.starts_with("amq.") {
@@ -210,7 +211,9 @@ impl VHost {
             .as_ref()
             .and_then(|p| p.replica_host())
             .filter(|_| quorum && durable);
-        if host.is_some() {
+        if stream {
+            q = self.open_stream(q)?;
+        } else if host.is_some() {
             // A replicated quorum queue keeps its messages in the node's Raft log.
         } else if let (true, Some(p)) = (durable, &self.persistence) {
             let (store, rec) = p.open_queue_store(&self.name, &name).map_err(|e| {
@@ -264,6 +267,29 @@ impl VHost {
         Ok((q, count, 0))
     }
 
+    /// Opens a new stream's log (a stream lives on disk: a broker without a data directory
+    /// has none).
+    fn open_stream(&self, q: Queue) -> Result<Queue> {
+        let Some(p) = &self.persistence else {
+            return Err(AmqpError::new(
+                warren_protocol::constants::INTERNAL_ERROR,
+                "streams need a data directory",
+            ));
+        };
+        let opts = crate::stream::args::StreamOptions::from_arguments(
+            &q.arguments,
+            self.policy_for(&q.name, true).as_ref(),
+        );
+        let s = crate::stream::Stream::open(p, &self.name, &q.name, opts).map_err(|e| {
+            tracing::error!(queue = %q.name, error = %e, "cannot open the stream's log");
+            AmqpError::new(
+                warren_protocol::constants::INTERNAL_ERROR,
+                format!("cannot open message store: {e}"),
+            )
+        })?;
+        Ok(q.with_stream(p.clone(), s))
+    }
+
     /// The hidden queue behind direct reply-to (`amq.rabbitmq.reply-to`): named
     /// `amq.rabbitmq.reply-to.<token>`, exclusive to the connection, gone with its consumer.
     pub fn declare_reply_queue(self: &Arc<Self>, conn: u64) -> Arc<Queue> {
@@ -313,7 +339,13 @@ impl VHost {
         if q.auto_delete != d.auto_delete {
             return Err(mismatch("auto_delete", &d.auto_delete, &q.auto_delete));
         }
-        for arg in COMPARED_QUEUE_ARGS {
+        let stream = q.stream().is_some();
+        let stream_args = if stream {
+            crate::stream::args::COMPARED_STREAM_ARGS
+        } else {
+            &[]
+        };
+        for arg in COMPARED_QUEUE_ARGS.iter().chain(stream_args) {
             let (mut got, mut cur) = (d.arguments.get(arg), q.arguments.get(arg));
             // RabbitMQ 4 records the default queue type of a queue declared without one.
             let classic = FieldValue::from("classic");
@@ -325,7 +357,8 @@ impl VHost {
                 continue;
             }
             let (received, current) = match (got, cur) {
-                (Some(a), Some(b)) if SHORT_FORM_ARGS.contains(arg) => (
+                // RabbitMQ 4 reports every argument of a stream in the short form.
+                (Some(a), Some(b)) if stream || SHORT_FORM_ARGS.contains(arg) => (
                     format!("'{}'", show_arg(Some(a))),
                     format!("'{}'", show_arg(Some(b))),
                 ),
@@ -354,6 +387,16 @@ impl VHost {
         let quorum = match d.arguments.get("x-queue-type").map(|v| v.as_str()) {
             None | Some(Some("classic")) => false,
             Some(Some("quorum")) => true,
+            Some(Some("stream")) => {
+                return crate::stream::args::check_declare(
+                    &self.name,
+                    name,
+                    d.durable,
+                    d.exclusive,
+                    d.auto_delete,
+                    &d.arguments,
+                )
+            }
             Some(other) => {
                 return Err(invalid(
                     "x-queue-type",
@@ -502,6 +545,10 @@ impl VHost {
     }
 
     pub fn purge_queue(&self, name: &str, conn: u64) -> Result<u32> {
-        Ok(self.queue_for(name, conn)?.purge())
+        let q = self.queue_for(name, conn)?;
+        if q.stream().is_some() {
+            return Err(crate::stream::purge_refused(&q));
+        }
+        Ok(q.purge())
     }
 }

@@ -68,6 +68,9 @@ impl VHost {
 
     pub(super) fn apply_queue_policy(&self, q: &Arc<Queue>) {
         let def = self.policy_for(&q.name, true);
+        if let Some(s) = q.stream() {
+            return s.set_options(crate::stream::options_for(q, def.as_ref()));
+        }
         let mut fu = Followups::new();
         q.set_options(
             crate::queue::QueueOptions::from_arguments(&q.arguments, def.as_ref()),
