@@ -711,12 +711,35 @@ fn sample(pid: u32, t: f64) -> Option<Sample> {
     })
 }
 
-/// Samples the broker once a second until `ctx.drained`.
-async fn sampler(ctx: Arc<Ctx>, start: Instant, out: Arc<Mutex<Vec<Sample>>>) {
+/// Samples the broker once a second until `ctx.drained`, into `out` and, line by line (so
+/// a run that fails or is interrupted leaves them too), into the CSV file at `csv`.
+async fn sampler(ctx: Arc<Ctx>, start: Instant, out: Arc<Mutex<Vec<Sample>>>, csv: PathBuf) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(&csv)
+        .unwrap_or_else(|e| panic!("create {}: {e}", csv.display()));
+    writeln!(file, "seconds,pid,rss_kib,fds").expect("write the samples");
     while !ctx.drained.load(Ordering::Acquire) {
         let pid = ctx.target().pid;
         if let Some(s) = sample(pid, start.elapsed().as_secs_f64()) {
-            out.lock().unwrap().push(s);
+            writeln!(file, "{:.1},{},{},{}", s.t, s.pid, s.rss_kib, s.fds)
+                .expect("write the samples");
+            let n = {
+                let mut v = out.lock().unwrap();
+                v.push(s);
+                v.len()
+            };
+            if n % 60 == 0 {
+                let l = ctx.ledger();
+                eprintln!(
+                    "{:.0} s: RSS {} KiB, {} descriptors; {} confirmed, {} acked, {} dead-lettered",
+                    s.t,
+                    s.rss_kib,
+                    s.fds,
+                    l.confirmed.len(),
+                    l.acked.len(),
+                    l.dead.len()
+                );
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -764,16 +787,11 @@ fn check_flat(samples: &[Sample], end: f64) -> Result<String, String> {
     Ok(report)
 }
 
-fn write_csv(samples: &[Sample]) -> PathBuf {
-    let path = std::env::var_os("WARREN_SOAK_CSV")
+/// `WARREN_SOAK_CSV`, or `soak.csv` in Cargo's scratch directory for tests.
+fn csv_path() -> PathBuf {
+    std::env::var_os("WARREN_SOAK_CSV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soak.csv"));
-    let mut text = String::from("seconds,pid,rss_kib,fds\n");
-    for s in samples {
-        text.push_str(&format!("{:.1},{},{},{}\n", s.t, s.pid, s.rss_kib, s.fds));
-    }
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    path
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soak.csv"))
 }
 
 /// Lines of the broker's log at error level, or that tell of a panic.
@@ -892,7 +910,8 @@ async fn soak(secs: u64) {
     });
     let start = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let sampling = tokio::spawn(sampler(ctx.clone(), start, samples.clone()));
+    let csv = csv_path();
+    let sampling = tokio::spawn(sampler(ctx.clone(), start, samples.clone(), csv.clone()));
 
     // The workload.
     static PUBLISH: [&[&str]; 3] = [
@@ -1000,7 +1019,6 @@ async fn soak(secs: u64) {
 
     // The accounts.
     let samples = samples.lock().unwrap().clone();
-    let csv = write_csv(&samples);
     let l = ctx.ledger();
     let mut dead_by_reason: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut acked, mut deleted, mut lost) = (0u64, 0u64, Vec::new());
