@@ -45,7 +45,12 @@ impl BrokerProcess {
 
     /// As [`BrokerProcess::start`], logging at the broker's normal level (info) into `log`;
     /// restarts append to it, so it holds every run's lines for the test to check.
-    pub fn start_logging(bin: impl AsRef<Path>, data_dir: &Path, extra: &[&str], log: &Path) -> Self {
+    pub fn start_logging(
+        bin: impl AsRef<Path>,
+        data_dir: &Path,
+        extra: &[&str],
+        log: &Path,
+    ) -> Self {
         Self::start_with(bin, data_dir, "127.0.0.1:0", extra, Some(log.to_path_buf()))
     }
 

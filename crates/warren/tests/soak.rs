@@ -170,11 +170,10 @@ impl Ctx {
     /// One management API request, off the runtime's threads; None while the broker restarts.
     async fn api(&self, method: &'static str, path: String, body: Option<Value>) -> Option<Value> {
         let base = self.target().mgmt;
-        let (status, v) = tokio::task::spawn_blocking(move || {
-            try_http(&base, method, &path, body, GUEST).ok()
-        })
-        .await
-        .expect("http task")?;
+        let (status, v) =
+            tokio::task::spawn_blocking(move || try_http(&base, method, &path, body, GUEST).ok())
+                .await
+                .expect("http task")?;
         (200..300).contains(&status).then_some(v)
     }
 
@@ -272,7 +271,9 @@ async fn settle(ctx: &Ctx, (id, queue, confirm): (u64, String, PublisherConfirm)
     let c = match tokio::time::timeout(CONFIRM_STALL, confirm).await {
         Ok(c) => c?,
         Err(_) => {
-            ctx.violation(format!("no confirm for message {id} within {CONFIRM_STALL:?}"));
+            ctx.violation(format!(
+                "no confirm for message {id} within {CONFIRM_STALL:?}"
+            ));
             return Err("confirm stalled".into());
         }
     };
@@ -454,7 +455,9 @@ fn dead_lettered(ctx: &Ctx, d: &lapin::message::Delivery, id: u64) {
         [death] if death.queue == from && allowed.contains(&death.reason.as_str()) => {
             ctx.ledger().dead.insert(id, death.reason.clone());
         }
-        _ => ctx.violation(format!("message {id} of {from} dead-lettered with {deaths:?}")),
+        _ => ctx.violation(format!(
+            "message {id} of {from} dead-lettered with {deaths:?}"
+        )),
     }
 }
 
@@ -470,7 +473,11 @@ async fn deserter(ctx: Arc<Ctx>) -> Res {
     ch.basic_qos(20, BasicQosOptions::default()).await?;
     let (queue, take, cut) = {
         let mut rng = rand::thread_rng();
-        (WORK[rng.gen_range(0..WORK.len())], rng.gen_range(1..=20), rng.gen_bool(0.5))
+        (
+            WORK[rng.gen_range(0..WORK.len())],
+            rng.gen_range(1..=20),
+            rng.gen_bool(0.5),
+        )
     };
     let mut c = ch
         .basic_consume(
@@ -513,7 +520,11 @@ async fn churner(ctx: Arc<Ctx>) -> Res {
         }
         let ch = &channels[0];
         let q = ch
-            .queue_declare("".into(), QueueDeclareOptions::exclusive(), FieldTable::default())
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions::exclusive(),
+                FieldTable::default(),
+            )
             .await?;
         ch.basic_publish(
             "".into(),
@@ -625,7 +636,8 @@ async fn policies(ctx: Arc<Ctx>, changes: Arc<AtomicU64>) {
         let done = match clear {
             true => ctx.api("DELETE", path, None).await,
             false => {
-                let body = json!({"pattern": pattern, "definition": definition, "apply-to": "queues"});
+                let body =
+                    json!({"pattern": pattern, "definition": definition, "apply-to": "queues"});
                 ctx.api("PUT", path, Some(body)).await
             }
         };
@@ -715,8 +727,8 @@ fn sample(pid: u32, t: f64) -> Option<Sample> {
 /// a run that fails or is interrupted leaves them too), into the CSV file at `csv`.
 async fn sampler(ctx: Arc<Ctx>, start: Instant, out: Arc<Mutex<Vec<Sample>>>, csv: PathBuf) {
     use std::io::Write;
-    let mut file = std::fs::File::create(&csv)
-        .unwrap_or_else(|e| panic!("create {}: {e}", csv.display()));
+    let mut file =
+        std::fs::File::create(&csv).unwrap_or_else(|e| panic!("create {}: {e}", csv.display()));
     writeln!(file, "seconds,pid,rss_kib,fds").expect("write the samples");
     while !ctx.drained.load(Ordering::Acquire) {
         let pid = ctx.target().pid;
@@ -897,7 +909,8 @@ fn restart(b: &mut BrokerProcess, ctx: &Ctx) {
 
 async fn soak(secs: u64) {
     let dir = TempDir::new("soak");
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{}.log", std::process::id()));
+    let log =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let mut b = BrokerProcess::start_logging(WARREN, &dir.join("data"), &[], &log);
     declare_topology(&b.url()).await;
@@ -921,22 +934,42 @@ async fn soak(secs: u64) {
     ];
     let mut workload = Vec::new();
     for queues in PUBLISH {
-        workload.push(tokio::spawn(keep_running(ctx.clone(), "publisher", false, move |c| {
-            publisher(c, queues, 50.0)
-        })));
+        workload.push(tokio::spawn(keep_running(
+            ctx.clone(),
+            "publisher",
+            false,
+            move |c| publisher(c, queues, 50.0),
+        )));
     }
-    workload.push(tokio::spawn(keep_running(ctx.clone(), "deserter", false, deserter)));
-    workload.push(tokio::spawn(keep_running(ctx.clone(), "churner", false, churner)));
+    workload.push(tokio::spawn(keep_running(
+        ctx.clone(),
+        "deserter",
+        false,
+        deserter,
+    )));
+    workload.push(tokio::spawn(keep_running(
+        ctx.clone(),
+        "churner",
+        false,
+        churner,
+    )));
     let temp_names = Arc::new(AtomicU64::new(0));
     let names = temp_names.clone();
-    workload.push(tokio::spawn(keep_running(ctx.clone(), "temp queues", false, move |c| {
-        temp_queues(c, names.clone())
-    })));
+    workload.push(tokio::spawn(keep_running(
+        ctx.clone(),
+        "temp queues",
+        false,
+        move |c| temp_queues(c, names.clone()),
+    )));
     let policy_changes = Arc::new(AtomicU64::new(0));
     workload.push(tokio::spawn(policies(ctx.clone(), policy_changes.clone())));
     let raised = Arc::new(Mutex::new(BTreeMap::new()));
     let alarm_period = Duration::from_secs((secs / 6).clamp(15, 120));
-    workload.push(tokio::spawn(alarms(ctx.clone(), alarm_period, raised.clone())));
+    workload.push(tokio::spawn(alarms(
+        ctx.clone(),
+        alarm_period,
+        raised.clone(),
+    )));
     let mut consumers = Vec::new();
     let spec = |queue, prefetch, work_ms, reject_one_in| ConsumerSpec {
         queue,
@@ -954,9 +987,12 @@ async fn soak(secs: u64) {
     specs.push(spec(LIMITED, 5, 100, 25));
     specs.push(spec(DEAD, 10, 0, 0));
     for s in specs {
-        consumers.push(tokio::spawn(keep_running(ctx.clone(), "consumer", true, move |c| {
-            consumer(c, s)
-        })));
+        consumers.push(tokio::spawn(keep_running(
+            ctx.clone(),
+            "consumer",
+            true,
+            move |c| consumer(c, s),
+        )));
     }
 
     // Two restarts, then the rest of the run on one process.
@@ -966,7 +1002,10 @@ async fn soak(secs: u64) {
         tokio::time::sleep_until((start + run.mul_f64(at)).into()).await;
         restart(&mut b, &ctx);
         restarts += 1;
-        eprintln!("restarted with SIGTERM at {:.0} s", start.elapsed().as_secs_f64());
+        eprintln!(
+            "restarted with SIGTERM at {:.0} s",
+            start.elapsed().as_secs_f64()
+        );
     }
     tokio::time::sleep_until((start + run).into()).await;
     let workload_end = start.elapsed().as_secs_f64();
@@ -980,7 +1019,8 @@ async fn soak(secs: u64) {
             .expect("workload task");
     }
     for p in ["soak-ttl", "soak-limit"] {
-        ctx.api("DELETE", format!("/api/policies/%2F/{p}"), None).await;
+        ctx.api("DELETE", format!("/api/policies/%2F/{p}"), None)
+            .await;
     }
     let mut counts = queue_counts(&ctx).await.expect("queues");
     drain_leftovers(&ctx, &counts).await;
@@ -1009,7 +1049,9 @@ async fn soak(secs: u64) {
 
     // Once more through a restart: nothing acknowledged comes back.
     restart(&mut b, &ctx);
-    let after = queue_counts(&ctx).await.expect("queues after the last restart");
+    let after = queue_counts(&ctx)
+        .await
+        .expect("queues after the last restart");
     assert!(
         after.values().all(|&n| n == 0),
         "acknowledged messages came back after a restart: {after:?}"
@@ -1068,7 +1110,10 @@ async fn soak(secs: u64) {
     assert_eq!(l.nacked, 0, "publishes were nacked");
     assert!(!l.confirmed.is_empty() && acked > 0, "nothing went through");
     for alarm in ["mem_alarm", "disk_free_alarm"] {
-        assert!(raised.get(alarm).is_some_and(|&n| n > 0), "no {alarm} was raised");
+        assert!(
+            raised.get(alarm).is_some_and(|&n| n > 0),
+            "no {alarm} was raised"
+        );
     }
     assert!(l.blocked > 0, "the alarms blocked no publisher");
     let errors = error_lines(&log);

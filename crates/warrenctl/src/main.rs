@@ -574,7 +574,10 @@ fn set_limit(
     info(
         g,
         out,
-        &[format!("Setting {what} on {node} to {} ...", value.join(" "))],
+        &[format!(
+            "Setting {what} on {node} to {} ...",
+            value.join(" ")
+        )],
     )?;
     match client.request(
         Method::Put,

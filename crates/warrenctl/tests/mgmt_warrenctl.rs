@@ -546,7 +546,10 @@ async fn alarm_limits_are_set_at_run_time() {
         .ctl(&["set_vm_memory_high_watermark", "absolute", "50MiB"])
         .await
         .ok();
-    assert!(out.starts_with("Setting memory threshold on warren@"), "{out}");
+    assert!(
+        out.starts_with("Setting memory threshold on warren@"),
+        "{out}"
+    );
     assert!(out.trim_end().ends_with("to absolute 50MiB ..."), "{out}");
     assert_eq!(alarms.memory_limit(), 50 << 20);
     assert_eq!(alarms.active(), ["memory"]);
@@ -558,7 +561,9 @@ async fn alarm_limits_are_set_at_run_time() {
     m.ctl(&["set_disk_free_limit", "20GB"]).await.ok();
     assert_eq!(alarms.disk_free_limit(), 20_000_000_000);
     assert_eq!(alarms.active(), ["disk"]);
-    m.ctl(&["set_disk_free_limit", "mem_relative", "0"]).await.ok();
+    m.ctl(&["set_disk_free_limit", "mem_relative", "0"])
+        .await
+        .ok();
     assert!(alarms.active().is_empty());
     let (code, _) = m.http(
         "PUT",
@@ -566,7 +571,10 @@ async fn alarm_limits_are_set_at_run_time() {
         Some(json!({"absolute": 1})),
     );
     assert_eq!(code, 404);
-    for bad in [&["set_disk_free_limit", "mem_relative", "lots"][..], &["set_vm_memory_high_watermark", "relative", "0.4"]] {
+    for bad in [
+        &["set_disk_free_limit", "mem_relative", "lots"][..],
+        &["set_vm_memory_high_watermark", "relative", "0.4"],
+    ] {
         let out = m.ctl(bad).await;
         assert_eq!(out.code, 64, "{bad:?}: {}", out.stderr);
     }
