@@ -106,6 +106,8 @@ struct Ledger {
     returned: u64,
     deliveries: u64,
     redeliveries: u64,
+    /// Deliveries of a message already acknowledged.
+    after_ack: u64,
     rejected: u64,
     /// Deliveries left unacknowledged by consumers that died.
     deserted: u64,
@@ -136,6 +138,9 @@ struct Ctx {
     stop: AtomicBool,
     /// Consumers stop (after the drain).
     drained: AtomicBool,
+    /// Connections and channels the clients opened.
+    connections: AtomicU64,
+    channels: AtomicU64,
 }
 
 impl Ctx {
@@ -155,7 +160,28 @@ impl Ctx {
     }
 
     async fn connect(&self) -> Result<Connection, BoxError> {
-        connect_to(&self.url()).await
+        self.connect_url(&self.url()).await
+    }
+
+    /// A connection (counted) to `url`.
+    async fn connect_url(&self, url: &str) -> Result<Connection, BoxError> {
+        let conn = connect_to(url).await?;
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    /// A channel (counted) on `conn`.
+    async fn channel(&self, conn: &Connection) -> Result<Channel, lapin::Error> {
+        let ch = conn.create_channel().await?;
+        self.channels.fetch_add(1, Ordering::Relaxed);
+        Ok(ch)
+    }
+
+    /// A channel in confirm mode.
+    async fn confirm_channel(&self, conn: &Connection) -> Result<Channel, lapin::Error> {
+        let ch = self.channel(conn).await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(ch)
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -190,6 +216,8 @@ impl Ctx {
         let mut l = self.ledger();
         l.deliveries += 1;
         l.redeliveries += d.redelivered as u64;
+        // An ack on its way when a restart closed the connection is lost: at least once.
+        l.after_ack += l.acked.contains(&id) as u64;
         Some(id)
     }
 }
@@ -260,12 +288,6 @@ fn error_kind(e: &(dyn std::error::Error + 'static)) -> String {
     text.chars().take(100).collect()
 }
 
-async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok(ch)
-}
-
 /// Waits for the oldest confirm and records it.
 async fn settle(ctx: &Ctx, (id, queue, confirm): (u64, String, PublisherConfirm)) -> Res {
     let c = match tokio::time::timeout(CONFIRM_STALL, confirm).await {
@@ -311,7 +333,7 @@ async fn settle_all(ctx: &Ctx, pending: &mut VecDeque<(u64, String, PublisherCon
 /// at `rate` a second, at most 20 unconfirmed, on a new channel every 300 messages.
 async fn publisher(ctx: Arc<Ctx>, queues: &'static [&'static str], rate: f64) -> Res {
     let conn = ctx.connect().await?;
-    let mut ch = confirm_channel(&conn).await?;
+    let mut ch = ctx.confirm_channel(&conn).await?;
     let blocked = count_blocked(&ctx, &conn);
     let mut pending = VecDeque::new();
     let gap = Duration::from_secs_f64(1.0 / rate);
@@ -321,7 +343,7 @@ async fn publisher(ctx: Arc<Ctx>, queues: &'static [&'static str], rate: f64) ->
             if on_channel == 300 {
                 settle_all(&ctx, &mut pending).await?;
                 ch.close(200, "next channel".into()).await?;
-                ch = confirm_channel(&conn).await?;
+                ch = ctx.confirm_channel(&conn).await?;
                 on_channel = 0;
             }
             let (queue, body) = {
@@ -398,7 +420,7 @@ async fn next_within(
 
 async fn consumer(ctx: Arc<Ctx>, spec: ConsumerSpec) -> Res {
     let conn = ctx.connect().await?;
-    let ch = conn.create_channel().await?;
+    let ch = ctx.channel(&conn).await?;
     ch.basic_qos(spec.prefetch, BasicQosOptions::default())
         .await?;
     let mut c = ch
@@ -468,8 +490,8 @@ async fn deserter(ctx: Arc<Ctx>) -> Res {
         return Err("no broker".into());
     };
     let proxy = Proxy::start(upstream).await;
-    let conn = connect_to(&proxy.url()).await?;
-    let ch = conn.create_channel().await?;
+    let conn = ctx.connect_url(&proxy.url()).await?;
+    let ch = ctx.channel(&conn).await?;
     ch.basic_qos(20, BasicQosOptions::default()).await?;
     let (queue, take, cut) = {
         let mut rng = rand::thread_rng();
@@ -516,7 +538,7 @@ async fn churner(ctx: Arc<Ctx>) -> Res {
         let n = rand::thread_rng().gen_range(1..=5);
         let mut channels = Vec::new();
         for _ in 0..n {
-            channels.push(conn.create_channel().await?);
+            channels.push(ctx.channel(&conn).await?);
         }
         let ch = &channels[0];
         let q = ch
@@ -561,7 +583,7 @@ async fn churner(ctx: Arc<Ctx>) -> Res {
 /// then deleted, one after the other.
 async fn temp_queues(ctx: Arc<Ctx>, next: Arc<AtomicU64>) -> Res {
     let conn = ctx.connect().await?;
-    let ch = confirm_channel(&conn).await?;
+    let ch = ctx.confirm_channel(&conn).await?;
     while !ctx.stopped() {
         let name = format!("{TEMP}{}", next.fetch_add(1, Ordering::Relaxed));
         ch.queue_declare(
@@ -920,6 +942,8 @@ async fn soak(secs: u64) {
         next_id: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         drained: AtomicBool::new(false),
+        connections: AtomicU64::new(0),
+        channels: AtomicU64::new(0),
     });
     let start = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::new()));
@@ -1080,18 +1104,22 @@ async fn soak(secs: u64) {
     let raised = raised.lock().unwrap().clone();
     eprintln!(
         "soak: {secs} s, {restarts} restarts with SIGTERM (+1 at the end), alarms {raised:?}, \
-         {} policy changes, {} temporary queues, {} connection.blocked\n\
+         {} policy changes, {} temporary queues, {} connection.blocked, \
+         {} connections and {} channels opened\n\
          confirmed {}: delivered and acked {acked}, dead-lettered {dead_by_reason:?}, \
          in deleted queues {deleted}, lost {}\n\
-         deliveries {} ({} redelivered), rejected {}, left unacked by deserters {}, \
+         deliveries {} ({} redelivered, {} after an ack), rejected {}, left unacked by deserters {}, \
          unconfirmed {}, nacked {}, returned {}\nclient-side errors: {:#?}\nsamples: {}",
         policy_changes.load(Ordering::Relaxed),
         temp_names.load(Ordering::Relaxed),
         l.blocked,
+        ctx.connections.load(Ordering::Relaxed),
+        ctx.channels.load(Ordering::Relaxed),
         l.confirmed.len(),
         lost.len(),
         l.deliveries,
         l.redeliveries,
+        l.after_ack,
         l.rejected,
         l.deserted,
         l.unconfirmed,
