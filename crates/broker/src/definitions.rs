@@ -586,14 +586,14 @@ mod tests {
                 },
                 &DefObject::Exchange { name: "x".into() },
                 &DefObject::Queue { name: "q".into() },
-                &DefObject::Policy {
-                    name: "p".into(),
-                    operator: false
-                },
                 &DefObject::Binding {
                     source: "x".into(),
                     destination: "q".into(),
                     destination_type: "queue".into()
+                },
+                &DefObject::Policy {
+                    name: "p".into(),
+                    operator: false
                 },
             ]
         );
