@@ -603,7 +603,7 @@ mod tests {
              create it first"
         );
         assert_eq!(
-            errors[4].to_string(),
+            errors[3].to_string(),
             "binding 'x' -> queue 'q': no vhost 'gone'; list it under \"vhosts\" in the \
              definitions, or create it first"
         );
