@@ -18,6 +18,7 @@
 //!   restart, crash and command-line tests.
 //! - [`client`]: lapin helpers (connect, declare, publish, consume, get, drain, qos, field
 //!   tables, reply codes, queue counts); every wait bounded by [`TIMEOUT`].
+//! - [`headers`]: header values of a delivery, and its `x-death` history decoded.
 //! - [`raw`]: a minimal AMQP client over raw frames, for what a well-behaved client cannot send.
 //! - [`proxy`]: [`Proxy`], a TCP proxy that can cut a client's socket without a goodbye.
 //! - [`pki`]: [`Pki`], a CA and certificates for the TLS tests.
@@ -33,6 +34,7 @@
 pub mod broker;
 pub mod browser;
 pub mod client;
+pub mod headers;
 pub mod logs;
 pub mod mgmt;
 pub mod pki;
@@ -44,6 +46,7 @@ pub mod tmp;
 
 pub use broker::{wait_until_released, TestBroker};
 pub use client::*;
+pub use headers::*;
 pub use pki::{Identity, Pki};
 pub use process::{BrokerProcess, ChildGuard};
 pub use proxy::Proxy;

@@ -68,6 +68,18 @@ pub fn http(
     body: Option<Value>,
     auth: Option<&str>,
 ) -> (u16, Value) {
+    try_http(base, method, path, body, auth).expect("http request")
+}
+
+/// [`http`], with a failure to connect or to read the answer (a broker that is restarting)
+/// returned instead of failing the test.
+pub fn try_http(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    auth: Option<&str>,
+) -> Result<(u16, Value), ureq::Error> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
@@ -90,15 +102,15 @@ pub fn http(
             .send(body.as_bytes()),
         other => panic!("method {other}"),
     };
-    let mut resp = resp.expect("http request");
+    let mut resp = resp?;
     let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().expect("body");
+    let text = resp.body_mut().read_to_string()?;
     let json = if text.is_empty() {
         Value::Null
     } else {
         serde_json::from_str(&text).expect("JSON body")
     };
-    (status, json)
+    Ok((status, json))
 }
 
 /// A broker with its management API on free loopback ports: HTTPS, and plain HTTP if asked.

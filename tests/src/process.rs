@@ -20,6 +20,9 @@ pub struct BrokerProcess {
     /// The `warren` binary.
     bin: PathBuf,
     listen: String,
+    /// Where the broker's log goes (stdout and stderr, appended, at its normal level), if the
+    /// test reads it; otherwise only warnings, to the test's stdout (unseen).
+    log: Option<PathBuf>,
     child: Option<std::process::Child>,
 }
 
@@ -37,12 +40,34 @@ impl BrokerProcess {
         listen: &str,
         extra: &[&str],
     ) -> Self {
+        Self::start_with(bin, data_dir, listen, extra, None)
+    }
+
+    /// As [`BrokerProcess::start`], logging at the broker's normal level (info) into `log`;
+    /// restarts append to it, so it holds every run's lines for the test to check.
+    pub fn start_logging(
+        bin: impl AsRef<Path>,
+        data_dir: &Path,
+        extra: &[&str],
+        log: &Path,
+    ) -> Self {
+        Self::start_with(bin, data_dir, "127.0.0.1:0", extra, Some(log.to_path_buf()))
+    }
+
+    fn start_with(
+        bin: impl AsRef<Path>,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        log: Option<PathBuf>,
+    ) -> Self {
         let mut p = BrokerProcess {
             port: 0,
             listeners: Vec::new(),
             data_dir: data_dir.to_path_buf(),
             bin: bin.as_ref().to_path_buf(),
             listen: listen.to_string(),
+            log,
             child: None,
         };
         p.spawn(extra);
@@ -60,20 +85,31 @@ impl BrokerProcess {
         let _ = std::fs::remove_file(&file);
         // Held by `self` from the start, so that a start that fails (the panics below) kills
         // the process when `self` is dropped, before the test's data directory is removed.
-        let child = self.child.insert(
-            std::process::Command::new(&self.bin)
-                .args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
-                .args(["--prometheus-listen", "127.0.0.1:0"])
-                .args(["--log-level", "warn"])
-                .arg("--listeners-file")
-                .arg(&file)
-                .arg("--data-dir")
-                .arg(&self.data_dir)
-                .args(extra)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("spawn warren"),
-        );
+        let mut cmd = std::process::Command::new(&self.bin);
+        cmd.args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
+            .args(["--prometheus-listen", "127.0.0.1:0"])
+            .arg("--listeners-file")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(extra);
+        match &self.log {
+            // The log lines go to stdout; a panic's message to stderr.
+            Some(log) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+                cmd.stderr(f.try_clone().expect("clone the log's descriptor"));
+                cmd.stdout(f);
+            }
+            None => {
+                cmd.args(["--log-level", "warn"]);
+                cmd.stdout(std::process::Stdio::null());
+            }
+        }
+        let child = self.child.insert(cmd.spawn().expect("spawn warren"));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let text = loop {
             if let Ok(t) = std::fs::read_to_string(&file) {
@@ -136,6 +172,19 @@ impl BrokerProcess {
     pub fn wait(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
         c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, wait for the exit, then start again on the same data directory (on new ports:
+    /// use `url()` and `listener()`); returns the exit code of the stopped process.
+    pub fn sigterm_and_restart(&mut self, extra: &[&str]) -> Option<i32> {
+        let code = self.stop();
+        self.spawn(extra);
+        code
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit code.

@@ -1,6 +1,9 @@
 //! Resource alarms (RabbitMQ's memory and disk alarms): the limits, the last samples and
 //! which alarms are on. The server's monitor feeds samples in; connections watch the state to
-//! block publishers; the management API shows it.
+//! block publishers; the management API shows it and changes the limits at run time (as
+//! `rabbitmqctl set_vm_memory_high_watermark` and `set_disk_free_limit`). Also the readings
+//! and the byte sizes both need: the RAM available to the process, its resident memory, and
+//! `2GB`-style sizes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::watch;
@@ -126,9 +129,74 @@ impl ResourceAlarms {
     }
 }
 
+/// RAM available to the process: the machine's, or the cgroup's limit when lower.
+pub fn total_memory() -> u64 {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| kib_field(&s, "MemTotal:"))
+        .unwrap_or(1 << 30);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    cgroup.map_or(machine, |c| c.min(machine))
+}
+
+/// The process's resident memory in bytes.
+pub fn process_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| kib_field(&s, "VmRSS:"))
+        .unwrap_or(0)
+}
+
+/// `Name:   1234 kB` → bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `2GB`, `512MiB`, `1000000` → bytes (rabbitmq.conf's and rabbitmqctl's units).
+pub fn parse_bytes(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim() {
+        "" => 1.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "k" | "K" | "KiB" => 1024.0,
+        "M" | "MiB" => 1024f64.powi(2),
+        "G" | "GiB" => 1024f64.powi(3),
+        "T" | "TiB" => 1024f64.powi(4),
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("1000"), Some(1000));
+        assert_eq!(parse_bytes("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("50MB"), Some(50_000_000));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+
+    #[test]
+    fn memory_readings_are_plausible() {
+        assert!(process_memory() > 0);
+        assert!(total_memory() > process_memory());
+    }
 
     #[test]
     fn alarms_follow_samples_and_limits() {

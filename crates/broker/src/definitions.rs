@@ -393,7 +393,10 @@ impl Broker {
     }
 
     /// Declares everything in `d` (as a client would; existing equivalent objects are kept).
-    /// Returns the errors met, one per object, and goes on after an error.
+    /// Returns the errors met, one per object, and goes on after an error. Policies come
+    /// last, after the bindings: applying one can dead-letter a queue's messages (a
+    /// `max-length` below what a restored queue holds), and its dead-letter exchange must
+    /// route them by then (`tests/tests/restore_order.rs`).
     pub fn import_definitions(&self, d: &Definitions) -> Vec<DefinitionsError> {
         let mut errors = Vec::new();
         let refused = |vhost: &str, object: DefObject, reason| DefinitionsError::Refused {
@@ -486,28 +489,6 @@ impl Broker {
                 errors.push(refused(&q.vhost, object(), e));
             }
         }
-        for (operator, list) in [(false, &d.policies), (true, &d.operator_policies)] {
-            for p in list {
-                let object = || DefObject::Policy {
-                    name: p.name.clone(),
-                    operator,
-                };
-                let Some(vh) = self.vhost(&p.vhost) else {
-                    errors.push(no_vhost(&p.vhost, object()));
-                    continue;
-                };
-                match crate::policy::Policy::new(
-                    &p.name,
-                    &p.pattern,
-                    &p.apply_to,
-                    p.priority,
-                    json_to_table(&p.definition),
-                ) {
-                    Ok(policy) => vh.set_policy(policy, operator),
-                    Err(e) => errors.push(refused(&p.vhost, object(), e)),
-                }
-            }
-        }
         for b in &d.bindings {
             let object = || DefObject::Binding {
                 source: b.source.clone(),
@@ -537,6 +518,28 @@ impl Broker {
             };
             if let Err(e) = r {
                 errors.push(refused(&b.vhost, object(), e));
+            }
+        }
+        for (operator, list) in [(false, &d.policies), (true, &d.operator_policies)] {
+            for p in list {
+                let object = || DefObject::Policy {
+                    name: p.name.clone(),
+                    operator,
+                };
+                let Some(vh) = self.vhost(&p.vhost) else {
+                    errors.push(no_vhost(&p.vhost, object()));
+                    continue;
+                };
+                match crate::policy::Policy::new(
+                    &p.name,
+                    &p.pattern,
+                    &p.apply_to,
+                    p.priority,
+                    json_to_table(&p.definition),
+                ) {
+                    Ok(policy) => vh.set_policy(policy, operator),
+                    Err(e) => errors.push(refused(&p.vhost, object(), e)),
+                }
             }
         }
         errors
@@ -583,14 +586,14 @@ mod tests {
                 },
                 &DefObject::Exchange { name: "x".into() },
                 &DefObject::Queue { name: "q".into() },
-                &DefObject::Policy {
-                    name: "p".into(),
-                    operator: false
-                },
                 &DefObject::Binding {
                     source: "x".into(),
                     destination: "q".into(),
                     destination_type: "queue".into()
+                },
+                &DefObject::Policy {
+                    name: "p".into(),
+                    operator: false
                 },
             ]
         );
@@ -600,7 +603,7 @@ mod tests {
              create it first"
         );
         assert_eq!(
-            errors[4].to_string(),
+            errors[3].to_string(),
             "binding 'x' -> queue 'q': no vhost 'gone'; list it under \"vhosts\" in the \
              definitions, or create it first"
         );

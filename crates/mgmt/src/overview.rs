@@ -1,14 +1,18 @@
 //! `/api/overview`, `/api/nodes`, `/api/vhosts` (listed and created), `/api/whoami` and the
-//! health checks: the node as a whole, with its memory and disk alarms.
+//! health checks: the node as a whole, with its memory and disk alarms, whose limits
+//! `PUT /api/nodes/{node}/memory-high-watermark` and `/disk-free-limit` change at run time
+//! (RabbitMQ does this with `rabbitmqctl set_vm_memory_high_watermark` and
+//! `set_disk_free_limit` only; Warren's `warrenctl` commands of those names use these paths).
 
 use crate::access::{is_monitor, require_admin, require_monitor, visible_vhosts};
 use crate::auth::AuthUser;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State, RABBITMQ_COMPAT_VERSION};
+use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -19,6 +23,11 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/overview", get(overview))
         .route("/nodes", get(nodes))
         .route("/nodes/{name}", get(node))
+        .route(
+            "/nodes/{name}/memory-high-watermark",
+            put(set_memory_high_watermark),
+        )
+        .route("/nodes/{name}/disk-free-limit", put(set_disk_free_limit))
         .route("/vhosts", get(vhosts))
         .route(
             "/vhosts/{vhost}",
@@ -192,6 +201,76 @@ async fn node(
         return Err(ApiError::NotFound);
     }
     Ok(Json(node_json(&state)))
+}
+
+/// A limit's new value, from a body `{"<relative>": fraction}` or `{"absolute": bytes}` (a
+/// number, or a string with rabbitmq.conf's units: `"2GB"`, `"512MiB"`); the fraction is of
+/// the RAM available to the process. Only an administrator on this node may change it.
+fn new_limit(
+    state: &AppState,
+    me: &AuthUser,
+    name: &str,
+    body: &[u8],
+    relative: &str,
+) -> Result<u64, ApiError> {
+    require_admin(me)?;
+    if name != state.node {
+        return Err(ApiError::NotFound);
+    }
+    let b: Value = crate::error::parse_body(body)?;
+    let fraction = b[relative].as_f64();
+    let bytes = match &b["absolute"] {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => warren_broker::alarm::parse_bytes(s),
+        _ => None,
+    };
+    match (fraction, bytes) {
+        (Some(f), None) if f >= 0.0 && f.is_finite() => {
+            Ok((warren_broker::alarm::total_memory() as f64 * f) as u64)
+        }
+        (None, Some(b)) => Ok(b),
+        _ => Err(ApiError::BadRequest(format!(
+            "expected {{\"{relative}\": a fraction}} or {{\"absolute\": bytes, e.g. \"2GB\"}}"
+        ))),
+    }
+}
+
+/// PUT `{"relative": 0.4}` or `{"absolute": "2GB"}`: the memory high watermark, until the node
+/// restarts (as `rabbitmqctl set_vm_memory_high_watermark`).
+async fn set_memory_high_watermark(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let limit = new_limit(&state, &me, &name, &body, "relative")?;
+    tracing::info!(
+        memory_limit = limit,
+        user = %me.0.name,
+        "memory high watermark set to {} MiB",
+        limit >> 20
+    );
+    state.broker.alarms.set_memory_limit(limit);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// PUT `{"absolute": "50MB"}` or `{"mem_relative": 1.5}`: the disk free limit, until the node
+/// restarts (as `rabbitmqctl set_disk_free_limit`).
+async fn set_disk_free_limit(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let limit = new_limit(&state, &me, &name, &body, "mem_relative")?;
+    tracing::info!(
+        disk_free_limit = limit,
+        user = %me.0.name,
+        "disk free limit set to {} MB",
+        limit / 1_000_000
+    );
+    state.broker.alarms.set_disk_free_limit(limit);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn vhost_json(state: &AppState, vh: &VHost) -> Value {

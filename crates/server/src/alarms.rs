@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+pub use warren_broker::alarm::{process_memory, total_memory};
 use warren_broker::Broker;
 
 /// The memory high watermark.
@@ -76,33 +77,6 @@ pub fn memory_limit(w: Watermark) -> u64 {
     }
 }
 
-/// RAM available to the process: the machine's, or the cgroup's limit when lower.
-pub fn total_memory() -> u64 {
-    let machine = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| kib_field(&s, "MemTotal:"))
-        .unwrap_or(1 << 30);
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    cgroup.map_or(machine, |c| c.min(machine))
-}
-
-/// The process's resident memory in bytes.
-pub fn process_memory() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| kib_field(&s, "VmRSS:"))
-        .unwrap_or(0)
-}
-
-/// `Name:   1234 kB` → bytes.
-fn kib_field(text: &str, name: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with(name))?;
-    let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Free bytes (for unprivileged users) on the file system holding `path`.
 pub fn disk_free(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -121,8 +95,6 @@ mod tests {
 
     #[test]
     fn samples_are_plausible() {
-        assert!(process_memory() > 0);
-        assert!(total_memory() > process_memory());
         assert!(disk_free(std::path::Path::new("/")).is_some());
         assert_eq!(memory_limit(Watermark::Absolute(7)), 7);
         let l = memory_limit(Watermark::Relative(0.5));

@@ -460,6 +460,9 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     }
     let listening: Vec<String> = bound.iter().map(|(p, a)| format!("{p}://{a}")).collect();
     tracing::info!(listeners = %listening.join(" "), data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
+    // Handled from here on: whoever reads the listeners file may signal at once, and must get
+    // a clean stop rather than the default action's kill.
+    let mut signals = ShutdownSignals::install();
     if let Some(path) = &s.listeners_file {
         listen::write_listeners_file(path, &bound).map_err(|source| {
             StartupError::ListenersFile {
@@ -491,12 +494,12 @@ async fn run(s: Settings) -> Result<(), StartupError> {
         },
         stop_rx.clone(),
     ));
-    shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("stopping: closing connections (a second signal exits at once)");
     // Fails only when every receiver is gone: then nothing is left to stop.
     let _ = stop_tx.send(true);
-    tokio::spawn(async {
-        shutdown_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         std::process::exit(1);
     });
     for server in servers {
@@ -526,13 +529,27 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, handled from the moment this is made.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        ShutdownSignals {
+            term: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
+        }
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use warren_broker::alarm::{parse_bytes, total_memory};
 use warren_server::alarms::{Watermark, DEFAULT_DISK_FREE_LIMIT};
 use warren_server::tls::TlsOptions;
 
@@ -87,29 +88,6 @@ pub struct SecuritySettings {
     pub watermark: Watermark,
     /// Bytes.
     pub disk_free_limit: u64,
-}
-
-/// `2GB`, `512MiB`, `1000000` → bytes.
-pub fn parse_bytes(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let split = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match unit.trim() {
-        "" => 1.0,
-        "kB" | "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        "k" | "K" | "KiB" => 1024.0,
-        "M" | "MiB" => 1024f64.powi(2),
-        "G" | "GiB" => 1024f64.powi(3),
-        "T" | "TiB" => 1024f64.powi(4),
-        _ => return None,
-    };
-    Some((n * mult) as u64)
 }
 
 /// The `<prefix>.certfile`, `keyfile`, `cacertfile`, `verify` and `fail_if_no_peer_cert` keys;
@@ -191,7 +169,7 @@ pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, ConfigError> {
     ) {
         (Some(abs), _) => parse_bytes(abs)
             .ok_or_else(|| file.error("disk_free_limit.absolute", "expected bytes, e.g. 1GB"))?,
-        (None, Some(r)) => (warren_server::alarms::total_memory() as f64 * r) as u64,
+        (None, Some(r)) => (total_memory() as f64 * r) as u64,
         (None, None) => DEFAULT_DISK_FREE_LIMIT,
     };
     Ok(SecuritySettings {
@@ -264,15 +242,6 @@ pub async fn mgmt_https_listener(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn byte_units_as_rabbitmq() {
-        assert_eq!(parse_bytes("1000"), Some(1000));
-        assert_eq!(parse_bytes("2GB"), Some(2_000_000_000));
-        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
-        assert_eq!(parse_bytes("50MB"), Some(50_000_000));
-        assert_eq!(parse_bytes("lots"), None);
-    }
 
     #[test]
     fn tls_and_alarm_settings() {

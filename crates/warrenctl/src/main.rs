@@ -188,6 +188,22 @@ enum Command {
     /// Lists operator policy overrides for a virtual host
     #[command(name = "list_operator_policies")]
     ListOperatorPolicies(Columns),
+    /// Sets the memory high watermark until the node restarts: a fraction of the RAM available
+    /// to it (e.g. 0.4), or "absolute" and a size (e.g. absolute 2GB)
+    #[command(name = "set_vm_memory_high_watermark")]
+    SetVmMemoryHighWatermark {
+        /// <fraction> | absolute <size>
+        #[arg(num_args = 1..=2, required = true, value_name = "VALUE")]
+        value: Vec<String>,
+    },
+    /// Sets the disk free space limit until the node restarts: a size (e.g. 50MB), or
+    /// "mem_relative" and a fraction of the RAM available to the node (e.g. mem_relative 1.5)
+    #[command(name = "set_disk_free_limit")]
+    SetDiskFreeLimit {
+        /// <size> | mem_relative <fraction>
+        #[arg(num_args = 1..=2, required = true, value_name = "VALUE")]
+        value: Vec<String>,
+    },
     /// Users, vhosts, permissions and limits
     #[command(flatten)]
     Access(access::AccessCommand),
@@ -320,6 +336,10 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
         Command::ListOperatorPolicies(c) => {
             list(&client, g, Listing::OperatorPolicies, &c.columns, out)
         }
+        Command::SetVmMemoryHighWatermark { value } => {
+            set_limit(&client, g, Limit::MemoryHighWatermark, value, out)
+        }
+        Command::SetDiskFreeLimit { value } => set_limit(&client, g, Limit::DiskFree, value, out),
         Command::Access(c) => access::run(&client, g, c, out),
         Command::Version => writeln!(out, "{}", env!("CARGO_PKG_VERSION")).map_err(io_error),
     }
@@ -494,6 +514,74 @@ fn set_policy(
     match client.request(
         Method::Put,
         &policy_path(g, &p.name, operator),
+        Some(&body),
+        &[],
+    )? {
+        Ok(_) => Ok(()),
+        Err(f) => Err(CtlError::Failed(f.reason)),
+    }
+}
+
+/// The alarm limits `set_vm_memory_high_watermark` and `set_disk_free_limit` change.
+#[derive(Clone, Copy)]
+enum Limit {
+    MemoryHighWatermark,
+    DiskFree,
+}
+
+/// PUT `/api/nodes/{node}/memory-high-watermark` or `/disk-free-limit`: `<fraction>` or
+/// `absolute <size>` for the watermark, `<size>` or `mem_relative <fraction>` for the disk.
+fn set_limit(
+    client: &Client,
+    g: &Global,
+    limit: Limit,
+    value: &[String],
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let (path, what, relative) = match limit {
+        Limit::MemoryHighWatermark => ("memory-high-watermark", "memory threshold", "relative"),
+        Limit::DiskFree => ("disk-free-limit", "disk free limit", "mem_relative"),
+    };
+    let fraction = |f: &str| -> Result<Value, CtlError> {
+        match f.parse::<f64>() {
+            Ok(x) if x >= 0.0 && x.is_finite() => Ok(json!({ relative: x })),
+            _ => Err(CtlError::Usage(format!(
+                "{f:?} is not a fraction (a number such as 0.4)"
+            ))),
+        }
+    };
+    let body = match (limit, value) {
+        (Limit::MemoryHighWatermark, [f]) => fraction(f)?,
+        (Limit::MemoryHighWatermark, [kw, size]) if kw == "absolute" => json!({"absolute": size}),
+        (Limit::DiskFree, [size]) => json!({"absolute": size}),
+        (Limit::DiskFree, [kw, f]) if kw == "mem_relative" => fraction(f)?,
+        _ => {
+            return Err(CtlError::Usage(match limit {
+                Limit::MemoryHighWatermark => {
+                    "expected <fraction> or absolute <size>, e.g. 0.4 or absolute 2GB".into()
+                }
+                Limit::DiskFree => {
+                    "expected <size> or mem_relative <fraction>, e.g. 50MB or mem_relative 1.5"
+                        .into()
+                }
+            }))
+        }
+    };
+    let node = client.get("/overview")?["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    info(
+        g,
+        out,
+        &[format!(
+            "Setting {what} on {node} to {} ...",
+            value.join(" ")
+        )],
+    )?;
+    match client.request(
+        Method::Put,
+        &format!("/nodes/{}/{path}", seg(&node)),
         Some(&body),
         &[],
     )? {

@@ -533,6 +533,56 @@ async fn status_reports_the_node() {
     );
 }
 
+/// `set_vm_memory_high_watermark` and `set_disk_free_limit` change the limits at run time (the
+/// soak test trips the alarms with them): the alarms follow at once, `status` shows them, and a
+/// value of neither form is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_limits_are_set_at_run_time() {
+    let m = Mgmt::start().await;
+    let alarms = &m.broker.broker.alarms;
+    // No resource monitor in-process: the test gives the samples.
+    alarms.sample(100 << 20, Some(10_000_000_000));
+    let out = m
+        .ctl(&["set_vm_memory_high_watermark", "absolute", "50MiB"])
+        .await
+        .ok();
+    assert!(
+        out.starts_with("Setting memory threshold on warren@"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("to absolute 50MiB ..."), "{out}");
+    assert_eq!(alarms.memory_limit(), 50 << 20);
+    assert_eq!(alarms.active(), ["memory"]);
+    let status = m.ctl(&["status"]).await.ok();
+    assert!(status.contains("Memory alarm on node warren@"), "{status}");
+    m.ctl(&["set_vm_memory_high_watermark", "0.9"]).await.ok();
+    assert!(alarms.memory_limit() > 100 << 20, "0.9 of the RAM");
+    assert!(alarms.active().is_empty());
+    m.ctl(&["set_disk_free_limit", "20GB"]).await.ok();
+    assert_eq!(alarms.disk_free_limit(), 20_000_000_000);
+    assert_eq!(alarms.active(), ["disk"]);
+    m.ctl(&["set_disk_free_limit", "mem_relative", "0"])
+        .await
+        .ok();
+    assert!(alarms.active().is_empty());
+    let (code, _) = m.http(
+        "PUT",
+        "/api/nodes/nosuchnode/disk-free-limit",
+        Some(json!({"absolute": 1})),
+    );
+    assert_eq!(code, 404);
+    for bad in [
+        &["set_disk_free_limit", "mem_relative", "lots"][..],
+        &["set_vm_memory_high_watermark", "relative", "0.4"],
+    ] {
+        let out = m.ctl(bad).await;
+        assert_eq!(out.code, 64, "{bad:?}: {}", out.stderr);
+    }
+    let out = m.ctl(&["set_disk_free_limit", "lots"]).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("absolute"), "{}", out.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_api_speaks_rabbitmqs_json() {
     let m = Mgmt::start().await;
