@@ -309,6 +309,21 @@ pub async fn consume_opts(
     .expect("basic_consume")
 }
 
+/// basic.consume with consumer arguments (`x-priority`, `x-stream-offset`, ...).
+pub async fn consume_args(ch: &Channel, queue: &str, tag: &str, args: FieldTable) -> Consumer {
+    within(
+        "basic_consume",
+        ch.basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            args,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic_consume {queue}: {e}"))
+}
+
 /// The next delivery of a consumer; fails on timeout, error or cancellation.
 pub async fn next(consumer: &mut Consumer) -> Delivery {
     match within("next delivery", consumer.next()).await {

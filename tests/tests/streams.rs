@@ -42,20 +42,6 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
-async fn consume_from(ch: &Channel, queue: &str, tag: &str, args: FieldTable) -> Consumer {
-    within(
-        "basic_consume",
-        ch.basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            args,
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("basic_consume {queue}: {e}"))
-}
-
 fn offset_arg(v: AMQPValue) -> FieldTable {
     table(&[("x-stream-offset", v)])
 }
@@ -339,16 +325,16 @@ async fn every_offset_kind_starts_where_it_says() {
 
     let c_ch = channel(&conn).await;
     qos(&c_ch, 100, false).await;
-    let mut first = consume_from(&c_ch, "s", "first", offset_arg(long("first"))).await;
+    let mut first = consume_args(&c_ch, "s", "first", offset_arg(long("first"))).await;
     assert_eq!(take(&mut first, 40).await, expected(0..40));
-    let mut numeric = consume_from(&c_ch, "s", "num", offset_arg(int(25))).await;
+    let mut numeric = consume_args(&c_ch, "s", "num", offset_arg(int(25))).await;
     assert_eq!(take(&mut numeric, 15).await, expected(25..40));
-    let mut last = consume_from(&c_ch, "s", "last", offset_arg(long("last"))).await;
+    let mut last = consume_args(&c_ch, "s", "last", offset_arg(long("last"))).await;
     assert_eq!(take(&mut last, 1).await, expected(39..40));
-    let mut next_ = consume_from(&c_ch, "s", "next", offset_arg(long("next"))).await;
-    let mut default = consume_from(&c_ch, "s", "default", no_args()).await;
+    let mut next_ = consume_args(&c_ch, "s", "next", offset_arg(long("next"))).await;
+    let mut default = consume_args(&c_ch, "s", "default", no_args()).await;
     // A timestamp (AMQP timestamp, seconds) before the first publish: everything.
-    let mut ts = consume_from(
+    let mut ts = consume_args(
         &c_ch,
         "s",
         "ts",
@@ -357,20 +343,20 @@ async fn every_offset_kind_starts_where_it_says() {
     .await;
     assert_eq!(take(&mut ts, 40).await, expected(0..40));
     // An interval: everything appended in the last 30 minutes.
-    let mut interval = consume_from(&c_ch, "s", "interval", offset_arg(long("30m"))).await;
+    let mut interval = consume_args(&c_ch, "s", "interval", offset_arg(long("30m"))).await;
     assert_eq!(take(&mut interval, 40).await, expected(0..40));
     // A timestamp in the future reads from the end (as osiris: it attaches at the next offset),
     // and an offset not written yet waits for it.
-    let mut future = consume_from(
+    let mut future = consume_args(
         &c_ch,
         "s",
         "future",
         offset_arg(AMQPValue::Timestamp(before + 3600)),
     )
     .await;
-    let mut ahead = consume_from(&c_ch, "s", "ahead", offset_arg(int(41))).await;
+    let mut ahead = consume_args(&c_ch, "s", "ahead", offset_arg(int(41))).await;
     // A negative offset reads from the first (as osiris does).
-    let mut negative = consume_from(&c_ch, "s", "neg", offset_arg(int(-5))).await;
+    let mut negative = consume_args(&c_ch, "s", "neg", offset_arg(int(-5))).await;
     assert_eq!(take(&mut negative, 40).await, expected(0..40));
     for c in [
         &mut first,
@@ -434,7 +420,7 @@ async fn many_consumers_replay_at_their_own_pace_and_acks_give_credit() {
     // A consumer with prefetch 5 that does not ack gets exactly 5.
     let slow_ch = channel(&conn).await;
     qos(&slow_ch, 5, false).await;
-    let mut slow = consume_from(&slow_ch, "s", "slow", offset_arg(long("first"))).await;
+    let mut slow = consume_args(&slow_ch, "s", "slow", offset_arg(long("first"))).await;
     let held: Vec<_> = {
         let mut v = Vec::new();
         for _ in 0..5 {
@@ -450,7 +436,7 @@ async fn many_consumers_replay_at_their_own_pace_and_acks_give_credit() {
         let c_ch = channel(&conn).await;
         tasks.push(tokio::spawn(async move {
             qos(&c_ch, 7 + k, false).await;
-            let mut c = consume_from(&c_ch, "s", &format!("r{k}"), offset_arg(long("first"))).await;
+            let mut c = consume_args(&c_ch, "s", &format!("r{k}"), offset_arg(long("first"))).await;
             take(&mut c, N as usize).await
         }));
     }
@@ -516,12 +502,12 @@ async fn retention_by_size_removes_whole_old_segments() {
     // `first` is the oldest message still there.
     let c_ch = channel(&conn).await;
     qos(&c_ch, 500, false).await;
-    let mut c = consume_from(&c_ch, "s", "c", offset_arg(long("first"))).await;
+    let mut c = consume_args(&c_ch, "s", "c", offset_arg(long("first"))).await;
     let got = take(&mut c, (200 - first) as usize).await;
     assert_eq!(got[0].0, first as i64);
     assert_eq!(got.last().unwrap().0, 199);
     // A numeric offset that is gone starts at the first retained.
-    let mut c2 = consume_from(&c_ch, "s", "c2", offset_arg(int(3))).await;
+    let mut c2 = consume_args(&c_ch, "s", "c2", offset_arg(int(3))).await;
     assert_eq!(offset_of(&next(&mut c2).await), first as i64);
     drop(s);
     drop(conn);
@@ -599,7 +585,7 @@ async fn filtering_by_x_stream_filter_value() {
     }
     let c_ch = channel(&conn).await;
     qos(&c_ch, 10, false).await;
-    let mut red = consume_from(
+    let mut red = consume_args(
         &c_ch,
         "s",
         "red",
@@ -614,7 +600,7 @@ async fn filtering_by_x_stream_filter_value() {
         vec![(0, "m0".into()), (3, "m3".into())]
     );
     assert_no_delivery(&mut red).await;
-    let mut blue_or_none = consume_from(
+    let mut blue_or_none = consume_args(
         &c_ch,
         "s",
         "blue",
@@ -657,7 +643,7 @@ async fn a_stream_comes_back_after_a_restart_and_offsets_go_on() {
     confirm_select(&ch).await;
     publish_all(&ch, "s", (50..55).map(|i| format!("m{i}"))).await;
     qos(&ch, 100, false).await;
-    let mut c = consume_from(&ch, "s", "c", offset_arg(long("first"))).await;
+    let mut c = consume_args(&ch, "s", "c", offset_arg(long("first"))).await;
     assert_eq!(take(&mut c, 55).await, expected(0..55));
     // Deleting the stream removes its log and cancels its consumers.
     let log_dir = dir.path().join("queues").join("q%2F").join("qs");
@@ -697,7 +683,7 @@ async fn replay_throughput() {
             let conn = connect_url(&url).await;
             let ch = channel(&conn).await;
             qos(&ch, 1000, false).await;
-            let mut c = consume_from(
+            let mut c = consume_args(
                 &ch,
                 &queue,
                 &format!("bench-{k}"),

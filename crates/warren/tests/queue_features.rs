@@ -52,20 +52,6 @@ async fn publish_acked(ch: &Channel, key: &str, body: &[u8], props: BasicPropert
     );
 }
 
-async fn consume_args(ch: &Channel, queue: &str, tag: &str, args: FieldTable) -> lapin::Consumer {
-    within(
-        "basic_consume",
-        ch.basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            args,
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("basic_consume {queue}: {e}"))
-}
-
 /// Like [`drain`], keeping the whole deliveries (for their headers).
 async fn drain_deliveries(ch: &Channel, queue: &str) -> Vec<Delivery> {
     let mut out = Vec::new();
