@@ -834,14 +834,9 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            let checkouts = checkouts.into_iter().collect();
-            return r.submit(
-                QueueCommand::Settle {
-                    checkouts,
-                    now: now_ms(),
-                },
-                None,
-            );
+            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
+                QueueCommand::Settle { checkouts, now }
+            });
         }
         self.locked_quiet().settle(checkouts);
     }
@@ -857,14 +852,9 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            let checkouts = checkouts.into_iter().collect();
-            return r.submit(
-                QueueCommand::Discard {
-                    checkouts,
-                    now: now_ms(),
-                },
-                None,
-            );
+            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
+                QueueCommand::Discard { checkouts, now }
+            });
         }
         self.locked(fu).discard(checkouts);
     }
@@ -880,14 +870,9 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            let checkouts = checkouts.into_iter().collect();
-            return r.submit(
-                QueueCommand::Return {
-                    checkouts,
-                    now: now_ms(),
-                },
-                None,
-            );
+            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
+                QueueCommand::Return { checkouts, now }
+            });
         }
         let mut i = self.locked(fu);
         i.return_checkouts(checkouts, now_ms(), &mut QueueEnv { q: self });

@@ -6,8 +6,9 @@
 
 use super::replica::{call, Commit, FollowupSink, OutputSink, Replica, ReplicaHost, ReplicaOutput};
 use super::{
-    Applied, CheckoutId, ConsumeRefused, DeleteReason, Followup, Followups, Got, LoggedMessage,
-    Owner, Published, Queue, QueueCommand, QueueConsumer, QueueEngine, QueueOptions, QueuedMessage,
+    Applied, CheckoutId, CheckoutKey, ConsumeRefused, DeleteReason, Followup, Followups, Got,
+    LoggedMessage, Owner, Published, Queue, QueueCommand, QueueConsumer, QueueEngine, QueueOptions,
+    QueuedMessage,
 };
 use crate::clock::now_ms;
 use crate::delivery::{Deliver, DeliveryChannel};
@@ -39,6 +40,16 @@ pub(super) fn read<T>(r: &Arc<dyn Replica>, f: impl FnOnce(&QueueEngine<Owner>) 
 /// consumers are (as for a classic queue; the vhost's poll lets them go once it is not).
 pub(super) fn over_flow_limit(r: &Arc<dyn Replica>) -> bool {
     r.queued() > super::replica::QUEUED_HIGH || read(r, QueueEngine::backlogged)
+}
+
+/// Acks, rejects and requeues of a replicated queue: one command naming the checkouts, not
+/// waited for.
+pub(super) fn submit_checkouts(
+    r: &Arc<dyn Replica>,
+    checkouts: impl IntoIterator<Item = CheckoutKey>,
+    command: fn(Vec<CheckoutKey>, u64) -> QueueCommand,
+) {
+    r.submit(command(checkouts.into_iter().collect(), now_ms()), None);
 }
 
 impl Queue {
@@ -135,13 +146,10 @@ impl Queue {
 
     fn return_refused(&self, refused: Vec<(Owner, CheckoutId)>) {
         if let (false, Some(r)) = (refused.is_empty(), self.replica.get()) {
-            r.submit(
-                QueueCommand::Return {
-                    checkouts: refused,
-                    now: now_ms(),
-                },
-                None,
-            );
+            submit_checkouts(r, refused, |checkouts, now| QueueCommand::Return {
+                checkouts,
+                now,
+            });
         }
     }
 
