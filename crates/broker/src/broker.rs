@@ -192,6 +192,9 @@ impl Broker {
     }
 
     fn build(config: BrokerConfig, persistence: Option<Arc<Persistence>>) -> Arc<Self> {
+        if let Some(h) = persistence.as_ref().and_then(|p| p.replica_host()) {
+            crate::delivery::set_owner_base(h.owner_base());
+        }
         let b = Broker {
             persistence,
             vhosts: RwLock::new(HashMap::new()),

@@ -131,6 +131,23 @@ impl VHost {
         vh
     }
 
+    /// Runs a change through the cluster's metadata log if this node is in a cluster and the
+    /// change is not being applied from it: `Some(answer)` once it is applied here (see
+    /// [`crate::metadata`]); `None` when the caller makes the change itself.
+    pub(crate) fn replicated(
+        &self,
+        op: impl FnOnce() -> crate::metadata::MetaOp,
+    ) -> Option<Result<()>> {
+        let log = self.persistence.as_ref()?.metadata_log()?;
+        crate::metadata::must_replicate().then(|| log.run(op()))
+    }
+
+    /// Whether an exchange's definition is replicated in a cluster (durable, not
+    /// auto-deleted: see [`crate::metadata`]).
+    pub(crate) fn replicates_exchange(x: &Exchange) -> bool {
+        x.durable && !x.auto_delete && !x.name.is_empty() && !x.name.starts_with("amq.")
+    }
+
     pub(crate) fn register_timed(&self, q: &Arc<Queue>) {
         self.timed.lock().push(Arc::downgrade(q));
     }
