@@ -87,6 +87,9 @@ pub enum MetaOp {
         routing_key: String,
         arguments: WireTable,
     },
+    /// Changes nothing: once this node has applied it, it has applied every change
+    /// committed before (a look-up that misses waits for one).
+    Barrier,
 }
 
 impl MetaOp {
@@ -94,6 +97,7 @@ impl MetaOp {
     /// (a catalogue of what is declared: a new node's starting point).
     pub fn key(&self) -> String {
         match self {
+            MetaOp::Barrier => String::new(),
             MetaOp::DeclareExchange { vhost, name, .. }
             | MetaOp::DeleteExchange { vhost, name, .. } => format!("x\0{vhost}\0{name}"),
             MetaOp::DeclareQueue { vhost, name, .. } | MetaOp::DeleteQueue { vhost, name, .. } => {
@@ -176,6 +180,7 @@ pub fn apply(broker: &std::sync::Arc<Broker>, op: &MetaOp) -> Result<(), AmqpErr
         })
     };
     match op {
+        MetaOp::Barrier => Ok(()),
         MetaOp::DeclareExchange {
             vhost: v,
             name,

@@ -194,7 +194,7 @@ impl RaftStateMachine<QueueRaft> for MetaStateMachine {
                     tracing::debug!(?op, error = %e, "definition change refused");
                 }
                 let mut s = self.state.lock();
-                if r.is_ok() {
+                if r.is_ok() && *op != MetaOp::Barrier {
                     if op.declares() {
                         s.catalog.insert(op.key(), op.clone());
                     } else {

@@ -85,7 +85,8 @@ impl VHost {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
-        self.exchange(name).ok_or_else(|| self.no_exchange(name))
+        self.found_or_synced(|| self.exchange(name))
+            .ok_or_else(|| self.no_exchange(name))
     }
 
     pub fn bind_exchange(

@@ -32,7 +32,7 @@ impl VHost {
                 return Err(default_exchange_refused());
             }
             return self
-                .exchange(&d.name)
+                .found_or_synced(|| self.exchange(&d.name))
                 .ok_or_else(|| self.no_exchange(&d.name));
         }
         let delayed = d.kind.as_str() == "x-delayed-message";
