@@ -16,6 +16,9 @@
 //! - [`node`]: [`LocalNode`], the broker's `ReplicaHost`: the node's WAL, its Raft runtime,
 //!   and a group per quorum queue (`quorum_queues.replicated = true`).
 
+// openraft's StorageError is large; it is what its traits return.
+#![allow(clippy::result_large_err)]
+
 pub mod group;
 pub mod log_store;
 pub mod meta;
@@ -27,8 +30,8 @@ pub mod types;
 pub mod wal;
 
 pub use group::{GroupError, Membership, QueueGroup};
-pub use openraft::BasicNode;
 pub use node::{ClusterSpec, LocalNode};
+pub use openraft::BasicNode;
 pub use state_machine::Output;
 pub use transport::{Listener, Registry, TcpPeers};
 pub use wal::{GroupState, NodeWal, WalError};

@@ -134,6 +134,7 @@ impl MetaStateMachine {
         rx.await.map_err(|_| gone())?
     }
 
+    #[allow(clippy::result_large_err)] // openraft's error type
     fn save(&self, s: &Stored) -> Result<(), StorageErrorOf> {
         let data = postcard::to_allocvec(s).map_err(|e| storage_err(WalError::Encode(e)))?;
         self.wal
@@ -141,6 +142,7 @@ impl MetaStateMachine {
             .map_err(storage_err)
     }
 
+    #[allow(clippy::result_large_err)] // openraft's error type
     fn snapshot_of(s: &Stored) -> Result<Snapshot<QueueRaft>, StorageErrorOf> {
         let data = postcard::to_allocvec(s).map_err(|e| storage_err(WalError::Encode(e)))?;
         Ok(Snapshot {
@@ -188,7 +190,12 @@ impl RaftStateMachine<QueueRaft> for MetaStateMachine {
     {
         let mut answers = Vec::new();
         for entry in entries {
-            if let EntryPayload::Normal(Proposal::Meta { origin, request, op }) = &entry.payload {
+            if let EntryPayload::Normal(Proposal::Meta {
+                origin,
+                request,
+                op,
+            }) = &entry.payload
+            {
                 let r = self.apply_op(op).await;
                 if let Err(e) = &r {
                     tracing::debug!(?op, error = %e, "definition change refused");
@@ -242,9 +249,8 @@ impl RaftStateMachine<QueueRaft> for MetaStateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageErrorOf> {
-        let mut stored: Stored = postcard::from_bytes(snapshot.get_ref()).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), &decode_err(e))
-        })?;
+        let mut stored: Stored = postcard::from_bytes(snapshot.get_ref())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &decode_err(e)))?;
         // Exchanges and queues before the bindings between them.
         let mut ops: Vec<&MetaOp> = stored.catalog.values().collect();
         ops.sort_by_key(|op| matches!(op, MetaOp::Bind { .. }));
@@ -264,6 +270,9 @@ impl RaftStateMachine<QueueRaft> for MetaStateMachine {
         &mut self,
     ) -> Result<Option<Snapshot<QueueRaft>>, StorageErrorOf> {
         let s = self.state.lock();
-        Ok(s.last_applied.is_some().then(|| Self::snapshot_of(&s)).transpose()?)
+        s.last_applied
+            .is_some()
+            .then(|| Self::snapshot_of(&s))
+            .transpose()
     }
 }

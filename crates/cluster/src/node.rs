@@ -18,29 +18,29 @@
 //! its own consumers (owner ids carry the node: [`ReplicaHost::owner_base`]).
 
 use crate::group::{Membership, QueueGroup};
-use crate::meta::{Applier, MetaStateMachine, Waiters, META_GROUP};
 use crate::log_store::GroupLog;
+use crate::meta::{Applier, MetaStateMachine, Waiters, META_GROUP};
 use crate::transport::{Forwarder, Listener, Registry, TcpPeers};
 use crate::types::{NodeId, Proposal, QueueRaft};
 use crate::wal::{GroupState, NodeWal, WalError};
 use openraft::{BasicNode, Raft};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use warren_broker::metadata::{MetaOp, MetadataLog};
-use warren_broker::queue::replica::{Answer, OutputSink, Replica, ReplicaHost};
+use warren_broker::queue::replica::{Answer, ClusterNode, OutputSink, Replica, ReplicaHost};
 use warren_broker::queue::Applied;
-use warren_broker::AmqpError;
 use warren_broker::queue::{Owner, QueueCommand, QueueEngine, QueueOptions};
+use warren_broker::AmqpError;
 use warren_store::Backend;
 
 /// How long opening a group may take (leading it and applying its log again).
@@ -175,7 +175,11 @@ impl LocalNode {
         let Some(c) = self.cluster.clone() else {
             return Err("not in a cluster".into());
         };
-        let recovered = self.recovered.lock().remove(&META_GROUP).unwrap_or_default();
+        let recovered = self
+            .recovered
+            .lock()
+            .remove(&META_GROUP)
+            .unwrap_or_default();
         let (me, wal) = (self.id, self.wal.clone());
         let c2 = c.clone();
         let raft = self
@@ -213,20 +217,6 @@ impl LocalNode {
             .ok_or("the Raft runtime stopped")??;
         let _ = c.meta.set(raft);
         Ok(())
-    }
-
-    /// The cluster's view for operators: each node's id and address, and which leads the
-    /// metadata group (None when not in a cluster).
-    pub fn cluster_nodes(&self) -> Option<(Vec<(NodeId, String)>, Option<NodeId>)> {
-        let c = self.cluster.as_ref()?;
-        let leader = c.meta.get().and_then(|r| r.metrics().borrow().current_leader);
-        let nodes = c
-            .spec
-            .nodes
-            .iter()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
-        Some((nodes, leader))
     }
 
     /// Runs `fut` on the Raft runtime and waits for it from this (non-Raft) thread.
@@ -354,6 +344,49 @@ impl ReplicaHost for LocalNode {
 
     fn owner_base(&self) -> u64 {
         self.cluster.as_ref().map_or(0, |c| c.number << OWNER_BITS)
+    }
+
+    fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
+        let c = self.cluster.clone()?;
+        if on_raft_thread() {
+            return None;
+        }
+        let c2 = c.clone();
+        let running = self
+            .wait_for(async move {
+                let mut up = Vec::new();
+                for (id, n) in &c2.spec.nodes {
+                    up.push(
+                        *id == c2.spec.me
+                            || crate::transport::probe(
+                                &n.addr,
+                                c2.spec.me,
+                                &c2.spec.secret,
+                                Duration::from_secs(1),
+                            )
+                            .await,
+                    );
+                }
+                up
+            })
+            .unwrap_or_default();
+        Some(
+            c.spec
+                .nodes
+                .keys()
+                .zip(running)
+                .map(|(id, running)| ClusterNode {
+                    name: c
+                        .spec
+                        .names
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_else(|| id.to_string()),
+                    running,
+                    me: *id == c.spec.me,
+                })
+                .collect(),
+        )
     }
 }
 
@@ -586,7 +619,13 @@ impl Replica for GroupReplica {
     fn members(&self) -> Option<(Option<String>, Vec<String>)> {
         let c = self.cluster.as_ref()?;
         let m = self.group.raft().metrics().borrow().clone();
-        let name = |id: &NodeId| c.spec.names.get(id).cloned().unwrap_or_else(|| id.to_string());
+        let name = |id: &NodeId| {
+            c.spec
+                .names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| id.to_string())
+        };
         let members = m
             .membership_config
             .membership()

@@ -16,7 +16,6 @@
 //! Not yet: TLS between nodes (the listener and the connector take plain TCP).
 
 use crate::types::{NodeId, Proposal, QueueRaft};
-use warren_broker::queue::Applied;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -35,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use warren_broker::queue::Applied;
 
 /// Largest frame accepted (a batch of log entries); more closes the link.
 const MAX_FRAME: u32 = 64 << 20;
@@ -228,6 +228,13 @@ async fn connect(addr: &str, me: NodeId, secret: &[u8]) -> std::io::Result<TcpSt
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
+/// Whether the node at `addr` accepts a connection and the handshake within `timeout`.
+pub async fn probe(addr: &str, me: NodeId, secret: &[u8], timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, connect(addr, me, secret))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
 /// Sends proposals to the node that leads their group: one connection per node, one
 /// proposal at a time on it (so proposals sent one after another are committed in order).
 pub struct Forwarder {
@@ -287,7 +294,9 @@ impl Forwarder {
             }
             Err(_) => {
                 *conn = None;
-                Err(format!("no answer from the node at {addr} within {timeout:?}"))
+                Err(format!(
+                    "no answer from the node at {addr} within {timeout:?}"
+                ))
             }
         }
     }

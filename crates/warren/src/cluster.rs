@@ -14,12 +14,12 @@
 //! random secret on first use, readable by its owner only); every node must have the same.
 
 use crate::config::{ConfigError, ConfigFile};
-use warren_cluster::BasicNode;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use warren_cluster::BasicNode;
 
 /// Keys this module reads.
 pub const KEYS: &[(&str, &str)] = &[
@@ -68,8 +68,7 @@ pub fn settings(
         .or_else(|| file.get("cluster.node_name").map(str::to_string))
         .ok_or_else(|| ConfigError::Missing {
             set: "cluster_formation.classic_config.nodes.*".into(),
-            needed: "cluster.node_name (or WARREN_NODENAME): which of the nodes this one is"
-                .into(),
+            needed: "cluster.node_name (or WARREN_NODENAME): which of the nodes this one is".into(),
         })?;
     if !nodes.contains(&me) {
         return Err(file.error(
@@ -99,10 +98,14 @@ pub fn settings(
 /// `warren@host:port` → `host:port`.
 fn address(name: &str) -> Result<String, String> {
     let Some((prefix, host)) = name.split_once('@') else {
-        return Err(format!("'{name}' is not a node name: expected warren@host:port"));
+        return Err(format!(
+            "'{name}' is not a node name: expected warren@host:port"
+        ));
     };
     if prefix.is_empty() || host.is_empty() {
-        return Err(format!("'{name}' is not a node name: expected warren@host:port"));
+        return Err(format!(
+            "'{name}' is not a node name: expected warren@host:port"
+        ));
     }
     Ok(match host.rsplit_once(':') {
         Some((_, port)) if port.parse::<u16>().is_ok() => host.to_string(),

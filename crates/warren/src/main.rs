@@ -511,9 +511,11 @@ async fn run(s: Settings) -> Result<(), StartupError> {
             }
         })?;
     }
+    // In a cluster, the node's name is its cluster name (warren@host:port).
+    let node_name = s.cluster.as_ref().map(|c| c.me.clone()).unwrap_or_default();
     let mgmt_options = warren_mgmt::Options {
         amqp_listeners: amqp_addrs,
-        node_name: String::new(),
+        node_name: node_name.clone(),
         stats_interval: s.stats_interval,
     };
     let mgmt = tokio::spawn(warren_mgmt::serve_listeners(
@@ -529,7 +531,7 @@ async fn run(s: Settings) -> Result<(), StartupError> {
         prometheus,
         broker.clone(),
         warren_mgmt::prometheus::Options {
-            node_name: String::new(),
+            node_name,
             per_object_by_default: s.prometheus_per_object,
         },
         stop_rx.clone(),

@@ -81,6 +81,33 @@ impl Cluster {
         vec!["--config", self.configs[i].to_str().unwrap()]
     }
 
+    /// `/api/nodes` on node `asked`: (name, running) of each node.
+    fn nodes_seen_by(&self, asked: usize) -> Vec<(String, bool)> {
+        let base = format!("http://{}", self.nodes[asked].listener("http").unwrap());
+        let (status, v) = try_http(
+            &base,
+            "GET",
+            "/api/nodes",
+            None,
+            Some("Basic Z3Vlc3Q6Z3Vlc3Q="),
+        )
+        .expect("/api/nodes");
+        assert_eq!(status, 200);
+        let mut nodes: Vec<(String, bool)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_string(),
+                    n["running"] == true,
+                )
+            })
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
     /// The node (index) that leads `queue`'s group, as node `asked`'s management API says.
     fn leader_of(&self, asked: usize, queue: &str) -> Option<usize> {
         let base = format!("http://{}", self.nodes[asked].listener("http")?);
@@ -110,7 +137,10 @@ async fn open(node: &BrokerProcess) -> (Connection, Channel) {
 
 fn quorum() -> FieldTable {
     let mut t = FieldTable::default();
-    t.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     t
 }
 
@@ -175,6 +205,13 @@ async fn consume(ch: &Channel, queue: &str, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_definitions_and_quorum_queues_and_survive_a_leader_kill() {
     let mut cluster = Cluster::start("cluster3");
+    let mut all: Vec<(String, bool)> = cluster.names.iter().map(|n| (n.clone(), true)).collect();
+    all.sort();
+    assert_eq!(
+        cluster.nodes_seen_by(1),
+        all,
+        "/api/nodes lists every node, running"
+    );
     let (_c0, ch0) = open(&cluster.nodes[0]).await;
     ch0.exchange_declare(
         "orders".into(),
@@ -255,9 +292,18 @@ async fn three_nodes_share_definitions_and_quorum_queues_and_survive_a_leader_ki
     );
     let new_leader = cluster.leader_of(others[1], "q3").expect("a new leader");
     assert_ne!(new_leader, leader);
+    let seen = cluster.nodes_seen_by(others[1]);
+    assert!(
+        seen.contains(&(cluster.names[leader].clone(), false)),
+        "the killed node is listed as not running: {seen:?}"
+    );
 
     // The killed node comes back and catches up: it serves the queue's messages too.
-    let extra: Vec<String> = cluster.extra(leader).iter().map(|s| s.to_string()).collect();
+    let extra: Vec<String> = cluster
+        .extra(leader)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     cluster.nodes[leader].kill9_and_restart(&extra);
     let (_cb, chb) = open(&cluster.nodes[leader]).await;

@@ -94,6 +94,21 @@ pub trait ReplicaHost: Send + Sync {
     fn owner_base(&self) -> u64 {
         0
     }
+    /// In a cluster: every node, whether it answers now, which one this is.
+    fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
+        None
+    }
+}
+
+/// A node of the cluster, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// `warren@host:port`.
+    pub name: String,
+    /// It answered a connection on its cluster port just now (this node always does).
+    pub running: bool,
+    /// It is this node.
+    pub me: bool,
 }
 
 /// How long a caller that needs an answer (declare, basic.get, purge) waits for one.
