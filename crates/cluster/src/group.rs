@@ -200,6 +200,12 @@ impl QueueGroup {
         self.raft.metrics().borrow().id
     }
 
+    /// Whether the group has stopped (shut down, or failed for good).
+    pub fn is_stopped(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.running_state.is_err() || m.state == ServerState::Shutdown
+    }
+
     /// Whether this node leads the group now.
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();

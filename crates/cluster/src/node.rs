@@ -78,6 +78,14 @@ pub struct ClusterSpec {
 /// OWNER_BITS`.
 const OWNER_BITS: u32 = 40;
 
+/// A node that has not answered for this long is down: its consumers are removed from the
+/// queues this node leads and what they held is returned (as RabbitMQ does when a node goes).
+/// Longer than an election, so a node that only paused keeps its consumers.
+const DOWN_AFTER: Duration = Duration::from_secs(3);
+
+/// How often the other nodes are probed.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
 /// How long a proposal may look for a leader that takes it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -92,11 +100,97 @@ struct Cluster {
     meta: OnceLock<Raft<QueueRaft>>,
     waiters: Waiters,
     next_request: AtomicU64,
+    /// Since when each other node has not answered a probe (absent: it answers).
+    down_since: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 impl Cluster {
     fn addr(&self, node: NodeId) -> Option<String> {
         self.spec.nodes.get(&node).map(|n| n.addr.clone())
+    }
+
+    /// The node whose owner ids `owner` is one of (see [`ReplicaHost::owner_base`]).
+    fn node_of(&self, owner: warren_broker::queue::Owner) -> Option<NodeId> {
+        let number = owner >> OWNER_BITS;
+        (number > 0)
+            .then(|| self.spec.nodes.keys().nth(number as usize - 1).copied())
+            .flatten()
+    }
+
+    /// Whether `owner`'s node has been down for [`DOWN_AFTER`].
+    fn owner_is_gone(&self, owner: warren_broker::queue::Owner) -> bool {
+        let Some(node) = self.node_of(owner).filter(|n| *n != self.spec.me) else {
+            return false;
+        };
+        self.down_since
+            .lock()
+            .get(&node)
+            .is_some_and(|t| t.elapsed() >= DOWN_AFTER)
+    }
+
+    /// Probes the other nodes for ever (the task ends with the runtime).
+    async fn watch_nodes(self: Arc<Self>) {
+        loop {
+            for (id, n) in &self.spec.nodes {
+                if *id == self.spec.me {
+                    continue;
+                }
+                let up =
+                    crate::transport::probe(&n.addr, self.spec.me, &self.spec.secret, PROBE_EVERY)
+                        .await;
+                let mut down = self.down_since.lock();
+                match (up, down.contains_key(id)) {
+                    (true, true) => {
+                        down.remove(id);
+                        tracing::info!(node = %n.addr, "cluster node answers again");
+                    }
+                    (false, false) => {
+                        down.insert(*id, std::time::Instant::now());
+                        tracing::warn!(node = %n.addr, "cluster node does not answer");
+                    }
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+}
+
+/// While this node leads `group`, removes the consumers of nodes that are down and returns
+/// what they held (through `commands`, in order with the queue's other commands). Ends when
+/// the queue's group does.
+async fn reap_gone_owners(
+    group: std::sync::Weak<QueueGroup>,
+    c: Arc<Cluster>,
+    commands: mpsc::UnboundedSender<(QueueCommand, Option<Answer>)>,
+) {
+    let mut reaped = HashSet::new();
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(g) = group.upgrade() else { return };
+        if commands.is_closed() || g.is_stopped() {
+            return;
+        }
+        if !g.is_leader() {
+            continue;
+        }
+        let gone: Vec<_> = g
+            .state()
+            .with_engine(|e| e.owner_ids())
+            .into_iter()
+            .filter(|o| !reaped.contains(o) && c.owner_is_gone(*o))
+            .collect();
+        for owner in gone {
+            tracing::info!(
+                group = g.id,
+                owner,
+                "a consumer's node is down: its unacknowledged messages go back to the queue"
+            );
+            let now = warren_broker::clock::now_ms();
+            let _ = commands.send((QueueCommand::RemoveConsumer { owner, now }, None));
+            let _ = commands.send((QueueCommand::ReturnAll { owner, now }, None));
+            reaped.insert(owner);
+        }
     }
 }
 
@@ -165,7 +259,11 @@ impl LocalNode {
             meta: OnceLock::new(),
             waiters: Default::default(),
             next_request: AtomicU64::new(1),
+            down_since: Default::default(),
         }));
+        if let Some(c) = &node.cluster {
+            node.handle.spawn(c.clone().watch_nodes());
+        }
         Ok(Arc::new(node))
     }
 
@@ -309,6 +407,13 @@ impl ReplicaHost for LocalNode {
                 outputs(o);
             }
         });
+        if let Some(c) = &self.cluster {
+            self.handle.spawn(reap_gone_owners(
+                Arc::downgrade(&group),
+                c.clone(),
+                tx.clone(),
+            ));
+        }
         Ok(Arc::new(GroupReplica {
             id,
             number: self.cluster.as_ref().map(|c| c.number),

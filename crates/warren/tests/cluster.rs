@@ -355,3 +355,76 @@ async fn a_deleted_quorum_queue_is_gone_on_every_node() {
         .unwrap();
     assert_eq!(q.message_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_unacked_messages_go_back_to_the_queue() {
+    let mut cluster = Cluster::start("cluster-dead-consumer");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("held".into(), durable(), quorum())
+        .await
+        .unwrap();
+    ch0.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    publish_confirmed(&ch0, "", "held", &bodies).await;
+    // A consumer on a node that does not lead the queue takes them all and never acks.
+    let leader = cluster.leader_of(0, "held").expect("a leader");
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    let survivor = (0..3).find(|i| *i != leader && *i != victim).unwrap();
+    let (_cv, chv) = open(&cluster.nodes[victim]).await;
+    chv.basic_qos(100, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut held = chv
+        .basic_consume(
+            "held".into(),
+            "holder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..bodies.len() {
+        tokio::time::timeout(Duration::from_secs(20), held.next())
+            .await
+            .expect("a delivery to the holder")
+            .unwrap()
+            .unwrap();
+    }
+    cluster.nodes[victim].kill9();
+    let killed = Instant::now();
+    // Its messages come back, redelivered, to a consumer on another node.
+    let (_cs, chs) = open(&cluster.nodes[survivor]).await;
+    chs.basic_qos(100, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut c = chs
+        .basic_consume(
+            "held".into(),
+            "survivor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < bodies.len() {
+        let d = tokio::time::timeout(Duration::from_secs(15), c.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} messages came back", got.len()))
+            .unwrap()
+            .unwrap();
+        assert!(d.redelivered, "a returned message is marked redelivered");
+        got.push(String::from_utf8(d.data.clone()).unwrap());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    got.sort();
+    let mut want = bodies.clone();
+    want.sort();
+    assert_eq!(got, want);
+    println!(
+        "a dead node's unacked messages came back {:?} after its SIGKILL",
+        killed.elapsed()
+    );
+}

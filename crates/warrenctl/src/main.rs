@@ -5,7 +5,7 @@
 //! - [`client`]: the HTTP client, and [`CtlError`] with rabbitmqctl's exit codes.
 //! - [`listing`]: the `list_*` commands: paths, columns, banners.
 //! - [`format`]: the `table` and `json` output formats.
-//! - [`cluster`]: `cluster_status`.
+//! - [`cluster`]: the `cluster_status` command.
 //! - this file: the command line and the other commands.
 
 mod access;
