@@ -3,7 +3,8 @@
 //! and every node applies them, in log order, with [`apply`] on its own broker.
 //!
 //! What is replicated: quorum queues (their Raft groups span the nodes), durable exchanges
-//! that are not auto-deleted, and the bindings between them. Classic queues, streams,
+//! that are not auto-deleted, the bindings between them, vhosts, users, permissions, vhost
+//! limits and policies. Classic queues, streams,
 //! exclusive and auto-delete objects stay on the node that declared them (see
 //! docs/compatibility.md).
 //!
@@ -13,6 +14,7 @@
 //! (every node gets the same answer: they apply the same changes in the same order). While
 //! [`apply`] runs, the same methods change the local state directly.
 
+use crate::definitions::Definitions;
 use crate::error::AmqpError;
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use crate::Broker;
@@ -90,6 +92,31 @@ pub enum MetaOp {
     /// Changes nothing: once this node has applied it, it has applied every change
     /// committed before (a look-up that misses waits for one).
     Barrier,
+    /// One vhost, user, permission or policy, in RabbitMQ's definitions format (JSON),
+    /// imported as a definitions file is (made with [`MetaOp::import`]).
+    Import {
+        definitions: String,
+    },
+    DeleteVhost {
+        name: String,
+    },
+    DeleteUser {
+        name: String,
+    },
+    ClearPermissions {
+        user: String,
+        vhost: String,
+    },
+    VhostLimits {
+        vhost: String,
+        max_connections: Option<u32>,
+        max_queues: Option<u32>,
+    },
+    ClearPolicy {
+        vhost: String,
+        name: String,
+        operator: bool,
+    },
 }
 
 impl MetaOp {
@@ -98,6 +125,31 @@ impl MetaOp {
     pub fn key(&self) -> String {
         match self {
             MetaOp::Barrier => String::new(),
+            MetaOp::Import { definitions } => {
+                let d: Definitions = serde_json::from_str(definitions).unwrap_or_default();
+                if let Some(v) = d.vhosts.first() {
+                    format!("v\0{}", v.name)
+                } else if let Some(u) = d.users.first() {
+                    format!("u\0{}", u.name)
+                } else if let Some(p) = d.permissions.first() {
+                    format!("p\0{}\0{}", p.vhost, p.user)
+                } else if let Some(p) = d.policies.first() {
+                    format!("P\0{}\0{}\0false", p.vhost, p.name)
+                } else if let Some(p) = d.operator_policies.first() {
+                    format!("P\0{}\0{}\0true", p.vhost, p.name)
+                } else {
+                    String::new()
+                }
+            }
+            MetaOp::DeleteVhost { name } => format!("v\0{name}"),
+            MetaOp::DeleteUser { name } => format!("u\0{name}"),
+            MetaOp::ClearPermissions { user, vhost } => format!("p\0{vhost}\0{user}"),
+            MetaOp::VhostLimits { vhost, .. } => format!("l\0{vhost}"),
+            MetaOp::ClearPolicy {
+                vhost,
+                name,
+                operator,
+            } => format!("P\0{vhost}\0{name}\0{operator}"),
             MetaOp::DeclareExchange { vhost, name, .. }
             | MetaOp::DeleteExchange { vhost, name, .. } => format!("x\0{vhost}\0{name}"),
             MetaOp::DeclareQueue { vhost, name, .. } | MetaOp::DeleteQueue { vhost, name, .. } => {
@@ -137,8 +189,37 @@ impl MetaOp {
     pub fn declares(&self) -> bool {
         matches!(
             self,
-            MetaOp::DeclareExchange { .. } | MetaOp::DeclareQueue { .. } | MetaOp::Bind { .. }
+            MetaOp::DeclareExchange { .. }
+                | MetaOp::DeclareQueue { .. }
+                | MetaOp::Bind { .. }
+                | MetaOp::Import { .. }
+                | MetaOp::VhostLimits { .. }
         )
+    }
+
+    /// In which order a catalogue is applied to a node that starts from it: vhosts, users,
+    /// permissions, limits and policies, then exchanges and queues, then bindings.
+    pub fn rank(&self) -> u8 {
+        match self {
+            MetaOp::Import { .. } => {
+                let k = self.key();
+                match k.as_bytes().first() {
+                    Some(b'v') => 0,
+                    Some(b'u') => 1,
+                    _ => 2,
+                }
+            }
+            MetaOp::VhostLimits { .. } => 2,
+            MetaOp::Bind { .. } => 4,
+            _ => 3,
+        }
+    }
+
+    /// One definitions object to import everywhere.
+    pub fn import(d: &Definitions) -> MetaOp {
+        MetaOp::Import {
+            definitions: serde_json::to_string(d).expect("definitions serialize"),
+        }
     }
 }
 
@@ -181,6 +262,45 @@ pub fn apply(broker: &std::sync::Arc<Broker>, op: &MetaOp) -> Result<(), AmqpErr
     };
     match op {
         MetaOp::Barrier => Ok(()),
+        MetaOp::Import { definitions } => {
+            let d: Definitions = serde_json::from_str(definitions)
+                .map_err(|e| AmqpError::precondition(format!("undecodable definitions: {e}")))?;
+            match broker.import_definitions(&d).into_iter().next() {
+                Some(e) => Err(AmqpError::precondition(e.to_string())),
+                None => Ok(()),
+            }
+        }
+        MetaOp::DeleteVhost { name } => {
+            broker.delete_vhost(name);
+            Ok(())
+        }
+        MetaOp::DeleteUser { name } => {
+            broker.delete_user(name);
+            Ok(())
+        }
+        MetaOp::ClearPermissions { user, vhost } => {
+            broker.clear_permissions(user, vhost);
+            Ok(())
+        }
+        MetaOp::VhostLimits {
+            vhost,
+            max_connections,
+            max_queues,
+        } => broker.set_vhost_limits(
+            vhost,
+            crate::auth::VHostLimits {
+                max_connections: *max_connections,
+                max_queues: *max_queues,
+            },
+        ),
+        MetaOp::ClearPolicy {
+            vhost: v,
+            name,
+            operator,
+        } => {
+            vhost(v)?.clear_policy(name, *operator);
+            Ok(())
+        }
         MetaOp::DeclareExchange {
             vhost: v,
             name,

@@ -253,7 +253,7 @@ impl RaftStateMachine<QueueRaft> for MetaStateMachine {
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &decode_err(e)))?;
         // Exchanges and queues before the bindings between them.
         let mut ops: Vec<&MetaOp> = stored.catalog.values().collect();
-        ops.sort_by_key(|op| matches!(op, MetaOp::Bind { .. }));
+        ops.sort_by_key(|op| op.rank());
         for op in ops {
             if let Err(e) = self.apply_op(op).await {
                 tracing::warn!(?op, error = %e, "a definition of the cluster's snapshot could not be applied here");

@@ -604,6 +604,10 @@ async fn propose_in_batches(
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut waiting = Vec::with_capacity(MAX_BATCH);
+    // Every publish this proposer sends is numbered, under an id of its own: a batch sent
+    // again (its leader went away before answering, and may have committed it) enqueues
+    // nothing twice (the engine answers Duplicate).
+    let (me, mut numbered) = (rand::random::<u64>(), 0u64);
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -613,7 +617,20 @@ async fn propose_in_batches(
             return;
         }
         queued.fetch_sub(n, Ordering::Relaxed);
-        let (cmds, answers): (Vec<QueueCommand>, Vec<Option<Answer>>) = waiting.drain(..).unzip();
+        let (mut cmds, answers): (Vec<QueueCommand>, Vec<Option<Answer>>) =
+            waiting.drain(..).unzip();
+        for c in &mut cmds {
+            if let QueueCommand::Enqueue {
+                from: from @ None, ..
+            } = c
+            {
+                numbered += 1;
+                *from = Some(warren_broker::queue::Publisher {
+                    id: me,
+                    seq: numbered,
+                });
+            }
+        }
         if let Some(c) = cluster.as_deref().filter(|_| !group.is_leader()) {
             // Another node leads (or none yet): the batch goes there, and the next one waits
             // for its answer, so they are committed in order.

@@ -428,3 +428,73 @@ async fn a_dead_nodes_unacked_messages_go_back_to_the_queue() {
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhosts_users_permissions_and_policies_reach_every_node() {
+    let cluster = Cluster::start("cluster-access");
+    let api = |i: usize, method: &str, path: &str, body: Option<serde_json::Value>| {
+        let base = format!("http://{}", cluster.nodes[i].listener("http").unwrap());
+        try_http(&base, method, path, body, Some("Basic Z3Vlc3Q6Z3Vlc3Q=")).expect("management API")
+    };
+    let (s, _) = api(0, "PUT", "/api/vhosts/orders", None);
+    assert!(s == 201 || s == 204, "PUT vhost: {s}");
+    let (s, _) = api(
+        0,
+        "PUT",
+        "/api/users/alice",
+        Some(serde_json::json!({"password": "wonderland", "tags": "monitoring"})),
+    );
+    assert!(s == 201 || s == 204, "PUT user: {s}");
+    let (s, _) = api(
+        0,
+        "PUT",
+        "/api/permissions/orders/alice",
+        Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
+    );
+    assert!(s == 201 || s == 204, "PUT permissions: {s}");
+    let (s, _) = api(
+        0,
+        "PUT",
+        "/api/policies/orders/ttl",
+        Some(
+            serde_json::json!({"pattern": "^t", "definition": {"message-ttl": 60000}, "apply-to": "queues"}),
+        ),
+    );
+    assert!(s == 201 || s == 204, "PUT policy: {s}");
+    for i in 1..3 {
+        let (s, v) = api(i, "GET", "/api/users/alice", None);
+        assert_eq!(s, 200, "alice on node {i}");
+        assert_eq!(v["tags"], serde_json::json!(["monitoring"]));
+        let (s, _) = api(i, "GET", "/api/vhosts/orders", None);
+        assert_eq!(s, 200, "the vhost on node {i}");
+        let (s, v) = api(i, "GET", "/api/policies/orders/ttl", None);
+        assert_eq!(s, 200, "the policy on node {i}");
+        assert_eq!(v["definition"]["message-ttl"], 60000);
+    }
+    // Alice logs in on another node with the password set on node 0, in the new vhost.
+    let port = cluster.nodes[2].port;
+    let conn = Connection::connect(
+        &format!("amqp://alice:wonderland@127.0.0.1:{port}/orders"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("alice connects to node 2");
+    conn.close(200, "bye".into()).await.unwrap();
+    // Deleted on node 1: gone everywhere.
+    let (s, _) = api(1, "DELETE", "/api/users/alice", None);
+    assert_eq!(s, 204);
+    let (s, _) = api(1, "DELETE", "/api/vhosts/orders", None);
+    assert_eq!(s, 204);
+    for i in 0..3 {
+        assert_eq!(
+            api(i, "GET", "/api/users/alice", None).0,
+            404,
+            "alice on node {i}"
+        );
+        assert_eq!(
+            api(i, "GET", "/api/vhosts/orders", None).0,
+            404,
+            "the vhost on node {i}"
+        );
+    }
+}

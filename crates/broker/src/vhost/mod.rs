@@ -156,6 +156,14 @@ impl VHost {
         look()
     }
 
+    /// Whether a definition change made now goes through the cluster's metadata log.
+    pub(crate) fn replicates_definitions(&self) -> bool {
+        self.persistence
+            .as_ref()
+            .is_some_and(|p| p.metadata_log().is_some())
+            && crate::metadata::must_replicate()
+    }
+
     /// Whether an exchange's definition is replicated in a cluster (durable, not
     /// auto-deleted: see [`crate::metadata`]).
     pub(crate) fn replicates_exchange(x: &Exchange) -> bool {
