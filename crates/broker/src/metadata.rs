@@ -232,6 +232,22 @@ pub trait MetadataLog: Send + Sync {
 
 thread_local! {
     static APPLYING: Cell<bool> = const { Cell::new(false) };
+    static PROPOSER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (applying a committed change) knowing whether this node proposed the change:
+/// a quorum queue declared here is led from here at first, as RabbitMQ's `client-local`
+/// leader locator does (see [`proposed_here`]).
+pub fn as_proposer<T>(own: bool, f: impl FnOnce() -> T) -> T {
+    PROPOSER.with(|p| p.set(own));
+    let r = f();
+    PROPOSER.with(|p| p.set(false));
+    r
+}
+
+/// Whether the change being applied on this thread was proposed by this node.
+pub fn proposed_here() -> bool {
+    PROPOSER.with(Cell::get)
 }
 
 /// Whether a change made now must go through the metadata log (it must, but while

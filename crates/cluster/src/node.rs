@@ -76,7 +76,12 @@ pub struct ClusterSpec {
 
 /// Owner ids of node number `n` (1-based, in the order of node ids) start at `n <<
 /// OWNER_BITS`.
-const OWNER_BITS: u32 = 40;
+const OWNER_BITS: u32 = 48;
+
+/// Within a node's range, owner ids start at the seconds since 2024 times this: ids stay
+/// unique across restarts (an owner of before a restart is still in the queues until it is
+/// removed) unless a node used more than this many a second.
+const OWNER_IDS_PER_SECOND: u64 = 1 << 20;
 
 /// A node that has not answered for this long is down: its consumers are removed from the
 /// queues this node leads and what they held is returned (as RabbitMQ does when a node goes).
@@ -361,6 +366,7 @@ impl ReplicaHost for LocalNode {
         let recovered = self.recovered.lock().remove(&id).unwrap_or_default();
         let (node, wal) = (self.id, self.wal.clone());
         let cluster = self.cluster.clone();
+        let lead_here = warren_broker::metadata::proposed_here();
         let started = self.wait_for(async move {
             let Some(c) = cluster else {
                 let (group, out) = QueueGroup::start(node, id, wal, recovered, opts).await?;
@@ -373,12 +379,13 @@ impl ReplicaHost for LocalNode {
                 members: c.spec.nodes.clone(),
                 initialize: true,
             };
+            let new = recovered.entries.is_empty() && recovered.vote.is_none();
             let peers = TcpPeers {
                 me: node,
                 group: id,
                 secret: c.spec.secret.clone(),
             };
-            QueueGroup::start_member(
+            let started = QueueGroup::start_member(
                 node,
                 id,
                 wal,
@@ -388,7 +395,13 @@ impl ReplicaHost for LocalNode {
                 peers,
                 Some(&c.registry),
             )
-            .await
+            .await?;
+            if new && lead_here {
+                // Declared through this node: it stands first (the others wait out their
+                // election timeout), so the declaring node leads, as RabbitMQ's client-local.
+                let _ = started.0.raft().trigger().elect().await;
+            }
+            Ok(started)
         });
         let (group, mut out) = started
             .ok_or("the Raft runtime stopped")?
@@ -448,7 +461,13 @@ impl ReplicaHost for LocalNode {
     }
 
     fn owner_base(&self) -> u64 {
-        self.cluster.as_ref().map_or(0, |c| c.number << OWNER_BITS)
+        let Some(c) = &self.cluster else { return 0 };
+        let since_2024 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(1_704_067_200);
+        let within = (since_2024 * OWNER_IDS_PER_SECOND) & ((1 << OWNER_BITS) - 1);
+        (c.number << OWNER_BITS) | within
     }
 
     fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
@@ -642,10 +661,18 @@ async fn propose_in_batches(
             }
             continue;
         }
+        // In a cluster, a batch this node proposed as leader and lost with its leadership is
+        // sent again to the new leader: acks must not be lost, and publishes are numbered.
+        let again = cluster.as_ref().map(|c| (c.clone(), cmds.clone()));
         match group.submit(cmds).await {
             Ok(pending) => {
+                let group = group.clone();
                 tokio::spawn(async move {
-                    let r = pending.await;
+                    let mut r = pending.await;
+                    if let (Err(_), Some((c, cmds))) = (&r, again) {
+                        r = write_to_leader(group.raft(), &c, group.id, Proposal::Queue(cmds))
+                            .await;
+                    }
                     drop(permit);
                     match r {
                         Ok(applied) => answer_all(answers, applied),

@@ -237,6 +237,17 @@ async fn three_nodes_share_definitions_and_quorum_queues_and_survive_a_leader_ki
     .await
     .expect("queue.bind on node 0");
 
+    // Led by the node it was declared through (RabbitMQ's client-local leader locator).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.leader_of(0, "q3") != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "q3 is led by node {:?}, not the node it was declared through",
+            cluster.leader_of(0, "q3")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Visible on the other nodes as soon as the declaration returned.
     for i in 1..3 {
         let (_c, ch) = open(&cluster.nodes[i]).await;
