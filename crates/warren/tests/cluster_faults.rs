@@ -25,7 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warren_tests::TempDir;
 
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+/// The broker under test: this package's binary, or `WARREN_BIN` (a copy, for a long run by
+/// hand while the tree is rebuilt).
+fn warren() -> String {
+    std::env::var("WARREN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_warren").to_string())
+}
 const QUEUE: &str = "faults";
 const NODES: usize = 3;
 
@@ -146,7 +150,7 @@ impl Node {
             .open(&self.log)
             .unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &net.ns(self.n), WARREN])
+            .args(["netns", "exec", &net.ns(self.n), &warren()])
             .arg("--config")
             .arg(&self.conf)
             .arg("--data-dir")
@@ -557,6 +561,9 @@ fn confirmed_messages_survive_kills_partitions_and_slow_links() {
             .min()
         {
             let took = first - *at;
+            println!(
+                "kill of node {n} (cluster healthy: {healthy}): confirms again after {took:?}"
+            );
             if *healthy {
                 worst_recovery = worst_recovery.max(took);
             } else {
