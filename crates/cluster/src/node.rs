@@ -176,6 +176,8 @@ async fn reap_gone_owners(
         if commands.is_closed() || g.is_stopped() {
             return;
         }
+        // An owner reaped before whose node answers again may be reaped again later.
+        reaped.retain(|o| c.owner_is_gone(*o));
         if !g.is_leader() {
             continue;
         }

@@ -56,7 +56,9 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
-        let tag = format!("{}", std::process::id() % 10_000);
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}{run}", std::process::id() % 1000);
         let net = Net { tag };
         let br = net.bridge();
         sh(&["ip", "link", "add", &br, "type", "bridge"]);
@@ -361,22 +363,8 @@ enum Fault {
     Slow(usize),
 }
 
-#[test]
-fn confirmed_messages_survive_kills_partitions_and_slow_links() {
-    if std::env::var_os("WARREN_NO_NETNS").is_some() {
-        println!("WARREN_NO_NETNS is set: the network-namespace fault test did not run");
-        return;
-    }
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "network namespaces need root (set WARREN_NO_NETNS=1 to skip this test)"
-    );
-    let rounds: usize = std::env::var("CLUSTER_FAULT_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let dir = TempDir::new("cluster-faults");
+/// Three nodes in their namespaces, and the quorum queue declared through node 1.
+fn start_cluster(dir: &TempDir) -> (Net, Vec<Node>) {
     let net = Net::new();
     let names: Vec<String> = (1..=NODES)
         .map(|n| format!("warren@{}:25672", net.ip(n)))
@@ -439,6 +427,34 @@ fn confirmed_messages_survive_kills_partitions_and_slow_links() {
         }
     });
     declared.join().expect("declare");
+    (net, nodes)
+}
+
+/// Whether this machine can run the namespace tests (root); `WARREN_NO_NETNS=1` skips them.
+fn netns_available() -> bool {
+    if std::env::var_os("WARREN_NO_NETNS").is_some() {
+        println!("WARREN_NO_NETNS is set: the network-namespace fault test did not run");
+        return false;
+    }
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "network namespaces need root (set WARREN_NO_NETNS=1 to skip this test)"
+    );
+    true
+}
+
+#[test]
+fn confirmed_messages_survive_kills_partitions_and_slow_links() {
+    if !netns_available() {
+        return;
+    }
+    let rounds: usize = std::env::var("CLUSTER_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let dir = TempDir::new("cluster-faults");
+    let (net, mut nodes) = start_cluster(&dir);
 
     let ledger: Shared = Default::default();
     let stop_publishing = Arc::new(AtomicBool::new(false));
@@ -601,5 +617,93 @@ fn confirmed_messages_survive_kills_partitions_and_slow_links() {
     assert!(
         worst_recovery < Duration::from_secs(5),
         "after a kill, the others confirmed again only after {worst_recovery:?}"
+    );
+}
+
+#[test]
+fn a_consumer_cut_off_for_a_while_is_served_again() {
+    if !netns_available() {
+        return;
+    }
+    let dir = TempDir::new("cluster-cutoff");
+    let (net, _nodes) = start_cluster(&dir);
+    let got: Arc<Mutex<Vec<u64>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    // A consumer on node 3 (the queue is led by node 1, where it was declared).
+    let (g, st) = (got.clone(), stop.clone());
+    let consumer = in_namespace(net.ns(3), move || async move {
+        let conn = connect().await.expect("connect to node 3");
+        let ch = conn.create_channel().await.unwrap();
+        ch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+        let mut c = ch
+            .basic_consume(
+                QUEUE.into(),
+                "cut".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        while !st.load(Ordering::Relaxed) {
+            if let Ok(Some(Ok(d))) =
+                tokio::time::timeout(Duration::from_millis(200), c.next()).await
+            {
+                g.lock()
+                    .unwrap()
+                    .push(u64::from_be_bytes(d.data[..8].try_into().unwrap()));
+                let _ = d.ack(BasicAckOptions::default()).await;
+            }
+        }
+    });
+    let publish = |from: u64| {
+        in_namespace(net.ns(1), move || async move {
+            let conn = connect().await.expect("connect to node 1");
+            let ch = conn.create_channel().await.unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            for id in from..from + 5 {
+                let c = ch
+                    .basic_publish(
+                        "".into(),
+                        QUEUE.into(),
+                        BasicPublishOptions::default(),
+                        &id.to_be_bytes(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .unwrap();
+                assert!(tokio::time::timeout(Duration::from_secs(15), c)
+                    .await
+                    .expect("confirm")
+                    .unwrap()
+                    .is_ack());
+            }
+        })
+        .join()
+        .expect("publish");
+    };
+    publish(1);
+    assert!(
+        wait_until(Duration::from_secs(10), || got.lock().unwrap().len() >= 5),
+        "node 3's consumer got {:?}",
+        got.lock().unwrap()
+    );
+    // Cut node 3 off for longer than it takes its leader to take it for down.
+    net.isolate(3, true);
+    std::thread::sleep(Duration::from_secs(5));
+    publish(100);
+    net.isolate(3, false);
+    // Once back, it subscribes again and gets what was published meanwhile.
+    let served = wait_until(Duration::from_secs(15), || {
+        let g = got.lock().unwrap();
+        (100..105).all(|id| g.contains(&id))
+    });
+    stop.store(true, Ordering::Relaxed);
+    consumer.join().unwrap();
+    assert!(
+        served,
+        "node 3's consumer was not served again: got {:?}",
+        got.lock().unwrap()
     );
 }
