@@ -163,7 +163,8 @@ impl Node {
                 "--mgmt-listen",
                 "127.0.0.1:15672",
             ])
-            .args(["--prometheus-listen", "none", "--log-level", "warn"])
+            .args(["--prometheus-listen", "none", "--log-level"])
+            .arg(std::env::var("WARREN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -692,7 +693,15 @@ fn a_consumer_cut_off_for_a_while_is_served_again() {
     // Cut node 3 off for longer than it takes its leader to take it for down.
     net.isolate(3, true);
     std::thread::sleep(Duration::from_secs(5));
-    publish(100);
+    let published = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| publish(100)));
+    if published.is_err() {
+        for n in 1..=NODES {
+            let log = std::fs::read_to_string(dir.path().join(format!("node{n}.log")))
+                .unwrap_or_default();
+            println!("== node {n}\n{log}");
+        }
+        panic!("publishing on node 1 while node 3 was cut off failed");
+    }
     net.isolate(3, false);
     // Once back, it subscribes again and gets what was published meanwhile.
     let served = wait_until(Duration::from_secs(15), || {
