@@ -79,18 +79,12 @@ fn storage_err(e: WalError) -> StorageErrorOf {
 /// Removes from the catalogue the bindings of an exchange or queue that is deleted.
 fn forget_bindings(catalog: &mut BTreeMap<String, MetaOp>, vhost: &str, name: &str, queue: bool) {
     catalog.retain(|_, op| match op {
-        MetaOp::Bind {
-            vhost: v,
-            source,
-            destination,
-            to_exchange,
-            ..
-        } => {
-            v != vhost
+        MetaOp::Bind(b) => {
+            b.vhost != vhost
                 || if queue {
-                    *to_exchange || destination != name
+                    b.to_exchange || b.destination != name
                 } else {
-                    source != name && !(*to_exchange && destination == name)
+                    b.source != name && !(b.to_exchange && b.destination == name)
                 }
         }
         _ => true,

@@ -42,6 +42,19 @@ pub(super) fn over_flow_limit(r: &Arc<dyn Replica>) -> bool {
     r.queued() > super::replica::QUEUED_HIGH || read(r, QueueEngine::backlogged)
 }
 
+/// The command that subscribes consumer `c`.
+fn add_consumer(owner: Owner, c: &QueueConsumer) -> QueueCommand {
+    QueueCommand::AddConsumer {
+        owner,
+        tag: c.tag.to_string(),
+        prefetch: c.prefetch,
+        no_ack: c.no_ack,
+        exclusive: c.exclusive,
+        priority: c.priority,
+        now: now_ms(),
+    }
+}
+
 /// Acks, rejects and requeues of a replicated queue: one command naming the checkouts, not
 /// waited for.
 pub(super) fn submit_checkouts(
@@ -117,19 +130,7 @@ impl Queue {
             removed
                 .iter()
                 .filter_map(|o| consumers.get(o).filter(|rc| rc.active).map(|rc| (*o, rc)))
-                .map(|(owner, rc)| {
-                    let c = &rc.c;
-                    let cmd = QueueCommand::AddConsumer {
-                        owner,
-                        tag: c.tag.to_string(),
-                        prefetch: c.prefetch,
-                        no_ack: c.no_ack,
-                        exclusive: c.exclusive,
-                        priority: c.priority,
-                        now: now_ms(),
-                    };
-                    (owner, cmd)
-                })
+                .map(|(owner, rc)| (owner, add_consumer(owner, &rc.c)))
                 .collect()
         };
         for (owner, cmd) in again {
@@ -280,15 +281,7 @@ impl Queue {
             return Err(ConsumeRefused::Deleted);
         }
         let owner = c.owner;
-        let cmd = QueueCommand::AddConsumer {
-            owner,
-            tag: c.tag.to_string(),
-            prefetch: c.prefetch,
-            no_ack: c.no_ack,
-            exclusive: c.exclusive,
-            priority: c.priority,
-            now: now_ms(),
-        };
+        let cmd = add_consumer(owner, &c);
         self.replica_consumers.lock().insert(
             owner,
             ReplicaConsumer {
