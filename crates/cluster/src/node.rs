@@ -752,6 +752,10 @@ impl Replica for GroupReplica {
     }
 
     fn remove(&self) {
+        if let Some(c) = &self.cluster {
+            // Its peers' requests for this group are answered "no such group" from now on.
+            c.registry.remove(self.id);
+        }
         let (group, wal, id) = (self.group.clone(), self.wal.clone(), self.id);
         let stop = async move {
             if let Err(e) = group.shutdown().await {
