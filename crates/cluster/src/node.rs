@@ -72,6 +72,8 @@ pub struct ClusterSpec {
     pub listen: SocketAddr,
     /// Each node's name (`warren@host:port`), for operators.
     pub names: BTreeMap<NodeId, String>,
+    /// TLS on the links between nodes (`cluster.ssl_options.*`).
+    pub tls: Option<crate::transport::LinkTls>,
 }
 
 /// Owner ids of node number `n` (1-based, in the order of node ids) start at `n <<
@@ -144,9 +146,14 @@ impl Cluster {
                 if *id == self.spec.me {
                     continue;
                 }
-                let up =
-                    crate::transport::probe(&n.addr, self.spec.me, &self.spec.secret, PROBE_EVERY)
-                        .await;
+                let up = crate::transport::probe(
+                    &n.addr,
+                    self.spec.me,
+                    &self.spec.secret,
+                    self.spec.tls.as_ref(),
+                    PROBE_EVERY,
+                )
+                .await;
                 let mut down = self.down_since.lock();
                 match (up, down.contains_key(id)) {
                     (true, true) => {
@@ -253,8 +260,9 @@ impl LocalNode {
         let mut node = Arc::try_unwrap(alone).map_err(|_| WalError::Closed)?;
         let registry = Registry::default();
         let (listen, secret, r) = (spec.listen, spec.secret.clone(), registry.clone());
+        let tls = spec.tls.clone();
         let listener = node
-            .wait_for(async move { Listener::start(listen, secret, r).await })
+            .wait_for(async move { Listener::start(listen, secret, r, tls).await })
             .ok_or(WalError::Closed)??;
         let number = spec
             .nodes
@@ -264,7 +272,11 @@ impl LocalNode {
         tracing::info!(node = spec.me, number, listen = %listener.addr, nodes = spec.nodes.len(), "cluster listener started");
         node.id = spec.me;
         node.cluster = Some(Arc::new(Cluster {
-            forwarder: Arc::new(Forwarder::new(spec.me, spec.secret.clone())),
+            forwarder: Arc::new(Forwarder::new(
+                spec.me,
+                spec.secret.clone(),
+                spec.tls.clone(),
+            )),
             spec,
             number,
             registry,
@@ -302,6 +314,7 @@ impl LocalNode {
                     me,
                     group: META_GROUP,
                     secret: c2.spec.secret.clone(),
+                    tls: c2.spec.tls.clone(),
                 };
                 let config = crate::group::config().map_err(|e| e.to_string())?;
                 let raft = Raft::new(me, config, peers, log, sm.clone())
@@ -392,6 +405,7 @@ impl ReplicaHost for LocalNode {
                 me: node,
                 group: id,
                 secret: c.spec.secret.clone(),
+                tls: c.spec.tls.clone(),
             };
             let started = QueueGroup::start_member(
                 node,
@@ -495,6 +509,7 @@ impl ReplicaHost for LocalNode {
                                 &n.addr,
                                 c2.spec.me,
                                 &c2.spec.secret,
+                                c2.spec.tls.as_ref(),
                                 Duration::from_secs(1),
                             )
                             .await,
