@@ -588,6 +588,10 @@ fn replica_call_timeout() -> Duration {
     warren_broker::queue::replica::CALL_TIMEOUT
 }
 
+fn no_majority() -> String {
+    format!("not committed within {WRITE_TIMEOUT:?}: a majority of the group's nodes must be up")
+}
+
 /// Proposes `p` to group `group` through whichever node leads it (this one, or another by
 /// its [`Forwarder`]), looking for a leader for up to [`WRITE_TIMEOUT`]. Returns the answers
 /// once committed and applied on the leader.
@@ -601,11 +605,15 @@ async fn write_to_leader(
     loop {
         let leader = raft.metrics().borrow().current_leader;
         let r = match leader {
-            Some(l) if l == c.spec.me => raft
-                .client_write(p.clone())
-                .await
-                .map(|r| r.data)
-                .map_err(|e| e.to_string()),
+            Some(l) if l == c.spec.me => {
+                // A leader that lost its majority stays leader until it hears of a newer
+                // term: its proposals are never committed, so the wait is bounded.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, raft.client_write(p.clone())).await {
+                    Ok(r) => r.map(|r| r.data).map_err(|e| e.to_string()),
+                    Err(_) => Err(no_majority()),
+                }
+            }
             Some(l) => match c.addr(l) {
                 Some(addr) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -708,9 +716,16 @@ async fn propose_in_batches(
             Ok(pending) => {
                 let group = group.clone();
                 tokio::spawn(async move {
-                    let mut r = pending.await;
+                    // Bounded: a leader that lost its majority commits nothing (the
+                    // publishers are nacked; what was proposed may still be committed once
+                    // the majority is back, as with any unconfirmed publish).
+                    let mut r = match tokio::time::timeout(WRITE_TIMEOUT, pending).await {
+                        Ok(r) => r,
+                        Err(_) => Err(no_majority()),
+                    };
+                    let timed_out = r.as_ref().is_err_and(|e| *e == no_majority());
                     tracing::debug!(group = group.id, ok = r.is_ok(), "proposal answered");
-                    if let (Err(_), Some((c, cmds))) = (&r, again) {
+                    if let (Err(_), Some((c, cmds)), false) = (&r, again, timed_out) {
                         r = write_to_leader(group.raft(), &c, group.id, Proposal::Queue(cmds))
                             .await;
                     }

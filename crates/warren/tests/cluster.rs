@@ -542,3 +542,44 @@ async fn nodes_talk_over_tls_when_configured() {
     let (_c2, ch2) = open(&cluster.nodes[2]).await;
     assert_eq!(consume(&ch2, "tls-q", bodies.len()).await, bodies);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_majority_refuses_rather_than_pretends() {
+    let mut cluster = Cluster::start("cluster-minority");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("alone".into(), durable(), quorum())
+        .await
+        .unwrap();
+    drop((_c0, ch0));
+    cluster.nodes[1].kill9();
+    cluster.nodes[2].kill9();
+    let (_c, ch) = open(&cluster.nodes[0]).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "alone".into(),
+            BasicPublishOptions::default(),
+            b"never confirmed",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(30), confirm)
+        .await
+        .expect("an answer within 30 s")
+        .expect("a confirm frame");
+    assert!(c.is_nack(), "a publish without a majority was acked: {c:?}");
+    // A definition change is refused with an error that says why.
+    let (_c2, ch2) = open(&cluster.nodes[0]).await;
+    let err = ch2
+        .queue_declare("new-one".into(), durable(), quorum())
+        .await
+        .expect_err("a declaration without a majority succeeded");
+    assert!(
+        err.to_string().contains("majority"),
+        "the error does not say a majority is missing: {err}"
+    );
+}
