@@ -660,6 +660,11 @@ async fn propose_in_batches(
     // again (its leader went away before answering, and may have committed it) enqueues
     // nothing twice (the engine answers Duplicate).
     let (me, mut numbered) = (rand::random::<u64>(), 0u64);
+    // Resolves once every batch proposed so far has its final outcome (sent again if it had
+    // to be). A batch is sent again, or sent elsewhere, only after that: the engine takes a
+    // publish whose number is below one it has as a resend, so a later batch committed
+    // before an earlier one's resend would make the earlier publishes look like resends.
+    let mut earlier_final: Option<tokio::sync::oneshot::Receiver<()>> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -691,6 +696,9 @@ async fn propose_in_batches(
                 commands = cmds.len(),
                 "forwarding to the leader"
             );
+            if let Some(earlier) = earlier_final.take() {
+                let _ = earlier.await;
+            }
             let r = write_to_leader(group.raft(), c, group.id, Proposal::Queue(cmds)).await;
             tracing::debug!(
                 group = group.id,
@@ -712,6 +720,8 @@ async fn propose_in_batches(
             commands = cmds.len(),
             "proposing as leader"
         );
+        let (this_final, this_final_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut earlier = earlier_final.replace(this_final_rx);
         match group.submit(cmds).await {
             Ok(pending) => {
                 let group = group.clone();
@@ -726,6 +736,9 @@ async fn propose_in_batches(
                     let timed_out = r.as_ref().is_err_and(|e| *e == no_majority());
                     tracing::debug!(group = group.id, ok = r.is_ok(), "proposal answered");
                     if let (Err(_), Some((c, cmds)), false) = (&r, again, timed_out) {
+                        if let Some(e) = earlier.take() {
+                            let _ = e.await;
+                        }
                         r = write_to_leader(group.raft(), &c, group.id, Proposal::Queue(cmds))
                             .await;
                     }
@@ -734,9 +747,21 @@ async fn propose_in_batches(
                         Ok(applied) => answer_all(answers, applied),
                         Err(e) => fail_all(answers, &e),
                     }
+                    if let Some(e) = earlier {
+                        let _ = e.await;
+                    }
+                    let _ = this_final.send(());
                 });
             }
-            Err(e) => fail_all(answers, &e.to_string()),
+            Err(e) => {
+                fail_all(answers, &e.to_string());
+                tokio::spawn(async move {
+                    if let Some(e) = earlier {
+                        let _ = e.await;
+                    }
+                    let _ = this_final.send(());
+                });
+            }
         }
     }
 }

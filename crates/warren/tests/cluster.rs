@@ -43,6 +43,10 @@ fn write_config(path: &Path, names: &[String], me: &str, secret: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// One cluster at a time: each is three processes, and two of them at once on a two-core
+/// machine delay Raft's timers more than the failover bars allow.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl Cluster {
     fn start(name: &str) -> Cluster {
         Self::start_with(name, "")
@@ -225,6 +229,7 @@ async fn consume(ch: &Channel, queue: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_definitions_and_quorum_queues_and_survive_a_leader_kill() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start("cluster3");
     let mut all: Vec<(String, bool)> = cluster.names.iter().map(|n| (n.clone(), true)).collect();
     all.sort();
@@ -339,6 +344,7 @@ async fn three_nodes_share_definitions_and_quorum_queues_and_survive_a_leader_ki
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_quorum_queue_is_gone_on_every_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start("cluster-del");
     let (_c0, ch0) = open(&cluster.nodes[0]).await;
     ch0.queue_declare("gone".into(), durable(), quorum())
@@ -364,6 +370,7 @@ async fn a_deleted_quorum_queue_is_gone_on_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_unacked_messages_go_back_to_the_queue() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start("cluster-dead-consumer");
     let (_c0, ch0) = open(&cluster.nodes[0]).await;
     ch0.queue_declare("held".into(), durable(), quorum())
@@ -437,6 +444,7 @@ async fn a_dead_nodes_unacked_messages_go_back_to_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vhosts_users_permissions_and_policies_reach_every_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start("cluster-access");
     let api = |i: usize, method: &str, path: &str, body: Option<serde_json::Value>| {
         let base = format!("http://{}", cluster.nodes[i].listener("http").unwrap());
@@ -507,6 +515,7 @@ async fn vhosts_users_permissions_and_policies_reach_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_talk_over_tls_when_configured() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let pki = warren_tests::pki::Pki::new("cluster");
     let (cert, key) = pki.node().write(pki.dir.path(), "node");
     let extra = format!(
@@ -545,6 +554,7 @@ async fn nodes_talk_over_tls_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_majority_refuses_rather_than_pretends() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start("cluster-minority");
     let (_c0, ch0) = open(&cluster.nodes[0]).await;
     ch0.queue_declare("alone".into(), durable(), quorum())
