@@ -170,7 +170,6 @@ async fn a_real_prometheus_server_scrapes_queue_depths_and_the_dashboard_queries
         .await;
     for q in [
         r#"sum(rabbitmq_detailed_exchange_messages_published_total{job="warren-detailed"})"#,
-        r#"sum(rabbitmq_detailed_channel_messages_published_total{job="warren-detailed"})"#,
     ] {
         prometheus
             .query_until(q, timeout, exactly((N + 3) as f64))
@@ -227,6 +226,16 @@ async fn a_real_prometheus_server_scrapes_queue_depths_and_the_dashboard_queries
                 r#"sum(rabbitmq_global_messages_redelivered_total{job="warren"})"#,
                 timeout,
                 exactly(1.0),
+            )
+            .await;
+        // This channel is open (publish_n's were closed): its series is there.
+        publish(&ch, "", "prom-empty", b"a").await;
+        publish(&ch, "", "prom-empty", b"b").await;
+        prometheus
+            .query_until(
+                r#"sum(rabbitmq_detailed_channel_messages_published_total{job="warren-detailed"})"#,
+                timeout,
+                exactly(2.0),
             )
             .await;
     }
