@@ -32,6 +32,9 @@ pub struct ConnectionEntry {
     pub io: Arc<IoCounters>,
 }
 
+/// The open channels' publishes by exchange, keyed by the exchange's address.
+pub type OpenExchangeCounts = rustc_hash::FxHashMap<usize, ExchangeCounts>;
+
 #[derive(Default)]
 pub struct Connections {
     map: RwLock<HashMap<u64, Arc<ConnectionEntry>>>,
@@ -96,12 +99,12 @@ impl Connections {
             }),
         }
     }
-    /// What the open channels of `vhost` published into each exchange, by the exchange's
-    /// address (add the exchange's [`crate::exchange::Exchange::retired_counts`] for its
-    /// totals).
-    pub fn exchange_counts(&self, vhost: &str) -> rustc_hash::FxHashMap<usize, ExchangeCounts> {
-        let mut by: rustc_hash::FxHashMap<usize, ExchangeCounts> = Default::default();
-        for e in self.map.read().values().filter(|e| e.vhost == vhost) {
+    /// What the open channels published into each exchange, by the exchange's address
+    /// (unique across vhosts while the exchange lives; add the exchange's
+    /// [`crate::exchange::Exchange::retired_counts`] for its totals).
+    pub fn exchange_counts(&self) -> OpenExchangeCounts {
+        let mut by = OpenExchangeCounts::default();
+        for e in self.map.read().values() {
             for ch in e.channels.lock().iter() {
                 for (x, c) in ch.exchanges.counts() {
                     by.entry(Arc::as_ptr(&x) as usize).or_default().add(&c);

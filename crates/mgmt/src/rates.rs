@@ -196,7 +196,14 @@ pub fn exchange_fields(c: &ExchangeCounts) -> Fields {
 /// What every exchange of `vh` took in and routed out: the open channels' counts and the
 /// closed ones' (kept by each exchange), by exchange name.
 pub fn exchange_counts(broker: &Broker, vh: &VHost) -> HashMap<String, ExchangeCounts> {
-    let open = broker.connections.exchange_counts(&vh.name);
+    vhost_exchange_counts(&broker.connections.exchange_counts(), vh)
+}
+
+/// [`exchange_counts`] from the open channels' counts read once for every vhost.
+pub fn vhost_exchange_counts(
+    open: &warren_broker::connections::OpenExchangeCounts,
+    vh: &VHost,
+) -> HashMap<String, ExchangeCounts> {
     vh.exchanges()
         .into_iter()
         .map(|x| {
@@ -238,6 +245,7 @@ impl Rates {
         let at = now_ms();
         let horizon = at.saturating_sub(HISTORY.as_millis() as u64);
         let by_vhost = broker.connections.message_counts_by_vhost();
+        let open_exchanges = broker.connections.exchange_counts();
         let mut total = MessageCounts::default();
         for c in by_vhost.values() {
             total.add(c);
@@ -257,7 +265,7 @@ impl Rates {
                     queue_fields(&q.stats()),
                 ));
             }
-            for (name, c) in exchange_counts(broker, &vh) {
+            for (name, c) in vhost_exchange_counts(&open_exchanges, &vh) {
                 exchanges.push(((vh.name.clone(), name), exchange_fields(&c)));
             }
         }

@@ -300,6 +300,7 @@ impl Snapshot {
             .map(|t| (queue_type_label(t), QueueCounters::default()))
             .collect();
         let mut churn = ChurnCounts::default();
+        let open_exchanges = e.broker.connections.exchange_counts();
         let mut vhosts = e.broker.vhosts();
         vhosts.sort_by(|a, b| a.name.cmp(&b.name));
         for vh in &vhosts {
@@ -331,7 +332,7 @@ impl Snapshot {
             if detailed.is_some_and(|d| !d.sees_vhost(&vh.name)) {
                 continue;
             }
-            let counts = crate::rates::exchange_counts(&e.broker, vh);
+            let counts = crate::rates::vhost_exchange_counts(&open_exchanges, vh);
             let with_bindings = detailed.is_some_and(|d| d.wants("exchange_bindings"));
             let mut xs: Vec<ExchangeRow> = vh
                 .exchanges()
