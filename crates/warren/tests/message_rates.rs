@@ -363,6 +363,17 @@ async fn exchanges_count_publishes_in_and_out_queues_count_disk_reads_and_writes
     assert!(!samples(&one, "send_oct").is_empty(), "{one}");
     let vhost = get(mgmt, &format!("/api/vhosts/%2F?{h}"));
     assert!(!samples(&vhost, "disk_writes").is_empty(), "{vhost}");
+    // A deleted exchange's counts go with it: declared again, it starts from 0.
+    within(
+        "exchange_delete",
+        ch.exchange_delete("fan".into(), Default::default()),
+    )
+    .await
+    .unwrap();
+    declare_exchange(&ch, "fan", lapin::ExchangeKind::Fanout).await;
+    let fan = get(mgmt, "/api/exchanges/%2F/fan");
+    assert_eq!(stat(&fan, "publish_in"), 0, "{fan}");
+    assert_eq!(stat(&fan, "publish_out"), 0, "{fan}");
     drop(conn);
 
     // After a restart the durable queue reads its messages back from its store.
