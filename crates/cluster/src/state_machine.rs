@@ -11,7 +11,7 @@
 //! entries: the cost of writing snapshots stays proportional to what is published. On start,
 //! the saved snapshot is loaded and only the log after it is applied again.
 
-use crate::types::{LogIdOf, NodeId, QueueRaft, StorageErrorOf};
+use crate::types::{LogIdOf, NodeId, Proposal, QueueRaft, StorageErrorOf};
 use crate::wal::{NodeWal, WalError};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -233,18 +233,16 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
                     s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Vec::new()
                 }
-                EntryPayload::Normal(batch) => {
-                    for c in &batch.0 {
+                EntryPayload::Normal(Proposal::Queue(batch)) => {
+                    for c in batch {
                         if let QueueCommand::Enqueue { msg, .. } = c {
                             s.bytes_since += msg.0.body.len() as u64 + 64;
                         }
                     }
-                    batch
-                        .0
-                        .iter()
-                        .map(|c| s.engine.apply(c, &mut out))
-                        .collect()
+                    batch.iter().map(|c| s.engine.apply(c, &mut out)).collect()
                 }
+                // (Definition changes go to the metadata group's state machine.)
+                EntryPayload::Normal(Proposal::Meta { .. }) => Vec::new(),
             };
             s.entries_since += 1;
             self.send_output(&mut s.engine, entry.log_id.index, &mut out);

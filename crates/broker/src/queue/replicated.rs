@@ -71,7 +71,11 @@ impl Queue {
         let opts = QueueOptions::from_arguments(&self.arguments, None);
         let r = host.open(&self.vhost_name, &self.name, opts, outputs)?;
         let now = now_ms();
-        for owner in read(&r, QueueEngine::owner_ids) {
+        let mine: Vec<Owner> = read(&r, QueueEngine::owner_ids)
+            .into_iter()
+            .filter(|o| r.owns(*o))
+            .collect();
+        for owner in mine {
             r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
             r.submit(QueueCommand::ReturnAll { owner, now }, None);
         }
@@ -89,8 +93,11 @@ impl Queue {
         if out.needs_ticks {
             self.timer_followup(&mut fu);
         }
-        for d in out.dead_letters {
-            fu.push(Followup::DeadLetter(self.clone(), d));
+        // Every member applies the same dead letters; the leader's node publishes them.
+        if self.replica.get().is_some_and(|r| r.is_leader()) {
+            for d in out.dead_letters {
+                fu.push(Followup::DeadLetter(self.clone(), d));
+            }
         }
         self.follow_up_later(fu);
     }
@@ -109,8 +116,15 @@ impl Queue {
     fn hand_out(self: &Arc<Self>, deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>) {
         let mut refused = Vec::new();
         {
+            let Some(r) = self.replica.get() else {
+                return;
+            };
             let mut consumers = self.replica_consumers.lock();
             for (owner, checkout, qm) in deliveries {
+                if !r.owns(owner) {
+                    // Another node's consumer: that node hands it out.
+                    continue;
+                }
                 match consumers.get_mut(&owner) {
                     Some(rc) if rc.active => {
                         if !self.deliver_decided(&rc.c, &qm, checkout) {
@@ -342,7 +356,8 @@ impl Queue {
     /// Timer work: a `Tick` goes through the log only when it would change something (so an
     /// idle queue with a TTL does not grow its log). Returns whether ticks are still needed.
     pub(super) fn tick_replicated(self: &Arc<Self>, r: &Arc<dyn Replica>, now: u64) -> bool {
-        if read(r, |e| e.tick_due(now)) {
+        // Only the leader's node ticks (leadership may move: the timer stays on).
+        if r.is_leader() && read(r, |e| e.tick_due(now)) {
             let q = self.clone();
             r.submit(
                 QueueCommand::Tick { now },
