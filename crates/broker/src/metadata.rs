@@ -45,6 +45,17 @@ impl<'de> Deserialize<'de> for WireTable {
     }
 }
 
+/// A binding from exchange `source` to queue or exchange `destination`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingOp {
+    pub vhost: String,
+    pub source: String,
+    pub destination: String,
+    pub to_exchange: bool,
+    pub routing_key: String,
+    pub arguments: WireTable,
+}
+
 /// One replicated definition change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaOp {
@@ -72,23 +83,8 @@ pub enum MetaOp {
         if_unused: bool,
         if_empty: bool,
     },
-    /// A binding from exchange `source` to queue or exchange `destination`.
-    Bind {
-        vhost: String,
-        source: String,
-        destination: String,
-        to_exchange: bool,
-        routing_key: String,
-        arguments: WireTable,
-    },
-    Unbind {
-        vhost: String,
-        source: String,
-        destination: String,
-        to_exchange: bool,
-        routing_key: String,
-        arguments: WireTable,
-    },
+    Bind(BindingOp),
+    Unbind(BindingOp),
     /// Changes nothing: once this node has applied it, it has applied every change
     /// committed before (a look-up that misses waits for one).
     Barrier,
@@ -155,30 +151,21 @@ impl MetaOp {
             MetaOp::DeclareQueue { vhost, name, .. } | MetaOp::DeleteQueue { vhost, name, .. } => {
                 format!("q\0{vhost}\0{name}")
             }
-            MetaOp::Bind {
-                vhost,
-                source,
-                destination,
-                to_exchange,
-                routing_key,
-                arguments,
-            }
-            | MetaOp::Unbind {
-                vhost,
-                source,
-                destination,
-                to_exchange,
-                routing_key,
-                arguments,
-            } => {
-                let mut args: Vec<String> = arguments
+            MetaOp::Bind(b) | MetaOp::Unbind(b) => {
+                let mut args: Vec<String> = b
+                    .arguments
                     .0
                     .iter()
                     .map(|(k, v)| format!("{k}={v:?}"))
                     .collect();
                 args.sort();
                 format!(
-                    "b\0{vhost}\0{source}\0{to_exchange}\0{destination}\0{routing_key}\0{}",
+                    "b\0{}\0{}\0{}\0{}\0{}\0{}",
+                    b.vhost,
+                    b.source,
+                    b.to_exchange,
+                    b.destination,
+                    b.routing_key,
                     args.join(",")
                 )
             }
@@ -191,7 +178,7 @@ impl MetaOp {
             self,
             MetaOp::DeclareExchange { .. }
                 | MetaOp::DeclareQueue { .. }
-                | MetaOp::Bind { .. }
+                | MetaOp::Bind(_)
                 | MetaOp::Import { .. }
                 | MetaOp::VhostLimits { .. }
         )
@@ -210,7 +197,7 @@ impl MetaOp {
                 }
             }
             MetaOp::VhostLimits { .. } => 2,
-            MetaOp::Bind { .. } => 4,
+            MetaOp::Bind(_) => 4,
             _ => 3,
         }
     }
@@ -232,6 +219,22 @@ pub trait MetadataLog: Send + Sync {
 
 thread_local! {
     static APPLYING: Cell<bool> = const { Cell::new(false) };
+    static PROPOSER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (applying a committed change) knowing whether this node proposed the change:
+/// a quorum queue declared here is led from here at first, as RabbitMQ's `client-local`
+/// leader locator does (see [`proposed_here`]).
+pub fn as_proposer<T>(own: bool, f: impl FnOnce() -> T) -> T {
+    PROPOSER.with(|p| p.set(own));
+    let r = f();
+    PROPOSER.with(|p| p.set(false));
+    r
+}
+
+/// Whether the change being applied on this thread was proposed by this node.
+pub fn proposed_here() -> bool {
+    PROPOSER.with(Cell::get)
 }
 
 /// Whether a change made now must go through the metadata log (it must, but while
@@ -348,36 +351,15 @@ pub fn apply(broker: &std::sync::Arc<Broker>, op: &MetaOp) -> Result<(), AmqpErr
         } => vhost(v)?
             .delete_queue(name, *if_unused, *if_empty, 0)
             .map(drop),
-        MetaOp::Bind {
-            vhost: v,
-            source,
-            destination,
-            to_exchange,
-            routing_key,
-            arguments,
-        } => {
-            let v = vhost(v)?;
-            let key = routing_key.as_str().into();
-            if *to_exchange {
-                v.bind_exchange(destination, source, key, arguments.0.clone())
-            } else {
-                v.bind_queue(destination, source, key, arguments.0.clone(), 0)
-            }
-        }
-        MetaOp::Unbind {
-            vhost: v,
-            source,
-            destination,
-            to_exchange,
-            routing_key,
-            arguments,
-        } => {
-            let v = vhost(v)?;
-            let key = routing_key.as_str().into();
-            if *to_exchange {
-                v.unbind_exchange(destination, source, key, arguments.0.clone())
-            } else {
-                v.unbind_queue(destination, source, key, arguments.0.clone(), 0)
+        MetaOp::Bind(b) | MetaOp::Unbind(b) => {
+            let v = vhost(&b.vhost)?;
+            let (key, args) = (b.routing_key.as_str().into(), b.arguments.0.clone());
+            let (dst, src) = (b.destination.as_str(), b.source.as_str());
+            match (matches!(op, MetaOp::Bind(_)), b.to_exchange) {
+                (true, true) => v.bind_exchange(dst, src, key, args),
+                (true, false) => v.bind_queue(dst, src, key, args, 0),
+                (false, true) => v.unbind_exchange(dst, src, key, args),
+                (false, false) => v.unbind_queue(dst, src, key, args, 0),
             }
         }
     }

@@ -48,7 +48,12 @@ struct Stored {
     snapshots: u64,
 }
 
-type Job = (MetaOp, tokio::sync::oneshot::Sender<Result<(), AmqpError>>);
+/// A change to apply, whether this node proposed it, and where the answer goes.
+type Job = (
+    MetaOp,
+    bool,
+    tokio::sync::oneshot::Sender<Result<(), AmqpError>>,
+);
 
 /// The metadata group's state machine (clones share the state).
 #[derive(Clone)]
@@ -74,18 +79,12 @@ fn storage_err(e: WalError) -> StorageErrorOf {
 /// Removes from the catalogue the bindings of an exchange or queue that is deleted.
 fn forget_bindings(catalog: &mut BTreeMap<String, MetaOp>, vhost: &str, name: &str, queue: bool) {
     catalog.retain(|_, op| match op {
-        MetaOp::Bind {
-            vhost: v,
-            source,
-            destination,
-            to_exchange,
-            ..
-        } => {
-            v != vhost
+        MetaOp::Bind(b) => {
+            b.vhost != vhost
                 || if queue {
-                    *to_exchange || destination != name
+                    b.to_exchange || b.destination != name
                 } else {
-                    source != name && !(*to_exchange && destination == name)
+                    b.source != name && !(b.to_exchange && b.destination == name)
                 }
         }
         _ => true,
@@ -109,8 +108,8 @@ impl MetaStateMachine {
         std::thread::Builder::new()
             .name("warren-metadata".into())
             .spawn(move || {
-                while let Ok((op, done)) = rx.recv() {
-                    let _ = done.send(applier(&op));
+                while let Ok((op, own, done)) = rx.recv() {
+                    let _ = done.send(warren_broker::metadata::as_proposer(own, || applier(&op)));
                 }
             })?;
         Ok(MetaStateMachine {
@@ -122,7 +121,7 @@ impl MetaStateMachine {
         })
     }
 
-    async fn apply_op(&self, op: &MetaOp) -> Result<(), AmqpError> {
+    async fn apply_op(&self, op: &MetaOp, own: bool) -> Result<(), AmqpError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || {
             AmqpError::new(
@@ -130,7 +129,7 @@ impl MetaStateMachine {
                 "the node's metadata applier stopped",
             )
         };
-        self.jobs.send((op.clone(), tx)).map_err(|_| gone())?;
+        self.jobs.send((op.clone(), own, tx)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -196,7 +195,7 @@ impl RaftStateMachine<QueueRaft> for MetaStateMachine {
                 op,
             }) = &entry.payload
             {
-                let r = self.apply_op(op).await;
+                let r = self.apply_op(op, *origin == self.me).await;
                 if let Err(e) = &r {
                     tracing::debug!(?op, error = %e, "definition change refused");
                 }
@@ -255,7 +254,7 @@ impl RaftStateMachine<QueueRaft> for MetaStateMachine {
         let mut ops: Vec<&MetaOp> = stored.catalog.values().collect();
         ops.sort_by_key(|op| op.rank());
         for op in ops {
-            if let Err(e) = self.apply_op(op).await {
+            if let Err(e) = self.apply_op(op, false).await {
                 tracing::warn!(?op, error = %e, "a definition of the cluster's snapshot could not be applied here");
             }
         }

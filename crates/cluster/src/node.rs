@@ -76,7 +76,12 @@ pub struct ClusterSpec {
 
 /// Owner ids of node number `n` (1-based, in the order of node ids) start at `n <<
 /// OWNER_BITS`.
-const OWNER_BITS: u32 = 40;
+const OWNER_BITS: u32 = 48;
+
+/// Within a node's range, owner ids start at the seconds since 2024 times this: ids stay
+/// unique across restarts (an owner of before a restart is still in the queues until it is
+/// removed) unless a node used more than this many a second.
+const OWNER_IDS_PER_SECOND: u64 = 1 << 20;
 
 /// A node that has not answered for this long is down: its consumers are removed from the
 /// queues this node leads and what they held is returned (as RabbitMQ does when a node goes).
@@ -85,6 +90,10 @@ const DOWN_AFTER: Duration = Duration::from_secs(3);
 
 /// How often the other nodes are probed.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long one attempt to hand a proposal to another node may take (a node cut off does not
+/// answer at all: the attempt must end in time to try the node elected after it).
+const FORWARD_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// How long a proposal may look for a leader that takes it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,20 +166,24 @@ impl Cluster {
 }
 
 /// While this node leads `group`, removes the consumers of nodes that are down and returns
-/// what they held (through `commands`, in order with the queue's other commands). Ends when
+/// what they held (through the queue's replica, in order with its other commands). Ends when
 /// the queue's group does.
 async fn reap_gone_owners(
     group: std::sync::Weak<QueueGroup>,
     c: Arc<Cluster>,
-    commands: mpsc::UnboundedSender<(QueueCommand, Option<Answer>)>,
+    replica: std::sync::Weak<GroupReplica>,
 ) {
     let mut reaped = HashSet::new();
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
-        let Some(g) = group.upgrade() else { return };
-        if commands.is_closed() || g.is_stopped() {
+        let (Some(g), Some(r)) = (group.upgrade(), replica.upgrade()) else {
+            return;
+        };
+        if g.is_stopped() {
             return;
         }
+        // An owner reaped before whose node answers again may be reaped again later.
+        reaped.retain(|o| c.owner_is_gone(*o));
         if !g.is_leader() {
             continue;
         }
@@ -187,8 +200,8 @@ async fn reap_gone_owners(
                 "a consumer's node is down: its unacknowledged messages go back to the queue"
             );
             let now = warren_broker::clock::now_ms();
-            let _ = commands.send((QueueCommand::RemoveConsumer { owner, now }, None));
-            let _ = commands.send((QueueCommand::ReturnAll { owner, now }, None));
+            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
+            r.submit(QueueCommand::ReturnAll { owner, now }, None);
             reaped.insert(owner);
         }
     }
@@ -361,6 +374,7 @@ impl ReplicaHost for LocalNode {
         let recovered = self.recovered.lock().remove(&id).unwrap_or_default();
         let (node, wal) = (self.id, self.wal.clone());
         let cluster = self.cluster.clone();
+        let lead_here = warren_broker::metadata::proposed_here();
         let started = self.wait_for(async move {
             let Some(c) = cluster else {
                 let (group, out) = QueueGroup::start(node, id, wal, recovered, opts).await?;
@@ -373,12 +387,13 @@ impl ReplicaHost for LocalNode {
                 members: c.spec.nodes.clone(),
                 initialize: true,
             };
+            let new = recovered.entries.is_empty() && recovered.vote.is_none();
             let peers = TcpPeers {
                 me: node,
                 group: id,
                 secret: c.spec.secret.clone(),
             };
-            QueueGroup::start_member(
+            let started = QueueGroup::start_member(
                 node,
                 id,
                 wal,
@@ -388,7 +403,13 @@ impl ReplicaHost for LocalNode {
                 peers,
                 Some(&c.registry),
             )
-            .await
+            .await?;
+            if new && lead_here {
+                // Declared through this node: it stands first (the others wait out their
+                // election timeout), so the declaring node leads, as RabbitMQ's client-local.
+                let _ = started.0.raft().trigger().elect().await;
+            }
+            Ok(started)
         });
         let (group, mut out) = started
             .ok_or("the Raft runtime stopped")?
@@ -407,23 +428,24 @@ impl ReplicaHost for LocalNode {
                 outputs(o);
             }
         });
-        if let Some(c) = &self.cluster {
-            self.handle.spawn(reap_gone_owners(
-                Arc::downgrade(&group),
-                c.clone(),
-                tx.clone(),
-            ));
-        }
-        Ok(Arc::new(GroupReplica {
+        let replica = Arc::new(GroupReplica {
             id,
             number: self.cluster.as_ref().map(|c| c.number),
             cluster: self.cluster.clone(),
-            group,
+            group: group.clone(),
             commands: tx,
             queued,
             wal: self.wal.clone(),
             handle: self.handle.clone(),
-        }))
+        });
+        if let Some(c) = &self.cluster {
+            self.handle.spawn(reap_gone_owners(
+                Arc::downgrade(&group),
+                c.clone(),
+                Arc::downgrade(&replica),
+            ));
+        }
+        Ok(replica)
     }
 
     fn retain(&self, live: &[(String, String)]) {
@@ -448,7 +470,13 @@ impl ReplicaHost for LocalNode {
     }
 
     fn owner_base(&self) -> u64 {
-        self.cluster.as_ref().map_or(0, |c| c.number << OWNER_BITS)
+        let Some(c) = &self.cluster else { return 0 };
+        let since_2024 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(1_704_067_200);
+        let within = (since_2024 * OWNER_IDS_PER_SECOND) & ((1 << OWNER_BITS) - 1);
+        (c.number << OWNER_BITS) | within
     }
 
     fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
@@ -566,7 +594,8 @@ async fn write_to_leader(
             Some(l) => match c.addr(l) {
                 Some(addr) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    c.forwarder.forward(&addr, group, p.clone(), left).await
+                    let attempt = left.min(FORWARD_ATTEMPT);
+                    c.forwarder.forward(&addr, group, p.clone(), attempt).await
                 }
                 None => Err(format!("node {l} is not in the cluster's configuration")),
             },
@@ -634,7 +663,17 @@ async fn propose_in_batches(
         if let Some(c) = cluster.as_deref().filter(|_| !group.is_leader()) {
             // Another node leads (or none yet): the batch goes there, and the next one waits
             // for its answer, so they are committed in order.
+            tracing::debug!(
+                group = group.id,
+                commands = cmds.len(),
+                "forwarding to the leader"
+            );
             let r = write_to_leader(group.raft(), c, group.id, Proposal::Queue(cmds)).await;
+            tracing::debug!(
+                group = group.id,
+                ok = r.is_ok(),
+                "forwarded proposal answered"
+            );
             drop(permit);
             match r {
                 Ok(applied) => answer_all(answers, applied),
@@ -642,10 +681,24 @@ async fn propose_in_batches(
             }
             continue;
         }
+        // In a cluster, a batch this node proposed as leader and lost with its leadership is
+        // sent again to the new leader: acks must not be lost, and publishes are numbered.
+        let again = cluster.as_ref().map(|c| (c.clone(), cmds.clone()));
+        tracing::debug!(
+            group = group.id,
+            commands = cmds.len(),
+            "proposing as leader"
+        );
         match group.submit(cmds).await {
             Ok(pending) => {
+                let group = group.clone();
                 tokio::spawn(async move {
-                    let r = pending.await;
+                    let mut r = pending.await;
+                    tracing::debug!(group = group.id, ok = r.is_ok(), "proposal answered");
+                    if let (Err(_), Some((c, cmds))) = (&r, again) {
+                        r = write_to_leader(group.raft(), &c, group.id, Proposal::Queue(cmds))
+                            .await;
+                    }
                     drop(permit);
                     match r {
                         Ok(applied) => answer_all(answers, applied),

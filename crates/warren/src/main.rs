@@ -254,12 +254,14 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
     let log_level = args.log_level.or(file
         .get("log.console.level")
         .map(|l| if l == "warning" { "warn" } else { l }.to_string()));
-    // openraft narrates every election at info and warns of routine races: its errors only,
-    // unless a filter says otherwise.
+    // openraft narrates every election at info and logs every unreachable peer as an error
+    // (routine while a node is down): silent unless a filter asks for it
+    // (`--log-level info,openraft=warn`). Warren logs what matters to operators itself: a node
+    // that stops answering, a group that stops.
     let log_level = match log_level {
         Some(l) if l.contains('=') => l,
-        Some(l) => format!("{l},openraft=error"),
-        None => "info,openraft=error".into(),
+        Some(l) => format!("{l},openraft=off"),
+        None => "info,openraft=off".into(),
     };
     let log_filter = tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|source| {
         ConfigError::LogLevel {

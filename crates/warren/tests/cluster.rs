@@ -135,6 +135,19 @@ async fn open(node: &BrokerProcess) -> (Connection, Channel) {
     (conn, ch)
 }
 
+/// A passive queue.declare (the queue's counts, or why it is not there).
+async fn passive_queue(ch: &Channel, name: &str) -> lapin::Result<lapin::Queue> {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
 fn quorum() -> FieldTable {
     let mut t = FieldTable::default();
     t.insert(
@@ -237,6 +250,17 @@ async fn three_nodes_share_definitions_and_quorum_queues_and_survive_a_leader_ki
     .await
     .expect("queue.bind on node 0");
 
+    // Led by the node it was declared through (RabbitMQ's client-local leader locator).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.leader_of(0, "q3") != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "q3 is led by node {:?}, not the node it was declared through",
+            cluster.leader_of(0, "q3")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Visible on the other nodes as soon as the declaration returned.
     for i in 1..3 {
         let (_c, ch) = open(&cluster.nodes[i]).await;
@@ -251,16 +275,9 @@ async fn three_nodes_share_definitions_and_quorum_queues_and_survive_a_leader_ki
         )
         .await
         .unwrap_or_else(|e| panic!("the exchange is not on node {i}: {e}"));
-        ch.queue_declare(
-            "q3".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the queue is not on node {i}: {e}"));
+        passive_queue(&ch, "q3")
+            .await
+            .unwrap_or_else(|e| panic!("the queue is not on node {i}: {e}"));
     }
 
     // Published on node 1 through the replicated binding, consumed on node 2.
@@ -325,16 +342,7 @@ async fn a_deleted_quorum_queue_is_gone_on_every_node() {
         .expect("delete on node 1");
     for i in 0..3 {
         let (_c, ch) = open(&cluster.nodes[i]).await;
-        let r = ch
-            .queue_declare(
-                "gone".into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
+        let r = passive_queue(&ch, "gone").await;
         assert!(r.is_err(), "the deleted queue is still on node {i}");
     }
     // Declared again by that name, it starts empty on every node.
@@ -342,17 +350,7 @@ async fn a_deleted_quorum_queue_is_gone_on_every_node() {
         .await
         .unwrap();
     let (_c2, ch2) = open(&cluster.nodes[2]).await;
-    let q = ch2
-        .queue_declare(
-            "gone".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let q = passive_queue(&ch2, "gone").await.unwrap();
     assert_eq!(q.message_count(), 0);
 }
 

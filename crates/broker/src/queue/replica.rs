@@ -29,6 +29,9 @@ pub struct ReplicaOutput {
     pub dead_letters: Vec<DeadLetter>,
     /// Messages with a TTL arrived: the queue needs timer ticks.
     pub needs_ticks: bool,
+    /// Consumers removed by the entry (a `RemoveConsumer`): one this node still serves was
+    /// removed by another node (its leader took this node for down), and subscribes again.
+    pub removed_consumers: Vec<Owner>,
 }
 
 /// Called with a command's answer once it is committed and applied, or with why it was not.

@@ -165,25 +165,17 @@ fn binding_op(
     args: &FieldTable,
     bind: bool,
 ) -> crate::metadata::MetaOp {
-    let (vhost, source, destination) = (vhost.into(), source.into(), destination.into());
-    let (routing_key, arguments) = (key.to_string(), crate::metadata::WireTable(args.clone()));
+    let b = crate::metadata::BindingOp {
+        vhost: vhost.into(),
+        source: source.into(),
+        destination: destination.into(),
+        to_exchange,
+        routing_key: key.to_string(),
+        arguments: crate::metadata::WireTable(args.clone()),
+    };
     if bind {
-        crate::metadata::MetaOp::Bind {
-            vhost,
-            source,
-            destination,
-            to_exchange,
-            routing_key,
-            arguments,
-        }
+        crate::metadata::MetaOp::Bind(b)
     } else {
-        crate::metadata::MetaOp::Unbind {
-            vhost,
-            source,
-            destination,
-            to_exchange,
-            routing_key,
-            arguments,
-        }
+        crate::metadata::MetaOp::Unbind(b)
     }
 }
