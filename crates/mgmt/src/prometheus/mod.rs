@@ -162,7 +162,7 @@ enum Mode {
 }
 
 /// `/metrics/detailed`'s query: `family` and `vhost` (each repeatable) and `queue` (a regular
-/// expression on queue names, as RabbitMQ 4.2).
+/// expression on queue names, as recent RabbitMQ versions take).
 #[derive(Debug, Clone, Default)]
 struct Detailed {
     families: Vec<String>,
