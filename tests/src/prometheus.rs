@@ -230,10 +230,12 @@ pub struct PrometheusServer {
     _dir: TempDir,
 }
 
-/// One scrape job: its name, the metrics path and the address it scrapes.
+/// One scrape job: its name, the metrics path, its query parameters (a key may repeat) and
+/// the address it scrapes.
 pub struct Job<'a> {
     pub name: &'a str,
     pub path: &'a str,
+    pub params: &'a [(&'a str, &'a str)],
     pub target: SocketAddr,
 }
 
@@ -257,6 +259,20 @@ impl PrometheusServer {
                 "  - job_name: '{}'\n    metrics_path: '{}'\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{}']\n",
                 j.name, j.path, j.target
             ));
+            let mut keys: Vec<&str> = j.params.iter().map(|(k, _)| *k).collect();
+            keys.dedup();
+            if !keys.is_empty() {
+                config.push_str("    params:\n");
+            }
+            for k in keys {
+                let values: Vec<String> = j
+                    .params
+                    .iter()
+                    .filter(|(key, _)| *key == k)
+                    .map(|(_, v)| format!("'{v}'"))
+                    .collect();
+                config.push_str(&format!("      {k}: [{}]\n", values.join(", ")));
+            }
         }
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");

@@ -144,6 +144,56 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "is 1 if VM memory watermark alarm is in effect",
     ),
     (
+        "rabbitmq_connections_opened_total",
+        "counter",
+        "Total number of connections opened",
+    ),
+    (
+        "rabbitmq_queues_created_total",
+        "counter",
+        "Total number of queues created",
+    ),
+    (
+        "rabbitmq_global_messages_received_confirm_total",
+        "counter",
+        "Total number of messages received from publishers expecting confirmations",
+    ),
+    (
+        "rabbitmq_global_messages_redelivered_total",
+        "counter",
+        "Total number of messages redelivered to consumers",
+    ),
+    (
+        "rabbitmq_global_messages_get_empty_total",
+        "counter",
+        "Total number of times basic.get operations fetched no message",
+    ),
+    (
+        "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+        "counter",
+        "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
+    ),
+    (
+        "rabbitmq_global_publishers",
+        "gauge",
+        "Current number of publishers",
+    ),
+    (
+        "rabbitmq_queue_disk_writes_total",
+        "counter",
+        "Total number of times queue wrote messages to disk",
+    ),
+    (
+        "rabbitmq_queue_messages_delivered_ack_total",
+        "counter",
+        "Total number of messages delivered from a queue to consumers in manual acknowledgement mode",
+    ),
+    (
+        "rabbitmq_exchange_messages_published_total",
+        "counter",
+        "Total number of messages published into an exchange",
+    ),
+    (
         "process_start_time_seconds",
         "gauge",
         "Start time of the process since unix epoch in seconds.",
@@ -395,4 +445,271 @@ async fn per_object_metrics_can_be_the_default() {
         ),
         1.0
     );
+}
+
+/// Channels, connections, exchanges and their churn, summed on `/metrics` as RabbitMQ sums
+/// them (the open channels' and connections'), and the global counters the "RabbitMQ-Overview"
+/// dashboard plots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_connection_exchange_and_churn_metrics_follow_what_clients_do() {
+    let m = MetricsBroker::start().await;
+    let (conn, ch) = open(&m.broker).await;
+    declare(&ch, "sum-q").await;
+    declare(&ch, "sum-empty").await;
+    declare(&ch, "sum-q").await;
+    confirm_select(&ch).await;
+    for i in 0..4 {
+        publish_confirmed(&ch, "", "sum-q", format!("m{i}").as_bytes()).await;
+    }
+    assert!(get(&ch, "sum-empty", true).await.is_none());
+    wait_counts(&m.broker, "sum-q", 4, 0).await;
+
+    let e = m.scrape("/metrics").await.exposition();
+    let amqp = [("protocol", "amqp091")];
+    let classic = [
+        ("protocol", "amqp091"),
+        ("queue_type", "rabbit_classic_queue"),
+    ];
+    assert_eq!(e.value("rabbitmq_channel_messages_published_total", &[]), 4.0);
+    assert_eq!(e.value("rabbitmq_channel_messages_confirmed_total", &[]), 4.0);
+    assert_eq!(e.value("rabbitmq_exchange_messages_published_total", &[]), 4.0);
+    assert_eq!(
+        e.value("rabbitmq_global_messages_received_confirm_total", &amqp),
+        4.0
+    );
+    assert_eq!(e.value("rabbitmq_global_publishers", &amqp), 1.0);
+    assert_eq!(e.value("rabbitmq_queue_get_empty_total", &[]), 1.0);
+    assert_eq!(
+        e.value("rabbitmq_global_messages_get_empty_total", &classic),
+        1.0
+    );
+    assert_eq!(e.value("rabbitmq_connections_opened_total", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_channels_opened_total", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_queues_declared_total", &[]), 3.0);
+    assert_eq!(e.value("rabbitmq_queues_created_total", &[]), 2.0);
+    assert_eq!(e.value("rabbitmq_connection_channels", &[]), 1.0);
+    assert!(e.value("rabbitmq_connection_incoming_bytes_total", &[]) > 0.0);
+    assert!(e.value("rabbitmq_connection_outgoing_packets_total", &[]) > 0.0);
+    // "m0".."m3": four bodies of 2 bytes, in the first bucket (100 bytes) and every one after.
+    assert_eq!(e.value("rabbitmq_message_size_bytes_count", &amqp), 4.0);
+    assert_eq!(e.value("rabbitmq_message_size_bytes_sum", &amqp), 8.0);
+    assert_eq!(
+        e.value(
+            "rabbitmq_message_size_bytes_bucket",
+            &[("protocol", "amqp091"), ("le", "+Inf")]
+        ),
+        4.0
+    );
+    let buckets = e.all("rabbitmq_message_size_bytes_bucket");
+    assert_eq!(buckets.len(), 9, "{buckets:?}");
+    assert!(buckets.iter().all(|b| b.value == 4.0), "{buckets:?}");
+
+    // A consumer with manual acks takes two; one comes back redelivered.
+    let cch = channel(&conn).await;
+    qos(&cch, 2, false).await;
+    let mut c = consume(&cch, "sum-q", "sum-consumer").await;
+    let first = next(&mut c).await;
+    let _second = next(&mut c).await;
+    within(
+        "nack",
+        first.nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let again = next(&mut c).await;
+    assert!(again.redelivered);
+    let e = m.scrape("/metrics").await.exposition();
+    assert_eq!(e.value("rabbitmq_channel_consumers", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_channel_messages_unacked", &[]), 2.0);
+    assert_eq!(e.value("rabbitmq_consumer_prefetch", &[]), 2.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_delivered_ack_total", &[]), 3.0);
+    assert_eq!(e.value("rabbitmq_queue_messages_redelivered_total", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_channel_messages_redelivered_total", &[]), 1.0);
+    assert_eq!(
+        e.value(
+            "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+            &classic
+        ),
+        3.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_global_messages_redelivered_total", &classic),
+        1.0
+    );
+    let p = m.scrape("/metrics/per-object").await.exposition();
+    assert_eq!(
+        p.value(
+            "rabbitmq_exchange_messages_published_total",
+            &[("vhost", "/"), ("exchange", "")]
+        ),
+        4.0
+    );
+    assert_eq!(p.all("rabbitmq_channel_messages_published_total").len(), 2);
+    assert_eq!(p.all("rabbitmq_connection_incoming_bytes_total").len(), 1);
+
+    // The publishing channel closes: the channel sums lose it (as RabbitMQ's), the exchange
+    // and global counters keep its publishes, and the churn counts it.
+    within("close", ch.close(200, "bye".into())).await.unwrap();
+    eventually("channel closed", || {
+        m.broker
+            .broker
+            .connections
+            .list()
+            .iter()
+            .all(|c| c.channels.lock().len() == 1)
+    })
+    .await;
+    let e = m.scrape("/metrics").await.exposition();
+    assert_eq!(e.value("rabbitmq_channel_messages_published_total", &[]), 0.0);
+    assert_eq!(e.value("rabbitmq_exchange_messages_published_total", &[]), 4.0);
+    assert_eq!(e.value("rabbitmq_global_messages_received_total", &amqp), 4.0);
+    assert_eq!(e.value("rabbitmq_channels_opened_total", &[]), 2.0);
+    assert_eq!(e.value("rabbitmq_channels_closed_total", &[]), 1.0);
+    assert_eq!(e.value("rabbitmq_global_publishers", &amqp), 0.0);
+    drop(c);
+    within("close", cch.close(200, "bye".into())).await.unwrap();
+    within("close", conn.close(200, "bye".into())).await.unwrap();
+    eventually("connection closed", || {
+        m.broker.broker.connections.is_empty()
+    })
+    .await;
+    // The connection's channels are counted closed just after it leaves the registry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let e = m.scrape("/metrics").await.exposition();
+        assert_eq!(e.value("rabbitmq_connections_closed_total", &[]), 1.0);
+        if e.value("rabbitmq_channels_closed_total", &[]) == 2.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "channels never counted closed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `/metrics/detailed`: nothing but the node's identity unless families are asked for; then
+/// those families, per object, named `rabbitmq_detailed_…` (the cluster-wide ones
+/// `rabbitmq_cluster_…`), for the vhosts and queues asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detailed_endpoint_gives_the_families_asked_for_per_object() {
+    let m = MetricsBroker::start().await;
+    let (_conn, ch) = open(&m.broker).await;
+    declare(&ch, "d-q").await;
+    declare(&ch, "other-q").await;
+    declare_exchange(&ch, "d-x", lapin::ExchangeKind::Fanout).await;
+    bind(&ch, "d-q", "d-x", "").await;
+    for _ in 0..3 {
+        publish(&ch, "d-x", "", b"x").await;
+    }
+    wait_counts(&m.broker, "d-q", 3, 0).await;
+
+    let d = m.scrape("/metrics/detailed").await;
+    assert_eq!(d.status, 200);
+    let e = d.exposition();
+    assert_eq!(
+        e.value("rabbitmq_identity_info", &[("rabbitmq_endpoint", "detailed")]),
+        1.0
+    );
+    assert!(
+        e.samples
+            .iter()
+            .all(|s| s.name == "rabbitmq_identity_info" || s.name == "rabbitmq_build_info"),
+        "no family asked for, none given: {:?}",
+        e.samples
+    );
+
+    let e = m
+        .scrape(
+            "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count\
+             &family=exchange_metrics&family=channel_exchange_metrics\
+             &family=connection_coarse_metrics&family=vhost_status&family=exchange_names\
+             &family=exchange_bindings",
+        )
+        .await
+        .exposition();
+    let q = [("vhost", "/"), ("queue", "d-q")];
+    assert_eq!(e.value("rabbitmq_detailed_queue_messages_ready", &q), 3.0);
+    assert_eq!(e.value("rabbitmq_detailed_queue_messages", &q), 3.0);
+    assert_eq!(e.value("rabbitmq_detailed_queue_consumers", &q), 0.0);
+    assert_eq!(e.all("rabbitmq_detailed_queue_messages_ready").len(), 2);
+    assert_eq!(
+        e.types.get("rabbitmq_detailed_queue_messages_ready").map(String::as_str),
+        Some("gauge")
+    );
+    assert_eq!(
+        e.help.get("rabbitmq_detailed_exchange_messages_published_total").map(String::as_str),
+        Some("Total number of messages published into an exchange")
+    );
+    assert_eq!(
+        e.value(
+            "rabbitmq_detailed_exchange_messages_published_total",
+            &[("vhost", "/"), ("exchange", "d-x")]
+        ),
+        3.0
+    );
+    let published: f64 = e
+        .all("rabbitmq_detailed_channel_messages_published_total")
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(published, 3.0);
+    assert!(e.all("rabbitmq_detailed_channel_messages_published_total")[0]
+        .labels
+        .contains_key("channel"));
+    assert_eq!(e.all("rabbitmq_detailed_connection_incoming_bytes_total").len(), 1);
+    assert_eq!(e.value("rabbitmq_cluster_vhost_status", &[("vhost", "/")]), 1.0);
+    assert_eq!(
+        e.value(
+            "rabbitmq_cluster_exchange_name",
+            &[("vhost", "/"), ("exchange", "d-x"), ("type", "fanout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        e.value(
+            "rabbitmq_cluster_exchange_bindings",
+            &[("vhost", "/"), ("exchange", "d-x")]
+        ),
+        1.0
+    );
+    assert!(e.all("rabbitmq_cluster_exchange_name").iter().all(|s| s.labels["exchange"] != ""));
+    assert_eq!(
+        e.value(
+            "rabbitmq_detailed_queue_info",
+            &[("queue", "d-q"), ("queue_type", "rabbit_classic_queue")]
+        ),
+        1.0
+    );
+    // Families not asked for are not there, nor the aggregated names.
+    assert!(e.all("rabbitmq_detailed_queue_messages_ready_bytes").is_empty());
+    assert!(e.all("rabbitmq_queue_messages_ready").is_empty());
+    assert!(e.all("rabbitmq_global_messages_received_total").is_empty());
+
+    // queue_metrics includes the consumer count: asked with queue_consumer_count, one series.
+    let e = m
+        .scrape("/metrics/detailed?family=queue_metrics&family=queue_consumer_count")
+        .await
+        .exposition();
+    assert_eq!(e.value("rabbitmq_detailed_queue_consumers", &q), 0.0);
+    assert_eq!(e.value("rabbitmq_detailed_queue_messages_ready_bytes", &q), 3.0);
+
+    // Filters: by vhost (several may be given) and by a regular expression on queue names.
+    let e = m
+        .scrape("/metrics/detailed?family=queue_coarse_metrics&family=exchange_metrics&vhost=nosuch")
+        .await
+        .exposition();
+    assert!(e.all("rabbitmq_detailed_queue_messages_ready").is_empty());
+    assert!(e.all("rabbitmq_detailed_exchange_messages_published_total").is_empty());
+    let e = m
+        .scrape("/metrics/detailed?family=queue_coarse_metrics&vhost=nosuch&vhost=%2F&queue=%5Ed-")
+        .await
+        .exposition();
+    assert_eq!(e.all("rabbitmq_detailed_queue_messages_ready").len(), 1);
+    assert_eq!(e.value("rabbitmq_detailed_queue_messages_ready", &q), 3.0);
+    let bad = m
+        .scrape("/metrics/detailed?family=queue_coarse_metrics&queue=%28")
+        .await;
+    assert_eq!(bad.status, 400);
 }

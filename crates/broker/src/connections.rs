@@ -2,7 +2,7 @@
 //! who is connected, from where, with which channels, and a way to close a connection.
 
 use crate::delivery::DeliveryChannel;
-use crate::stats::{IoCounters, MessageCounts};
+use crate::stats::{Churn, ExchangeCounts, IoCounters, MessageCounts};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,29 +32,41 @@ pub struct ConnectionEntry {
     pub io: Arc<IoCounters>,
 }
 
+/// The open channels' publishes by exchange, keyed by the exchange's address.
+pub type OpenExchangeCounts = rustc_hash::FxHashMap<usize, ExchangeCounts>;
+
 #[derive(Default)]
 pub struct Connections {
     map: RwLock<HashMap<u64, Arc<ConnectionEntry>>>,
     /// The counts of closed channels, by vhost, so totals never go back.
     retired: Mutex<HashMap<String, MessageCounts>>,
+    /// Connections and channels opened and closed so far; the queues' are their vhost's.
+    pub churn: Churn,
 }
 
 impl Connections {
     pub fn register(&self, e: Arc<ConnectionEntry>) {
+        Churn::count(&self.churn.connections_opened);
         self.map.write().insert(e.id, e);
     }
     /// Forgets a closed connection; its channels' counts join the vhost's retired totals.
     pub fn unregister(&self, id: u64) {
         let gone = self.map.write().remove(&id);
         if let Some(e) = gone {
+            Churn::count(&self.churn.connections_closed);
             for ch in e.channels.lock().drain(..) {
                 self.retire(&e.vhost, &ch);
             }
         }
     }
 
-    /// A channel closed: its counts join the vhost's retired totals.
+    /// A channel closed: its counts join the vhost's retired totals, and its publishes into
+    /// each exchange that exchange's.
     pub fn retire(&self, vhost: &str, ch: &DeliveryChannel) {
+        Churn::count(&self.churn.channels_closed);
+        for (x, c) in ch.exchanges.counts() {
+            x.retire_counts(&c);
+        }
         let counts = MessageCounts::of(&ch.counters);
         self.retired
             .lock()
@@ -87,6 +99,21 @@ impl Connections {
             }),
         }
     }
+    /// What the open channels published into each exchange, by the exchange's address
+    /// (unique across vhosts while the exchange lives; add the exchange's
+    /// [`crate::exchange::Exchange::retired_counts`] for its totals).
+    pub fn exchange_counts(&self) -> OpenExchangeCounts {
+        let mut by = OpenExchangeCounts::default();
+        for e in self.map.read().values() {
+            for ch in e.channels.lock().iter() {
+                for (x, c) in ch.exchanges.counts() {
+                    by.entry(Arc::as_ptr(&x) as usize).or_default().add(&c);
+                }
+            }
+        }
+        by
+    }
+
     pub fn list(&self) -> Vec<Arc<ConnectionEntry>> {
         let mut v: Vec<_> = self.map.read().values().cloned().collect();
         v.sort_by_key(|e| e.id);

@@ -137,6 +137,8 @@ pub struct DeliveryChannel {
     get_owner: Owner,
     /// The channel's message counts (the management API's `message_stats`).
     pub counters: crate::stats::ChannelCounters,
+    /// Its publishes by exchange.
+    pub exchanges: crate::stats::ChannelExchanges,
     writer: Arc<dyn DeliveryWriter>,
     state: Mutex<State>,
 }
@@ -175,6 +177,7 @@ impl DeliveryChannel {
             default_timeout,
             get_owner: new_owner(),
             counters: Default::default(),
+            exchanges: Default::default(),
             writer,
             state: Mutex::new(State {
                 closed: false,

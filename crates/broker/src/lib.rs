@@ -24,8 +24,11 @@
 //! - [`alarm`]: memory and disk alarms that block publishers.
 //! - [`auth`]: users, password hashes, permissions, user and vhost limits.
 //! - [`broker`]: the set of vhosts and broker-wide settings.
-//! - [`connections`]: the registry of client connections, for operators.
-//! - [`stats`]: message and byte counters behind the management API's `message_stats`.
+//! - [`connections`]: the registry of client connections, for operators, and the counts of
+//!   their channels (closed ones' kept) and of connections and channels opened and closed.
+//! - [`stats`]: the counters behind the management API's `message_stats` and the Prometheus
+//!   metrics: per channel (and per channel and exchange), per connection, churn; each with
+//!   one writer.
 //!
 //! Nothing here knows frames or sockets: deliveries leave through the
 //! [`delivery::DeliveryWriter`] trait that the server implements.

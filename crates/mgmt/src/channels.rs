@@ -1,6 +1,7 @@
 //! `/api/channels`: every open channel with its consumers, unacknowledged messages and
 //! prefetch. A channel is named `<connection name> (<number>)`, as in RabbitMQ.
 
+use crate::rates::History;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::{ApiError, AppState, State};
@@ -40,6 +41,7 @@ pub(crate) fn channel_json(
     state: &AppState,
     conn: &ConnectionEntry,
     ch: &DeliveryChannel,
+    h: History,
 ) -> Value {
     let s = ch.stats();
     json!({
@@ -59,8 +61,8 @@ pub(crate) fn channel_json(
         "prefetch_count": s.prefetch_count,
         "global_prefetch_count": s.global_prefetch_count,
         "state": "running",
-        "transactional": false,
-        "confirm": false,
+        "transactional": ch.counters.is_transactional(),
+        "confirm": ch.counters.is_confirm_mode(),
         "messages_unconfirmed": 0,
         "messages_uncommitted": 0,
         "acks_uncommitted": 0,
@@ -68,6 +70,7 @@ pub(crate) fn channel_json(
             conn.id,
             ch.number,
             &crate::rates::message_fields(&warren_broker::stats::MessageCounts::of(&ch.counters)),
+            h,
         ),
     })
 }
@@ -89,11 +92,11 @@ pub(crate) fn all_channels(
     out
 }
 
-async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
+async fn list_all(state: State, h: History, list: ListQuery) -> Result<Json<Value>, ApiError> {
     list.paged_own(
         all_channels(&state, None)
             .iter()
-            .map(|(c, ch)| channel_json(&state, c, ch))
+            .map(|(c, ch)| channel_json(&state, c, ch, h))
             .collect(),
     )
 }
@@ -101,6 +104,7 @@ async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError
 async fn list_vhost(
     state: State,
     Path(vh): Path<String>,
+    h: History,
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
@@ -108,15 +112,15 @@ async fn list_vhost(
     list.paged_own(
         chans
             .iter()
-            .map(|(c, ch)| channel_json(&state, c, ch))
+            .map(|(c, ch)| channel_json(&state, c, ch, h))
             .collect(),
     )
 }
 
-async fn show(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(state: State, Path(name): Path<String>, h: History) -> Result<Json<Value>, ApiError> {
     all_channels(&state, None)
         .iter()
         .find(|(c, ch)| channel_name(c, ch.number) == name)
-        .map(|(c, ch)| Json(channel_json(&state, c, ch)))
+        .map(|(c, ch)| Json(channel_json(&state, c, ch, h)))
         .ok_or(ApiError::NotFound)
 }

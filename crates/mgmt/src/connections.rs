@@ -1,6 +1,7 @@
 //! `/api/connections`: the client connections, and closing one (DELETE), which the connection
 //! sees as connection.close with 320 CONNECTION_FORCED and the operator's reason.
 
+use crate::rates::History;
 use crate::channels::channel_json;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
@@ -38,7 +39,7 @@ fn find_by_name(state: &AppState, name: &str) -> Result<Arc<ConnectionEntry>, Ap
         .ok_or(ApiError::NotFound)
 }
 
-pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry) -> Value {
+pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry, h: History) -> Value {
     let connected_at = c
         .connected_at
         .duration_since(UNIX_EPOCH)
@@ -71,20 +72,20 @@ pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry) -> Value {
         "type": "network",
     });
     // recv_oct, send_oct, ... and their rates, at the top level as RabbitMQ has them.
-    if let (Value::Object(m), Value::Object(io)) = (&mut v, state.rates.connection_stats(c)) {
+    if let (Value::Object(m), Value::Object(io)) = (&mut v, state.rates.connection_stats(c, h)) {
         m.extend(io);
     }
     v
 }
 
-async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
+async fn list_all(state: State, h: History, list: ListQuery) -> Result<Json<Value>, ApiError> {
     list.paged_own(
         state
             .broker
             .connections
             .list()
             .iter()
-            .map(|c| connection_json(&state, c))
+            .map(|c| connection_json(&state, c, h))
             .collect(),
     )
 }
@@ -92,6 +93,7 @@ async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError
 async fn list_vhost(
     state: State,
     Path(vh): Path<String>,
+    h: History,
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
@@ -100,14 +102,14 @@ async fn list_vhost(
         conns
             .iter()
             .filter(|c| c.vhost == vh.name)
-            .map(|c| connection_json(&state, c))
+            .map(|c| connection_json(&state, c, h))
             .collect(),
     )
 }
 
-async fn show(state: State, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(state: State, Path(name): Path<String>, h: History) -> Result<Json<Value>, ApiError> {
     let c = find_by_name(&state, &name)?;
-    Ok(Json(connection_json(&state, &c)))
+    Ok(Json(connection_json(&state, &c, h)))
 }
 
 /// DELETE: closes the connection; the reason comes from the `X-Reason` header, as in RabbitMQ.
@@ -130,6 +132,7 @@ async fn close(
 async fn channels_of(
     state: State,
     Path(name): Path<String>,
+    h: History,
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let c = find_by_name(&state, &name)?;
@@ -138,7 +141,7 @@ async fn channels_of(
     Ok(list.unpaged(
         chans
             .iter()
-            .map(|ch| channel_json(&state, &c, ch))
+            .map(|ch| channel_json(&state, &c, ch, h))
             .collect(),
     ))
 }

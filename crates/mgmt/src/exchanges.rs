@@ -1,6 +1,7 @@
 //! `/api/exchanges`: list, show, declare (PUT) and delete exchanges, and the bindings from and
 //! to one. The default exchange is `""` in JSON and `amq.default` in paths.
 
+use crate::rates::History;
 use crate::bindings::vhost_bindings;
 use crate::error::parse_body;
 use crate::listing::ListQuery;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use warren_broker::exchange::Exchange;
+use warren_broker::stats::ExchangeCounts;
 use warren_broker::vhost::ExchangeDeclare;
 use warren_broker::VHost;
 
@@ -36,8 +38,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
 }
 
-pub(crate) fn exchange_json(vhost: &str, x: &Exchange) -> Value {
-    json!({
+/// An exchange as RabbitMQ's API shows it, with its `message_stats` (`publish_in`,
+/// `publish_out`) when `counts` are given.
+pub(crate) fn exchange_json(
+    state: &AppState,
+    vhost: &str,
+    x: &Exchange,
+    counts: Option<&ExchangeCounts>,
+    h: History,
+) -> Value {
+    let mut v = json!({
         "name": x.name.as_str(),
         "vhost": vhost,
         "type": x.type_name(),
@@ -46,39 +56,65 @@ pub(crate) fn exchange_json(vhost: &str, x: &Exchange) -> Value {
         "internal": x.internal,
         "arguments": args::table_to_json(&x.arguments),
         "policy": null,
-    })
+    });
+    if let Some(c) = counts {
+        v["message_stats"] = state.rates.exchange_stats(
+            vhost,
+            &x.name,
+            &crate::rates::exchange_fields(c),
+            h,
+        );
+    }
+    v
 }
 
-fn vhost_exchanges(vh: &VHost) -> Vec<Value> {
+fn vhost_exchanges(state: &AppState, vh: &VHost, h: History) -> Vec<Value> {
     let mut xs = vh.exchanges();
     xs.sort_by(|a, b| a.name.cmp(&b.name));
-    xs.iter().map(|x| exchange_json(&vh.name, x)).collect()
+    let counts = crate::rates::exchange_counts(&state.broker, vh);
+    xs.iter()
+        .map(|x| exchange_json(state, &vh.name, x, counts.get(x.name.as_str()), h))
+        .collect()
 }
 
-async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
+async fn list_all(state: State, h: History, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let mut vhosts = state.broker.vhosts();
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-    list.paged(vhosts.iter().flat_map(|vh| vhost_exchanges(vh)).collect())
+    list.paged(
+        vhosts
+            .iter()
+            .flat_map(|vh| vhost_exchanges(&state, vh, h))
+            .collect(),
+    )
 }
 
 async fn list_vhost(
     state: State,
     Path(vh): Path<String>,
+    h: History,
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    list.paged(vhost_exchanges(&vh))
+    list.paged(vhost_exchanges(&state, &vh, h))
 }
 
 async fn show(
     state: State,
     Path((vh, name)): Path<(String, String)>,
+    h: History,
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
     let x = vh
         .exchange(exchange_from_path(&name))
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(exchange_json(&vh.name, &x)))
+    let counts = crate::rates::exchange_counts(&state.broker, &vh);
+    Ok(Json(exchange_json(
+        &state,
+        &vh.name,
+        &x,
+        counts.get(x.name.as_str()),
+        h,
+    )))
 }
 
 #[derive(Deserialize)]

@@ -18,11 +18,12 @@
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
 //! - [`https`]: the HTTPS listener (RabbitMQ's `management.ssl.*`), next to or instead of the
 //!   plain HTTP one.
-//! - [`rates`]: the sampler behind `message_stats` rates (every `collect_statistics_interval`).
+//! - [`rates`]: the sampler behind `message_stats` rates and their 10 minutes of history (every
+//!   `collect_statistics_interval`), and the `msg_rates_age` / `msg_rates_incr` parameters.
 //! - [`console`]: the web console at `/` (HTML, CSS and JavaScript embedded from
 //!   `console/`), a client of this API.
-//! - [`prometheus`]: the Prometheus metrics endpoint (RabbitMQ's `rabbitmq_prometheus`), on a
-//!   listener of its own.
+//! - [`prometheus`]: the Prometheus metrics endpoints (RabbitMQ's `rabbitmq_prometheus`:
+//!   `/metrics`, `/metrics/per-object`, `/metrics/detailed`), on a listener of their own.
 //!
 //! Handlers read the broker through its public accessors and change it through the same vhost
 //! operations a client's AMQP methods use, so the rules and reply texts are RabbitMQ's. An

@@ -4,6 +4,7 @@
 //! (RabbitMQ does this with `rabbitmqctl set_vm_memory_high_watermark` and
 //! `set_disk_free_limit` only; Warren's `warrenctl` commands of those names use these paths).
 
+use crate::rates::History;
 use crate::access::{is_monitor, require_admin, require_monitor, visible_vhosts};
 use crate::auth::AuthUser;
 use crate::listing::ListQuery;
@@ -300,7 +301,7 @@ async fn set_disk_free_limit(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn vhost_json(state: &AppState, vh: &VHost) -> Value {
+fn vhost_json(state: &AppState, vh: &VHost, h: History) -> Value {
     let (ready, unacked) = message_totals(vh);
     json!({
         "name": vh.name,
@@ -312,24 +313,24 @@ fn vhost_json(state: &AppState, vh: &VHost) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
-        "message_stats": state.rates.aggregate_stats(&state.broker, Some(&vh.name), Default::default()),
+        "message_stats": state.rates.aggregate_stats(&state.broker, Some(&vh.name), h),
     })
 }
 
-async fn vhosts(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
+async fn vhosts(state: State, h: History, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let mut vs = state.broker.vhosts();
     vs.sort_by(|a, b| a.name.cmp(&b.name));
     list.paged(
         vs.iter()
             .filter(|vh| list.sees_vhost(&vh.name))
-            .map(|vh| vhost_json(&state, vh))
+            .map(|vh| vhost_json(&state, vh, h))
             .collect(),
     )
 }
 
-async fn one_vhost(state: State, Path(vh): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn one_vhost(state: State, Path(vh): Path<String>, h: History) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    Ok(Json(vhost_json(&state, &vh)))
+    Ok(Json(vhost_json(&state, &vh, h)))
 }
 
 /// PUT: creates the vhost (201), or leaves an existing one as it is (204).

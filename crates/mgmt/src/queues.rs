@@ -1,5 +1,6 @@
 //! `/api/queues`: list, show, declare (PUT), delete and purge queues, and a queue's bindings.
 
+use crate::rates::History;
 use crate::access::check_queue;
 use crate::auth::AuthUser;
 use crate::bindings::{binding_json, default_binding_json};
@@ -59,11 +60,11 @@ fn sorted_vhosts(state: &AppState) -> Vec<Arc<VHost>> {
     vs
 }
 
-async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError> {
+async fn list_all(state: State, h: History, list: ListQuery) -> Result<Json<Value>, ApiError> {
     let all = sorted_vhosts(&state)
         .iter()
         .flat_map(|vh| sorted_queues(vh))
-        .map(|q| queue_json(&state, &q, false))
+        .map(|q| queue_json(&state, &q, false, h))
         .collect();
     list.paged(all)
 }
@@ -71,13 +72,14 @@ async fn list_all(state: State, list: ListQuery) -> Result<Json<Value>, ApiError
 async fn list_vhost(
     state: State,
     Path(vh): Path<String>,
+    h: History,
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
     list.paged(
         sorted_queues(&vh)
             .iter()
-            .map(|q| queue_json(&state, q, false))
+            .map(|q| queue_json(&state, q, false, h))
             .collect(),
     )
 }
@@ -91,10 +93,11 @@ fn find(state: &AppState, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue
 async fn show(
     state: State,
     Path((vh, name)): Path<(String, String)>,
+    h: History,
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (_, q) = find(&state, &vh, &name)?;
-    Ok(list.object(queue_json(&state, &q, true)))
+    Ok(list.object(queue_json(&state, &q, true, h)))
 }
 
 #[derive(Deserialize)]
@@ -203,7 +206,7 @@ async fn bindings(
 }
 
 /// A queue as RabbitMQ's API shows it. `detailed` adds `consumer_details`.
-pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Value {
+pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool, h: History) -> Value {
     let s = q.stats();
     let kind = q
         .arguments
@@ -228,7 +231,7 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Va
         "message_bytes_ready": s.message_bytes_ready,
         "consumers": s.consumers,
         "memory": memory_estimate(s.messages_ready, s.consumers),
-        "message_stats": state.rates.queue_stats(&q.vhost_name, &q.name, &crate::rates::queue_fields(&s)),
+        "message_stats": state.rates.queue_stats(&q.vhost_name, &q.name, &crate::rates::queue_fields(&s), h),
     });
     if kind == "quorum" {
         // As RabbitMQ shows a quorum queue's Raft group.

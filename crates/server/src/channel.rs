@@ -151,8 +151,12 @@ pub(crate) struct Channel {
     reply_queue: Option<ShortStr>,
     /// The last queue declared on this channel, for methods that name the queue "".
     last_queue: Option<ShortStr>,
-    /// Cache of the last exchange published to, saving a map lookup per message.
-    last_exchange: Option<Arc<warren_broker::exchange::Exchange>>,
+    /// Cache of the last exchange published to, saving a map lookup per message, with this
+    /// channel's counters of publishes into it.
+    last_exchange: Option<(
+        Arc<warren_broker::exchange::Exchange>,
+        Arc<warren_broker::stats::ExchangeCounters>,
+    )>,
     /// Cache of the queue the last default-exchange publish went to.
     last_default_route: Option<Arc<Queue>>,
     route_scratch: Vec<Arc<Queue>>,
@@ -489,6 +493,9 @@ impl Channel {
                         "cannot switch from tx to confirm mode",
                     ));
                 }
+                if !self.confirm {
+                    self.delivery.counters.confirm_mode_from_now();
+                }
                 self.confirm = true;
                 if !c.nowait {
                     self.reply(ConfirmSelectOk {});
@@ -502,6 +509,10 @@ impl Channel {
                     ));
                 }
                 self.tx.get_or_insert_with(Vec::new);
+                self.delivery
+                    .counters
+                    .transactional
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.reply(TxSelectOk {});
                 Ok(())
             }
@@ -613,10 +624,11 @@ impl Channel {
         content: Content,
     ) -> Result<()> {
         let x = match &self.last_exchange {
-            Some(x) if x.name == exchange && !x.is_deleted() => x.clone(),
+            Some((x, _)) if x.name == exchange && !x.is_deleted() => x.clone(),
             _ => {
                 let x = cx.vhost.exchange_for_publish(&exchange)?;
-                self.last_exchange = Some(x.clone());
+                let xc = self.delivery.exchanges.counters_for(&x);
+                self.last_exchange = Some((x.clone(), xc));
                 x
             }
         };
@@ -630,7 +642,10 @@ impl Channel {
             content.properties,
             content.body,
         ));
-        self.delivery.counters.publish.add(1);
+        self.delivery.counters.count_publish(msg.body.len());
+        if let Some((_, xc)) = &self.last_exchange {
+            xc.publish_in.add(1);
+        }
         if x.delayed {
             if let Some(delay) = warren_broker::delayed::delay_of(&msg) {
                 let r = cx.vhost.delayed.hold(&x.name, x.durable, msg, delay);
@@ -663,6 +678,9 @@ impl Channel {
                     self.last_default_route = queues.first().cloned();
                 }
             }
+        }
+        if let Some((_, xc)) = &self.last_exchange {
+            xc.publish_out.add(queues.len() as u64);
         }
         if queues.is_empty() {
             let c = &self.delivery.counters;

@@ -599,6 +599,7 @@ impl Connection {
             self.config.consumer_timeout,
         );
         self.entry.channels.lock().push(ch.delivery.clone());
+        warren_broker::stats::Churn::count(&self.guard.broker.connections.churn.channels_opened);
         self.channels.insert(n, Box::new(ch));
         self.outbox.send(n, ChannelOpenOk::default());
     }

@@ -96,11 +96,29 @@ async fn a_real_prometheus_server_scrapes_queue_depths_and_the_dashboard_queries
         Job {
             name: "warren-per-object",
             path: "/metrics/per-object",
+            params: &[],
             target: metrics,
         },
         Job {
             name: "warren",
             path: "/metrics",
+            params: &[],
+            target: metrics,
+        },
+        // As the RabbitMQ cluster operator's ServiceMonitor scrapes the detailed endpoint.
+        Job {
+            name: "warren-detailed",
+            path: "/metrics/detailed",
+            params: &[
+                ("family", "queue_coarse_metrics"),
+                ("family", "queue_metrics"),
+                ("family", "queue_delivery_metrics"),
+                ("family", "exchange_metrics"),
+                ("family", "channel_exchange_metrics"),
+                ("family", "connection_coarse_metrics"),
+                ("family", "connection_churn_metrics"),
+                ("vhost", "/"),
+            ],
             target: metrics,
         },
     ]);
@@ -135,6 +153,92 @@ async fn a_real_prometheus_server_scrapes_queue_depths_and_the_dashboard_queries
             exactly((N + 3) as f64),
         )
         .await;
+    // The detailed endpoint: per-object series of the families asked for.
+    prometheus
+        .query_until(
+            r#"rabbitmq_detailed_queue_messages_ready{job="warren-detailed",vhost="/",queue="prom-queue"}"#,
+            timeout,
+            exactly(N as f64),
+        )
+        .await;
+    prometheus
+        .query_until(
+            r#"rabbitmq_detailed_queue_info{job="warren-detailed",queue="prom-queue",queue_type="rabbit_classic_queue"}"#,
+            timeout,
+            exactly(1.0),
+        )
+        .await;
+    for q in [
+        r#"sum(rabbitmq_detailed_exchange_messages_published_total{job="warren-detailed"})"#,
+    ] {
+        prometheus
+            .query_until(q, timeout, exactly((N + 3) as f64))
+            .await;
+    }
+    prometheus
+        .query_until(
+            r#"count(rabbitmq_detailed_connection_incoming_bytes_total{job="warren-detailed"} > 0)"#,
+            timeout,
+            exactly(2.0),
+        )
+        .await;
+    prometheus
+        .query_until(
+            r#"rabbitmq_detailed_connections_opened_total{job="warren-detailed"}"#,
+            timeout,
+            exactly(2.0),
+        )
+        .await;
+    prometheus
+        .query_until(
+            r#"count(rabbitmq_detailed_queue_disk_writes_total{job="warren-detailed"})"#,
+            timeout,
+            exactly(2.0),
+        )
+        .await;
+    // A basic.get on an empty queue and a redelivery, for the dashboard's panels below.
+    {
+        let conn = connect_url(&broker.url()).await;
+        let ch = channel(&conn).await;
+        declare(&ch, "prom-empty").await;
+        assert!(get(&ch, "prom-empty", false).await.is_none());
+        let m = get(&ch, "prom-other", false).await.expect("a message");
+        within(
+            "nack",
+            m.delivery.nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+        let again = get(&ch, "prom-other", true).await.expect("the message again");
+        assert!(again.delivery.redelivered);
+        prometheus
+            .query_until(
+                r#"sum(rabbitmq_global_messages_get_empty_total{job="warren"})"#,
+                timeout,
+                exactly(1.0),
+            )
+            .await;
+        prometheus
+            .query_until(
+                r#"sum(rabbitmq_global_messages_redelivered_total{job="warren"})"#,
+                timeout,
+                exactly(1.0),
+            )
+            .await;
+        // This channel is open (publish_n's were closed): its series is there.
+        publish(&ch, "", "prom-empty", b"a").await;
+        publish(&ch, "", "prom-empty", b"b").await;
+        prometheus
+            .query_until(
+                r#"sum(rabbitmq_detailed_channel_messages_published_total{job="warren-detailed"})"#,
+                timeout,
+                exactly(2.0),
+            )
+            .await;
+    }
     // Queries of RabbitMQ's "RabbitMQ-Overview" dashboard (its cluster variable matched with
     // a regex): they join on rabbitmq_identity_info, which must therefore match.
     for q in [
@@ -150,6 +254,22 @@ async fn a_real_prometheus_server_scrapes_queue_depths_and_the_dashboard_queries
         r#"sum(rate(rabbitmq_global_messages_acknowledged_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"})"#,
         r#"sum(irate(rabbitmq_global_messages_delivered_total[1m]) * on(instance, job) group_left(rabbitmq_cluster) rabbitmq_identity_info{rabbitmq_cluster=~".+"})"#,
         r#"sum(rabbitmq_global_consumers * on(instance, job) group_left(rabbitmq_cluster) rabbitmq_identity_info{rabbitmq_cluster=~".+"})"#,
+        r#"sum(rabbitmq_global_publishers * on(instance, job) group_left(rabbitmq_cluster) rabbitmq_identity_info{rabbitmq_cluster=~".+"})"#,
+        r#"sum(rate(rabbitmq_global_messages_routed_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_global_messages_received_confirm_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"} - rate(rabbitmq_global_messages_confirmed_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum((rate(rabbitmq_global_messages_delivered_consume_auto_ack_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) + (rate(rabbitmq_global_messages_delivered_consume_manual_ack_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"})) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_global_messages_redelivered_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_global_messages_delivered_get_auto_ack_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_global_messages_delivered_get_manual_ack_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_global_messages_get_empty_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_queues_declared_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_queues_created_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_queues_deleted_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_channels_opened_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_channels_closed_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_connections_opened_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"sum(rate(rabbitmq_connections_closed_total[1m]) * on(instance, job) group_left(rabbitmq_cluster, rabbitmq_node) rabbitmq_identity_info{rabbitmq_cluster=~".+"}) by(rabbitmq_node)"#,
+        r#"count(rabbitmq_identity_info{rabbitmq_cluster=~".+"})"#,
     ] {
         prometheus
             .query_until(q, timeout, |r| {

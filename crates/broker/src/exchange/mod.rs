@@ -105,6 +105,9 @@ pub struct Exchange {
     pub(crate) policy: RwLock<Option<FieldTable>>,
     /// An `x-delayed-message` exchange: routes like `kind`, after each message's `x-delay`.
     pub delayed: bool,
+    /// What closed channels published into it (open channels count their own: see
+    /// [`crate::stats::ChannelExchanges`]).
+    retired: parking_lot::Mutex<crate::stats::ExchangeCounts>,
 }
 
 impl Exchange {
@@ -133,7 +136,18 @@ impl Exchange {
             deleted: Default::default(),
             policy: RwLock::new(None),
             delayed: false,
+            retired: Default::default(),
         }
+    }
+
+    /// A closed channel's publishes into this exchange join its totals.
+    pub fn retire_counts(&self, c: &crate::stats::ExchangeCounts) {
+        self.retired.lock().add(c);
+    }
+
+    /// What closed channels published into this exchange.
+    pub fn retired_counts(&self) -> crate::stats::ExchangeCounts {
+        *self.retired.lock()
     }
 
     /// The type as declared (`x-delayed-message` for a delayed exchange).

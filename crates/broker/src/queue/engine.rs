@@ -159,6 +159,12 @@ pub struct EngineStats {
     pub get_no_ack: u64,
     /// Of `delivered`, those that went out again (redelivered).
     pub redeliver: u64,
+    /// basic.get on the queue found it empty.
+    pub get_empty: u64,
+    /// Messages read from and written to the queue's message store (filled in by the queue,
+    /// which owns the store; the engine leaves them 0).
+    pub disk_reads: u64,
+    pub disk_writes: u64,
 }
 
 pub struct QueueEngine<C> {
@@ -186,6 +192,7 @@ pub struct QueueEngine<C> {
     /// By kind: [consumer with ack, consumer no-ack, get with ack, get no-ack], redelivered.
     delivered_by: [u64; 4],
     redelivered: u64,
+    get_empty: u64,
     /// Last time the queue was used (ms), for `x-expires`.
     last_used: u64,
     /// Some message carries its own TTL: dispatch looks at the clock.
@@ -213,6 +220,7 @@ impl<C> QueueEngine<C> {
             acked: 0,
             delivered_by: [0; 4],
             redelivered: 0,
+            get_empty: 0,
             last_used: now,
             timed: false,
             effects: Vec::new(),
@@ -306,6 +314,9 @@ impl<C> QueueEngine<C> {
             get: self.delivered_by[2],
             get_no_ack: self.delivered_by[3],
             redeliver: self.redelivered,
+            get_empty: self.get_empty,
+            disk_reads: 0,
+            disk_writes: 0,
         }
     }
 
@@ -657,7 +668,10 @@ impl<C> QueueEngine<C> {
         self.last_used = now;
         self.page_in(now, env);
         self.expire_head(now);
-        let qm = self.ready.pop_front()?;
+        let Some(qm) = self.ready.pop_front() else {
+            self.get_empty += 1;
+            return None;
+        };
         self.delivered_by[2 + owner.is_none() as usize] += 1;
         let checkout = self.taken(qm.clone(), owner);
         Some(Got {

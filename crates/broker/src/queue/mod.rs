@@ -229,7 +229,13 @@ impl Env<Arc<DeliveryChannel>> for QueueEnv<'_> {
         max_bytes: usize,
     ) -> warren_store::Result<(Vec<warren_store::RecoveredMessage>, Position)> {
         match self.q.store.get() {
-            Some(slot) => slot.lock().store.read_batch(from, max_bytes),
+            Some(slot) => {
+                let r = slot.lock().store.read_batch(from, max_bytes);
+                if let Ok((msgs, _)) = &r {
+                    self.q.disk_reads.add(msgs.len() as u64);
+                }
+                r
+            }
             None => Ok((Vec::new(), from)),
         }
     }
@@ -271,6 +277,10 @@ pub struct Queue {
     /// Where a replicated queue's follow-ups go (they arise on Raft's threads, after the
     /// command that caused them has returned): its vhost.
     followups_sink: std::sync::OnceLock<replica::FollowupSink>,
+    /// Messages read back from the store (paged in, recovered) and written to it (persistent
+    /// or paged out): RabbitMQ's `disk_reads` / `disk_writes`. Written under the queue's lock.
+    disk_reads: crate::stats::Counter,
+    disk_writes: crate::stats::Counter,
 }
 
 impl Queue {
@@ -305,6 +315,8 @@ impl Queue {
             replica: std::sync::OnceLock::new(),
             replica_consumers: Mutex::new(Default::default()),
             followups_sink: std::sync::OnceLock::new(),
+            disk_reads: Default::default(),
+            disk_writes: Default::default(),
         }
     }
 
@@ -555,6 +567,7 @@ impl Queue {
             match Message::decode_record(r.payload) {
                 Some((msg, _)) => {
                     restored += 1;
+                    self.disk_reads.add(1);
                     i.push_from_store(msg, position, r.redelivered, now);
                 }
                 None => {
@@ -638,6 +651,7 @@ impl Queue {
         let pos = st
             .append_with(|buf| msg.encode_record(persistent, tx.filter(|_| persistent), buf))
             .map_err(PublishError::Store)?;
+        self.disk_writes.add(1);
         self.enlist_written(&mut st, p);
         Ok(pos)
     }
@@ -694,7 +708,14 @@ impl Queue {
         if let Some(r) = self.replica.get() {
             return replicated::read(r, QueueEngine::stats);
         }
-        self.inner.lock().stats()
+        let mut s = self.inner.lock().stats();
+        (s.disk_reads, s.disk_writes) = self.disk_counts();
+        s
+    }
+
+    /// Messages read from and written to the queue's message store so far.
+    pub fn disk_counts(&self) -> (u64, u64) {
+        (self.disk_reads.get(), self.disk_writes.get())
     }
 
     pub fn message_count(&self) -> u32 {

@@ -1,6 +1,7 @@
 //! Declaring, deleting and purging exchanges and queues, with RabbitMQ's equivalence checks
 //! and argument validation.
 
+use crate::stats::Churn;
 use super::*;
 
 /// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared), in
@@ -196,6 +197,7 @@ impl VHost {
             let q = self.queue_for(&d.name, conn)?;
             return Ok((q.clone(), q.message_count(), q.consumer_count()));
         }
+        Churn::count(&self.churn.queues_declared);
         let kind = d.arguments.get("x-queue-type").and_then(FieldValue::as_str);
         let (quorum, stream) = (kind == Some("quorum"), kind == Some("stream"));
         let name: ShortStr = if d.name.is_empty() {
@@ -290,6 +292,7 @@ impl VHost {
         }
         // No one else can have inserted it: `lifecycle` is held.
         self.queues.write().insert(name, q.clone());
+        Churn::count(&self.churn.queues_created);
         let mut count = 0;
         let mut fu = Followups::new();
         if let Some(rec) = recovery {
@@ -351,6 +354,7 @@ impl VHost {
             FieldTable::new(),
         ));
         self.queues.write().insert(name, q.clone());
+        Churn::count(&self.churn.queues_created);
         q
     }
 
@@ -579,6 +583,7 @@ impl VHost {
         let Some(q) = self.queues.write().remove(name) else {
             return 0;
         };
+        Churn::count(&self.churn.queues_deleted);
         deleted
             .entry(q.queue_type().to_string())
             .or_default()

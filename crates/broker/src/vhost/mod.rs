@@ -67,6 +67,8 @@ pub struct VHost {
     /// never go down when a queue goes. Held while a queue is removed and while the totals
     /// are read, so a queue is counted once: live or deleted.
     deleted_counters: parking_lot::Mutex<DeletedCounters>,
+    /// Queues declared, created and deleted (RabbitMQ's `connection_churn_metrics`).
+    pub churn: crate::stats::Churn,
 }
 
 /// The counters of a vhost's deleted queues, by queue type (`classic`, `quorum`).
@@ -79,13 +81,45 @@ pub struct QueueCounters {
     pub published: u64,
     pub delivered: u64,
     pub acked: u64,
+    pub deliver: u64,
+    pub deliver_no_ack: u64,
+    pub get: u64,
+    pub get_no_ack: u64,
+    pub redeliver: u64,
+    pub get_empty: u64,
+    pub disk_reads: u64,
+    pub disk_writes: u64,
 }
 
 impl QueueCounters {
     pub fn add(&mut self, s: &QueueStats) {
-        self.published += s.published;
-        self.delivered += s.delivered;
-        self.acked += s.acked;
+        self.merge(&QueueCounters {
+            published: s.published,
+            delivered: s.delivered,
+            acked: s.acked,
+            deliver: s.deliver,
+            deliver_no_ack: s.deliver_no_ack,
+            get: s.get,
+            get_no_ack: s.get_no_ack,
+            redeliver: s.redeliver,
+            get_empty: s.get_empty,
+            disk_reads: s.disk_reads,
+            disk_writes: s.disk_writes,
+        });
+    }
+
+    pub fn merge(&mut self, o: &QueueCounters) {
+        self.published += o.published;
+        self.delivered += o.delivered;
+        self.acked += o.acked;
+        self.deliver += o.deliver;
+        self.deliver_no_ack += o.deliver_no_ack;
+        self.get += o.get;
+        self.get_no_ack += o.get_no_ack;
+        self.redeliver += o.redeliver;
+        self.get_empty += o.get_empty;
+        self.disk_reads += o.disk_reads;
+        self.disk_writes += o.disk_writes;
     }
 }
 
@@ -103,6 +137,7 @@ impl VHost {
             delayed,
             lifecycle: Default::default(),
             deleted_counters: Default::default(),
+            churn: Default::default(),
         });
         let predeclared = [
             ("", ExchangeKind::Direct),
@@ -276,6 +311,21 @@ impl VHost {
             })
             .collect();
         (stats, deleted.clone())
+    }
+
+    /// Messages read from and written to the message stores of this vhost's queues, the
+    /// deleted ones included (RabbitMQ's `disk_reads` / `disk_writes`). Reads no queue's lock.
+    pub fn disk_counts(&self) -> (u64, u64) {
+        let deleted = self.deleted_counters.lock();
+        let (mut reads, mut writes) = deleted
+            .values()
+            .fold((0, 0), |(r, w), c| (r + c.disk_reads, w + c.disk_writes));
+        for q in self.queues.read().values() {
+            let (r, w) = q.disk_counts();
+            reads += r;
+            writes += w;
+        }
+        (reads, writes)
     }
 
     fn no_queue(&self, name: &str) -> AmqpError {
