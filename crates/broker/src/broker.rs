@@ -192,6 +192,9 @@ impl Broker {
     }
 
     fn build(config: BrokerConfig, persistence: Option<Arc<Persistence>>) -> Arc<Self> {
+        if let Some(h) = persistence.as_ref().and_then(|p| p.replica_host()) {
+            crate::delivery::set_owner_base(h.owner_base());
+        }
         let b = Broker {
             persistence,
             vhosts: RwLock::new(HashMap::new()),
@@ -233,7 +236,45 @@ impl Broker {
     }
 
     /// Creates a vhost (no-op if it exists).
+    /// Runs a change through the cluster's metadata log if this node is in a cluster and the
+    /// change is not being applied from it (see [`crate::metadata`]): `Some(answer)` once it
+    /// is applied here; `None` when the caller makes the change itself.
+    pub(crate) fn replicated(
+        &self,
+        op: impl FnOnce() -> crate::metadata::MetaOp,
+    ) -> Option<crate::error::Result<()>> {
+        let log = self.persistence.as_ref()?.metadata_log()?;
+        crate::metadata::must_replicate().then(|| log.run(op()))
+    }
+
+    /// Whether a definition change made now goes through the cluster's metadata log.
+    pub(crate) fn replicates_definitions(&self) -> bool {
+        self.persistence
+            .as_ref()
+            .is_some_and(|p| p.metadata_log().is_some())
+            && crate::metadata::must_replicate()
+    }
+
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        if self.vhost(name).is_none() {
+            let op = || {
+                crate::metadata::MetaOp::import(&Definitions {
+                    vhosts: vec![crate::definitions::VHostDef {
+                        name: name.to_string(),
+                        limits: serde_json::Value::Null,
+                    }],
+                    ..Default::default()
+                })
+            };
+            if let Some(r) = self.replicated(op) {
+                match (r, self.vhost(name)) {
+                    (Ok(()), Some(v)) => return v,
+                    (r, _) => {
+                        tracing::warn!(vhost = name, result = ?r, "the cluster did not add the vhost; adding it on this node only")
+                    }
+                }
+            }
+        }
         let vh = self
             .vhosts
             .write()
@@ -246,8 +287,23 @@ impl Broker {
         vh
     }
 
+    /// A vhost by name. In a cluster, a miss first catches up with every definition change
+    /// committed so far (see [`Broker::found_or_synced`]).
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
-        self.vhosts.read().get(name).cloned()
+        self.found_or_synced(|| self.vhosts.read().get(name).cloned())
+    }
+
+    /// Looks something up; in a cluster, a miss first waits until this node has applied every
+    /// definition change committed so far (a barrier through the metadata log), so what was
+    /// made on another node and acknowledged there is found here too.
+    pub(crate) fn found_or_synced<T>(&self, look: impl Fn() -> Option<T>) -> Option<T> {
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        if let Err(e) = self.replicated(|| crate::metadata::MetaOp::Barrier)? {
+            tracing::warn!(error = %e, "could not catch up with the cluster's definitions");
+        }
+        look()
     }
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {

@@ -242,6 +242,36 @@ impl DefinitionsError {
 }
 
 /// A user as a definitions file gives it: tags as a list or a comma-separated string.
+/// A user in the definitions format.
+pub fn user_def(u: User) -> UserDef {
+    let mut limits = serde_json::Map::new();
+    if let Some(n) = u.limits.max_connections {
+        limits.insert("max-connections".into(), n.into());
+    }
+    if let Some(n) = u.limits.max_channels {
+        limits.insert("max-channels".into(), n.into());
+    }
+    UserDef {
+        name: u.name,
+        password_hash: u.password_hash,
+        hashing_algorithm: Some(u.hashing_algorithm.as_str().into()),
+        tags: Value::from(u.tags),
+        limits: Value::Object(limits),
+    }
+}
+
+/// A policy of vhost `vhost` in the definitions format.
+pub fn policy_def(vhost: &str, p: &crate::policy::Policy) -> PolicyDef {
+    PolicyDef {
+        vhost: vhost.to_string(),
+        name: p.name.clone(),
+        pattern: p.pattern.clone(),
+        apply_to: p.apply_to.as_str().into(),
+        priority: p.priority,
+        definition: table_to_json(&p.definition),
+    }
+}
+
 pub fn user_from_def(u: &UserDef) -> Result<User, UnsupportedHashingAlgorithm> {
     let tags = match &u.tags {
         Value::Array(a) => a
@@ -301,14 +331,7 @@ impl Broker {
             });
             for (operator, list) in [(false, &mut d.policies), (true, &mut d.operator_policies)] {
                 for p in vh.policies(operator) {
-                    list.push(PolicyDef {
-                        vhost: vh.name.clone(),
-                        name: p.name.clone(),
-                        pattern: p.pattern.clone(),
-                        apply_to: p.apply_to.as_str().into(),
-                        priority: p.priority,
-                        definition: table_to_json(&p.definition),
-                    });
+                    list.push(policy_def(&vh.name, &p));
                 }
             }
             let mut queues = vh.queues();
@@ -365,20 +388,7 @@ impl Broker {
             }
         }
         for u in self.users() {
-            let mut limits = serde_json::Map::new();
-            if let Some(n) = u.limits.max_connections {
-                limits.insert("max-connections".into(), n.into());
-            }
-            if let Some(n) = u.limits.max_channels {
-                limits.insert("max-channels".into(), n.into());
-            }
-            d.users.push(UserDef {
-                name: u.name,
-                password_hash: u.password_hash,
-                hashing_algorithm: Some(u.hashing_algorithm.as_str().into()),
-                tags: Value::from(u.tags),
-                limits: Value::Object(limits),
-            });
+            d.users.push(user_def(u));
         }
         for (user, vhost, p) in self.permissions() {
             d.permissions.push(PermissionDef {

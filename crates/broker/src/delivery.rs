@@ -76,6 +76,12 @@ pub fn new_owner() -> Owner {
     NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Owners from now on are numbered from `base` up (a node of a cluster has its own range,
+/// so an owner id names its node: [`crate::queue::replica::ReplicaHost::owner_base`]).
+pub fn set_owner_base(base: Owner) {
+    NEXT_OWNER.fetch_max(base + 1, Ordering::Relaxed);
+}
+
 struct ConsumerSlot {
     owner: Owner,
     tag: ShortStr,

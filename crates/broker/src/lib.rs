@@ -19,6 +19,7 @@
 //! - [`persist`]: message stores of durable queues, group commit, saved definitions (the
 //!   broker's flusher thread drives it; it does not hold the broker).
 //! - [`definitions`]: the topology in RabbitMQ's definitions format.
+//! - [`metadata`]: definitions replicated through a cluster's metadata log ([`metadata::MetaOp`]).
 //! - [`json`]: field tables as JSON.
 //! - [`alarm`]: memory and disk alarms that block publishers.
 //! - [`auth`]: users, password hashes, permissions, user and vhost limits.
@@ -45,6 +46,7 @@ pub mod error;
 pub mod exchange;
 pub mod json;
 pub mod message;
+pub mod metadata;
 pub mod persist;
 pub mod policy;
 pub mod queue;

@@ -63,6 +63,8 @@ pub struct Persistence {
     /// [`crate::queue::replica`]. Without one, a quorum queue is a single-node queue with
     /// quorum semantics, stored as a durable classic queue is.
     replicas: std::sync::OnceLock<Arc<dyn crate::queue::replica::ReplicaHost>>,
+    /// The cluster's metadata log, if this node is in a cluster.
+    metadata: std::sync::OnceLock<Arc<dyn crate::metadata::MetadataLog>>,
 }
 
 impl Persistence {
@@ -95,6 +97,7 @@ impl Persistence {
             synced,
             store_options: StoreOptions::default(),
             replicas: std::sync::OnceLock::new(),
+            metadata: std::sync::OnceLock::new(),
         })
     }
 
@@ -105,6 +108,16 @@ impl Persistence {
 
     pub fn replica_host(&self) -> Option<&Arc<dyn crate::queue::replica::ReplicaHost>> {
         self.replicas.get()
+    }
+
+    /// Replicates definitions through the cluster's metadata log (set once the broker is
+    /// open: what it restores from its own definitions file is not replicated again).
+    pub fn set_metadata_log(&self, log: Arc<dyn crate::metadata::MetadataLog>) {
+        let _ = self.metadata.set(log);
+    }
+
+    pub fn metadata_log(&self) -> Option<&Arc<dyn crate::metadata::MetadataLog>> {
+        self.metadata.get()
     }
 
     pub fn dir(&self) -> &Path {

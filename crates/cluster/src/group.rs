@@ -7,7 +7,7 @@ use crate::log_store::GroupLog;
 use crate::network::NoPeers;
 use crate::state_machine::{Output, QueueStateMachine};
 use crate::transport::Registry;
-use crate::types::{Batch, NodeId, QueueRaft};
+use crate::types::{NodeId, Proposal, QueueRaft};
 use crate::wal::{GroupState, NodeWal};
 use openraft::network::RaftNetworkFactory;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
@@ -44,7 +44,7 @@ pub struct QueueGroup {
 /// notes advise ≥ 1 s on a loaded 2-core machine). openraft's voters also refuse a new
 /// candidate for `election_timeout_max` after the last heartbeat (the leader lease), so a
 /// narrow range keeps failover near 2 s (measured: ~3.3 s with 1–2 s).
-fn config() -> Result<Arc<Config>, GroupError> {
+pub(crate) fn config() -> Result<Arc<Config>, GroupError> {
     let c = Config {
         cluster_name: "warren".into(),
         heartbeat_interval: 200,
@@ -190,9 +190,20 @@ impl QueueGroup {
         )
     }
 
+    /// The group's Raft handle.
+    pub fn raft(&self) -> &Raft<QueueRaft> {
+        &self.raft
+    }
+
     /// This node's id in the group.
     pub fn raft_id(&self) -> NodeId {
         self.raft.metrics().borrow().id
+    }
+
+    /// Whether the group has stopped (shut down, or failed for good).
+    pub fn is_stopped(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.running_state.is_err() || m.state == ServerState::Shutdown
     }
 
     /// Whether this node leads the group now.
@@ -225,7 +236,7 @@ impl QueueGroup {
     {
         let rx = self
             .raft
-            .client_write_ff(Batch(batch))
+            .client_write_ff(Proposal::Queue(batch))
             .await
             .map_err(raft_err)?;
         let raft = self.raft.clone();

@@ -12,11 +12,16 @@
 //! - [`network`]: a node alone (no links).
 //! - [`transport`]: links between nodes: Raft RPCs over TCP, a shared-secret handshake.
 //! - [`group`]: [`QueueGroup`], start a group and propose commands.
+//! - [`meta`]: the cluster's metadata group: definition changes every node applies.
 //! - [`node`]: [`LocalNode`], the broker's `ReplicaHost`: the node's WAL, its Raft runtime,
 //!   and a group per quorum queue (`quorum_queues.replicated = true`).
 
+// openraft's StorageError is large; it is what its traits return.
+#![allow(clippy::result_large_err)]
+
 pub mod group;
 pub mod log_store;
+pub mod meta;
 pub mod network;
 pub mod node;
 pub mod state_machine;
@@ -25,7 +30,8 @@ pub mod types;
 pub mod wal;
 
 pub use group::{GroupError, Membership, QueueGroup};
-pub use node::LocalNode;
+pub use node::{ClusterSpec, LocalNode};
+pub use openraft::BasicNode;
 pub use state_machine::Output;
 pub use transport::{Listener, Registry, TcpPeers};
 pub use wal::{GroupState, NodeWal, WalError};

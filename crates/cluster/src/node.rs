@@ -10,20 +10,37 @@
 //! Commands reach the log in the order they were submitted: one task per group takes what is
 //! waiting in its channel and proposes it as one entry (`client_write_ff`) before taking
 //! more; answers are awaited apart, so entries are in flight while the next fills.
+//!
+//! In a cluster ([`LocalNode::open_cluster`]), every group has every node as a member; the
+//! node listens for the others' Raft RPCs, runs the metadata group ([`crate::meta`]), and
+//! sends proposals to whichever node leads their group ([`Forwarder`], one at a time, so
+//! they stay in order). Every member applies the same deliveries; each hands out those of
+//! its own consumers (owner ids carry the node: [`ReplicaHost::owner_base`]).
 
-use crate::group::QueueGroup;
-use crate::types::NodeId;
+use crate::group::{Membership, QueueGroup};
+use crate::log_store::GroupLog;
+use crate::meta::{Applier, MetaStateMachine, Waiters, META_GROUP};
+use crate::transport::{Forwarder, Listener, Registry, TcpPeers};
+use crate::types::{NodeId, Proposal, QueueRaft};
 use crate::wal::{GroupState, NodeWal, WalError};
+use openraft::{BasicNode, Raft};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use warren_broker::queue::replica::{Answer, OutputSink, Replica, ReplicaHost};
+use warren_broker::metadata::{MetaOp, MetadataLog};
+use warren_broker::queue::replica::{Answer, ClusterNode, OutputSink, Replica, ReplicaHost};
+use warren_broker::queue::Applied;
 use warren_broker::queue::{Owner, QueueCommand, QueueEngine, QueueOptions};
+use warren_broker::AmqpError;
 use warren_store::Backend;
 
 /// How long opening a group may take (leading it and applying its log again).
@@ -42,7 +59,156 @@ pub fn group_id(vhost: &str, name: &str) -> u64 {
     u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
-/// This node's replicated queues (a node alone, for now: every group has one member).
+/// What a node of a cluster is told about it.
+#[derive(Clone)]
+pub struct ClusterSpec {
+    /// This node's id (a key of `nodes`).
+    pub me: NodeId,
+    /// Every node of the cluster, this one included, with its cluster address.
+    pub nodes: BTreeMap<NodeId, BasicNode>,
+    /// The shared secret nodes prove they know (the Erlang cookie's role).
+    pub secret: Arc<[u8]>,
+    /// Where this node listens for the others.
+    pub listen: SocketAddr,
+    /// Each node's name (`warren@host:port`), for operators.
+    pub names: BTreeMap<NodeId, String>,
+}
+
+/// Owner ids of node number `n` (1-based, in the order of node ids) start at `n <<
+/// OWNER_BITS`.
+const OWNER_BITS: u32 = 48;
+
+/// Within a node's range, owner ids start at the seconds since 2024 times this: ids stay
+/// unique across restarts (an owner of before a restart is still in the queues until it is
+/// removed) unless a node used more than this many a second.
+const OWNER_IDS_PER_SECOND: u64 = 1 << 20;
+
+/// A node that has not answered for this long is down: its consumers are removed from the
+/// queues this node leads and what they held is returned (as RabbitMQ does when a node goes).
+/// Longer than an election, so a node that only paused keeps its consumers.
+const DOWN_AFTER: Duration = Duration::from_secs(3);
+
+/// How often the other nodes are probed.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long one attempt to hand a proposal to another node may take (a node cut off does not
+/// answer at all: the attempt must end in time to try the node elected after it).
+const FORWARD_ATTEMPT: Duration = Duration::from_secs(2);
+
+/// How long a proposal may look for a leader that takes it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node of a cluster has beyond a node alone.
+struct Cluster {
+    spec: ClusterSpec,
+    /// This node's number (1-based position of its id).
+    number: u64,
+    registry: Registry,
+    _listener: Listener,
+    forwarder: Arc<Forwarder>,
+    meta: OnceLock<Raft<QueueRaft>>,
+    waiters: Waiters,
+    next_request: AtomicU64,
+    /// Since when each other node has not answered a probe (absent: it answers).
+    down_since: Mutex<HashMap<NodeId, std::time::Instant>>,
+}
+
+impl Cluster {
+    fn addr(&self, node: NodeId) -> Option<String> {
+        self.spec.nodes.get(&node).map(|n| n.addr.clone())
+    }
+
+    /// The node whose owner ids `owner` is one of (see [`ReplicaHost::owner_base`]).
+    fn node_of(&self, owner: warren_broker::queue::Owner) -> Option<NodeId> {
+        let number = owner >> OWNER_BITS;
+        (number > 0)
+            .then(|| self.spec.nodes.keys().nth(number as usize - 1).copied())
+            .flatten()
+    }
+
+    /// Whether `owner`'s node has been down for [`DOWN_AFTER`].
+    fn owner_is_gone(&self, owner: warren_broker::queue::Owner) -> bool {
+        let Some(node) = self.node_of(owner).filter(|n| *n != self.spec.me) else {
+            return false;
+        };
+        self.down_since
+            .lock()
+            .get(&node)
+            .is_some_and(|t| t.elapsed() >= DOWN_AFTER)
+    }
+
+    /// Probes the other nodes for ever (the task ends with the runtime).
+    async fn watch_nodes(self: Arc<Self>) {
+        loop {
+            for (id, n) in &self.spec.nodes {
+                if *id == self.spec.me {
+                    continue;
+                }
+                let up =
+                    crate::transport::probe(&n.addr, self.spec.me, &self.spec.secret, PROBE_EVERY)
+                        .await;
+                let mut down = self.down_since.lock();
+                match (up, down.contains_key(id)) {
+                    (true, true) => {
+                        down.remove(id);
+                        tracing::info!(node = %n.addr, "cluster node answers again");
+                    }
+                    (false, false) => {
+                        down.insert(*id, std::time::Instant::now());
+                        tracing::warn!(node = %n.addr, "cluster node does not answer");
+                    }
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+}
+
+/// While this node leads `group`, removes the consumers of nodes that are down and returns
+/// what they held (through the queue's replica, in order with its other commands). Ends when
+/// the queue's group does.
+async fn reap_gone_owners(
+    group: std::sync::Weak<QueueGroup>,
+    c: Arc<Cluster>,
+    replica: std::sync::Weak<GroupReplica>,
+) {
+    let mut reaped = HashSet::new();
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let (Some(g), Some(r)) = (group.upgrade(), replica.upgrade()) else {
+            return;
+        };
+        if g.is_stopped() {
+            return;
+        }
+        // An owner reaped before whose node answers again may be reaped again later.
+        reaped.retain(|o| c.owner_is_gone(*o));
+        if !g.is_leader() {
+            continue;
+        }
+        let gone: Vec<_> = g
+            .state()
+            .with_engine(|e| e.owner_ids())
+            .into_iter()
+            .filter(|o| !reaped.contains(o) && c.owner_is_gone(*o))
+            .collect();
+        for owner in gone {
+            tracing::info!(
+                group = g.id,
+                owner,
+                "a consumer's node is down: its unacknowledged messages go back to the queue"
+            );
+            let now = warren_broker::clock::now_ms();
+            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
+            r.submit(QueueCommand::ReturnAll { owner, now }, None);
+            reaped.insert(owner);
+        }
+    }
+}
+
+/// This node's replicated queues: every group has this node alone as its member, or, in a
+/// cluster, every node.
 pub struct LocalNode {
     id: NodeId,
     wal: Arc<NodeWal>,
@@ -50,6 +216,7 @@ pub struct LocalNode {
     handle: tokio::runtime::Handle,
     /// What the WAL held for groups not opened yet since the start.
     recovered: Mutex<HashMap<u64, GroupState>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl LocalNode {
@@ -70,7 +237,97 @@ impl LocalNode {
             handle: runtime.handle().clone(),
             runtime: Mutex::new(Some(runtime)),
             recovered: Mutex::new(recovered),
+            cluster: None,
         }))
+    }
+
+    /// Opens the node's WAL as [`LocalNode::open`] does and joins the cluster `spec` names:
+    /// listens for the other nodes. The metadata group starts with
+    /// [`LocalNode::start_metadata`], once the broker is open.
+    pub fn open_cluster(
+        backend: Arc<dyn Backend>,
+        dir: &Path,
+        spec: ClusterSpec,
+    ) -> Result<Arc<LocalNode>, WalError> {
+        let alone = Self::open(backend, dir)?;
+        let mut node = Arc::try_unwrap(alone).map_err(|_| WalError::Closed)?;
+        let registry = Registry::default();
+        let (listen, secret, r) = (spec.listen, spec.secret.clone(), registry.clone());
+        let listener = node
+            .wait_for(async move { Listener::start(listen, secret, r).await })
+            .ok_or(WalError::Closed)??;
+        let number = spec
+            .nodes
+            .keys()
+            .position(|id| *id == spec.me)
+            .map_or(0, |p| p as u64 + 1);
+        tracing::info!(node = spec.me, number, listen = %listener.addr, nodes = spec.nodes.len(), "cluster listener started");
+        node.id = spec.me;
+        node.cluster = Some(Arc::new(Cluster {
+            forwarder: Arc::new(Forwarder::new(spec.me, spec.secret.clone())),
+            spec,
+            number,
+            registry,
+            _listener: listener,
+            meta: OnceLock::new(),
+            waiters: Default::default(),
+            next_request: AtomicU64::new(1),
+            down_since: Default::default(),
+        }));
+        if let Some(c) = &node.cluster {
+            node.handle.spawn(c.clone().watch_nodes());
+        }
+        Ok(Arc::new(node))
+    }
+
+    /// Starts this node's member of the cluster's metadata group: definition changes
+    /// committed there are applied with `applier` (see [`crate::meta`]).
+    pub fn start_metadata(&self, applier: Applier) -> Result<(), String> {
+        let Some(c) = self.cluster.clone() else {
+            return Err("not in a cluster".into());
+        };
+        let recovered = self
+            .recovered
+            .lock()
+            .remove(&META_GROUP)
+            .unwrap_or_default();
+        let (me, wal) = (self.id, self.wal.clone());
+        let c2 = c.clone();
+        let raft = self
+            .wait_for(async move {
+                let sm = MetaStateMachine::new(me, wal.clone(), applier, c2.waiters.clone())
+                    .map_err(|e| e.to_string())?;
+                let log = GroupLog::new(META_GROUP, wal.clone(), recovered);
+                let peers = TcpPeers {
+                    me,
+                    group: META_GROUP,
+                    secret: c2.spec.secret.clone(),
+                };
+                let config = crate::group::config().map_err(|e| e.to_string())?;
+                let raft = Raft::new(me, config, peers, log, sm.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let asker = raft.clone();
+                let (ask, mut asked) = mpsc::channel(1);
+                wal.on_snapshot_needed(META_GROUP, ask);
+                tokio::spawn(async move {
+                    while asked.recv().await.is_some() {
+                        if asker.trigger().snapshot().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                c2.registry.insert(META_GROUP, raft.clone());
+                if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+                    raft.initialize(c2.spec.nodes.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(raft)
+            })
+            .ok_or("the Raft runtime stopped")??;
+        let _ = c.meta.set(raft);
+        Ok(())
     }
 
     /// Runs `fut` on the Raft runtime and waits for it from this (non-Raft) thread.
@@ -116,10 +373,43 @@ impl ReplicaHost for LocalNode {
         let id = group_id(vhost, name);
         let recovered = self.recovered.lock().remove(&id).unwrap_or_default();
         let (node, wal) = (self.id, self.wal.clone());
+        let cluster = self.cluster.clone();
+        let lead_here = warren_broker::metadata::proposed_here();
         let started = self.wait_for(async move {
-            let (group, out) = QueueGroup::start(node, id, wal, recovered, opts).await?;
-            group.caught_up(OPEN_TIMEOUT).await?;
-            Ok::<_, crate::GroupError>((group, out))
+            let Some(c) = cluster else {
+                let (group, out) = QueueGroup::start(node, id, wal, recovered, opts).await?;
+                group.caught_up(OPEN_TIMEOUT).await?;
+                return Ok::<_, crate::GroupError>((group, out));
+            };
+            // Every node is a member; each creates the group alike if its log is empty (safe
+            // with the same members). No waiting for a leader: the others may not be up.
+            let membership = Membership {
+                members: c.spec.nodes.clone(),
+                initialize: true,
+            };
+            let new = recovered.entries.is_empty() && recovered.vote.is_none();
+            let peers = TcpPeers {
+                me: node,
+                group: id,
+                secret: c.spec.secret.clone(),
+            };
+            let started = QueueGroup::start_member(
+                node,
+                id,
+                wal,
+                recovered,
+                opts,
+                membership,
+                peers,
+                Some(&c.registry),
+            )
+            .await?;
+            if new && lead_here {
+                // Declared through this node: it stands first (the others wait out their
+                // election timeout), so the declaring node leads, as RabbitMQ's client-local.
+                let _ = started.0.raft().trigger().elect().await;
+            }
+            Ok(started)
         });
         let (group, mut out) = started
             .ok_or("the Raft runtime stopped")?
@@ -127,21 +417,35 @@ impl ReplicaHost for LocalNode {
         let group = Arc::new(group);
         let (tx, rx) = mpsc::unbounded_channel::<(QueueCommand, Option<Answer>)>();
         let queued = Arc::new(AtomicUsize::new(0));
-        self.handle
-            .spawn(propose_in_batches(group.clone(), rx, queued.clone()));
+        self.handle.spawn(propose_in_batches(
+            group.clone(),
+            self.cluster.clone(),
+            rx,
+            queued.clone(),
+        ));
         self.handle.spawn(async move {
             while let Some(o) = out.recv().await {
                 outputs(o);
             }
         });
-        Ok(Arc::new(GroupReplica {
+        let replica = Arc::new(GroupReplica {
             id,
-            group,
+            number: self.cluster.as_ref().map(|c| c.number),
+            cluster: self.cluster.clone(),
+            group: group.clone(),
             commands: tx,
             queued,
             wal: self.wal.clone(),
             handle: self.handle.clone(),
-        }))
+        });
+        if let Some(c) = &self.cluster {
+            self.handle.spawn(reap_gone_owners(
+                Arc::downgrade(&group),
+                c.clone(),
+                Arc::downgrade(&replica),
+            ));
+        }
+        Ok(replica)
     }
 
     fn retain(&self, live: &[(String, String)]) {
@@ -149,7 +453,7 @@ impl ReplicaHost for LocalNode {
         let mut recovered = self.recovered.lock();
         let gone: Vec<u64> = recovered
             .keys()
-            .filter(|id| !live.contains(id))
+            .filter(|id| !live.contains(id) && **id != META_GROUP)
             .copied()
             .collect();
         for id in gone {
@@ -163,6 +467,148 @@ impl ReplicaHost for LocalNode {
                 }
             }
         }
+    }
+
+    fn owner_base(&self) -> u64 {
+        let Some(c) = &self.cluster else { return 0 };
+        let since_2024 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(1_704_067_200);
+        let within = (since_2024 * OWNER_IDS_PER_SECOND) & ((1 << OWNER_BITS) - 1);
+        (c.number << OWNER_BITS) | within
+    }
+
+    fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
+        let c = self.cluster.clone()?;
+        if on_raft_thread() {
+            return None;
+        }
+        let c2 = c.clone();
+        let running = self
+            .wait_for(async move {
+                let mut up = Vec::new();
+                for (id, n) in &c2.spec.nodes {
+                    up.push(
+                        *id == c2.spec.me
+                            || crate::transport::probe(
+                                &n.addr,
+                                c2.spec.me,
+                                &c2.spec.secret,
+                                Duration::from_secs(1),
+                            )
+                            .await,
+                    );
+                }
+                up
+            })
+            .unwrap_or_default();
+        Some(
+            c.spec
+                .nodes
+                .keys()
+                .zip(running)
+                .map(|(id, running)| ClusterNode {
+                    name: c
+                        .spec
+                        .names
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_else(|| id.to_string()),
+                    running,
+                    me: *id == c.spec.me,
+                })
+                .collect(),
+        )
+    }
+}
+
+fn internal(text: String) -> AmqpError {
+    AmqpError::new(warren_protocol::constants::INTERNAL_ERROR, text)
+}
+
+impl MetadataLog for LocalNode {
+    fn run(&self, op: MetaOp) -> Result<(), AmqpError> {
+        let Some(c) = self.cluster.clone() else {
+            return Err(internal("this node is not in a cluster".into()));
+        };
+        let Some(raft) = c.meta.get().cloned() else {
+            return Err(internal(
+                "the cluster's metadata group has not started on this node yet".into(),
+            ));
+        };
+        if on_raft_thread() {
+            return Err(internal(
+                "a definition change cannot wait on a Raft thread".into(),
+            ));
+        }
+        let request = c.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        c.waiters.lock().insert(request, tx);
+        let proposal = Proposal::Meta {
+            origin: self.id,
+            request,
+            op,
+        };
+        let c2 = c.clone();
+        let written = self
+            .wait_for(async move { write_to_leader(&raft, &c2, META_GROUP, proposal).await })
+            .unwrap_or_else(|| Err("the Raft runtime stopped".into()));
+        if let Err(e) = written {
+            c.waiters.lock().remove(&request);
+            return Err(internal(format!(
+                "the cluster did not take the definition change: {e}; a majority of its nodes must be up"
+            )));
+        }
+        rx.recv_timeout(replica_call_timeout()).unwrap_or_else(|_| {
+            c.waiters.lock().remove(&request);
+            Err(internal(
+                "the definition change was committed but not applied on this node in time".into(),
+            ))
+        })
+    }
+}
+
+fn replica_call_timeout() -> Duration {
+    warren_broker::queue::replica::CALL_TIMEOUT
+}
+
+/// Proposes `p` to group `group` through whichever node leads it (this one, or another by
+/// its [`Forwarder`]), looking for a leader for up to [`WRITE_TIMEOUT`]. Returns the answers
+/// once committed and applied on the leader.
+async fn write_to_leader(
+    raft: &Raft<QueueRaft>,
+    c: &Cluster,
+    group: u64,
+    p: Proposal,
+) -> Result<Vec<Applied>, String> {
+    let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+    loop {
+        let leader = raft.metrics().borrow().current_leader;
+        let r = match leader {
+            Some(l) if l == c.spec.me => raft
+                .client_write(p.clone())
+                .await
+                .map(|r| r.data)
+                .map_err(|e| e.to_string()),
+            Some(l) => match c.addr(l) {
+                Some(addr) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let attempt = left.min(FORWARD_ATTEMPT);
+                    c.forwarder.forward(&addr, group, p.clone(), attempt).await
+                }
+                None => Err(format!("node {l} is not in the cluster's configuration")),
+            },
+            None => Err("no leader yet".into()),
+        };
+        let why = match r {
+            Ok(a) => return Ok(a),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(why);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -181,11 +627,16 @@ const MAX_IN_FLIGHT: usize = 2;
 /// are handed back as entries are applied.
 async fn propose_in_batches(
     group: Arc<QueueGroup>,
+    cluster: Option<Arc<Cluster>>,
     mut rx: mpsc::UnboundedReceiver<(QueueCommand, Option<Answer>)>,
     queued: Arc<AtomicUsize>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut waiting = Vec::with_capacity(MAX_BATCH);
+    // Every publish this proposer sends is numbered, under an id of its own: a batch sent
+    // again (its leader went away before answering, and may have committed it) enqueues
+    // nothing twice (the engine answers Duplicate).
+    let (me, mut numbered) = (rand::random::<u64>(), 0u64);
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -195,25 +646,75 @@ async fn propose_in_batches(
             return;
         }
         queued.fetch_sub(n, Ordering::Relaxed);
-        let (cmds, answers): (Vec<QueueCommand>, Vec<Option<Answer>>) = waiting.drain(..).unzip();
+        let (mut cmds, answers): (Vec<QueueCommand>, Vec<Option<Answer>>) =
+            waiting.drain(..).unzip();
+        for c in &mut cmds {
+            if let QueueCommand::Enqueue {
+                from: from @ None, ..
+            } = c
+            {
+                numbered += 1;
+                *from = Some(warren_broker::queue::Publisher {
+                    id: me,
+                    seq: numbered,
+                });
+            }
+        }
+        if let Some(c) = cluster.as_deref().filter(|_| !group.is_leader()) {
+            // Another node leads (or none yet): the batch goes there, and the next one waits
+            // for its answer, so they are committed in order.
+            tracing::debug!(
+                group = group.id,
+                commands = cmds.len(),
+                "forwarding to the leader"
+            );
+            let r = write_to_leader(group.raft(), c, group.id, Proposal::Queue(cmds)).await;
+            tracing::debug!(
+                group = group.id,
+                ok = r.is_ok(),
+                "forwarded proposal answered"
+            );
+            drop(permit);
+            match r {
+                Ok(applied) => answer_all(answers, applied),
+                Err(e) => fail_all(answers, &e),
+            }
+            continue;
+        }
+        // In a cluster, a batch this node proposed as leader and lost with its leadership is
+        // sent again to the new leader: acks must not be lost, and publishes are numbered.
+        let again = cluster.as_ref().map(|c| (c.clone(), cmds.clone()));
+        tracing::debug!(
+            group = group.id,
+            commands = cmds.len(),
+            "proposing as leader"
+        );
         match group.submit(cmds).await {
             Ok(pending) => {
+                let group = group.clone();
                 tokio::spawn(async move {
-                    let r = pending.await;
+                    let mut r = pending.await;
+                    tracing::debug!(group = group.id, ok = r.is_ok(), "proposal answered");
+                    if let (Err(_), Some((c, cmds))) = (&r, again) {
+                        r = write_to_leader(group.raft(), &c, group.id, Proposal::Queue(cmds))
+                            .await;
+                    }
                     drop(permit);
                     match r {
-                        Ok(applied) => {
-                            for (a, r) in answers.into_iter().zip(applied) {
-                                if let Some(a) = a {
-                                    a(Ok(r));
-                                }
-                            }
-                        }
+                        Ok(applied) => answer_all(answers, applied),
                         Err(e) => fail_all(answers, &e),
                     }
                 });
             }
             Err(e) => fail_all(answers, &e.to_string()),
+        }
+    }
+}
+
+fn answer_all(answers: Vec<Option<Answer>>, applied: Vec<Applied>) {
+    for (a, r) in answers.into_iter().zip(applied) {
+        if let Some(a) = a {
+            a(Ok(r));
         }
     }
 }
@@ -227,6 +728,9 @@ fn fail_all(answers: Vec<Option<Answer>>, why: &str) {
 /// One queue's group, as the broker uses it.
 struct GroupReplica {
     id: u64,
+    /// This node's number in its cluster (None alone): owners it hands deliveries to.
+    number: Option<u64>,
+    cluster: Option<Arc<Cluster>>,
     group: Arc<QueueGroup>,
     commands: mpsc::UnboundedSender<(QueueCommand, Option<Answer>)>,
     /// Commands sent and not yet taken by the proposer.
@@ -248,6 +752,10 @@ impl Replica for GroupReplica {
     }
 
     fn remove(&self) {
+        if let Some(c) = &self.cluster {
+            // Its peers' requests for this group are answered "no such group" from now on.
+            c.registry.remove(self.id);
+        }
         let (group, wal, id) = (self.group.clone(), self.wal.clone(), self.id);
         let stop = async move {
             if let Err(e) = group.shutdown().await {
@@ -277,5 +785,32 @@ impl Replica for GroupReplica {
 
     fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.group.is_leader()
+    }
+
+    fn owns(&self, owner: warren_broker::queue::Owner) -> bool {
+        self.number.is_none_or(|n| owner >> OWNER_BITS == n)
+    }
+
+    fn members(&self) -> Option<(Option<String>, Vec<String>)> {
+        let c = self.cluster.as_ref()?;
+        let m = self.group.raft().metrics().borrow().clone();
+        let name = |id: &NodeId| {
+            c.spec
+                .names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| id.to_string())
+        };
+        let members = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .map(|id| name(&id))
+            .collect();
+        Some((m.current_leader.as_ref().map(name), members))
     }
 }

@@ -11,7 +11,7 @@
 //! entries: the cost of writing snapshots stays proportional to what is published. On start,
 //! the saved snapshot is loaded and only the log after it is applied again.
 
-use crate::types::{LogIdOf, NodeId, QueueRaft, StorageErrorOf};
+use crate::types::{LogIdOf, NodeId, Proposal, QueueRaft, StorageErrorOf};
 use crate::wal::{NodeWal, WalError};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -146,7 +146,13 @@ impl QueueStateMachine {
 
     /// Sends what applying left (deliveries, dead letters, the need for ticks) to the leader's
     /// node, if anything.
-    fn send_output(&self, engine: &mut QueueEngine<Owner>, index: u64, out: &mut Deliveries) {
+    fn send_output(
+        &self,
+        engine: &mut QueueEngine<Owner>,
+        index: u64,
+        out: &mut Deliveries,
+        removed_consumers: Vec<Owner>,
+    ) {
         let (mut dead_letters, mut needs_ticks) = (Vec::new(), false);
         for e in engine.drain_effects() {
             match e {
@@ -156,12 +162,17 @@ impl QueueStateMachine {
                 _ => {}
             }
         }
-        if !out.list.is_empty() || !dead_letters.is_empty() || needs_ticks {
+        if !out.list.is_empty()
+            || !dead_letters.is_empty()
+            || needs_ticks
+            || !removed_consumers.is_empty()
+        {
             let _ = self.out.send(Output {
                 index,
                 deliveries: std::mem::take(&mut out.list),
                 dead_letters,
                 needs_ticks,
+                removed_consumers,
             });
         }
     }
@@ -227,27 +238,31 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         let mut out = Deliveries::default();
         for entry in entries {
             s.last_applied = Some(entry.log_id);
+            let mut removed = Vec::new();
             let answer = match &entry.payload {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Vec::new()
                 }
-                EntryPayload::Normal(batch) => {
-                    for c in &batch.0 {
+                EntryPayload::Normal(Proposal::Queue(batch)) => {
+                    for c in batch {
                         if let QueueCommand::Enqueue { msg, .. } = c {
                             s.bytes_since += msg.0.body.len() as u64 + 64;
                         }
                     }
-                    batch
-                        .0
-                        .iter()
-                        .map(|c| s.engine.apply(c, &mut out))
-                        .collect()
+                    for c in batch {
+                        if let QueueCommand::RemoveConsumer { owner, .. } = c {
+                            removed.push(*owner);
+                        }
+                    }
+                    batch.iter().map(|c| s.engine.apply(c, &mut out)).collect()
                 }
+                // (Definition changes go to the metadata group's state machine.)
+                EntryPayload::Normal(Proposal::Meta { .. }) => Vec::new(),
             };
             s.entries_since += 1;
-            self.send_output(&mut s.engine, entry.log_id.index, &mut out);
+            self.send_output(&mut s.engine, entry.log_id.index, &mut out, removed);
             answers.push(answer);
         }
         let backlog = s.engine.stats().message_bytes_ready;

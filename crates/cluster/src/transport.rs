@@ -7,12 +7,15 @@
 //!   SHA-256(secret ‖ challenge) and its node id; the listener answers `true` (accepted) or
 //!   closes the connection.
 //! - Then `Request { group, rpc }` → `Response` (the group's Raft answer, or its error).
+//!   Besides Raft's own RPCs, `Forward` carries a proposal from a member that does not lead
+//!   the group to the one that does ([`Forwarder`]); it is answered once committed and
+//!   applied there.
 //!
 //! Groups are found in the node's [`Registry`]. A request for a group this node does not run
 //! answers `Response::NoGroup`, which the sender sees as the peer being unreachable for it.
 //! Not yet: TLS between nodes (the listener and the connector take plain TCP).
 
-use crate::types::{NodeId, QueueRaft};
+use crate::types::{NodeId, Proposal, QueueRaft};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use warren_broker::queue::Applied;
 
 /// Largest frame accepted (a batch of log entries); more closes the link.
 const MAX_FRAME: u32 = 64 << 20;
@@ -43,6 +47,7 @@ enum Rpc {
     AppendEntries(AppendEntriesRequest<QueueRaft>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<QueueRaft>),
+    Forward(Proposal),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,6 +63,7 @@ enum Response {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
+    Forward(Result<Vec<Applied>, String>),
     NoGroup,
 }
 
@@ -193,8 +199,106 @@ async fn serve(mut s: TcpStream, secret: &[u8], registry: &Registry) -> std::io:
             Rpc::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
             Rpc::Vote(r) => Response::Vote(raft.vote(r).await),
             Rpc::InstallSnapshot(r) => Response::InstallSnapshot(raft.install_snapshot(r).await),
+            Rpc::Forward(p) => Response::Forward(
+                raft.client_write(p)
+                    .await
+                    .map(|r| r.data)
+                    .map_err(|e| e.to_string()),
+            ),
         };
         write_frame(&mut s, &resp).await?;
+    }
+}
+
+/// Connects to the node at `addr` and passes the handshake as node `me`.
+async fn connect(addr: &str, me: NodeId, secret: &[u8]) -> std::io::Result<TcpStream> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let challenge: [u8; 32] = read_frame(&mut s).await?;
+        let hello = Hello {
+            node: me,
+            proof: proof(secret, &challenge),
+        };
+        write_frame(&mut s, &hello).await?;
+        let _accepted: bool = read_frame(&mut s).await?;
+        Ok(s)
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Whether the node at `addr` accepts a connection and the handshake within `timeout`.
+pub async fn probe(addr: &str, me: NodeId, secret: &[u8], timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, connect(addr, me, secret))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Sends proposals to the node that leads their group: one connection per node, one
+/// proposal at a time on it (so proposals sent one after another are committed in order).
+pub struct Forwarder {
+    me: NodeId,
+    secret: Arc<[u8]>,
+    links: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<TcpStream>>>>>,
+}
+
+impl Forwarder {
+    pub fn new(me: NodeId, secret: Arc<[u8]>) -> Self {
+        Forwarder {
+            me,
+            secret,
+            links: Default::default(),
+        }
+    }
+
+    /// Proposes `p` to group `group` at the node at `addr`: its answers once committed and
+    /// applied there, or why not (that node does not lead the group, or is unreachable).
+    pub async fn forward(
+        &self,
+        addr: &str,
+        group: u64,
+        p: Proposal,
+        timeout: Duration,
+    ) -> Result<Vec<Applied>, String> {
+        let link = self
+            .links
+            .lock()
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let mut conn = link.lock().await;
+        let r = tokio::time::timeout(timeout, async {
+            if conn.is_none() {
+                *conn = Some(connect(addr, self.me, &self.secret).await?);
+            }
+            let s = conn.as_mut().expect("connected");
+            write_frame(
+                s,
+                &Request {
+                    group,
+                    rpc: Rpc::Forward(p),
+                },
+            )
+            .await?;
+            read_frame::<Response>(s).await
+        })
+        .await;
+        match r {
+            Ok(Ok(Response::Forward(r))) => r,
+            Ok(Ok(Response::NoGroup)) => Err(format!("node at {addr} does not run group {group}")),
+            Ok(Ok(_)) => Err("answer of the wrong kind".into()),
+            Ok(Err(e)) => {
+                *conn = None;
+                Err(format!("node at {addr}: {e}"))
+            }
+            Err(_) => {
+                *conn = None;
+                Err(format!(
+                    "no answer from the node at {addr} within {timeout:?}"
+                ))
+            }
+        }
     }
 }
 
@@ -231,20 +335,7 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftE
 
 impl TcpLink {
     async fn connect(&self) -> std::io::Result<TcpStream> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-            let mut s = TcpStream::connect(&self.addr).await?;
-            s.set_nodelay(true)?;
-            let challenge: [u8; 32] = read_frame(&mut s).await?;
-            let hello = Hello {
-                node: self.peers.me,
-                proof: proof(&self.peers.secret, &challenge),
-            };
-            write_frame(&mut s, &hello).await?;
-            let _accepted: bool = read_frame(&mut s).await?;
-            Ok(s)
-        })
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+        connect(&self.addr, self.peers.me, &self.peers.secret).await
     }
 
     /// Sends one request and reads its answer; a broken link is dropped (the next call

@@ -8,22 +8,36 @@
 
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use warren_broker::metadata::MetaOp;
 use warren_broker::queue::{Applied, QueueCommand};
 
-/// Commands for one queue, applied in order as one log entry.
+/// What one log entry carries: commands for one queue, applied in order; or, in the
+/// cluster's metadata group, one definition change (see [`warren_broker::metadata`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Batch(pub Vec<QueueCommand>);
+pub enum Proposal {
+    Queue(Vec<QueueCommand>),
+    Meta {
+        /// The node that proposed it, and its number there: that node answers its caller
+        /// once it has applied the change itself.
+        origin: NodeId,
+        request: u64,
+        op: MetaOp,
+    },
+}
 
-impl std::fmt::Display for Batch {
+impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} queue command(s)", self.0.len())
+        match self {
+            Proposal::Queue(c) => write!(f, "{} queue command(s)", c.len()),
+            Proposal::Meta { op, .. } => write!(f, "definition change {op:?}"),
+        }
     }
 }
 
 openraft::declare_raft_types!(
     /// A queue replicated with Raft.
     pub QueueRaft:
-        D = Batch,
+        D = Proposal,
         R = Vec<Applied>,
 );
 

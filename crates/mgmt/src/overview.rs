@@ -188,7 +188,34 @@ async fn nodes(
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     require_monitor(&me)?;
-    Ok(list.unpaged(vec![node_json(&state)]))
+    let mut nodes = vec![node_json(&state)];
+    if let Some(others) = cluster_nodes(&state).await {
+        // In a cluster: this node in full, the others by name and whether they answer (as
+        // RabbitMQ lists a node that is down: running false).
+        nodes = others
+            .into_iter()
+            .map(|n| {
+                if n.me {
+                    node_json(&state)
+                } else {
+                    json!({"name": n.name, "type": "disc", "running": n.running})
+                }
+            })
+            .collect();
+    }
+    Ok(list.unpaged(nodes))
+}
+
+/// The cluster's nodes, if this node is in one (probing the others takes up to a second
+/// each: off the async workers).
+async fn cluster_nodes(
+    state: &AppState,
+) -> Option<Vec<warren_broker::queue::replica::ClusterNode>> {
+    let host = state.broker.persistence()?.replica_host()?.clone();
+    tokio::task::spawn_blocking(move || host.cluster_nodes())
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn node(

@@ -231,10 +231,19 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool) -> Va
         "message_stats": state.rates.queue_stats(&q.vhost_name, &q.name, &crate::rates::queue_fields(&s)),
     });
     if kind == "quorum" {
-        // As RabbitMQ shows a quorum queue's Raft group; one node for now.
-        v["leader"] = json!(state.node);
-        v["members"] = json!([state.node]);
-        v["online"] = json!([state.node]);
+        // As RabbitMQ shows a quorum queue's Raft group.
+        match q.replica_members() {
+            Some((leader, members)) => {
+                v["leader"] = json!(leader);
+                v["online"] = json!(members);
+                v["members"] = json!(members);
+            }
+            None => {
+                v["leader"] = json!(state.node);
+                v["members"] = json!([state.node]);
+                v["online"] = json!([state.node]);
+            }
+        }
     }
     if let Some(owner) = q
         .exclusive_owner

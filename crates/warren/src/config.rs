@@ -101,7 +101,9 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 
 /// [`KEYS`] and those of the modules that read their own keys.
 fn all_keys() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
-    KEYS.iter().chain(crate::security::KEYS)
+    KEYS.iter()
+        .chain(crate::security::KEYS)
+        .chain(crate::cluster::KEYS)
 }
 
 /// A line of `warren.conf` that is not a setting Warren knows.

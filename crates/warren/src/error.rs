@@ -55,6 +55,9 @@ pub enum StartupError {
         #[source]
         source: warren_cluster::WalError,
     },
+    /// Joining the cluster (`cluster_formation.*`, `cluster.*`).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The AMQPS listener's certificate, key or CA file (`ssl_options.*`; the text names the
     /// key and the file).
     #[error("TLS configuration: {0}")]

@@ -1,6 +1,7 @@
 //! The `warren` binary: reads settings (flags, environment, `warren.conf`), sets up logging,
 //! starts the AMQP listener and stops cleanly on SIGTERM / SIGINT. No broker logic lives here.
 
+mod cluster;
 mod config;
 mod error;
 mod listen;
@@ -74,6 +75,9 @@ struct Args {
     /// Log as JSON lines [default: plaintext] (log.console.formatter = json)
     #[arg(long, env = "WARREN_LOG_JSON")]
     log_json: bool,
+    /// This node's name among cluster_formation.classic_config.nodes.* (cluster.node_name)
+    #[arg(long, env = "WARREN_NODENAME")]
+    node_name: Option<String>,
     /// Worker threads [default: the CPUs this process may run on]
     #[arg(long, env = "WARREN_WORKERS")]
     workers: Option<usize>,
@@ -101,6 +105,8 @@ struct Settings {
     stats_interval: Duration,
     /// `quorum_queues.replicated`: quorum queues as Raft groups (warren-cluster).
     replicated_quorum: bool,
+    /// The cluster this node is in (`cluster_formation.*`): quorum queues are replicated.
+    cluster: Option<cluster::ClusterSettings>,
     listeners_file: Option<PathBuf>,
     data_dir: PathBuf,
     broker: warren_broker::BrokerConfig,
@@ -258,7 +264,15 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
     let log_level = args.log_level.or(file
         .get("log.console.level")
         .map(|l| if l == "warning" { "warn" } else { l }.to_string()));
-    let log_level = log_level.unwrap_or_else(|| "info".into());
+    // openraft narrates every election at info and logs every unreachable peer as an error
+    // (routine while a node is down): silent unless a filter asks for it
+    // (`--log-level info,openraft=warn`). Warren logs what matters to operators itself: a node
+    // that stops answering, a group that stops.
+    let log_level = match log_level {
+        Some(l) if l.contains('=') => l,
+        Some(l) => format!("{l},openraft=off"),
+        None => "info,openraft=off".into(),
+    };
     let log_filter = tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|source| {
         ConfigError::LogLevel {
             level: log_level,
@@ -289,6 +303,7 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
         replicated_quorum: file
             .parse_value("quorum_queues.replicated")?
             .unwrap_or(false),
+        cluster: cluster::settings(&file, args.node_name)?,
         listeners_file: args.listeners_file,
         data_dir: args
             .data_dir
@@ -484,18 +499,45 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     }
     let persistence =
         warren_broker::persist::Persistence::new(&s.data_dir, warren_store::FileBackend::shared());
-    if s.replicated_quorum {
+    let mut clustered = None;
+    if let Some(c) = &s.cluster {
+        let spec = cluster::spec(c).map_err(StartupError::Cluster)?;
+        let path = s.data_dir.join("raft");
+        let node = warren_cluster::LocalNode::open_cluster(
+            warren_store::FileBackend::shared(),
+            &path,
+            spec,
+        )
+        .map_err(|source| StartupError::RaftLog { path, source })?;
+        persistence.set_replica_host(node.clone());
+        clustered = Some(node);
+    } else if s.replicated_quorum {
         let path = s.data_dir.join("raft");
         let node = warren_cluster::LocalNode::open(warren_store::FileBackend::shared(), &path)
             .map_err(|source| StartupError::RaftLog { path, source })?;
         persistence.set_replica_host(node);
     }
-    let broker = warren_broker::Broker::open(s.broker.clone(), persistence).map_err(|source| {
-        StartupError::Load {
-            path: s.data_dir.clone(),
-            source,
-        }
-    })?;
+    let broker =
+        warren_broker::Broker::open(s.broker.clone(), persistence.clone()).map_err(|source| {
+            StartupError::Load {
+                path: s.data_dir.clone(),
+                source,
+            }
+        })?;
+    if let Some(node) = clustered {
+        // Definition changes from here on go through the cluster's metadata group; what the
+        // broker restored from its own definitions file was applied before.
+        let weak = Arc::downgrade(&broker);
+        node.start_metadata(Arc::new(move |op| match weak.upgrade() {
+            Some(b) => warren_broker::metadata::apply(&b, op),
+            None => Err(warren_broker::AmqpError::new(
+                warren_protocol::constants::INTERNAL_ERROR,
+                "the broker is stopping",
+            )),
+        }))
+        .map_err(StartupError::Cluster)?;
+        persistence.set_metadata_log(node);
+    }
     // The management API's certificate and key are checked before the AMQP port is bound.
     let mgmt_https = security::mgmt_https_listener(&s.security, s.server.handshake_timeout).await?;
     let amqp = listen::bind_all(&s.listen, "AMQP (listeners.tcp.*, --listen)").await?;
@@ -571,9 +613,11 @@ async fn run(s: Settings) -> Result<(), StartupError> {
             }
         })?;
     }
+    // In a cluster, the node's name is its cluster name (warren@host:port).
+    let node_name = s.cluster.as_ref().map(|c| c.me.clone()).unwrap_or_default();
     let mgmt_options = warren_mgmt::Options {
         amqp_listeners: amqp_addrs,
-        node_name: String::new(),
+        node_name: node_name.clone(),
         stats_interval: s.stats_interval,
     };
     let mgmt = tokio::spawn(warren_mgmt::serve_listeners(
@@ -589,7 +633,7 @@ async fn run(s: Settings) -> Result<(), StartupError> {
         prometheus,
         broker.clone(),
         warren_mgmt::prometheus::Options {
-            node_name: String::new(),
+            node_name,
             per_object_by_default: s.prometheus_per_object,
         },
         stop_rx.clone(),

@@ -53,6 +53,9 @@ impl Listing {
                 "memory",
                 "state",
                 "type",
+                "leader",
+                "members",
+                "online",
             ],
             Listing::Exchanges => &[
                 "name",

@@ -5,10 +5,12 @@
 //! - [`client`]: the HTTP client, and [`CtlError`] with rabbitmqctl's exit codes.
 //! - [`listing`]: the `list_*` commands: paths, columns, banners.
 //! - [`format`]: the `table` and `json` output formats.
+//! - [`cluster`]: the `cluster_status` command.
 //! - this file: the command line and the other commands.
 
 mod access;
 mod client;
+mod cluster;
 mod format;
 mod listing;
 
@@ -32,7 +34,7 @@ struct Cli {
 
 /// Options every command takes, before or after the command name (as rabbitmqctl).
 #[derive(Args, Debug)]
-struct Global {
+pub(crate) struct Global {
     /// Management API URL (default http://127.0.0.1:15672; https://… for its TLS listener)
     #[arg(long, env = "WARRENCTL_URL", global = true)]
     url: Option<String>,
@@ -96,7 +98,7 @@ impl Global {
             .clone()
             .unwrap_or_else(|| format!("http://{}:{}", self.host, self.port))
     }
-    fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         self.formatter == "json"
     }
 }
@@ -126,6 +128,9 @@ enum Command {
     ListVhosts(Columns),
     /// Displays status of the node
     Status,
+    /// Displays all the nodes in the cluster, and which of them are running
+    #[command(name = "cluster_status")]
+    ClusterStatus,
     /// Purges a queue (removes all ready messages in it)
     #[command(name = "purge_queue")]
     PurgeQueue {
@@ -293,7 +298,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(64)
 }
 
-fn io_error(e: std::io::Error) -> CtlError {
+pub(crate) fn io_error(e: std::io::Error) -> CtlError {
     CtlError::Software(format!("cannot write the output: {e}"))
 }
 
@@ -316,6 +321,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
         Command::ListConsumers(c) => list(&client, g, Listing::Consumers, &c.columns, out),
         Command::ListVhosts(c) => list(&client, g, Listing::VHosts, &c.columns, out),
         Command::Status => status(&client, g, out),
+        Command::ClusterStatus => cluster::cluster_status(&client, g, out),
         Command::PurgeQueue { queue } => purge_queue(&client, g, queue, out),
         Command::DeleteQueue {
             queue,
@@ -346,7 +352,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
 }
 
 /// Informational lines: only in the table format and without `-q`.
-fn info(g: &Global, out: &mut impl Write, lines: &[String]) -> Result<(), CtlError> {
+pub(crate) fn info(g: &Global, out: &mut impl Write, lines: &[String]) -> Result<(), CtlError> {
     if !g.quiet && !g.json() {
         for l in lines {
             writeln!(out, "{l}").map_err(io_error)?;

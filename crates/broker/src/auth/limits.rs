@@ -173,6 +173,14 @@ impl Broker {
         if self.vhost(vhost).is_none() {
             return Err(AmqpError::not_found(format!("no vhost '{vhost}'")));
         }
+        let op = || crate::metadata::MetaOp::VhostLimits {
+            vhost: vhost.into(),
+            max_connections: limits.max_connections,
+            max_queues: limits.max_queues,
+        };
+        if let Some(r) = self.replicated(op) {
+            return r;
+        }
         let mut l = self.access().vhost_limits.write();
         if limits == VHostLimits::default() {
             l.remove(vhost);

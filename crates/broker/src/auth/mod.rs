@@ -108,8 +108,9 @@ impl Broker {
 
     // ---- users ----
 
+    /// A user by name (in a cluster, a miss first catches up with the cluster's definitions).
     pub fn user(&self, name: &str) -> Option<User> {
-        self.access().users.read().get(name).cloned()
+        self.found_or_synced(|| self.access().users.read().get(name).cloned())
     }
 
     pub fn users(&self) -> Vec<User> {
@@ -124,22 +125,28 @@ impl Broker {
         if name.is_empty() {
             return Err(AmqpError::precondition("user name must not be empty"));
         }
+        let user = User {
+            name: name.into(),
+            password_hash: hash_password(password, HashingAlgorithm::Sha256),
+            hashing_algorithm: HashingAlgorithm::Sha256,
+            tags,
+            limits: UserLimits::default(),
+        };
+        if self.user(name).is_some() {
+            return Err(AmqpError::precondition(format!(
+                "user '{name}' already exists"
+            )));
+        }
+        if let Some(r) = self.replicated(|| import_user(&user)) {
+            return r;
+        }
         let mut users = self.access().users.write();
         if users.contains_key(name) {
             return Err(AmqpError::precondition(format!(
                 "user '{name}' already exists"
             )));
         }
-        users.insert(
-            name.into(),
-            User {
-                name: name.into(),
-                password_hash: hash_password(password, HashingAlgorithm::Sha256),
-                hashing_algorithm: HashingAlgorithm::Sha256,
-                tags,
-                limits: UserLimits::default(),
-            },
-        );
+        users.insert(name.into(), user);
         drop(users);
         self.access_changed();
         Ok(())
@@ -147,12 +154,25 @@ impl Broker {
 
     /// Adds or replaces a user as given (definitions import, management API `PUT`).
     pub fn put_user(&self, user: User) {
+        if let Some(r) = self.replicated(|| import_user(&user)) {
+            if let Err(e) = r {
+                tracing::warn!(user = %user.name, error = %e, "the cluster did not take the user");
+            }
+            return;
+        }
         self.access().users.write().insert(user.name.clone(), user);
         self.access_changed();
     }
 
     /// Deletes a user and its permissions. Returns whether it existed.
     pub fn delete_user(&self, name: &str) -> bool {
+        if self.user(name).is_none() {
+            return false;
+        }
+        let op = || crate::metadata::MetaOp::DeleteUser { name: name.into() };
+        if let Some(r) = self.replicated(op) {
+            return r.is_ok();
+        }
         let existed = self.access().users.write().remove(name).is_some();
         self.access()
             .permissions
@@ -165,6 +185,14 @@ impl Broker {
     }
 
     fn update_user(&self, name: &str, f: impl FnOnce(&mut User)) -> Result<()> {
+        if self.replicates_definitions() {
+            // In a cluster: the changed user goes through the metadata log as a whole.
+            let mut u = self
+                .user(name)
+                .ok_or_else(|| AmqpError::not_found(format!("no user '{name}'")))?;
+            f(&mut u);
+            return self.replicated(|| import_user(&u)).unwrap_or(Ok(()));
+        }
         let mut users = self.access().users.write();
         let u = users
             .get_mut(name)
@@ -194,6 +222,13 @@ impl Broker {
     /// their messages) and exchanges deleted, and the permissions in it dropped. Returns
     /// whether it existed.
     pub fn delete_vhost(&self, name: &str) -> bool {
+        if self.vhost(name).is_none() {
+            return false;
+        }
+        let op = || crate::metadata::MetaOp::DeleteVhost { name: name.into() };
+        if let Some(r) = self.replicated(op) {
+            return r.is_ok();
+        }
         let Some(vh) = self.vhosts.write().remove(name) else {
             return false;
         };
@@ -212,6 +247,14 @@ impl Broker {
         tracing::info!(vhost = %name, "vhost deleted");
         true
     }
+}
+
+/// A user, as the metadata-log change that makes every node have it.
+fn import_user(u: &User) -> crate::metadata::MetaOp {
+    crate::metadata::MetaOp::import(&crate::definitions::Definitions {
+        users: vec![crate::definitions::user_def(u.clone())],
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -165,6 +165,21 @@ impl Broker {
             return Err(AmqpError::not_found(format!("no vhost '{vhost}'")));
         }
         let p = Permission::new(configure, write, read).map_err(AmqpError::precondition)?;
+        let op = || {
+            crate::metadata::MetaOp::import(&crate::definitions::Definitions {
+                permissions: vec![crate::definitions::PermissionDef {
+                    user: user.into(),
+                    vhost: vhost.into(),
+                    configure: configure.into(),
+                    write: write.into(),
+                    read: read.into(),
+                }],
+                ..Default::default()
+            })
+        };
+        if let Some(r) = self.replicated(op) {
+            return r;
+        }
         self.access()
             .permissions
             .write()
@@ -175,6 +190,17 @@ impl Broker {
 
     /// Returns whether there were permissions to clear.
     pub fn clear_permissions(&self, user: &str, vhost: &str) -> bool {
+        let key = (user.to_string(), vhost.to_string());
+        if !self.access().permissions.read().contains_key(&key) {
+            return false;
+        }
+        let op = || crate::metadata::MetaOp::ClearPermissions {
+            user: user.into(),
+            vhost: vhost.into(),
+        };
+        if let Some(r) = self.replicated(op) {
+            return r.is_ok();
+        }
         let had = self
             .access()
             .permissions

@@ -278,7 +278,7 @@ impl<'de> Deserialize<'de> for LoggedMessage {
 
 /// Reads bytes serialized with `serialize_bytes` from formats that give them as bytes or as
 /// a sequence of numbers (JSON).
-mod serde_bytes_compat {
+pub(crate) mod serde_bytes_compat {
     use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
     use std::fmt;
 

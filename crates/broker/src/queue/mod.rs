@@ -613,6 +613,11 @@ impl Queue {
         self.replica.get().is_some()
     }
 
+    /// In a cluster: the node that leads this queue's group and its members (node names).
+    pub fn replica_members(&self) -> Option<(Option<String>, Vec<String>)> {
+        self.replica.get()?.members()
+    }
+
     pub fn is_durable_store(&self) -> bool {
         self.durable_store
     }

@@ -29,6 +29,9 @@ pub struct ReplicaOutput {
     pub dead_letters: Vec<DeadLetter>,
     /// Messages with a TTL arrived: the queue needs timer ticks.
     pub needs_ticks: bool,
+    /// Consumers removed by the entry (a `RemoveConsumer`): one this node still serves was
+    /// removed by another node (its leader took this node for down), and subscribes again.
+    pub removed_consumers: Vec<Owner>,
 }
 
 /// Called with a command's answer once it is committed and applied, or with why it was not.
@@ -55,6 +58,20 @@ pub trait Replica: Send + Sync {
     fn touch(&self, now: u64);
     /// Commands submitted and not yet proposed (publishers wait when there are many).
     fn queued(&self) -> usize;
+    /// Whether this node leads the group now: only the leader's node acts on what the
+    /// engine leaves for the vhost (dead letters, timer ticks).
+    fn is_leader(&self) -> bool {
+        true
+    }
+    /// Whether `owner` (a consumer, a channel's basic.get) is on this node: every member
+    /// applies the same deliveries, and each hands out those of its own owners.
+    fn owns(&self, _owner: Owner) -> bool {
+        true
+    }
+    /// In a cluster: the node that leads the group (if any) and the members, by node name.
+    fn members(&self) -> Option<(Option<String>, Vec<String>)> {
+        None
+    }
 }
 
 /// Flow control of a replicated queue: publishers wait while more commands than this wait to
@@ -75,6 +92,26 @@ pub trait ReplicaHost: Send + Sync {
     /// Forgets the logs of groups not in `live` (queues deleted while the node was down, or
     /// whose deletion was cut short).
     fn retain(&self, live: &[(String, String)]);
+    /// Where this node's owner ids start (each node of a cluster has its own range, so an
+    /// owner id names its node).
+    fn owner_base(&self) -> u64 {
+        0
+    }
+    /// In a cluster: every node, whether it answers now, which one this is.
+    fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
+        None
+    }
+}
+
+/// A node of the cluster, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// `warren@host:port`.
+    pub name: String,
+    /// It answered a connection on its cluster port just now (this node always does).
+    pub running: bool,
+    /// It is this node.
+    pub me: bool,
 }
 
 /// How long a caller that needs an answer (declare, basic.get, purge) waits for one.

@@ -42,6 +42,19 @@ pub(super) fn over_flow_limit(r: &Arc<dyn Replica>) -> bool {
     r.queued() > super::replica::QUEUED_HIGH || read(r, QueueEngine::backlogged)
 }
 
+/// The command that subscribes consumer `c`.
+fn add_consumer(owner: Owner, c: &QueueConsumer) -> QueueCommand {
+    QueueCommand::AddConsumer {
+        owner,
+        tag: c.tag.to_string(),
+        prefetch: c.prefetch,
+        no_ack: c.no_ack,
+        exclusive: c.exclusive,
+        priority: c.priority,
+        now: now_ms(),
+    }
+}
+
 /// Acks, rejects and requeues of a replicated queue: one command naming the checkouts, not
 /// waited for.
 pub(super) fn submit_checkouts(
@@ -71,7 +84,11 @@ impl Queue {
         let opts = QueueOptions::from_arguments(&self.arguments, None);
         let r = host.open(&self.vhost_name, &self.name, opts, outputs)?;
         let now = now_ms();
-        for owner in read(&r, QueueEngine::owner_ids) {
+        let mine: Vec<Owner> = read(&r, QueueEngine::owner_ids)
+            .into_iter()
+            .filter(|o| r.owns(*o))
+            .collect();
+        for owner in mine {
             r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
             r.submit(QueueCommand::ReturnAll { owner, now }, None);
         }
@@ -85,14 +102,53 @@ impl Queue {
         if !out.deliveries.is_empty() {
             self.hand_out(out.deliveries);
         }
+        if !out.removed_consumers.is_empty() {
+            self.subscribe_again(&out.removed_consumers);
+        }
         let mut fu = Followups::new();
         if out.needs_ticks {
             self.timer_followup(&mut fu);
         }
-        for d in out.dead_letters {
-            fu.push(Followup::DeadLetter(self.clone(), d));
+        // Every member applies the same dead letters; the leader's node publishes them.
+        if self.replica.get().is_some_and(|r| r.is_leader()) {
+            for d in out.dead_letters {
+                fu.push(Followup::DeadLetter(self.clone(), d));
+            }
         }
         self.follow_up_later(fu);
+    }
+
+    /// Consumers removed from the group that this node still serves (a cancel made here
+    /// forgets the consumer before it is removed): another node's leader took this node for
+    /// down and returned what they held. They subscribe again, as RabbitMQ reinstates a
+    /// quorum queue's consumer that was suspected down; one that cannot (an exclusive
+    /// consumer took its place) is cancelled.
+    fn subscribe_again(self: &Arc<Self>, removed: &[Owner]) {
+        let Some(r) = self.replica.get() else { return };
+        let again: Vec<(Owner, QueueCommand)> = {
+            let consumers = self.replica_consumers.lock();
+            removed
+                .iter()
+                .filter_map(|o| consumers.get(o).filter(|rc| rc.active).map(|rc| (*o, rc)))
+                .map(|(owner, rc)| (owner, add_consumer(owner, &rc.c)))
+                .collect()
+        };
+        for (owner, cmd) in again {
+            tracing::info!(queue = %self.name, vhost = %self.vhost_name, owner, "a consumer removed by the queue's leader subscribes again");
+            let q = Arc::downgrade(self);
+            r.submit(
+                cmd,
+                Some(Box::new(move |a| {
+                    if matches!(a, Ok(Applied::ConsumeRefused)) {
+                        if let Some(q) = q.upgrade() {
+                            if let Some(rc) = q.replica_consumers.lock().remove(&owner) {
+                                rc.c.handle.consumer_cancelled_by_server(rc.c.consumer_id);
+                            }
+                        }
+                    }
+                })),
+            );
+        }
     }
 
     fn follow_up_later(&self, fu: Followups) {
@@ -109,8 +165,15 @@ impl Queue {
     fn hand_out(self: &Arc<Self>, deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>) {
         let mut refused = Vec::new();
         {
+            let Some(r) = self.replica.get() else {
+                return;
+            };
             let mut consumers = self.replica_consumers.lock();
             for (owner, checkout, qm) in deliveries {
+                if !r.owns(owner) {
+                    // Another node's consumer: that node hands it out.
+                    continue;
+                }
                 match consumers.get_mut(&owner) {
                     Some(rc) if rc.active => {
                         if !self.deliver_decided(&rc.c, &qm, checkout) {
@@ -218,15 +281,7 @@ impl Queue {
             return Err(ConsumeRefused::Deleted);
         }
         let owner = c.owner;
-        let cmd = QueueCommand::AddConsumer {
-            owner,
-            tag: c.tag.to_string(),
-            prefetch: c.prefetch,
-            no_ack: c.no_ack,
-            exclusive: c.exclusive,
-            priority: c.priority,
-            now: now_ms(),
-        };
+        let cmd = add_consumer(owner, &c);
         self.replica_consumers.lock().insert(
             owner,
             ReplicaConsumer {
@@ -342,7 +397,8 @@ impl Queue {
     /// Timer work: a `Tick` goes through the log only when it would change something (so an
     /// idle queue with a TTL does not grow its log). Returns whether ticks are still needed.
     pub(super) fn tick_replicated(self: &Arc<Self>, r: &Arc<dyn Replica>, now: u64) -> bool {
-        if read(r, |e| e.tick_due(now)) {
+        // Only the leader's node ticks (leadership may move: the timer stays on).
+        if r.is_leader() && read(r, |e| e.tick_due(now)) {
             let q = self.clone();
             r.submit(
                 QueueCommand::Tick { now },

@@ -18,6 +18,12 @@ impl VHost {
         if x.kind == ExchangeKind::Headers {
             check_headers_args(&args)?;
         }
+        if q.is_replicated() && Self::replicates_exchange(&x) {
+            let op = || binding_op(&self.name, exchange, queue, false, &key, &args, true);
+            if let Some(r) = self.replicated(op) {
+                return r;
+            }
+        }
         let added = x.bind(Binding {
             destination: Destination::Queue(q.clone()),
             routing_key: key.clone(),
@@ -56,6 +62,12 @@ impl VHost {
             return Ok(());
         }
         self.queue_for(queue, conn)?;
+        if q.is_replicated() && Self::replicates_exchange(&x) {
+            let op = || binding_op(&self.name, exchange, queue, false, &key, &args, false);
+            if let Some(r) = self.replicated(op) {
+                return r;
+            }
+        }
         let b = Binding {
             destination: Destination::Queue(q.clone()),
             routing_key: key,
@@ -73,7 +85,8 @@ impl VHost {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
-        self.exchange(name).ok_or_else(|| self.no_exchange(name))
+        self.found_or_synced(|| self.exchange(name))
+            .ok_or_else(|| self.no_exchange(name))
     }
 
     pub fn bind_exchange(
@@ -87,6 +100,12 @@ impl VHost {
         let src = self.bindable_exchange(source)?;
         let dst = self.bindable_exchange(destination)?;
         let durable = src.durable && dst.durable;
+        if Self::replicates_exchange(&src) && Self::replicates_exchange(&dst) {
+            let op = || binding_op(&self.name, source, destination, true, &key, &args, true);
+            if let Some(r) = self.replicated(op) {
+                return r;
+            }
+        }
         if src.bind(exchange_binding(dst, key, args))? {
             self.definitions_changed(durable);
         }
@@ -106,6 +125,12 @@ impl VHost {
             return Ok(());
         };
         let durable = src.durable && dst.durable;
+        if Self::replicates_exchange(&src) && Self::replicates_exchange(&dst) {
+            let op = || binding_op(&self.name, source, destination, true, &key, &args, false);
+            if let Some(r) = self.replicated(op) {
+                return r;
+            }
+        }
         if src.unbind(&exchange_binding(dst, key, args)) {
             self.definitions_changed(durable);
             self.maybe_auto_delete_exchange(&src);
@@ -127,5 +152,30 @@ fn exchange_binding(destination: Arc<Exchange>, key: ShortStr, args: FieldTable)
         destination: Destination::Exchange(destination),
         routing_key: key,
         arguments: args,
+    }
+}
+
+/// The metadata-log change of a binding (see [`crate::metadata`]).
+fn binding_op(
+    vhost: &str,
+    source: &str,
+    destination: &str,
+    to_exchange: bool,
+    key: &ShortStr,
+    args: &FieldTable,
+    bind: bool,
+) -> crate::metadata::MetaOp {
+    let b = crate::metadata::BindingOp {
+        vhost: vhost.into(),
+        source: source.into(),
+        destination: destination.into(),
+        to_exchange,
+        routing_key: key.to_string(),
+        arguments: crate::metadata::WireTable(args.clone()),
+    };
+    if bind {
+        crate::metadata::MetaOp::Bind(b)
+    } else {
+        crate::metadata::MetaOp::Unbind(b)
     }
 }

@@ -32,7 +32,7 @@ impl VHost {
                 return Err(default_exchange_refused());
             }
             return self
-                .exchange(&d.name)
+                .found_or_synced(|| self.exchange(&d.name))
                 .ok_or_else(|| self.no_exchange(&d.name));
         }
         let delayed = d.kind.as_str() == "x-delayed-message";
@@ -57,6 +57,21 @@ impl VHost {
         };
         if d.name.is_empty() {
             return Err(default_exchange_refused());
+        }
+        if d.durable && !d.auto_delete && !d.name.starts_with("amq.") {
+            let op = || crate::metadata::MetaOp::DeclareExchange {
+                vhost: self.name.clone(),
+                name: d.name.to_string(),
+                kind: d.kind.to_string(),
+                internal: d.internal,
+                arguments: crate::metadata::WireTable(d.arguments.clone()),
+            };
+            if let Some(r) = self.replicated(op) {
+                r?;
+                return self
+                    .exchange(&d.name)
+                    .ok_or_else(|| self.no_exchange(&d.name));
+            }
         }
         if let Some(x) = self.exchange(&d.name) {
             let mismatch = |arg: &str, got: &dyn std::fmt::Display, cur: &dyn std::fmt::Display| {
@@ -128,6 +143,16 @@ impl VHost {
         let Some(x) = self.exchange(name) else {
             return Ok(());
         };
+        if Self::replicates_exchange(&x) {
+            let op = || crate::metadata::MetaOp::DeleteExchange {
+                vhost: self.name.clone(),
+                name: name.to_string(),
+                if_unused,
+            };
+            if let Some(r) = self.replicated(op) {
+                return r;
+            }
+        }
         if if_unused && x.has_bindings() {
             return Err(AmqpError::precondition(format!(
                 "exchange '{name}' in vhost '{}' in use",
@@ -188,6 +213,25 @@ impl VHost {
         } else {
             d.name.clone()
         };
+        let replicated = quorum
+            && self
+                .persistence
+                .as_ref()
+                .is_some_and(|p| p.replica_host().is_some());
+        if replicated {
+            let op = || crate::metadata::MetaOp::DeclareQueue {
+                vhost: self.name.clone(),
+                name: name.to_string(),
+                arguments: crate::metadata::WireTable(d.arguments.clone()),
+            };
+            if !d.durable || d.exclusive || d.auto_delete {
+                // Refused the same way on every node: no need to ask the others.
+            } else if let Some(r) = self.replicated(op) {
+                r?;
+                let q = self.queue_for(&name, conn)?;
+                return Ok((q.clone(), q.message_count(), q.consumer_count()));
+            }
+        }
         let _lifecycle = self.lifecycle.lock();
         // An existing queue is only compared (RabbitMQ checks a new queue's arguments).
         if let Some(q) = self.queue(&name) {
@@ -501,6 +545,18 @@ impl VHost {
             Err(e) if e.code == warren_protocol::constants::NOT_FOUND => return Ok(0),
             Err(e) => return Err(e),
         };
+        if q.is_replicated() {
+            let before = q.message_count();
+            let op = || crate::metadata::MetaOp::DeleteQueue {
+                vhost: self.name.clone(),
+                name: name.to_string(),
+                if_unused,
+                if_empty,
+            };
+            if let Some(r) = self.replicated(op) {
+                return r.map(|()| before);
+            }
+        }
         if if_unused && q.consumer_count() > 0 {
             return Err(AmqpError::precondition(format!(
                 "queue '{name}' in vhost '{}' in use",

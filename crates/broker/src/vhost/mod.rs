@@ -131,6 +131,45 @@ impl VHost {
         vh
     }
 
+    /// Runs a change through the cluster's metadata log if this node is in a cluster and the
+    /// change is not being applied from it: `Some(answer)` once it is applied here (see
+    /// [`crate::metadata`]); `None` when the caller makes the change itself.
+    pub(crate) fn replicated(
+        &self,
+        op: impl FnOnce() -> crate::metadata::MetaOp,
+    ) -> Option<Result<()>> {
+        let log = self.persistence.as_ref()?.metadata_log()?;
+        crate::metadata::must_replicate().then(|| log.run(op()))
+    }
+
+    /// Looks something up; in a cluster, a miss first waits until this node has applied every
+    /// definition change committed so far (a barrier through the metadata log), so what was
+    /// declared on another node and acknowledged there is found here too.
+    pub(crate) fn found_or_synced<T>(&self, look: impl Fn() -> Option<T>) -> Option<T> {
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        let synced = self.replicated(|| crate::metadata::MetaOp::Barrier)?;
+        if let Err(e) = synced {
+            tracing::warn!(error = %e, "could not catch up with the cluster's definitions");
+        }
+        look()
+    }
+
+    /// Whether a definition change made now goes through the cluster's metadata log.
+    pub(crate) fn replicates_definitions(&self) -> bool {
+        self.persistence
+            .as_ref()
+            .is_some_and(|p| p.metadata_log().is_some())
+            && crate::metadata::must_replicate()
+    }
+
+    /// Whether an exchange's definition is replicated in a cluster (durable, not
+    /// auto-deleted: see [`crate::metadata`]).
+    pub(crate) fn replicates_exchange(x: &Exchange) -> bool {
+        x.durable && !x.auto_delete && !x.name.is_empty() && !x.name.starts_with("amq.")
+    }
+
     pub(crate) fn register_timed(&self, q: &Arc<Queue>) {
         self.timed.lock().push(Arc::downgrade(q));
     }
@@ -258,7 +297,9 @@ impl VHost {
 
     /// Looks a queue up for a connection, refusing another connection's exclusive queue.
     pub fn queue_for(&self, name: &str, conn: u64) -> Result<Arc<Queue>> {
-        let q = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        let q = self
+            .found_or_synced(|| self.queue(name))
+            .ok_or_else(|| self.no_queue(name))?;
         match q.exclusive_owner {
             Some(owner) if owner != conn => Err(self.locked(name)),
             _ => Ok(q),
@@ -266,7 +307,9 @@ impl VHost {
     }
 
     pub fn exchange_for_publish(&self, name: &str) -> Result<Arc<Exchange>> {
-        let x = self.exchange(name).ok_or_else(|| self.no_exchange(name))?;
+        let x = self
+            .found_or_synced(|| self.exchange(name))
+            .ok_or_else(|| self.no_exchange(name))?;
         if x.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{name}' in vhost '{}'",

@@ -6,6 +6,22 @@ impl VHost {
     /// Adds or replaces a policy (or operator policy) and applies it to existing queues and
     /// exchanges at once.
     pub fn set_policy(&self, p: Policy, operator: bool) {
+        let op = || {
+            let def = crate::definitions::policy_def(&self.name, &p);
+            let mut d = crate::definitions::Definitions::default();
+            if operator {
+                d.operator_policies.push(def);
+            } else {
+                d.policies.push(def);
+            }
+            crate::metadata::MetaOp::import(&d)
+        };
+        if let Some(r) = self.replicated(op) {
+            if let Err(e) = r {
+                tracing::warn!(vhost = %self.name, policy = %p.name, error = %e, "the cluster did not take the policy");
+            }
+            return;
+        }
         {
             let mut list = if operator {
                 self.operator_policies.write()
@@ -21,6 +37,17 @@ impl VHost {
 
     /// Removes a policy; false if there was none by that name.
     pub fn clear_policy(&self, name: &str, operator: bool) -> bool {
+        let op = || crate::metadata::MetaOp::ClearPolicy {
+            vhost: self.name.clone(),
+            name: name.into(),
+            operator,
+        };
+        let exists = self.policies(operator).iter().any(|p| p.name == name);
+        if exists {
+            if let Some(r) = self.replicated(op) {
+                return r.is_ok();
+            }
+        }
         let removed = {
             let mut list = if operator {
                 self.operator_policies.write()

@@ -25,6 +25,26 @@ impl VHost {
                             tracing::debug!(queue = %q.name, vhost = %self.name, "deleting auto-delete queue: its last consumer is gone")
                         }
                     }
+                    if q.is_replicated() && self.replicates_definitions() {
+                        // In a cluster the deletion goes through the metadata log, from a
+                        // thread that may wait for it (this may be a Raft thread).
+                        let op = crate::metadata::MetaOp::DeleteQueue {
+                            vhost: self.name.clone(),
+                            name: q.name.to_string(),
+                            if_unused: false,
+                            if_empty: false,
+                        };
+                        if let Some(log) = self.persistence.as_ref().and_then(|p| p.metadata_log())
+                        {
+                            let log = log.clone();
+                            std::thread::spawn(move || {
+                                if let Err(e) = log.run(op) {
+                                    tracing::warn!(error = %e, "the cluster did not delete an expired queue; the next tick tries again");
+                                }
+                            });
+                        }
+                        continue;
+                    }
                     self.delete_queue_unchecked(&q.name);
                 }
             }

@@ -1,0 +1,201 @@
+//! Forming a cluster from `warren.conf` (issue 14): the nodes named in rabbitmq.conf's style,
+//! this node's name, the shared secret (the Erlang cookie's role).
+//!
+//! ```text
+//! cluster_formation.classic_config.nodes.1 = warren@host1:25672
+//! cluster_formation.classic_config.nodes.2 = warren@host2:25672
+//! cluster_formation.classic_config.nodes.3 = warren@host3:25672
+//! cluster.node_name = warren@host1:25672
+//! ```
+//!
+//! A node name is `warren@host:port`, the port being the node's cluster port (25672 when left
+//! out, as RabbitMQ's inter-node port); a node listens on it and the others reach it there.
+//! The secret is read from `cluster.secret_file` (default `~/.warren.cookie`, created with a
+//! random secret on first use, readable by its owner only); every node must have the same.
+
+use crate::config::{ConfigError, ConfigFile};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use warren_cluster::BasicNode;
+
+/// Keys this module reads.
+pub const KEYS: &[(&str, &str)] = &[
+    (
+        "cluster_formation.classic_config.nodes.*",
+        "a node of the cluster, warren@host:port (port: its cluster port, default 25672); list every node, this one included",
+    ),
+    (
+        "cluster.node_name",
+        "this node's name among cluster_formation.classic_config.nodes.* (or WARREN_NODENAME)",
+    ),
+    (
+        "cluster.secret_file",
+        "the cluster's shared secret, the same file content on every node [default: ~/.warren.cookie, created if missing]",
+    ),
+];
+
+/// The inter-node port when a node name leaves it out (RabbitMQ's).
+const DEFAULT_PORT: u16 = 25672;
+
+/// A cluster as the settings describe it.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub me: String,
+    pub nodes: Vec<String>,
+    pub secret_file: PathBuf,
+}
+
+/// The cluster settings, if `cluster_formation.classic_config.nodes.*` names any node.
+pub fn settings(
+    file: &ConfigFile,
+    node_name: Option<String>,
+) -> Result<Option<ClusterSettings>, ConfigError> {
+    let nodes: Vec<String> = file
+        .values_under("cluster_formation.classic_config.nodes.")
+        .into_iter()
+        .map(|(_, v)| v.to_string())
+        .collect();
+    if nodes.is_empty() {
+        return Ok(None);
+    }
+    for n in &nodes {
+        address(n).map_err(|e| file.error("cluster_formation.classic_config.nodes.*", &e))?;
+    }
+    let me = node_name
+        .or_else(|| file.get("cluster.node_name").map(str::to_string))
+        .ok_or_else(|| ConfigError::Missing {
+            set: "cluster_formation.classic_config.nodes.*".into(),
+            needed: "cluster.node_name (or WARREN_NODENAME): which of the nodes this one is".into(),
+        })?;
+    if !nodes.contains(&me) {
+        return Err(file.error(
+            "cluster.node_name",
+            &format!(
+                "'{me}' is not one of cluster_formation.classic_config.nodes.* ({})",
+                nodes.join(", ")
+            ),
+        ));
+    }
+    let secret_file = file
+        .get("cluster.secret_file")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".warren.cookie")
+        });
+    Ok(Some(ClusterSettings {
+        me,
+        nodes,
+        secret_file,
+    }))
+}
+
+/// `warren@host:port` → `host:port`.
+fn address(name: &str) -> Result<String, String> {
+    let Some((prefix, host)) = name.split_once('@') else {
+        return Err(format!(
+            "'{name}' is not a node name: expected warren@host:port"
+        ));
+    };
+    if prefix.is_empty() || host.is_empty() {
+        return Err(format!(
+            "'{name}' is not a node name: expected warren@host:port"
+        ));
+    }
+    Ok(match host.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => host.to_string(),
+        _ => format!("{host}:{DEFAULT_PORT}"),
+    })
+}
+
+/// A node's Raft id: derived from its name, so every node computes the same.
+pub fn node_id(name: &str) -> u64 {
+    let h = Sha256::digest(name.as_bytes());
+    u64::from_le_bytes(h[..8].try_into().expect("8 bytes")) >> 1
+}
+
+/// Reads the shared secret, creating the file with a random one if it does not exist (as the
+/// Erlang cookie is): atomically, so nodes started at once on one machine agree.
+fn secret(path: &Path) -> Result<Arc<[u8]>, String> {
+    let read = |p: &Path| -> Result<Arc<[u8]>, String> {
+        let s = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let s = s.trim_ascii();
+        if s.len() < 16 {
+            return Err(format!(
+                "{} holds {} bytes: a cluster secret needs at least 16",
+                p.display(),
+                s.len()
+            ));
+        }
+        Ok(Arc::from(s))
+    };
+    if path.exists() {
+        return read(path);
+    }
+    let cookie: String = (0..32)
+        .map(|_| char::from(b'A' + rand::random::<u8>() % 26))
+        .collect();
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let made = (|| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&tmp)?;
+        f.write_all(cookie.as_bytes())?;
+        f.sync_all()?;
+        // Fails if another node made it meanwhile: then theirs is the one.
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        }
+    })();
+    made.map_err(|e| format!("cannot create the cluster secret {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "created the cluster secret; copy it to every node");
+    read(path)
+}
+
+/// What the cluster crate is given: ids, addresses, the secret, where to listen.
+pub fn spec(s: &ClusterSettings) -> Result<warren_cluster::ClusterSpec, String> {
+    let (mut nodes, mut names) = (BTreeMap::new(), BTreeMap::new());
+    for n in &s.nodes {
+        nodes.insert(node_id(n), BasicNode { addr: address(n)? });
+        names.insert(node_id(n), n.clone());
+    }
+    let own = address(&s.me)?;
+    let listen: SocketAddr = own
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve this node's address {own}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("this node's address {own} resolves to nothing"))?;
+    Ok(warren_cluster::ClusterSpec {
+        me: node_id(&s.me),
+        nodes,
+        secret: secret(&s.secret_file)?,
+        listen,
+        names,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_give_addresses() {
+        assert_eq!(address("warren@h1:25673").unwrap(), "h1:25673");
+        assert_eq!(address("warren@h1").unwrap(), "h1:25672");
+        assert!(address("h1:25673").is_err());
+        assert!(address("@h1").is_err());
+        assert_ne!(node_id("warren@a:1"), node_id("warren@a:2"));
+    }
+}
