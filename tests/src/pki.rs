@@ -49,6 +49,20 @@ impl Pki {
         Identity { cert, key }
     }
 
+    /// A cluster node's certificate: for `localhost` and `127.0.0.1`, usable to accept and to
+    /// make connections (both ends of a link present one).
+    pub fn node(&self) -> Identity {
+        let key = KeyPair::generate().unwrap();
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        Identity { cert, key }
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }

@@ -33,5 +33,5 @@ pub use group::{GroupError, Membership, QueueGroup};
 pub use node::{ClusterSpec, LocalNode};
 pub use openraft::BasicNode;
 pub use state_machine::Output;
-pub use transport::{Listener, Registry, TcpPeers};
+pub use transport::{LinkTls, Listener, Registry, TcpPeers};
 pub use wal::{GroupState, NodeWal, WalError};

@@ -72,6 +72,8 @@ pub struct ClusterSpec {
     pub listen: SocketAddr,
     /// Each node's name (`warren@host:port`), for operators.
     pub names: BTreeMap<NodeId, String>,
+    /// TLS on the links between nodes (`cluster.ssl_options.*`).
+    pub tls: Option<crate::transport::LinkTls>,
 }
 
 /// Owner ids of node number `n` (1-based, in the order of node ids) start at `n <<
@@ -144,9 +146,14 @@ impl Cluster {
                 if *id == self.spec.me {
                     continue;
                 }
-                let up =
-                    crate::transport::probe(&n.addr, self.spec.me, &self.spec.secret, PROBE_EVERY)
-                        .await;
+                let up = crate::transport::probe(
+                    &n.addr,
+                    self.spec.me,
+                    &self.spec.secret,
+                    self.spec.tls.as_ref(),
+                    PROBE_EVERY,
+                )
+                .await;
                 let mut down = self.down_since.lock();
                 match (up, down.contains_key(id)) {
                     (true, true) => {
@@ -253,8 +260,9 @@ impl LocalNode {
         let mut node = Arc::try_unwrap(alone).map_err(|_| WalError::Closed)?;
         let registry = Registry::default();
         let (listen, secret, r) = (spec.listen, spec.secret.clone(), registry.clone());
+        let tls = spec.tls.clone();
         let listener = node
-            .wait_for(async move { Listener::start(listen, secret, r).await })
+            .wait_for(async move { Listener::start(listen, secret, r, tls).await })
             .ok_or(WalError::Closed)??;
         let number = spec
             .nodes
@@ -264,7 +272,11 @@ impl LocalNode {
         tracing::info!(node = spec.me, number, listen = %listener.addr, nodes = spec.nodes.len(), "cluster listener started");
         node.id = spec.me;
         node.cluster = Some(Arc::new(Cluster {
-            forwarder: Arc::new(Forwarder::new(spec.me, spec.secret.clone())),
+            forwarder: Arc::new(Forwarder::new(
+                spec.me,
+                spec.secret.clone(),
+                spec.tls.clone(),
+            )),
             spec,
             number,
             registry,
@@ -302,6 +314,7 @@ impl LocalNode {
                     me,
                     group: META_GROUP,
                     secret: c2.spec.secret.clone(),
+                    tls: c2.spec.tls.clone(),
                 };
                 let config = crate::group::config().map_err(|e| e.to_string())?;
                 let raft = Raft::new(me, config, peers, log, sm.clone())
@@ -392,6 +405,7 @@ impl ReplicaHost for LocalNode {
                 me: node,
                 group: id,
                 secret: c.spec.secret.clone(),
+                tls: c.spec.tls.clone(),
             };
             let started = QueueGroup::start_member(
                 node,
@@ -495,6 +509,7 @@ impl ReplicaHost for LocalNode {
                                 &n.addr,
                                 c2.spec.me,
                                 &c2.spec.secret,
+                                c2.spec.tls.as_ref(),
                                 Duration::from_secs(1),
                             )
                             .await,
@@ -573,6 +588,10 @@ fn replica_call_timeout() -> Duration {
     warren_broker::queue::replica::CALL_TIMEOUT
 }
 
+fn no_majority() -> String {
+    format!("not committed within {WRITE_TIMEOUT:?}: a majority of the group's nodes must be up")
+}
+
 /// Proposes `p` to group `group` through whichever node leads it (this one, or another by
 /// its [`Forwarder`]), looking for a leader for up to [`WRITE_TIMEOUT`]. Returns the answers
 /// once committed and applied on the leader.
@@ -586,11 +605,15 @@ async fn write_to_leader(
     loop {
         let leader = raft.metrics().borrow().current_leader;
         let r = match leader {
-            Some(l) if l == c.spec.me => raft
-                .client_write(p.clone())
-                .await
-                .map(|r| r.data)
-                .map_err(|e| e.to_string()),
+            Some(l) if l == c.spec.me => {
+                // A leader that lost its majority stays leader until it hears of a newer
+                // term: its proposals are never committed, so the wait is bounded.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, raft.client_write(p.clone())).await {
+                    Ok(r) => r.map(|r| r.data).map_err(|e| e.to_string()),
+                    Err(_) => Err(no_majority()),
+                }
+            }
             Some(l) => match c.addr(l) {
                 Some(addr) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -693,9 +716,16 @@ async fn propose_in_batches(
             Ok(pending) => {
                 let group = group.clone();
                 tokio::spawn(async move {
-                    let mut r = pending.await;
+                    // Bounded: a leader that lost its majority commits nothing (the
+                    // publishers are nacked; what was proposed may still be committed once
+                    // the majority is back, as with any unconfirmed publish).
+                    let mut r = match tokio::time::timeout(WRITE_TIMEOUT, pending).await {
+                        Ok(r) => r,
+                        Err(_) => Err(no_majority()),
+                    };
+                    let timed_out = r.as_ref().is_err_and(|e| *e == no_majority());
                     tracing::debug!(group = group.id, ok = r.is_ok(), "proposal answered");
-                    if let (Err(_), Some((c, cmds))) = (&r, again) {
+                    if let (Err(_), Some((c, cmds)), false) = (&r, again, timed_out) {
                         r = write_to_leader(group.raft(), &c, group.id, Proposal::Queue(cmds))
                             .await;
                     }

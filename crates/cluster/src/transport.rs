@@ -13,7 +13,8 @@
 //!
 //! Groups are found in the node's [`Registry`]. A request for a group this node does not run
 //! answers `Response::NoGroup`, which the sender sees as the peer being unreachable for it.
-//! Not yet: TLS between nodes (the listener and the connector take plain TCP).
+//! With [`LinkTls`], every link is TLS first (both sides present a certificate that the other
+//! checks against the cluster's CA), then the same handshake and frames inside it.
 
 use crate::types::{NodeId, Proposal, QueueRaft};
 use openraft::error::{
@@ -32,8 +33,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// TLS between nodes: the node's certificate, presented to the nodes it connects to and to
+/// those that connect to it, each checking the other's against the cluster's CA.
+#[derive(Clone)]
+pub struct LinkTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+/// A link's byte stream: plain TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+type Conn = Box<dyn Io>;
 use warren_broker::queue::Applied;
 
 /// Largest frame accepted (a batch of log entries); more closes the link.
@@ -105,7 +119,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn write_frame(s: &mut TcpStream, v: &impl Serialize) -> std::io::Result<()> {
+async fn write_frame(s: &mut (impl AsyncWrite + Unpin), v: &impl Serialize) -> std::io::Result<()> {
     let body = postcard::to_stdvec(v).map_err(std::io::Error::other)?;
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -113,7 +127,7 @@ async fn write_frame(s: &mut TcpStream, v: &impl Serialize) -> std::io::Result<(
     s.write_all(&buf).await
 }
 
-async fn read_frame<T: DeserializeOwned>(s: &mut TcpStream) -> std::io::Result<T> {
+async fn read_frame<T: DeserializeOwned>(s: &mut (impl AsyncRead + Unpin)) -> std::io::Result<T> {
     let len = s.read_u32().await?;
     if len > MAX_FRAME {
         return Err(std::io::Error::new(
@@ -138,6 +152,7 @@ impl Listener {
         addr: SocketAddr,
         secret: Arc<[u8]>,
         registry: Registry,
+        tls: Option<LinkTls>,
     ) -> std::io::Result<Listener> {
         let l = TcpListener::bind(addr).await?;
         let addr = l.local_addr()?;
@@ -146,9 +161,9 @@ impl Listener {
                 let Ok((s, peer)) = l.accept().await else {
                     continue;
                 };
-                let (secret, registry) = (secret.clone(), registry.clone());
+                let (secret, registry, tls) = (secret.clone(), registry.clone(), tls.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(s, &secret, &registry).await {
+                    if let Err(e) = serve(s, &secret, &registry, tls).await {
                         tracing::debug!(%peer, error = %e, "cluster link closed");
                     }
                 });
@@ -169,8 +184,23 @@ impl Drop for Listener {
     }
 }
 
-async fn serve(mut s: TcpStream, secret: &[u8], registry: &Registry) -> std::io::Result<()> {
-    s.set_nodelay(true)?;
+async fn serve(
+    tcp: TcpStream,
+    secret: &[u8],
+    registry: &Registry,
+    tls: Option<LinkTls>,
+) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let mut s: Conn = match tls {
+        None => Box::new(tcp),
+        Some(t) => Box::new(
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, t.acceptor.accept(tcp))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??,
+        ),
+    };
     let challenge: [u8; 32] = rand::random();
     let hello: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         write_frame(&mut s, &challenge).await?;
@@ -210,11 +240,25 @@ async fn serve(mut s: TcpStream, secret: &[u8], registry: &Registry) -> std::io:
     }
 }
 
-/// Connects to the node at `addr` and passes the handshake as node `me`.
-async fn connect(addr: &str, me: NodeId, secret: &[u8]) -> std::io::Result<TcpStream> {
+/// Connects to the node at `addr` (over TLS with `tls`) and passes the handshake as node `me`.
+async fn connect(
+    addr: &str,
+    me: NodeId,
+    secret: &[u8],
+    tls: Option<&LinkTls>,
+) -> std::io::Result<Conn> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut s: Conn = match tls {
+            None => Box::new(tcp),
+            Some(t) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls_pki_name(host)?;
+                Box::new(t.connector.connect(name, tcp).await?)
+            }
+        };
         let challenge: [u8; 32] = read_frame(&mut s).await?;
         let hello = Hello {
             node: me,
@@ -228,9 +272,27 @@ async fn connect(addr: &str, me: NodeId, secret: &[u8]) -> std::io::Result<TcpSt
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
+/// The name a node's certificate must carry: its host, a DNS name or an IP address.
+fn rustls_pki_name(
+    host: &str,
+) -> std::io::Result<tokio_rustls::rustls::pki_types::ServerName<'static>> {
+    tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("'{host}' is not a name a certificate can carry: {e}"),
+        )
+    })
+}
+
 /// Whether the node at `addr` accepts a connection and the handshake within `timeout`.
-pub async fn probe(addr: &str, me: NodeId, secret: &[u8], timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, connect(addr, me, secret))
+pub async fn probe(
+    addr: &str,
+    me: NodeId,
+    secret: &[u8],
+    tls: Option<&LinkTls>,
+    timeout: Duration,
+) -> bool {
+    tokio::time::timeout(timeout, connect(addr, me, secret, tls))
         .await
         .is_ok_and(|r| r.is_ok())
 }
@@ -240,14 +302,16 @@ pub async fn probe(addr: &str, me: NodeId, secret: &[u8], timeout: Duration) -> 
 pub struct Forwarder {
     me: NodeId,
     secret: Arc<[u8]>,
-    links: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<TcpStream>>>>>,
+    tls: Option<LinkTls>,
+    links: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Conn>>>>>,
 }
 
 impl Forwarder {
-    pub fn new(me: NodeId, secret: Arc<[u8]>) -> Self {
+    pub fn new(me: NodeId, secret: Arc<[u8]>, tls: Option<LinkTls>) -> Self {
         Forwarder {
             me,
             secret,
+            tls,
             links: Default::default(),
         }
     }
@@ -270,7 +334,7 @@ impl Forwarder {
         let mut conn = link.lock().await;
         let r = tokio::time::timeout(timeout, async {
             if conn.is_none() {
-                *conn = Some(connect(addr, self.me, &self.secret).await?);
+                *conn = Some(connect(addr, self.me, &self.secret, self.tls.as_ref()).await?);
             }
             let s = conn.as_mut().expect("connected");
             write_frame(
@@ -308,6 +372,7 @@ pub struct TcpPeers {
     pub me: NodeId,
     pub group: u64,
     pub secret: Arc<[u8]>,
+    pub tls: Option<LinkTls>,
 }
 
 /// A link to one member, for one group (connected on first use, again after an error).
@@ -315,7 +380,7 @@ pub struct TcpLink {
     peers: TcpPeers,
     target: NodeId,
     addr: String,
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
 }
 
 impl RaftNetworkFactory<QueueRaft> for TcpPeers {
@@ -334,8 +399,14 @@ impl RaftNetworkFactory<QueueRaft> for TcpPeers {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl TcpLink {
-    async fn connect(&self) -> std::io::Result<TcpStream> {
-        connect(&self.addr, self.peers.me, &self.peers.secret).await
+    async fn connect(&self) -> std::io::Result<Conn> {
+        connect(
+            &self.addr,
+            self.peers.me,
+            &self.peers.secret,
+            self.peers.tls.as_ref(),
+        )
+        .await
     }
 
     /// Sends one request and reads its answer; a broken link is dropped (the next call

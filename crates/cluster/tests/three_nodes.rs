@@ -40,6 +40,7 @@ async fn three_nodes(name: &str) -> Vec<Node> {
             "127.0.0.1:0".parse().unwrap(),
             secret.clone(),
             registry.clone(),
+            None,
         )
         .await
         .unwrap();
@@ -88,6 +89,7 @@ async fn member(
         me: id,
         group: GROUP,
         secret: Arc::from(SECRET),
+        tls: None,
     };
     let (g, _out) = QueueGroup::start_member(
         id,
@@ -286,6 +288,7 @@ async fn a_node_without_the_secret_is_refused() {
         me: 9,
         group: GROUP,
         secret: Arc::from(&b"wrong"[..]),
+        tls: None,
     };
     let mut link = rogue.new_client(2, &target).await;
     let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(99, 9), None);
@@ -301,6 +304,7 @@ async fn a_node_without_the_secret_is_refused() {
         me: 9,
         group: GROUP,
         secret: Arc::from(SECRET),
+        tls: None,
     };
     let mut link = honest.new_client(2, &target).await;
     let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(0, 9), None);
@@ -340,7 +344,7 @@ async fn a_restarted_member_catches_up_by_itself() {
     let recovered = rec.remove(&GROUP).expect("its log");
     assert!(recovered.entries.len() >= 10, "it had the first entries");
     let registry = nodes[f].registry.clone();
-    let listener = Listener::start(addr, Arc::from(SECRET), registry.clone())
+    let listener = Listener::start(addr, Arc::from(SECRET), registry.clone(), None)
         .await
         .unwrap();
     let g = member(nodes[f].id, &wal, recovered, &nodes[f].members, &registry).await;

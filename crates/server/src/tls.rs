@@ -94,6 +94,37 @@ pub fn acceptor_for(o: &TlsOptions, setting: &str) -> Result<TlsAcceptor, String
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// A TLS connector that presents the options' certificate and trusts only the servers whose
+/// certificate chains to `cacertfile` (for links between a cluster's nodes: both sides
+/// present the same kind of certificate). Errors name the key and the file.
+pub fn connector_for(o: &TlsOptions, setting: &str) -> Result<tokio_rustls::TlsConnector, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let file_error = |key: &str, path: &Path, e: &dyn std::fmt::Display| {
+        format!("{setting}.{key} {}: {e}", path.display())
+    };
+    let ca = o
+        .cacertfile
+        .as_ref()
+        .ok_or_else(|| format!("{setting}.cacertfile is needed"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_error("cacertfile", ca, &e))? {
+        let c = c.map_err(|e| file_error("cacertfile", ca, &e))?;
+        roots.add(c).map_err(|e| file_error("cacertfile", ca, &e))?;
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&o.certfile)
+        .and_then(|i| i.collect())
+        .map_err(|e| file_error("certfile", &o.certfile, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&o.keyfile)
+        .map_err(|e| file_error("keyfile", &o.keyfile, &e))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("{setting}.certfile with {setting}.keyfile: {e}"))?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 /// Accepts TLS connections until `shutdown` turns true.
 pub async fn serve_tls(
     listener: TcpListener,

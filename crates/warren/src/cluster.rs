@@ -35,6 +35,15 @@ pub const KEYS: &[(&str, &str)] = &[
         "cluster.secret_file",
         "the cluster's shared secret, the same file content on every node [default: ~/.warren.cookie, created if missing]",
     ),
+    (
+        "cluster.ssl_options.certfile",
+        "TLS between nodes: this node's certificate (PEM), for its host name or address, usable as server and client",
+    ),
+    ("cluster.ssl_options.keyfile", "TLS between nodes: its private key (PEM)"),
+    (
+        "cluster.ssl_options.cacertfile",
+        "TLS between nodes: the CA every node's certificate must chain to (PEM)",
+    ),
 ];
 
 /// The inter-node port when a node name leaves it out (RabbitMQ's).
@@ -46,6 +55,9 @@ pub struct ClusterSettings {
     pub me: String,
     pub nodes: Vec<String>,
     pub secret_file: PathBuf,
+    /// `cluster.ssl_options.*`: TLS on the links between nodes (mutual: each node checks the
+    /// other's certificate against the CA).
+    pub tls: Option<warren_server::tls::TlsOptions>,
 }
 
 /// The cluster settings, if `cluster_formation.classic_config.nodes.*` names any node.
@@ -88,10 +100,31 @@ pub fn settings(
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join(".warren.cookie")
         });
+    let tls_keys =
+        ["certfile", "keyfile", "cacertfile"].map(|k| format!("cluster.ssl_options.{k}"));
+    let tls = match tls_keys.iter().map(|k| file.get(k)).collect::<Vec<_>>()[..] {
+        [None, None, None] => None,
+        [Some(cert), Some(key), Some(ca)] => Some(warren_server::tls::TlsOptions {
+            certfile: cert.into(),
+            keyfile: key.into(),
+            cacertfile: Some(ca.into()),
+            verify_peer: true,
+            fail_if_no_peer_cert: true,
+        }),
+        ref some => {
+            let (set, missing): (Vec<_>, Vec<_>) =
+                tls_keys.iter().zip(some).partition(|(_, v)| v.is_some());
+            return Err(ConfigError::Missing {
+                set: set[0].0.clone(),
+                needed: missing[0].0.clone(),
+            });
+        }
+    };
     Ok(Some(ClusterSettings {
         me,
         nodes,
         secret_file,
+        tls,
     }))
 }
 
@@ -177,12 +210,20 @@ pub fn spec(s: &ClusterSettings) -> Result<warren_cluster::ClusterSpec, String> 
         .map_err(|e| format!("cannot resolve this node's address {own}: {e}"))?
         .next()
         .ok_or_else(|| format!("this node's address {own} resolves to nothing"))?;
+    let tls = match &s.tls {
+        None => None,
+        Some(o) => Some(warren_cluster::LinkTls {
+            acceptor: warren_server::tls::acceptor_for(o, "cluster.ssl_options")?,
+            connector: warren_server::tls::connector_for(o, "cluster.ssl_options")?,
+        }),
+    };
     Ok(warren_cluster::ClusterSpec {
         me: node_id(&s.me),
         nodes,
         secret: secret(&s.secret_file)?,
         listen,
         names,
+        tls,
     })
 }
 

@@ -1,5 +1,9 @@
 //! The `warren` binary: reads settings (flags, environment, `warren.conf`), sets up logging,
 //! starts the AMQP listener and stops cleanly on SIGTERM / SIGINT. No broker logic lives here.
+//!
+//! Layout: `config` (warren.conf), `listen` (listener addresses), `security` (TLS listeners,
+//! alarm limits), `cluster` (a cluster's nodes, secret and TLS from warren.conf), `error`
+//! (startup errors with what to do next).
 
 mod cluster;
 mod config;

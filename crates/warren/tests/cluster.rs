@@ -45,6 +45,11 @@ fn write_config(path: &Path, names: &[String], me: &str, secret: &Path) {
 
 impl Cluster {
     fn start(name: &str) -> Cluster {
+        Self::start_with(name, "")
+    }
+
+    /// Three nodes whose config files also hold `extra`.
+    fn start_with(name: &str, extra: &str) -> Cluster {
         let dir = TempDir::new(name);
         let names: Vec<String> = (0..3)
             .map(|_| format!("warren@127.0.0.1:{}", free_port()))
@@ -55,6 +60,9 @@ impl Cluster {
             .map(|i| {
                 let p = dir.path().join(format!("node{i}.conf"));
                 write_config(&p, &names, &names[i], &secret);
+                let mut text = std::fs::read_to_string(&p).unwrap();
+                text.push_str(extra);
+                std::fs::write(&p, text).unwrap();
                 p
             })
             .collect();
@@ -495,4 +503,83 @@ async fn vhosts_users_permissions_and_policies_reach_every_node() {
             "the vhost on node {i}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_tls_when_configured() {
+    let pki = warren_tests::pki::Pki::new("cluster");
+    let (cert, key) = pki.node().write(pki.dir.path(), "node");
+    let extra = format!(
+        "cluster.ssl_options.certfile = {}\ncluster.ssl_options.keyfile = {}\ncluster.ssl_options.cacertfile = {}\n",
+        cert.display(),
+        key.display(),
+        pki.ca_file().display()
+    );
+    let cluster = Cluster::start_with("cluster-tls", &extra);
+    // The cluster port speaks TLS: a plain client gets no frame of the handshake.
+    let port = cluster.names[1].rsplit_once(':').unwrap().1;
+    let mut plain = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let mut first = [0u8; 4];
+    use tokio::io::AsyncReadExt;
+    let r = tokio::time::timeout(Duration::from_millis(500), plain.read_exact(&mut first)).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "a plain connection to a TLS cluster port was sent the handshake's first frame"
+    );
+    // Over TLS the cluster works: declared on node 0, published on node 1, consumed on 2.
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("tls-q".into(), durable(), quorum())
+        .await
+        .expect("declare over a TLS cluster");
+    let (_c1, ch1) = open(&cluster.nodes[1]).await;
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+    publish_confirmed(&ch1, "", "tls-q", &bodies).await;
+    let (_c2, ch2) = open(&cluster.nodes[2]).await;
+    assert_eq!(consume(&ch2, "tls-q", bodies.len()).await, bodies);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_majority_refuses_rather_than_pretends() {
+    let mut cluster = Cluster::start("cluster-minority");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("alone".into(), durable(), quorum())
+        .await
+        .unwrap();
+    drop((_c0, ch0));
+    cluster.nodes[1].kill9();
+    cluster.nodes[2].kill9();
+    let (_c, ch) = open(&cluster.nodes[0]).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "alone".into(),
+            BasicPublishOptions::default(),
+            b"never confirmed",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(30), confirm)
+        .await
+        .expect("an answer within 30 s")
+        .expect("a confirm frame");
+    assert!(c.is_nack(), "a publish without a majority was acked: {c:?}");
+    // A definition change is refused with an error that says why.
+    let (_c2, ch2) = open(&cluster.nodes[0]).await;
+    let err = ch2
+        .queue_declare("new-one".into(), durable(), quorum())
+        .await
+        .expect_err("a declaration without a majority succeeded");
+    assert!(
+        err.to_string().contains("majority"),
+        "the error does not say a majority is missing: {err}"
+    );
 }
