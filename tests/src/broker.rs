@@ -11,6 +11,8 @@ use warren_store::Backend;
 
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The stream protocol's listener (RabbitMQ's port 5552), served beside the AMQP one.
+    pub stream_addr: SocketAddr,
     pub broker: Arc<Broker>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -93,16 +95,30 @@ impl TestBroker {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind");
+                let streams = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
                 addr_tx
-                    .send(listener.local_addr().expect("addr"))
+                    .send((
+                        listener.local_addr().expect("addr"),
+                        streams.local_addr().expect("addr"),
+                    ))
                     .expect("send addr");
-                warren_server::serve(listener, b, Arc::new(config), stop_rx).await;
+                let stream_config = Arc::new(warren_stream::StreamConfig {
+                    peers_are_remote: config.peers_are_remote,
+                    ..Default::default()
+                });
+                tokio::join!(
+                    warren_stream::serve(streams, b.clone(), stream_config, stop_rx.clone()),
+                    warren_server::serve(listener, b, Arc::new(config), stop_rx),
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             });
         });
-        let addr = addr_rx.recv().expect("broker started");
+        let (addr, stream_addr) = addr_rx.recv().expect("broker started");
         TestBroker {
             addr,
+            stream_addr,
             broker,
             stop,
             thread: Some(thread),

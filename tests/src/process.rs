@@ -88,6 +88,7 @@ impl BrokerProcess {
         let mut cmd = std::process::Command::new(&self.bin);
         cmd.args(["--listen", &self.listen, "--mgmt-listen", "127.0.0.1:0"])
             .args(["--prometheus-listen", "127.0.0.1:0"])
+            .args(["--stream-listen", "127.0.0.1:0"])
             .arg("--listeners-file")
             .arg(&file)
             .arg("--data-dir")
@@ -136,7 +137,7 @@ impl BrokerProcess {
             .port();
     }
 
-    /// The first listener of `protocol` (amqp, amqps, http, https, http/prometheus).
+    /// The first listener of `protocol` (amqp, amqps, http, https, http/prometheus, stream).
     pub fn listener(&self, protocol: &str) -> Option<std::net::SocketAddr> {
         self.listeners
             .iter()

@@ -96,6 +96,18 @@ impl StreamStore {
         dir: impl Into<PathBuf>,
         max_segment_size: u32,
     ) -> Result<Self> {
+        Self::open_with(backend, dir, max_segment_size, |_, _| {})
+    }
+
+    /// As [`StreamStore::open`], handing `on_record` each message it keeps (its offset and
+    /// its bytes), oldest first: the broker rebuilds what it tracks per stream from them
+    /// without reading the log a second time.
+    pub fn open_with(
+        backend: Arc<dyn Backend>,
+        dir: impl Into<PathBuf>,
+        max_segment_size: u32,
+        mut on_record: impl FnMut(u64, &[u8]),
+    ) -> Result<Self> {
         let dir = dir.into();
         let mut segments: BTreeMap<u32, SegInfo> = BTreeMap::new();
         let mut next_offset = 0u64;
@@ -117,6 +129,7 @@ impl StreamStore {
                 s.last_ts = ts;
                 s.len = end;
                 next_offset = next_offset.max(off + 1);
+                on_record(off, &payload[HEADER..]);
             },
         )?;
         let first_offset = segments

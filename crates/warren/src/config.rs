@@ -12,6 +12,31 @@ pub const KEYS: &[(&str, &str)] = &[
         "AMQP listener (any name, several allowed): a port (on 127.0.0.1 and ::1), ip:port, [ipv6]:port or ipv6:port; 'listeners.tcp = none' for none",
     ),
     ("listeners.tcp", "'none': no plain AMQP listener"),
+    (
+        "stream.listeners.tcp.*",
+        "stream protocol listener (any name, several allowed), same forms as listeners.tcp.*; 'stream.listeners.tcp = none' for none [default: 5552 on 127.0.0.1 and ::1, skipped with a warning if taken]",
+    ),
+    ("stream.listeners.tcp", "'none': no stream protocol listener"),
+    (
+        "stream.advertised_host",
+        "host the stream protocol tells clients to connect to (metadata) [default: the address the client connected to]",
+    ),
+    (
+        "stream.advertised_port",
+        "port the stream protocol tells clients to connect to [default: the listener's]",
+    ),
+    (
+        "stream.frame_max",
+        "largest stream protocol frame in bytes [default: 1048576]",
+    ),
+    (
+        "stream.initial_frame_max",
+        "largest stream protocol frame before open, in bytes [default: 8192]",
+    ),
+    (
+        "stream.heartbeat",
+        "stream protocol heartbeat in seconds (0 disables) [default: 60]",
+    ),
     ("management.tcp.port", "management API port"),
     (
         "management.tcp.ip",

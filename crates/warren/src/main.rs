@@ -40,7 +40,10 @@ struct Args {
     /// Prometheus metrics listener (/metrics), same forms as --listen, or `none` [default: 15692 on 127.0.0.1 and ::1] (prometheus.tcp.ip/port)
     #[arg(long, env = "WARREN_PROMETHEUS_LISTEN", value_delimiter = ',')]
     prometheus_listen: Vec<String>,
-    /// Once every listener is bound, write their actual addresses to this file, one `protocol address` line each (amqp, amqps, http, https, http/prometheus)
+    /// RabbitMQ stream protocol listener, same forms as --listen, or `none` [default: 5552 on 127.0.0.1 and ::1, skipped if taken] (stream.listeners.tcp.*)
+    #[arg(long, env = "WARREN_STREAM_LISTEN", value_delimiter = ',')]
+    stream_listen: Vec<String>,
+    /// Once every listener is bound, write their actual addresses to this file, one `protocol address` line each (amqp, amqps, http, https, http/prometheus, stream)
     #[arg(long, env = "WARREN_LISTENERS_FILE")]
     listeners_file: Option<PathBuf>,
     /// Data directory for durable definitions and messages [default: ./warren-data] (data_dir)
@@ -97,6 +100,11 @@ struct Settings {
     prometheus_is_default: bool,
     /// `/metrics` answers with the per-queue series (prometheus.return_per_object_metrics).
     prometheus_per_object: bool,
+    /// The stream protocol's listeners; none with `stream.listeners.tcp = none`.
+    stream_listen: Vec<ListenAddr>,
+    /// Nothing chose the stream listener: RabbitMQ's 5552 is taken only if free.
+    stream_is_default: bool,
+    stream: warren_stream::StreamConfig,
     /// How often the management API samples message rates.
     stats_interval: Duration,
     /// `quorum_queues.replicated`: quorum queues as Raft groups (warren-cluster).
@@ -178,6 +186,8 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
     let prometheus_per_object = file
         .parse_value::<bool>("prometheus.return_per_object_metrics")?
         .unwrap_or(false);
+    let (stream_listen, stream_is_default) = stream_listeners(&args.stream_listen, &file)?;
+    let stream = stream_settings(&file)?;
     let mut broker = warren_broker::BrokerConfig::default();
     if let Some(u) = args
         .default_user
@@ -290,6 +300,9 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
         prometheus_listen,
         prometheus_is_default,
         prometheus_per_object,
+        stream_listen,
+        stream_is_default,
+        stream,
         stats_interval: Duration::from_millis(stats_ms),
         replicated_quorum: file
             .parse_value("quorum_queues.replicated")?
@@ -309,6 +322,56 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }),
+    })
+}
+
+/// The stream protocol's listeners (`--stream-listen`, `stream.listeners.tcp.*`) and whether
+/// they are the default (5552 on loopback).
+fn stream_listeners(
+    flags: &[String],
+    file: &ConfigFile,
+) -> Result<(Vec<ListenAddr>, bool), ConfigError> {
+    if flags.iter().any(|v| v == "none") {
+        return Ok((Vec::new(), false));
+    }
+    if !flags.is_empty() {
+        let addrs = listen::parse_all(flags.iter().map(|v| ("--stream-listen", v.as_str())))?;
+        return Ok((addrs, false));
+    }
+    match file.get("stream.listeners.tcp") {
+        Some("none") => return Ok((Vec::new(), false)),
+        Some(v) => {
+            return Err(file.error(
+                "stream.listeners.tcp",
+                &format!("expected 'none' (name a listener: stream.listeners.tcp.default = {v})"),
+            ))
+        }
+        None => {}
+    }
+    match file.values_under("stream.listeners.tcp.") {
+        v if v.is_empty() => Ok((listen::loopback(warren_stream::DEFAULT_PORT), true)),
+        v => Ok((listen::parse_all(v)?, false)),
+    }
+}
+
+/// The stream protocol's settings (`stream.*`).
+fn stream_settings(file: &ConfigFile) -> Result<warren_stream::StreamConfig, ConfigError> {
+    let d = warren_stream::StreamConfig::default();
+    let frame_max = file
+        .parse_value::<u32>("stream.frame_max")?
+        .unwrap_or(d.frame_max);
+    if frame_max != 0 && frame_max < 8192 {
+        return Err(file.error("stream.frame_max", "must be 0 (no limit) or at least 8192"));
+    }
+    Ok(warren_stream::StreamConfig {
+        frame_max,
+        initial_frame_max: file
+            .parse_value("stream.initial_frame_max")?
+            .unwrap_or(d.initial_frame_max),
+        heartbeat: file.parse_value("stream.heartbeat")?.unwrap_or(d.heartbeat),
+        advertised_host: file.get("stream.advertised_host").map(str::to_string),
+        advertised_port: file.parse_value("stream.advertised_port")?,
+        ..d
     })
 }
 
@@ -332,6 +395,29 @@ fn tcp_listener(
             optional: false,
         }],
     })
+}
+
+/// Binds the stream protocol's listeners. Those chosen by a setting must bind; the default
+/// port is only taken if free (RabbitMQ needs its plugin enabled; Warren serves streams by
+/// default, but another broker may hold 5552).
+async fn bind_stream(
+    addrs: &[ListenAddr],
+    is_default: bool,
+) -> Result<Vec<TcpListener>, StartupError> {
+    let what = "the stream protocol (--stream-listen, stream.listeners.tcp.*)";
+    if !is_default {
+        return listen::bind_all(addrs, what).await;
+    }
+    let mut out = Vec::new();
+    for a in addrs {
+        match listen::bind_all(std::slice::from_ref(a), what).await {
+            Ok(l) => out.extend(l),
+            Err(e) => tracing::warn!(
+                "{e}; not serving the stream protocol there (choose a port with stream.listeners.tcp.default or --stream-listen)"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 /// Binds the Prometheus listeners. Those chosen by a setting must bind; RabbitMQ's default
@@ -490,6 +576,7 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     )
     .await?;
     let prometheus = bind_prometheus(&s.prometheus_listen, s.prometheus_is_default).await?;
+    let stream_listeners = bind_stream(&s.stream_listen, s.stream_is_default).await?;
     let mut bound: Vec<(&str, SocketAddr)> = Vec::new();
     bound.extend(amqp_addrs.iter().map(|a| ("amqp", *a)));
     bound.extend(amqps_addrs.iter().map(|a| ("amqps", *a)));
@@ -503,6 +590,19 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     for l in &prometheus {
         let addr = l.local_addr().map_err(StartupError::ListenerAddr)?;
         bound.push(("http/prometheus", addr));
+    }
+    for l in &stream_listeners {
+        let addr = l.local_addr().map_err(StartupError::ListenerAddr)?;
+        bound.push(("stream", addr));
+    }
+    let stream_config = Arc::new(s.stream.clone());
+    for listener in stream_listeners {
+        servers.push(tokio::spawn(warren_stream::serve(
+            listener,
+            broker.clone(),
+            stream_config.clone(),
+            stop_rx.clone(),
+        )));
     }
     let listening: Vec<String> = bound.iter().map(|(p, a)| format!("{p}://{a}")).collect();
     tracing::info!(listeners = %listening.join(" "), data_dir = %s.data_dir.display(), "Warren {} started", env!("CARGO_PKG_VERSION"));
@@ -552,7 +652,7 @@ async fn run(s: Settings) -> Result<(), StartupError> {
     });
     for server in servers {
         if let Err(e) = server.await {
-            tracing::error!(error = %e, "an AMQP listener's task failed; its connections may not have been closed cleanly");
+            tracing::error!(error = %e, "a listener's task failed; its connections may not have been closed cleanly");
         }
     }
     match mgmt.await {
@@ -840,5 +940,38 @@ mod tests {
             &[],
         );
         assert_eq!(http, vec!["[::1]:15680".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn stream_listeners_and_settings() {
+        let addrs = |s: &Settings| -> Vec<String> {
+            s.stream_listen.iter().map(|a| a.addr.to_string()).collect()
+        };
+        // Default: 5552 on both loopback families, taken only if free.
+        let s = settings_for("", &[]).unwrap();
+        assert_eq!(addrs(&s), vec!["127.0.0.1:5552", "[::1]:5552"]);
+        assert!(s.stream_is_default);
+        // RabbitMQ's keys.
+        let s = settings_for(
+            "stream.listeners.tcp.1 = 5553\nstream.listeners.tcp.2 = 127.0.0.1:5554\nstream.advertised_host = mq.example\nstream.advertised_port = 6000\nstream.heartbeat = 0\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(addrs(&s), vec!["127.0.0.1:5553", "[::1]:5553", "127.0.0.1:5554"]);
+        assert!(!s.stream_is_default);
+        assert_eq!(s.stream.advertised_host.as_deref(), Some("mq.example"));
+        assert_eq!((s.stream.advertised_port, s.stream.heartbeat), (Some(6000), 0));
+        // None, from the file or a flag; a flag wins over the file.
+        assert!(settings_for("stream.listeners.tcp = none\n", &[]).unwrap().stream_listen.is_empty());
+        assert!(settings_for("", &["--stream-listen", "none"]).unwrap().stream_listen.is_empty());
+        let s = settings_for("stream.listeners.tcp.default = 5553\n", &["--stream-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(addrs(&s), vec!["127.0.0.1:0"]);
+        // Bad values name the key.
+        let e = settings_for("stream.listeners.tcp = 5552\n", &[]).err().unwrap().to_string();
+        assert!(e.contains("stream.listeners.tcp"), "{e}");
+        let e = settings_for("stream.listeners.tcp.default = nowhere\n", &[]).err().unwrap().to_string();
+        assert!(e.contains("stream.listeners.tcp.default"), "{e}");
+        let e = settings_for("stream.frame_max = 100\n", &[]).err().unwrap().to_string();
+        assert!(e.contains("stream.frame_max"), "{e}");
     }
 }

@@ -8,16 +8,23 @@
 //! management API see a queue, and the queue hands its messages and consumers to the stream.
 //!
 //! Layout: [`args`] (declaration checks, options, consumer arguments), `reader` (one
-//! consumer's position and read-ahead), this file (the log, appends with group commit,
-//! dispatch to readers, retention, statistics). The log is a `warren_store::StreamStore`
-//! (`docs/streams.md`).
+//! consumer's position and read-ahead), [`entry`] (what a record holds: a 0-9-1 message or a
+//! stream-protocol one), [`amqp10`] (AMQP 1.0 messages and their conversion to and from
+//! 0-9-1), `tracking` (named publishers' ids and named consumers' offsets), `protocol` (what
+//! the stream protocol's listener, `warren-stream`, calls: appends with deduplication, reads
+//! by chunk, offsets), this file (the log, appends with group commit, dispatch to readers,
+//! retention, statistics). The log is a `warren_store::StreamStore` (`docs/streams.md`).
 //!
 //! Lock order: the stream's readers → its store; readers → a consumer's delivery channel
 //! (as a queue's lock comes before its channels'). An append takes only the store's lock
 //! (with the persistence gate), then the readers' lock to deliver.
 
+pub mod amqp10;
 pub mod args;
+pub mod entry;
+mod protocol;
 mod reader;
+mod tracking;
 
 use crate::delivery::{Deliver, DeliveryChannel};
 use crate::error::{AmqpError, Result};
@@ -27,7 +34,8 @@ use crate::queue::{
     ConsumeRefused, PublishError, Published, QueueConsumer, QueueStats, QueuedMessage,
 };
 use crate::Queue;
-use args::{Filter, OffsetSpec, StreamOptions};
+pub use args::OffsetSpec;
+use args::{Filter, StreamOptions};
 use parking_lot::Mutex;
 use reader::{Reader, READ_AHEAD};
 use std::collections::VecDeque;
@@ -38,6 +46,8 @@ use warren_protocol::ShortStr;
 use warren_store::{StreamRecord, StreamStore};
 
 pub use args::parse_age;
+pub use protocol::{Cursor, Published as StreamPublished};
+use tracking::Tracking;
 
 /// Wall-clock time in ms since the Unix epoch: a stream's timestamps outlive the process
 /// (the broker's own clock counts from its start).
@@ -58,6 +68,11 @@ pub struct Stream {
     published: AtomicU64,
     delivered: AtomicU64,
     acked: AtomicU64,
+    /// Named publishers' last publishing ids and named consumers' offsets.
+    tracking: Mutex<Tracking>,
+    /// The next offset, for the stream protocol's readers to wait on (closed-over senders
+    /// wake them on deletion too: they check the queue).
+    tail: tokio::sync::watch::Sender<u64>,
 }
 
 /// `queue 'q' in vhost 'v'`, as RabbitMQ's `rabbit_misc:rs`.
@@ -110,12 +125,26 @@ impl Stream {
         name: &str,
         options: StreamOptions,
     ) -> warren_store::Result<Stream> {
-        let store = StreamStore::open(
+        let dir = persistence.queue_dir(vhost, name);
+        let mut seen = Tracking::default();
+        let store = StreamStore::open_with(
             persistence.backend(),
-            persistence.queue_dir(vhost, name),
+            dir.clone(),
             options.max_segment_size,
+            |_, rec| {
+                if let Some((r, id)) = entry::writer_of(rec) {
+                    seen.saw_writer(r, id);
+                }
+            },
         )?;
+        let mut tracking = Tracking::load(&*persistence.backend(), &dir);
+        for (r, id) in seen.writers {
+            tracking.saw_writer(&r, id);
+        }
+        let (tail, _) = tokio::sync::watch::channel(store.next_offset());
         let s = Stream {
+            tracking: Mutex::new(tracking),
+            tail,
             store: Mutex::new(store),
             readers: Mutex::new(Vec::new()),
             options: Mutex::new(options),
@@ -185,6 +214,7 @@ impl Stream {
             st.append(now, |buf| msg.encode_record(true, None, buf))
                 .map_err(PublishError::Store)?;
             let rolled = st.end().segment != before;
+            self.tail.send_replace(st.next_offset());
             drop(st);
             if !self.dirty.swap(true, Ordering::AcqRel) {
                 p.enlist(q);
@@ -211,7 +241,12 @@ impl Stream {
             st.begin_sync()?
         };
         let fsynced = handles.into_iter().try_for_each(|h| h());
-        self.store.lock().end_sync(fsynced)?;
+        let dir = {
+            let mut st = self.store.lock();
+            st.end_sync(fsynced)?;
+            st.dir().to_path_buf()
+        };
+        self.save_tracking(&dir)?;
         Ok(false)
     }
 
@@ -311,9 +346,15 @@ impl Stream {
                     continue;
                 }
                 r.next_offset = rec.offset + 1;
-                let Some((msg, _)) = Message::decode_record(rec.payload) else {
-                    tracing::warn!(queue = %q.name, offset = rec.offset, "undecodable stream record skipped");
-                    continue;
+                let msg = match entry::decode(rec.payload) {
+                    Some(entry::Entry::Amqp091(m)) => m,
+                    Some(entry::Entry::Amqp10 { message, .. }) => {
+                        amqp10::decode_message(message, "", &q.name)
+                    }
+                    None => {
+                        tracing::warn!(queue = %q.name, offset = rec.offset, "undecodable stream record skipped");
+                        continue;
+                    }
                 };
                 if let Some(f) = &r.filter {
                     let value = msg
@@ -394,6 +435,8 @@ impl Stream {
         for r in readers {
             r.handle.consumer_cancelled_by_server(r.consumer_id);
         }
+        // Wakes the stream protocol's readers, who find the queue deleted.
+        self.tail.send_replace(u64::MAX);
         n
     }
 }

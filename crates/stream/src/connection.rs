@@ -1,0 +1,488 @@
+//! One stream-protocol connection: the read loop (frames split in the read buffer, each
+//! decoded and handled in turn), the writer task (the outbox to the socket; heartbeats when
+//! idle), the handshake's deadline and the heartbeat timeout, and the cleanup (publishers,
+//! subscriptions and the connection slot go with the connection).
+//!
+//! Handlers never wait: what has to (confirms after the group commit, deliveries when there
+//! is credit and data) runs in tasks of its own that write into the same outbox.
+
+use crate::command::{key, Request};
+use crate::frame::{next_frame, FrameBuf};
+use crate::response::{self, StreamError};
+use crate::StreamConfig;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use warren_broker::auth::{AccessContext, ConnectionSlot};
+use warren_broker::{Broker, VHost};
+
+/// Bytes waiting in the outbox above which deliveries wait for the socket.
+pub(crate) const OUTBOX_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Frames waiting to be written, shared by the handlers and the tasks.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    buf: Mutex<FrameBuf>,
+    wake: Notify,
+    drained: Notify,
+    closing: AtomicBool,
+    /// The writer is gone (the socket failed): tasks stop.
+    dead: AtomicBool,
+}
+
+impl Outbox {
+    pub fn send(&self, f: impl FnOnce(&mut FrameBuf)) {
+        f(&mut self.buf.lock());
+        self.wake.notify_one();
+    }
+
+    pub fn pending(&self) -> usize {
+        self.buf.lock().len()
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Waits until fewer than `limit` bytes wait (or the writer is gone).
+    pub async fn wait_below(&self, limit: usize) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.pending() < limit || self.is_dead() {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    /// A response: `key | 0x8000`, version 1, the correlation id, the code, then `extra`.
+    pub fn respond(
+        &self,
+        k: u16,
+        correlation_id: u32,
+        code: u16,
+        extra: impl FnOnce(&mut FrameBuf),
+    ) {
+        self.send(|w| {
+            w.frame(k | key::RESPONSE, 1, |w| {
+                w.u32(correlation_id);
+                w.u16(code);
+                extra(w);
+            })
+        });
+    }
+
+    /// A response carrying only its code.
+    pub fn code(&self, k: u16, correlation_id: u32, code: u16) {
+        self.respond(k, correlation_id, code, |_| {});
+    }
+}
+
+async fn writer(mut wr: OwnedWriteHalf, out: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
+    loop {
+        let hb = heartbeat.load(Ordering::Relaxed);
+        let woken = out.wake.notified();
+        if hb > 0 {
+            if tokio::time::timeout(Duration::from_secs(hb as u64), woken)
+                .await
+                .is_err()
+            {
+                out.buf.lock().frame(key::HEARTBEAT, 1, |_| {});
+            }
+        } else {
+            woken.await;
+        }
+        let bytes = std::mem::take(&mut out.buf.lock().buf);
+        if !bytes.is_empty() && wr.write_all(&bytes).await.is_err() {
+            break;
+        }
+        out.drained.notify_waiters();
+        if out.closing.load(Ordering::Acquire) && out.pending() == 0 {
+            let _ = wr.shutdown().await;
+            break;
+        }
+    }
+    out.dead.store(true, Ordering::Release);
+    out.drained.notify_waiters();
+}
+
+/// Where the handshake is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for peer properties, then SASL.
+    Sasl,
+    /// Authenticated; our tune sent, waiting for the client's tune and open.
+    Tune,
+    Open,
+}
+
+/// What the read loop does after a frame.
+pub(crate) enum Flow {
+    Continue,
+    /// Close the connection once the outbox is written.
+    Close,
+}
+
+pub(crate) struct Publisher {
+    pub queue: Arc<warren_broker::Queue>,
+    pub reference: String,
+}
+
+pub(crate) struct Subscription {
+    pub stream: String,
+    pub credit: Arc<tokio::sync::Semaphore>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) struct Conn {
+    pub broker: Arc<Broker>,
+    pub config: Arc<StreamConfig>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub out: Arc<Outbox>,
+    pub phase: Phase,
+    pub user: Option<String>,
+    pub vhost: Option<Arc<VHost>>,
+    pub access: Option<AccessContext>,
+    pub slot: Option<ConnectionSlot>,
+    /// Negotiated: the largest frame the client may send.
+    pub frame_max: u32,
+    pub heartbeat: Arc<AtomicU32>,
+    /// The id declare_queue's ownership checks know this connection by.
+    pub id: u64,
+    pub publishers: HashMap<u8, Publisher>,
+    pub subscriptions: HashMap<u8, Subscription>,
+    pub confirms: Arc<crate::publish::Confirms>,
+    /// The client takes deliver version 2 (with the committed chunk id).
+    pub deliver_v2: bool,
+}
+
+impl Conn {
+    /// Closes the connection from the server's side with `code` (RabbitMQ's `close`).
+    pub fn close_with(&self, code: u16, reason: &str) -> Flow {
+        self.out.send(|w| {
+            w.frame(key::CLOSE, 1, |w| {
+                w.u32(0);
+                w.u16(code);
+                w.string(reason);
+            })
+        });
+        Flow::Close
+    }
+
+    pub fn vhost(&self) -> &Arc<VHost> {
+        self.vhost.as_ref().expect("open")
+    }
+
+    pub fn access(&self) -> &AccessContext {
+        self.access.as_ref().expect("open")
+    }
+
+    /// The stream `name` in the connection's vhost.
+    pub fn stream(&self, name: &str) -> response::Result<Arc<warren_broker::Queue>> {
+        match self.vhost().queue(name) {
+            Some(q) if q.stream().is_some() && !q.is_deleted() => Ok(q),
+            _ => Err(StreamError::StreamDoesNotExist(name.to_string())),
+        }
+    }
+
+    fn handle(&mut self, frame: Bytes) -> Flow {
+        let req = match Request::decode(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "stream connection: malformed frame; closing");
+                return self.close_with(response::UNKNOWN_FRAME, "unknown frame");
+            }
+        };
+        match (self.phase, req) {
+            (_, Request::Heartbeat) => Flow::Continue,
+            (
+                _,
+                Request::Close {
+                    correlation_id,
+                    code,
+                    reason,
+                },
+            ) => {
+                tracing::debug!(peer = %self.peer, code, reason, "stream connection closed by the client");
+                self.out.code(key::CLOSE, correlation_id, response::OK);
+                Flow::Close
+            }
+            (_, Request::CloseResponse { .. }) => Flow::Close,
+            (Phase::Sasl | Phase::Tune, r) => self.handshake(r),
+            (Phase::Open, r) => self.command(r),
+        }
+    }
+
+    fn command(&mut self, r: Request) -> Flow {
+        match r {
+            Request::PeerProperties { .. }
+            | Request::SaslHandshake { .. }
+            | Request::SaslAuthenticate { .. }
+            | Request::Open { .. } => {
+                return self.close_with(response::UNKNOWN_FRAME, "handshake command after open")
+            }
+            Request::Tune { .. } => {}
+            Request::Heartbeat | Request::Close { .. } | Request::CloseResponse { .. } => {}
+            Request::DeclarePublisher {
+                correlation_id,
+                publisher_id,
+                reference,
+                stream,
+            } => {
+                let r = self.declare_publisher(publisher_id, reference, &stream);
+                self.out.code(
+                    key::DECLARE_PUBLISHER,
+                    correlation_id,
+                    response::code_of(&r),
+                );
+            }
+            Request::Publish {
+                publisher_id,
+                messages,
+            } => self.publish(publisher_id, messages),
+            Request::QueryPublisherSequence {
+                correlation_id,
+                reference,
+                stream,
+            } => {
+                let r = self.query_publisher_sequence(&reference, &stream);
+                let seq = *r.as_ref().unwrap_or(&0);
+                self.out.respond(
+                    key::QUERY_PUBLISHER_SEQUENCE,
+                    correlation_id,
+                    response::code_of(&r),
+                    |w| w.u64(seq),
+                );
+            }
+            Request::DeletePublisher {
+                correlation_id,
+                publisher_id,
+            } => {
+                let r = self.delete_publisher(publisher_id);
+                self.out
+                    .code(key::DELETE_PUBLISHER, correlation_id, response::code_of(&r));
+            }
+            Request::Subscribe {
+                correlation_id,
+                subscription_id,
+                stream,
+                offset,
+                credit,
+                properties,
+            } => {
+                self.subscribe(
+                    correlation_id,
+                    subscription_id,
+                    stream,
+                    offset,
+                    credit,
+                    properties,
+                );
+            }
+            Request::Credit {
+                subscription_id,
+                credit,
+            } => self.credit(subscription_id, credit),
+            Request::StoreOffset {
+                reference,
+                stream,
+                offset,
+            } => self.store_offset(&reference, &stream, offset),
+            Request::QueryOffset {
+                correlation_id,
+                reference,
+                stream,
+            } => {
+                let r = self.query_offset(&reference, &stream);
+                let o = *r.as_ref().unwrap_or(&0);
+                self.out.respond(
+                    key::QUERY_OFFSET,
+                    correlation_id,
+                    response::code_of(&r),
+                    |w| w.u64(o),
+                );
+            }
+            Request::Unsubscribe {
+                correlation_id,
+                subscription_id,
+            } => {
+                let r = self.unsubscribe(subscription_id);
+                self.out
+                    .code(key::UNSUBSCRIBE, correlation_id, response::code_of(&r));
+            }
+            Request::Create {
+                correlation_id,
+                stream,
+                arguments,
+            } => {
+                let r = self.create(&stream, &arguments);
+                self.out
+                    .code(key::CREATE, correlation_id, response::code_of(&r));
+            }
+            Request::Delete {
+                correlation_id,
+                stream,
+            } => {
+                let r = self.delete(&stream);
+                self.out
+                    .code(key::DELETE, correlation_id, response::code_of(&r));
+            }
+            Request::Metadata {
+                correlation_id,
+                streams,
+            } => self.metadata(correlation_id, &streams),
+            Request::Route { correlation_id, .. } => {
+                self.out.respond(
+                    key::ROUTE,
+                    correlation_id,
+                    response::STREAM_DOES_NOT_EXIST,
+                    |w| w.u32(0),
+                );
+            }
+            Request::Partitions { correlation_id, .. } => {
+                self.out.respond(
+                    key::PARTITIONS,
+                    correlation_id,
+                    response::STREAM_DOES_NOT_EXIST,
+                    |w| w.u32(0),
+                );
+            }
+            Request::ConsumerUpdateResponse { .. } => {}
+            Request::ExchangeCommandVersions {
+                correlation_id,
+                versions,
+            } => self.exchange_command_versions(correlation_id, &versions),
+            Request::StreamStats {
+                correlation_id,
+                stream,
+            } => self.stream_stats(correlation_id, &stream),
+            Request::Unknown {
+                key: k,
+                version,
+                correlation_id,
+            } => {
+                tracing::warn!(peer = %self.peer, key = k, version, "stream connection: unknown command");
+                if let Some(c) = correlation_id {
+                    self.out.code(k, c, response::UNKNOWN_FRAME);
+                }
+                return self.close_with(response::UNKNOWN_FRAME, "unknown frame");
+            }
+        }
+        Flow::Continue
+    }
+
+    fn cleanup(&mut self) {
+        for (_, s) in self.subscriptions.drain() {
+            s.task.abort();
+        }
+        self.publishers.clear();
+        self.confirms.stop();
+    }
+}
+
+pub(crate) async fn run(
+    socket: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: Arc<StreamConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = socket.local_addr().unwrap_or(peer);
+    let (mut rd, wr) = socket.into_split();
+    let out = Arc::new(Outbox::default());
+    let heartbeat = Arc::new(AtomicU32::new(0));
+    let writer = tokio::spawn(writer(wr, out.clone(), heartbeat.clone()));
+    let id = broker.next_id();
+    let mut conn = Conn {
+        confirms: crate::publish::Confirms::start(&broker, out.clone()),
+        broker,
+        config: config.clone(),
+        peer,
+        local,
+        out: out.clone(),
+        phase: Phase::Sasl,
+        user: None,
+        vhost: None,
+        access: None,
+        slot: None,
+        frame_max: config.frame_max,
+        heartbeat: heartbeat.clone(),
+        id,
+        publishers: HashMap::new(),
+        subscriptions: HashMap::new(),
+        deliver_v2: false,
+    };
+    tracing::debug!(%peer, "stream connection accepted");
+    let deadline = Instant::now() + config.handshake_timeout;
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut last_read = Instant::now();
+    'conn: loop {
+        let limit = if conn.phase == Phase::Open {
+            conn.frame_max
+        } else {
+            config.initial_frame_max
+        };
+        loop {
+            match next_frame(&mut rbuf, limit) {
+                Ok(Some(f)) => {
+                    if let Flow::Close = conn.handle(f) {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(size) => {
+                    tracing::warn!(%peer, size, limit, "stream connection: frame too large; closing");
+                    conn.close_with(response::FRAME_TOO_LARGE, "frame too large");
+                    break 'conn;
+                }
+            }
+        }
+        let hb = heartbeat.load(Ordering::Relaxed);
+        let wait_until = if conn.phase != Phase::Open {
+            deadline
+        } else if hb > 0 {
+            last_read + Duration::from_secs(hb as u64 * 2 + 1)
+        } else {
+            Instant::now() + Duration::from_secs(3600)
+        };
+        tokio::select! {
+            r = rd.read_buf(&mut rbuf) => match r {
+                Ok(0) | Err(_) => break 'conn,
+                Ok(_) => last_read = Instant::now(),
+            },
+            _ = tokio::time::sleep_until(wait_until.into()) => {
+                if Instant::now() >= wait_until {
+                    if conn.phase != Phase::Open {
+                        tracing::warn!(%peer, "stream connection: handshake timed out");
+                    } else {
+                        tracing::warn!(%peer, "stream connection: missed heartbeats; closing");
+                    }
+                    break 'conn;
+                }
+            }
+            _ = stop.changed() => {
+                conn.close_with(response::OK, "broker shutting down");
+                break 'conn;
+            }
+        }
+        if out.is_dead() {
+            break;
+        }
+    }
+    conn.cleanup();
+    out.closing.store(true, Ordering::Release);
+    out.wake.notify_one();
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    tracing::debug!(%peer, "stream connection closed");
+}

@@ -1,0 +1,233 @@
+//! Subscriptions: subscribe at an offset specification, credit (one per chunk), deliver,
+//! unsubscribe; and named consumers' stored offsets (store offset, query offset).
+//!
+//! Each subscription has a task: while it has credit it reads the next consecutive records
+//! (up to a chunk's worth of bytes), makes them one chunk (0-9-1 messages converted to AMQP
+//! 1.0 on the way) and writes a deliver frame; at the tail it waits for the next append.
+//! When the stream is deleted it tells the client with a metadata update (stream not
+//! available) and ends, as RabbitMQ does.
+
+use crate::chunk;
+use crate::command::{key, OffsetSpecification};
+use crate::connection::{Conn, Outbox, Subscription, OUTBOX_LIMIT};
+use crate::response::{self, Result, StreamError};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use warren_broker::auth::{Access, Resource};
+use warren_broker::stream::{amqp10, entry, OffsetSpec};
+use warren_broker::Queue;
+
+/// Bytes of records one chunk holds at most (at least one record, whatever its size).
+const CHUNK_BYTES: usize = 256 * 1024;
+
+impl Conn {
+    pub(crate) fn subscribe(
+        &mut self,
+        correlation_id: u32,
+        sid: u8,
+        stream: String,
+        offset: OffsetSpecification,
+        credit: u16,
+        properties: Vec<(String, String)>,
+    ) {
+        let r = self.start_subscription(sid, &stream, offset, credit, &properties);
+        self.out
+            .code(key::SUBSCRIBE, correlation_id, response::code_of(&r));
+        if let Ok(start) = r {
+            // After the response: the client knows the subscription before its first chunk.
+            start();
+        }
+    }
+
+    fn start_subscription(
+        &mut self,
+        sid: u8,
+        stream: &str,
+        offset: OffsetSpecification,
+        credit: u16,
+        properties: &[(String, String)],
+    ) -> Result<impl FnOnce()> {
+        if self.subscriptions.contains_key(&sid) {
+            return Err(StreamError::SubscriptionExists(sid));
+        }
+        let q = self.stream(stream)?;
+        self.access()
+            .check(Access::Read, Resource::Queue, stream)
+            .map_err(|e| StreamError::from_amqp(e, stream))?;
+        if properties
+            .iter()
+            .any(|(k, v)| k == "single-active-consumer" && v == "true")
+        {
+            tracing::warn!(peer = %self.peer, stream, "single active consumer is not supported; subscribing as a plain consumer");
+        }
+        let spec = match offset {
+            OffsetSpecification::First => OffsetSpec::First,
+            OffsetSpecification::Last => OffsetSpec::Last,
+            OffsetSpecification::Next => OffsetSpec::Next,
+            OffsetSpecification::Offset(o) => OffsetSpec::Offset(o),
+            OffsetSpecification::Timestamp(t) => OffsetSpec::Timestamp(t.max(0) as u64),
+        };
+        let sem = Arc::new(Semaphore::new(credit as usize));
+        let deliver = deliver_loop(
+            q,
+            spec,
+            sid,
+            sem.clone(),
+            self.out.clone(),
+            self.deliver_v2,
+            stream.to_string(),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // The task starts only once the response is written (see `subscribe`).
+        let task = tokio::spawn(async move {
+            if rx.await.is_ok() {
+                deliver.await;
+            }
+        });
+        self.subscriptions.insert(
+            sid,
+            Subscription {
+                stream: stream.to_string(),
+                credit: sem,
+                task,
+            },
+        );
+        Ok(move || {
+            let _ = tx.send(());
+        })
+    }
+
+    pub(crate) fn credit(&mut self, sid: u8, credit: u16) {
+        match self.subscriptions.get(&sid) {
+            Some(s) => s.credit.add_permits(credit as usize),
+            None => {
+                // Only a problem gets an answer (PROTOCOL.adoc, "Credit").
+                self.out.send(|w| {
+                    w.frame(key::CREDIT | key::RESPONSE, 1, |w| {
+                        w.u16(response::SUBSCRIPTION_ID_DOES_NOT_EXIST);
+                        w.u8(sid);
+                    })
+                });
+            }
+        }
+    }
+
+    pub(crate) fn unsubscribe(&mut self, sid: u8) -> Result<()> {
+        let s = self
+            .subscriptions
+            .remove(&sid)
+            .ok_or(StreamError::NoSubscription(sid))?;
+        s.task.abort();
+        tracing::debug!(peer = %self.peer, stream = %s.stream, sid, "unsubscribed");
+        Ok(())
+    }
+
+    pub(crate) fn store_offset(&mut self, reference: &str, stream: &str, offset: u64) {
+        // No response: a failure is only logged (as RabbitMQ).
+        let r = self.stream(stream).and_then(|q| {
+            self.access()
+                .check(Access::Read, Resource::Queue, stream)
+                .map_err(|e| StreamError::from_amqp(e, stream))?;
+            if reference.is_empty() || reference.chars().count() > 256 {
+                return Err(StreamError::Precondition("invalid reference".into()));
+            }
+            if let Some(s) = q.stream() {
+                s.store_offset(&q, reference, offset);
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::warn!(peer = %self.peer, stream, reference, error = %e, "store offset refused");
+        }
+    }
+
+    pub(crate) fn query_offset(&mut self, reference: &str, stream: &str) -> Result<u64> {
+        let q = self.stream(stream)?;
+        self.access()
+            .check(Access::Read, Resource::Queue, stream)
+            .map_err(|e| StreamError::from_amqp(e, stream))?;
+        q.stream()
+            .and_then(|s| s.query_offset(reference))
+            .ok_or_else(|| StreamError::NoOffset(reference.to_string()))
+    }
+}
+
+/// Delivers chunks to subscription `sid` while it has credit, until it is aborted or the
+/// stream is deleted.
+async fn deliver_loop(
+    q: Arc<Queue>,
+    spec: OffsetSpec,
+    sid: u8,
+    credit: Arc<Semaphore>,
+    out: Arc<Outbox>,
+    v2: bool,
+    name: String,
+) {
+    let Some(stream) = q.stream() else { return };
+    let mut tail = stream.watch_tail();
+    let mut cursor = stream.resolve(spec);
+    loop {
+        let Ok(permit) = credit.acquire().await else {
+            return;
+        };
+        permit.forget();
+        loop {
+            if q.is_deleted() || out.is_dead() {
+                if q.is_deleted() {
+                    out.send(|w| {
+                        w.frame(key::METADATA_UPDATE, 1, |w| {
+                            w.u16(response::STREAM_NOT_AVAILABLE);
+                            w.string(&name);
+                        })
+                    });
+                }
+                return;
+            }
+            tail.borrow_and_update();
+            let recs = match stream.read_records(&mut cursor, CHUNK_BYTES) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(stream = %name, error = %e, "stream read failed; the subscription waits");
+                    Vec::new()
+                }
+            };
+            if recs.is_empty() {
+                if tail.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let mut entries: Vec<bytes::Bytes> = Vec::with_capacity(recs.len());
+            for r in &recs {
+                match entry::decode(r.payload.clone()) {
+                    Some(entry::Entry::Amqp10 { message, .. }) => entries.push(message),
+                    Some(entry::Entry::Amqp091(m)) => {
+                        let mut buf = Vec::new();
+                        amqp10::encode_message(&m, &mut buf);
+                        entries.push(bytes::Bytes::from(buf));
+                    }
+                    None => {
+                        // Never written by Warren; an empty message keeps the offsets.
+                        tracing::warn!(stream = %name, offset = r.offset, "undecodable stream record delivered empty");
+                        entries.push(bytes::Bytes::new());
+                    }
+                }
+            }
+            let first = recs[0].offset;
+            let ts = recs[0].timestamp as i64;
+            let slices: Vec<&[u8]> = entries.iter().map(|b| &b[..]).collect();
+            let last = recs.last().map_or(first, |r| r.offset);
+            out.send(|w| {
+                w.frame(key::DELIVER, if v2 { 2 } else { 1 }, |w| {
+                    w.u8(sid);
+                    if v2 {
+                        w.u64(last);
+                    }
+                    chunk::write(w, first, ts, &slices);
+                })
+            });
+            break;
+        }
+        out.wait_below(OUTBOX_LIMIT).await;
+    }
+}

@@ -1,0 +1,787 @@
+//! RabbitMQ's stream protocol (port 5552) with RabbitMQ's own Rust client,
+//! `rabbitmq-stream-client`, over real sockets against an in-process broker: stream
+//! creation and deletion with their response codes, publishing with confirms, deduplication
+//! by publisher reference, sub-entry batches, subscriptions from first / next / last / an
+//! offset / a time, credit, stored offsets (across a restart), and one stream shared with
+//! AMQP 0-9-1 both ways. Malformed and unknown commands over a raw socket.
+//! `crates/warren/tests/stream_protocol_restart.rs` restarts the real binary.
+
+use futures_util::StreamExt;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use rabbitmq_stream_client::error::{ProducerCreateError, StreamCreateError, StreamDeleteError};
+use rabbitmq_stream_client::types::{
+    ByteCapacity, Message, OffsetSpecification, ResponseCode, SimpleValue,
+};
+use rabbitmq_stream_client::{Client, ClientOptions, Environment};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_tests::*;
+
+fn broker(dir: &TempDir) -> TestBroker {
+    TestBroker::with_backend(dir.path(), FileBackend::shared())
+}
+
+async fn connect_env(b: &TestBroker) -> Environment {
+    within(
+        "stream environment",
+        Environment::builder()
+            .host("127.0.0.1")
+            .port(b.stream_addr.port())
+            .build(),
+    )
+    .await
+    .expect("connect over the stream protocol")
+}
+
+async fn create(env: &Environment, name: &str) {
+    within("create stream", env.stream_creator().create(name))
+        .await
+        .expect("create stream");
+}
+
+fn msg(body: impl Into<Vec<u8>>) -> Message {
+    Message::builder().body(body).build()
+}
+
+/// Publishes `bodies` with confirms; every confirm must be positive.
+async fn publish(env: &Environment, stream: &str, bodies: &[String]) {
+    let producer = within("producer", env.producer().build(stream))
+        .await
+        .expect("producer");
+    let msgs: Vec<Message> = bodies.iter().map(|b| msg(b.as_bytes().to_vec())).collect();
+    let statuses = within("confirms", producer.batch_send_with_confirm(msgs))
+        .await
+        .expect("publish");
+    assert_eq!(statuses.len(), bodies.len());
+    assert!(
+        statuses.iter().all(|s| s.confirmed()),
+        "every message confirmed"
+    );
+    within("close producer", producer.close())
+        .await
+        .expect("close");
+}
+
+/// Reads `n` deliveries from a consumer starting at `spec`: (offset, body).
+async fn read(
+    env: &Environment,
+    stream: &str,
+    spec: OffsetSpecification,
+    n: usize,
+) -> Vec<(u64, String)> {
+    let mut consumer = within("consumer", env.consumer().offset(spec).build(stream))
+        .await
+        .expect("consumer");
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = within("delivery", consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("not an error");
+        let body = String::from_utf8(d.message().data().expect("data").to_vec()).unwrap();
+        out.push((d.offset(), body));
+    }
+    within("close consumer", consumer.handle().close())
+        .await
+        .expect("close consumer");
+    out
+}
+
+/// Nothing more is delivered to a consumer at `spec` within a short wait.
+async fn nothing_more(env: &Environment, stream: &str, spec: OffsetSpecification) {
+    let mut consumer = within("consumer", env.consumer().offset(spec).build(stream))
+        .await
+        .expect("consumer");
+    let got = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(
+        got.is_err(),
+        "unexpected delivery: {:?}",
+        got.ok().flatten().map(|d| d.map(|d| d.offset()))
+    );
+    let _ = consumer.handle().close().await;
+}
+
+fn bodies(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_with_confirms_and_read_from_first() {
+    let dir = TempDir::new("sp-first");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "events").await;
+    publish(&env, "events", &bodies("m", 50)).await;
+    let got = read(&env, "events", OffsetSpecification::First, 50).await;
+    let want: Vec<(u64, String)> = bodies("m", 50)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .collect();
+    assert_eq!(got, want);
+    // The management view: a durable queue of type stream holding 50 messages.
+    let q = b.broker.vhost("/").unwrap().queue("events").unwrap();
+    assert_eq!(q.queue_type(), "stream");
+    assert_eq!(q.message_count(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_from_offset_last_next_and_timestamp() {
+    let dir = TempDir::new("sp-specs");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "s").await;
+    publish(&env, "s", &bodies("a", 10)).await;
+    // Offset 7: the rest of the stream from there.
+    let got = read(&env, "s", OffsetSpecification::Offset(7), 3).await;
+    assert_eq!(
+        got,
+        vec![(7, "a-7".into()), (8, "a-8".into()), (9, "a-9".into())]
+    );
+    // Last: the last message.
+    let got = read(&env, "s", OffsetSpecification::Last, 1).await;
+    assert_eq!(got, vec![(9, "a-9".into())]);
+    // Next: nothing of what is there, then what comes.
+    nothing_more(&env, "s", OffsetSpecification::Next).await;
+    let mut next = within(
+        "consumer",
+        env.consumer().offset(OffsetSpecification::Next).build("s"),
+    )
+    .await
+    .unwrap();
+    // Timestamp: a time between two batches gives the second batch only.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    publish(&env, "s", &bodies("b", 5)).await;
+    let d = within("next delivery", next.next()).await.unwrap().unwrap();
+    assert_eq!((d.offset(), d.message().data().unwrap()), (10, &b"b-0"[..]));
+    let _ = next.handle().close().await;
+    let got = read(&env, "s", OffsetSpecification::Timestamp(between), 5).await;
+    assert_eq!(got.first(), Some(&(10, "b-0".to_string())));
+    assert_eq!(got.last(), Some(&(14, "b-4".to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduplication_by_publisher_reference() {
+    let dir = TempDir::new("sp-dedup");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "d").await;
+    let mut p = within("producer", env.producer().name("writer-1").build("d"))
+        .await
+        .unwrap();
+    let batch: Vec<Message> = (1..=10u64)
+        .map(|i| {
+            Message::builder()
+                .body(format!("x{i}"))
+                .publishing_id(i)
+                .build()
+        })
+        .collect();
+    let st = within("confirms", p.batch_send_with_confirm(batch))
+        .await
+        .unwrap();
+    assert!(st.iter().all(|s| s.confirmed()));
+    within("close", p.close()).await.unwrap();
+
+    // The broker remembers the reference's last publishing id.
+    let client = within(
+        "client",
+        Client::connect(
+            ClientOptions::builder()
+                .host("127.0.0.1")
+                .port(b.stream_addr.port())
+                .build(),
+        ),
+    )
+    .await
+    .unwrap();
+    let seq = within("query", client.query_publisher_sequence("writer-1", "d"))
+        .await
+        .unwrap();
+    assert_eq!(seq, 10);
+    assert_eq!(
+        within("query", client.query_publisher_sequence("nobody", "d"))
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Ids 6..=15 again: 6..=10 are confirmed but not appended, 11..=15 are new.
+    let mut p = within("producer", env.producer().name("writer-1").build("d"))
+        .await
+        .unwrap();
+    let batch: Vec<Message> = (6..=15u64)
+        .map(|i| {
+            Message::builder()
+                .body(format!("x{i}"))
+                .publishing_id(i)
+                .build()
+        })
+        .collect();
+    let st = within("confirms", p.batch_send_with_confirm(batch))
+        .await
+        .unwrap();
+    assert!(
+        st.iter().all(|s| s.confirmed()),
+        "duplicates are confirmed too"
+    );
+    within("close", p.close()).await.unwrap();
+    let got = read(&env, "d", OffsetSpecification::First, 15).await;
+    let want: Vec<String> = (1..=15).map(|i| format!("x{i}")).collect();
+    assert_eq!(got.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(), want);
+    nothing_more(&env, "d", OffsetSpecification::Offset(15)).await;
+    assert_eq!(
+        within("query", client.query_publisher_sequence("writer-1", "d"))
+            .await
+            .unwrap(),
+        15
+    );
+    let _ = client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_offsets_survive_a_restart_and_dedup_too() {
+    let dir = TempDir::new("sp-offsets");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "o").await;
+    publish(&env, "o", &bodies("m", 20)).await;
+    let consumer = within(
+        "consumer",
+        env.consumer()
+            .name("reader-1")
+            .offset(OffsetSpecification::First)
+            .build("o"),
+    )
+    .await
+    .unwrap();
+    // No offset yet: "no offset" (0x13).
+    match within("query", consumer.query_offset()).await {
+        Err(e) => assert!(format!("{e:?}").contains("OffsetNotFound"), "{e:?}"),
+        Ok(o) => panic!("an offset before any was stored: {o}"),
+    }
+    within("store", consumer.store_offset(12)).await.unwrap();
+    let mut stored = None;
+    for _ in 0..100 {
+        if let Ok(o) = consumer.query_offset().await {
+            stored = Some(o);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored, Some(12));
+    let _ = consumer.handle().close().await;
+    let mut p = within("producer", env.producer().name("w").build("o"))
+        .await
+        .unwrap();
+    let st = within(
+        "confirm",
+        p.send_with_confirm(Message::builder().body("dedup").publishing_id(77).build()),
+    )
+    .await
+    .unwrap();
+    assert!(st.confirmed());
+    // Closed, never dropped open: the client's drop blocks on its own close.
+    within("close", p.close()).await.unwrap();
+    drop(env);
+    b.stop();
+
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    let consumer = within(
+        "consumer",
+        env.consumer()
+            .name("reader-1")
+            .offset(OffsetSpecification::Next)
+            .build("o"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(within("query", consumer.query_offset()).await.unwrap(), 12);
+    let _ = consumer.handle().close().await;
+    let client = within(
+        "client",
+        Client::connect(
+            ClientOptions::builder()
+                .host("127.0.0.1")
+                .port(b.stream_addr.port())
+                .build(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        within("query", client.query_publisher_sequence("w", "o"))
+            .await
+            .unwrap(),
+        77
+    );
+    // Reading on from the stored offset.
+    let got = read(&env, "o", OffsetSpecification::Offset(13), 8).await;
+    assert_eq!(got.first(), Some(&(13, "m-13".to_string())));
+    assert_eq!(got.last(), Some(&(20, "dedup".to_string())));
+    let _ = client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp091_and_the_stream_protocol_share_one_stream() {
+    let dir = TempDir::new("sp-interop");
+    let b = broker(&dir);
+    let (_conn, ch) = open(&b).await;
+    let args = table(&[("x-queue-type", long("stream"))]);
+    declare_durable_args(&ch, "shared", args).await;
+    // 0-9-1 → stream protocol: body, properties and headers arrive as AMQP 1.0.
+    confirm_select(&ch).await;
+    let mut headers = FieldTable::default();
+    headers.insert("colour".into(), AMQPValue::LongString("blue".into()));
+    headers.insert("n".into(), AMQPValue::LongLongInt(42));
+    let props = lapin::BasicProperties::default()
+        .with_content_type("text/plain".into())
+        .with_message_id("mid-1".into())
+        .with_correlation_id("cid-1".into())
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let confirm = publish_for_confirm(&ch, "", "shared", b"from 0-9-1", props).await;
+    assert!(within("confirm", confirm).await.unwrap().is_ack());
+
+    let env = connect_env(&b).await;
+    let mut consumer = within(
+        "consumer",
+        env.consumer()
+            .offset(OffsetSpecification::First)
+            .build("shared"),
+    )
+    .await
+    .unwrap();
+    let d = within("delivery", consumer.next()).await.unwrap().unwrap();
+    assert_eq!(d.offset(), 0);
+    let m = d.message();
+    assert_eq!(m.data(), Some(&b"from 0-9-1"[..]));
+    let p = m.properties().expect("properties");
+    assert!(
+        format!("{:?}", p.content_type).contains("text/plain"),
+        "{:?}",
+        p.content_type
+    );
+    assert!(
+        format!("{:?}", p.message_id).contains("mid-1"),
+        "{:?}",
+        p.message_id
+    );
+    assert!(
+        format!("{:?}", p.correlation_id).contains("cid-1"),
+        "{:?}",
+        p.correlation_id
+    );
+    let app = m.application_properties().expect("application properties");
+    assert_eq!(app.get("colour"), Some(&SimpleValue::String("blue".into())));
+    assert_eq!(app.get("n"), Some(&SimpleValue::Long(42)));
+
+    // Stream protocol → 0-9-1: application properties become headers, the data the body.
+    let producer = within("producer", env.producer().build("shared"))
+        .await
+        .unwrap();
+    let m = Message::builder()
+        .body(b"from the stream protocol".to_vec())
+        .properties()
+        .content_type("application/json")
+        .message_id("sp-1".to_string())
+        .message_builder()
+        .application_properties()
+        .insert("k", "v")
+        .message_builder()
+        .build();
+    assert!(within("confirm", producer.send_with_confirm(m))
+        .await
+        .unwrap()
+        .confirmed());
+    let d = within("delivery", consumer.next()).await.unwrap().unwrap();
+    assert_eq!(
+        (d.offset(), d.message().data()),
+        (1, Some(&b"from the stream protocol"[..]))
+    );
+    let _ = consumer.handle().close().await;
+    within("close", producer.close()).await.unwrap();
+
+    qos(&ch, 10, false).await;
+    let mut c = within(
+        "basic.consume",
+        ch.basic_consume(
+            "shared".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            table(&[("x-stream-offset", AMQPValue::LongLongInt(1))]),
+        ),
+    )
+    .await
+    .unwrap();
+    let d = within("0-9-1 delivery", c.next()).await.unwrap().unwrap();
+    assert_eq!(&d.data[..], b"from the stream protocol");
+    assert_eq!(
+        d.properties.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        d.properties.message_id().as_ref().map(|s| s.as_str()),
+        Some("sp-1")
+    );
+    let h = d.properties.headers().as_ref().expect("headers");
+    assert_eq!(h.inner().get("k"), Some(&AMQPValue::LongString("v".into())));
+    assert_eq!(
+        h.inner().get("x-stream-offset"),
+        Some(&AMQPValue::LongLongInt(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_codes_of_rabbitmq() {
+    let dir = TempDir::new("sp-codes");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "exists").await;
+    // Creating it again: "stream already exists" (0x05).
+    match within("create", env.stream_creator().create("exists")).await {
+        Err(StreamCreateError::Create { status, .. }) => {
+            assert_eq!(status, ResponseCode::StreamAlreadyExists)
+        }
+        other => panic!("{other:?}"),
+    }
+    // A bad argument value: "precondition failed" (0x11), and nothing is created.
+    let raw = within(
+        "client",
+        Client::connect(
+            ClientOptions::builder()
+                .host("127.0.0.1")
+                .port(b.stream_addr.port())
+                .build(),
+        ),
+    )
+    .await
+    .unwrap();
+    let bad = [("max-length-bytes".to_string(), "lots".to_string())]
+        .into_iter()
+        .collect();
+    let r = within("create", raw.create_stream("bad-args", bad))
+        .await
+        .unwrap();
+    assert_eq!(r.code(), &ResponseCode::PreconditionFailed);
+    let bad = [("x-overflow".to_string(), "reject-publish".to_string())]
+        .into_iter()
+        .collect();
+    let r = within("create", raw.create_stream("bad-args", bad))
+        .await
+        .unwrap();
+    assert_eq!(r.code(), &ResponseCode::PreconditionFailed);
+    assert!(b.broker.vhost("/").unwrap().queue("bad-args").is_none());
+    // Retention arguments as the client sends them are taken.
+    within(
+        "create",
+        env.stream_creator()
+            .max_length(ByteCapacity::MB(5))
+            .max_age(Duration::from_secs(3600))
+            .max_segment_size(ByteCapacity::MB(1))
+            .create("retained"),
+    )
+    .await
+    .unwrap();
+    let q = b.broker.vhost("/").unwrap().queue("retained").unwrap();
+    assert_eq!(
+        q.arguments
+            .get("x-max-length-bytes")
+            .and_then(|v| v.as_i64()),
+        Some(5_000_000)
+    );
+    assert_eq!(
+        q.arguments.get("x-max-age").and_then(|v| v.as_str()),
+        Some("3600s")
+    );
+    let _ = raw.close().await;
+    // Deleting or publishing to a stream that does not exist: "stream does not exist" (0x02).
+    match within("delete", env.delete_stream("missing")).await {
+        Err(StreamDeleteError::Delete { status, .. }) => {
+            assert_eq!(status, ResponseCode::StreamDoesNotExist)
+        }
+        other => panic!("{other:?}"),
+    }
+    match within("producer", env.producer().build("missing")).await {
+        Err(ProducerCreateError::StreamDoesNotExist { stream }) => assert_eq!(stream, "missing"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a producer on a missing stream"),
+    }
+    // A classic queue is not a stream.
+    let (_conn, ch) = open(&b).await;
+    declare_durable(&ch, "classic").await;
+    let client = within(
+        "client",
+        Client::connect(
+            ClientOptions::builder()
+                .host("127.0.0.1")
+                .port(b.stream_addr.port())
+                .build(),
+        ),
+    )
+    .await
+    .unwrap();
+    let md = within(
+        "metadata",
+        client.metadata(vec!["exists".into(), "classic".into()]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        md.contains_key("exists") && !md.contains_key("classic"),
+        "{md:?}"
+    );
+    assert_eq!(md["exists"].leader.port, b.stream_addr.port() as u32);
+    let r = within(
+        "subscribe",
+        client.subscribe(
+            1,
+            "classic",
+            OffsetSpecification::First,
+            1,
+            Default::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code(), &ResponseCode::StreamDoesNotExist);
+    let r = within(
+        "subscribe",
+        client.subscribe(
+            2,
+            "exists",
+            OffsetSpecification::First,
+            1,
+            Default::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code(), &ResponseCode::Ok);
+    let r = within(
+        "subscribe",
+        client.subscribe(
+            2,
+            "exists",
+            OffsetSpecification::First,
+            1,
+            Default::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code(), &ResponseCode::SubscriptionIdAlreadyExists);
+    let r = within("unsubscribe", client.unsubscribe(9)).await.unwrap();
+    assert_eq!(r.code(), &ResponseCode::SubscriptionIdDoesNotExist);
+    let r = within("delete publisher", client.delete_publisher(7))
+        .await
+        .unwrap();
+    assert_eq!(r.code(), &ResponseCode::PublisherDoesNotExist);
+    // Deleting works, and then the stream is gone for both protocols.
+    within("delete", env.delete_stream("exists")).await.unwrap();
+    assert!(b.broker.vhost("/").unwrap().queue("exists").is_none());
+    let _ = client.close().await;
+
+    // Wrong password: "authentication failure" (0x08).
+    let r = Environment::builder()
+        .host("127.0.0.1")
+        .port(b.stream_addr.port())
+        .password("wrong")
+        .build()
+        .await;
+    assert!(format!("{:?}", r.err()).contains("AuthenticationFailure"));
+    // A vhost that does not exist: "virtual host access failure" (0x0c).
+    let r = Environment::builder()
+        .host("127.0.0.1")
+        .port(b.stream_addr.port())
+        .virtual_host("nowhere")
+        .build()
+        .await;
+    assert!(format!("{:?}", r.err()).contains("VirtualHostAccessFailure"));
+}
+
+/// A stream-protocol frame: size, then `content`.
+fn frame(content: &[u8]) -> Vec<u8> {
+    let mut f = (content.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(content);
+    f
+}
+
+/// Reads one frame's content.
+async fn read_frame(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    within("frame size", s.read_exact(&mut len))
+        .await
+        .expect("a frame");
+    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+    within("frame", s.read_exact(&mut buf))
+        .await
+        .expect("a frame");
+    buf
+}
+
+/// Peer properties, SASL PLAIN guest/guest, tune, open "/" over a raw socket.
+async fn raw_open(b: &TestBroker) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(b.stream_addr).await.unwrap();
+    s.write_all(&frame(&[0, 0x11, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        &read_frame(&mut s).await[..10],
+        &[0x80, 0x11, 0, 1, 0, 0, 0, 1, 0, 1]
+    );
+    s.write_all(&frame(&[0, 0x12, 0, 1, 0, 0, 0, 2]))
+        .await
+        .unwrap();
+    let r = read_frame(&mut s).await;
+    assert_eq!(&r[8..10], &[0, 1]);
+    let mut auth = vec![0, 0x13, 0, 1, 0, 0, 0, 3, 0, 5];
+    auth.extend_from_slice(b"PLAIN");
+    let plain = b"\0guest\0guest";
+    auth.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    auth.extend_from_slice(plain);
+    s.write_all(&frame(&auth)).await.unwrap();
+    assert_eq!(&read_frame(&mut s).await[8..10], &[0, 1], "authenticated");
+    let tune = read_frame(&mut s).await;
+    assert_eq!(&tune[..2], &[0, 0x14]);
+    s.write_all(&frame(&[0, 0x14, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    s.write_all(&frame(&[0, 0x15, 0, 1, 0, 0, 0, 4, 0, 1, b'/']))
+        .await
+        .unwrap();
+    assert_eq!(
+        &read_frame(&mut s).await[..10],
+        &[0x80, 0x15, 0, 1, 0, 0, 0, 4, 0, 1],
+        "opened"
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_malformed_commands_close_with_unknown_frame() {
+    let dir = TempDir::new("sp-raw");
+    let b = broker(&dir);
+    // An unknown command with a correlation id: answered "unknown frame" (0x0d), then the
+    // server closes the connection with the same code.
+    let mut s = raw_open(&b).await;
+    s.write_all(&frame(&[0, 0x7e, 0, 1, 0, 0, 0, 9]))
+        .await
+        .unwrap();
+    let r = read_frame(&mut s).await;
+    assert_eq!(&r[..10], &[0x80, 0x7e, 0, 1, 0, 0, 0, 9, 0, 0x0d]);
+    let close = read_frame(&mut s).await;
+    assert_eq!(&close[..2], &[0, 0x16]);
+    assert_eq!(&close[8..10], &[0, 0x0d]);
+    // A truncated command: closed with "unknown frame" too.
+    let mut s = raw_open(&b).await;
+    s.write_all(&frame(&[0, 0x0d, 0, 1, 0, 0])).await.unwrap();
+    let close = read_frame(&mut s).await;
+    assert_eq!(
+        (&close[..2], &close[8..10]),
+        (&[0, 0x16][..], &[0, 0x0d][..])
+    );
+    // A frame above the initial limit before open: "frame too large" (0x0e).
+    let mut s = tokio::net::TcpStream::connect(b.stream_addr).await.unwrap();
+    s.write_all(&(1_000_000u32).to_be_bytes()).await.unwrap();
+    let close = read_frame(&mut s).await;
+    assert_eq!(
+        (&close[..2], &close[8..10]),
+        (&[0, 0x16][..], &[0, 0x0e][..])
+    );
+    // A command before authentication closes the connection.
+    let mut s = tokio::net::TcpStream::connect(b.stream_addr).await.unwrap();
+    s.write_all(&frame(&[0, 0x0e, 0, 1, 0, 0, 0, 1, 0, 1, b'x']))
+        .await
+        .unwrap();
+    let close = read_frame(&mut s).await;
+    assert_eq!(&close[..2], &[0, 0x16]);
+    // The broker still serves well-behaved clients.
+    let env = connect_env(&b).await;
+    create(&env, "still-fine").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_entry_batches_are_unpacked_one_offset_per_message() {
+    let dir = TempDir::new("sp-subentry");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "batched").await;
+    // A publish frame with one sub-entry batch (uncompressed) of three messages, built by
+    // hand: the Rust client does not send sub-entries.
+    let mut s = raw_open(&b).await;
+    let mut declare = vec![0, 0x01, 0, 1, 0, 0, 0, 5, 1, 0, 0];
+    declare.extend_from_slice(&[0, 7]);
+    declare.extend_from_slice(b"batched");
+    s.write_all(&frame(&declare)).await.unwrap();
+    assert_eq!(
+        &read_frame(&mut s).await[8..10],
+        &[0, 1],
+        "publisher declared"
+    );
+    let mut inner = Vec::new();
+    for body in [&b"one"[..], b"two", b"three"] {
+        let mut m = Vec::new();
+        m.extend_from_slice(&[0x00, 0x53, 0x75, 0xa0, body.len() as u8]);
+        m.extend_from_slice(body);
+        inner.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        inner.extend_from_slice(&m);
+    }
+    let mut publish = vec![0, 0x02, 0, 1, 1, 0, 0, 0, 1];
+    publish.extend_from_slice(&5u64.to_be_bytes());
+    publish.push(0x80);
+    publish.extend_from_slice(&3u16.to_be_bytes());
+    publish.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+    publish.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+    publish.extend_from_slice(&inner);
+    s.write_all(&frame(&publish)).await.unwrap();
+    let confirm = read_frame(&mut s).await;
+    let mut want = vec![0, 0x03, 0, 1, 1, 0, 0, 0, 1];
+    want.extend_from_slice(&5u64.to_be_bytes());
+    assert_eq!(confirm, want, "publishing id 5 confirmed");
+    let got = read(&env, "batched", OffsetSpecification::First, 3).await;
+    assert_eq!(
+        got,
+        vec![(0, "one".into()), (1, "two".into()), (2, "three".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_chunks_with_credit_and_a_deleted_stream() {
+    let dir = TempDir::new("sp-credit");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "big").await;
+    // 2,000 messages of 1 KiB: several chunks, each taking one credit.
+    let body = "x".repeat(1024);
+    let all: Vec<String> = (0..2000).map(|i| format!("{i:05}{body}")).collect();
+    publish(&env, "big", &all).await;
+    let got = read(&env, "big", OffsetSpecification::First, 2000).await;
+    for (i, (off, b)) in got.iter().enumerate() {
+        assert_eq!(*off, i as u64);
+        assert!(b.starts_with(&format!("{i:05}")));
+    }
+    // A consumer whose stream is deleted is told so and ends.
+    let mut c = within(
+        "consumer",
+        env.consumer()
+            .offset(OffsetSpecification::Next)
+            .build("big"),
+    )
+    .await
+    .unwrap();
+    within("delete", env.delete_stream("big")).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), c.next()).await;
+    assert!(
+        matches!(end, Ok(None) | Ok(Some(Err(_))) | Err(_)),
+        "no message from a deleted stream"
+    );
+    assert!(b.broker.vhost("/").unwrap().queue("big").is_none());
+}
