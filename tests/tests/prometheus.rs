@@ -470,9 +470,18 @@ async fn channel_connection_exchange_and_churn_metrics_follow_what_clients_do() 
         ("protocol", "amqp091"),
         ("queue_type", "rabbit_classic_queue"),
     ];
-    assert_eq!(e.value("rabbitmq_channel_messages_published_total", &[]), 4.0);
-    assert_eq!(e.value("rabbitmq_channel_messages_confirmed_total", &[]), 4.0);
-    assert_eq!(e.value("rabbitmq_exchange_messages_published_total", &[]), 4.0);
+    assert_eq!(
+        e.value("rabbitmq_channel_messages_published_total", &[]),
+        4.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_channel_messages_confirmed_total", &[]),
+        4.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_exchange_messages_published_total", &[]),
+        4.0
+    );
     assert_eq!(
         e.value("rabbitmq_global_messages_received_confirm_total", &amqp),
         4.0
@@ -525,9 +534,18 @@ async fn channel_connection_exchange_and_churn_metrics_follow_what_clients_do() 
     assert_eq!(e.value("rabbitmq_channel_consumers", &[]), 1.0);
     assert_eq!(e.value("rabbitmq_channel_messages_unacked", &[]), 2.0);
     assert_eq!(e.value("rabbitmq_consumer_prefetch", &[]), 2.0);
-    assert_eq!(e.value("rabbitmq_queue_messages_delivered_ack_total", &[]), 3.0);
-    assert_eq!(e.value("rabbitmq_queue_messages_redelivered_total", &[]), 1.0);
-    assert_eq!(e.value("rabbitmq_channel_messages_redelivered_total", &[]), 1.0);
+    assert_eq!(
+        e.value("rabbitmq_queue_messages_delivered_ack_total", &[]),
+        3.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_queue_messages_redelivered_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_channel_messages_redelivered_total", &[]),
+        1.0
+    );
     assert_eq!(
         e.value(
             "rabbitmq_global_messages_delivered_consume_manual_ack_total",
@@ -563,15 +581,26 @@ async fn channel_connection_exchange_and_churn_metrics_follow_what_clients_do() 
     })
     .await;
     let e = m.scrape("/metrics").await.exposition();
-    assert_eq!(e.value("rabbitmq_channel_messages_published_total", &[]), 0.0);
-    assert_eq!(e.value("rabbitmq_exchange_messages_published_total", &[]), 4.0);
-    assert_eq!(e.value("rabbitmq_global_messages_received_total", &amqp), 4.0);
+    assert_eq!(
+        e.value("rabbitmq_channel_messages_published_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_exchange_messages_published_total", &[]),
+        4.0
+    );
+    assert_eq!(
+        e.value("rabbitmq_global_messages_received_total", &amqp),
+        4.0
+    );
     assert_eq!(e.value("rabbitmq_channels_opened_total", &[]), 2.0);
     assert_eq!(e.value("rabbitmq_channels_closed_total", &[]), 1.0);
     assert_eq!(e.value("rabbitmq_global_publishers", &amqp), 0.0);
     drop(c);
     within("close", cch.close(200, "bye".into())).await.unwrap();
-    within("close", conn.close(200, "bye".into())).await.unwrap();
+    within("close", conn.close(200, "bye".into()))
+        .await
+        .unwrap();
     eventually("connection closed", || {
         m.broker.broker.connections.is_empty()
     })
@@ -584,7 +613,10 @@ async fn channel_connection_exchange_and_churn_metrics_follow_what_clients_do() 
         if e.value("rabbitmq_channels_closed_total", &[]) == 2.0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "channels never counted closed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "channels never counted closed"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -609,7 +641,10 @@ async fn the_detailed_endpoint_gives_the_families_asked_for_per_object() {
     assert_eq!(d.status, 200);
     let e = d.exposition();
     assert_eq!(
-        e.value("rabbitmq_identity_info", &[("rabbitmq_endpoint", "detailed")]),
+        e.value(
+            "rabbitmq_identity_info",
+            &[("rabbitmq_endpoint", "detailed")]
+        ),
         1.0
     );
     assert!(
@@ -635,11 +670,15 @@ async fn the_detailed_endpoint_gives_the_families_asked_for_per_object() {
     assert_eq!(e.value("rabbitmq_detailed_queue_consumers", &q), 0.0);
     assert_eq!(e.all("rabbitmq_detailed_queue_messages_ready").len(), 2);
     assert_eq!(
-        e.types.get("rabbitmq_detailed_queue_messages_ready").map(String::as_str),
+        e.types
+            .get("rabbitmq_detailed_queue_messages_ready")
+            .map(String::as_str),
         Some("gauge")
     );
     assert_eq!(
-        e.help.get("rabbitmq_detailed_exchange_messages_published_total").map(String::as_str),
+        e.help
+            .get("rabbitmq_detailed_exchange_messages_published_total")
+            .map(String::as_str),
         Some("Total number of messages published into an exchange")
     );
     assert_eq!(
@@ -655,11 +694,20 @@ async fn the_detailed_endpoint_gives_the_families_asked_for_per_object() {
         .map(|s| s.value)
         .sum();
     assert_eq!(published, 3.0);
-    assert!(e.all("rabbitmq_detailed_channel_messages_published_total")[0]
-        .labels
-        .contains_key("channel"));
-    assert_eq!(e.all("rabbitmq_detailed_connection_incoming_bytes_total").len(), 1);
-    assert_eq!(e.value("rabbitmq_cluster_vhost_status", &[("vhost", "/")]), 1.0);
+    assert!(
+        e.all("rabbitmq_detailed_channel_messages_published_total")[0]
+            .labels
+            .contains_key("channel")
+    );
+    assert_eq!(
+        e.all("rabbitmq_detailed_connection_incoming_bytes_total")
+            .len(),
+        1
+    );
+    assert_eq!(
+        e.value("rabbitmq_cluster_vhost_status", &[("vhost", "/")]),
+        1.0
+    );
     assert_eq!(
         e.value(
             "rabbitmq_cluster_exchange_name",
@@ -674,7 +722,10 @@ async fn the_detailed_endpoint_gives_the_families_asked_for_per_object() {
         ),
         1.0
     );
-    assert!(e.all("rabbitmq_cluster_exchange_name").iter().all(|s| s.labels["exchange"] != ""));
+    assert!(e
+        .all("rabbitmq_cluster_exchange_name")
+        .iter()
+        .all(|s| s.labels["exchange"] != ""));
     assert_eq!(
         e.value(
             "rabbitmq_detailed_queue_info",
@@ -683,7 +734,9 @@ async fn the_detailed_endpoint_gives_the_families_asked_for_per_object() {
         1.0
     );
     // Families not asked for are not there, nor the aggregated names.
-    assert!(e.all("rabbitmq_detailed_queue_messages_ready_bytes").is_empty());
+    assert!(e
+        .all("rabbitmq_detailed_queue_messages_ready_bytes")
+        .is_empty());
     assert!(e.all("rabbitmq_queue_messages_ready").is_empty());
     assert!(e.all("rabbitmq_global_messages_received_total").is_empty());
 
@@ -693,15 +746,22 @@ async fn the_detailed_endpoint_gives_the_families_asked_for_per_object() {
         .await
         .exposition();
     assert_eq!(e.value("rabbitmq_detailed_queue_consumers", &q), 0.0);
-    assert_eq!(e.value("rabbitmq_detailed_queue_messages_ready_bytes", &q), 3.0);
+    assert_eq!(
+        e.value("rabbitmq_detailed_queue_messages_ready_bytes", &q),
+        3.0
+    );
 
     // Filters: by vhost (several may be given) and by a regular expression on queue names.
     let e = m
-        .scrape("/metrics/detailed?family=queue_coarse_metrics&family=exchange_metrics&vhost=nosuch")
+        .scrape(
+            "/metrics/detailed?family=queue_coarse_metrics&family=exchange_metrics&vhost=nosuch",
+        )
         .await
         .exposition();
     assert!(e.all("rabbitmq_detailed_queue_messages_ready").is_empty());
-    assert!(e.all("rabbitmq_detailed_exchange_messages_published_total").is_empty());
+    assert!(e
+        .all("rabbitmq_detailed_exchange_messages_published_total")
+        .is_empty());
     let e = m
         .scrape("/metrics/detailed?family=queue_coarse_metrics&vhost=nosuch&vhost=%2F&queue=%5Ed-")
         .await

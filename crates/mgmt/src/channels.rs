@@ -1,9 +1,9 @@
 //! `/api/channels`: every open channel with its consumers, unacknowledged messages and
 //! prefetch. A channel is named `<connection name> (<number>)`, as in RabbitMQ.
 
-use crate::rates::History;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
+use crate::rates::History;
 use crate::{ApiError, AppState, State};
 use axum::extract::Path;
 use axum::routing::get;

@@ -1,10 +1,10 @@
 //! `/api/connections`: the client connections, and closing one (DELETE), which the connection
 //! sees as connection.close with 320 CONNECTION_FORCED and the operator's reason.
 
-use crate::rates::History;
 use crate::channels::channel_json;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
+use crate::rates::History;
 use crate::{ApiError, AppState, State};
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};

@@ -1,11 +1,11 @@
 //! `/api/exchanges`: list, show, declare (PUT) and delete exchanges, and the bindings from and
 //! to one. The default exchange is `""` in JSON and `amq.default` in paths.
 
-use crate::rates::History;
 use crate::bindings::vhost_bindings;
 use crate::error::parse_body;
 use crate::listing::ListQuery;
 use crate::queues::{check_name, vhost};
+use crate::rates::History;
 use crate::{args, exchange_from_path, ApiError, AppState, State};
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
@@ -58,12 +58,10 @@ pub(crate) fn exchange_json(
         "policy": null,
     });
     if let Some(c) = counts {
-        v["message_stats"] = state.rates.exchange_stats(
-            vhost,
-            &x.name,
-            &crate::rates::exchange_fields(c),
-            h,
-        );
+        v["message_stats"] =
+            state
+                .rates
+                .exchange_stats(vhost, &x.name, &crate::rates::exchange_fields(c), h);
     }
     v
 }

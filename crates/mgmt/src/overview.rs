@@ -4,11 +4,11 @@
 //! (RabbitMQ does this with `rabbitmqctl set_vm_memory_high_watermark` and
 //! `set_disk_free_limit` only; Warren's `warrenctl` commands of those names use these paths).
 
-use crate::rates::History;
 use crate::access::{is_monitor, require_admin, require_monitor, visible_vhosts};
 use crate::auth::AuthUser;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
+use crate::rates::History;
 use crate::{ApiError, AppState, State, RABBITMQ_COMPAT_VERSION};
 use axum::body::Bytes;
 use axum::extract::Path;
@@ -328,7 +328,11 @@ async fn vhosts(state: State, h: History, list: ListQuery) -> Result<Json<Value>
     )
 }
 
-async fn one_vhost(state: State, Path(vh): Path<String>, h: History) -> Result<Json<Value>, ApiError> {
+async fn one_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    h: History,
+) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
     Ok(Json(vhost_json(&state, &vh, h)))
 }

@@ -1,11 +1,11 @@
 //! `/api/queues`: list, show, declare (PUT), delete and purge queues, and a queue's bindings.
 
-use crate::rates::History;
 use crate::access::check_queue;
 use crate::auth::AuthUser;
 use crate::bindings::{binding_json, default_binding_json};
 use crate::error::parse_body;
 use crate::listing::ListQuery;
+use crate::rates::History;
 use crate::{args, channels, connections, ApiError, AppState, State};
 use axum::body::Bytes;
 use axum::extract::{Path, Query};

@@ -42,9 +42,10 @@ struct Series {
 impl Series {
     /// This round's values; changes older than `horizon` that a newer one supersedes go.
     fn push(&mut self, at: u64, f: &Fields, horizon: u64) {
-        let changed = self.changes.back().is_none_or(|(_, v)| {
-            v.len() != f.len() || v.iter().zip(f).any(|(a, (_, b))| a != b)
-        });
+        let changed = self
+            .changes
+            .back()
+            .is_none_or(|(_, v)| v.len() != f.len() || v.iter().zip(f).any(|(a, (_, b))| a != b));
         if changed {
             self.changes
                 .push_back((at, f.iter().map(|(_, v)| *v).collect()));
@@ -74,7 +75,10 @@ impl Series {
         if self.prev_at == 0 || self.last_at <= self.prev_at {
             return 0.0;
         }
-        let (a, b) = (self.value_at(self.prev_at, i), self.value_at(self.last_at, i));
+        let (a, b) = (
+            self.value_at(self.prev_at, i),
+            self.value_at(self.last_at, i),
+        );
         let dt = (self.last_at - self.prev_at) as f64 / 1000.0;
         b.saturating_sub(a) as f64 / dt
     }
@@ -297,7 +301,10 @@ impl Rates {
     /// `message_stats` of the overview (all vhosts) or one vhost, with their history if asked.
     pub fn aggregate_stats(&self, broker: &Broker, vhost: Option<&str>, h: History) -> Value {
         let disk = match vhost {
-            Some(v) => broker.vhost(v).map(|vh| vh.disk_counts()).unwrap_or_default(),
+            Some(v) => broker
+                .vhost(v)
+                .map(|vh| vh.disk_counts())
+                .unwrap_or_default(),
             None => broker.vhosts().iter().fold((0, 0), |(r, w), vh| {
                 let (dr, dw) = vh.disk_counts();
                 (r + dr, w + dw)
@@ -357,7 +364,12 @@ impl Rates {
         h: History,
     ) -> Value {
         let s = self.lock();
-        render(&connection_fields(c), s.connections.get(&c.id), &s.rounds, h)
+        render(
+            &connection_fields(c),
+            s.connections.get(&c.id),
+            &s.rounds,
+            h,
+        )
     }
 }
 

@@ -957,21 +957,46 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(addrs(&s), vec!["127.0.0.1:5553", "[::1]:5553", "127.0.0.1:5554"]);
+        assert_eq!(
+            addrs(&s),
+            vec!["127.0.0.1:5553", "[::1]:5553", "127.0.0.1:5554"]
+        );
         assert!(!s.stream_is_default);
         assert_eq!(s.stream.advertised_host.as_deref(), Some("mq.example"));
-        assert_eq!((s.stream.advertised_port, s.stream.heartbeat), (Some(6000), 0));
+        assert_eq!(
+            (s.stream.advertised_port, s.stream.heartbeat),
+            (Some(6000), 0)
+        );
         // None, from the file or a flag; a flag wins over the file.
-        assert!(settings_for("stream.listeners.tcp = none\n", &[]).unwrap().stream_listen.is_empty());
-        assert!(settings_for("", &["--stream-listen", "none"]).unwrap().stream_listen.is_empty());
-        let s = settings_for("stream.listeners.tcp.default = 5553\n", &["--stream-listen", "127.0.0.1:0"]).unwrap();
+        assert!(settings_for("stream.listeners.tcp = none\n", &[])
+            .unwrap()
+            .stream_listen
+            .is_empty());
+        assert!(settings_for("", &["--stream-listen", "none"])
+            .unwrap()
+            .stream_listen
+            .is_empty());
+        let s = settings_for(
+            "stream.listeners.tcp.default = 5553\n",
+            &["--stream-listen", "127.0.0.1:0"],
+        )
+        .unwrap();
         assert_eq!(addrs(&s), vec!["127.0.0.1:0"]);
         // Bad values name the key.
-        let e = settings_for("stream.listeners.tcp = 5552\n", &[]).err().unwrap().to_string();
+        let e = settings_for("stream.listeners.tcp = 5552\n", &[])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("stream.listeners.tcp"), "{e}");
-        let e = settings_for("stream.listeners.tcp.default = nowhere\n", &[]).err().unwrap().to_string();
+        let e = settings_for("stream.listeners.tcp.default = nowhere\n", &[])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("stream.listeners.tcp.default"), "{e}");
-        let e = settings_for("stream.frame_max = 100\n", &[]).err().unwrap().to_string();
+        let e = settings_for("stream.frame_max = 100\n", &[])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("stream.frame_max"), "{e}");
     }
 }

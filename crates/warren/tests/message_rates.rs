@@ -209,7 +209,12 @@ fn samples(v: &Value, name: &str) -> Vec<(u64, u64)> {
         .as_array()
         .unwrap_or_else(|| panic!("no {name}_details.samples in {v}"))
         .iter()
-        .map(|s| (s["sample"].as_u64().unwrap(), s["timestamp"].as_u64().unwrap()))
+        .map(|s| {
+            (
+                s["sample"].as_u64().unwrap(),
+                s["timestamp"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -342,7 +347,10 @@ async fn exchanges_count_publishes_in_and_out_queues_count_disk_reads_and_writes
         .iter()
         .find(|c| c["number"] == 1)
         .expect("channel 1");
-    assert_eq!(samples(first, "publish").first().map(|s| s.0), Some(stat(first, "publish")));
+    assert_eq!(
+        samples(first, "publish").first().map(|s| s.0),
+        Some(stat(first, "publish"))
+    );
     let conns = get(mgmt, &format!("/api/connections?{h}"));
     assert!(!samples(&conns[0], "recv_oct").is_empty(), "{conns}");
     let conn_name = conns[0]["name"].as_str().unwrap().to_string();

@@ -168,9 +168,8 @@ async fn a_real_prometheus_server_scrapes_queue_depths_and_the_dashboard_queries
             exactly(1.0),
         )
         .await;
-    for q in [
-        r#"sum(rabbitmq_detailed_exchange_messages_published_total{job="warren-detailed"})"#,
-    ] {
+    for q in [r#"sum(rabbitmq_detailed_exchange_messages_published_total{job="warren-detailed"})"#]
+    {
         prometheus
             .query_until(q, timeout, exactly((N + 3) as f64))
             .await;
@@ -212,7 +211,9 @@ async fn a_real_prometheus_server_scrapes_queue_depths_and_the_dashboard_queries
         )
         .await
         .unwrap();
-        let again = get(&ch, "prom-other", true).await.expect("the message again");
+        let again = get(&ch, "prom-other", true)
+            .await
+            .expect("the message again");
         assert!(again.delivery.redelivered);
         prometheus
             .query_until(

@@ -31,14 +31,23 @@ async fn deduplication_and_stored_offsets_survive_the_process() {
     let dir = TempDir::new("stream-protocol-restart");
     let mut b = BrokerProcess::start(WARREN, dir.path(), &[]);
     let env1 = env(stream_port(&b)).await;
-    within("create", env1.stream_creator().create("s")).await.unwrap();
+    within("create", env1.stream_creator().create("s"))
+        .await
+        .unwrap();
     let mut p = within("producer", env1.producer().name("w").build("s"))
         .await
         .unwrap();
     let batch: Vec<Message> = (1..=20u64)
-        .map(|i| Message::builder().body(format!("m{i}")).publishing_id(i).build())
+        .map(|i| {
+            Message::builder()
+                .body(format!("m{i}"))
+                .publishing_id(i)
+                .build()
+        })
         .collect();
-    let st = within("confirms", p.batch_send_with_confirm(batch)).await.unwrap();
+    let st = within("confirms", p.batch_send_with_confirm(batch))
+        .await
+        .unwrap();
     assert!(st.iter().all(|s| s.confirmed()));
     // No chance for a graceful close: the confirms are all the broker promised.
     b.kill9_and_restart(&[]);
@@ -48,7 +57,12 @@ async fn deduplication_and_stored_offsets_survive_the_process() {
     let port = stream_port(&b);
     let client = within(
         "client",
-        Client::connect(ClientOptions::builder().host("127.0.0.1").port(port).build()),
+        Client::connect(
+            ClientOptions::builder()
+                .host("127.0.0.1")
+                .port(port)
+                .build(),
+        ),
     )
     .await
     .unwrap();

@@ -1,8 +1,8 @@
 //! Declaring, deleting and purging exchanges and queues, with RabbitMQ's equivalence checks
 //! and argument validation.
 
-use crate::stats::Churn;
 use super::*;
+use crate::stats::Churn;
 
 /// Queue arguments RabbitMQ compares on redeclaration (others are kept but not compared), in
 /// the order it compares them (the first inequivalent one is reported).

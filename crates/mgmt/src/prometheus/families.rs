@@ -158,7 +158,8 @@ pub(super) const METRICS: &[Metric] = &[
 
 /// The families `/metrics/detailed?family=` knows (the per-object ones above and the
 /// cluster-wide ones, which take the `rabbitmq_cluster_` prefix).
-pub(super) const CLUSTER_FAMILIES: &[&str] = &["vhost_status", "exchange_bindings", "exchange_names"];
+pub(super) const CLUSTER_FAMILIES: &[&str] =
+    &["vhost_status", "exchange_bindings", "exchange_names"];
 
 /// `queue_consumer_count` is a subset of `queue_metrics`: asked for both, it is left out (as
 /// RabbitMQ leaves it out).

@@ -195,9 +195,8 @@ impl Detailed {
             [q] if q.is_empty() => {}
             [q] if q.len() > MAX_QUEUE_FILTER => return Err("'queue' regex too long".into()),
             [q] => {
-                d.queue = Some(
-                    regex::Regex::new(q).map_err(|e| format!("Invalid 'queue' regex: {e}"))?,
-                )
+                d.queue =
+                    Some(regex::Regex::new(q).map_err(|e| format!("Invalid 'queue' regex: {e}"))?)
             }
             _ => return Err("Only one 'queue' query parameter is allowed".into()),
         }
@@ -310,7 +309,10 @@ impl Snapshot {
             churn.queues_deleted += C::get(&vh.churn.queues_deleted);
             let (live, deleted) = vh.queue_stats_and_deleted();
             for (kind, c) in deleted {
-                counters.entry(queue_type_label(&kind)).or_default().merge(&c);
+                counters
+                    .entry(queue_type_label(&kind))
+                    .or_default()
+                    .merge(&c);
                 deleted_sum.merge(&c);
             }
             let mut rows: Vec<QueueRow> = live
@@ -518,7 +520,8 @@ impl Snapshot {
         {
             self.object_family(&mut enc, m, "rabbitmq_detailed_", true)?;
         }
-        let help = |f: &str| match f {
+        let help = |f: &str| {
+            match f {
             "vhost_status" => "Whether a given vhost is running",
             "exchange_bindings" => {
                 "Number of bindings for an exchange. This value is cluster-wide."
@@ -526,6 +529,7 @@ impl Snapshot {
             _ => {
                 "Enumerates exchanges without any additional info. This value is cluster-wide. A cheaper alternative to `exchange_bindings`"
             }
+        }
         };
         for f in CLUSTER_FAMILIES.iter().filter(|f| d.wants(f)) {
             // The default exchange and internal ones are left out, as in RabbitMQ.
@@ -557,9 +561,13 @@ impl Snapshot {
                 )?,
             }
         }
-        if ["queue_coarse_metrics", "queue_consumer_count", "queue_metrics"]
-            .iter()
-            .any(|f| d.wants(f))
+        if [
+            "queue_coarse_metrics",
+            "queue_consumer_count",
+            "queue_metrics",
+        ]
+        .iter()
+        .any(|f| d.wants(f))
         {
             self.queue_info(&mut enc, "rabbitmq_detailed_queue_info")?;
         }
@@ -744,7 +752,10 @@ impl Collector for Snapshot {
         }
         // The object families: queues, exchanges, channels, connections and their churn
         // (queue_consumer_count is a subset of queue_metrics, left out as RabbitMQ does).
-        for m in METRICS.iter().filter(|m| m.family != "queue_consumer_count") {
+        for m in METRICS
+            .iter()
+            .filter(|m| m.family != "queue_consumer_count")
+        {
             self.object_family(&mut enc, m, "rabbitmq_", per_object)?;
         }
         // channel_queue_exchange_metrics: per channel, queue and exchange in RabbitMQ; Warren
