@@ -87,6 +87,28 @@ pub fn parse_all<'a>(
 
 /// Binds every address; `what` names the listener in errors and logs. A bare port's `::1` is
 /// skipped where the machine has no IPv6.
+/// Binds `addrs` as [`bind_all`] does when a setting chose them; when they are the default
+/// (`is_default`), an address that will not bind is skipped with a warning (`skipped` says
+/// what is lost and how to choose another port) instead of stopping the start.
+pub async fn bind_unless_taken_default(
+    addrs: &[ListenAddr],
+    is_default: bool,
+    what: &str,
+    skipped: &str,
+) -> Result<Vec<TcpListener>, StartupError> {
+    if !is_default {
+        return bind_all(addrs, what).await;
+    }
+    let mut out = Vec::new();
+    for a in addrs {
+        match bind_all(std::slice::from_ref(a), what).await {
+            Ok(l) => out.extend(l),
+            Err(e) => tracing::warn!("{e}; {skipped}"),
+        }
+    }
+    Ok(out)
+}
+
 pub async fn bind_all(addrs: &[ListenAddr], what: &str) -> Result<Vec<TcpListener>, StartupError> {
     let mut out = Vec::new();
     for a in addrs {

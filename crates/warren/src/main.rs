@@ -397,51 +397,6 @@ fn tcp_listener(
     })
 }
 
-/// Binds the stream protocol's listeners. Those chosen by a setting must bind; the default
-/// port is only taken if free (RabbitMQ needs its plugin enabled; Warren serves streams by
-/// default, but another broker may hold 5552).
-async fn bind_stream(
-    addrs: &[ListenAddr],
-    is_default: bool,
-) -> Result<Vec<TcpListener>, StartupError> {
-    let what = "the stream protocol (--stream-listen, stream.listeners.tcp.*)";
-    if !is_default {
-        return listen::bind_all(addrs, what).await;
-    }
-    let mut out = Vec::new();
-    for a in addrs {
-        match listen::bind_all(std::slice::from_ref(a), what).await {
-            Ok(l) => out.extend(l),
-            Err(e) => tracing::warn!(
-                "{e}; not serving the stream protocol there (choose a port with stream.listeners.tcp.default or --stream-listen)"
-            ),
-        }
-    }
-    Ok(out)
-}
-
-/// Binds the Prometheus listeners. Those chosen by a setting must bind; RabbitMQ's default
-/// port is only taken if free (another broker's, or another Warren's, may hold it).
-async fn bind_prometheus(
-    addrs: &[ListenAddr],
-    is_default: bool,
-) -> Result<Vec<TcpListener>, StartupError> {
-    let what = "Prometheus metrics (--prometheus-listen, prometheus.tcp.*)";
-    if !is_default {
-        return listen::bind_all(addrs, what).await;
-    }
-    let mut out = Vec::new();
-    for a in addrs {
-        match listen::bind_all(std::slice::from_ref(a), what).await {
-            Ok(l) => out.extend(l),
-            Err(e) => tracing::warn!(
-                "{e}; serving no Prometheus metrics there (choose a port with prometheus.tcp.port or --prometheus-listen)"
-            ),
-        }
-    }
-    Ok(out)
-}
-
 fn main() -> ExitCode {
     match start(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -575,8 +530,22 @@ async fn run(s: Settings) -> Result<(), StartupError> {
         "the management API (--mgmt-listen, management.tcp.*)",
     )
     .await?;
-    let prometheus = bind_prometheus(&s.prometheus_listen, s.prometheus_is_default).await?;
-    let stream_listeners = bind_stream(&s.stream_listen, s.stream_is_default).await?;
+    // Those chosen by a setting must bind; a default port is only taken if free (another
+    // broker, or another Warren, may hold RabbitMQ's 15692 or 5552).
+    let prometheus = listen::bind_unless_taken_default(
+        &s.prometheus_listen,
+        s.prometheus_is_default,
+        "Prometheus metrics (--prometheus-listen, prometheus.tcp.*)",
+        "serving no Prometheus metrics there (choose a port with prometheus.tcp.port or --prometheus-listen)",
+    )
+    .await?;
+    let stream_listeners = listen::bind_unless_taken_default(
+        &s.stream_listen,
+        s.stream_is_default,
+        "the stream protocol (--stream-listen, stream.listeners.tcp.*)",
+        "not serving the stream protocol there (choose a port with stream.listeners.tcp.default or --stream-listen)",
+    )
+    .await?;
     let mut bound: Vec<(&str, SocketAddr)> = Vec::new();
     bound.extend(amqp_addrs.iter().map(|a| ("amqp", *a)));
     bound.extend(amqps_addrs.iter().map(|a| ("amqps", *a)));
