@@ -243,16 +243,12 @@ impl Broker {
         &self,
         op: impl FnOnce() -> crate::metadata::MetaOp,
     ) -> Option<crate::error::Result<()>> {
-        let log = self.persistence.as_ref()?.metadata_log()?;
-        crate::metadata::must_replicate().then(|| log.run(op()))
+        crate::metadata::replicated(self.persistence.as_ref(), op)
     }
 
     /// Whether a definition change made now goes through the cluster's metadata log.
     pub(crate) fn replicates_definitions(&self) -> bool {
-        self.persistence
-            .as_ref()
-            .is_some_and(|p| p.metadata_log().is_some())
-            && crate::metadata::must_replicate()
+        crate::metadata::replicates(self.persistence.as_ref())
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
@@ -293,17 +289,10 @@ impl Broker {
         self.found_or_synced(|| self.vhosts.read().get(name).cloned())
     }
 
-    /// Looks something up; in a cluster, a miss first waits until this node has applied every
-    /// definition change committed so far (a barrier through the metadata log), so what was
-    /// made on another node and acknowledged there is found here too.
+    /// A look-up that, in a cluster, catches up with the cluster's definitions on a miss
+    /// ([`crate::metadata::found_or_synced`]).
     pub(crate) fn found_or_synced<T>(&self, look: impl Fn() -> Option<T>) -> Option<T> {
-        if let Some(found) = look() {
-            return Some(found);
-        }
-        if let Err(e) = self.replicated(|| crate::metadata::MetaOp::Barrier)? {
-            tracing::warn!(error = %e, "could not catch up with the cluster's definitions");
-        }
-        look()
+        crate::metadata::found_or_synced(self.persistence.as_ref(), look)
     }
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {

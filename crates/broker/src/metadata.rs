@@ -243,6 +243,40 @@ pub(crate) fn must_replicate() -> bool {
     !APPLYING.with(Cell::get)
 }
 
+/// Runs a change through the cluster's metadata log if this node is in one (`persistence`
+/// holds the log) and the change is not being applied from it: `Some(answer)` once it is
+/// applied here; `None` when the caller makes the change itself.
+pub(crate) fn replicated(
+    persistence: Option<&std::sync::Arc<crate::persist::Persistence>>,
+    op: impl FnOnce() -> MetaOp,
+) -> Option<Result<(), AmqpError>> {
+    let log = persistence?.metadata_log()?;
+    must_replicate().then(|| log.run(op()))
+}
+
+/// Whether a definition change made now goes through the cluster's metadata log.
+pub(crate) fn replicates(
+    persistence: Option<&std::sync::Arc<crate::persist::Persistence>>,
+) -> bool {
+    persistence.is_some_and(|p| p.metadata_log().is_some()) && must_replicate()
+}
+
+/// Looks something up; in a cluster, a miss first waits until this node has applied every
+/// definition change committed so far (a barrier through the metadata log), so what was made
+/// on another node and acknowledged there is found here too.
+pub(crate) fn found_or_synced<T>(
+    persistence: Option<&std::sync::Arc<crate::persist::Persistence>>,
+    look: impl Fn() -> Option<T>,
+) -> Option<T> {
+    if let Some(found) = look() {
+        return Some(found);
+    }
+    if let Err(e) = replicated(persistence, || MetaOp::Barrier)? {
+        tracing::warn!(error = %e, "could not catch up with the cluster's definitions");
+    }
+    look()
+}
+
 /// Applies a committed change to this node's broker: what every node does with every entry
 /// of the metadata log. Objects are created and removed as their AMQP methods do (the same
 /// checks, the same answers).

@@ -173,30 +173,18 @@ impl VHost {
         &self,
         op: impl FnOnce() -> crate::metadata::MetaOp,
     ) -> Option<Result<()>> {
-        let log = self.persistence.as_ref()?.metadata_log()?;
-        crate::metadata::must_replicate().then(|| log.run(op()))
+        crate::metadata::replicated(self.persistence.as_ref(), op)
     }
 
-    /// Looks something up; in a cluster, a miss first waits until this node has applied every
-    /// definition change committed so far (a barrier through the metadata log), so what was
-    /// declared on another node and acknowledged there is found here too.
+    /// A look-up that, in a cluster, catches up with the cluster's definitions on a miss
+    /// ([`crate::metadata::found_or_synced`]).
     pub(crate) fn found_or_synced<T>(&self, look: impl Fn() -> Option<T>) -> Option<T> {
-        if let Some(found) = look() {
-            return Some(found);
-        }
-        let synced = self.replicated(|| crate::metadata::MetaOp::Barrier)?;
-        if let Err(e) = synced {
-            tracing::warn!(error = %e, "could not catch up with the cluster's definitions");
-        }
-        look()
+        crate::metadata::found_or_synced(self.persistence.as_ref(), look)
     }
 
     /// Whether a definition change made now goes through the cluster's metadata log.
     pub(crate) fn replicates_definitions(&self) -> bool {
-        self.persistence
-            .as_ref()
-            .is_some_and(|p| p.metadata_log().is_some())
-            && crate::metadata::must_replicate()
+        crate::metadata::replicates(self.persistence.as_ref())
     }
 
     /// Whether an exchange's definition is replicated in a cluster (durable, not
