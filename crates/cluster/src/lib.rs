@@ -30,7 +30,7 @@ pub mod types;
 pub mod wal;
 
 pub use group::{GroupError, Membership, QueueGroup};
-pub use node::{ClusterSpec, LocalNode};
+pub use node::{ClusterOpenError, ClusterSpec, LocalNode};
 pub use openraft::BasicNode;
 pub use state_machine::Output;
 pub use transport::{LinkTls, Listener, Registry, TcpPeers};

@@ -90,6 +90,10 @@ const OWNER_IDS_PER_SECOND: u64 = 1 << 20;
 /// Longer than an election, so a node that only paused keeps its consumers.
 const DOWN_AFTER: Duration = Duration::from_secs(3);
 
+/// How long a node that did not declare a new queue waits for the declaring node's entries
+/// before it creates the queue's group itself (about two of the declaring node's elections).
+const FIRST_ELECTION_HOLD: Duration = Duration::from_secs(3);
+
 /// How often the other nodes are probed.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
@@ -226,6 +230,20 @@ pub struct LocalNode {
     cluster: Option<Arc<Cluster>>,
 }
 
+/// Why a clustered node could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterOpenError {
+    /// The node's Raft log.
+    #[error(transparent)]
+    Log(#[from] WalError),
+    /// The cluster port: another process (or another node's config) holds it.
+    #[error("cannot listen for the other nodes on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 impl LocalNode {
     /// Opens the node's WAL in `dir` (replaying it) and starts the Raft runtime.
     pub fn open(backend: Arc<dyn Backend>, dir: &Path) -> Result<Arc<LocalNode>, WalError> {
@@ -255,7 +273,7 @@ impl LocalNode {
         backend: Arc<dyn Backend>,
         dir: &Path,
         spec: ClusterSpec,
-    ) -> Result<Arc<LocalNode>, WalError> {
+    ) -> Result<Arc<LocalNode>, ClusterOpenError> {
         let alone = Self::open(backend, dir)?;
         let mut node = Arc::try_unwrap(alone).map_err(|_| WalError::Closed)?;
         let registry = Registry::default();
@@ -263,7 +281,11 @@ impl LocalNode {
         let tls = spec.tls.clone();
         let listener = node
             .wait_for(async move { Listener::start(listen, secret, r, tls).await })
-            .ok_or(WalError::Closed)??;
+            .ok_or(WalError::Closed)?
+            .map_err(|source| ClusterOpenError::Listen {
+                addr: listen,
+                source,
+            })?;
         let number = spec
             .nodes
             .keys()
@@ -394,19 +416,24 @@ impl ReplicaHost for LocalNode {
                 group.caught_up(OPEN_TIMEOUT).await?;
                 return Ok::<_, crate::GroupError>((group, out));
             };
-            // Every node is a member; each creates the group alike if its log is empty (safe
-            // with the same members). No waiting for a leader: the others may not be up.
+            // Every node is a member. The node the queue was declared through creates the
+            // group at once, and `initialize` makes it stand for election straight away, so
+            // it leads (RabbitMQ's client-local leader locator). The others wait: they vote
+            // for it and learn the members from its first entries. Should it die before that,
+            // each creates the group alike after a hold (safe with the same members), so the
+            // queue is not left without a group; no waiting for a leader, others may be down.
+            let new = recovered.entries.is_empty() && recovered.vote.is_none();
             let membership = Membership {
                 members: c.spec.nodes.clone(),
-                initialize: true,
+                initialize: lead_here || !new,
             };
-            let new = recovered.entries.is_empty() && recovered.vote.is_none();
             let peers = TcpPeers {
                 me: node,
                 group: id,
                 secret: c.spec.secret.clone(),
                 tls: c.spec.tls.clone(),
             };
+            let members = membership.members.clone();
             let started = QueueGroup::start_member(
                 node,
                 id,
@@ -418,10 +445,15 @@ impl ReplicaHost for LocalNode {
                 Some(&c.registry),
             )
             .await?;
-            if new && lead_here {
-                // Declared through this node: it stands first (the others wait out their
-                // election timeout), so the declaring node leads, as RabbitMQ's client-local.
-                let _ = started.0.raft().trigger().elect().await;
+            if new && !lead_here {
+                let raft = started.0.raft().clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(FIRST_ELECTION_HOLD).await;
+                    if let Ok(false) = raft.is_initialized().await {
+                        // Refused (harmlessly) if the leader's entries arrived meanwhile.
+                        let _ = raft.initialize(members).await;
+                    }
+                });
             }
             Ok(started)
         });

@@ -467,7 +467,13 @@ async fn run(s: Settings) -> Result<(), StartupError> {
             &path,
             spec,
         )
-        .map_err(|source| StartupError::RaftLog { path, source })?;
+        .map_err(|e| match e {
+            warren_cluster::ClusterOpenError::Log(source) => StartupError::RaftLog { path, source },
+            listen => StartupError::Cluster(format!(
+                "{listen}; stop the process that holds the port, or give this node another \
+                 port in its cluster_formation.classic_config.nodes entry"
+            )),
+        })?;
         persistence.set_replica_host(node.clone());
         clustered = Some(node);
     } else if s.replicated_quorum {

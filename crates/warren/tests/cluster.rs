@@ -21,13 +21,23 @@ struct Cluster {
     _dir: TempDir,
 }
 
-/// A free TCP port on 127.0.0.1 (released for the node to bind).
+/// A free TCP port on 127.0.0.1 (released for the node to bind), below the kernel's
+/// ephemeral range: the nodes' own listeners bind port 0 and must not take a cluster port
+/// chosen for a node not started yet.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let (low, _) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            let mut it = r.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    loop {
+        let port = 10_000 + rand::random::<u16>() % low.saturating_sub(10_000).max(1_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn write_config(path: &Path, names: &[String], me: &str, secret: &Path) {
