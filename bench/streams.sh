@@ -28,6 +28,8 @@ CONSUMERS=${CONSUMERS:-10}
 
 stream_port() { if [ "$($1 name)" = warren ]; then echo "${WARREN_PERF_STREAM_PORT:-5676}"; else echo 5552; fi; }
 sp() { taskset -c 0 "$SP" "$@" | tee -a "$OUT"; }
+# The broker's CPU seconds so far (user + system).
+cpu_s() { awk '{sub(/.*\) /, ""); print ($12 + $13) / 100}' "/proc/$1/stat"; }
 
 for T in "${TARGETS[@]}"; do
   name=$($T name)
@@ -41,10 +43,18 @@ for T in "${TARGETS[@]}"; do
     if [ "$proto" = stream ]; then
       sp "${common[@]}" --label "$name" publish --count "$N" --size 1024 --window 10000 2>/dev/null
     else
+      c0=$(cpu_s "$pid")
       taskset -c 0 "$PERF" -H "$uri" -u "bench-$proto" --durable --keep --queue-arg x-queue-type=stream \
-        -x 1 -y 0 -s 1024 -c 1000 -C "$N" --monitor-pid "$pid" 2>/dev/null | tail -1 |
-        python3 -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'label':'$name','phase':'published','protocol':'amqp','messages':$N,'msg_per_s':round(d['publish_rate']),'rss_peak_mb':round(d['broker_proc']['rss_max_kb']/1024,1)}))" |
-        tee -a "$OUT"
+        -x 1 -y 0 -s 1024 -c 1000 -C "$N" --monitor-pid "$pid" 2>/dev/null | tail -1 > "$OUT.tmp"
+      c1=$(cpu_s "$pid")
+      python3 - "$OUT.tmp" "$name" "$N" "$c0" "$c1" <<'PY' | tee -a "$OUT"
+import json, sys
+d = json.load(open(sys.argv[1])); name, n = sys.argv[2], int(sys.argv[3])
+cpu = float(sys.argv[5]) - float(sys.argv[4])
+print(json.dumps({"label": name, "phase": "published", "protocol": "amqp", "messages": n,
+    "msg_per_s": round(d["publish_rate"]), "rss_peak_mb": round(d["broker_proc"]["rss_max_kb"] / 1024, 1),
+    "broker_cpu_s": round(cpu, 2), "broker_cpu_us_per_msg": round(cpu * 1e6 / n, 1)}))
+PY
     fi
     echo "== $name over $proto: $CONSUMERS consumers replaying $N each"
     sp "${common[@]}" --label "$name" replay --count "$N" --consumers "$CONSUMERS" 2>/dev/null
@@ -56,8 +66,8 @@ echo
 python3 - "$OUT" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| broker | protocol | phase | msg/s | broker RSS peak (MB) |")
-print("|---|---|---|---:|---:|")
+print("| broker | protocol | phase | msg/s | broker CPU µs/msg | broker RSS peak (MB) |")
+print("|---|---|---|---:|---:|---:|")
 for r in rows:
-    print(f"| {r['label']} | {r['protocol']} | {r['phase']} | {r['msg_per_s']:,.0f} | {r.get('rss_peak_mb', 0)} |")
+    print(f"| {r['label']} | {r['protocol']} | {r['phase']} | {r['msg_per_s']:,.0f} | {r.get('broker_cpu_us_per_msg')} | {r.get('rss_peak_mb', 0)} |")
 PY

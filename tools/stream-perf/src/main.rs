@@ -7,8 +7,9 @@
 //! - `replay`: C consumers each read the first N messages of the stream from `first`, at the
 //!   same time, and the run reports the messages per second of all of them together.
 //!
-//! With `--monitor-pid` the broker's RSS is sampled every 100 ms; the result line (JSON, on
-//! stdout) carries the peak and the last sample. Progress goes to stderr once a second.
+//! With `--monitor-pid` the broker's RSS is sampled every 100 ms and its CPU time read at the
+//! start and the end; the result line (JSON, on stdout) carries the RSS peak and last sample
+//! and the broker's CPU per message (what tells brokers apart when the client is the limit). Progress goes to stderr once a second.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
@@ -83,11 +84,23 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Samples the broker's RSS and prints progress until dropped.
+/// The broker's CPU time so far (user + system), in seconds, from /proc.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Samples the broker's RSS and prints progress until stopped.
 struct Monitor {
     peak: Arc<AtomicU64>,
     last: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+    pid: Option<u32>,
+    cpu_at_start: Option<f64>,
 }
 
 impl Monitor {
@@ -115,15 +128,26 @@ impl Monitor {
                 }
             }
         });
-        Monitor { peak, last, task }
+        Monitor {
+            peak,
+            last,
+            task,
+            pid,
+            cpu_at_start: pid.and_then(cpu_secs),
+        }
     }
 
-    /// (peak, last) RSS in MB.
-    fn stop(self) -> (f64, f64) {
+    /// (peak, last) RSS in MB, and the broker's CPU seconds since the start.
+    fn stop(self) -> (f64, f64, Option<f64>) {
         self.task.abort();
+        let cpu = match (self.cpu_at_start, self.pid.and_then(cpu_secs)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
         (
             self.peak.load(Ordering::Relaxed) as f64 / 1024.0,
             self.last.load(Ordering::Relaxed) as f64 / 1024.0,
+            cpu,
         )
     }
 }
@@ -173,7 +197,7 @@ async fn main() -> Result<(), Error> {
         ) => replay_amqp(&args, *count, *consumers, *prefetch, &done).await?,
     }
     let secs = started.elapsed().as_secs_f64();
-    let (peak, last) = monitor.stop();
+    let (peak, last, cpu) = monitor.stop();
     let got = done.load(Ordering::Relaxed);
     if got < count {
         return Err(format!("only {got} of {count} messages {phase}").into());
@@ -189,6 +213,8 @@ async fn main() -> Result<(), Error> {
             "msg_per_s": (got as f64 / secs).round(),
             "rss_peak_mb": (peak * 10.0).round() / 10.0,
             "rss_end_mb": (last * 10.0).round() / 10.0,
+            "broker_cpu_s": cpu.map(|c| (c * 100.0).round() / 100.0),
+            "broker_cpu_us_per_msg": cpu.map(|c| (c * 1e7 / got.max(1) as f64).round() / 10.0),
         })
     );
     Ok(())
