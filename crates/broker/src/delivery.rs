@@ -52,19 +52,63 @@ pub struct Deliver<'a> {
 }
 
 /// A message delivered on this channel and not yet acknowledged: where it is checked out (the
-/// queue keeps the message itself).
+/// queue keeps the message itself). 48 bytes: a consumer that never acks holds one per
+/// message, so times are kept as milliseconds in 32 bits.
 pub struct Unacked {
     pub delivery_tag: u64,
     pub queue: Arc<Queue>,
-    /// The consumer's slot on this channel (None for basic.get).
-    pub consumer_id: Option<u32>,
     /// Who holds the message in the queue: the consumer (slot ids are reused after a cancel,
     /// owners never are) or the channel's basic.get.
     pub owner: Owner,
     pub checkout: CheckoutId,
-    pub delivered_at: Instant,
+    /// When it was delivered: milliseconds after the channel's `epoch` (saturating).
+    delivered_ms: u32,
+    /// The delivery-acknowledgement timeout that applies to this delivery, in milliseconds
+    /// ([`NO_TIMEOUT`]: none).
+    timeout_ms: u32,
+    /// The consumer's slot on this channel ([`NO_CONSUMER`] for basic.get).
+    consumer: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Unacked>() == 48);
+const NO_TIMEOUT: u32 = u32::MAX;
+const NO_CONSUMER: u32 = u32::MAX;
+
+impl Unacked {
+    fn new(
+        delivery_tag: u64,
+        queue: Arc<Queue>,
+        consumer_id: Option<u32>,
+        owner: Owner,
+        checkout: CheckoutId,
+        epoch: Instant,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let ms = |d: Duration| d.as_millis().min(u32::MAX as u128 - 1) as u32;
+        Unacked {
+            delivery_tag,
+            queue,
+            owner,
+            checkout,
+            delivered_ms: ms(epoch.elapsed()),
+            timeout_ms: timeout.map_or(NO_TIMEOUT, ms),
+            consumer: consumer_id.unwrap_or(NO_CONSUMER),
+        }
+    }
+
+    /// The consumer's slot on this channel (None for basic.get).
+    pub fn consumer_id(&self) -> Option<u32> {
+        (self.consumer != NO_CONSUMER).then_some(self.consumer)
+    }
+
     /// The delivery-acknowledgement timeout that applies to this delivery.
-    pub timeout: Option<Duration>,
+    pub fn timeout(&self) -> Option<Duration> {
+        (self.timeout_ms != NO_TIMEOUT).then(|| Duration::from_millis(self.timeout_ms as u64))
+    }
+
+    fn delivered_at(&self, epoch: Instant) -> Instant {
+        epoch + Duration::from_millis(self.delivered_ms as u64)
+    }
 }
 
 /// Owners of checkouts are unique in the broker: a consumer or a channel's basic.get.
@@ -141,6 +185,8 @@ pub struct DeliveryChannel {
     pub exchanges: crate::stats::ChannelExchanges,
     writer: Arc<dyn DeliveryWriter>,
     state: Mutex<State>,
+    /// Delivery times are kept relative to this (see [`Unacked`]).
+    epoch: Instant,
 }
 
 /// A consumer of this channel, for listing.
@@ -179,6 +225,7 @@ impl DeliveryChannel {
             counters: Default::default(),
             exchanges: Default::default(),
             writer,
+            epoch: Instant::now(),
             state: Mutex::new(State {
                 closed: false,
                 flow_active: true,
@@ -230,15 +277,15 @@ impl DeliveryChannel {
         };
         if !d.no_ack {
             let (timeout, owner) = (slot.timeout, slot.owner);
-            s.unacked.push_back(Unacked {
-                delivery_tag: tag,
-                queue: d.queue.clone(),
-                consumer_id: Some(d.consumer_id),
+            s.unacked.push_back(Unacked::new(
+                tag,
+                d.queue.clone(),
+                Some(d.consumer_id),
                 owner,
-                checkout: d.checkout,
-                delivered_at: Instant::now(),
+                d.checkout,
+                self.epoch,
                 timeout,
-            });
+            ));
         }
         true
     }
@@ -261,15 +308,15 @@ impl DeliveryChannel {
             c.redeliver.add(1);
         }
         if let Some(checkout) = got.checkout {
-            s.unacked.push_back(Unacked {
-                delivery_tag: tag,
-                queue: queue.clone(),
-                consumer_id: None,
-                owner: self.get_owner,
+            s.unacked.push_back(Unacked::new(
+                tag,
+                queue.clone(),
+                None,
+                self.get_owner,
                 checkout,
-                delivered_at: Instant::now(),
-                timeout: effective_timeout(None, queue, self.default_timeout),
-            });
+                self.epoch,
+                effective_timeout(None, queue, self.default_timeout),
+            ));
         }
         Some((got.qm, got.remaining, tag))
     }
@@ -312,7 +359,7 @@ impl DeliveryChannel {
         };
         for u in &taken {
             if let Some(Some(slot)) = u
-                .consumer_id
+                .consumer_id()
                 .and_then(|id| s.consumers.get_mut(id as usize))
             {
                 if slot.owner != u.owner {
@@ -514,10 +561,11 @@ impl DeliveryChannel {
     pub fn timed_out(&self, now: Instant) -> Option<TimedOut> {
         let s = self.state.lock();
         let u = s.unacked.iter().find(|u| {
-            u.timeout
-                .is_some_and(|t| now.saturating_duration_since(u.delivered_at) > t)
+            u.timeout().is_some_and(|t| {
+                now.saturating_duration_since(u.delivered_at(self.epoch)) > t
+            })
         })?;
-        let consumer_tag = u.consumer_id.and_then(|id| {
+        let consumer_tag = u.consumer_id().and_then(|id| {
             s.consumers
                 .get(id as usize)?
                 .as_ref()
@@ -525,7 +573,7 @@ impl DeliveryChannel {
         });
         Some(TimedOut {
             consumer_tag,
-            timeout: u.timeout.unwrap_or_default(),
+            timeout: u.timeout().unwrap_or_default(),
         })
     }
 
@@ -616,7 +664,7 @@ impl DeliveryChannel {
             messages_unacknowledged: s.unacked.len() as u32,
             prefetch_count: s.prefetch_count,
             global_prefetch_count: s.global_prefetch,
-            oldest_unacked: s.unacked.front().map(|u| u.delivered_at),
+            oldest_unacked: s.unacked.front().map(|u| u.delivered_at(self.epoch)),
         }
     }
 
@@ -637,7 +685,7 @@ impl DeliveryChannel {
                         s.unacked
                             .iter()
                             .find(|u| u.owner == c.owner)
-                            .map(|u| u.delivered_at)
+                            .map(|u| u.delivered_at(self.epoch))
                     })
                     .flatten(),
             })
