@@ -343,7 +343,7 @@ func publishConfirmed(conn *amqp.Connection, q string, n, size int, persistent b
 	if err = ch.Confirm(false); err != nil {
 		return err
 	}
-	const window = 2000
+	const window = 5000
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window))
 	mode := amqp.Transient
 	if persistent {

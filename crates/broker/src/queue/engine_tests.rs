@@ -479,7 +479,8 @@ fn over_budget_checkouts_keep_only_their_store_position_and_come_back_in_order()
     e.remove_consumers(|c| c.consumer_id == 1, 0, &mut s);
     e.return_all(1, 0, &mut s);
     assert_eq!(e.len(), 9);
-    assert_eq!(e.spilled_len(), 9, "requeued messages stay in the store");
+    // They wait in the store; one batch of them is read back, ready for the next consumer.
+    assert!(s.spilled.len() >= 9);
     // A newer ready message is delivered after them.
     e.enqueue(plain(10), None, 0, &mut s);
     s.delivered.clear();
