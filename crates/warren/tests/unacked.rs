@@ -220,6 +220,11 @@ async fn held_messages_beyond_the_budget_can_be_nacked_and_rejected() {
             .expect("delivery");
         tags.push((id_of(&d.data), d.delivery_tag));
     }
+    // The consumer stops (its deliveries stay unacked on the channel), so what is requeued
+    // waits in the queue rather than going straight back to it.
+    hch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
     // The last 1,000 (past the budget) go for good; the 1,000 before them come back.
     for &(_, tag) in &tags[N as usize - 1000..] {
         hch.basic_reject(tag, BasicRejectOptions { requeue: false })
