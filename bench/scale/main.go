@@ -2,6 +2,8 @@
 //
 //	scale idle   -uri URI -pid PID -n 10000   open N connections, one channel each, then idle
 //	scale queues -uri URI -pid PID -n 100000  declare N queues and bind each with its own key
+//	scale unacked -uri URI -pid PID -n 1000000 N messages held unacked by a consumer that
+//	                                           never acks, requeued, then redelivered
 //
 // Both read the broker's resident memory (VmRSS of /proc/PID/status) before and after and
 // print one "result" line of key=value pairs that run.sh collects. Every loop is bounded by a
@@ -314,7 +316,7 @@ func queues(args []string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: scale idle|queues [flags]  (scale idle -h for flags)")
+		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked [flags]  (scale idle -h for flags)")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -322,8 +324,236 @@ func main() {
 		idle(os.Args[2:])
 	case "queues":
 		queues(os.Args[2:])
+	case "unacked":
+		unacked(os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: scale idle|queues [flags]")
+		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked [flags]")
 		os.Exit(2)
 	}
+}
+
+// publishConfirmed publishes n messages of size bytes to queue q with publisher confirms
+// (a window of outstanding ones), so every message is in the queue when it returns.
+func publishConfirmed(conn *amqp.Connection, q string, n, size int, persistent bool) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err = ch.Confirm(false); err != nil {
+		return err
+	}
+	const window = 5000
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window))
+	mode := amqp.Transient
+	if persistent {
+		mode = amqp.Persistent
+	}
+	body := make([]byte, size)
+	outstanding := 0
+	for i := 0; i < n; i++ {
+		copy(body, fmt.Sprintf("%012d", i))
+		if err = ch.Publish("", q, false, false, amqp.Publishing{DeliveryMode: mode, Body: body}); err != nil {
+			return err
+		}
+		outstanding++
+		for outstanding >= window {
+			c, ok := <-confirms
+			if !ok {
+				return fmt.Errorf("channel closed while waiting for confirms")
+			}
+			if !c.Ack {
+				return fmt.Errorf("publish %d nacked", c.DeliveryTag)
+			}
+			outstanding--
+		}
+	}
+	for outstanding > 0 {
+		c, ok := <-confirms
+		if !ok || !c.Ack {
+			return fmt.Errorf("confirm missing or nacked")
+		}
+		outstanding--
+	}
+	return nil
+}
+
+// ready polls the queue until it has n ready messages (or the deadline passes).
+func waitReady(conn *amqp.Connection, q string, n int, deadline time.Duration) (int, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, err
+	}
+	defer ch.Close()
+	end := time.Now().Add(deadline)
+	for {
+		st, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+		if err != nil {
+			return 0, err
+		}
+		if st.Messages >= n || time.Now().After(end) {
+			return st.Messages, nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// drain consumes n messages with prefetch 1000, acking every 100th (multiple), and returns
+// the rate and how many came marked redelivered.
+func drain(uri, q string, n int) (rate float64, redelivered int, err error) {
+	conn, err := amqp.Dial(uri)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err = ch.Qos(1000, 0, false); err != nil {
+		return 0, 0, err
+	}
+	msgs, err := ch.Consume(q, "drain", false, false, false, false, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	timeout := time.NewTimer(time.Minute)
+	for got := 0; got < n; {
+		select {
+		case d, ok := <-msgs:
+			if !ok {
+				return 0, 0, fmt.Errorf("consumer closed after %d", got)
+			}
+			got++
+			if d.Redelivered {
+				redelivered++
+			}
+			if got%100 == 0 || got == n {
+				if err = d.Ack(true); err != nil {
+					return 0, 0, err
+				}
+			}
+			timeout.Reset(time.Minute)
+		case <-timeout.C:
+			return 0, 0, fmt.Errorf("drain stalled after %d of %d", got, n)
+		}
+	}
+	rate = float64(n) / time.Since(start).Seconds()
+	return rate, redelivered, nil
+}
+
+func unacked(args []string) {
+	fs := flag.NewFlagSet("unacked", flag.ExitOnError)
+	uri := fs.String("uri", "amqp://guest:guest@127.0.0.1:5672/%2f", "broker URI")
+	pid := fs.Int("pid", 0, "broker process id (for RSS)")
+	n := fs.Int("n", 1000000, "messages")
+	size := fs.Int("size", 1024, "body bytes")
+	persistent := fs.Bool("persistent", true, "publish persistent messages (delivery mode 2)")
+	settleFor := fs.Duration("settle", 10*time.Second, "RSS sampling after each phase")
+	ref := fs.Bool("reference-drain", true, "also publish N again and drain them as the normal drain rate")
+	fs.Parse(args)
+	if *pid == 0 {
+		fmt.Fprintln(os.Stderr, "scale unacked: -pid is required")
+		os.Exit(2)
+	}
+	fail := func(what string, err error) {
+		fmt.Fprintf(os.Stderr, "scale unacked: %s: %v\n", what, err)
+		fmt.Printf("result test=unacked failed=%q\n", what)
+		os.Exit(1)
+	}
+	conn, err := amqp.Dial(*uri)
+	if err != nil {
+		fail("connect", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		fail("channel", err)
+	}
+	q := "unacked-bench"
+	if _, err = ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		fail("declare", err)
+	}
+	ch.Close()
+	rssStart, _ := settle(*pid, 2*time.Second)
+	logf("publishing %d x %d B (persistent=%v); broker RSS %d MB", *n, *size, *persistent, rssStart/1024)
+	t0 := time.Now()
+	if err = publishConfirmed(conn, q, *n, *size, *persistent); err != nil {
+		fail("publish", err)
+	}
+	pubRate := float64(*n) / time.Since(t0).Seconds()
+	rssReady, _ := settle(*pid, *settleFor)
+	logf("published at %.0f/s; RSS with them ready %d MB", pubRate, rssReady/1024)
+
+	// A consumer with unlimited prefetch that never acks.
+	cconn, err := amqp.Dial(*uri)
+	if err != nil {
+		fail("consumer connect", err)
+	}
+	cch, err := cconn.Channel()
+	if err != nil {
+		fail("consumer channel", err)
+	}
+	msgs, err := cch.Consume(q, "never-acks", false, false, false, false, nil)
+	if err != nil {
+		fail("consume", err)
+	}
+	t0 = time.Now()
+	timeout := time.NewTimer(time.Minute)
+	for got := 0; got < *n; {
+		select {
+		case _, ok := <-msgs:
+			if !ok {
+				fail("unacked consume", fmt.Errorf("closed after %d", got))
+			}
+			got++
+			timeout.Reset(time.Minute)
+		case <-timeout.C:
+			fail("unacked consume", fmt.Errorf("stalled after %d of %d", got, *n))
+		}
+	}
+	deliverRate := float64(*n) / time.Since(t0).Seconds()
+	rssUnacked, rssUnackedMax := settle(*pid, *settleFor)
+	logf("all %d unacked (delivered at %.0f/s); RSS %d MB (max %d)", *n, deliverRate, rssUnacked/1024, rssUnackedMax/1024)
+
+	// The consumer goes: everything is requeued.
+	t0 = time.Now()
+	cconn.Close()
+	back, err := waitReady(conn, q, *n, 2*time.Minute)
+	if err != nil {
+		fail("requeue", err)
+	}
+	requeueSecs := time.Since(t0).Seconds()
+	rssRequeued, rssRequeuedMax := settle(*pid, *settleFor)
+	logf("%d requeued in %.1f s; RSS %d MB (max %d)", back, requeueSecs, rssRequeued/1024, rssRequeuedMax/1024)
+	if back < *n {
+		fail("requeue", fmt.Errorf("only %d of %d back", back, *n))
+	}
+
+	redeliverRate, redelivered, err := drain(*uri, q, *n)
+	if err != nil {
+		fail("redelivery drain", err)
+	}
+	rssAfter, _ := settle(*pid, 2*time.Second)
+	logf("redelivered at %.0f/s (%d marked redelivered); RSS after %d MB", redeliverRate, redelivered, rssAfter/1024)
+
+	drainRate := 0.0
+	if *ref {
+		if err = publishConfirmed(conn, q, *n, *size, *persistent); err != nil {
+			fail("reference publish", err)
+		}
+		if drainRate, _, err = drain(*uri, q, *n); err != nil {
+			fail("reference drain", err)
+		}
+		logf("reference drain (never delivered before) at %.0f/s", drainRate)
+	}
+	ratio := 0.0
+	if drainRate > 0 {
+		ratio = redeliverRate / drainRate
+	}
+	fmt.Printf("result test=unacked n=%d size=%d persistent=%v publish_rate=%.0f deliver_rate=%.0f rss_start_kb=%d rss_ready_kb=%d rss_unacked_kb=%d rss_unacked_max_kb=%d requeue_s=%.1f rss_requeued_kb=%d rss_requeued_max_kb=%d redeliver_rate=%.0f redelivered=%d drain_rate=%.0f redeliver_ratio=%.2f per_unacked_b=%.0f\n",
+		*n, *size, *persistent, pubRate, deliverRate, rssStart, rssReady, rssUnacked, rssUnackedMax,
+		requeueSecs, rssRequeued, rssRequeuedMax, redeliverRate, redelivered, drainRate, ratio,
+		float64(rssUnacked-rssStart)*1024/float64(*n))
 }

@@ -2,8 +2,13 @@
 # Scale checks, side by side on each broker given (target scripts with start|stop|pid|uri|name):
 #   idle:   N_CONN (10,000) idle connections with one channel each -> broker RSS per connection
 #   queues: N_QUEUES (100,000) queues declared and bound to amq.direct -> wall time, RSS per queue
+#   unacked: N_UNACKED (1,000,000) 1 KiB messages in a durable queue, taken by one consumer with
+#           unlimited prefetch that never acks -> RSS; the consumer goes, they are requeued ->
+#           RSS; then redelivered (prefetch 1000, acks) -> rate, against a drain of as many
+#           fresh messages. Persistent messages, and transient ones with UNACKED_FLAGS=-persistent=false.
+#           Not part of `all` (it takes minutes per broker).
 #
-#   bench/scale/run.sh idle|queues|all TARGET.sh [TARGET.sh ...]
+#   bench/scale/run.sh idle|queues|unacked|all TARGET.sh [TARGET.sh ...]
 #
 # e.g. (from the repo root, Warren on port 5690 with a fresh data dir):
 #   WARREN_BIN=$CARGO_TARGET_DIR/release/warren bash bench/scale/run.sh all \
@@ -24,13 +29,15 @@ QUEUE_DEADLINE=${QUEUE_DEADLINE:-120s}
 IDLE_SETTLE=${IDLE_SETTLE:-15s}
 IDLE_FLAGS=${IDLE_FLAGS:-}     # extra flags for `scale idle`, e.g. "-warm 262144"
 QUEUE_FLAGS=${QUEUE_FLAGS:-}   # extra flags for `scale queues`, e.g. "-nowait"
+N_UNACKED=${N_UNACKED:-1000000}
+UNACKED_FLAGS=${UNACKED_FLAGS:-} # extra flags for `scale unacked`, e.g. "-persistent=false"
 GEN_CPUS=${GEN_CPUS:-0}
 FD_LIMIT=${FD_LIMIT:-65536}
 TOOL=${SCALE_TOOL:-$OUT/scale}
 
 what=${1:-}
-case "$what" in idle | queues | all) shift ;; *)
-  echo "usage: $0 idle|queues|all TARGET.sh [TARGET.sh ...]" >&2; exit 2 ;;
+case "$what" in idle | queues | unacked | all) shift ;; *)
+  echo "usage: $0 idle|queues|unacked|all TARGET.sh [TARGET.sh ...]" >&2; exit 2 ;;
 esac
 [ $# -gt 0 ] || { echo "$0: no target scripts given" >&2; exit 2; }
 
@@ -66,6 +73,8 @@ run_check() { # check target
             -settle "$IDLE_SETTLE" $IDLE_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
     queues) taskset -c "$GEN_CPUS" "$TOOL" queues -uri "$uri" -pid "$pid" -n "$N_QUEUES" \
             -deadline "$QUEUE_DEADLINE" $QUEUE_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
+    unacked) taskset -c "$GEN_CPUS" "$TOOL" unacked -uri "$uri" -pid "$pid" -n "$N_UNACKED" \
+            $UNACKED_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
   esac
   cat "$log" | tail -n +2
   if [ -s "$log.out" ]; then
@@ -78,7 +87,7 @@ run_check() { # check target
   bash "$target" stop >/dev/null 2>&1 || true
 }
 
-for check in idle queues; do
-  [ "$what" = all ] || [ "$what" = "$check" ] || continue
+for check in idle queues unacked; do
+  [ "$what" = "$check" ] || { [ "$what" = all ] && [ "$check" != unacked ]; } || continue
   for t in "$@"; do run_check "$check" "$t"; done
 done

@@ -51,20 +51,79 @@ pub struct Deliver<'a> {
     pub decided: bool,
 }
 
-/// A message delivered on this channel and not yet acknowledged: where it is checked out (the
-/// queue keeps the message itself).
+/// A message delivered on this channel and not yet acknowledged: its delivery tag, its
+/// checkout in its queue (the queue keeps the message itself, or only where the message is
+/// in its store) and who holds it there, as an index into the channel's holders. 24 bytes:
+/// a consumer that never acks holds one per message, so the queue and the owner, shared by
+/// all of a consumer's deliveries, are kept once in a [`Holder`], and the delivery time is
+/// tenths of a second in 32 bits.
 pub struct Unacked {
     pub delivery_tag: u64,
-    pub queue: Arc<Queue>,
-    /// The consumer's slot on this channel (None for basic.get).
-    pub consumer_id: Option<u32>,
-    /// Who holds the message in the queue: the consumer (slot ids are reused after a cancel,
-    /// owners never are) or the channel's basic.get.
-    pub owner: Owner,
     pub checkout: CheckoutId,
-    pub delivered_at: Instant,
-    /// The delivery-acknowledgement timeout that applies to this delivery.
-    pub timeout: Option<Duration>,
+    holder: u32,
+    /// When it was delivered: tenths of a second after the channel's `epoch`, rounded up
+    /// (timeouts are checked once a second; 32 bits last 13 years).
+    delivered: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Unacked>() == 24);
+
+impl Unacked {
+    fn delivered_at(&self, epoch: Instant) -> Instant {
+        epoch + Duration::from_millis(self.delivered as u64 * TICK_MS)
+    }
+}
+
+/// What the unacked deliveries of one consumer (or of the channel's basic.get on one queue)
+/// share: their queue, their owner there, the consumer's slot and the
+/// delivery-acknowledgement timeout.
+struct Holder {
+    queue: Arc<Queue>,
+    owner: Owner,
+    /// The consumer's slot on this channel (None for basic.get).
+    consumer: Option<u32>,
+    timeout: Option<Duration>,
+    /// Unacked deliveries naming it, plus one while its consumer is on the channel.
+    refs: u32,
+}
+
+/// Unacked deliveries taken off the channel (acked, rejected, requeued), with their queues.
+struct Taken {
+    /// (holder index, checkout) in delivery-tag order.
+    items: Vec<(u32, CheckoutKey)>,
+    /// The queue of each holder named in `items`.
+    queues: Vec<(u32, Arc<Queue>)>,
+}
+
+impl Taken {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn queue(&self, holder: u32) -> &Arc<Queue> {
+        &self
+            .queues
+            .iter()
+            .find(|q| q.0 == holder)
+            .expect("every holder taken has its queue")
+            .1
+    }
+
+    /// Calls `f` once per run of consecutive entries from the same queue (acks usually come
+    /// in long runs from one queue, so this is one queue lock per batch).
+    fn for_each_queue_run(&self, mut f: impl FnMut(&Arc<Queue>, &[(u32, CheckoutKey)])) {
+        let items = &self.items;
+        let mut start = 0;
+        for i in 1..=items.len() {
+            if i == items.len()
+                || items[i].0 != items[start].0
+                    && !Arc::ptr_eq(self.queue(items[i].0), self.queue(items[start].0))
+            {
+                f(self.queue(items[start].0), &items[start..i]);
+                start = i;
+            }
+        }
+    }
 }
 
 /// Owners of checkouts are unique in the broker: a consumer or a channel's basic.get.
@@ -89,7 +148,8 @@ struct ConsumerSlot {
     no_ack: bool,
     prefetch: u16,
     unacked: u32,
-    timeout: Option<Duration>,
+    /// Its deliveries' [`Holder`] (the slot holds a reference to it).
+    holder: u32,
 }
 
 /// A delivery that was not acknowledged in time.
@@ -123,9 +183,96 @@ struct State {
     flow_active: bool,
     next_tag: u64,
     unacked: VecDeque<Unacked>,
+    /// What unacked deliveries share, by index (free entries are reused).
+    holders: Vec<Option<Holder>>,
     prefetch_count: u16,
     global_prefetch: u16,
     consumers: Vec<Option<ConsumerSlot>>,
+}
+
+impl State {
+    fn hold(&mut self, h: Holder) -> u32 {
+        match self.holders.iter().position(Option::is_none) {
+            Some(i) => {
+                self.holders[i] = Some(h);
+                i as u32
+            }
+            None => {
+                self.holders.push(Some(h));
+                (self.holders.len() - 1) as u32
+            }
+        }
+    }
+
+    fn holder(&self, i: u32) -> &Holder {
+        self.holders[i as usize]
+            .as_ref()
+            .expect("an unacked delivery's holder lives")
+    }
+
+    fn holder_mut(&mut self, i: u32) -> &mut Holder {
+        self.holders[i as usize]
+            .as_mut()
+            .expect("an unacked delivery's holder lives")
+    }
+
+    fn release(&mut self, i: u32) {
+        let h = self.holder_mut(i);
+        h.refs -= 1;
+        if h.refs == 0 {
+            self.holders[i as usize] = None;
+        }
+    }
+
+    /// A consumer's slot left the channel: its holder goes once its deliveries are settled.
+    fn drop_slot(&mut self, slot: &ConsumerSlot) {
+        self.release(slot.holder);
+    }
+
+    /// The holder of what basic.get on `queue` takes for `owner` (made on first use).
+    fn get_holder(&mut self, queue: &Arc<Queue>, owner: Owner, timeout: Option<Duration>) -> u32 {
+        let found = self.holders.iter().position(|h| {
+            h.as_ref()
+                .is_some_and(|h| h.owner == owner && Arc::ptr_eq(&h.queue, queue))
+        });
+        match found {
+            Some(i) => {
+                self.holders[i].as_mut().expect("found").timeout = timeout;
+                i as u32
+            }
+            None => self.hold(Holder {
+                queue: queue.clone(),
+                owner,
+                consumer: None,
+                timeout,
+                refs: 0,
+            }),
+        }
+    }
+
+    /// Unacked deliveries leave the channel: their consumers' counts go down, their holders
+    /// are released, and what the queues need is returned.
+    fn resolve(&mut self, removed: impl IntoIterator<Item = Unacked>) -> Taken {
+        let mut t = Taken {
+            items: Vec::new(),
+            queues: Vec::new(),
+        };
+        for u in removed {
+            let h = self.holder(u.holder);
+            let (owner, consumer) = (h.owner, h.consumer);
+            if !t.queues.iter().any(|q| q.0 == u.holder) {
+                t.queues.push((u.holder, h.queue.clone()));
+            }
+            t.items.push((u.holder, (owner, u.checkout)));
+            if let Some(Some(slot)) = consumer.and_then(|id| self.consumers.get_mut(id as usize)) {
+                if slot.owner == owner {
+                    slot.unacked = slot.unacked.saturating_sub(1);
+                }
+            }
+            self.release(u.holder);
+        }
+        t
+    }
 }
 
 pub struct DeliveryChannel {
@@ -141,6 +288,8 @@ pub struct DeliveryChannel {
     pub exchanges: crate::stats::ChannelExchanges,
     writer: Arc<dyn DeliveryWriter>,
     state: Mutex<State>,
+    /// Delivery times are kept relative to this (see [`Unacked`]).
+    epoch: Instant,
 }
 
 /// A consumer of this channel, for listing.
@@ -179,11 +328,13 @@ impl DeliveryChannel {
             counters: Default::default(),
             exchanges: Default::default(),
             writer,
+            epoch: Instant::now(),
             state: Mutex::new(State {
                 closed: false,
                 flow_active: true,
                 next_tag: 1,
                 unacked: VecDeque::new(),
+                holders: Vec::new(),
                 prefetch_count: 0,
                 global_prefetch: 0,
                 consumers: Vec::new(),
@@ -229,15 +380,13 @@ impl DeliveryChannel {
             return true;
         };
         if !d.no_ack {
-            let (timeout, owner) = (slot.timeout, slot.owner);
+            let holder = slot.holder;
+            s.holder_mut(holder).refs += 1;
             s.unacked.push_back(Unacked {
                 delivery_tag: tag,
-                queue: d.queue.clone(),
-                consumer_id: Some(d.consumer_id),
-                owner,
                 checkout: d.checkout,
-                delivered_at: Instant::now(),
-                timeout,
+                holder,
+                delivered: ticks_since(self.epoch),
             });
         }
         true
@@ -261,14 +410,14 @@ impl DeliveryChannel {
             c.redeliver.add(1);
         }
         if let Some(checkout) = got.checkout {
+            let timeout = effective_timeout(None, queue, self.default_timeout);
+            let holder = s.get_holder(queue, self.get_owner, timeout);
+            s.holder_mut(holder).refs += 1;
             s.unacked.push_back(Unacked {
                 delivery_tag: tag,
-                queue: queue.clone(),
-                consumer_id: None,
-                owner: self.get_owner,
                 checkout,
-                delivered_at: Instant::now(),
-                timeout: effective_timeout(None, queue, self.default_timeout),
+                holder,
+                delivered: ticks_since(self.epoch),
             });
         }
         Some((got.qm, got.remaining, tag))
@@ -289,7 +438,7 @@ impl DeliveryChannel {
     }
 
     /// Takes the unacked messages an ack/nack/reject names. `multiple` with tag 0 means all.
-    fn take(&self, tag: u64, multiple: bool) -> Result<Vec<Unacked>> {
+    fn take(&self, tag: u64, multiple: bool) -> Result<Taken> {
         let mut s = self.state.lock();
         let taken: Vec<Unacked> = if multiple {
             if tag == 0 {
@@ -310,18 +459,7 @@ impl DeliveryChannel {
             let u = s.unacked.remove(at).expect("index checked");
             vec![u]
         };
-        for u in &taken {
-            if let Some(Some(slot)) = u
-                .consumer_id
-                .and_then(|id| s.consumers.get_mut(id as usize))
-            {
-                if slot.owner != u.owner {
-                    continue;
-                }
-                slot.unacked = slot.unacked.saturating_sub(1);
-            }
-        }
-        Ok(taken)
+        Ok(s.resolve(taken))
     }
 
     /// basic.ack.
@@ -337,9 +475,7 @@ impl DeliveryChannel {
     pub fn ack_without_resume(&self, tag: u64, multiple: bool) -> Result<()> {
         let taken = self.take(tag, multiple)?;
         self.counters.ack.add(taken.len() as u64);
-        for_each_queue_run(&taken, |q, run| {
-            q.settle(run.iter().map(Unacked::checkout_of))
-        });
+        taken.for_each_queue_run(|q, run| q.settle(run.iter().map(|x| x.1)));
         Ok(())
     }
 
@@ -426,25 +562,29 @@ impl DeliveryChannel {
                 return Err(not_allowed_tag(&tag));
             }
             let owner = new_owner();
-            let slot = ConsumerSlot {
+            let id = match s.consumers.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    s.consumers.push(None);
+                    s.consumers.len() - 1
+                }
+            } as u32;
+            let holder = s.hold(Holder {
+                queue: queue.clone(),
+                owner,
+                consumer: Some(id),
+                timeout,
+                refs: 1,
+            });
+            s.consumers[id as usize] = Some(ConsumerSlot {
                 owner,
                 tag: tag.clone(),
                 queue: queue.clone(),
                 no_ack,
                 prefetch: s.prefetch_count,
                 unacked: 0,
-                timeout,
-            };
-            let id = match s.consumers.iter().position(Option::is_none) {
-                Some(i) => {
-                    s.consumers[i] = Some(slot);
-                    i as u32
-                }
-                None => {
-                    s.consumers.push(Some(slot));
-                    (s.consumers.len() - 1) as u32
-                }
-            };
+                holder,
+            });
             (id, owner)
         };
         let c = QueueConsumer {
@@ -471,7 +611,11 @@ impl DeliveryChannel {
         match added {
             Ok(()) => Ok(()),
             Err(refused) => {
-                self.state.lock().consumers[id as usize] = None;
+                let mut s = self.state.lock();
+                if let Some(slot) = s.consumers[id as usize].take() {
+                    s.drop_slot(&slot);
+                }
+                drop(s);
                 Err(match refused {
                     ConsumeRefused::ExclusiveInUse => AmqpError::access_refused(format!(
                         "queue '{}' in vhost '{}' in exclusive use",
@@ -498,7 +642,11 @@ impl DeliveryChannel {
                 .consumers
                 .iter()
                 .position(|c| c.as_ref().is_some_and(|c| c.tag == tag));
-            pos.and_then(|i| s.consumers[i].take().map(|c| (i as u32, c.queue)))
+            let slot = pos.and_then(|i| s.consumers[i].take().map(|c| (i as u32, c)));
+            slot.map(|(i, c)| {
+                s.drop_slot(&c);
+                (i, c.queue)
+            })
         };
         match found {
             Some((id, queue)) => {
@@ -514,18 +662,21 @@ impl DeliveryChannel {
     pub fn timed_out(&self, now: Instant) -> Option<TimedOut> {
         let s = self.state.lock();
         let u = s.unacked.iter().find(|u| {
-            u.timeout
-                .is_some_and(|t| now.saturating_duration_since(u.delivered_at) > t)
+            s.holder(u.holder).timeout.is_some_and(|t| {
+                now.saturating_duration_since(u.delivered_at(self.epoch)) > t
+            })
         })?;
-        let consumer_tag = u.consumer_id.and_then(|id| {
+        let h = s.holder(u.holder);
+        let consumer_tag = h.consumer.and_then(|id| {
             s.consumers
                 .get(id as usize)?
                 .as_ref()
+                .filter(|c| c.owner == h.owner)
                 .map(|c| c.tag.clone())
         });
         Some(TimedOut {
             consumer_tag,
-            timeout: u.timeout.unwrap_or_default(),
+            timeout: h.timeout.unwrap_or_default(),
         })
     }
 
@@ -543,14 +694,20 @@ impl DeliveryChannel {
         let Some(owner) = id else { return };
         self.writer.cancel(self.number, tag);
         self.cancel(tag, fu);
-        let taken: Vec<Unacked> = {
+        let taken = {
             let mut s = self.state.lock();
-            let (mine, rest): (VecDeque<Unacked>, VecDeque<Unacked>) =
-                std::mem::take(&mut s.unacked)
-                    .into_iter()
-                    .partition(|u| u.owner == owner);
+            let all = std::mem::take(&mut s.unacked);
+            let mut mine = Vec::new();
+            let mut rest = VecDeque::new();
+            for u in all {
+                if s.holder(u.holder).owner == owner {
+                    mine.push(u);
+                } else {
+                    rest.push_back(u);
+                }
+            }
             s.unacked = rest;
-            mine.into()
+            s.resolve(mine)
         };
         settle_or_requeue(taken, true, fu);
     }
@@ -560,6 +717,7 @@ impl DeliveryChannel {
         let mut s = self.state.lock();
         if let Some(slot) = s.consumers.get_mut(consumer_id as usize) {
             if let Some(c) = slot.take() {
+                s.drop_slot(&c);
                 if !s.closed {
                     self.writer.cancel(self.number, &c.tag);
                 }
@@ -573,17 +731,23 @@ impl DeliveryChannel {
         let (consumers, unacked) = {
             let mut s = self.state.lock();
             s.closed = true;
-            let consumers: Vec<(u32, Arc<Queue>)> = s
+            let slots: Vec<(u32, ConsumerSlot)> = s
                 .consumers
                 .iter_mut()
                 .enumerate()
-                .filter_map(|(i, c)| c.take().map(|c| (i as u32, c.queue)))
+                .filter_map(|(i, c)| c.take().map(|c| (i as u32, c)))
                 .collect();
-            (consumers, std::mem::take(&mut s.unacked))
+            let mut consumers = Vec::with_capacity(slots.len());
+            for (i, c) in slots {
+                s.drop_slot(&c);
+                consumers.push((i, c.queue));
+            }
+            let all = std::mem::take(&mut s.unacked);
+            (consumers, s.resolve(all))
         };
         // Requeue first (this channel is closed, so nothing comes back to it), then remove the
         // consumers: a single active consumer's successor then starts with the oldest message.
-        settle_or_requeue(unacked.into(), true, fu);
+        settle_or_requeue(unacked, true, fu);
         for (id, q) in consumers {
             q.remove_consumer(self, id, fu);
         }
@@ -616,7 +780,7 @@ impl DeliveryChannel {
             messages_unacknowledged: s.unacked.len() as u32,
             prefetch_count: s.prefetch_count,
             global_prefetch_count: s.global_prefetch,
-            oldest_unacked: s.unacked.front().map(|u| u.delivered_at),
+            oldest_unacked: s.unacked.front().map(|u| u.delivered_at(self.epoch)),
         }
     }
 
@@ -636,8 +800,8 @@ impl DeliveryChannel {
                     .then(|| {
                         s.unacked
                             .iter()
-                            .find(|u| u.owner == c.owner)
-                            .map(|u| u.delivered_at)
+                            .find(|u| s.holder(u.holder).owner == c.owner)
+                            .map(|u| u.delivered_at(self.epoch))
                     })
                     .flatten(),
             })
@@ -675,30 +839,17 @@ pub fn not_allowed_tag(tag: &str) -> AmqpError {
     )
 }
 
-/// Calls `f` once per run of consecutive entries from the same queue (acks usually come in
-/// long runs from one queue, so this is one queue lock per batch).
-fn for_each_queue_run(items: &[Unacked], mut f: impl FnMut(&Arc<Queue>, &[Unacked])) {
-    let mut start = 0;
-    for i in 1..=items.len() {
-        if i == items.len() || !Arc::ptr_eq(&items[i].queue, &items[start].queue) {
-            f(&items[start].queue, &items[start..i]);
-            start = i;
-        }
-    }
-}
-
-fn settle_or_requeue(items: Vec<Unacked>, requeue: bool, fu: &mut Followups) {
+fn settle_or_requeue(taken: Taken, requeue: bool, fu: &mut Followups) {
     if !requeue {
-        for_each_queue_run(&items, |q, run| {
-            q.reject(run.iter().map(Unacked::checkout_of), fu)
-        });
+        taken.for_each_queue_run(|q, run| q.reject(run.iter().map(|x| x.1), fu));
         return;
     }
     let mut by_queue: Vec<(Arc<Queue>, Vec<CheckoutKey>)> = Vec::new();
-    for u in items {
-        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, v)) => v.push(u.checkout_of()),
-            None => by_queue.push((u.queue.clone(), vec![u.checkout_of()])),
+    for &(h, key) in &taken.items {
+        let q = taken.queue(h);
+        match by_queue.iter_mut().find(|(x, _)| Arc::ptr_eq(x, q)) {
+            Some((_, v)) => v.push(key),
+            None => by_queue.push((q.clone(), vec![key])),
         }
     }
     for (q, checkouts) in by_queue {
@@ -706,9 +857,11 @@ fn settle_or_requeue(items: Vec<Unacked>, requeue: bool, fu: &mut Followups) {
     }
 }
 
-impl Unacked {
-    /// The message's checkout in its queue.
-    fn checkout_of(&self) -> CheckoutKey {
-        (self.owner, self.checkout)
-    }
+/// The unit of [`Unacked`]'s delivery time, in milliseconds.
+const TICK_MS: u64 = 100;
+
+/// Tenths of a second since `epoch`, rounded up, saturating at 32 bits.
+fn ticks_since(epoch: Instant) -> u32 {
+    let ms = epoch.elapsed().as_millis() as u64;
+    ms.div_ceil(TICK_MS).min(u32::MAX as u64) as u32
 }

@@ -639,6 +639,53 @@ impl QueueStore {
         Ok((out, at))
     }
 
+    /// The payloads of the records at `positions`, in that order, until they reach
+    /// `max_bytes` (at least one is read). Records near each other are read a chunk per
+    /// system call (requeued messages read back are mostly in store order). Each is the
+    /// payload or the error that kept it from being read.
+    pub fn read_many(&self, positions: &[Position], max_bytes: usize) -> Vec<Result<Bytes>> {
+        let mut out = Vec::with_capacity(positions.len());
+        let mut taken = 0usize;
+        // The chunk last read: its segment, its first offset and its bytes.
+        let mut chunk: Option<(u32, u32, Bytes)> = None;
+        for &pos in positions {
+            if taken >= max_bytes && !out.is_empty() {
+                break;
+            }
+            let in_chunk = |c: &(u32, u32, Bytes)| -> Option<Bytes> {
+                let (seg, start, bytes) = c;
+                if *seg != pos.segment || pos.offset < *start {
+                    return None;
+                }
+                let p = (pos.offset - start) as usize;
+                let rest = bytes.get(p..)?;
+                let (len, crc) = check_header(rest, rest.len() as u64).ok()?;
+                let from = p + RECORD_HEADER_LEN as usize;
+                let payload = bytes.slice(from..from + len as usize);
+                (record_crc([rest[0], rest[1], rest[2], rest[3]], &payload) == crc)
+                    .then_some(payload)
+            };
+            let mut got = chunk.as_ref().and_then(in_chunk);
+            if got.is_none() {
+                if let Ok(bytes) = self.msgs.read_chunk(pos, READ_AHEAD) {
+                    chunk = Some((pos.segment, pos.offset, bytes));
+                    got = chunk.as_ref().and_then(in_chunk);
+                }
+            }
+            // A record larger than a chunk, or one the chunk could not verify: read it alone
+            // (which says what is wrong with it, if anything).
+            let r = match got {
+                Some(b) => Ok(b),
+                None => self.msgs.read(pos),
+            };
+            if let Ok(b) = &r {
+                taken += b.len();
+            }
+            out.push(r);
+        }
+        out
+    }
+
     /// Acks every unacked message at or after `from` (purging a paged-out backlog while
     /// earlier messages stay unacked). Returns how many.
     pub fn ack_from(&mut self, from: Position) -> Result<u64> {

@@ -216,7 +216,7 @@ impl QueueEngine<Owner> {
                 Applied::Done
             }
             QueueCommand::Discard { checkouts, now } => {
-                self.discard(checkouts.iter().copied());
+                self.discard(checkouts.iter().copied(), out);
                 self.dispatch(*now, out);
                 Applied::Done
             }

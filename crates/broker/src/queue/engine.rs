@@ -32,6 +32,20 @@ use warren_store::{Position, RecoveredMessage};
 /// Most bytes of bodies one page-in reads.
 const PAGE_IN_BATCH: usize = 2 << 20;
 
+/// Most spilled messages one read-back loads (they are read in one go, up to
+/// [`PAGE_IN_BATCH`] bytes).
+const SPILL_READ_BATCH: usize = 2048;
+
+/// A message whose body lives only in the queue's store: its place in publish order and its
+/// record. This is all a checked-out or requeued message costs in memory once the queue is
+/// over its memory budget (16 bytes; the body is read back when it is delivered again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spilled {
+    seq: u64,
+    pos: Position,
+}
+const _: () = assert!(std::mem::size_of::<Spilled>() == 16);
+
 /// What the caller must do after a command, in order.
 #[derive(Debug)]
 pub enum Effect {
@@ -72,17 +86,42 @@ pub struct Checkout {
 struct Holding {
     /// The owner is a consumer of the queue (its entry stays while it is, even when empty).
     consuming: bool,
+    /// Checkouts with their message in memory.
     msgs: VecDeque<Checkout>,
+    /// Checkouts whose message lives only in the store (the queue was over its memory budget
+    /// when they were checked out), in checkout order.
+    stored: VecDeque<(CheckoutId, Spilled)>,
+}
+
+/// A checkout taken back from its owner.
+enum Returned {
+    Mem(QueuedMessage),
+    Stored(Spilled),
 }
 
 impl Holding {
-    /// Takes the checkout `id`: acks come in checkout order, so it is nearly always the first.
-    fn take(&mut self, id: CheckoutId) -> Option<QueuedMessage> {
+    fn len(&self) -> usize {
+        self.msgs.len() + self.stored.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.msgs.is_empty() && self.stored.is_empty()
+    }
+
+    /// Takes the checkout `id`: acks come in checkout order, so it is nearly always the first
+    /// of one of the two lists.
+    fn take(&mut self, id: CheckoutId) -> Option<Returned> {
         if self.msgs.front().is_some_and(|c| c.id == id) {
-            return self.msgs.pop_front().map(|c| c.qm);
+            return self.msgs.pop_front().map(|c| Returned::Mem(c.qm));
         }
-        let at = self.msgs.binary_search_by_key(&id, |c| c.id).ok()?;
-        self.msgs.remove(at).map(|c| c.qm)
+        if self.stored.front().is_some_and(|c| c.0 == id) {
+            return self.stored.pop_front().map(|c| Returned::Stored(c.1));
+        }
+        if let Ok(at) = self.msgs.binary_search_by_key(&id, |c| c.id) {
+            return self.msgs.remove(at).map(|c| Returned::Mem(c.qm));
+        }
+        let at = self.stored.binary_search_by_key(&id, |c| c.0).ok()?;
+        self.stored.remove(at).map(|c| Returned::Stored(c.1))
     }
 }
 
@@ -126,6 +165,33 @@ pub trait Env<C> {
         from: Position,
         max_bytes: usize,
     ) -> warren_store::Result<(Vec<RecoveredMessage>, Position)>;
+
+    /// Whether checked-out and requeued messages may leave memory for the queue's store when
+    /// the queue is over its memory budget (a classic queue that has, or may open, a store).
+    fn can_spill(&self) -> bool {
+        false
+    }
+
+    /// Writes a message that is not in the store yet to it (as a transient record, dropped at
+    /// a restart), so its body may leave memory. Its position, or None if it cannot be
+    /// written (it then stays in memory).
+    fn spill(&mut self, _msg: &Message) -> Option<Position> {
+        None
+    }
+
+    /// Reads spilled messages back: the records at `positions`, in that order, until about
+    /// `max_bytes` were read (at least one). Each is its record's payload or the error that
+    /// kept it from being read.
+    fn read_spilled(
+        &mut self,
+        positions: &[Position],
+        _max_bytes: usize,
+    ) -> Vec<warren_store::Result<bytes::Bytes>> {
+        positions
+            .iter()
+            .map(|&position| Err(warren_store::StoreError::UnknownPosition { position }))
+            .collect()
+    }
 }
 
 /// Why a consumer could not be added.
@@ -172,7 +238,16 @@ pub struct QueueEngine<C> {
     ready: ReadyList,
     /// Messages paged out to the store, after everything in `ready`.
     paged: PagedTail,
+    /// Requeued messages whose bodies are only in the store (ready, in publish order); they
+    /// are read back when they reach the head of the queue.
+    spilled: VecDeque<Spilled>,
     ready_bytes: usize,
+    /// Bytes of bodies of checked-out messages held in memory (those of spilled checkouts are
+    /// in the store only).
+    unacked_bytes: usize,
+    /// Bytes of bodies (ready and checked out) beyond which checkouts and requeued messages
+    /// keep only their store position ([`RAM_BUDGET`]; tests lower it).
+    spill_budget: usize,
     /// Checked-out messages by owner.
     checked_out: FxHashMap<Owner, Holding>,
     /// How many messages are checked out, over all owners.
@@ -206,7 +281,10 @@ impl<C> QueueEngine<C> {
             ready: ReadyList::new(opts.max_priority),
             opts,
             paged: PagedTail::default(),
+            spilled: VecDeque::new(),
             ready_bytes: 0,
+            unacked_bytes: 0,
+            spill_budget: RAM_BUDGET,
             checked_out: FxHashMap::default(),
             unacked: 0,
             next_checkout: 0,
@@ -246,9 +324,9 @@ impl<C> QueueEngine<C> {
         &self.opts
     }
 
-    /// Ready messages, in memory and paged out.
+    /// Ready messages, in memory, spilled and paged out.
     pub fn len(&self) -> usize {
-        self.ready.len() + self.paged.len()
+        self.ready.len() + self.paged.len() + self.spilled.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -259,7 +337,8 @@ impl<C> QueueEngine<C> {
         &self.consumers
     }
 
-    /// The messages `owner` holds, oldest checkout first.
+    /// The messages `owner` holds in memory, oldest checkout first (a replicated queue's are
+    /// all there: its engine never spills).
     pub fn checked_out(&self, owner: Owner) -> impl Iterator<Item = &Checkout> {
         self.checked_out
             .get(&owner)
@@ -269,7 +348,7 @@ impl<C> QueueEngine<C> {
 
     /// How many messages `owner` holds.
     pub fn held(&self, owner: Owner) -> usize {
-        self.checked_out.get(&owner).map_or(0, |h| h.msgs.len())
+        self.checked_out.get(&owner).map_or(0, Holding::len)
     }
 
     /// The ready messages in memory, in delivery order (the paged-out tail follows them).
@@ -371,6 +450,96 @@ impl<C> QueueEngine<C> {
                 exchange: dlx.clone(),
                 routing_key: self.opts.dead_letter_routing_key.clone(),
             }));
+        }
+    }
+
+    /// Whether a message of `len` bytes would take the queue's memory (ready and checked-out
+    /// bodies) over its budget.
+    fn over_budget(&self, len: usize) -> bool {
+        self.ready_bytes + self.unacked_bytes + len > self.spill_budget
+    }
+
+    /// Tests: spill past `bytes` instead of [`RAM_BUDGET`].
+    #[cfg(test)]
+    pub(crate) fn set_spill_budget(&mut self, bytes: usize) {
+        self.spill_budget = bytes;
+    }
+
+    /// Tests: the checkouts `owner` holds whose message is only in the store.
+    #[cfg(test)]
+    pub(crate) fn held_spilled(&self, owner: Owner) -> Vec<(CheckoutId, Position)> {
+        self.checked_out
+            .get(&owner)
+            .map(|h| h.stored.iter().map(|&(id, s)| (id, s.pos)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Requeued messages waiting in the store only.
+    pub fn spilled_len(&self) -> usize {
+        self.spilled.len()
+    }
+
+    /// Whether a message may live in the store only while checked out or requeued: not when
+    /// it needs more than its place and position (an expiry, a priority, a delivery count).
+    fn spillable(&self, qm: &QueuedMessage) -> bool {
+        qm.expires_at.is_none()
+            && self.opts.max_priority == 0
+            && self.opts.delivery_limit.is_none()
+            && !self.opts.quorum
+    }
+
+    /// Reads a spilled message back (for a dead letter); None if it cannot be read.
+    fn read_one(&mut self, s: Spilled, env: &mut impl Env<C>) -> Option<Message> {
+        let rec = env.read_spilled(&[s.pos], usize::MAX).pop();
+        match rec {
+            Some(Ok(b)) => Message::decode_record(b).map(|(m, _)| m),
+            Some(Err(e)) => {
+                tracing::error!(pos = %s.pos, error = %e, "spilled message unreadable");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Requeued messages whose bodies are in the store go back to the ready list when they
+    /// are next in line (a batch at a time, so memory holds about one batch of them).
+    fn load_spilled(&mut self, now: u64, env: &mut impl Env<C>) {
+        let Some(first) = self.spilled.front() else {
+            return;
+        };
+        if self.ready.front().is_some_and(|r| r.seq < first.seq) {
+            return;
+        }
+        let n = self.spilled.len().min(SPILL_READ_BATCH);
+        let positions: Vec<Position> = self.spilled.iter().take(n).map(|s| s.pos).collect();
+        let recs = env.read_spilled(&positions, PAGE_IN_BATCH);
+        let n = recs.len().clamp(1, n);
+        let batch: Vec<Spilled> = self.spilled.drain(..n).collect();
+        let mut recs = recs.into_iter();
+        // Backwards, so each goes to the front of the ready list (they precede what is there).
+        let mut loaded: Vec<(Spilled, Option<Message>)> = batch
+            .into_iter()
+            .map(|s| {
+                let m = match recs.next() {
+                    Some(Ok(b)) => Message::decode_record(b).map(|(m, _)| m),
+                    Some(Err(e)) => {
+                        tracing::error!(pos = %s.pos, error = %e, "spilled message unreadable; left in the store until a restart");
+                        None
+                    }
+                    None => None,
+                };
+                (s, m)
+            })
+            .collect();
+        while let Some((s, m)) = loaded.pop() {
+            let Some(msg) = m else { continue };
+            self.ready_bytes += msg.body.len();
+            let qm = QueuedMessage::new(s.seq, Arc::new(msg), Some(s.pos), true, &self.opts, now);
+            if qm.expires_at.is_some() && !self.timed {
+                self.timed = true;
+                self.effects.push(Effect::StartTimer);
+            }
+            self.ready.insert_ordered(qm);
         }
     }
 
@@ -529,6 +698,7 @@ impl<C> QueueEngine<C> {
     /// Loads paged-out messages back while the in-memory part is below half the budget (their
     /// queue TTL counts from `now`).
     fn page_in(&mut self, now: u64, env: &mut impl Env<C>) {
+        self.load_spilled(now, env);
         if self.paged.is_empty() || self.ready_bytes >= RAM_BUDGET / 2 {
             return;
         }
@@ -573,6 +743,9 @@ impl<C> QueueEngine<C> {
         while !self.consumers.is_empty() {
             if expiring {
                 self.expire_head(now);
+            }
+            if !self.spilled.is_empty() {
+                self.load_spilled(now, env);
             }
             if self.ready.is_empty() {
                 return;
@@ -630,7 +803,7 @@ impl<C> QueueEngine<C> {
             .pop_front()
             .expect("a consumer took the head message");
         self.delivered_by[owner.is_none() as usize] += 1;
-        self.taken(qm, owner);
+        self.taken(qm, owner, env);
         if self.ready.is_empty() {
             self.page_in(now, env);
         }
@@ -638,7 +811,12 @@ impl<C> QueueEngine<C> {
 
     /// A message left the ready list for a consumer or a basic.get; with an owner it is
     /// checked out to it (and its id returned), without it is gone.
-    fn taken(&mut self, qm: QueuedMessage, owner: Option<Owner>) -> Option<CheckoutId> {
+    fn taken(
+        &mut self,
+        qm: QueuedMessage,
+        owner: Option<Owner>,
+        env: &mut impl Env<C>,
+    ) -> Option<CheckoutId> {
         self.ready_bytes -= qm.msg.body.len();
         self.delivered += 1;
         self.redelivered += qm.redelivered as u64;
@@ -654,6 +832,21 @@ impl<C> QueueEngine<C> {
         let id = self.next_checkout;
         self.next_checkout += 1;
         self.unacked += 1;
+        let len = qm.msg.body.len();
+        // Over the memory budget, the checkout keeps only where its message is in the store
+        // (writing a transient one there first); the body goes once the consumer has it.
+        if self.over_budget(len) && self.spillable(&qm) && env.can_spill() {
+            if let Some(pos) = qm.pos.or_else(|| env.spill(&qm.msg)) {
+                let s = Spilled { seq: qm.seq, pos };
+                self.checked_out
+                    .entry(owner)
+                    .or_default()
+                    .stored
+                    .push_back((id, s));
+                return Some(id);
+            }
+        }
+        self.unacked_bytes += len;
         self.checked_out
             .entry(owner)
             .or_default()
@@ -673,7 +866,7 @@ impl<C> QueueEngine<C> {
             return None;
         };
         self.delivered_by[2 + owner.is_none() as usize] += 1;
-        let checkout = self.taken(qm.clone(), owner);
+        let checkout = self.taken(qm.clone(), owner, env);
         Some(Got {
             qm,
             remaining: self.len() as u32,
@@ -685,14 +878,17 @@ impl<C> QueueEngine<C> {
 
     /// Takes one checkout back from its owner; None if the owner does not hold it (already
     /// settled, or the queue was deleted meanwhile).
-    fn take_checkout(&mut self, owner: Owner, id: CheckoutId) -> Option<QueuedMessage> {
+    fn take_checkout(&mut self, owner: Owner, id: CheckoutId) -> Option<Returned> {
         let h = self.checked_out.get_mut(&owner)?;
-        let qm = h.take(id)?;
-        if h.msgs.is_empty() && !h.consuming {
+        let r = h.take(id)?;
+        if h.is_empty() && !h.consuming {
             self.checked_out.remove(&owner);
         }
         self.unacked -= 1;
-        Some(qm)
+        if let Returned::Mem(qm) = &r {
+            self.unacked_bytes -= qm.msg.body.len();
+        }
+        Some(r)
     }
 
     /// basic.ack: the checked-out messages are done with and leave the store. Returns how
@@ -700,28 +896,44 @@ impl<C> QueueEngine<C> {
     pub fn settle(&mut self, checkouts: impl IntoIterator<Item = CheckoutKey>) -> u32 {
         let mut n = 0;
         for (owner, id) in checkouts {
-            if let Some(qm) = self.take_checkout(owner, id) {
-                self.settled_one(&qm);
+            if let Some(r) = self.take_checkout(owner, id) {
+                self.settled_one(&r);
                 n += 1;
             }
         }
         n
     }
 
-    fn settled_one(&mut self, qm: &QueuedMessage) {
+    fn settled_one(&mut self, r: &Returned) {
         self.acked += 1;
-        if let Some(pos) = qm.pos {
+        let pos = match r {
+            Returned::Mem(qm) => qm.pos,
+            Returned::Stored(s) => Some(s.pos),
+        };
+        if let Some(pos) = pos {
             self.effects.push(Effect::StoreAck(pos));
         }
     }
 
     /// basic.reject / basic.nack without requeue: settled, and dead-lettered (reason
     /// `rejected`) if the queue has a dead-letter exchange.
-    pub fn discard(&mut self, checkouts: impl IntoIterator<Item = CheckoutKey>) {
+    pub fn discard(
+        &mut self,
+        checkouts: impl IntoIterator<Item = CheckoutKey>,
+        env: &mut impl Env<C>,
+    ) {
         for (owner, id) in checkouts {
-            if let Some(qm) = self.take_checkout(owner, id) {
-                self.settled_one(&qm);
-                self.dead_letter(qm.msg, DeathReason::Rejected);
+            if let Some(r) = self.take_checkout(owner, id) {
+                self.settled_one(&r);
+                match r {
+                    Returned::Mem(qm) => self.dead_letter(qm.msg, DeathReason::Rejected),
+                    Returned::Stored(s) if self.opts.dead_letter_exchange.is_some() => {
+                        if let Some(m) = self.read_one(s, env) {
+                            self.dead_letter(Arc::new(m), DeathReason::Rejected);
+                        }
+                    }
+                    Returned::Stored(_) => {}
+                }
             }
         }
     }
@@ -735,11 +947,16 @@ impl<C> QueueEngine<C> {
         now: u64,
         env: &mut impl Env<C>,
     ) {
-        let msgs: Vec<QueuedMessage> = checkouts
-            .into_iter()
-            .filter_map(|(owner, id)| self.take_checkout(owner, id))
-            .collect();
-        self.requeue(msgs, now, env);
+        let mut msgs = Vec::new();
+        let mut stored = Vec::new();
+        for (owner, id) in checkouts {
+            match self.take_checkout(owner, id) {
+                Some(Returned::Mem(qm)) => msgs.push(qm),
+                Some(Returned::Stored(s)) => stored.push(s),
+                None => {}
+            }
+        }
+        self.requeue(msgs, stored, now, env);
     }
 
     /// Everything `owner` holds comes back (its channel is gone).
@@ -748,20 +965,59 @@ impl<C> QueueEngine<C> {
             return;
         };
         let msgs: Vec<QueuedMessage> = h.msgs.drain(..).map(|c| c.qm).collect();
+        let stored: Vec<Spilled> = h.stored.drain(..).map(|c| c.1).collect();
+        // The deques' memory goes with them, not with the next checkout.
+        h.msgs.shrink_to(0);
+        h.stored.shrink_to(0);
         if !h.consuming {
             self.checked_out.remove(&owner);
         }
-        self.unacked -= msgs.len() as u32;
-        self.requeue(msgs, now, env);
+        self.unacked -= (msgs.len() + stored.len()) as u32;
+        self.unacked_bytes -= msgs.iter().map(|m| m.msg.body.len()).sum::<usize>();
+        self.requeue(msgs, stored, now, env);
     }
 
-    fn requeue(&mut self, mut msgs: Vec<QueuedMessage>, now: u64, env: &mut impl Env<C>) {
-        if msgs.is_empty() {
+    fn requeue(
+        &mut self,
+        mut msgs: Vec<QueuedMessage>,
+        mut stored: Vec<Spilled>,
+        now: u64,
+        env: &mut impl Env<C>,
+    ) {
+        if msgs.is_empty() && stored.is_empty() {
             return;
         }
         let limit = self.opts.delivery_limit;
         let count_deliveries = limit.is_some() || self.opts.quorum;
+        if count_deliveries && !stored.is_empty() {
+            // Counting deliveries rewrites the message (a policy set a delivery limit after
+            // these were spilled): read them back.
+            for s in std::mem::take(&mut stored) {
+                if let Some(m) = self.read_one(s, env) {
+                    let qm = QueuedMessage::new(s.seq, Arc::new(m), Some(s.pos), true, &self.opts, now);
+                    msgs.push(qm);
+                }
+            }
+        }
         msgs.sort_unstable_by_key(|m| m.seq);
+        // In-memory messages that the budget has no room for join the spilled ones when
+        // they are in the store already.
+        let mut kept = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            match m.pos {
+                Some(pos)
+                    if !count_deliveries
+                        && self.spillable(&m)
+                        && env.can_spill()
+                        && self.over_budget(m.msg.body.len()) =>
+                {
+                    stored.push(Spilled { seq: m.seq, pos })
+                }
+                _ => kept.push(m),
+            }
+        }
+        let msgs = kept;
+        self.respill(stored);
         for mut m in msgs.into_iter().rev() {
             m.redelivered = true;
             if count_deliveries {
@@ -782,6 +1038,32 @@ impl<C> QueueEngine<C> {
             self.ready.insert_ordered(m);
         }
         self.dispatch(now, env);
+    }
+
+    /// Requeued messages that stay in the store join the spilled ready list, in publish order.
+    fn respill(&mut self, mut stored: Vec<Spilled>) {
+        if stored.is_empty() {
+            return;
+        }
+        stored.sort_unstable_by_key(|s| s.seq);
+        let first = stored[0].seq;
+        if self.spilled.back().is_none_or(|b| b.seq < first) {
+            self.spilled.extend(stored);
+        } else if self.spilled.front().is_some_and(|f| f.seq > stored[stored.len() - 1].seq) {
+            for s in stored.into_iter().rev() {
+                self.spilled.push_front(s);
+            }
+        } else {
+            let old = std::mem::take(&mut self.spilled);
+            let mut merged = VecDeque::with_capacity(old.len() + stored.len());
+            let (mut a, mut b) = (old.into_iter().peekable(), stored.into_iter().peekable());
+            while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+                merged.push_back(if x.seq < y.seq { a.next() } else { b.next() }.expect("peeked"));
+            }
+            merged.extend(a);
+            merged.extend(b);
+            self.spilled = merged;
+        }
     }
 
     // ---- consumers ----------------------------------------------------------------------
@@ -824,7 +1106,7 @@ impl<C> QueueEngine<C> {
             // returns them.
             if let Some(h) = checked_out.get_mut(&c.owner) {
                 h.consuming = false;
-                if h.msgs.is_empty() {
+                if h.is_empty() {
                     checked_out.remove(&c.owner);
                 }
             }
@@ -846,6 +1128,7 @@ impl<C> QueueEngine<C> {
         let ready = self.ready.drain();
         let paged_from = (!self.paged.is_empty()).then(|| self.paged.head());
         self.paged.clear();
+        let spilled = std::mem::take(&mut self.spilled);
         self.ready_bytes = 0;
         if self.unacked == 0 {
             // Nothing in the store outlives the purge.
@@ -853,6 +1136,9 @@ impl<C> QueueEngine<C> {
         } else {
             for pos in ready.iter().filter_map(|m| m.pos) {
                 self.effects.push(Effect::StoreAck(pos));
+            }
+            for s in spilled {
+                self.effects.push(Effect::StoreAck(s.pos));
             }
             if let Some(from) = paged_from {
                 self.effects.push(Effect::StoreAckFrom(from));
@@ -869,7 +1155,9 @@ impl<C> QueueEngine<C> {
         self.ready.drain();
         self.checked_out.clear();
         self.unacked = 0;
+        self.unacked_bytes = 0;
         self.paged.clear();
+        self.spilled = VecDeque::new();
         self.ready_bytes = 0;
         (n, std::mem::take(&mut self.consumers))
     }

@@ -17,6 +17,18 @@ struct Sink {
     taken: Vec<(u32, CheckoutId, QueuedMessage)>,
     /// Messages "paged out" to a fake store, by position offset.
     store: Vec<Message>,
+    /// Whether checkouts may spill, and the messages spilled (segment 2 of the fake store).
+    spilling: bool,
+    spilled: Vec<Message>,
+}
+
+fn copy_of(m: &Message) -> Message {
+    Message::new(
+        m.exchange.clone(),
+        m.routing_key.clone(),
+        m.properties.clone(),
+        m.body.clone(),
+    )
 }
 
 impl Env<u32> for Sink {
@@ -53,6 +65,48 @@ impl Env<u32> for Sink {
             at += 1;
         }
         Ok((out, pos(at as u64)))
+    }
+
+    fn can_spill(&self) -> bool {
+        self.spilling
+    }
+
+    fn spill(&mut self, msg: &Message) -> Option<Position> {
+        self.spilled.push(copy_of(msg));
+        Some(Position {
+            segment: 2,
+            offset: (self.spilled.len() - 1) as u32,
+        })
+    }
+
+    fn read_spilled(
+        &mut self,
+        positions: &[Position],
+        _max_bytes: usize,
+    ) -> Vec<warren_store::Result<Bytes>> {
+        positions
+            .iter()
+            .map(|p| {
+                let m = match p.segment {
+                    1 => &self.store[p.offset as usize],
+                    _ => &self.spilled[p.offset as usize],
+                };
+                let mut rec = Vec::new();
+                m.encode_record(false, None, &mut rec);
+                Ok(Bytes::from(rec))
+            })
+            .collect()
+    }
+}
+
+impl Sink {
+    /// The message id of a spilled checkout.
+    fn spilled_id(&self, p: Position) -> u64 {
+        let m = match p.segment {
+            1 => &self.store[p.offset as usize],
+            _ => &self.spilled[p.offset as usize],
+        };
+        u64::from_be_bytes(m.body[..8].try_into().unwrap())
     }
 }
 
@@ -393,6 +447,76 @@ fn max_length_in_each_overflow_mode() {
 }
 
 #[test]
+fn over_budget_checkouts_keep_only_their_store_position_and_come_back_in_order() {
+    let mut e = engine(QueueOptions::default());
+    let mut s = Sink {
+        spilling: true,
+        ..Default::default()
+    };
+    // No room in memory: every checkout keeps only its position.
+    e.set_spill_budget(0);
+    for id in 0..10 {
+        e.enqueue(plain(id), None, 0, &mut s);
+    }
+    s.credit.insert(1, None);
+    e.add_consumer(consumer(1), 0).unwrap();
+    e.dispatch(0, &mut s);
+    let ids: Vec<u64> = s.delivered.iter().map(|d| d.1).collect();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    assert_eq!(e.checked_out(1).count(), 0);
+    let spilled = e.held_spilled(1);
+    assert_eq!(spilled.len(), 10);
+    assert_eq!(s.spilled.len(), 10, "transient messages were written out");
+    assert_eq!(e.stats().messages_unacknowledged, 10);
+    e.take_effects();
+
+    // Ack one spilled checkout: its record is acked in the store.
+    let (c, p) = spilled[5];
+    assert_eq!(e.settle([(1, c)]), 1);
+    assert!(matches!(e.take_effects()[..], [Effect::StoreAck(q)] if q == p));
+
+    // The consumer's channel goes: all nine come back, the spilled ones in the store only.
+    e.remove_consumers(|c| c.consumer_id == 1, 0, &mut s);
+    e.return_all(1, 0, &mut s);
+    assert_eq!(e.len(), 9);
+    // They wait in the store; one batch of them is read back, ready for the next consumer.
+    assert!(s.spilled.len() >= 9);
+    // A newer ready message is delivered after them.
+    e.enqueue(plain(10), None, 0, &mut s);
+    s.delivered.clear();
+    s.credit.insert(2, None);
+    e.add_consumer(consumer(2), 0).unwrap();
+    e.dispatch(0, &mut s);
+    let back: Vec<(u64, bool)> = s.delivered.iter().map(|d| (d.1, d.2)).collect();
+    let want: Vec<(u64, bool)> = [0, 1, 2, 3, 4, 6, 7, 8, 9]
+        .into_iter()
+        .map(|id| (id, true))
+        .chain([(10, false)])
+        .collect();
+    assert_eq!(back, want);
+    assert_eq!(e.spilled_len(), 0);
+    assert_eq!(e.stats().messages_unacknowledged, 10);
+}
+
+#[test]
+fn a_spilled_checkout_rejected_is_dead_lettered_with_its_body() {
+    let mut e = engine(with_dlx(QueueOptions::default()));
+    let mut s = Sink {
+        spilling: true,
+        ..Default::default()
+    };
+    e.set_spill_budget(0);
+    e.enqueue(plain(7), None, 0, &mut s);
+    let (_, c) = get_acked(&mut e, &mut s);
+    assert_eq!(e.held_spilled(GETTER).len(), 1);
+    e.take_effects();
+    e.discard([c], &mut s);
+    let ids: Vec<u64> = dead_letters(&e.take_effects()).into_iter().map(|d| d.0).collect();
+    assert_eq!(ids, [7]);
+    assert_eq!(e.stats().messages_unacknowledged, 0);
+}
+
+#[test]
 fn rejected_messages_are_dead_lettered_with_their_reason_and_the_queues_dlx() {
     let mut opts = with_dlx(QueueOptions::default());
     opts.dead_letter_routing_key = Some("dead".into());
@@ -401,7 +525,7 @@ fn rejected_messages_are_dead_lettered_with_their_reason_and_the_queues_dlx() {
     e.enqueue(plain(4), None, 0, &mut s);
     let (_, c) = get_acked(&mut e, &mut s);
     e.take_effects();
-    e.discard([c]);
+    e.discard([c], &mut s);
     let effects = e.take_effects();
     let Some(Effect::DeadLetter(d)) = effects.first() else {
         panic!("no dead letter: {effects:?}")
@@ -556,9 +680,14 @@ mod model {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
         #[test]
-        fn no_message_is_lost_or_duplicated(opts in opts(), cmds in proptest::collection::vec(cmd(), 1..120)) {
+        fn no_message_is_lost_or_duplicated(opts in opts(), spill in any::<bool>(), cmds in proptest::collection::vec(cmd(), 1..120)) {
             let mut e = engine(opts);
             let mut s = Sink::default();
+            if spill {
+                // Every checkout and requeue that may leave memory does.
+                e.set_spill_budget(0);
+                s.spilling = true;
+            }
             let mut now = 0u64;
             let mut next_id = 0u64;
             let mut next_consumer = 1u32;
@@ -617,7 +746,7 @@ mod model {
                         let (owner, checkout, id) = out.remove(k % out.len());
                         gone.insert(id);
                         if matches!(c, Cmd::Reject(_)) {
-                            e.discard([(owner, checkout)]);
+                            e.discard([(owner, checkout)], &mut s);
                         } else {
                             prop_assert_eq!(e.settle([(owner, checkout)]), 1);
                         }
@@ -669,7 +798,9 @@ mod model {
                 prop_assert_eq!(e.stats().messages_unacknowledged as usize, out.len(), "unacked count");
                 // Each owner holds exactly what the model says, in checkout order.
                 for &owner in &owners {
-                    let held: Vec<(CheckoutId, u64)> = e.checked_out(owner).map(|c| (c.id, id_of(&c.qm))).collect();
+                    let mut held: Vec<(CheckoutId, u64)> = e.checked_out(owner).map(|c| (c.id, id_of(&c.qm))).collect();
+                    held.extend(e.held_spilled(owner).into_iter().map(|(c, p)| (c, s.spilled_id(p))));
+                    held.sort_unstable();
                     let mut want: Vec<(CheckoutId, u64)> = out.iter().filter(|o| o.0 == owner).map(|o| (o.1, o.2)).collect();
                     want.sort_unstable();
                     prop_assert_eq!(held, want, "checkouts of owner {}", owner);

@@ -239,6 +239,45 @@ impl Env<Arc<DeliveryChannel>> for QueueEnv<'_> {
             None => Ok((Vec::new(), from)),
         }
     }
+
+    fn can_spill(&self) -> bool {
+        self.q.store.get().is_some() || self.q.persistence.is_some()
+    }
+
+    fn spill(&mut self, msg: &Message) -> Option<Position> {
+        let slot = self.q.paging_store()?;
+        // A transient record: memory relief only, dropped at a restart (a persistent message
+        // is in the store already and never comes here). No fsync is asked for.
+        match slot
+            .lock()
+            .append_with(|buf| msg.encode_record(false, None, buf))
+        {
+            Ok(pos) => {
+                self.q.disk_writes.add(1);
+                Some(pos)
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.q.name, error = %e, "cannot spill an unacked message; it stays in memory");
+                None
+            }
+        }
+    }
+
+    fn read_spilled(
+        &mut self,
+        positions: &[Position],
+        max_bytes: usize,
+    ) -> Vec<warren_store::Result<bytes::Bytes>> {
+        let Some(slot) = self.q.store.get() else {
+            return positions
+                .iter()
+                .map(|&position| Err(warren_store::StoreError::UnknownPosition { position }))
+                .collect();
+        };
+        let out = slot.lock().store.read_many(positions, max_bytes);
+        self.q.disk_reads.add(out.len() as u64);
+        out
+    }
 }
 
 /// The declared properties of a queue and its live state.
@@ -882,7 +921,7 @@ impl Queue {
                 QueueCommand::Discard { checkouts, now }
             });
         }
-        self.locked(fu).discard(checkouts);
+        self.locked(fu).discard(checkouts, &mut QueueEnv { q: self });
     }
 
     /// Puts checked-out messages back in their original places, marked redelivered, and

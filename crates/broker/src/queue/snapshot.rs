@@ -99,6 +99,7 @@ impl QueueEngine<Owner> {
     /// The engine's state (a replicated engine has no paged tail and no pending effects).
     pub fn snapshot(&self) -> EngineSnapshot {
         debug_assert!(self.paged.is_empty(), "a replicated queue does not page");
+        debug_assert!(self.spilled.is_empty(), "nor spill");
         let mut held: Vec<Held> = self
             .checked_out
             .iter()
@@ -158,7 +159,7 @@ impl QueueEngine<Owner> {
             .held
             .into_iter()
             .map(|h| {
-                let msgs = h
+                let msgs: std::collections::VecDeque<Checkout> = h
                     .msgs
                     .into_iter()
                     .map(|(id, m)| Checkout {
@@ -166,11 +167,13 @@ impl QueueEngine<Owner> {
                         qm: m.into_queued(),
                     })
                     .collect();
+                e.unacked_bytes += msgs.iter().map(|c| c.qm.msg.body.len()).sum::<usize>();
                 (
                     h.owner,
                     Holding {
                         consuming: h.consuming,
                         msgs,
+                        stored: Default::default(),
                     },
                 )
             })
