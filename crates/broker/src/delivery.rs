@@ -529,6 +529,26 @@ impl DeliveryChannel {
         })
     }
 
+    /// When the connection must next look for timed-out deliveries ([`Self::timed_out`]):
+    /// the earliest deadline of an unacked delivery, and for deliveries still to come to this
+    /// channel's consumers, `now` plus the shortest of their timeouts. None: nothing here can
+    /// time out before the next basic.get or basic.consume (the connection looks again after
+    /// those). Lets an idle connection sleep until then instead of polling.
+    pub fn next_timeout_check(&self, now: Instant) -> Option<Instant> {
+        let s = self.state.lock();
+        let unacked = s
+            .unacked
+            .iter()
+            .filter_map(|u| u.timeout.map(|t| u.delivered_at + t));
+        let to_come = s
+            .consumers
+            .iter()
+            .flatten()
+            .filter(|c| !c.no_ack)
+            .filter_map(|c| c.timeout.map(|t| now + t));
+        unacked.chain(to_come).min()
+    }
+
     /// Cancels one consumer (telling the client) and requeues the messages it had not acked;
     /// the rest of the channel goes on.
     pub fn cancel_and_requeue(&self, tag: &str, fu: &mut Followups) {
