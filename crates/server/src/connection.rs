@@ -82,9 +82,13 @@ pub(crate) struct Connection {
     commit_wake: Arc<tokio::sync::Notify>,
     /// User, permissions, limits, alarm blocking.
     guard: crate::security::Guard,
-    /// Something moved a deadline earlier (a consumer, a basic.get, a close, an unblocked
-    /// socket): the read loop recomputes when it next wakes for its timers.
+    /// Something moved a deadline earlier (a close, an unblocked socket): the read loop
+    /// recomputes its timer before it next waits.
     rearm: bool,
+    /// A basic.consume or basic.get may have brought a consumer timeout closer: the timer
+    /// fires within [`CHECK_SOON`] and recomputes then (at most once a second however many
+    /// gets there are, instead of a scan of the unacked deliveries per get).
+    check_soon: bool,
 }
 
 /// A read buffer's size while the connection is quiet: enough for heartbeats and small
@@ -98,6 +102,8 @@ const READ_BIG: usize = 128 * 1024;
 /// the same for output, `writer.rs`), so an idle connection that once carried a burst costs
 /// what a fresh one does.
 pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(1);
+/// See [`Connection::check_soon`].
+const CHECK_SOON: Duration = Duration::from_secs(1);
 
 /// Runs a connection from accept to close.
 pub async fn run(
@@ -202,6 +208,7 @@ pub async fn run_io<R, W>(
         followups: Followups::new(),
         flow_held: Vec::new(),
         rearm: true,
+        check_soon: false,
     };
     let (reason, socket_open) = conn.read_loop(&mut rd, rbuf).await;
     conn.cleanup();
@@ -245,8 +252,15 @@ impl Connection {
         loop {
             if self.rearm {
                 self.rearm = false;
+                self.check_soon = false;
                 let next = self.next_check(Instant::now(), big);
                 timer.as_mut().reset(next.into());
+            } else if self.check_soon {
+                self.check_soon = false;
+                let soon = tokio::time::Instant::now() + CHECK_SOON;
+                if timer.deadline() > soon {
+                    timer.as_mut().reset(soon);
+                }
             }
             let free = rbuf.capacity() - rbuf.len();
             if big && free < READ_MIN_FREE {
@@ -611,7 +625,7 @@ impl Connection {
                 // A new consumer or a basic.get's unacked delivery may time out before
                 // anything the timer waits for.
                 if matches!(method, Method::BasicConsume(_) | Method::BasicGet(_)) {
-                    self.rearm = true;
+                    self.check_soon = true;
                 }
                 let mut ctx = crate::channel::Ctx {
                     vhost: &self.vhost,
