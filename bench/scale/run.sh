@@ -30,6 +30,7 @@ IDLE_SETTLE=${IDLE_SETTLE:-15s}
 IDLE_FLAGS=${IDLE_FLAGS:-}     # extra flags for `scale idle`, e.g. "-warm 262144"
 QUEUE_FLAGS=${QUEUE_FLAGS:-}   # extra flags for `scale queues`, e.g. "-nowait"
 N_BIG=${N_BIG:-100000}
+CONN_SOURCES=${CONN_SOURCES:-$(((N_BIG + 19999) / 20000))}  # 127.1.x.y source addresses
 CONN_HEARTBEAT=${CONN_HEARTBEAT:-60s}
 CONN_SETTLE=${CONN_SETTLE:-120s}
 CONN_DEADLINE=${CONN_DEADLINE:-600s}  # stop opening connections after this (RabbitMQ is slow)
@@ -80,7 +81,7 @@ run_check() { # check target
     idle) taskset -c "$GEN_CPUS" "$TOOL" idle -uri "$uri" -pid "$pid" -n "$N_CONN" \
             -settle "$IDLE_SETTLE" $IDLE_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
     conns) taskset -c "$GEN_CPUS" "$TOOL" idle -uri "$uri" -pid "$pid" -n "$N_BIG" -consume \
-            -heartbeat "$CONN_HEARTBEAT" -sources $(((N_BIG + 19999) / 20000)) \
+            -heartbeat "$CONN_HEARTBEAT" -sources "$CONN_SOURCES" \
             -deadline "$CONN_DEADLINE" -settle "$CONN_SETTLE" -parallel 64 $CONN_FLAGS \
             >>"$log.out" 2>>"$log" || rc=$? ;;
     queues) taskset -c "$GEN_CPUS" "$TOOL" queues -uri "$uri" -pid "$pid" -n "$N_QUEUES" \
