@@ -2,6 +2,7 @@
 # Target control script for ../shared/amqp-perf/bench/suite.sh: a Warren broker on port 5675
 # with a fresh data directory per start.
 #   warren.sh start|stop|pid|uri|name|version
+# The stream protocol listens on WARREN_PERF_STREAM_PORT (default 5676).
 # BROKER_CPUS (default "1") is the CPU list the broker is pinned to; BROKER_NICE (default -10).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -9,6 +10,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${WARREN_BIN:-$ROOT/target/release/warren}
 BASE=${WARREN_PERF_BASE:-/tmp/warren-perf}
 PORT=${WARREN_PERF_PORT:-5675}
+STREAM_PORT=${WARREN_PERF_STREAM_PORT:-5676}   # RabbitMQ's stream protocol
 CPUS=${BROKER_CPUS:-1}
 NICE=${BROKER_NICE:--10}
 
@@ -21,7 +23,7 @@ case "${1:-}" in
     [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release -p warren)
     rm -rf "$BASE/data"; mkdir -p "$BASE"
     nice -n "$NICE" taskset -c "$CPUS" "$BIN" --listen "127.0.0.1:$PORT" --mgmt-listen 127.0.0.1:0 \
-      --data-dir "$BASE/data" --log-level warn > "$BASE/warren.log" 2>&1 &
+      --stream-listen "127.0.0.1:$STREAM_PORT" --data-dir "$BASE/data" --log-level warn > "$BASE/warren.log" 2>&1 &
     echo $! > "$BASE/warren.pid"
     for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && exit 0; sleep 0.1; done
     echo "warren did not start; see $BASE/warren.log" >&2; exit 1

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A fresh, empty directory under the system's temporary directory, removed with everything
 /// in it when dropped: at the end of the test, and also when the test panics (the guard is
-/// dropped while the panic unwinds). Derefs to its [`Path`].
+/// dropped while the panic unwinds), unless `WARREN_KEEP_TEST_DIRS` is set. Derefs to its
+/// [`Path`].
 ///
 /// Declare it before whatever writes into it (a [`crate::BrokerProcess`], a
 /// [`crate::TestBroker`] with a data directory), so that is dropped, and stopped, first.
@@ -43,6 +44,11 @@ impl AsRef<Path> for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // WARREN_KEEP_TEST_DIRS=1 keeps them (brokers' logs and data) for a look afterwards.
+        if std::env::var_os("WARREN_KEEP_TEST_DIRS").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -117,6 +117,9 @@ struct Cluster {
     next_request: AtomicU64,
     /// Since when each other node has not answered a probe (absent: it answers).
     down_since: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// The first owner id of this run of the node ([`ReplicaHost::owner_base`]): owner ids
+    /// of this node below it are consumers of an earlier run, which are gone.
+    incarnation: OnceLock<u64>,
 }
 
 impl Cluster {
@@ -141,6 +144,12 @@ impl Cluster {
             .lock()
             .get(&node)
             .is_some_and(|t| t.elapsed() >= DOWN_AFTER)
+    }
+
+    /// Whether `owner` is a consumer of an earlier run of this node (killed, and maybe back
+    /// before the others noticed it was down): its channel is gone for sure.
+    fn owner_is_stale(&self, owner: warren_broker::queue::Owner) -> bool {
+        owner >> OWNER_BITS == self.number && self.incarnation.get().is_some_and(|b| owner < *b)
     }
 
     /// Probes the other nodes for ever (the task ends with the runtime).
@@ -177,14 +186,21 @@ impl Cluster {
 }
 
 /// While this node leads `group`, removes the consumers of nodes that are down and returns
-/// what they held (through the queue's replica, in order with its other commands). Ends when
-/// the queue's group does.
+/// what they held (through the queue's replica, in order with its other commands). On every
+/// member, removes this node's own consumers of an earlier run: a node killed and started
+/// again within [`DOWN_AFTER`] is never seen down, and the entries that gave its old
+/// consumers messages may reach its log only after it has started (what the broker removes
+/// when it opens the queue is only what its log held then). Ends when the queue's group does.
 async fn reap_gone_owners(
     group: std::sync::Weak<QueueGroup>,
     c: Arc<Cluster>,
     replica: std::sync::Weak<GroupReplica>,
 ) {
     let mut reaped = HashSet::new();
+    // This node's stale owners, when their removal was last proposed (again after a while
+    // if they are still there: the proposal may have found no leader).
+    let mut stale_asked: HashMap<warren_broker::queue::Owner, std::time::Instant> =
+        HashMap::new();
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let (Some(g), Some(r)) = (group.upgrade(), replica.upgrade()) else {
@@ -193,30 +209,46 @@ async fn reap_gone_owners(
         if g.is_stopped() {
             return;
         }
+        let owners = g.state().with_engine(|e| e.owner_ids());
+        let remove = |owner| {
+            let now = warren_broker::clock::now_ms();
+            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
+            r.submit(QueueCommand::ReturnAll { owner, now }, None);
+        };
+        stale_asked.retain(|o, at| owners.contains(o) && at.elapsed() < STALE_RETRY);
+        for &owner in &owners {
+            if c.owner_is_stale(owner) && !stale_asked.contains_key(&owner) {
+                tracing::info!(
+                    group = g.id,
+                    owner,
+                    "a consumer of this node's earlier run: its unacknowledged messages go back to the queue"
+                );
+                remove(owner);
+                stale_asked.insert(owner, std::time::Instant::now());
+            }
+        }
         // An owner reaped before whose node answers again may be reaped again later.
         reaped.retain(|o| c.owner_is_gone(*o));
         if !g.is_leader() {
             continue;
         }
-        let gone: Vec<_> = g
-            .state()
-            .with_engine(|e| e.owner_ids())
-            .into_iter()
-            .filter(|o| !reaped.contains(o) && c.owner_is_gone(*o))
-            .collect();
-        for owner in gone {
+        for owner in owners {
+            if reaped.contains(&owner) || !c.owner_is_gone(owner) {
+                continue;
+            }
             tracing::info!(
                 group = g.id,
                 owner,
                 "a consumer's node is down: its unacknowledged messages go back to the queue"
             );
-            let now = warren_broker::clock::now_ms();
-            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
-            r.submit(QueueCommand::ReturnAll { owner, now }, None);
+            remove(owner);
             reaped.insert(owner);
         }
     }
 }
+
+/// How long before a stale owner's removal is proposed again if it is still there.
+const STALE_RETRY: Duration = Duration::from_secs(5);
 
 /// This node's replicated queues: every group has this node alone as its member, or, in a
 /// cluster, every node.
@@ -307,6 +339,7 @@ impl LocalNode {
             waiters: Default::default(),
             next_request: AtomicU64::new(1),
             down_since: Default::default(),
+            incarnation: OnceLock::new(),
         }));
         if let Some(c) = &node.cluster {
             node.handle.spawn(c.clone().watch_nodes());
@@ -522,7 +555,7 @@ impl ReplicaHost for LocalNode {
             .map_or(0, |d| d.as_secs())
             .saturating_sub(1_704_067_200);
         let within = (since_2024 * OWNER_IDS_PER_SECOND) & ((1 << OWNER_BITS) - 1);
-        (c.number << OWNER_BITS) | within
+        *c.incarnation.get_or_init(|| (c.number << OWNER_BITS) | within)
     }
 
     fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
