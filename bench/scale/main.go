@@ -1,6 +1,9 @@
 // scale: the load side of two scale checks, run against any AMQP 0-9-1 broker on this machine.
 //
 //	scale idle   -uri URI -pid PID -n 10000   open N connections, one channel each, then idle
+//	             (-consume: each with a consumer on its own queue bound to a fanout exchange, and
+//	             after the idle period one message published to it must reach every one;
+//	             -heartbeat: the interval the clients ask for; -sources: source addresses)
 //	scale queues -uri URI -pid PID -n 100000  declare N queues and bind each with its own key
 //	scale unacked -uri URI -pid PID -n 1000000 N messages held unacked by a consumer that
 //	                                           never acks, requeued, then redelivered
@@ -17,6 +20,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strconv"
@@ -102,6 +106,28 @@ func roundTrip(ch *amqp.Channel, body []byte) error {
 	return fmt.Errorf("message not back from %s", q.Name)
 }
 
+// consumeFanout gives the channel an exclusive queue bound to scale-fanout and a consumer
+// that counts what it receives.
+func consumeFanout(ch *amqp.Channel, received *int64) error {
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		return err
+	}
+	if err = ch.QueueBind(q.Name, "", "scale-fanout", false, nil); err != nil {
+		return err
+	}
+	d, err := ch.Consume(q.Name, "", true, false, false, false, nil)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for range d {
+			atomic.AddInt64(received, 1)
+		}
+	}()
+	return nil
+}
+
 func idle(args []string) {
 	fs := flag.NewFlagSet("idle", flag.ExitOnError)
 	uri := fs.String("uri", "amqp://guest:guest@127.0.0.1:5672/", "broker URI")
@@ -111,7 +137,36 @@ func idle(args []string) {
 	hold := fs.Duration("settle", 15*time.Second, "idle time before the final RSS sample")
 	deadline := fs.Duration("deadline", 300*time.Second, "give up opening connections after this")
 	warm := fs.Int("warm", 0, "before idling, send a message of this many bytes through each connection and back (declare a queue, publish, basic.get, delete the queue)")
+	consume := fs.Bool("consume", false, "each connection declares an exclusive queue bound to the fanout exchange scale-fanout and consumes from it (auto-ack); after the idle period one message is published there and must reach every consumer")
+	heartbeat := fs.Duration("heartbeat", 10*time.Second, "heartbeat interval the clients ask for (amqp091-go's default: 10 s; RabbitMQ's server default: 60 s)")
+	sources := fs.Int("sources", 1, "spread the connections over this many source addresses 127.1.x.y (one address has ~28,000 ephemeral ports)")
+	fanoutWait := fs.Duration("fanout-wait", 60*time.Second, "with -consume: how long the fan-out message may take to reach every consumer")
 	fs.Parse(args)
+	var received int64
+	dial := func(i int) (*amqp.Connection, error) {
+		cfg := amqp.Config{Heartbeat: *heartbeat, Locale: "en_US"}
+		if *sources > 1 {
+			k := i % *sources
+			src := &net.TCPAddr{IP: net.IPv4(127, 1, byte(k/250), byte(k%250+1))}
+			d := net.Dialer{LocalAddr: src, Timeout: 30 * time.Second}
+			cfg.Dial = func(network, addr string) (net.Conn, error) { return d.Dial(network, addr) }
+		}
+		return amqp.DialConfig(*uri, cfg)
+	}
+	if *consume {
+		c, err := amqp.Dial(*uri)
+		if err == nil {
+			var ch *amqp.Channel
+			if ch, err = c.Channel(); err == nil {
+				err = ch.ExchangeDeclare("scale-fanout", "fanout", false, false, false, false, nil)
+			}
+			c.Close()
+		}
+		if err != nil {
+			logf("idle: declaring the fanout exchange: %v", err)
+			os.Exit(1)
+		}
+	}
 	var body []byte
 	if *warm > 0 {
 		body = make([]byte, *warm)
@@ -136,12 +191,15 @@ func idle(args []string) {
 				if i >= *n {
 					return
 				}
-				c, err := amqp.Dial(*uri)
+				c, err := dial(i)
 				if err == nil {
 					var ch *amqp.Channel
 					if ch, err = c.Channel(); err == nil {
 						if body != nil {
 							err = roundTrip(ch, body)
+						}
+						if err == nil && *consume {
+							err = consumeFanout(ch, &received)
 						}
 						if err == nil {
 							conns[i], chans[i] = c, ch
@@ -177,8 +235,29 @@ func idle(args []string) {
 	if alive > 0 {
 		per = float64(after-before) / float64(alive)
 	}
-	fmt.Printf("result test=idle warm_bytes=%d requested=%d opened=%d failed=%d alive=%d open_s=%.1f broker_cpu_open_s=%.1f tool_cpu_open_s=%.1f broker_cpu_idle_pct=%.1f rss_before_kb=%d rss_after_kb=%d rss_max_kb=%d per_conn_kb=%.1f\n",
-		*warm, *n, opened, failed, alive, openSecs, cpuOpen, selfOpen, idleCPU, before, after, max, per)
+	// The fan-out: one message to every consumer, through connections that sat idle.
+	fanoutSecs, delivered := 0.0, int64(0)
+	if *consume {
+		c, err := amqp.Dial(*uri)
+		if err == nil {
+			var ch *amqp.Channel
+			if ch, err = c.Channel(); err == nil {
+				t := time.Now()
+				err = ch.Publish("scale-fanout", "", false, false, amqp.Publishing{Body: []byte("fan-out")})
+				for err == nil && atomic.LoadInt64(&received) < int64(alive) && time.Since(t) < *fanoutWait {
+					time.Sleep(10 * time.Millisecond)
+				}
+				fanoutSecs, delivered = time.Since(t).Seconds(), atomic.LoadInt64(&received)
+			}
+			c.Close()
+		}
+		if err != nil {
+			logf("idle: fan-out: %v", err)
+		}
+		logf("idle: fan-out reached %d of %d consumers in %.2f s", delivered, alive, fanoutSecs)
+	}
+	fmt.Printf("result test=idle warm_bytes=%d consume=%v heartbeat_s=%.0f requested=%d opened=%d failed=%d alive=%d open_s=%.1f broker_cpu_open_s=%.1f tool_cpu_open_s=%.1f broker_cpu_idle_pct=%.1f idle_s=%.0f rss_before_kb=%d rss_after_kb=%d rss_max_kb=%d per_conn_kb=%.1f fanout_delivered=%d fanout_s=%.2f\n",
+		*warm, *consume, heartbeat.Seconds(), *n, opened, failed, alive, openSecs, cpuOpen, selfOpen, idleCPU, hold.Seconds(), before, after, max, per, delivered, fanoutSecs)
 	for i, c := range conns {
 		if c != nil {
 			chans[i].Close()

@@ -7,8 +7,13 @@
 #           RSS; then redelivered (prefetch 1000, acks) -> rate, against a drain of as many
 #           fresh messages. Persistent messages, and transient ones with UNACKED_FLAGS=-persistent=false.
 #           Not part of `all` (it takes minutes per broker).
+#   conns:  N_BIG (100,000, capped by the fd limit) connections with a channel and a consumer
+#           each, heartbeats on (CONN_HEARTBEAT, 60 s), spread over source addresses 127.1.x.y;
+#           idle for CONN_SETTLE (120 s: two heartbeat intervals) -> RSS per connection, broker
+#           CPU while idle, time to open them all; then one message published to a fanout
+#           exchange must reach every consumer. Not part of `all`.
 #
-#   bench/scale/run.sh idle|queues|unacked|all TARGET.sh [TARGET.sh ...]
+#   bench/scale/run.sh idle|queues|unacked|conns|all TARGET.sh [TARGET.sh ...]
 #
 # e.g. (from the repo root, Warren on port 5690 with a fresh data dir):
 #   WARREN_BIN=$CARGO_TARGET_DIR/release/warren bash bench/scale/run.sh all \
@@ -31,13 +36,19 @@ IDLE_FLAGS=${IDLE_FLAGS:-}     # extra flags for `scale idle`, e.g. "-warm 26214
 QUEUE_FLAGS=${QUEUE_FLAGS:-}   # extra flags for `scale queues`, e.g. "-nowait"
 N_UNACKED=${N_UNACKED:-1000000}
 UNACKED_FLAGS=${UNACKED_FLAGS:-} # extra flags for `scale unacked`, e.g. "-persistent=false"
+N_BIG=${N_BIG:-100000}
+CONN_SOURCES=${CONN_SOURCES:-$(((N_BIG + 19999) / 20000))}  # 127.1.x.y source addresses
+CONN_HEARTBEAT=${CONN_HEARTBEAT:-60s}
+CONN_SETTLE=${CONN_SETTLE:-120s}
+CONN_DEADLINE=${CONN_DEADLINE:-600s}  # stop opening connections after this (RabbitMQ is slow)
+CONN_FLAGS=${CONN_FLAGS:-}
 GEN_CPUS=${GEN_CPUS:-0}
 FD_LIMIT=${FD_LIMIT:-65536}
 TOOL=${SCALE_TOOL:-$OUT/scale}
 
 what=${1:-}
-case "$what" in idle | queues | unacked | all) shift ;; *)
-  echo "usage: $0 idle|queues|unacked|all TARGET.sh [TARGET.sh ...]" >&2; exit 2 ;;
+case "$what" in idle | queues | unacked | conns | all) shift ;; *)
+  echo "usage: $0 idle|queues|unacked|conns|all TARGET.sh [TARGET.sh ...]" >&2; exit 2 ;;
 esac
 [ $# -gt 0 ] || { echo "$0: no target scripts given" >&2; exit 2; }
 
@@ -49,12 +60,17 @@ fi
 
 # Both sides need one fd per connection, plus headroom. Raising the hard limit needs
 # CAP_SYS_RESOURCE; without it the soft limit goes up to the hard one.
+[ "$what" != conns ] || [ "$FD_LIMIT" -gt $((N_BIG + 1000)) ] || FD_LIMIT=$((N_BIG + 1000))
 ulimit -Hn "$FD_LIMIT" 2>/dev/null || true
 hard=$(ulimit -Hn)
 [ "$hard" = unlimited ] || [ "$hard" -ge "$FD_LIMIT" ] || FD_LIMIT=$hard
 ulimit -n "$FD_LIMIT"
 [ "$FD_LIMIT" -gt $((N_CONN + 100)) ] ||
   echo "$0: warning: fd limit $FD_LIMIT leaves no room for $N_CONN connections" >&2
+if [ "$what" = conns ] && [ "$FD_LIMIT" -le $((N_BIG + 200)) ]; then
+  echo "$0: the fd limit is $FD_LIMIT (hard); running $((FD_LIMIT - 300)) connections instead of $N_BIG" >&2
+  N_BIG=$((FD_LIMIT - 300))
+fi
 
 run_check() { # check target
   local check=$1 target=$2 name pid uri log
@@ -71,6 +87,10 @@ run_check() { # check target
   case "$check" in
     idle) taskset -c "$GEN_CPUS" "$TOOL" idle -uri "$uri" -pid "$pid" -n "$N_CONN" \
             -settle "$IDLE_SETTLE" $IDLE_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
+    conns) taskset -c "$GEN_CPUS" "$TOOL" idle -uri "$uri" -pid "$pid" -n "$N_BIG" -consume \
+            -heartbeat "$CONN_HEARTBEAT" -sources "$CONN_SOURCES" \
+            -deadline "$CONN_DEADLINE" -settle "$CONN_SETTLE" -parallel 64 $CONN_FLAGS \
+            >>"$log.out" 2>>"$log" || rc=$? ;;
     queues) taskset -c "$GEN_CPUS" "$TOOL" queues -uri "$uri" -pid "$pid" -n "$N_QUEUES" \
             -deadline "$QUEUE_DEADLINE" $QUEUE_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
     unacked) taskset -c "$GEN_CPUS" "$TOOL" unacked -uri "$uri" -pid "$pid" -n "$N_UNACKED" \
@@ -87,7 +107,7 @@ run_check() { # check target
   bash "$target" stop >/dev/null 2>&1 || true
 }
 
-for check in idle queues unacked; do
-  [ "$what" = "$check" ] || { [ "$what" = all ] && [ "$check" != unacked ]; } || continue
+for check in idle queues unacked conns; do
+  [ "$what" = "$check" ] || { [ "$what" = all ] && [ "$check" != unacked ] && [ "$check" != conns ]; } || continue
   for t in "$@"; do run_check "$check" "$t"; done
 done

@@ -680,6 +680,27 @@ impl DeliveryChannel {
         })
     }
 
+    /// When the connection must next look for timed-out deliveries ([`Self::timed_out`]):
+    /// the earliest deadline of an unacked delivery, and for deliveries still to come to this
+    /// channel's consumers, `now` plus the shortest of their timeouts. None: nothing here can
+    /// time out before the next basic.get or basic.consume (the connection looks again after
+    /// those). Lets an idle connection sleep until then instead of polling.
+    pub fn next_timeout_check(&self, now: Instant) -> Option<Instant> {
+        let s = self.state.lock();
+        let unacked = s.unacked.iter().filter_map(|u| {
+            s.holder(u.holder)
+                .timeout
+                .map(|t| u.delivered_at(self.epoch) + t)
+        });
+        let to_come = s
+            .consumers
+            .iter()
+            .flatten()
+            .filter(|c| !c.no_ack)
+            .filter_map(|c| s.holder(c.holder).timeout.map(|t| now + t));
+        unacked.chain(to_come).min()
+    }
+
     /// Cancels one consumer (telling the client) and requeues the messages it had not acked;
     /// the rest of the channel goes on.
     pub fn cancel_and_requeue(&self, tag: &str, fu: &mut Followups) {

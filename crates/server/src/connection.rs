@@ -82,7 +82,28 @@ pub(crate) struct Connection {
     commit_wake: Arc<tokio::sync::Notify>,
     /// User, permissions, limits, alarm blocking.
     guard: crate::security::Guard,
+    /// Something moved a deadline earlier (a close, an unblocked socket): the read loop
+    /// recomputes its timer before it next waits.
+    rearm: bool,
+    /// A basic.consume or basic.get may have brought a consumer timeout closer: the timer
+    /// fires within [`CHECK_SOON`] and recomputes then (at most once a second however many
+    /// gets there are, instead of a scan of the unacked deliveries per get).
+    check_soon: bool,
 }
+
+/// A read buffer's size while the connection is quiet: enough for heartbeats and small
+/// methods. A read that fills it (or a frame larger than it) switches to [`READ_BIG`] reads.
+const READ_SMALL: usize = 2 * 1024;
+/// Reads while traffic flows: at least this much room is kept free...
+const READ_MIN_FREE: usize = 16 * 1024;
+/// ...by reserving this much.
+const READ_BIG: usize = 128 * 1024;
+/// A connection with no input for this long gives its large read buffer back (its writer does
+/// the same for output, `writer.rs`), so an idle connection that once carried a burst costs
+/// what a fresh one does.
+pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(1);
+/// See [`Connection::check_soon`].
+const CHECK_SOON: Duration = Duration::from_secs(1);
 
 /// Runs a connection from accept to close.
 pub async fn run(
@@ -109,7 +130,7 @@ pub async fn run_io<R, W>(
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut rbuf = BytesMut::with_capacity(READ_SMALL);
     let handshake = tokio::time::timeout(
         config.handshake_timeout,
         handshake(&mut rd, &mut wr, &mut rbuf, peer, &broker, &config),
@@ -186,6 +207,8 @@ pub async fn run_io<R, W>(
         backlogged: Vec::new(),
         followups: Followups::new(),
         flow_held: Vec::new(),
+        rearm: true,
+        check_soon: false,
     };
     let (reason, socket_open) = conn.read_loop(&mut rd, rbuf).await;
     conn.cleanup();
@@ -215,16 +238,37 @@ impl Connection {
         rd: &mut (impl AsyncRead + Unpin),
         mut rbuf: BytesMut,
     ) -> (String, bool) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer per connection, set to the next thing that is due (a heartbeat deadline, a
+        // consumer timeout, the close-ok wait, releasing an idle buffer), not a periodic tick:
+        // an idle connection wakes only when something is due.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        // Reading large chunks (traffic flowing) or small ones (quiet).
+        let mut big = false;
         // Frames that arrived along with connection.open.
         if let Some(r) = self.process(&mut rbuf) {
             return (r, true);
         }
         loop {
-            if rbuf.capacity() - rbuf.len() < 16 * 1024 {
-                rbuf.reserve(128 * 1024);
+            if self.rearm {
+                self.rearm = false;
+                self.check_soon = false;
+                let next = self.next_check(Instant::now(), big);
+                timer.as_mut().reset(next.into());
+            } else if self.check_soon {
+                self.check_soon = false;
+                let soon = tokio::time::Instant::now() + CHECK_SOON;
+                if timer.deadline() > soon {
+                    timer.as_mut().reset(soon);
+                }
             }
+            let free = rbuf.capacity() - rbuf.len();
+            if big && free < READ_MIN_FREE {
+                rbuf.reserve(READ_BIG);
+            } else if !big && free < READ_SMALL / 4 {
+                rbuf.reserve(READ_SMALL);
+            }
+            let free = rbuf.capacity() - rbuf.len();
             let awaiting = self.awaiting_sync();
             tokio::select! {
                 biased;
@@ -250,10 +294,12 @@ impl Connection {
                 _ = self.guard.alarm_changed() => {
                     self.guard.update_blocked(&self.outbox);
                     self.last_recv = Instant::now();
+                    self.rearm = true;
                 }
                 _ = Self::flow_released(&self.flow_held), if !self.flow_held.is_empty() => {
                     self.flow_held.clear();
                     self.last_recv = Instant::now();
+                    self.rearm = true;
                 }
                 // A publisher blocked by a resource alarm or held by flow control is not read
                 // from, until we close it and wait for its close-ok.
@@ -268,6 +314,12 @@ impl Connection {
                             if let Some(reason) = self.process(&mut rbuf) {
                                 return (reason, true);
                             }
+                            if !big && (n == free || rbuf.len() > READ_SMALL / 2) {
+                                // A burst, or a frame larger than a small read: large reads
+                                // until the connection is quiet again (timer below).
+                                big = true;
+                                self.rearm = true;
+                            }
                             self.guard.update_blocked(&self.outbox);
                             // Flow control: a connection that only publishes stops reading
                             // until lagging queues catch up. One that also consumes is never
@@ -280,10 +332,19 @@ impl Connection {
                         }
                     }
                 }
-                _ = tick.tick() => {
+                _ = &mut timer => {
                     if let Some(reason) = self.on_tick() {
                         return (reason, false);
                     }
+                    if big && self.last_recv.elapsed() >= IDLE_RELEASE {
+                        // Quiet: give the large buffer back (unless it holds part of a
+                        // frame). What parsed frames still reference stays theirs.
+                        big = false;
+                        if rbuf.is_empty() {
+                            rbuf = BytesMut::new();
+                        }
+                    }
+                    self.rearm = true;
                 }
             }
             if self.outbox.is_closed() && self.closing_since.is_none() {
@@ -366,6 +427,30 @@ impl Connection {
             }
             None => std::future::pending::<()>().await,
         }
+    }
+
+    /// The next instant [`Self::on_tick`] has something to look at.
+    fn next_check(&self, now: Instant, big_read_buffer: bool) -> Instant {
+        // Nothing due: look again in an hour anyway (cheap, and a safety net).
+        let mut next = now + Duration::from_secs(3600);
+        let mut at = |t: Instant| next = next.min(t);
+        // on_tick's comparisons are strict: wake just after each deadline.
+        let after = Duration::from_millis(1);
+        if let Some(since) = self.closing_since {
+            at(since + Duration::from_secs(3) + after);
+        }
+        if self.heartbeat > 0 && !self.guard.blocked && self.flow_held.is_empty() {
+            at(self.last_recv + Duration::from_secs(2 * self.heartbeat as u64) + after);
+        }
+        if big_read_buffer {
+            at(self.last_recv + IDLE_RELEASE);
+        }
+        for c in self.channels.iter().filter(|c| !c.closing) {
+            if let Some(t) = c.delivery.next_timeout_check(now) {
+                at(t + after);
+            }
+        }
+        next
     }
 
     fn on_tick(&mut self) -> Option<String> {
@@ -537,6 +622,11 @@ impl Connection {
             }
             Method::ChannelCloseOk(_) => Ok(()),
             method => {
+                // A new consumer or a basic.get's unacked delivery may time out before
+                // anything the timer waits for.
+                if matches!(method, Method::BasicConsume(_) | Method::BasicGet(_)) {
+                    self.check_soon = true;
+                }
                 let mut ctx = crate::channel::Ctx {
                     vhost: &self.vhost,
                     outbox: &self.outbox,
@@ -660,6 +750,7 @@ impl Connection {
             },
         );
         self.closing_since = Some(Instant::now());
+        self.rearm = true;
     }
 
     fn close_all_channels(&mut self) {

@@ -33,7 +33,8 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(frame_max: u32) -> Self {
         Outbox {
-            buf: Mutex::new(BytesMut::with_capacity(16 * 1024)),
+            // Grows with the first writes; given back when the connection is idle.
+            buf: Mutex::new(BytesMut::new()),
             pending: AtomicUsize::new(0),
             wake_writer: Notify::new(),
             wake_resume: Notify::new(),
@@ -85,6 +86,19 @@ impl Outbox {
         let mut b = self.buf.lock();
         std::mem::swap(&mut *b, spare);
         self.pending.store(0, Ordering::Release);
+    }
+
+    /// The buffer's capacity (the writer's idle release looks at it).
+    pub fn capacity(&self) -> usize {
+        self.buf.lock().capacity()
+    }
+
+    /// Gives the buffer's memory back if nothing is buffered (the connection is idle).
+    pub fn release_idle(&self) {
+        let mut b = self.buf.lock();
+        if b.is_empty() {
+            *b = BytesMut::new();
+        }
     }
 
     /// Called by the writer after a write: resumes consumers that were held back.
