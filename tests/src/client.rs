@@ -269,6 +269,44 @@ pub async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, body: &[
     );
 }
 
+/// Puts `ch` in confirm mode and publishes one message per id of `ids` to `queue` (default
+/// exchange), with `body(id)` and persistent if `persistent(id)`; waits for the confirms a
+/// thousand at a time, and for all of them before it returns (every one must be an ack).
+pub async fn publish_ids_confirmed(
+    ch: &Channel,
+    queue: &str,
+    ids: std::ops::Range<u32>,
+    body: impl Fn(u32) -> Vec<u8>,
+    persistent: impl Fn(u32) -> bool,
+) {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let mut pending = Vec::new();
+    for id in ids {
+        let mode = if persistent(id) { 2 } else { 1 };
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body(id),
+                BasicProperties::default().with_delivery_mode(mode),
+            )
+            .await
+            .expect("publish");
+        pending.push(c);
+        if pending.len() == 1000 {
+            for c in pending.drain(..) {
+                assert!(c.await.expect("confirm").is_ack());
+            }
+        }
+    }
+    for c in pending {
+        assert!(c.await.expect("confirm").is_ack());
+    }
+}
+
 pub async fn qos(ch: &Channel, prefetch: u16, global: bool) {
     within(
         "basic_qos",

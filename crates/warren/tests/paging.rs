@@ -6,7 +6,7 @@
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 use warren_tests::{BrokerProcess, TempDir};
 
@@ -56,32 +56,7 @@ async fn publish_all(
     range: std::ops::Range<u32>,
     persistent: impl Fn(u32) -> bool,
 ) {
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
-    let mut pending = Vec::new();
-    for id in range {
-        let mode = if persistent(id) { 2 } else { 1 };
-        let c = ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                &body(id),
-                BasicProperties::default().with_delivery_mode(mode),
-            )
-            .await
-            .expect("publish");
-        pending.push(c);
-        if pending.len() == 1000 {
-            for c in pending.drain(..) {
-                assert!(c.await.expect("confirm").is_ack());
-            }
-        }
-    }
-    for c in pending {
-        assert!(c.await.expect("confirm").is_ack());
-    }
+    warren_tests::publish_ids_confirmed(ch, queue, range, body, persistent).await;
 }
 
 /// Gets exactly `n` messages with basic.get, acking them if `ack`; returns (id, redelivered).
