@@ -662,9 +662,9 @@ impl DeliveryChannel {
     pub fn timed_out(&self, now: Instant) -> Option<TimedOut> {
         let s = self.state.lock();
         let u = s.unacked.iter().find(|u| {
-            s.holder(u.holder).timeout.is_some_and(|t| {
-                now.saturating_duration_since(u.delivered_at(self.epoch)) > t
-            })
+            s.holder(u.holder)
+                .timeout
+                .is_some_and(|t| now.saturating_duration_since(u.delivered_at(self.epoch)) > t)
         })?;
         let h = s.holder(u.holder);
         let consumer_tag = h.consumer.and_then(|id| {

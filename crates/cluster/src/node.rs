@@ -199,8 +199,7 @@ async fn reap_gone_owners(
     let mut reaped = HashSet::new();
     // This node's stale owners, when their removal was last proposed (again after a while
     // if they are still there: the proposal may have found no leader).
-    let mut stale_asked: HashMap<warren_broker::queue::Owner, std::time::Instant> =
-        HashMap::new();
+    let mut stale_asked: HashMap<warren_broker::queue::Owner, std::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let (Some(g), Some(r)) = (group.upgrade(), replica.upgrade()) else {
@@ -555,7 +554,8 @@ impl ReplicaHost for LocalNode {
             .map_or(0, |d| d.as_secs())
             .saturating_sub(1_704_067_200);
         let within = (since_2024 * OWNER_IDS_PER_SECOND) & ((1 << OWNER_BITS) - 1);
-        *c.incarnation.get_or_init(|| (c.number << OWNER_BITS) | within)
+        *c.incarnation
+            .get_or_init(|| (c.number << OWNER_BITS) | within)
     }
 
     fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {

@@ -431,7 +431,11 @@ async fn unacked_messages_of_a_killed_node_come_back(name: &str, restart: bool) 
             .unwrap();
     }
     if restart {
-        let extra = cluster.extra(victim).iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let extra = cluster
+            .extra(victim)
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>();
         let extra: Vec<&str> = extra.iter().map(|a| a.as_str()).collect();
         cluster.nodes[victim].kill9_and_restart(&extra);
     } else {

@@ -122,7 +122,11 @@ async fn consume(ch: &Channel, queue: &str, n: usize, ack: bool) -> Vec<(u32, bo
 /// One consumer holds every message of a backlog larger than the memory budget, then its
 /// connection goes: all come back, in order, with their bodies and the redelivered flag.
 async fn requeued_after_holding(durable: bool) {
-    let q = if durable { "held-durable" } else { "held-transient" };
+    let q = if durable {
+        "held-durable"
+    } else {
+        "held-transient"
+    };
     let tmp = TempDir::new(q);
     let broker = BrokerProcess::start(WARREN, &tmp.join("data"), &[]);
     let (_conn, ch) = connect(&broker.url()).await;

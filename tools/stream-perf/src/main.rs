@@ -340,7 +340,10 @@ async fn publish_amqp(
     use lapin::types::{AMQPValue, FieldTable};
     let (_conn, ch) = amqp_channel(&args.uri).await?;
     let mut qargs = FieldTable::default();
-    qargs.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    qargs.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
     ch.queue_declare(
         args.stream.as_str().into(),
         QueueDeclareOptions {

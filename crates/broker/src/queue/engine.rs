@@ -994,7 +994,8 @@ impl<C> QueueEngine<C> {
             // these were spilled): read them back.
             for s in std::mem::take(&mut stored) {
                 if let Some(m) = self.read_one(s, env) {
-                    let qm = QueuedMessage::new(s.seq, Arc::new(m), Some(s.pos), true, &self.opts, now);
+                    let qm =
+                        QueuedMessage::new(s.seq, Arc::new(m), Some(s.pos), true, &self.opts, now);
                     msgs.push(qm);
                 }
             }
@@ -1049,7 +1050,11 @@ impl<C> QueueEngine<C> {
         let first = stored[0].seq;
         if self.spilled.back().is_none_or(|b| b.seq < first) {
             self.spilled.extend(stored);
-        } else if self.spilled.front().is_some_and(|f| f.seq > stored[stored.len() - 1].seq) {
+        } else if self
+            .spilled
+            .front()
+            .is_some_and(|f| f.seq > stored[stored.len() - 1].seq)
+        {
             for s in stored.into_iter().rev() {
                 self.spilled.push_front(s);
             }

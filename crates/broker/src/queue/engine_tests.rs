@@ -511,7 +511,10 @@ fn a_spilled_checkout_rejected_is_dead_lettered_with_its_body() {
     assert_eq!(e.held_spilled(GETTER).len(), 1);
     e.take_effects();
     e.discard([c], &mut s);
-    let ids: Vec<u64> = dead_letters(&e.take_effects()).into_iter().map(|d| d.0).collect();
+    let ids: Vec<u64> = dead_letters(&e.take_effects())
+        .into_iter()
+        .map(|d| d.0)
+        .collect();
     assert_eq!(ids, [7]);
     assert_eq!(e.stats().messages_unacknowledged, 0);
 }

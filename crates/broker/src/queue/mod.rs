@@ -921,7 +921,8 @@ impl Queue {
                 QueueCommand::Discard { checkouts, now }
             });
         }
-        self.locked(fu).discard(checkouts, &mut QueueEnv { q: self });
+        self.locked(fu)
+            .discard(checkouts, &mut QueueEnv { q: self });
     }
 
     /// Puts checked-out messages back in their original places, marked redelivered, and
