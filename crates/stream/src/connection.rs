@@ -86,6 +86,17 @@ impl Outbox {
     pub fn code(&self, k: u16, correlation_id: u32, code: u16) {
         self.respond(k, correlation_id, code, |_| {});
     }
+
+    /// The response to a request whose answer is its outcome alone: OK, or the error's code.
+    pub fn outcome<T>(&self, k: u16, correlation_id: u32, r: &response::Result<T>) {
+        self.code(k, correlation_id, response::code_of(r));
+    }
+
+    /// The response to a request answered with a number (0 with an error's code).
+    pub fn outcome_u64(&self, k: u16, correlation_id: u32, r: &response::Result<u64>) {
+        let n = *r.as_ref().unwrap_or(&0);
+        self.respond(k, correlation_id, response::code_of(r), |w| w.u64(n));
+    }
 }
 
 async fn writer(mut wr: OwnedWriteHalf, out: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
@@ -241,11 +252,7 @@ impl Conn {
                 stream,
             } => {
                 let r = self.declare_publisher(publisher_id, reference, &stream);
-                self.out.code(
-                    key::DECLARE_PUBLISHER,
-                    correlation_id,
-                    response::code_of(&r),
-                );
+                self.out.outcome(key::DECLARE_PUBLISHER, correlation_id, &r);
             }
             Request::Publish {
                 publisher_id,
@@ -257,21 +264,15 @@ impl Conn {
                 stream,
             } => {
                 let r = self.query_publisher_sequence(&reference, &stream);
-                let seq = *r.as_ref().unwrap_or(&0);
-                self.out.respond(
-                    key::QUERY_PUBLISHER_SEQUENCE,
-                    correlation_id,
-                    response::code_of(&r),
-                    |w| w.u64(seq),
-                );
+                self.out
+                    .outcome_u64(key::QUERY_PUBLISHER_SEQUENCE, correlation_id, &r);
             }
             Request::DeletePublisher {
                 correlation_id,
                 publisher_id,
             } => {
                 let r = self.delete_publisher(publisher_id);
-                self.out
-                    .code(key::DELETE_PUBLISHER, correlation_id, response::code_of(&r));
+                self.out.outcome(key::DELETE_PUBLISHER, correlation_id, &r);
             }
             Request::Subscribe {
                 correlation_id,
@@ -305,21 +306,14 @@ impl Conn {
                 stream,
             } => {
                 let r = self.query_offset(&reference, &stream);
-                let o = *r.as_ref().unwrap_or(&0);
-                self.out.respond(
-                    key::QUERY_OFFSET,
-                    correlation_id,
-                    response::code_of(&r),
-                    |w| w.u64(o),
-                );
+                self.out.outcome_u64(key::QUERY_OFFSET, correlation_id, &r);
             }
             Request::Unsubscribe {
                 correlation_id,
                 subscription_id,
             } => {
                 let r = self.unsubscribe(subscription_id);
-                self.out
-                    .code(key::UNSUBSCRIBE, correlation_id, response::code_of(&r));
+                self.out.outcome(key::UNSUBSCRIBE, correlation_id, &r);
             }
             Request::Create {
                 correlation_id,
@@ -327,16 +321,14 @@ impl Conn {
                 arguments,
             } => {
                 let r = self.create(&stream, &arguments);
-                self.out
-                    .code(key::CREATE, correlation_id, response::code_of(&r));
+                self.out.outcome(key::CREATE, correlation_id, &r);
             }
             Request::Delete {
                 correlation_id,
                 stream,
             } => {
                 let r = self.delete(&stream);
-                self.out
-                    .code(key::DELETE, correlation_id, response::code_of(&r));
+                self.out.outcome(key::DELETE, correlation_id, &r);
             }
             Request::Metadata {
                 correlation_id,

@@ -31,8 +31,7 @@ impl Conn {
         properties: Vec<(String, String)>,
     ) {
         let r = self.start_subscription(sid, &stream, offset, credit, &properties);
-        self.out
-            .code(key::SUBSCRIBE, correlation_id, response::code_of(&r));
+        self.out.outcome(key::SUBSCRIBE, correlation_id, &r);
         if let Ok(start) = r {
             // After the response: the client knows the subscription before its first chunk.
             start();
