@@ -263,26 +263,7 @@ impl Stream {
         if q.is_deleted() {
             return Err(ConsumeRefused::Deleted);
         }
-        let (pos, next_offset) = {
-            let st = self.store.lock();
-            let seek = |r: warren_store::Result<warren_store::Position>| {
-                r.unwrap_or_else(|e| {
-                    tracing::warn!(queue = %q.name, error = %e, "stream seek failed; reading from the first message");
-                    st.start()
-                })
-            };
-            match spec {
-                OffsetSpec::First => (st.start(), st.first_offset()),
-                OffsetSpec::Next => (st.end(), st.next_offset()),
-                OffsetSpec::Last if st.count() > 0 => {
-                    let last = st.next_offset() - 1;
-                    (seek(st.seek_offset(last)), last)
-                }
-                OffsetSpec::Last => (st.end(), st.next_offset()),
-                OffsetSpec::Offset(o) => (seek(st.seek_offset(o)), o),
-                OffsetSpec::Timestamp(t) => (seek(st.seek_timestamp(t)), 0),
-            }
-        };
+        let protocol::Cursor { pos, next_offset } = self.resolve(spec);
         readers.push(Reader {
             handle: c.handle,
             consumer_id: c.consumer_id,
