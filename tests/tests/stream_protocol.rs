@@ -13,7 +13,9 @@ use rabbitmq_stream_client::error::{ProducerCreateError, StreamCreateError, Stre
 use rabbitmq_stream_client::types::{
     ByteCapacity, Message, OffsetSpecification, ResponseCode, SimpleValue,
 };
-use rabbitmq_stream_client::{Client, ClientOptions, Environment};
+use rabbitmq_stream_client::{
+    Client, ClientOptions, ConfirmationStatus, Dedup, Environment, Producer,
+};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_tests::*;
@@ -38,6 +40,59 @@ async fn create(env: &Environment, name: &str) {
     within("create stream", env.stream_creator().create(name))
         .await
         .expect("create stream");
+}
+
+/// A raw client (the crate's low-level API) connected to `b`'s stream port.
+async fn client(b: &TestBroker) -> Client {
+    within(
+        "client",
+        Client::connect(
+            ClientOptions::builder()
+                .host("127.0.0.1")
+                .port(b.stream_addr.port())
+                .build(),
+        ),
+    )
+    .await
+    .unwrap()
+}
+
+/// Publishes messages `{prefix}{id}` with publishing ids `ids` through a named producer;
+/// returns their confirmation statuses.
+async fn send_numbered(
+    p: &mut Producer<Dedup>,
+    prefix: &str,
+    ids: std::ops::RangeInclusive<u64>,
+) -> Vec<ConfirmationStatus> {
+    let batch: Vec<Message> = ids
+        .map(|i| {
+            Message::builder()
+                .body(format!("{prefix}{i}"))
+                .publishing_id(i)
+                .build()
+        })
+        .collect();
+    within("confirms", p.batch_send_with_confirm(batch))
+        .await
+        .unwrap()
+}
+
+/// Subscribes `client` to `stream` from the first message with one credit, as subscription
+/// `id`; returns the response code.
+async fn subscribe_first(client: &Client, id: u8, stream: &str) -> ResponseCode {
+    let r = within(
+        "subscribe",
+        client.subscribe(
+            id,
+            stream,
+            OffsetSpecification::First,
+            1,
+            Default::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    r.code().clone()
 }
 
 fn msg(body: impl Into<Vec<u8>>) -> Message {
@@ -175,32 +230,12 @@ async fn deduplication_by_publisher_reference() {
     let mut p = within("producer", env.producer().name("writer-1").build("d"))
         .await
         .unwrap();
-    let batch: Vec<Message> = (1..=10u64)
-        .map(|i| {
-            Message::builder()
-                .body(format!("x{i}"))
-                .publishing_id(i)
-                .build()
-        })
-        .collect();
-    let st = within("confirms", p.batch_send_with_confirm(batch))
-        .await
-        .unwrap();
+    let st = send_numbered(&mut p, "x", 1..=10).await;
     assert!(st.iter().all(|s| s.confirmed()));
     within("close", p.close()).await.unwrap();
 
     // The broker remembers the reference's last publishing id.
-    let client = within(
-        "client",
-        Client::connect(
-            ClientOptions::builder()
-                .host("127.0.0.1")
-                .port(b.stream_addr.port())
-                .build(),
-        ),
-    )
-    .await
-    .unwrap();
+    let client = client(&b).await;
     let seq = within("query", client.query_publisher_sequence("writer-1", "d"))
         .await
         .unwrap();
@@ -216,17 +251,7 @@ async fn deduplication_by_publisher_reference() {
     let mut p = within("producer", env.producer().name("writer-1").build("d"))
         .await
         .unwrap();
-    let batch: Vec<Message> = (6..=15u64)
-        .map(|i| {
-            Message::builder()
-                .body(format!("x{i}"))
-                .publishing_id(i)
-                .build()
-        })
-        .collect();
-    let st = within("confirms", p.batch_send_with_confirm(batch))
-        .await
-        .unwrap();
+    let st = send_numbered(&mut p, "x", 6..=15).await;
     assert!(
         st.iter().all(|s| s.confirmed()),
         "duplicates are confirmed too"
@@ -305,17 +330,7 @@ async fn stored_offsets_survive_a_restart_and_dedup_too() {
     .unwrap();
     assert_eq!(within("query", consumer.query_offset()).await.unwrap(), 12);
     let _ = consumer.handle().close().await;
-    let client = within(
-        "client",
-        Client::connect(
-            ClientOptions::builder()
-                .host("127.0.0.1")
-                .port(b.stream_addr.port())
-                .build(),
-        ),
-    )
-    .await
-    .unwrap();
+    let client = client(&b).await;
     assert_eq!(
         within("query", client.query_publisher_sequence("w", "o"))
             .await
@@ -453,17 +468,7 @@ async fn response_codes_of_rabbitmq() {
         other => panic!("{other:?}"),
     }
     // A bad argument value: "precondition failed" (0x11), and nothing is created.
-    let raw = within(
-        "client",
-        Client::connect(
-            ClientOptions::builder()
-                .host("127.0.0.1")
-                .port(b.stream_addr.port())
-                .build(),
-        ),
-    )
-    .await
-    .unwrap();
+    let raw = client(&b).await;
     let bad = [("max-length-bytes".to_string(), "lots".to_string())]
         .into_iter()
         .collect();
@@ -517,17 +522,7 @@ async fn response_codes_of_rabbitmq() {
     // A classic queue is not a stream.
     let (_conn, ch) = open(&b).await;
     declare_durable(&ch, "classic").await;
-    let client = within(
-        "client",
-        Client::connect(
-            ClientOptions::builder()
-                .host("127.0.0.1")
-                .port(b.stream_addr.port())
-                .build(),
-        ),
-    )
-    .await
-    .unwrap();
+    let client = client(&b).await;
     let md = within(
         "metadata",
         client.metadata(vec!["exists".into(), "classic".into()]),
@@ -539,45 +534,18 @@ async fn response_codes_of_rabbitmq() {
         "{md:?}"
     );
     assert_eq!(md["exists"].leader.port, b.stream_addr.port() as u32);
-    let r = within(
-        "subscribe",
-        client.subscribe(
-            1,
-            "classic",
-            OffsetSpecification::First,
-            1,
-            Default::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.code(), &ResponseCode::StreamDoesNotExist);
-    let r = within(
-        "subscribe",
-        client.subscribe(
-            2,
-            "exists",
-            OffsetSpecification::First,
-            1,
-            Default::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.code(), &ResponseCode::Ok);
-    let r = within(
-        "subscribe",
-        client.subscribe(
-            2,
-            "exists",
-            OffsetSpecification::First,
-            1,
-            Default::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.code(), &ResponseCode::SubscriptionIdAlreadyExists);
+    assert_eq!(
+        subscribe_first(&client, 1, "classic").await,
+        ResponseCode::StreamDoesNotExist
+    );
+    assert_eq!(
+        subscribe_first(&client, 2, "exists").await,
+        ResponseCode::Ok
+    );
+    assert_eq!(
+        subscribe_first(&client, 2, "exists").await,
+        ResponseCode::SubscriptionIdAlreadyExists
+    );
     let r = within("unsubscribe", client.unsubscribe(9)).await.unwrap();
     assert_eq!(r.code(), &ResponseCode::SubscriptionIdDoesNotExist);
     let r = within("delete publisher", client.delete_publisher(7))
