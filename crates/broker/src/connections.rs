@@ -78,14 +78,20 @@ impl Connections {
     /// Message counts since the start by vhost (open channels and closed ones; a deleted
     /// vhost's stay), in one pass over the connections.
     pub fn message_counts_by_vhost(&self) -> HashMap<String, MessageCounts> {
-        let mut by = self.retired.lock().clone();
+        let mut by = self.retired_message_counts();
         for e in self.map.read().values() {
-            let total = by.entry(e.vhost.clone()).or_default();
+            let total = vhost_total(&mut by, &e.vhost);
             for ch in e.channels.lock().iter() {
                 total.add(&MessageCounts::of(&ch.counters));
             }
         }
         by
+    }
+
+    /// The closed channels' counts by vhost (add the open ones' for the totals, as
+    /// [`Connections::message_counts_by_vhost`] does).
+    pub fn retired_message_counts(&self) -> HashMap<String, MessageCounts> {
+        self.retired.lock().clone()
     }
 
     /// Message counts of a vhost (None: all of them) since the start.
@@ -106,12 +112,21 @@ impl Connections {
         let mut by = OpenExchangeCounts::default();
         for e in self.map.read().values() {
             for ch in e.channels.lock().iter() {
-                for (x, c) in ch.exchanges.counts() {
-                    by.entry(Arc::as_ptr(&x) as usize).or_default().add(&c);
-                }
+                ch.exchanges.for_each_count(|x, c| {
+                    by.entry(Arc::as_ptr(x) as usize).or_default().add(&c);
+                });
             }
         }
         by
+    }
+
+    /// Calls `f` with every open connection, in no particular order, under the registry's
+    /// read lock (connections opening or closing meanwhile wait): for the statistics round,
+    /// which must not copy or sort the list of every connection every few seconds.
+    pub fn for_each(&self, mut f: impl FnMut(&ConnectionEntry)) {
+        for e in self.map.read().values() {
+            f(e);
+        }
     }
 
     pub fn list(&self) -> Vec<Arc<ConnectionEntry>> {
@@ -128,4 +143,16 @@ impl Connections {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `vhost`'s entry of `by`, added if missing; the name is copied only then, not once per
+/// connection.
+pub fn vhost_total<'a>(
+    by: &'a mut HashMap<String, MessageCounts>,
+    vhost: &str,
+) -> &'a mut MessageCounts {
+    if !by.contains_key(vhost) {
+        by.insert(vhost.to_string(), MessageCounts::default());
+    }
+    by.get_mut(vhost).expect("inserted above")
 }

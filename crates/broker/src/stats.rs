@@ -259,6 +259,14 @@ impl ChannelExchanges {
         c
     }
 
+    /// Calls `f` with every exchange this channel published into and its counts now, without
+    /// copying the list (the statistics round visits every channel).
+    pub fn for_each_count(&self, mut f: impl FnMut(&Arc<Exchange>, ExchangeCounts)) {
+        for (x, c) in self.inner.lock().map.values() {
+            f(x, ExchangeCounts::of(c));
+        }
+    }
+
     /// Every exchange this channel published into, with its counts now.
     pub fn counts(&self) -> Vec<(Arc<Exchange>, ExchangeCounts)> {
         self.inner

@@ -6,6 +6,7 @@
 use crate::channel::Channel;
 use crate::channel_table::ChannelTable;
 use crate::handshake::handshake;
+use crate::heartbeat_grid::round_up;
 use crate::outbox::Outbox;
 use crate::writer::write_loop;
 use crate::{ConsumerTimeoutAction, ServerConfig};
@@ -440,7 +441,8 @@ impl Connection {
             at(since + Duration::from_secs(3) + after);
         }
         if self.heartbeat > 0 && !self.guard.blocked && self.flow_held.is_empty() {
-            at(self.last_recv + Duration::from_secs(2 * self.heartbeat as u64) + after);
+            let timeout = Duration::from_secs(2 * self.heartbeat as u64);
+            at(round_up(self.last_recv + timeout + after, timeout));
         }
         if big_read_buffer {
             at(self.last_recv + IDLE_RELEASE);

@@ -9,6 +9,7 @@
 //! - [`connection`]: the read loop, frame dispatch, heartbeats, flow control, connection-level
 //!   errors, cleanup.
 //! - `writer`: the writer task (outbox to socket, heartbeats when idle).
+//! - `heartbeat_grid`: heartbeat deadlines rounded to a grid all connections share.
 //! - [`channel`]: the per-channel method handlers (exchange, queue, basic, confirm, tx).
 //! - `channel_table`: a connection's open channels by number (any number, `channel_max` of them).
 //! - [`security`]: a connection's user, permission checks, limits and alarm blocking.
@@ -20,6 +21,7 @@ pub mod channel;
 mod channel_table;
 pub mod connection;
 mod handshake;
+mod heartbeat_grid;
 pub mod outbox;
 pub mod security;
 pub mod tls;

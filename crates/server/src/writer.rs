@@ -3,6 +3,7 @@
 //! connection has been quiet for a moment.
 
 use crate::connection::IDLE_RELEASE;
+use crate::heartbeat_grid::round_up;
 use crate::outbox::Outbox;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,7 +41,11 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             let release_at = release.then(|| last_write + IDLE_RELEASE);
             let hb_at = match heartbeat.load(Ordering::Relaxed) {
                 0 => None,
-                hb => Some(last_write + Duration::from_millis(hb as u64 * 500)),
+                hb => {
+                    let half = Duration::from_millis(hb as u64 * 500);
+                    let at = round_up((last_write + half).into_std(), half);
+                    Some(Instant::from_std(at))
+                }
             };
             let Some(at) = [release_at, hb_at].into_iter().flatten().min() else {
                 notified.await;
