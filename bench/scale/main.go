@@ -7,6 +7,8 @@
 //	scale queues -uri URI -pid PID -n 100000  declare N queues and bind each with its own key
 //	scale unacked -uri URI -pid PID -n 1000000 N messages held unacked by a consumer that
 //	                                           never acks, requeued, then redelivered
+//	scale storm  -uri URI -pid PID -parallel 50 -duration 20s  connections opened (with a
+//	             channel) and closed as fast as the workers can (storm.go)
 //
 // Both read the broker's resident memory (VmRSS of /proc/PID/status) before and after and
 // print one "result" line of key=value pairs that run.sh collects. Every loop is bounded by a
@@ -395,7 +397,7 @@ func queues(args []string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked [flags]  (scale idle -h for flags)")
+		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked|storm [flags]  (scale idle -h for flags)")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -405,8 +407,10 @@ func main() {
 		queues(os.Args[2:])
 	case "unacked":
 		unacked(os.Args[2:])
+	case "storm":
+		storm(os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked [flags]")
+		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked|storm [flags]")
 		os.Exit(2)
 	}
 }
