@@ -104,9 +104,10 @@ b = d.get("broker_proc") or {}
 cons, pub = d.get("consume_rate", 0), d.get("publish_rate", 0)
 cpu = b.get("cpu_avg_pct", 0)
 per = cpu / 100 * 1e6 / cons if cons else float("nan")
+rss = int(b.get("rss_max_kb", 0)) // 1024
+errors = d.get("errors")
 print(f"result check=busy offered={pub:.0f}/s delivered={cons:.0f}/s cpu={cpu}% "
-      f"cpu_us_per_delivered={per:.2f} rss_max_mb={int(b.get(\"rss_max_kb\", 0)) // 1024} "
-      f"errors={d.get(\"errors\")}")'
+      f"cpu_us_per_delivered={per:.2f} rss_max_mb={rss} errors={errors}")'
 }
 
 run_check() { # check target
