@@ -17,8 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use warren_broker::auth::{AccessContext, ConnectionSlot};
@@ -99,7 +98,7 @@ impl Outbox {
     }
 }
 
-async fn writer(mut wr: OwnedWriteHalf, out: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
+async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
     loop {
         let hb = heartbeat.load(Ordering::Relaxed);
         let woken = out.wake.notified();
@@ -114,7 +113,8 @@ async fn writer(mut wr: OwnedWriteHalf, out: Arc<Outbox>, heartbeat: Arc<AtomicU
             woken.await;
         }
         let bytes = std::mem::take(&mut out.buf.lock().buf);
-        if !bytes.is_empty() && wr.write_all(&bytes).await.is_err() {
+        // The flush sends what TLS may still hold (a no-op on plain TCP).
+        if !bytes.is_empty() && (wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err()) {
             break;
         }
         out.drained.notify_waiters();
@@ -383,15 +383,29 @@ impl Conn {
     }
 }
 
+/// One plain TCP connection.
 pub(crate) async fn run(
     socket: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: Arc<StreamConfig>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let local = socket.local_addr().unwrap_or(peer);
-    let (mut rd, wr) = socket.into_split();
+    let (rd, wr) = socket.into_split();
+    run_io(rd, wr, peer, local, broker, config, stop).await
+}
+
+/// One connection over any byte stream (plain TCP's halves, or TLS's).
+pub(crate) async fn run_io(
+    mut rd: impl AsyncRead + Unpin,
+    wr: impl AsyncWrite + Unpin + Send + 'static,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Arc<Broker>,
+    config: Arc<StreamConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
     let out = Arc::new(Outbox::default());
     let heartbeat = Arc::new(AtomicU32::new(0));
     let writer = tokio::spawn(writer(wr, out.clone(), heartbeat.clone()));
