@@ -377,13 +377,7 @@ func queues(args []string) {
 	for _, l := range lat {
 		all = append(all, l...)
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	pct := func(p float64) float64 {
-		if len(all) == 0 {
-			return 0
-		}
-		return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000
-	}
+	pct := percentiles(all)
 	per := 0.0
 	if done > 0 {
 		per = float64(after-before) / float64(done)
@@ -392,6 +386,17 @@ func queues(args []string) {
 		*nowait, *n, done, done == int64(*n), secs, float64(done)/secs, pct(0.5), pct(0.99), cpu, self, before, after, max, per)
 	for _, c := range conns {
 		c.Close()
+	}
+}
+
+// percentiles sorts the latencies and returns a function giving the p-th (0..1) in ms.
+func percentiles(all []time.Duration) func(p float64) float64 {
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	return func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000
 	}
 }
 

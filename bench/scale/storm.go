@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,13 +66,7 @@ func storm(args []string) {
 	secs := time.Since(start).Seconds()
 	cpu := cpuSecs(*pid) - cpu0
 	after, max := settle(*pid, 2*time.Second)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(p float64) float64 {
-		if len(lat) == 0 {
-			return 0
-		}
-		return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
-	}
+	pct := percentiles(lat)
 	perConn := 0.0
 	if done > 0 {
 		perConn = cpu * 1e6 / float64(done)
