@@ -98,10 +98,19 @@ impl Outbox {
     }
 }
 
+/// A written buffer is kept for the next swap up to this capacity (a deliver chunk and its
+/// frame fit), so a busy connection writes from pages already mapped: a new buffer per write
+/// grows past the allocator's mmap threshold and faults every page in again.
+const SPARE_MAX: usize = 512 * 1024;
+/// A connection quiet this long gives its spare buffer back.
+const SPARE_IDLE: Duration = Duration::from_secs(1);
+
 async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
+    let mut spare = BytesMut::new();
     loop {
         let hb = heartbeat.load(Ordering::Relaxed);
         let woken = out.wake.notified();
+        let waited = Instant::now();
         if hb > 0 {
             if tokio::time::timeout(Duration::from_secs(hb as u64), woken)
                 .await
@@ -112,10 +121,17 @@ async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Ar
         } else {
             woken.await;
         }
-        let bytes = std::mem::take(&mut out.buf.lock().buf);
+        if waited.elapsed() >= SPARE_IDLE {
+            spare = BytesMut::new();
+        }
+        let mut bytes = std::mem::replace(&mut out.buf.lock().buf, std::mem::take(&mut spare));
         // The flush sends what TLS may still hold (a no-op on plain TCP).
         if !bytes.is_empty() && (wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err()) {
             break;
+        }
+        if bytes.capacity() <= SPARE_MAX {
+            bytes.clear();
+            spare = bytes;
         }
         out.drained.notify_waiters();
         if out.closing.load(Ordering::Acquire) && out.pending() == 0 {
@@ -431,7 +447,8 @@ pub(crate) async fn run_io(
     };
     tracing::debug!(%peer, "stream connection accepted");
     let deadline = Instant::now() + config.handshake_timeout;
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    // Below the allocator's mmap threshold (64 KiB), as the stores' reads.
+    let mut rbuf = BytesMut::with_capacity(60 * 1024);
     let mut last_read = Instant::now();
     'conn: loop {
         let limit = if conn.phase == Phase::Open {
