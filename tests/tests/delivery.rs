@@ -1089,7 +1089,8 @@ async fn a_no_ack_consumer_gets_everything_through_write_backpressure() {
     for i in 0..N {
         let mut body = payload.clone();
         body[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let _ = within(
+        // Its confirm is awaited with the others' below (wait_for_confirms).
+        let _confirm = within(
             "publish",
             producer.basic_publish(
                 "".into(),

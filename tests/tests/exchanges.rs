@@ -151,7 +151,9 @@ async fn headers_exchange_x_match_modes() {
         declare(&ch, q).await;
         bind_args(&ch, q, "hx", "", string_table(args)).await;
     }
-    let messages: [(&str, Option<&[(&str, &str)]>); 8] = [
+    // (a name for the message, its headers)
+    type Headers<'a> = Option<&'a [(&'a str, &'a str)]>;
+    let messages: [(&str, Headers); 8] = [
         ("pdf-report", Some(&[("format", "pdf"), ("type", "report")])),
         ("pdf-log", Some(&[("format", "pdf"), ("type", "log")])),
         (

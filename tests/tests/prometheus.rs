@@ -725,7 +725,7 @@ async fn the_detailed_endpoint_gives_the_families_asked_for_per_object() {
     assert!(e
         .all("rabbitmq_cluster_exchange_name")
         .iter()
-        .all(|s| s.labels["exchange"] != ""));
+        .all(|s| !s.labels["exchange"].is_empty()));
     assert_eq!(
         e.value(
             "rabbitmq_detailed_queue_info",

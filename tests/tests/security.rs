@@ -303,7 +303,7 @@ async fn logins_vhost_access_and_loopback() {
         .set_permissions("u", "/", ".*", ".*", ".*")
         .unwrap();
     // guest is loopback-only; other users may connect from anywhere.
-    let e = try_connect(&b.url()).await.err().expect("guest refused");
+    let e = try_connect(&b.url()).await.expect_err("guest refused");
     assert!(
         e.to_string().contains("can only connect via localhost"),
         "{e}"

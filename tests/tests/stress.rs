@@ -48,7 +48,7 @@ async fn slow_consumer(addr: std::net::SocketAddr, counts: Arc<Vec<AtomicU64>>) 
         }
         frames += 1;
         // A slow reader: the broker's buffer for this connection keeps hitting its limit.
-        if frames % 24 == 0 {
+        if frames.is_multiple_of(24) {
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
     }

@@ -312,7 +312,9 @@ impl NodeWal {
     /// Repeats every group's latest vote, committed id and purge point at the start of a new
     /// segment, so that older segments matter only for their entries.
     fn checkpoint(&self, g: &mut Inner) -> Result<(), WalError> {
-        let latest: Vec<(u64, Option<VoteOf>, Option<LogIdOf>, Option<LogIdOf>)> = g
+        // (group, vote, committed, purged)
+        type Latest = (u64, Option<VoteOf>, Option<LogIdOf>, Option<LogIdOf>);
+        let latest: Vec<Latest> = g
             .latest
             .iter()
             .map(|(&id, l)| (id, l.vote, l.committed, l.purged))
