@@ -17,8 +17,8 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use serde_json::{json, Map, Value};
 use rustc_hash::FxHashMap;
+use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -349,7 +349,10 @@ impl Rates {
         let mut open_exchanges = OpenExchangeCounts::default();
         broker.connections.for_each(|c| {
             let io = connection_values(c);
-            s.connections.entry(c.id).or_default().push(at, &io, horizon);
+            s.connections
+                .entry(c.id)
+                .or_default()
+                .push(at, &io, horizon);
             let total = vhost_total(&mut by_vhost, &c.vhost);
             for ch in c.channels.lock().iter() {
                 let counts = MessageCounts::of(&ch.counters);
@@ -456,11 +459,7 @@ impl Rates {
     }
 
     /// `recv_oct`, `send_oct`, ... with their `_details.rate`, to merge into a connection.
-    pub fn connection_stats(
-        &self,
-        c: &ConnectionEntry,
-        h: History,
-    ) -> Value {
+    pub fn connection_stats(&self, c: &ConnectionEntry, h: History) -> Value {
         let s = self.lock();
         render(
             &connection_fields(c),
@@ -642,7 +641,14 @@ mod tests {
             history(&s, &rounds, 0, 60, 3),
             vec![(10, 12000), (6, 9000), (6, 6000), (3, 3000)]
         );
-        for (t, v) in [(500, 0), (1000, 1), (2500, 3), (8999, 6), (9000, 10), (99000, 10)] {
+        for (t, v) in [
+            (500, 0),
+            (1000, 1),
+            (2500, 3),
+            (8999, 6),
+            (9000, 10),
+            (99000, 10),
+        ] {
             assert_eq!(s.value_at(t, 0), v, "at {t}");
         }
     }
