@@ -161,6 +161,15 @@ fn bodies(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
+/// `bodies(prefix, n)` as read from a stream's start: each at its offset.
+fn numbered(prefix: &str, n: usize) -> Vec<(u64, String)> {
+    bodies(prefix, n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_with_confirms_and_read_from_first() {
     let dir = TempDir::new("sp-first");
@@ -169,12 +178,7 @@ async fn publish_with_confirms_and_read_from_first() {
     create(&env, "events").await;
     publish(&env, "events", &bodies("m", 50)).await;
     let got = read(&env, "events", OffsetSpecification::First, 50).await;
-    let want: Vec<(u64, String)> = bodies("m", 50)
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| (i as u64, s))
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(got, numbered("m", 50));
     // The management view: a durable queue of type stream holding 50 messages.
     let q = b.broker.vhost("/").unwrap().queue("events").unwrap();
     assert_eq!(q.queue_type(), "stream");
@@ -798,12 +802,7 @@ async fn the_stream_protocol_over_tls() {
     create(&env, "secure").await;
     publish(&env, "secure", &bodies("s", 300)).await;
     let got = read(&env, "secure", OffsetSpecification::First, 300).await;
-    let want: Vec<(u64, String)> = bodies("s", 300)
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| (i as u64, s))
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(got, numbered("s", 300));
 
     // A CA the server's certificate does not chain to: the handshake fails.
     let other = Pki::new("other");

@@ -145,23 +145,25 @@ fn mgmt_tls(file: &ConfigFile) -> Result<Option<(SocketAddr, TlsOptions)>, Confi
     Ok(Some((SocketAddr::new(ip, port), opts)))
 }
 
+/// The TLS listeners under `<key>.*` (AMQPS, or the stream protocol's), with the
+/// `ssl_options.*` keys they share; none if no such key is set.
+fn tls_listeners(
+    file: &ConfigFile,
+    key: &str,
+) -> Result<Option<(Vec<ListenAddr>, TlsOptions)>, ConfigError> {
+    let addrs = file.values_under(&format!("{key}."));
+    if addrs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((
+        crate::listen::parse_all(addrs)?,
+        tls_options(file, "ssl_options", &format!("{key}.default"))?,
+    )))
+}
+
 pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, ConfigError> {
-    let ssl = file.values_under("listeners.ssl.");
-    let tls = match ssl.is_empty() {
-        true => None,
-        false => Some((
-            crate::listen::parse_all(ssl)?,
-            tls_options(file, "ssl_options", "listeners.ssl.default")?,
-        )),
-    };
-    let stream_ssl = file.values_under("stream.listeners.ssl.");
-    let stream_tls = match stream_ssl.is_empty() {
-        true => None,
-        false => Some((
-            crate::listen::parse_all(stream_ssl)?,
-            tls_options(file, "ssl_options", "stream.listeners.ssl.default")?,
-        )),
-    };
+    let tls = tls_listeners(file, "listeners.ssl")?;
+    let stream_tls = tls_listeners(file, "stream.listeners.ssl")?;
     let watermark = match (
         file.parse_value::<f64>("vm_memory_high_watermark.relative")?,
         file.get("vm_memory_high_watermark.absolute"),
