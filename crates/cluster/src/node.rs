@@ -80,10 +80,13 @@ pub struct ClusterSpec {
 /// OWNER_BITS`.
 const OWNER_BITS: u32 = 48;
 
-/// Within a node's range, owner ids start at the seconds since 2024 times this: ids stay
+/// Within a node's range, owner ids start at the milliseconds since 2024 times this: ids stay
 /// unique across restarts (an owner of before a restart is still in the queues until it is
-/// removed) unless a node used more than this many a second.
-const OWNER_IDS_PER_SECOND: u64 = 1 << 20;
+/// removed) unless a node used more than this many a millisecond (a million a second). The
+/// unit is the millisecond, not the second: a node killed and started again within the same
+/// second took its earlier run's ids for its own and never removed that run's consumers (the
+/// cluster test of a node killed and back at once found it).
+const OWNER_IDS_PER_MS: u64 = 1 << 10;
 
 /// A node that has not answered for this long is down: its consumers are removed from the
 /// queues this node leads and what they held is returned (as RabbitMQ does when a node goes).
@@ -551,9 +554,9 @@ impl ReplicaHost for LocalNode {
         let Some(c) = &self.cluster else { return 0 };
         let since_2024 = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .saturating_sub(1_704_067_200);
-        let within = (since_2024 * OWNER_IDS_PER_SECOND) & ((1 << OWNER_BITS) - 1);
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_sub(1_704_067_200_000);
+        let within = (since_2024 * OWNER_IDS_PER_MS) & ((1 << OWNER_BITS) - 1);
         *c.incarnation
             .get_or_init(|| (c.number << OWNER_BITS) | within)
     }
@@ -913,6 +916,12 @@ impl Replica for GroupReplica {
 
     fn owns(&self, owner: warren_broker::queue::Owner) -> bool {
         self.number.is_none_or(|n| owner >> OWNER_BITS == n)
+    }
+
+    fn is_stale(&self, owner: warren_broker::queue::Owner) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.owner_is_stale(owner))
     }
 
     fn members(&self) -> Option<(Option<String>, Vec<String>)> {

@@ -76,6 +76,11 @@ impl Cluster {
                 write_config(&p, &names, &names[i], &secret);
                 let mut text = std::fs::read_to_string(&p).unwrap();
                 text.push_str(extra);
+                // WARREN_TEST_LOG_LEVEL (a filter such as `info,warren_cluster=debug`): what
+                // the nodes log, to see what a failing test's nodes did.
+                if let Ok(level) = std::env::var("WARREN_TEST_LOG_LEVEL") {
+                    text.push_str(&format!("\nlog.console.level = {level}\n"));
+                }
                 std::fs::write(&p, text).unwrap();
                 p
             })
@@ -84,10 +89,13 @@ impl Cluster {
         // waiting for the others.
         let nodes = (0..3)
             .map(|i| {
-                BrokerProcess::start(
+                // Each node logs at info into its own file beside its data (kept with
+                // WARREN_KEEP_TEST_DIRS=1: what a failed run's nodes did).
+                BrokerProcess::start_logging(
                     WARREN,
                     &dir.path().join(format!("data{i}")),
                     &["--config", configs[i].to_str().unwrap()],
+                    &dir.path().join(format!("node{i}.log")),
                 )
             })
             .collect();
@@ -410,6 +418,7 @@ async fn unacked_messages_of_a_killed_node_come_back(name: &str, restart: bool) 
     let leader = cluster.leader_of(0, "held").expect("a leader");
     let victim = (0..3).find(|i| *i != leader).unwrap();
     let survivor = (0..3).find(|i| *i != leader && *i != victim).unwrap();
+    eprintln!("leader node{leader}, victim node{victim}, survivor node{survivor}");
     let (_cv, chv) = open(&cluster.nodes[victim]).await;
     chv.basic_qos(100, BasicQosOptions::default())
         .await

@@ -68,6 +68,11 @@ pub trait Replica: Send + Sync {
     fn owns(&self, _owner: Owner) -> bool {
         true
     }
+    /// Whether `owner` is one of this node's and of an earlier run of it (the node was killed,
+    /// and its log still names the consumers of that run): its channel is gone for sure.
+    fn is_stale(&self, _owner: Owner) -> bool {
+        false
+    }
     /// In a cluster: the node that leads the group (if any) and the members, by node name.
     fn members(&self) -> Option<(Option<String>, Vec<String>)> {
         None

@@ -164,10 +164,11 @@ impl Queue {
     /// channel closed meanwhile, goes back to the queue.
     fn hand_out(self: &Arc<Self>, deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>) {
         let mut refused = Vec::new();
+        let mut stale: Vec<Owner> = Vec::new();
+        let Some(r) = self.replica.get() else {
+            return;
+        };
         {
-            let Some(r) = self.replica.get() else {
-                return;
-            };
             let mut consumers = self.replica_consumers.lock();
             for (owner, checkout, qm) in deliveries {
                 if !r.owns(owner) {
@@ -181,6 +182,15 @@ impl Queue {
                         }
                     }
                     Some(rc) => rc.early.push((checkout, qm)),
+                    // A consumer of this node's earlier run (its entries reached the log
+                    // after the restart): returning each delivery would hand it straight
+                    // back to that consumer, again and again, until the delivery limit
+                    // dropped the message. The consumer goes, and what it holds comes back.
+                    None if r.is_stale(owner) => {
+                        if !stale.contains(&owner) {
+                            stale.push(owner);
+                        }
+                    }
                     // Returning a checkout that does not exist (a no-ack delivery) changes
                     // nothing.
                     None => refused.push((owner, checkout)),
@@ -188,6 +198,16 @@ impl Queue {
             }
         }
         self.return_refused(refused);
+        let now = now_ms();
+        for owner in stale {
+            tracing::info!(
+                queue = %self.name,
+                owner,
+                "a consumer of this node's earlier run was handed messages: it is removed and they go back to the queue"
+            );
+            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
+            r.submit(QueueCommand::ReturnAll { owner, now }, None);
+        }
     }
 
     fn deliver_decided(
