@@ -739,6 +739,10 @@ async fn a_group_size_places_the_queue_on_that_many_nodes_and_the_others_serve_i
     for (size, why) in [
         (AMQPValue::LongInt(0), "{value_zero,0}"),
         (AMQPValue::LongInt(-1), "{value_negative,-1}"),
+        (
+            AMQPValue::LongString("three".into()),
+            "\"expected integer, got longstr\"",
+        ),
     ] {
         let (_c, ch) = open(&cluster.nodes[1]).await;
         let e = ch

@@ -467,6 +467,12 @@ impl VHost {
         if !quorum && d.arguments.get("x-delivery-limit").is_some() {
             return Err(not_for_type("x-delivery-limit", "rabbit_classic_queue"));
         }
+        if !quorum && d.arguments.get("x-quorum-initial-group-size").is_some() {
+            return Err(not_for_type(
+                "x-quorum-initial-group-size",
+                "rabbit_classic_queue",
+            ));
+        }
         let int = |arg: &str| -> Result<Option<i64>> {
             match d.arguments.get(arg) {
                 None => Ok(None),
