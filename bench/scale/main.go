@@ -7,6 +7,8 @@
 //	scale queues -uri URI -pid PID -n 100000  declare N queues and bind each with its own key
 //	scale unacked -uri URI -pid PID -n 1000000 N messages held unacked by a consumer that
 //	                                           never acks, requeued, then redelivered
+//	scale storm  -uri URI -pid PID -parallel 50 -duration 20s  connections opened (with a
+//	             channel) and closed as fast as the workers can (storm.go)
 //
 // Both read the broker's resident memory (VmRSS of /proc/PID/status) before and after and
 // print one "result" line of key=value pairs that run.sh collects. Every loop is bounded by a
@@ -375,13 +377,7 @@ func queues(args []string) {
 	for _, l := range lat {
 		all = append(all, l...)
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	pct := func(p float64) float64 {
-		if len(all) == 0 {
-			return 0
-		}
-		return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000
-	}
+	pct := percentiles(all)
 	per := 0.0
 	if done > 0 {
 		per = float64(after-before) / float64(done)
@@ -393,9 +389,20 @@ func queues(args []string) {
 	}
 }
 
+// percentiles sorts the latencies and returns a function giving the p-th (0..1) in ms.
+func percentiles(all []time.Duration) func(p float64) float64 {
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	return func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000
+	}
+}
+
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked [flags]  (scale idle -h for flags)")
+		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked|storm [flags]  (scale idle -h for flags)")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -405,8 +412,10 @@ func main() {
 		queues(os.Args[2:])
 	case "unacked":
 		unacked(os.Args[2:])
+	case "storm":
+		storm(os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked [flags]")
+		fmt.Fprintln(os.Stderr, "usage: scale idle|queues|unacked|storm [flags]")
 		os.Exit(2)
 	}
 }

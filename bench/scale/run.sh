@@ -7,13 +7,21 @@
 #           RSS; then redelivered (prefetch 1000, acks) -> rate, against a drain of as many
 #           fresh messages. Persistent messages, and transient ones with UNACKED_FLAGS=-persistent=false.
 #           Not part of `all` (it takes minutes per broker).
+#   busy:   S7 scaled up ten times: BUSY_QUEUES (10,000) queues, each with one consumer
+#           (BUSY_CONNS (1,000) connections of 10 channels, prefetch 100, manual acks), and
+#           BUSY_PRODUCERS (10) producers offering BUSY_RATE (10,000) msg/s each of 1 KiB for
+#           BUSY_SECS (30 s) -> delivered/s, broker CPU per delivered message, RSS. Uses
+#           amqp-perf (AMQP_PERF_BIN). Not part of `all`.
+#   storm:  connections opened (AMQP handshake and a channel) and closed by STORM_PARALLEL (50)
+#           workers for STORM_SECS (20 s) -> connections per second, p99 per connection, broker
+#           CPU per connection.
 #   conns:  N_BIG (100,000, capped by the fd limit) connections with a channel and a consumer
 #           each, heartbeats on (CONN_HEARTBEAT, 60 s), spread over source addresses 127.1.x.y;
 #           idle for CONN_SETTLE (120 s: two heartbeat intervals) -> RSS per connection, broker
 #           CPU while idle, time to open them all; then one message published to a fanout
 #           exchange must reach every consumer. Not part of `all`.
 #
-#   bench/scale/run.sh idle|queues|unacked|conns|all TARGET.sh [TARGET.sh ...]
+#   bench/scale/run.sh idle|queues|unacked|busy|storm|conns|all TARGET.sh [TARGET.sh ...]
 #
 # e.g. (from the repo root, Warren on port 5690 with a fresh data dir):
 #   WARREN_BIN=$CARGO_TARGET_DIR/release/warren bash bench/scale/run.sh all \
@@ -42,20 +50,28 @@ CONN_HEARTBEAT=${CONN_HEARTBEAT:-60s}
 CONN_SETTLE=${CONN_SETTLE:-120s}
 CONN_DEADLINE=${CONN_DEADLINE:-600s}  # stop opening connections after this (RabbitMQ is slow)
 CONN_FLAGS=${CONN_FLAGS:-}
+BUSY_QUEUES=${BUSY_QUEUES:-10000}
+BUSY_CONNS=${BUSY_CONNS:-1000}
+BUSY_PRODUCERS=${BUSY_PRODUCERS:-10}
+BUSY_RATE=${BUSY_RATE:-10000}
+BUSY_SECS=${BUSY_SECS:-30}
+STORM_PARALLEL=${STORM_PARALLEL:-50}
+STORM_SECS=${STORM_SECS:-20}
+AMQP_PERF_BIN=${AMQP_PERF_BIN:-$HERE/../../target/amqp-perf/release/amqp-perf}
 GEN_CPUS=${GEN_CPUS:-0}
 FD_LIMIT=${FD_LIMIT:-65536}
 TOOL=${SCALE_TOOL:-$OUT/scale}
 
 what=${1:-}
-case "$what" in idle | queues | unacked | conns | all) shift ;; *)
-  echo "usage: $0 idle|queues|unacked|conns|all TARGET.sh [TARGET.sh ...]" >&2; exit 2 ;;
+case "$what" in idle | queues | unacked | busy | storm | conns | all) shift ;; *)
+  echo "usage: $0 idle|queues|unacked|busy|storm|conns|all TARGET.sh [TARGET.sh ...]" >&2; exit 2 ;;
 esac
 [ $# -gt 0 ] || { echo "$0: no target scripts given" >&2; exit 2; }
 
 mkdir -p "$OUT"
-if [ ! -x "$TOOL" ] || [ "$HERE/main.go" -nt "$TOOL" ]; then
+if [ ! -x "$TOOL" ] || [ "$HERE/main.go" -nt "$TOOL" ] || [ "$HERE/storm.go" -nt "$TOOL" ]; then
   (cd "$HERE" && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$OUT/go-cache} \
-    go build -o "$TOOL" main.go)
+    go build -o "$TOOL" main.go storm.go)
 fi
 
 # Both sides need one fd per connection, plus headroom. Raising the hard limit needs
@@ -71,6 +87,28 @@ if [ "$what" = conns ] && [ "$FD_LIMIT" -le $((N_BIG + 200)) ]; then
   echo "$0: the fd limit is $FD_LIMIT (hard); running $((FD_LIMIT - 300)) connections instead of $N_BIG" >&2
   N_BIG=$((FD_LIMIT - 300))
 fi
+
+# S7 ten times over through amqp-perf; prints a `result` line from its JSON summary.
+busy() { # uri pid
+  [ -x "$AMQP_PERF_BIN" ] || { echo "no amqp-perf at $AMQP_PERF_BIN: build it with" \
+    "cargo build --release --manifest-path ../shared/amqp-perf/Cargo.toml --target-dir target/amqp-perf" >&2; return 1; }
+  local perf_out="$OUT/busy-perf.out"
+  nice -n -10 taskset -c "$GEN_CPUS" "$AMQP_PERF_BIN" -H "$1" --monitor-pid "$2" \
+    -z $((BUSY_SECS + 5)) --warmup 5 -x "$BUSY_PRODUCERS" -r "$BUSY_RATE" \
+    -y "$BUSY_CONNS" -Y $((BUSY_QUEUES / BUSY_CONNS)) --queues "$BUSY_QUEUES" \
+    -s 1024 -q 100 -u scale-busy >"$perf_out" || return 1
+  tail -n 1 "$perf_out" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+b = d.get("broker_proc") or {}
+cons, pub = d.get("consume_rate", 0), d.get("publish_rate", 0)
+cpu = b.get("cpu_avg_pct", 0)
+per = cpu / 100 * 1e6 / cons if cons else float("nan")
+rss = int(b.get("rss_max_kb", 0)) // 1024
+errors = d.get("errors")
+print(f"result check=busy offered={pub:.0f}/s delivered={cons:.0f}/s cpu={cpu}% "
+      f"cpu_us_per_delivered={per:.2f} rss_max_mb={rss} errors={errors}")'
+}
 
 run_check() { # check target
   local check=$1 target=$2 name pid uri log
@@ -93,6 +131,9 @@ run_check() { # check target
             >>"$log.out" 2>>"$log" || rc=$? ;;
     queues) taskset -c "$GEN_CPUS" "$TOOL" queues -uri "$uri" -pid "$pid" -n "$N_QUEUES" \
             -deadline "$QUEUE_DEADLINE" $QUEUE_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
+    storm) taskset -c "$GEN_CPUS" "$TOOL" storm -uri "$uri" -pid "$pid" -parallel "$STORM_PARALLEL" \
+            -duration "${STORM_SECS}s" >>"$log.out" 2>>"$log" || rc=$? ;;
+    busy) busy "$uri" "$pid" >>"$log.out" 2>>"$log" || rc=$? ;;
     unacked) taskset -c "$GEN_CPUS" "$TOOL" unacked -uri "$uri" -pid "$pid" -n "$N_UNACKED" \
             $UNACKED_FLAGS >>"$log.out" 2>>"$log" || rc=$? ;;
   esac
@@ -107,7 +148,7 @@ run_check() { # check target
   bash "$target" stop >/dev/null 2>&1 || true
 }
 
-for check in idle queues unacked conns; do
-  [ "$what" = "$check" ] || { [ "$what" = all ] && [ "$check" != unacked ] && [ "$check" != conns ]; } || continue
+for check in idle queues unacked busy storm conns; do
+  [ "$what" = "$check" ] || { [ "$what" = all ] && [ "$check" != unacked ] && [ "$check" != busy ] && [ "$check" != storm ] && [ "$check" != conns ]; } || continue
   for t in "$@"; do run_check "$check" "$t"; done
 done

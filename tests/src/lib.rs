@@ -47,7 +47,7 @@ pub mod tmp;
 pub use broker::{wait_until_released, TestBroker};
 pub use client::*;
 pub use headers::*;
-pub use pki::{Identity, Pki};
+pub use pki::{install_default_crypto, Identity, Pki};
 pub use process::{BrokerProcess, ChildGuard};
 pub use proxy::Proxy;
 pub use tmp::TempDir;

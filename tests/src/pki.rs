@@ -78,6 +78,12 @@ impl Pki {
     }
 }
 
+/// Makes ring the process's default rustls provider, for clients that build their TLS
+/// configuration from the default (rabbitmq-stream-client does). Idempotent.
+pub fn install_default_crypto() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Identity {
     /// Writes the certificate and key as PEM files in `dir`; returns their paths.
     pub fn write(&self, dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {

@@ -753,3 +753,104 @@ async fn many_chunks_with_credit_and_a_deleted_stream() {
     );
     assert!(b.broker.vhost("/").unwrap().queue("big").is_none());
 }
+
+/// The stream protocol over TLS (`stream.listeners.ssl.*` with `ssl_options.*`):
+/// rabbitmq-stream-client trusting the CA publishes with confirms and reads everything back
+/// (metadata sends it to the TLS port it came in on); a client that does not trust the CA,
+/// and a plain-text client on the TLS port, get no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_protocol_over_tls() {
+    use rabbitmq_stream_client::TlsConfiguration;
+    install_default_crypto();
+    let dir = TempDir::new("sp-tls");
+    let b = broker(&dir);
+    let pki = Pki::new("stream");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let acceptor = warren_server::tls::acceptor(&pki.options(false, false)).expect("acceptor");
+    let config = std::sync::Arc::new(warren_stream::StreamConfig {
+        handshake_timeout: Duration::from_secs(2),
+        ..Default::default()
+    });
+    tokio::spawn(warren_stream::serve_tls(
+        listener,
+        acceptor,
+        b.broker.clone(),
+        config,
+        stop_rx,
+    ));
+
+    let tls = TlsConfiguration::builder()
+        .add_root_certificates(pki.ca_file())
+        .build()
+        .unwrap();
+    let env = within(
+        "TLS environment",
+        Environment::builder()
+            .host("localhost")
+            .port(port)
+            .tls(tls)
+            .build(),
+    )
+    .await
+    .expect("connect over TLS");
+    create(&env, "secure").await;
+    publish(&env, "secure", &bodies("s", 300)).await;
+    let got = read(&env, "secure", OffsetSpecification::First, 300).await;
+    let want: Vec<(u64, String)> = bodies("s", 300)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .collect();
+    assert_eq!(got, want);
+
+    // A CA the server's certificate does not chain to: the handshake fails.
+    let other = Pki::new("other");
+    let untrusted = TlsConfiguration::builder()
+        .add_root_certificates(other.ca_file())
+        .build()
+        .unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        Environment::builder()
+            .host("localhost")
+            .port(port)
+            .tls(untrusted)
+            .build(),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert!(
+        refused.is_err(),
+        "a client that does not trust the CA connected"
+    );
+
+    // Plain text on the TLS port: no stream-protocol answer; the server closes the socket
+    // (a TLS alert, or nothing) within the handshake timeout.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&frame(&[0, 0x11, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept a plain-text client open");
+    assert!(
+        got.is_empty() || got[0] == 0x15,
+        "a plain-text client got something other than a TLS alert: {got:?}"
+    );
+    // The plain listener's streams are the same ones: one store per stream.
+    let q = b.broker.vhost("/").unwrap().queue("secure").unwrap();
+    assert_eq!(q.message_count(), 300);
+}

@@ -36,8 +36,9 @@ use crate::segment::{
 /// arriving (see [`QueueStore::begin_group_sync`]).
 pub const MARK_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Bytes [`QueueStore::read_batch`] reads per system call.
-const READ_AHEAD: usize = 128 * 1024;
+/// Bytes [`QueueStore::read_batch`] reads per system call; below the mmap threshold, as the
+/// stream store's (see [`crate::stream_store::READ_AHEAD`]).
+const READ_AHEAD: usize = crate::stream_store::READ_AHEAD;
 
 /// File-name prefix of message segments.
 pub const MSGS_PREFIX: &str = "msgs";

@@ -30,8 +30,11 @@ use crate::segment::{
 const PREFIX: &str = "stream";
 /// Bytes of the offset and timestamp in front of each message.
 const HEADER: usize = 16;
-/// One read of a segment.
-const READ_AHEAD: usize = 128 * 1024;
+/// One read of a segment. Below 64 KiB, the `warren` binary's fixed mmap threshold (see
+/// `tune_allocator` in crates/warren/src/main.rs), so each read's buffer comes from malloc's
+/// heap: a larger one would be a fresh mapping per read, paid for in page faults (a third of
+/// a replay's CPU when it was 128 KiB).
+pub const READ_AHEAD: usize = 60 * 1024;
 
 /// What the store knows of one segment.
 #[derive(Debug, Clone, Copy)]

@@ -17,8 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use warren_broker::auth::{AccessContext, ConnectionSlot};
@@ -99,10 +98,19 @@ impl Outbox {
     }
 }
 
-async fn writer(mut wr: OwnedWriteHalf, out: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
+/// A written buffer is kept for the next swap up to this capacity (a deliver chunk and its
+/// frame fit), so a busy connection writes from pages already mapped: a new buffer per write
+/// grows past the allocator's mmap threshold and faults every page in again.
+const SPARE_MAX: usize = 512 * 1024;
+/// A connection quiet this long gives its spare buffer back.
+const SPARE_IDLE: Duration = Duration::from_secs(1);
+
+async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
+    let mut spare = BytesMut::new();
     loop {
         let hb = heartbeat.load(Ordering::Relaxed);
         let woken = out.wake.notified();
+        let waited = Instant::now();
         if hb > 0 {
             if tokio::time::timeout(Duration::from_secs(hb as u64), woken)
                 .await
@@ -113,9 +121,17 @@ async fn writer(mut wr: OwnedWriteHalf, out: Arc<Outbox>, heartbeat: Arc<AtomicU
         } else {
             woken.await;
         }
-        let bytes = std::mem::take(&mut out.buf.lock().buf);
-        if !bytes.is_empty() && wr.write_all(&bytes).await.is_err() {
+        if waited.elapsed() >= SPARE_IDLE {
+            spare = BytesMut::new();
+        }
+        let mut bytes = std::mem::replace(&mut out.buf.lock().buf, std::mem::take(&mut spare));
+        // The flush sends what TLS may still hold (a no-op on plain TCP).
+        if !bytes.is_empty() && (wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err()) {
             break;
+        }
+        if bytes.capacity() <= SPARE_MAX {
+            bytes.clear();
+            spare = bytes;
         }
         out.drained.notify_waiters();
         if out.closing.load(Ordering::Acquire) && out.pending() == 0 {
@@ -383,15 +399,29 @@ impl Conn {
     }
 }
 
+/// One plain TCP connection.
 pub(crate) async fn run(
     socket: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: Arc<StreamConfig>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let local = socket.local_addr().unwrap_or(peer);
-    let (mut rd, wr) = socket.into_split();
+    let (rd, wr) = socket.into_split();
+    run_io(rd, wr, peer, local, broker, config, stop).await
+}
+
+/// One connection over any byte stream (plain TCP's halves, or TLS's).
+pub(crate) async fn run_io(
+    mut rd: impl AsyncRead + Unpin,
+    wr: impl AsyncWrite + Unpin + Send + 'static,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Arc<Broker>,
+    config: Arc<StreamConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
     let out = Arc::new(Outbox::default());
     let heartbeat = Arc::new(AtomicU32::new(0));
     let writer = tokio::spawn(writer(wr, out.clone(), heartbeat.clone()));
@@ -417,7 +447,8 @@ pub(crate) async fn run(
     };
     tracing::debug!(%peer, "stream connection accepted");
     let deadline = Instant::now() + config.handshake_timeout;
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    // Below the allocator's mmap threshold (64 KiB), as the stores' reads.
+    let mut rbuf = BytesMut::with_capacity(60 * 1024);
     let mut last_read = Instant::now();
     'conn: loop {
         let limit = if conn.phase == Phase::Open {

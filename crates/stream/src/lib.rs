@@ -18,7 +18,7 @@
 //!   errors after the group commit, deduplication, query publisher sequence.
 //! - `consume`: subscribe with offset specifications, credit, deliver, unsubscribe, store
 //!   and query offset.
-//! - this file: [`StreamConfig`] and [`serve`], the listener.
+//! - this file: [`StreamConfig`], and the listeners: [`serve`] (TCP) and [`serve_tls`].
 
 pub mod chunk;
 pub mod command;
@@ -79,15 +79,58 @@ pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     config: Arc<StreamConfig>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    accept_loop(listener, stop, move |socket, peer, stop| {
+        connection::run(socket, peer, broker.clone(), config.clone(), stop)
+    })
+    .await
+}
+
+/// As [`serve`], over TLS (RabbitMQ's `stream.listeners.ssl.*` with `ssl_options.*`): the TLS
+/// handshake, then the protocol's, each within the handshake timeout.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    broker: Arc<Broker>,
+    config: Arc<StreamConfig>,
+    stop: watch::Receiver<bool>,
+) {
+    accept_loop(listener, stop, move |socket, peer, stop| {
+        let (acceptor, broker, config) = (acceptor.clone(), broker.clone(), config.clone());
+        async move {
+            let local = socket.local_addr().unwrap_or(peer);
+            let handshake = acceptor.accept(socket);
+            let tls = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return tracing::warn!(%peer, "stream connection: TLS handshake failed: {e}")
+                }
+                Err(_) => {
+                    return tracing::warn!(%peer, "stream connection: TLS handshake not completed within {:?}", config.handshake_timeout)
+                }
+            };
+            let (rd, wr) = tokio::io::split(tls);
+            connection::run_io(rd, wr, peer, local, broker, config, stop).await
+        }
+    })
+    .await
+}
+
+/// The listener's loop: each accepted socket gets a task from `connect`; when `stop` turns
+/// true, the connections (which see it too) get a moment to close.
+async fn accept_loop<F, C>(listener: TcpListener, mut stop: watch::Receiver<bool>, connect: F)
+where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, watch::Receiver<bool>) -> C,
+    C: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    tasks.spawn(connection::run(socket, peer, broker.clone(), config.clone(), stop.clone()));
+                    tasks.spawn(connect(socket, peer, stop.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "stream listener: accept failed");

@@ -58,8 +58,8 @@ pub enum StartupError {
     /// Joining the cluster (`cluster_formation.*`, `cluster.*`).
     #[error("cluster: {0}")]
     Cluster(String),
-    /// The AMQPS listener's certificate, key or CA file (`ssl_options.*`; the text names the
-    /// key and the file).
+    /// The certificate, key or CA file of the AMQPS or stream TLS listener (`ssl_options.*`;
+    /// the text names the key and the file).
     #[error("TLS configuration: {0}")]
     AmqpsTls(String),
     /// The management API's HTTPS certificate, key or CA file (`management.ssl.*`).

@@ -43,7 +43,7 @@ struct Args {
     /// RabbitMQ stream protocol listener, same forms as --listen, or `none` [default: 5552 on 127.0.0.1 and ::1, skipped if taken] (stream.listeners.tcp.*)
     #[arg(long, env = "WARREN_STREAM_LISTEN", value_delimiter = ',')]
     stream_listen: Vec<String>,
-    /// Once every listener is bound, write their actual addresses to this file, one `protocol address` line each (amqp, amqps, http, https, http/prometheus, stream)
+    /// Once every listener is bound, write their actual addresses to this file, one `protocol address` line each (amqp, amqps, http, https, http/prometheus, stream, stream/ssl)
     #[arg(long, env = "WARREN_LISTENERS_FILE")]
     listeners_file: Option<PathBuf>,
     /// Data directory for durable definitions and messages [default: ./warren-data] (data_dir)
@@ -592,6 +592,10 @@ async fn run(s: Settings) -> Result<(), StartupError> {
         bound.push(("stream", addr));
     }
     let stream_config = Arc::new(s.stream.clone());
+    let stream_tls_addrs =
+        security::start_stream_tls(&s.security, &broker, stream_config.clone(), stop_rx.clone())
+            .await?;
+    bound.extend(stream_tls_addrs.iter().map(|a| ("stream/ssl", *a)));
     for listener in stream_listeners {
         servers.push(tokio::spawn(warren_stream::serve(
             listener,

@@ -1,5 +1,6 @@
 //! The security-related settings of `warren.conf` (TLS listeners, memory and disk alarm
-//! limits) and starting what they configure: the resource monitor and the AMQPS listener. The
+//! limits) and starting what they configure: the resource monitor, the AMQPS listener and the
+//! stream protocol's TLS listener. The
 //! management API's HTTPS listener (`management.ssl.*`) is read here and started with the API.
 
 use crate::config::{ConfigError, ConfigFile};
@@ -19,6 +20,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "listeners.ssl.*",
         "AMQPS (TLS) listener (any name, several allowed): a port (on 127.0.0.1 and ::1), ip:port, [ipv6]:port or ipv6:port; 5671 in RabbitMQ's examples",
+    ),
+    (
+        "stream.listeners.ssl.*",
+        "stream protocol over TLS (any name, several allowed), same forms as listeners.ssl.*, with the ssl_options.* keys; 5551 in RabbitMQ's examples",
     ),
     ("ssl_options.certfile", "server certificate chain (PEM)"),
     ("ssl_options.keyfile", "server private key (PEM)"),
@@ -83,6 +88,8 @@ pub const KEYS: &[(&str, &str)] = &[
 pub struct SecuritySettings {
     /// The AMQPS listener (`listeners.ssl.default`, `ssl_options.*`).
     pub tls: Option<(Vec<ListenAddr>, TlsOptions)>,
+    /// The stream protocol over TLS (`stream.listeners.ssl.*`, `ssl_options.*`).
+    pub stream_tls: Option<(Vec<ListenAddr>, TlsOptions)>,
     /// The management API's HTTPS listener (`management.ssl.*`).
     pub mgmt_tls: Option<(SocketAddr, TlsOptions)>,
     pub watermark: Watermark,
@@ -147,6 +154,14 @@ pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, ConfigError> {
             tls_options(file, "ssl_options", "listeners.ssl.default")?,
         )),
     };
+    let stream_ssl = file.values_under("stream.listeners.ssl.");
+    let stream_tls = match stream_ssl.is_empty() {
+        true => None,
+        false => Some((
+            crate::listen::parse_all(stream_ssl)?,
+            tls_options(file, "ssl_options", "stream.listeners.ssl.default")?,
+        )),
+    };
     let watermark = match (
         file.parse_value::<f64>("vm_memory_high_watermark.relative")?,
         file.get("vm_memory_high_watermark.absolute"),
@@ -174,6 +189,7 @@ pub fn settings(file: &ConfigFile) -> Result<SecuritySettings, ConfigError> {
     };
     Ok(SecuritySettings {
         tls,
+        stream_tls,
         mgmt_tls: mgmt_tls(file)?,
         watermark,
         disk_free_limit,
@@ -207,6 +223,34 @@ pub async fn start(
                 acceptor.clone(),
                 broker.clone(),
                 server.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+    Ok(bound)
+}
+
+/// The stream protocol's TLS listeners, if `stream.listeners.ssl.*` is set; returns the
+/// addresses they are bound to.
+pub async fn start_stream_tls(
+    s: &SecuritySettings,
+    broker: &Arc<warren_broker::Broker>,
+    config: Arc<warren_stream::StreamConfig>,
+    stop: watch::Receiver<bool>,
+) -> Result<Vec<SocketAddr>, StartupError> {
+    let mut bound = Vec::new();
+    if let Some((addrs, opts)) = &s.stream_tls {
+        let acceptor = warren_server::tls::acceptor(opts).map_err(StartupError::AmqpsTls)?;
+        let what = "the stream protocol over TLS (stream.listeners.ssl.*)";
+        for listener in crate::listen::bind_all(addrs, what).await? {
+            let addr = listener.local_addr().map_err(StartupError::ListenerAddr)?;
+            tracing::info!(listen = %addr, verify_peer = opts.verify_peer, "stream protocol TLS listener started");
+            bound.push(addr);
+            tokio::spawn(warren_stream::serve_tls(
+                listener,
+                acceptor.clone(),
+                broker.clone(),
+                config.clone(),
                 stop.clone(),
             ));
         }

@@ -2,12 +2,13 @@
 //! the listeners file as `stream`), and what a stream tracks survives the process: after
 //! `kill -9` every confirmed message is there and a publisher reference's last publishing id
 //! too (it is kept in the log's records, not only in the tracking file); after a SIGTERM
-//! restart a named consumer's stored offset is read back.
+//! restart a named consumer's stored offset is read back. `stream.listeners.ssl.*` in
+//! warren.conf serves it over TLS.
 
 use rabbitmq_stream_client::types::{Message, OffsetSpecification};
 use rabbitmq_stream_client::{Client, ClientOptions, Environment};
 use std::time::Duration;
-use warren_tests::{within, BrokerProcess, TempDir};
+use warren_tests::{install_default_crypto, within, BrokerProcess, Pki, TempDir};
 
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
@@ -110,4 +111,78 @@ async fn deduplication_and_stored_offsets_survive_the_process() {
     .unwrap();
     assert_eq!(within("query offset", c.query_offset()).await.unwrap(), 19);
     let _ = c.handle().close().await;
+}
+
+/// `stream.listeners.ssl.default` with the `ssl_options.*` keys in warren.conf: the binary
+/// serves the stream protocol over TLS, names it `stream/ssl` in the listeners file, and
+/// rabbitmq-stream-client trusting the CA publishes and reads back through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warren_conf_serves_the_stream_protocol_over_tls() {
+    use rabbitmq_stream_client::TlsConfiguration;
+    install_default_crypto();
+    let dir = TempDir::new("stream-protocol-tls");
+    let pki = Pki::new("stream-binary");
+    let o = pki.options(false, false);
+    let conf = dir.join("warren.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "stream.listeners.ssl.default = 127.0.0.1:0\nssl_options.certfile = {}\nssl_options.keyfile = {}\n",
+            o.certfile.display(),
+            o.keyfile.display()
+        ),
+    )
+    .unwrap();
+    let b = BrokerProcess::start(
+        WARREN,
+        &dir.join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let port = b
+        .listener("stream/ssl")
+        .expect("a stream/ssl line in the listeners file")
+        .port();
+    let tls = TlsConfiguration::builder()
+        .add_root_certificates(pki.ca_file())
+        .build()
+        .unwrap();
+    let env = within(
+        "TLS environment",
+        Environment::builder()
+            .host("localhost")
+            .port(port)
+            .tls(tls)
+            .build(),
+    )
+    .await
+    .expect("connect over TLS");
+    within("create", env.stream_creator().create("tls"))
+        .await
+        .unwrap();
+    let p = within("producer", env.producer().build("tls"))
+        .await
+        .unwrap();
+    let batch: Vec<Message> = (0..10)
+        .map(|i| Message::builder().body(format!("t{i}")).build())
+        .collect();
+    let st = within("confirms", p.batch_send_with_confirm(batch))
+        .await
+        .unwrap();
+    assert!(st.iter().all(|s| s.confirmed()));
+    within("close producer", p.close()).await.unwrap();
+    let mut c = within(
+        "consumer",
+        env.consumer()
+            .offset(OffsetSpecification::First)
+            .build("tls"),
+    )
+    .await
+    .unwrap();
+    use futures_util::StreamExt;
+    for i in 0..10 {
+        let d = within("delivery", c.next()).await.unwrap().unwrap();
+        assert_eq!(d.offset(), i);
+        assert_eq!(d.message().data(), Some(format!("t{i}").as_bytes()));
+    }
+    within("close consumer", c.handle().close()).await.unwrap();
 }
