@@ -563,11 +563,9 @@ async fn route_outputs(
         let mut mine = Vec::new();
         for (owner, checkout, qm) in std::mem::take(&mut o.deliveries) {
             match c.node_of(owner) {
-                Some(n) if n == me.me => {
-                    if me_votes {
-                        mine.push((owner, checkout, qm));
-                    }
-                }
+                Some(n) if n == me.me && me_votes => mine.push((owner, checkout, qm)),
+                // Not a voter as of the entry: the members send it.
+                Some(n) if n == me.me => {}
                 Some(n) if !voters.contains(&n) => {
                     slot(&mut pushed, n, index).deliveries.push(PushedDelivery {
                         owner,
@@ -584,11 +582,8 @@ async fn route_outputs(
         let mut removed_here = Vec::new();
         for owner in std::mem::take(&mut o.removed_consumers) {
             match c.node_of(owner) {
-                Some(n) if n == me.me => {
-                    if me_votes {
-                        removed_here.push(owner);
-                    }
-                }
+                Some(n) if n == me.me && me_votes => removed_here.push(owner),
+                Some(n) if n == me.me => {}
                 Some(n) if !voters.contains(&n) => slot(&mut pushed, n, index).removed.push(owner),
                 _ => {}
             }
