@@ -660,6 +660,11 @@ fn members_of(cluster: &Cluster, asked: usize, queue: &str) -> (Vec<usize>, Opti
         &format!("/api/queues/%2f/{queue}"),
         None,
     );
+    if s == 404 {
+        // Not applied on that node yet (the management API does not wait for the cluster's
+        // definitions as AMQP look-ups do).
+        return (Vec::new(), None);
+    }
     assert_eq!(s, 200, "the queue on node {asked}");
     let index = |n: &serde_json::Value| {
         cluster
