@@ -761,6 +761,38 @@ pub(crate) fn no_majority() -> String {
     format!("not committed within {WRITE_TIMEOUT:?}: a majority of the group's nodes must be up")
 }
 
+/// One attempt at proposing `p` to group `group` whose leader is `leader`: through `raft`
+/// when this node leads it, or forwarded to the leader by the [`Forwarder`], within what is
+/// left of `deadline`.
+pub(crate) async fn propose_once(
+    c: &Cluster,
+    raft: Option<&Raft<QueueRaft>>,
+    leader: Option<NodeId>,
+    group: u64,
+    p: &Proposal,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Applied>, String> {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    match (leader, raft) {
+        (Some(l), Some(raft)) if l == c.spec.me => {
+            // A leader that lost its majority stays leader until it hears of a newer
+            // term: its proposals are never committed, so the wait is bounded.
+            match tokio::time::timeout(left, raft.client_write(p.clone())).await {
+                Ok(r) => r.map(|r| r.data).map_err(|e| e.to_string()),
+                Err(_) => Err(no_majority()),
+            }
+        }
+        (Some(l), _) => match c.addr(l) {
+            Some(addr) => {
+                let attempt = left.min(FORWARD_ATTEMPT);
+                c.forwarder.forward(&addr, group, p.clone(), attempt).await
+            }
+            None => Err(format!("node {l} is not in the cluster's configuration")),
+        },
+        (None, _) => Err("no leader yet".into()),
+    }
+}
+
 /// Proposes `p` to group `group` through whichever node leads it (this one, or another by
 /// its [`Forwarder`]), looking for a leader for up to [`WRITE_TIMEOUT`]. Returns the answers
 /// once committed and applied on the leader.
@@ -773,26 +805,7 @@ async fn write_to_leader(
     let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
     loop {
         let leader = raft.metrics().borrow().current_leader;
-        let r = match leader {
-            Some(l) if l == c.spec.me => {
-                // A leader that lost its majority stays leader until it hears of a newer
-                // term: its proposals are never committed, so the wait is bounded.
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match tokio::time::timeout(left, raft.client_write(p.clone())).await {
-                    Ok(r) => r.map(|r| r.data).map_err(|e| e.to_string()),
-                    Err(_) => Err(no_majority()),
-                }
-            }
-            Some(l) => match c.addr(l) {
-                Some(addr) => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let attempt = left.min(FORWARD_ATTEMPT);
-                    c.forwarder.forward(&addr, group, p.clone(), attempt).await
-                }
-                None => Err(format!("node {l} is not in the cluster's configuration")),
-            },
-            None => Err("no leader yet".into()),
-        };
+        let r = propose_once(c, Some(raft), leader, group, &p, deadline).await;
         let why = match r {
             Ok(a) => return Ok(a),
             Err(e) => e,

@@ -19,7 +19,7 @@
 //! to the leader when this node does not lead.
 
 use crate::group::QueueGroup;
-use crate::node::{no_majority, Cluster, FORWARD_ATTEMPT, OWNER_BITS, WRITE_TIMEOUT};
+use crate::node::{no_majority, propose_once, Cluster, OWNER_BITS, WRITE_TIMEOUT};
 use crate::transport::{GroupStatus, Pushed, PushedDelivery};
 use crate::types::{NodeId, Proposal};
 use crate::wal::NodeWal;
@@ -369,27 +369,8 @@ impl GroupReplica {
                 Some(g) => g.raft().metrics().borrow().current_leader,
                 None => self.remote.lock().leader,
             };
-            let r = match leader {
-                Some(l) if l == self.me && local.is_some() => {
-                    let raft = local.as_ref().expect("local").raft().clone();
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    match tokio::time::timeout(left, raft.client_write(p.clone())).await {
-                        Ok(r) => r.map(|r| r.data).map_err(|e| e.to_string()),
-                        Err(_) => Err(no_majority()),
-                    }
-                }
-                Some(l) => match c.addr(l) {
-                    Some(addr) => {
-                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        let attempt = left.min(FORWARD_ATTEMPT);
-                        c.forwarder
-                            .forward(&addr, self.id, p.clone(), attempt)
-                            .await
-                    }
-                    None => Err(format!("node {l} is not in the cluster's configuration")),
-                },
-                None => Err("no leader yet".into()),
-            };
+            let raft = local.as_ref().map(|g| g.raft());
+            let r = propose_once(&c, raft, leader, self.id, &p, deadline).await;
             let why = match r {
                 Ok(a) => return Ok(a),
                 Err(e) => e,

@@ -34,19 +34,19 @@ pub fn add_member(
     node: &str,
     out: &mut impl Write,
 ) -> Result<(), CtlError> {
-    info(
-        g,
-        out,
-        &[format!(
-            "Adding a member for queue {queue} on node {node}..."
-        )],
-    )?;
+    let banner = format!("Adding a member for queue {queue} on node {node}...");
     let path = format!("/queues/{}/{}/members", seg(&g.vhost), seg(queue));
-    match client.request(Method::Post, &path, Some(&json!({ "node": node })), &[])? {
-        Ok(_) => Ok(()),
-        Err(f) if f.status == 404 => Err(no_queue(g, queue)),
-        Err(f) => Err(refused(&f.reason)),
-    }
+    let body = json!({ "node": node });
+    change(
+        client,
+        g,
+        queue,
+        out,
+        banner,
+        Method::Post,
+        &path,
+        Some(&body),
+    )
 }
 
 pub fn delete_member(
@@ -56,20 +56,31 @@ pub fn delete_member(
     node: &str,
     out: &mut impl Write,
 ) -> Result<(), CtlError> {
-    info(
-        g,
-        out,
-        &[format!(
-            "Removing a replica of queue {queue} on node {node}..."
-        )],
-    )?;
+    let banner = format!("Removing a replica of queue {queue} on node {node}...");
     let path = format!(
         "/queues/{}/{}/members/{}",
         seg(&g.vhost),
         seg(queue),
         seg(node)
     );
-    match client.request(Method::Delete, &path, None, &[])? {
+    change(client, g, queue, out, banner, Method::Delete, &path, None)
+}
+
+/// One queue's membership change: the banner, the request, and RabbitMQ's answer to a
+/// missing queue or a refusal.
+#[allow(clippy::too_many_arguments)]
+fn change(
+    client: &Client,
+    g: &Global,
+    queue: &str,
+    out: &mut impl Write,
+    banner: String,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(), CtlError> {
+    info(g, out, &[banner])?;
+    match client.request(method, path, body, &[])? {
         Ok(_) => Ok(()),
         Err(f) if f.status == 404 => Err(no_queue(g, queue)),
         Err(f) => Err(refused(&f.reason)),
