@@ -10,7 +10,8 @@
 //! The checker, after every restart:
 //! - the broker opens (recovery never refuses a disk that only lost unsynced data), and the
 //!   definitions (queues, exchanges, bindings) declared before anything was confirmed are all
-//!   there;
+//!   there; a queue whose declare-ok came is there unless its deletion was asked for, and one
+//!   whose delete-ok came is gone;
 //! - every confirmed message, and every message of a transaction whose `tx.commit-ok` arrived,
 //!   is in its queue (or held by the delayed exchange and released), unless the consumer had
 //!   acked it before the cut;
@@ -121,8 +122,8 @@ struct Ledger {
     client_acked: HashSet<(String, String)>,
     /// (queue, id) whose ack was made durable (full group commit after it); never come back.
     durable_acked: HashSet<(String, String)>,
-    /// Temporary durable queues: name, confirmed ids, whether its deletion was asked for, and
-    /// whether delete-ok came.
+    /// Temporary durable queues: name, whether declare-ok came, confirmed ids, whether its
+    /// deletion was asked for, and whether delete-ok came.
     tmp: Vec<TmpQueue>,
     /// Errors a client met before the cut (a healthy broker gives none).
     errors: Vec<String>,
@@ -133,6 +134,7 @@ struct Ledger {
 #[derive(Debug, Default, Clone)]
 struct TmpQueue {
     name: String,
+    declared: bool,
     confirmed: Vec<String>,
     delete_sent: bool,
     delete_ok: bool,
@@ -144,7 +146,6 @@ struct Stats {
     committed_txs: usize,
     recovered: usize,
     acked_came_back: usize,
-    deleted_queue_came_back: usize,
     delayed_released_twice: usize,
     files_cut: usize,
     dirs_rolled_back: usize,
@@ -417,22 +418,26 @@ fn check_ledger(
             }
         }
     }
-    // Temporary queues: one whose deletion was never asked for keeps its confirmed messages
-    // (its declaration was saved before they were confirmed); a deleted one may come back
-    // (delete-ok does not wait for the definitions to be saved), holding no phantoms.
+    // Temporary queues: one declared (declare-ok came) whose deletion was never asked for is
+    // there with its confirmed messages; one whose delete-ok came is gone for good (both
+    // answers wait for the definitions to be on disk); one deleted without an answer may be
+    // either, holding no phantoms.
     for t in tmp {
         match tmp_present.get(&t.name) {
-            None if !t.delete_sent && !t.confirmed.is_empty() => {
+            None if !t.delete_sent && (t.declared || !t.confirmed.is_empty()) => {
                 return Err(format!(
-                    "queue {} lost (its messages were confirmed and it was never deleted)",
+                    "queue {} lost (declare-ok came, or its messages were confirmed, and it was never deleted)",
                     t.name
                 ))
             }
             None => {}
+            Some(_) if t.delete_ok => {
+                return Err(format!(
+                    "queue {} came back although delete-ok had come",
+                    t.name
+                ))
+            }
             Some(ids) => {
-                if t.delete_ok {
-                    g.stats.deleted_queue_came_back += 1;
-                }
                 if !t.delete_sent {
                     for id in &t.confirmed {
                         if !ids.contains(id) {
@@ -676,6 +681,7 @@ async fn queue_churn(ch: Channel, l: Shared, disk: SimDisk, r: Round) {
         {
             return note_error(&l, &disk, format!("declare {name}: {e}"));
         }
+        ledger(&l).tmp[slot].declared = true;
         for i in 0..1 + rng.below(6) {
             let id = format!("q.{}.{k}.{i}", r.round);
             ledger(&l).sent.insert(id.clone());
@@ -972,7 +978,8 @@ async fn ids_after_restart(
 }
 
 /// Cut in the middle of a definitions save: the definitions that come back are the old ones
-/// or the new ones, whole, and the new ones once a confirm depended on them.
+/// or the new ones, never a binding without its queue, and the new ones once declare-ok,
+/// bind-ok or a confirm came (each waits for the save).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_during_definitions_save() {
     logs::capture();
@@ -991,10 +998,31 @@ async fn cut_during_definitions_save() {
                 || p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with("definitions"))
         });
-        declare_durable(&ch, "new").await;
-        bind(&ch, "new", "amq.fanout", "").await;
-        // This confirm waits for the definitions save the declaration asked for.
-        let confirmed = publish_each(&ch, "base", "after", 1, 10).await.len() == 1;
+        // declare-ok and bind-ok wait for the save (a failed one closes the connection).
+        let declared = ch
+            .queue_declare(
+                "new".into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let bound_ok = declared
+            && ch
+                .queue_bind(
+                    "new".into(),
+                    "amq.fanout".into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+        assert!(bound_ok || disk.is_dead(), "k={k}: refused without a cut");
+        let confirmed = bound_ok && publish_each(&ch, "base", "after", 1, 10).await.len() == 1;
         let _ = conn.close(200, "cut".into()).await;
         drop(b);
         let cut = disk.is_dead();
@@ -1017,6 +1045,14 @@ async fn cut_during_definitions_save() {
                 new || !bound,
                 "k={k} seed={seed}: a save came back half applied"
             );
+            assert!(
+                new || !declared,
+                "k={k} seed={seed}: declare-ok came, yet the queue is lost"
+            );
+            assert!(
+                bound || !bound_ok,
+                "k={k} seed={seed}: bind-ok came, yet the binding is lost"
+            );
             if confirmed {
                 assert!(
                     new,
@@ -1031,8 +1067,8 @@ async fn cut_during_definitions_save() {
         }
         cut_points += 1;
     }
-    // Temporary file created, written, fsynced, renamed, directory fsynced.
-    assert!(cut_points >= 5, "only {cut_points} cut points in a save");
+    // The journal's write and fsync for the declaration and for the binding.
+    assert!(cut_points >= 4, "only {cut_points} cut points in the saves");
     assert!(!dir.exists());
 }
 
@@ -1098,9 +1134,9 @@ async fn cut_during_segment_roll_over() {
 }
 
 /// Cut in the middle of a queue deletion (its messages over several segments): the queue
-/// either is gone or comes back with a subset of its messages in order (delete-ok does not
-/// wait for the definitions save, as in RabbitMQ); the other queue keeps all of its
-/// messages; once a later confirm depended on the saved definitions, the queue stays gone.
+/// either is gone or comes back with a subset of its messages in order; once delete-ok came
+/// (it waits for the definitions to be on disk, as RabbitMQ's for its metadata store) it
+/// stays gone; the other queue keeps all of its messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_during_queue_deletion() {
     logs::capture();
@@ -1143,8 +1179,8 @@ async fn cut_during_queue_deletion() {
                 None => {}
                 Some(ids) => {
                     assert!(
-                        !saved,
-                        "k={k} seed={seed}: deleted and saved, yet it came back"
+                        !deleted,
+                        "k={k} seed={seed}: delete-ok came, yet the queue came back"
                     );
                     came_back += 1;
                     let mut rest = doomed.iter();

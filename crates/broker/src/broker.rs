@@ -74,7 +74,7 @@ impl Broker {
         config: BrokerConfig,
         persistence: Arc<Persistence>,
     ) -> std::result::Result<Arc<Self>, OpenError> {
-        let defs: Option<Definitions> = persistence.catalog().load()?;
+        let defs: Option<Definitions> = persistence.load_definitions()?;
         let b = Self::build(config, Some(persistence.clone()));
         if let Some(defs) = defs {
             let keep: Vec<(String, String)> = defs

@@ -19,6 +19,7 @@
 //! - [`persist`]: message stores of durable queues, group commit, saved definitions (the
 //!   broker's flusher thread drives it; it does not hold the broker).
 //! - [`definitions`]: the topology in RabbitMQ's definitions format.
+//! - `definitions_journal`: the definitions saved as a snapshot and a journal of changes.
 //! - [`metadata`]: definitions replicated through a cluster's metadata log ([`metadata::MetaOp`]).
 //! - [`json`]: field tables as JSON.
 //! - [`alarm`]: memory and disk alarms that block publishers.
@@ -43,6 +44,7 @@ pub mod clock;
 pub mod connections;
 pub mod deadletter;
 pub mod definitions;
+mod definitions_journal;
 pub mod delayed;
 pub mod delivery;
 pub mod error;

@@ -37,6 +37,10 @@ pub struct SyncState {
     /// earlier epoch a connection sees synced only now (it may have missed the state that
     /// named that epoch, if it failed too).
     pub failed_epoch: u64,
+    /// The last epoch whose group commit could not save the definitions: the answers to
+    /// definition changes that waited for it are errors (the change is in effect, but a
+    /// restart may not keep it).
+    pub definitions_failed_epoch: u64,
 }
 
 pub struct Persistence {
@@ -55,6 +59,11 @@ pub struct Persistence {
     /// the flusher thread (which may hold the work it needs, e.g. a definitions save) is done.
     commit_lock: Mutex<()>,
     defs_dirty: AtomicBool,
+    /// The epoch whose group commit saves the latest definition change (see
+    /// [`Persistence::definitions_saved`]).
+    defs_epoch: AtomicU64,
+    /// What the last save made durable (changes are journaled against it).
+    defs_journal: Mutex<crate::definitions_journal::DefinitionsJournal>,
     wake: Condvar,
     wake_lock: Mutex<bool>,
     synced: tokio::sync::watch::Sender<SyncState>,
@@ -92,6 +101,8 @@ impl Persistence {
             lazy: Mutex::new(Vec::new()),
             commit_lock: Mutex::new(()),
             defs_dirty: AtomicBool::new(false),
+            defs_epoch: AtomicU64::new(0),
+            defs_journal: Mutex::new(Default::default()),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
             synced,
@@ -188,8 +199,51 @@ impl Persistence {
 
     /// Definitions changed: save them soon.
     pub fn definitions_changed(&self) {
-        self.defs_dirty.store(true, Ordering::Release);
+        self.defs_dirty.store(true, Ordering::SeqCst);
+        // Read after the flag is set: the commit that closes this epoch swaps the flag after
+        // closing it, so it (or an earlier one) saves this change.
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        self.defs_epoch.fetch_max(epoch, Ordering::SeqCst);
         self.kick();
+    }
+
+    /// The definitions saved from a file: the last full save with the changes journaled
+    /// since applied; `None` if none were ever saved.
+    pub fn load_definitions(&self) -> warren_store::Result<Option<Definitions>> {
+        let Some((defs, changes)) = self.catalog.load_journaled::<Definitions>()? else {
+            return Ok(None);
+        };
+        crate::definitions_journal::replay(defs, changes)
+            .map(Some)
+            .map_err(|reason| warren_store::StoreError::CatalogCorrupt {
+                path: self.catalog.path(),
+                reason,
+            })
+    }
+
+    /// Waits until every definition change made so far is on disk; `false` if the save
+    /// failed (the change is in effect but would not survive a restart). The answer to a
+    /// declaration or deletion waits for this, as RabbitMQ's waits for its metadata store.
+    pub async fn definitions_saved(&self) -> bool {
+        let epoch = self.defs_epoch.load(Ordering::SeqCst);
+        let mut rx = self.synced.subscribe();
+        let Ok(s) = rx.wait_for(|s| s.synced_epoch >= epoch).await else {
+            return false;
+        };
+        s.definitions_failed_epoch < epoch
+    }
+
+    /// The epoch to wait for before answering a definition change just made (0: none is
+    /// waiting to be saved), for callers that cannot await ([`Persistence::definitions_saved`]).
+    pub fn definitions_epoch(&self) -> u64 {
+        let epoch = self.defs_epoch.load(Ordering::SeqCst);
+        let s = *self.synced.borrow();
+        // A save that failed already is reported by whoever waits for its epoch.
+        if s.synced_epoch >= epoch && s.definitions_failed_epoch < epoch {
+            0
+        } else {
+            epoch
+        }
     }
 
     fn kick(&self) {
@@ -232,7 +286,7 @@ impl Persistence {
         let _one_at_a_time = self.commit_lock.lock();
         let (epoch, queues, mut retry) = {
             let _g = self.gate.write();
-            let e = self.epoch.fetch_add(1, Ordering::AcqRel);
+            let e = self.epoch.fetch_add(1, Ordering::SeqCst);
             let mut retry = std::mem::take(&mut *self.retry.lock());
             retry.append(&mut self.lazy.lock());
             (e, std::mem::take(&mut *self.dirty.lock()), retry)
@@ -275,9 +329,12 @@ impl Persistence {
         // the store of a queue missing from the definitions is removed as an orphan). Every
         // declaration that happened before a publish of this epoch set `defs_dirty` before
         // the epoch closed above.
-        if self.defs_dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.catalog.save(&definitions()) {
-                self.defs_dirty.store(true, Ordering::Release);
+        let mut defs_failed = false;
+        if self.defs_dirty.swap(false, Ordering::SeqCst) {
+            let saved = self.defs_journal.lock().save(&self.catalog, &definitions());
+            if let Err(e) = saved {
+                self.defs_dirty.store(true, Ordering::SeqCst);
+                defs_failed = true;
                 failed = true;
                 tracing::error!(error = %e, "saving definitions failed; publishes are nacked and the save is retried. Check free disk space");
             }
@@ -286,6 +343,9 @@ impl Persistence {
             s.synced_epoch = epoch;
             if failed {
                 s.failed_epoch = epoch;
+            }
+            if defs_failed {
+                s.definitions_failed_epoch = epoch;
             }
         });
     }

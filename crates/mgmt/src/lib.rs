@@ -236,6 +236,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            definitions_saved,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::require_user,
         ));
     Router::new()
@@ -243,6 +247,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(console::routes())
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
+}
+
+/// A request that changes something answers once the definitions it changed are on disk
+/// (a PUT of a queue, a DELETE of a user, …), as the AMQP methods do: a power cut after the
+/// answer does not undo it. Reads pass straight through.
+async fn definitions_saved(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let response = next.run(req).await;
+    if changes && response.status().is_success() {
+        if let Some(p) = state.broker.persistence() {
+            if !p.definitions_saved().await {
+                return axum::response::IntoResponse::into_response(ApiError::Internal(
+                    "could not save the definitions to disk (the change is in effect until the broker restarts); check the disk and free space".into(),
+                ));
+            }
+        }
+    }
+    response
 }
 
 /// `warren@<hostname>`, as RabbitMQ's `rabbit@<hostname>`.

@@ -147,6 +147,9 @@ pub(crate) struct Channel {
     /// tx.commit-ok not yet sent, in order: the group-commit epoch and replicated commits
     /// each waits for.
     pending_commits: std::collections::VecDeque<(u64, Vec<Arc<Commit>>)>,
+    /// Answers to definition changes (declare-ok, delete-ok, bind-ok, …) not yet sent, in
+    /// order: each waits for the group commit (epoch) that saves its change.
+    pending_replies: std::collections::VecDeque<(u64, Method)>,
     /// The hidden queue of this channel's direct reply-to consumer.
     reply_queue: Option<ShortStr>,
     /// The last queue declared on this channel, for methods that name the queue "".
@@ -183,6 +186,7 @@ impl Channel {
             tx: None,
             committing: None,
             pending_commits: Default::default(),
+            pending_replies: Default::default(),
             last_queue: None,
             reply_queue: None,
             last_exchange: None,
@@ -200,19 +204,63 @@ impl Channel {
         }
     }
 
-    fn reply(&self, m: impl Into<Method>) {
-        self.outbox.send(self.number, m);
+    /// Sends an answer, after those still waiting for their change to be saved.
+    fn reply(&mut self, m: impl Into<Method>) {
+        if self.pending_replies.is_empty() {
+            self.outbox.send(self.number, m);
+        } else {
+            self.pending_replies.push_back((0, m.into()));
+        }
+    }
+
+    /// Answers a definition change once it is on disk (at once when nothing is waiting to
+    /// be saved), after any answer of this kind sent before it.
+    fn reply_when_saved(&mut self, cx: &Ctx<'_>, m: impl Into<Method>) {
+        let epoch = cx.vhost.definitions_epoch();
+        if epoch == 0 && self.pending_replies.is_empty() {
+            self.reply(m);
+        } else {
+            self.pending_replies.push_back((epoch, m.into()));
+        }
     }
 
     pub fn has_pending_confirms(&self) -> bool {
-        !self.confirms.is_empty() || !self.pending_commits.is_empty()
+        !self.confirms.is_empty()
+            || !self.pending_commits.is_empty()
+            || !self.pending_replies.is_empty()
     }
 
     /// Sends the confirms that are due: those needing no fsync, and those whose group commit
     /// has completed. A run of acks becomes one `basic.ack multiple`.
     /// Also sends the tx.commit-ok of transactions now on disk; returns the error to close
     /// the channel with if a transaction's group commit failed.
-    pub fn flush_confirms(&mut self, synced: SyncState) -> Option<AmqpError> {
+    pub fn flush_confirms(&mut self, synced: SyncState) -> Option<(AmqpError, u16, u16)> {
+        while let Some((epoch, _)) = self.pending_replies.front() {
+            if *epoch > synced.synced_epoch {
+                break;
+            }
+            let failed = *epoch != 0 && *epoch <= synced.definitions_failed_epoch;
+            let (_, m) = self.pending_replies.pop_front().expect("looked at above");
+            if failed {
+                self.pending_replies.clear();
+                // The request the answer was for: its method id is the answer's less one,
+                // except exchange.unbind's (40, answered by 51).
+                let class_id = m.class_id();
+                let method_id = match m {
+                    Method::ExchangeUnbindOk(_) => 40,
+                    _ => m.method_id() - 1,
+                };
+                return Some((
+                    AmqpError::new(
+                        INTERNAL_ERROR,
+                        "could not save the definitions to disk (the change is in effect until the broker restarts); check the disk and free space",
+                    ),
+                    class_id,
+                    method_id,
+                ));
+            }
+            self.outbox.send(self.number, m);
+        }
         while let Some((epoch, commits)) = self.pending_commits.front() {
             let Some(ok) = settled(*epoch, commits, synced) else {
                 break;
@@ -220,9 +268,13 @@ impl Channel {
             self.pending_commits.pop_front();
             if !ok {
                 self.pending_commits.clear();
-                return Some(AmqpError::new(
-                    INTERNAL_ERROR,
-                    "tx.commit failed: the message store could not sync the transaction to disk",
+                return Some((
+                    AmqpError::new(
+                        INTERNAL_ERROR,
+                        "tx.commit failed: the message store could not sync the transaction to disk",
+                    ),
+                    TxCommit::CLASS_ID,
+                    TxCommit::METHOD_ID,
                 ));
             }
             self.reply(TxCommitOk {});
@@ -392,7 +444,7 @@ impl Channel {
                     arguments: d.arguments,
                 })?;
                 if !nowait {
-                    self.reply(ExchangeDeclareOk {});
+                    self.reply_when_saved(cx, ExchangeDeclareOk {});
                 }
                 Ok(())
             }
@@ -400,7 +452,7 @@ impl Channel {
                 cx.vhost.delete_exchange(&d.exchange, d.if_unused)?;
                 self.last_exchange = None;
                 if !d.nowait {
-                    self.reply(ExchangeDeleteOk {});
+                    self.reply_when_saved(cx, ExchangeDeleteOk {});
                 }
                 Ok(())
             }
@@ -408,7 +460,7 @@ impl Channel {
                 cx.vhost
                     .bind_exchange(&b.destination, &b.source, b.routing_key, b.arguments)?;
                 if !b.nowait {
-                    self.reply(ExchangeBindOk {});
+                    self.reply_when_saved(cx, ExchangeBindOk {});
                 }
                 Ok(())
             }
@@ -416,7 +468,7 @@ impl Channel {
                 cx.vhost
                     .unbind_exchange(&b.destination, &b.source, b.routing_key, b.arguments)?;
                 if !b.nowait {
-                    self.reply(ExchangeUnbindOk {});
+                    self.reply_when_saved(cx, ExchangeUnbindOk {});
                 }
                 Ok(())
             }
@@ -439,11 +491,14 @@ impl Channel {
                 }
                 self.last_queue = Some(q.name.clone());
                 if !nowait {
-                    self.reply(QueueDeclareOk {
-                        queue: q.name.clone(),
-                        message_count: messages,
-                        consumer_count: consumers,
-                    });
+                    self.reply_when_saved(
+                        cx,
+                        QueueDeclareOk {
+                            queue: q.name.clone(),
+                            message_count: messages,
+                            consumer_count: consumers,
+                        },
+                    );
                 }
                 Ok(())
             }
@@ -452,7 +507,7 @@ impl Channel {
                 cx.vhost
                     .bind_queue(&queue, &b.exchange, b.routing_key, b.arguments, cx.conn_id)?;
                 if !b.nowait {
-                    self.reply(QueueBindOk {});
+                    self.reply_when_saved(cx, QueueBindOk {});
                 }
                 Ok(())
             }
@@ -465,7 +520,7 @@ impl Channel {
                     b.arguments,
                     cx.conn_id,
                 )?;
-                self.reply(QueueUnbindOk {});
+                self.reply_when_saved(cx, QueueUnbindOk {});
                 Ok(())
             }
             Method::QueuePurge(p) => {
@@ -483,7 +538,7 @@ impl Channel {
                     .delete_queue(&queue, d.if_unused, d.if_empty, cx.conn_id)?;
                 cx.exclusive_queues.retain(|q| *q != queue);
                 if !d.nowait {
-                    self.reply(QueueDeleteOk { message_count: n });
+                    self.reply_when_saved(cx, QueueDeleteOk { message_count: n });
                 }
                 Ok(())
             }
@@ -928,6 +983,7 @@ mod tests {
         let synced = |e| SyncState {
             synced_epoch: e,
             failed_epoch: 0,
+            ..Default::default()
         };
         // Committed out of order: nothing goes before 1 is.
         commits[1].complete(true);
@@ -943,6 +999,52 @@ mod tests {
         );
         ch.flush_confirms(synced(3));
         assert_eq!(sent(&outbox), vec![ack(2, false), nack(3)]);
+    }
+
+    /// A declaration's answer waits for the group commit that saves it, and answers after it
+    /// wait behind it; a failed save closes the channel naming the request.
+    #[test]
+    fn definition_answers_wait_for_their_save_in_order() {
+        let outbox = Arc::new(Outbox::new(131072));
+        let mut ch = Channel::new(1, 1, outbox.clone(), None);
+        let declare_ok: Method = QueueDeclareOk {
+            queue: "q".into(),
+            message_count: 0,
+            consumer_count: 0,
+        }
+        .into();
+        ch.pending_replies.push_back((5, declare_ok.clone()));
+        ch.reply(BasicQosOk {});
+        let synced = |e| SyncState {
+            synced_epoch: e,
+            ..Default::default()
+        };
+        assert!(ch.flush_confirms(synced(4)).is_none());
+        assert_eq!(sent(&outbox), vec![], "epoch 5 is not on disk yet");
+        assert!(
+            ch.has_pending_confirms(),
+            "the connection watches the group commit"
+        );
+        assert!(ch.flush_confirms(synced(5)).is_none());
+        assert_eq!(sent(&outbox), vec![declare_ok, BasicQosOk {}.into()]);
+        ch.reply(BasicQosOk {});
+        assert_eq!(
+            sent(&outbox),
+            vec![BasicQosOk {}.into()],
+            "nothing waits: at once"
+        );
+
+        ch.pending_replies
+            .push_back((7, QueueDeleteOk { message_count: 0 }.into()));
+        let (e, class_id, method_id) = ch
+            .flush_confirms(SyncState {
+                synced_epoch: 8,
+                definitions_failed_epoch: 7,
+                ..Default::default()
+            })
+            .expect("a failed save is an error");
+        assert_eq!((e.code, class_id, method_id), (INTERNAL_ERROR, 50, 40));
+        assert_eq!(sent(&outbox), vec![]);
     }
 
     #[test]
@@ -962,6 +1064,7 @@ mod tests {
         ch.flush_confirms(SyncState {
             synced_epoch: 4,
             failed_epoch: 0,
+            ..Default::default()
         });
         assert_eq!(sent(&outbox), vec![], "nothing synced yet");
         // Epoch 5 failed, then 6 failed as well before the connection looked again: the
@@ -969,11 +1072,13 @@ mod tests {
         ch.flush_confirms(SyncState {
             synced_epoch: 6,
             failed_epoch: 6,
+            ..Default::default()
         });
         assert_eq!(sent(&outbox), vec![nack(1), nack(2), nack(3)]);
         ch.flush_confirms(SyncState {
             synced_epoch: 8,
             failed_epoch: 6,
+            ..Default::default()
         });
         assert_eq!(
             sent(&outbox),

@@ -408,9 +408,10 @@ impl Connection {
                 failed.push((c.number, e));
             }
         });
-        for (n, e) in failed {
-            // tx.commit failed after the fact: its fsync did not succeed.
-            self.channel_error(n, e, TxCommit::CLASS_ID, TxCommit::METHOD_ID);
+        for (n, (e, class_id, method_id)) in failed {
+            // A tx.commit or a definition change failed after the fact: its fsync did not
+            // succeed.
+            self.channel_error(n, e, class_id, method_id);
         }
     }
 

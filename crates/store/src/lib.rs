@@ -13,6 +13,7 @@
 //!   stream offset and append time, read forward by position, seeks by offset and time,
 //!   retention by whole segments.
 //! - [`catalog`]: [`Catalog`], the definitions document, saved atomically with a checksum.
+//! - [`catalog_journal`]: the changes to it since its last full save, appended and fsynced.
 //! - [`error`]: [`StoreError`], the one error type.
 //! - [`sim`]: [`SimDisk`], an in-memory file system for tests that models a power cut
 //!   (unsynced data and directory changes lost, torn tails).
@@ -28,6 +29,7 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod catalog_journal;
 pub mod error;
 pub mod queue_store;
 pub mod segment;

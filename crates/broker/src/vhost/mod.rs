@@ -271,6 +271,14 @@ impl VHost {
             .retain(|w| w.strong_count() > 0 && !done.contains(&w.as_ptr()));
     }
 
+    /// The group-commit epoch whose announcement means every definition change made so far
+    /// is on disk; 0 when none is waiting to be saved (or nothing is kept on disk).
+    pub fn definitions_epoch(&self) -> u64 {
+        self.persistence
+            .as_ref()
+            .map_or(0, |p| p.definitions_epoch())
+    }
+
     /// A durable definition changed: have it saved.
     fn definitions_changed(&self, durable: bool) {
         if durable {
