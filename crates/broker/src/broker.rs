@@ -2,6 +2,7 @@
 
 use crate::connections::Connections;
 use crate::definitions::{Definitions, DefinitionsError};
+use crate::definitions_journal::DefScope;
 use crate::persist::Persistence;
 use crate::vhost::VHost;
 use parking_lot::RwLock;
@@ -132,7 +133,7 @@ impl Broker {
             host.retain(&live);
         }
         b.start_flusher(persistence.clone());
-        persistence.definitions_changed();
+        persistence.definitions_changed(DefScope::All);
         // After the definitions are back, so delayed messages find their exchanges.
         b.start_timer();
         Ok(b)
@@ -150,7 +151,7 @@ impl Broker {
                     p.release_queues();
                     return;
                 };
-                p.flush_once(&|| b.definitions(true));
+                p.flush_once(&*b);
             })
             .expect("spawn flusher thread");
     }
@@ -158,7 +159,7 @@ impl Broker {
     /// A group commit now (tests), definitions included if they changed.
     pub fn flush_once(&self) {
         if let Some(p) = &self.persistence {
-            p.flush_once(&|| self.definitions(true));
+            p.flush_once(self);
         }
     }
 
@@ -167,7 +168,7 @@ impl Broker {
     /// start would release them a second time).
     pub fn flush_all(&self) {
         if let Some(p) = &self.persistence {
-            p.flush_all(&|| self.definitions(true));
+            p.flush_all(self);
             for vh in self.vhosts() {
                 vh.ack_released_delayed();
             }
@@ -278,7 +279,7 @@ impl Broker {
             .or_insert_with(|| VHost::new(name, self.persistence.clone()))
             .clone();
         if let Some(p) = &self.persistence {
-            p.definitions_changed();
+            p.definitions_changed(DefScope::Global);
         }
         vh
     }

@@ -4,6 +4,7 @@
 
 use crate::auth::{HashingAlgorithm, UnsupportedHashingAlgorithm, User, UserLimits, VHostLimits};
 use crate::broker::Broker;
+use crate::definitions_journal::DefScope;
 use crate::exchange::Destination;
 use crate::json::{json_to_table, table_to_json};
 use crate::vhost::{ExchangeDeclare, QueueDeclare};
@@ -300,7 +301,183 @@ pub fn user_from_def(u: &UserDef) -> Result<User, UnsupportedHashingAlgorithm> {
     })
 }
 
+impl crate::definitions_journal::DefinitionsSource for Broker {
+    fn durable_definitions(&self) -> Definitions {
+        self.definitions(true)
+    }
+
+    fn durable_definitions_in(&self, scope: &DefScope) -> Definitions {
+        let mut d = Definitions::default();
+        let vhost = |name: &str| self.vhosts.read().get(name).cloned();
+        match scope {
+            DefScope::All => return self.definitions(true),
+            DefScope::VHost { vhost: v } => {
+                let mut all = self.definitions(true);
+                all.queues.retain(|q| q.vhost == *v);
+                all.exchanges.retain(|x| x.vhost == *v);
+                all.bindings.retain(|b| b.vhost == *v);
+                all.policies.retain(|p| p.vhost == *v);
+                all.operator_policies.retain(|p| p.vhost == *v);
+                all.vhosts.clear();
+                all.users.clear();
+                all.permissions.clear();
+                return all;
+            }
+            DefScope::Global => {
+                for vh in self.vhosts() {
+                    d.vhosts.push(self.vhost_def(&vh.name));
+                }
+                self.access_defs(&mut d);
+            }
+            DefScope::Policies { vhost: v } => {
+                if let Some(vh) = vhost(v) {
+                    for p in vh.policies(false) {
+                        d.policies.push(policy_def(v, &p));
+                    }
+                    for p in vh.policies(true) {
+                        d.operator_policies.push(policy_def(v, &p));
+                    }
+                }
+            }
+            DefScope::Queue { vhost: v, name } => {
+                let Some(vh) = vhost(v) else { return d };
+                let Some(q) = vh.queue(name) else { return d };
+                if !q.durable || q.exclusive_owner.is_some() {
+                    return d;
+                }
+                d.queues.push(queue_def(v, &q));
+                for (x, key, args) in q.bindings.lock().iter() {
+                    if vh
+                        .exchange(x)
+                        .is_some_and(|x| !x.name.is_empty() && x.durable)
+                    {
+                        d.bindings.push(BindingDef {
+                            source: x.to_string(),
+                            vhost: v.clone(),
+                            destination: name.clone(),
+                            destination_type: "queue".into(),
+                            routing_key: key.to_string(),
+                            arguments: table_to_json(args),
+                        });
+                    }
+                }
+            }
+            DefScope::Exchange { vhost: v, name } => {
+                if let Some(x) = vhost(v).and_then(|vh| vh.exchange(name)) {
+                    let predeclared = x.name.is_empty() || x.name.starts_with("amq.");
+                    if !predeclared && x.durable {
+                        d.exchanges.push(exchange_def(v, &x));
+                    }
+                }
+            }
+            DefScope::Binding {
+                vhost: v,
+                source,
+                destination_type,
+                destination,
+                routing_key,
+                arguments,
+            } => {
+                let Some(vh) = vhost(v) else { return d };
+                let Some(x) = vh.exchange(source) else {
+                    return d;
+                };
+                if x.name.is_empty() || !x.durable {
+                    return d;
+                }
+                let exists = if *destination_type == "queue" {
+                    vh.queue(destination).is_some_and(|q| {
+                        q.durable
+                            && q.exclusive_owner.is_none()
+                            && q.bindings.lock().iter().any(|(e, k, a)| {
+                                **e == **source
+                                    && **k == **routing_key
+                                    && table_to_json(a) == *arguments
+                            })
+                    })
+                } else {
+                    vh.exchange(destination).is_some_and(|e| e.durable)
+                        && x.bindings().iter().any(|b| {
+                            matches!(&b.destination, Destination::Exchange(e) if *e.name == **destination)
+                                && *b.routing_key == **routing_key
+                                && table_to_json(&b.arguments) == *arguments
+                        })
+                };
+                if exists {
+                    d.bindings.push(BindingDef {
+                        source: source.clone(),
+                        vhost: v.clone(),
+                        destination: destination.clone(),
+                        destination_type: destination_type.to_string(),
+                        routing_key: routing_key.clone(),
+                        arguments: arguments.clone(),
+                    });
+                }
+            }
+        }
+        d
+    }
+}
+
+fn queue_def(vhost: &str, q: &crate::queue::Queue) -> QueueDef {
+    QueueDef {
+        name: q.name.to_string(),
+        vhost: vhost.to_string(),
+        durable: q.durable,
+        auto_delete: q.auto_delete,
+        arguments: table_to_json(&q.arguments),
+    }
+}
+
+fn exchange_def(vhost: &str, x: &crate::exchange::Exchange) -> ExchangeDef {
+    ExchangeDef {
+        name: x.name.to_string(),
+        vhost: vhost.to_string(),
+        kind: x.type_name().into(),
+        durable: x.durable,
+        auto_delete: x.auto_delete,
+        internal: x.internal,
+        arguments: table_to_json(&x.arguments),
+    }
+}
+
 impl Broker {
+    /// A vhost's definition (its name and limits).
+    fn vhost_def(&self, name: &str) -> VHostDef {
+        let l = self.vhost_limits(name);
+        let mut limits = serde_json::Map::new();
+        if let Some(n) = l.max_connections {
+            limits.insert("max-connections".into(), n.into());
+        }
+        if let Some(n) = l.max_queues {
+            limits.insert("max-queues".into(), n.into());
+        }
+        VHostDef {
+            name: name.to_string(),
+            limits: if limits.is_empty() {
+                Value::Null
+            } else {
+                Value::Object(limits)
+            },
+        }
+    }
+
+    /// Users and permissions into `d`.
+    fn access_defs(&self, d: &mut Definitions) {
+        for u in self.users() {
+            d.users.push(user_def(u));
+        }
+        for (user, vhost, p) in self.permissions() {
+            d.permissions.push(PermissionDef {
+                user,
+                vhost,
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            });
+        }
+    }
+
     /// The current topology. With `durable_only`, what survives a restart: durable exchanges
     /// and queues (not exclusive ones), and bindings between durable ends.
     pub fn definitions(&self, durable_only: bool) -> Definitions {
@@ -313,22 +490,7 @@ impl Broker {
         let mut vhosts = self.vhosts();
         vhosts.sort_by(|a, b| a.name.cmp(&b.name));
         for vh in vhosts {
-            let l = self.vhost_limits(&vh.name);
-            let mut limits = serde_json::Map::new();
-            if let Some(n) = l.max_connections {
-                limits.insert("max-connections".into(), n.into());
-            }
-            if let Some(n) = l.max_queues {
-                limits.insert("max-queues".into(), n.into());
-            }
-            d.vhosts.push(VHostDef {
-                name: vh.name.clone(),
-                limits: if limits.is_empty() {
-                    Value::Null
-                } else {
-                    Value::Object(limits)
-                },
-            });
+            d.vhosts.push(self.vhost_def(&vh.name));
             for (operator, list) in [(false, &mut d.policies), (true, &mut d.operator_policies)] {
                 for p in vh.policies(operator) {
                     list.push(policy_def(&vh.name, &p));
@@ -340,28 +502,14 @@ impl Broker {
                 if durable_only && (!q.durable || q.exclusive_owner.is_some()) {
                     continue;
                 }
-                d.queues.push(QueueDef {
-                    name: q.name.to_string(),
-                    vhost: vh.name.clone(),
-                    durable: q.durable,
-                    auto_delete: q.auto_delete,
-                    arguments: table_to_json(&q.arguments),
-                });
+                d.queues.push(queue_def(&vh.name, &q));
             }
             let mut exchanges = vh.exchanges();
             exchanges.sort_by(|a, b| a.name.cmp(&b.name));
             for x in &exchanges {
                 let predeclared = x.name.is_empty() || x.name.starts_with("amq.");
                 if !predeclared && (!durable_only || x.durable) {
-                    d.exchanges.push(ExchangeDef {
-                        name: x.name.to_string(),
-                        vhost: vh.name.clone(),
-                        kind: x.type_name().into(),
-                        durable: x.durable,
-                        auto_delete: x.auto_delete,
-                        internal: x.internal,
-                        arguments: table_to_json(&x.arguments),
-                    });
+                    d.exchanges.push(exchange_def(&vh.name, x));
                 }
                 if x.name.is_empty() || (durable_only && !x.durable) {
                     continue;
@@ -387,18 +535,7 @@ impl Broker {
                 }
             }
         }
-        for u in self.users() {
-            d.users.push(user_def(u));
-        }
-        for (user, vhost, p) in self.permissions() {
-            d.permissions.push(PermissionDef {
-                user,
-                vhost,
-                configure: p.configure.clone(),
-                write: p.write.clone(),
-                read: p.read.clone(),
-            });
-        }
+        self.access_defs(&mut d);
         d
     }
 

@@ -44,7 +44,7 @@ pub mod clock;
 pub mod connections;
 pub mod deadletter;
 pub mod definitions;
-mod definitions_journal;
+pub mod definitions_journal;
 pub mod delayed;
 pub mod delivery;
 pub mod error;

@@ -19,6 +19,7 @@
 //! definitions when they need saving.
 
 use crate::definitions::Definitions;
+use crate::definitions_journal::{DefScope, DefinitionsSource};
 use crate::queue::Queue;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashSet;
@@ -27,6 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use warren_store::{Backend, Catalog, QueueStore, Recovery, StoreOptions};
+
+/// More definition changes than this between two group commits are saved by one full save.
+const MAX_SCOPES_PER_SAVE: usize = 4096;
 
 /// What connections watch to release publisher confirms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,6 +68,8 @@ pub struct Persistence {
     defs_epoch: AtomicU64,
     /// What the last save made durable (changes are journaled against it).
     defs_journal: Mutex<crate::definitions_journal::DefinitionsJournal>,
+    /// What the changes not saved yet touched.
+    defs_touched: Mutex<Vec<DefScope>>,
     wake: Condvar,
     wake_lock: Mutex<bool>,
     synced: tokio::sync::watch::Sender<SyncState>,
@@ -103,6 +109,7 @@ impl Persistence {
             defs_dirty: AtomicBool::new(false),
             defs_epoch: AtomicU64::new(0),
             defs_journal: Mutex::new(Default::default()),
+            defs_touched: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
             synced,
@@ -197,8 +204,19 @@ impl Persistence {
         self.kick();
     }
 
-    /// Definitions changed: save them soon.
-    pub fn definitions_changed(&self) {
+    /// Definitions changed within `scope` (the change is made): save them soon.
+    pub fn definitions_changed(&self, scope: DefScope) {
+        {
+            let mut touched = self.defs_touched.lock();
+            // Thousands of changes before one commit (an import): one full save instead.
+            if touched.len() >= MAX_SCOPES_PER_SAVE {
+                touched.clear();
+                touched.push(DefScope::All);
+            } else if touched.first() != Some(&DefScope::All) {
+                touched.push(scope);
+            }
+        }
+        // After the scope is listed: the commit that sees the flag takes the list after it.
         self.defs_dirty.store(true, Ordering::SeqCst);
         // Read after the flag is set: the commit that closes this epoch swaps the flag after
         // closing it, so it (or an earlier one) saves this change.
@@ -272,17 +290,17 @@ impl Persistence {
     }
 
     /// One group commit: close the epoch, fsync what it wrote, save the definitions if they
-    /// changed (`definitions` takes the snapshot), announce the epoch.
-    pub fn flush_once(&self, definitions: &dyn Fn() -> Definitions) {
+    /// changed (read from `definitions`), announce the epoch.
+    pub fn flush_once(&self, definitions: &dyn DefinitionsSource) {
         self.commit(false, definitions)
     }
 
     /// A group commit that leaves nothing unsynced, marks included (shutdown).
-    pub fn flush_all(&self, definitions: &dyn Fn() -> Definitions) {
+    pub fn flush_all(&self, definitions: &dyn DefinitionsSource) {
         self.commit(true, definitions)
     }
 
-    fn commit(&self, full: bool, definitions: &dyn Fn() -> Definitions) {
+    fn commit(&self, full: bool, definitions: &dyn DefinitionsSource) {
         let _one_at_a_time = self.commit_lock.lock();
         let (epoch, queues, mut retry) = {
             let _g = self.gate.write();
@@ -331,7 +349,11 @@ impl Persistence {
         // the epoch closed above.
         let mut defs_failed = false;
         if self.defs_dirty.swap(false, Ordering::SeqCst) {
-            let saved = self.defs_journal.lock().save(&self.catalog, &definitions());
+            let scopes = std::mem::take(&mut *self.defs_touched.lock());
+            let saved = self
+                .defs_journal
+                .lock()
+                .save(&self.catalog, definitions, &scopes);
             if let Err(e) = saved {
                 self.defs_dirty.store(true, Ordering::SeqCst);
                 defs_failed = true;

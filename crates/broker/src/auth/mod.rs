@@ -101,8 +101,12 @@ impl Broker {
     }
 
     fn access_changed(&self) {
+        self.definitions_changed(crate::definitions_journal::DefScope::Global);
+    }
+
+    fn definitions_changed(&self, scope: crate::definitions_journal::DefScope) {
         if let Some(p) = self.persistence() {
-            p.definitions_changed();
+            p.definitions_changed(scope);
         }
     }
 
@@ -243,7 +247,8 @@ impl Broker {
             .write()
             .retain(|(_, v), _| v != name);
         self.access().vhost_limits.write().remove(name);
-        self.access_changed();
+        // Its queues, exchanges, bindings, policies and permissions went with it.
+        self.definitions_changed(crate::definitions_journal::DefScope::All);
         tracing::info!(vhost = %name, "vhost deleted");
         true
     }

@@ -30,8 +30,12 @@ impl VHost {
             arguments: args.clone(),
         })?;
         if added {
-            q.bindings.lock().push((x.name.clone(), key, args));
-            self.definitions_changed(q.durable && x.durable);
+            q.bindings
+                .lock()
+                .push((x.name.clone(), key.clone(), args.clone()));
+            self.definitions_changed(q.durable && x.durable, || {
+                self.binding_scope(&x.name, &Destination::Queue(q.clone()), &key, &args)
+            });
         }
         Ok(())
     }
@@ -75,7 +79,9 @@ impl VHost {
         };
         if x.unbind(&b) {
             q.forget_binding(&x.name, &b);
-            self.definitions_changed(q.durable && x.durable);
+            self.definitions_changed(q.durable && x.durable, || {
+                self.binding_scope(&x.name, &b.destination, &b.routing_key, &b.arguments)
+            });
             self.maybe_auto_delete_exchange(&x);
         }
         Ok(())
@@ -106,8 +112,10 @@ impl VHost {
                 return r;
             }
         }
-        if src.bind(exchange_binding(dst, key, args))? {
-            self.definitions_changed(durable);
+        let b = exchange_binding(dst, key, args);
+        let scope = || self.binding_scope(&src.name, &b.destination, &b.routing_key, &b.arguments);
+        if src.bind(b.clone())? {
+            self.definitions_changed(durable, scope);
         }
         Ok(())
     }
@@ -131,8 +139,11 @@ impl VHost {
                 return r;
             }
         }
-        if src.unbind(&exchange_binding(dst, key, args)) {
-            self.definitions_changed(durable);
+        let b = exchange_binding(dst, key, args);
+        if src.unbind(&b) {
+            self.definitions_changed(durable, || {
+                self.binding_scope(&src.name, &b.destination, &b.routing_key, &b.arguments)
+            });
             self.maybe_auto_delete_exchange(&src);
         }
         Ok(())

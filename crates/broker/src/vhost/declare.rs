@@ -127,7 +127,10 @@ impl VHost {
         let x = Arc::new(x);
         *x.policy.write() = self.policy_for(&x.name, false);
         let x = self.exchanges.write().entry(d.name).or_insert(x).clone();
-        self.definitions_changed(x.durable);
+        self.definitions_changed(x.durable, || DefScope::Exchange {
+            vhost: self.name.clone(),
+            name: x.name.to_string(),
+        });
         Ok(x)
     }
 
@@ -167,7 +170,10 @@ impl VHost {
     pub(super) fn remove_exchange(&self, x: &Arc<Exchange>) {
         self.exchanges.write().remove(x.name.as_str());
         x.mark_deleted();
-        self.definitions_changed(x.durable);
+        // Its bindings go too, from it and to it.
+        self.definitions_changed(x.durable, || DefScope::VHost {
+            vhost: self.name.clone(),
+        });
         for b in x.bindings() {
             if let Destination::Queue(q) = &b.destination {
                 q.forget_binding(&x.name, &b);
@@ -304,7 +310,7 @@ impl VHost {
             }
             count = q.message_count();
         }
-        self.definitions_changed(q.durable);
+        self.definitions_changed(q.durable, || self.queue_scope(&q.name));
         if !self.policies.read().is_empty() || !self.operator_policies.read().is_empty() {
             self.apply_queue_policy(&q);
         }
@@ -605,7 +611,7 @@ impl VHost {
             .or_default()
             .add(&q.stats());
         drop(deleted);
-        self.definitions_changed(q.durable);
+        self.definitions_changed(q.durable, || self.queue_scope(&q.name));
         let bindings = std::mem::take(&mut *q.bindings.lock());
         let dest = Destination::Queue(q.clone());
         for (ex, key, args) in bindings {

@@ -5,6 +5,7 @@
 //! declare, delete, purge, argument checks), `bindings` (bind and unbind, auto-delete
 //! cascades), `routing` (routing through exchanges, dead letters), `policies`.
 
+use crate::definitions_journal::DefScope;
 use crate::error::{AmqpError, Result};
 use crate::exchange::{check_headers_args, Binding, Destination, Exchange, ExchangeKind};
 use crate::message::Message;
@@ -279,12 +280,39 @@ impl VHost {
             .map_or(0, |p| p.definitions_epoch())
     }
 
-    /// A durable definition changed: have it saved.
-    fn definitions_changed(&self, durable: bool) {
+    /// A durable definition changed within `scope`: have it saved.
+    fn definitions_changed(&self, durable: bool, scope: impl FnOnce() -> DefScope) {
         if durable {
             if let Some(p) = &self.persistence {
-                p.definitions_changed();
+                p.definitions_changed(scope());
             }
+        }
+    }
+
+    fn queue_scope(&self, name: &str) -> DefScope {
+        DefScope::Queue {
+            vhost: self.name.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    fn binding_scope(
+        &self,
+        source: &str,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> DefScope {
+        DefScope::Binding {
+            vhost: self.name.clone(),
+            source: source.to_string(),
+            destination_type: match destination {
+                Destination::Queue(_) => "queue",
+                Destination::Exchange(_) => "exchange",
+            },
+            destination: destination.name().to_string(),
+            routing_key: routing_key.to_string(),
+            arguments: crate::json::table_to_json(arguments),
         }
     }
 

@@ -32,7 +32,9 @@ impl VHost {
             list.push(p);
         }
         self.apply_policies();
-        self.definitions_changed(true);
+        self.definitions_changed(true, || DefScope::Policies {
+            vhost: self.name.clone(),
+        });
     }
 
     /// Removes a policy; false if there was none by that name.
@@ -60,7 +62,9 @@ impl VHost {
         };
         if removed {
             self.apply_policies();
-            self.definitions_changed(true);
+            self.definitions_changed(true, || DefScope::Policies {
+                vhost: self.name.clone(),
+            });
         }
         removed
     }
