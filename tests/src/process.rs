@@ -117,7 +117,18 @@ impl BrokerProcess {
                 break t;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("warren exited before listening: {status}");
+                // What it said on its way out (its log, when it has one): the panic is often
+                // all a CI run shows of a failed start.
+                let said = self
+                    .log
+                    .as_ref()
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .map(|t| {
+                        let lines: Vec<&str> = t.lines().collect();
+                        lines[lines.len().saturating_sub(15)..].join("\n")
+                    })
+                    .unwrap_or_default();
+                panic!("warren exited before listening: {status}\n{said}");
             }
             assert!(
                 std::time::Instant::now() < deadline,

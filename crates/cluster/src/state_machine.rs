@@ -46,8 +46,6 @@ struct State {
     engine: QueueEngine<Owner>,
     last_applied: Option<LogIdOf>,
     membership: StoredMembership<NodeId, BasicNode>,
-    /// The voters of `membership`, as outputs carry them.
-    voters: Arc<Vec<NodeId>>,
     /// The last snapshot (built, installed or loaded) and its encoding.
     current: Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>,
     /// Enqueued bytes and entries applied since the last snapshot.
@@ -94,7 +92,6 @@ impl QueueStateMachine {
             engine: QueueEngine::new(opts.clone(), 0),
             last_applied: None,
             membership: StoredMembership::default(),
-            voters: Arc::default(),
             current: None,
             bytes_since: 0,
             entries_since: 0,
@@ -108,7 +105,6 @@ impl QueueStateMachine {
             state.engine = QueueEngine::restore(stored.engine);
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
-            state.voters = voters_of(&state.membership);
             state.current = Some((stored.meta, data));
         }
         let sm = QueueStateMachine {
@@ -138,11 +134,6 @@ impl QueueStateMachine {
         self.state.lock().snapshots_built
     }
 
-    /// The last log index applied.
-    pub fn applied_index(&self) -> u64 {
-        self.state.lock().last_applied.map_or(0, |l| l.index)
-    }
-
     /// Reads the engine (counts, checkouts) under the state's lock.
     pub fn with_engine<T>(&self, f: impl FnOnce(&QueueEngine<Owner>) -> T) -> T {
         f(&self.state.lock().engine)
@@ -161,7 +152,6 @@ impl QueueStateMachine {
         index: u64,
         out: &mut Deliveries,
         removed_consumers: Vec<Owner>,
-        voters: &Arc<Vec<NodeId>>,
     ) {
         let (mut dead_letters, mut needs_ticks) = (Vec::new(), false);
         for e in engine.drain_effects() {
@@ -183,15 +173,9 @@ impl QueueStateMachine {
                 dead_letters,
                 needs_ticks,
                 removed_consumers,
-                voters: Some(voters.clone()),
             });
         }
     }
-}
-
-/// The voters of a membership (both configurations' during a joint change).
-fn voters_of(m: &StoredMembership<NodeId, BasicNode>) -> Arc<Vec<NodeId>> {
-    Arc::new(m.membership().voter_ids().collect())
 }
 
 fn storage_err(e: WalError) -> StorageErrorOf {
@@ -259,7 +243,6 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    s.voters = voters_of(&s.membership);
                     Vec::new()
                 }
                 EntryPayload::Normal(Proposal::Queue(batch)) => {
@@ -279,14 +262,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
                 EntryPayload::Normal(Proposal::Meta { .. }) => Vec::new(),
             };
             s.entries_since += 1;
-            let voters = s.voters.clone();
-            self.send_output(
-                &mut s.engine,
-                entry.log_id.index,
-                &mut out,
-                removed,
-                &voters,
-            );
+            self.send_output(&mut s.engine, entry.log_id.index, &mut out, removed);
             answers.push(answer);
         }
         let backlog = s.engine.stats().message_bytes_ready;
@@ -318,7 +294,6 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         s.engine = QueueEngine::restore(stored.engine.clone());
         s.last_applied = meta.last_log_id;
         s.membership = meta.last_membership.clone();
-        s.voters = voters_of(&s.membership);
         let stored = Stored {
             meta: meta.clone(),
             engine: stored.engine,
