@@ -212,11 +212,7 @@ async fn reap_gone_owners(
             return;
         }
         let owners = g.state().with_engine(|e| e.owner_ids());
-        let remove = |owner| {
-            let now = warren_broker::clock::now_ms();
-            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
-            r.submit(QueueCommand::ReturnAll { owner, now }, None);
-        };
+        let remove = |owner| r.remove_owner(owner, warren_broker::clock::now_ms());
         stale_asked.retain(|o, at| owners.contains(o) && at.elapsed() < STALE_RETRY);
         for &owner in &owners {
             if c.owner_is_stale(owner) && !stale_asked.contains_key(&owner) {

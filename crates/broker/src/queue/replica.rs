@@ -68,6 +68,11 @@ pub trait Replica: Send + Sync {
     fn owns(&self, _owner: Owner) -> bool {
         true
     }
+    /// `owner`'s channel is gone: its consumer is removed, and what it holds comes back.
+    fn remove_owner(&self, owner: Owner, now: u64) {
+        self.submit(QueueCommand::RemoveConsumer { owner, now }, None);
+        self.submit(QueueCommand::ReturnAll { owner, now }, None);
+    }
     /// Whether `owner` is one of this node's and of an earlier run of it (the node was killed,
     /// and its log still names the consumers of that run): its channel is gone for sure.
     fn is_stale(&self, _owner: Owner) -> bool {

@@ -89,8 +89,7 @@ impl Queue {
             .filter(|o| r.owns(*o))
             .collect();
         for owner in mine {
-            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
-            r.submit(QueueCommand::ReturnAll { owner, now }, None);
+            r.remove_owner(owner, now);
         }
         let _ = self.replica.set(r);
         Ok(())
@@ -205,8 +204,7 @@ impl Queue {
                 owner,
                 "a consumer of this node's earlier run was handed messages: it is removed and they go back to the queue"
             );
-            r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
-            r.submit(QueueCommand::ReturnAll { owner, now }, None);
+            r.remove_owner(owner, now);
         }
     }
 
