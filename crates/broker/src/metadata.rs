@@ -113,6 +113,15 @@ pub enum MetaOp {
         name: String,
         operator: bool,
     },
+    /// A quorum queue whose Raft group has these members (node names, the declaring node
+    /// first: `x-quorum-initial-group-size` of them). [`MetaOp::DeclareQueue`] (from before
+    /// group sizes) has every node as a member.
+    DeclareQuorumQueue {
+        vhost: String,
+        name: String,
+        arguments: WireTable,
+        members: Vec<String>,
+    },
 }
 
 impl MetaOp {
@@ -148,7 +157,9 @@ impl MetaOp {
             } => format!("P\0{vhost}\0{name}\0{operator}"),
             MetaOp::DeclareExchange { vhost, name, .. }
             | MetaOp::DeleteExchange { vhost, name, .. } => format!("x\0{vhost}\0{name}"),
-            MetaOp::DeclareQueue { vhost, name, .. } | MetaOp::DeleteQueue { vhost, name, .. } => {
+            MetaOp::DeclareQueue { vhost, name, .. }
+            | MetaOp::DeclareQuorumQueue { vhost, name, .. }
+            | MetaOp::DeleteQueue { vhost, name, .. } => {
                 format!("q\0{vhost}\0{name}")
             }
             MetaOp::Bind(b) | MetaOp::Unbind(b) => {
@@ -178,6 +189,7 @@ impl MetaOp {
             self,
             MetaOp::DeclareExchange { .. }
                 | MetaOp::DeclareQueue { .. }
+                | MetaOp::DeclareQuorumQueue { .. }
                 | MetaOp::Bind(_)
                 | MetaOp::Import { .. }
                 | MetaOp::VhostLimits { .. }
@@ -220,6 +232,24 @@ pub trait MetadataLog: Send + Sync {
 thread_local! {
     static APPLYING: Cell<bool> = const { Cell::new(false) };
     static PROPOSER: Cell<bool> = const { Cell::new(false) };
+    static PLACEMENT: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (declaring a quorum queue from a committed change) with the members its group
+/// was given (see [`placement`]).
+fn with_placement<T>(members: Option<Vec<String>>, f: impl FnOnce() -> T) -> T {
+    PLACEMENT.with(|p| *p.borrow_mut() = members);
+    let r = f();
+    PLACEMENT.with(|p| *p.borrow_mut() = None);
+    r
+}
+
+/// The members (node names) of the quorum queue being declared from a committed change on
+/// this thread: `Some(empty)` for a declaration from before group sizes (every node is a
+/// member), `None` when the queue is not being declared from the metadata log (a restart:
+/// the node's own log says whether it is a member).
+pub fn placement() -> Option<Vec<String>> {
+    PLACEMENT.with(|p| p.borrow().clone())
 }
 
 /// Runs `f` (applying a committed change) knowing whether this node proposed the change:
@@ -364,19 +394,17 @@ pub fn apply(broker: &std::sync::Arc<Broker>, op: &MetaOp) -> Result<(), AmqpErr
             vhost: v,
             name,
             arguments,
-        } => vhost(v)?
-            .declare_queue(
-                QueueDeclare {
-                    name: name.as_str().into(),
-                    passive: false,
-                    durable: true,
-                    exclusive: false,
-                    auto_delete: false,
-                    arguments: arguments.0.clone(),
-                },
-                0,
-            )
-            .map(drop),
+        } => with_placement(Some(Vec::new()), || {
+            declare_quorum(&vhost(v)?, name, arguments)
+        }),
+        MetaOp::DeclareQuorumQueue {
+            vhost: v,
+            name,
+            arguments,
+            members,
+        } => with_placement(Some(members.clone()), || {
+            declare_quorum(&vhost(v)?, name, arguments)
+        }),
         MetaOp::DeleteQueue {
             vhost: v,
             name,
@@ -397,4 +425,24 @@ pub fn apply(broker: &std::sync::Arc<Broker>, op: &MetaOp) -> Result<(), AmqpErr
             }
         }
     }
+}
+
+/// Declares a quorum queue as a committed change says.
+fn declare_quorum(
+    v: &std::sync::Arc<VHost>,
+    name: &str,
+    arguments: &WireTable,
+) -> Result<(), AmqpError> {
+    v.declare_queue(
+        QueueDeclare {
+            name: name.into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: arguments.0.clone(),
+        },
+        0,
+    )
+    .map(drop)
 }

@@ -55,6 +55,10 @@ pub(crate) fn config() -> Result<Arc<Config>, GroupError> {
         // behind gets the snapshot).
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 0,
+        // Sending a snapshot's last chunk includes installing it (the queue restored and
+        // saved, fsync included): openraft's 200 ms is too short for a backlog of
+        // megabytes, and a member being added would be sent it again and again.
+        install_snapshot_timeout: 10_000,
         ..Default::default()
     };
     c.validate()

@@ -15,15 +15,22 @@
 //! - [`meta`]: the cluster's metadata group: definition changes every node applies.
 //! - [`node`]: [`LocalNode`], the broker's `ReplicaHost`: the node's WAL, its Raft runtime,
 //!   and a group per quorum queue (`quorum_queues.replicated = true`).
+//! - [`replica`]: one quorum queue on this node, a member of its group or not (then served
+//!   through the members: proposals forwarded, deliveries sent over).
+//! - [`members`]: who is in a queue's group: placing a new queue's members
+//!   (`x-quorum-initial-group-size`), adding and removing members (`rabbitmq-queues
+//!   add_member`, `delete_member`, `grow`, `shrink`) with openraft's membership changes.
 
 // openraft's StorageError is large; it is what its traits return.
 #![allow(clippy::result_large_err)]
 
 pub mod group;
 pub mod log_store;
+pub mod members;
 pub mod meta;
 pub mod network;
 pub mod node;
+pub mod replica;
 pub mod state_machine;
 pub mod transport;
 pub mod types;

@@ -7,19 +7,20 @@
 //! again without storing the id anywhere; a deleted queue's group is forgotten in the WAL
 //! before the deletion returns, so a queue declared again by that name starts empty.
 //!
-//! Commands reach the log in the order they were submitted: one task per group takes what is
-//! waiting in its channel and proposes it as one entry (`client_write_ff`) before taking
-//! more; answers are awaited apart, so entries are in flight while the next fills.
+//! Commands reach the log in the order they were submitted (see [`crate::replica`]).
 //!
-//! In a cluster ([`LocalNode::open_cluster`]), every group has every node as a member; the
-//! node listens for the others' Raft RPCs, runs the metadata group ([`crate::meta`]), and
-//! sends proposals to whichever node leads their group ([`Forwarder`], one at a time, so
-//! they stay in order). Every member applies the same deliveries; each hands out those of
-//! its own consumers (owner ids carry the node: [`ReplicaHost::owner_base`]).
+//! In a cluster ([`LocalNode::open_cluster`]), a group's members are the nodes its
+//! declaration named (`x-quorum-initial-group-size`, see [`crate::members`]); the node
+//! listens for the others' Raft RPCs, runs the metadata group ([`crate::meta`]), and sends
+//! proposals to whichever node leads their group ([`Forwarder`], one at a time, so they stay
+//! in order). Every member applies the same deliveries; each hands out those of its own
+//! consumers (owner ids carry the node: [`ReplicaHost::owner_base`]), and those of nodes that
+//! are not members are sent to them ([`crate::replica`]).
 
 use crate::group::{Membership, QueueGroup};
 use crate::log_store::GroupLog;
 use crate::meta::{Applier, MetaStateMachine, Waiters, META_GROUP};
+use crate::replica::GroupReplica;
 use crate::transport::{Forwarder, Listener, Registry, TcpPeers};
 use crate::types::{NodeId, Proposal, QueueRaft};
 use crate::wal::{GroupState, NodeWal, WalError};
@@ -31,20 +32,20 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use warren_broker::metadata::{MetaOp, MetadataLog};
-use warren_broker::queue::replica::{Answer, ClusterNode, OutputSink, Replica, ReplicaHost};
+use warren_broker::queue::replica::{ClusterNode, MemberError, OutputSink, Replica, ReplicaHost};
 use warren_broker::queue::Applied;
-use warren_broker::queue::{Owner, QueueCommand, QueueEngine, QueueOptions};
+use warren_broker::queue::{QueueCommand, QueueOptions};
 use warren_broker::AmqpError;
 use warren_store::Backend;
 
 /// How long opening a group may take (leading it and applying its log again).
-const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Threads of the Raft runtime are named so; a caller on one must not wait for another task
 /// of the same runtime.
@@ -74,11 +75,14 @@ pub struct ClusterSpec {
     pub names: BTreeMap<NodeId, String>,
     /// TLS on the links between nodes (`cluster.ssl_options.*`).
     pub tls: Option<crate::transport::LinkTls>,
+    /// Members of a new quorum queue's group when its declaration does not say
+    /// (`x-quorum-initial-group-size`): RabbitMQ's `quorum_cluster_size`, 3.
+    pub default_group_size: usize,
 }
 
 /// Owner ids of node number `n` (1-based, in the order of node ids) start at `n <<
 /// OWNER_BITS`.
-const OWNER_BITS: u32 = 48;
+pub(crate) const OWNER_BITS: u32 = 48;
 
 /// Within a node's range, owner ids start at the milliseconds since 2024 times this: ids stay
 /// unique across restarts (an owner of before a restart is still in the queues until it is
@@ -98,23 +102,30 @@ const DOWN_AFTER: Duration = Duration::from_secs(3);
 const FIRST_ELECTION_HOLD: Duration = Duration::from_secs(3);
 
 /// How often the other nodes are probed.
-const PROBE_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// How long one attempt to hand a proposal to another node may take (a node cut off does not
 /// answer at all: the attempt must end in time to try the node elected after it).
-const FORWARD_ATTEMPT: Duration = Duration::from_secs(2);
+pub(crate) const FORWARD_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// How long a proposal may look for a leader that takes it.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a node of a cluster has beyond a node alone.
-struct Cluster {
-    spec: ClusterSpec,
+pub(crate) struct Cluster {
+    pub(crate) spec: ClusterSpec,
     /// This node's number (1-based position of its id).
-    number: u64,
-    registry: Registry,
+    pub(crate) number: u64,
+    pub(crate) registry: Registry,
     _listener: Listener,
-    forwarder: Arc<Forwarder>,
+    /// Proposals to leaders.
+    pub(crate) forwarder: Arc<Forwarder>,
+    /// Questions to other nodes and membership changes (apart, so that they never wait
+    /// behind a proposal waiting for its commit).
+    pub(crate) control: Arc<Forwarder>,
+    /// Deliveries for nodes that are not members of a queue's group, in order, per node.
+    pushes: Arc<Forwarder>,
+    pushers: Mutex<HashMap<NodeId, mpsc::UnboundedSender<(u64, crate::transport::Pushed)>>>,
     meta: OnceLock<Raft<QueueRaft>>,
     waiters: Waiters,
     next_request: AtomicU64,
@@ -126,12 +137,41 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn addr(&self, node: NodeId) -> Option<String> {
+    pub(crate) fn addr(&self, node: NodeId) -> Option<String> {
         self.spec.nodes.get(&node).map(|n| n.addr.clone())
     }
 
+    /// Whether `node` has not answered the probes for a while.
+    pub(crate) fn is_down(&self, node: NodeId) -> bool {
+        self.down_since.lock().contains_key(&node)
+    }
+
+    /// The node named `name` (`warren@host:port`).
+    pub(crate) fn node_named(&self, name: &str) -> Option<NodeId> {
+        self.spec
+            .names
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// Sends what an entry left for `node`'s consumers of `group` (a node that is not a
+    /// member), after what was sent to it before. A node that does not take it for a while
+    /// is down: what it missed is dropped (its consumers are removed from the queues, and
+    /// what they held goes back).
+    pub(crate) fn push(&self, node: NodeId, group: u64, p: crate::transport::Pushed) {
+        let mut pushers = self.pushers.lock();
+        let tx = pushers.entry(node).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let addr = self.addr(node).unwrap_or_default();
+            tokio::spawn(push_to(self.pushes.clone(), addr, rx));
+            tx
+        });
+        let _ = tx.send((group, p));
+    }
+
     /// The node whose owner ids `owner` is one of (see [`ReplicaHost::owner_base`]).
-    fn node_of(&self, owner: warren_broker::queue::Owner) -> Option<NodeId> {
+    pub(crate) fn node_of(&self, owner: warren_broker::queue::Owner) -> Option<NodeId> {
         let number = owner >> OWNER_BITS;
         (number > 0)
             .then(|| self.spec.nodes.keys().nth(number as usize - 1).copied())
@@ -151,7 +191,7 @@ impl Cluster {
 
     /// Whether `owner` is a consumer of an earlier run of this node (killed, and maybe back
     /// before the others noticed it was down): its channel is gone for sure.
-    fn owner_is_stale(&self, owner: warren_broker::queue::Owner) -> bool {
+    pub(crate) fn owner_is_stale(&self, owner: warren_broker::queue::Owner) -> bool {
         owner >> OWNER_BITS == self.number && self.incarnation.get().is_some_and(|b| owner < *b)
     }
 
@@ -194,15 +234,12 @@ impl Cluster {
 /// again within [`DOWN_AFTER`] is never seen down, and the entries that gave its old
 /// consumers messages may reach its log only after it has started (what the broker removes
 /// when it opens the queue is only what its log held then). Ends when the queue's group does.
-async fn reap_gone_owners(
+pub(crate) async fn reap_gone_owners(
     group: std::sync::Weak<QueueGroup>,
     c: Arc<Cluster>,
     replica: std::sync::Weak<GroupReplica>,
 ) {
     let mut reaped = HashSet::new();
-    // This node's stale owners, when their removal was last proposed (again after a while
-    // if they are still there: the proposal may have found no leader).
-    let mut stale_asked: HashMap<warren_broker::queue::Owner, std::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let (Some(g), Some(r)) = (group.upgrade(), replica.upgrade()) else {
@@ -212,19 +249,7 @@ async fn reap_gone_owners(
             return;
         }
         let owners = g.state().with_engine(|e| e.owner_ids());
-        let remove = |owner| r.remove_owner(owner, warren_broker::clock::now_ms());
-        stale_asked.retain(|o, at| owners.contains(o) && at.elapsed() < STALE_RETRY);
-        for &owner in &owners {
-            if c.owner_is_stale(owner) && !stale_asked.contains_key(&owner) {
-                tracing::info!(
-                    group = g.id,
-                    owner,
-                    "a consumer of this node's earlier run: its unacknowledged messages go back to the queue"
-                );
-                remove(owner);
-                stale_asked.insert(owner, std::time::Instant::now());
-            }
-        }
+        r.remove_stale(&owners);
         // An owner reaped before whose node answers again may be reaped again later.
         reaped.retain(|o| c.owner_is_gone(*o));
         if !g.is_leader() {
@@ -239,25 +264,57 @@ async fn reap_gone_owners(
                 owner,
                 "a consumer's node is down: its unacknowledged messages go back to the queue"
             );
-            remove(owner);
+            let now = warren_broker::clock::now_ms();
+            r.send_command(QueueCommand::RemoveConsumer { owner, now }, None);
+            r.send_command(QueueCommand::ReturnAll { owner, now }, None);
             reaped.insert(owner);
         }
     }
 }
 
-/// How long before a stale owner's removal is proposed again if it is still there.
-const STALE_RETRY: Duration = Duration::from_secs(5);
+/// Sends what [`Cluster::push`] queued for one node, in order; what the node does not take
+/// within [`PUSH_GIVE_UP`] is dropped (the node is down: its consumers are removed).
+async fn push_to(
+    links: Arc<Forwarder>,
+    addr: String,
+    mut rx: mpsc::UnboundedReceiver<(u64, crate::transport::Pushed)>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        if rx.recv_many(&mut batch, 256).await == 0 {
+            return;
+        }
+        let since = std::time::Instant::now();
+        loop {
+            match links.push(&addr, batch.clone(), FORWARD_ATTEMPT).await {
+                Ok(()) => break,
+                Err(e) if since.elapsed() >= PUSH_GIVE_UP => {
+                    tracing::warn!(node = %addr, error = %e, entries = batch.len(), "deliveries for a node that does not take them were dropped; its consumers are removed from the queues");
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// How long deliveries for another node's consumers are offered to it.
+const PUSH_GIVE_UP: Duration = Duration::from_secs(10);
 
 /// This node's replicated queues: every group has this node alone as its member, or, in a
 /// cluster, every node.
 pub struct LocalNode {
-    id: NodeId,
-    wal: Arc<NodeWal>,
+    pub(crate) id: NodeId,
+    pub(crate) wal: Arc<NodeWal>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     /// What the WAL held for groups not opened yet since the start.
     recovered: Mutex<HashMap<u64, GroupState>>,
-    cluster: Option<Arc<Cluster>>,
+    pub(crate) cluster: Option<Arc<Cluster>>,
+    /// The quorum queues opened on this node, members of their groups or not.
+    pub(crate) replicas: Mutex<HashMap<u64, std::sync::Weak<GroupReplica>>>,
+    this: OnceLock<std::sync::Weak<LocalNode>>,
 }
 
 /// Why a clustered node could not open.
@@ -293,6 +350,8 @@ impl LocalNode {
             runtime: Mutex::new(Some(runtime)),
             recovered: Mutex::new(recovered),
             cluster: None,
+            replicas: Mutex::default(),
+            this: OnceLock::new(),
         }))
     }
 
@@ -329,6 +388,17 @@ impl LocalNode {
                 spec.secret.clone(),
                 spec.tls.clone(),
             )),
+            control: Arc::new(Forwarder::new(
+                spec.me,
+                spec.secret.clone(),
+                spec.tls.clone(),
+            )),
+            pushes: Arc::new(Forwarder::new(
+                spec.me,
+                spec.secret.clone(),
+                spec.tls.clone(),
+            )),
+            pushers: Mutex::default(),
             spec,
             number,
             registry,
@@ -342,7 +412,14 @@ impl LocalNode {
         if let Some(c) = &node.cluster {
             node.handle.spawn(c.clone().watch_nodes());
         }
-        Ok(Arc::new(node))
+        let node = Arc::new(node);
+        let _ = node.this.set(Arc::downgrade(&node));
+        if let Some(c) = &node.cluster {
+            let weak = Arc::downgrade(&node);
+            let control: std::sync::Weak<dyn crate::transport::Control> = weak;
+            c.registry.set_control(control);
+        }
+        Ok(node)
     }
 
     /// Starts this node's member of the cluster's metadata group: definition changes
@@ -396,8 +473,13 @@ impl LocalNode {
         Ok(())
     }
 
+    /// This node, for tasks that outlive a call.
+    pub(crate) fn self_ref(&self) -> Option<Arc<LocalNode>> {
+        self.this.get()?.upgrade()
+    }
+
     /// Runs `fut` on the Raft runtime and waits for it from this (non-Raft) thread.
-    fn wait_for<T: Send + 'static>(
+    pub(crate) fn wait_for<T: Send + 'static>(
         &self,
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Option<T> {
@@ -419,7 +501,7 @@ impl Drop for LocalNode {
     }
 }
 
-fn on_raft_thread() -> bool {
+pub(crate) fn on_raft_thread() -> bool {
     std::thread::current()
         .name()
         .is_some_and(|n| n.starts_with(THREAD_NAME))
@@ -441,22 +523,66 @@ impl ReplicaHost for LocalNode {
         let (node, wal) = (self.id, self.wal.clone());
         let cluster = self.cluster.clone();
         let lead_here = warren_broker::metadata::proposed_here();
+        let replica = GroupReplica::new(
+            id,
+            node,
+            cluster.clone(),
+            wal.clone(),
+            self.handle.clone(),
+            opts.clone(),
+            outputs,
+        );
+        self.replicas.lock().insert(id, Arc::downgrade(&replica));
+        // Whether this node is a member: it is if its log has the group; a queue being
+        // declared names its members; a queue this node knows from before (a restart) with
+        // nothing in the log here is not one of its groups.
+        let has_entries = !recovered.entries.is_empty() || recovered.purged.is_some();
+        let has_log = has_entries || recovered.vote.is_some();
+        let members: Option<BTreeMap<NodeId, BasicNode>> = match &cluster {
+            None => Some(BTreeMap::from([(node, BasicNode::default())])),
+            Some(c) if has_log => Some(c.spec.nodes.clone()),
+            Some(c) => match warren_broker::metadata::placement() {
+                // Declared before group sizes: every node.
+                Some(names) if names.is_empty() => Some(c.spec.nodes.clone()),
+                Some(names) => {
+                    let ids: BTreeMap<NodeId, BasicNode> = names
+                        .iter()
+                        .filter_map(|n| c.node_named(n))
+                        .filter_map(|id| c.spec.nodes.get(&id).map(|b| (id, b.clone())))
+                        .collect();
+                    ids.contains_key(&node).then_some(ids)
+                }
+                None => None,
+            },
+        };
+        let Some(members) = members else {
+            tracing::debug!(
+                group = id,
+                queue = name,
+                vhost,
+                "not a member of the quorum queue's group: serving it from the members"
+            );
+            return Ok(replica);
+        };
+        let r2 = replica.clone();
         let started = self.wait_for(async move {
             let Some(c) = cluster else {
                 let (group, out) = QueueGroup::start(node, id, wal, recovered, opts).await?;
                 group.caught_up(OPEN_TIMEOUT).await?;
-                return Ok::<_, crate::GroupError>((group, out));
+                r2.set_local(Arc::new(group), out);
+                return Ok::<_, crate::GroupError>(());
             };
-            // Every node is a member. The node the queue was declared through creates the
-            // group at once, and `initialize` makes it stand for election straight away, so
-            // it leads (RabbitMQ's client-local leader locator). The others wait: they vote
-            // for it and learn the members from its first entries. Should it die before that,
+            // The node the queue was declared through creates the group at once, and
+            // `initialize` makes it stand for election straight away, so it leads
+            // (RabbitMQ's client-local leader locator). The other members wait: they vote for
+            // it and learn the members from its first entries. Should it die before that,
             // each creates the group alike after a hold (safe with the same members), so the
             // queue is not left without a group; no waiting for a leader, others may be down.
-            let new = recovered.entries.is_empty() && recovered.vote.is_none();
+            // (A member whose log has a vote and no entry waits for the leader's.)
+            let new = !has_log;
             let membership = Membership {
-                members: c.spec.nodes.clone(),
-                initialize: lead_here || !new,
+                members,
+                initialize: lead_here || has_entries,
             };
             let peers = TcpPeers {
                 me: node,
@@ -465,7 +591,7 @@ impl ReplicaHost for LocalNode {
                 tls: c.spec.tls.clone(),
             };
             let members = membership.members.clone();
-            let started = QueueGroup::start_member(
+            let (group, out) = QueueGroup::start_member(
                 node,
                 id,
                 wal,
@@ -477,7 +603,7 @@ impl ReplicaHost for LocalNode {
             )
             .await?;
             if new && !lead_here {
-                let raft = started.0.raft().clone();
+                let raft = group.raft().clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(FIRST_ELECTION_HOLD).await;
                     if let Ok(false) = raft.is_initialized().await {
@@ -486,42 +612,12 @@ impl ReplicaHost for LocalNode {
                     }
                 });
             }
-            Ok(started)
+            r2.set_local(Arc::new(group), out);
+            Ok(())
         });
-        let (group, mut out) = started
+        started
             .ok_or("the Raft runtime stopped")?
             .map_err(|e| e.to_string())?;
-        let group = Arc::new(group);
-        let (tx, rx) = mpsc::unbounded_channel::<(QueueCommand, Option<Answer>)>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        self.handle.spawn(propose_in_batches(
-            group.clone(),
-            self.cluster.clone(),
-            rx,
-            queued.clone(),
-        ));
-        self.handle.spawn(async move {
-            while let Some(o) = out.recv().await {
-                outputs(o);
-            }
-        });
-        let replica = Arc::new(GroupReplica {
-            id,
-            number: self.cluster.as_ref().map(|c| c.number),
-            cluster: self.cluster.clone(),
-            group: group.clone(),
-            commands: tx,
-            queued,
-            wal: self.wal.clone(),
-            handle: self.handle.clone(),
-        });
-        if let Some(c) = &self.cluster {
-            self.handle.spawn(reap_gone_owners(
-                Arc::downgrade(&group),
-                c.clone(),
-                Arc::downgrade(&replica),
-            ));
-        }
         Ok(replica)
     }
 
@@ -555,6 +651,18 @@ impl ReplicaHost for LocalNode {
         let within = (since_2024 * OWNER_IDS_PER_MS) & ((1 << OWNER_BITS) - 1);
         *c.incarnation
             .get_or_init(|| (c.number << OWNER_BITS) | within)
+    }
+
+    fn choose_members(&self, size: Option<u64>) -> Vec<String> {
+        crate::members::choose(self, size)
+    }
+
+    fn add_member(&self, vhost: &str, name: &str, node: &str) -> Result<usize, MemberError> {
+        crate::members::add(self, vhost, name, node)
+    }
+
+    fn delete_member(&self, vhost: &str, name: &str, node: &str) -> Result<usize, MemberError> {
+        crate::members::delete(self, vhost, name, node)
     }
 
     fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
@@ -652,8 +760,40 @@ fn replica_call_timeout() -> Duration {
     warren_broker::queue::replica::CALL_TIMEOUT
 }
 
-fn no_majority() -> String {
+pub(crate) fn no_majority() -> String {
     format!("not committed within {WRITE_TIMEOUT:?}: a majority of the group's nodes must be up")
+}
+
+/// One attempt at proposing `p` to group `group` whose leader is `leader`: through `raft`
+/// when this node leads it, or forwarded to the leader by the [`Forwarder`], within what is
+/// left of `deadline`.
+pub(crate) async fn propose_once(
+    c: &Cluster,
+    raft: Option<&Raft<QueueRaft>>,
+    leader: Option<NodeId>,
+    group: u64,
+    p: &Proposal,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Applied>, String> {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    match (leader, raft) {
+        (Some(l), Some(raft)) if l == c.spec.me => {
+            // A leader that lost its majority stays leader until it hears of a newer
+            // term: its proposals are never committed, so the wait is bounded.
+            match tokio::time::timeout(left, raft.client_write(p.clone())).await {
+                Ok(r) => r.map(|r| r.data).map_err(|e| e.to_string()),
+                Err(_) => Err(no_majority()),
+            }
+        }
+        (Some(l), _) => match c.addr(l) {
+            Some(addr) => {
+                let attempt = left.min(FORWARD_ATTEMPT);
+                c.forwarder.forward(&addr, group, p.clone(), attempt).await
+            }
+            None => Err(format!("node {l} is not in the cluster's configuration")),
+        },
+        (None, _) => Err("no leader yet".into()),
+    }
 }
 
 /// Proposes `p` to group `group` through whichever node leads it (this one, or another by
@@ -668,26 +808,7 @@ async fn write_to_leader(
     let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
     loop {
         let leader = raft.metrics().borrow().current_leader;
-        let r = match leader {
-            Some(l) if l == c.spec.me => {
-                // A leader that lost its majority stays leader until it hears of a newer
-                // term: its proposals are never committed, so the wait is bounded.
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match tokio::time::timeout(left, raft.client_write(p.clone())).await {
-                    Ok(r) => r.map(|r| r.data).map_err(|e| e.to_string()),
-                    Err(_) => Err(no_majority()),
-                }
-            }
-            Some(l) => match c.addr(l) {
-                Some(addr) => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let attempt = left.min(FORWARD_ATTEMPT);
-                    c.forwarder.forward(&addr, group, p.clone(), attempt).await
-                }
-                None => Err(format!("node {l} is not in the cluster's configuration")),
-            },
-            None => Err("no leader yet".into()),
-        };
+        let r = propose_once(c, Some(raft), leader, group, &p, deadline).await;
         let why = match r {
             Ok(a) => return Ok(a),
             Err(e) => e,
@@ -696,246 +817,5 @@ async fn write_to_leader(
             return Err(why);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Most commands in one log entry.
-const MAX_BATCH: usize = 1024;
-
-/// Entries of one group proposed and not yet applied. openraft 0.9 applies an entry only
-/// after its own flush and runs a leader's commands in order, so entries proposed one right
-/// after another are flushed one by one; holding the next batch back until one of these is
-/// applied lets it gather whatever arrived meanwhile, and one fsync then carries all of it
-/// (measured: ~5,000 confirmed publishes a second with no limit, see docs/benchmarks.md).
-const MAX_IN_FLIGHT: usize = 2;
-
-/// Takes the group's commands in order and proposes whatever is waiting as one entry (see
-/// [`crate::types::Batch`]), with at most [`MAX_IN_FLIGHT`] entries on their way; answers
-/// are handed back as entries are applied.
-async fn propose_in_batches(
-    group: Arc<QueueGroup>,
-    cluster: Option<Arc<Cluster>>,
-    mut rx: mpsc::UnboundedReceiver<(QueueCommand, Option<Answer>)>,
-    queued: Arc<AtomicUsize>,
-) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut waiting = Vec::with_capacity(MAX_BATCH);
-    // Every publish this proposer sends is numbered, under an id of its own: a batch sent
-    // again (its leader went away before answering, and may have committed it) enqueues
-    // nothing twice (the engine answers Duplicate).
-    let (me, mut numbered) = (rand::random::<u64>(), 0u64);
-    // Resolves once every batch proposed so far has its final outcome (sent again if it had
-    // to be). A batch is sent again, or sent elsewhere, only after that: the engine takes a
-    // publish whose number is below one it has as a resend, so a later batch committed
-    // before an earlier one's resend would make the earlier publishes look like resends.
-    let mut earlier_final: Option<tokio::sync::oneshot::Receiver<()>> = None;
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let n = rx.recv_many(&mut waiting, MAX_BATCH).await;
-        if n == 0 {
-            return;
-        }
-        queued.fetch_sub(n, Ordering::Relaxed);
-        let (mut cmds, answers): (Vec<QueueCommand>, Vec<Option<Answer>>) =
-            waiting.drain(..).unzip();
-        for c in &mut cmds {
-            if let QueueCommand::Enqueue {
-                from: from @ None, ..
-            } = c
-            {
-                numbered += 1;
-                *from = Some(warren_broker::queue::Publisher {
-                    id: me,
-                    seq: numbered,
-                });
-            }
-        }
-        if let Some(c) = cluster.as_deref().filter(|_| !group.is_leader()) {
-            // Another node leads (or none yet): the batch goes there, and the next one waits
-            // for its answer, so they are committed in order.
-            tracing::debug!(
-                group = group.id,
-                commands = cmds.len(),
-                "forwarding to the leader"
-            );
-            if let Some(earlier) = earlier_final.take() {
-                let _ = earlier.await;
-            }
-            let r = write_to_leader(group.raft(), c, group.id, Proposal::Queue(cmds)).await;
-            tracing::debug!(
-                group = group.id,
-                ok = r.is_ok(),
-                "forwarded proposal answered"
-            );
-            drop(permit);
-            match r {
-                Ok(applied) => answer_all(answers, applied),
-                Err(e) => fail_all(answers, &e),
-            }
-            continue;
-        }
-        // In a cluster, a batch this node proposed as leader and lost with its leadership is
-        // sent again to the new leader: acks must not be lost, and publishes are numbered.
-        let again = cluster.as_ref().map(|c| (c.clone(), cmds.clone()));
-        tracing::debug!(
-            group = group.id,
-            commands = cmds.len(),
-            "proposing as leader"
-        );
-        let (this_final, this_final_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut earlier = earlier_final.replace(this_final_rx);
-        match group.submit(cmds).await {
-            Ok(pending) => {
-                let group = group.clone();
-                tokio::spawn(async move {
-                    // Bounded: a leader that lost its majority commits nothing (the
-                    // publishers are nacked; what was proposed may still be committed once
-                    // the majority is back, as with any unconfirmed publish).
-                    let mut r = match tokio::time::timeout(WRITE_TIMEOUT, pending).await {
-                        Ok(r) => r,
-                        Err(_) => Err(no_majority()),
-                    };
-                    let timed_out = r.as_ref().is_err_and(|e| *e == no_majority());
-                    tracing::debug!(group = group.id, ok = r.is_ok(), "proposal answered");
-                    if let (Err(_), Some((c, cmds)), false) = (&r, again, timed_out) {
-                        if let Some(e) = earlier.take() {
-                            let _ = e.await;
-                        }
-                        r = write_to_leader(group.raft(), &c, group.id, Proposal::Queue(cmds))
-                            .await;
-                    }
-                    drop(permit);
-                    match r {
-                        Ok(applied) => answer_all(answers, applied),
-                        Err(e) => fail_all(answers, &e),
-                    }
-                    if let Some(e) = earlier {
-                        let _ = e.await;
-                    }
-                    let _ = this_final.send(());
-                });
-            }
-            Err(e) => {
-                fail_all(answers, &e.to_string());
-                tokio::spawn(async move {
-                    if let Some(e) = earlier {
-                        let _ = e.await;
-                    }
-                    let _ = this_final.send(());
-                });
-            }
-        }
-    }
-}
-
-fn answer_all(answers: Vec<Option<Answer>>, applied: Vec<Applied>) {
-    for (a, r) in answers.into_iter().zip(applied) {
-        if let Some(a) = a {
-            a(Ok(r));
-        }
-    }
-}
-
-fn fail_all(answers: Vec<Option<Answer>>, why: &str) {
-    for a in answers.into_iter().flatten() {
-        a(Err(why.to_string()));
-    }
-}
-
-/// One queue's group, as the broker uses it.
-struct GroupReplica {
-    id: u64,
-    /// This node's number in its cluster (None alone): owners it hands deliveries to.
-    number: Option<u64>,
-    cluster: Option<Arc<Cluster>>,
-    group: Arc<QueueGroup>,
-    commands: mpsc::UnboundedSender<(QueueCommand, Option<Answer>)>,
-    /// Commands sent and not yet taken by the proposer.
-    queued: Arc<AtomicUsize>,
-    wal: Arc<NodeWal>,
-    handle: tokio::runtime::Handle,
-}
-
-impl Replica for GroupReplica {
-    fn submit(&self, cmd: QueueCommand, answer: Option<Answer>) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::error::SendError((_, Some(a)))) = self.commands.send((cmd, answer)) {
-            a(Err("the queue's Raft group stopped".into()));
-        }
-    }
-
-    fn read(&self, f: &mut dyn FnMut(&QueueEngine<Owner>)) {
-        self.group.state().with_engine(|e| f(e))
-    }
-
-    fn remove(&self) {
-        if let Some(c) = &self.cluster {
-            // Its peers' requests for this group are answered "no such group" from now on.
-            c.registry.remove(self.id);
-        }
-        let (group, wal, id) = (self.group.clone(), self.wal.clone(), self.id);
-        let stop = async move {
-            if let Err(e) = group.shutdown().await {
-                tracing::warn!(group = id, error = %e, "stopping a deleted queue's Raft group failed");
-            }
-            if let Err(e) = wal.forget(id) {
-                tracing::warn!(group = id, error = %e, "could not forget a deleted queue's log; the next start does");
-            }
-        };
-        if on_raft_thread() {
-            // (x-expires deletes from a Raft thread, which must not wait for its own runtime.)
-            self.handle.spawn(stop);
-            return;
-        }
-        // Waited for: a queue declared again by this name gets the same group id.
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle.spawn(async move {
-            stop.await;
-            let _ = tx.send(());
-        });
-        let _ = rx.recv_timeout(OPEN_TIMEOUT);
-    }
-
-    fn touch(&self, now: u64) {
-        self.group.state().touch(now);
-    }
-
-    fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-
-    fn is_leader(&self) -> bool {
-        self.group.is_leader()
-    }
-
-    fn owns(&self, owner: warren_broker::queue::Owner) -> bool {
-        self.number.is_none_or(|n| owner >> OWNER_BITS == n)
-    }
-
-    fn is_stale(&self, owner: warren_broker::queue::Owner) -> bool {
-        self.cluster
-            .as_ref()
-            .is_some_and(|c| c.owner_is_stale(owner))
-    }
-
-    fn members(&self) -> Option<(Option<String>, Vec<String>)> {
-        let c = self.cluster.as_ref()?;
-        let m = self.group.raft().metrics().borrow().clone();
-        let name = |id: &NodeId| {
-            c.spec
-                .names
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| id.to_string())
-        };
-        let members = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .map(|id| name(&id))
-            .collect();
-        Some((m.current_leader.as_ref().map(name), members))
     }
 }

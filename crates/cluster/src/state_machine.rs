@@ -46,6 +46,8 @@ struct State {
     engine: QueueEngine<Owner>,
     last_applied: Option<LogIdOf>,
     membership: StoredMembership<NodeId, BasicNode>,
+    /// The voters of `membership`, as outputs carry them.
+    voters: Arc<Vec<NodeId>>,
     /// The last snapshot (built, installed or loaded) and its encoding.
     current: Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>,
     /// Enqueued bytes and entries applied since the last snapshot.
@@ -92,6 +94,7 @@ impl QueueStateMachine {
             engine: QueueEngine::new(opts.clone(), 0),
             last_applied: None,
             membership: StoredMembership::default(),
+            voters: Arc::default(),
             current: None,
             bytes_since: 0,
             entries_since: 0,
@@ -105,6 +108,7 @@ impl QueueStateMachine {
             state.engine = QueueEngine::restore(stored.engine);
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
+            state.voters = voters_of(&state.membership);
             state.current = Some((stored.meta, data));
         }
         let sm = QueueStateMachine {
@@ -134,6 +138,11 @@ impl QueueStateMachine {
         self.state.lock().snapshots_built
     }
 
+    /// The last log index applied.
+    pub fn applied_index(&self) -> u64 {
+        self.state.lock().last_applied.map_or(0, |l| l.index)
+    }
+
     /// Reads the engine (counts, checkouts) under the state's lock.
     pub fn with_engine<T>(&self, f: impl FnOnce(&QueueEngine<Owner>) -> T) -> T {
         f(&self.state.lock().engine)
@@ -152,6 +161,7 @@ impl QueueStateMachine {
         index: u64,
         out: &mut Deliveries,
         removed_consumers: Vec<Owner>,
+        voters: &Arc<Vec<NodeId>>,
     ) {
         let (mut dead_letters, mut needs_ticks) = (Vec::new(), false);
         for e in engine.drain_effects() {
@@ -173,9 +183,15 @@ impl QueueStateMachine {
                 dead_letters,
                 needs_ticks,
                 removed_consumers,
+                voters: Some(voters.clone()),
             });
         }
     }
+}
+
+/// The voters of a membership (both configurations' during a joint change).
+fn voters_of(m: &StoredMembership<NodeId, BasicNode>) -> Arc<Vec<NodeId>> {
+    Arc::new(m.membership().voter_ids().collect())
 }
 
 fn storage_err(e: WalError) -> StorageErrorOf {
@@ -243,6 +259,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     s.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    s.voters = voters_of(&s.membership);
                     Vec::new()
                 }
                 EntryPayload::Normal(Proposal::Queue(batch)) => {
@@ -262,7 +279,14 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
                 EntryPayload::Normal(Proposal::Meta { .. }) => Vec::new(),
             };
             s.entries_since += 1;
-            self.send_output(&mut s.engine, entry.log_id.index, &mut out, removed);
+            let voters = s.voters.clone();
+            self.send_output(
+                &mut s.engine,
+                entry.log_id.index,
+                &mut out,
+                removed,
+                &voters,
+            );
             answers.push(answer);
         }
         let backlog = s.engine.stats().message_bytes_ready;
@@ -294,6 +318,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         s.engine = QueueEngine::restore(stored.engine.clone());
         s.last_applied = meta.last_log_id;
         s.membership = meta.last_membership.clone();
+        s.voters = voters_of(&s.membership);
         let stored = Stored {
             meta: meta.clone(),
             engine: stored.engine,

@@ -7,9 +7,12 @@
 //!   SHA-256(secret ‖ challenge) and its node id; the listener answers `true` (accepted) or
 //!   closes the connection.
 //! - Then `Request { group, rpc }` → `Response` (the group's Raft answer, or its error).
-//!   Besides Raft's own RPCs, `Forward` carries a proposal from a member that does not lead
+//!   Besides Raft's own RPCs, `Forward` carries a proposal from a node that does not lead
 //!   the group to the one that does ([`Forwarder`]); it is answered once committed and
-//!   applied there.
+//!   applied there. `Status` asks what a node knows of a group (its leader, members, the
+//!   queue's counts), `Push` hands a node the deliveries for its consumers of a queue it is
+//!   not a member of, `Member` runs a step of a membership change ([`MemberOp`]); these go
+//!   to the node's [`Control`].
 //!
 //! Groups are found in the node's [`Registry`]. A request for a group this node does not run
 //! answers `Response::NoGroup`, which the sender sees as the peer being unreachable for it.
@@ -62,6 +65,12 @@ enum Rpc {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<QueueRaft>),
     Forward(Proposal),
+    /// What this node knows of the group (see [`Control::status`]).
+    Status,
+    /// Deliveries for this node's consumers of queues it is not a member of.
+    Push(Vec<(u64, Pushed)>),
+    /// A step of a membership change (see [`Control::member_op`]).
+    Member(MemberOp),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -79,6 +88,78 @@ enum Response {
     ),
     Forward(Result<Vec<Applied>, String>),
     NoGroup,
+    Status(Option<GroupStatus>),
+    Done(Result<u64, String>),
+}
+
+/// What a node knows of one queue's group: who leads it and who is in it, and, from a
+/// member, the queue's counts (a node that is not a member shows these).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// This node holds a copy (it is a voter or a learner of the group).
+    pub member: bool,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// The last log index this node applied.
+    pub applied: u64,
+    pub stats: warren_broker::queue::QueueStats,
+    pub len: u64,
+    pub backlogged: bool,
+    /// Owners (consumers, basic.get channels) the queue knows.
+    pub owners: Vec<warren_broker::queue::Owner>,
+}
+
+/// A delivery decided by a group's leader for a consumer on a node that is not a member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushedDelivery {
+    pub owner: warren_broker::queue::Owner,
+    pub checkout: warren_broker::queue::CheckoutId,
+    pub seq: u64,
+    pub msg: warren_broker::queue::LoggedMessage,
+    pub redelivered: bool,
+    pub delivery_count: u32,
+}
+
+/// What applying one log entry left for a node that is not a member of the group: every
+/// member sends it; the node takes each entry's once (by `index`, which only grows).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pushed {
+    pub index: u64,
+    pub deliveries: Vec<PushedDelivery>,
+    pub removed: Vec<warren_broker::queue::Owner>,
+}
+
+/// One step of a membership change, run where it must be: `Join` and `Leave` on the node
+/// that gains or loses its copy, the others on the group's leader (openraft's membership
+/// changes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MemberOp {
+    /// Start this node's (empty) member of the group, for the leader to fill.
+    Join,
+    /// This node's member was removed: stop it and forget its log.
+    Leave,
+    /// Leader: add the node as a learner and wait until it has caught up.
+    AddLearner(NodeId),
+    /// Leader: make the learner a voter.
+    Promote(NodeId),
+    /// Leader: make the voter a learner (it keeps receiving the log).
+    Demote(NodeId),
+    /// Leader: remove the learner.
+    Remove(NodeId),
+}
+
+/// A boxed future, as [`Control`] returns.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// What a node does with requests that are not Raft's own (set on its [`Registry`]).
+pub trait Control: Send + Sync {
+    /// What this node knows of `group` (None: no such queue here).
+    fn status(&self, group: u64) -> Option<GroupStatus>;
+    /// Deliveries for this node's consumers.
+    fn push(&self, pushed: Vec<(u64, Pushed)>);
+    /// Runs one step of a membership change; answers the change's log index (or 0).
+    fn member_op(&self, group: u64, op: MemberOp) -> BoxFuture<Result<u64, String>>;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,9 +172,19 @@ struct Hello {
 #[derive(Clone, Default)]
 pub struct Registry {
     groups: Arc<RwLock<HashMap<u64, Raft<QueueRaft>>>>,
+    control: Arc<RwLock<Option<std::sync::Weak<dyn Control>>>>,
 }
 
 impl Registry {
+    /// Where requests that are not Raft's own go.
+    pub fn set_control(&self, c: std::sync::Weak<dyn Control>) {
+        *self.control.write() = Some(c);
+    }
+
+    fn control(&self) -> Option<Arc<dyn Control>> {
+        self.control.read().as_ref()?.upgrade()
+    }
+
     pub fn insert(&self, group: u64, raft: Raft<QueueRaft>) {
         self.groups.write().insert(group, raft);
     }
@@ -221,22 +312,37 @@ async fn serve(
     write_frame(&mut s, &true).await?;
     loop {
         let req: Request = read_frame(&mut s).await?;
-        let Some(raft) = registry.get(req.group) else {
-            write_frame(&mut s, &Response::NoGroup).await?;
-            continue;
-        };
-        let resp = match req.rpc {
-            Rpc::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
-            Rpc::Vote(r) => Response::Vote(raft.vote(r).await),
-            Rpc::InstallSnapshot(r) => Response::InstallSnapshot(raft.install_snapshot(r).await),
-            Rpc::Forward(p) => Response::Forward(
-                raft.client_write(p)
-                    .await
-                    .map(|r| r.data)
-                    .map_err(|e| e.to_string()),
-            ),
+        let control = registry.control();
+        let resp = match (req.rpc, control) {
+            (Rpc::Status, Some(c)) => Response::Status(c.status(req.group)),
+            (Rpc::Push(p), Some(c)) => {
+                c.push(p);
+                Response::Done(Ok(0))
+            }
+            (Rpc::Member(op), Some(c)) => Response::Done(c.member_op(req.group, op).await),
+            (Rpc::Status | Rpc::Push(_) | Rpc::Member(_), None) => Response::NoGroup,
+            (rpc, _) => match registry.get(req.group) {
+                Some(raft) => serve_raft(&raft, rpc).await,
+                None => Response::NoGroup,
+            },
         };
         write_frame(&mut s, &resp).await?;
+    }
+}
+
+/// Answers one of Raft's own requests (or a forwarded proposal) for `raft`'s group.
+async fn serve_raft(raft: &Raft<QueueRaft>, rpc: Rpc) -> Response {
+    match rpc {
+        Rpc::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
+        Rpc::Vote(r) => Response::Vote(raft.vote(r).await),
+        Rpc::InstallSnapshot(r) => Response::InstallSnapshot(raft.install_snapshot(r).await),
+        Rpc::Forward(p) => Response::Forward(
+            raft.client_write(p)
+                .await
+                .map(|r| r.data)
+                .map_err(|e| e.to_string()),
+        ),
+        Rpc::Status | Rpc::Push(_) | Rpc::Member(_) => Response::NoGroup,
     }
 }
 
@@ -316,6 +422,46 @@ impl Forwarder {
         }
     }
 
+    /// Sends one request to the node at `addr` on this forwarder's link to it (one request
+    /// at a time per node) and reads the answer.
+    async fn request(
+        &self,
+        addr: &str,
+        group: u64,
+        rpc: Rpc,
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let link = self
+            .links
+            .lock()
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        // The wait for the link counts too: another request may hold it for long (a
+        // membership change waits for a learner to catch up). The connection is taken out
+        // while in use and put back once answered: a request cut short drops it (its answer
+        // would otherwise be read as the next request's).
+        let r = tokio::time::timeout(timeout, async {
+            let mut slot = link.lock().await;
+            let mut conn = match slot.take() {
+                Some(c) => c,
+                None => connect(addr, self.me, &self.secret, self.tls.as_ref()).await?,
+            };
+            write_frame(&mut conn, &Request { group, rpc }).await?;
+            let answer = read_frame::<Response>(&mut conn).await?;
+            *slot = Some(conn);
+            Ok::<_, std::io::Error>(answer)
+        })
+        .await;
+        match r {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(format!("node at {addr}: {e}")),
+            Err(_) => Err(format!(
+                "no answer from the node at {addr} within {timeout:?}"
+            )),
+        }
+    }
+
     /// Proposes `p` to group `group` at the node at `addr`: its answers once committed and
     /// applied there, or why not (that node does not lead the group, or is unreachable).
     pub async fn forward(
@@ -325,43 +471,53 @@ impl Forwarder {
         p: Proposal,
         timeout: Duration,
     ) -> Result<Vec<Applied>, String> {
-        let link = self
-            .links
-            .lock()
-            .entry(addr.to_string())
-            .or_default()
-            .clone();
-        let mut conn = link.lock().await;
-        let r = tokio::time::timeout(timeout, async {
-            if conn.is_none() {
-                *conn = Some(connect(addr, self.me, &self.secret, self.tls.as_ref()).await?);
-            }
-            let s = conn.as_mut().expect("connected");
-            write_frame(
-                s,
-                &Request {
-                    group,
-                    rpc: Rpc::Forward(p),
-                },
-            )
-            .await?;
-            read_frame::<Response>(s).await
-        })
-        .await;
-        match r {
-            Ok(Ok(Response::Forward(r))) => r,
-            Ok(Ok(Response::NoGroup)) => Err(format!("node at {addr} does not run group {group}")),
-            Ok(Ok(_)) => Err("answer of the wrong kind".into()),
-            Ok(Err(e)) => {
-                *conn = None;
-                Err(format!("node at {addr}: {e}"))
-            }
-            Err(_) => {
-                *conn = None;
-                Err(format!(
-                    "no answer from the node at {addr} within {timeout:?}"
-                ))
-            }
+        match self.request(addr, group, Rpc::Forward(p), timeout).await? {
+            Response::Forward(r) => r,
+            Response::NoGroup => Err(format!("node at {addr} does not run group {group}")),
+            _ => Err("answer of the wrong kind".into()),
+        }
+    }
+
+    /// What the node at `addr` knows of group `group` (None: it has no such queue).
+    pub async fn status(
+        &self,
+        addr: &str,
+        group: u64,
+        timeout: Duration,
+    ) -> Result<Option<GroupStatus>, String> {
+        match self.request(addr, group, Rpc::Status, timeout).await? {
+            Response::Status(s) => Ok(s),
+            Response::NoGroup => Ok(None),
+            _ => Err("answer of the wrong kind".into()),
+        }
+    }
+
+    /// Hands deliveries to the node at `addr` for its consumers.
+    pub async fn push(
+        &self,
+        addr: &str,
+        pushed: Vec<(u64, Pushed)>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match self.request(addr, 0, Rpc::Push(pushed), timeout).await? {
+            Response::Done(_) => Ok(()),
+            Response::NoGroup => Err(format!("node at {addr} is shutting down")),
+            _ => Err("answer of the wrong kind".into()),
+        }
+    }
+
+    /// Runs one step of a membership change of group `group` at the node at `addr`.
+    pub async fn member_op(
+        &self,
+        addr: &str,
+        group: u64,
+        op: MemberOp,
+        timeout: Duration,
+    ) -> Result<u64, String> {
+        match self.request(addr, group, Rpc::Member(op), timeout).await? {
+            Response::Done(r) => r,
+            Response::NoGroup => Err(format!("node at {addr} is shutting down")),
+            _ => Err("answer of the wrong kind".into()),
         }
     }
 }

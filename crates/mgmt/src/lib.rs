@@ -11,6 +11,8 @@
 //!   applied to every list in one place.
 //! - [`overview`]: `/api/overview`, `/api/nodes`, `/api/vhosts`, `/api/whoami`, health checks.
 //! - [`queues`], [`exchanges`], [`bindings`]: the topology, listed, declared and deleted.
+//! - [`members`]: a quorum queue's Raft group grown and shrunk (`rabbitmq-queues`'
+//!   add_member, delete_member, grow, shrink; Warren's own paths).
 //! - [`messages`]: getting messages from a queue and publishing to an exchange over HTTP.
 //! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
 //! - [`users`]: users, permissions, user and vhost limits, vhost deletion.
@@ -42,6 +44,7 @@ pub mod error;
 pub mod exchanges;
 pub mod https;
 pub mod listing;
+pub mod members;
 pub mod messages;
 pub mod overview;
 mod policies;
@@ -220,6 +223,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .merge(overview::routes())
         .merge(queues::routes())
+        .merge(members::routes())
         .merge(exchanges::routes())
         .merge(bindings::routes())
         .merge(connections::routes())

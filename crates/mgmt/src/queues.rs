@@ -236,10 +236,10 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool, h: Hi
     if kind == "quorum" {
         // As RabbitMQ shows a quorum queue's Raft group.
         match q.replica_members() {
-            Some((leader, members)) => {
-                v["leader"] = json!(leader);
-                v["online"] = json!(members);
-                v["members"] = json!(members);
+            Some(g) => {
+                v["leader"] = json!(g.leader);
+                v["online"] = json!(g.online);
+                v["members"] = json!(g.members);
             }
             None => {
                 v["leader"] = json!(state.node);

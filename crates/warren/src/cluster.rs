@@ -44,10 +44,17 @@ pub const KEYS: &[(&str, &str)] = &[
         "cluster.ssl_options.cacertfile",
         "TLS between nodes: the CA every node's certificate must chain to (PEM)",
     ),
+    (
+        "quorum_cluster_size",
+        "members of a new quorum queue's Raft group when x-quorum-initial-group-size is not given (RabbitMQ's rabbit.quorum_cluster_size) [default: 3]",
+    ),
 ];
 
 /// The inter-node port when a node name leaves it out (RabbitMQ's).
 const DEFAULT_PORT: u16 = 25672;
+
+/// Members of a new quorum queue's group (RabbitMQ's `quorum_cluster_size`).
+const DEFAULT_GROUP_SIZE: usize = 3;
 
 /// A cluster as the settings describe it.
 #[derive(Debug, Clone)]
@@ -58,6 +65,9 @@ pub struct ClusterSettings {
     /// `cluster.ssl_options.*`: TLS on the links between nodes (mutual: each node checks the
     /// other's certificate against the CA).
     pub tls: Option<warren_server::tls::TlsOptions>,
+    /// `quorum_cluster_size`: a new quorum queue's members when its declaration does not
+    /// say (RabbitMQ's default, 3).
+    pub default_group_size: usize,
 }
 
 /// The cluster settings, if `cluster_formation.classic_config.nodes.*` names any node.
@@ -120,11 +130,21 @@ pub fn settings(
             });
         }
     };
+    let default_group_size = match file.parse_value::<usize>("quorum_cluster_size")? {
+        Some(0) => {
+            return Err(file.error(
+                "quorum_cluster_size",
+                "a quorum queue needs at least one member",
+            ))
+        }
+        n => n.unwrap_or(DEFAULT_GROUP_SIZE),
+    };
     Ok(Some(ClusterSettings {
         me,
         nodes,
         secret_file,
         tls,
+        default_group_size,
     }))
 }
 
@@ -224,6 +244,7 @@ pub fn spec(s: &ClusterSettings) -> Result<warren_cluster::ClusterSpec, String> 
         listen,
         names,
         tls,
+        default_group_size: s.default_group_size,
     })
 }
 

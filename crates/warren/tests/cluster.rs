@@ -642,3 +642,425 @@ async fn a_node_without_a_majority_refuses_rather_than_pretends() {
         "the error does not say a majority is missing: {err}"
     );
 }
+
+// ---- Group sizes, members added and removed (issue 14: x-quorum-initial-group-size,
+// rabbitmq-queues add_member / delete_member / grow / shrink).
+
+/// The quorum queue arguments with `x-quorum-initial-group-size`.
+fn quorum_of(size: AMQPValue) -> FieldTable {
+    let mut t = quorum();
+    t.insert("x-quorum-initial-group-size".into(), size);
+    t
+}
+
+/// The management API of node `i`: (status, body).
+fn api(
+    cluster: &Cluster,
+    i: usize,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let base = format!("http://{}", cluster.nodes[i].listener("http").unwrap());
+    try_http(&base, method, path, body, Some("Basic Z3Vlc3Q6Z3Vlc3Q=")).expect("management API")
+}
+
+/// `queue`'s members (sorted node indexes) and leader as node `asked` shows them.
+fn members_of(cluster: &Cluster, asked: usize, queue: &str) -> (Vec<usize>, Option<usize>) {
+    let (s, v) = api(
+        cluster,
+        asked,
+        "GET",
+        &format!("/api/queues/%2f/{queue}"),
+        None,
+    );
+    if s == 404 {
+        // Not applied on that node yet (the management API does not wait for the cluster's
+        // definitions as AMQP look-ups do).
+        return (Vec::new(), None);
+    }
+    assert_eq!(s, 200, "the queue on node {asked}");
+    let index = |n: &serde_json::Value| {
+        cluster
+            .names
+            .iter()
+            .position(|x| Some(x.as_str()) == n.as_str())
+    };
+    let mut members: Vec<usize> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(index)
+        .collect();
+    members.sort();
+    (members, index(&v["leader"]))
+}
+
+/// Waits until every live node in `asked` shows `queue` with `want` members and a leader.
+async fn wait_members(cluster: &Cluster, asked: &[usize], queue: &str, want: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &i in asked {
+        loop {
+            let (m, leader) = members_of(cluster, i, queue);
+            if m == want && leader.is_some_and(|l| want.contains(&l)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} shows {queue}'s members {m:?} (leader {leader:?}), not {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Consumes until `want` distinct bodies arrived (duplicates allowed), acking each.
+async fn consume_all(ch: &Channel, queue: &str, want: &[String]) {
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let tag = format!("all-{}", rand::random::<u32>());
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut missing: std::collections::BTreeSet<&String> = want.iter().collect();
+    while !missing.is_empty() {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} confirmed messages never delivered, e.g. {:?}",
+                    missing.len(),
+                    missing.iter().take(3).collect::<Vec<_>>()
+                )
+            })
+            .expect("a delivery")
+            .expect("delivery");
+        missing.remove(&String::from_utf8(d.data.clone()).unwrap());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_size_places_the_queue_on_that_many_nodes_and_the_others_serve_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start("cluster-sizes");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+
+    // Bad sizes: RabbitMQ's 406s, the same on every node.
+    for (size, why) in [
+        (AMQPValue::LongInt(0), "{value_zero,0}"),
+        (AMQPValue::LongInt(-1), "{value_negative,-1}"),
+        (
+            AMQPValue::LongString("three".into()),
+            "\"expected integer, got longstr\"",
+        ),
+    ] {
+        let (_c, ch) = open(&cluster.nodes[1]).await;
+        let e = ch
+            .queue_declare("bad".into(), durable(), quorum_of(size))
+            .await
+            .expect_err("a bad group size was taken");
+        let want = format!(
+            "PRECONDITION_FAILED - invalid arg 'x-quorum-initial-group-size' for queue 'bad' in vhost '/': {why}"
+        );
+        assert!(e.to_string().contains(&want), "{e} does not say {want}");
+    }
+
+    ch0.queue_declare("one".into(), durable(), quorum_of(AMQPValue::LongInt(1)))
+        .await
+        .expect("a group of one");
+    ch0.queue_declare(
+        "two".into(),
+        durable(),
+        quorum_of(AMQPValue::ShortShortInt(2)),
+    )
+    .await
+    .expect("a group of two");
+    // Larger than the cluster: every node (as RabbitMQ).
+    ch0.queue_declare("seven".into(), durable(), quorum_of(AMQPValue::LongInt(7)))
+        .await
+        .expect("a group larger than the cluster");
+    wait_members(&cluster, &[0, 1, 2], "one", &[0]).await;
+    wait_members(&cluster, &[0, 1, 2], "seven", &[0, 1, 2]).await;
+    let (two, _) = members_of(&cluster, 0, "two");
+    assert_eq!(two.len(), 2, "two's members: {two:?}");
+    assert!(two.contains(&0), "the declaring node is a member: {two:?}");
+    wait_members(&cluster, &[0, 1, 2], "two", &two).await;
+    let outsider = (0..3).find(|i| !two.contains(i)).unwrap();
+
+    // A client of a node that is not a member publishes with confirms and consumes.
+    let bodies: Vec<String> = (0..100).map(|i| format!("o{i}")).collect();
+    let (_c2, ch2) = open(&cluster.nodes[2]).await;
+    ch2.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch2, "", "one", &bodies).await;
+    let (_c1, ch1) = open(&cluster.nodes[1]).await;
+    // Counts on a node that is not a member come from the members (a moment late).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = passive_queue(&ch1, "one").await.unwrap();
+        if q.message_count() == 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 counts {} messages in 'one'",
+            q.message_count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(consume(&ch1, "one", 60).await, bodies[..60].to_vec());
+    // Deliveries beyond the 60 (prefetch) go back to the queue with the channel.
+    ch1.close(200, "done".into()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while passive_queue(&ch0, "one").await.unwrap().message_count() != 40 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed channel's deliveries did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // basic.get on a node that is not a member, and a reject that requeues.
+    let got = ch2
+        .basic_get("one".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(got.delivery.data, bodies[60].as_bytes());
+    got.delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(consume(&ch2, "one", 40).await, bodies[60..].to_vec());
+
+    let (_co, cho) = open(&cluster.nodes[outsider]).await;
+    cho.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&cho, "", "two", &bodies[..10]).await;
+    assert_eq!(consume(&cho, "two", 10).await, bodies[..10].to_vec());
+    drop((_c1, ch1, _c2, ch2, _co, cho));
+
+    // The groups live on their members only: with the other nodes gone, a group of one
+    // still confirms (a group spanning three would have no majority).
+    for i in 1..3 {
+        cluster.nodes[i].kill9();
+    }
+    ch0.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch0, "", "one", &["alone".to_string()]).await;
+    assert_eq!(consume(&ch0, "one", 1).await, vec!["alone".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_member_catches_up_and_holds_the_queue_when_the_first_one_dies() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start("cluster-grow");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("grown".into(), durable(), quorum_of(AMQPValue::LongInt(1)))
+        .await
+        .unwrap();
+    wait_members(&cluster, &[0, 1, 2], "grown", &[0]).await;
+    // Enough to make the only member snapshot its queue and drop its log: the new members
+    // catch up from the snapshot.
+    let pad = "x".repeat(32 << 10);
+    let bodies: Vec<String> = (0..400).map(|i| format!("g{i}-{pad}")).collect();
+    let (_c1, ch1) = open(&cluster.nodes[1]).await;
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for chunk in bodies.chunks(100) {
+        publish_confirmed(&ch1, "", "grown", chunk).await;
+    }
+
+    // Errors first, as rabbitmq-queues reports them.
+    let (s, v) = api(
+        &cluster,
+        2,
+        "POST",
+        "/api/queues/%2f/grown/members",
+        Some(serde_json::json!({"node": "warren@nowhere:1"})),
+    );
+    assert_eq!((s, v["reason"].as_str()), (400, Some("node_not_running")));
+    let (s, v) = api(
+        &cluster,
+        2,
+        "DELETE",
+        &format!("/api/queues/%2f/grown/members/{}", cluster.names[0]),
+        None,
+    );
+    assert_eq!((s, v["reason"].as_str()), (400, Some("last_node")));
+    let (s, _) = api(
+        &cluster,
+        2,
+        "POST",
+        "/api/queues/%2f/nothing-here/members",
+        Some(serde_json::json!({"node": cluster.names[1]})),
+    );
+    assert_eq!(s, 404);
+
+    // Added through a node that is not a member; then grown onto the third node.
+    let (s, v) = api(
+        &cluster,
+        2,
+        "POST",
+        "/api/queues/%2f/grown/members",
+        Some(serde_json::json!({"node": cluster.names[1]})),
+    );
+    assert_eq!((s, &v["size"]), (200, &serde_json::json!(2)), "{v}");
+    wait_members(&cluster, &[0, 1, 2], "grown", &[0, 1]).await;
+    let (s, rows) = api(
+        &cluster,
+        0,
+        "POST",
+        &format!("/api/nodes/{}/grow", cluster.names[2]),
+        Some(serde_json::json!({"strategy": "even"})),
+    );
+    assert_eq!(s, 200);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "grown")
+        .unwrap_or_else(|| panic!("grow did not grow 'grown': {rows}"));
+    assert_eq!(
+        (&row["size"], &row["result"]),
+        (&serde_json::json!(3), &serde_json::json!("ok"))
+    );
+    wait_members(&cluster, &[0, 1, 2], "grown", &[0, 1, 2]).await;
+
+    // The first member dies: the two added ones elect a leader among themselves and deliver
+    // every confirmed message.
+    drop((_c0, ch0));
+    cluster.nodes[0].kill9();
+    let (_c2, ch2) = open(&cluster.nodes[2]).await;
+    ch2.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch2, "", "grown", &["after".to_string()]).await;
+    let mut want = bodies.clone();
+    want.push("after".into());
+    consume_all(&ch2, "grown", &want).await;
+    let (_, leader) = members_of(&cluster, 2, "grown");
+    assert!(
+        matches!(leader, Some(1 | 2)),
+        "an added member leads now: {leader:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_moves_leadership_and_loses_no_confirmed_message() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start("cluster-shrink");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("moving".into(), durable(), quorum())
+        .await
+        .unwrap();
+    wait_members(&cluster, &[0, 1, 2], "moving", &[0, 1, 2]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.leader_of(0, "moving") != Some(0) {
+        assert!(Instant::now() < deadline, "node 0 does not lead 'moving'");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A publisher on node 1 keeps publishing with confirms while the leader is removed.
+    let (_c1, ch1) = open(&cluster.nodes[1]).await;
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (ch1, stop) = (ch1.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut confirmed = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<String> = (i..i + 20).map(|n| format!("p{n}")).collect();
+                i += 20;
+                publish_confirmed(&ch1, "", "moving", &batch).await;
+                confirmed.extend(batch);
+            }
+            confirmed
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = api(
+        &cluster,
+        2,
+        "DELETE",
+        &format!("/api/queues/%2f/moving/members/{}", cluster.names[0]),
+        None,
+    );
+    assert_eq!((s, &v["size"]), (200, &serde_json::json!(2)), "{v}");
+    wait_members(&cluster, &[0, 1, 2], "moving", &[1, 2]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let confirmed = publisher.await.unwrap();
+    assert!(confirmed.len() >= 40, "only {} confirmed", confirmed.len());
+
+    // The removed node serves the queue from the members now: its client publishes and
+    // consumes every confirmed message.
+    ch0.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch0, "", "moving", &["from-0".to_string()]).await;
+    let mut want = confirmed.clone();
+    want.push("from-0".into());
+    consume_all(&ch0, "moving", &want).await;
+
+    // shrink of a node that is a member of nothing lists nothing; deleting a node that is not
+    // a member changes nothing (RabbitMQ's delete_member is idempotent).
+    let (s, rows) = api(
+        &cluster,
+        1,
+        "POST",
+        &format!("/api/nodes/{}/shrink", cluster.names[0]),
+        None,
+    );
+    assert_eq!((s, rows), (200, serde_json::json!([])));
+    let (s, v) = api(
+        &cluster,
+        1,
+        "DELETE",
+        &format!("/api/queues/%2f/moving/members/{}", cluster.names[0]),
+        None,
+    );
+    assert_eq!((s, &v["size"]), (200, &serde_json::json!(2)));
+    // shrink of node 2 leaves the queue on node 1 alone; shrinking node 1 then refuses.
+    let (s, rows) = api(
+        &cluster,
+        0,
+        "POST",
+        &format!("/api/nodes/{}/shrink", cluster.names[2]),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        rows,
+        serde_json::json!([{"vhost": "/", "name": "moving", "size": 1, "result": "ok"}])
+    );
+    let (_, rows) = api(
+        &cluster,
+        0,
+        "POST",
+        &format!("/api/nodes/{}/shrink", cluster.names[1]),
+        None,
+    );
+    assert_eq!(
+        rows,
+        serde_json::json!([{"vhost": "/", "name": "moving", "size": 1, "result": "error: the last node cannot be removed"}])
+    );
+}

@@ -1066,6 +1066,22 @@ async fn a_quorum_queue_delivers_21_times_by_default_and_minus_one_means_no_limi
         "PRECONDITION_FAILED - invalid arg 'x-delivery-limit' for queue 'classic-limited' \
          in vhost '/' of queue type rabbit_classic_queue"
     );
+    // A group size is a quorum queue's (RabbitMQ 4.0.5 answers so, whatever the value).
+    let (_conn2, ch) = open(&broker).await;
+    let r = within(
+        "queue_declare",
+        ch.queue_declare(
+            "classic-sized".into(),
+            QueueDeclareOptions::default(),
+            table(&[("x-quorum-initial-group-size", int(0))]),
+        ),
+    )
+    .await;
+    assert_eq!(
+        expect_code(r, 406),
+        "PRECONDITION_FAILED - invalid arg 'x-quorum-initial-group-size' for queue \
+         'classic-sized' in vhost '/' of queue type rabbit_classic_queue"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 //! - [`listing`]: the `list_*` commands: paths, columns, banners.
 //! - [`format`]: the `table` and `json` output formats.
 //! - [`cluster`]: the `cluster_status` command.
+//! - [`members`]: `rabbitmq-queues`' `add_member`, `delete_member`, `grow` and `shrink`.
 //! - this file: the command line and the other commands.
 
 mod access;
@@ -13,6 +14,7 @@ mod client;
 mod cluster;
 mod format;
 mod listing;
+mod members;
 
 use clap::{Args, Parser, Subcommand};
 use client::{seg, Client, CtlError, Method};
@@ -131,6 +133,41 @@ enum Command {
     /// Displays all the nodes in the cluster, and which of them are running
     #[command(name = "cluster_status")]
     ClusterStatus,
+    /// Adds a quorum queue member (replica) on the given node (rabbitmq-queues)
+    #[command(name = "add_member")]
+    AddMember {
+        /// Queue name
+        queue: String,
+        /// Node to add a new member on (warren@host:port)
+        node: String,
+    },
+    /// Removes a quorum queue member (replica) on the given node (rabbitmq-queues)
+    #[command(name = "delete_member")]
+    DeleteMember {
+        /// Queue name
+        queue: String,
+        /// Node to remove the member from (warren@host:port)
+        node: String,
+    },
+    /// Grows quorum queue groups by adding a member on the given node to every quorum queue
+    /// (all), or to those with an even number of members (even) (rabbitmq-queues)
+    Grow {
+        /// Node to place members on (warren@host:port)
+        node: String,
+        /// all | even
+        strategy: String,
+        /// Only list queues which reported an error
+        #[arg(long)]
+        errors_only: bool,
+    },
+    /// Shrinks quorum queue groups by removing any member on the given node (rabbitmq-queues)
+    Shrink {
+        /// Node to remove members from (warren@host:port)
+        node: String,
+        /// Only list queues which reported an error
+        #[arg(long)]
+        errors_only: bool,
+    },
     /// Purges a queue (removes all ready messages in it)
     #[command(name = "purge_queue")]
     PurgeQueue {
@@ -322,6 +359,18 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
         Command::ListVhosts(c) => list(&client, g, Listing::VHosts, &c.columns, out),
         Command::Status => status(&client, g, out),
         Command::ClusterStatus => cluster::cluster_status(&client, g, out),
+        Command::AddMember { queue, node } => members::add_member(&client, g, queue, node, out),
+        Command::DeleteMember { queue, node } => {
+            members::delete_member(&client, g, queue, node, out)
+        }
+        Command::Grow {
+            node,
+            strategy,
+            errors_only,
+        } => members::grow(&client, g, node, strategy, *errors_only, out),
+        Command::Shrink { node, errors_only } => {
+            members::shrink(&client, g, node, *errors_only, out)
+        }
         Command::PurgeQueue { queue } => purge_queue(&client, g, queue, out),
         Command::DeleteQueue {
             queue,
@@ -814,5 +863,31 @@ mod tests {
         assert!(a.global.quiet && b.global.quiet);
         assert_eq!(a.global.vhost, "v");
         assert_eq!(b.global.vhost, "v");
+    }
+
+    #[test]
+    fn rabbitmq_queues_membership_commands_take_its_arguments() {
+        let c =
+            Cli::try_parse_from(["warrenctl", "add_member", "-p", "v", "q", "warren@h:1"]).unwrap();
+        assert!(
+            matches!(&c.command, Command::AddMember { queue, node } if queue == "q" && node == "warren@h:1")
+        );
+        assert_eq!(c.global.vhost, "v");
+        let c = Cli::try_parse_from(["warrenctl", "delete_member", "q", "warren@h:1"]).unwrap();
+        assert!(matches!(&c.command, Command::DeleteMember { .. }));
+        let c = Cli::try_parse_from(["warrenctl", "grow", "warren@h:1", "even", "--errors-only"])
+            .unwrap();
+        assert!(
+            matches!(&c.command, Command::Grow { strategy, errors_only: true, .. } if strategy == "even")
+        );
+        let c = Cli::try_parse_from(["warrenctl", "shrink", "warren@h:1"]).unwrap();
+        assert!(matches!(
+            &c.command,
+            Command::Shrink {
+                errors_only: false,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["warrenctl", "grow", "warren@h:1"]).is_err());
     }
 }

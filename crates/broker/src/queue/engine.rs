@@ -208,7 +208,7 @@ pub enum ConsumeRefused {
 pub struct Rejected;
 
 /// Counters for list_queues and the management API.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EngineStats {
     pub messages_ready: u64,
     pub messages_unacknowledged: u64,

@@ -665,8 +665,9 @@ impl Queue {
         self.replica.get().is_some()
     }
 
-    /// In a cluster: the node that leads this queue's group and its members (node names).
-    pub fn replica_members(&self) -> Option<(Option<String>, Vec<String>)> {
+    /// In a cluster: the node that leads this queue's group, its members and those online
+    /// (node names).
+    pub fn replica_members(&self) -> Option<replica::GroupMembers> {
         self.replica.get()?.members()
     }
 
@@ -745,6 +746,9 @@ impl Queue {
             return s.stats();
         }
         if let Some(r) = self.replica.get() {
+            if let Some(remote) = r.remote_stats() {
+                return remote.stats;
+            }
             return replicated::read(r, QueueEngine::stats);
         }
         let mut s = self.inner.lock().stats();
@@ -762,7 +766,7 @@ impl Queue {
             return s.count() as u32;
         }
         if let Some(r) = self.replica.get() {
-            return replicated::read(r, |e| e.len() as u32);
+            return replicated::message_count(r);
         }
         self.inner.lock().len() as u32
     }

@@ -32,6 +32,53 @@ pub struct ReplicaOutput {
     /// Consumers removed by the entry (a `RemoveConsumer`): one this node still serves was
     /// removed by another node (its leader took this node for down), and subscribes again.
     pub removed_consumers: Vec<Owner>,
+    /// In a cluster: the group's voting members (node ids) as of the entry, for the node to
+    /// tell its own deliveries from those it sends to nodes that are not members.
+    pub voters: Option<Arc<Vec<u64>>>,
+}
+
+/// A replicated queue's group as operators see it (the management API's `leader`,
+/// `members` and `online`), by node name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupMembers {
+    pub leader: Option<String>,
+    pub members: Vec<String>,
+    /// The members that answer now.
+    pub online: Vec<String>,
+}
+
+/// What a node that holds no copy of a queue (it is not a member of the queue's group)
+/// knows of it: what a member reported a moment ago.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteStats {
+    pub stats: super::QueueStats,
+    /// Ready messages.
+    pub len: u64,
+    /// Publishers should wait (the queue's consumers are far behind).
+    pub backlogged: bool,
+}
+
+/// Why a member could not be added to, or removed from, a queue's group. The texts are
+/// those `rabbitmq-queues` prints for RabbitMQ's errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    /// Not a quorum queue replicated with Raft.
+    #[error("not_quorum_queue")]
+    NotQuorumQueue,
+    /// The node is not a node of the cluster, or does not answer.
+    #[error("node_not_running")]
+    NodeNotRunning,
+    /// The group would have no member left.
+    #[error("last_node")]
+    LastNode,
+    /// The change did not complete in time (it may still complete).
+    #[error("timeout")]
+    Timeout,
+    /// This node is not in a cluster.
+    #[error("not_clustered")]
+    NotClustered,
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Called with a command's answer once it is committed and applied, or with why it was not.
@@ -78,8 +125,15 @@ pub trait Replica: Send + Sync {
     fn is_stale(&self, _owner: Owner) -> bool {
         false
     }
-    /// In a cluster: the node that leads the group (if any) and the members, by node name.
-    fn members(&self) -> Option<(Option<String>, Vec<String>)> {
+    /// In a cluster: the node that leads the group (if any), its members and those that
+    /// answer, by node name.
+    fn members(&self) -> Option<GroupMembers> {
+        None
+    }
+    /// When this node is not a member of the group (it holds no copy of the queue): the
+    /// queue's counts as a member reported them (a second old at most); `None` when the
+    /// engine read by [`Replica::read`] is the queue's.
+    fn remote_stats(&self) -> Option<RemoteStats> {
         None
     }
 }
@@ -110,6 +164,24 @@ pub trait ReplicaHost: Send + Sync {
     /// In a cluster: every node, whether it answers now, which one this is.
     fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
         None
+    }
+    /// In a cluster: the members (node names, this node first) of a new quorum queue's
+    /// group, `size` of them (`x-quorum-initial-group-size`; `None`: the node's default),
+    /// spread over the nodes as RabbitMQ places replicas. Empty alone.
+    fn choose_members(&self, _size: Option<u64>) -> Vec<String> {
+        Vec::new()
+    }
+    /// Adds a member on `node` to queue `name`'s group (`rabbitmq-queues add_member`): it
+    /// joins as a learner, catches up, then votes. Returns the group's new size; a node that
+    /// is a member already changes nothing.
+    fn add_member(&self, _vhost: &str, _name: &str, _node: &str) -> Result<usize, MemberError> {
+        Err(MemberError::NotClustered)
+    }
+    /// Removes the member on `node` from queue `name`'s group (`rabbitmq-queues
+    /// delete_member`); the leader may be removed (another is elected). Returns the group's
+    /// new size; a node that is not a member changes nothing.
+    fn delete_member(&self, _vhost: &str, _name: &str, _node: &str) -> Result<usize, MemberError> {
+        Err(MemberError::NotClustered)
     }
 }
 

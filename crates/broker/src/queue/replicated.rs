@@ -39,7 +39,15 @@ pub(super) fn read<T>(r: &Arc<dyn Replica>, f: impl FnOnce(&QueueEngine<Owner>) 
 /// Publishers to a replicated queue wait while its group is far behind, or while its
 /// consumers are (as for a classic queue; the vhost's poll lets them go once it is not).
 pub(super) fn over_flow_limit(r: &Arc<dyn Replica>) -> bool {
-    r.queued() > super::replica::QUEUED_HIGH || read(r, QueueEngine::backlogged)
+    r.queued() > super::replica::QUEUED_HIGH
+        || r.remote_stats()
+            .map_or_else(|| read(r, QueueEngine::backlogged), |s| s.backlogged)
+}
+
+/// Ready messages (as a member last reported them, on a node that is not one).
+pub(super) fn message_count(r: &Arc<dyn Replica>) -> u32 {
+    r.remote_stats()
+        .map_or_else(|| read(r, |e| e.len() as u32), |s| s.len as u32)
 }
 
 /// The command that subscribes consumer `c`.
@@ -379,7 +387,7 @@ impl Queue {
     /// The queue is deleted: its group stops and its log is forgotten; its consumers are
     /// cancelled. Returns the ready count.
     pub(super) fn delete_replicated(&self, r: &Arc<dyn Replica>) -> u32 {
-        let n = read(r, |e| e.len() as u32);
+        let n = message_count(r);
         r.remove();
         let consumers: Vec<ReplicaConsumer> = self
             .replica_consumers

@@ -227,10 +227,12 @@ impl VHost {
                 .as_ref()
                 .is_some_and(|p| p.replica_host().is_some());
         if replicated {
-            let op = || crate::metadata::MetaOp::DeclareQueue {
+            let op = || crate::metadata::MetaOp::DeclareQuorumQueue {
                 vhost: self.name.clone(),
                 name: name.to_string(),
                 arguments: crate::metadata::WireTable(d.arguments.clone()),
+                // A bad size is refused when the declaration is applied (on every node).
+                members: self.choose_members(&d.arguments),
             };
             if !d.durable || d.exclusive || d.auto_delete {
                 // Refused the same way on every node: no need to ask the others.
@@ -471,6 +473,12 @@ impl VHost {
         if !quorum && d.arguments.get("x-delivery-limit").is_some() {
             return Err(not_for_type("x-delivery-limit", "rabbit_classic_queue"));
         }
+        if !quorum && d.arguments.get("x-quorum-initial-group-size").is_some() {
+            return Err(not_for_type(
+                "x-quorum-initial-group-size",
+                "rabbit_classic_queue",
+            ));
+        }
         let int = |arg: &str| -> Result<Option<i64>> {
             match d.arguments.get(arg) {
                 None => Ok(None),
@@ -518,6 +526,14 @@ impl VHost {
             }
         }
         non_negative("x-consumer-timeout")?;
+        if let Some(n) = non_negative("x-quorum-initial-group-size")? {
+            if n == 0 {
+                return Err(invalid(
+                    "x-quorum-initial-group-size",
+                    "{value_zero,0}".into(),
+                ));
+            }
+        }
         if quorum {
             {
                 // RabbitMQ's order: auto-delete, exclusive, durable.

@@ -177,6 +177,21 @@ impl VHost {
         crate::metadata::replicated(self.persistence.as_ref(), op)
     }
 
+    /// The members of a new quorum queue's group (node names), by its
+    /// `x-quorum-initial-group-size` (a bad value is refused when the declaration is
+    /// applied).
+    pub(crate) fn choose_members(&self, arguments: &warren_protocol::FieldTable) -> Vec<String> {
+        let size = arguments
+            .get("x-quorum-initial-group-size")
+            .and_then(|v| v.as_i64())
+            .filter(|n| *n > 0)
+            .map(|n| n as u64);
+        self.persistence
+            .as_ref()
+            .and_then(|p| p.replica_host())
+            .map_or_else(Vec::new, |h| h.choose_members(size))
+    }
+
     /// A look-up that, in a cluster, catches up with the cluster's definitions on a miss
     /// ([`crate::metadata::found_or_synced`]).
     pub(crate) fn found_or_synced<T>(&self, look: impl Fn() -> Option<T>) -> Option<T> {

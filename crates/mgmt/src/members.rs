@@ -1,0 +1,228 @@
+//! A quorum queue's members, changed as `rabbitmq-queues` changes them (RabbitMQ has no HTTP
+//! endpoint for these; `warrenctl add_member`, `delete_member`, `grow` and `shrink` use
+//! these, see docs/management-api.md):
+//!
+//! - `POST /api/queues/{vhost}/{name}/members` `{"node": "warren@h2:25672"}`: adds a member
+//!   on that node (it catches up, then votes). `{"size": n}`: the group's size after.
+//! - `DELETE /api/queues/{vhost}/{name}/members/{node}`: removes the member on that node
+//!   (the leader too: another is elected). `{"size": n}`.
+//! - `POST /api/nodes/{node}/grow` `{"strategy": "all" | "even"}`: adds a member on the node
+//!   to every quorum queue that has none there (`even`: only to those with an even number of
+//!   members). `POST /api/nodes/{node}/shrink`: removes the node's member from every quorum
+//!   queue that has one. Both answer one row per queue: `vhost`, `name`, `size` (after, or
+//!   before when it failed) and `result` (`ok`, or `error: …` as rabbitmq-queues prints it).
+//!
+//! Errors are RabbitMQ's reasons (`node_not_running`, `last_node`, `not_quorum_queue`,
+//! `timeout`), 400; an unknown queue or vhost is 404. Administrators only (rabbitmq-queues
+//! needs the Erlang cookie).
+
+use crate::access::require_admin;
+use crate::auth::AuthUser;
+use crate::error::parse_body;
+use crate::{ApiError, AppState, State};
+use axum::body::Bytes;
+use axum::extract::Path;
+use axum::routing::{delete, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use warren_broker::queue::replica::{MemberError, ReplicaHost};
+use warren_broker::Queue;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/queues/{vhost}/{name}/members", post(add))
+        .route("/queues/{vhost}/{name}/members/{node}", delete(remove))
+        .route("/nodes/{node}/grow", post(grow))
+        .route("/nodes/{node}/shrink", post(shrink))
+}
+
+#[derive(Deserialize)]
+struct AddBody {
+    node: String,
+}
+
+#[derive(Deserialize)]
+struct GrowBody {
+    #[serde(default = "all")]
+    strategy: String,
+}
+
+fn all() -> String {
+    "all".into()
+}
+
+fn host(state: &AppState) -> Result<Arc<dyn ReplicaHost>, ApiError> {
+    state
+        .broker
+        .persistence()
+        .and_then(|p| p.replica_host().cloned())
+        .ok_or_else(|| ApiError::BadRequest(MemberError::NotClustered.to_string()))
+}
+
+/// The quorum queue named, replicated with Raft.
+fn quorum_queue(state: &AppState, vhost: &str, name: &str) -> Result<Arc<Queue>, ApiError> {
+    let vh = crate::queues::vhost(state, vhost)?;
+    let q = vh
+        .queue(name)
+        .ok_or(ApiError::NotFoundReason("queue_not_found"))?;
+    if q.queue_type() == "classic" {
+        return Err(ApiError::BadRequest("classic_queue_not_supported".into()));
+    }
+    if !q.is_replicated() {
+        return Err(ApiError::BadRequest(
+            MemberError::NotQuorumQueue.to_string(),
+        ));
+    }
+    Ok(q)
+}
+
+fn member_error(e: MemberError) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}
+
+/// Runs a membership change off the async workers (it waits for the cluster).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+async fn add(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&me)?;
+    let b: AddBody = parse_body(&body)?;
+    quorum_queue(&state, &vhost, &name)?;
+    let host = host(&state)?;
+    let size = blocking(move || host.add_member(&vhost, &name, &b.node))
+        .await?
+        .map_err(member_error)?;
+    Ok(Json(json!({ "size": size })))
+}
+
+async fn remove(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path((vhost, name, node)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&me)?;
+    quorum_queue(&state, &vhost, &name)?;
+    let host = host(&state)?;
+    let size = blocking(move || host.delete_member(&vhost, &name, &node))
+        .await?
+        .map_err(member_error)?;
+    Ok(Json(json!({ "size": size })))
+}
+
+/// Every replicated quorum queue, by vhost and name.
+fn quorum_queues(state: &AppState) -> Vec<Arc<Queue>> {
+    let mut vhosts = state.broker.vhosts();
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    vhosts
+        .iter()
+        .flat_map(|v| {
+            let mut qs = v.queues();
+            qs.sort_by(|a, b| a.name.cmp(&b.name));
+            qs
+        })
+        .filter(|q| q.is_replicated() && !q.is_deleted())
+        .collect()
+}
+
+/// One row of grow's and shrink's answer, as `rabbitmq-queues` formats its results.
+fn row(q: &Queue, r: Result<usize, MemberError>, before: usize) -> Value {
+    let (size, result) = match r {
+        Ok(n) => (json!(n), "ok".to_string()),
+        Err(MemberError::Timeout) => (
+            json!("?"),
+            "error: the operation timed out and may not have been completed".to_string(),
+        ),
+        // (Its one member: the size seen before may be a moment old.)
+        Err(MemberError::LastNode) => (
+            json!(1),
+            "error: the last node cannot be removed".to_string(),
+        ),
+        Err(e) => (json!(before), format!("error: {e}")),
+    };
+    json!({"vhost": q.vhost_name, "name": q.name.as_str(), "size": size, "result": result})
+}
+
+async fn grow(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&me)?;
+    let b: GrowBody = parse_body(&body)?;
+    let even = match b.strategy.as_str() {
+        "all" => false,
+        "even" => true,
+        s => {
+            return Err(ApiError::BadRequest(format!(
+                "strategy '{s}' is not recognised."
+            )))
+        }
+    };
+    let host = host(&state)?;
+    // As RabbitMQ: nothing for a node that is not running.
+    let h = host.clone();
+    let running = blocking(move || h.cluster_nodes())
+        .await?
+        .unwrap_or_default()
+        .into_iter()
+        .any(|n| n.name == node && n.running);
+    let queues = quorum_queues(&state);
+    let rows = blocking(move || {
+        let mut rows = Vec::new();
+        if !running {
+            return rows;
+        }
+        for q in queues {
+            let Some(g) = q.replica_members() else {
+                continue;
+            };
+            if g.members.contains(&node) || (even && g.members.len() % 2 != 0) {
+                continue;
+            }
+            let r = host.add_member(&q.vhost_name, &q.name, &node);
+            rows.push(row(&q, r, g.members.len()));
+        }
+        rows
+    })
+    .await?;
+    Ok(Json(Value::Array(rows)))
+}
+
+async fn shrink(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&me)?;
+    let host = host(&state)?;
+    let queues = quorum_queues(&state);
+    let rows = blocking(move || {
+        let mut rows = Vec::new();
+        for q in queues {
+            let Some(g) = q.replica_members() else {
+                continue;
+            };
+            if !g.members.contains(&node) {
+                continue;
+            }
+            let r = host.delete_member(&q.vhost_name, &q.name, &node);
+            rows.push(row(&q, r, g.members.len()));
+        }
+        rows
+    })
+    .await?;
+    Ok(Json(Value::Array(rows)))
+}

@@ -1,0 +1,160 @@
+//! `rabbitmq-queues`' membership commands for quorum queues: `add_member`, `delete_member`,
+//! `grow` and `shrink`, with its arguments, banners and result tables, through the
+//! management API's member paths (Warren's own: docs/management-api.md).
+
+use crate::client::{seg, Client, CtlError, Method};
+use crate::format::{write_json, write_table};
+use crate::{info, io_error, Global};
+use serde_json::{json, Value};
+use std::io::Write;
+
+/// A refused change: RabbitMQ's reason, and what to do about it.
+fn refused(reason: &str) -> CtlError {
+    let hint = match reason {
+        "node_not_running" => " (the node is not a node of this cluster, or does not answer: see 'warrenctl cluster_status')",
+        "last_node" => " (a quorum queue keeps at least one member: add another first, or delete the queue)",
+        "not_clustered" => " (this broker is not in a cluster: its quorum queues have this node as their only member)",
+        "timeout" => " (the change may still complete: see the queue's members with 'warrenctl list_queues name members')",
+        _ => "",
+    };
+    CtlError::Failed(format!("{reason}{hint}"))
+}
+
+fn no_queue(g: &Global, queue: &str) -> CtlError {
+    CtlError::Failed(format!(
+        "queue '{queue}' in vhost '{}' was not found",
+        g.vhost
+    ))
+}
+
+pub fn add_member(
+    client: &Client,
+    g: &Global,
+    queue: &str,
+    node: &str,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let banner = format!("Adding a member for queue {queue} on node {node}...");
+    let path = format!("/queues/{}/{}/members", seg(&g.vhost), seg(queue));
+    let body = json!({ "node": node });
+    change(
+        client,
+        g,
+        queue,
+        out,
+        banner,
+        Method::Post,
+        &path,
+        Some(&body),
+    )
+}
+
+pub fn delete_member(
+    client: &Client,
+    g: &Global,
+    queue: &str,
+    node: &str,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let banner = format!("Removing a replica of queue {queue} on node {node}...");
+    let path = format!(
+        "/queues/{}/{}/members/{}",
+        seg(&g.vhost),
+        seg(queue),
+        seg(node)
+    );
+    change(client, g, queue, out, banner, Method::Delete, &path, None)
+}
+
+/// One queue's membership change: the banner, the request, and RabbitMQ's answer to a
+/// missing queue or a refusal.
+#[allow(clippy::too_many_arguments)]
+fn change(
+    client: &Client,
+    g: &Global,
+    queue: &str,
+    out: &mut impl Write,
+    banner: String,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(), CtlError> {
+    info(g, out, &[banner])?;
+    match client.request(method, path, body, &[])? {
+        Ok(_) => Ok(()),
+        Err(f) if f.status == 404 => Err(no_queue(g, queue)),
+        Err(f) => Err(refused(&f.reason)),
+    }
+}
+
+pub fn grow(
+    client: &Client,
+    g: &Global,
+    node: &str,
+    strategy: &str,
+    errors_only: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    if !matches!(strategy, "all" | "even") {
+        return Err(CtlError::Usage(format!(
+            "strategy '{strategy}' is not recognised."
+        )));
+    }
+    info(
+        g,
+        out,
+        &[format!("Growing {strategy} quorum queues on {node}...")],
+    )?;
+    let path = format!("/nodes/{}/grow", seg(node));
+    let rows = match client.request(
+        Method::Post,
+        &path,
+        Some(&json!({ "strategy": strategy })),
+        &[],
+    )? {
+        Ok(v) => v,
+        Err(f) => return Err(refused(&f.reason)),
+    };
+    results(g, &rows, errors_only, out)
+}
+
+pub fn shrink(
+    client: &Client,
+    g: &Global,
+    node: &str,
+    errors_only: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    info(g, out, &[format!("Shrinking quorum queues on {node}...")])?;
+    let path = format!("/nodes/{}/shrink", seg(node));
+    let rows = match client.request(Method::Post, &path, None, &[])? {
+        Ok(v) => v,
+        Err(f) => return Err(refused(&f.reason)),
+    };
+    results(g, &rows, errors_only, out)
+}
+
+/// grow's and shrink's table: vhost, name, size, result (as rabbitmq-queues).
+fn results(
+    g: &Global,
+    rows: &Value,
+    errors_only: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let columns: Vec<String> = ["vhost", "name", "size", "result"]
+        .map(String::from)
+        .to_vec();
+    let rows: Vec<Vec<Value>> = rows
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| !errors_only || r["result"] != "ok")
+        .map(|r| columns.iter().map(|c| r[c.as_str()].clone()).collect())
+        .collect();
+    if g.json() {
+        write_json(out, &columns, &rows).map_err(io_error)
+    } else {
+        write_table(out, &columns, &rows, !g.no_table_headers).map_err(io_error)
+    }
+}
