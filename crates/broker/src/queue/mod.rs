@@ -313,6 +313,9 @@ pub struct Queue {
     replica: std::sync::OnceLock<Arc<dyn replica::Replica>>,
     /// A replicated queue's consumers by owner (its engine names consumers by owner only).
     replica_consumers: Mutex<rustc_hash::FxHashMap<Owner, replicated::ReplicaConsumer>>,
+    /// Owners of this node that a replicated queue's engine handed messages to and that this
+    /// node does not serve, with when their removal was last asked (see `hand_out`).
+    strays_asked: Mutex<rustc_hash::FxHashMap<Owner, u64>>,
     /// Where a replicated queue's follow-ups go (they arise on Raft's threads, after the
     /// command that caused them has returned): its vhost.
     followups_sink: std::sync::OnceLock<replica::FollowupSink>,
@@ -353,6 +356,7 @@ impl Queue {
             stream: None,
             replica: std::sync::OnceLock::new(),
             replica_consumers: Mutex::new(Default::default()),
+            strays_asked: Mutex::new(Default::default()),
             followups_sink: std::sync::OnceLock::new(),
             disk_reads: Default::default(),
             disk_writes: Default::default(),

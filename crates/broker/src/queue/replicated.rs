@@ -24,6 +24,13 @@ pub(super) struct ReplicaConsumer {
     early: Vec<(CheckoutId, QueuedMessage)>,
 }
 
+/// How many times a consumer removed by the leader tries to subscribe again (each attempt
+/// looks for a leader for up to the cluster's write timeout).
+const RESUBSCRIBE_ATTEMPTS: u32 = 30;
+
+/// How long before a stray owner's removal (see `Queue::hand_out`) is asked again.
+const STRAY_RETRY_MS: u64 = 5_000;
+
 /// Reads the replicated engine.
 pub(super) fn read<T>(r: &Arc<dyn Replica>, f: impl FnOnce(&QueueEngine<Owner>) -> T) -> T {
     let mut f = Some(f);
@@ -131,31 +138,56 @@ impl Queue {
     /// quorum queue's consumer that was suspected down; one that cannot (an exclusive
     /// consumer took its place) is cancelled.
     fn subscribe_again(self: &Arc<Self>, removed: &[Owner]) {
-        let Some(r) = self.replica.get() else { return };
-        let again: Vec<(Owner, QueueCommand)> = {
-            let consumers = self.replica_consumers.lock();
-            removed
-                .iter()
-                .filter_map(|o| consumers.get(o).filter(|rc| rc.active).map(|rc| (*o, rc)))
-                .map(|(owner, rc)| (owner, add_consumer(owner, &rc.c)))
-                .collect()
-        };
-        for (owner, cmd) in again {
-            tracing::info!(queue = %self.name, vhost = %self.vhost_name, owner, "a consumer removed by the queue's leader subscribes again");
-            let q = Arc::downgrade(self);
-            r.submit(
-                cmd,
-                Some(Box::new(move |a| {
-                    if matches!(a, Ok(Applied::ConsumeRefused)) {
-                        if let Some(q) = q.upgrade() {
-                            if let Some(rc) = q.replica_consumers.lock().remove(&owner) {
-                                rc.c.handle.consumer_cancelled_by_server(rc.c.consumer_id);
-                            }
-                        }
-                    }
-                })),
-            );
+        for &owner in removed {
+            self.resubscribe(owner, RESUBSCRIBE_ATTEMPTS);
         }
+    }
+
+    /// Subscribes `owner` again if this node still serves it (see `subscribe_again`). A
+    /// subscription that gets no answer (no leader for a while) is tried again, up to
+    /// `attempts` times in all; a consumer that cannot be subscribed again is cancelled, so
+    /// that its client knows.
+    fn resubscribe(self: &Arc<Self>, owner: Owner, attempts: u32) {
+        let Some(r) = self.replica.get() else { return };
+        let cmd = {
+            let consumers = self.replica_consumers.lock();
+            match consumers.get(&owner).filter(|rc| rc.active) {
+                Some(rc) => add_consumer(owner, &rc.c),
+                None => return,
+            }
+        };
+        if attempts == RESUBSCRIBE_ATTEMPTS {
+            tracing::info!(queue = %self.name, vhost = %self.vhost_name, owner, "a consumer removed by the queue's leader subscribes again");
+        }
+        let q = Arc::downgrade(self);
+        r.submit(
+            cmd,
+            Some(Box::new(move |a| {
+                let Some(q) = q.upgrade() else { return };
+                let cancel = match a {
+                    Ok(Applied::ConsumeRefused) => true,
+                    Err(e) if attempts > 1 && !q.is_deleted() => {
+                        tracing::debug!(queue = %q.name, owner, error = %e, "subscribing again got no answer; trying again");
+                        q.resubscribe(owner, attempts - 1);
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %q.name, vhost = %q.vhost_name, owner, error = %e, "a consumer could not subscribe again: it is cancelled");
+                        // (Its subscription may still be committed.)
+                        if let Some(r) = q.replica.get() {
+                            r.remove_owner(owner, now_ms());
+                        }
+                        true
+                    }
+                    Ok(_) => false,
+                };
+                if cancel {
+                    if let Some(rc) = q.replica_consumers.lock().remove(&owner) {
+                        rc.c.handle.consumer_cancelled_by_server(rc.c.consumer_id);
+                    }
+                }
+            })),
+        );
     }
 
     fn follow_up_later(&self, fu: Followups) {
@@ -171,7 +203,7 @@ impl Queue {
     /// channel closed meanwhile, goes back to the queue.
     fn hand_out(self: &Arc<Self>, deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>) {
         let mut refused = Vec::new();
-        let mut stale: Vec<Owner> = Vec::new();
+        let mut strays: Vec<(Owner, bool)> = Vec::new();
         let Some(r) = self.replica.get() else {
             return;
         };
@@ -190,29 +222,59 @@ impl Queue {
                     }
                     Some(rc) => rc.early.push((checkout, qm)),
                     // A consumer of this node's earlier run (its entries reached the log
-                    // after the restart): returning each delivery would hand it straight
-                    // back to that consumer, again and again, until the delivery limit
-                    // dropped the message. The consumer goes, and what it holds comes back.
+                    // after the restart, or the log is replayed): returning each delivery
+                    // would hand it straight back to that consumer, again and again, until
+                    // the delivery limit dropped the message. The consumer goes, and what it
+                    // holds comes back.
                     None if r.is_stale(owner) => {
-                        if !stale.contains(&owner) {
-                            stale.push(owner);
+                        if !strays.contains(&(owner, true)) {
+                            strays.push((owner, true));
                         }
                     }
-                    // Returning a checkout that does not exist (a no-ack delivery) changes
-                    // nothing.
-                    None => refused.push((owner, checkout)),
+                    // Not (or no longer) a consumer here: cancelled (its removal follows in
+                    // the log), or its subscription's answer was lost. The delivery comes
+                    // back (a no-ack delivery's checkout does not exist: returning it changes
+                    // nothing), and the consumer is removed, in case no removal follows.
+                    None => {
+                        refused.push((owner, checkout));
+                        if !strays.contains(&(owner, false)) {
+                            strays.push((owner, false));
+                        }
+                    }
                 }
             }
         }
         self.return_refused(refused);
+        self.remove_strays(r, strays);
+    }
+
+    /// Removes owners the engine handed messages to and this node does not serve, each at
+    /// most once in [`STRAY_RETRY_MS`] (a restarted node's log replay names its earlier run's
+    /// consumers in entry after entry). `true`: what the owner holds comes back too (an
+    /// earlier run's channel is gone; a live channel may still ack what it holds).
+    fn remove_strays(&self, r: &Arc<dyn Replica>, strays: Vec<(Owner, bool)>) {
+        if strays.is_empty() {
+            return;
+        }
         let now = now_ms();
-        for owner in stale {
-            tracing::info!(
-                queue = %self.name,
-                owner,
-                "a consumer of this node's earlier run was handed messages: it is removed and they go back to the queue"
-            );
-            r.remove_owner(owner, now);
+        let mut asked = self.strays_asked.lock();
+        asked.retain(|_, at| now.saturating_sub(*at) < STRAY_RETRY_MS);
+        for (owner, earlier_run) in strays {
+            if asked.contains_key(&owner) {
+                continue;
+            }
+            asked.insert(owner, now);
+            if earlier_run {
+                tracing::info!(
+                    queue = %self.name,
+                    owner,
+                    "a consumer of this node's earlier run was handed messages: it is removed and they go back to the queue"
+                );
+                r.remove_owner(owner, now);
+            } else {
+                tracing::debug!(queue = %self.name, owner, "messages for a consumer this node does not serve: it is removed");
+                r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
+            }
         }
     }
 
@@ -323,6 +385,11 @@ impl Queue {
         };
         if let Some(why) = refused {
             self.replica_consumers.lock().remove(&owner);
+            if matches!(why, ConsumeRefused::Unavailable(_)) {
+                // The subscription may still be committed (its answer was lost, or came too
+                // late): it must not keep a consumer that nobody serves.
+                r.remove_owner(owner, now_ms());
+            }
             return Err(why);
         }
         on_added();
