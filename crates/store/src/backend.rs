@@ -23,6 +23,16 @@ pub trait Backend: Send + Sync {
     /// Names (not paths) of the entries in `dir`; names that are not UTF-8 are skipped
     /// because the store never creates them.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Whether `path` exists. (The default lists it: a backend whose directories can be
+    /// large answers without reading them.)
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        match self.list(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
     /// Removes one file.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Removes a directory and everything in it.
@@ -102,6 +112,10 @@ impl Backend for FileBackend {
             }
         }
         Ok(names)
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -345,6 +359,10 @@ impl Backend for FaultyBackend {
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.inner.list(dir)
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.inner.exists(path)
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {

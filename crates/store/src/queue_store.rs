@@ -842,6 +842,12 @@ impl QueueStore {
         }
     }
 
+    /// Whether a record was ever written to the store (since its segments were last
+    /// removed): a store that holds none has nothing a partial removal could bring back.
+    pub fn holds_records(&self) -> bool {
+        self.msgs.holds_records() || self.acks.holds_records()
+    }
+
     /// Unacked messages (RabbitMQ's `messages`, ready + unacknowledged).
     pub fn message_count(&self) -> u64 {
         self.message_count

@@ -425,11 +425,10 @@ impl SegmentLog {
         // to the first directory that existed): note which parents got a new entry.
         let mut new_entries_in = Vec::new();
         if names.is_empty() {
+            // (Whether each exists, not its listing: the parent can hold thousands of
+            // queues' directories.)
             let mut missing = dir;
-            while let Err(e) = backend.list(missing) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    break;
-                }
+            while let Ok(false) = backend.exists(missing) {
                 match missing.parent() {
                     Some(parent) => {
                         new_entries_in.push(parent.to_path_buf());
@@ -902,6 +901,12 @@ impl SegmentLog {
     /// Bytes in all segment files, buffered bytes included.
     pub fn disk_bytes(&self) -> u64 {
         self.sealed.values().map(|s| s.len).sum::<u64>() + self.current.len()
+    }
+
+    /// Whether any segment (or the write buffer) holds a record: false for a log that was
+    /// never written to.
+    pub fn holds_records(&self) -> bool {
+        !self.sealed.is_empty() || self.current.len() > SEGMENT_HEADER_LEN as u64
     }
 
     pub fn dir(&self) -> &Path {

@@ -1033,8 +1033,14 @@ impl Queue {
         if let Some(slot) = self.store.get() {
             let mut st = slot.lock();
             let dir = st.store.dir().to_path_buf();
-            // Empty the store, then remove its directory (the store is dropped with the queue).
-            if let Err(e) = st.store.purge() {
+            // Empty the store, then remove its directory (the store is dropped with the queue):
+            // a removal cut short by a crash leaves no message that could come back. A store
+            // that was never written to has none (a queue declared and deleted unused).
+            let purged = match st.store.holds_records() {
+                true => st.store.purge().map(drop),
+                false => Ok(()),
+            };
+            if let Err(e) = purged {
                 tracing::warn!(queue = %self.name, error = %e, "purging the deleted queue's store failed");
             }
             if let Err(e) = st.store.remove_dir() {
