@@ -1444,6 +1444,26 @@ mod tests {
         assert!(!dir.path().exists());
     }
 
+    /// What a deleted queue's store is not purged for (it never held a record) is told
+    /// apart from a store that did, reopened or not.
+    #[test]
+    fn holds_records_tells_a_store_never_written_to() {
+        let dir = TestDir::new("qs-holds");
+        let (qs, _) = open(dir.path(), SMALL);
+        assert!(!qs.holds_records(), "a new store");
+        drop(qs);
+        let (mut qs, _) = open(dir.path(), SMALL);
+        assert!(!qs.holds_records(), "an empty store reopened");
+        let p = qs.append(b"one").unwrap();
+        assert!(qs.holds_records(), "a record in the write buffer");
+        qs.ack(p).unwrap();
+        qs.sync().unwrap();
+        drop(qs);
+        let (qs, recovered) = open(dir.path(), SMALL);
+        assert!(recovered.is_empty());
+        assert!(qs.holds_records(), "acked records are still records");
+    }
+
     #[test]
     fn read_batch_reads_records_larger_than_its_read_ahead() {
         let dir = TestDir::new("qs-big");
