@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use warren_broker::metadata::{MetaOp, MetadataLog};
 use warren_broker::queue::replica::{ClusterNode, MemberError, OutputSink, Replica, ReplicaHost};
 use warren_broker::queue::Applied;
-use warren_broker::queue::{QueueCommand, QueueOptions};
+use warren_broker::queue::QueueOptions;
 use warren_broker::AmqpError;
 use warren_store::Backend;
 
@@ -264,9 +264,7 @@ pub(crate) async fn reap_gone_owners(
                 owner,
                 "a consumer's node is down: its unacknowledged messages go back to the queue"
             );
-            let now = warren_broker::clock::now_ms();
-            r.send_command(QueueCommand::RemoveConsumer { owner, now }, None);
-            r.send_command(QueueCommand::ReturnAll { owner, now }, None);
+            r.remove_owner(owner, warren_broker::clock::now_ms());
             reaped.insert(owner);
         }
     }

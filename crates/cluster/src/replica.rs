@@ -347,9 +347,7 @@ impl GroupReplica {
                     owner,
                     "a consumer of this node's earlier run: its unacknowledged messages go back to the queue"
                 );
-                let now = warren_broker::clock::now_ms();
-                self.send_command(QueueCommand::RemoveConsumer { owner, now }, None);
-                self.send_command(QueueCommand::ReturnAll { owner, now }, None);
+                self.remove_owner(owner, warren_broker::clock::now_ms());
                 asked.insert(owner, Instant::now());
             }
         }

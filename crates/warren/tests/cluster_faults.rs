@@ -610,10 +610,23 @@ fn confirmed_messages_survive_kills_partitions_and_slow_links() {
         // Where the messages are: ready (no consumer took them) or checked out (to whom).
         for n in 1..=NODES {
             let out = Command::new("ip")
-                .args(["netns", "exec", &net.ns(n), "curl", "-s", "-m", "5", "-u", "guest:guest"])
+                .args([
+                    "netns",
+                    "exec",
+                    &net.ns(n),
+                    "curl",
+                    "-s",
+                    "-m",
+                    "5",
+                    "-u",
+                    "guest:guest",
+                ])
                 .arg("http://127.0.0.1:15672/api/queues/%2F/faults")
                 .output();
-            let text = out.map_or_else(|e| e.to_string(), |o| String::from_utf8_lossy(&o.stdout).into_owned());
+            let text = out.map_or_else(
+                |e| e.to_string(),
+                |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+            );
             println!("== node {n}'s view of the queue: {text}");
         }
     }
