@@ -453,12 +453,14 @@ mod tests {
     /// What a journal replayed on its snapshot gives is what was saved last, item for item.
     #[test]
     fn changes_replayed_on_the_snapshot_give_the_latest_definitions() {
-        let mut v1 = Definitions::default();
-        v1.queues = vec![queue("a"), queue("b")];
-        v1.bindings = vec![
-            binding("a", "k", json!({})),
-            binding("a", "k", json!({"x": 1})),
-        ];
+        let v1 = Definitions {
+            queues: vec![queue("a"), queue("b")],
+            bindings: vec![
+                binding("a", "k", json!({})),
+                binding("a", "k", json!({"x": 1})),
+            ],
+            ..Default::default()
+        };
         let mut v2 = v1.clone();
         v2.queues.retain(|q| q.name != "a");
         v2.bindings.clear();
@@ -479,8 +481,10 @@ mod tests {
 
     #[test]
     fn unchanged_definitions_journal_nothing() {
-        let mut d = Definitions::default();
-        d.queues = vec![queue("a")];
+        let d = Definitions {
+            queues: vec![queue("a")],
+            ..Default::default()
+        };
         assert!(diff(&items(&d), &items(&d)).is_empty());
     }
 
