@@ -8,6 +8,12 @@
 
 use std::path::{Path, PathBuf};
 
+/// The broker binary a test starts: `built` (its `env!("CARGO_BIN_EXE_warren")`), or
+/// `WARREN_BIN` when set (a copy, so that a long run by hand survives the tree being rebuilt).
+pub fn warren_bin(built: &str) -> String {
+    std::env::var("WARREN_BIN").unwrap_or_else(|_| built.to_string())
+}
+
 /// A `warren` process with its own data directory, for restart and crash tests. It listens
 /// on ports the kernel picks (`--listen 127.0.0.1:0`) and says which in its listeners file, so
 /// no other process can take its port between a check and a bind, nor after a restart.

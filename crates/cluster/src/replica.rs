@@ -334,25 +334,6 @@ impl GroupReplica {
         });
     }
 
-    /// Removes this node's owners of an earlier run among `owners` from the queue (their
-    /// channels are gone; what they hold goes back), once in a while each.
-    pub(crate) fn remove_stale(&self, owners: &[Owner]) {
-        let Some(c) = &self.cluster else { return };
-        let mut asked = self.stale_asked.lock();
-        asked.retain(|_, at| at.elapsed() < STALE_RETRY);
-        for &owner in owners {
-            if c.owner_is_stale(owner) && !asked.contains_key(&owner) {
-                tracing::info!(
-                    group = self.id,
-                    owner,
-                    "a consumer of this node's earlier run: its unacknowledged messages go back to the queue"
-                );
-                self.remove_owner(owner, warren_broker::clock::now_ms());
-                asked.insert(owner, Instant::now());
-            }
-        }
-    }
-
     /// Proposes `p` through whichever node leads the group (this one, or another), looking
     /// for a leader for up to [`WRITE_TIMEOUT`]. Returns the answers once committed and
     /// applied on the leader.
@@ -461,6 +442,25 @@ impl Replica for GroupReplica {
         self.cluster
             .as_ref()
             .is_some_and(|c| c.owner_is_stale(owner))
+    }
+
+    /// Removes this node's owners of an earlier run among `owners` from the queue (their
+    /// channels are gone; what they hold goes back), once in a while each.
+    fn remove_stale(&self, owners: &[Owner]) {
+        let Some(c) = &self.cluster else { return };
+        let mut asked = self.stale_asked.lock();
+        asked.retain(|_, at| at.elapsed() < STALE_RETRY);
+        for &owner in owners {
+            if c.owner_is_stale(owner) && !asked.contains_key(&owner) {
+                tracing::info!(
+                    group = self.id,
+                    owner,
+                    "a consumer of this node's earlier run: its unacknowledged messages go back to the queue"
+                );
+                self.remove_owner(owner, warren_broker::clock::now_ms());
+                asked.insert(owner, Instant::now());
+            }
+        }
     }
 
     fn members(&self) -> Option<GroupMembers> {

@@ -28,7 +28,7 @@ use warren_tests::TempDir;
 /// The broker under test: this package's binary, or `WARREN_BIN` (a copy, for a long run by
 /// hand while the tree is rebuilt).
 fn warren() -> String {
-    std::env::var("WARREN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_warren").to_string())
+    warren_tests::warren_bin(env!("CARGO_BIN_EXE_warren"))
 }
 const QUEUE: &str = "faults";
 const NODES: usize = 3;

@@ -53,10 +53,9 @@ use std::time::{Duration, Instant};
 use warren_tests::mgmt::try_http;
 use warren_tests::*;
 
-/// The broker under test: this package's binary, or `WARREN_BIN` (a copy, for the hour by
-/// hand while the tree is rebuilt).
+/// The broker under test (`WARREN_BIN` for the hour by hand on a copy).
 fn warren() -> String {
-    std::env::var("WARREN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_warren").to_string())
+    warren_bin(env!("CARGO_BIN_EXE_warren"))
 }
 const GUEST: Option<&str> = Some("Basic Z3Vlc3Q6Z3Vlc3Q=");
 
@@ -938,7 +937,7 @@ async fn soak(secs: u64) {
     let log =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let mut b = BrokerProcess::start_logging(&warren(), &dir.join("data"), &[], &log);
+    let mut b = BrokerProcess::start_logging(warren(), &dir.join("data"), &[], &log);
     declare_topology(&b.url()).await;
     let ctx = Arc::new(Ctx {
         target: RwLock::new(target_of(&b)),

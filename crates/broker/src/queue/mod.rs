@@ -313,9 +313,9 @@ pub struct Queue {
     replica: std::sync::OnceLock<Arc<dyn replica::Replica>>,
     /// A replicated queue's consumers by owner (its engine names consumers by owner only).
     replica_consumers: Mutex<rustc_hash::FxHashMap<Owner, replicated::ReplicaConsumer>>,
-    /// Owners of this node that a replicated queue's engine handed messages to and that this
-    /// node does not serve, with when their removal was last asked (see `hand_out`).
-    strays_asked: Mutex<rustc_hash::FxHashMap<Owner, u64>>,
+    /// Consumers of this node that a replicated queue's engine handed messages to and that
+    /// this node does not serve, with when their removal was last asked (see `hand_out`).
+    unserved_asked: Mutex<rustc_hash::FxHashMap<Owner, u64>>,
     /// Where a replicated queue's follow-ups go (they arise on Raft's threads, after the
     /// command that caused them has returned): its vhost.
     followups_sink: std::sync::OnceLock<replica::FollowupSink>,
@@ -356,7 +356,7 @@ impl Queue {
             stream: None,
             replica: std::sync::OnceLock::new(),
             replica_consumers: Mutex::new(Default::default()),
-            strays_asked: Mutex::new(Default::default()),
+            unserved_asked: Mutex::new(Default::default()),
             followups_sink: std::sync::OnceLock::new(),
             disk_reads: Default::default(),
             disk_writes: Default::default(),
@@ -1036,9 +1036,10 @@ impl Queue {
             // Empty the store, then remove its directory (the store is dropped with the queue):
             // a removal cut short by a crash leaves no message that could come back. A store
             // that was never written to has none (a queue declared and deleted unused).
-            let purged = match st.store.holds_records() {
-                true => st.store.purge().map(drop),
-                false => Ok(()),
+            let purged = if st.store.holds_records() {
+                st.store.purge().map(drop)
+            } else {
+                Ok(())
             };
             if let Err(e) = purged {
                 tracing::warn!(queue = %self.name, error = %e, "purging the deleted queue's store failed");

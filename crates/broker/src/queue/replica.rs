@@ -125,6 +125,10 @@ pub trait Replica: Send + Sync {
     fn is_stale(&self, _owner: Owner) -> bool {
         false
     }
+    /// Removes those of `owners` that are stale (see [`Replica::is_stale`]) with
+    /// [`Replica::remove_owner`], each at most once in a while: a restarted node's log names
+    /// its earlier run's consumers in entry after entry.
+    fn remove_stale(&self, _owners: &[Owner]) {}
     /// In a cluster: the node that leads the group (if any), its members and those that
     /// answer, by node name.
     fn members(&self) -> Option<GroupMembers> {

@@ -28,8 +28,9 @@ pub(super) struct ReplicaConsumer {
 /// looks for a leader for up to the cluster's write timeout).
 const RESUBSCRIBE_ATTEMPTS: u32 = 30;
 
-/// How long before a stray owner's removal (see `Queue::hand_out`) is asked again.
-const STRAY_RETRY_MS: u64 = 5_000;
+/// How long before the removal of a consumer this node does not serve (see
+/// `Queue::hand_out`) is asked again.
+const UNSERVED_RETRY_MS: u64 = 5_000;
 
 /// Reads the replicated engine.
 pub(super) fn read<T>(r: &Arc<dyn Replica>, f: impl FnOnce(&QueueEngine<Owner>) -> T) -> T {
@@ -203,7 +204,7 @@ impl Queue {
     /// channel closed meanwhile, goes back to the queue.
     fn hand_out(self: &Arc<Self>, deliveries: Vec<(Owner, CheckoutId, QueuedMessage)>) {
         let mut refused = Vec::new();
-        let mut strays: Vec<(Owner, bool)> = Vec::new();
+        let (mut stale, mut unserved): (Vec<Owner>, Vec<Owner>) = (Vec::new(), Vec::new());
         let Some(r) = self.replica.get() else {
             return;
         };
@@ -227,8 +228,8 @@ impl Queue {
                     // the delivery limit dropped the message. The consumer goes, and what it
                     // holds comes back.
                     None if r.is_stale(owner) => {
-                        if !strays.contains(&(owner, true)) {
-                            strays.push((owner, true));
+                        if !stale.contains(&owner) {
+                            stale.push(owner);
                         }
                     }
                     // Not (or no longer) a consumer here: cancelled (its removal follows in
@@ -237,41 +238,30 @@ impl Queue {
                     // nothing), and the consumer is removed, in case no removal follows.
                     None => {
                         refused.push((owner, checkout));
-                        if !strays.contains(&(owner, false)) {
-                            strays.push((owner, false));
+                        if !unserved.contains(&owner) {
+                            unserved.push(owner);
                         }
                     }
                 }
             }
         }
         self.return_refused(refused);
-        self.remove_strays(r, strays);
+        r.remove_stale(&stale);
+        self.remove_unserved(r, unserved);
     }
 
-    /// Removes owners the engine handed messages to and this node does not serve, each at
-    /// most once in [`STRAY_RETRY_MS`] (a restarted node's log replay names its earlier run's
-    /// consumers in entry after entry). `true`: what the owner holds comes back too (an
-    /// earlier run's channel is gone; a live channel may still ack what it holds).
-    fn remove_strays(&self, r: &Arc<dyn Replica>, strays: Vec<(Owner, bool)>) {
-        if strays.is_empty() {
+    /// Removes consumers the engine handed messages to and this node does not serve, each at
+    /// most once in [`UNSERVED_RETRY_MS`]. What such a consumer holds stays its own: a live
+    /// channel may still ack it (a channel that closes returns it).
+    fn remove_unserved(&self, r: &Arc<dyn Replica>, owners: Vec<Owner>) {
+        if owners.is_empty() {
             return;
         }
         let now = now_ms();
-        let mut asked = self.strays_asked.lock();
-        asked.retain(|_, at| now.saturating_sub(*at) < STRAY_RETRY_MS);
-        for (owner, earlier_run) in strays {
-            if asked.contains_key(&owner) {
-                continue;
-            }
-            asked.insert(owner, now);
-            if earlier_run {
-                tracing::info!(
-                    queue = %self.name,
-                    owner,
-                    "a consumer of this node's earlier run was handed messages: it is removed and they go back to the queue"
-                );
-                r.remove_owner(owner, now);
-            } else {
+        let mut asked = self.unserved_asked.lock();
+        asked.retain(|_, at| now.saturating_sub(*at) < UNSERVED_RETRY_MS);
+        for owner in owners {
+            if asked.insert(owner, now).is_none() {
                 tracing::debug!(queue = %self.name, owner, "messages for a consumer this node does not serve: it is removed");
                 r.submit(QueueCommand::RemoveConsumer { owner, now }, None);
             }
