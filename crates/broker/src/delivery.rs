@@ -93,11 +93,21 @@ struct Taken {
     items: Vec<(u32, CheckoutKey)>,
     /// The queue of each holder named in `items`.
     queues: Vec<(u32, Arc<Queue>)>,
+    /// Owners of replicated queues nobody on the channel holds anything for any more (see
+    /// `State::released`), once `items` are settled.
+    released: Vec<(Arc<Queue>, Owner)>,
 }
 
 impl Taken {
     fn len(&self) -> usize {
         self.items.len()
+    }
+
+    /// After the items are settled or requeued: see [`Queue::release_owner`].
+    fn release_owners(self) {
+        for (q, owner) in self.released {
+            q.release_owner(owner);
+        }
     }
 
     fn queue(&self, holder: u32) -> &Arc<Queue> {
@@ -188,6 +198,10 @@ struct State {
     prefetch_count: u16,
     global_prefetch: u16,
     consumers: Vec<Option<ConsumerSlot>>,
+    /// Holders of replicated queues that went (their consumer gone, their deliveries
+    /// settled): whatever their owner still holds in the queue is returned once the settles
+    /// are submitted ([`Queue::release_owner`]).
+    released: Vec<(Arc<Queue>, Owner)>,
 }
 
 impl State {
@@ -220,7 +234,11 @@ impl State {
         let h = self.holder_mut(i);
         h.refs -= 1;
         if h.refs == 0 {
-            self.holders[i as usize] = None;
+            if let Some(h) = self.holders[i as usize].take() {
+                if h.queue.is_replicated() {
+                    self.released.push((h.queue, h.owner));
+                }
+            }
         }
     }
 
@@ -256,6 +274,7 @@ impl State {
         let mut t = Taken {
             items: Vec::new(),
             queues: Vec::new(),
+            released: Vec::new(),
         };
         for u in removed {
             let h = self.holder(u.holder);
@@ -271,6 +290,7 @@ impl State {
             }
             self.release(u.holder);
         }
+        t.released = std::mem::take(&mut self.released);
         t
     }
 }
@@ -338,6 +358,7 @@ impl DeliveryChannel {
                 prefetch_count: 0,
                 global_prefetch: 0,
                 consumers: Vec::new(),
+                released: Vec::new(),
             }),
         })
     }
@@ -476,13 +497,15 @@ impl DeliveryChannel {
         let taken = self.take(tag, multiple)?;
         self.counters.ack.add(taken.len() as u64);
         taken.for_each_queue_run(|q, run| q.settle(run.iter().map(|x| x.1)));
+        taken.release_owners();
         Ok(())
     }
 
     /// basic.nack / basic.reject: requeue or drop.
     pub fn nack(&self, tag: u64, multiple: bool, requeue: bool, fu: &mut Followups) -> Result<()> {
         let taken = self.take(tag, multiple)?;
-        settle_or_requeue(taken, requeue, fu);
+        settle_or_requeue(&taken, requeue, fu);
+        taken.release_owners();
         self.resume(fu);
         Ok(())
     }
@@ -490,7 +513,8 @@ impl DeliveryChannel {
     /// basic.recover: every unacked message of the channel goes back to its queue.
     pub fn recover(&self, fu: &mut Followups) {
         if let Ok(taken) = self.take(0, true) {
-            settle_or_requeue(taken, true, fu);
+            settle_or_requeue(&taken, true, fu);
+            taken.release_owners();
         }
         self.resume(fu);
     }
@@ -616,6 +640,7 @@ impl DeliveryChannel {
                     s.drop_slot(&slot);
                 }
                 drop(s);
+                self.release_owners();
                 Err(match refused {
                     ConsumeRefused::ExclusiveInUse => AmqpError::access_refused(format!(
                         "queue '{}' in vhost '{}' in exclusive use",
@@ -651,6 +676,7 @@ impl DeliveryChannel {
         match found {
             Some((id, queue)) => {
                 queue.remove_consumer(self, id, fu);
+                self.release_owners();
                 true
             }
             None => false,
@@ -730,19 +756,31 @@ impl DeliveryChannel {
             s.unacked = rest;
             s.resolve(mine)
         };
-        settle_or_requeue(taken, true, fu);
+        settle_or_requeue(&taken, true, fu);
+        taken.release_owners();
     }
 
     /// The queue of a consumer was deleted: forget the consumer and tell the client.
     pub(crate) fn consumer_cancelled_by_server(&self, consumer_id: u32) {
-        let mut s = self.state.lock();
-        if let Some(slot) = s.consumers.get_mut(consumer_id as usize) {
-            if let Some(c) = slot.take() {
-                s.drop_slot(&c);
-                if !s.closed {
-                    self.writer.cancel(self.number, &c.tag);
+        {
+            let mut s = self.state.lock();
+            if let Some(slot) = s.consumers.get_mut(consumer_id as usize) {
+                if let Some(c) = slot.take() {
+                    s.drop_slot(&c);
+                    if !s.closed {
+                        self.writer.cancel(self.number, &c.tag);
+                    }
                 }
             }
+        }
+        self.release_owners();
+    }
+
+    /// Holders that went when a consumer left with nothing unacked (see `State::released`).
+    fn release_owners(&self) {
+        let released = std::mem::take(&mut self.state.lock().released);
+        for (q, owner) in released {
+            q.release_owner(owner);
         }
     }
 
@@ -768,10 +806,11 @@ impl DeliveryChannel {
         };
         // Requeue first (this channel is closed, so nothing comes back to it), then remove the
         // consumers: a single active consumer's successor then starts with the oldest message.
-        settle_or_requeue(unacked, true, fu);
+        settle_or_requeue(&unacked, true, fu);
         for (id, q) in consumers {
             q.remove_consumer(self, id, fu);
         }
+        unacked.release_owners();
     }
 
     /// Redelivers from the queues of this channel's consumers, after credit came back.
@@ -860,7 +899,7 @@ pub fn not_allowed_tag(tag: &str) -> AmqpError {
     )
 }
 
-fn settle_or_requeue(taken: Taken, requeue: bool, fu: &mut Followups) {
+fn settle_or_requeue(taken: &Taken, requeue: bool, fu: &mut Followups) {
     if !requeue {
         taken.for_each_queue_run(|q, run| q.reject(run.iter().map(|x| x.1), fu));
         return;

@@ -184,6 +184,7 @@ impl QueueStateMachine {
                 needs_ticks,
                 removed_consumers,
                 voters: Some(voters.clone()),
+                restored: false,
             });
         }
     }
@@ -324,6 +325,12 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
             engine: stored.engine,
         };
         self.keep(&mut s, &stored)?;
+        let _ = self.out.send(Output {
+            index: meta.last_log_id.map_or(0, |l| l.index),
+            voters: Some(s.voters.clone()),
+            restored: true,
+            ..Default::default()
+        });
         Ok(())
     }
 

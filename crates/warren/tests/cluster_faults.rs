@@ -670,14 +670,36 @@ fn confirmed_messages_survive_kills_partitions_and_slow_links() {
 
 #[test]
 fn a_consumer_cut_off_for_a_while_is_served_again() {
+    // Cut off for longer than it takes the leader to take node 3 for down (its consumer is
+    // removed, and subscribes again once node 3 is back); a few small messages meanwhile.
+    cut_off_consumer_is_served("cluster-cutoff", Duration::from_secs(5), 5, 8);
+}
+
+#[test]
+fn a_consumer_whose_node_missed_a_snapshot_is_served_again() {
+    // Cut off briefly (its node is not taken for down) while more than a snapshot's worth
+    // of bytes (8 MiB) is published: the leader snapshots and drops the entries node 3
+    // missed, some of which gave node 3's consumer messages. Node 3 gets the snapshot
+    // instead: its consumer must still get every message.
+    cut_off_consumer_is_served(
+        "cluster-snapshot",
+        Duration::from_millis(2500),
+        120,
+        100 * 1024,
+    );
+}
+
+/// A consumer on node 3 (the queue is led by node 1, where it was declared) gets messages;
+/// node 3 is cut off for `cut_for` while `count` messages of `size` bytes are published
+/// (confirmed) on node 1; once node 3 is back, its consumer gets them all.
+fn cut_off_consumer_is_served(name: &str, cut_for: Duration, count: u64, size: usize) {
     if !netns_available() {
         return;
     }
-    let dir = TempDir::new("cluster-cutoff");
+    let dir = TempDir::new(name);
     let (net, _nodes) = start_cluster(&dir);
     let got: Arc<Mutex<Vec<u64>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
-    // A consumer on node 3 (the queue is led by node 1, where it was declared).
     let (g, st) = (got.clone(), stop.clone());
     let consumer = in_namespace(net.ns(3), move || async move {
         let conn = connect().await.expect("connect to node 3");
@@ -703,24 +725,31 @@ fn a_consumer_cut_off_for_a_while_is_served_again() {
             }
         }
     });
-    let publish = |from: u64| {
+    // Publishes ids from..from+n on node 1, all confirms awaited.
+    let publish = |from: u64, n: u64, size: usize| {
         in_namespace(net.ns(1), move || async move {
             let conn = connect().await.expect("connect to node 1");
             let ch = conn.create_channel().await.unwrap();
             ch.confirm_select(ConfirmSelectOptions::default())
                 .await
                 .unwrap();
-            for id in from..from + 5 {
-                let c = ch
-                    .basic_publish(
+            let mut pending = Vec::new();
+            for id in from..from + n {
+                let mut body = vec![0u8; size.max(8)];
+                body[..8].copy_from_slice(&id.to_be_bytes());
+                pending.push(
+                    ch.basic_publish(
                         "".into(),
                         QUEUE.into(),
                         BasicPublishOptions::default(),
-                        &id.to_be_bytes(),
+                        &body,
                         BasicProperties::default().with_delivery_mode(2),
                     )
                     .await
-                    .unwrap();
+                    .unwrap(),
+                );
+            }
+            for c in pending {
                 assert!(tokio::time::timeout(Duration::from_secs(15), c)
                     .await
                     .expect("confirm")
@@ -729,19 +758,25 @@ fn a_consumer_cut_off_for_a_while_is_served_again() {
             }
         })
         .join()
-        .expect("publish");
+        .is_ok()
     };
-    publish(1);
+    assert!(publish(1, 5, 8), "publishing on node 1 failed");
     assert!(
         wait_until(Duration::from_secs(10), || got.lock().unwrap().len() >= 5),
         "node 3's consumer got {:?}",
         got.lock().unwrap()
     );
-    // Cut node 3 off for longer than it takes its leader to take it for down.
     net.isolate(3, true);
-    std::thread::sleep(Duration::from_secs(5));
-    let published = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| publish(100)));
-    if published.is_err() {
+    let cut_at = Instant::now();
+    // In three parts, spread over the cut: the leader drops entries only while no message
+    // to node 3 is in flight, so some snapshot comes between two attempts.
+    let mut published = true;
+    for part in 0..3 {
+        let ids = 100 + part * count / 3..100 + (part + 1) * count / 3;
+        published &= publish(ids.start, ids.end - ids.start, size);
+        std::thread::sleep(cut_for / 5);
+    }
+    if !published {
         for n in 1..=NODES {
             let log = std::fs::read_to_string(dir.path().join(format!("node{n}.log")))
                 .unwrap_or_default();
@@ -749,17 +784,23 @@ fn a_consumer_cut_off_for_a_while_is_served_again() {
         }
         panic!("publishing on node 1 while node 3 was cut off failed");
     }
+    println!(
+        "{count} messages of {size} bytes confirmed in {:?} while node 3 was cut off",
+        cut_at.elapsed()
+    );
+    std::thread::sleep(cut_for.saturating_sub(cut_at.elapsed()));
     net.isolate(3, false);
-    // Once back, it subscribes again and gets what was published meanwhile.
-    let served = wait_until(Duration::from_secs(15), || {
+    // Once back, it gets what was published meanwhile.
+    let served = wait_until(Duration::from_secs(20), || {
         let g = got.lock().unwrap();
-        (100..105).all(|id| g.contains(&id))
+        (100..100 + count).all(|id| g.contains(&id))
     });
     stop.store(true, Ordering::Relaxed);
     consumer.join().unwrap();
+    let g = got.lock().unwrap();
     assert!(
         served,
-        "node 3's consumer was not served again: got {:?}",
-        got.lock().unwrap()
+        "node 3's consumer was not served again: got {} of the {count} published while it was cut off",
+        (100..100 + count).filter(|id| g.contains(id)).count()
     );
 }

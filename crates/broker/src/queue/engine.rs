@@ -1075,6 +1075,11 @@ impl<C> QueueEngine<C> {
 
     /// Adds a consumer; [`QueueEngine::dispatch`] then starts delivering to it.
     pub fn add_consumer(&mut self, c: Consumer<C>, now: u64) -> Result<(), ConsumeRefused> {
+        // The same owner subscribing again (a replicated queue's consumer whose removal it
+        // learnt of twice, each time subscribing again) stays one consumer.
+        if self.consumers.iter().any(|x| x.owner == c.owner) {
+            return Ok(());
+        }
         if c.exclusive && !self.consumers.is_empty() || self.consumers.iter().any(|x| x.exclusive) {
             return Err(ConsumeRefused::ExclusiveInUse);
         }

@@ -316,6 +316,10 @@ pub struct Queue {
     /// Consumers of this node that a replicated queue's engine handed messages to and that
     /// this node does not serve, with when their removal was last asked (see `hand_out`).
     unserved_asked: Mutex<rustc_hash::FxHashMap<Owner, u64>>,
+    /// How many times this node's member of a replicated queue's group was restored from
+    /// the leader's snapshot (a consumer subscribing meanwhile starts again: see
+    /// `Queue::add_consumer_replicated`).
+    replica_restores: std::sync::atomic::AtomicU64,
     /// Where a replicated queue's follow-ups go (they arise on Raft's threads, after the
     /// command that caused them has returned): its vhost.
     followups_sink: std::sync::OnceLock<replica::FollowupSink>,
@@ -357,6 +361,7 @@ impl Queue {
             replica: std::sync::OnceLock::new(),
             replica_consumers: Mutex::new(Default::default()),
             unserved_asked: Mutex::new(Default::default()),
+            replica_restores: Default::default(),
             followups_sink: std::sync::OnceLock::new(),
             disk_reads: Default::default(),
             disk_writes: Default::default(),
@@ -978,6 +983,23 @@ impl Queue {
         i.dispatch(now, &mut QueueEnv { q: self });
         self.notify_flow(&i);
         Ok(())
+    }
+
+    /// A channel holds nothing more for `owner` (its consumer is gone and its deliveries are
+    /// settled): in a replicated queue, whatever the engine still has checked out to it is
+    /// returned. That is what the channel never received: deliveries its node did not hand
+    /// out (a basic.get whose answer was lost, entries a snapshot skipped). A classic queue
+    /// hands out what it checks out, under its lock: nothing to do.
+    pub fn release_owner(&self, owner: Owner) {
+        if let Some(r) = self.replica.get() {
+            r.submit(
+                QueueCommand::ReturnAll {
+                    owner,
+                    now: now_ms(),
+                },
+                None,
+            );
+        }
     }
 
     /// Removes a consumer. An auto-delete queue that has lost its last consumer asks to be

@@ -35,6 +35,12 @@ pub struct ReplicaOutput {
     /// In a cluster: the group's voting members (node ids) as of the entry, for the node to
     /// tell its own deliveries from those it sends to nodes that are not members.
     pub voters: Option<Arc<Vec<u64>>>,
+    /// This member's engine was replaced by the leader's snapshot (it was behind, and the
+    /// leader no longer had the entries it missed): deliveries those entries made to this
+    /// node's consumers were never handed out, and its consumers may have been removed
+    /// meanwhile. The queue removes its consumers, returning what they held, and they
+    /// subscribe again.
+    pub restored: bool,
 }
 
 /// A replicated queue's group as operators see it (the management API's `leader`,

@@ -114,6 +114,9 @@ impl Queue {
     /// The group applied commands: deliveries go to their consumers' channels, dead letters
     /// and the timer to the vhost.
     fn on_output(self: &Arc<Self>, out: ReplicaOutput) {
+        if out.restored {
+            self.restart_consumers();
+        }
         if !out.deliveries.is_empty() {
             self.hand_out(out.deliveries);
         }
@@ -131,6 +134,32 @@ impl Queue {
             }
         }
         self.follow_up_later(fu);
+    }
+
+    /// This node's member was restored from the leader's snapshot: the entries it skipped may
+    /// have checked messages out to its consumers (never handed out: they would stay
+    /// unacknowledged, and undelivered, for as long as the consumer lives) or removed them
+    /// (they would wait for ever). Each consumer is removed, what it held comes back
+    /// (redelivered: its channel's acks of what it did get then change nothing), and the
+    /// removal subscribes it again (`subscribe_again`).
+    fn restart_consumers(self: &Arc<Self>) {
+        let Some(r) = self.replica.get() else { return };
+        self.replica_restores
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let owners: Vec<Owner> = self
+            .replica_consumers
+            .lock()
+            .iter()
+            .filter(|(_, rc)| rc.active)
+            .map(|(o, _)| *o)
+            .collect();
+        if !owners.is_empty() {
+            tracing::info!(queue = %self.name, vhost = %self.vhost_name, consumers = owners.len(), "this node's copy of the queue was restored from the leader's snapshot: its consumers subscribe again");
+        }
+        let now = now_ms();
+        for owner in owners {
+            r.remove_owner(owner, now);
+        }
     }
 
     /// Consumers removed from the group that this node still serves (a cancel made here
@@ -360,6 +389,9 @@ impl Queue {
         }
         let owner = c.owner;
         let cmd = add_consumer(owner, &c);
+        let restores = self
+            .replica_restores
+            .load(std::sync::atomic::Ordering::Acquire);
         self.replica_consumers.lock().insert(
             owner,
             ReplicaConsumer {
@@ -396,6 +428,15 @@ impl Queue {
             }
         }
         self.return_refused(refused);
+        if self
+            .replica_restores
+            .load(std::sync::atomic::Ordering::Acquire)
+            != restores
+        {
+            // Restored from a snapshot while subscribing: what the skipped entries gave it
+            // was never handed out (see `restart_consumers`).
+            r.remove_owner(owner, now_ms());
+        }
         Ok(())
     }
 
@@ -517,3 +558,7 @@ impl Queue {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[path = "replicated_tests.rs"]
+mod tests;
