@@ -9,7 +9,10 @@
 # and RabbitMQ 4.0.5 (../shared/amqp-perf/bench/targets/rabbitmq4.sh with its rabbitmq_stream
 # plugin, stream port 5552). Broker on CPU 1, load tools on CPU 0, a fresh broker per
 # protocol. Publishing over 0-9-1 uses amqp-perf (AMQP_PERF_BIN), everything else
-# tools/stream-perf (STREAM_PERF_BIN; built if missing). Results: one JSON line per phase in
+# tools/stream-perf (STREAM_PERF_BIN; built if missing). The stream protocol is measured with
+# two clients: rabbitmq-stream-client (`stream`), and stream-perf's own frames (`stream-raw`:
+# nothing decoded, so the client's core is not what sets the pace). PROTOCOLS (default
+# "stream stream-raw amqp") picks among them. Results: one JSON line per phase in
 # $OUT (default target/streams-bench.jsonl) and a table on stdout.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -34,13 +37,17 @@ cpu_s() { awk '{sub(/.*\) /, ""); print ($12 + $13) / 100}' "/proc/$1/stat"; }
 for T in "${TARGETS[@]}"; do
   name=$($T name)
   export RMQ4_PLUGINS="rabbitmq_stream" RMQ_PLUGINS="rabbitmq_stream"
-  for proto in stream amqp; do
+  for proto in ${PROTOCOLS:-stream stream-raw amqp}; do
     $T stop >/dev/null 2>&1 || true
     $T start >/dev/null
     pid=$($T pid); uri=$($T uri); port=$(stream_port "$T")
-    common=(--protocol "$proto" --uri "$uri" --stream-port "$port" --stream "bench-$proto" --monitor-pid "$pid")
+    case $proto in
+      stream-raw) client=(--protocol stream --client raw) ;;
+      *) client=(--protocol "$proto") ;;
+    esac
+    common=("${client[@]}" --uri "$uri" --stream-port "$port" --stream "bench-$proto" --monitor-pid "$pid")
     echo "== $name over $proto: publishing $N"
-    if [ "$proto" = stream ]; then
+    if [ "$proto" != amqp ]; then
       sp "${common[@]}" --label "$name" publish --count "$N" --size 1024 --window 10000 2>/dev/null
     else
       c0=$(cpu_s "$pid")

@@ -185,6 +185,44 @@ async fn publish_with_confirms_and_read_from_first() {
     assert_eq!(q.message_count(), 50);
 }
 
+/// Consumers replaying together share the chunks the first one built (see the broker's
+/// `stream::chunks`): each still gets every message at its offset, in order, and so does one
+/// that starts after the others are done (the cache is gone by then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_replaying_together_each_get_every_message() {
+    let dir = TempDir::new("sp-together");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "shared").await;
+    // Bodies of 1 KiB: a few hundred chunks.
+    let long: Vec<String> = (0..3000)
+        .map(|i| format!("{i:06}-{}", "x".repeat(1017)))
+        .collect();
+    for part in long.chunks(500) {
+        publish(&env, "shared", part).await;
+    }
+    let expected: Vec<(u64, String)> = long
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .collect();
+    let readers = (0..4).map(|_| read(&env, "shared", OffsetSpecification::First, 3000));
+    for got in futures_util::future::join_all(readers).await {
+        assert!(got == expected, "a consumer read something else");
+    }
+    let q = b.broker.vhost("/").unwrap().queue("shared").unwrap();
+    assert!(
+        q.stream().unwrap().chunks_shared() > 0,
+        "the consumers built every chunk themselves"
+    );
+    let got = read(&env, "shared", OffsetSpecification::Offset(1234), 1766).await;
+    assert!(
+        got == expected[1234..],
+        "a later consumer read something else"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_from_offset_last_next_and_timestamp() {
     let dir = TempDir::new("sp-specs");

@@ -12,7 +12,7 @@ use crate::response::{self, StreamError};
 use crate::StreamConfig;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ pub(crate) const OUTBOX_LIMIT: usize = 4 * 1024 * 1024;
 /// Frames waiting to be written, shared by the handlers and the tasks.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    buf: Mutex<FrameBuf>,
+    buf: Mutex<Pending>,
     wake: Notify,
     drained: Notify,
     closing: AtomicBool,
@@ -37,9 +37,48 @@ pub(crate) struct Outbox {
     dead: AtomicBool,
 }
 
+/// What waits in an outbox, in order: `shared` (whole buffers, each written as it is:
+/// delivered chunks, which the readers of a stream share), then `small` (frames written
+/// into the connection's own buffer since).
+#[derive(Default)]
+struct Pending {
+    shared: VecDeque<Bytes>,
+    shared_len: usize,
+    small: FrameBuf,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.shared_len + self.small.len()
+    }
+}
+
 impl Outbox {
     pub fn send(&self, f: impl FnOnce(&mut FrameBuf)) {
-        f(&mut self.buf.lock());
+        f(&mut self.buf.lock().small);
+        self.wake.notify_one();
+    }
+
+    /// A frame whose content is what `head` writes, then `tail` as it is (not copied: the
+    /// socket is given it with the frames around it in one vectored write).
+    pub fn send_with_tail(
+        &self,
+        key: u16,
+        version: u16,
+        head: impl FnOnce(&mut FrameBuf),
+        tail: Bytes,
+    ) {
+        let mut guard = self.buf.lock();
+        let p = &mut *guard;
+        let start = p.small.len();
+        p.small.frame(key, version, head);
+        let size = (p.small.len() - start - 4 + tail.len()) as u32;
+        p.small.buf[start..start + 4].copy_from_slice(&size.to_be_bytes());
+        let before = p.small.buf.split().freeze();
+        p.shared_len += before.len() + tail.len();
+        p.shared.push_back(before);
+        p.shared.push_back(tail);
+        drop(guard);
         self.wake.notify_one();
     }
 
@@ -116,7 +155,7 @@ async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Ar
                 .await
                 .is_err()
             {
-                out.buf.lock().frame(key::HEARTBEAT, 1, |_| {});
+                out.buf.lock().small.frame(key::HEARTBEAT, 1, |_| {});
             }
         } else {
             woken.await;
@@ -124,7 +163,17 @@ async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Ar
         if waited.elapsed() >= SPARE_IDLE {
             spare = BytesMut::new();
         }
-        let mut bytes = std::mem::replace(&mut out.buf.lock().buf, std::mem::take(&mut spare));
+        let (mut shared, mut bytes) = {
+            let mut p = out.buf.lock();
+            p.shared_len = 0;
+            (
+                std::mem::take(&mut p.shared),
+                std::mem::replace(&mut p.small.buf, std::mem::take(&mut spare)),
+            )
+        };
+        if write_shared(&mut wr, &mut shared).await.is_err() {
+            break;
+        }
         // The flush sends what TLS may still hold (a no-op on plain TCP).
         if !bytes.is_empty() && (wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err()) {
             break;
@@ -141,6 +190,36 @@ async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Ar
     }
     out.dead.store(true, Ordering::Release);
     out.drained.notify_waiters();
+}
+
+/// Writes `bufs` in order, as few writes as the socket takes (vectored).
+async fn write_shared(
+    wr: &mut (impl AsyncWrite + Unpin),
+    bufs: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    while !bufs.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> = bufs
+            .iter()
+            .take(64)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let front = bufs.front_mut().expect("written bytes were queued");
+            if n >= front.len() {
+                n -= front.len();
+                bufs.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+    wr.flush().await
 }
 
 /// Where the handshake is.

@@ -17,8 +17,11 @@ use warren_broker::auth::{Access, Resource};
 use warren_broker::stream::{amqp10, entry, OffsetSpec};
 use warren_broker::Queue;
 
-/// Bytes of records one chunk holds at most (at least one record, whatever its size).
-const CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes of records one chunk holds at most (at least one record, whatever its size). Under
+/// the allocator's mmap threshold (64 KiB, fixed): a chunk of 256 KiB was a fresh mapping
+/// whose pages faulted in one by one, and that was most of a replay's cost (1.5 µs of broker
+/// CPU a message, 0.5 with these; docs/benchmarks.md).
+const CHUNK_BYTES: usize = 60 * 1024;
 
 impl Conn {
     pub(crate) fn subscribe(
@@ -163,6 +166,7 @@ async fn deliver_loop(
     name: String,
 ) {
     let Some(stream) = q.stream() else { return };
+    let _reading = stream.reading();
     let mut tail = stream.watch_tail();
     let mut cursor = stream.resolve(spec);
     loop {
@@ -183,50 +187,64 @@ async fn deliver_loop(
                 return;
             }
             tail.borrow_and_update();
-            let recs = match stream.read_records(&mut cursor, CHUNK_BYTES) {
-                Ok(r) => r,
+            let read =
+                stream.read_chunk(&mut cursor, CHUNK_BYTES, |recs| encode_chunk(recs, &name));
+            let chunk = match read {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if tail.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(stream = %name, error = %e, "stream read failed; the subscription waits");
-                    Vec::new()
+                    if tail.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
                 }
             };
-            if recs.is_empty() {
-                if tail.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            let mut entries: Vec<bytes::Bytes> = Vec::with_capacity(recs.len());
-            for r in &recs {
-                match entry::decode(r.payload.clone()) {
-                    Some(entry::Entry::Amqp10 { message, .. }) => entries.push(message),
-                    Some(entry::Entry::Amqp091(m)) => {
-                        let mut buf = Vec::new();
-                        amqp10::encode_message(&m, &mut buf);
-                        entries.push(bytes::Bytes::from(buf));
-                    }
-                    None => {
-                        // Never written by Warren; an empty message keeps the offsets.
-                        tracing::warn!(stream = %name, offset = r.offset, "undecodable stream record delivered empty");
-                        entries.push(bytes::Bytes::new());
-                    }
-                }
-            }
-            let first = recs[0].offset;
-            let ts = recs[0].timestamp as i64;
-            let slices: Vec<&[u8]> = entries.iter().map(|b| &b[..]).collect();
-            let last = recs.last().map_or(first, |r| r.offset);
-            out.send(|w| {
-                w.frame(key::DELIVER, if v2 { 2 } else { 1 }, |w| {
+            out.send_with_tail(
+                key::DELIVER,
+                if v2 { 2 } else { 1 },
+                |w| {
                     w.u8(sid);
                     if v2 {
-                        w.u64(last);
+                        w.u64(chunk.last);
                     }
-                    chunk::write(w, first, ts, &slices);
-                })
-            });
+                },
+                chunk.bytes.clone(),
+            );
             break;
         }
         out.wait_below(OUTBOX_LIMIT).await;
     }
+}
+
+/// The chunk of `recs` as delivered (after the subscription id): messages published over the
+/// stream protocol as they came, those published over 0-9-1 encoded as AMQP 1.0.
+fn encode_chunk(recs: &[warren_store::StreamRecord], name: &str) -> bytes::Bytes {
+    let mut entries: Vec<bytes::Bytes> = Vec::with_capacity(recs.len());
+    for r in recs {
+        match entry::decode(r.payload.clone()) {
+            Some(entry::Entry::Amqp10 { message, .. }) => entries.push(message),
+            Some(entry::Entry::Amqp091(m)) => {
+                let mut buf = Vec::new();
+                amqp10::encode_message(&m, &mut buf);
+                entries.push(bytes::Bytes::from(buf));
+            }
+            None => {
+                // Never written by Warren; an empty message keeps the offsets.
+                tracing::warn!(stream = %name, offset = r.offset, "undecodable stream record delivered empty");
+                entries.push(bytes::Bytes::new());
+            }
+        }
+    }
+    let slices: Vec<&[u8]> = entries.iter().map(|b| &b[..]).collect();
+    let mut w = crate::frame::FrameBuf::default();
+    w.buf
+        .reserve(chunk::HEADER_LEN + slices.iter().map(|s| 4 + s.len()).sum::<usize>());
+    chunk::write(&mut w, recs[0].offset, recs[0].timestamp as i64, &slices);
+    w.buf.freeze()
 }

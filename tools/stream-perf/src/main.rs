@@ -11,6 +11,8 @@
 //! start and the end; the result line (JSON, on stdout) carries the RSS peak and last sample
 //! and the broker's CPU per message (what tells brokers apart when the client is the limit). Progress goes to stderr once a second.
 
+mod raw;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +27,10 @@ struct Args {
     /// Which protocol the clients speak.
     #[arg(long, value_enum, default_value = "stream")]
     protocol: Protocol,
+    /// The stream protocol's client: rabbitmq-stream-client (`library`, which decodes every
+    /// message), or the frames written and read here (`raw`, see raw.rs).
+    #[arg(long, value_enum, default_value = "library")]
+    client: Client,
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -67,6 +73,12 @@ enum Phase {
         #[arg(long, default_value_t = 1000)]
         prefetch: u16,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Client {
+    Library,
+    Raw,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -172,6 +184,16 @@ async fn main() -> Result<(), Error> {
                 window,
             },
             Protocol::Stream,
+        ) if args.client == Client::Raw => {
+            raw::publish(&args, *count, *size, *window, &done).await?
+        }
+        (
+            Phase::Publish {
+                count,
+                size,
+                window,
+            },
+            Protocol::Stream,
         ) => publish_stream(&args, *count, *size, *window, &done).await?,
         (
             Phase::Publish {
@@ -181,6 +203,12 @@ async fn main() -> Result<(), Error> {
             },
             Protocol::Amqp,
         ) => publish_amqp(&args, *count, *size, *window, &done).await?,
+        (
+            Phase::Replay {
+                count, consumers, ..
+            },
+            Protocol::Stream,
+        ) if args.client == Client::Raw => raw::replay(&args, *count, *consumers, &done).await?,
         (
             Phase::Replay {
                 count, consumers, ..
@@ -207,7 +235,11 @@ async fn main() -> Result<(), Error> {
         serde_json::json!({
             "label": args.label,
             "phase": phase,
-            "protocol": match args.protocol { Protocol::Stream => "stream", Protocol::Amqp => "amqp" },
+            "protocol": match (args.protocol, args.client) {
+                (Protocol::Stream, Client::Library) => "stream",
+                (Protocol::Stream, Client::Raw) => "stream-raw",
+                (Protocol::Amqp, _) => "amqp",
+            },
             "messages": got,
             "seconds": (secs * 1000.0).round() / 1000.0,
             "msg_per_s": (got as f64 / secs).round(),

@@ -12,15 +12,17 @@
 //! stream-protocol one), [`amqp10`] (AMQP 1.0 messages and their conversion to and from
 //! 0-9-1), `tracking` (named publishers' ids and named consumers' offsets), `protocol` (what
 //! the stream protocol's listener, `warren-stream`, calls: appends with deduplication, reads
-//! by chunk, offsets), this file (the log, appends with group commit, dispatch to readers,
+//! by chunk, offsets), `chunks` (chunks built once for the stream protocol's readers at the
+//! same place), this file (the log, appends with group commit, dispatch to readers,
 //! retention, statistics). The log is a `warren_store::StreamStore` (`docs/streams.md`).
 //!
-//! Lock order: the stream's readers → its store; readers → a consumer's delivery channel
-//! (as a queue's lock comes before its channels'). An append takes only the store's lock
+//! Lock order: the stream's readers → its store; its chunk cache → its store; readers → a
+//! consumer's delivery channel (as a queue's lock comes before its channels'). An append takes only the store's lock
 //! (with the persistence gate), then the readers' lock to deliver.
 
 pub mod amqp10;
 pub mod args;
+mod chunks;
 pub mod entry;
 mod protocol;
 mod reader;
@@ -46,6 +48,7 @@ use warren_protocol::ShortStr;
 use warren_store::{StreamRecord, StreamStore};
 
 pub use args::parse_age;
+pub use chunks::{ReadChunk, Reading};
 pub use protocol::{Cursor, Published as StreamPublished};
 use tracking::Tracking;
 
@@ -73,6 +76,10 @@ pub struct Stream {
     /// The next offset, for the stream protocol's readers to wait on (closed-over senders
     /// wake them on deletion too: they check the queue).
     tail: tokio::sync::watch::Sender<u64>,
+    /// Chunks built for the stream protocol's readers (see `chunks`), and how many of them
+    /// read now.
+    chunks: Mutex<chunks::ChunkCache>,
+    chunk_readers: std::sync::atomic::AtomicUsize,
 }
 
 /// `queue 'q' in vhost 'v'`, as RabbitMQ's `rabbit_misc:rs`.
@@ -153,6 +160,8 @@ impl Stream {
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            chunks: Default::default(),
+            chunk_readers: Default::default(),
         };
         s.apply_retention();
         Ok(s)
@@ -175,10 +184,15 @@ impl Stream {
         if r.max_bytes.is_none() && r.max_age_ms.is_none() {
             return;
         }
-        let mut st = self.store.lock();
-        if let Err(e) = st.apply_retention(r, unix_ms()) {
-            tracing::warn!(dir = %st.dir().display(), error = %e, "stream retention could not remove a segment");
+        {
+            let mut st = self.store.lock();
+            if let Err(e) = st.apply_retention(r, unix_ms()) {
+                tracing::warn!(dir = %st.dir().display(), error = %e, "stream retention could not remove a segment");
+            }
         }
+        // (Chunks of removed segments are not delivered again; the cache's lock comes
+        // before the store's.)
+        self.chunks.lock().clear();
     }
 
     /// Messages retained.
