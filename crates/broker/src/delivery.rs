@@ -105,9 +105,7 @@ impl Taken {
 
     /// After the items are settled or requeued: see [`Queue::release_owner`].
     fn release_owners(self) {
-        for (q, owner) in self.released {
-            q.release_owner(owner);
-        }
+        release_owners(self.released);
     }
 
     fn queue(&self, holder: u32) -> &Arc<Queue> {
@@ -778,10 +776,7 @@ impl DeliveryChannel {
 
     /// Holders that went when a consumer left with nothing unacked (see `State::released`).
     fn release_owners(&self) {
-        let released = std::mem::take(&mut self.state.lock().released);
-        for (q, owner) in released {
-            q.release_owner(owner);
-        }
+        release_owners(std::mem::take(&mut self.state.lock().released));
     }
 
     /// Channel or connection closed: cancel consumers, then put every unacked message back in
@@ -897,6 +892,13 @@ pub fn not_allowed_tag(tag: &str) -> AmqpError {
         warren_protocol::constants::NOT_ALLOWED,
         format!("attempt to reuse consumer tag '{tag}'"),
     )
+}
+
+/// See [`Queue::release_owner`].
+fn release_owners(released: Vec<(Arc<Queue>, Owner)>) {
+    for (q, owner) in released {
+        q.release_owner(owner);
+    }
 }
 
 fn settle_or_requeue(taken: &Taken, requeue: bool, fu: &mut Followups) {

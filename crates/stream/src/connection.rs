@@ -171,11 +171,12 @@ async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Ar
                 std::mem::replace(&mut p.small.buf, std::mem::take(&mut spare)),
             )
         };
-        if write_shared(&mut wr, &mut shared).await.is_err() {
-            break;
-        }
-        // The flush sends what TLS may still hold (a no-op on plain TCP).
-        if !bytes.is_empty() && (wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err()) {
+        let wrote = !shared.is_empty() || !bytes.is_empty();
+        if write_shared(&mut wr, &mut shared).await.is_err()
+            || (!bytes.is_empty() && wr.write_all(&bytes).await.is_err())
+            // The flush sends what TLS may still hold (a no-op on plain TCP).
+            || (wrote && wr.flush().await.is_err())
+        {
             break;
         }
         if bytes.capacity() <= SPARE_MAX {
@@ -219,7 +220,7 @@ async fn write_shared(
             }
         }
     }
-    wr.flush().await
+    Ok(())
 }
 
 /// Where the handshake is.

@@ -189,21 +189,15 @@ async fn deliver_loop(
             tail.borrow_and_update();
             let read =
                 stream.read_chunk(&mut cursor, CHUNK_BYTES, |recs| encode_chunk(recs, &name));
-            let chunk = match read {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    if tail.changed().await.is_err() {
-                        return;
-                    }
-                    continue;
+            let read = read.unwrap_or_else(|e| {
+                tracing::warn!(stream = %name, error = %e, "stream read failed; the subscription waits");
+                None
+            });
+            let Some(chunk) = read else {
+                if tail.changed().await.is_err() {
+                    return;
                 }
-                Err(e) => {
-                    tracing::warn!(stream = %name, error = %e, "stream read failed; the subscription waits");
-                    if tail.changed().await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
+                continue;
             };
             out.send_with_tail(
                 key::DELIVER,

@@ -33,8 +33,7 @@ static CACHED: AtomicUsize = AtomicUsize::new(0);
 /// broker keeps it as bytes), and the cursor after it.
 pub struct ReadChunk {
     pub bytes: Bytes,
-    /// Its first and last offsets.
-    pub first: u64,
+    /// Its last offset.
     pub last: u64,
     pub next: Cursor,
 }
@@ -133,13 +132,12 @@ impl Stream {
             return Ok(Some(c));
         }
         let recs = self.read_records(cursor, max_bytes)?;
-        let (Some(first), Some(last)) = (recs.first(), recs.last()) else {
+        let Some(last) = recs.last() else {
             return Ok(None);
         };
         let c = Arc::new(ReadChunk {
-            bytes: build(&recs),
-            first: first.offset,
             last: last.offset,
+            bytes: build(&recs),
             next: *cursor,
         });
         if cursor.next_offset < *self.tail.borrow()

@@ -17,8 +17,9 @@
 //! retention, statistics). The log is a `warren_store::StreamStore` (`docs/streams.md`).
 //!
 //! Lock order: the stream's readers → its store; its chunk cache → its store; readers → a
-//! consumer's delivery channel (as a queue's lock comes before its channels'). An append takes only the store's lock
-//! (with the persistence gate), then the readers' lock to deliver.
+//! consumer's delivery channel (as a queue's lock comes before its channels'). An append
+//! takes only the store's lock (with the persistence gate), then the readers' lock to
+//! deliver.
 
 pub mod amqp10;
 pub mod args;
