@@ -79,7 +79,7 @@ async fn get_n(ch: &Channel, queue: &str, n: usize, ack: bool) -> Vec<(u32, bool
     got
 }
 
-/// Consumes the queue to the end (manual acks); returns (id, redelivered).
+/// Consumes `n` messages (manual acks), then cancels the consumer; returns (id, redelivered).
 async fn drain(ch: &Channel, queue: &str, n: usize) -> Vec<(u32, bool)> {
     ch.basic_qos(500, BasicQosOptions::default())
         .await
@@ -103,6 +103,11 @@ async fn drain(ch: &Channel, queue: &str, n: usize) -> Vec<(u32, bool)> {
         got.push((id_of(&d.data), d.redelivered));
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }
+    // Cancel before returning: lapin cancels a dropped consumer from a task of its own, after
+    // whatever the caller does next, so publishes right after could be delivered to it.
+    ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
     got
 }
 
