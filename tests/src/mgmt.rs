@@ -21,6 +21,7 @@ pub struct MgmtBroker {
     pub broker: TestBroker,
     pub addr: SocketAddr,
     _stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
 }
 
 impl MgmtBroker {
@@ -35,12 +36,21 @@ impl MgmtBroker {
             .expect("bind mgmt");
         let addr = listener.local_addr().expect("mgmt addr");
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(warren_mgmt::serve(listener, broker.broker.clone(), stop_rx));
+        let server = tokio::spawn(warren_mgmt::serve(listener, broker.broker.clone(), stop_rx));
         MgmtBroker {
             broker,
             addr,
             _stop: stop,
+            server,
         }
+    }
+
+    /// Stops the management API, then the broker ([`TestBroker::stop`]), so that another
+    /// broker can open its data directory.
+    pub async fn stop(self) {
+        let _ = self._stop.send(true);
+        let _ = tokio::time::timeout(TIMEOUT, self.server).await;
+        self.broker.stop();
     }
 
     /// `http://127.0.0.1:PORT`

@@ -17,6 +17,9 @@ pub struct BrokerConfig {
     pub default_pass: String,
     /// Users that may only connect from loopback (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
+    /// The queue type of vhosts that set none (RabbitMQ's `default_queue_type`; `None`:
+    /// classic).
+    pub default_queue_type: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -26,6 +29,7 @@ impl Default for BrokerConfig {
             default_user: "guest".into(),
             default_pass: "guest".into(),
             loopback_users: vec!["guest".into()],
+            default_queue_type: None,
         }
     }
 }
@@ -258,7 +262,7 @@ impl Broker {
                 crate::metadata::MetaOp::import(&Definitions {
                     vhosts: vec![crate::definitions::VHostDef {
                         name: name.to_string(),
-                        limits: serde_json::Value::Null,
+                        ..Default::default()
                     }],
                     ..Default::default()
                 })
@@ -276,7 +280,11 @@ impl Broker {
             .vhosts
             .write()
             .entry(name.to_string())
-            .or_insert_with(|| VHost::new(name, self.persistence.clone()))
+            .or_insert_with(|| {
+                let vh = VHost::new(name, self.persistence.clone());
+                vh.set_node_default_queue_type(self.config.default_queue_type.clone());
+                vh
+            })
             .clone();
         if let Some(p) = &self.persistence {
             p.definitions_changed(DefScope::Global);
@@ -294,6 +302,35 @@ impl Broker {
     /// ([`crate::metadata::found_or_synced`]).
     pub(crate) fn found_or_synced<T>(&self, look: impl Fn() -> Option<T>) -> Option<T> {
         crate::metadata::found_or_synced(self.persistence.as_ref(), look)
+    }
+
+    /// Sets a vhost's description, tags and default queue type (in a cluster, on every
+    /// node: through the metadata log). 404 if there is no such vhost.
+    pub fn set_vhost_metadata(
+        &self,
+        name: &str,
+        m: crate::vhost::metadata::VHostMetadata,
+    ) -> crate::error::Result<()> {
+        let Some(vh) = self.vhost(name) else {
+            return Err(crate::error::AmqpError::not_found(format!(
+                "no vhost '{name}'"
+            )));
+        };
+        if vh.metadata() == m {
+            return Ok(());
+        }
+        let op = || {
+            crate::metadata::MetaOp::import(&Definitions {
+                vhosts: vec![crate::definitions::VHostDef::with_metadata(name, m.clone())],
+                ..Default::default()
+            })
+        };
+        if let Some(r) = self.replicated(op) {
+            return r;
+        }
+        vh.set_metadata(m);
+        self.definitions_changed(crate::definitions_journal::DefScope::Global);
+        Ok(())
     }
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {

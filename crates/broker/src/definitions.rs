@@ -7,6 +7,7 @@ use crate::broker::Broker;
 use crate::definitions_journal::DefScope;
 use crate::exchange::Destination;
 use crate::json::{json_to_table, table_to_json};
+use crate::vhost::metadata::VHostMetadata;
 use crate::vhost::{ExchangeDeclare, QueueDeclare};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -53,12 +54,65 @@ fn all() -> String {
     "all".into()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VHostDef {
     pub name: String,
     /// `{"max-connections": n, "max-queues": n}`; absent when there are none.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub limits: Value,
+    /// Description, tags, default queue type; absent when none is set. RabbitMQ's exports
+    /// carry them here and at the top level ([`VHostDef::description`] …), and imports read
+    /// either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<VHostMetadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A list, or a comma-separated string.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub tags: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_queue_type: Option<String>,
+}
+
+impl VHostDef {
+    /// A vhost with its metadata, written both ways RabbitMQ writes it.
+    pub fn with_metadata(name: &str, m: VHostMetadata) -> Self {
+        VHostDef {
+            name: name.to_string(),
+            description: Some(m.description.clone()),
+            tags: Value::from(m.tags.clone()),
+            default_queue_type: m.default_queue_type.clone(),
+            metadata: Some(m),
+            ..Default::default()
+        }
+    }
+
+    /// The metadata the definition sets (`metadata`, else the top-level fields), if any,
+    /// with its default queue type checked.
+    pub fn parsed_metadata(&self) -> Result<Option<VHostMetadata>, String> {
+        let mut m = match &self.metadata {
+            Some(m) => m.clone(),
+            None if self.description.is_none()
+                && self.tags.is_null()
+                && self.default_queue_type.is_none() =>
+            {
+                return Ok(None)
+            }
+            None => VHostMetadata {
+                description: self.description.clone().unwrap_or_default(),
+                tags: crate::vhost::metadata::tag_list(&self.tags).map_err(|e| e.to_string())?,
+                default_queue_type: None,
+            },
+        };
+        if let Some(t) = m
+            .default_queue_type
+            .take()
+            .or(self.default_queue_type.clone())
+        {
+            m.default_queue_type = Some(crate::vhost::metadata::parse_queue_type(&t)?);
+        }
+        Ok(Some(m))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +189,8 @@ fn yes() -> bool {
 pub enum DefObject {
     /// A vhost's limits (`vhosts[].limits`).
     VHostLimits,
+    /// A vhost's description, tags and default queue type (`vhosts[].metadata`).
+    VHostMetadata,
     /// A user's permissions in the vhost.
     Permissions {
         user: String,
@@ -163,6 +219,7 @@ impl std::fmt::Display for DefObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DefObject::VHostLimits => write!(f, "limits"),
+            DefObject::VHostMetadata => write!(f, "metadata"),
             DefObject::Permissions { user } => write!(f, "permissions of user '{user}'"),
             DefObject::Exchange { name } => write!(f, "exchange '{name}'"),
             DefObject::Queue { name } => write!(f, "queue '{name}'"),
@@ -442,7 +499,7 @@ fn exchange_def(vhost: &str, x: &crate::exchange::Exchange) -> ExchangeDef {
 }
 
 impl Broker {
-    /// A vhost's definition (its name and limits).
+    /// A vhost's definition (its name, limits and metadata).
     fn vhost_def(&self, name: &str) -> VHostDef {
         let l = self.vhost_limits(name);
         let mut limits = serde_json::Map::new();
@@ -452,14 +509,19 @@ impl Broker {
         if let Some(n) = l.max_queues {
             limits.insert("max-queues".into(), n.into());
         }
-        VHostDef {
-            name: name.to_string(),
-            limits: if limits.is_empty() {
-                Value::Null
-            } else {
-                Value::Object(limits)
-            },
+        let metadata = self.vhost(name).map(|v| v.metadata()).unwrap_or_default();
+        let mut def = if metadata.is_empty() {
+            VHostDef {
+                name: name.to_string(),
+                ..Default::default()
+            }
+        } else {
+            VHostDef::with_metadata(name, metadata)
+        };
+        if !limits.is_empty() {
+            def.limits = Value::Object(limits);
         }
+        def
     }
 
     /// Users and permissions into `d`.
@@ -557,6 +619,19 @@ impl Broker {
         };
         for v in &d.vhosts {
             self.add_vhost(&v.name);
+            match v.parsed_metadata() {
+                Ok(Some(m)) => {
+                    if let Err(e) = self.set_vhost_metadata(&v.name, m) {
+                        errors.push(refused(&v.name, DefObject::VHostMetadata, e));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(refused(
+                    &v.name,
+                    DefObject::VHostMetadata,
+                    crate::AmqpError::precondition(e),
+                )),
+            }
             let limit = |k: &str| v.limits.get(k).and_then(Value::as_u64).map(|n| n as u32);
             let limits = VHostLimits {
                 max_connections: limit("max-connections"),

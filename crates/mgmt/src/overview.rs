@@ -303,11 +303,24 @@ async fn set_disk_free_limit(
 
 fn vhost_json(state: &AppState, vh: &VHost, h: History) -> Value {
     let (ready, unacked) = message_totals(vh);
+    let m = vh.metadata();
+    // RabbitMQ 4 shows the node's default (classic unless configured) when none is set.
+    let shown_type = vh.default_queue_type().unwrap_or_else(|| "classic".into());
+    let description = if m.description.is_empty() && vh.name == state.broker.config.default_vhost {
+        "Default virtual host"
+    } else {
+        &m.description
+    };
     json!({
         "name": vh.name,
-        "description": if vh.name == state.broker.config.default_vhost { "Default virtual host" } else { "" },
-        "tags": [],
-        "metadata": {"description": "", "tags": []},
+        "description": description,
+        "tags": m.tags,
+        "default_queue_type": shown_type,
+        "metadata": {
+            "description": description,
+            "tags": m.tags,
+            "default_queue_type": shown_type,
+        },
         "tracing": false,
         "cluster_state": {state.node.clone(): "running"},
         "messages": ready + unacked,
@@ -337,11 +350,27 @@ async fn one_vhost(
     Ok(Json(vhost_json(&state, &vh, h)))
 }
 
-/// PUT: creates the vhost (201), or leaves an existing one as it is (204).
+/// What a PUT of a vhost may set; what it leaves out stays as it is.
+#[derive(serde::Deserialize)]
+struct VHostBody {
+    description: Option<String>,
+    #[serde(default, deserialize_with = "some_tags")]
+    tags: Option<Vec<String>>,
+    default_queue_type: Option<String>,
+}
+
+fn some_tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    warren_broker::vhost::metadata::tag_list(d).map(Some)
+}
+
+/// PUT: creates the vhost (201), or updates an existing one's metadata (204). The body may
+/// set `description`, `tags` (a list or a comma-separated string) and `default_queue_type`
+/// (`classic`, `quorum` or `stream`), as RabbitMQ's.
 async fn create_vhost(
     state: State,
     Extension(me): Extension<AuthUser>,
     Path(vh): Path<String>,
+    body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&me)?;
     if vh.is_empty() || vh.len() > 255 {
@@ -349,8 +378,29 @@ async fn create_vhost(
             "a vhost name is 1 to 255 bytes long".into(),
         ));
     }
+    let b: VHostBody = crate::error::parse_body(&body)?;
+    let default_queue_type = b
+        .default_queue_type
+        .as_deref()
+        .map(warren_broker::vhost::metadata::parse_queue_type)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let existed = state.broker.vhost(&vh).is_some();
-    state.broker.add_vhost(&vh);
+    let v = state.broker.add_vhost(&vh);
+    let mut m = v.metadata();
+    if let Some(d) = b.description {
+        m.description = d;
+    }
+    if let Some(t) = b.tags {
+        m.tags = t;
+    }
+    if default_queue_type.is_some() {
+        m.default_queue_type = default_queue_type;
+    }
+    state
+        .broker
+        .set_vhost_metadata(&vh, m)
+        .map_err(ApiError::from)?;
     if !existed {
         // As RabbitMQ: whoever creates a vhost gets full permissions in it.
         state

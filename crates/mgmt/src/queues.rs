@@ -132,17 +132,16 @@ async fn declare(
     }
     let vh = state.broker.vhost(&vh).ok_or(ApiError::VHostNotFound)?;
     let existed = vh.queue(&name).is_some();
-    vh.declare_queue(
-        QueueDeclare {
-            name: name.as_str().into(),
-            passive: false,
-            durable: b.durable,
-            exclusive: false,
-            auto_delete: b.auto_delete,
-            arguments: args::json_to_table(&b.arguments)?,
-        },
-        0,
-    )?;
+    let mut declare = QueueDeclare {
+        name: name.as_str().into(),
+        passive: false,
+        durable: b.durable,
+        exclusive: false,
+        auto_delete: b.auto_delete,
+        arguments: args::json_to_table(&b.arguments)?,
+    };
+    vh.apply_default_queue_type(&mut declare);
+    vh.declare_queue(declare, 0)?;
     Ok(crate::created_or_updated(existed))
 }
 

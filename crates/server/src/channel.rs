@@ -475,17 +475,16 @@ impl Channel {
             Method::QueueDeclare(d) => {
                 let nowait = d.nowait;
                 let exclusive = d.exclusive;
-                let (q, messages, consumers) = cx.vhost.declare_queue(
-                    QueueDeclare {
-                        name: d.queue,
-                        passive: d.passive,
-                        durable: d.durable,
-                        exclusive: d.exclusive,
-                        auto_delete: d.auto_delete,
-                        arguments: d.arguments,
-                    },
-                    cx.conn_id,
-                )?;
+                let mut declare = QueueDeclare {
+                    name: d.queue,
+                    passive: d.passive,
+                    durable: d.durable,
+                    exclusive: d.exclusive,
+                    auto_delete: d.auto_delete,
+                    arguments: d.arguments,
+                };
+                cx.vhost.apply_default_queue_type(&mut declare);
+                let (q, messages, consumers) = cx.vhost.declare_queue(declare, cx.conn_id)?;
                 if exclusive && !cx.exclusive_queues.contains(&q.name) {
                     cx.exclusive_queues.push(q.name.clone());
                 }

@@ -64,6 +64,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("default_pass", "password of default_user"),
     ("default_vhost", "vhost created on first start"),
     (
+        "default_queue_type",
+        "type of the queues declared without x-queue-type in vhosts that set none: classic, quorum or stream [default: classic]",
+    ),
+    (
         "loopback_users",
         "'none' lets default_user connect from anywhere; or a user name",
     ),

@@ -208,6 +208,11 @@ fn settings(args: Args) -> Result<Settings, ConfigError> {
     {
         broker.default_vhost = v;
     }
+    if let Some(t) = file.get("default_queue_type") {
+        let t = warren_broker::vhost::metadata::parse_queue_type(t)
+            .map_err(|e| file.error("default_queue_type", &e))?;
+        broker.default_queue_type = (t != "classic").then_some(t);
+    }
     match file.get("loopback_users") {
         Some("none") => broker.loopback_users.clear(),
         Some(u) => broker.loopback_users = vec![u.to_string()],

@@ -1,6 +1,7 @@
 //! Three `warren` processes clustered from their config files (issue 14): definitions made on
 //! one node are there on every node; a quorum queue spans the three; a publish on one node is
-//! consumed on another; the queue's leader killed with SIGKILL, the queue takes confirmed
+//! consumed on another (also of a queue declared without a type in a vhost whose default
+//! queue type is quorum); the queue's leader killed with SIGKILL, the queue takes confirmed
 //! publishes again on the others within 5 s; the killed node, restarted, catches up.
 
 use futures_util::StreamExt;
@@ -494,7 +495,13 @@ async fn vhosts_users_permissions_and_policies_reach_every_node() {
         let base = format!("http://{}", cluster.nodes[i].listener("http").unwrap());
         try_http(&base, method, path, body, Some("Basic Z3Vlc3Q6Z3Vlc3Q=")).expect("management API")
     };
-    let (s, _) = api(0, "PUT", "/api/vhosts/orders", None);
+    // Its queues are quorum queues unless declared otherwise: every node reaches them.
+    let (s, _) = api(
+        0,
+        "PUT",
+        "/api/vhosts/orders",
+        Some(serde_json::json!({"default_queue_type": "quorum", "description": "orders"})),
+    );
     assert!(s == 201 || s == 204, "PUT vhost: {s}");
     let (s, _) = api(
         0,
@@ -535,8 +542,13 @@ async fn vhosts_users_permissions_and_policies_reach_every_node() {
         assert_eq!(v["tags"], serde_json::json!(["monitoring"]));
         let (_, v) = api(i, "GET", "/api/policies/orders/ttl", None);
         assert_eq!(v["definition"]["message-ttl"], 60000);
+        let (_, v) = api(i, "GET", "/api/vhosts/orders", None);
+        assert_eq!(v["default_queue_type"], "quorum", "node {i}: {v}");
+        assert_eq!(v["metadata"]["description"], "orders", "node {i}: {v}");
     }
-    // Alice logs in on another node with the password set on node 0, in the new vhost.
+    // Alice logs in on another node with the password set on node 0, in the new vhost, and
+    // declares a queue as a client that knows nothing of queue types: it is a quorum queue,
+    // published to on node 2 and consumed from on node 1.
     let port = cluster.nodes[2].port;
     let conn = Connection::connect(
         &format!("amqp://alice:wonderland@127.0.0.1:{port}/orders"),
@@ -544,6 +556,27 @@ async fn vhosts_users_permissions_and_policies_reach_every_node() {
     )
     .await
     .expect("alice connects to node 2");
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare("jobs".into(), durable(), FieldTable::default())
+        .await
+        .expect("declare jobs without a type");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..10).map(|i| format!("job {i}")).collect();
+    publish_confirmed(&ch, "", "jobs", &bodies).await;
+    conn.close(200, "bye".into()).await.unwrap();
+    let (_, v) = api(0, "GET", "/api/queues/orders/jobs", None);
+    assert_eq!(v["type"], "quorum", "{v}");
+    let port = cluster.nodes[1].port;
+    let conn = Connection::connect(
+        &format!("amqp://alice:wonderland@127.0.0.1:{port}/orders"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("alice connects to node 1");
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(consume(&ch, "jobs", 10).await, bodies);
     conn.close(200, "bye".into()).await.unwrap();
     // Deleted on node 1: gone everywhere.
     let (s, _) = api(1, "DELETE", "/api/users/alice", None);

@@ -1716,3 +1716,59 @@ async fn queue_arguments_survive_a_restart() {
     drop(conn);
     drop(broker);
 }
+
+/// `default_queue_type` in warren.conf (RabbitMQ's node-wide default) types the queues that
+/// clients declare without `x-queue-type` in vhosts that set no default of their own; a
+/// type that does not exist stops the start, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_default_queue_type_types_queues_declared_without_one() {
+    let dir = TempDir::new("node-dqt");
+    let conf = dir.join("warren.conf");
+    std::fs::write(&conf, "default_queue_type = lazy\n").unwrap();
+    let out = std::process::Command::new(WARREN)
+        .arg("--config")
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .expect("run warren");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("default_queue_type") && err.contains("lazy"),
+        "{err}"
+    );
+
+    std::fs::write(&conf, "default_queue_type = quorum\n").unwrap();
+    let broker = BrokerProcess::start(
+        WARREN,
+        &dir.join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let conn = connect_url(&broker.url()).await;
+    let ch = channel(&conn).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(
+        "declare",
+        ch.queue_declare("typed-by-node".into(), durable, no_args()),
+    )
+    .await
+    .expect("declare without a type");
+    // An exclusive queue cannot be a quorum queue: it is a classic one.
+    declare_exclusive(&ch).await;
+    let classic = table(&[("x-queue-type", long("classic"))]);
+    let e = ch
+        .queue_declare("typed-by-node".into(), durable, classic)
+        .await
+        .err()
+        .expect("a classic redeclaration of a quorum queue is refused");
+    assert_eq!(
+        expect_error_code(&e, 406),
+        "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'typed-by-node' in \
+         vhost '/': received 'classic' but current is 'quorum'"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+}

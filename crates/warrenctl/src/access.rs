@@ -8,6 +8,43 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use std::io::Write;
 
+/// A vhost's metadata, as `rabbitmqctl add_vhost` and `update_vhost_metadata` take it.
+#[derive(clap::Args, Debug)]
+pub struct VhostMetadataArgs {
+    /// A description of the virtual host
+    #[arg(long)]
+    description: Option<String>,
+    /// Comma-separated tags
+    #[arg(long)]
+    tags: Option<String>,
+    /// The type of the queues declared without x-queue-type: classic, quorum or stream
+    #[arg(long = "default-queue-type", value_name = "TYPE")]
+    default_queue_type: Option<String>,
+}
+
+impl VhostMetadataArgs {
+    /// The PUT body: only what was given (the rest stays as it is).
+    fn body(&self) -> Result<Option<Value>, CtlError> {
+        let mut body = serde_json::Map::new();
+        if let Some(d) = &self.description {
+            body.insert("description".into(), d.clone().into());
+        }
+        if let Some(t) = &self.tags {
+            body.insert("tags".into(), t.clone().into());
+        }
+        if let Some(t) = &self.default_queue_type {
+            // rabbitmqctl's check and exit code (64) before anything is sent.
+            if !["classic", "quorum", "stream"].contains(&t.as_str()) {
+                return Err(CtlError::Usage(format!(
+                    "Unsupported default queue type '{t}': use classic, quorum or stream"
+                )));
+            }
+            body.insert("default_queue_type".into(), t.clone().into());
+        }
+        Ok((!body.is_empty()).then_some(Value::Object(body)))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AccessCommand {
     /// Creates a new user in the internal database
@@ -55,6 +92,17 @@ pub enum AccessCommand {
         /// Virtual host name
         #[arg(value_name = "VHOST")]
         name: String,
+        #[command(flatten)]
+        metadata: VhostMetadataArgs,
+    },
+    /// Updates a virtual host's description, tags or default queue type
+    #[command(name = "update_vhost_metadata")]
+    UpdateVhostMetadata {
+        /// Virtual host name
+        #[arg(value_name = "VHOST")]
+        name: String,
+        #[command(flatten)]
+        metadata: VhostMetadataArgs,
     },
     /// Deletes a virtual host, its queues and exchanges, and closes its connections
     #[command(name = "delete_vhost")]
@@ -150,7 +198,8 @@ fn table(
     }
 }
 
-fn tags_cell(tags: &Value) -> Value {
+/// Tags as rabbitmqctl prints them: `[a, b]`.
+pub(crate) fn tags_cell(tags: &Value) -> Value {
     let t: Vec<&str> = tags
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -244,13 +293,42 @@ pub fn run(
                 .collect();
             table(g, out, &["user", "tags"], rows)
         }
-        AddVhost { name: vhost } => {
+        AddVhost {
+            name: vhost,
+            metadata,
+        } => {
             info(g, out, &[format!("Adding vhost \"{vhost}\" ...")])?;
             call(
                 client,
                 Method::Put,
                 &format!("/vhosts/{}", seg(vhost)),
+                metadata.body()?,
+            )?
+            .map_err(failed)
+            .map(|_| ())
+        }
+        UpdateVhostMetadata {
+            name: vhost,
+            metadata,
+        } => {
+            info(
+                g,
+                out,
+                &[format!("Updating metadata of vhost \"{vhost}\" ...")],
+            )?;
+            // The PUT would create a vhost that is not there: look first.
+            call(
+                client,
+                Method::Get,
+                &format!("/vhosts/{}", seg(vhost)),
                 None,
+            )?
+            .map_err(failed)?;
+            call(
+                client,
+                Method::Put,
+                &format!("/vhosts/{}", seg(vhost)),
+                metadata.body()?,
             )?
             .map_err(failed)
             .map(|_| ())

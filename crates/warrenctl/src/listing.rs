@@ -124,7 +124,14 @@ impl Listing {
                 "arguments",
                 "exclusive",
             ],
-            Listing::VHosts => &["name", "description", "tags", "tracing", "cluster_state"],
+            Listing::VHosts => &[
+                "name",
+                "description",
+                "tags",
+                "tracing",
+                "cluster_state",
+                "default_queue_type",
+            ],
             Listing::Policies | Listing::OperatorPolicies => &[
                 "vhost",
                 "name",
@@ -279,12 +286,7 @@ impl Listing {
                 .pointer("/channel_details/name")
                 .cloned()
                 .unwrap_or(Value::Null),
-            (Listing::VHosts, "tags") => Value::Array(
-                o.get("tags")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            ),
+            (Listing::VHosts, "tags") => crate::access::tags_cell(&o["tags"]),
             _ => field(column),
         }
     }

@@ -104,7 +104,7 @@ impl Broker {
         self.definitions_changed(crate::definitions_journal::DefScope::Global);
     }
 
-    fn definitions_changed(&self, scope: crate::definitions_journal::DefScope) {
+    pub(crate) fn definitions_changed(&self, scope: crate::definitions_journal::DefScope) {
         if let Some(p) = self.persistence() {
             p.definitions_changed(scope);
         }

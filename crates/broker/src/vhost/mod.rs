@@ -3,7 +3,8 @@
 //!
 //! Layout: this file holds the vhost, its look-ups and timers; `declare` (exchange and queue
 //! declare, delete, purge, argument checks), `bindings` (bind and unbind, auto-delete
-//! cascades), `routing` (routing through exchanges, dead letters), `policies`.
+//! cascades), `routing` (routing through exchanges, dead letters), `policies`, [`metadata`]
+//! (description, tags and the default queue type).
 
 use crate::definitions_journal::DefScope;
 use crate::error::{AmqpError, Result};
@@ -20,6 +21,7 @@ use warren_protocol::{FieldTable, FieldValue, ShortStr};
 
 mod bindings;
 mod declare;
+pub mod metadata;
 mod policies;
 mod routing;
 
@@ -70,6 +72,11 @@ pub struct VHost {
     deleted_counters: parking_lot::Mutex<DeletedCounters>,
     /// Queues declared, created and deleted (RabbitMQ's `connection_churn_metrics`).
     pub churn: crate::stats::Churn,
+    /// Description, tags, default queue type.
+    metadata: RwLock<metadata::VHostMetadata>,
+    /// The node's default queue type, for a vhost that sets none (`default_queue_type` in
+    /// warren.conf).
+    node_default_queue_type: std::sync::OnceLock<String>,
 }
 
 /// The counters of a vhost's deleted queues, by queue type (`classic`, `quorum`).
@@ -139,6 +146,8 @@ impl VHost {
             lifecycle: Default::default(),
             deleted_counters: Default::default(),
             churn: Default::default(),
+            metadata: Default::default(),
+            node_default_queue_type: Default::default(),
         });
         let predeclared = [
             ("", ExchangeKind::Direct),
@@ -165,6 +174,44 @@ impl VHost {
             }
         }
         vh
+    }
+
+    /// The vhost's description, tags and default queue type.
+    pub fn metadata(&self) -> metadata::VHostMetadata {
+        self.metadata.read().clone()
+    }
+
+    /// The queue type of declarations without one here: the vhost's, else the node's.
+    pub fn default_queue_type(&self) -> Option<String> {
+        let own = self.metadata.read().default_queue_type.clone();
+        own.or_else(|| self.node_default_queue_type.get().cloned())
+    }
+
+    /// The node's default queue type (set once, when the vhost is made).
+    pub(crate) fn set_node_default_queue_type(&self, t: Option<String>) {
+        if let Some(t) = t {
+            let _ = self.node_default_queue_type.set(t);
+        }
+    }
+
+    /// Sets the vhost's metadata on this node (see [`crate::Broker::set_vhost_metadata`]).
+    pub(crate) fn set_metadata(&self, m: metadata::VHostMetadata) {
+        *self.metadata.write() = m;
+    }
+
+    /// Gives a queue declaration without `x-queue-type` the vhost's default queue type (see
+    /// [`metadata`]). What a client's declaration goes through before
+    /// [`VHost::declare_queue`]; a restore from saved definitions does not.
+    pub fn apply_default_queue_type(&self, d: &mut QueueDeclare) {
+        if !d.passive {
+            metadata::apply_default_queue_type(
+                self.default_queue_type().as_deref(),
+                &mut d.arguments,
+                d.durable,
+                d.exclusive,
+                d.auto_delete,
+            );
+        }
     }
 
     /// Runs a change through the cluster's metadata log if this node is in a cluster and the
