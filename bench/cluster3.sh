@@ -8,6 +8,8 @@
 # All nodes of a cluster pinned to CPU 1, amqp-perf on CPU 0 against the first node;
 # 10 s measured after 2 s of warm-up; RSS of every node after the runs.
 #   bench/cluster3.sh REPS [WARREN_BIN]     (WARREN_BIN: target/release/warren)
+# TARGETS="warren" (or "rabbitmq") runs one side only (for A/B runs of Warren builds);
+# SCENARIOS="one" (or "ten") one scenario.
 # Needs the chroot of ../shared/amqp-perf/bench/targets/rabbitmq4.sh and amqp-perf built
 # (target/amqp-perf/release/amqp-perf). Run it on a quiet machine: nothing else on the CPUs.
 set -u
@@ -64,17 +66,22 @@ warren_up() {
 warren_down() { kill "${WPIDS[@]}" 2>/dev/null; wait "${WPIDS[@]}" 2>/dev/null; WPIDS=(); }
 warren_rss() { for p in "${WPIDS[@]}"; do ps -o rss= -p "$p" | tr -d ' '; done | paste -sd/; }
 
+TARGETS=${TARGETS:-rabbitmq warren}
 for r in $(seq 1 "$REPS"); do
-  for s in one ten; do
-    rabbit_up || { rabbit_down; exit 1; }
-    j=$(taskset -c 0 "$PERF" -H amqp://guest:guest@127.0.0.1:5681/%2f $COMMON ${SCEN[$s]} 2>/dev/null | tail -1)
-    echo "$j" > "$OUT/rabbitmq4-$s-$r.json"
-    report rabbitmq4-3n "$s" "$j" "$(rabbit_rss)"
-    rabbit_down
-    warren_up
-    j=$(taskset -c 0 "$PERF" -H amqp://guest:guest@127.0.0.1:5691/%2f $COMMON ${SCEN[$s]} 2>/dev/null | tail -1)
-    echo "$j" > "$OUT/warren-$s-$r.json"
-    report warren-3n "$s" "$j" "$(warren_rss)"
-    warren_down
+  for s in ${SCENARIOS:-one ten}; do
+    if [[ " $TARGETS " == *" rabbitmq "* ]]; then
+      rabbit_up || { rabbit_down; exit 1; }
+      j=$(taskset -c 0 "$PERF" -H amqp://guest:guest@127.0.0.1:5681/%2f $COMMON ${SCEN[$s]} 2>/dev/null | tail -1)
+      echo "$j" > "$OUT/rabbitmq4-$s-$r.json"
+      report rabbitmq4-3n "$s" "$j" "$(rabbit_rss)"
+      rabbit_down
+    fi
+    if [[ " $TARGETS " == *" warren "* ]]; then
+      warren_up
+      j=$(taskset -c 0 "$PERF" -H amqp://guest:guest@127.0.0.1:5691/%2f $COMMON ${SCEN[$s]} 2>/dev/null | tail -1)
+      echo "$j" > "$OUT/warren-$s-$r.json"
+      report warren-3n "$s" "$j" "$(warren_rss)"
+      warren_down
+    fi
   done
 done

@@ -40,16 +40,31 @@ pub struct QueueGroup {
     log: GroupLog,
 }
 
-/// Raft timing: heartbeats every 200 ms, elections after 1–1.2 s of silence (the cluster
-/// notes advise ≥ 1 s on a loaded 2-core machine). openraft's voters also refuse a new
-/// candidate for `election_timeout_max` after the last heartbeat (the leader lease), so a
-/// narrow range keeps failover near 2 s (measured: ~3.3 s with 1–2 s).
-pub(crate) fn config() -> Result<Arc<Config>, GroupError> {
+/// The election timeout window of a group's first member (by node id), in ms.
+const ELECTION_TIMEOUT_MIN: u64 = 1000;
+const ELECTION_WINDOW: u64 = 100;
+/// How far apart the windows of a group's members are, and how many different windows there
+/// are (members beyond that share one).
+const ELECTION_STAGGER: u64 = 150;
+const ELECTION_SLOTS: usize = 5;
+
+/// Raft timing for the member in `slot` (its place among the group's members by node id):
+/// heartbeats every 200 ms; elections after about a second of silence (the cluster notes
+/// advise ≥ 1 s on a loaded 2-core machine), in a window of its own.
+///
+/// openraft 0.9 draws a member's election timeout once, when the member starts, and a
+/// follower of a known leader waits for the leader lease (`election_timeout_max`) plus that
+/// timeout. Two members whose timeouts fell close together both stand at once after a
+/// leader's death, split the vote, and do so again each round (the same timeouts): the
+/// slowest failovers of the fault test (5–8 s). Windows 150 ms apart (1.0–1.1 s, 1.15–1.25 s,
+/// 1.3–1.4 s, …) make one member stand first, about 2.1–2.8 s after the last heartbeat.
+pub(crate) fn config(slot: usize) -> Result<Arc<Config>, GroupError> {
+    let min = ELECTION_TIMEOUT_MIN + ELECTION_STAGGER * (slot % ELECTION_SLOTS) as u64;
     let c = Config {
         cluster_name: "warren".into(),
         heartbeat_interval: 200,
-        election_timeout_min: 1000,
-        election_timeout_max: 1200,
+        election_timeout_min: min,
+        election_timeout_max: min + ELECTION_WINDOW,
         // The state machine asks for snapshots by what was enqueued since the last one
         // (see state_machine.rs); openraft then purges the log below it (a follower that is
         // behind gets the snapshot).
@@ -145,7 +160,13 @@ impl QueueGroup {
         let (sm, mut snapshot_wanted) =
             QueueStateMachine::new(id, opts, tx, wal.clone()).map_err(raft_err)?;
         let log = GroupLog::new(id, wal.clone(), recovered);
-        let raft = Raft::new(node, config()?, network, log.clone(), sm.clone())
+        // A member being added (not among the members it is given) takes the last window.
+        let slot = membership
+            .members
+            .keys()
+            .position(|m| *m == node)
+            .unwrap_or(ELECTION_SLOTS - 1);
+        let raft = Raft::new(node, config(slot)?, network, log.clone(), sm.clone())
             .await
             .map_err(raft_err)?;
         wal.on_snapshot_needed(id, sm.snapshot_asker());

@@ -444,7 +444,8 @@ impl LocalNode {
                     secret: c2.spec.secret.clone(),
                     tls: c2.spec.tls.clone(),
                 };
-                let config = crate::group::config().map_err(|e| e.to_string())?;
+                let slot = c2.spec.nodes.keys().position(|n| *n == me).unwrap_or(0);
+                let config = crate::group::config(slot).map_err(|e| e.to_string())?;
                 let raft = Raft::new(me, config, peers, log, sm.clone())
                     .await
                     .map_err(|e| e.to_string())?;
