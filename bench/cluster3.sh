@@ -6,7 +6,8 @@
 #   one   1 queue, 1 producer (1,000 in flight), 1 consumer (qos 100, multi-ack every 10)
 #   ten   10 queues, 10 producers (100 in flight each), 10 consumers (same)
 # All nodes of a cluster pinned to CPU 1, amqp-perf on CPU 0 against the first node;
-# 10 s measured after 2 s of warm-up; RSS of every node after the runs.
+# 10 s measured after 2 s of warm-up; RSS of every node after the runs. amqp-perf's whole
+# output (per-second lines, then the JSON summary) is kept in $OUT/TARGET-SCENARIO-REP.txt.
 #   bench/cluster3.sh REPS [WARREN_BIN]     (WARREN_BIN: target/release/warren)
 # TARGETS="warren" (or "rabbitmq") runs one side only (for A/B runs of Warren builds);
 # SCENARIOS="one" (or "ten") one scenario.
@@ -49,7 +50,7 @@ rabbit_rss() { for n in 1 2 3; do ps -o rss= -p "$(rmq $n pid)" | tr -d ' '; don
 
 WPIDS=()
 warren_up() {
-  rm -rf "$OUT"/w*
+  rm -rf "$OUT"/w[0-9]*
   local secret=$OUT/cookie; echo "warren bench cluster secret" > "$secret"
   for n in 1 2 3; do
     { for m in 1 2 3; do echo "cluster_formation.classic_config.nodes.$m = warren@127.0.0.1:$((26100 + m))"; done
@@ -71,14 +72,16 @@ for r in $(seq 1 "$REPS"); do
   for s in ${SCENARIOS:-one ten}; do
     if [[ " $TARGETS " == *" rabbitmq "* ]]; then
       rabbit_up || { rabbit_down; exit 1; }
-      j=$(taskset -c 0 "$PERF" -H amqp://guest:guest@127.0.0.1:5681/%2f $COMMON ${SCEN[$s]} 2>/dev/null | tail -1)
+      taskset -c 0 "$PERF" -H amqp://guest:guest@127.0.0.1:5681/%2f $COMMON ${SCEN[$s]} > "$OUT/rabbitmq4-$s-$r.txt" 2>/dev/null
+      j=$(tail -1 "$OUT/rabbitmq4-$s-$r.txt")
       echo "$j" > "$OUT/rabbitmq4-$s-$r.json"
       report rabbitmq4-3n "$s" "$j" "$(rabbit_rss)"
       rabbit_down
     fi
     if [[ " $TARGETS " == *" warren "* ]]; then
       warren_up
-      j=$(taskset -c 0 "$PERF" -H amqp://guest:guest@127.0.0.1:5691/%2f $COMMON ${SCEN[$s]} 2>/dev/null | tail -1)
+      taskset -c 0 "$PERF" -H amqp://guest:guest@127.0.0.1:5691/%2f $COMMON ${SCEN[$s]} > "$OUT/warren-$s-$r.txt" 2>/dev/null
+      j=$(tail -1 "$OUT/warren-$s-$r.txt")
       echo "$j" > "$OUT/warren-$s-$r.json"
       report warren-3n "$s" "$j" "$(warren_rss)"
       warren_down

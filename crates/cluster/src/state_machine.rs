@@ -28,7 +28,10 @@ use warren_broker::queue::{
 };
 
 /// A snapshot is not asked for before this many bytes were enqueued since the last one.
-pub const SNAPSHOT_MIN_BYTES: u64 = 8 << 20;
+/// Each group's log holds about this much in memory between snapshots: ten busy queues' logs
+/// were most of a node's RSS at 8 MiB (125 MB a node in bench/cluster3.sh's ten-queue run;
+/// 75 MB at 3 MiB, for 10 % less throughput; docs/benchmarks.md).
+pub const SNAPSHOT_MIN_BYTES: u64 = 3 << 20;
 /// ... and is asked for after this many entries whatever their size (acks are small).
 pub const SNAPSHOT_MAX_ENTRIES: u64 = 20_000;
 

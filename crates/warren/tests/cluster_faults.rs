@@ -678,7 +678,7 @@ fn a_consumer_cut_off_for_a_while_is_served_again() {
 #[test]
 fn a_consumer_whose_node_missed_a_snapshot_is_served_again() {
     // Cut off briefly (its node is not taken for down) while more than a snapshot's worth
-    // of bytes (8 MiB) is published: the leader snapshots and drops the entries node 3
+    // of bytes (3 MiB) is published: the leader snapshots and drops the entries node 3
     // missed, some of which gave node 3's consumer messages. Node 3 gets the snapshot
     // instead: its consumer must still get every message.
     cut_off_consumer_is_served(
