@@ -48,7 +48,7 @@ pub use broker::{wait_until_released, TestBroker};
 pub use client::*;
 pub use headers::*;
 pub use pki::{install_default_crypto, Identity, Pki};
-pub use process::{warren_bin, BrokerProcess, ChildGuard};
+pub use process::{start_refused, warren_bin, BrokerProcess, ChildGuard};
 pub use proxy::Proxy;
 pub use tmp::TempDir;
 pub use warren_server::ServerConfig;

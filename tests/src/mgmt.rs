@@ -277,6 +277,15 @@ impl CtlOutput {
     }
 }
 
+impl MgmtBroker {
+    /// Runs warrenctl (`bin`: `env!("CARGO_BIN_EXE_warrenctl")`) against this broker's API.
+    pub async fn warrenctl(&self, bin: &str, args: &[&str]) -> CtlOutput {
+        let mut full = vec!["--url".to_string(), self.url()];
+        full.extend(args.iter().map(|a| a.to_string()));
+        run_warrenctl(bin, full).await
+    }
+}
+
 /// Runs the warrenctl binary `bin` (`env!("CARGO_BIN_EXE_warrenctl")`) with `args`, without the
 /// `WARRENCTL_*` variables of the environment the tests run in.
 pub async fn run_warrenctl(bin: impl AsRef<Path>, args: Vec<String>) -> CtlOutput {

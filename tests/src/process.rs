@@ -14,6 +14,24 @@ pub fn warren_bin(built: &str) -> String {
     std::env::var("WARREN_BIN").unwrap_or_else(|_| built.to_string())
 }
 
+/// Starts `bin` with a config file holding `conf` (written in `dir`, with a data directory
+/// there) and waits for it to stop: a start that must be refused. Its exit code and stderr.
+pub fn start_refused(bin: &str, dir: &Path, conf: &str) -> (Option<i32>, String) {
+    let path = dir.join("warren.conf");
+    std::fs::write(&path, conf).expect("write warren.conf");
+    let out = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .expect("run warren");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A `warren` process with its own data directory, for restart and crash tests. It listens
 /// on ports the kernel picks (`--listen 127.0.0.1:0`) and says which in its listeners file, so
 /// no other process can take its port between a check and a bind, nor after a restart.

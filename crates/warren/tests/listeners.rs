@@ -111,16 +111,7 @@ async fn ipv6_addresses_are_taken_in_every_listener_setting() {
 #[test]
 fn a_listener_setting_that_is_not_an_address_stops_startup_naming_the_key() {
     let dir = TempDir::new("listen-bad");
-    let conf = dir.join("warren.conf");
-    std::fs::write(&conf, "listeners.tcp.local = localhost:5672\n").unwrap();
-    let out = std::process::Command::new(WARREN)
-        .arg("--config")
-        .arg(&conf)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .output()
-        .expect("run warren");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, err) = start_refused(WARREN, &dir, "listeners.tcp.local = localhost:5672\n");
+    assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("listeners.tcp.local"), "{err}");
 }

@@ -1723,22 +1723,14 @@ async fn queue_arguments_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nodes_default_queue_type_types_queues_declared_without_one() {
     let dir = TempDir::new("node-dqt");
-    let conf = dir.join("warren.conf");
-    std::fs::write(&conf, "default_queue_type = lazy\n").unwrap();
-    let out = std::process::Command::new(WARREN)
-        .arg("--config")
-        .arg(&conf)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .output()
-        .expect("run warren");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, err) = start_refused(WARREN, &dir, "default_queue_type = lazy\n");
+    assert_eq!(code, Some(64), "{err}");
     assert!(
         err.contains("default_queue_type") && err.contains("lazy"),
         "{err}"
     );
 
+    let conf = dir.join("warren.conf");
     std::fs::write(&conf, "default_queue_type = quorum\n").unwrap();
     let broker = BrokerProcess::start(
         WARREN,
@@ -1763,8 +1755,7 @@ async fn the_nodes_default_queue_type_types_queues_declared_without_one() {
     let e = ch
         .queue_declare("typed-by-node".into(), durable, classic)
         .await
-        .err()
-        .expect("a classic redeclaration of a quorum queue is refused");
+        .expect_err("a classic redeclaration of a quorum queue is refused");
     assert_eq!(
         expect_error_code(&e, 406),
         "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'typed-by-node' in \

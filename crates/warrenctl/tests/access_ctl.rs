@@ -4,7 +4,7 @@
 
 use lapin::options::QueueDeclareOptions;
 use lapin::{Connection, ConnectionProperties};
-use warren_tests::mgmt::{run_warrenctl, MgmtBroker};
+use warren_tests::mgmt::MgmtBroker;
 use warren_tests::*;
 
 /// The `warrenctl` binary, built by Cargo for this package's tests.
@@ -12,16 +12,12 @@ const WARRENCTL: &str = env!("CARGO_BIN_EXE_warrenctl");
 
 /// (exit code, stdout, stderr)
 async fn ctl(n: &MgmtBroker, args: &[&str]) -> (i32, String, String) {
-    let mut full = vec!["--url".to_string(), n.url()];
-    full.extend(args.iter().map(|a| a.to_string()));
-    let o = run_warrenctl(WARRENCTL, full).await;
+    let o = n.warrenctl(WARRENCTL, args).await;
     (o.code, o.stdout, o.stderr)
 }
 
 async fn ok(n: &MgmtBroker, args: &[&str]) -> String {
-    let (code, out, err) = ctl(n, args).await;
-    assert_eq!(code, 0, "warrenctl {args:?} failed: {err}");
-    out
+    n.warrenctl(WARRENCTL, args).await.ok()
 }
 
 async fn login(n: &MgmtBroker, user: &str, pass: &str, vhost: &str) -> lapin::Result<Connection> {

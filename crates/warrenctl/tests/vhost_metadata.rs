@@ -7,24 +7,15 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::json;
-use warren_tests::mgmt::{run_warrenctl, MgmtBroker};
+use warren_tests::mgmt::MgmtBroker;
 use warren_tests::*;
 
 /// The `warrenctl` binary, built by Cargo for this package's tests.
 const WARRENCTL: &str = env!("CARGO_BIN_EXE_warrenctl");
 
-/// (exit code, stdout, stderr)
-async fn ctl(n: &MgmtBroker, args: &[&str]) -> (i32, String, String) {
-    let mut full = vec!["--url".to_string(), n.url()];
-    full.extend(args.iter().map(|a| a.to_string()));
-    let o = run_warrenctl(WARRENCTL, full).await;
-    (o.code, o.stdout, o.stderr)
-}
-
+/// The output of a warrenctl run against `n` that must succeed.
 async fn ok(n: &MgmtBroker, args: &[&str]) -> String {
-    let (code, out, err) = ctl(n, args).await;
-    assert_eq!(code, 0, "warrenctl {args:?} failed: {err}");
-    out
+    n.warrenctl(WARRENCTL, args).await.ok()
 }
 
 async fn open_in(n: &MgmtBroker, vhost: &str) -> (Connection, Channel) {
@@ -87,9 +78,14 @@ async fn a_vhosts_default_queue_type_types_the_queues_declared_without_one() {
         "Adding vhost \"orders\" ...\n"
     );
     // rabbitmqctl's usage error (64) for a type that does not exist; nothing is created.
-    let (code, _, err) = ctl(&n, &["add_vhost", "x", "--default-queue-type", "lazy"]).await;
-    assert_eq!(code, 64, "{err}");
-    assert!(err.contains("'lazy'"), "{err}");
+    let o = n
+        .warrenctl(
+            WARRENCTL,
+            &["add_vhost", "x", "--default-queue-type", "lazy"],
+        )
+        .await;
+    assert_eq!(o.code, 64, "{}", o.stderr);
+    assert!(o.stderr.contains("'lazy'"), "{}", o.stderr);
     assert!(n.broker.broker.vhost("x").is_none());
     let (s, v) = n.http(
         "PUT",
@@ -140,8 +136,7 @@ async fn a_vhosts_default_queue_type_types_the_queues_declared_without_one() {
     let e = ch
         .queue_declare("jobs".into(), opts(true, false, false), classic)
         .await
-        .err()
-        .expect("a classic redeclaration of a quorum queue is refused");
+        .expect_err("a classic redeclaration of a quorum queue is refused");
     assert_eq!(
         expect_error_code(&e, 406),
         "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'jobs' in vhost \
@@ -173,9 +168,11 @@ async fn a_vhosts_default_queue_type_types_the_queues_declared_without_one() {
         .await,
         "Updating metadata of vhost \"orders\" ...\n"
     );
-    let (code, _, err) = ctl(&n, &["update_vhost_metadata", "nope", "--tags", "a"]).await;
-    assert_ne!(code, 0, "updating a vhost that does not exist");
-    assert!(n.broker.broker.vhost("nope").is_none(), "{err}");
+    let o = n
+        .warrenctl(WARRENCTL, &["update_vhost_metadata", "nope", "--tags", "a"])
+        .await;
+    assert_ne!(o.code, 0, "updating a vhost that does not exist");
+    assert!(n.broker.broker.vhost("nope").is_none(), "{}", o.stderr);
     let (conn, ch) = open_in(&n, "orders").await;
     declare_as(&ch, "events", opts(true, false, false), no_args()).await;
     assert_eq!(
