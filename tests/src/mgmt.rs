@@ -58,6 +58,13 @@ impl MgmtBroker {
         format!("http://{}", self.addr)
     }
 
+    /// Runs warrenctl (`bin`: `env!("CARGO_BIN_EXE_warrenctl")`) against this broker's API.
+    pub async fn warrenctl(&self, bin: &str, args: &[&str]) -> CtlOutput {
+        let mut full = vec!["--url".to_string(), self.url()];
+        full.extend(args.iter().map(|a| a.to_string()));
+        run_warrenctl(bin, full).await
+    }
+
     /// One request as guest; the status and the body as JSON.
     pub fn http(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         http(
@@ -274,15 +281,6 @@ impl CtlOutput {
     pub fn ok(self) -> String {
         assert_eq!(self.code, 0, "warrenctl failed; stderr: {}", self.stderr);
         self.stdout
-    }
-}
-
-impl MgmtBroker {
-    /// Runs warrenctl (`bin`: `env!("CARGO_BIN_EXE_warrenctl")`) against this broker's API.
-    pub async fn warrenctl(&self, bin: &str, args: &[&str]) -> CtlOutput {
-        let mut full = vec!["--url".to_string(), self.url()];
-        full.extend(args.iter().map(|a| a.to_string()));
-        run_warrenctl(bin, full).await
     }
 }
 

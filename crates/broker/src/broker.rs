@@ -329,7 +329,7 @@ impl Broker {
             return r;
         }
         vh.set_metadata(m);
-        self.definitions_changed(crate::definitions_journal::DefScope::Global);
+        self.definitions_changed(DefScope::Global);
         Ok(())
     }
 

@@ -100,7 +100,7 @@ impl VHostDef {
             }
             None => VHostMetadata {
                 description: self.description.clone().unwrap_or_default(),
-                tags: crate::vhost::metadata::tag_list(&self.tags).map_err(|e| e.to_string())?,
+                tags: crate::json::tags_from_json(&self.tags),
                 default_queue_type: None,
             },
         };
@@ -331,20 +331,7 @@ pub fn policy_def(vhost: &str, p: &crate::policy::Policy) -> PolicyDef {
 }
 
 pub fn user_from_def(u: &UserDef) -> Result<User, UnsupportedHashingAlgorithm> {
-    let tags = match &u.tags {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect(),
-        Value::String(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-            .collect(),
-        _ => Vec::new(),
-    };
+    let tags = crate::json::tags_from_json(&u.tags);
     let limit = |k: &str| u.limits.get(k).and_then(Value::as_u64).map(|n| n as u32);
     Ok(User {
         name: u.name.clone(),

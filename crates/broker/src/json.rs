@@ -59,3 +59,27 @@ pub fn json_to_value(v: &Value) -> FieldValue {
         Value::Object(_) => FieldValue::Table(json_to_table(v)),
     }
 }
+
+/// Tags as RabbitMQ's API and definitions give them (users' and vhosts'): a list, or one
+/// comma-separated string; anything else is no tags.
+pub fn tags_from_json(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
+        Value::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// [`tags_from_json`] as a serde `deserialize_with`.
+pub fn deserialize_tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(|v| tags_from_json(&v))
+}

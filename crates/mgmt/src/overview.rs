@@ -360,7 +360,7 @@ struct VHostBody {
 }
 
 fn some_tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    warren_broker::vhost::metadata::tag_list(d).map(Some)
+    warren_broker::json::deserialize_tags(d).map(Some)
 }
 
 /// PUT: creates the vhost (201), or updates an existing one's metadata (204). The body may

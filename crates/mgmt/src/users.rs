@@ -83,24 +83,6 @@ async fn one_user(
     Ok(Json(user_json(&u)))
 }
 
-/// Tags as a list, or as RabbitMQ's comma-separated string.
-fn tags_of(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// PUT `{"password": "…", "tags": "administrator"}` or `{"password_hash": "…",
 /// "hashing_algorithm": "…"}`: creates (201) or updates (204) a user.
 async fn put_user(
@@ -139,7 +121,7 @@ async fn put_user(
         },
     };
     let tags = match b.get("tags") {
-        Some(t) => tags_of(Some(t)),
+        Some(t) => warren_broker::json::tags_from_json(t),
         None => existing
             .as_ref()
             .map(|u| u.tags.clone())

@@ -507,7 +507,14 @@ impl Queue {
 
     /// Wakes publishers held by flow control once the queue has drained enough.
     fn notify_flow(&self, i: &QueueEngine<Arc<DeliveryChannel>>) {
-        if i.drained_enough() && self.flow_waiting.swap(false, Ordering::AcqRel) {
+        if i.drained_enough() {
+            self.wake_flow_waiters();
+        }
+    }
+
+    /// Wakes the publishers waiting in [`Queue::wait_for_flow`], if any (they look again).
+    fn wake_flow_waiters(&self) {
+        if self.flow_waiting.swap(false, Ordering::AcqRel) {
             self.drained.notify_waiters();
         }
     }
@@ -1021,9 +1028,7 @@ impl Queue {
             now_ms(),
             &mut QueueEnv { q: self },
         );
-        if self.flow_waiting.swap(false, Ordering::AcqRel) {
-            self.drained.notify_waiters();
-        }
+        self.wake_flow_waiters();
         if now_unused && self.auto_delete {
             fu.push(Followup::Delete(self.clone(), DeleteReason::Unused));
         }

@@ -126,13 +126,8 @@ impl Queue {
         // Publishers held by flow control go on once the backlog is below the mark, not at
         // wait_for_flow's 100 ms safety net: those waits were the slowest 5 % of a
         // clustered queue's confirms (140 ms against a median of 16 ms in bench/cluster3.sh).
-        if self.flow_waiting.load(std::sync::atomic::Ordering::Acquire)
-            && !self.over_flow_limit()
-            && self
-                .flow_waiting
-                .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            self.drained.notify_waiters();
+        if self.flow_waiting.load(std::sync::atomic::Ordering::Acquire) && !self.over_flow_limit() {
+            self.wake_flow_waiters();
         }
         let mut fu = Followups::new();
         if out.needs_ticks {

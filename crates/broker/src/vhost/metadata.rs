@@ -11,7 +11,7 @@
 //! no existing queue. In a cluster, a vhost whose default is `quorum` gives clients on every
 //! node every queue they declare without a type (quorum queues are reachable from any node).
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use warren_protocol::{FieldTable, FieldValue};
 
 /// The queue types a vhost's default can name (RabbitMQ's short names).
@@ -22,7 +22,7 @@ pub const QUEUE_TYPES: [&str; 3] = ["classic", "quorum", "stream"];
 pub struct VHostMetadata {
     #[serde(default)]
     pub description: String,
-    #[serde(default, deserialize_with = "tag_list")]
+    #[serde(default, deserialize_with = "crate::json::deserialize_tags")]
     pub tags: Vec<String>,
     /// `classic`, `quorum` or `stream`; `None` when unset (queues are then classic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,31 +72,6 @@ pub fn parse_queue_type(s: &str) -> Result<String, String> {
             "'{s}' is not a valid default queue type: use classic, quorum or stream"
         ))
     }
-}
-
-/// Tags as a list, or as one comma-separated string (RabbitMQ's HTTP API takes both).
-pub fn tag_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Tags {
-        List(Vec<String>),
-        Text(String),
-        Nothing(()),
-    }
-    Ok(match Tags::deserialize(d)? {
-        Tags::List(l) => l,
-        Tags::Text(t) => split_tags(&t),
-        Tags::Nothing(()) => Vec::new(),
-    })
-}
-
-/// `"a, b,,c"` → `["a", "b", "c"]`.
-pub fn split_tags(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 #[cfg(test)]
