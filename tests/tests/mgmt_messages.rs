@@ -397,7 +397,9 @@ async fn a_queues_consumers_show_what_each_holds_unacknowledged() {
         queue_counts(&m.broker, "jobs") == Some((2, 3))
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Delivery times are kept in tenths of a second, rounded up: after 200 ms the age
+    // shown is at least 100 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (_, q) = m.http("GET", "/api/queues/%2F/jobs", None);
     let c = &q["consumer_details"][0];
     assert_eq!(c["consumer_tag"], json!("forgetful"));
@@ -405,7 +407,7 @@ async fn a_queues_consumers_show_what_each_holds_unacknowledged() {
     assert!(
         c["oldest_unacked_age_ms"]
             .as_u64()
-            .is_some_and(|ms| ms >= 50),
+            .is_some_and(|ms| ms >= 100),
         "{c}"
     );
     assert_eq!(
