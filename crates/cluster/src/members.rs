@@ -13,13 +13,18 @@
 //!   to then and those the others send it after meet), then removes it; the node then stops
 //!   its member and forgets its log ([`MemberOp::Leave`]). The leader may remove itself:
 //!   openraft has it step down once the change is committed, and the others elect another.
+//!   A member on a node that does not answer is removed without waiting for it.
+//! - `forget_cluster_node` ([`forget`]): a stopped node leaves the metadata group's
+//!   membership ([`MemberOp::Forget`] on that group's leader), which is what the cluster's
+//!   nodes are from then on (`Cluster::nodes`).
 //!
 //! Each step that must run on the leader is sent to whichever node leads now, again if
 //! leadership moved meanwhile. No consensus code of our own: the membership is openraft's,
 //! changed with joint consensus.
 
 use crate::group::{Membership, QueueGroup};
-use crate::node::{group_id, LocalNode};
+use crate::meta::META_GROUP;
+use crate::node::{group_id, Cluster, LocalNode};
 use crate::replica::GroupReplica;
 use crate::transport::{BoxFuture, Control, GroupStatus, MemberOp, Pushed, TcpPeers};
 use crate::types::NodeId;
@@ -48,8 +53,7 @@ pub(crate) fn choose(node: &LocalNode, size: Option<u64>) -> Vec<String> {
         .max(1);
     let name = |id: &NodeId| c.spec.names.get(id).cloned().unwrap_or_default();
     let mut others: Vec<NodeId> = c
-        .spec
-        .nodes
+        .nodes()
         .keys()
         .copied()
         .filter(|id| *id != c.spec.me)
@@ -183,11 +187,16 @@ pub(crate) fn delete(
             return Err(MemberError::LastNode);
         }
         tracing::info!(group = r.id, node = n, "removing a member from a quorum queue's group");
-        if st.voters.contains(&n) {
+        // A node that does not answer (one being forgotten) is neither waited for nor told.
+        let addr = c.addr(n).unwrap_or_default();
+        let (me, secret, tls) = (c.spec.me, c.spec.secret.clone(), c.spec.tls.clone());
+        let reachable = !c.is_down(n)
+            && crate::transport::probe(&addr, me, &secret, tls.as_ref(), Duration::from_secs(1))
+                .await;
+        if st.voters.contains(&n) && reachable {
             let index = on_leader(&r, MemberOp::Demote(n)).await?;
             // The member keeps the log until it has applied its demotion: deliveries to
             // its own consumers up to there are its to hand out, the others send it the rest.
-            let addr = c.addr(n).unwrap_or_default();
             let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
             loop {
                 match c.control.status(&addr, r.id, Duration::from_secs(1)).await {
@@ -200,8 +209,11 @@ pub(crate) fn delete(
                 }
             }
         }
+        if st.voters.contains(&n) && !reachable {
+            on_leader(&r, MemberOp::Demote(n)).await?;
+        }
         on_leader(&r, MemberOp::Remove(n)).await?;
-        if let Some(addr) = c.addr(n) {
+        if reachable {
             if let Err(e) = c
                 .control
                 .member_op(&addr, r.id, MemberOp::Leave, CHANGE_TIMEOUT)
@@ -216,16 +228,73 @@ pub(crate) fn delete(
     .ok_or_else(|| failed("the Raft runtime stopped"))?
 }
 
+/// `rabbitmqctl forget_cluster_node`: removes `target`, a node that does not run, from the
+/// metadata group's membership (on its leader); from then on no node lists it, probes it or
+/// places members on it ([`crate::node::Cluster::nodes`]). Its quorum queue members are
+/// removed before, by the caller.
+pub(crate) fn forget(node: &LocalNode, target: &str) -> Result<(), MemberError> {
+    let c = node.cluster.clone().ok_or(MemberError::NotClustered)?;
+    let n = c
+        .node_named(target)
+        .filter(|n| c.nodes().contains_key(n))
+        .ok_or(MemberError::NotClusterNode)?;
+    if n == c.spec.me {
+        return Err(failed(
+            "a node cannot forget itself: run forget_cluster_node on another node of the cluster",
+        ));
+    }
+    if crate::node::on_raft_thread() {
+        return Err(failed("a membership change cannot wait on a Raft thread"));
+    }
+    let (addr, target) = (c.addr(n).unwrap_or_default(), target.to_string());
+    node.wait_for(async move {
+        let (me, secret, tls) = (c.spec.me, c.spec.secret.clone(), c.spec.tls.clone());
+        if crate::transport::probe(&addr, me, &secret, tls.as_ref(), Duration::from_secs(1)).await {
+            return Err(MemberError::NodeRunning);
+        }
+        let meta = c
+            .meta()
+            .cloned()
+            .ok_or_else(|| failed("the cluster's metadata group has not started here yet"))?;
+        run_on_leader(&c, META_GROUP, MemberOp::Forget(n), || {
+            let leader = meta.metrics().borrow().current_leader;
+            async move { leader }
+        })
+        .await?;
+        tracing::info!(node = %target, "forgot a cluster node");
+        Ok(())
+    })
+    .ok_or_else(|| failed("the Raft runtime stopped"))?
+}
+
 /// Runs `op` on the group's leader, wherever it is (again if leadership moves meanwhile).
 async fn on_leader(r: &GroupReplica, op: MemberOp) -> Result<u64, MemberError> {
     let c = r.cluster.clone().ok_or(MemberError::NotClustered)?;
+    run_on_leader(&c, r.id, op, || async {
+        r.fresh_status().await.and_then(|s| s.leader)
+    })
+    .await
+}
+
+/// Runs `op` on the leader of `group` that `leader` finds, again while it fails, for up to
+/// [`CHANGE_TIMEOUT`].
+async fn run_on_leader<F, Fut>(
+    c: &Cluster,
+    group: u64,
+    op: MemberOp,
+    mut leader: F,
+) -> Result<u64, MemberError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<NodeId>>,
+{
     let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
     loop {
-        let leader = r.fresh_status().await.and_then(|s| s.leader);
+        let leader = leader().await;
         let why = match leader.and_then(|l| c.addr(l)) {
             Some(addr) => {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match c.control.member_op(&addr, r.id, op.clone(), left).await {
+                match c.control.member_op(&addr, group, op.clone(), left).await {
                     Ok(i) => return Ok(i),
                     Err(e) => e,
                 }
@@ -312,7 +381,9 @@ impl LocalNode {
                 raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([n])), false)
                     .await
             }
-            MemberOp::Join | MemberOp::Leave => unreachable!("run on the member's node"),
+            MemberOp::Join | MemberOp::Leave | MemberOp::Forget(_) => {
+                return Err(format!("{op:?} is not a step of a queue's leader"))
+            }
         };
         r.map(|w| w.log_id.index).map_err(|e| e.to_string())
     }
@@ -332,6 +403,23 @@ impl Control for LocalNode {
     }
 
     fn member_op(&self, group: u64, op: MemberOp) -> BoxFuture<Result<u64, String>> {
+        if group == META_GROUP {
+            let meta = self.cluster.as_ref().and_then(|c| c.meta().cloned());
+            return Box::pin(async move {
+                let meta = meta.ok_or("the metadata group has not started on this node")?;
+                let MemberOp::Forget(n) = op else {
+                    return Err(format!("{op:?} is not a change of the metadata group"));
+                };
+                let known = meta.metrics().borrow().membership_config.clone();
+                if !known.membership().voter_ids().any(|v| v == n) {
+                    return Ok(0);
+                }
+                meta.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([n])), false)
+                    .await
+                    .map(|w| w.log_id.index)
+                    .map_err(|e| e.to_string())
+            });
+        }
         let Some(r) = self.replica_of(group) else {
             return Box::pin(async { Err("this node does not know the queue".to_string()) });
         };

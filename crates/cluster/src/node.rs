@@ -137,6 +137,30 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// The cluster's nodes now: the configured ones, less those forgotten
+    /// (`forget_cluster_node` removed them from the metadata group's membership).
+    pub(crate) fn nodes(&self) -> BTreeMap<NodeId, BasicNode> {
+        let Some(meta) = self.meta.get() else {
+            return self.spec.nodes.clone();
+        };
+        let stored = meta.metrics().borrow().membership_config.clone();
+        let members: HashSet<NodeId> = stored.membership().nodes().map(|(id, _)| *id).collect();
+        if members.is_empty() {
+            return self.spec.nodes.clone();
+        }
+        self.spec
+            .nodes
+            .iter()
+            .filter(|(id, _)| members.contains(id))
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
+    /// The metadata group (once started).
+    pub(crate) fn meta(&self) -> Option<&Raft<QueueRaft>> {
+        self.meta.get()
+    }
+
     pub(crate) fn addr(&self, node: NodeId) -> Option<String> {
         self.spec.nodes.get(&node).map(|n| n.addr.clone())
     }
@@ -198,7 +222,11 @@ impl Cluster {
     /// Probes the other nodes for ever (the task ends with the runtime).
     async fn watch_nodes(self: Arc<Self>) {
         loop {
-            for (id, n) in &self.spec.nodes {
+            let nodes = self.nodes();
+            self.down_since
+                .lock()
+                .retain(|id, _| nodes.contains_key(id));
+            for (id, n) in &nodes {
                 if *id == self.spec.me {
                     continue;
                 }
@@ -539,10 +567,10 @@ impl ReplicaHost for LocalNode {
         let has_log = has_entries || recovered.vote.is_some();
         let members: Option<BTreeMap<NodeId, BasicNode>> = match &cluster {
             None => Some(BTreeMap::from([(node, BasicNode::default())])),
-            Some(c) if has_log => Some(c.spec.nodes.clone()),
+            Some(c) if has_log => Some(c.nodes()),
             Some(c) => match warren_broker::metadata::placement() {
                 // Declared before group sizes: every node.
-                Some(names) if names.is_empty() => Some(c.spec.nodes.clone()),
+                Some(names) if names.is_empty() => Some(c.nodes()),
                 Some(names) => {
                     let ids: BTreeMap<NodeId, BasicNode> = names
                         .iter()
@@ -664,16 +692,21 @@ impl ReplicaHost for LocalNode {
         crate::members::delete(self, vhost, name, node)
     }
 
+    fn forget_node(&self, node: &str) -> Result<(), MemberError> {
+        crate::members::forget(self, node)
+    }
+
     fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {
         let c = self.cluster.clone()?;
         if on_raft_thread() {
             return None;
         }
-        let c2 = c.clone();
+        let nodes = c.nodes();
+        let (c2, probed) = (c.clone(), nodes.clone());
         let running = self
             .wait_for(async move {
                 let mut up = Vec::new();
-                for (id, n) in &c2.spec.nodes {
+                for (id, n) in &probed {
                     up.push(
                         *id == c2.spec.me
                             || crate::transport::probe(
@@ -690,8 +723,7 @@ impl ReplicaHost for LocalNode {
             })
             .unwrap_or_default();
         Some(
-            c.spec
-                .nodes
+            nodes
                 .keys()
                 .zip(running)
                 .map(|(id, running)| ClusterNode {

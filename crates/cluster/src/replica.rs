@@ -235,8 +235,7 @@ impl GroupReplica {
         let mut ask: Vec<NodeId> = leader.into_iter().collect();
         ask.extend(voters.iter().copied().filter(|v| Some(*v) != leader));
         let rest: Vec<NodeId> = c
-            .spec
-            .nodes
+            .nodes()
             .keys()
             .copied()
             .filter(|n| !ask.contains(n))

@@ -147,6 +147,8 @@ pub enum MemberOp {
     Demote(NodeId),
     /// Leader: remove the learner.
     Remove(NodeId),
+    /// The metadata group's leader: remove the node from the cluster (`forget_cluster_node`).
+    Forget(NodeId),
 }
 
 /// A boxed future, as [`Control`] returns.

@@ -12,6 +12,12 @@
 //!   queue that has one. Both answer one row per queue: `vhost`, `name`, `size` (after, or
 //!   before when it failed) and `result` (`ok`, or `error: …` as rabbitmq-queues prints it).
 //!
+//! - `POST /api/nodes/{node}/forget` (`rabbitmqctl forget_cluster_node`): the node, which must
+//!   not be running, leaves the cluster: its member is removed from every quorum queue (as
+//!   `shrink`, the rows of which it answers as `queues`), then the node from the cluster's
+//!   metadata group. Not a node of the cluster: 404 `not_a_cluster_node`; running, or this
+//!   node: 400.
+//!
 //! Errors are RabbitMQ's reasons (`node_not_running`, `last_node`, `not_quorum_queue`,
 //! `timeout`), 400; an unknown queue or vhost is 404. Administrators only (rabbitmq-queues
 //! needs the Erlang cookie).
@@ -36,6 +42,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/queues/{vhost}/{name}/members/{node}", delete(remove))
         .route("/nodes/{node}/grow", post(grow))
         .route("/nodes/{node}/shrink", post(shrink))
+        .route("/nodes/{node}/forget", post(forget))
 }
 
 #[derive(Deserialize)]
@@ -209,20 +216,62 @@ async fn shrink(
     require_admin(&me)?;
     let host = host(&state)?;
     let queues = quorum_queues(&state);
-    let rows = blocking(move || {
-        let mut rows = Vec::new();
-        for q in queues {
-            let Some(g) = q.replica_members() else {
-                continue;
-            };
-            if !g.members.contains(&node) {
-                continue;
-            }
-            let r = host.delete_member(&q.vhost_name, &q.name, &node);
-            rows.push(row(&q, r, g.members.len()));
+    let rows = blocking(move || remove_everywhere(&*host, queues, &node)).await?;
+    Ok(Json(Value::Array(rows)))
+}
+
+/// Removes `node`'s member from each of `queues` that has one: a row each.
+fn remove_everywhere(host: &dyn ReplicaHost, queues: Vec<Arc<Queue>>, node: &str) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for q in queues {
+        let Some(g) = q.replica_members() else {
+            continue;
+        };
+        if !g.members.iter().any(|m| m == node) {
+            continue;
         }
-        rows
+        let r = host.delete_member(&q.vhost_name, &q.name, node);
+        rows.push(row(&q, r, g.members.len()));
+    }
+    rows
+}
+
+async fn forget(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&me)?;
+    let host = host(&state)?;
+    let h = host.clone();
+    let known = blocking(move || h.cluster_nodes())
+        .await?
+        .ok_or_else(|| member_error(MemberError::NotClustered))?
+        .into_iter()
+        .find(|n| n.name == node);
+    let Some(known) = known else {
+        return Err(ApiError::NotFoundReason("not_a_cluster_node"));
+    };
+    if known.me {
+        return Err(ApiError::BadRequest(format!(
+            "{node} is the node asked: a node cannot forget itself, ask another node of the cluster"
+        )));
+    }
+    if known.running {
+        return Err(ApiError::BadRequest(format!(
+            "{}: {node} is running; stop it before forgetting it",
+            MemberError::NodeRunning
+        )));
+    }
+    let queues = quorum_queues(&state);
+    let (rows, forgot) = blocking(move || {
+        let rows = remove_everywhere(&*host, queues, &node);
+        (rows, host.forget_node(&node))
     })
     .await?;
-    Ok(Json(Value::Array(rows)))
+    forgot.map_err(|e| match e {
+        MemberError::NotClusterNode => ApiError::NotFoundReason("not_a_cluster_node"),
+        e => member_error(e),
+    })?;
+    Ok(Json(json!({ "queues": rows })))
 }

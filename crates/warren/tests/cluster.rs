@@ -1097,3 +1097,103 @@ async fn removing_the_leader_moves_leadership_and_loses_no_confirmed_message() {
         serde_json::json!([{"vhost": "/", "name": "moving", "size": 1, "result": "error: the last node cannot be removed"}])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_node_leaves_the_cluster_and_every_quorum_queue() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start("cluster-forget");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("kept".into(), durable(), quorum())
+        .await
+        .unwrap();
+    wait_members(&cluster, &[0, 1, 2], "kept", &[0, 1, 2]).await;
+    ch0.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    publish_confirmed(&ch0, "", "kept", &bodies).await;
+
+    // Refused: a node that runs (RabbitMQ requires it stopped), the node asked, a node that
+    // is not in the cluster. None of them changes anything.
+    let (s, v) = forget(&cluster, 0, &cluster.names[2]);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().starts_with("node_running"),
+        "{v}"
+    );
+    let (s, v) = forget(&cluster, 0, &cluster.names[0]);
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = forget(&cluster, 0, "warren@127.0.0.1:1");
+    assert_eq!(
+        (s, &v["reason"]),
+        (404, &serde_json::json!("not_a_cluster_node"))
+    );
+    wait_members(&cluster, &[0, 1, 2], "kept", &[0, 1, 2]).await;
+
+    // Node 2 dies for good and is forgotten through node 1: its member leaves the queue.
+    cluster.nodes[2].kill9();
+    let (s, v) = forget(&cluster, 1, &cluster.names[2]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["queues"],
+        serde_json::json!([{"vhost": "/", "name": "kept", "size": 2, "result": "ok"}])
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(lists_two(&cluster, 0) && lists_two(&cluster, 1)) {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes still list a forgotten node: {:?} / {:?}",
+            cluster.nodes_seen_by(0),
+            cluster.nodes_seen_by(1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_members(&cluster, &[0, 1], "kept", &[0, 1]).await;
+    // A new queue of the default size (3) is placed on the two nodes left.
+    ch0.queue_declare("after".into(), durable(), quorum())
+        .await
+        .unwrap();
+    wait_members(&cluster, &[0, 1], "after", &[0, 1]).await;
+    // Every confirmed message is still there.
+    let (_c1, ch1) = open(&cluster.nodes[1]).await;
+    consume_all(&ch1, "kept", &bodies).await;
+    // It is not a node of the cluster any more.
+    let (s, v) = forget(&cluster, 0, &cluster.names[2]);
+    assert_eq!(s, 404, "{v}");
+
+    // The cluster's nodes are kept in the metadata group's log: a restarted node still
+    // lists two, though its config names three.
+    drop((_c0, ch0));
+    let config = cluster.configs[0].clone();
+    cluster.nodes[0].kill9_and_restart(&["--config", config.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lists_two(&cluster, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "after a restart node 0 lists {:?}",
+            cluster.nodes_seen_by(0)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `forget_cluster_node` of `node` through node `asked`'s management API.
+fn forget(cluster: &Cluster, asked: usize, node: &str) -> (u16, serde_json::Value) {
+    api(
+        cluster,
+        asked,
+        "POST",
+        &format!("/api/nodes/{node}/forget"),
+        None,
+    )
+}
+
+/// Whether node `i` lists nodes 0 and 1, both running, and no other.
+fn lists_two(cluster: &Cluster, i: usize) -> bool {
+    let mut want = vec![
+        (cluster.names[0].clone(), true),
+        (cluster.names[1].clone(), true),
+    ];
+    want.sort();
+    cluster.nodes_seen_by(i) == want
+}

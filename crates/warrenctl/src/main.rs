@@ -6,7 +6,8 @@
 //! - [`listing`]: the `list_*` commands: paths, columns, banners.
 //! - [`format`]: the `table` and `json` output formats.
 //! - [`cluster`]: the `cluster_status` command.
-//! - [`members`]: `rabbitmq-queues`' `add_member`, `delete_member`, `grow` and `shrink`.
+//! - [`members`]: `rabbitmq-queues`' `add_member`, `delete_member`, `grow` and `shrink`;
+//!   `forget_cluster_node`.
 //! - this file: the command line and the other commands.
 
 mod access;
@@ -133,6 +134,12 @@ enum Command {
     /// Displays all the nodes in the cluster, and which of them are running
     #[command(name = "cluster_status")]
     ClusterStatus,
+    /// Removes a stopped node from the cluster, and its members from quorum queues
+    #[command(name = "forget_cluster_node")]
+    ForgetClusterNode {
+        /// Node to forget (warren@host:port); it must not be running
+        node: String,
+    },
     /// Adds a quorum queue member (replica) on the given node (rabbitmq-queues)
     #[command(name = "add_member")]
     AddMember {
@@ -368,6 +375,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
             strategy,
             errors_only,
         } => members::grow(&client, g, node, strategy, *errors_only, out),
+        Command::ForgetClusterNode { node } => members::forget_cluster_node(&client, g, node, out),
         Command::Shrink { node, errors_only } => {
             members::shrink(&client, g, node, *errors_only, out)
         }

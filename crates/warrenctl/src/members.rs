@@ -1,6 +1,7 @@
 //! `rabbitmq-queues`' membership commands for quorum queues: `add_member`, `delete_member`,
-//! `grow` and `shrink`, with its arguments, banners and result tables, through the
-//! management API's member paths (Warren's own: docs/management-api.md).
+//! `grow` and `shrink`, with its arguments, banners and result tables, and `rabbitmqctl
+//! forget_cluster_node`, through the management API's member paths (Warren's own:
+//! docs/management-api.md).
 
 use crate::client::{seg, Client, CtlError, Method};
 use crate::format::{write_json, write_table};
@@ -15,6 +16,7 @@ fn refused(reason: &str) -> CtlError {
         "last_node" => " (a quorum queue keeps at least one member: add another first, or delete the queue)",
         "not_clustered" => " (this broker is not in a cluster: its quorum queues have this node as their only member)",
         "timeout" => " (the change may still complete: see the queue's members with 'warrenctl list_queues name members')",
+        "not_a_cluster_node" => " (see the cluster's nodes with 'warrenctl cluster_status')",
         _ => "",
     };
     CtlError::Failed(format!("{reason}{hint}"))
@@ -132,6 +134,33 @@ pub fn shrink(
         Err(f) => return Err(refused(&f.reason)),
     };
     results(g, &rows, errors_only, out)
+}
+
+/// `rabbitmqctl forget_cluster_node`: the node (stopped) leaves the cluster, its quorum queue
+/// members first. Quorum queues that could not drop its member are listed, and the command
+/// fails, with what to run for them.
+pub fn forget_cluster_node(
+    client: &Client,
+    g: &Global,
+    node: &str,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    info(g, out, &[format!("Removing node {node} from the cluster")])?;
+    let path = format!("/nodes/{}/forget", seg(node));
+    let answer = match client.request(Method::Post, &path, None, &[])? {
+        Ok(v) => v,
+        Err(f) => return Err(refused(&f.reason)),
+    };
+    let failed = answer["queues"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|r| r["result"] != "ok").count());
+    if failed == 0 {
+        return Ok(());
+    }
+    results(g, &answer["queues"], true, out)?;
+    Err(CtlError::Failed(format!(
+        "{node} was forgotten, but {failed} quorum queue(s) above still have a member on it: remove each with 'warrenctl delete_member QUEUE {node}'"
+    )))
 }
 
 /// grow's and shrink's table: vhost, name, size, result (as rabbitmq-queues).

@@ -789,3 +789,29 @@ async fn vhosts_are_created_and_listed_and_filter_listings() {
         "tq\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_membership_commands_on_a_node_alone_say_it_is_not_clustered() {
+    let m = Mgmt::start().await;
+    for args in [
+        &["forget_cluster_node", "warren@elsewhere:25672"][..],
+        &["shrink", "warren@elsewhere:25672"][..],
+    ] {
+        let out = m.ctl(args).await;
+        assert_eq!(out.code, 69, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .starts_with("Error: not_clustered (this broker is not in a cluster"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // The banner, as rabbitmqctl prints it, comes first.
+    let out = m
+        .ctl(&["forget_cluster_node", "warren@elsewhere:25672"])
+        .await;
+    assert_eq!(
+        out.stdout,
+        "Removing node warren@elsewhere:25672 from the cluster\n"
+    );
+}

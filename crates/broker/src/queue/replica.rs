@@ -83,6 +83,12 @@ pub enum MemberError {
     /// This node is not in a cluster.
     #[error("not_clustered")]
     NotClustered,
+    /// `forget_cluster_node` of a node that is not one of the cluster's.
+    #[error("not_a_cluster_node")]
+    NotClusterNode,
+    /// `forget_cluster_node` of a node that still runs (RabbitMQ requires it stopped).
+    #[error("node_running")]
+    NodeRunning,
     #[error("{0}")]
     Failed(String),
 }
@@ -191,6 +197,12 @@ pub trait ReplicaHost: Send + Sync {
     /// delete_member`); the leader may be removed (another is elected). Returns the group's
     /// new size; a node that is not a member changes nothing.
     fn delete_member(&self, _vhost: &str, _name: &str, _node: &str) -> Result<usize, MemberError> {
+        Err(MemberError::NotClustered)
+    }
+    /// Removes `node`, which must not be running, from the cluster (`rabbitmqctl
+    /// forget_cluster_node`): no node lists it, probes it or places members on it any more.
+    /// Its quorum queue members are removed first, by the caller (as `shrink`).
+    fn forget_node(&self, _node: &str) -> Result<(), MemberError> {
         Err(MemberError::NotClustered)
     }
 }
