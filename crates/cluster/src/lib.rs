@@ -13,6 +13,7 @@
 //! - [`transport`]: links between nodes: Raft RPCs over TCP, a shared-secret handshake.
 //! - [`group`]: [`QueueGroup`], start a group and propose commands.
 //! - [`meta`]: the cluster's metadata group: definition changes every node applies.
+//! - [`nodes`]: node names, the addresses and ids derived from them, owner-id numbers.
 //! - [`node`]: [`LocalNode`], the broker's `ReplicaHost`: the node's WAL, its Raft runtime,
 //!   and a group per quorum queue (`quorum_queues.replicated = true`).
 //! - [`replica`]: one quorum queue on this node, a member of its group or not (then served
@@ -30,6 +31,7 @@ pub mod members;
 pub mod meta;
 pub mod network;
 pub mod node;
+pub mod nodes;
 pub mod replica;
 pub mod state_machine;
 pub mod transport;
@@ -38,6 +40,7 @@ pub mod wal;
 
 pub use group::{GroupError, Membership, QueueGroup};
 pub use node::{ClusterOpenError, ClusterSpec, LocalNode};
+pub use nodes::{node_address, node_id};
 pub use openraft::BasicNode;
 pub use state_machine::Output;
 pub use transport::{LinkTls, Listener, Registry, TcpPeers};

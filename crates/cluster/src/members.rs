@@ -51,7 +51,7 @@ pub(crate) fn choose(node: &LocalNode, size: Option<u64>) -> Vec<String> {
     let size = size
         .map_or(c.spec.default_group_size, |s| s as usize)
         .max(1);
-    let name = |id: &NodeId| c.spec.names.get(id).cloned().unwrap_or_default();
+    let name = |id: &NodeId| c.name_of(*id).unwrap_or_default();
     let mut others: Vec<NodeId> = c
         .nodes()
         .keys()
@@ -254,7 +254,6 @@ pub(crate) fn forget(node: &LocalNode, target: &str) -> Result<(), MemberError> 
         }
         let meta = c
             .meta()
-            .cloned()
             .ok_or_else(|| failed("the cluster's metadata group has not started here yet"))?;
         run_on_leader(&c, META_GROUP, MemberOp::Forget(n), || {
             let leader = meta.metrics().borrow().current_leader;
@@ -360,10 +359,7 @@ impl LocalNode {
         let raft = crate::replica::raft_of(&r).ok_or("not a member of the queue's group")?;
         let c = self.cluster.clone().ok_or("not in a cluster")?;
         let node = |n: NodeId| {
-            c.spec
-                .nodes
-                .get(&n)
-                .cloned()
+            c.member(n)
                 .ok_or_else(|| format!("node {n} is not in the cluster"))
         };
         let r = match op {
@@ -404,7 +400,7 @@ impl Control for LocalNode {
 
     fn member_op(&self, group: u64, op: MemberOp) -> BoxFuture<Result<u64, String>> {
         if group == META_GROUP {
-            let meta = self.cluster.as_ref().and_then(|c| c.meta().cloned());
+            let meta = self.cluster.as_ref().and_then(|c| c.meta());
             return Box::pin(async move {
                 let meta = meta.ok_or("the metadata group has not started on this node")?;
                 let MemberOp::Forget(n) = op else {

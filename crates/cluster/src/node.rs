@@ -20,6 +20,7 @@
 use crate::group::{Membership, QueueGroup};
 use crate::log_store::GroupLog;
 use crate::meta::{Applier, MetaStateMachine, Waiters, META_GROUP};
+use crate::nodes::{link_addr, number_of};
 use crate::replica::GroupReplica;
 use crate::transport::{Forwarder, Listener, Registry, TcpPeers};
 use crate::types::{NodeId, Proposal, QueueRaft};
@@ -65,14 +66,13 @@ pub fn group_id(vhost: &str, name: &str) -> u64 {
 pub struct ClusterSpec {
     /// This node's id (a key of `nodes`).
     pub me: NodeId,
-    /// Every node of the cluster, this one included, with its cluster address.
+    /// Every configured node of the cluster, this one included, with its name
+    /// (`warren@host:port`, see [`crate::nodes`]).
     pub nodes: BTreeMap<NodeId, BasicNode>,
     /// The shared secret nodes prove they know (the Erlang cookie's role).
     pub secret: Arc<[u8]>,
     /// Where this node listens for the others.
     pub listen: SocketAddr,
-    /// Each node's name (`warren@host:port`), for operators.
-    pub names: BTreeMap<NodeId, String>,
     /// TLS on the links between nodes (`cluster.ssl_options.*`).
     pub tls: Option<crate::transport::LinkTls>,
     /// Members of a new quorum queue's group when its declaration does not say
@@ -126,7 +126,8 @@ pub(crate) struct Cluster {
     /// Deliveries for nodes that are not members of a queue's group, in order, per node.
     pushes: Arc<Forwarder>,
     pushers: Mutex<HashMap<NodeId, mpsc::UnboundedSender<(u64, crate::transport::Pushed)>>>,
-    meta: OnceLock<Raft<QueueRaft>>,
+    /// The metadata group's Raft (replaced when the node joins a cluster).
+    meta: parking_lot::RwLock<Option<Raft<QueueRaft>>>,
     waiters: Waiters,
     next_request: AtomicU64,
     /// Since when each other node has not answered a probe (absent: it answers).
@@ -137,32 +138,60 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// The cluster's nodes now: the configured ones, less those forgotten
-    /// (`forget_cluster_node` removed them from the metadata group's membership).
+    /// The cluster's nodes now, by id, with their names: the metadata group's membership
+    /// (the configured nodes, less those forgotten, plus those that joined), or the
+    /// configured nodes until that group has started.
     pub(crate) fn nodes(&self) -> BTreeMap<NodeId, BasicNode> {
-        let Some(meta) = self.meta.get() else {
-            return self.spec.nodes.clone();
-        };
-        let stored = meta.metrics().borrow().membership_config.clone();
-        let members: HashSet<NodeId> = stored.membership().nodes().map(|(id, _)| *id).collect();
-        if members.is_empty() {
-            return self.spec.nodes.clone();
+        if let Some(meta) = self.meta() {
+            let stored = meta.metrics().borrow().membership_config.clone();
+            let nodes: BTreeMap<NodeId, BasicNode> = stored
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect();
+            if !nodes.is_empty() {
+                return nodes;
+            }
         }
-        self.spec
-            .nodes
-            .iter()
-            .filter(|(id, _)| members.contains(id))
-            .map(|(id, n)| (*id, n.clone()))
-            .collect()
+        self.spec.nodes.clone()
+    }
+
+    /// Node `id` as [`Cluster::nodes`] has it, or as configured (a node forgotten since).
+    pub(crate) fn member(&self, id: NodeId) -> Option<BasicNode> {
+        if let Some(meta) = self.meta() {
+            let stored = meta.metrics().borrow().membership_config.clone();
+            if let Some(n) = stored.membership().get_node(&id) {
+                return Some(n.clone());
+            }
+        }
+        self.spec.nodes.get(&id).cloned()
+    }
+
+    /// Whether `id` is one of [`Cluster::nodes`] (not forgotten).
+    pub(crate) fn in_cluster(&self, id: NodeId) -> bool {
+        if let Some(meta) = self.meta() {
+            let stored = meta.metrics().borrow().membership_config.clone();
+            let mut ids = stored.membership().nodes().map(|(n, _)| *n).peekable();
+            if ids.peek().is_some() {
+                return ids.any(|n| n == id);
+            }
+        }
+        self.spec.nodes.contains_key(&id)
     }
 
     /// The metadata group (once started).
-    pub(crate) fn meta(&self) -> Option<&Raft<QueueRaft>> {
-        self.meta.get()
+    pub(crate) fn meta(&self) -> Option<Raft<QueueRaft>> {
+        self.meta.read().clone()
     }
 
+    /// Where node `node` listens for the others.
     pub(crate) fn addr(&self, node: NodeId) -> Option<String> {
-        self.spec.nodes.get(&node).map(|n| n.addr.clone())
+        self.member(node).map(|n| link_addr(&n.addr))
+    }
+
+    /// Node `id`'s name (`warren@host:port`).
+    pub(crate) fn name_of(&self, id: NodeId) -> Option<String> {
+        self.member(id).map(|n| n.addr)
     }
 
     /// Whether `node` has not answered the probes for a while.
@@ -172,11 +201,13 @@ impl Cluster {
 
     /// The node named `name` (`warren@host:port`).
     pub(crate) fn node_named(&self, name: &str) -> Option<NodeId> {
-        self.spec
-            .names
-            .iter()
-            .find(|(_, n)| n.as_str() == name)
-            .map(|(id, _)| *id)
+        let find = |nodes: &BTreeMap<NodeId, BasicNode>| {
+            nodes
+                .iter()
+                .find(|(_, n)| n.addr == name)
+                .map(|(id, _)| *id)
+        };
+        find(&self.nodes()).or_else(|| find(&self.spec.nodes))
     }
 
     /// Sends what an entry left for `node`'s consumers of `group` (a node that is not a
@@ -197,16 +228,35 @@ impl Cluster {
     /// The node whose owner ids `owner` is one of (see [`ReplicaHost::owner_base`]).
     pub(crate) fn node_of(&self, owner: warren_broker::queue::Owner) -> Option<NodeId> {
         let number = owner >> OWNER_BITS;
-        (number > 0)
-            .then(|| self.spec.nodes.keys().nth(number as usize - 1).copied())
-            .flatten()
+        if number == 0 {
+            return None;
+        }
+        if let Some(meta) = self.meta() {
+            let stored = meta.metrics().borrow().membership_config.clone();
+            let found = stored
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .find(|id| number_of(*id) == number);
+            if found.is_some() {
+                return found;
+            }
+        }
+        self.spec
+            .nodes
+            .keys()
+            .copied()
+            .find(|id| number_of(*id) == number)
     }
 
-    /// Whether `owner`'s node has been down for [`DOWN_AFTER`].
+    /// Whether `owner`'s node has been down for [`DOWN_AFTER`], or was forgotten.
     fn owner_is_gone(&self, owner: warren_broker::queue::Owner) -> bool {
         let Some(node) = self.node_of(owner).filter(|n| *n != self.spec.me) else {
             return false;
         };
+        if !self.in_cluster(node) {
+            return true;
+        }
         self.down_since
             .lock()
             .get(&node)
@@ -231,7 +281,7 @@ impl Cluster {
                     continue;
                 }
                 let up = crate::transport::probe(
-                    &n.addr,
+                    &link_addr(&n.addr),
                     self.spec.me,
                     &self.spec.secret,
                     self.spec.tls.as_ref(),
@@ -349,6 +399,9 @@ pub enum ClusterOpenError {
     /// The node's Raft log.
     #[error(transparent)]
     Log(#[from] WalError),
+    /// Two configured nodes whose ids give the same owner-id number.
+    #[error("nodes {0} and {1} would share owner ids (their names hash alike, about one chance in 65,535 for two names): rename one of them")]
+    NumberClash(String, String),
     /// The cluster port: another process (or another node's config) holds it.
     #[error("cannot listen for the other nodes on {addr}: {source}")]
     Listen {
@@ -389,6 +442,15 @@ impl LocalNode {
         dir: &Path,
         spec: ClusterSpec,
     ) -> Result<Arc<LocalNode>, ClusterOpenError> {
+        let mut numbers: HashMap<u64, &BasicNode> = HashMap::new();
+        for (id, n) in &spec.nodes {
+            if let Some(other) = numbers.insert(number_of(*id), n) {
+                return Err(ClusterOpenError::NumberClash(
+                    other.addr.clone(),
+                    n.addr.clone(),
+                ));
+            }
+        }
         let alone = Self::open(backend, dir)?;
         let mut node = Arc::try_unwrap(alone).map_err(|_| WalError::Closed)?;
         let registry = Registry::default();
@@ -401,11 +463,7 @@ impl LocalNode {
                 addr: listen,
                 source,
             })?;
-        let number = spec
-            .nodes
-            .keys()
-            .position(|id| *id == spec.me)
-            .map_or(0, |p| p as u64 + 1);
+        let number = number_of(spec.me);
         tracing::info!(node = spec.me, number, listen = %listener.addr, nodes = spec.nodes.len(), "cluster listener started");
         node.id = spec.me;
         node.cluster = Some(Arc::new(Cluster {
@@ -429,7 +487,7 @@ impl LocalNode {
             number,
             registry,
             _listener: listener,
-            meta: OnceLock::new(),
+            meta: Default::default(),
             waiters: Default::default(),
             next_request: AtomicU64::new(1),
             down_since: Default::default(),
@@ -496,7 +554,7 @@ impl LocalNode {
                 Ok::<_, String>(raft)
             })
             .ok_or("the Raft runtime stopped")??;
-        let _ = c.meta.set(raft);
+        *c.meta.write() = Some(raft);
         Ok(())
     }
 
@@ -575,7 +633,7 @@ impl ReplicaHost for LocalNode {
                     let ids: BTreeMap<NodeId, BasicNode> = names
                         .iter()
                         .filter_map(|n| c.node_named(n))
-                        .filter_map(|id| c.spec.nodes.get(&id).map(|b| (id, b.clone())))
+                        .filter_map(|id| c.member(id).map(|b| (id, b)))
                         .collect();
                     ids.contains_key(&node).then_some(ids)
                 }
@@ -710,7 +768,7 @@ impl ReplicaHost for LocalNode {
                     up.push(
                         *id == c2.spec.me
                             || crate::transport::probe(
-                                &n.addr,
+                                &link_addr(&n.addr),
                                 c2.spec.me,
                                 &c2.spec.secret,
                                 c2.spec.tls.as_ref(),
@@ -724,15 +782,10 @@ impl ReplicaHost for LocalNode {
             .unwrap_or_default();
         Some(
             nodes
-                .keys()
+                .iter()
                 .zip(running)
-                .map(|(id, running)| ClusterNode {
-                    name: c
-                        .spec
-                        .names
-                        .get(id)
-                        .cloned()
-                        .unwrap_or_else(|| id.to_string()),
+                .map(|((id, n), running)| ClusterNode {
+                    name: n.addr.clone(),
                     running,
                     me: *id == c.spec.me,
                 })
@@ -750,7 +803,7 @@ impl MetadataLog for LocalNode {
         let Some(c) = self.cluster.clone() else {
             return Err(internal("this node is not in a cluster".into()));
         };
-        let Some(raft) = c.meta.get().cloned() else {
+        let Some(raft) = c.meta() else {
             return Err(internal(
                 "the cluster's metadata group has not started on this node yet".into(),
             ));

@@ -369,7 +369,7 @@ impl GroupReplica {
     fn name(&self, id: NodeId) -> String {
         self.cluster
             .as_ref()
-            .and_then(|c| c.spec.names.get(&id).cloned())
+            .and_then(|c| c.name_of(id))
             .unwrap_or_else(|| id.to_string())
     }
 }

@@ -548,7 +548,7 @@ impl RaftNetworkFactory<QueueRaft> for TcpPeers {
         TcpLink {
             peers: self.clone(),
             target,
-            addr: node.addr.clone(),
+            addr: crate::nodes::link_addr(&node.addr),
             conn: None,
         }
     }

@@ -9,17 +9,17 @@
 //! ```
 //!
 //! A node name is `warren@host:port`, the port being the node's cluster port (25672 when left
-//! out, as RabbitMQ's inter-node port); a node listens on it and the others reach it there.
+//! out, as RabbitMQ's inter-node port: `warren_cluster::nodes`); a node listens on it and the
+//! others reach it there.
 //! The secret is read from `cluster.secret_file` (default `~/.warren.cookie`, created with a
 //! random secret on first use, readable by its owner only); every node must have the same.
 
 use crate::config::{ConfigError, ConfigFile};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use warren_cluster::BasicNode;
+use warren_cluster::{node_address as address, node_id, BasicNode};
 
 /// Keys this module reads.
 pub const KEYS: &[(&str, &str)] = &[
@@ -49,9 +49,6 @@ pub const KEYS: &[(&str, &str)] = &[
         "members of a new quorum queue's Raft group when x-quorum-initial-group-size is not given (RabbitMQ's rabbit.quorum_cluster_size) [default: 3]",
     ),
 ];
-
-/// The inter-node port when a node name leaves it out (RabbitMQ's).
-const DEFAULT_PORT: u16 = 25672;
 
 /// Members of a new quorum queue's group (RabbitMQ's `quorum_cluster_size`).
 const DEFAULT_GROUP_SIZE: usize = 3;
@@ -148,30 +145,6 @@ pub fn settings(
     }))
 }
 
-/// `warren@host:port` → `host:port`.
-fn address(name: &str) -> Result<String, String> {
-    let Some((prefix, host)) = name.split_once('@') else {
-        return Err(format!(
-            "'{name}' is not a node name: expected warren@host:port"
-        ));
-    };
-    if prefix.is_empty() || host.is_empty() {
-        return Err(format!(
-            "'{name}' is not a node name: expected warren@host:port"
-        ));
-    }
-    Ok(match host.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_ok() => host.to_string(),
-        _ => format!("{host}:{DEFAULT_PORT}"),
-    })
-}
-
-/// A node's Raft id: derived from its name, so every node computes the same.
-pub fn node_id(name: &str) -> u64 {
-    let h = Sha256::digest(name.as_bytes());
-    u64::from_le_bytes(h[..8].try_into().expect("8 bytes")) >> 1
-}
-
 /// Reads the shared secret, creating the file with a random one if it does not exist (as the
 /// Erlang cookie is): atomically, so nodes started at once on one machine agree.
 fn secret(path: &Path) -> Result<Arc<[u8]>, String> {
@@ -219,10 +192,11 @@ fn secret(path: &Path) -> Result<Arc<[u8]>, String> {
 
 /// What the cluster crate is given: ids, addresses, the secret, where to listen.
 pub fn spec(s: &ClusterSettings) -> Result<warren_cluster::ClusterSpec, String> {
-    let (mut nodes, mut names) = (BTreeMap::new(), BTreeMap::new());
+    let mut nodes = BTreeMap::new();
     for n in &s.nodes {
-        nodes.insert(node_id(n), BasicNode { addr: address(n)? });
-        names.insert(node_id(n), n.clone());
+        address(n)?;
+        // Memberships hold names (warren_cluster::nodes).
+        nodes.insert(node_id(n), BasicNode { addr: n.clone() });
     }
     let own = address(&s.me)?;
     let listen: SocketAddr = own
@@ -242,22 +216,7 @@ pub fn spec(s: &ClusterSettings) -> Result<warren_cluster::ClusterSpec, String> 
         nodes,
         secret: secret(&s.secret_file)?,
         listen,
-        names,
         tls,
         default_group_size: s.default_group_size,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_names_give_addresses() {
-        assert_eq!(address("warren@h1:25673").unwrap(), "h1:25673");
-        assert_eq!(address("warren@h1").unwrap(), "h1:25672");
-        assert!(address("h1:25673").is_err());
-        assert!(address("@h1").is_err());
-        assert_ne!(node_id("warren@a:1"), node_id("warren@a:2"));
-    }
 }
