@@ -13,6 +13,8 @@
 //! - [`transport`]: links between nodes: Raft RPCs over TCP, a shared-secret handshake.
 //! - [`group`]: [`QueueGroup`], start a group and propose commands.
 //! - [`meta`]: the cluster's metadata group: definition changes every node applies.
+//! - [`node_membership`]: which nodes make the cluster (`join_cluster`,
+//!   `forget_cluster_node`): the metadata group's membership.
 //! - [`nodes`]: node names, the addresses and ids derived from them, owner-id numbers.
 //! - [`node`]: [`LocalNode`], the broker's `ReplicaHost`: the node's WAL, its Raft runtime,
 //!   and a group per quorum queue (`quorum_queues.replicated = true`).
@@ -31,6 +33,7 @@ pub mod members;
 pub mod meta;
 pub mod network;
 pub mod node;
+pub mod node_membership;
 pub mod nodes;
 pub mod replica;
 pub mod state_machine;

@@ -14,9 +14,6 @@
 //!   its member and forgets its log ([`MemberOp::Leave`]). The leader may remove itself:
 //!   openraft has it step down once the change is committed, and the others elect another.
 //!   A member on a node that does not answer is removed without waiting for it.
-//! - `forget_cluster_node` ([`forget`]): a stopped node leaves the metadata group's
-//!   membership ([`MemberOp::Forget`] on that group's leader), which is what the cluster's
-//!   nodes are from then on (`Cluster::nodes`).
 //!
 //! Each step that must run on the leader is sent to whichever node leads now, again if
 //! leadership moved meanwhile. No consensus code of our own: the membership is openraft's,
@@ -38,7 +35,7 @@ use warren_broker::queue::replica::MemberError;
 /// How long a membership change may take in all (a learner catching up on a long log
 /// included); RabbitMQ's `add_member` waits 5 s by default, but its learners catch up on
 /// their own afterwards.
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a removed member is given to apply its removal before it is dropped.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +94,7 @@ fn replica(node: &LocalNode, vhost: &str, name: &str) -> Result<Arc<GroupReplica
         .ok_or(MemberError::NotQuorumQueue)
 }
 
-fn failed(e: impl std::fmt::Display) -> MemberError {
+pub(crate) fn failed(e: impl std::fmt::Display) -> MemberError {
     MemberError::Failed(e.to_string())
 }
 
@@ -228,44 +225,6 @@ pub(crate) fn delete(
     .ok_or_else(|| failed("the Raft runtime stopped"))?
 }
 
-/// `rabbitmqctl forget_cluster_node`: removes `target`, a node that does not run, from the
-/// metadata group's membership (on its leader); from then on no node lists it, probes it or
-/// places members on it ([`crate::node::Cluster::nodes`]). Its quorum queue members are
-/// removed before, by the caller.
-pub(crate) fn forget(node: &LocalNode, target: &str) -> Result<(), MemberError> {
-    let c = node.cluster.clone().ok_or(MemberError::NotClustered)?;
-    let n = c
-        .node_named(target)
-        .filter(|n| c.nodes().contains_key(n))
-        .ok_or(MemberError::NotClusterNode)?;
-    if n == c.spec.me {
-        return Err(failed(
-            "a node cannot forget itself: run forget_cluster_node on another node of the cluster",
-        ));
-    }
-    if crate::node::on_raft_thread() {
-        return Err(failed("a membership change cannot wait on a Raft thread"));
-    }
-    let (addr, target) = (c.addr(n).unwrap_or_default(), target.to_string());
-    node.wait_for(async move {
-        let (me, secret, tls) = (c.spec.me, c.spec.secret.clone(), c.spec.tls.clone());
-        if crate::transport::probe(&addr, me, &secret, tls.as_ref(), Duration::from_secs(1)).await {
-            return Err(MemberError::NodeRunning);
-        }
-        let meta = c
-            .meta()
-            .ok_or_else(|| failed("the cluster's metadata group has not started here yet"))?;
-        run_on_leader(&c, META_GROUP, MemberOp::Forget(n), || {
-            let leader = meta.metrics().borrow().current_leader;
-            async move { leader }
-        })
-        .await?;
-        tracing::info!(node = %target, "forgot a cluster node");
-        Ok(())
-    })
-    .ok_or_else(|| failed("the Raft runtime stopped"))?
-}
-
 /// Runs `op` on the group's leader, wherever it is (again if leadership moves meanwhile).
 async fn on_leader(r: &GroupReplica, op: MemberOp) -> Result<u64, MemberError> {
     let c = r.cluster.clone().ok_or(MemberError::NotClustered)?;
@@ -277,7 +236,7 @@ async fn on_leader(r: &GroupReplica, op: MemberOp) -> Result<u64, MemberError> {
 
 /// Runs `op` on the leader of `group` that `leader` finds, again while it fails, for up to
 /// [`CHANGE_TIMEOUT`].
-async fn run_on_leader<F, Fut>(
+pub(crate) async fn run_on_leader<F, Fut>(
     c: &Cluster,
     group: u64,
     op: MemberOp,
@@ -377,7 +336,7 @@ impl LocalNode {
                 raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([n])), false)
                     .await
             }
-            MemberOp::Join | MemberOp::Leave | MemberOp::Forget(_) => {
+            MemberOp::Join | MemberOp::Leave | MemberOp::Forget(_) | MemberOp::AddNode { .. } => {
                 return Err(format!("{op:?} is not a step of a queue's leader"))
             }
         };
@@ -400,21 +359,7 @@ impl Control for LocalNode {
 
     fn member_op(&self, group: u64, op: MemberOp) -> BoxFuture<Result<u64, String>> {
         if group == META_GROUP {
-            let meta = self.cluster.as_ref().and_then(|c| c.meta());
-            return Box::pin(async move {
-                let meta = meta.ok_or("the metadata group has not started on this node")?;
-                let MemberOp::Forget(n) = op else {
-                    return Err(format!("{op:?} is not a change of the metadata group"));
-                };
-                let known = meta.metrics().borrow().membership_config.clone();
-                if !known.membership().voter_ids().any(|v| v == n) {
-                    return Ok(0);
-                }
-                meta.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([n])), false)
-                    .await
-                    .map(|w| w.log_id.index)
-                    .map_err(|e| e.to_string())
-            });
+            return crate::node_membership::meta_op(self.cluster.clone(), op);
         }
         let Some(r) = self.replica_of(group) else {
             return Box::pin(async { Err("this node does not know the queue".to_string()) });

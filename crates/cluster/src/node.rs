@@ -127,7 +127,10 @@ pub(crate) struct Cluster {
     pushes: Arc<Forwarder>,
     pushers: Mutex<HashMap<NodeId, mpsc::UnboundedSender<(u64, crate::transport::Pushed)>>>,
     /// The metadata group's Raft (replaced when the node joins a cluster).
-    meta: parking_lot::RwLock<Option<Raft<QueueRaft>>>,
+    pub(crate) meta: parking_lot::RwLock<Option<Raft<QueueRaft>>>,
+    /// What applies the metadata group's changes to the broker (kept to open the group
+    /// again when the node joins a cluster).
+    pub(crate) applier: OnceLock<Applier>,
     waiters: Waiters,
     next_request: AtomicU64,
     /// Since when each other node has not answered a probe (absent: it answers).
@@ -488,6 +491,7 @@ impl LocalNode {
             registry,
             _listener: listener,
             meta: Default::default(),
+            applier: OnceLock::new(),
             waiters: Default::default(),
             next_request: AtomicU64::new(1),
             down_since: Default::default(),
@@ -512,6 +516,7 @@ impl LocalNode {
         let Some(c) = self.cluster.clone() else {
             return Err("not in a cluster".into());
         };
+        let _ = c.applier.set(applier.clone());
         let recovered = self
             .recovered
             .lock()
@@ -519,39 +524,10 @@ impl LocalNode {
             .unwrap_or_default();
         let (me, wal) = (self.id, self.wal.clone());
         let c2 = c.clone();
+        let members = c.spec.nodes.clone();
         let raft = self
             .wait_for(async move {
-                let sm = MetaStateMachine::new(me, wal.clone(), applier, c2.waiters.clone())
-                    .map_err(|e| e.to_string())?;
-                let log = GroupLog::new(META_GROUP, wal.clone(), recovered);
-                let peers = TcpPeers {
-                    me,
-                    group: META_GROUP,
-                    secret: c2.spec.secret.clone(),
-                    tls: c2.spec.tls.clone(),
-                };
-                let slot = c2.spec.nodes.keys().position(|n| *n == me).unwrap_or(0);
-                let config = crate::group::config(slot).map_err(|e| e.to_string())?;
-                let raft = Raft::new(me, config, peers, log, sm.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let asker = raft.clone();
-                let (ask, mut asked) = mpsc::channel(1);
-                wal.on_snapshot_needed(META_GROUP, ask);
-                tokio::spawn(async move {
-                    while asked.recv().await.is_some() {
-                        if asker.trigger().snapshot().await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                c2.registry.insert(META_GROUP, raft.clone());
-                if !raft.is_initialized().await.map_err(|e| e.to_string())? {
-                    raft.initialize(c2.spec.nodes.clone())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok::<_, String>(raft)
+                open_metadata(&c2, me, wal, recovered, applier, Some(members)).await
             })
             .ok_or("the Raft runtime stopped")??;
         *c.meta.write() = Some(raft);
@@ -584,6 +560,50 @@ impl Drop for LocalNode {
         }
         self.wal.close();
     }
+}
+
+/// Opens this node's member of the metadata group from `recovered` (what the WAL held) and
+/// registers it for the other nodes' RPCs. A group never initialized is initialized with
+/// `initialize`'s members, if given (a node joining a cluster waits for its leader instead).
+pub(crate) async fn open_metadata(
+    c: &Cluster,
+    me: NodeId,
+    wal: Arc<NodeWal>,
+    recovered: GroupState,
+    applier: Applier,
+    initialize: Option<BTreeMap<NodeId, BasicNode>>,
+) -> Result<Raft<QueueRaft>, String> {
+    let sm = MetaStateMachine::new(me, wal.clone(), applier, c.waiters.clone())
+        .map_err(|e| e.to_string())?;
+    let log = GroupLog::new(META_GROUP, wal.clone(), recovered);
+    let peers = TcpPeers {
+        me,
+        group: META_GROUP,
+        secret: c.spec.secret.clone(),
+        tls: c.spec.tls.clone(),
+    };
+    let slot = c.spec.nodes.keys().position(|n| *n == me).unwrap_or(0);
+    let config = crate::group::config(slot).map_err(|e| e.to_string())?;
+    let raft = Raft::new(me, config, peers, log, sm.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let asker = raft.clone();
+    let (ask, mut asked) = mpsc::channel(1);
+    wal.on_snapshot_needed(META_GROUP, ask);
+    tokio::spawn(async move {
+        while asked.recv().await.is_some() {
+            if asker.trigger().snapshot().await.is_err() {
+                break;
+            }
+        }
+    });
+    c.registry.insert(META_GROUP, raft.clone());
+    if let Some(members) = initialize {
+        if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+            raft.initialize(members).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(raft)
 }
 
 pub(crate) fn on_raft_thread() -> bool {
@@ -751,7 +771,11 @@ impl ReplicaHost for LocalNode {
     }
 
     fn forget_node(&self, node: &str) -> Result<(), MemberError> {
-        crate::members::forget(self, node)
+        crate::node_membership::forget(self, node)
+    }
+
+    fn join_cluster(&self, seed: &str) -> Result<(), MemberError> {
+        crate::node_membership::join(self, seed)
     }
 
     fn cluster_nodes(&self) -> Option<Vec<ClusterNode>> {

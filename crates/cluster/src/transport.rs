@@ -149,6 +149,10 @@ pub enum MemberOp {
     Remove(NodeId),
     /// The metadata group's leader: remove the node from the cluster (`forget_cluster_node`).
     Forget(NodeId),
+    /// The metadata group's leader (another node sends it there): add the node named so to
+    /// the cluster (`join_cluster`): a learner of the group until it has caught up, then a
+    /// voter.
+    AddNode { id: NodeId, name: String },
 }
 
 /// A boxed future, as [`Control`] returns.

@@ -17,6 +17,10 @@
 //!   `shrink`, the rows of which it answers as `queues`), then the node from the cluster's
 //!   metadata group. Not a node of the cluster: 404 `not_a_cluster_node`; running, or this
 //!   node: 400.
+//! - `POST /api/cluster/join` `{"node": "warren@h1:25672"}` (`rabbitmqctl join_cluster`,
+//!   asked of the joining node): this node, a cluster of its own without quorum queues,
+//!   joins the cluster of the node named. `{}` once it is a voting member; a node of that
+//!   cluster already: the same. `node_not_running` when that node does not answer.
 //!
 //! Errors are RabbitMQ's reasons (`node_not_running`, `last_node`, `not_quorum_queue`,
 //! `timeout`), 400; an unknown queue or vhost is 404. Administrators only (rabbitmq-queues
@@ -43,10 +47,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/nodes/{node}/grow", post(grow))
         .route("/nodes/{node}/shrink", post(shrink))
         .route("/nodes/{node}/forget", post(forget))
+        .route("/cluster/join", post(join))
 }
 
 #[derive(Deserialize)]
 struct AddBody {
+    node: String,
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
     node: String,
 }
 
@@ -274,4 +284,18 @@ async fn forget(
         e => member_error(e),
     })?;
     Ok(Json(json!({ "queues": rows })))
+}
+
+async fn join(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&me)?;
+    let b: JoinBody = parse_body(&body)?;
+    let host = host(&state)?;
+    blocking(move || host.join_cluster(&b.node))
+        .await?
+        .map_err(member_error)?;
+    Ok(Json(json!({})))
 }

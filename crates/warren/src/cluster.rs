@@ -8,6 +8,9 @@
 //! cluster.node_name = warren@host1:25672
 //! ```
 //!
+//! `cluster.node_name` without any `cluster_formation.classic_config.nodes.*` makes a cluster
+//! of one, which `warrenctl join_cluster` can make join another.
+//!
 //! A node name is `warren@host:port`, the port being the node's cluster port (25672 when left
 //! out, as RabbitMQ's inter-node port: `warren_cluster::nodes`); a node listens on it and the
 //! others reach it there.
@@ -29,7 +32,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "cluster.node_name",
-        "this node's name among cluster_formation.classic_config.nodes.* (or WARREN_NODENAME)",
+        "this node's name among cluster_formation.classic_config.nodes.* (or WARREN_NODENAME); alone, without those: a cluster of one, which can join another (warrenctl join_cluster)",
     ),
     (
         "cluster.secret_file",
@@ -72,13 +75,18 @@ pub fn settings(
     file: &ConfigFile,
     node_name: Option<String>,
 ) -> Result<Option<ClusterSettings>, ConfigError> {
-    let nodes: Vec<String> = file
+    let mut nodes: Vec<String> = file
         .values_under("cluster_formation.classic_config.nodes.")
         .into_iter()
         .map(|(_, v)| v.to_string())
         .collect();
     if nodes.is_empty() {
-        return Ok(None);
+        // A node name alone: a cluster of one, which `warrenctl join_cluster` can make join
+        // another.
+        match file.get("cluster.node_name") {
+            Some(me) => nodes.push(node_name.clone().unwrap_or_else(|| me.to_string())),
+            None => return Ok(None),
+        }
     }
     for n in &nodes {
         address(n).map_err(|e| file.error("cluster_formation.classic_config.nodes.*", &e))?;

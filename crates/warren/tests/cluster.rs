@@ -112,31 +112,32 @@ impl Cluster {
         vec!["--config", self.configs[i].to_str().unwrap()]
     }
 
+    /// A node of its own (its config names only itself, as a cluster of one) with the
+    /// cluster's secret: the process, its name, its config file.
+    fn start_outsider(&self) -> (BrokerProcess, String, std::path::PathBuf) {
+        let dir = self._dir.path();
+        let name = format!("warren@127.0.0.1:{}", free_port());
+        let config = dir.join("outsider.conf");
+        let mut text = format!(
+            "cluster.node_name = {name}\ncluster.secret_file = {}\n",
+            dir.join("cookie").display()
+        );
+        if let Ok(level) = std::env::var("WARREN_TEST_LOG_LEVEL") {
+            text.push_str(&format!("log.console.level = {level}\n"));
+        }
+        std::fs::write(&config, text).unwrap();
+        let node = BrokerProcess::start_logging(
+            WARREN,
+            &dir.join("data-outsider"),
+            &["--config", config.to_str().unwrap()],
+            &dir.join("outsider.log"),
+        );
+        (node, name, config)
+    }
+
     /// `/api/nodes` on node `asked`: (name, running) of each node.
     fn nodes_seen_by(&self, asked: usize) -> Vec<(String, bool)> {
-        let base = format!("http://{}", self.nodes[asked].listener("http").unwrap());
-        let (status, v) = try_http(
-            &base,
-            "GET",
-            "/api/nodes",
-            None,
-            Some("Basic Z3Vlc3Q6Z3Vlc3Q="),
-        )
-        .expect("/api/nodes");
-        assert_eq!(status, 200);
-        let mut nodes: Vec<(String, bool)> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| {
-                (
-                    n["name"].as_str().unwrap().to_string(),
-                    n["running"] == true,
-                )
-            })
-            .collect();
-        nodes.sort();
-        nodes
+        nodes_listed(&self.nodes[asked])
     }
 
     /// The node (index) that leads `queue`'s group, as node `asked`'s management API says.
@@ -680,6 +681,34 @@ async fn a_node_without_a_majority_refuses_rather_than_pretends() {
 // rabbitmq-queues add_member / delete_member / grow / shrink).
 
 /// The quorum queue arguments with `x-quorum-initial-group-size`.
+/// `/api/nodes` on `node`: (name, running) of each node, sorted.
+fn nodes_listed(node: &BrokerProcess) -> Vec<(String, bool)> {
+    let base = format!("http://{}", node.listener("http").unwrap());
+
+    let (status, v) = try_http(
+        &base,
+        "GET",
+        "/api/nodes",
+        None,
+        Some("Basic Z3Vlc3Q6Z3Vlc3Q="),
+    )
+    .expect("/api/nodes");
+    assert_eq!(status, 200);
+    let mut nodes: Vec<(String, bool)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["running"] == true,
+            )
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
 fn quorum_of(size: AMQPValue) -> FieldTable {
     let mut t = quorum();
     t.insert("x-quorum-initial-group-size".into(), size);
@@ -694,7 +723,17 @@ fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let base = format!("http://{}", cluster.nodes[i].listener("http").unwrap());
+    api_at(&cluster.nodes[i], method, path, body)
+}
+
+/// The management API of `node`: (status, body).
+fn api_at(
+    node: &BrokerProcess,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let base = format!("http://{}", node.listener("http").unwrap());
     try_http(&base, method, path, body, Some("Basic Z3Vlc3Q6Z3Vlc3Q=")).expect("management API")
 }
 
@@ -1196,4 +1235,136 @@ fn lists_two(cluster: &Cluster, i: usize) -> bool {
     ];
     want.sort();
     cluster.nodes_seen_by(i) == want
+}
+
+/// Waits until `node` lists exactly `want` ((name, running), sorted).
+async fn wait_listed(node: &BrokerProcess, want: &[(String, bool)], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = nodes_listed(node);
+        if seen == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: lists {seen:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `path` answers 200 on `node`.
+async fn wait_found(node: &BrokerProcess, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = api_at(node, "GET", path, None);
+        if s == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_its_own_joins_a_running_cluster() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start("cluster-join");
+    // What the cluster has before the join: a vhost, a quorum queue with confirmed messages.
+    let (s, v) = api(&cluster, 0, "PUT", "/api/vhosts/before", None);
+    assert!(s == 201 || s == 204, "{s} {v}");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("held".into(), durable(), quorum())
+        .await
+        .unwrap();
+    wait_members(&cluster, &[0, 1, 2], "held", &[0, 1, 2]).await;
+    ch0.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
+    publish_confirmed(&ch0, "", "held", &bodies).await;
+
+    // A fourth node, configured with its own name only: a cluster of one.
+    let (mut d, d_name, d_config) = cluster.start_outsider();
+    wait_listed(&d, &[(d_name.clone(), true)], "the new node alone").await;
+    let join = |seed: &str| {
+        api_at(
+            &d,
+            "POST",
+            "/api/cluster/join",
+            Some(serde_json::json!({ "node": seed })),
+        )
+    };
+    // A node that does not answer cannot be joined; nothing changes.
+    let (s, v) = join("warren@127.0.0.1:1");
+    assert_eq!(
+        (s, &v["reason"]),
+        (400, &serde_json::json!("node_not_running"))
+    );
+    // Through node 1 (not necessarily the metadata group's leader).
+    let (s, v) = join(&cluster.names[1]);
+    assert_eq!(s, 200, "{v}");
+    let mut all: Vec<(String, bool)> = cluster
+        .names
+        .iter()
+        .chain([&d_name])
+        .map(|n| (n.clone(), true))
+        .collect();
+    all.sort();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        wait_listed(n, &all, &format!("node {i} after the join")).await;
+    }
+    wait_listed(&d, &all, "the joined node").await;
+
+    // It has the cluster's definitions, and serves its quorum queue (from the members).
+    wait_found(&d, "/api/vhosts/before").await;
+    wait_found(&d, "/api/queues/%2f/held").await;
+    let (_cd, chd) = open(&d).await;
+    consume_all(&chd, "held", &bodies).await;
+    // A definition made through it reaches the others.
+    let (s, v) = api_at(&d, "PUT", "/api/vhosts/after", None);
+    assert!(s == 201 || s == 204, "{s} {v}");
+    wait_found(&cluster.nodes[0], "/api/vhosts/after").await;
+    // The queue grows onto it; a new queue's members may be placed on it.
+    let (s, v) = api(
+        &cluster,
+        0,
+        "POST",
+        "/api/queues/%2f/held/members",
+        Some(serde_json::json!({ "node": d_name })),
+    );
+    assert_eq!((s, &v["size"]), (200, &serde_json::json!(4)), "{v}");
+    chd.queue_declare(
+        "everywhere".into(),
+        durable(),
+        quorum_of(AMQPValue::LongInt(4)),
+    )
+    .await
+    .unwrap();
+    let (s, v) = api_at(&d, "GET", "/api/queues/%2f/everywhere", None);
+    assert_eq!(s, 200, "{v}");
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4, "{v}");
+    assert!(members.contains(&serde_json::json!(d_name)), "{v}");
+
+    // Joining the same cluster again changes nothing.
+    let (s, v) = join(&cluster.names[0]);
+    assert_eq!(s, 200, "{v}");
+
+    // Restarted, it is still a node of the cluster, though its config names only itself.
+    drop((_cd, chd));
+    d.kill9_and_restart(&["--config", d_config.to_str().unwrap()]);
+    wait_listed(&d, &all, "the joined node after a restart").await;
+    publish_and_consume_one(&d, "held").await;
+}
+
+/// A confirmed publish through `node` to `queue`, consumed there.
+async fn publish_and_consume_one(node: &BrokerProcess, queue: &str) {
+    let (_c, ch) = open(node).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let after = vec!["after-restart".to_string()];
+    publish_confirmed(&ch, "", queue, &after).await;
+    consume_all(&ch, queue, &after).await;
 }

@@ -7,7 +7,7 @@
 //! - [`format`]: the `table` and `json` output formats.
 //! - [`cluster`]: the `cluster_status` command.
 //! - [`members`]: `rabbitmq-queues`' `add_member`, `delete_member`, `grow` and `shrink`;
-//!   `forget_cluster_node`.
+//!   `join_cluster`, `forget_cluster_node`.
 //! - this file: the command line and the other commands.
 
 mod access;
@@ -134,6 +134,12 @@ enum Command {
     /// Displays all the nodes in the cluster, and which of them are running
     #[command(name = "cluster_status")]
     ClusterStatus,
+    /// Makes the node asked (a cluster of its own) join the cluster of the given node
+    #[command(name = "join_cluster")]
+    JoinCluster {
+        /// A node of the cluster to join (warren@host:port)
+        node: String,
+    },
     /// Removes a stopped node from the cluster, and its members from quorum queues
     #[command(name = "forget_cluster_node")]
     ForgetClusterNode {
@@ -375,6 +381,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
             strategy,
             errors_only,
         } => members::grow(&client, g, node, strategy, *errors_only, out),
+        Command::JoinCluster { node } => members::join_cluster(&client, g, node, out),
         Command::ForgetClusterNode { node } => members::forget_cluster_node(&client, g, node, out),
         Command::Shrink { node, errors_only } => {
             members::shrink(&client, g, node, *errors_only, out)
@@ -897,5 +904,10 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["warrenctl", "grow", "warren@h:1"]).is_err());
+        let c = Cli::try_parse_from(["warrenctl", "join_cluster", "warren@h:1"]).unwrap();
+        assert!(matches!(&c.command, Command::JoinCluster { node } if node == "warren@h:1"));
+        let c = Cli::try_parse_from(["warrenctl", "forget_cluster_node", "warren@h:2"]).unwrap();
+        assert!(matches!(&c.command, Command::ForgetClusterNode { node } if node == "warren@h:2"));
+        assert!(Cli::try_parse_from(["warrenctl", "join_cluster"]).is_err());
     }
 }

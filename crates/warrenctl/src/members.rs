@@ -1,6 +1,6 @@
 //! `rabbitmq-queues`' membership commands for quorum queues: `add_member`, `delete_member`,
 //! `grow` and `shrink`, with its arguments, banners and result tables, and `rabbitmqctl
-//! forget_cluster_node`, through the management API's member paths (Warren's own:
+//! join_cluster` and `forget_cluster_node`, through the management API's member paths (Warren's own:
 //! docs/management-api.md).
 
 use crate::client::{seg, Client, CtlError, Method};
@@ -14,7 +14,7 @@ fn refused(reason: &str) -> CtlError {
     let hint = match reason {
         "node_not_running" => " (the node is not a node of this cluster, or does not answer: see 'warrenctl cluster_status')",
         "last_node" => " (a quorum queue keeps at least one member: add another first, or delete the queue)",
-        "not_clustered" => " (this broker is not in a cluster: its quorum queues have this node as their only member)",
+        "not_clustered" => " (this broker is not in a cluster: give it a cluster.node_name in warren.conf to make it a cluster of its own, which can join another)",
         "timeout" => " (the change may still complete: see the queue's members with 'warrenctl list_queues name members')",
         "not_a_cluster_node" => " (see the cluster's nodes with 'warrenctl cluster_status')",
         _ => "",
@@ -161,6 +161,29 @@ pub fn forget_cluster_node(
     Err(CtlError::Failed(format!(
         "{node} was forgotten, but {failed} quorum queue(s) above still have a member on it: remove each with 'warrenctl delete_member QUEUE {node}'"
     )))
+}
+
+/// `rabbitmqctl join_cluster`: the node asked (a cluster of its own) joins `node`'s cluster.
+pub fn join_cluster(
+    client: &Client,
+    g: &Global,
+    node: &str,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let me = client.get("/overview")?["node"]
+        .as_str()
+        .unwrap_or("this node")
+        .to_string();
+    info(g, out, &[format!("Clustering node {me} with {node}")])?;
+    match client.request(
+        Method::Post,
+        "/cluster/join",
+        Some(&json!({ "node": node })),
+        &[],
+    )? {
+        Ok(_) => Ok(()),
+        Err(f) => Err(refused(&f.reason)),
+    }
 }
 
 /// grow's and shrink's table: vhost, name, size, result (as rabbitmq-queues).

@@ -205,6 +205,12 @@ pub trait ReplicaHost: Send + Sync {
     fn forget_node(&self, _node: &str) -> Result<(), MemberError> {
         Err(MemberError::NotClustered)
     }
+    /// This node, alone in its cluster and without quorum queues, joins the cluster of the
+    /// node named `seed` (`rabbitmqctl join_cluster`): from then on it has that cluster's
+    /// definitions and nodes. A node of that cluster already changes nothing.
+    fn join_cluster(&self, _seed: &str) -> Result<(), MemberError> {
+        Err(MemberError::NotClustered)
+    }
 }
 
 /// A node of the cluster, as operators see it.
