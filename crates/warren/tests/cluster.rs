@@ -1368,3 +1368,82 @@ async fn publish_and_consume_one(node: &BrokerProcess, queue: &str) {
     publish_confirmed(&ch, "", queue, &after).await;
     consume_all(&ch, queue, &after).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_takes_no_deliveries_for_a_while_is_served_again() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start("cluster-push-give-up");
+    let (_c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare("pushed".into(), durable(), quorum_of(AMQPValue::LongInt(2)))
+        .await
+        .unwrap();
+    // The node that is not a member: the members send it its consumers' deliveries.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let members = loop {
+        let (m, leader) = members_of(&cluster, 0, "pushed");
+        if m.len() == 2 && leader.is_some() {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "pushed: members {m:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let outsider = (0..3).find(|i| !members.contains(i)).unwrap();
+    wait_found(&cluster.nodes[outsider], "/api/queues/%2f/pushed").await;
+    let (_co, cho) = open(&cluster.nodes[outsider]).await;
+    cho.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = cho
+        .basic_consume(
+            "pushed".into(),
+            "far".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch0.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch0, "", "pushed", &["before".to_string()]).await;
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the first delivery")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.data, b"before");
+    d.ack(BasicAckOptions::default()).await.unwrap();
+
+    // Stopped (SIGSTOP), the node takes no deliveries and answers no probes: the leader
+    // takes it for down and returns what its consumer held, and the members give up the
+    // deliveries they could not send (after 10 s).
+    let pid = cluster.nodes[outsider].pid().unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let during: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
+    publish_confirmed(&ch0, "", "pushed", &during).await;
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+
+    // Running again, its consumer is served again: every confirmed message arrives.
+    let mut missing: std::collections::BTreeSet<&String> = during.iter().collect();
+    while !missing.is_empty() {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("never delivered after the node ran again: {missing:?}"))
+            .expect("a delivery")
+            .expect("delivery");
+        missing.remove(&String::from_utf8(d.data.clone()).unwrap());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // And what comes next.
+    publish_confirmed(&ch0, "", "pushed", &["after".to_string()]).await;
+    loop {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .expect("the message published after")
+            .unwrap()
+            .unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+        if d.data == b"after" {
+            break;
+        }
+    }
+}
