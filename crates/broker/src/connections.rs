@@ -1,11 +1,13 @@
 //! The registry of open client connections, as the management API and warrenctl see them:
-//! who is connected, from where, with which channels, and a way to close a connection.
+//! who is connected, from where, with which channels (AMQP 0-9-1) or publishers and
+//! subscriptions (the stream protocol), and a way to close a connection.
 
 use crate::delivery::DeliveryChannel;
 use crate::stats::{Churn, ExchangeCounts, IoCounters, MessageCounts};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -14,8 +16,55 @@ pub trait CloseHandle: Send + Sync {
     fn force_close(&self, reason: &str);
 }
 
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Amqp091,
+    /// RabbitMQ's stream protocol (`warren-stream`).
+    Stream,
+}
+
+impl Protocol {
+    /// As the management API names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Amqp091 => "AMQP 0-9-1",
+            Protocol::Stream => "stream",
+        }
+    }
+}
+
+/// A stream-protocol publisher, as the management API and `list_stream_publishers` show it.
+pub struct StreamPublisherInfo {
+    pub stream: String,
+    pub reference: String,
+    pub published: AtomicU64,
+    pub confirmed: AtomicU64,
+    pub errored: AtomicU64,
+}
+
+/// A stream-protocol subscription, as the management API and `list_stream_consumers` show it.
+pub struct StreamConsumerInfo {
+    pub stream: String,
+    /// Messages delivered so far.
+    pub consumed: AtomicU64,
+    /// The last offset delivered (None before the first chunk).
+    pub offset: Mutex<Option<u64>>,
+    /// The credit left (chunks it may still be sent).
+    pub credits: Arc<tokio::sync::Semaphore>,
+    pub properties: Vec<(String, String)>,
+}
+
+/// What a stream-protocol connection has declared and subscribed, by id.
+#[derive(Default)]
+pub struct StreamClients {
+    pub publishers: Mutex<std::collections::BTreeMap<u8, Arc<StreamPublisherInfo>>>,
+    pub consumers: Mutex<std::collections::BTreeMap<u8, Arc<StreamConsumerInfo>>>,
+}
+
 pub struct ConnectionEntry {
     pub id: u64,
+    pub protocol: Protocol,
     pub name: String,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -30,6 +79,8 @@ pub struct ConnectionEntry {
     pub closer: Arc<dyn CloseHandle>,
     /// Bytes and frames in and out.
     pub io: Arc<IoCounters>,
+    /// A stream-protocol connection's publishers and consumers.
+    pub stream: Option<Arc<StreamClients>>,
 }
 
 /// The open channels' publishes by exchange, keyed by the exchange's address.

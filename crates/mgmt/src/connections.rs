@@ -65,7 +65,7 @@ pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry, h: History)
         "timeout": c.heartbeat,
         "connected_at": connected_at,
         "client_properties": client_properties,
-        "protocol": "AMQP 0-9-1",
+        "protocol": c.protocol.name(),
         "auth_mechanism": "PLAIN",
         "ssl": false,
         "state": "running",
@@ -119,6 +119,12 @@ async fn close(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let c = find_by_name(&state, &name)?;
+    close_connection(&c, &headers);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes `c` with the reason of the `X-Reason` header (RabbitMQ's default otherwise).
+pub(crate) fn close_connection(c: &ConnectionEntry, headers: &HeaderMap) {
     let reason = headers
         .get("x-reason")
         .and_then(|v| v.to_str().ok())
@@ -126,7 +132,6 @@ async fn close(
         .unwrap_or(DEFAULT_REASON);
     tracing::info!(connection = %c.name, reason, "closing connection at an operator's request");
     c.closer.force_close(reason);
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn channels_of(

@@ -15,6 +15,8 @@
 //!   add_member, delete_member, grow, shrink; Warren's own paths).
 //! - [`messages`]: getting messages from a queue and publishing to an exchange over HTTP.
 //! - [`connections`], [`channels`], [`consumers`]: who is connected and what they hold.
+//! - [`stream_protocol`]: `/api/stream/*`, the stream protocol's connections, publishers and
+//!   consumers (RabbitMQ's `rabbitmq_stream_management`).
 //! - [`users`]: users, permissions, user and vhost limits, vhost deletion.
 //! - `policies`: `/api/policies` and `/api/operator-policies`.
 //! - [`definitions`]: export and import of the topology in RabbitMQ's definitions format.
@@ -51,6 +53,7 @@ mod policies;
 pub mod prometheus;
 pub mod queues;
 pub mod rates;
+pub mod stream_protocol;
 pub mod users;
 
 pub use error::ApiError;
@@ -229,6 +232,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(connections::routes())
         .merge(channels::routes())
         .merge(consumers::routes())
+        .merge(stream_protocol::routes())
         .merge(definitions::routes())
         .merge(messages::routes())
         .merge(policies::routes())

@@ -103,6 +103,19 @@ impl ListQuery {
         self.paged_visible(items)
     }
 
+    /// Objects of connections (stream publishers and consumers), unpaginated: a monitor
+    /// sees everyone's, other users those of their own connections.
+    pub fn unpaged_own(&self, items: Vec<Value>) -> Json<Value> {
+        let items = match &self.own {
+            None => items,
+            Some(me) => items
+                .into_iter()
+                .filter(|v| v["connection_details"]["user"].as_str() == Some(me))
+                .collect(),
+        };
+        self.unpaged(items)
+    }
+
     /// Drops the objects of vhosts the user may not see.
     fn visible_items(&self, mut items: Vec<Value>) -> Vec<Value> {
         if let Some(vhosts) = &self.visible {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use warren_broker::connections::{CloseHandle, ConnectionEntry};
+use warren_broker::connections::{CloseHandle, ConnectionEntry, Protocol};
 use warren_broker::delivery::TimedOut;
 use warren_broker::persist::SyncState;
 use warren_broker::queue::Followups;
@@ -170,6 +170,7 @@ pub async fn run_io<R, W>(
     let name = format!("{} -> {}", peer, local);
     let entry = Arc::new(ConnectionEntry {
         id,
+        protocol: Protocol::Amqp091,
         name: name.clone(),
         peer,
         local,
@@ -183,6 +184,7 @@ pub async fn run_io<R, W>(
         channels: Mutex::new(Vec::new()),
         closer: closer.clone(),
         io: io.clone(),
+        stream: None,
     });
     broker.connections.register(entry.clone());
     tracing::info!(connection = %name, user = %hs.user, vhost = %hs.vhost.name, "connection accepted and authenticated");

@@ -21,6 +21,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use warren_broker::auth::{AccessContext, ConnectionSlot};
+use warren_broker::connections::{
+    CloseHandle, ConnectionEntry, Protocol, StreamClients, StreamPublisherInfo,
+};
+use warren_broker::stats::IoCounters;
 use warren_broker::{Broker, VHost};
 
 /// Bytes waiting in the outbox above which deliveries wait for the socket.
@@ -144,7 +148,12 @@ const SPARE_MAX: usize = 512 * 1024;
 /// A connection quiet this long gives its spare buffer back.
 const SPARE_IDLE: Duration = Duration::from_secs(1);
 
-async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Arc<AtomicU32>) {
+async fn writer(
+    mut wr: impl AsyncWrite + Unpin,
+    out: Arc<Outbox>,
+    heartbeat: Arc<AtomicU32>,
+    io: Arc<IoCounters>,
+) {
     let mut spare = BytesMut::new();
     loop {
         let hb = heartbeat.load(Ordering::Relaxed);
@@ -172,6 +181,11 @@ async fn writer(mut wr: impl AsyncWrite + Unpin, out: Arc<Outbox>, heartbeat: Ar
             )
         };
         let wrote = !shared.is_empty() || !bytes.is_empty();
+        if wrote {
+            io.send_oct
+                .add((shared.iter().map(|b| b.len()).sum::<usize>() + bytes.len()) as u64);
+            io.send_cnt.add(1);
+        }
         if write_shared(&mut wr, &mut shared).await.is_err()
             || (!bytes.is_empty() && wr.write_all(&bytes).await.is_err())
             // The flush sends what TLS may still hold (a no-op on plain TCP).
@@ -243,12 +257,28 @@ pub(crate) enum Flow {
 pub(crate) struct Publisher {
     pub queue: Arc<warren_broker::Queue>,
     pub reference: String,
+    /// Its counts, as the management API shows them.
+    pub info: Arc<StreamPublisherInfo>,
 }
 
 pub(crate) struct Subscription {
     pub stream: String,
     pub credit: Arc<tokio::sync::Semaphore>,
     pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Closes a stream connection at an operator's request (the management API's DELETE).
+#[derive(Default)]
+pub(crate) struct Closer {
+    reason: Mutex<Option<String>>,
+    wake: Notify,
+}
+
+impl CloseHandle for Closer {
+    fn force_close(&self, reason: &str) {
+        *self.reason.lock() = Some(reason.to_string());
+        self.wake.notify_one();
+    }
 }
 
 pub(crate) struct Conn {
@@ -272,6 +302,15 @@ pub(crate) struct Conn {
     pub confirms: Arc<crate::publish::Confirms>,
     /// The client takes deliver version 2 (with the committed chunk id).
     pub deliver_v2: bool,
+    /// What the client said of itself (peer properties).
+    pub client_properties: Vec<(String, String)>,
+    /// Publishers and subscriptions as the management API shows them.
+    pub clients: Arc<StreamClients>,
+    /// Bytes and frames in and out.
+    pub io: Arc<IoCounters>,
+    pub closer: Arc<Closer>,
+    /// In the broker's connection registry (from open to the end).
+    pub registered: bool,
 }
 
 impl Conn {
@@ -475,7 +514,41 @@ impl Conn {
             s.task.abort();
         }
         self.publishers.clear();
+        self.clients.publishers.lock().clear();
+        self.clients.consumers.lock().clear();
         self.confirms.stop();
+        if self.registered {
+            self.broker.connections.unregister(self.id);
+        }
+    }
+
+    /// The connection's name (RabbitMQ's: `peer -> local`).
+    pub fn name(&self) -> String {
+        format!("{} -> {}", self.peer, self.local)
+    }
+
+    /// Enters the broker's connection registry, once open (the management API lists it).
+    pub fn register(&mut self) {
+        let entry = ConnectionEntry {
+            id: self.id,
+            protocol: Protocol::Stream,
+            name: self.name(),
+            peer: self.peer,
+            local: self.local,
+            user: self.user.clone().unwrap_or_default(),
+            vhost: self.vhost().name.clone(),
+            client_properties: self.client_properties.clone(),
+            connected_at: std::time::SystemTime::now(),
+            channel_max: 0,
+            frame_max: self.frame_max,
+            heartbeat: self.heartbeat.load(Ordering::Relaxed) as u16,
+            channels: Mutex::new(Vec::new()),
+            closer: self.closer.clone(),
+            io: self.io.clone(),
+            stream: Some(self.clients.clone()),
+        };
+        self.broker.connections.register(Arc::new(entry));
+        self.registered = true;
     }
 }
 
@@ -504,10 +577,18 @@ pub(crate) async fn run_io(
 ) {
     let out = Arc::new(Outbox::default());
     let heartbeat = Arc::new(AtomicU32::new(0));
-    let writer = tokio::spawn(writer(wr, out.clone(), heartbeat.clone()));
+    let io = Arc::new(IoCounters::default());
+    let writer = tokio::spawn(writer(wr, out.clone(), heartbeat.clone(), io.clone()));
     let id = broker.next_id();
+    let clients = Arc::new(StreamClients::default());
+    let closer = Arc::new(Closer::default());
     let mut conn = Conn {
-        confirms: crate::publish::Confirms::start(&broker, out.clone()),
+        confirms: crate::publish::Confirms::start(&broker, out.clone(), clients.clone()),
+        clients,
+        io: io.clone(),
+        closer: closer.clone(),
+        registered: false,
+        client_properties: Vec::new(),
         broker,
         config: config.clone(),
         peer,
@@ -562,8 +643,18 @@ pub(crate) async fn run_io(
         tokio::select! {
             r = rd.read_buf(&mut rbuf) => match r {
                 Ok(0) | Err(_) => break 'conn,
-                Ok(_) => last_read = Instant::now(),
+                Ok(n) => {
+                    last_read = Instant::now();
+                    io.recv_oct.add(n as u64);
+                    io.recv_cnt.add(1);
+                }
             },
+            _ = closer.wake.notified() => {
+                let reason = closer.reason.lock().clone().unwrap_or_default();
+                tracing::info!(%peer, reason, "stream connection closed at an operator's request");
+                conn.close_with(response::OK, &reason);
+                break 'conn;
+            }
             _ = tokio::time::sleep_until(wait_until.into()) => {
                 if Instant::now() >= wait_until {
                     if conn.phase != Phase::Open {

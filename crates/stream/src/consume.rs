@@ -11,9 +11,11 @@ use crate::chunk;
 use crate::command::{key, OffsetSpecification};
 use crate::connection::{Conn, Outbox, Subscription, OUTBOX_LIMIT};
 use crate::response::{self, Result, StreamError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use warren_broker::auth::{Access, Resource};
+use warren_broker::connections::StreamConsumerInfo;
 use warren_broker::stream::{amqp10, entry, OffsetSpec};
 use warren_broker::Queue;
 
@@ -70,11 +72,19 @@ impl Conn {
             OffsetSpecification::Timestamp(t) => OffsetSpec::Timestamp(t.max(0) as u64),
         };
         let sem = Arc::new(Semaphore::new(credit as usize));
+        let info = Arc::new(StreamConsumerInfo {
+            stream: stream.to_string(),
+            consumed: AtomicU64::new(0),
+            offset: Default::default(),
+            credits: sem.clone(),
+            properties: properties.to_vec(),
+        });
+        self.clients.consumers.lock().insert(sid, info.clone());
         let deliver = deliver_loop(
             q,
             spec,
             sid,
-            sem.clone(),
+            info,
             self.out.clone(),
             self.deliver_v2,
             stream.to_string(),
@@ -119,6 +129,7 @@ impl Conn {
             .subscriptions
             .remove(&sid)
             .ok_or(StreamError::NoSubscription(sid))?;
+        self.clients.consumers.lock().remove(&sid);
         s.task.abort();
         tracing::debug!(peer = %self.peer, stream = %s.stream, sid, "unsubscribed");
         Ok(())
@@ -160,11 +171,12 @@ async fn deliver_loop(
     q: Arc<Queue>,
     spec: OffsetSpec,
     sid: u8,
-    credit: Arc<Semaphore>,
+    info: Arc<StreamConsumerInfo>,
     out: Arc<Outbox>,
     v2: bool,
     name: String,
 ) {
+    let credit = info.credits.clone();
     let Some(stream) = q.stream() else { return };
     let _reading = stream.reading();
     let mut tail = stream.watch_tail();
@@ -210,6 +222,13 @@ async fn deliver_loop(
                 },
                 chunk.bytes.clone(),
             );
+            // The chunk header's record count (bytes 4..8).
+            let records = chunk
+                .bytes
+                .get(4..8)
+                .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+            info.consumed.fetch_add(records as u64, Ordering::Relaxed);
+            *info.offset.lock() = Some(chunk.last);
             break;
         }
         out.wait_below(OUTBOX_LIMIT).await;

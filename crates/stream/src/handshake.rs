@@ -19,6 +19,7 @@ impl Conn {
                 },
             ) => {
                 tracing::debug!(peer = %self.peer, ?properties, "stream client properties");
+                self.client_properties = properties;
                 let version = env!("CARGO_PKG_VERSION");
                 let props = [
                     ("product", "RabbitMQ"),
@@ -171,6 +172,7 @@ impl Conn {
                     .into_iter(),
                 )
             });
+        self.register();
         tracing::info!(peer = %self.peer, user = %user, vhost, "stream connection opened");
         Flow::Continue
     }

@@ -8,9 +8,11 @@ use crate::connection::{Conn, Outbox, Publisher};
 use crate::response::{self, Result, StreamError};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use warren_broker::auth::{Access, Resource};
+use warren_broker::connections::{StreamClients, StreamPublisherInfo};
 use warren_broker::stream::StreamPublished;
 use warren_broker::Broker;
 
@@ -20,14 +22,21 @@ const MAX_REFERENCE: usize = 256;
 /// Publishing ids waiting for their epoch's group commit, and the task that confirms them.
 pub(crate) struct Confirms {
     pending: Mutex<VecDeque<(u64, u8, u64)>>,
+    /// The connection's publishers' counts.
+    clients: Arc<StreamClients>,
     wake: Notify,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Confirms {
-    pub fn start(broker: &Arc<Broker>, out: Arc<Outbox>) -> Arc<Confirms> {
+    pub fn start(
+        broker: &Arc<Broker>,
+        out: Arc<Outbox>,
+        clients: Arc<StreamClients>,
+    ) -> Arc<Confirms> {
         let c = Arc::new(Confirms {
             pending: Mutex::new(VecDeque::new()),
+            clients,
             wake: Notify::new(),
             task: Mutex::new(None),
         });
@@ -72,6 +81,15 @@ impl Confirms {
         }
         if done.is_empty() {
             return;
+        }
+        {
+            let publishers = self.clients.publishers.lock();
+            for (pid, _, failed) in &done {
+                if let Some(p) = publishers.get(pid) {
+                    let counter = if *failed { &p.errored } else { &p.confirmed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         out.send(|w| {
             let mut i = 0;
@@ -157,17 +175,27 @@ impl Conn {
                 "publisher reference '{reference}' already in use on stream '{stream}'"
             )));
         }
+        let info = Arc::new(StreamPublisherInfo {
+            stream: q.name.to_string(),
+            reference: reference.clone(),
+            published: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            errored: AtomicU64::new(0),
+        });
+        self.clients.publishers.lock().insert(id, info.clone());
         self.publishers.insert(
             id,
             Publisher {
                 queue: q,
                 reference,
+                info,
             },
         );
         Ok(())
     }
 
     pub(crate) fn delete_publisher(&mut self, id: u8) -> Result<()> {
+        self.clients.publishers.lock().remove(&id);
         self.publishers
             .remove(&id)
             .map(|_| ())
@@ -196,6 +224,10 @@ impl Conn {
             return;
         };
         let mut duplicates = Vec::new();
+        let info = p.info.clone();
+        info.published
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        let errored = |n: u64| info.errored.fetch_add(n, Ordering::Relaxed);
         for m in messages {
             let id = m.publishing_id;
             let r = match &m.body {
@@ -212,12 +244,14 @@ impl Conn {
                     Err(e) => {
                         tracing::warn!(peer = %self.peer, error = %e, "malformed sub-entry batch");
                         publish_error(&self.out, pid, &[id], response::PRECONDITION_FAILED_CODE);
+                        errored(1);
                         continue;
                     }
                 },
                 PublishedBody::SubEntries { compression, .. } => {
                     tracing::warn!(peer = %self.peer, compression, "compressed sub-entry batches are not supported");
                     publish_error(&self.out, pid, &[id], response::PRECONDITION_FAILED_CODE);
+                    errored(1);
                     continue;
                 }
             };
@@ -227,10 +261,13 @@ impl Conn {
                 Err(e) => {
                     tracing::error!(stream = %q.name, error = %e, "stream append failed");
                     publish_error(&self.out, pid, &[id], response::INTERNAL_ERROR);
+                    errored(1);
                 }
             }
         }
         if !duplicates.is_empty() {
+            info.confirmed
+                .fetch_add(duplicates.len() as u64, Ordering::Relaxed);
             // As RabbitMQ: a duplicate is confirmed (it is in the stream already).
             self.out.send(|w| {
                 w.frame(key::PUBLISH_CONFIRM, 1, |w| {

@@ -16,6 +16,12 @@ pub enum Listing {
     VHosts,
     Policies,
     OperatorPolicies,
+    /// `rabbitmq-streams list_stream_connections`.
+    StreamConnections,
+    /// `rabbitmq-streams list_stream_consumers`.
+    StreamConsumers,
+    /// `rabbitmq-streams list_stream_publishers`.
+    StreamPublishers,
 }
 
 impl Listing {
@@ -30,6 +36,9 @@ impl Listing {
             Listing::VHosts => "list_vhosts",
             Listing::Policies => "list_policies",
             Listing::OperatorPolicies => "list_operator_policies",
+            Listing::StreamConnections => "list_stream_connections",
+            Listing::StreamConsumers => "list_stream_consumers",
+            Listing::StreamPublishers => "list_stream_publishers",
         }
     }
 
@@ -140,6 +149,47 @@ impl Listing {
                 "definition",
                 "priority",
             ],
+            Listing::StreamConnections => &[
+                "conn_name",
+                "node",
+                "port",
+                "peer_port",
+                "host",
+                "peer_host",
+                "user",
+                "vhost",
+                "subscriptions",
+                "ssl",
+                "connection_state",
+                "auth_mechanism",
+                "heartbeat",
+                "frame_max",
+                "client_properties",
+                "connected_at",
+            ],
+            Listing::StreamConsumers => &[
+                "connection_pid",
+                "node",
+                "subscription_id",
+                "stream",
+                "messages_consumed",
+                "offset",
+                "offset_lag",
+                "credits",
+                "active",
+                "activity_status",
+                "properties",
+            ],
+            Listing::StreamPublishers => &[
+                "connection_pid",
+                "node",
+                "publisher_id",
+                "stream",
+                "reference",
+                "messages_published",
+                "messages_confirmed",
+                "messages_errored",
+            ],
         }
     }
 
@@ -162,6 +212,9 @@ impl Listing {
             ],
             Listing::VHosts => &["name"],
             Listing::Policies | Listing::OperatorPolicies => self.columns(),
+            Listing::StreamConnections => &["node", "conn_name"],
+            // Every column but the connection's pid and node, as rabbitmq-streams.
+            Listing::StreamConsumers | Listing::StreamPublishers => &self.columns()[2..],
         }
     }
 
@@ -175,6 +228,8 @@ impl Listing {
                 | Listing::Consumers
                 | Listing::Policies
                 | Listing::OperatorPolicies
+                | Listing::StreamConsumers
+                | Listing::StreamPublishers
         )
     }
 
@@ -200,6 +255,9 @@ impl Listing {
                     "Listing operator policy overrides for vhost \"{vhost}\" ..."
                 )]
             }
+            Listing::StreamConnections => vec!["Listing stream connections ...".into()],
+            Listing::StreamConsumers => vec!["Listing stream consumers ...".into()],
+            Listing::StreamPublishers => vec!["Listing stream publishers ...".into()],
         }
     }
 
@@ -249,6 +307,9 @@ impl Listing {
             Listing::VHosts => "/vhosts".into(),
             Listing::Policies => format!("/policies/{}", seg(vhost)),
             Listing::OperatorPolicies => format!("/operator-policies/{}", seg(vhost)),
+            Listing::StreamConnections => "/stream/connections".into(),
+            Listing::StreamConsumers => format!("/stream/consumers/{}", seg(vhost)),
+            Listing::StreamPublishers => format!("/stream/publishers/{}", seg(vhost)),
         };
         match client.request(crate::client::Method::Get, &path, None, &[])? {
             Ok(Value::Array(items)) => Ok(items),
@@ -274,7 +335,28 @@ impl Listing {
             (Listing::Bindings, "destination_kind") => field("destination_type"),
             // Warren has no Erlang pids: connections and channels go by their names.
             (Listing::Connections | Listing::Channels, "pid") => field("name"),
-            (Listing::Connections, "protocol") => "{0,9,1}".into(),
+            (Listing::Connections, "protocol") => match o["protocol"].as_str() {
+                Some("stream") => "stream".into(),
+                _ => "{0,9,1}".into(),
+            },
+            (Listing::StreamConnections, "conn_name") => field("name"),
+            (Listing::StreamConnections, "heartbeat") => field("timeout"),
+            (Listing::StreamConnections, "connection_state") => field("state"),
+            (Listing::StreamConsumers | Listing::StreamPublishers, "connection_pid") => o
+                .pointer("/connection_details/name")
+                .cloned()
+                .unwrap_or(Value::Null),
+            (Listing::StreamConsumers | Listing::StreamPublishers, "node") => o
+                .pointer("/connection_details/node")
+                .cloned()
+                .unwrap_or(Value::Null),
+            (Listing::StreamConsumers | Listing::StreamPublishers, "stream") => {
+                o.pointer("/queue/name").cloned().unwrap_or(Value::Null)
+            }
+            (Listing::StreamConsumers, "messages_consumed") => field("consumed"),
+            (Listing::StreamPublishers, "messages_published") => field("published"),
+            (Listing::StreamPublishers, "messages_confirmed") => field("confirmed"),
+            (Listing::StreamPublishers, "messages_errored") => field("errored"),
             (Listing::Channels, "connection") => o
                 .pointer("/connection_details/name")
                 .cloned()
@@ -325,6 +407,9 @@ mod tests {
             Listing::Channels,
             Listing::Consumers,
             Listing::VHosts,
+            Listing::StreamConnections,
+            Listing::StreamConsumers,
+            Listing::StreamPublishers,
         ] {
             for c in l.default_columns() {
                 assert!(l.columns().contains(c), "{} {c}", l.command());

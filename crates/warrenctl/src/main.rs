@@ -129,6 +129,15 @@ enum Command {
     /// Lists virtual hosts
     #[command(name = "list_vhosts")]
     ListVhosts(Columns),
+    /// Lists stream protocol connections (rabbitmq-streams)
+    #[command(name = "list_stream_connections")]
+    ListStreamConnections(Columns),
+    /// Lists all stream consumers for a vhost (rabbitmq-streams)
+    #[command(name = "list_stream_consumers")]
+    ListStreamConsumers(Columns),
+    /// Lists all stream publishers for a vhost (rabbitmq-streams)
+    #[command(name = "list_stream_publishers")]
+    ListStreamPublishers(Columns),
     /// Displays status of the node
     Status,
     /// Displays all the nodes in the cluster, and which of them are running
@@ -370,6 +379,15 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
         Command::ListChannels(c) => list(&client, g, Listing::Channels, &c.columns, out),
         Command::ListConsumers(c) => list(&client, g, Listing::Consumers, &c.columns, out),
         Command::ListVhosts(c) => list(&client, g, Listing::VHosts, &c.columns, out),
+        Command::ListStreamConnections(c) => {
+            list(&client, g, Listing::StreamConnections, &c.columns, out)
+        }
+        Command::ListStreamConsumers(c) => {
+            list(&client, g, Listing::StreamConsumers, &c.columns, out)
+        }
+        Command::ListStreamPublishers(c) => {
+            list(&client, g, Listing::StreamPublishers, &c.columns, out)
+        }
         Command::Status => status(&client, g, out),
         Command::ClusterStatus => cluster::cluster_status(&client, g, out),
         Command::AddMember { queue, node } => members::add_member(&client, g, queue, node, out),

@@ -60,3 +60,182 @@ async fn list_queues_and_the_api_show_a_stream() {
     assert_eq!(q["messages_ready"], 5);
     assert_eq!(q["durable"], true);
 }
+
+/// Runs warrenctl against `m` quietly; its stdout.
+async fn ctl_quiet(m: &MgmtBroker, args: &[&str]) -> String {
+    let mut full = vec!["--url".to_string(), m.url(), "-q".to_string()];
+    full.extend(args.iter().map(|a| a.to_string()));
+    run_warrenctl(WARRENCTL, full).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_protocol_connections_publishers_and_consumers_are_listed() {
+    use futures_util::StreamExt;
+    use rabbitmq_stream_client::types::{Message, OffsetSpecification};
+    use rabbitmq_stream_client::Environment;
+    use serde_json::json;
+
+    let dir = TempDir::new("stream-clients");
+    let m = MgmtBroker::on(TestBroker::with_backend(dir.path(), FileBackend::shared())).await;
+    let env = within(
+        "stream environment",
+        Environment::builder()
+            .host("127.0.0.1")
+            .port(m.broker.stream_addr.port())
+            .build(),
+    )
+    .await
+    .unwrap();
+    within("create", env.stream_creator().create("ticks"))
+        .await
+        .unwrap();
+    let mut producer = within("producer", env.producer().name("ticker").build("ticks"))
+        .await
+        .unwrap();
+    let batch: Vec<Message> = (0..10)
+        .map(|i| Message::builder().body(format!("t{i}")).build())
+        .collect();
+    let confirmed = within("confirms", producer.batch_send_with_confirm(batch))
+        .await
+        .unwrap();
+    assert!(confirmed.iter().all(|s| s.confirmed()));
+    let mut consumer = within(
+        "consumer",
+        env.consumer()
+            .offset(OffsetSpecification::First)
+            .build("ticks"),
+    )
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        within("delivery", consumer.next()).await.unwrap().unwrap();
+    }
+
+    // The publisher, with what it published and what was confirmed.
+    eventually("the publisher's confirms counted", || {
+        m.http("GET", "/api/stream/publishers", None).1[0]["confirmed"] == 10
+    })
+    .await;
+    let (s, p) = m.http("GET", "/api/stream/publishers/%2F/ticks", None);
+    assert_eq!(s, 200);
+    let p = &p[0];
+    assert_eq!(
+        (&p["reference"], &p["published"], &p["errored"], &p["queue"]),
+        (
+            &json!("ticker"),
+            &json!(10),
+            &json!(0),
+            &json!({"name": "ticks", "vhost": "/"})
+        ),
+        "{p}"
+    );
+    assert_eq!(p["connection_details"]["user"], "guest");
+    let publisher_conn = p["connection_details"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The consumer, where it is.
+    eventually("the consumer's deliveries counted", || {
+        m.http("GET", "/api/stream/consumers/%2F", None).1[0]["consumed"] == 10
+    })
+    .await;
+    let (_, c) = m.http("GET", "/api/stream/consumers", None);
+    let c = &c[0];
+    assert_eq!(
+        (
+            &c["offset"],
+            &c["offset_lag"],
+            &c["queue"]["name"],
+            &c["active"]
+        ),
+        (&json!(9), &json!(0), &json!("ticks"), &json!(true)),
+        "{c}"
+    );
+    let consumer_conn = c["connection_details"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The connections: stream ones, in /api/connections too, one with the subscription.
+    let (_, conns) = m.http("GET", "/api/stream/connections", None);
+    let conns = conns.as_array().unwrap().clone();
+    assert!(conns.len() >= 2, "{conns:?}");
+    for c in &conns {
+        assert_eq!(
+            (&c["protocol"], &c["user"], &c["vhost"]),
+            (&json!("stream"), &json!("guest"), &json!("/"))
+        );
+    }
+    let subscribed: Vec<&serde_json::Value> =
+        conns.iter().filter(|c| c["subscriptions"] == 1).collect();
+    assert_eq!(subscribed.len(), 1, "{conns:?}");
+    assert_eq!(subscribed[0]["name"], consumer_conn);
+    let (_, all) = m.http("GET", "/api/connections", None);
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == publisher_conn && c["protocol"] == "stream"));
+    let path = |name: &str, tail: &str| {
+        format!(
+            "/api/stream/connections/%2F/{}{tail}",
+            name.replace(' ', "%20").replace('>', "%3E")
+        )
+    };
+    let (s, of) = m.http("GET", &path(&publisher_conn, "/publishers"), None);
+    assert_eq!((s, of[0]["reference"].clone()), (200, json!("ticker")));
+    let (s, _) = m.http("GET", "/api/stream/publishers/%2F/nothing-here", None);
+    assert_eq!(s, 404);
+
+    // warrenctl, with rabbitmq-streams' command names and default columns.
+    assert_eq!(
+        ctl_quiet(&m, &["list_stream_publishers"]).await,
+        format!(
+            "publisher_id\tstream\treference\tmessages_published\tmessages_confirmed\tmessages_errored\n{}\tticks\tticker\t10\t10\t0\n",
+            p["publisher_id"]
+        )
+    );
+    let consumers = ctl_quiet(
+        &m,
+        &[
+            "list_stream_consumers",
+            "subscription_id",
+            "stream",
+            "messages_consumed",
+            "offset",
+            "offset_lag",
+        ],
+    )
+    .await;
+    assert_eq!(
+        consumers,
+        format!(
+            "subscription_id\tstream\tmessages_consumed\toffset\toffset_lag\n{}\tticks\t10\t9\t0\n",
+            c["subscription_id"]
+        )
+    );
+    let listed = ctl_quiet(
+        &m,
+        &[
+            "list_stream_connections",
+            "conn_name",
+            "user",
+            "subscriptions",
+        ],
+    )
+    .await;
+    assert!(
+        listed.contains(&format!("{consumer_conn}\tguest\t1\n")),
+        "{listed}"
+    );
+    assert_eq!(listed.lines().count(), conns.len() + 1, "{listed}");
+
+    // Closed through the API, the consumer's connection and its subscription are gone.
+    let (s, _) = m.http("DELETE", &path(&consumer_conn, ""), None);
+    assert_eq!(s, 204);
+    eventually("the closed connection's consumer gone", || {
+        m.http("GET", "/api/stream/consumers", None).1 == json!([])
+    })
+    .await;
+    let (s, _) = m.http("GET", &path(&consumer_conn, ""), None);
+    assert_eq!(s, 404);
+}

@@ -1,0 +1,282 @@
+//! `/api/stream/*`: the stream protocol's connections, publishers and consumers, as RabbitMQ's
+//! `rabbitmq_stream_management` plugin lists them (`rabbitmq-streams list_stream_connections`,
+//! `list_stream_publishers`, `list_stream_consumers` read these):
+//!
+//! - `GET /api/stream/connections[/{vhost}]`, `GET|DELETE /api/stream/connections/{vhost}/{name}`
+//!   (the same objects as `/api/connections`, whose `protocol` is `stream`), and a
+//!   connection's `…/publishers` and `…/consumers`.
+//! - `GET /api/stream/publishers[/{vhost}[/{stream}]]`: `publisher_id`, `reference`,
+//!   `published`, `confirmed`, `errored`, the stream as `queue` and `connection_details`.
+//! - `GET /api/stream/consumers[/{vhost}]`: `subscription_id`, `credits`, `consumed`, `offset`
+//!   (the last delivered), `offset_lag`, `active`, `activity_status`, `properties`.
+//!
+//! A user who is not a monitor sees only its own connections' objects, as in RabbitMQ.
+
+use crate::connections::{close_connection, connection_json};
+use crate::listing::ListQuery;
+use crate::queues::vhost;
+use crate::rates::History;
+use crate::{ApiError, AppState, State};
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use warren_broker::connections::{ConnectionEntry, Protocol, StreamClients};
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/stream/connections", get(connections_all))
+        .route("/stream/connections/{vhost}", get(connections_vhost))
+        .route(
+            "/stream/connections/{vhost}/{name}",
+            get(connection_show).delete(connection_close),
+        )
+        .route(
+            "/stream/connections/{vhost}/{name}/publishers",
+            get(connection_publishers),
+        )
+        .route(
+            "/stream/connections/{vhost}/{name}/consumers",
+            get(connection_consumers),
+        )
+        .route("/stream/publishers", get(publishers_all))
+        .route("/stream/publishers/{vhost}", get(publishers_vhost))
+        .route(
+            "/stream/publishers/{vhost}/{stream}",
+            get(publishers_stream),
+        )
+        .route("/stream/consumers", get(consumers_all))
+        .route("/stream/consumers/{vhost}", get(consumers_vhost))
+}
+
+/// The stream-protocol connections (to `vhost`, or all), with their publishers and consumers.
+fn stream_connections(
+    state: &AppState,
+    vhost: Option<&str>,
+) -> Vec<(Arc<ConnectionEntry>, Arc<StreamClients>)> {
+    let mut conns: Vec<_> = state
+        .broker
+        .connections
+        .list()
+        .into_iter()
+        .filter(|c| c.protocol == Protocol::Stream && vhost.is_none_or(|v| c.vhost == v))
+        .filter_map(|c| c.stream.clone().map(|s| (c, s)))
+        .collect();
+    conns.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    conns
+}
+
+/// The stream-protocol connection `name` to `vhost`.
+fn stream_connection(
+    state: &AppState,
+    vh: &str,
+    name: &str,
+) -> Result<(Arc<ConnectionEntry>, Arc<StreamClients>), ApiError> {
+    let vh = vhost(state, vh)?;
+    stream_connections(state, Some(&vh.name))
+        .into_iter()
+        .find(|(c, _)| c.name == name)
+        .ok_or(ApiError::NotFound)
+}
+
+fn connection_details(state: &AppState, c: &ConnectionEntry) -> Value {
+    json!({
+        "name": c.name,
+        "user": c.user,
+        "node": state.node,
+        "peer_port": c.peer.port(),
+        "peer_host": c.peer.ip().to_string(),
+    })
+}
+
+fn publishers_of(state: &AppState, c: &ConnectionEntry, s: &StreamClients) -> Vec<Value> {
+    let details = connection_details(state, c);
+    s.publishers
+        .lock()
+        .iter()
+        .map(|(id, p)| {
+            json!({
+                "connection_details": details,
+                "queue": {"name": p.stream, "vhost": c.vhost},
+                "publisher_id": id,
+                "reference": p.reference,
+                "published": p.published.load(Ordering::Relaxed),
+                "confirmed": p.confirmed.load(Ordering::Relaxed),
+                "errored": p.errored.load(Ordering::Relaxed),
+            })
+        })
+        .collect()
+}
+
+fn consumers_of(state: &AppState, c: &ConnectionEntry, s: &StreamClients) -> Vec<Value> {
+    let details = connection_details(state, c);
+    let vh = state.broker.vhost(&c.vhost);
+    s.consumers
+        .lock()
+        .iter()
+        .map(|(id, sub)| {
+            let offset = *sub.offset.lock();
+            // The last offset in the stream now.
+            let last = vh
+                .as_ref()
+                .and_then(|v| v.queue(&sub.stream))
+                .and_then(|q| q.stream().and_then(|st| st.offsets().1));
+            let lag = match (last, offset) {
+                (Some(l), Some(o)) => l.saturating_sub(o),
+                (Some(l), None) => l + 1,
+                _ => 0,
+            };
+            let properties: Map<String, Value> = sub
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            json!({
+                "connection_details": details,
+                "queue": {"name": sub.stream, "vhost": c.vhost},
+                "subscription_id": id,
+                "credits": sub.credits.available_permits(),
+                "consumed": sub.consumed.load(Ordering::Relaxed),
+                "offset": offset.unwrap_or(0),
+                "offset_lag": lag,
+                "active": true,
+                "activity_status": "up",
+                "properties": properties,
+            })
+        })
+        .collect()
+}
+
+/// A stream connection as `/api/connections` shows it, with its subscriptions' count.
+fn stream_connection_json(
+    state: &AppState,
+    c: &ConnectionEntry,
+    s: &StreamClients,
+    h: History,
+) -> Value {
+    let mut v = connection_json(state, c, h);
+    v["subscriptions"] = json!(s.consumers.lock().len());
+    v
+}
+
+async fn connections_all(
+    state: State,
+    h: History,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    list.paged_own(
+        stream_connections(&state, None)
+            .iter()
+            .map(|(c, s)| stream_connection_json(&state, c, s, h))
+            .collect(),
+    )
+}
+
+async fn connections_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    h: History,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let vh = vhost(&state, &vh)?;
+    list.paged_own(
+        stream_connections(&state, Some(&vh.name))
+            .iter()
+            .map(|(c, s)| stream_connection_json(&state, c, s, h))
+            .collect(),
+    )
+}
+
+async fn connection_show(
+    state: State,
+    Path((vh, name)): Path<(String, String)>,
+    h: History,
+) -> Result<Json<Value>, ApiError> {
+    let (c, s) = stream_connection(&state, &vh, &name)?;
+    Ok(Json(stream_connection_json(&state, &c, &s, h)))
+}
+
+async fn connection_close(
+    state: State,
+    Path((vh, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let (c, _) = stream_connection(&state, &vh, &name)?;
+    close_connection(&c, &headers);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn connection_publishers(
+    state: State,
+    Path((vh, name)): Path<(String, String)>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (c, s) = stream_connection(&state, &vh, &name)?;
+    Ok(list.unpaged_own(publishers_of(&state, &c, &s)))
+}
+
+async fn connection_consumers(
+    state: State,
+    Path((vh, name)): Path<(String, String)>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (c, s) = stream_connection(&state, &vh, &name)?;
+    Ok(list.unpaged_own(consumers_of(&state, &c, &s)))
+}
+
+/// Every publisher (of connections to `vhost`, or all; to `stream` only, if given).
+fn publishers(state: &AppState, vhost: Option<&str>, stream: Option<&str>) -> Vec<Value> {
+    stream_connections(state, vhost)
+        .iter()
+        .flat_map(|(c, s)| publishers_of(state, c, s))
+        .filter(|p| stream.is_none_or(|st| p["queue"]["name"] == st))
+        .collect()
+}
+
+async fn publishers_all(state: State, list: ListQuery) -> Json<Value> {
+    list.unpaged_own(publishers(&state, None, None))
+}
+
+async fn publishers_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let vh = vhost(&state, &vh)?;
+    Ok(list.unpaged_own(publishers(&state, Some(&vh.name), None)))
+}
+
+async fn publishers_stream(
+    state: State,
+    Path((vh, stream)): Path<(String, String)>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let vh = vhost(&state, &vh)?;
+    if vh.queue(&stream).is_none_or(|q| q.stream().is_none()) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(list.unpaged_own(publishers(&state, Some(&vh.name), Some(&stream))))
+}
+
+fn consumers(state: &AppState, vhost: Option<&str>) -> Vec<Value> {
+    stream_connections(state, vhost)
+        .iter()
+        .flat_map(|(c, s)| consumers_of(state, c, s))
+        .collect()
+}
+
+async fn consumers_all(state: State, list: ListQuery) -> Json<Value> {
+    list.unpaged_own(consumers(&state, None))
+}
+
+async fn consumers_vhost(
+    state: State,
+    Path(vh): Path<String>,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let vh = vhost(&state, &vh)?;
+    Ok(list.unpaged_own(consumers(&state, Some(&vh.name))))
+}
