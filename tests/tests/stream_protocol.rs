@@ -891,3 +891,83 @@ async fn the_stream_protocol_over_tls() {
     let q = b.broker.vhost("/").unwrap().queue("secure").unwrap();
     assert_eq!(q.message_count(), 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_active_consumers_take_turns() {
+    let dir = TempDir::new("stream-sac");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "orders").await;
+    publish(&env, "orders", &bodies("a", 5)).await;
+
+    // The first of group "app" is active: told so, it answers where to start (here, the
+    // first message), and gets everything from there.
+    let mut first = within(
+        "first consumer",
+        env.consumer()
+            .name("app")
+            .enable_single_active_consumer(true)
+            .consumer_update(|_active, _ctx| async { OffsetSpecification::First })
+            .build("orders"),
+    )
+    .await
+    .expect("single active consumer");
+    for want in bodies("a", 5) {
+        assert_eq!(next_body(&mut first).await, want);
+    }
+    // The second waits: what is published goes to the first only.
+    let mut second = within(
+        "second consumer",
+        env.consumer()
+            .name("app")
+            .enable_single_active_consumer(true)
+            .build("orders"),
+    )
+    .await
+    .expect("second single active consumer");
+    publish(&env, "orders", &bodies("b", 5)).await;
+    for want in bodies("b", 5) {
+        assert_eq!(next_body(&mut first).await, want);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), second.next())
+            .await
+            .is_err(),
+        "a waiting consumer got a message"
+    );
+    // The first leaves: the second is told it is active, answers "next" (the client's
+    // default), and gets what is published from then on.
+    within("close the first", first.handle().close())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish(&env, "orders", &bodies("c", 5)).await;
+    for want in bodies("c", 5) {
+        assert_eq!(next_body(&mut second).await, want);
+    }
+
+    // Without a name, a single active consumer is refused (as RabbitMQ refuses it).
+    let c = client(&b).await;
+    let r = within(
+        "nameless single active consumer",
+        c.subscribe(
+            1,
+            "orders",
+            OffsetSpecification::First,
+            1,
+            [("single-active-consumer".to_string(), "true".to_string())].into(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code(), &ResponseCode::PreconditionFailed);
+}
+
+/// The next delivery's body.
+async fn next_body(c: &mut rabbitmq_stream_client::Consumer) -> String {
+    let d = within("delivery", c.next())
+        .await
+        .expect("a delivery")
+        .expect("not an error");
+    String::from_utf8(d.message().data().unwrap().to_vec()).unwrap()
+}

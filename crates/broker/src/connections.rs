@@ -53,6 +53,10 @@ pub struct StreamConsumerInfo {
     /// The credit left (chunks it may still be sent).
     pub credits: Arc<tokio::sync::Semaphore>,
     pub properties: Vec<(String, String)>,
+    /// A single active consumer (`single-active-consumer=true`).
+    pub single_active: bool,
+    /// It is sent messages (a single active consumer: it is its group's active one).
+    pub active: std::sync::atomic::AtomicBool,
 }
 
 /// What a stream-protocol connection has declared and subscribed, by id.

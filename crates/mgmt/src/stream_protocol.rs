@@ -142,8 +142,13 @@ fn consumers_of(state: &AppState, c: &ConnectionEntry, s: &StreamClients) -> Vec
                 "consumed": sub.consumed.load(Ordering::Relaxed),
                 "offset": offset.unwrap_or(0),
                 "offset_lag": lag,
-                "active": true,
-                "activity_status": "up",
+                "active": sub.active.load(Ordering::Relaxed),
+                // RabbitMQ's names: a single active consumer is `single_active` or `waiting`.
+                "activity_status": match (sub.single_active, sub.active.load(Ordering::Relaxed)) {
+                    (false, _) => "up",
+                    (true, true) => "single_active",
+                    (true, false) => "waiting",
+                },
                 "properties": properties,
             })
         })

@@ -172,9 +172,12 @@ pub enum Request {
         correlation_id: u32,
         super_stream: String,
     },
-    /// The answer to a consumer update (single active consumer), which Warren never sends.
+    /// The answer to a consumer update (single active consumer): where the subscription that
+    /// became active starts (None: where it subscribed).
     ConsumerUpdateResponse {
         correlation_id: u32,
+        code: u16,
+        offset: Option<OffsetSpecification>,
     },
     ExchangeCommandVersions {
         correlation_id: u32,
@@ -272,19 +275,12 @@ impl Request {
                 let correlation_id = d.u32("correlation id")?;
                 let subscription_id = d.u8("subscription id")?;
                 let stream = d.string("stream")?;
-                let offset = match d.u16("offset type")? {
-                    1 => OffsetSpecification::First,
-                    2 => OffsetSpecification::Last,
-                    3 => OffsetSpecification::Next,
-                    4 => OffsetSpecification::Offset(d.u64("offset")?),
-                    5 => OffsetSpecification::Timestamp(d.i64("timestamp")?),
-                    _ => {
-                        return Ok(Request::Unknown {
-                            key: k,
-                            version,
-                            correlation_id: Some(correlation_id),
-                        })
-                    }
+                let Some(offset) = offset_specification(&mut d)? else {
+                    return Ok(Request::Unknown {
+                        key: k,
+                        version,
+                        correlation_id: Some(correlation_id),
+                    });
                 };
                 let credit = d.u16("credit")?;
                 let properties = if d.remaining() > 0 {
@@ -349,9 +345,20 @@ impl Request {
                 correlation_id: d.u32("correlation id")?,
                 super_stream: d.string("super stream")?,
             },
-            0x801a => Request::ConsumerUpdateResponse {
-                correlation_id: d.u32("correlation id")?,
-            },
+            0x801a => {
+                let correlation_id = d.u32("correlation id")?;
+                let code = d.u16("response code")?;
+                let offset = if d.remaining() >= 2 {
+                    offset_specification(&mut d)?
+                } else {
+                    None
+                };
+                Request::ConsumerUpdateResponse {
+                    correlation_id,
+                    code,
+                    offset,
+                }
+            }
             EXCHANGE_COMMAND_VERSIONS => {
                 let correlation_id = d.u32("correlation id")?;
                 let n = d.count("commands")?;
@@ -384,6 +391,18 @@ impl Request {
 
 /// One published entry: a simple message (`0 | u31 size | bytes`) or a sub-entry batch
 /// (`1 | compression (3 bits) | reserved (4) | count u16 | uncompressed u32 | size u32 | data`).
+/// An offset specification (its type, then its value if it has one); None for an unknown type.
+fn offset_specification(d: &mut Decoder) -> Result<Option<OffsetSpecification>, DecodeError> {
+    Ok(Some(match d.u16("offset type")? {
+        1 => OffsetSpecification::First,
+        2 => OffsetSpecification::Last,
+        3 => OffsetSpecification::Next,
+        4 => OffsetSpecification::Offset(d.u64("offset")?),
+        5 => OffsetSpecification::Timestamp(d.i64("timestamp")?),
+        _ => return Ok(None),
+    }))
+}
+
 fn published_body(d: &mut Decoder) -> Result<PublishedBody, DecodeError> {
     let flags = d.u8("entry type")?;
     if flags & 0x80 == 0 {

@@ -264,7 +264,20 @@ pub(crate) struct Publisher {
 pub(crate) struct Subscription {
     pub stream: String,
     pub credit: Arc<tokio::sync::Semaphore>,
-    pub task: tokio::task::JoinHandle<()>,
+    /// The task delivering its chunks (None: a single active consumer not active yet).
+    pub task: Option<tokio::task::JoinHandle<()>>,
+    pub queue: Arc<warren_broker::Queue>,
+    /// Where it starts, unless a consumer update's answer says otherwise.
+    pub spec: warren_broker::stream::OffsetSpec,
+    pub info: Arc<warren_broker::connections::StreamConsumerInfo>,
+    /// Its single-active-consumer group's name.
+    pub sac: Option<String>,
+}
+
+/// What other tasks ask of a connection.
+pub(crate) enum ConnEvent {
+    /// A single-active-consumer subscription became its group's active one.
+    Activate(u8),
 }
 
 /// Closes a stream connection at an operator's request (the management API's DELETE).
@@ -311,6 +324,12 @@ pub(crate) struct Conn {
     pub closer: Arc<Closer>,
     /// In the broker's connection registry (from open to the end).
     pub registered: bool,
+    /// Where other tasks send this connection [`ConnEvent`]s.
+    pub events: tokio::sync::mpsc::UnboundedSender<ConnEvent>,
+    /// The correlation id of the next request this side sends.
+    pub next_request: u32,
+    /// Consumer updates sent and not answered yet: the subscription of each.
+    pub consumer_updates: HashMap<u32, u8>,
 }
 
 impl Conn {
@@ -485,7 +504,11 @@ impl Conn {
                     |w| w.u32(0),
                 );
             }
-            Request::ConsumerUpdateResponse { .. } => {}
+            Request::ConsumerUpdateResponse {
+                correlation_id,
+                code,
+                offset,
+            } => self.consumer_update_response(correlation_id, code, offset),
             Request::ExchangeCommandVersions {
                 correlation_id,
                 versions,
@@ -510,8 +533,9 @@ impl Conn {
     }
 
     fn cleanup(&mut self) {
-        for (_, s) in self.subscriptions.drain() {
-            s.task.abort();
+        let subscriptions: Vec<(u8, Subscription)> = self.subscriptions.drain().collect();
+        for (sid, s) in subscriptions {
+            self.end_subscription(sid, s);
         }
         self.publishers.clear();
         self.clients.publishers.lock().clear();
@@ -582,7 +606,11 @@ pub(crate) async fn run_io(
     let id = broker.next_id();
     let clients = Arc::new(StreamClients::default());
     let closer = Arc::new(Closer::default());
+    let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut conn = Conn {
+        events,
+        next_request: 1,
+        consumer_updates: HashMap::new(),
         confirms: crate::publish::Confirms::start(&broker, out.clone(), clients.clone()),
         clients,
         io: io.clone(),
@@ -649,6 +677,7 @@ pub(crate) async fn run_io(
                     io.recv_cnt.add(1);
                 }
             },
+            Some(ev) = events_rx.recv() => conn.on_event(ev),
             _ = closer.wake.notified() => {
                 let reason = closer.reason.lock().clone().unwrap_or_default();
                 tracing::info!(%peer, reason, "stream connection closed at an operator's request");

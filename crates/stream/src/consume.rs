@@ -9,13 +9,14 @@
 
 use crate::chunk;
 use crate::command::{key, OffsetSpecification};
-use crate::connection::{Conn, Outbox, Subscription, OUTBOX_LIMIT};
+use crate::connection::{Conn, ConnEvent, Outbox, Subscription, OUTBOX_LIMIT};
 use crate::response::{self, Result, StreamError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use warren_broker::auth::{Access, Resource};
 use warren_broker::connections::StreamConsumerInfo;
+use warren_broker::stream::sac::SacMember;
 use warren_broker::stream::{amqp10, entry, OffsetSpec};
 use warren_broker::Queue;
 
@@ -37,9 +38,12 @@ impl Conn {
     ) {
         let r = self.start_subscription(sid, &stream, offset, credit, &properties);
         self.out.outcome(key::SUBSCRIBE, correlation_id, &r);
-        if let Ok(start) = r {
-            // After the response: the client knows the subscription before its first chunk.
-            start();
+        // After the response: the client knows the subscription before its first chunk, or
+        // before the consumer update that makes it active.
+        match r {
+            Ok(Start::Deliver) => self.start_delivery(sid, None),
+            Ok(Start::Activate) => self.activate(sid),
+            Ok(Start::Wait) | Err(_) => {}
         }
     }
 
@@ -50,7 +54,7 @@ impl Conn {
         offset: OffsetSpecification,
         credit: u16,
         properties: &[(String, String)],
-    ) -> Result<impl FnOnce()> {
+    ) -> Result<Start> {
         if self.subscriptions.contains_key(&sid) {
             return Err(StreamError::SubscriptionExists(sid));
         }
@@ -58,55 +62,143 @@ impl Conn {
         self.access()
             .check(Access::Read, Resource::Queue, stream)
             .map_err(|e| StreamError::from_amqp(e, stream))?;
-        if properties
-            .iter()
-            .any(|(k, v)| k == "single-active-consumer" && v == "true")
-        {
-            tracing::warn!(peer = %self.peer, stream, "single active consumer is not supported; subscribing as a plain consumer");
-        }
-        let spec = match offset {
-            OffsetSpecification::First => OffsetSpec::First,
-            OffsetSpecification::Last => OffsetSpec::Last,
-            OffsetSpecification::Next => OffsetSpec::Next,
-            OffsetSpecification::Offset(o) => OffsetSpec::Offset(o),
-            OffsetSpecification::Timestamp(t) => OffsetSpec::Timestamp(t.max(0) as u64),
+        let property = |k: &str| {
+            properties
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
         };
-        let sem = Arc::new(Semaphore::new(credit as usize));
+        let sac = match property("single-active-consumer") {
+            Some("true") => match property("name") {
+                Some(name) if !name.is_empty() => Some(name.to_string()),
+                // RabbitMQ refuses a single active consumer without a name.
+                _ => {
+                    return Err(StreamError::Precondition(
+                        "a single active consumer needs a name".into(),
+                    ))
+                }
+            },
+            _ => None,
+        };
+        let credit = Arc::new(Semaphore::new(credit as usize));
         let info = Arc::new(StreamConsumerInfo {
             stream: stream.to_string(),
             consumed: AtomicU64::new(0),
             offset: Default::default(),
-            credits: sem.clone(),
+            credits: credit.clone(),
             properties: properties.to_vec(),
+            single_active: sac.is_some(),
+            active: AtomicBool::new(sac.is_none()),
         });
         self.clients.consumers.lock().insert(sid, info.clone());
-        let deliver = deliver_loop(
-            q,
-            spec,
-            sid,
-            info,
-            self.out.clone(),
-            self.deliver_v2,
-            stream.to_string(),
-        );
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        // The task starts only once the response is written (see `subscribe`).
-        let task = tokio::spawn(async move {
-            if rx.await.is_ok() {
-                deliver.await;
+        let start = match &sac {
+            None => Start::Deliver,
+            Some(name) => {
+                let events = self.events.clone();
+                let member = SacMember {
+                    conn: self.id,
+                    sid,
+                    activate: Arc::new(move || {
+                        let _ = events.send(ConnEvent::Activate(sid));
+                    }),
+                };
+                let active = q.stream().is_some_and(|s| s.sac.join(name, member));
+                if active {
+                    Start::Activate
+                } else {
+                    Start::Wait
+                }
             }
-        });
+        };
         self.subscriptions.insert(
             sid,
             Subscription {
                 stream: stream.to_string(),
-                credit: sem,
-                task,
+                credit,
+                task: None,
+                queue: q,
+                spec: offset_spec(offset),
+                info,
+                sac,
             },
         );
-        Ok(move || {
-            let _ = tx.send(());
-        })
+        Ok(start)
+    }
+
+    /// Starts delivering to subscription `sid`, from `spec` (None: where it subscribed).
+    fn start_delivery(&mut self, sid: u8, spec: Option<OffsetSpec>) {
+        let (out, v2) = (self.out.clone(), self.deliver_v2);
+        let Some(s) = self
+            .subscriptions
+            .get_mut(&sid)
+            .filter(|s| s.task.is_none())
+        else {
+            return;
+        };
+        let deliver = deliver_loop(
+            s.queue.clone(),
+            spec.unwrap_or(s.spec),
+            sid,
+            s.info.clone(),
+            out,
+            v2,
+            s.stream.clone(),
+        );
+        s.task = Some(tokio::spawn(deliver));
+    }
+
+    /// Tells the client that single-active-consumer subscription `sid` is now its group's
+    /// active one; it answers where to start (RabbitMQ's consumer update).
+    fn activate(&mut self, sid: u8) {
+        let Some(s) = self.subscriptions.get(&sid) else {
+            return;
+        };
+        s.info.active.store(true, Ordering::Relaxed);
+        let correlation_id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1);
+        self.consumer_updates.insert(correlation_id, sid);
+        tracing::debug!(peer = %self.peer, stream = %s.stream, sid, "a single active consumer becomes active");
+        self.out.send(|w| {
+            w.frame(key::CONSUMER_UPDATE, 1, |w| {
+                w.u32(correlation_id);
+                w.u8(sid);
+                w.u8(1);
+            })
+        });
+    }
+
+    pub(crate) fn on_event(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Activate(sid) => self.activate(sid),
+        }
+    }
+
+    pub(crate) fn consumer_update_response(
+        &mut self,
+        correlation_id: u32,
+        code: u16,
+        offset: Option<OffsetSpecification>,
+    ) {
+        let Some(sid) = self.consumer_updates.remove(&correlation_id) else {
+            tracing::debug!(peer = %self.peer, correlation_id, "an answer to no consumer update");
+            return;
+        };
+        if code != response::OK {
+            tracing::info!(peer = %self.peer, sid, code, "unexpected consumer update response code");
+        }
+        self.start_delivery(sid, offset.map(offset_spec));
+    }
+
+    /// A subscription ends (unsubscribed, or its connection closed): its delivery stops, and
+    /// its single-active-consumer group, if it was the active one, activates the next.
+    pub(crate) fn end_subscription(&mut self, sid: u8, s: Subscription) {
+        if let Some(t) = &s.task {
+            t.abort();
+        }
+        self.clients.consumers.lock().remove(&sid);
+        if let (Some(name), Some(stream)) = (&s.sac, s.queue.stream()) {
+            stream.sac.leave(name, self.id, sid);
+        }
     }
 
     pub(crate) fn credit(&mut self, sid: u8, credit: u16) {
@@ -129,9 +221,8 @@ impl Conn {
             .subscriptions
             .remove(&sid)
             .ok_or(StreamError::NoSubscription(sid))?;
-        self.clients.consumers.lock().remove(&sid);
-        s.task.abort();
         tracing::debug!(peer = %self.peer, stream = %s.stream, sid, "unsubscribed");
+        self.end_subscription(sid, s);
         Ok(())
     }
 
@@ -162,6 +253,27 @@ impl Conn {
         q.stream()
             .and_then(|s| s.query_offset(reference))
             .ok_or_else(|| StreamError::NoOffset(reference.to_string()))
+    }
+}
+
+/// What follows a subscription's response.
+enum Start {
+    /// Deliver at once.
+    Deliver,
+    /// A single active consumer that is its group's active one: tell it (consumer update),
+    /// deliver from where it answers.
+    Activate,
+    /// A single active consumer waiting for its turn.
+    Wait,
+}
+
+fn offset_spec(o: OffsetSpecification) -> OffsetSpec {
+    match o {
+        OffsetSpecification::First => OffsetSpec::First,
+        OffsetSpecification::Last => OffsetSpec::Last,
+        OffsetSpecification::Next => OffsetSpec::Next,
+        OffsetSpecification::Offset(o) => OffsetSpec::Offset(o),
+        OffsetSpecification::Timestamp(t) => OffsetSpec::Timestamp(t.max(0) as u64),
     }
 }
 

@@ -13,7 +13,7 @@
 //! 0-9-1), `tracking` (named publishers' ids and named consumers' offsets), `protocol` (what
 //! the stream protocol's listener, `warren-stream`, calls: appends with deduplication, reads
 //! by chunk, offsets), `chunks` (chunks built once for the stream protocol's readers at the
-//! same place), this file (the log, appends with group commit, dispatch to readers,
+//! same place), [`sac`] (single active consumer groups), this file (the log, appends with group commit, dispatch to readers,
 //! retention, statistics). The log is a `warren_store::StreamStore` (`docs/streams.md`).
 //!
 //! Lock order: the stream's readers → its store; its chunk cache → its store; readers → a
@@ -27,6 +27,7 @@ mod chunks;
 pub mod entry;
 mod protocol;
 mod reader;
+pub mod sac;
 mod tracking;
 
 use crate::delivery::{Deliver, DeliveryChannel};
@@ -81,6 +82,8 @@ pub struct Stream {
     /// read now.
     chunks: Mutex<chunks::ChunkCache>,
     chunk_readers: std::sync::atomic::AtomicUsize,
+    /// Single active consumer groups of the stream protocol's subscriptions.
+    pub sac: sac::SacGroups,
 }
 
 /// `queue 'q' in vhost 'v'`, as RabbitMQ's `rabbit_misc:rs`.
@@ -163,6 +166,7 @@ impl Stream {
             acked: AtomicU64::new(0),
             chunks: Default::default(),
             chunk_readers: Default::default(),
+            sac: Default::default(),
         };
         s.apply_retention();
         Ok(s)
