@@ -971,3 +971,139 @@ async fn next_body(c: &mut rabbitmq_stream_client::Consumer) -> String {
         .expect("not an error");
     String::from_utf8(d.message().data().unwrap().to_vec()).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn super_streams_route_keys_to_their_partitions() {
+    use rabbitmq_stream_client::types::{RoutingKeyRoutingStrategy, RoutingStrategy};
+
+    let dir = TempDir::new("stream-super");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    // Three partitions, "invoices-0" to "invoices-2", bound with the keys "0" to "2".
+    within(
+        "create super stream",
+        env.stream_creator()
+            .create_super_stream("invoices", 3, None),
+    )
+    .await
+    .expect("create super stream");
+    let again = within(
+        "create it again",
+        env.stream_creator()
+            .create_super_stream("invoices", 3, None),
+    )
+    .await;
+    assert!(
+        matches!(
+            again,
+            Err(StreamCreateError::Create {
+                status: ResponseCode::StreamAlreadyExists,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    let c = client(&b).await;
+    let partitions = within("partitions", c.partitions("invoices".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        partitions.streams,
+        ["invoices-0", "invoices-1", "invoices-2"]
+    );
+    let route = |key: &str| c.route(key.to_string(), "invoices".to_string());
+    assert_eq!(
+        within("route", route("1")).await.unwrap().streams,
+        ["invoices-1"]
+    );
+    assert!(within("route", route("9"))
+        .await
+        .unwrap()
+        .streams
+        .is_empty());
+    assert!(within("partitions", c.partitions("nothing".into()))
+        .await
+        .unwrap()
+        .streams
+        .is_empty());
+
+    // A super stream producer routes each message by its key (the body's first character).
+    let mut producer = within(
+        "super stream producer",
+        env.super_stream_producer(RoutingStrategy::RoutingKeyStrategy(
+            RoutingKeyRoutingStrategy {
+                routing_extractor: &|m: &Message| {
+                    String::from_utf8_lossy(&m.data().unwrap()[..1]).into_owned()
+                },
+            },
+        ))
+        .build("invoices"),
+    )
+    .await
+    .expect("super stream producer");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..9 {
+        let tx = tx.clone();
+        within(
+            "send",
+            producer.send(msg(format!("{}-{i}", i % 3)), move |r| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(r.map(|s| s.confirmed()).unwrap_or(false));
+                }
+            }),
+        )
+        .await
+        .expect("send");
+    }
+    for _ in 0..9 {
+        assert!(within("confirm", rx.recv()).await.unwrap(), "confirmed");
+    }
+    for p in 0..3 {
+        let got = read(
+            &env,
+            &format!("invoices-{p}"),
+            OffsetSpecification::First,
+            3,
+        )
+        .await;
+        let want: Vec<(u64, String)> = (0..3)
+            .map(|n| (n as u64, format!("{p}-{}", p + 3 * n)))
+            .collect();
+        assert_eq!(got, want, "partition {p}");
+    }
+    // A super stream consumer reads every partition.
+    let mut consumer = within(
+        "super stream consumer",
+        env.super_stream_consumer()
+            .offset(OffsetSpecification::First)
+            .build("invoices"),
+    )
+    .await
+    .expect("super stream consumer");
+    let mut all = Vec::new();
+    while all.len() < 9 {
+        let d = within("delivery", consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("not an error");
+        all.push(String::from_utf8(d.message().data().unwrap().to_vec()).unwrap());
+    }
+    all.sort();
+    let mut want: Vec<String> = (0..9).map(|i| format!("{}-{i}", i % 3)).collect();
+    want.sort();
+    assert_eq!(all, want);
+    let _ = consumer.handle().close().await;
+
+    // Deleted: its partitions and its exchange go; deleting it again is refused.
+    within("delete super stream", env.delete_super_stream("invoices"))
+        .await
+        .expect("delete super stream");
+    assert!(b
+        .broker
+        .vhost("/")
+        .is_some_and(|v| v.exchange("invoices").is_none() && v.queue("invoices-0").is_none()));
+    assert!(within("delete again", env.delete_super_stream("invoices"))
+        .await
+        .is_err());
+}

@@ -34,6 +34,8 @@ pub mod key {
     pub const CONSUMER_UPDATE: u16 = 0x1a;
     pub const EXCHANGE_COMMAND_VERSIONS: u16 = 0x1b;
     pub const STREAM_STATS: u16 = 0x1c;
+    pub const CREATE_SUPER_STREAM: u16 = 0x1d;
+    pub const DELETE_SUPER_STREAM: u16 = 0x1e;
     /// The bit that makes a key a response's.
     pub const RESPONSE: u16 = 0x8000;
 }
@@ -171,6 +173,19 @@ pub enum Request {
     Partitions {
         correlation_id: u32,
         super_stream: String,
+    },
+    /// A super stream: a direct exchange and its partition streams, each bound with its
+    /// binding key (RabbitMQ 3.13).
+    CreateSuperStream {
+        correlation_id: u32,
+        name: String,
+        partitions: Vec<String>,
+        binding_keys: Vec<String>,
+        arguments: Vec<(String, String)>,
+    },
+    DeleteSuperStream {
+        correlation_id: u32,
+        name: String,
     },
     /// The answer to a consumer update (single active consumer): where the subscription that
     /// became active starts (None: where it subscribed).
@@ -326,11 +341,7 @@ impl Request {
             },
             METADATA => {
                 let correlation_id = d.u32("correlation id")?;
-                let n = d.count("streams")?;
-                let mut streams = Vec::with_capacity(n.min(64));
-                for _ in 0..n {
-                    streams.push(d.string("stream")?);
-                }
+                let streams = strings(&mut d, "streams")?;
                 Request::Metadata {
                     correlation_id,
                     streams,
@@ -344,6 +355,21 @@ impl Request {
             PARTITIONS => Request::Partitions {
                 correlation_id: d.u32("correlation id")?,
                 super_stream: d.string("super stream")?,
+            },
+            CREATE_SUPER_STREAM => Request::CreateSuperStream {
+                correlation_id: d.u32("correlation id")?,
+                name: d.string("super stream")?,
+                partitions: strings(&mut d, "partitions")?,
+                binding_keys: strings(&mut d, "binding keys")?,
+                arguments: if d.remaining() > 0 {
+                    d.string_map("arguments")?
+                } else {
+                    Vec::new()
+                },
+            },
+            DELETE_SUPER_STREAM => Request::DeleteSuperStream {
+                correlation_id: d.u32("correlation id")?,
+                name: d.string("super stream")?,
             },
             0x801a => {
                 let correlation_id = d.u32("correlation id")?;
@@ -391,6 +417,16 @@ impl Request {
 
 /// One published entry: a simple message (`0 | u31 size | bytes`) or a sub-entry batch
 /// (`1 | compression (3 bits) | reserved (4) | count u16 | uncompressed u32 | size u32 | data`).
+/// An array of strings (a count, then each).
+fn strings(d: &mut Decoder, what: &'static str) -> Result<Vec<String>, DecodeError> {
+    let n = d.count(what)?;
+    let mut v = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        v.push(d.string(what)?);
+    }
+    Ok(v)
+}
+
 /// An offset specification (its type, then its value if it has one); None for an unknown type.
 fn offset_specification(d: &mut Decoder) -> Result<Option<OffsetSpecification>, DecodeError> {
     Ok(Some(match d.u16("offset type")? {

@@ -488,21 +488,33 @@ impl Conn {
                 correlation_id,
                 streams,
             } => self.metadata(correlation_id, &streams),
-            Request::Route { correlation_id, .. } => {
-                self.out.respond(
-                    key::ROUTE,
-                    correlation_id,
-                    response::STREAM_DOES_NOT_EXIST,
-                    |w| w.u32(0),
-                );
+            Request::Route {
+                correlation_id,
+                routing_key,
+                super_stream,
+            } => self.route(correlation_id, &routing_key, &super_stream),
+            Request::Partitions {
+                correlation_id,
+                super_stream,
+            } => self.partitions(correlation_id, &super_stream),
+            Request::CreateSuperStream {
+                correlation_id,
+                name,
+                partitions,
+                binding_keys,
+                arguments,
+            } => {
+                let r = self.create_super_stream(&name, &partitions, &binding_keys, &arguments);
+                self.out
+                    .outcome(key::CREATE_SUPER_STREAM, correlation_id, &r);
             }
-            Request::Partitions { correlation_id, .. } => {
-                self.out.respond(
-                    key::PARTITIONS,
-                    correlation_id,
-                    response::STREAM_DOES_NOT_EXIST,
-                    |w| w.u32(0),
-                );
+            Request::DeleteSuperStream {
+                correlation_id,
+                name,
+            } => {
+                let r = self.delete_super_stream(&name);
+                self.out
+                    .outcome(key::DELETE_SUPER_STREAM, correlation_id, &r);
             }
             Request::ConsumerUpdateResponse {
                 correlation_id,

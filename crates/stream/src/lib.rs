@@ -12,12 +12,12 @@
 //! - `connection`: one connection's task: the read loop, dispatch, the writer, heartbeats,
 //!   cleanup.
 //! - `handshake`: peer properties, SASL PLAIN, tune, open, close, heartbeat.
-//! - `streams`: create, delete, metadata, stream statistics, command versions, the
-//!   super-stream queries (no super streams: "does not exist").
+//! - `streams`: create, delete, metadata, stream statistics, command versions.
+//! - `super_streams`: create and delete super streams, route and partitions.
 //! - `publish`: declare/delete publisher, publish (with sub-entry batches), confirms and
 //!   errors after the group commit, deduplication, query publisher sequence.
 //! - `consume`: subscribe with offset specifications, credit, deliver, unsubscribe, store
-//!   and query offset.
+//!   and query offset, single active consumers (consumer updates).
 //! - this file: [`StreamConfig`], and the listeners: [`serve`] (TCP) and [`serve_tls`].
 
 pub mod chunk;
@@ -29,6 +29,7 @@ mod handshake;
 mod publish;
 pub mod response;
 mod streams;
+mod super_streams;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -175,7 +175,7 @@ impl Conn {
             .iter()
             .any(|(k, min, max)| *k == key::DELIVER && *min <= 2 && *max >= 2);
         // Every key from 1 on, in order: some clients (rstream) index the list by key - 1.
-        let ours: Vec<(u16, u16, u16)> = (key::DECLARE_PUBLISHER..=key::STREAM_STATS)
+        let ours: Vec<(u16, u16, u16)> = (key::DECLARE_PUBLISHER..=key::DELETE_SUPER_STREAM)
             .map(|k| match k {
                 key::PUBLISH | key::DELIVER => (k, 1, 2),
                 k => (k, 1, 1),
