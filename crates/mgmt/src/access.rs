@@ -99,11 +99,22 @@ pub fn check_queue(
     access: Access,
     name: &str,
 ) -> Result<(), ApiError> {
+    check_resource(state, u, vhost, access, Resource::Queue, name)
+}
+
+/// As [`check_queue`], for any kind of resource.
+pub fn check_resource(
+    state: &AppState,
+    u: &AuthUser,
+    vhost: &str,
+    access: Access,
+    resource: Resource,
+    name: &str,
+) -> Result<(), ApiError> {
     let refused = || ApiError::AccessRefused("Access refused.".into());
     let ctx = state
         .broker
         .vhost_access(&u.0.name, vhost)
         .map_err(|_| refused())?;
-    ctx.check(access, Resource::Queue, name)
-        .map_err(|_| refused())
+    ctx.check(access, resource, name).map_err(|_| refused())
 }

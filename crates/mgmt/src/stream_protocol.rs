@@ -10,21 +10,32 @@
 //! - `GET /api/stream/consumers[/{vhost}]`: `subscription_id`, `credits`, `consumed`, `offset`
 //!   (the last delivered), `offset_lag`, `active`, `activity_status`, `properties`.
 //!
+//! - `PUT /api/stream/super-streams/{vhost}/{name}` `{"partitions": 3}` or
+//!   `{"binding-keys": "eu,us"}`, with `"arguments"` (the stream protocol's: `max-age`,
+//!   `max-length-bytes`, …): a super stream (`rabbitmq-streams add_super_stream`); `DELETE`
+//!   (Warren's addition, RabbitMQ's API has none) removes one (`delete_super_stream`).
+//!
 //! A user who is not a monitor sees only its own connections' objects, as in RabbitMQ.
 
+use crate::access::check_resource;
+use crate::auth::AuthUser;
 use crate::connections::{close_connection, connection_json};
+use crate::error::parse_body;
 use crate::listing::ListQuery;
 use crate::queues::vhost;
 use crate::rates::History;
 use crate::{ApiError, AppState, State};
+use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, put};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use warren_broker::auth::{Access, Resource};
 use warren_broker::connections::{ConnectionEntry, Protocol, StreamClients};
+use warren_broker::stream::super_stream::{partitions_for, SuperStreamError};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -50,6 +61,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/stream/consumers", get(consumers_all))
         .route("/stream/consumers/{vhost}", get(consumers_vhost))
+        .route(
+            "/stream/super-streams/{vhost}/{name}",
+            put(super_stream_create).delete(super_stream_delete),
+        )
 }
 
 /// The stream-protocol connections (to `vhost`, or all), with their publishers and consumers.
@@ -284,4 +299,102 @@ async fn consumers_vhost(
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
     Ok(list.unpaged_own(consumers(&state, Some(&vh.name))))
+}
+
+#[derive(serde::Deserialize)]
+struct SuperStreamBody {
+    partitions: Option<usize>,
+    #[serde(rename = "binding-keys")]
+    binding_keys: Option<String>,
+    #[serde(default)]
+    arguments: Map<String, Value>,
+}
+
+async fn super_stream_create(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path((vh, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let b: SuperStreamBody = parse_body(&body)?;
+    let vh = vhost(&state, &vh)?;
+    let bad = |why: &str| Err(ApiError::BadRequest(why.to_string()));
+    let partitions = match (b.partitions, b.binding_keys) {
+        (None, None) => return bad("Must specify partitions or binding keys"),
+        (Some(_), Some(_)) => return bad("Specify partitions or binding keys, not both"),
+        (Some(0), None) => return bad("The number of partitions must be greater than 0"),
+        (Some(n), None) => partitions_for(&name, Some(n), None),
+        (None, Some(keys)) => {
+            let keys: Vec<String> = keys
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect();
+            if keys.is_empty() {
+                return bad("The number of binding keys must be greater than 0");
+            }
+            partitions_for(&name, None, Some(&keys))
+        }
+    };
+    let args: Vec<(String, String)> = b
+        .arguments
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let stream_args =
+        warren_broker::stream::args::protocol_arguments(&args).map_err(ApiError::BadRequest)?;
+    check_resource(
+        &state,
+        &me,
+        &vh.name,
+        Access::Configure,
+        Resource::Exchange,
+        &name,
+    )?;
+    for (p, _) in &partitions {
+        check_resource(&state, &me, &vh.name, Access::Configure, Resource::Queue, p)?;
+    }
+    vh.create_super_stream(&name, &partitions, &stream_args, 0)
+        .map_err(super_stream_error)?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn super_stream_delete(
+    state: State,
+    Extension(me): Extension<AuthUser>,
+    Path((vh, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let vh = vhost(&state, &vh)?;
+    let partitions = vh
+        .super_stream_partitions(&name)
+        .ok_or(ApiError::NotFound)?;
+    check_resource(
+        &state,
+        &me,
+        &vh.name,
+        Access::Configure,
+        Resource::Exchange,
+        &name,
+    )?;
+    for p in &partitions {
+        check_resource(&state, &me, &vh.name, Access::Configure, Resource::Queue, p)?;
+    }
+    vh.delete_super_stream(&name, 0)
+        .map_err(super_stream_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn super_stream_error(e: SuperStreamError) -> ApiError {
+    match e {
+        SuperStreamError::NotFound(_) => ApiError::NotFound,
+        SuperStreamError::Broker(e) => e.into(),
+        e => ApiError::BadRequest(e.to_string()),
+    }
 }

@@ -6,59 +6,14 @@ use crate::command::key;
 use crate::connection::Conn;
 use crate::response::{self, Result, StreamError};
 use warren_broker::auth::{Access, Resource};
+use warren_broker::stream::args::protocol_arguments;
 use warren_broker::vhost::QueueDeclare;
-use warren_protocol::{FieldTable, FieldValue};
+use warren_protocol::FieldTable;
 
-/// The stream protocol's create arguments, their queue arguments, and whether they are
-/// integers (the others are strings), as RabbitMQ's stream plugin converts them.
-const ARGUMENTS: &[(&str, &str, bool)] = &[
-    ("max-length-bytes", "x-max-length-bytes", true),
-    ("max-age", "x-max-age", false),
-    (
-        "stream-max-segment-size-bytes",
-        "x-stream-max-segment-size-bytes",
-        true,
-    ),
-    ("initial-cluster-size", "x-initial-cluster-size", true),
-    ("queue-leader-locator", "x-queue-leader-locator", false),
-    (
-        "stream-filter-size-bytes",
-        "x-stream-filter-size-bytes",
-        true,
-    ),
-];
-
-/// The create arguments as queue arguments: an unknown argument or a value that is not a
-/// number where one is needed is a precondition failure.
+/// The create arguments as queue arguments (see
+/// `warren_broker::stream::args::protocol_arguments`): a bad one is a precondition failure.
 pub fn queue_arguments(args: &[(String, String)]) -> Result<FieldTable> {
-    let mut t = FieldTable::new();
-    t.insert("x-queue-type", FieldValue::LongStr("stream".into()));
-    for (k, v) in args {
-        let Some((_, arg, int)) = ARGUMENTS.iter().find(|(name, _, _)| name == k) else {
-            return Err(StreamError::Precondition(format!(
-                "unknown stream argument '{k}'"
-            )));
-        };
-        let value = if *int {
-            match v.trim().parse::<i64>() {
-                Ok(n) => FieldValue::I64(n),
-                Err(_) => {
-                    return Err(StreamError::Precondition(format!(
-                        "invalid value '{v}' for stream argument '{k}': expected an integer"
-                    )))
-                }
-            }
-        } else if *arg == "x-queue-leader-locator"
-            && matches!(v.as_str(), "least-leaders" | "random")
-        {
-            // The older names clients still send (the Rust client's default): "balanced" now.
-            FieldValue::LongStr("balanced".into())
-        } else {
-            FieldValue::LongStr(v.as_str().into())
-        };
-        t.insert(*arg, value);
-    }
-    Ok(t)
+    protocol_arguments(args).map_err(StreamError::Precondition)
 }
 
 impl Conn {

@@ -8,6 +8,7 @@
 //! - [`cluster`]: the `cluster_status` command.
 //! - [`members`]: `rabbitmq-queues`' `add_member`, `delete_member`, `grow` and `shrink`;
 //!   `join_cluster`, `forget_cluster_node`.
+//! - [`super_streams`]: `rabbitmq-streams`' `add_super_stream`, `delete_super_stream`.
 //! - this file: the command line and the other commands.
 
 mod access;
@@ -16,6 +17,7 @@ mod cluster;
 mod format;
 mod listing;
 mod members;
+mod super_streams;
 
 use clap::{Args, Parser, Subcommand};
 use client::{seg, Client, CtlError, Method};
@@ -189,6 +191,33 @@ enum Command {
         /// Only list queues which reported an error
         #[arg(long)]
         errors_only: bool,
+    },
+    /// Adds a super stream: a direct exchange and its partition streams (rabbitmq-streams)
+    #[command(name = "add_super_stream")]
+    AddSuperStream {
+        /// Super stream name
+        name: String,
+        /// Number of partitions (streams NAME-0, NAME-1, …) [default: 3]
+        #[arg(long)]
+        partitions: Option<usize>,
+        /// Comma-separated binding keys, a partition each (streams NAME-KEY)
+        #[arg(long)]
+        binding_keys: Option<String>,
+        /// Each partition's maximum size (e.g. 20gb)
+        #[arg(long)]
+        max_length_bytes: Option<String>,
+        /// Each partition's maximum age (e.g. 7D)
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Each partition's segment size
+        #[arg(long)]
+        stream_max_segment_size_bytes: Option<String>,
+    },
+    /// Deletes a super stream and its partitions (rabbitmq-streams)
+    #[command(name = "delete_super_stream")]
+    DeleteSuperStream {
+        /// Super stream name
+        name: String,
     },
     /// Purges a queue (removes all ready messages in it)
     #[command(name = "purge_queue")]
@@ -403,6 +432,35 @@ fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CtlError> {
         Command::ForgetClusterNode { node } => members::forget_cluster_node(&client, g, node, out),
         Command::Shrink { node, errors_only } => {
             members::shrink(&client, g, node, *errors_only, out)
+        }
+        Command::AddSuperStream {
+            name,
+            partitions,
+            binding_keys,
+            max_length_bytes,
+            max_age,
+            stream_max_segment_size_bytes,
+        } => {
+            let arguments = [
+                ("max-length-bytes", max_length_bytes),
+                ("max-age", max_age),
+                (
+                    "stream-max-segment-size-bytes",
+                    stream_max_segment_size_bytes,
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect();
+            let o = super_streams::SuperStreamOptions {
+                partitions: *partitions,
+                binding_keys: binding_keys.as_deref(),
+                arguments,
+            };
+            super_streams::add_super_stream(&client, g, name, o, out)
+        }
+        Command::DeleteSuperStream { name } => {
+            super_streams::delete_super_stream(&client, g, name, out)
         }
         Command::PurgeQueue { queue } => purge_queue(&client, g, queue, out),
         Command::DeleteQueue {

@@ -239,3 +239,109 @@ async fn stream_protocol_connections_publishers_and_consumers_are_listed() {
     let (s, _) = m.http("GET", &path(&consumer_conn, ""), None);
     assert_eq!(s, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn super_streams_are_added_and_deleted_as_rabbitmq_streams_does() {
+    use serde_json::json;
+
+    let dir = TempDir::new("super-stream-ctl");
+    let m = MgmtBroker::on(TestBroker::with_backend(dir.path(), FileBackend::shared())).await;
+    let ctl = |args: &'static [&'static str]| {
+        let mut full = vec!["--url".to_string(), m.url()];
+        full.extend(args.iter().map(|a| a.to_string()));
+        run_warrenctl(WARRENCTL, full)
+    };
+    assert_eq!(
+        ctl(&[
+            "add_super_stream",
+            "events",
+            "--binding-keys",
+            "eu,us",
+            "--max-age",
+            "7D"
+        ])
+        .await
+        .ok(),
+        "Adding a super stream...\nSuper stream events has been created\n"
+    );
+    // A direct exchange marked as a super stream, and a stream per key, bound in order.
+    let (s, x) = m.http("GET", "/api/exchanges/%2F/events", None);
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&x["type"], &x["durable"], &x["arguments"]),
+        (
+            &json!("direct"),
+            &json!(true),
+            &json!({"x-super-stream": true})
+        )
+    );
+    for (i, key) in ["eu", "us"].iter().enumerate() {
+        let (s, q) = m.http("GET", &format!("/api/queues/%2F/events-{key}"), None);
+        assert_eq!(s, 200, "events-{key}");
+        assert_eq!(
+            (&q["type"], &q["arguments"]["x-max-age"]),
+            (&json!("stream"), &json!("7D"))
+        );
+        let (_, b) = m.http(
+            "GET",
+            &format!("/api/bindings/%2F/e/events/q/events-{key}"),
+            None,
+        );
+        assert_eq!(
+            (&b[0]["routing_key"], &b[0]["arguments"]),
+            (&json!(key), &json!({"x-stream-partition-order": i}))
+        );
+    }
+    // It is an ordinary exchange: an AMQP 0-9-1 publish with a key reaches its partition.
+    let (_conn, ch) = open(&m.broker).await;
+    confirm_select(&ch).await;
+    publish_confirmed(&ch, "events", "us", b"from 0-9-1").await;
+    eventually("the message in events-us", || {
+        queue_counts(&m.broker, "events-us").is_some_and(|(ready, _)| ready == 1)
+    })
+    .await;
+
+    // Both ways of naming partitions at once: a usage error, as rabbitmq-streams.
+    let out = ctl(&[
+        "add_super_stream",
+        "x",
+        "--partitions",
+        "2",
+        "--binding-keys",
+        "a",
+    ])
+    .await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    // The API refuses a body that names neither, and a second creation.
+    let (s, v) = m.http("PUT", "/api/stream/super-streams/%2F/x", Some(json!({})));
+    assert_eq!(
+        (s, &v["reason"]),
+        (400, &json!("Must specify partitions or binding keys"))
+    );
+    let (s, _) = m.http(
+        "PUT",
+        "/api/stream/super-streams/%2F/events",
+        Some(json!({"partitions": 2})),
+    );
+    assert_eq!(s, 400);
+
+    assert_eq!(
+        ctl(&["delete_super_stream", "events"]).await.ok(),
+        "Deleting a super stream...\nSuper stream events has been deleted\n"
+    );
+    for path in [
+        "/api/exchanges/%2F/events",
+        "/api/queues/%2F/events-eu",
+        "/api/queues/%2F/events-us",
+    ] {
+        assert_eq!(m.http("GET", path, None).0, 404, "{path}");
+    }
+    let out = ctl(&["delete_super_stream", "events"]).await;
+    assert_eq!(out.code, 69, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("super stream 'events' in vhost '/' was not found"),
+        "{}",
+        out.stderr
+    );
+}

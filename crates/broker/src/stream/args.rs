@@ -267,6 +267,57 @@ pub fn consumer_args(
     Ok((spec, filter))
 }
 
+/// The stream protocol's create arguments, their queue arguments, and whether they are
+/// integers (the others are strings), as RabbitMQ's stream plugin converts them.
+const ARGUMENTS: &[(&str, &str, bool)] = &[
+    ("max-length-bytes", "x-max-length-bytes", true),
+    ("max-age", "x-max-age", false),
+    (
+        "stream-max-segment-size-bytes",
+        "x-stream-max-segment-size-bytes",
+        true,
+    ),
+    ("initial-cluster-size", "x-initial-cluster-size", true),
+    ("queue-leader-locator", "x-queue-leader-locator", false),
+    (
+        "stream-filter-size-bytes",
+        "x-stream-filter-size-bytes",
+        true,
+    ),
+];
+
+/// The stream protocol's create arguments (and the management API's super-stream ones) as
+/// queue arguments: an unknown argument, or a value that is not a number where one is
+/// needed, is refused with why.
+pub fn protocol_arguments(args: &[(String, String)]) -> std::result::Result<FieldTable, String> {
+    let mut t = FieldTable::new();
+    t.insert("x-queue-type", FieldValue::LongStr("stream".into()));
+    for (k, v) in args {
+        let Some((_, arg, int)) = ARGUMENTS.iter().find(|(name, _, _)| name == k) else {
+            return Err(format!("unknown stream argument '{k}'"));
+        };
+        let value = if *int {
+            match v.trim().parse::<i64>() {
+                Ok(n) => FieldValue::I64(n),
+                Err(_) => {
+                    return Err(format!(
+                        "invalid value '{v}' for stream argument '{k}': expected an integer"
+                    ))
+                }
+            }
+        } else if *arg == "x-queue-leader-locator"
+            && matches!(v.as_str(), "least-leaders" | "random")
+        {
+            // The older names clients still send (the Rust client's default): "balanced" now.
+            FieldValue::LongStr("balanced".into())
+        } else {
+            FieldValue::LongStr(v.as_str().into())
+        };
+        t.insert(*arg, value);
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

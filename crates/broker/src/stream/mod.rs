@@ -13,7 +13,8 @@
 //! 0-9-1), `tracking` (named publishers' ids and named consumers' offsets), `protocol` (what
 //! the stream protocol's listener, `warren-stream`, calls: appends with deduplication, reads
 //! by chunk, offsets), `chunks` (chunks built once for the stream protocol's readers at the
-//! same place), [`sac`] (single active consumer groups), this file (the log, appends with group commit, dispatch to readers,
+//! same place), [`sac`] (single active consumer groups), [`super_stream`] (super streams:
+//! an exchange and its partition streams), this file (the log, appends with group commit, dispatch to readers,
 //! retention, statistics). The log is a `warren_store::StreamStore` (`docs/streams.md`).
 //!
 //! Lock order: the stream's readers → its store; its chunk cache → its store; readers → a
@@ -28,6 +29,7 @@ pub mod entry;
 mod protocol;
 mod reader;
 pub mod sac;
+pub mod super_stream;
 mod tracking;
 
 use crate::delivery::{Deliver, DeliveryChannel};
