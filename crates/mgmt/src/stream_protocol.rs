@@ -350,17 +350,8 @@ async fn super_stream_create(
         .collect();
     let stream_args =
         warren_broker::stream::args::protocol_arguments(&args).map_err(ApiError::BadRequest)?;
-    check_resource(
-        &state,
-        &me,
-        &vh.name,
-        Access::Configure,
-        Resource::Exchange,
-        &name,
-    )?;
-    for (p, _) in &partitions {
-        check_resource(&state, &me, &vh.name, Access::Configure, Resource::Queue, p)?;
-    }
+    let names = partitions.iter().map(|(p, _)| p.as_str());
+    check_super_stream(&state, &me, &vh.name, &name, names)?;
     vh.create_super_stream(&name, &partitions, &stream_args, 0)
         .map_err(super_stream_error)?;
     Ok(StatusCode::CREATED)
@@ -375,20 +366,38 @@ async fn super_stream_delete(
     let partitions = vh
         .super_stream_partitions(&name)
         .ok_or(ApiError::NotFound)?;
-    check_resource(
+    check_super_stream(
         &state,
         &me,
         &vh.name,
-        Access::Configure,
-        Resource::Exchange,
         &name,
+        partitions.iter().map(String::as_str),
     )?;
-    for p in &partitions {
-        check_resource(&state, &me, &vh.name, Access::Configure, Resource::Queue, p)?;
-    }
     vh.delete_super_stream(&name, 0)
         .map_err(super_stream_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Configure permission on the super stream's exchange and on each of its partitions.
+fn check_super_stream<'a>(
+    state: &AppState,
+    me: &AuthUser,
+    vhost: &str,
+    name: &str,
+    partitions: impl Iterator<Item = &'a str>,
+) -> Result<(), ApiError> {
+    check_resource(
+        state,
+        me,
+        vhost,
+        Access::Configure,
+        Resource::Exchange,
+        name,
+    )?;
+    for p in partitions {
+        check_resource(state, me, vhost, Access::Configure, Resource::Queue, p)?;
+    }
+    Ok(())
 }
 
 fn super_stream_error(e: SuperStreamError) -> ApiError {
