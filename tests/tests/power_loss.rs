@@ -437,15 +437,14 @@ fn check_ledger(
                     t.name
                 ))
             }
-            Some(ids) => {
-                if !t.delete_sent {
-                    for id in &t.confirmed {
-                        if !ids.contains(id) {
-                            return Err(format!("confirmed message {id} missing from {}", t.name));
-                        }
+            Some(ids) if !t.delete_sent => {
+                for id in &t.confirmed {
+                    if !ids.contains(id) {
+                        return Err(format!("confirmed message {id} missing from {}", t.name));
                     }
                 }
             }
+            Some(_) => {}
         }
     }
     let recovered: usize = present.values().map(Vec::len).sum();
