@@ -68,7 +68,6 @@ pub struct StreamClients {
 
 pub struct ConnectionEntry {
     pub id: u64,
-    pub protocol: Protocol,
     pub name: String,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -83,8 +82,18 @@ pub struct ConnectionEntry {
     pub closer: Arc<dyn CloseHandle>,
     /// Bytes and frames in and out.
     pub io: Arc<IoCounters>,
-    /// A stream-protocol connection's publishers and consumers.
+    /// A stream-protocol connection's publishers and consumers (None: AMQP 0-9-1).
     pub stream: Option<Arc<StreamClients>>,
+}
+
+impl ConnectionEntry {
+    /// The protocol it speaks: the stream protocol's connections carry their clients.
+    pub fn protocol(&self) -> Protocol {
+        match self.stream {
+            Some(_) => Protocol::Stream,
+            None => Protocol::Amqp091,
+        }
+    }
 }
 
 /// The open channels' publishes by exchange, keyed by the exchange's address.

@@ -186,10 +186,7 @@ pub(crate) fn delete(
         tracing::info!(group = r.id, node = n, "removing a member from a quorum queue's group");
         // A node that does not answer (one being forgotten) is neither waited for nor told.
         let addr = c.addr(n).unwrap_or_default();
-        let (me, secret, tls) = (c.spec.me, c.spec.secret.clone(), c.spec.tls.clone());
-        let reachable = !c.is_down(n)
-            && crate::transport::probe(&addr, me, &secret, tls.as_ref(), Duration::from_secs(1))
-                .await;
+        let reachable = !c.is_down(n) && c.probe(&addr, Duration::from_secs(1)).await;
         if st.voters.contains(&n) && reachable {
             let index = on_leader(&r, MemberOp::Demote(n)).await?;
             // The member keeps the log until it has applied its demotion: deliveries to

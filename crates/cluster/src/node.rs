@@ -141,45 +141,46 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// The metadata group's membership now: None until that group has started and has one.
+    fn meta_membership(&self) -> Option<Arc<openraft::StoredMembership<NodeId, BasicNode>>> {
+        let m = self.meta()?.metrics().borrow().membership_config.clone();
+        let empty = m.membership().nodes().next().is_none();
+        (!empty).then_some(m)
+    }
+
     /// The cluster's nodes now, by id, with their names: the metadata group's membership
     /// (the configured nodes, less those forgotten, plus those that joined), or the
     /// configured nodes until that group has started.
     pub(crate) fn nodes(&self) -> BTreeMap<NodeId, BasicNode> {
-        if let Some(meta) = self.meta() {
-            let stored = meta.metrics().borrow().membership_config.clone();
-            let nodes: BTreeMap<NodeId, BasicNode> = stored
+        match self.meta_membership() {
+            Some(m) => m
                 .membership()
                 .nodes()
                 .map(|(id, n)| (*id, n.clone()))
-                .collect();
-            if !nodes.is_empty() {
-                return nodes;
-            }
+                .collect(),
+            None => self.spec.nodes.clone(),
         }
-        self.spec.nodes.clone()
     }
 
     /// Node `id` as [`Cluster::nodes`] has it, or as configured (a node forgotten since).
     pub(crate) fn member(&self, id: NodeId) -> Option<BasicNode> {
-        if let Some(meta) = self.meta() {
-            let stored = meta.metrics().borrow().membership_config.clone();
-            if let Some(n) = stored.membership().get_node(&id) {
-                return Some(n.clone());
-            }
-        }
-        self.spec.nodes.get(&id).cloned()
+        self.meta_membership()
+            .and_then(|m| m.membership().get_node(&id).cloned())
+            .or_else(|| self.spec.nodes.get(&id).cloned())
     }
 
     /// Whether `id` is one of [`Cluster::nodes`] (not forgotten).
     pub(crate) fn in_cluster(&self, id: NodeId) -> bool {
-        if let Some(meta) = self.meta() {
-            let stored = meta.metrics().borrow().membership_config.clone();
-            let mut ids = stored.membership().nodes().map(|(n, _)| *n).peekable();
-            if ids.peek().is_some() {
-                return ids.any(|n| n == id);
-            }
+        match self.meta_membership() {
+            Some(m) => m.membership().get_node(&id).is_some(),
+            None => self.spec.nodes.contains_key(&id),
         }
-        self.spec.nodes.contains_key(&id)
+    }
+
+    /// Asks the node at `addr` whether it answers on its cluster port, within `timeout`.
+    pub(crate) async fn probe(&self, addr: &str, timeout: Duration) -> bool {
+        let (me, secret, tls) = (self.spec.me, &self.spec.secret, self.spec.tls.as_ref());
+        crate::transport::probe(addr, me, secret, tls, timeout).await
     }
 
     /// The metadata group (once started).
@@ -234,22 +235,13 @@ impl Cluster {
         if number == 0 {
             return None;
         }
-        if let Some(meta) = self.meta() {
-            let stored = meta.metrics().borrow().membership_config.clone();
-            let found = stored
-                .membership()
-                .nodes()
-                .map(|(id, _)| *id)
-                .find(|id| number_of(*id) == number);
-            if found.is_some() {
-                return found;
+        let matches = |id: &NodeId| number_of(*id) == number;
+        if let Some(m) = self.meta_membership() {
+            if let Some((id, _)) = m.membership().nodes().find(|(id, _)| matches(id)) {
+                return Some(*id);
             }
         }
-        self.spec
-            .nodes
-            .keys()
-            .copied()
-            .find(|id| number_of(*id) == number)
+        self.spec.nodes.keys().copied().find(matches)
     }
 
     /// Whether `owner`'s node has been down for [`DOWN_AFTER`], or was forgotten.
@@ -283,14 +275,7 @@ impl Cluster {
                 if *id == self.spec.me {
                     continue;
                 }
-                let up = crate::transport::probe(
-                    &link_addr(&n.addr),
-                    self.spec.me,
-                    &self.spec.secret,
-                    self.spec.tls.as_ref(),
-                    PROBE_EVERY,
-                )
-                .await;
+                let up = self.probe(&link_addr(&n.addr), PROBE_EVERY).await;
                 let mut down = self.down_since.lock();
                 match (up, down.contains_key(id)) {
                     (true, true) => {
@@ -791,14 +776,7 @@ impl ReplicaHost for LocalNode {
                 for (id, n) in &probed {
                     up.push(
                         *id == c2.spec.me
-                            || crate::transport::probe(
-                                &link_addr(&n.addr),
-                                c2.spec.me,
-                                &c2.spec.secret,
-                                c2.spec.tls.as_ref(),
-                                Duration::from_secs(1),
-                            )
-                            .await,
+                            || c2.probe(&link_addr(&n.addr), Duration::from_secs(1)).await,
                     );
                 }
                 up

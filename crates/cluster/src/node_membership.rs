@@ -65,10 +65,7 @@ pub(crate) fn join(node: &LocalNode, seed: &str) -> Result<(), MemberError> {
     let wal = node.wal.clone();
     let seed = seed.to_string();
     node.wait_for(async move {
-        let (secret, tls) = (c.spec.secret.clone(), c.spec.tls.clone());
-        if !crate::transport::probe(&seed_addr, me, &secret, tls.as_ref(), Duration::from_secs(2))
-            .await
-        {
+        if !c.probe(&seed_addr, Duration::from_secs(2)).await {
             return Err(MemberError::NodeNotRunning);
         }
         // Leave the cluster of one: a new, empty member of the metadata group, for the
@@ -113,7 +110,7 @@ pub(crate) fn forget(node: &LocalNode, target: &str) -> Result<(), MemberError> 
     let c = node.cluster.clone().ok_or(MemberError::NotClustered)?;
     let n = c
         .node_named(target)
-        .filter(|n| c.nodes().contains_key(n))
+        .filter(|n| c.in_cluster(*n))
         .ok_or(MemberError::NotClusterNode)?;
     if n == c.spec.me {
         return Err(failed(
@@ -125,8 +122,7 @@ pub(crate) fn forget(node: &LocalNode, target: &str) -> Result<(), MemberError> 
     }
     let (addr, target) = (c.addr(n).unwrap_or_default(), target.to_string());
     node.wait_for(async move {
-        let (me, secret, tls) = (c.spec.me, c.spec.secret.clone(), c.spec.tls.clone());
-        if crate::transport::probe(&addr, me, &secret, tls.as_ref(), Duration::from_secs(1)).await {
+        if c.probe(&addr, Duration::from_secs(1)).await {
             return Err(MemberError::NodeRunning);
         }
         let meta = c

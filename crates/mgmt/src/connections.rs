@@ -65,7 +65,7 @@ pub(crate) fn connection_json(state: &AppState, c: &ConnectionEntry, h: History)
         "timeout": c.heartbeat,
         "connected_at": connected_at,
         "client_properties": client_properties,
-        "protocol": c.protocol.name(),
+        "protocol": c.protocol().name(),
         "auth_mechanism": "PLAIN",
         "ssl": false,
         "state": "running",

@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use warren_broker::auth::{Access, Resource};
-use warren_broker::connections::{ConnectionEntry, Protocol, StreamClients};
+use warren_broker::connections::{ConnectionEntry, StreamClients};
 use warren_broker::stream::super_stream::{partitions_for, SuperStreamError};
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -77,7 +77,7 @@ fn stream_connections(
         .connections
         .list()
         .into_iter()
-        .filter(|c| c.protocol == Protocol::Stream && vhost.is_none_or(|v| c.vhost == v))
+        .filter(|c| vhost.is_none_or(|v| c.vhost == v))
         .filter_map(|c| c.stream.clone().map(|s| (c, s)))
         .collect();
     conns.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -182,17 +182,27 @@ fn stream_connection_json(
     v
 }
 
+/// The stream connections (to `vhost`, or all) as a list page.
+fn connection_list(
+    state: &AppState,
+    vhost: Option<&str>,
+    h: History,
+    list: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    list.paged_own(
+        stream_connections(state, vhost)
+            .iter()
+            .map(|(c, s)| stream_connection_json(state, c, s, h))
+            .collect(),
+    )
+}
+
 async fn connections_all(
     state: State,
     h: History,
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
-    list.paged_own(
-        stream_connections(&state, None)
-            .iter()
-            .map(|(c, s)| stream_connection_json(&state, c, s, h))
-            .collect(),
-    )
+    connection_list(&state, None, h, list)
 }
 
 async fn connections_vhost(
@@ -202,12 +212,7 @@ async fn connections_vhost(
     list: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     let vh = vhost(&state, &vh)?;
-    list.paged_own(
-        stream_connections(&state, Some(&vh.name))
-            .iter()
-            .map(|(c, s)| stream_connection_json(&state, c, s, h))
-            .collect(),
-    )
+    connection_list(&state, Some(&vh.name), h, list)
 }
 
 async fn connection_show(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use warren_broker::connections::{CloseHandle, ConnectionEntry, Protocol};
+use warren_broker::connections::{CloseHandle, ConnectionEntry};
 use warren_broker::delivery::TimedOut;
 use warren_broker::persist::SyncState;
 use warren_broker::queue::Followups;
@@ -170,7 +170,6 @@ pub async fn run_io<R, W>(
     let name = format!("{} -> {}", peer, local);
     let entry = Arc::new(ConnectionEntry {
         id,
-        protocol: Protocol::Amqp091,
         name: name.clone(),
         peer,
         local,

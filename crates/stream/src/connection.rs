@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use warren_broker::auth::{AccessContext, ConnectionSlot};
 use warren_broker::connections::{
-    CloseHandle, ConnectionEntry, Protocol, StreamClients, StreamPublisherInfo,
+    CloseHandle, ConnectionEntry, StreamClients, StreamPublisherInfo,
 };
 use warren_broker::stats::IoCounters;
 use warren_broker::{Broker, VHost};
@@ -262,13 +262,12 @@ pub(crate) struct Publisher {
 }
 
 pub(crate) struct Subscription {
-    pub stream: String,
-    pub credit: Arc<tokio::sync::Semaphore>,
     /// The task delivering its chunks (None: a single active consumer not active yet).
     pub task: Option<tokio::task::JoinHandle<()>>,
     pub queue: Arc<warren_broker::Queue>,
     /// Where it starts, unless a consumer update's answer says otherwise.
     pub spec: warren_broker::stream::OffsetSpec,
+    /// Its stream's name and counts (the management API's view of it).
     pub info: Arc<warren_broker::connections::StreamConsumerInfo>,
     /// Its single-active-consumer group's name.
     pub sac: Option<String>,
@@ -567,7 +566,6 @@ impl Conn {
     pub fn register(&mut self) {
         let entry = ConnectionEntry {
             id: self.id,
-            protocol: Protocol::Stream,
             name: self.name(),
             peer: self.peer,
             local: self.local,

@@ -80,12 +80,11 @@ impl Conn {
             },
             _ => None,
         };
-        let credit = Arc::new(Semaphore::new(credit as usize));
         let info = Arc::new(StreamConsumerInfo {
             stream: stream.to_string(),
             consumed: AtomicU64::new(0),
             offset: Default::default(),
-            credits: credit.clone(),
+            credits: Arc::new(Semaphore::new(credit as usize)),
             properties: properties.to_vec(),
             single_active: sac.is_some(),
             active: AtomicBool::new(sac.is_none()),
@@ -113,8 +112,6 @@ impl Conn {
         self.subscriptions.insert(
             sid,
             Subscription {
-                stream: stream.to_string(),
-                credit,
                 task: None,
                 queue: q,
                 spec: offset_spec(offset),
@@ -142,7 +139,7 @@ impl Conn {
             s.info.clone(),
             out,
             v2,
-            s.stream.clone(),
+            s.info.stream.clone(),
         );
         s.task = Some(tokio::spawn(deliver));
     }
@@ -157,7 +154,7 @@ impl Conn {
         let correlation_id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1);
         self.consumer_updates.insert(correlation_id, sid);
-        tracing::debug!(peer = %self.peer, stream = %s.stream, sid, "a single active consumer becomes active");
+        tracing::debug!(peer = %self.peer, stream = %s.info.stream, sid, "a single active consumer becomes active");
         self.out.send(|w| {
             w.frame(key::CONSUMER_UPDATE, 1, |w| {
                 w.u32(correlation_id);
@@ -203,7 +200,7 @@ impl Conn {
 
     pub(crate) fn credit(&mut self, sid: u8, credit: u16) {
         match self.subscriptions.get(&sid) {
-            Some(s) => s.credit.add_permits(credit as usize),
+            Some(s) => s.info.credits.add_permits(credit as usize),
             None => {
                 // Only a problem gets an answer (PROTOCOL.adoc, "Credit").
                 self.out.send(|w| {
@@ -221,7 +218,7 @@ impl Conn {
             .subscriptions
             .remove(&sid)
             .ok_or(StreamError::NoSubscription(sid))?;
-        tracing::debug!(peer = %self.peer, stream = %s.stream, sid, "unsubscribed");
+        tracing::debug!(peer = %self.peer, stream = %s.info.stream, sid, "unsubscribed");
         self.end_subscription(sid, s);
         Ok(())
     }

@@ -56,7 +56,8 @@ impl SacGroups {
     }
 
     /// Whether subscription `sid` of connection `conn` is the active one of group `name`.
-    pub fn is_active(&self, name: &str, conn: u64, sid: u8) -> bool {
+    #[cfg(test)]
+    fn is_active(&self, name: &str, conn: u64, sid: u8) -> bool {
         self.groups
             .lock()
             .get(name)
