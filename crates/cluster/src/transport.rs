@@ -573,21 +573,27 @@ impl TcpLink {
 
     /// Sends one request and reads its answer; a broken link is dropped (the next call
     /// reconnects) and reported as unreachable.
+    ///
+    /// Cancel-safe: openraft wraps each RPC in a timeout of its own, and a call dropped
+    /// between sending a request and reading its answer must not leave that answer on the
+    /// connection for the next request to read as its own (a stale "conflict" read as a
+    /// heartbeat's made a leader take a follower's log for reverted; a stale success could
+    /// count entries as replicated that never were). So the connection is taken out while
+    /// the call runs and put back only once the answer is read: a call cut short drops it.
     async fn call(&mut self, rpc: Rpc, timeout: Duration) -> Result<Response, Unreachable> {
+        let request = Request {
+            group: self.peers.group,
+            rpc,
+        };
+        let taken = self.conn.take();
         let r = tokio::time::timeout(timeout, async {
-            if self.conn.is_none() {
-                self.conn = Some(self.connect().await?);
-            }
-            let s = self.conn.as_mut().expect("connected");
-            write_frame(
-                s,
-                &Request {
-                    group: self.peers.group,
-                    rpc,
-                },
-            )
-            .await?;
-            read_frame::<Response>(s).await
+            let mut conn = match taken {
+                Some(c) => c,
+                None => self.connect().await?,
+            };
+            write_frame(&mut conn, &request).await?;
+            let answer = read_frame::<Response>(&mut conn).await?;
+            Ok::<_, std::io::Error>((conn, answer))
         })
         .await
         .unwrap_or_else(|_| {
@@ -597,18 +603,21 @@ impl TcpLink {
             ))
         });
         match r {
-            Ok(Response::NoGroup) => Err(Unreachable::new(&std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!(
-                    "node {} does not run group {}",
-                    self.target, self.peers.group
-                ),
-            ))),
-            Ok(resp) => Ok(resp),
-            Err(e) => {
-                self.conn = None;
-                Err(Unreachable::new(&e))
+            Ok((conn, Response::NoGroup)) => {
+                self.conn = Some(conn);
+                Err(Unreachable::new(&std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "node {} does not run group {}",
+                        self.target, self.peers.group
+                    ),
+                )))
             }
+            Ok((conn, resp)) => {
+                self.conn = Some(conn);
+                Ok(resp)
+            }
+            Err(e) => Err(Unreachable::new(&e)),
         }
     }
 
@@ -662,5 +671,88 @@ impl RaftNetwork<QueueRaft> for TcpLink {
             }
             _ => Err(self.unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{raft::AppendEntriesResponse, Vote};
+
+    /// A peer that passes the handshake and answers its first request late (a conflict),
+    /// every later one at once (a success), on whichever connection they come.
+    async fn slow_first_answer(secret: Arc<[u8]>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (secret, served) = (secret.clone(), served.clone());
+                tokio::spawn(async move {
+                    let challenge = [7u8; 32];
+                    write_frame(&mut s, &challenge).await.unwrap();
+                    let hello: Hello = read_frame(&mut s).await.unwrap();
+                    assert!(same(&hello.proof, &proof(&secret, &challenge)));
+                    write_frame(&mut s, &true).await.unwrap();
+                    while let Ok(_req) = read_frame::<Request>(&mut s).await {
+                        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = if n == 0 {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            AppendEntriesResponse::Conflict
+                        } else {
+                            AppendEntriesResponse::Success
+                        };
+                        let r = write_frame(&mut s, &Response::AppendEntries(Ok(answer))).await;
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn heartbeat() -> AppendEntriesRequest<QueueRaft> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        }
+    }
+
+    /// openraft drops an RPC's future at its own timeout: the answer that comes later must
+    /// not be taken for the next request's.
+    #[tokio::test]
+    async fn an_answer_to_a_call_cut_short_is_not_read_as_the_next_ones() {
+        let secret: Arc<[u8]> = Arc::from(&b"cookie"[..]);
+        let addr = slow_first_answer(secret.clone()).await;
+        let mut peers = TcpPeers {
+            me: 2,
+            group: 9,
+            secret,
+            tls: None,
+        };
+        let node = BasicNode {
+            addr: format!("warren@{addr}"),
+        };
+        let mut link = peers.new_client(1, &node).await;
+        let cut_short = tokio::time::timeout(
+            Duration::from_millis(100),
+            link.append_entries(heartbeat(), RPCOption::new(Duration::from_secs(5))),
+        )
+        .await;
+        assert!(cut_short.is_err(), "the first call is cut short");
+        // Past the moment the first answer is sent.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let next = link
+            .append_entries(heartbeat(), RPCOption::new(Duration::from_secs(5)))
+            .await
+            .expect("answered");
+        assert!(
+            matches!(next, AppendEntriesResponse::Success),
+            "the second call read {next:?}, the first call's answer"
+        );
     }
 }

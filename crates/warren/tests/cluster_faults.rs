@@ -348,6 +348,26 @@ async fn consumer(ledger: Shared, stop: Arc<AtomicBool>, quiet: Duration) {
 }
 
 /// Polls `f` every 50 ms until it holds or `within` passes; returns whether it held.
+/// The lines of the nodes' logs (every start of each node appends to its file) where a
+/// thread panicked: a Raft task that panics stops its group on that node, which the
+/// workload sees only as publish errors.
+fn panics_in_logs(dir: &TempDir) -> Vec<String> {
+    (1..=NODES)
+        .flat_map(|n| {
+            let log = std::fs::read_to_string(dir.path().join(format!("node{n}.log")))
+                .unwrap_or_default();
+            log.lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains("panicked at"))
+                .map(|(i, l)| {
+                    let next = log.lines().nth(i + 1).unwrap_or_default();
+                    format!("node {n}: {l} {next}")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn wait_until(within: Duration, f: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while !f() {
@@ -642,6 +662,13 @@ fn confirmed_messages_survive_kills_partitions_and_slow_links() {
         "a cut-off node confirmed {} publishes",
         minority_confirms.len()
     );
+    let panics = panics_in_logs(&dir);
+    assert!(
+        panics.is_empty(),
+        "a node panicked (logs in {}):\n{}",
+        dir.path().display(),
+        panics.join("\n")
+    );
     // The bar is 5 s. Most leader kills recover in 1-2.5 s, but an election can take
     // a second or third round (a split vote, or a vote refused under openraft's leader
     // lease): CI saw 6.5 s once in 8 leader kills. The run reports how many kills missed
@@ -798,6 +825,8 @@ fn cut_off_consumer_is_served(name: &str, cut_for: Duration, count: u64, size: u
     stop.store(true, Ordering::Relaxed);
     consumer.join().unwrap();
     let g = got.lock().unwrap();
+    let panics = panics_in_logs(&dir);
+    assert!(panics.is_empty(), "a node panicked:\n{}", panics.join("\n"));
     assert!(
         served,
         "node 3's consumer was not served again: got {} of the {count} published while it was cut off",
