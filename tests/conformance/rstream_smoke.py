@@ -143,6 +143,25 @@ async def check_sub_entry_batch(stream):
     assert [o for o, _ in got] == [0, 1, 2, 3], got
 
 
+async def check_gzip_sub_entry_batch(stream):
+    confirmed = asyncio.Event()
+
+    async def on_confirm(c):
+        if c.is_confirmed:
+            confirmed.set()
+
+    async with Producer(**KW) as p:
+        await p.create_stream(stream, exists_ok=True)
+        await p.send_sub_entry(stream, [AMQPMessage(body=f"z{i}".encode() * 50) for i in range(5)],
+                               compression_type=CompressionType.Gzip, on_publish_confirm=on_confirm)
+        await asyncio.wait_for(confirmed.wait(), 10)
+        await p.send_wait(stream, AMQPMessage(body=b"after"))
+    got = await consume(stream, ConsumerOffsetSpecification(OffsetType.FIRST), 6, decoder=amqp_decoder)
+    bodies = [b"".join(m.body) if isinstance(m.body, list) else bytes(m.body) for _, m in got]
+    assert [o for o, _ in got] == list(range(6)), got
+    assert bodies == [f"z{i}".encode() * 50 for i in range(5)] + [b"after"], bodies
+
+
 async def check_missing_stream(stream):
     async with Producer(**KW) as p:
         try:
@@ -167,6 +186,7 @@ CHECKS = [
     check_stored_offset,
     check_deduplication,
     check_sub_entry_batch,
+    check_gzip_sub_entry_batch,
     check_missing_stream,
     check_delete,
 ]

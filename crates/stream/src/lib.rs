@@ -9,6 +9,7 @@
 //! - [`command`]: the client's commands, decoded.
 //! - [`response`]: response codes, and the one place where errors become them.
 //! - [`chunk`]: delivered chunks in osiris' format, with their CRC.
+//! - [`compression`]: compressed sub-entry batches (gzip), decompressed on publish.
 //! - `connection`: one connection's task: the read loop, dispatch, the writer, heartbeats,
 //!   cleanup.
 //! - `handshake`: peer properties, SASL PLAIN, tune, open, close, heartbeat.
@@ -22,6 +23,7 @@
 
 pub mod chunk;
 pub mod command;
+pub mod compression;
 mod connection;
 mod consume;
 pub mod frame;

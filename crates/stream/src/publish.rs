@@ -4,6 +4,7 @@
 //! its fsync failed), and the last publishing id of a reference.
 
 use crate::command::{key, sub_entries, PublishedBody, PublishedMessage};
+use crate::compression;
 use crate::connection::{Conn, Outbox, Publisher};
 use crate::response::{self, Result, StreamError};
 use parking_lot::Mutex;
@@ -233,26 +234,30 @@ impl Conn {
             let r = match &m.body {
                 PublishedBody::Simple(b) => stream.publish_amqp10(&q, &p.reference, id, [&b[..]]),
                 PublishedBody::SubEntries {
-                    compression: 0,
+                    compression,
                     count,
+                    uncompressed_len,
                     data,
-                    ..
-                } => match sub_entries(data, *count) {
-                    Ok(msgs) => {
-                        stream.publish_amqp10(&q, &p.reference, id, msgs.iter().map(|b| &b[..]))
+                } => {
+                    let messages = compression::decompress(*compression, data, *uncompressed_len)
+                        .map_err(|e| e.to_string())
+                        .and_then(|plain| sub_entries(&plain, *count).map_err(|e| e.to_string()));
+                    match messages {
+                        Ok(msgs) => {
+                            stream.publish_amqp10(&q, &p.reference, id, msgs.iter().map(|b| &b[..]))
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %self.peer, error = %e, "sub-entry batch refused");
+                            publish_error(
+                                &self.out,
+                                pid,
+                                &[id],
+                                response::PRECONDITION_FAILED_CODE,
+                            );
+                            errored(1);
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(peer = %self.peer, error = %e, "malformed sub-entry batch");
-                        publish_error(&self.out, pid, &[id], response::PRECONDITION_FAILED_CODE);
-                        errored(1);
-                        continue;
-                    }
-                },
-                PublishedBody::SubEntries { compression, .. } => {
-                    tracing::warn!(peer = %self.peer, compression, "compressed sub-entry batches are not supported");
-                    publish_error(&self.out, pid, &[id], response::PRECONDITION_FAILED_CODE);
-                    errored(1);
-                    continue;
                 }
             };
             match r {
