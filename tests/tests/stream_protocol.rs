@@ -2,8 +2,8 @@
 //! `rabbitmq-stream-client`, over real sockets against an in-process broker: stream
 //! creation and deletion with their response codes, publishing with confirms, deduplication
 //! by publisher reference, sub-entry batches, subscriptions from first / next / last / an
-//! offset / a time, credit, stored offsets (across a restart), and one stream shared with
-//! AMQP 0-9-1 both ways. Malformed and unknown commands over a raw socket.
+//! offset / a time, credit, stored offsets (across a restart), filters (publish version 2's
+//! values, exact server-side), and one stream shared with AMQP 0-9-1 both ways. Malformed and unknown commands over a raw socket.
 //! `crates/warren/tests/stream_protocol_restart.rs` restarts the real binary.
 
 use futures_util::StreamExt;
@@ -1106,4 +1106,125 @@ async fn super_streams_route_keys_to_their_partitions() {
     assert!(within("delete again", env.delete_super_stream("invoices"))
         .await
         .is_err());
+}
+
+/// A consumer with a filter, without a client-side post-filter: what it reads, (offset,
+/// body), until nothing more comes.
+async fn read_filtered(
+    env: &Environment,
+    stream: &str,
+    values: &[&str],
+    match_unfiltered: bool,
+) -> Vec<(u64, String)> {
+    use rabbitmq_stream_client::FilterConfiguration;
+    let filter = FilterConfiguration::new(
+        values.iter().map(|v| v.to_string()).collect(),
+        match_unfiltered,
+    );
+    let mut consumer = within(
+        "consumer",
+        env.consumer()
+            .offset(OffsetSpecification::First)
+            .filter_input(Some(filter))
+            .build(stream),
+    )
+    .await
+    .expect("consumer");
+    let mut out = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+    {
+        let d = d.expect("not an error");
+        let body = String::from_utf8(d.message().data().expect("data").to_vec()).unwrap();
+        out.push((d.offset(), body));
+    }
+    let _ = consumer.handle().close().await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_take_only_the_messages_asked_for() {
+    let dir = TempDir::new("stream-filter");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    create(&env, "states").await;
+    // Offsets 0-11: "ca-0", "ny-1", "ca-2", …, each with its prefix as its filter value
+    // (publish version 2), then 12-14 without a value.
+    let producer = within(
+        "producer",
+        env.producer()
+            .filter_value_extractor(|m| {
+                let body = String::from_utf8_lossy(m.data().unwrap_or_default()).into_owned();
+                body.split('-').next().unwrap_or_default().to_string()
+            })
+            .build("states"),
+    )
+    .await
+    .expect("a producer with a filter value extractor (publish version 2)");
+    let msgs: Vec<Message> = (0..12)
+        .map(|i| msg(format!("{}-{i}", if i % 2 == 0 { "ca" } else { "ny" })))
+        .collect();
+    let statuses = within("confirms", producer.batch_send_with_confirm(msgs))
+        .await
+        .unwrap();
+    assert!(statuses.iter().all(|s| s.confirmed()));
+    producer.close().await.unwrap();
+    publish(&env, "states", &bodies("none", 3)).await;
+
+    let ca: Vec<(u64, String)> = (0..12).step_by(2).map(|i| (i, format!("ca-{i}"))).collect();
+    assert_eq!(read_filtered(&env, "states", &["ca"], false).await, ca);
+    let mut ny_or_none: Vec<(u64, String)> =
+        (1..12).step_by(2).map(|i| (i, format!("ny-{i}"))).collect();
+    ny_or_none.extend((0..3).map(|i| (12 + i, format!("none-{i}"))));
+    assert_eq!(
+        read_filtered(&env, "states", &["ny"], true).await,
+        ny_or_none
+    );
+    assert_eq!(read_filtered(&env, "states", &["tx"], false).await, vec![]);
+    // Both values: every message with one, in order.
+    assert_eq!(
+        read_filtered(&env, "states", &["ny", "ca"], false)
+            .await
+            .len(),
+        12
+    );
+
+    // Over 0-9-1: the filter values published over the stream protocol count, and a value in
+    // a 0-9-1 message's x-stream-filter-value header counts for stream-protocol consumers.
+    let (conn, ch) = open(&b).await;
+    confirm_select(&ch).await;
+    let props = lapin::BasicProperties::default()
+        .with_headers(table(&[("x-stream-filter-value", long("ca"))]));
+    let c = publish_for_confirm(&ch, "", "states", b"ca-amqp", props).await;
+    assert!(within("confirm", c).await.unwrap().is_ack());
+    let mut want = ca.clone();
+    want.push((15, "ca-amqp".into()));
+    assert_eq!(read_filtered(&env, "states", &["ca"], false).await, want);
+    let c_ch = channel(&conn).await;
+    qos(&c_ch, 100, false).await;
+    let mut amqp = consume_args(
+        &c_ch,
+        "states",
+        "ca",
+        table(&[
+            ("x-stream-offset", long("first")),
+            ("x-stream-filter", long("ca")),
+        ]),
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..7 {
+        let d = within("0-9-1 delivery", amqp.next())
+            .await
+            .expect("a delivery")
+            .expect("not an error");
+        got.push(String::from_utf8(d.data.clone()).unwrap());
+        d.ack(lapin::options::BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut want: Vec<String> = ca.into_iter().map(|(_, b)| b).collect();
+    want.push("ca-amqp".into());
+    assert_eq!(got, want);
+    drop(conn);
+    b.stop();
 }

@@ -271,6 +271,9 @@ pub(crate) struct Subscription {
     pub info: Arc<warren_broker::connections::StreamConsumerInfo>,
     /// Its single-active-consumer group's name.
     pub sac: Option<String>,
+    /// Which messages it takes by their filter value (the `filter.N` and
+    /// `match-unfiltered` properties, RabbitMQ 3.13).
+    pub filter: Option<warren_broker::stream::args::Filter>,
 }
 
 /// What other tasks ask of a connection.

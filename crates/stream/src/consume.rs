@@ -16,8 +16,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use warren_broker::auth::{Access, Resource};
 use warren_broker::connections::StreamConsumerInfo;
+use warren_broker::stream::args::Filter;
 use warren_broker::stream::sac::SacMember;
-use warren_broker::stream::{amqp10, entry, OffsetSpec};
+use warren_broker::stream::{amqp10, entry, FilteredChunk, OffsetSpec};
 use warren_broker::Queue;
 
 /// Bytes of records one chunk holds at most (at least one record, whatever its size). Under
@@ -117,6 +118,7 @@ impl Conn {
                 spec: offset_spec(offset),
                 info,
                 sac,
+                filter: filter_of(properties),
             },
         );
         Ok(start)
@@ -137,6 +139,7 @@ impl Conn {
             spec.unwrap_or(s.spec),
             sid,
             s.info.clone(),
+            s.filter.clone(),
             out,
             v2,
             s.info.stream.clone(),
@@ -276,11 +279,13 @@ fn offset_spec(o: OffsetSpecification) -> OffsetSpec {
 
 /// Delivers chunks to subscription `sid` while it has credit, until it is aborted or the
 /// stream is deleted.
+#[allow(clippy::too_many_arguments)]
 async fn deliver_loop(
     q: Arc<Queue>,
     spec: OffsetSpec,
     sid: u8,
     info: Arc<StreamConsumerInfo>,
+    filter: Option<Filter>,
     out: Arc<Outbox>,
     v2: bool,
     name: String,
@@ -308,17 +313,29 @@ async fn deliver_loop(
                 return;
             }
             tail.borrow_and_update();
-            let read =
-                stream.read_chunk(&mut cursor, CHUNK_BYTES, |recs| encode_chunk(recs, &name));
+            let build = |recs: &[warren_store::StreamRecord]| encode_chunk(recs, &name);
+            let read = match &filter {
+                None => stream
+                    .read_chunk(&mut cursor, CHUNK_BYTES, build)
+                    .map(|c| c.map_or(FilteredChunk::Tail, FilteredChunk::Chunk)),
+                Some(f) => stream.read_filtered_chunk(&mut cursor, CHUNK_BYTES, f, build),
+            };
             let read = read.unwrap_or_else(|e| {
                 tracing::warn!(stream = %name, error = %e, "stream read failed; the subscription waits");
-                None
+                FilteredChunk::Tail
             });
-            let Some(chunk) = read else {
-                if tail.changed().await.is_err() {
-                    return;
+            let chunk = match read {
+                FilteredChunk::Chunk(c) => c,
+                FilteredChunk::Skipped => {
+                    tokio::task::yield_now().await;
+                    continue;
                 }
-                continue;
+                FilteredChunk::Tail => {
+                    if tail.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             out.send_with_tail(
                 key::DELIVER,
@@ -342,6 +359,23 @@ async fn deliver_loop(
         }
         out.wait_below(OUTBOX_LIMIT).await;
     }
+}
+
+/// A subscription's filter from its properties: `filter.0`, `filter.1`, … (the values) and
+/// `match-unfiltered` (`true`: also the messages without a value), as RabbitMQ's clients
+/// send them. None without a value.
+fn filter_of(properties: &[(String, String)]) -> Option<Filter> {
+    let values: Vec<String> = properties
+        .iter()
+        .filter(|(k, _)| k.starts_with("filter."))
+        .map(|(_, v)| v.clone())
+        .collect();
+    (!values.is_empty()).then(|| Filter {
+        values,
+        match_unfiltered: properties
+            .iter()
+            .any(|(k, v)| k == "match-unfiltered" && v == "true"),
+    })
 }
 
 /// The chunk of `recs` as delivered (after the subscription id): messages published over the

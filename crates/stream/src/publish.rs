@@ -231,8 +231,11 @@ impl Conn {
         let errored = |n: u64| info.errored.fetch_add(n, Ordering::Relaxed);
         for m in messages {
             let id = m.publishing_id;
+            let filter = m.filter_value.as_deref();
             let r = match &m.body {
-                PublishedBody::Simple(b) => stream.publish_amqp10(&q, &p.reference, id, [&b[..]]),
+                PublishedBody::Simple(b) => {
+                    stream.publish_amqp10(&q, &p.reference, id, filter, [&b[..]])
+                }
                 PublishedBody::SubEntries {
                     compression,
                     count,
@@ -243,9 +246,13 @@ impl Conn {
                         .map_err(|e| e.to_string())
                         .and_then(|plain| sub_entries(&plain, *count).map_err(|e| e.to_string()));
                     match messages {
-                        Ok(msgs) => {
-                            stream.publish_amqp10(&q, &p.reference, id, msgs.iter().map(|b| &b[..]))
-                        }
+                        Ok(msgs) => stream.publish_amqp10(
+                            &q,
+                            &p.reference,
+                            id,
+                            filter,
+                            msgs.iter().map(|b| &b[..]),
+                        ),
                         Err(e) => {
                             tracing::warn!(peer = %self.peer, error = %e, "sub-entry batch refused");
                             publish_error(

@@ -13,7 +13,7 @@
 //! append-only); retention removing segments, or the last reader leaving, empties the
 //! cache.
 
-use super::protocol::Cursor;
+use super::protocol::{Cursor, FilteredRead};
 use super::Stream;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -147,4 +147,37 @@ impl Stream {
         }
         Ok(Some(c))
     }
+
+    /// [`Stream::read_chunk`] for a subscription with a filter: the chunk of the next run of
+    /// records the filter takes (never shared: another reader's filter makes other chunks).
+    pub fn read_filtered_chunk(
+        &self,
+        cursor: &mut Cursor,
+        max_bytes: usize,
+        filter: &super::args::Filter,
+        build: impl FnOnce(&[StreamRecord]) -> Bytes,
+    ) -> warren_store::Result<FilteredChunk> {
+        Ok(
+            match self.read_filtered_records(cursor, max_bytes, filter)? {
+                FilteredRead::Records(recs) => {
+                    let last = recs.last().expect("a run is never empty").offset;
+                    FilteredChunk::Chunk(Arc::new(ReadChunk {
+                        last,
+                        bytes: build(&recs),
+                        next: *cursor,
+                    }))
+                }
+                FilteredRead::Skipped => FilteredChunk::Skipped,
+                FilteredRead::Tail => FilteredChunk::Tail,
+            },
+        )
+    }
+}
+
+/// What [`Stream::read_filtered_chunk`] found.
+pub enum FilteredChunk {
+    Chunk(Arc<ReadChunk>),
+    /// Only records the filter does not take so far: read again.
+    Skipped,
+    Tail,
 }

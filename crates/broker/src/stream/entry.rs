@@ -11,13 +11,20 @@
 //! | 1 | publisher reference length, 0 for none |
 //! | n | publisher reference, UTF-8 |
 //! | 8 | publishing id |
+//! | 1 | filter value length (only with [`AMQP10_FILTERED`]) |
+//! | n | filter value, UTF-8 (publish version 2's; only with [`AMQP10_FILTERED`]) |
 //! | rest | the message, AMQP 1.0 (or whatever bytes the client published) |
+//!
+//! A message published over 0-9-1 carries its filter value in its `x-stream-filter-value`
+//! header ([`filter_value`] reads either).
 
 use crate::message::Message;
 use bytes::Bytes;
 
 /// The first byte of a stream-protocol entry (the message record's flags use 1, 2 and 4).
 pub const AMQP10: u8 = 8;
+/// ... of one with a filter value (publish version 2).
+pub const AMQP10_FILTERED: u8 = 16;
 
 /// One record's message, as it was published.
 pub enum Entry {
@@ -25,30 +32,44 @@ pub enum Entry {
     Amqp10 {
         /// The publisher reference (empty for none) and publishing id.
         writer: (Bytes, u64),
+        /// Its filter value (publish version 2), if it came with one.
+        filter: Option<Bytes>,
         message: Bytes,
     },
 }
 
 /// Writes a stream-protocol entry. A reference longer than 255 bytes is not kept (the
-/// protocol limits it to 256 characters; the handler refuses longer ones).
-pub fn encode_amqp10(reference: &str, publishing_id: u64, message: &[u8], out: &mut Vec<u8>) {
+/// protocol limits it to 256 characters; the handler refuses longer ones), nor is a filter
+/// value longer than 255 bytes (RabbitMQ's filter values are short strings).
+pub fn encode_amqp10(
+    reference: &str,
+    publishing_id: u64,
+    filter_value: Option<&str>,
+    message: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.clear();
     let r = if reference.len() <= 255 {
         reference
     } else {
         ""
     };
-    out.reserve(10 + r.len() + message.len());
-    out.push(AMQP10);
+    let f = filter_value.filter(|f| f.len() <= 255);
+    out.reserve(11 + r.len() + f.map_or(0, str::len) + message.len());
+    out.push(if f.is_some() { AMQP10_FILTERED } else { AMQP10 });
     out.push(r.len() as u8);
     out.extend_from_slice(r.as_bytes());
     out.extend_from_slice(&publishing_id.to_be_bytes());
+    if let Some(f) = f {
+        out.push(f.len() as u8);
+        out.extend_from_slice(f.as_bytes());
+    }
     out.extend_from_slice(message);
 }
 
 /// The writer (reference, publishing id) of a stream-protocol entry, without copying.
 pub fn writer_of(rec: &[u8]) -> Option<(&[u8], u64)> {
-    if *rec.first()? != AMQP10 {
+    if !matches!(*rec.first()?, AMQP10 | AMQP10_FILTERED) {
         return None;
     }
     let n = *rec.get(1)? as usize;
@@ -57,16 +78,49 @@ pub fn writer_of(rec: &[u8]) -> Option<(&[u8], u64)> {
     Some((r, id))
 }
 
+/// Where a stream-protocol entry's filter value and message are: (filter value range,
+/// message start).
+fn layout(rec: &[u8]) -> Option<(Option<std::ops::Range<usize>>, usize)> {
+    let (r, _) = writer_of(rec)?;
+    let at = 10 + r.len();
+    if rec[0] == AMQP10 {
+        return Some((None, at));
+    }
+    let n = *rec.get(at)? as usize;
+    rec.get(at + 1..at + 1 + n)?;
+    Some((Some(at + 1..at + 1 + n), at + 1 + n))
+}
+
 pub fn decode(rec: Bytes) -> Option<Entry> {
-    if rec.first() == Some(&AMQP10) {
+    if matches!(rec.first(), Some(&AMQP10 | &AMQP10_FILTERED)) {
         let (r, id) = writer_of(&rec)?;
         let n = r.len();
+        let (filter, message) = layout(&rec)?;
         return Some(Entry::Amqp10 {
             writer: (rec.slice(2..2 + n), id),
-            message: rec.slice(10 + n..),
+            filter: filter.map(|f| rec.slice(f)),
+            message: rec.slice(message..),
         });
     }
     Message::decode_record(rec).map(|(m, _)| Entry::Amqp091(m))
+}
+
+/// A record's filter value: a stream-protocol entry's own, or a 0-9-1 message's
+/// `x-stream-filter-value` header (a string). None for a message without one.
+pub fn filter_value(rec: &Bytes) -> Option<String> {
+    match decode(rec.clone())? {
+        Entry::Amqp10 { filter, .. } => filter.map(|f| String::from_utf8_lossy(&f).into_owned()),
+        Entry::Amqp091(m) => filter_header(&m).map(str::to_string),
+    }
+}
+
+/// A 0-9-1 message's `x-stream-filter-value` header, if a string.
+pub fn filter_header(m: &Message) -> Option<&str> {
+    m.props()
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-stream-filter-value"))
+        .and_then(|v| v.as_str())
 }
 
 #[cfg(test)]
@@ -76,15 +130,38 @@ mod tests {
     #[test]
     fn amqp10_entries_round_trip() {
         let mut out = Vec::new();
-        encode_amqp10("producer-1", 42, b"\x00\x53\x75\xa0\x01x", &mut out);
+        encode_amqp10("producer-1", 42, None, b"\x00\x53\x75\xa0\x01x", &mut out);
         assert_eq!(writer_of(&out), Some((&b"producer-1"[..], 42)));
-        match decode(Bytes::from(out)) {
-            Some(Entry::Amqp10 { writer, message }) => {
+        match decode(Bytes::from(out.clone())) {
+            Some(Entry::Amqp10 {
+                writer,
+                filter: None,
+                message,
+            }) => {
                 assert_eq!((&writer.0[..], writer.1), (&b"producer-1"[..], 42));
                 assert_eq!(&message[..], b"\x00\x53\x75\xa0\x01x");
             }
             _ => panic!("not an AMQP 1.0 entry"),
         }
+        assert_eq!(filter_value(&Bytes::from(out.clone())), None);
+        encode_amqp10("p", 7, Some("california"), b"msg", &mut out);
+        assert_eq!(writer_of(&out), Some((&b"p"[..], 7)));
+        assert_eq!(
+            filter_value(&Bytes::from(out.clone())).as_deref(),
+            Some("california")
+        );
+        match decode(Bytes::from(out.clone())) {
+            Some(Entry::Amqp10 {
+                filter: Some(f),
+                message,
+                ..
+            }) => assert_eq!((&f[..], &message[..]), (&b"california"[..], &b"msg"[..])),
+            _ => panic!("not a filtered AMQP 1.0 entry"),
+        }
+        assert!(
+            decode(Bytes::from(out[..out.len() - 13].to_vec())).is_none(),
+            "truncated filter"
+        );
         assert!(writer_of(&[AMQP10, 5, b'a']).is_none(), "truncated");
         assert!(writer_of(&[1, 0, 0]).is_none(), "a 0-9-1 record");
     }

@@ -52,7 +52,7 @@ use warren_protocol::ShortStr;
 use warren_store::{StreamRecord, StreamStore};
 
 pub use args::parse_age;
-pub use chunks::{ReadChunk, Reading};
+pub use chunks::{FilteredChunk, ReadChunk, Reading};
 pub use protocol::{Cursor, Published as StreamPublished};
 use tracking::Tracking;
 
@@ -348,10 +348,16 @@ impl Stream {
                     continue;
                 }
                 r.next_offset = rec.offset + 1;
-                let msg = match entry::decode(rec.payload) {
-                    Some(entry::Entry::Amqp091(m)) => m,
-                    Some(entry::Entry::Amqp10 { message, .. }) => {
-                        amqp10::decode_message(message, "", &q.name)
+                let (msg, filter_value) = match entry::decode(rec.payload) {
+                    Some(entry::Entry::Amqp091(m)) => {
+                        let f = entry::filter_header(&m).map(str::to_string);
+                        (m, f)
+                    }
+                    Some(entry::Entry::Amqp10 {
+                        message, filter, ..
+                    }) => {
+                        let f = filter.map(|f| String::from_utf8_lossy(&f).into_owned());
+                        (amqp10::decode_message(message, "", &q.name), f)
                     }
                     None => {
                         tracing::warn!(queue = %q.name, offset = rec.offset, "undecodable stream record skipped");
@@ -359,13 +365,7 @@ impl Stream {
                     }
                 };
                 if let Some(f) = &r.filter {
-                    let value = msg
-                        .props()
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("x-stream-filter-value"))
-                        .and_then(|v| v.as_str());
-                    if !f.matches(value) {
+                    if !f.matches(filter_value.as_deref()) {
                         continue;
                     }
                 }

@@ -28,6 +28,20 @@ pub enum Published {
     Duplicate,
 }
 
+/// What a filtered read found ([`Stream::read_filtered_records`]).
+pub enum FilteredRead {
+    /// Consecutive records the filter takes (one chunk).
+    Records(Vec<StreamRecord>),
+    /// Records the filter does not take, skipped: read again.
+    Skipped,
+    /// The end of the stream.
+    Tail,
+}
+
+/// How many reads of records a filtered read scans before it lets its task do something
+/// else (a long run of records a filter does not take is skipped in several calls).
+pub const FILTER_SCAN_BATCHES: usize = 16;
+
 impl Stream {
     /// Appends the messages of one publishing id (several for a sub-entry batch), unless
     /// `reference` (empty for none) has already published this id or a later one.
@@ -36,6 +50,7 @@ impl Stream {
         q: &Arc<Queue>,
         reference: &str,
         publishing_id: u64,
+        filter_value: Option<&str>,
         messages: impl IntoIterator<Item = &'m [u8]>,
     ) -> warren_store::Result<Published> {
         let p = &self.persistence;
@@ -59,7 +74,7 @@ impl Stream {
             let mut n = 0u64;
             for m in messages {
                 st.append(now, |buf| {
-                    entry::encode_amqp10(reference, publishing_id, m, buf)
+                    entry::encode_amqp10(reference, publishing_id, filter_value, m, buf)
                 })?;
                 n += 1;
             }
@@ -187,6 +202,48 @@ impl Stream {
                 return Ok(out);
             }
         }
+    }
+
+    /// [`Stream::read_records`] for a subscription with a filter: the first run of
+    /// consecutive records that `filter` takes, skipping those before it that it does not
+    /// (a chunk's offsets follow each other, so a record it does not take ends the run; the
+    /// next read starts there). At most [`FILTER_SCAN_BATCHES`] reads are scanned a call:
+    /// `Skipped` says the cursor moved on without finding one (call again), `Tail` that the
+    /// cursor is at the end.
+    pub fn read_filtered_records(
+        &self,
+        cursor: &mut Cursor,
+        max_bytes: usize,
+        filter: &super::args::Filter,
+    ) -> warren_store::Result<FilteredRead> {
+        for _ in 0..FILTER_SCAN_BATCHES {
+            let (recs, next) = self.store.lock().read_batch(cursor.pos, max_bytes)?;
+            let at_end = recs.is_empty() || next == cursor.pos;
+            let mut run = Vec::new();
+            for (pos, r) in recs {
+                if r.offset < cursor.next_offset {
+                    continue;
+                }
+                if filter.matches(entry::filter_value(&r.payload).as_deref()) {
+                    run.push(r);
+                } else if run.is_empty() {
+                    cursor.next_offset = r.offset + 1;
+                } else {
+                    cursor.pos = pos;
+                    cursor.next_offset = r.offset;
+                    return Ok(FilteredRead::Records(run));
+                }
+            }
+            cursor.pos = next;
+            if let Some(last) = run.last() {
+                cursor.next_offset = last.offset + 1;
+                return Ok(FilteredRead::Records(run));
+            }
+            if at_end {
+                return Ok(FilteredRead::Tail);
+            }
+        }
+        Ok(FilteredRead::Skipped)
     }
 
     /// A receiver told of every append (its value: the next offset; `u64::MAX` once the
