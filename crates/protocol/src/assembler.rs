@@ -38,13 +38,17 @@ fn decode_error(e: DecodeError) -> AmqpError {
 /// up to `max_body` (or abort, past what the allocator can give). Larger bodies grow as they come.
 const MAX_RESERVE_AHEAD: u64 = 1 << 20;
 
+/// Where the assembler is. The method waiting for its content is kept aside
+/// ([`Assembler::method`]), so that moving between states does not move it: a method is a
+/// large value, and a publish passes through three states.
 #[derive(Debug, Default)]
 enum State {
     #[default]
     Idle,
-    Header(Method),
+    /// A content-bearing method came; its content header is next.
+    Header,
+    /// The header came; body frames are next.
     Body {
-        method: Method,
         properties: Bytes,
         remaining: u64,
         first: Option<Bytes>,
@@ -55,6 +59,8 @@ enum State {
 #[derive(Debug, Default)]
 pub struct Assembler {
     state: State,
+    /// The content-bearing method whose header or body is awaited.
+    method: Option<Method>,
 }
 
 impl Assembler {
@@ -67,14 +73,35 @@ impl Assembler {
         matches!(self.state, State::Idle)
     }
 
+    /// The awaited method's class id (0 if none).
+    fn class_id(&self) -> u16 {
+        self.method.as_ref().map_or(0, Method::class_id)
+    }
+
+    /// Back to idle, the method dropped (after an error).
+    fn reset(&mut self) {
+        self.state = State::Idle;
+        self.method = None;
+    }
+
+    /// The awaited method and its content: a command.
+    fn complete(&mut self, properties: Bytes, body: Bytes) -> Command {
+        self.state = State::Idle;
+        Command {
+            method: self.method.take().expect("a method awaits its content"),
+            content: Some(Content { properties, body }),
+        }
+    }
+
     /// Feeds one frame. `max_body` bounds the body size a header may announce; a larger one is
     /// refused before any of it is buffered.
     pub fn push(&mut self, frame: Frame, max_body: u64) -> Result<Option<Command>, AssembleError> {
-        match (std::mem::take(&mut self.state), frame.kind) {
+        match (&mut self.state, frame.kind) {
             (State::Idle, FRAME_METHOD) => {
                 let method = Method::decode(frame.payload).map_err(decode_error)?;
                 if method.has_content() {
-                    self.state = State::Header(method);
+                    self.method = Some(method);
+                    self.state = State::Header;
                     Ok(None)
                 } else {
                     Ok(Some(Command {
@@ -87,36 +114,38 @@ impl Assembler {
                 UNEXPECTED_FRAME,
                 format!("expected method frame, got non method frame (type {kind}) instead"),
             )),
-            (State::Header(method), FRAME_HEADER) => {
-                let header = ContentHeader::decode(frame.payload).map_err(decode_error)?;
-                if header.class_id != method.class_id() {
+            (State::Header, FRAME_HEADER) => {
+                let class_id = self.class_id();
+                let header = match ContentHeader::decode(frame.payload) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.reset();
+                        return Err(decode_error(e));
+                    }
+                };
+                if header.class_id != class_id {
+                    self.reset();
                     return Err(AmqpError::new(
                         UNEXPECTED_FRAME,
                         format!(
-                            "expected content header for class {}, got one for class {} instead",
-                            method.class_id(),
+                            "expected content header for class {class_id}, got one for class {} instead",
                             header.class_id
                         ),
                     ));
                 }
                 if header.body_size > max_body {
+                    let method_id = self.method.as_ref().map_or(0, Method::method_id);
+                    self.reset();
                     return Err(AmqpError::precondition(format!(
                         "message size {} is larger than configured max size {}",
                         header.body_size, max_body
                     ))
-                    .on(method.class_id(), method.method_id()));
+                    .on(class_id, method_id));
                 }
                 if header.body_size == 0 {
-                    return Ok(Some(Command {
-                        method,
-                        content: Some(Content {
-                            properties: header.properties,
-                            body: Bytes::new(),
-                        }),
-                    }));
+                    return Ok(Some(self.complete(header.properties, Bytes::new())));
                 }
                 self.state = State::Body {
-                    method,
                     properties: header.properties,
                     remaining: header.body_size,
                     first: None,
@@ -124,64 +153,69 @@ impl Assembler {
                 };
                 Ok(None)
             }
-            (State::Header(method), _) => Err(AmqpError::new(
-                UNEXPECTED_FRAME,
-                format!(
-                    "expected content header for class {}, got non content header frame instead",
-                    method.class_id()
-                ),
-            )),
+            (State::Header, _) => {
+                let class_id = self.class_id();
+                self.reset();
+                Err(AmqpError::new(
+                    UNEXPECTED_FRAME,
+                    format!(
+                        "expected content header for class {class_id}, got non content header frame instead"
+                    ),
+                ))
+            }
             (
                 State::Body {
-                    method,
-                    properties,
                     remaining,
-                    mut first,
-                    mut rest,
+                    first,
+                    rest,
+                    ..
                 },
                 FRAME_BODY,
             ) => {
                 let len = frame.payload.len() as u64;
-                if len > remaining {
+                if len > *remaining {
+                    let remaining = *remaining;
+                    self.reset();
                     return Err(AmqpError::new(
                 FRAME_ERROR,
                 format!("content body frame of {len} bytes exceeds the {remaining} bytes remaining"),
                     ));
                 }
-                let remaining = remaining - len;
+                *remaining -= len;
                 // A body in one frame stays a zero-copy slice; only multi-frame bodies are joined.
                 match (&first, rest.is_empty()) {
-                    (None, true) => first = Some(frame.payload),
+                    (None, true) => *first = Some(frame.payload),
                     _ => {
                         if let Some(f) = first.take() {
-                            let announced = f.len() as u64 + len + remaining;
+                            let announced = f.len() as u64 + len + *remaining;
                             rest.reserve(announced.min(MAX_RESERVE_AHEAD) as usize);
                             rest.extend_from_slice(&f);
                         }
                         rest.extend_from_slice(&frame.payload);
                     }
                 }
-                if remaining == 0 {
-                    let body = first.unwrap_or_else(|| rest.freeze());
-                    Ok(Some(Command {
-                        method,
-                        content: Some(Content { properties, body }),
-                    }))
-                } else {
-                    self.state = State::Body {
-                        method,
-                        properties,
-                        remaining,
-                        first,
-                        rest,
-                    };
-                    Ok(None)
+                if *remaining > 0 {
+                    return Ok(None);
                 }
+                let State::Body {
+                    properties,
+                    first,
+                    rest,
+                    ..
+                } = std::mem::take(&mut self.state)
+                else {
+                    unreachable!("in the body state");
+                };
+                let body = first.unwrap_or_else(|| rest.freeze());
+                Ok(Some(self.complete(properties, body)))
             }
-            (State::Body { .. }, _) => Err(AmqpError::new(
-                UNEXPECTED_FRAME,
-                "expected content body, got non content body frame instead",
-            )),
+            (State::Body { .. }, _) => {
+                self.reset();
+                Err(AmqpError::new(
+                    UNEXPECTED_FRAME,
+                    "expected content body, got non content body frame instead",
+                ))
+            }
         }
     }
 }
