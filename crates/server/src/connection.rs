@@ -615,48 +615,48 @@ impl Connection {
             Err(e) => return Err(e),
         };
         let (class_id, method_id) = (cmd.method.class_id(), cmd.method.method_id());
-        match cmd.method {
-            Method::ChannelOpen(_) => Err(ConnectionError::new(
-                CHANNEL_ERROR,
-                "second 'channel.open' seen",
-            )
-            .on(ChannelOpen::CLASS_ID, ChannelOpen::METHOD_ID)),
+        // Looked at in place: the command goes to the channel without another move (a
+        // method is a large value, and this runs for every publish).
+        match &cmd.method {
+            Method::ChannelOpen(_) => {
+                return Err(
+                    ConnectionError::new(CHANNEL_ERROR, "second 'channel.open' seen")
+                        .on(ChannelOpen::CLASS_ID, ChannelOpen::METHOD_ID),
+                )
+            }
             Method::ChannelClose(_) => {
                 self.outbox.send(n, ChannelCloseOk {});
                 self.remove_channel(n);
-                Ok(())
+                return Ok(());
             }
-            Method::ChannelCloseOk(_) => Ok(()),
-            method => {
-                // A new consumer or a basic.get's unacked delivery may time out before
-                // anything the timer waits for.
-                if matches!(method, Method::BasicConsume(_) | Method::BasicGet(_)) {
-                    self.check_soon = true;
-                }
-                let mut ctx = crate::channel::Ctx {
-                    vhost: &self.vhost,
-                    outbox: &self.outbox,
-                    conn_id: self.id,
-                    frame_max: self.frame_max,
-                    exclusive_queues: &mut self.exclusive_queues,
-                    backlogged: &mut self.backlogged,
-                    guard: &mut self.guard,
-                    followups: &mut self.followups,
-                    commit_wake: &self.commit_wake,
-                };
-                let ch = self.channels.get_mut(n).expect("checked open");
-                let r = ch.handle(&mut ctx, method, cmd.content);
-                self.follow_up();
-                match r {
-                    Ok(()) => Ok(()),
-                    // RabbitMQ names no method for an internal error.
-                    Err(e) if e.code == INTERNAL_ERROR => Err(e.on(0, 0)),
-                    Err(e) if e.is_connection_error() => Err(e.on(class_id, method_id)),
-                    Err(e) => {
-                        self.channel_error(n, e, class_id, method_id);
-                        Ok(())
-                    }
-                }
+            Method::ChannelCloseOk(_) => return Ok(()),
+            // A new consumer or a basic.get's unacked delivery may time out before anything
+            // the timer waits for.
+            Method::BasicConsume(_) | Method::BasicGet(_) => self.check_soon = true,
+            _ => {}
+        }
+        let mut ctx = crate::channel::Ctx {
+            vhost: &self.vhost,
+            outbox: &self.outbox,
+            conn_id: self.id,
+            frame_max: self.frame_max,
+            exclusive_queues: &mut self.exclusive_queues,
+            backlogged: &mut self.backlogged,
+            guard: &mut self.guard,
+            followups: &mut self.followups,
+            commit_wake: &self.commit_wake,
+        };
+        let ch = self.channels.get_mut(n).expect("checked open");
+        let r = ch.handle(&mut ctx, cmd.method, cmd.content);
+        self.follow_up();
+        match r {
+            Ok(()) => Ok(()),
+            // RabbitMQ names no method for an internal error.
+            Err(e) if e.code == INTERNAL_ERROR => Err(e.on(0, 0)),
+            Err(e) if e.is_connection_error() => Err(e.on(class_id, method_id)),
+            Err(e) => {
+                self.channel_error(n, e, class_id, method_id);
+                Ok(())
             }
         }
     }
