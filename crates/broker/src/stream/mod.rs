@@ -348,24 +348,23 @@ impl Stream {
                     continue;
                 }
                 r.next_offset = rec.offset + 1;
-                let (msg, filter_value) = match entry::decode(rec.payload) {
-                    Some(entry::Entry::Amqp091(m)) => {
-                        let f = entry::filter_header(&m).map(str::to_string);
-                        (m, f)
-                    }
+                // A stream-protocol record's own filter value (a 0-9-1 message's is a header).
+                let (msg, own_filter) = match entry::decode(rec.payload) {
+                    Some(entry::Entry::Amqp091(m)) => (m, None),
                     Some(entry::Entry::Amqp10 {
                         message, filter, ..
-                    }) => {
-                        let f = filter.map(|f| String::from_utf8_lossy(&f).into_owned());
-                        (amqp10::decode_message(message, "", &q.name), f)
-                    }
+                    }) => (amqp10::decode_message(message, "", &q.name), filter),
                     None => {
                         tracing::warn!(queue = %q.name, offset = rec.offset, "undecodable stream record skipped");
                         continue;
                     }
                 };
                 if let Some(f) = &r.filter {
-                    if !f.matches(filter_value.as_deref()) {
+                    let value = match &own_filter {
+                        Some(v) => std::str::from_utf8(v).ok(),
+                        None => entry::filter_header(&msg),
+                    };
+                    if !f.matches(value) {
                         continue;
                     }
                 }
