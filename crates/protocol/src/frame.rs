@@ -22,6 +22,7 @@ const MAX_RESERVE_AHEAD: usize = 1 << 20;
 /// Takes one complete frame off the front of `buf`, or returns `None` when more bytes are
 /// needed. `frame_max` bounds the whole frame, header and end octet included, so a peer
 /// announcing a huge size is refused before anything is buffered for it; 0 means no limit.
+#[inline]
 pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>> {
     if buf.len() < 7 {
         return Ok(None);

@@ -689,11 +689,14 @@ impl Channel {
         // RabbitMQ's order: the exchange, then the properties.
         check_expiration(&content)?;
         cx.guard.check_user_id(&content.properties)?;
-        let content = self.rewrite_reply_to(content)?;
+        let properties = match self.rewrite_reply_to(&content.properties)? {
+            Some(rewritten) => rewritten,
+            None => content.properties,
+        };
         let msg = Arc::new(Message::new(
             exchange,
             routing_key,
-            content.properties,
+            properties,
             content.body,
         ));
         self.delivery.counters.count_publish(msg.body.len());
@@ -813,26 +816,26 @@ impl Channel {
         Ok(())
     }
 
-    /// A publish with `reply_to = amq.rabbitmq.reply-to` names this channel's reply queue.
-    fn rewrite_reply_to(&self, content: Content) -> Result<Content> {
+    /// A publish with `reply_to = amq.rabbitmq.reply-to` names this channel's reply queue: the
+    /// properties rewritten so, or `None` to keep them as they are. (It takes the properties by
+    /// reference: moving the whole content through here and back cost S1 a store-forwarding
+    /// stall per publish.)
+    fn rewrite_reply_to(&self, properties: &bytes::Bytes) -> Result<Option<bytes::Bytes>> {
         use warren_protocol::properties::{flag, has};
-        if !has(&content.properties, flag::REPLY_TO) {
-            return Ok(content);
+        if !has(properties, flag::REPLY_TO) {
+            return Ok(None);
         }
-        let mut props = warren_protocol::BasicProperties::decode(content.properties.clone())
+        let mut props = warren_protocol::BasicProperties::decode(properties.clone())
             .map_err(|e| AmqpError::new(SYNTAX_ERROR, format!("malformed content header: {e}")))?;
         if props.reply_to.as_deref() != Some(DIRECT_REPLY_TO) {
-            return Ok(content);
+            return Ok(None);
         }
         let q = self
             .reply_queue
             .clone()
             .ok_or_else(|| AmqpError::precondition("fast reply consumer does not exist"))?;
         props.reply_to = Some(q);
-        Ok(Content {
-            properties: props.to_bytes(),
-            body: content.body,
-        })
+        Ok(Some(props.to_bytes()))
     }
 
     fn consume(&mut self, cx: &mut Ctx<'_>, c: BasicConsume) -> Result<()> {
