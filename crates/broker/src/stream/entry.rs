@@ -16,7 +16,7 @@
 //! | rest | the message, AMQP 1.0 (or whatever bytes the client published) |
 //!
 //! A message published over 0-9-1 carries its filter value in its `x-stream-filter-value`
-//! header ([`filter_value`] reads either).
+//! header ([`Entry::filter_value`] reads either).
 
 use crate::message::Message;
 use bytes::Bytes;
@@ -78,39 +78,39 @@ pub fn writer_of(rec: &[u8]) -> Option<(&[u8], u64)> {
     Some((r, id))
 }
 
-/// Where a stream-protocol entry's filter value and message are: (filter value range,
-/// message start).
-fn layout(rec: &[u8]) -> Option<(Option<std::ops::Range<usize>>, usize)> {
-    let (r, _) = writer_of(rec)?;
-    let at = 10 + r.len();
-    if rec[0] == AMQP10 {
-        return Some((None, at));
-    }
-    let n = *rec.get(at)? as usize;
-    rec.get(at + 1..at + 1 + n)?;
-    Some((Some(at + 1..at + 1 + n), at + 1 + n))
-}
-
 pub fn decode(rec: Bytes) -> Option<Entry> {
-    if matches!(rec.first(), Some(&AMQP10 | &AMQP10_FILTERED)) {
-        let (r, id) = writer_of(&rec)?;
-        let n = r.len();
-        let (filter, message) = layout(&rec)?;
-        return Some(Entry::Amqp10 {
-            writer: (rec.slice(2..2 + n), id),
-            filter: filter.map(|f| rec.slice(f)),
-            message: rec.slice(message..),
-        });
+    if !matches!(rec.first(), Some(&AMQP10 | &AMQP10_FILTERED)) {
+        return Message::decode_record(rec).map(|(m, _)| Entry::Amqp091(m));
     }
-    Message::decode_record(rec).map(|(m, _)| Entry::Amqp091(m))
+    let (r, id) = writer_of(&rec)?;
+    let n = r.len();
+    let at = 10 + n;
+    let (filter, message) = if rec[0] == AMQP10_FILTERED {
+        let f = *rec.get(at)? as usize;
+        rec.get(at + 1..at + 1 + f)?;
+        (Some(rec.slice(at + 1..at + 1 + f)), at + 1 + f)
+    } else {
+        (None, at)
+    };
+    Some(Entry::Amqp10 {
+        writer: (rec.slice(2..2 + n), id),
+        filter,
+        message: rec.slice(message..),
+    })
 }
 
-/// A record's filter value: a stream-protocol entry's own, or a 0-9-1 message's
-/// `x-stream-filter-value` header (a string). None for a message without one.
-pub fn filter_value(rec: &Bytes) -> Option<String> {
-    match decode(rec.clone())? {
-        Entry::Amqp10 { filter, .. } => filter.map(|f| String::from_utf8_lossy(&f).into_owned()),
-        Entry::Amqp091(m) => filter_header(&m).map(str::to_string),
+impl Entry {
+    /// The value a consumer's filter is matched against, read in place: a stream-protocol
+    /// entry's own (publish version 2's; none if it came without one, or one not UTF-8), or a
+    /// 0-9-1 message's `x-stream-filter-value` header (a string). Both the stream protocol's
+    /// reads and 0-9-1 consumers match with this one.
+    pub fn filter_value(&self) -> Option<&str> {
+        match self {
+            Entry::Amqp10 { filter, .. } => {
+                filter.as_deref().and_then(|f| std::str::from_utf8(f).ok())
+            }
+            Entry::Amqp091(m) => filter_header(m),
+        }
     }
 }
 
@@ -143,13 +143,13 @@ mod tests {
             }
             _ => panic!("not an AMQP 1.0 entry"),
         }
-        assert_eq!(filter_value(&Bytes::from(out.clone())), None);
+        let value = |out: &[u8]| {
+            decode(Bytes::copy_from_slice(out)).and_then(|e| e.filter_value().map(str::to_string))
+        };
+        assert_eq!(value(&out), None);
         encode_amqp10("p", 7, Some("california"), b"msg", &mut out);
         assert_eq!(writer_of(&out), Some((&b"p"[..], 7)));
-        assert_eq!(
-            filter_value(&Bytes::from(out.clone())).as_deref(),
-            Some("california")
-        );
+        assert_eq!(value(&out).as_deref(), Some("california"));
         match decode(Bytes::from(out.clone())) {
             Some(Entry::Amqp10 {
                 filter: Some(f),

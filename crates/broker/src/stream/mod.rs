@@ -348,26 +348,21 @@ impl Stream {
                     continue;
                 }
                 r.next_offset = rec.offset + 1;
-                // A stream-protocol record's own filter value (a 0-9-1 message's is a header).
-                let (msg, own_filter) = match entry::decode(rec.payload) {
-                    Some(entry::Entry::Amqp091(m)) => (m, None),
-                    Some(entry::Entry::Amqp10 {
-                        message, filter, ..
-                    }) => (amqp10::decode_message(message, "", &q.name), filter),
-                    None => {
-                        tracing::warn!(queue = %q.name, offset = rec.offset, "undecodable stream record skipped");
-                        continue;
-                    }
+                let Some(entry) = entry::decode(rec.payload) else {
+                    tracing::warn!(queue = %q.name, offset = rec.offset, "undecodable stream record skipped");
+                    continue;
                 };
                 if let Some(f) = &r.filter {
-                    let value = match &own_filter {
-                        Some(v) => std::str::from_utf8(v).ok(),
-                        None => entry::filter_header(&msg),
-                    };
-                    if !f.matches(value) {
+                    if !f.matches(entry.filter_value()) {
                         continue;
                     }
                 }
+                let msg = match entry {
+                    entry::Entry::Amqp091(m) => m,
+                    entry::Entry::Amqp10 { message, .. } => {
+                        amqp10::decode_message(message, "", &q.name)
+                    }
+                };
                 let msg = msg.with_header("x-stream-offset", rec.offset as i64);
                 r.pending = Some(QueuedMessage {
                     seq: rec.offset,

@@ -224,7 +224,8 @@ impl Stream {
                 if r.offset < cursor.next_offset {
                     continue;
                 }
-                if filter.matches(entry::filter_value(&r.payload).as_deref()) {
+                let entry = entry::decode(r.payload.clone());
+                if filter.matches(entry.as_ref().and_then(entry::Entry::filter_value)) {
                     run.push(r);
                 } else if run.is_empty() {
                     cursor.next_offset = r.offset + 1;
