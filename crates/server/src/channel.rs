@@ -9,7 +9,7 @@ use warren_broker::queue::replica::Commit;
 use warren_broker::queue::{Followups, PublishError};
 use warren_broker::vhost::{ExchangeDeclare, QueueDeclare};
 use warren_broker::{AmqpError, DeliveryChannel, Message, Queue, VHost};
-use warren_protocol::assembler::Content;
+use warren_protocol::assembler::{Command, Content};
 use warren_protocol::constants::*;
 use warren_protocol::frame::{write_content, write_method};
 use warren_protocol::methods::*;
@@ -323,50 +323,57 @@ impl Channel {
             .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
-    pub fn handle(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        method: Method,
-        content: Option<Content>,
-    ) -> Result<()> {
+    /// Handles one command, borrowed from where the assembler left it: a publish takes its
+    /// names and content out in place, so that the command is not copied on its way here
+    /// (each copy of a method or command was a `memcpy` of up to 200 bytes per publish, 3 %
+    /// of S1 each). Other methods are taken out whole.
+    pub fn handle(&mut self, cx: &mut Ctx<'_>, cmd: &mut Command) -> Result<()> {
         // RabbitMQ refuses immediate=true before anything else, closing the connection.
         if let Method::BasicPublish(BasicPublish {
             immediate: true, ..
-        }) = &method
+        }) = &cmd.method
         {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
         // The content header is checked once, as RabbitMQ decodes it at publish: a malformed
         // one closes the connection with RabbitMQ's bare 541 (the log says what was wrong),
         // rather than losing every property later, when a feature decodes them.
-        if let (Method::BasicPublish(_), Some(c)) = (&method, &content) {
+        if let (Method::BasicPublish(_), Some(c)) = (&cmd.method, &cmd.content) {
             if let Err(e) = warren_protocol::BasicProperties::validate(&c.properties) {
                 tracing::warn!(channel = self.number, error = %e, "closing connection: basic.publish with a malformed content header");
                 return Err(AmqpError::bare(INTERNAL_ERROR));
             }
         }
         cx.guard
-            .authorize(cx.vhost, &method, self.last_queue.as_ref())?;
+            .authorize(cx.vhost, &cmd.method, self.last_queue.as_ref())?;
+        if let Method::BasicPublish(p) = &mut cmd.method {
+            let content = cmd
+                .content
+                .take()
+                .expect("assembler attaches content to basic.publish");
+            let exchange = std::mem::take(&mut p.exchange);
+            let routing_key = std::mem::take(&mut p.routing_key);
+            if let Some(ops) = &mut self.tx {
+                // Checked now (as RabbitMQ does: the exchange, then the properties),
+                // applied at commit.
+                cx.vhost.exchange_for_publish(&exchange)?;
+                check_expiration(&content)?;
+                cx.guard.check_user_id(&content.properties)?;
+                ops.push(TxOp::Publish {
+                    exchange,
+                    routing_key,
+                    mandatory: p.mandatory,
+                    content,
+                });
+                return Ok(());
+            }
+            return self.publish(cx, exchange, routing_key, p.mandatory, content);
+        }
+        // Any method will do in its place: the command is dropped after this.
+        let method = std::mem::replace(&mut cmd.method, TxSelectOk {}.into());
         let method_is_sync = matches!(method, Method::BasicRecover(_));
         match method {
-            Method::BasicPublish(p) => {
-                let content = content.expect("assembler attaches content to basic.publish");
-                if let Some(ops) = &mut self.tx {
-                    // Checked now (as RabbitMQ does: the exchange, then the properties),
-                    // applied at commit.
-                    cx.vhost.exchange_for_publish(&p.exchange)?;
-                    check_expiration(&content)?;
-                    cx.guard.check_user_id(&content.properties)?;
-                    ops.push(TxOp::Publish {
-                        exchange: p.exchange,
-                        routing_key: p.routing_key,
-                        mandatory: p.mandatory,
-                        content,
-                    });
-                    return Ok(());
-                }
-                self.publish(cx, p.exchange, p.routing_key, p.mandatory, content)
-            }
+            Method::BasicPublish(_) => unreachable!("handled above"),
             Method::BasicAck(a) => match &mut self.tx {
                 Some(ops) => {
                     self.delivery.check_tag(a.delivery_tag, a.multiple)?;

@@ -604,8 +604,10 @@ impl Connection {
             }
             return Ok(());
         }
-        let cmd = match ch.assembler.push(frame, max_body) {
-            Ok(Some(cmd)) => cmd,
+        // The command is used where it lies in the result (moving it out copied it).
+        let mut pushed = ch.assembler.push(frame, max_body);
+        let cmd = match pushed {
+            Ok(Some(ref mut cmd)) => cmd,
             Ok(None) => return Ok(()),
             Err(e) if e.code == PRECONDITION_FAILED => {
                 let (class_id, method_id) = (e.class_id, e.method_id);
@@ -647,7 +649,7 @@ impl Connection {
             commit_wake: &self.commit_wake,
         };
         let ch = self.channels.get_mut(n).expect("checked open");
-        let r = ch.handle(&mut ctx, cmd.method, cmd.content);
+        let r = ch.handle(&mut ctx, cmd);
         self.follow_up();
         match r {
             Ok(()) => Ok(()),
