@@ -919,9 +919,12 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
-                QueueCommand::Settle { checkouts, now }
+            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Settle {
+                checkouts,
+                now,
             });
+            // The client has room for what its node holds.
+            return self.release_held();
         }
         self.locked_quiet().settle(checkouts);
     }
@@ -937,9 +940,12 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
-                QueueCommand::Discard { checkouts, now }
+            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Discard {
+                checkouts,
+                now,
             });
+            // The client has room for what its node holds.
+            return self.release_held();
         }
         self.locked(fu)
             .discard(checkouts, &mut QueueEnv { q: self });
@@ -956,9 +962,12 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
-                QueueCommand::Return { checkouts, now }
+            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Return {
+                checkouts,
+                now,
             });
+            // The client has room for what its node holds.
+            return self.release_held();
         }
         let mut i = self.locked(fu);
         i.return_checkouts(checkouts, now_ms(), &mut QueueEnv { q: self });
