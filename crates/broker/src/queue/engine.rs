@@ -947,7 +947,15 @@ impl<C> QueueEngine<C> {
         now: u64,
         env: &mut impl Env<C>,
     ) {
-        let (msgs, stored) = self.take_checkouts(checkouts);
+        let mut msgs = Vec::new();
+        let mut stored = Vec::new();
+        for (owner, id) in checkouts {
+            match self.take_checkout(owner, id) {
+                Some(Returned::Mem(qm)) => msgs.push(qm),
+                Some(Returned::Stored(s)) => stored.push(s),
+                None => {}
+            }
+        }
         self.requeue(msgs, stored, now, env);
     }
 
@@ -961,31 +969,19 @@ impl<C> QueueEngine<C> {
         now: u64,
         env: &mut impl Env<C>,
     ) {
-        let (msgs, stored) = self.take_checkouts(checkouts);
-        for qm in msgs {
-            self.ready_bytes += qm.msg.body.len();
-            self.ready.insert_ordered(qm);
-        }
-        self.respill(stored);
-        self.dispatch(now, env);
-    }
-
-    /// Takes checkouts back from their owners: those held in memory, and those whose message
-    /// waits in the store. Checkouts not held (already settled) are skipped.
-    fn take_checkouts(
-        &mut self,
-        checkouts: impl IntoIterator<Item = CheckoutKey>,
-    ) -> (Vec<QueuedMessage>, Vec<Spilled>) {
-        let mut msgs = Vec::new();
         let mut stored = Vec::new();
         for (owner, id) in checkouts {
             match self.take_checkout(owner, id) {
-                Some(Returned::Mem(qm)) => msgs.push(qm),
+                Some(Returned::Mem(qm)) => {
+                    self.ready_bytes += qm.msg.body.len();
+                    self.ready.insert_ordered(qm);
+                }
                 Some(Returned::Stored(s)) => stored.push(s),
                 None => {}
             }
         }
-        (msgs, stored)
+        self.respill(stored);
+        self.dispatch(now, env);
     }
 
     /// Everything `owner` holds comes back (its channel is gone).
