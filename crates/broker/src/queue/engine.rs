@@ -959,31 +959,6 @@ impl<C> QueueEngine<C> {
         self.requeue(msgs, stored, now, env);
     }
 
-    /// Checked-out messages that never reached their consumer come back as they were: not
-    /// marked redelivered, not counted as a delivery (see [`QueueCommand::Unsent`]).
-    ///
-    /// [`QueueCommand::Unsent`]: super::command::QueueCommand::Unsent
-    pub fn put_back_unsent(
-        &mut self,
-        checkouts: impl IntoIterator<Item = CheckoutKey>,
-        now: u64,
-        env: &mut impl Env<C>,
-    ) {
-        let mut stored = Vec::new();
-        for (owner, id) in checkouts {
-            match self.take_checkout(owner, id) {
-                Some(Returned::Mem(qm)) => {
-                    self.ready_bytes += qm.msg.body.len();
-                    self.ready.insert_ordered(qm);
-                }
-                Some(Returned::Stored(s)) => stored.push(s),
-                None => {}
-            }
-        }
-        self.respill(stored);
-        self.dispatch(now, env);
-    }
-
     /// Everything `owner` holds comes back (its channel is gone).
     pub fn return_all(&mut self, owner: Owner, now: u64, env: &mut impl Env<C>) {
         let Some(h) = self.checked_out.get_mut(&owner) else {

@@ -919,12 +919,9 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Settle {
-                checkouts,
-                now,
+            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
+                QueueCommand::Settle { checkouts, now }
             });
-            // The client has room for what its node holds.
-            return self.release_held();
         }
         self.locked_quiet().settle(checkouts);
     }
@@ -940,12 +937,9 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Discard {
-                checkouts,
-                now,
+            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
+                QueueCommand::Discard { checkouts, now }
             });
-            // The client has room for what its node holds.
-            return self.release_held();
         }
         self.locked(fu)
             .discard(checkouts, &mut QueueEnv { q: self });
@@ -962,12 +956,9 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Return {
-                checkouts,
-                now,
+            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
+                QueueCommand::Return { checkouts, now }
             });
-            // The client has room for what its node holds.
-            return self.release_held();
         }
         let mut i = self.locked(fu);
         i.return_checkouts(checkouts, now_ms(), &mut QueueEnv { q: self });

@@ -13,7 +13,6 @@ use super::{
 use crate::clock::now_ms;
 use crate::delivery::{Deliver, DeliveryChannel};
 use crate::message::Message;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use warren_protocol::ShortStr;
 
@@ -23,21 +22,7 @@ pub(super) struct ReplicaConsumer {
     /// Set once basic.consume-ok is written; deliveries decided before that wait in `early`.
     active: bool,
     early: Vec<(CheckoutId, QueuedMessage)>,
-    /// Deliveries the engine decided that the client's prefetch has no room for yet: sent,
-    /// in order, as the client acks (see [`ENGINE_CREDIT_FACTOR`]).
-    held: VecDeque<(CheckoutId, QueuedMessage)>,
 }
-
-/// A consumer with a prefetch is given this many times as much credit in a replicated
-/// queue's engine, and its node keeps what the client has no room for yet (`held`).
-///
-/// The engine gets credit back only when an ack is committed (replicated and on disk on a
-/// majority, a few milliseconds). With the engine's credit equal to the prefetch, a consumer
-/// with prefetch 100 waited for that commit after every 100 messages: one queue delivered
-/// ~23,000 msg/s in `bench/cluster3.sh`, and the publisher, held by flow control, confirmed
-/// as many (34,000 with prefetch 300). The client still never has more than its prefetch
-/// unacked: its node sends a held delivery as soon as an ack leaves room.
-pub(super) const ENGINE_CREDIT_FACTOR: u32 = 3;
 
 /// How many times a consumer removed by the leader tries to subscribe again (each attempt
 /// looks for a leader for up to the cluster's write timeout).
@@ -78,7 +63,7 @@ fn add_consumer(owner: Owner, c: &QueueConsumer) -> QueueCommand {
     QueueCommand::AddConsumer {
         owner,
         tag: c.tag.to_string(),
-        prefetch: c.prefetch.saturating_mul(ENGINE_CREDIT_FACTOR),
+        prefetch: c.prefetch,
         no_ack: c.no_ack,
         exclusive: c.exclusive,
         priority: c.priority,
@@ -167,16 +152,12 @@ impl Queue {
         let Some(r) = self.replica.get() else { return };
         self.replica_restores
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        // What they hold unsent is returned with the rest.
         let owners: Vec<Owner> = self
             .replica_consumers
             .lock()
-            .iter_mut()
+            .iter()
             .filter(|(_, rc)| rc.active)
-            .map(|(o, rc)| {
-                rc.held.clear();
-                *o
-            })
+            .map(|(o, _)| *o)
             .collect();
         if !owners.is_empty() {
             tracing::info!(queue = %self.name, vhost = %self.vhost_name, consumers = owners.len(), "this node's copy of the queue was restored from the leader's snapshot: its consumers subscribe again");
@@ -193,15 +174,6 @@ impl Queue {
     /// quorum queue's consumer that was suspected down; one that cannot (an exclusive
     /// consumer took its place) is cancelled.
     fn subscribe_again(self: &Arc<Self>, removed: &[Owner]) {
-        {
-            // The leader returned what they held, the deliveries held here too.
-            let mut consumers = self.replica_consumers.lock();
-            for owner in removed {
-                if let Some(rc) = consumers.get_mut(owner) {
-                    rc.held.clear();
-                }
-            }
-        }
         for &owner in removed {
             self.resubscribe(owner, RESUBSCRIBE_ATTEMPTS);
         }
@@ -280,7 +252,9 @@ impl Queue {
                 }
                 match consumers.get_mut(&owner) {
                     Some(rc) if rc.active => {
-                        self.deliver_or_hold(owner, rc, checkout, qm, &mut refused)
+                        if !self.deliver_decided(&rc.c, &qm, checkout) {
+                            refused.push((owner, checkout));
+                        }
                     }
                     Some(rc) => rc.early.push((checkout, qm)),
                     // A consumer of this node's earlier run (its entries reached the log
@@ -344,39 +318,6 @@ impl Queue {
             checkout: id,
             decided: true,
         })
-    }
-
-    /// Sends a decided delivery to its consumer if the client's prefetch has room and nothing
-    /// is held before it; holds it otherwise.
-    fn deliver_or_hold(
-        self: &Arc<Self>,
-        owner: Owner,
-        rc: &mut ReplicaConsumer,
-        checkout: CheckoutId,
-        qm: QueuedMessage,
-        refused: &mut Vec<(Owner, CheckoutId)>,
-    ) {
-        if !rc.held.is_empty() || !rc.c.handle.has_credit(rc.c.consumer_id) {
-            rc.held.push_back((checkout, qm));
-        } else if !self.deliver_decided(&rc.c, &qm, checkout) {
-            refused.push((owner, checkout));
-        }
-    }
-
-    /// Sends held deliveries whose clients have room now (after their acks, nacks or
-    /// rejects). A consumer whose channel closed keeps them until it is removed.
-    pub(super) fn release_held(self: &Arc<Self>) {
-        let mut consumers = self.replica_consumers.lock();
-        for rc in consumers.values_mut() {
-            while !rc.held.is_empty() && rc.c.handle.has_credit(rc.c.consumer_id) {
-                let (checkout, qm) = rc.held.pop_front().expect("not empty");
-                // Refused only by a channel that closed since: its removal returns it.
-                if !self.deliver_decided(&rc.c, &qm, checkout) {
-                    rc.held.push_front((checkout, qm));
-                    break;
-                }
-            }
-        }
     }
 
     fn return_refused(&self, refused: Vec<(Owner, CheckoutId)>) {
@@ -463,7 +404,6 @@ impl Queue {
                 c,
                 active: false,
                 early: Vec::new(),
-                held: VecDeque::new(),
             },
         );
         let refused = match call(&**r, cmd) {
@@ -487,7 +427,9 @@ impl Queue {
             if let Some(rc) = consumers.get_mut(&owner) {
                 rc.active = true;
                 for (checkout, qm) in std::mem::take(&mut rc.early) {
-                    self.deliver_or_hold(owner, rc, checkout, qm, &mut refused);
+                    if !self.deliver_decided(&rc.c, &qm, checkout) {
+                        refused.push((owner, checkout));
+                    }
                 }
             }
         }
@@ -518,11 +460,13 @@ impl Queue {
                     std::ptr::eq(&*rc.c.handle, channel) && rc.c.consumer_id == consumer_id
                 })
                 .map(|(o, _)| *o);
-            let held = owner.and_then(|o| consumers.remove(&o)).map(|rc| rc.held);
-            owner.zip(held)
+            if let Some(o) = owner {
+                consumers.remove(&o);
+            }
+            owner
         };
-        // What the consumer's channel got stays its own until the channel acks or closes.
-        if let Some((owner, held)) = owner {
+        // What the consumer holds stays its own until its channel acks or closes.
+        if let Some(owner) = owner {
             r.submit(
                 QueueCommand::RemoveConsumer {
                     owner,
@@ -530,15 +474,6 @@ impl Queue {
                 },
                 None,
             );
-            // What it never got goes back, after the removal: before it, the engine would
-            // hand it straight back to the consumer.
-            if !held.is_empty() {
-                let checkouts = held.into_iter().map(|(id, _)| (owner, id));
-                submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Unsent {
-                    checkouts,
-                    now,
-                });
-            }
         }
     }
 
