@@ -373,7 +373,6 @@ impl Channel {
         let method = std::mem::replace(&mut cmd.method, TxSelectOk {}.into());
         let method_is_sync = matches!(method, Method::BasicRecover(_));
         match method {
-            Method::BasicPublish(_) => unreachable!("handled above"),
             Method::BasicAck(a) => match &mut self.tx {
                 Some(ops) => {
                     self.delivery.check_tag(a.delivery_tag, a.multiple)?;
