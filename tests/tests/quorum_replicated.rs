@@ -60,12 +60,29 @@ async fn a_work_queue_runs_through_the_raft_log() {
         .collect();
     assert!(!wal.is_empty(), "the WAL has segment files");
 
-    // The engine enforces the consumer's prefetch: never more than 10 out at once.
+    // The client never has more than its prefetch unacked. The engine checks out three times
+    // as many to the consumer (its credit comes back only once an ack is committed); the
+    // consumer's node holds the rest and sends one for each ack.
     let (_c2, ch2) = open(&broker).await;
     qos(&ch2, 10, false).await;
     let mut c = consume(&ch2, "work", "w").await;
-    wait_counts(&broker, "work", 190, 10).await;
-    for i in 0..200 {
+    wait_counts(&broker, "work", 170, 30).await;
+    let mut out = Vec::new();
+    for i in 0..10 {
+        let d = next(&mut c).await;
+        assert_eq!(body(&d), format!("m{i}"), "in publish order");
+        out.push(d);
+    }
+    assert_no_delivery(&mut c).await;
+    ack(&out[0]).await;
+    let d = next(&mut c).await;
+    assert_eq!(body(&d), "m10", "one more for the one acked");
+    assert_no_delivery(&mut c).await;
+    out.push(d);
+    for d in &out[1..] {
+        ack(d).await;
+    }
+    for i in 11..200 {
         let d = next(&mut c).await;
         assert_eq!(body(&d), format!("m{i}"), "in publish order");
         assert!(!d.redelivered);
@@ -181,8 +198,14 @@ async fn a_closed_channels_unacked_messages_go_to_the_next_consumer() {
     let ch2 = channel(&conn).await;
     qos(&ch2, 20, false).await;
     let mut c2 = consume(&ch2, "q", "second").await;
-    let rest = next_bodies(&mut c2, 5).await;
-    assert_eq!(rest, ["m5", "m6", "m7", "m8", "m9"]);
+    // The first consumer's node held these for it (its prefetch was full): they were never
+    // sent, so they come back neither redelivered nor counted.
+    for want in ["m5", "m6", "m7", "m8", "m9"] {
+        let d = next(&mut c2).await;
+        assert_eq!(body(&d), want);
+        assert!(!d.redelivered, "{want} was never delivered");
+        assert_eq!(delivery_count(d.properties.headers().as_ref()), None);
+    }
     wait_counts(&broker, "q", 0, 10).await;
     within("close", ch1.close(200, "bye".into()))
         .await
@@ -214,8 +237,9 @@ async fn a_restart_rebuilds_the_queue_from_its_log() {
         }
         ack(&held[0]).await;
         ack(&held[1]).await;
-        // Two settled; m2..m4 are still out, and m5, m6 follow as credit comes back.
-        wait_counts(&broker, "r", 13, 5).await;
+        // Two settled; m2..m4 are still out, and m5, m6 follow as credit comes back. The
+        // engine checks out three times the prefetch: m7..m16 wait at the consumer's node.
+        wait_counts(&broker, "r", 3, 15).await;
         broker.stop();
     }
     let broker = TestBroker::replicated(&dir);
@@ -226,6 +250,8 @@ async fn a_restart_rebuilds_the_queue_from_its_log() {
     for i in 2..20 {
         let d = next(&mut c).await;
         assert_eq!(body(&d), format!("m{i}"));
+        // Those delivered before the stop come back redelivered; those the node held for
+        // the consumer (m7..m16) were put back unsent as the stop closed its channel.
         assert_eq!(
             d.redelivered,
             i < 7,

@@ -963,6 +963,117 @@ async fn single_active_consumers_take_turns() {
     assert_eq!(r.code(), &ResponseCode::PreconditionFailed);
 }
 
+/// What a super stream consumer's consumer-update listener was told: (stream, active).
+type Updates = std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>;
+
+/// A super stream consumer of group `name` (single active consumer) that records its
+/// consumer updates and answers each activation with "next".
+async fn sac_super_consumer(
+    env: &Environment,
+    super_stream: &str,
+    name: &str,
+) -> (rabbitmq_stream_client::types::SuperStreamConsumer, Updates) {
+    let updates: Updates = Default::default();
+    let u = updates.clone();
+    let c = within(
+        "super stream single active consumer",
+        env.super_stream_consumer()
+            .name(name)
+            .enable_single_active_consumer(true)
+            .consumer_update(move |active, ctx| {
+                u.lock().unwrap().push((ctx.stream(), active == 1));
+                async { OffsetSpecification::Next }
+            })
+            .build(super_stream),
+    )
+    .await
+    .expect("super stream consumer");
+    (c, updates)
+}
+
+/// Waits until `updates` holds `want` (in any order), and nothing else.
+async fn updates_are(updates: &Updates, want: &[(&str, bool)]) {
+    let mut want: Vec<(String, bool)> = want.iter().map(|(s, a)| (s.to_string(), *a)).collect();
+    want.sort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut got = updates.lock().unwrap().clone();
+        got.sort();
+        if got == want || tokio::time::Instant::now() > deadline {
+            assert_eq!(got, want, "consumer updates");
+            updates.lock().unwrap().clear();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Bodies a super stream consumer gets until nothing comes for 300 ms, sorted.
+async fn drain_super(c: &mut rabbitmq_stream_client::types::SuperStreamConsumer) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), c.next()).await {
+        let d = d.expect("not an error");
+        got.push(String::from_utf8(d.message().data().unwrap().to_vec()).unwrap());
+    }
+    got.sort();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_super_streams_single_active_consumers_share_its_partitions() {
+    // As RabbitMQ: the active consumer of partition i's group is member i mod n; a change
+    // makes the active one step down (consumer update, active = false) and activates the
+    // next one once it has answered.
+    let dir = TempDir::new("stream-super-sac");
+    let b = broker(&dir);
+    let env = connect_env(&b).await;
+    within(
+        "create super stream",
+        env.stream_creator()
+            .create_super_stream("payments", 3, None),
+    )
+    .await
+    .expect("create super stream");
+    let publish_round = |round: &'static str| {
+        let env = env.clone();
+        async move {
+            for p in 0..3 {
+                publish(&env, &format!("payments-{p}"), &[format!("{round}{p}")]).await;
+            }
+        }
+    };
+    // Alone, the first consumer is active on every partition.
+    let (mut first, first_updates) = sac_super_consumer(&env, "payments", "app").await;
+    updates_are(
+        &first_updates,
+        &[
+            ("payments-0", true),
+            ("payments-1", true),
+            ("payments-2", true),
+        ],
+    )
+    .await;
+    publish_round("a").await;
+    assert_eq!(drain_super(&mut first).await, ["a0", "a1", "a2"]);
+
+    // A second one: partition 1 (1 mod 2) moves to it, after the first stepped down.
+    let (mut second, second_updates) = sac_super_consumer(&env, "payments", "app").await;
+    updates_are(&first_updates, &[("payments-1", false)]).await;
+    updates_are(&second_updates, &[("payments-1", true)]).await;
+    publish_round("b").await;
+    assert_eq!(drain_super(&mut first).await, ["b0", "b2"]);
+    assert_eq!(drain_super(&mut second).await, ["b1"]);
+
+    // The second leaves: partition 1 comes back to the first.
+    within("close the second", second.handle().close())
+        .await
+        .unwrap();
+    updates_are(&first_updates, &[("payments-1", true)]).await;
+    publish_round("c").await;
+    assert_eq!(drain_super(&mut first).await, ["c0", "c1", "c2"]);
+    let _ = first.handle().close().await;
+}
+
 /// The next delivery's body.
 async fn next_body(c: &mut rabbitmq_stream_client::Consumer) -> String {
     let d = within("delivery", c.next())

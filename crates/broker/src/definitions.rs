@@ -150,6 +150,10 @@ pub struct QueueDef {
     pub auto_delete: bool,
     #[serde(default)]
     pub arguments: Value,
+    /// Warren's own: in a cluster with `cluster.classic_queues_everywhere`, the node a
+    /// classic queue lives on (absent otherwise; a node without that setting ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -470,6 +474,7 @@ fn queue_def(vhost: &str, q: &crate::queue::Queue) -> QueueDef {
         durable: q.durable,
         auto_delete: q.auto_delete,
         arguments: table_to_json(&q.arguments),
+        home: q.home().map(str::to_string),
     }
 }
 
@@ -684,17 +689,20 @@ impl Broker {
                 errors.push(no_vhost(&q.vhost, object()));
                 continue;
             };
-            if let Err(e) = vh.declare_queue(
-                QueueDeclare {
-                    name: q.name.as_str().into(),
-                    passive: false,
-                    durable: q.durable,
-                    exclusive: false,
-                    auto_delete: q.auto_delete,
-                    arguments: json_to_table(&q.arguments),
-                },
-                0,
-            ) {
+            let declared = crate::metadata::with_home(q.home.clone(), || {
+                vh.declare_queue(
+                    QueueDeclare {
+                        name: q.name.as_str().into(),
+                        passive: false,
+                        durable: q.durable,
+                        exclusive: false,
+                        auto_delete: q.auto_delete,
+                        arguments: json_to_table(&q.arguments),
+                    },
+                    0,
+                )
+            });
+            if let Err(e) = declared {
                 errors.push(refused(&q.vhost, object(), e));
             }
         }

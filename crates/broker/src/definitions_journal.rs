@@ -436,6 +436,7 @@ mod tests {
             durable: true,
             auto_delete: false,
             arguments: json!({}),
+            home: None,
         }
     }
 

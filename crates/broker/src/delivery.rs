@@ -411,6 +411,23 @@ impl DeliveryChannel {
         true
     }
 
+    /// Whether consumer `consumer_id` may be sent one more delivery now: its channel is open
+    /// and its prefetch is not used up. A replicated queue's node asks before it sends what
+    /// the engine decided (see `Queue::release_held`); as RabbitMQ's quorum queues, those
+    /// ignore a channel-wide (`global`) prefetch.
+    pub fn has_credit(&self, consumer_id: u32) -> bool {
+        let s = self.state.lock();
+        if s.closed {
+            return false;
+        }
+        match s.consumers.get(consumer_id as usize) {
+            Some(Some(slot)) => {
+                slot.no_ack || slot.prefetch == 0 || slot.unacked < slot.prefetch as u32
+            }
+            _ => false,
+        }
+    }
+
     /// basic.get: takes the next message of `queue` (checked out to this channel when an ack
     /// is expected). Returns it, how many remain ready, and its delivery tag.
     pub fn get(

@@ -48,6 +48,16 @@ impl Message {
         self.props().clone()
     }
 
+    /// A copy (the bytes are shared; the decoded properties are not copied).
+    pub fn copy(&self) -> Message {
+        Message::new(
+            self.exchange.clone(),
+            self.routing_key.clone(),
+            self.properties.clone(),
+            self.body.clone(),
+        )
+    }
+
     /// A copy with one header set (properties re-encoded; the body is shared).
     pub fn with_header(&self, key: &str, value: i64) -> Message {
         let mut p = self.decode_properties();

@@ -4,9 +4,10 @@
 //!
 //! What is replicated: quorum queues (their Raft groups span the nodes), durable exchanges
 //! that are not auto-deleted, the bindings between them, vhosts, users, permissions, vhost
-//! limits and policies. Classic queues, streams,
-//! exclusive and auto-delete objects stay on the node that declared them (see
-//! docs/compatibility.md).
+//! limits and policies; with `cluster.classic_queues_everywhere`, durable classic queues too
+//! (each lives on its home node, the others reach it: [`crate::queue::home`]). Streams,
+//! exclusive and auto-delete objects, and otherwise classic queues, stay on the node that
+//! declared them (see docs/compatibility.md).
 //!
 //! The declaring node does not change its own state first: a [`VHost`] method that would
 //! change replicated definitions hands the change to [`MetadataLog::run`], which returns once
@@ -122,6 +123,15 @@ pub enum MetaOp {
         arguments: WireTable,
         members: Vec<String>,
     },
+    /// A durable classic queue whose home is node `home` (where it was declared): there it
+    /// is a queue with its store; every other node has a stand-in that reaches it
+    /// (docs/cluster-plan.md, step 6; `cluster.classic_queues_everywhere`).
+    DeclareHomedQueue {
+        vhost: String,
+        name: String,
+        arguments: WireTable,
+        home: String,
+    },
 }
 
 impl MetaOp {
@@ -159,6 +169,7 @@ impl MetaOp {
             | MetaOp::DeleteExchange { vhost, name, .. } => format!("x\0{vhost}\0{name}"),
             MetaOp::DeclareQueue { vhost, name, .. }
             | MetaOp::DeclareQuorumQueue { vhost, name, .. }
+            | MetaOp::DeclareHomedQueue { vhost, name, .. }
             | MetaOp::DeleteQueue { vhost, name, .. } => {
                 format!("q\0{vhost}\0{name}")
             }
@@ -190,6 +201,7 @@ impl MetaOp {
             MetaOp::DeclareExchange { .. }
                 | MetaOp::DeclareQueue { .. }
                 | MetaOp::DeclareQuorumQueue { .. }
+                | MetaOp::DeclareHomedQueue { .. }
                 | MetaOp::Bind(_)
                 | MetaOp::Import { .. }
                 | MetaOp::VhostLimits { .. }
@@ -233,6 +245,21 @@ thread_local! {
     static APPLYING: Cell<bool> = const { Cell::new(false) };
     static PROPOSER: Cell<bool> = const { Cell::new(false) };
     static PLACEMENT: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+    static HOME: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (declaring a classic queue) with its home node (see [`home`]).
+pub(crate) fn with_home<T>(home: Option<String>, f: impl FnOnce() -> T) -> T {
+    HOME.with(|h| *h.borrow_mut() = home);
+    let r = f();
+    HOME.with(|h| *h.borrow_mut() = None);
+    r
+}
+
+/// The home node of the classic queue being declared on this thread, when a committed change
+/// or a node's saved definitions name one (`None`: declared here, by a client).
+pub(crate) fn home() -> Option<String> {
+    HOME.with(|h| h.borrow().clone())
 }
 
 /// Runs `f` (declaring a quorum queue from a committed change) with the members its group
@@ -395,7 +422,7 @@ pub fn apply(broker: &std::sync::Arc<Broker>, op: &MetaOp) -> Result<(), AmqpErr
             name,
             arguments,
         } => with_placement(Some(Vec::new()), || {
-            declare_quorum(&vhost(v)?, name, arguments)
+            declare_durable(&vhost(v)?, name, arguments)
         }),
         MetaOp::DeclareQuorumQueue {
             vhost: v,
@@ -403,7 +430,15 @@ pub fn apply(broker: &std::sync::Arc<Broker>, op: &MetaOp) -> Result<(), AmqpErr
             arguments,
             members,
         } => with_placement(Some(members.clone()), || {
-            declare_quorum(&vhost(v)?, name, arguments)
+            declare_durable(&vhost(v)?, name, arguments)
+        }),
+        MetaOp::DeclareHomedQueue {
+            vhost: v,
+            name,
+            arguments,
+            home,
+        } => with_home(Some(home.clone()), || {
+            declare_durable(&vhost(v)?, name, arguments)
         }),
         MetaOp::DeleteQueue {
             vhost: v,
@@ -427,8 +462,9 @@ pub fn apply(broker: &std::sync::Arc<Broker>, op: &MetaOp) -> Result<(), AmqpErr
     }
 }
 
-/// Declares a quorum queue as a committed change says.
-fn declare_quorum(
+/// Declares a durable shared queue (quorum, or classic with its home) as a committed change
+/// says.
+fn declare_durable(
     v: &std::sync::Arc<VHost>,
     name: &str,
     arguments: &WireTable,

@@ -20,6 +20,8 @@
 //!   and a group per quorum queue (`quorum_queues.replicated = true`).
 //! - [`replica`]: one quorum queue on this node, a member of its group or not (then served
 //!   through the members: proposals forwarded, deliveries sent over).
+//! - [`remote`]: classic queues every node knows (`cluster.classic_queues_everywhere`): the
+//!   stand-in on the other nodes ([`remote::RemoteReplica`]) and the pushes of deliveries.
 //! - [`members`]: who is in a queue's group: placing a new queue's members
 //!   (`x-quorum-initial-group-size`), adding and removing members (`rabbitmq-queues
 //!   add_member`, `delete_member`, `grow`, `shrink`) with openraft's membership changes.
@@ -35,6 +37,7 @@ pub mod network;
 pub mod node;
 pub mod node_membership;
 pub mod nodes;
+pub mod remote;
 pub mod replica;
 pub mod state_machine;
 pub mod transport;

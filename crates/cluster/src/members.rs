@@ -350,8 +350,36 @@ impl Control for LocalNode {
         for (group, p) in pushed {
             if let Some(r) = self.replica_of(group) {
                 r.take_pushed(p);
+            } else if let Some(r) = self.remotes.lock().get(&group).and_then(|r| r.upgrade()) {
+                r.take_pushed(p);
             }
         }
+    }
+
+    fn home(
+        &self,
+        vhost: String,
+        queue: String,
+        cmds: Vec<warren_broker::queue::QueueCommand>,
+    ) -> BoxFuture<Result<Vec<warren_broker::queue::Applied>, String>> {
+        let service = self.home_service.get().cloned();
+        Box::pin(async move {
+            match service {
+                Some(s) => s.apply(&vhost, &queue, cmds).await,
+                None => Err("this node serves no classic queue to the others".to_string()),
+            }
+        })
+    }
+
+    fn home_status(&self, vhost: &str, queue: &str) -> Option<crate::transport::HomeStatus> {
+        let service = self.home_service.get()?;
+        let s = service.stats(vhost, queue)?;
+        Some(crate::transport::HomeStatus {
+            stats: s.stats,
+            len: s.len,
+            backlogged: s.backlogged,
+            incarnation: service.incarnation,
+        })
     }
 
     fn member_op(&self, group: u64, op: MemberOp) -> BoxFuture<Result<u64, String>> {

@@ -78,6 +78,9 @@ pub struct ClusterSpec {
     /// Members of a new quorum queue's group when its declaration does not say
     /// (`x-quorum-initial-group-size`): RabbitMQ's `quorum_cluster_size`, 3.
     pub default_group_size: usize,
+    /// `cluster.classic_queues_everywhere`: durable classic queues are known to every node,
+    /// which reach them on their home node ([`crate::remote`]).
+    pub classic_everywhere: bool,
 }
 
 /// Owner ids of node number `n` (1-based, in the order of node ids) start at `n <<
@@ -123,9 +126,14 @@ pub(crate) struct Cluster {
     /// Questions to other nodes and membership changes (apart, so that they never wait
     /// behind a proposal waiting for its commit).
     pub(crate) control: Arc<Forwarder>,
+    /// Commands for classic queues homed on other nodes (apart: they wait for a disk).
+    pub(crate) homes: Arc<Forwarder>,
     /// Deliveries for nodes that are not members of a queue's group, in order, per node.
     pushes: Arc<Forwarder>,
     pushers: Mutex<HashMap<NodeId, mpsc::UnboundedSender<(u64, crate::transport::Pushed)>>>,
+    /// The node's Raft runtime: where the pushers run, whichever thread pushes first (a
+    /// classic queue's deliveries are pushed from the broker's threads).
+    runtime: tokio::runtime::Handle,
     /// The metadata group's Raft (replaced when the node joins a cluster).
     pub(crate) meta: parking_lot::RwLock<Option<Raft<QueueRaft>>>,
     /// What applies the metadata group's changes to the broker (kept to open the group
@@ -223,7 +231,7 @@ impl Cluster {
         let tx = pushers.entry(node).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let addr = self.addr(node).unwrap_or_default();
-            tokio::spawn(push_to(self.pushes.clone(), addr, rx));
+            self.runtime.spawn(push_to(self.pushes.clone(), addr, rx));
             tx
         });
         let _ = tx.send((group, p));
@@ -245,7 +253,7 @@ impl Cluster {
     }
 
     /// Whether `owner`'s node has been down for [`DOWN_AFTER`], or was forgotten.
-    fn owner_is_gone(&self, owner: warren_broker::queue::Owner) -> bool {
+    pub(crate) fn owner_is_gone(&self, owner: warren_broker::queue::Owner) -> bool {
         let Some(node) = self.node_of(owner).filter(|n| *n != self.spec.me) else {
             return false;
         };
@@ -285,6 +293,10 @@ impl Cluster {
                     (false, false) => {
                         down.insert(*id, std::time::Instant::now());
                         tracing::warn!(node = %n.addr, "cluster node does not answer");
+                        let addr = link_addr(&n.addr);
+                        for links in [&self.forwarder, &self.control, &self.pushes, &self.homes] {
+                            links.drop_link(&addr);
+                        }
                     }
                     _ => {}
                 }
@@ -378,6 +390,11 @@ pub struct LocalNode {
     pub(crate) cluster: Option<Arc<Cluster>>,
     /// The quorum queues opened on this node, members of their groups or not.
     pub(crate) replicas: Mutex<HashMap<u64, std::sync::Weak<GroupReplica>>>,
+    /// Stand-ins of classic queues homed on other nodes, by their queues' group ids.
+    pub(crate) remotes: Mutex<HashMap<u64, std::sync::Weak<crate::remote::RemoteReplica>>>,
+    /// Serves the other nodes' commands for classic queues homed here (set by the binary
+    /// once the broker is open: [`LocalNode::serve_homed_queues`]).
+    pub(crate) home_service: OnceLock<Arc<warren_broker::queue::home::HomeService>>,
     this: OnceLock<std::sync::Weak<LocalNode>>,
 }
 
@@ -418,6 +435,8 @@ impl LocalNode {
             recovered: Mutex::new(recovered),
             cluster: None,
             replicas: Mutex::default(),
+            remotes: Mutex::default(),
+            home_service: OnceLock::new(),
             this: OnceLock::new(),
         }))
     }
@@ -470,7 +489,13 @@ impl LocalNode {
                 spec.secret.clone(),
                 spec.tls.clone(),
             )),
+            homes: Arc::new(Forwarder::new(
+                spec.me,
+                spec.secret.clone(),
+                spec.tls.clone(),
+            )),
             pushers: Mutex::default(),
+            runtime: node.handle.clone(),
             spec,
             number,
             registry,
@@ -493,6 +518,30 @@ impl LocalNode {
             c.registry.set_control(control);
         }
         Ok(node)
+    }
+
+    /// Serves the classic queues homed here to the other nodes (with
+    /// `cluster.classic_queues_everywhere`), and closes the proxies of nodes that go down.
+    pub fn serve_homed_queues(&self, broker: &Arc<warren_broker::Broker>) {
+        let Some(c) = &self.cluster else { return };
+        if !c.spec.classic_everywhere {
+            return;
+        }
+        let link = Arc::new(crate::remote::HomePusher::new(c));
+        let service = warren_broker::queue::home::HomeService::new(broker, link);
+        if self.home_service.set(service.clone()).is_ok() {
+            let c = Arc::downgrade(c);
+            let service = Arc::downgrade(&service);
+            self.handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    let (Some(c), Some(s)) = (c.upgrade(), service.upgrade()) else {
+                        return;
+                    };
+                    s.close_owners(|o| c.owner_is_gone(o) || c.owner_is_stale(o));
+                }
+            });
+        }
     }
 
     /// Starts this node's member of the cluster's metadata group: definition changes
@@ -598,6 +647,41 @@ pub(crate) fn on_raft_thread() -> bool {
 }
 
 impl ReplicaHost for LocalNode {
+    fn classic_home(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        c.spec
+            .classic_everywhere
+            .then(|| c.name_of(c.spec.me))
+            .flatten()
+    }
+
+    fn open_remote(
+        &self,
+        vhost: &str,
+        name: &str,
+        home: &str,
+        opts: QueueOptions,
+        outputs: OutputSink,
+    ) -> Result<Arc<dyn Replica>, String> {
+        let c = self.cluster.as_ref().ok_or("not in a cluster")?;
+        let node = c
+            .node_named(home)
+            .ok_or_else(|| format!("{home} is not a node of this cluster"))?;
+        let r = crate::remote::RemoteReplica::new(
+            vhost,
+            name,
+            node,
+            c.clone(),
+            self.handle.clone(),
+            opts,
+            outputs,
+        );
+        self.remotes
+            .lock()
+            .insert(group_id(vhost, name), Arc::downgrade(&r));
+        Ok(r)
+    }
+
     fn open(
         &self,
         vhost: &str,

@@ -29,12 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use warren_broker::queue::replica::{
-    Answer, GroupMembers, OutputSink, RemoteStats, Replica, ReplicaOutput,
-};
-use warren_broker::queue::{
-    Applied, Owner, QueueCommand, QueueEngine, QueueOptions, QueuedMessage,
-};
+use warren_broker::queue::replica::{Answer, GroupMembers, OutputSink, RemoteStats, Replica};
+use warren_broker::queue::{Applied, Owner, QueueCommand, QueueEngine, QueueOptions};
 
 /// How often a node that is not a member asks a member for the queue's counts and owners.
 const REMOTE_REFRESH: Duration = Duration::from_secs(2);
@@ -299,38 +295,9 @@ impl GroupReplica {
         if self.removed.load(Ordering::Acquire) {
             return;
         }
-        let mut through = self.pushed_through.lock();
-        if p.index <= *through {
-            return;
-        }
-        *through = p.index;
-        let deliveries = p
-            .deliveries
-            .into_iter()
-            .map(|d: PushedDelivery| {
-                (
-                    d.owner,
-                    d.checkout,
-                    QueuedMessage {
-                        seq: d.seq,
-                        msg: d.msg.0,
-                        redelivered: d.redelivered,
-                        pos: None,
-                        priority: 0,
-                        expires_at: None,
-                        delivery_count: d.delivery_count,
-                    },
-                )
-            })
-            .collect::<Vec<_>>();
         // A delivery to a consumer of this node's earlier run removes it (the broker's
         // hand_out, as for a member's deliveries).
-        (self.outputs)(ReplicaOutput {
-            index: p.index,
-            deliveries,
-            removed_consumers: p.removed,
-            ..Default::default()
-        });
+        p.hand_on(&self.pushed_through, &self.outputs);
     }
 
     /// Proposes `p` through whichever node leads the group (this one, or another), looking

@@ -73,6 +73,9 @@ pub struct QueueStateMachine {
     wal: Arc<NodeWal>,
     /// Asks the group for a snapshot (see [`QueueStateMachine::new`]).
     wanted: mpsc::Sender<()>,
+    /// Held while a snapshot is built or installed (taken before `state`): a snapshot being
+    /// written without `state`'s lock is never overtaken by an installed one.
+    snapshot_io: Arc<Mutex<()>>,
 }
 
 fn decode_err(e: impl std::fmt::Display) -> WalError {
@@ -120,6 +123,7 @@ impl QueueStateMachine {
             out,
             wal,
             wanted,
+            snapshot_io: Arc::default(),
         };
         Ok((sm, wanted_rx))
     }
@@ -188,6 +192,7 @@ impl QueueStateMachine {
                 removed_consumers,
                 voters: Some(voters.clone()),
                 restored: false,
+                home_lost: false,
             });
         }
     }
@@ -204,11 +209,17 @@ fn storage_err(e: WalError) -> StorageErrorOf {
 
 impl QueueStateMachine {
     /// Makes `stored` the current snapshot: saved, then kept (encoded) for followers.
-    fn keep(&self, s: &mut State, stored: &Stored) -> Result<Vec<u8>, StorageErrorOf> {
+    /// Encodes `stored` and writes it to the node's snapshot directory (fsynced).
+    fn save(&self, stored: &Stored) -> Result<Vec<u8>, StorageErrorOf> {
         let data = postcard::to_allocvec(stored).map_err(|e| storage_err(WalError::Encode(e)))?;
         self.wal
             .save_snapshot(self.group, &data)
             .map_err(storage_err)?;
+        Ok(data)
+    }
+
+    fn keep(&self, s: &mut State, stored: &Stored) -> Result<Vec<u8>, StorageErrorOf> {
+        let data = self.save(stored)?;
         s.current = Some((stored.meta.clone(), data.clone()));
         s.bytes_since = 0;
         s.entries_since = 0;
@@ -220,17 +231,32 @@ impl QueueStateMachine {
 
 impl RaftSnapshotBuilder<QueueRaft> for QueueStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<QueueRaft>, StorageErrorOf> {
-        let mut s = self.state.lock();
-        let n = s.snapshots_built + 1;
-        let stored = Stored {
-            meta: SnapshotMeta {
-                last_log_id: s.last_applied,
-                last_membership: s.membership.clone(),
-                snapshot_id: format!("{}-{n}", s.last_applied.map_or(0, |l| l.index)),
-            },
-            engine: s.engine.snapshot(),
+        // The engine's state is taken under the lock; it is encoded and written (with its
+        // fsyncs) without it, so that applying goes on meanwhile: with the lock held, every
+        // commit waited for the snapshot's disk (the tail of a busy queue's confirm latency).
+        let _io = self.snapshot_io.lock();
+        let (stored, bytes_at, entries_at) = {
+            let s = self.state.lock();
+            let n = s.snapshots_built + 1;
+            let stored = Stored {
+                meta: SnapshotMeta {
+                    last_log_id: s.last_applied,
+                    last_membership: s.membership.clone(),
+                    snapshot_id: format!("{}-{n}", s.last_applied.map_or(0, |l| l.index)),
+                },
+                engine: s.engine.snapshot(),
+            };
+            (stored, s.bytes_since, s.entries_since)
         };
-        let data = self.keep(&mut s, &stored)?;
+        let data = self.save(&stored)?;
+        let mut s = self.state.lock();
+        s.current = Some((stored.meta.clone(), data.clone()));
+        // What was applied while it was written counts towards the next one.
+        s.bytes_since = s.bytes_since.saturating_sub(bytes_at);
+        s.entries_since = s.entries_since.saturating_sub(entries_at);
+        s.asked = false;
+        s.snapshots_built += 1;
+        drop(s);
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -318,6 +344,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
     ) -> Result<(), StorageErrorOf> {
         let stored: Stored = postcard::from_bytes(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &decode_err(e)))?;
+        let _io = self.snapshot_io.lock();
         let mut s = self.state.lock();
         s.engine = QueueEngine::restore(stored.engine.clone());
         s.last_applied = meta.last_log_id;

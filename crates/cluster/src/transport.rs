@@ -51,7 +51,7 @@ pub struct LinkTls {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 type Conn = Box<dyn Io>;
-use warren_broker::queue::Applied;
+use warren_broker::queue::{Applied, QueueCommand};
 
 /// Largest frame accepted (a batch of log entries); more closes the link.
 const MAX_FRAME: u32 = 64 << 20;
@@ -71,6 +71,17 @@ enum Rpc {
     Push(Vec<(u64, Pushed)>),
     /// A step of a membership change (see [`Control::member_op`]).
     Member(MemberOp),
+    /// Commands for a classic queue whose home is the node asked (see [`Control::home`]).
+    Home {
+        vhost: String,
+        queue: String,
+        cmds: Vec<QueueCommand>,
+    },
+    /// The counts of a classic queue whose home is the node asked.
+    HomeStatus {
+        vhost: String,
+        queue: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,6 +101,17 @@ enum Response {
     NoGroup,
     Status(Option<GroupStatus>),
     Done(Result<u64, String>),
+    HomeStatus(Option<HomeStatus>),
+}
+
+/// A classic queue's counts, from its home node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HomeStatus {
+    pub stats: warren_broker::queue::QueueStats,
+    pub len: u64,
+    pub backlogged: bool,
+    /// The home node's run (see `HomeService::incarnation`).
+    pub incarnation: u64,
 }
 
 /// What a node knows of one queue's group: who leads it and who is in it, and, from a
@@ -119,6 +141,57 @@ pub struct PushedDelivery {
     pub msg: warren_broker::queue::LoggedMessage,
     pub redelivered: bool,
     pub delivery_count: u32,
+}
+
+impl Pushed {
+    /// Hands the push on to the queue (`outputs`) if it is new: `through` is the last index
+    /// taken, held meanwhile so that pushes reach the queue once each, in order.
+    pub(crate) fn hand_on(
+        self,
+        through: &parking_lot::Mutex<u64>,
+        outputs: &warren_broker::queue::replica::OutputSink,
+    ) {
+        let mut through = through.lock();
+        if self.index <= *through {
+            return;
+        }
+        *through = self.index;
+        outputs(warren_broker::queue::replica::ReplicaOutput {
+            index: self.index,
+            deliveries: self
+                .deliveries
+                .into_iter()
+                .map(PushedDelivery::into_delivery)
+                .collect(),
+            removed_consumers: self.removed,
+            ..Default::default()
+        });
+    }
+}
+
+impl PushedDelivery {
+    /// As the broker's queue takes it: (owner, checkout, message).
+    fn into_delivery(
+        self,
+    ) -> (
+        warren_broker::queue::Owner,
+        warren_broker::queue::CheckoutId,
+        warren_broker::queue::QueuedMessage,
+    ) {
+        (
+            self.owner,
+            self.checkout,
+            warren_broker::queue::QueuedMessage {
+                seq: self.seq,
+                msg: self.msg.0,
+                redelivered: self.redelivered,
+                pos: None,
+                priority: 0,
+                expires_at: None,
+                delivery_count: self.delivery_count,
+            },
+        )
+    }
 }
 
 /// What applying one log entry left for a node that is not a member of the group: every
@@ -166,6 +239,15 @@ pub trait Control: Send + Sync {
     fn push(&self, pushed: Vec<(u64, Pushed)>);
     /// Runs one step of a membership change; answers the change's log index (or 0).
     fn member_op(&self, group: u64, op: MemberOp) -> BoxFuture<Result<u64, String>>;
+    /// Applies commands another node sent for classic queue `queue` of `vhost`, homed here.
+    fn home(
+        &self,
+        vhost: String,
+        queue: String,
+        cmds: Vec<QueueCommand>,
+    ) -> BoxFuture<Result<Vec<Applied>, String>>;
+    /// The counts of classic queue `queue` of `vhost`, homed here.
+    fn home_status(&self, vhost: &str, queue: &str) -> Option<HomeStatus>;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -326,7 +408,20 @@ async fn serve(
                 Response::Done(Ok(0))
             }
             (Rpc::Member(op), Some(c)) => Response::Done(c.member_op(req.group, op).await),
-            (Rpc::Status | Rpc::Push(_) | Rpc::Member(_), None) => Response::NoGroup,
+            (Rpc::Home { vhost, queue, cmds }, Some(c)) => {
+                Response::Forward(c.home(vhost, queue, cmds).await)
+            }
+            (Rpc::HomeStatus { vhost, queue }, Some(c)) => {
+                Response::HomeStatus(c.home_status(&vhost, &queue))
+            }
+            (
+                Rpc::Status
+                | Rpc::Push(_)
+                | Rpc::Member(_)
+                | Rpc::Home { .. }
+                | Rpc::HomeStatus { .. },
+                None,
+            ) => Response::NoGroup,
             (rpc, _) => match registry.get(req.group) {
                 Some(raft) => serve_raft(&raft, rpc).await,
                 None => Response::NoGroup,
@@ -348,7 +443,9 @@ async fn serve_raft(raft: &Raft<QueueRaft>, rpc: Rpc) -> Response {
                 .map(|r| r.data)
                 .map_err(|e| e.to_string()),
         ),
-        Rpc::Status | Rpc::Push(_) | Rpc::Member(_) => Response::NoGroup,
+        Rpc::Status | Rpc::Push(_) | Rpc::Member(_) | Rpc::Home { .. } | Rpc::HomeStatus { .. } => {
+            Response::NoGroup
+        }
     }
 }
 
@@ -425,6 +522,18 @@ impl Forwarder {
             secret,
             tls,
             links: Default::default(),
+        }
+    }
+
+    /// Closes the idle connection to the node at `addr`, if any: that node went down, and a
+    /// connection to its earlier run would fail the next request (the node may be back by
+    /// then, on a new connection).
+    pub fn drop_link(&self, addr: &str) {
+        let link = self.links.lock().get(addr).cloned();
+        if let Some(link) = link {
+            if let Ok(mut slot) = link.try_lock() {
+                *slot = None;
+            }
         }
     }
 
@@ -508,6 +617,47 @@ impl Forwarder {
         match self.request(addr, 0, Rpc::Push(pushed), timeout).await? {
             Response::Done(_) => Ok(()),
             Response::NoGroup => Err(format!("node at {addr} is shutting down")),
+            _ => Err("answer of the wrong kind".into()),
+        }
+    }
+
+    /// Sends commands for classic queue `queue` of `vhost` to its home node at `addr`: the
+    /// answers once applied there (a publish once on disk).
+    pub async fn home(
+        &self,
+        addr: &str,
+        vhost: &str,
+        queue: &str,
+        cmds: Vec<QueueCommand>,
+        timeout: Duration,
+    ) -> Result<Vec<Applied>, String> {
+        let rpc = Rpc::Home {
+            vhost: vhost.to_string(),
+            queue: queue.to_string(),
+            cmds,
+        };
+        match self.request(addr, 0, rpc, timeout).await? {
+            Response::Forward(r) => r,
+            Response::NoGroup => Err(format!("node at {addr} is shutting down")),
+            _ => Err("answer of the wrong kind".into()),
+        }
+    }
+
+    /// The counts of classic queue `queue` of `vhost` at its home node at `addr`.
+    pub async fn home_status(
+        &self,
+        addr: &str,
+        vhost: &str,
+        queue: &str,
+        timeout: Duration,
+    ) -> Result<Option<HomeStatus>, String> {
+        let rpc = Rpc::HomeStatus {
+            vhost: vhost.to_string(),
+            queue: queue.to_string(),
+        };
+        match self.request(addr, 0, rpc, timeout).await? {
+            Response::HomeStatus(s) => Ok(s),
+            Response::NoGroup => Ok(None),
             _ => Err("answer of the wrong kind".into()),
         }
     }

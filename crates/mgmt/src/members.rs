@@ -15,8 +15,10 @@
 //! - `POST /api/nodes/{node}/forget` (`rabbitmqctl forget_cluster_node`): the node, which must
 //!   not be running, leaves the cluster: its member is removed from every quorum queue (as
 //!   `shrink`, the rows of which it answers as `queues`), then the node from the cluster's
-//!   metadata group. Not a node of the cluster: 404 `not_a_cluster_node`; running, or this
-//!   node: 400.
+//!   metadata group; then the classic queues whose home it was are deleted on every node (as
+//!   RabbitMQ forgets a forgotten node's durable classic queues), answered as
+//!   `classic_queues_deleted` (`vhost`, `name`). Not a node of the cluster: 404
+//!   `not_a_cluster_node`; running, or this node: 400.
 //! - `POST /api/cluster/join` `{"node": "warren@h1:25672"}` (`rabbitmqctl join_cluster`,
 //!   asked of the joining node): this node, a cluster of its own without quorum queues,
 //!   joins the cluster of the node named. `{}` once it is a voting member; a node of that
@@ -87,7 +89,7 @@ fn quorum_queue(state: &AppState, vhost: &str, name: &str) -> Result<Arc<Queue>,
     if q.queue_type() == "classic" {
         return Err(ApiError::BadRequest("classic_queue_not_supported".into()));
     }
-    if !q.is_replicated() {
+    if !q.is_replicated() || q.is_remote() {
         return Err(ApiError::BadRequest(
             MemberError::NotQuorumQueue.to_string(),
         ));
@@ -149,7 +151,7 @@ fn quorum_queues(state: &AppState) -> Vec<Arc<Queue>> {
             qs.sort_by(|a, b| a.name.cmp(&b.name));
             qs
         })
-        .filter(|q| q.is_replicated() && !q.is_deleted())
+        .filter(|q| q.is_replicated() && !q.is_remote() && !q.is_deleted())
         .collect()
 }
 
@@ -274,16 +276,41 @@ async fn forget(
         )));
     }
     let queues = quorum_queues(&state);
+    let forgotten = node.clone();
     let (rows, forgot) = blocking(move || {
-        let rows = remove_everywhere(&*host, queues, &node);
-        (rows, host.forget_node(&node))
+        let rows = remove_everywhere(&*host, queues, &forgotten);
+        (rows, host.forget_node(&forgotten))
     })
     .await?;
     forgot.map_err(|e| match e {
         MemberError::NotClusterNode => ApiError::NotFoundReason("not_a_cluster_node"),
         e => member_error(e),
     })?;
-    Ok(Json(json!({ "queues": rows })))
+    let broker = state.broker.clone();
+    let deleted = blocking(move || delete_homed_queues(&broker, &node)).await?;
+    Ok(Json(
+        json!({ "queues": rows, "classic_queues_deleted": deleted }),
+    ))
+}
+
+/// Deletes (on every node, through the metadata log) the classic queues whose home was
+/// `node`, a node forgotten: their messages went with it.
+fn delete_homed_queues(broker: &warren_broker::Broker, node: &str) -> Vec<Value> {
+    let mut deleted = Vec::new();
+    for v in broker.vhosts() {
+        for q in v.queues() {
+            if q.home() != Some(node) {
+                continue;
+            }
+            match v.delete_queue(&q.name, false, false, 0) {
+                Ok(_) => deleted.push(json!({"vhost": v.name, "name": q.name.as_str()})),
+                Err(e) => {
+                    tracing::warn!(queue = %q.name, vhost = %v.name, error = %e, "a forgotten node's classic queue could not be deleted")
+                }
+            }
+        }
+    }
+    deleted
 }
 
 async fn join(

@@ -220,8 +220,16 @@ pub(crate) fn queue_json(state: &AppState, q: &Arc<Queue>, detailed: bool, h: Hi
         "exclusive": q.exclusive_owner.is_some(),
         "arguments": args::table_to_json(&q.arguments),
         "type": kind,
-        "node": state.node,
-        "state": if q.is_deleted() { "stopped" } else { "running" },
+        // A classic queue of another node (cluster.classic_queues_everywhere): its home,
+        // and "down" while that node is, as RabbitMQ shows them.
+        "node": q.home().unwrap_or(&state.node),
+        "state": if q.is_deleted() {
+            "stopped"
+        } else if q.home_down().is_some() {
+            "down"
+        } else {
+            "running"
+        },
         "policy": null,
         "exclusive_consumer_tag": null,
         "messages": s.messages_ready + s.messages_unacknowledged,

@@ -863,7 +863,7 @@ impl Channel {
             self.reply_queue = Some(q.name.clone());
             q
         } else {
-            cx.vhost.queue_for(&queue_name, cx.conn_id)?
+            cx.vhost.reachable_queue(&queue_name, cx.conn_id)?
         };
         let tag: ShortStr = if c.consumer_tag.is_empty() {
             format!(
@@ -899,7 +899,7 @@ impl Channel {
 
     fn get(&mut self, cx: &mut Ctx<'_>, g: BasicGet) -> Result<()> {
         let queue_name = self.queue_name(g.queue)?;
-        let q = cx.vhost.queue_for(&queue_name, cx.conn_id)?;
+        let q = cx.vhost.reachable_queue(&queue_name, cx.conn_id)?;
         if q.stream().is_some() {
             return Err(warren_broker::stream::get_refused(&q));
         }

@@ -278,8 +278,9 @@ pub(crate) struct Subscription {
 
 /// What other tasks ask of a connection.
 pub(crate) enum ConnEvent {
-    /// A single-active-consumer subscription became its group's active one.
-    Activate(u8),
+    /// A single-active-consumer subscription became its group's active one, or must step
+    /// down (see `warren_broker::stream::sac`).
+    Sac(u8, warren_broker::stream::sac::SacEvent),
 }
 
 /// Closes a stream connection at an operator's request (the management API's DELETE).
@@ -330,8 +331,9 @@ pub(crate) struct Conn {
     pub events: tokio::sync::mpsc::UnboundedSender<ConnEvent>,
     /// The correlation id of the next request this side sends.
     pub next_request: u32,
-    /// Consumer updates sent and not answered yet: the subscription of each.
-    pub consumer_updates: HashMap<u32, u8>,
+    /// Consumer updates sent and not answered yet: the subscription of each, and whether it
+    /// was activated (or told to step down).
+    pub consumer_updates: HashMap<u32, (u8, bool)>,
 }
 
 impl Conn {

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use warren_broker::auth::{Access, Resource};
 use warren_broker::connections::StreamConsumerInfo;
 use warren_broker::stream::args::Filter;
-use warren_broker::stream::sac::SacMember;
+use warren_broker::stream::sac::{SacEvent, SacMember};
 use warren_broker::stream::{amqp10, entry, FilteredChunk, OffsetSpec};
 use warren_broker::Queue;
 
@@ -98,11 +98,16 @@ impl Conn {
                 let member = SacMember {
                     conn: self.id,
                     sid,
-                    activate: Arc::new(move || {
-                        let _ = events.send(ConnEvent::Activate(sid));
+                    notify: Arc::new(move |e| {
+                        let _ = events.send(ConnEvent::Sac(sid, e));
                     }),
                 };
-                let active = q.stream().is_some_and(|s| s.sac.join(name, member));
+                // A super stream's partition spreads its groups' active consumers.
+                let partition = property("super-stream")
+                    .and_then(|ss| self.vhost().super_stream_partition_index(ss, stream));
+                let active = q
+                    .stream()
+                    .is_some_and(|s| s.sac.join(name, partition, member));
                 if active {
                     Start::Activate
                 } else {
@@ -154,22 +159,44 @@ impl Conn {
             return;
         };
         s.info.active.store(true, Ordering::Relaxed);
+        tracing::debug!(peer = %self.peer, stream = %s.info.stream, sid, "a single active consumer becomes active");
+        self.send_consumer_update(sid, true);
+    }
+
+    /// Tells single-active-consumer subscription `sid` that it is no longer its group's
+    /// active one (a super stream's consumers were rebalanced): its delivery stops, and its
+    /// answer lets the group activate the next one.
+    fn step_down(&mut self, sid: u8) {
+        let Some(s) = self.subscriptions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(t) = s.task.take() {
+            t.abort();
+        }
+        s.info.active.store(false, Ordering::Relaxed);
+        tracing::debug!(peer = %self.peer, stream = %s.info.stream, sid, "a single active consumer steps down");
+        self.send_consumer_update(sid, false);
+    }
+
+    /// A consumer update request (RabbitMQ's `ConsumerUpdate`, server to client); its
+    /// answer comes to [`Conn::consumer_update_response`].
+    fn send_consumer_update(&mut self, sid: u8, active: bool) {
         let correlation_id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1);
-        self.consumer_updates.insert(correlation_id, sid);
-        tracing::debug!(peer = %self.peer, stream = %s.info.stream, sid, "a single active consumer becomes active");
+        self.consumer_updates.insert(correlation_id, (sid, active));
         self.out.send(|w| {
             w.frame(key::CONSUMER_UPDATE, 1, |w| {
                 w.u32(correlation_id);
                 w.u8(sid);
-                w.u8(1);
+                w.u8(active as u8);
             })
         });
     }
 
     pub(crate) fn on_event(&mut self, ev: ConnEvent) {
         match ev {
-            ConnEvent::Activate(sid) => self.activate(sid),
+            ConnEvent::Sac(sid, SacEvent::Activate) => self.activate(sid),
+            ConnEvent::Sac(sid, SacEvent::StepDown) => self.step_down(sid),
         }
     }
 
@@ -179,14 +206,25 @@ impl Conn {
         code: u16,
         offset: Option<OffsetSpecification>,
     ) {
-        let Some(sid) = self.consumer_updates.remove(&correlation_id) else {
+        let Some((sid, activated)) = self.consumer_updates.remove(&correlation_id) else {
             tracing::debug!(peer = %self.peer, correlation_id, "an answer to no consumer update");
             return;
         };
         if code != response::OK {
             tracing::info!(peer = %self.peer, sid, code, "unexpected consumer update response code");
         }
-        self.start_delivery(sid, offset.map(offset_spec));
+        let Some(s) = self.subscriptions.get(&sid) else {
+            return;
+        };
+        if !activated {
+            // It has stopped: the group's next active one may start.
+            if let (Some(name), Some(stream)) = (&s.sac, s.queue.stream()) {
+                stream.sac.stepped_down(name, self.id, sid);
+            }
+        } else if s.info.active.load(Ordering::Relaxed) {
+            // (Unless told to step down before it answered.)
+            self.start_delivery(sid, offset.map(offset_spec));
+        }
     }
 
     /// A subscription ends (unsubscribed, or its connection closed): its delivery stops, and
@@ -296,11 +334,12 @@ async fn deliver_loop(
     let mut tail = stream.watch_tail();
     let mut cursor = stream.resolve(spec);
     loop {
+        // The credit is used once a chunk goes out: a task stopped while it waits at the
+        // tail (a single active consumer stepping down) leaves it to the next one.
         let Ok(permit) = credit.acquire().await else {
             return;
         };
-        permit.forget();
-        loop {
+        let chunk = loop {
             if q.is_deleted() || out.is_dead() {
                 if q.is_deleted() {
                     out.send(|w| {
@@ -337,26 +376,27 @@ async fn deliver_loop(
                     continue;
                 }
             };
-            out.send_with_tail(
-                key::DELIVER,
-                if v2 { 2 } else { 1 },
-                |w| {
-                    w.u8(sid);
-                    if v2 {
-                        w.u64(chunk.last);
-                    }
-                },
-                chunk.bytes.clone(),
-            );
-            // The chunk header's record count (bytes 4..8).
-            let records = chunk
-                .bytes
-                .get(4..8)
-                .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
-            info.consumed.fetch_add(records as u64, Ordering::Relaxed);
-            *info.offset.lock() = Some(chunk.last);
-            break;
-        }
+            break chunk;
+        };
+        permit.forget();
+        out.send_with_tail(
+            key::DELIVER,
+            if v2 { 2 } else { 1 },
+            |w| {
+                w.u8(sid);
+                if v2 {
+                    w.u64(chunk.last);
+                }
+            },
+            chunk.bytes.clone(),
+        );
+        // The chunk header's record count (bytes 4..8).
+        let records = chunk
+            .bytes
+            .get(4..8)
+            .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+        info.consumed.fetch_add(records as u64, Ordering::Relaxed);
+        *info.offset.lock() = Some(chunk.last);
         out.wait_below(OUTBOX_LIMIT).await;
     }
 }

@@ -48,6 +48,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "TLS between nodes: the CA every node's certificate must chain to (PEM)",
     ),
     (
+        "cluster.classic_queues_everywhere",
+        "true: durable classic queues are known to every node and reached from any of them on the node that declared them (their home), as in RabbitMQ; false: each node has its own [default: true]",
+    ),
+    (
         "quorum_cluster_size",
         "members of a new quorum queue's Raft group when x-quorum-initial-group-size is not given (RabbitMQ's rabbit.quorum_cluster_size) [default: 3]",
     ),
@@ -68,6 +72,9 @@ pub struct ClusterSettings {
     /// `quorum_cluster_size`: a new quorum queue's members when its declaration does not
     /// say (RabbitMQ's default, 3).
     pub default_group_size: usize,
+    /// `cluster.classic_queues_everywhere`: every node knows the durable classic queues and
+    /// reaches them on their home node.
+    pub classic_everywhere: bool,
 }
 
 /// The cluster settings, if `cluster_formation.classic_config.nodes.*` names any node.
@@ -144,12 +151,16 @@ pub fn settings(
         }
         n => n.unwrap_or(DEFAULT_GROUP_SIZE),
     };
+    let classic_everywhere = file
+        .parse_value::<bool>("cluster.classic_queues_everywhere")?
+        .unwrap_or(true);
     Ok(Some(ClusterSettings {
         me,
         nodes,
         secret_file,
         tls,
         default_group_size,
+        classic_everywhere,
     }))
 }
 
@@ -226,5 +237,6 @@ pub fn spec(s: &ClusterSettings) -> Result<warren_cluster::ClusterSpec, String> 
         listen,
         tls,
         default_group_size: s.default_group_size,
+        classic_everywhere: s.classic_everywhere,
     })
 }

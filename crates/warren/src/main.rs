@@ -527,6 +527,7 @@ async fn run(s: Settings) -> Result<(), StartupError> {
             )),
         }))
         .map_err(StartupError::Cluster)?;
+        node.serve_homed_queues(&broker);
         persistence.set_metadata_log(node);
     }
     // The management API's certificate and key are checked before the AMQP port is bound.

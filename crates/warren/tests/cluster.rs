@@ -112,6 +112,12 @@ impl Cluster {
         vec!["--config", self.configs[i].to_str().unwrap()]
     }
 
+    /// SIGKILL node `i`, then start it again on its data and config.
+    fn kill9_and_restart(&mut self, i: usize) {
+        let config = self.configs[i].to_str().unwrap().to_string();
+        self.nodes[i].kill9_and_restart(&["--config", &config]);
+    }
+
     /// A node of its own (its config names only itself, as a cluster of one) with the
     /// cluster's secret: the process, its name, its config file.
     fn start_outsider(&self) -> (BrokerProcess, String, std::path::PathBuf) {
@@ -218,6 +224,25 @@ async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, bodies: &[St
             .expect("confirm");
         assert!(c.is_ack(), "nacked: {c:?}");
     }
+}
+
+/// Publishes `body` (persistent) to `queue` on a channel in confirm mode: its confirm (ack or
+/// nack), within 30 s.
+async fn confirm_of(ch: &Channel, queue: &str, body: &[u8]) -> lapin::Confirmation {
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), confirm)
+        .await
+        .expect("an answer within 30 s")
+        .expect("a confirm frame")
 }
 
 async fn consume(ch: &Channel, queue: &str, n: usize) -> Vec<String> {
@@ -650,20 +675,7 @@ async fn a_node_without_a_majority_refuses_rather_than_pretends() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            "alone".into(),
-            BasicPublishOptions::default(),
-            b"never confirmed",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap();
-    let c = tokio::time::timeout(Duration::from_secs(30), confirm)
-        .await
-        .expect("an answer within 30 s")
-        .expect("a confirm frame");
+    let c = confirm_of(&ch, "alone", b"never confirmed").await;
     assert!(c.is_nack(), "a publish without a majority was acked: {c:?}");
     // A definition change is refused with an error that says why.
     let (_c2, ch2) = open(&cluster.nodes[0]).await;
@@ -787,6 +799,31 @@ async fn wait_members(cluster: &Cluster, asked: &[usize], queue: &str, want: &[u
 }
 
 /// Consumes until `want` distinct bodies arrived (duplicates allowed), acking each.
+/// Consumes `n` deliveries of `queue` with prefetch `prefetch` and acks none: the consumer,
+/// holding them.
+async fn hold_unacked(ch: &Channel, queue: &str, prefetch: u16, n: usize) -> lapin::Consumer {
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "held".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery")
+            .unwrap()
+            .unwrap();
+    }
+    consumer
+}
+
 async fn consume_all(ch: &Channel, queue: &str, want: &[String]) {
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
     let tag = format!("all-{}", rand::random::<u32>());
@@ -1145,6 +1182,13 @@ async fn a_forgotten_node_leaves_the_cluster_and_every_quorum_queue() {
     ch0.queue_declare("kept".into(), durable(), quorum())
         .await
         .unwrap();
+    // A classic queue whose home is node 2: forgotten with it (as RabbitMQ).
+    {
+        let (_c2, ch2) = open(&cluster.nodes[2]).await;
+        ch2.queue_declare("on-two".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+    }
     wait_members(&cluster, &[0, 1, 2], "kept", &[0, 1, 2]).await;
     ch0.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -1177,6 +1221,17 @@ async fn a_forgotten_node_leaves_the_cluster_and_every_quorum_queue() {
         v["queues"],
         serde_json::json!([{"vhost": "/", "name": "kept", "size": 2, "result": "ok"}])
     );
+    assert_eq!(
+        v["classic_queues_deleted"],
+        serde_json::json!([{"vhost": "/", "name": "on-two"}])
+    );
+    for i in 0..2 {
+        let (_c, ch) = open(&cluster.nodes[i]).await;
+        let e = passive_queue(&ch, "on-two")
+            .await
+            .expect_err("a forgotten node's classic queue");
+        assert!(e.to_string().contains("NOT_FOUND"), "node {i}: {e}");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(lists_two(&cluster, 0) && lists_two(&cluster, 1)) {
         assert!(
@@ -1446,4 +1501,302 @@ async fn a_node_that_takes_no_deliveries_for_a_while_is_served_again() {
             break;
         }
     }
+}
+
+/// Three nodes with classic queues known everywhere (set explicitly, though it is the
+/// default), and durable classic queue `queue` declared on node 0, its home: the cluster and
+/// node 0's connection and channel.
+async fn classic_queue_on_node_0(name: &str, queue: &str) -> (Cluster, Connection, Channel) {
+    let cluster = Cluster::start_with(name, "cluster.classic_queues_everywhere = true\n");
+    let (c0, ch0) = open(&cluster.nodes[0]).await;
+    ch0.queue_declare(queue.into(), durable(), FieldTable::default())
+        .await
+        .expect("declare on node 0");
+    (cluster, c0, ch0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_queue_is_reached_from_every_node_on_its_home_node() {
+    // cluster.classic_queues_everywhere: a durable classic queue lives on the node that
+    // declared it (node 0 here); every node knows it, routes to it, and serves its clients.
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (cluster, _c0, ch0) = classic_queue_on_node_0("cluster-classic", "orders").await;
+    ch0.exchange_declare(
+        "shop".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch0.queue_bind(
+        "orders".into(),
+        "shop".into(),
+        "new".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind on node 0");
+    let (_c1, ch1) = open(&cluster.nodes[1]).await;
+    let (_c2, ch2) = open(&cluster.nodes[2]).await;
+    for ch in [&ch0, &ch1, &ch2] {
+        passive_queue(ch, "orders")
+            .await
+            .expect("every node knows the queue");
+    }
+    // The management API of every node shows it on its home node.
+    for i in 0..3 {
+        let (status, q) = api(&cluster, i, "GET", "/api/queues/%2f/orders", None);
+        assert_eq!(status, 200, "node {i}: {q}");
+        assert_eq!(q["node"], cluster.names[0].as_str(), "node {i}: {q}");
+        assert_eq!(q["type"], "classic", "node {i}: {q}");
+    }
+    // Declared again elsewhere with the same arguments: the same queue. With others: refused
+    // as on its home node.
+    ch2.queue_declare("orders".into(), durable(), FieldTable::default())
+        .await
+        .expect("the same declaration on node 2");
+    {
+        let (_c, ch) = open(&cluster.nodes[2]).await;
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(5));
+        let e = ch
+            .queue_declare("orders".into(), durable(), args)
+            .await
+            .expect_err("other arguments are refused");
+        assert!(e.to_string().contains("PRECONDITION"), "{e}");
+    }
+
+    // Published on node 1 (through the exchange, and straight to the queue): confirmed once
+    // on node 0's disk.
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..40).map(|i| format!("order-{i}")).collect();
+    publish_confirmed(&ch1, "shop", "new", &bodies[..20]).await;
+    publish_confirmed(&ch1, "", "orders", &bodies[20..]).await;
+    assert_eq!(
+        passive_queue(&ch0, "orders").await.unwrap().message_count(),
+        40,
+        "the messages are on the home node"
+    );
+
+    // basic.get on node 2, acked there.
+    let got = ch2
+        .basic_get("orders".into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("a message for basic.get on node 2");
+    assert_eq!(got.delivery.data, b"order-0");
+    got.delivery.ack(BasicAckOptions::default()).await.unwrap();
+
+    // Consumed on node 2, acked there: every message once, in order.
+    let mut all = consume(&ch2, "orders", 39).await;
+    assert_eq!(all, bodies[1..]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = passive_queue(&ch0, "orders").await.unwrap().message_count();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} messages left on node 0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A consumer on node 1 whose channel closes with unacked messages: they go back.
+    publish_confirmed(&ch1, "", "orders", &bodies[..3]).await;
+    {
+        let (c, ch) = open(&cluster.nodes[1]).await;
+        let _held = hold_unacked(&ch, "orders", 10, 3).await;
+        c.close(200, "bye".into()).await.unwrap();
+    }
+    all = consume(&ch0, "orders", 3).await;
+    assert_eq!(all, bodies[..3], "redelivered on the home node");
+
+    // Deleted on node 2: gone on every node.
+    ch2.queue_delete("orders".into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete on node 2");
+    for i in 0..3 {
+        let (_c, ch) = open(&cluster.nodes[i]).await;
+        assert!(
+            passive_queue(&ch, "orders").await.is_err(),
+            "the deleted queue is still on node {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_queues_home_node_down_cancels_its_consumers_elsewhere_until_it_is_back() {
+    // As RabbitMQ with a classic queue whose node goes down: its consumers on the other nodes
+    // get basic.cancel, it answers 404 ("home node … is down or inaccessible"), publishes
+    // routed to it are nacked; once the node is back, so are its durable messages.
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut cluster, _c0, _ch0) = classic_queue_on_node_0("cluster-classic-down", "jobs").await;
+    let bodies: Vec<String> = (0..10).map(|i| format!("job-{i}")).collect();
+    {
+        let (_c1, ch1) = open(&cluster.nodes[1]).await;
+        ch1.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        publish_confirmed(&ch1, "", "jobs", &bodies).await;
+    }
+    // Node 2, killed and started again, knows the queue from its own saved definitions.
+    cluster.kill9_and_restart(2);
+    let (_c2, ch2) = open(&cluster.nodes[2]).await;
+    assert_eq!(
+        passive_queue(&ch2, "jobs").await.unwrap().message_count(),
+        10,
+        "node 2 shows the home node's count"
+    );
+
+    // A consumer on node 1 holds 5 unacked messages.
+    let (_c1, ch1) = open(&cluster.nodes[1]).await;
+    let mut consumer = hold_unacked(&ch1, "jobs", 5, 5).await;
+
+    // The home node dies: the consumer is cancelled.
+    cluster.nodes[0].kill9();
+    let killed = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(10), consumer.next()).await {
+        Ok(None) => {}
+        Ok(Some(Ok(_))) => panic!("a delivery after the home node died"),
+        Ok(Some(Err(e))) => panic!("the channel failed instead: {e}"),
+        Err(_) => panic!("no basic.cancel within 10 s of the home node's death"),
+    }
+    println!(
+        "consumer cancelled {:?} after the home node's SIGKILL",
+        killed.elapsed()
+    );
+    // The queue answers 404 with RabbitMQ's text; a publish to it is nacked.
+    // (Each node sees the home node down by its own probes, within a second or so.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        let (_c, ch) = open(&cluster.nodes[2]).await;
+        match passive_queue(&ch, "jobs").await {
+            Err(e) => break e,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(_) => panic!("node 2 still answers for a queue whose home node is down"),
+        }
+    };
+    assert!(e.to_string().contains("is down or inaccessible"), "{e}");
+    let (_, q) = api(&cluster, 2, "GET", "/api/queues/%2f/jobs", None);
+    assert_eq!(q["state"], "down", "{q}");
+    ch2.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let c = confirm_of(&ch2, "jobs", b"lost").await;
+    assert!(
+        c.is_nack(),
+        "a publish to a queue whose home node is down: {c:?}"
+    );
+
+    // Back: every durable message, the 5 that were unacked on node 1 included.
+    cluster.kill9_and_restart(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_c, ch) = open(&cluster.nodes[1]).await;
+        if let Ok(q) = passive_queue(&ch, "jobs").await {
+            if q.message_count() == 10 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not come back with its 10 messages"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_c, ch) = open(&cluster.nodes[1]).await;
+    let mut got = consume(&ch, "jobs", 10).await;
+    got.sort();
+    let mut want = bodies.clone();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_confirmed_publish_to_a_remote_classic_queue_survives_its_home_nodes_sigkill() {
+    // Publishes on node 1 to node 0's classic queue, with confirms, while node 0 is killed
+    // with SIGKILL: a confirm means the message was on node 0's disk, so once node 0 is back
+    // every confirmed message is in the queue (unconfirmed ones may be there too).
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut cluster, _c0, _ch0) = classic_queue_on_node_0("cluster-classic-kill", "ledger").await;
+    let url = cluster.nodes[1].url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    // Confirmed ids, in batches of 50 in flight.
+    let publisher = tokio::spawn(async move {
+        let conn = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .expect("connect to node 1");
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let (mut confirmed, mut next) = (Vec::new(), 0u64);
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut batch = Vec::new();
+            for _ in 0..50 {
+                let body = format!("entry-{next}");
+                next += 1;
+                let Ok(c) = ch
+                    .basic_publish(
+                        "".into(),
+                        "ledger".into(),
+                        BasicPublishOptions::default(),
+                        body.as_bytes(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                else {
+                    return confirmed;
+                };
+                batch.push((body, c));
+            }
+            for (body, c) in batch {
+                match tokio::time::timeout(Duration::from_secs(20), c).await {
+                    Ok(Ok(c)) if c.is_ack() => confirmed.push(body),
+                    Ok(Ok(_)) => {}
+                    _ => return confirmed,
+                }
+            }
+        }
+        confirmed
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.nodes[0].kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let confirmed = publisher.await.unwrap();
+    assert!(
+        confirmed.len() >= 100,
+        "only {} publishes confirmed before the kill",
+        confirmed.len()
+    );
+    cluster.kill9_and_restart(0);
+    // Node 2 sees it back, then every confirmed message is delivered there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_c, ch) = open(&cluster.nodes[2]).await;
+        if passive_queue(&ch, "ledger").await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 0's queue did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "{} publishes confirmed before and around the kill",
+        confirmed.len()
+    );
+    let (_c2, ch2) = open(&cluster.nodes[2]).await;
+    consume_all(&ch2, "ledger", &confirmed).await;
 }

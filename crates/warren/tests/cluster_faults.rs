@@ -141,6 +141,7 @@ struct Node {
     conf: PathBuf,
     data: PathBuf,
     log: PathBuf,
+    level: &'static str,
     child: Option<Child>,
 }
 
@@ -164,7 +165,7 @@ impl Node {
                 "127.0.0.1:15672",
             ])
             .args(["--prometheus-listen", "none", "--log-level"])
-            .arg(std::env::var("WARREN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .arg(std::env::var("WARREN_TEST_LOG").unwrap_or_else(|_| self.level.into()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -388,7 +389,9 @@ enum Fault {
 }
 
 /// Three nodes in their namespaces, and the quorum queue declared through node 1.
-fn start_cluster(dir: &TempDir) -> (Net, Vec<Node>) {
+/// Three nodes in their namespaces, logging at `level` (unless `WARREN_TEST_LOG` says
+/// otherwise), and the test's quorum queue declared.
+fn start_cluster(dir: &TempDir, level: &'static str) -> (Net, Vec<Node>) {
     let net = Net::new();
     let names: Vec<String> = (1..=NODES)
         .map(|n| format!("warren@{}:25672", net.ip(n)))
@@ -413,6 +416,7 @@ fn start_cluster(dir: &TempDir) -> (Net, Vec<Node>) {
                 conf,
                 data: dir.path().join(format!("data{n}")),
                 log: dir.path().join(format!("node{n}.log")),
+                level,
                 child: None,
             }
         })
@@ -478,7 +482,7 @@ fn confirmed_messages_survive_kills_partitions_and_slow_links() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let dir = TempDir::new("cluster-faults");
-    let (net, mut nodes) = start_cluster(&dir);
+    let (net, mut nodes) = start_cluster(&dir, "warn");
 
     let ledger: Shared = Default::default();
     let stop_publishing = Arc::new(AtomicBool::new(false));
@@ -716,6 +720,15 @@ fn a_consumer_whose_node_missed_a_snapshot_is_served_again() {
     );
 }
 
+/// Prints every node's log (the test's output shows it when the test fails).
+fn print_node_logs(dir: &TempDir) {
+    for n in 1..=NODES {
+        let log =
+            std::fs::read_to_string(dir.path().join(format!("node{n}.log"))).unwrap_or_default();
+        println!("== node {n}\n{log}");
+    }
+}
+
 /// A consumer on node 3 (the queue is led by node 1, where it was declared) gets messages;
 /// node 3 is cut off for `cut_for` while `count` messages of `size` bytes are published
 /// (confirmed) on node 1; once node 3 is back, its consumer gets them all.
@@ -724,7 +737,8 @@ fn cut_off_consumer_is_served(name: &str, cut_for: Duration, count: u64, size: u
         return;
     }
     let dir = TempDir::new(name);
-    let (net, _nodes) = start_cluster(&dir);
+    // (At info: a failure's logs say when consumers subscribed again, and why.)
+    let (net, _nodes) = start_cluster(&dir, "info");
     let got: Arc<Mutex<Vec<u64>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let (g, st) = (got.clone(), stop.clone());
@@ -804,11 +818,7 @@ fn cut_off_consumer_is_served(name: &str, cut_for: Duration, count: u64, size: u
         std::thread::sleep(cut_for / 5);
     }
     if !published {
-        for n in 1..=NODES {
-            let log = std::fs::read_to_string(dir.path().join(format!("node{n}.log")))
-                .unwrap_or_default();
-            println!("== node {n}\n{log}");
-        }
+        print_node_logs(&dir);
         panic!("publishing on node 1 while node 3 was cut off failed");
     }
     println!(
@@ -827,6 +837,10 @@ fn cut_off_consumer_is_served(name: &str, cut_for: Duration, count: u64, size: u
     let g = got.lock().unwrap();
     let panics = panics_in_logs(&dir);
     assert!(panics.is_empty(), "a node panicked:\n{}", panics.join("\n"));
+    if !served {
+        // What the nodes did, for a failure seen only in CI.
+        print_node_logs(&dir);
+    }
     assert!(
         served,
         "node 3's consumer was not served again: got {} of the {count} published while it was cut off",

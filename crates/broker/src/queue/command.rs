@@ -80,6 +80,13 @@ pub enum QueueCommand {
     Purge,
     /// A policy changed the queue's options.
     SetOptions { opts: QueueOptions, now: u64 },
+    /// Checked-out messages their consumer's node never sent (it held them for when the
+    /// client's prefetch had room, and the consumer went first): back where they were, not
+    /// counted as delivered. (Last, so that logs written before it still decode.)
+    Unsent {
+        checkouts: Vec<CheckoutKey>,
+        now: u64,
+    },
 }
 
 /// What applying a command answers (besides the engine's effects and the deliveries).
@@ -218,6 +225,10 @@ impl QueueEngine<Owner> {
             QueueCommand::Discard { checkouts, now } => {
                 self.discard(checkouts.iter().copied(), out);
                 self.dispatch(*now, out);
+                Applied::Done
+            }
+            QueueCommand::Unsent { checkouts, now } => {
+                self.put_back_unsent(checkouts.iter().copied(), *now, out);
                 Applied::Done
             }
             QueueCommand::ReturnAll { owner, now } => {

@@ -172,6 +172,8 @@ enum Op {
     Settle(usize, bool),
     Return(usize),
     Discard(usize),
+    /// A consumer's node puts back checkouts it held and never sent.
+    Unsent(usize),
     ReturnAll(usize),
     Tick(u16),
     Purge,
@@ -190,6 +192,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => ((0usize..8), any::<bool>()).prop_map(|(k, all)| Op::Settle(k, all)),
         2 => (0usize..8).prop_map(Op::Return),
         1 => (0usize..8).prop_map(Op::Discard),
+        1 => (0usize..8).prop_map(Op::Unsent),
         1 => (0usize..4).prop_map(Op::ReturnAll),
         2 => (0u16..300).prop_map(Op::Tick),
         1 => Just(Op::Purge),
@@ -275,6 +278,7 @@ proptest! {
                 }
                 Op::Return(k) if !held.is_empty() => QueueCommand::Return { checkouts: vec![held.remove(k % held.len())], now },
                 Op::Discard(k) if !held.is_empty() => QueueCommand::Discard { checkouts: vec![held.remove(k % held.len())], now },
+                Op::Unsent(k) if !held.is_empty() => QueueCommand::Unsent { checkouts: vec![held.remove(k % held.len())], now },
                 Op::ReturnAll(k) => {
                     let owner = owners[k % owners.len()];
                     held.retain(|h| h.0 != owner);

@@ -947,6 +947,35 @@ impl<C> QueueEngine<C> {
         now: u64,
         env: &mut impl Env<C>,
     ) {
+        let (msgs, stored) = self.take_checkouts(checkouts);
+        self.requeue(msgs, stored, now, env);
+    }
+
+    /// Checked-out messages that never reached their consumer come back as they were: not
+    /// marked redelivered, not counted as a delivery (see [`QueueCommand::Unsent`]).
+    ///
+    /// [`QueueCommand::Unsent`]: super::command::QueueCommand::Unsent
+    pub fn put_back_unsent(
+        &mut self,
+        checkouts: impl IntoIterator<Item = CheckoutKey>,
+        now: u64,
+        env: &mut impl Env<C>,
+    ) {
+        let (msgs, stored) = self.take_checkouts(checkouts);
+        for qm in msgs {
+            self.ready_bytes += qm.msg.body.len();
+            self.ready.insert_ordered(qm);
+        }
+        self.respill(stored);
+        self.dispatch(now, env);
+    }
+
+    /// Takes checkouts back from their owners: those held in memory, and those whose message
+    /// waits in the store. Checkouts not held (already settled) are skipped.
+    fn take_checkouts(
+        &mut self,
+        checkouts: impl IntoIterator<Item = CheckoutKey>,
+    ) -> (Vec<QueuedMessage>, Vec<Spilled>) {
         let mut msgs = Vec::new();
         let mut stored = Vec::new();
         for (owner, id) in checkouts {
@@ -956,7 +985,7 @@ impl<C> QueueEngine<C> {
                 None => {}
             }
         }
-        self.requeue(msgs, stored, now, env);
+        (msgs, stored)
     }
 
     /// Everything `owner` holds comes back (its channel is gone).

@@ -22,15 +22,6 @@ struct Sink {
     spilled: Vec<Message>,
 }
 
-fn copy_of(m: &Message) -> Message {
-    Message::new(
-        m.exchange.clone(),
-        m.routing_key.clone(),
-        m.properties.clone(),
-        m.body.clone(),
-    )
-}
-
 impl Env<u32> for Sink {
     fn offer(&mut self, c: &Consumer<u32>, qm: &QueuedMessage, checkout: CheckoutId) -> bool {
         let credit = self.credit.entry(c.consumer_id).or_insert(Some(0));
@@ -72,7 +63,7 @@ impl Env<u32> for Sink {
     }
 
     fn spill(&mut self, msg: &Message) -> Option<Position> {
-        self.spilled.push(copy_of(msg));
+        self.spilled.push(msg.copy());
         Some(Position {
             segment: 2,
             offset: (self.spilled.len() - 1) as u32,

@@ -8,12 +8,14 @@
 //! replicated log), `ready` (the ready list by priority and publish order), `paged` (the part of the backlog that lives only in the store), [`options`] (the
 //! queue's arguments and policy), [`followups`] (what a command leaves for the vhost: dead
 //! letters, the timer, deletion; a queue does not hold its vhost), [`replica`] (a queue whose
-//! engine is a Raft group's state machine: the interface to crates/cluster) and `replicated`
-//! (the queue's commands when it is one).
+//! engine is a Raft group's state machine, or the stand-in of a classic queue of another
+//! node: the interface to crates/cluster), `replicated` (the queue's commands when it is
+//! one) and [`home`] (a classic queue of this node served to the other nodes).
 
 pub mod command;
 pub mod engine;
 pub mod followups;
+pub mod home;
 pub mod options;
 mod paged;
 mod ready;
@@ -311,6 +313,9 @@ pub struct Queue {
     /// A quorum queue replicated with Raft: its engine is the group's state machine, and
     /// `inner` stays empty. Unset for every other queue.
     replica: std::sync::OnceLock<Arc<dyn replica::Replica>>,
+    /// In a cluster: the node a classic queue lives on, when every node knows it (this node
+    /// for the queue itself; another for a stand-in, whose `replica` reaches it).
+    home: std::sync::OnceLock<String>,
     /// A replicated queue's consumers by owner (its engine names consumers by owner only).
     replica_consumers: Mutex<rustc_hash::FxHashMap<Owner, replicated::ReplicaConsumer>>,
     /// Consumers of this node that a replicated queue's engine handed messages to and that
@@ -359,6 +364,7 @@ impl Queue {
             timed: AtomicBool::new(false),
             stream: None,
             replica: std::sync::OnceLock::new(),
+            home: std::sync::OnceLock::new(),
             replica_consumers: Mutex::new(Default::default()),
             unserved_asked: Mutex::new(Default::default()),
             replica_restores: Default::default(),
@@ -676,9 +682,37 @@ impl Queue {
         Ok(again)
     }
 
-    /// A quorum queue replicated with Raft (see [`replica`]).
+    /// A quorum queue replicated with Raft (see [`replica`]), or the stand-in of a classic
+    /// queue of another node (its commands go there the same way).
     pub fn is_replicated(&self) -> bool {
         self.replica.get().is_some()
+    }
+
+    /// In a cluster: the node this classic queue lives on, when every node knows it.
+    pub fn home(&self) -> Option<&str> {
+        self.home.get().map(String::as_str)
+    }
+
+    /// A stand-in whose home node is down: that node's name.
+    pub fn home_down(&self) -> Option<String> {
+        self.replica.get()?.home_down()
+    }
+
+    /// Whether it stands in for a classic queue of another node (see [`home`]).
+    pub fn is_remote(&self) -> bool {
+        self.home.get().is_some() && self.replica.get().is_some()
+    }
+
+    /// Whether its definition (and the bindings to it) go through the cluster's metadata
+    /// log: a quorum queue, or a classic queue every node knows.
+    pub fn in_metadata(&self) -> bool {
+        self.replica.get().is_some() || self.home.get().is_some()
+    }
+
+    /// Records the node this classic queue lives on (declared with
+    /// `cluster.classic_queues_everywhere`).
+    pub(crate) fn set_home(&self, node: String) {
+        let _ = self.home.set(node);
     }
 
     /// In a cluster: the node that leads this queue's group, its members and those online
@@ -919,9 +953,12 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
-                QueueCommand::Settle { checkouts, now }
+            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Settle {
+                checkouts,
+                now,
             });
+            // The client has room for what its node holds.
+            return self.release_held();
         }
         self.locked_quiet().settle(checkouts);
     }
@@ -937,9 +974,12 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
-                QueueCommand::Discard { checkouts, now }
+            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Discard {
+                checkouts,
+                now,
             });
+            // The client has room for what its node holds.
+            return self.release_held();
         }
         self.locked(fu)
             .discard(checkouts, &mut QueueEnv { q: self });
@@ -956,9 +996,12 @@ impl Queue {
             return s.settled(checkouts.into_iter().count());
         }
         if let Some(r) = self.replica.get() {
-            return replicated::submit_checkouts(r, checkouts, |checkouts, now| {
-                QueueCommand::Return { checkouts, now }
+            replicated::submit_checkouts(r, checkouts, |checkouts, now| QueueCommand::Return {
+                checkouts,
+                now,
             });
+            // The client has room for what its node holds.
+            return self.release_held();
         }
         let mut i = self.locked(fu);
         i.return_checkouts(checkouts, now_ms(), &mut QueueEnv { q: self });

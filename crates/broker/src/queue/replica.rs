@@ -41,6 +41,10 @@ pub struct ReplicaOutput {
     /// meanwhile. The queue removes its consumers, returning what they held, and they
     /// subscribe again.
     pub restored: bool,
+    /// The stand-in of a classic queue of another node lost its home node (down, or
+    /// restarted: the consumers it served from here are gone there): this node's consumers
+    /// of the queue are cancelled, as RabbitMQ cancels them when a queue's node goes down.
+    pub home_lost: bool,
 }
 
 /// A replicated queue's group as operators see it (the management API's `leader`,
@@ -146,6 +150,11 @@ pub trait Replica: Send + Sync {
     fn members(&self) -> Option<GroupMembers> {
         None
     }
+    /// The stand-in of a classic queue of another node whose home node is down: that node's
+    /// name (the queue cannot be reached now).
+    fn home_down(&self) -> Option<String> {
+        None
+    }
     /// When this node is not a member of the group (it holds no copy of the queue): the
     /// queue's counts as a member reported them (a second old at most); `None` when the
     /// engine read by [`Replica::read`] is the queue's.
@@ -172,6 +181,24 @@ pub trait ReplicaHost: Send + Sync {
     /// Forgets the logs of groups not in `live` (queues deleted while the node was down, or
     /// whose deletion was cut short).
     fn retain(&self, live: &[(String, String)]);
+    /// In a cluster with `cluster.classic_queues_everywhere`: this node's name, the home of
+    /// the durable classic queues declared here, which every node reaches
+    /// ([`super::home`]). `None`: classic queues stay on the node that declared them.
+    fn classic_home(&self) -> Option<String> {
+        None
+    }
+    /// Opens the stand-in of queue `name` in `vhost`, a classic queue whose home is node
+    /// `home`: its commands go there, and its consumers' deliveries come from there.
+    fn open_remote(
+        &self,
+        _vhost: &str,
+        _name: &str,
+        _home: &str,
+        _opts: QueueOptions,
+        _outputs: OutputSink,
+    ) -> Result<Arc<dyn Replica>, String> {
+        Err("not in a cluster".into())
+    }
     /// Where this node's owner ids start (each node of a cluster has its own range, so an
     /// owner id names its node).
     fn owner_base(&self) -> u64 {

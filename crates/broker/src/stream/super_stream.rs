@@ -131,6 +131,21 @@ impl VHost {
         Some(parts.into_iter().map(|(_, n)| n).collect())
     }
 
+    /// Stream `stream`'s index among super stream `super_stream`'s partitions, for spreading
+    /// the partitions' single active consumers (as RabbitMQ: the binding's
+    /// `x-stream-partition-order`, else a number after the name's last `-`); None if the
+    /// stream is not a partition of it, or has no index.
+    pub fn super_stream_partition_index(&self, super_stream: &str, stream: &str) -> Option<u64> {
+        let x = self.exchange(super_stream)?;
+        let binding = x.bindings().into_iter().find(|b| {
+            matches!(&b.destination, Destination::Queue(q) if q.stream().is_some() && *q.name == *stream)
+        })?;
+        match binding.arguments.get(PARTITION_ORDER) {
+            Some(order) => order.as_i64().and_then(|i| u64::try_from(i).ok()),
+            None => stream.rsplit_once('-')?.1.parse().ok(),
+        }
+    }
+
     /// The partitions of super stream `name` that `routing_key` goes to (the exchange's own
     /// routing); None if there is no such exchange.
     pub fn route_super_stream(&self, name: &str, routing_key: &str) -> Option<Vec<String>> {

@@ -18,7 +18,7 @@ impl VHost {
         if x.kind == ExchangeKind::Headers {
             check_headers_args(&args)?;
         }
-        if q.is_replicated() && Self::replicates_exchange(&x) {
+        if q.in_metadata() && Self::replicates_exchange(&x) {
             let op = || binding_op(&self.name, exchange, queue, false, &key, &args, true);
             if let Some(r) = self.replicated(op) {
                 return r;
@@ -66,7 +66,7 @@ impl VHost {
             return Ok(());
         }
         self.queue_for(queue, conn)?;
-        if q.is_replicated() && Self::replicates_exchange(&x) {
+        if q.in_metadata() && Self::replicates_exchange(&x) {
             let op = || binding_op(&self.name, exchange, queue, false, &key, &args, false);
             if let Some(r) = self.replicated(op) {
                 return r;

@@ -200,7 +200,7 @@ impl VHost {
         conn: u64,
     ) -> Result<(Arc<Queue>, u32, u32)> {
         if d.passive {
-            let q = self.queue_for(&d.name, conn)?;
+            let q = self.reachable_queue(&d.name, conn)?;
             return Ok((q.clone(), q.message_count(), q.consumer_count()));
         }
         Churn::count(&self.churn.queues_declared);
@@ -221,27 +221,45 @@ impl VHost {
         } else {
             d.name.clone()
         };
-        let replicated = quorum
-            && self
-                .persistence
-                .as_ref()
-                .is_some_and(|p| p.replica_host().is_some());
-        if replicated {
-            let op = || crate::metadata::MetaOp::DeclareQuorumQueue {
-                vhost: self.name.clone(),
-                name: name.to_string(),
-                arguments: crate::metadata::WireTable(d.arguments.clone()),
-                // A bad size is refused when the declaration is applied (on every node).
-                members: self.choose_members(&d.arguments),
+        let replica_host = self.persistence.as_ref().and_then(|p| p.replica_host());
+        // With `cluster.classic_queues_everywhere`: this node's name, the home of the durable
+        // classic queues declared here.
+        let this_node = replica_host
+            .and_then(|h| h.classic_home())
+            .filter(|_| !quorum && !stream);
+        let shared = d.durable && !d.exclusive && !d.auto_delete;
+        // A replicated quorum queue, or a classic queue every node knows, is declared through
+        // the metadata log (applied on every node). Not shared: a quorum queue is refused the
+        // same way on every node, a classic one stays on this node; no need to ask the others.
+        if shared && ((quorum && replica_host.is_some()) || this_node.is_some()) {
+            let op = || match &this_node {
+                Some(me) => crate::metadata::MetaOp::DeclareHomedQueue {
+                    vhost: self.name.clone(),
+                    name: name.to_string(),
+                    arguments: crate::metadata::WireTable(d.arguments.clone()),
+                    home: me.clone(),
+                },
+                None => crate::metadata::MetaOp::DeclareQuorumQueue {
+                    vhost: self.name.clone(),
+                    name: name.to_string(),
+                    arguments: crate::metadata::WireTable(d.arguments.clone()),
+                    // A bad size is refused when the declaration is applied (on every node).
+                    members: self.choose_members(&d.arguments),
+                },
             };
-            if !d.durable || d.exclusive || d.auto_delete {
-                // Refused the same way on every node: no need to ask the others.
-            } else if let Some(r) = self.replicated(op) {
+            if let Some(r) = self.replicated(op) {
                 r?;
                 let q = self.queue_for(&name, conn)?;
                 return Ok((q.clone(), q.message_count(), q.consumer_count()));
             }
         }
+        // Declared from the metadata log (or this node's saved definitions): the queue's home.
+        // Another node's makes this a stand-in.
+        let home = this_node
+            .as_ref()
+            .and(crate::metadata::home())
+            .filter(|_| shared);
+        let remote_home = home.clone().filter(|h| Some(h) != this_node.as_ref());
         let _lifecycle = self.lifecycle.lock();
         // An existing queue is only compared (RabbitMQ checks a new queue's arguments).
         if let Some(q) = self.queue(&name) {
@@ -260,15 +278,16 @@ impl VHost {
             d.arguments.clone(),
         );
         let mut recovery = None;
-        let host = self
-            .persistence
-            .as_ref()
-            .and_then(|p| p.replica_host())
-            .filter(|_| quorum && durable);
+        if let (Some(home), None) = (home, &remote_home) {
+            q.set_home(home);
+        }
+        let host = replica_host.filter(|_| quorum && durable);
         if stream {
             q = self.open_stream(q)?;
         } else if host.is_some() {
             // A replicated quorum queue keeps its messages in the node's Raft log.
+        } else if remote_home.is_some() {
+            // A stand-in: the messages are on the home node.
         } else if let (true, Some(p)) = (durable, &self.persistence) {
             let (store, rec) = p.open_queue_store(&self.name, &name).map_err(|e| {
                 tracing::error!(queue = %name, error = %e, "cannot open the queue's message store");
@@ -283,14 +302,17 @@ impl VHost {
             q = q.with_paging(p.clone());
         }
         let q = Arc::new(q);
+        if let (Some(home), Some(host)) = (&remote_home, replica_host) {
+            q.attach_remote(&**host, home, self.followup_sink())
+                .map_err(|e| {
+                    AmqpError::new(
+                        warren_protocol::constants::INTERNAL_ERROR,
+                        format!("cannot reach the queue's home node {home}: {e}"),
+                    )
+                })?;
+        }
         if let Some(host) = host {
-            let vhost = Arc::downgrade(self);
-            let sink: crate::queue::replica::FollowupSink = Arc::new(move |fu| {
-                if let Some(v) = vhost.upgrade() {
-                    v.follow_up(fu);
-                }
-            });
-            q.attach_replica(&**host, sink).map_err(|e| {
+            q.attach_replica(&**host, self.followup_sink()).map_err(|e| {
                 tracing::error!(queue = %name, vhost = %self.name, error = %e, "cannot start the quorum queue's Raft group");
                 AmqpError::new(
                     warren_protocol::constants::INTERNAL_ERROR,
@@ -315,11 +337,22 @@ impl VHost {
             self.apply_queue_policy(&q);
         }
         let opts = q.options();
-        if opts.message_ttl.is_some() || opts.expires.is_some() {
+        // (A stand-in's timer would have nothing to do: its home node expires its messages.)
+        if (opts.message_ttl.is_some() || opts.expires.is_some()) && !q.is_remote() {
             q.timer_followup(&mut fu);
         }
         self.follow_up(fu);
         Ok((q, count, 0))
+    }
+
+    /// Where a replicated queue's (or a stand-in's) follow-ups go: this vhost, while it lives.
+    fn followup_sink(self: &Arc<Self>) -> crate::queue::replica::FollowupSink {
+        let vhost = Arc::downgrade(self);
+        Arc::new(move |fu| {
+            if let Some(v) = vhost.upgrade() {
+                v.follow_up(fu);
+            }
+        })
     }
 
     /// Opens a new stream's log (a stream lives on disk: a broker without a data directory
@@ -571,7 +604,7 @@ impl VHost {
             Err(e) if e.code == warren_protocol::constants::NOT_FOUND => return Ok(0),
             Err(e) => return Err(e),
         };
-        if q.is_replicated() {
+        if q.in_metadata() {
             let before = q.message_count();
             let op = || crate::metadata::MetaOp::DeleteQueue {
                 vhost: self.name.clone(),
@@ -628,7 +661,7 @@ impl VHost {
     }
 
     pub fn purge_queue(&self, name: &str, conn: u64) -> Result<u32> {
-        let q = self.queue_for(name, conn)?;
+        let q = self.reachable_queue(name, conn)?;
         if q.stream().is_some() {
             return Err(crate::stream::purge_refused(&q));
         }

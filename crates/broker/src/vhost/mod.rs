@@ -442,6 +442,20 @@ impl VHost {
         }
     }
 
+    /// [`VHost::queue_for`], for what needs the queue itself (consume, get, purge, a
+    /// passive declaration's counts): a classic queue whose home node is down answers 404
+    /// with RabbitMQ's text.
+    pub fn reachable_queue(&self, name: &str, conn: u64) -> Result<Arc<Queue>> {
+        let q = self.queue_for(name, conn)?;
+        match q.home_down() {
+            None => Ok(q),
+            Some(home) => Err(AmqpError::not_found(format!(
+                "home node '{home}' of durable queue '{name}' in vhost '{}' is down or inaccessible",
+                self.name
+            ))),
+        }
+    }
+
     pub fn exchange_for_publish(&self, name: &str) -> Result<Arc<Exchange>> {
         let x = self
             .found_or_synced(|| self.exchange(name))

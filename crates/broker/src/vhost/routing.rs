@@ -25,7 +25,7 @@ impl VHost {
                             tracing::debug!(queue = %q.name, vhost = %self.name, "deleting auto-delete queue: its last consumer is gone")
                         }
                     }
-                    if q.is_replicated() && self.replicates_definitions() {
+                    if q.in_metadata() && self.replicates_definitions() {
                         // In a cluster the deletion goes through the metadata log, from a
                         // thread that may wait for it (this may be a Raft thread).
                         let op = crate::metadata::MetaOp::DeleteQueue {
