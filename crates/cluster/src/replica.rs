@@ -30,7 +30,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use warren_broker::queue::replica::{Answer, GroupMembers, OutputSink, RemoteStats, Replica};
-use warren_broker::queue::{Applied, Owner, QueueCommand, QueueEngine, QueueOptions};
+use warren_broker::queue::{is_dry, Applied, Owner, QueueCommand, QueueEngine, QueueOptions};
 
 /// How often a node that is not a member asks a member for the queue's counts and owners.
 const REMOTE_REFRESH: Duration = Duration::from_secs(2);
@@ -503,6 +503,10 @@ async fn route_outputs(
 ) {
     while let Some(mut o) = out.recv().await {
         let Some(me) = r.upgrade() else { return };
+        // Messages restored without their bodies (a dry snapshot) are settled further on in
+        // the log: what replaying it decides about them was done the first time.
+        o.deliveries.retain(|(_, _, qm)| !is_dry(&qm.msg.body));
+        o.dead_letters.retain(|d| !is_dry(&d.msg.body));
         let Some(c) = me.cluster.clone() else {
             (me.outputs)(o);
             continue;

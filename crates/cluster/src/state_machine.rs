@@ -3,14 +3,17 @@
 //! for timer ticks) goes out on a channel as [`Output`], for the leader's node to act on;
 //! followers drop it.
 //!
-//! Snapshots: the engine's state ([`EngineSnapshot`], bodies included for now) with the last
-//! applied log id and membership, saved in the node's snapshot directory
-//! ([`NodeWal::save_snapshot`]); openraft then purges the log below it, so a group's log (in
-//! memory and in the WAL) holds only what came after. A snapshot is asked for once the bytes enqueued since the last one reach
-//! the backlog's size (at least [`SNAPSHOT_MIN_BYTES`]), or after [`SNAPSHOT_MAX_ENTRIES`]
-//! entries: the cost of writing snapshots stays proportional to what is published. On start,
-//! the saved snapshot is loaded and only the log after it is applied again.
-
+//! Snapshots carry no message bodies when they can (see `warren_broker::queue::snapshot`):
+//! every so often (once the bytes enqueued since the last one reach the backlog's size, at
+//! least [`SNAPSHOT_MIN_BYTES`], or after [`SNAPSHOT_MAX_ENTRIES`] entries) the engine's state
+//! is taken dry, without bodies, as a candidate for the applied index. A candidate becomes the
+//! snapshot once every message it holds is gone: openraft then purges the log below its
+//! index, so the log keeps every live message's entry (where its body is) and disk use follows
+//! the backlog. When the queue is empty the state itself is the snapshot. When no candidate
+//! becomes usable (a message that stays for long), the log would grow without end: after
+//! twice the usual amount a full snapshot, bodies included, is taken instead (as before). The
+//! snapshot is saved in the node's snapshot directory ([`NodeWal::save_snapshot`]); on start
+//! it is loaded and the log after it applied again.
 use crate::types::{LogIdOf, NodeId, Proposal, QueueRaft, StorageErrorOf};
 use crate::wal::{NodeWal, WalError};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -34,12 +37,40 @@ use warren_broker::queue::{
 pub const SNAPSHOT_MIN_BYTES: u64 = 3 << 20;
 /// ... and is asked for after this many entries whatever their size (acks are small).
 pub const SNAPSHOT_MAX_ENTRIES: u64 = 20_000;
+/// A full snapshot is taken when this many times the usual amount went by since the last
+/// snapshot without a candidate becoming usable.
+const FULL_AFTER: u64 = 4;
+/// Asked for a snapshot by the WAL (not by itself), with no usable candidate: a full one once
+/// the last snapshot is this old (a message that stays holds the log, and the WAL's segments).
+const FULL_WHEN_ASKED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+/// What an enqueued message counts for beyond its body.
+const ENTRY_BYTES: u64 = 64;
+/// Candidates kept at most: if the oldest is not usable yet, later ones are not either.
+const MAX_CANDIDATES: usize = 2;
+/// A saved snapshot starts with these bytes (then postcard): older ones (full, and without
+/// the dry bodies' lengths) are not read.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"\xffWS2";
 
 /// What a saved snapshot holds.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     meta: SnapshotMeta<NodeId, BasicNode>,
     engine: EngineSnapshot,
+}
+
+/// A dry state taken at an applied index, waiting for the messages it holds to be gone.
+struct Candidate {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    engine: EngineSnapshot,
+    /// [`State::total`] when it was taken.
+    at: Totals,
+}
+
+/// Enqueued bytes and entries applied since the start (only differences are used).
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    bytes: u64,
+    entries: u64,
 }
 
 /// What one applied entry asks of the leader (deliveries, dead letters, ticks).
@@ -53,12 +84,20 @@ struct State {
     voters: Arc<Vec<NodeId>>,
     /// The last snapshot (built, installed or loaded) and its encoding.
     current: Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>,
-    /// Enqueued bytes and entries applied since the last snapshot.
-    bytes_since: u64,
-    entries_since: u64,
-    /// A snapshot was asked for and not built yet.
+    /// Dry states waiting to become the snapshot, oldest first.
+    candidates: std::collections::VecDeque<Candidate>,
+    total: Totals,
+    /// [`State::total`] when the last candidate was taken, and when the current snapshot's
+    /// state was.
+    taken_at: Totals,
+    snapshot_at: Totals,
+    /// A snapshot was asked for (by the state machine itself) and not built yet.
     asked: bool,
+    /// When the current snapshot was built, installed or loaded.
+    last_snapshot: std::time::Instant,
     snapshots_built: u64,
+    /// Of which with bodies (no candidate was usable).
+    full_snapshots: u64,
     /// [`SNAPSHOT_MIN_BYTES`] and [`SNAPSHOT_MAX_ENTRIES`] unless a test sets others.
     min_bytes: u64,
     max_entries: u64,
@@ -76,6 +115,22 @@ pub struct QueueStateMachine {
     /// Held while a snapshot is built or installed (taken before `state`): a snapshot being
     /// written without `state`'s lock is never overtaken by an installed one.
     snapshot_io: Arc<Mutex<()>>,
+}
+
+/// A saved snapshot's bytes.
+fn encode(stored: &Stored) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(stored, SNAPSHOT_MAGIC.to_vec())
+}
+
+fn decode(data: &[u8]) -> Result<Stored, String> {
+    match data.strip_prefix(SNAPSHOT_MAGIC) {
+        Some(rest) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        None => Err(
+            "written by an older Warren (before 2026-12-08): remove the node's data \
+             directory and add it to the cluster again (it catches up from the others)"
+                .into(),
+        ),
+    }
 }
 
 fn decode_err(e: impl std::fmt::Display) -> WalError {
@@ -102,15 +157,19 @@ impl QueueStateMachine {
             membership: StoredMembership::default(),
             voters: Arc::default(),
             current: None,
-            bytes_since: 0,
-            entries_since: 0,
+            candidates: Default::default(),
+            total: Totals::default(),
+            taken_at: Totals::default(),
+            snapshot_at: Totals::default(),
             asked: false,
+            last_snapshot: std::time::Instant::now(),
             snapshots_built: 0,
+            full_snapshots: 0,
             min_bytes: SNAPSHOT_MIN_BYTES,
             max_entries: SNAPSHOT_MAX_ENTRIES,
         };
         if let Some(data) = wal.load_snapshot(group)? {
-            let stored: Stored = postcard::from_bytes(&data).map_err(decode_err)?;
+            let stored = decode(&data).map_err(decode_err)?;
             state.engine = QueueEngine::restore(stored.engine);
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
@@ -143,6 +202,11 @@ impl QueueStateMachine {
     /// Snapshots built or installed since the start.
     pub fn snapshots_built(&self) -> u64 {
         self.state.lock().snapshots_built
+    }
+
+    /// Snapshots built with the messages' bodies (no dry state was usable) since the start.
+    pub fn full_snapshots_built(&self) -> u64 {
+        self.state.lock().full_snapshots
     }
 
     /// The last log index applied.
@@ -211,7 +275,7 @@ impl QueueStateMachine {
     /// Makes `stored` the current snapshot: saved, then kept (encoded) for followers.
     /// Encodes `stored` and writes it to the node's snapshot directory (fsynced).
     fn save(&self, stored: &Stored) -> Result<Vec<u8>, StorageErrorOf> {
-        let data = postcard::to_allocvec(stored).map_err(|e| storage_err(WalError::Encode(e)))?;
+        let data = encode(stored).map_err(|e| storage_err(WalError::Encode(e)))?;
         self.wal
             .save_snapshot(self.group, &data)
             .map_err(storage_err)?;
@@ -221,11 +285,125 @@ impl QueueStateMachine {
     fn keep(&self, s: &mut State, stored: &Stored) -> Result<Vec<u8>, StorageErrorOf> {
         let data = self.save(stored)?;
         s.current = Some((stored.meta.clone(), data.clone()));
-        s.bytes_since = 0;
-        s.entries_since = 0;
+        s.candidates.clear();
+        (s.taken_at, s.snapshot_at) = (s.total, s.total);
         s.asked = false;
+        s.last_snapshot = std::time::Instant::now();
         s.snapshots_built += 1;
         Ok(data)
+    }
+}
+
+impl State {
+    /// The snapshot metadata of the state as applied now.
+    fn meta_now(&self) -> SnapshotMeta<NodeId, BasicNode> {
+        let n = self.snapshots_built + 1;
+        SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: format!("{}-{n}", self.last_applied.map_or(0, |l| l.index)),
+        }
+    }
+
+    /// Whether the engine holds no message at all (its state then needs no log before it).
+    fn holds_nothing(&self) -> bool {
+        let st = self.engine.stats();
+        st.messages_ready == 0 && st.messages_unacknowledged == 0
+    }
+
+    /// Whether candidate `c` may stand for the state at its index (all its messages gone).
+    fn usable(&self, c: &Candidate) -> bool {
+        !self.engine.holds_seq_below(c.engine.next_seq())
+    }
+
+    /// After entries were applied: takes a candidate when enough went by since the last one,
+    /// and says whether a snapshot should be built now.
+    fn after_apply(&mut self) -> bool {
+        // The backlog as the totals count it (an entry's 64 bytes included).
+        let st = self.engine.stats();
+        let held = st.messages_ready + st.messages_unacknowledged;
+        let backlog = self.engine.message_bytes() as u64 + ENTRY_BYTES * held;
+        let every = backlog.max(self.min_bytes);
+        let (bytes, entries) = (
+            self.total.bytes - self.taken_at.bytes,
+            self.total.entries - self.taken_at.entries,
+        );
+        if (bytes >= every || entries >= self.max_entries)
+            && self.candidates.len() < MAX_CANDIDATES
+            && !self.holds_nothing()
+        {
+            self.candidates.push_back(Candidate {
+                meta: self.meta_now(),
+                engine: self.engine.dry_snapshot(),
+                at: self.total,
+            });
+            self.taken_at = self.total;
+        }
+        if self.asked {
+            return false;
+        }
+        let (bytes, entries) = (
+            self.total.bytes - self.snapshot_at.bytes,
+            self.total.entries - self.snapshot_at.entries,
+        );
+        let due = bytes >= self.min_bytes || entries >= self.max_entries;
+        if due && self.holds_nothing() {
+            // An empty state needs no log before it: the newest candidate there can be, and
+            // one that stays usable (the snapshot is built a little later, when the queue
+            // may hold messages again).
+            self.candidates.clear();
+            self.candidates.push_back(Candidate {
+                meta: self.meta_now(),
+                engine: self.engine.dry_snapshot(),
+                at: self.total,
+            });
+            self.taken_at = self.total;
+            return true;
+        }
+        self.candidates.front().is_some_and(|c| self.usable(c))
+            // No candidate came good (a message stays): a full snapshot bounds the log. A
+            // candidate is taken every `every` bytes and, with a queue consumed in order,
+            // becomes usable about as many bytes later.
+            || bytes >= FULL_AFTER * every
+            || entries >= FULL_AFTER * self.max_entries
+    }
+
+    /// What the next snapshot is: the state now when the queue is empty, else the newest
+    /// usable candidate, else the state now with its bodies. Returns it with the totals as of
+    /// its state, and whether it is full; None to keep the current one (asked by the WAL,
+    /// which asks a group whenever its log holds a segment back, while a candidate is on its
+    /// way: the log is only as long as the backlog).
+    fn next_snapshot(&mut self) -> Option<(Stored, Totals, bool)> {
+        if self.holds_nothing() {
+            self.candidates.clear();
+            let stored = Stored {
+                meta: self.meta_now(),
+                engine: self.engine.dry_snapshot(),
+            };
+            return Some((stored, self.total, false));
+        }
+        let mut chosen = None;
+        while self.candidates.front().is_some_and(|c| self.usable(c)) {
+            chosen = self.candidates.pop_front();
+        }
+        if let Some(c) = chosen {
+            let stored = Stored {
+                meta: c.meta,
+                engine: c.engine,
+            };
+            return Some((stored, c.at, false));
+        }
+        let waited = self.last_snapshot.elapsed() >= FULL_WHEN_ASKED_AFTER;
+        if !self.asked && self.current.is_some() && !waited {
+            return None;
+        }
+        self.candidates.clear();
+        self.taken_at = self.total;
+        let stored = Stored {
+            meta: self.meta_now(),
+            engine: self.engine.snapshot(),
+        };
+        Some((stored, self.total, true))
     }
 }
 
@@ -235,27 +413,25 @@ impl RaftSnapshotBuilder<QueueRaft> for QueueStateMachine {
         // fsyncs) without it, so that applying goes on meanwhile: with the lock held, every
         // commit waited for the snapshot's disk (the tail of a busy queue's confirm latency).
         let _io = self.snapshot_io.lock();
-        let (stored, bytes_at, entries_at) = {
+        let next = self.state.lock().next_snapshot();
+        let Some((stored, at, full)) = next else {
+            // Keep the current one (openraft takes a snapshot no newer than its own as done).
             let s = self.state.lock();
-            let n = s.snapshots_built + 1;
-            let stored = Stored {
-                meta: SnapshotMeta {
-                    last_log_id: s.last_applied,
-                    last_membership: s.membership.clone(),
-                    snapshot_id: format!("{}-{n}", s.last_applied.map_or(0, |l| l.index)),
-                },
-                engine: s.engine.snapshot(),
-            };
-            (stored, s.bytes_since, s.entries_since)
+            let (meta, data) = s.current.clone().expect("a current snapshot");
+            return Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            });
         };
         let data = self.save(&stored)?;
         let mut s = self.state.lock();
         s.current = Some((stored.meta.clone(), data.clone()));
-        // What was applied while it was written counts towards the next one.
-        s.bytes_since = s.bytes_since.saturating_sub(bytes_at);
-        s.entries_since = s.entries_since.saturating_sub(entries_at);
+        // What was applied after its state counts towards the next one.
+        s.snapshot_at = at;
         s.asked = false;
+        s.last_snapshot = std::time::Instant::now();
         s.snapshots_built += 1;
+        s.full_snapshots += u64::from(full);
         drop(s);
         Ok(Snapshot {
             meta: stored.meta,
@@ -295,7 +471,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
                 EntryPayload::Normal(Proposal::Queue(batch)) => {
                     for c in batch {
                         if let QueueCommand::Enqueue { msg, .. } = c {
-                            s.bytes_since += msg.0.body.len() as u64 + 64;
+                            s.total.bytes += msg.0.body.len() as u64 + ENTRY_BYTES;
                         }
                     }
                     for c in batch {
@@ -308,7 +484,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
                 // (Definition changes go to the metadata group's state machine.)
                 EntryPayload::Normal(Proposal::Meta { .. }) => Vec::new(),
             };
-            s.entries_since += 1;
+            s.total.entries += 1;
             let voters = s.voters.clone();
             self.send_output(
                 &mut s.engine,
@@ -319,10 +495,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
             );
             answers.push(answer);
         }
-        let backlog = s.engine.stats().message_bytes_ready;
-        if !s.asked
-            && (s.bytes_since >= backlog.max(s.min_bytes) || s.entries_since >= s.max_entries)
-        {
+        if s.after_apply() {
             s.asked = true;
             let _ = self.wanted.try_send(());
         }
@@ -342,7 +515,7 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageErrorOf> {
-        let stored: Stored = postcard::from_bytes(snapshot.get_ref())
+        let stored = decode(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &decode_err(e)))?;
         let _io = self.snapshot_io.lock();
         let mut s = self.state.lock();

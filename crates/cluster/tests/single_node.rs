@@ -100,8 +100,10 @@ async fn a_restarted_node_rebuilds_the_queue_from_its_wal() {
     g.shutdown().await.unwrap();
 }
 
-/// Snapshots cut the log: after enough was enqueued, the state machine's snapshot is saved
-/// and the log below it purged; a restart loads the snapshot and applies only what followed.
+/// Snapshots cut the log even when messages stay (here 100 that are never consumed, and 5
+/// never settled): no state without them comes, so after four times the usual amount of log
+/// a snapshot with their bodies is saved and the log below it purged; a restart loads the
+/// snapshot and applies only what followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
     let dir = Dir::new("snapshot");
@@ -122,7 +124,7 @@ async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while g.log_len() > 150 {
+        while g.log_len() > 200 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the log was not purged: {} entries after {} snapshots",
@@ -132,8 +134,8 @@ async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(
-            g.state().snapshots_built() >= 5,
-            "a snapshot every 40 entries or so"
+            g.state().full_snapshots_built() >= 1,
+            "a snapshot with bodies every 160 entries or so"
         );
         g.shutdown().await.unwrap();
         wal.close();
@@ -145,7 +147,7 @@ async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
         "the log was purged below a snapshot"
     );
     assert!(
-        recovered.entries.len() <= 150,
+        recovered.entries.len() <= 200,
         "{} entries left",
         recovered.entries.len()
     );
@@ -164,6 +166,82 @@ async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
         .with_engine(|e| e.checked_out(9).map(|c| body_id(&c.qm.msg.body)).collect());
     assert_eq!(held, [200, 201, 202, 203, 204]);
     assert_eq!(g.propose(enqueue(999)).await.unwrap(), Applied::Done);
+    g.shutdown().await.unwrap();
+}
+
+/// A queue that keeps a backlog while it is consumed snapshots without the messages' bodies:
+/// the snapshot is a state the log after it settles every message of, so the log keeps each
+/// live message's entry (its body) and the snapshot file stays small whatever the backlog.
+/// A restart finds every live message whole, from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_leave_the_bodies_in_the_log() {
+    const BODY: usize = 4096;
+    let dir = Dir::new("dry");
+    let big = |id: u64| {
+        let mut body = vec![7u8; BODY];
+        body[..8].copy_from_slice(&id.to_be_bytes());
+        QueueCommand::Enqueue {
+            msg: warren_broker::queue::LoggedMessage(Arc::new(
+                warren_broker::message::Message::new(
+                    "".into(),
+                    "q".into(),
+                    bytes::Bytes::from_static(&[0x10, 0x00, 2]),
+                    body.into(),
+                ),
+            )),
+            now: 0,
+            from: None,
+        }
+    };
+    {
+        let (wal, g, _out) = start_alone(FileBackend::shared(), &dir.0, GROUP)
+            .await
+            .unwrap();
+        g.state().set_snapshot_thresholds(16 << 10, 40);
+        // A backlog of 30 (120 KiB of bodies) that moves: one in, one out, 400 times.
+        for id in 0..30 {
+            g.propose(big(id)).await.unwrap();
+        }
+        for id in 30..430 {
+            g.propose(big(id)).await.unwrap();
+            let c = take(&g, 9).await;
+            settle(&g, 9, c).await;
+        }
+        let built = g.state().snapshots_built();
+        assert!(built >= 5, "{built} snapshots");
+        assert_eq!(g.state().full_snapshots_built(), 0, "none carried bodies");
+        let snap = wal.load_snapshot(GROUP).unwrap().expect("a saved snapshot");
+        assert!(
+            snap.len() < 30 * BODY / 4,
+            "the snapshot ({} bytes) has no bodies in it",
+            snap.len()
+        );
+        g.shutdown().await.unwrap();
+        wal.close();
+    }
+    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
+    let recovered = rec.remove(&GROUP).expect("the group's records");
+    assert!(
+        recovered.purged.is_some(),
+        "the log was cut below a snapshot"
+    );
+    let (g, _out) = QueueGroup::start(1, GROUP, wal, recovered, QueueOptions::default())
+        .await
+        .unwrap();
+    g.caught_up(Duration::from_secs(10)).await.unwrap();
+    let ready: Vec<(u64, usize, bool)> = g.state().with_engine(|e| {
+        e.ready()
+            .map(|m| {
+                (
+                    body_id(&m.msg.body),
+                    m.msg.body.len(),
+                    m.msg.body[BODY - 1] == 7,
+                )
+            })
+            .collect()
+    });
+    let want: Vec<(u64, usize, bool)> = (400..430).map(|id| (id, BODY, true)).collect();
+    assert_eq!(ready, want, "every live message, body and all");
     g.shutdown().await.unwrap();
 }
 
@@ -206,6 +284,11 @@ async fn old_wal_segments_are_removed_once_their_entries_are_below_snapshots() {
         assert!(
             i.state().snapshots_built() >= 1,
             "the idle group was asked for a snapshot"
+        );
+        assert_eq!(
+            b.state().full_snapshots_built(),
+            0,
+            "the busy group, consumed as it goes, never needed bodies in a snapshot"
         );
         b.shutdown().await.unwrap();
         i.shutdown().await.unwrap();

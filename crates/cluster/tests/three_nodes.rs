@@ -368,3 +368,88 @@ async fn a_restarted_member_catches_up_by_itself() {
     assert_eq!(order, (0..40).collect::<Vec<_>>());
     nodes[f].group = Some(g);
 }
+
+/// A follower down while the queue moves on (a backlog published and consumed in order) is
+/// sent the leader's snapshot, which carries no bodies: the messages it holds are settled
+/// further on in the log, which comes with it. The follower ends with the leader's messages,
+/// bodies and all, and nothing that stands for a body it was not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_snapshot_without_bodies_catches_up() {
+    let mut nodes = three_nodes("dry").await;
+    nodes[0]
+        .group
+        .as_ref()
+        .unwrap()
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let leader_id = leader(&nodes).unwrap().raft_id();
+    let l = nodes.iter().position(|n| n.id == leader_id).unwrap();
+    nodes[l]
+        .group
+        .as_ref()
+        .unwrap()
+        .state()
+        .set_snapshot_thresholds(512, 1000);
+    let f = nodes.iter().position(|n| n.id != leader_id).unwrap();
+    for id in 0..10 {
+        leader(&nodes).unwrap().propose(enqueue(id)).await.unwrap();
+    }
+    let addr = nodes[f].listener.addr;
+    nodes[f].listener.stop();
+    nodes[f].group.take().unwrap().shutdown().await.unwrap();
+    nodes[f].wal.close();
+    // A backlog of 30 that moves: one in, and from 30 on one out, 300 times.
+    for id in 10..310 {
+        let g = leader(&nodes).unwrap();
+        g.propose(enqueue(id)).await.unwrap();
+        if id >= 30 {
+            let c = take(g, 9).await;
+            settle(g, 9, c).await;
+        }
+    }
+    let lg = nodes[l].group.as_ref().unwrap();
+    assert!(lg.state().snapshots_built() >= 3, "the leader snapshotted");
+    assert_eq!(lg.state().full_snapshots_built(), 0, "without bodies");
+    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &nodes[f].dir.0).unwrap();
+    let recovered = rec.remove(&GROUP).expect("its log");
+    let registry = nodes[f].registry.clone();
+    let listener = Listener::start(addr, Arc::from(SECRET), registry.clone(), None)
+        .await
+        .unwrap();
+    let g = member(nodes[f].id, &wal, recovered, &nodes[f].members, &registry).await;
+    nodes[f].listener = listener;
+    nodes[f].wal = wal;
+    let want: Vec<u64> = nodes[l]
+        .group
+        .as_ref()
+        .unwrap()
+        .state()
+        .with_engine(|e| e.ready().map(|m| body_id(&m.msg.body)).collect());
+    assert_eq!(want, (280..310).collect::<Vec<u64>>());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<u64> = g
+            .state()
+            .with_engine(|e| e.ready().map(|m| body_id(&m.msg.body)).collect());
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower has {got:?}, the leader {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        g.state().snapshots_built() >= 1,
+        "the follower was sent a snapshot (not only the log)"
+    );
+    let dry = g.state().with_engine(|e| {
+        e.ready()
+            .filter(|m| warren_broker::queue::is_dry(&m.msg.body))
+            .count()
+    });
+    assert_eq!(dry, 0, "every message it holds has its body");
+    nodes[f].group = Some(g);
+}

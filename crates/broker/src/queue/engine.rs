@@ -379,6 +379,11 @@ impl<C> QueueEngine<C> {
         self.checked_out.len()
     }
 
+    /// Bytes of the bodies of every message held, ready and unacknowledged (in memory).
+    pub fn message_bytes(&self) -> usize {
+        self.ready_bytes + self.unacked_bytes
+    }
+
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             messages_ready: self.len() as u64,

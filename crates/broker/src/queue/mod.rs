@@ -23,7 +23,7 @@ pub mod replica;
 mod replicated;
 
 pub use command::{Applied, Deliveries, LoggedMessage, Publisher, QueueCommand};
-pub use engine::snapshot::EngineSnapshot;
+pub use engine::snapshot::{is_dry, EngineSnapshot};
 pub use engine::{
     Checkout, CheckoutId, CheckoutKey, ConsumeRefused, Consumer, Effect, EngineStats, Env, Got,
     Owner, QueueEngine, Rejected,

@@ -4,17 +4,53 @@
 //! `command_tests.rs` with random logs cut at random points). The queue's options are in it
 //! (a policy's `SetOptions` before the snapshot is purged with the log).
 //!
-//! This first form carries the messages' bodies (a snapshot is as large as the backlog);
-//! docs/cluster-plan.md step 3b keeps the bodies in the queue's store and the snapshot only
-//! their positions.
+//! A snapshot is full ([`QueueEngine::snapshot`], bodies included: as large as the backlog)
+//! or dry ([`QueueEngine::dry_snapshot`], bodies left out, their lengths kept). A dry snapshot
+//! taken after some log index may stand for the state at that index once every message it
+//! holds is gone ([`QueueEngine::holds_seq_below`] its [`EngineSnapshot::next_seq`]): the log
+//! kept after the index removes each of them again, so nothing ever needs their bodies, and
+//! the messages enqueued after it come back from the log with theirs. Restored dry messages
+//! carry a zero-filled body of the right length ([`is_dry`]), so that the byte counts and
+//! every decision taken on them are the same as the first time; they must never reach a
+//! client (the cluster drops deliveries and dead letters of them).
 
 use super::{Checkout, Consumer, Holding, Owner, QueueEngine};
+use crate::message::Message;
 use crate::queue::command::LoggedMessage;
 use crate::queue::options::QueueOptions;
 use crate::queue::ready::ReadyList;
 use crate::queue::QueuedMessage;
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, OnceLock};
+
+/// The zero-filled buffer restored dry bodies are slices of (allocated zeroed and never
+/// written: its pages cost no memory until read).
+const DRY_BUFFER: usize = 128 << 20;
+
+fn dry_buffer() -> &'static Bytes {
+    static ZEROS: OnceLock<Bytes> = OnceLock::new();
+    ZEROS.get_or_init(|| Bytes::from(vec![0u8; DRY_BUFFER]))
+}
+
+/// A stand-in body of `len` bytes for a message a dry snapshot left out.
+fn dry_body(len: usize) -> Bytes {
+    if len <= DRY_BUFFER {
+        dry_buffer().slice(..len)
+    } else {
+        // (Beyond any configurable message size; not recognised by `is_dry`.)
+        Bytes::from(vec![0u8; len])
+    }
+}
+
+/// Whether `body` is the stand-in for a body a dry snapshot left out: its message was
+/// settled in the log after the snapshot, and what applying that log decides about it (a
+/// delivery, a dead letter) must not reach anyone.
+pub fn is_dry(body: &Bytes) -> bool {
+    let zeros = dry_buffer().as_ptr_range();
+    !body.is_empty() && zeros.contains(&body.as_ptr())
+}
 
 /// A message in a snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,24 +61,51 @@ struct Msg {
     priority: u8,
     expires_at: Option<u64>,
     delivery_count: u32,
+    /// In a dry snapshot, the body's length (`msg` carries an empty body).
+    dry: Option<u32>,
 }
 
 impl Msg {
-    fn of(m: &QueuedMessage) -> Msg {
+    fn of(m: &QueuedMessage, bodies: bool) -> Msg {
+        // A message still dry (restored from a dry snapshot, not yet removed again) stays so.
+        let (msg, dry) = if (bodies && !is_dry(&m.msg.body)) || m.msg.body.is_empty() {
+            (m.msg.clone(), None)
+        } else {
+            let bodiless = Message::new(
+                m.msg.exchange.clone(),
+                m.msg.routing_key.clone(),
+                m.msg.properties.clone(),
+                Bytes::new(),
+            );
+            (Arc::new(bodiless), Some(m.msg.body.len() as u32))
+        };
         Msg {
             seq: m.seq,
-            msg: LoggedMessage(m.msg.clone()),
+            msg: LoggedMessage(msg),
             redelivered: m.redelivered,
             priority: m.priority,
             expires_at: m.expires_at,
             delivery_count: m.delivery_count,
+            dry,
         }
     }
 
     fn into_queued(self) -> QueuedMessage {
+        let msg = match self.dry {
+            None => self.msg.0,
+            Some(len) => {
+                let m = &self.msg.0;
+                Arc::new(Message::new(
+                    m.exchange.clone(),
+                    m.routing_key.clone(),
+                    m.properties.clone(),
+                    dry_body(len as usize),
+                ))
+            }
+        };
         QueuedMessage {
             seq: self.seq,
-            msg: self.msg.0,
+            msg,
             redelivered: self.redelivered,
             pos: None,
             priority: self.priority,
@@ -95,9 +158,43 @@ pub struct EngineSnapshot {
     timed: bool,
 }
 
+impl EngineSnapshot {
+    /// The sequence number the next message enqueued after this state gets: a dry snapshot
+    /// holds only messages numbered below it.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// How many messages it holds (ready and checked out).
+    pub fn messages(&self) -> usize {
+        self.ready.len() + self.held.iter().map(|h| h.msgs.len()).sum::<usize>()
+    }
+}
+
 impl QueueEngine<Owner> {
-    /// The engine's state (a replicated engine has no paged tail and no pending effects).
+    /// The engine's state, bodies included (a replicated engine has no paged tail and no
+    /// pending effects).
     pub fn snapshot(&self) -> EngineSnapshot {
+        self.snapshot_with(true)
+    }
+
+    /// The engine's state without the messages' bodies (see the module's notes for when it
+    /// may stand for the state).
+    pub fn dry_snapshot(&self) -> EngineSnapshot {
+        self.snapshot_with(false)
+    }
+
+    /// Whether the queue still holds (ready or checked out) a message numbered below `seq`:
+    /// while it does, a dry snapshot whose [`EngineSnapshot::next_seq`] is `seq` needs it.
+    pub fn holds_seq_below(&self, seq: u64) -> bool {
+        // Checkouts first: they are few, and the ready list's oldest is usually at its head.
+        self.checked_out
+            .values()
+            .any(|h| h.msgs.iter().any(|c| c.qm.seq < seq))
+            || self.ready.iter().any(|m| m.seq < seq)
+    }
+
+    fn snapshot_with(&self, bodies: bool) -> EngineSnapshot {
         debug_assert!(self.paged.is_empty(), "a replicated queue does not page");
         debug_assert!(self.spilled.is_empty(), "nor spill");
         let mut held: Vec<Held> = self
@@ -106,7 +203,11 @@ impl QueueEngine<Owner> {
             .map(|(&owner, h)| Held {
                 owner,
                 consuming: h.consuming,
-                msgs: h.msgs.iter().map(|c| (c.id, Msg::of(&c.qm))).collect(),
+                msgs: h
+                    .msgs
+                    .iter()
+                    .map(|c| (c.id, Msg::of(&c.qm, bodies)))
+                    .collect(),
             })
             .collect();
         // A hash map's order is not the same on every replica.
@@ -116,7 +217,7 @@ impl QueueEngine<Owner> {
         publishers.sort_unstable();
         EngineSnapshot {
             opts: self.opts.clone(),
-            ready: self.ready.iter().map(Msg::of).collect(),
+            ready: self.ready.iter().map(|m| Msg::of(m, bodies)).collect(),
             held,
             consumers: self
                 .consumers
@@ -151,8 +252,9 @@ impl QueueEngine<Owner> {
         let mut e = QueueEngine::new(snap.opts, snap.last_used);
         let mut ready = ReadyList::new(e.opts.max_priority);
         for m in snap.ready {
-            e.ready_bytes += m.msg.0.body.len();
-            ready.push_back(m.into_queued());
+            let qm = m.into_queued();
+            e.ready_bytes += qm.msg.body.len();
+            ready.push_back(qm);
         }
         e.ready = ready;
         e.checked_out = snap
