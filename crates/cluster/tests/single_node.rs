@@ -281,6 +281,26 @@ async fn old_wal_segments_are_removed_once_their_entries_are_below_snapshots() {
             segments.len() <= 6 && segments[0] > 10,
             "old segments were not removed: {segments:?}"
         );
+        // Their files go too (the WAL's reaper thread deletes them a little later).
+        let files = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&dir.0)
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("wal."))
+                .collect();
+            v.sort();
+            v
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while files().len() > wal.segments().len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "segment files left: {:?} (segments {:?})",
+                files(),
+                wal.segments()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(
             i.state().snapshots_built() >= 1,
             "the idle group was asked for a snapshot"
