@@ -155,9 +155,11 @@ impl Inner {
 /// The reaper thread: deletes the files of segments the log has forgotten, once the
 /// directory entries of the segments that replace them (with the purge points that make the
 /// old ones unneeded) are durable; then makes the deletions durable. A file is first renamed
-/// out of the log's names (`….doomed`), then cut down a few MiB at a time and removed:
-/// deleting 64 MiB at once took 40–160 ms of the kernel's time here, during which the group
-/// commit's fdatasyncs waited (50 ms instead of a few). A `.doomed` file left by a stop is
+/// out of the log's names (`….doomed`), then cut down 1 MiB at a time, 10 ms apart (0.7 s
+/// for a 64 MiB segment; a busy node fills one every 2–3 s), and removed: deleting 64 MiB at
+/// once took 40–160 ms of the kernel's time here, during which the group commit's
+/// fdatasyncs waited (50 ms instead of a few), and 4 MiB steps 2 ms apart still showed in
+/// the confirm latency's p99 (bench/cluster3.sh one queue: 91–147 ms against 66–77 ms). A `.doomed` file left by a stop is
 /// deleted at the next start.
 fn reap(
     backend: &dyn Backend,
@@ -199,13 +201,13 @@ const DOOMED: &str = ".doomed";
 
 /// Cuts a file down to nothing, [`SHRINK_STEP`] at a time with a pause between steps.
 fn shrink(backend: &dyn Backend, path: &std::path::Path) -> std::io::Result<()> {
-    const SHRINK_STEP: u64 = 4 << 20;
+    const SHRINK_STEP: u64 = 1 << 20;
     let mut f = backend.open_append(path)?;
     let mut len = f.len();
     while len > 0 {
         len = len.saturating_sub(SHRINK_STEP);
         f.truncate(len)?;
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(())
 }
