@@ -13,6 +13,22 @@ use warren_store::{Backend, Faults, FaultyBackend, FileBackend};
 
 const GROUP: u64 = 7;
 
+/// Opens the node's WAL in `dir` again and starts the group from what it held (checked by
+/// `check` first), once it has applied it.
+async fn restart_alone(
+    dir: &std::path::Path,
+    check: impl FnOnce(&warren_cluster::GroupState),
+) -> QueueGroup {
+    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), dir).unwrap();
+    let recovered = rec.remove(&GROUP).expect("the group's records");
+    check(&recovered);
+    let (g, _out) = QueueGroup::start(1, GROUP, wal, recovered, QueueOptions::default())
+        .await
+        .unwrap();
+    g.caught_up(Duration::from_secs(10)).await.unwrap();
+    g
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_go_through_the_log_and_deliveries_come_out() {
     let dir = Dir::new("deliver");
@@ -82,13 +98,7 @@ async fn a_restarted_node_rebuilds_the_queue_from_its_wal() {
         g.shutdown().await.unwrap();
         wal.close();
     }
-    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
-    let recovered = rec.remove(&GROUP).expect("the group's records");
-    assert!(recovered.vote.is_some(), "the vote survived");
-    let (g, _out) = QueueGroup::start(1, GROUP, wal, recovered, QueueOptions::default())
-        .await
-        .unwrap();
-    g.caught_up(Duration::from_secs(10)).await.unwrap();
+    let g = restart_alone(&dir.0, |r| assert!(r.vote.is_some(), "the vote survived")).await;
     let s = g.state().with_engine(|e| e.stats());
     assert_eq!((s.messages_ready, s.messages_unacknowledged), (35, 5));
     let held: Vec<u64> = g
@@ -140,21 +150,11 @@ async fn snapshots_cut_the_log_and_a_restart_starts_from_one() {
         g.shutdown().await.unwrap();
         wal.close();
     }
-    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
-    let recovered = rec.remove(&GROUP).expect("the group's records");
-    assert!(
-        recovered.purged.is_some(),
-        "the log was purged below a snapshot"
-    );
-    assert!(
-        recovered.entries.len() <= 200,
-        "{} entries left",
-        recovered.entries.len()
-    );
-    let (g, _out) = QueueGroup::start(1, GROUP, wal, recovered, QueueOptions::default())
-        .await
-        .unwrap();
-    g.caught_up(Duration::from_secs(10)).await.unwrap();
+    let g = restart_alone(&dir.0, |r| {
+        assert!(r.purged.is_some(), "the log was purged below a snapshot");
+        assert!(r.entries.len() <= 200, "{} entries left", r.entries.len());
+    })
+    .await;
     let s = g.state().with_engine(|e| e.stats());
     assert_eq!((s.messages_ready, s.messages_unacknowledged), (95, 5));
     let ready: Vec<u64> = g
@@ -219,16 +219,10 @@ async fn snapshots_leave_the_bodies_in_the_log() {
         g.shutdown().await.unwrap();
         wal.close();
     }
-    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &dir.0).unwrap();
-    let recovered = rec.remove(&GROUP).expect("the group's records");
-    assert!(
-        recovered.purged.is_some(),
-        "the log was cut below a snapshot"
-    );
-    let (g, _out) = QueueGroup::start(1, GROUP, wal, recovered, QueueOptions::default())
-        .await
-        .unwrap();
-    g.caught_up(Duration::from_secs(10)).await.unwrap();
+    let g = restart_alone(&dir.0, |r| {
+        assert!(r.purged.is_some(), "the log was cut below a snapshot")
+    })
+    .await;
     let ready: Vec<(u64, usize, bool)> = g.state().with_engine(|e| {
         e.ready()
             .map(|m| {

@@ -106,6 +106,31 @@ async fn member(
     g
 }
 
+/// Stops a node's member, links and WAL, as kill -9 would leave them (only what its WAL
+/// synced); returns the address it listened on.
+async fn stop_node(n: &mut Node) -> std::net::SocketAddr {
+    let addr = n.listener.addr;
+    n.listener.stop();
+    n.group.take().unwrap().shutdown().await.unwrap();
+    n.wal.close();
+    addr
+}
+
+/// Starts a stopped node again on its directory and address; returns how many of the group's
+/// entries its WAL held.
+async fn restart_node(n: &mut Node, addr: std::net::SocketAddr) -> usize {
+    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &n.dir.0).unwrap();
+    let recovered = rec.remove(&GROUP).expect("its log");
+    let entries = recovered.entries.len();
+    let registry = n.registry.clone();
+    let listener = Listener::start(addr, Arc::from(SECRET), registry.clone(), None)
+        .await
+        .unwrap();
+    n.group = Some(member(n.id, &wal, recovered, &n.members, &registry).await);
+    (n.listener, n.wal) = (listener, wal);
+    entries
+}
+
 fn leader(nodes: &[Node]) -> Option<&QueueGroup> {
     nodes
         .iter()
@@ -331,25 +356,13 @@ async fn a_restarted_member_catches_up_by_itself() {
     for id in 0..10 {
         leader(&nodes).unwrap().propose(enqueue(id)).await.unwrap();
     }
-    // Stop the follower, as kill -9 would leave it: only what its WAL synced.
-    let addr = nodes[f].listener.addr;
-    nodes[f].listener.stop();
-    nodes[f].group.take().unwrap().shutdown().await.unwrap();
-    nodes[f].wal.close();
+    let addr = stop_node(&mut nodes[f]).await;
     for id in 10..40 {
         leader(&nodes).unwrap().propose(enqueue(id)).await.unwrap();
     }
-    // Restart it on the same directory and address.
-    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &nodes[f].dir.0).unwrap();
-    let recovered = rec.remove(&GROUP).expect("its log");
-    assert!(recovered.entries.len() >= 10, "it had the first entries");
-    let registry = nodes[f].registry.clone();
-    let listener = Listener::start(addr, Arc::from(SECRET), registry.clone(), None)
-        .await
-        .unwrap();
-    let g = member(nodes[f].id, &wal, recovered, &nodes[f].members, &registry).await;
-    nodes[f].listener = listener;
-    nodes[f].wal = wal;
+    let entries = restart_node(&mut nodes[f], addr).await;
+    assert!(entries >= 10, "it had the first entries");
+    let g = nodes[f].group.as_ref().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ready = g.state().with_engine(|e| e.stats().messages_ready);
@@ -366,7 +379,6 @@ async fn a_restarted_member_catches_up_by_itself() {
         .state()
         .with_engine(|e| e.ready().map(|m| body_id(&m.msg.body)).collect());
     assert_eq!(order, (0..40).collect::<Vec<_>>());
-    nodes[f].group = Some(g);
 }
 
 /// A follower down while the queue moves on (a backlog published and consumed in order) is
@@ -395,10 +407,7 @@ async fn a_follower_behind_a_snapshot_without_bodies_catches_up() {
     for id in 0..10 {
         leader(&nodes).unwrap().propose(enqueue(id)).await.unwrap();
     }
-    let addr = nodes[f].listener.addr;
-    nodes[f].listener.stop();
-    nodes[f].group.take().unwrap().shutdown().await.unwrap();
-    nodes[f].wal.close();
+    let addr = stop_node(&mut nodes[f]).await;
     // A backlog of 30 that moves: one in, and from 30 on one out, 300 times.
     for id in 10..310 {
         let g = leader(&nodes).unwrap();
@@ -411,15 +420,8 @@ async fn a_follower_behind_a_snapshot_without_bodies_catches_up() {
     let lg = nodes[l].group.as_ref().unwrap();
     assert!(lg.state().snapshots_built() >= 3, "the leader snapshotted");
     assert_eq!(lg.state().full_snapshots_built(), 0, "without bodies");
-    let (wal, mut rec) = NodeWal::open(FileBackend::shared(), &nodes[f].dir.0).unwrap();
-    let recovered = rec.remove(&GROUP).expect("its log");
-    let registry = nodes[f].registry.clone();
-    let listener = Listener::start(addr, Arc::from(SECRET), registry.clone(), None)
-        .await
-        .unwrap();
-    let g = member(nodes[f].id, &wal, recovered, &nodes[f].members, &registry).await;
-    nodes[f].listener = listener;
-    nodes[f].wal = wal;
+    restart_node(&mut nodes[f], addr).await;
+    let g = nodes[f].group.as_ref().unwrap();
     let want: Vec<u64> = nodes[l]
         .group
         .as_ref()
@@ -451,5 +453,4 @@ async fn a_follower_behind_a_snapshot_without_bodies_catches_up() {
             .count()
     });
     assert_eq!(dry, 0, "every message it holds has its body");
-    nodes[f].group = Some(g);
 }
