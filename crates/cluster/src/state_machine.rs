@@ -305,10 +305,29 @@ impl State {
         }
     }
 
-    /// Whether the engine holds no message at all (its state then needs no log before it).
-    fn holds_nothing(&self) -> bool {
+    /// How many messages the engine holds, ready and unacknowledged (with none, its state
+    /// needs no log before it).
+    fn held(&self) -> u64 {
         let st = self.engine.stats();
-        st.messages_ready == 0 && st.messages_unacknowledged == 0
+        st.messages_ready + st.messages_unacknowledged
+    }
+
+    /// Takes the engine's state now, dry, as the newest candidate.
+    fn take_candidate(&mut self) {
+        self.candidates.push_back(Candidate {
+            meta: self.meta_now(),
+            engine: self.engine.dry_snapshot(),
+            at: self.total,
+        });
+        self.taken_at = self.total;
+    }
+
+    /// The current snapshot, as openraft takes it.
+    fn current_snapshot(&self) -> Option<Snapshot<QueueRaft>> {
+        self.current.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        })
     }
 
     /// Whether candidate `c` may stand for the state at its index (all its messages gone).
@@ -320,8 +339,7 @@ impl State {
     /// and says whether a snapshot should be built now.
     fn after_apply(&mut self) -> bool {
         // The backlog as the totals count it (an entry's 64 bytes included).
-        let st = self.engine.stats();
-        let held = st.messages_ready + st.messages_unacknowledged;
+        let held = self.held();
         let backlog = self.engine.message_bytes() as u64 + ENTRY_BYTES * held;
         let every = backlog.max(self.min_bytes);
         let (bytes, entries) = (
@@ -330,14 +348,9 @@ impl State {
         );
         if (bytes >= every || entries >= self.max_entries)
             && self.candidates.len() < MAX_CANDIDATES
-            && !self.holds_nothing()
+            && held > 0
         {
-            self.candidates.push_back(Candidate {
-                meta: self.meta_now(),
-                engine: self.engine.dry_snapshot(),
-                at: self.total,
-            });
-            self.taken_at = self.total;
+            self.take_candidate();
         }
         if self.asked {
             return false;
@@ -347,17 +360,12 @@ impl State {
             self.total.entries - self.snapshot_at.entries,
         );
         let due = bytes >= self.min_bytes || entries >= self.max_entries;
-        if due && self.holds_nothing() {
+        if due && held == 0 {
             // An empty state needs no log before it: the newest candidate there can be, and
             // one that stays usable (the snapshot is built a little later, when the queue
             // may hold messages again).
             self.candidates.clear();
-            self.candidates.push_back(Candidate {
-                meta: self.meta_now(),
-                engine: self.engine.dry_snapshot(),
-                at: self.total,
-            });
-            self.taken_at = self.total;
+            self.take_candidate();
             return true;
         }
         self.candidates.front().is_some_and(|c| self.usable(c))
@@ -374,7 +382,7 @@ impl State {
     /// which asks a group whenever its log holds a segment back, while a candidate is on its
     /// way: the log is only as long as the backlog).
     fn next_snapshot(&mut self) -> Option<(Stored, Totals, bool)> {
-        if self.holds_nothing() {
+        if self.held() == 0 {
             self.candidates.clear();
             let stored = Stored {
                 meta: self.meta_now(),
@@ -416,12 +424,8 @@ impl RaftSnapshotBuilder<QueueRaft> for QueueStateMachine {
         let next = self.state.lock().next_snapshot();
         let Some((stored, at, full)) = next else {
             // Keep the current one (openraft takes a snapshot no newer than its own as done).
-            let s = self.state.lock();
-            let (meta, data) = s.current.clone().expect("a current snapshot");
-            return Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            });
+            let current = self.state.lock().current_snapshot();
+            return Ok(current.expect("kept only when there is a current snapshot"));
         };
         let data = self.save(&stored)?;
         let mut s = self.state.lock();
@@ -540,14 +544,6 @@ impl RaftStateMachine<QueueRaft> for QueueStateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<QueueRaft>>, StorageErrorOf> {
-        Ok(self
-            .state
-            .lock()
-            .current
-            .as_ref()
-            .map(|(meta, data)| Snapshot {
-                meta: meta.clone(),
-                snapshot: Box::new(Cursor::new(data.clone())),
-            }))
+        Ok(self.state.lock().current_snapshot())
     }
 }
