@@ -220,7 +220,7 @@ pub struct NodeWal {
     /// Where each group's latest snapshot is kept (`<group>.snap`).
     snapshots: std::path::PathBuf,
     /// Deletes the files of segments no longer needed (see [`NodeWal::remove_segments`]).
-    reaper: Mutex<std::sync::mpsc::Sender<Vec<std::path::PathBuf>>>,
+    reaper: std::sync::mpsc::Sender<Vec<std::path::PathBuf>>,
 }
 
 /// Why the WAL could not be used.
@@ -331,7 +331,7 @@ impl NodeWal {
             work: Condvar::new(),
             backend: backend_for_snapshots,
             snapshots,
-            reaper: Mutex::new(reaper),
+            reaper,
         });
         {
             // The segment log may have started a fresh segment (after a damaged tail): give
@@ -578,7 +578,7 @@ impl NodeWal {
                 .collect()
         };
         if !paths.is_empty() {
-            let _ = self.reaper.lock().send(paths);
+            let _ = self.reaper.send(paths);
         }
     }
 
